@@ -1,0 +1,147 @@
+"""The reading model: what a driver returns, what the pipeline builds, what the store keeps.
+
+A *reading* is one poll of one meter for one schedule slot. Drivers return a
+``dict[str, PointResult]`` (raw values only, per point quality). The pipeline turns that
+into a :class:`Reading` (multiplier applied, overall quality) and the store assigns the
+gateway-wide ``seq`` when it commits. The JSON payload published on MQTT is produced once,
+at commit, by :func:`reading_payload` and stored verbatim, so every sink sends exactly the
+bytes that were committed.
+
+Values are ``Decimal`` for energy and anything billing touches (exact arithmetic; DL/T 645
+BCD decodes exactly, Modbus integers × scale are exact, a Modbus float is taken at its
+shortest repr), ``float`` or ``int`` for the rest. A failed point carries ``raw=None``:
+a failed read is recorded as a failed read, never as a value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Final, Literal
+
+Quality = Literal["good", "timeout", "crc_error", "exception", "invalid"]
+QUALITIES: Final = ("good", "timeout", "crc_error", "exception", "invalid")
+
+Value = Decimal | float | int | str
+
+READING_SCHEMA: Final = "amr.reading.v1"
+
+
+@dataclass(slots=True)
+class PointResult:
+    """A driver's answer for one point: the raw value as the meter shows it, or why not."""
+
+    raw: Value | None
+    quality: Quality = "good"
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class PointValue:
+    """One point of a reading: raw, value after CT×PT where the profile says secondary."""
+
+    raw: Value | None
+    value: Value | None
+    unit: str
+    quality: Quality = "good"
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class Reading:
+    """One poll of one meter for one schedule slot (times are UTC epoch seconds)."""
+
+    meter: str
+    customer: str
+    bus: str
+    schedule: str
+    slot: float
+    ts: float
+    points: dict[str, PointValue]
+    quality: Quality = "good"
+    error: str | None = None
+    ct: Decimal = Decimal(1)
+    pt: Decimal = Decimal(1)
+    extra: dict[str, object] = field(default_factory=dict)
+    seq: int | None = None
+
+
+def iso_utc(epoch: float) -> str:
+    """Format epoch seconds as an ISO-8601 UTC timestamp with millisecond precision."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> float:
+    """Parse an ISO-8601 timestamp (``Z`` or offset; naive means UTC) to epoch seconds."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def json_number(v: Value | None) -> str:
+    """Render a value as JSON text; a Decimal keeps every digit it has (no float rounding)."""
+    if v is None:
+        return "null"
+    if isinstance(v, Decimal):
+        if not v.is_finite():
+            return "null"
+        s = format(v, "f")
+        return s
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return "null"
+        return repr(v)
+    return json.dumps(v, ensure_ascii=False)
+
+
+def _json_str(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def reading_payload(r: Reading, gateway: str, seq: int) -> str:
+    """The ``amr.reading.v1`` JSON document for a committed reading.
+
+    Built by hand (not ``json.dumps``) so Decimals keep their exact digits and the hot path
+    allocates little. Consumers deduplicate on (``gateway``, ``seq``).
+    """
+    parts = []
+    for name, p in r.points.items():
+        reason = "" if p.reason is None else ',"reason":' + _json_str(p.reason)
+        parts.append(
+            f'"{name}":{{"raw":{json_number(p.raw)},"value":{json_number(p.value)},'
+            f'"unit":{_json_str(p.unit)},"quality":"{p.quality}"{reason}}}'
+        )
+    extra = ""
+    if r.extra:
+        extra = "," + ",".join(f"{_json_str(k)}:{_extra_json(v)}" for k, v in r.extra.items())
+    err = "" if r.error is None else ',"error":' + _json_str(r.error)
+    return (
+        f'{{"schema":"{READING_SCHEMA}","gateway":{_json_str(gateway)},"seq":{seq},'
+        f'"meter":{_json_str(r.meter)},"customer":{_json_str(r.customer)},'
+        f'"bus":{_json_str(r.bus)},"schedule":{_json_str(r.schedule)},'
+        f'"slot":"{iso_utc(r.slot)}","ts":"{iso_utc(r.ts)}","quality":"{r.quality}"{err},'
+        f'"multiplier":{{"ct":{json_number(r.ct)},"pt":{json_number(r.pt)}}},'
+        f'"points":{{{",".join(parts)}}}{extra}}}'
+    )
+
+
+def _extra_json(v: object) -> str:
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{_json_str(str(k))}:{_extra_json(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(_extra_json(x) for x in v) + "]"
+    if v is None or isinstance(v, Decimal | float | int | bool):
+        return json_number(v)  # type: ignore[arg-type]
+    return _json_str(str(v))
+
+
+def loads_exact(text: str) -> object:
+    """Parse a stored payload with every JSON number as an exact ``Decimal``."""
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal)

@@ -1,0 +1,211 @@
+"""Typed, frozen configuration objects: what ``gateway.config`` parses YAML into.
+
+Everything downstream (scheduler, drivers, sinks, billing, API) reads these and never the
+raw YAML. All checks happen at load (``gateway.config.load_settings``); no network at load.
+Durations are seconds (float), ratios exact Decimals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from drivers.dlt645.points import DiPoint
+from drivers.modbus.points import ModbusLimits, RegisterPoint
+
+BusProtocol = Literal["modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"]
+SchedulePriority = Literal["settlement", "interval", "realtime"]
+PRIORITY_ORDER: dict[str, int] = {"settlement": 0, "interval": 1, "realtime": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """A CT or PT ratio such as ``200/5`` (factor 40) or ``10000/100`` (factor 100)."""
+
+    primary: Decimal = Decimal(1)
+    secondary: Decimal = Decimal(1)
+
+    @property
+    def factor(self) -> Decimal:
+        """primary ÷ secondary, exact."""
+        return self.primary / self.secondary
+
+    def __str__(self) -> str:
+        return f"{self.primary}/{self.secondary}"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The ``gateway`` section."""
+
+    id: str
+    timezone: str = "UTC"
+    data_dir: Path = Path("/var/lib/amr-gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    """One bus: a serial line, or one TCP endpoint (itself a bus when it is a serial server).
+
+    Modbus TCP buses may run ``concurrency`` transactions at once; every other protocol runs
+    one transaction at a time (RS-485 is half-duplex with one master).
+    """
+
+    id: str
+    type: Literal["serial", "tcp"]
+    protocol: BusProtocol
+    port: str | None = None          # serial device path
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: int = 1
+    bytesize: int = 8
+    host: str | None = None          # tcp
+    tcp_port: int | None = None      # tcp ("port" in YAML)
+    timeout_s: float = 1.0
+    retries: int = 1
+    inter_frame_s: float | None = None   # None: protocol default (t3.5 for Modbus RTU)
+    allow_writes: bool = False           # broadcast time sync etc.
+    concurrency: int = 1
+    dead_backoff_s: float = 60.0         # how long a dead meter is skipped between probes
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A meter profile: canonical point name → register or DI, plus device quirks."""
+
+    name: str
+    protocol: Literal["modbus", "dlt645"]
+    points: dict[str, RegisterPoint | DiPoint]
+    limits: ModbusLimits = ModbusLimits()
+    description: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSettings:
+    """One meter on one bus."""
+
+    id: str
+    customer: str
+    bus: str
+    address: str                     # Modbus unit id as text, or 12-digit DL/T 645 address
+    profile: str
+    ct_ratio: Ratio = Ratio()
+    pt_ratio: Ratio = Ratio()
+    schedules: tuple[str, ...] = ()
+    billing: str | None = None
+    protocol: BusProtocol | None = None   # per-meter override, e.g. dlt645-1997 on a 645 bus
+    rated_voltage_v: Decimal | None = None
+    rated_current_a: Decimal | None = None
+
+    @property
+    def multiplier(self) -> Decimal:
+        """CT factor × PT factor (倍率)."""
+        return self.ct_ratio.factor * self.pt_ratio.factor
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSettings:
+    """A polling schedule: every ``every_s`` seconds, on wall-clock boundaries when aligned."""
+
+    name: str
+    every_s: float
+    points: tuple[str, ...] = ("*",)   # glob patterns over canonical point names
+    aligned: bool = True
+    priority: SchedulePriority = "interval"
+    offset_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BillingPlan:
+    """A billing plan: cycle start day, stage boundary days, boundary time, tolerance."""
+
+    name: str
+    cycle_day: int = 1
+    stages: tuple[int, ...] = ()
+    at: time = time(0, 0)
+    tolerance_s: float = 900.0
+    allow_estimated: bool = False
+    registers: tuple[str, ...] = (
+        "energy_import_kwh", "energy_import_kwh_t1", "energy_import_kwh_t2",
+        "energy_import_kwh_t3", "energy_import_kwh_t4",
+        "energy_export_kwh", "energy_export_kwh_t1", "energy_export_kwh_t2",
+        "energy_export_kwh_t3", "energy_export_kwh_t4",
+        "energy_import_kvarh", "energy_export_kvarh", "demand_max_kw",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """The ``mqtt`` section (a sink)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = "amr"
+    client_id: str | None = None
+    keepalive_s: int = 30
+    username: str | None = None
+    password: str | None = None       # resolved from password_env / password_file at load
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    inflight: int = 100
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class InfluxSettings:
+    """The ``influxdb`` section (a sink)."""
+
+    url: str = "http://127.0.0.1:8086"
+    org: str = "amr"
+    bucket: str = "amr"
+    token: str | None = None          # resolved from token_env / token_file at load
+    measurement: str = "amr_reading"
+    batch_size: int = 1000
+    batch_age_s: float = 1.0
+    timeout_s: float = 10.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The ``api`` section: HTTP listen address and bearer token."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None          # resolved from token_file or AMR_API_TOKEN at load
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """The ``store`` section: durability, storage cap and retention."""
+
+    synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    commit_interval_s: float = 0.1
+    max_bytes: int | None = None
+    retention_realtime_days: float = 14
+    retention_interval_days: float = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A whole, validated configuration."""
+
+    gateway: GatewaySettings
+    buses: dict[str, BusSettings]
+    meters: dict[str, MeterSettings]
+    schedules: dict[str, ScheduleSettings]
+    profiles: dict[str, Profile]
+    billing: dict[str, BillingPlan] = field(default_factory=dict)
+    mqtt: MqttSettings | None = None
+    influxdb: InfluxSettings | None = None
+    api: ApiSettings = ApiSettings()
+    store: StoreSettings = StoreSettings()
+    source: Path | None = None
