@@ -16,6 +16,7 @@ a failed read is recorded as a failed read, never as a value.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -95,7 +96,7 @@ def json_number(v: Value | None) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if v != v or v in (float("inf"), float("-inf")):
+        if math.isnan(v) or math.isinf(v):
             return "null"
         return repr(v)
     return json.dumps(v, ensure_ascii=False)
@@ -120,7 +121,7 @@ def reading_payload(r: Reading, gateway: str, seq: int) -> str:
         )
     extra = ""
     if r.extra:
-        extra = "," + ",".join(f"{_json_str(k)}:{_extra_json(v)}" for k, v in r.extra.items())
+        extra = "," + ",".join(f"{_json_str(k)}:{to_json(v)}" for k, v in r.extra.items())
     err = "" if r.error is None else ',"error":' + _json_str(r.error)
     return (
         f'{{"schema":"{READING_SCHEMA}","gateway":{_json_str(gateway)},"seq":{seq},'
@@ -132,13 +133,14 @@ def reading_payload(r: Reading, gateway: str, seq: int) -> str:
     )
 
 
-def _extra_json(v: object) -> str:
+def to_json(v: object) -> str:
+    """Serialise plain data to JSON with every Decimal written as an exact JSON number."""
     if isinstance(v, dict):
-        return "{" + ",".join(f"{_json_str(str(k))}:{_extra_json(x)}" for k, x in v.items()) + "}"
+        return "{" + ",".join(f"{_json_str(str(k))}:{to_json(x)}" for k, x in v.items()) + "}"
     if isinstance(v, list | tuple):
-        return "[" + ",".join(_extra_json(x) for x in v) + "]"
+        return "[" + ",".join(to_json(x) for x in v) + "]"
     if v is None or isinstance(v, Decimal | float | int | bool):
-        return json_number(v)  # type: ignore[arg-type]
+        return json_number(v)
     return _json_str(str(v))
 
 

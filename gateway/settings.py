@@ -79,7 +79,7 @@ class Profile:
     name: str
     protocol: Literal["modbus", "dlt645"]
     points: dict[str, RegisterPoint | DiPoint]
-    limits: ModbusLimits = ModbusLimits()
+    limits: ModbusLimits = field(default_factory=ModbusLimits)
     description: str = ""
     source: str = ""
 
@@ -206,6 +206,6 @@ class Settings:
     billing: dict[str, BillingPlan] = field(default_factory=dict)
     mqtt: MqttSettings | None = None
     influxdb: InfluxSettings | None = None
-    api: ApiSettings = ApiSettings()
-    store: StoreSettings = StoreSettings()
+    api: ApiSettings = field(default_factory=ApiSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     source: Path | None = None

@@ -1,0 +1,134 @@
+"""Store invariants: seq, commit-before-send, cursors, restart, retention, cap, full disk."""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreError
+from gateway.model import PointValue, Reading, loads_exact
+from gateway.settings import StoreSettings
+from gateway.store import Store
+
+FAST = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01)
+
+
+def make_reading(meter: str = "m1", slot: float = 1_767_225_600.0, kwh: str = "123.45") -> Reading:
+    """A small reading with one exact energy point."""
+    return Reading(
+        meter=meter, customer="C1", bus="b1", schedule="interval", slot=slot, ts=slot + 0.5,
+        points={"energy_import_kwh": PointValue(Decimal(kwh), Decimal(kwh) * 40, "kWh")},
+        ct=Decimal(40),
+    )
+
+
+async def test_seq_strictly_increases_and_survives_restart(tmp_path: Path) -> None:
+    db = tmp_path / "amr.db"
+    store = await Store.open(db, FAST, "gw1")
+    first = await store.append_readings([make_reading(slot=1_767_225_600.0 + i * 900) for i in range(5)])
+    assert first == [1, 2, 3, 4, 5]
+    await store.close()
+    store = await Store.open(db, FAST, "gw1")
+    more = await store.append_readings([make_reading()])
+    assert more == [6]
+    assert store.last_seq == 6
+    await store.close()
+
+
+async def test_seq_never_reused_after_purge(tmp_path: Path) -> None:
+    settings = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01, retention_interval_days=1)
+    store = await Store.open(tmp_path / "a.db", settings, "gw1")
+    await store.append_readings([make_reading(slot=0.0), make_reading(slot=10.0)])
+    deleted = await store.enforce_retention(now=10 * 86400.0)
+    assert deleted == 2
+    await store.close()
+    store = await Store.open(tmp_path / "a.db", settings, "gw1")
+    assert await store.append_readings([make_reading()]) == [3]
+    await store.close()
+
+
+async def test_payload_is_exact_and_contains_seq(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    await store.append_readings([make_reading(kwh="98765.43")])
+    rows = await store.pending("mqtt", 10)
+    doc = loads_exact(rows[0].payload)
+    assert isinstance(doc, dict)
+    assert doc["seq"] == 1
+    assert doc["gateway"] == "gw1"
+    point = doc["points"]["energy_import_kwh"]
+    assert point["raw"] == Decimal("98765.43")
+    assert point["value"] == Decimal("98765.43") * 40
+    assert doc["schema"] == "amr.reading.v1"
+    await store.close()
+
+
+async def test_cursor_only_moves_forward_and_persists(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    store = await Store.open(db, FAST, "gw1")
+    store.register_sink("mqtt")
+    await store.append_readings([make_reading(slot=float(i)) for i in range(10)])
+    assert [r.seq for r in await store.pending("mqtt", 3)] == [1, 2, 3]
+    await store.ack("mqtt", 3)
+    await store.ack("mqtt", 2)  # an older ack must not move it back
+    assert await store.cursor("mqtt") == 3
+    assert await store.backlog("mqtt") == 7
+    assert [r.seq for r in await store.pending("mqtt", 100)] == list(range(4, 11))
+    await store.close()
+    store = await Store.open(db, FAST, "gw1")
+    store.register_sink("mqtt")
+    assert await store.cursor("mqtt") == 3
+    assert (await store.pending("mqtt", 1))[0].seq == 4
+    await store.close()
+
+
+async def test_retention_keeps_undelivered_rows(tmp_path: Path) -> None:
+    settings = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01, retention_interval_days=1)
+    store = await Store.open(tmp_path / "a.db", settings, "gw1")
+    store.register_sink("mqtt")
+    await store.append_readings([make_reading(slot=float(i)) for i in range(4)])
+    await store.ack("mqtt", 2)
+    deleted = await store.enforce_retention(now=30 * 86400.0)
+    assert deleted == 2
+    assert [r.seq for r in await store.pending("mqtt", 10)] == [3, 4]
+    await store.close()
+
+
+async def test_store_of_another_gateway_is_refused(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    await store.close()
+    with pytest.raises(StoreError, match="belongs to gateway 'gw1'"):
+        await Store.open(tmp_path / "a.db", FAST, "gw2")
+
+
+async def test_full_disk_keeps_readings_in_memory_and_commits_later(tmp_path: Path) -> None:
+    """SQLite's own max_page_count plays a full disk (real SQLITE_FULL, no fake)."""
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    await store.append_readings([make_reading()])
+
+    def cap(conn: sqlite3.Connection, pages: int) -> None:
+        conn.execute(f"PRAGMA max_page_count={pages}")
+
+    loop_pages = await store.read(lambda c: int(c.execute("PRAGMA page_count").fetchone()[0]))
+    await store.write(cap, loop_pages)
+    big = [make_reading(slot=float(i), kwh="1.00") for i in range(2000)]
+    with pytest.raises(StoreError, match="disk is full"):
+        await store.append_readings(big)
+    assert store.last_seq == 1
+    assert store.last_error is not None
+    await store.write(cap, 1_000_000)
+    await store.flush()
+    assert store.last_seq == 2001
+    assert await store.count() == 2001
+    await store.close()
+
+
+async def test_storage_cap_pressure(tmp_path: Path) -> None:
+    settings = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01, max_bytes=512 * 1024)
+    store = await Store.open(tmp_path / "a.db", settings, "gw1")
+    assert store.pressure == "ok"
+    await store.append_readings([make_reading(slot=float(i)) for i in range(5000)])
+    assert await store.refresh_size() in ("near_cap", "full")
+    await store.close()
