@@ -1,0 +1,374 @@
+"""The API server: auth, errors, core routes (health, meters, readings, metrics, OpenAPI).
+
+Other components add routes through :func:`register_routes` (billing adds intervals,
+settlements, KPI and events) and describe them in the OpenAPI document the same way, so
+``/openapi.json`` always lists exactly what the server does.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.api.openapi import build_document
+from gateway.api.params import BadRequest, int_param, output_format, time_range
+from gateway.model import iso_utc, to_json
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("amr.api")
+
+PUBLIC_PATHS = frozenset({"/api/v1/health"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RouteInstaller = Callable[["ApiServer", web.UrlDispatcher], dict[str, Any]]
+_INSTALLERS: list[RouteInstaller] = []
+
+
+def register_routes(installer: RouteInstaller) -> RouteInstaller:
+    """Register a function that adds routes and returns their OpenAPI ``paths`` entries."""
+    _INSTALLERS.append(installer)
+    return installer
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    """JSON with exact decimals (Decimals become JSON numbers with every digit)."""
+    return web.Response(text=to_json(data), status=status, content_type="application/json")
+
+
+def csv_response(columns: Sequence[str], rows: Iterable[Sequence[object]], filename: str) -> web.Response:
+    """A CSV download with a header row."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(columns)
+    for row in rows:
+        w.writerow(["" if v is None else v for v in row])
+    resp = web.Response(text=buf.getvalue(), content_type="text/csv", charset="utf-8")
+    resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return resp
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """An error as ``{"error": sentence}``."""
+    return web.Response(
+        text=json.dumps({"error": message}, ensure_ascii=False),
+        status=status,
+        content_type="application/json",
+    )
+
+
+class ApiServer:
+    """Serves the API on ``api.listen`` inside the gateway's event loop."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        api = gateway.settings.api
+        self.host = api.host
+        self.port = api.port
+        self.token = api.token
+        if not self.token:
+            self.token = secrets.token_urlsafe(24)
+            log.warning(
+                "no API token configured (api.token_file or AMR_API_TOKEN); generated one for this run: %s",
+                self.token,
+            )
+        self._runner: web.AppRunner | None = None
+        self.app = self.build_app()
+
+    def build_app(self) -> web.Application:
+        """The aiohttp application with every route and the OpenAPI document."""
+        app = web.Application(middlewares=[self._errors, self._auth])
+        r = app.router
+        paths: dict[str, Any] = {}
+        paths.update(install_core_routes(self, r))
+        for installer in _INSTALLERS:
+            paths.update(installer(self, r))
+        self.openapi = build_document(paths, __version__)
+        r.add_get("/openapi.json", self.openapi_json)
+        return app
+
+    async def start(self) -> None:
+        """Bind and serve."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("API on http://%s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            resp = error_response(
+                401,
+                "this route needs 'Authorization: Bearer <token>' "
+                "(the token from api.token_file or AMR_API_TOKEN)",
+            )
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+        assert self.token is not None
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            resp = error_response(
+                401, "the bearer token is wrong; use the token from api.token_file or AMR_API_TOKEN"
+            )
+            resp.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+            return resp
+        return await handler(request)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BadRequest:
+            raise
+        except web.HTTPException as exc:
+            if exc.status >= 400 and exc.content_type != "application/json":
+                return error_response(exc.status, exc.reason)
+            raise
+        except Exception:
+            log.exception("API error on %s", request.path)
+            return error_response(500, "internal error; the gateway log has the details")
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3 document describing every route."""
+        return web.json_response(self.openapi)
+
+    # helpers for route modules
+    def meter_or_404(self, meter_id: str) -> Any:
+        """The runtime meter, or a 404 naming the known ones."""
+        m = self.gateway.meters.get(meter_id)
+        if m is None:
+            raise web.HTTPNotFound(
+                text=json.dumps(
+                    {"error": f"no meter {meter_id!r}; GET /api/v1/meters lists the configured ones"}
+                ),
+                content_type="application/json",
+            )
+        return m
+
+
+def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, Any]:
+    """health, meters, readings, metrics."""
+    gw = server.gateway
+
+    async def health(request: web.Request) -> web.Response:
+        store = gw.store
+        sinks = []
+        for sink in gw.sinks:
+            state = getattr(sink, "state", None)
+            sinks.append(state() if callable(state) else {"name": str(sink)})
+        store_state = None
+        if store is not None:
+            store_state = {
+                "path": str(store.path),
+                "last_seq": store.last_seq,
+                "size_bytes": store.size_bytes,
+                "pressure": store.pressure,
+                "last_error": store.last_error,
+            }
+        buses = [
+            {"id": w.bus.id, "queue": w.queue_depth(), "transactions": w.transactions, "overruns": w.overruns}
+            for w in gw.workers.values()
+        ]
+        status = "up" if store is not None and store.last_error is None else "degraded"
+        return json_response(
+            {
+                "status": status,
+                "version": __version__,
+                "gateway": gw.settings.gateway.id,
+                "time": iso_utc(gw.clock.time()),
+                "uptime_s": round(gw.clock.time() - gw.started_at, 3),
+                "store": store_state,
+                "sinks": sinks,
+                "buses": buses,
+            }
+        )
+
+    async def meters(request: web.Request) -> web.Response:
+        fmt = output_format(request)
+        rows = []
+        for m in gw.meters.values():
+            s = m.settings
+            st = m.stats
+            rate = st.success_rate()
+            rows.append(
+                {
+                    "id": s.id,
+                    "customer": s.customer,
+                    "bus": s.bus,
+                    "address": s.address,
+                    "profile": s.profile,
+                    "ct_ratio": str(s.ct_ratio),
+                    "pt_ratio": str(s.pt_ratio),
+                    "multiplier": s.multiplier,
+                    "schedules": list(m.plans),
+                    "billing": s.billing,
+                    "last_read": iso_utc(st.last_read_ts) if st.last_read_ts else None,
+                    "last_good": iso_utc(st.last_good_ts) if st.last_good_ts else None,
+                    "last_quality": st.last_quality,
+                    "last_error": st.last_error,
+                    "success_rate": None if rate is None else round(rate, 4),
+                    "answering": not m.dead,
+                }
+            )
+        if fmt == "csv":
+            cols = [
+                "id",
+                "customer",
+                "bus",
+                "address",
+                "profile",
+                "ct_ratio",
+                "pt_ratio",
+                "multiplier",
+                "billing",
+                "last_read",
+                "last_good",
+                "last_quality",
+                "last_error",
+                "success_rate",
+                "answering",
+            ]
+            return csv_response(cols, ([row[c] for c in cols] for row in rows), "meters.csv")
+        return json_response({"meters": rows})
+
+    async def readings(request: web.Request) -> web.Response:
+        meter = server.meter_or_404(request.match_info["id"])
+        fmt = output_format(request)
+        tz = gw.settings.gateway.timezone
+        start, end = time_range(request, tz, gw.clock.time() + 1)
+        limit = int_param(request, "limit", 10_000, 1, 100_000)
+        schedule = request.query.get("schedule")
+        if schedule is not None and schedule not in gw.settings.schedules:
+            raise BadRequest(f"no schedule {schedule!r}; defined: {', '.join(gw.settings.schedules)}")
+        docs = await gw.require_store().readings(meter.id, start, end, limit, schedule)
+        if fmt == "csv":
+            cols = [
+                "seq",
+                "meter",
+                "schedule",
+                "slot",
+                "ts",
+                "quality",
+                "point",
+                "raw",
+                "value",
+                "unit",
+                "point_quality",
+            ]
+
+            def rows() -> Iterable[list[object]]:
+                for d in docs:
+                    for name, p in d.get("points", {}).items():
+                        yield [
+                            d["seq"],
+                            d["meter"],
+                            d.get("schedule"),
+                            d["slot"],
+                            d["ts"],
+                            d["quality"],
+                            name,
+                            p.get("raw"),
+                            p.get("value"),
+                            p.get("unit"),
+                            p.get("quality"),
+                        ]
+
+            return csv_response(cols, rows(), f"{meter.id}-readings.csv")
+        return json_response(
+            {
+                "meter": meter.id,
+                "from": iso_utc(start),
+                "to": iso_utc(end),
+                "count": len(docs),
+                "readings": docs,
+            }
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            text="\n".join(prometheus_lines(gw)) + "\n", content_type="text/plain", charset="utf-8"
+        )
+
+    r.add_get("/api/v1/health", health)
+    r.add_get("/api/v1/meters", meters)
+    r.add_get("/api/v1/meters/{id}/readings", readings)
+    r.add_get("/metrics", metrics)
+    from gateway.api.openapi import core_paths
+
+    return core_paths()
+
+
+_PRESSURE_LEVEL = {"ok": 0, "near_cap": 1, "full": 2}
+
+
+def prometheus_lines(gw: Gateway) -> list[str]:
+    """Prometheus text-format lines for reads, buses, store and sinks."""
+    out = [
+        "# HELP amr_reads_total Meter polls by result.",
+        "# TYPE amr_reads_total counter",
+    ]
+    for m in gw.meters.values():
+        st = m.stats
+        out.append(f'amr_reads_total{{meter="{m.id}",result="ok"}} {st.reads_ok}')
+        out.append(f'amr_reads_total{{meter="{m.id}",result="failed"}} {st.reads_failed}')
+        out.append(f'amr_reads_total{{meter="{m.id}",result="skipped"}} {st.reads_skipped}')
+    out += [
+        "# HELP amr_bus_transactions_total Transactions per bus.",
+        "# TYPE amr_bus_transactions_total counter",
+    ]
+    out += [f'amr_bus_transactions_total{{bus="{w.bus.id}"}} {w.transactions}' for w in gw.workers.values()]
+    out += ["# HELP amr_bus_queue_depth Jobs waiting per bus.", "# TYPE amr_bus_queue_depth gauge"]
+    out += [f'amr_bus_queue_depth{{bus="{w.bus.id}"}} {w.queue_depth()}' for w in gw.workers.values()]
+    out += [
+        "# HELP amr_bus_overruns_total Polls skipped because the previous one was still queued.",
+        "# TYPE amr_bus_overruns_total counter",
+    ]
+    out += [f'amr_bus_overruns_total{{bus="{w.bus.id}"}} {w.overruns}' for w in gw.workers.values()]
+    out += [
+        "# HELP amr_poll_lag_max_seconds Largest delay from slot to poll start.",
+        "# TYPE amr_poll_lag_max_seconds gauge",
+    ]
+    out += [f'amr_poll_lag_max_seconds{{bus="{w.bus.id}"}} {w.poll_lag_max:.6f}' for w in gw.workers.values()]
+    store = gw.store
+    if store is not None:
+        out += [
+            "# HELP amr_store_last_seq Highest committed seq.",
+            "# TYPE amr_store_last_seq counter",
+            f"amr_store_last_seq {store.last_seq}",
+            "# HELP amr_store_size_bytes Local store size on disk.",
+            "# TYPE amr_store_size_bytes gauge",
+            f"amr_store_size_bytes {store.size_bytes}",
+            "# HELP amr_store_pressure 0 ok, 1 near the cap, 2 full.",
+            "# TYPE amr_store_pressure gauge",
+            f"amr_store_pressure {_PRESSURE_LEVEL[store.pressure]}",
+            "# HELP amr_store_commit_failures_total Failed group commits.",
+            "# TYPE amr_store_commit_failures_total counter",
+            f"amr_store_commit_failures_total {store.commit_failures}",
+        ]
+    for sink in gw.sinks:
+        lines = getattr(sink, "prometheus_lines", None)
+        if callable(lines):
+            out += list(lines())
+    return out

@@ -1,0 +1,126 @@
+"""From a driver's raw point results to a :class:`~gateway.model.Reading`.
+
+This is the only place a multiplier is applied. Terminal practice (billing-practice.md §3):
+voltage × PT, current × CT, power/energy/demand × CT × PT, power factor and frequency never —
+and only for points the profile marks ``side: secondary``. ``raw`` always keeps what the
+meter showed. Values outside a physical range are kept as raw but flagged ``invalid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from gateway.model import PointResult, PointValue, Quality, Reading, Value
+from gateway.settings import MeterSettings, Profile
+
+Scaling = Literal["ctpt", "ct", "pt", "none"]
+
+_ONE = Decimal(1)
+
+
+def scaling_for(point: str) -> Scaling:
+    """Which ratio a canonical point takes when the meter shows secondary values."""
+    if point.startswith(("energy_", "power_kw", "power_kvar", "power_kva")) or point == "demand_max_kw":
+        return "ctpt"
+    if point.startswith("voltage_"):
+        return "pt"
+    if point.startswith("current_"):
+        return "ct"
+    return "none"
+
+
+def select_points(names: list[str] | tuple[str, ...], patterns: tuple[str, ...]) -> list[str]:
+    """The profile points a schedule asks for (glob patterns such as ``energy_*``)."""
+    return [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "frequency_hz": (40.0, 70.0),
+    "power_factor": (-1.0001, 1.0001),
+}
+
+
+def _range_problem(name: str, value: Value) -> str | None:
+    if isinstance(value, str):
+        return None
+    rng = _RANGES.get(name)
+    if rng is None:
+        for prefix, lo_hi in (("power_factor", (-1.0001, 1.0001)),):
+            if name.startswith(prefix):
+                rng = lo_hi
+    if rng is not None:
+        v = float(value)
+        if not rng[0] <= v <= rng[1]:
+            return f"{value} is outside the physical range {rng[0]:g}..{rng[1]:g}"
+    if name.startswith(("energy_import", "energy_export")) and float(value) < 0:
+        return f"a cumulative register cannot be negative ({value})"
+    if name.startswith("voltage_") and float(value) < 0:
+        return f"a voltage cannot be negative ({value})"
+    return None
+
+
+class ReadingBuilder:
+    """Builds readings for one meter: multipliers and units resolved once, at load."""
+
+    __slots__ = ("_factors", "_units", "bus", "ct", "customer", "meter", "pt")
+
+    def __init__(self, meter: MeterSettings, profile: Profile) -> None:
+        self.meter = meter.id
+        self.customer = meter.customer
+        self.bus = meter.bus
+        self.ct = meter.ct_ratio.factor
+        self.pt = meter.pt_ratio.factor
+        self._units: dict[str, str] = {}
+        self._factors: dict[str, Decimal] = {}
+        for name, point in profile.points.items():
+            self._units[name] = point.unit
+            factor = _ONE
+            if point.side == "secondary":
+                kind = scaling_for(name)
+                factor = {"ctpt": self.ct * self.pt, "ct": self.ct, "pt": self.pt, "none": _ONE}[kind]
+            self._factors[name] = factor
+
+    def build(
+        self, schedule: str, slot: float, ts: float, results: Mapping[str, PointResult]
+    ) -> Reading:
+        """A reading from a driver's results; overall quality is the first failure's, else good."""
+        points: dict[str, PointValue] = {}
+        overall: Quality = "good"
+        error: str | None = None
+        for name, res in results.items():
+            unit = self._units.get(name, "")
+            raw = res.raw
+            if res.quality != "good" or raw is None:
+                quality: Quality = res.quality if res.quality != "good" else "invalid"
+                points[name] = PointValue(raw, None, unit, quality, res.reason or "no value")
+                if overall == "good":
+                    overall = points[name].quality
+                    error = f"{name}: {res.reason}" if res.reason else name
+                continue
+            value: Value = raw
+            factor = self._factors.get(name, _ONE)
+            if factor != _ONE and not isinstance(raw, str):
+                value = raw * factor if isinstance(raw, Decimal) else Decimal(repr(raw)) * factor
+            problem = _range_problem(name, raw)
+            if problem is not None:
+                points[name] = PointValue(raw, value, unit, "invalid", problem)
+                if overall == "good":
+                    overall, error = "invalid", f"{name}: {problem}"
+                continue
+            points[name] = PointValue(raw, value, unit)
+        return Reading(
+            meter=self.meter, customer=self.customer, bus=self.bus, schedule=schedule, slot=slot,
+            ts=ts, points=points, quality=overall, error=error, ct=self.ct, pt=self.pt,
+        )
+
+    def failed(self, schedule: str, slot: float, ts: float, quality: Quality, reason: str,
+               points: list[str]) -> Reading:
+        """A failed read, recorded as a failed read: every point null with the reason."""
+        pts = {n: PointValue(None, None, self._units.get(n, ""), quality, None) for n in points}
+        return Reading(
+            meter=self.meter, customer=self.customer, bus=self.bus, schedule=schedule, slot=slot,
+            ts=ts, points=pts, quality=quality, error=reason, ct=self.ct, pt=self.pt,
+        )

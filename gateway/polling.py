@@ -1,0 +1,360 @@
+"""Bus workers: one supervised task per bus, the only code that talks to drivers.
+
+RS-485 is half-duplex with one master, so a serial bus (and a TCP endpoint that is really a
+serial device server) runs one transaction at a time: a task per bus makes that structural,
+not a lock someone might forget. A Modbus TCP bus may run ``concurrency`` transactions at
+once. Jobs wait in a priority queue: settlement reads, then interval reads, then realtime
+reads; within a priority, the oldest slot first.
+
+A meter that stops answering is retried ``retries`` times for the slot, then its slot is
+recorded as a failed read. On a bus shared with other meters, a meter that failed twice in
+a row is *dead*: its slots are recorded as failed without touching the wire, and it is
+probed with a single attempt on an exponential backoff (capped at ``dead_backoff_s``), so
+it costs the healthy meters almost nothing. State changes are logged once ("stopped
+answering" … "answers again"), never every poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from drivers.base import MeterDriver
+from gateway.clock import Clock
+from gateway.errors import (
+    AmrError,
+    DeviceException,
+    FrameError,
+    ReadTimeout,
+    TransportError,
+    quality_for,
+)
+from gateway.model import PointResult, Quality, Reading
+from gateway.pipeline import ReadingBuilder
+from gateway.settings import PRIORITY_ORDER, BusSettings, MeterSettings, Profile
+
+log = logging.getLogger("amr.poll")
+
+DEAD_AFTER_FAILURES = 2
+FIRST_PROBE_S = 5.0
+
+
+class ReadingSink(Protocol):
+    """Where finished readings go (the store); ``submit`` must not block."""
+
+    def submit(self, reading: Reading, retention: str = "interval") -> Any:
+        """Queue a reading for commit."""
+        ...
+
+
+ReadingObserver = Callable[["MeterRuntime", Reading], None]
+
+
+@dataclass(slots=True)
+class MeterStats:
+    """Counters and last-known state of one meter, shown by the API."""
+
+    reads_ok: int = 0
+    reads_failed: int = 0
+    reads_skipped: int = 0
+    last_read_ts: float | None = None
+    last_good_ts: float | None = None
+    last_error: str | None = None
+    last_quality: str | None = None
+    consecutive_failures: int = 0
+
+    def success_rate(self) -> float | None:
+        """Good reads ÷ attempted reads since start (None before the first read)."""
+        total = self.reads_ok + self.reads_failed
+        return None if total == 0 else self.reads_ok / total
+
+
+@dataclass(slots=True)
+class MeterRuntime:
+    """A configured meter with its compiled plans and live state."""
+
+    settings: MeterSettings
+    profile: Profile
+    builder: ReadingBuilder
+    plans: dict[str, tuple[Any, list[str]]]      # schedule → (compiled plan, point names)
+    retention: dict[str, str]                    # schedule → realtime | interval
+    stats: MeterStats = field(default_factory=MeterStats)
+    next_probe: float = 0.0
+    dead: bool = False
+
+    @property
+    def id(self) -> str:
+        """The meter id."""
+        return self.settings.id
+
+
+@dataclass(order=True, slots=True)
+class Job:
+    """One unit of bus work: a scheduled poll or an arbitrary action (e.g. settlement)."""
+
+    priority: int
+    slot: float
+    order: int
+    meter: MeterRuntime = field(compare=False)
+    schedule: str | None = field(compare=False, default=None)
+    action: Callable[[MeterDriver], Awaitable[Any]] | None = field(compare=False, default=None)
+    future: asyncio.Future[Any] | None = field(compare=False, default=None)
+
+
+class BusWorker:
+    """Runs every transaction of one bus, in priority order."""
+
+    def __init__(
+        self,
+        bus: BusSettings,
+        driver: MeterDriver,
+        sink: ReadingSink,
+        clock: Clock,
+        *,
+        shared: bool,
+        observers: list[ReadingObserver] | None = None,
+        limiter: asyncio.Semaphore | None = None,
+    ) -> None:
+        self.bus = bus
+        self.driver = driver
+        self.sink = sink
+        self.clock = clock
+        self.shared = shared
+        self.observers = observers if observers is not None else []
+        self.limiter = limiter
+        self._heap: list[Job] = []
+        self._order = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._queued: set[tuple[str, str]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.overruns = 0
+        self.transactions = 0
+        self.poll_lag_max = 0.0
+        self.bus_failed = False
+
+    # -------------------------------------------------------------- enqueue
+    def poll(self, meter: MeterRuntime, schedule: str, slot: float, priority: str | None = None) -> bool:
+        """Queue a scheduled poll; False (and counted) when the previous one is still queued."""
+        key = (meter.id, schedule)
+        if key in self._queued:
+            self.overruns += 1
+            return False
+        self._queued.add(key)
+        prio = PRIORITY_ORDER[priority] if priority else PRIORITY_ORDER.get(_priority_of(meter, schedule), 1)
+        heapq.heappush(self._heap, Job(prio, slot, next(self._order), meter, schedule))
+        self._wakeup.set()
+        return True
+
+    def submit(
+        self, meter: MeterRuntime, action: Callable[[MeterDriver], Awaitable[Any]],
+        priority: str = "settlement", slot: float | None = None,
+    ) -> asyncio.Future[Any]:
+        """Run ``action(driver)`` on this bus at ``priority``; the future has its result."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        job = Job(PRIORITY_ORDER[priority], slot if slot is not None else self.clock.time(),
+                  next(self._order), meter, None, action, fut)
+        heapq.heappush(self._heap, job)
+        self._wakeup.set()
+        return fut
+
+    def queue_depth(self) -> int:
+        """Jobs waiting (not running)."""
+        return len(self._heap)
+
+    # -------------------------------------------------------------- run
+    async def run(self) -> None:
+        """Serve the queue forever (cancel to stop); the driver is closed on the way out."""
+        concurrency = max(1, self.bus.concurrency)
+        try:
+            while True:
+                while not self._heap:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                job = heapq.heappop(self._heap)
+                if concurrency == 1:
+                    await self._run_job(job)
+                else:
+                    while len(self._inflight) >= concurrency:
+                        await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                    task = asyncio.create_task(self._run_job(job), name=f"bus-{self.bus.id}-job")
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+        finally:
+            for task in list(self._inflight):
+                task.cancel()
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+            try:
+                await self.driver.close()
+            except Exception:
+                log.debug("closing bus %s failed", self.bus.id, exc_info=True)
+
+    async def _run_job(self, job: Job) -> None:
+        if self.limiter is not None:
+            async with self.limiter:
+                await self._dispatch(job)
+        else:
+            await self._dispatch(job)
+
+    async def _dispatch(self, job: Job) -> None:
+        if job.action is not None:
+            await self._run_action(job)
+        else:
+            assert job.schedule is not None
+            self._queued.discard((job.meter.id, job.schedule))
+            await self._poll(job.meter, job.schedule, job.slot)
+
+    async def _run_action(self, job: Job) -> None:
+        fut = job.future
+        assert fut is not None and job.action is not None
+        if fut.done():
+            return
+        try:
+            await self.driver.open()
+            result = await job.action(self.driver)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            if isinstance(exc, TransportError) and not isinstance(exc, ReadTimeout):
+                await self._reset_driver()
+            if not fut.done():
+                fut.set_exception(exc)
+        else:
+            if not fut.done():
+                fut.set_result(result)
+        finally:
+            self.transactions += 1
+
+    async def _reset_driver(self) -> None:
+        try:
+            await self.driver.close()
+        except Exception:
+            log.debug("closing bus %s after a transport error failed", self.bus.id, exc_info=True)
+
+    async def _poll(self, meter: MeterRuntime, schedule: str, slot: float) -> None:
+        plan, names = meter.plans[schedule]
+        start = self.clock.time()
+        lag = start - slot
+        self.poll_lag_max = max(self.poll_lag_max, lag)
+        if meter.dead and self.shared and start < meter.next_probe:
+            reason = (
+                f"not polled: the meter failed {meter.stats.consecutive_failures} polls in a row;"
+                f" next probe at {time.strftime('%H:%M:%S', time.gmtime(meter.next_probe))} UTC"
+            )
+            reading = meter.builder.failed(schedule, slot, start, "timeout", reason, names)
+            meter.stats.reads_skipped += 1
+            self._finish(meter, reading, schedule, ok=False, attempted=False)
+            return
+        attempts = 1 if meter.dead else 1 + max(0, self.bus.retries)
+        results: dict[str, PointResult] | None = None
+        failure: AmrError | None = None
+        timeout = self.bus.timeout_s
+        guard = timeout * (2 + _request_count(plan)) + 1.0
+        for attempt in range(attempts):
+            try:
+                await self.driver.open()
+                async with asyncio.timeout(guard):
+                    results = await self.driver.read(meter.settings.address, plan, timeout)
+                failure = None
+                break
+            except TimeoutError:
+                failure = ReadTimeout(f"meter {meter.id} did not finish a read within {guard:.1f} s")
+                await self._reset_driver()
+            except DeviceException as exc:
+                failure = exc
+                break  # the meter answered "no": retrying will not change its mind
+            except (ReadTimeout, FrameError) as exc:
+                failure = exc
+            except TransportError as exc:
+                failure = exc
+                await self._reset_driver()
+            except AmrError as exc:
+                failure = exc
+            finally:
+                self.transactions += 1
+            if attempt + 1 < attempts and isinstance(failure, TransportError) and not isinstance(
+                failure, ReadTimeout
+            ):
+                await asyncio.sleep(min(0.5, 0.05 * (2**attempt)))
+        now = self.clock.time()
+        if results is not None:
+            reading = meter.builder.build(schedule, slot, now, results)
+            self._finish(meter, reading, schedule, ok=True, attempted=True)
+            return
+        assert failure is not None
+        quality: Quality = quality_for(failure)  # type: ignore[assignment]
+        reading = meter.builder.failed(schedule, slot, now, quality, str(failure), names)
+        self._finish(meter, reading, schedule, ok=False, attempted=True, error=failure)
+
+    def _finish(
+        self, meter: MeterRuntime, reading: Reading, schedule: str, *, ok: bool, attempted: bool,
+        error: AmrError | None = None,
+    ) -> None:
+        st = meter.stats
+        st.last_read_ts = reading.ts
+        st.last_quality = reading.quality
+        if ok:
+            st.reads_ok += 1
+            st.last_good_ts = reading.ts
+            if meter.dead or st.consecutive_failures >= DEAD_AFTER_FAILURES:
+                log.warning(
+                    "meter %s on bus %s answers again after %d failed polls",
+                    meter.id, self.bus.id, st.consecutive_failures,
+                )
+            st.consecutive_failures = 0
+            meter.dead = False
+            if reading.quality != "good":
+                st.last_error = reading.error
+        elif attempted:
+            st.reads_failed += 1
+            st.consecutive_failures += 1
+            st.last_error = reading.error
+            if isinstance(error, DeviceException):
+                pass  # it answers; it just refuses this request
+            elif st.consecutive_failures == DEAD_AFTER_FAILURES:
+                log.warning("meter %s on bus %s stopped answering: %s", meter.id, self.bus.id, reading.error)
+            if st.consecutive_failures >= DEAD_AFTER_FAILURES and not isinstance(error, DeviceException):
+                meter.dead = True
+                backoff = min(
+                    self.bus.dead_backoff_s,
+                    FIRST_PROBE_S * 2 ** (st.consecutive_failures - DEAD_AFTER_FAILURES),
+                )
+                meter.next_probe = reading.ts + backoff
+        for observer in self.observers:
+            try:
+                observer(meter, reading)
+            except Exception:
+                log.exception("reading observer failed for meter %s", meter.id)
+        self.sink.submit(reading, meter.retention.get(schedule, "interval"))
+
+
+def _priority_of(meter: MeterRuntime, schedule: str) -> str:
+    return "realtime" if meter.retention.get(schedule) == "realtime" else "interval"
+
+
+def _request_count(plan: Any) -> int:
+    for attr in ("requests", "reads", "steps"):
+        seq = getattr(plan, attr, None)
+        if seq is not None:
+            try:
+                return len(seq)
+            except TypeError:
+                return 1
+    return 1
+
+
+def is_failure_quality(q: str) -> bool:
+    """True for qualities that mean the meter was not read."""
+    return q in ("timeout", "crc_error")
+
+
+def monotonic() -> float:
+    """Monotonic seconds (for lag metrics that must not jump with the wall clock)."""
+    return time.monotonic()

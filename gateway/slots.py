@@ -1,0 +1,88 @@
+"""Wall-clock aligned schedule slots, in the gateway's timezone.
+
+``every: 15m`` fires at :00, :15, :30 and :45 local time — start + k × interval on
+wall-clock boundaries, never ``now + interval`` (that drifts). Intervals must divide a
+day when aligned (validated at load), so every local day starts a fresh run of slots and a
+DST change or an odd timezone offset never shifts them.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+
+@lru_cache(maxsize=64)
+def zone(name: str) -> ZoneInfo:
+    """The ZoneInfo for ``name`` (cached)."""
+    return ZoneInfo(name)
+
+
+def local_midnight(t: float, tz: str) -> float:
+    """Epoch seconds of 00:00 local time of the day containing ``t``."""
+    z = zone(tz)
+    local = datetime.fromtimestamp(t, z)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.timestamp()
+
+
+def slot_at_or_before(t: float, every_s: float, tz: str, offset_s: float = 0.0) -> float:
+    """The latest aligned slot not after ``t``."""
+    day = local_midnight(t, tz)
+    k = math.floor((t - day - offset_s) / every_s + 1e-9)
+    if k < 0:
+        # before the first slot of the day: the last slot of the previous day
+        prev_day = local_midnight(day - 1, tz)
+        k_prev = math.floor((day - 1 - prev_day - offset_s) / every_s + 1e-9)
+        return prev_day + offset_s + k_prev * every_s
+    return day + offset_s + k * every_s
+
+
+def next_slot(t: float, every_s: float, tz: str, offset_s: float = 0.0) -> float:
+    """The first aligned slot strictly after ``t``."""
+    day = local_midnight(t, tz)
+    k = math.floor((t - day - offset_s) / every_s + 1e-9) + 1
+    candidate = day + offset_s + k * every_s
+    next_day = local_midnight(day + 86400 + 3600 * 3, tz)
+    if candidate >= next_day:
+        return next_day + offset_s
+    return candidate
+
+
+def slots_between(start: float, end: float, every_s: float, tz: str, offset_s: float = 0.0) -> list[float]:
+    """Every aligned slot with ``start <= slot < end`` (bounded by the caller's range)."""
+    out: list[float] = []
+    s = slot_at_or_before(start, every_s, tz, offset_s)
+    if s < start:
+        s = next_slot(s, every_s, tz, offset_s)
+    while s < end:
+        out.append(s)
+        s = next_slot(s, every_s, tz, offset_s)
+    return out
+
+
+def local_date(t: float, tz: str) -> datetime:
+    """``t`` as an aware local datetime in ``tz``."""
+    return datetime.fromtimestamp(t, zone(tz))
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``30s``, ``15m``, ``1h``, ``1d`` (or a bare number of seconds) into seconds."""
+    s = str(text).strip().lower()
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if s.endswith(suffix):
+            return float(s[: -len(suffix)]) * units[suffix]
+    return float(s)
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds as the shortest of ``1d``/``1h``/``15m``/``30s``."""
+    td = timedelta(seconds=seconds)
+    secs = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs % size == 0 and secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{seconds:g}s"
