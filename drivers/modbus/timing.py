@@ -1,0 +1,60 @@
+"""Modbus RTU serial timing: character time, inter-frame silence, the wire's read limit.
+
+From Modbus over Serial Line v1.02 (see ``reference/serial-timing.md``): a character is
+start + data bits + parity bit (if any) + stop bits; frames are separated by at least 3.5
+character times of silence (t3.5), with fixed timers above 19200 baud (t1.5 = 750 µs,
+t3.5 = 1.750 ms). The driver keeps t3.5 between frames; the benchmark compares achieved
+reads per second with :func:`wire_limit_reads_per_s`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Parity = Literal["N", "E", "O"]
+
+FIXED_TIMER_BAUD = 19200
+T35_FIXED_S = 0.00175
+T15_FIXED_S = 0.00075
+
+
+def char_bits(parity: Parity | str = "E", stopbits: int = 1, bytesize: int = 8) -> int:
+    """Bits per character on the wire: start + data + parity + stop (8E1 = 11, 8N1 = 10)."""
+    return 1 + bytesize + (0 if parity == "N" else 1) + stopbits
+
+
+def char_time(baud: int, parity: Parity | str = "E", stopbits: int = 1, bytesize: int = 8) -> float:
+    """Seconds one character takes on the wire (Tc)."""
+    if baud <= 0:
+        raise ValueError("baud rate must be positive")
+    return char_bits(parity, stopbits, bytesize) / baud
+
+
+def t35(baud: int, parity: Parity | str = "E", stopbits: int = 1, bytesize: int = 8) -> float:
+    """Inter-frame silence in seconds: 3.5 characters, 1.75 ms above 19200 baud."""
+    if baud > FIXED_TIMER_BAUD:
+        return T35_FIXED_S
+    return 3.5 * char_time(baud, parity, stopbits, bytesize)
+
+
+def t15(baud: int, parity: Parity | str = "E", stopbits: int = 1, bytesize: int = 8) -> float:
+    """Longest gap allowed inside a frame: 1.5 characters, 750 µs above 19200 baud."""
+    if baud > FIXED_TIMER_BAUD:
+        return T15_FIXED_S
+    return 1.5 * char_time(baud, parity, stopbits, bytesize)
+
+
+def read_cycle_s(baud: int, parity: Parity | str, regs: int, td: float = 0.0, stopbits: int = 1) -> float:
+    """Seconds one FC03/04 read of ``regs`` registers occupies the bus.
+
+    Request 8 bytes + reply 5 + 2N bytes, a t3.5 after each frame, plus turnaround ``td``:
+    ``T = (13 + 2N)·Tc + 2·t3.5 + Td``.
+    """
+    tc = char_time(baud, parity, stopbits)
+    return (13 + 2 * regs) * tc + 2 * t35(baud, parity, stopbits) + td
+
+
+def wire_limit_reads_per_s(baud: int, parity: Parity | str, regs: int, td: float = 0.0,
+                           stopbits: int = 1) -> float:
+    """The physical limit of reads per second on one bus (see :func:`read_cycle_s`)."""
+    return 1.0 / read_cycle_s(baud, parity, regs, td, stopbits)
