@@ -1,0 +1,69 @@
+"""Finding DL/T 645 meters on a line: the wildcard read-address, and probing addresses.
+
+``amr-gateway scan --protocol dlt645`` uses these. With exactly one meter on a line, the
+wildcard read-address request (C = 13 to AA…AA) makes it tell its address. With several,
+their replies collide, so the scan probes a list or range of candidate addresses one by
+one (each probe is a short read the meter answers even to refuse it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from drivers.dlt645.codec import normalize_address
+from drivers.dlt645.driver import Dlt645Driver
+from gateway.errors import ConfigError, ReadTimeout
+
+
+async def find_single_meter(driver: Dlt645Driver, timeout: float) -> str | None:
+    """The address of the single meter on the line, or None when nobody answers.
+
+    Raises :class:`~gateway.errors.FrameError` when several meters answer at once (the
+    message says to probe addresses instead) and TransportError when the port fails.
+    """
+    try:
+        return await driver.read_address(timeout)
+    except ReadTimeout:
+        return None
+
+
+async def probe_addresses(
+    driver: Dlt645Driver,
+    addresses: Iterable[str],
+    timeout: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Probe each address in turn; return those that answered (normalised, in order).
+
+    ``progress(done, total)`` is called after each probe (and once with ``done = 0``)
+    so a CLI can draw a progress bar.
+    """
+    todo = [normalize_address(a) for a in addresses]
+    found: list[str] = []
+    total = len(todo)
+    if progress is not None:
+        progress(0, total)
+    for i, addr in enumerate(todo, start=1):
+        if await driver.probe(addr, timeout):
+            found.append(addr)
+        if progress is not None:
+            progress(i, total)
+    return found
+
+
+def address_range(first: str, last: str, *, limit: int = 10_000) -> Iterator[str]:
+    """Every address from ``first`` to ``last`` inclusive (as 12-digit decimal numbers).
+
+    Refuses ranges longer than ``limit``: at 2400 baud each silent address costs about
+    half a second.
+    """
+    a, b = int(normalize_address(first)), int(normalize_address(last))
+    if b < a:
+        raise ConfigError(f"address range {first}-{last} is empty: the first address must come first")
+    if b - a + 1 > limit:
+        raise ConfigError(
+            f"address range {first}-{last} has {b - a + 1} addresses (limit {limit}); at 2400 baud "
+            "each silent address costs about half a second: narrow the range"
+        )
+    for n in range(a, b + 1):
+        yield f"{n:012d}"
