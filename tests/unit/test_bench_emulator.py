@@ -1,0 +1,328 @@
+"""The bus emulator (bench/emulator.py) is itself correct: protocol answers, silence, counters.
+
+These run the emulator process on a pty and talk to it with plain pyserial at parity N, the
+way a gateway would. Timing assertions are lower bounds (the wire cannot be faster than its
+character times) or use silences far from the thresholds, so a busy machine does not make
+them flaky.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import serial
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench.emulator import (  # noqa: E402
+    BusEmulator,
+    EmulatorStats,
+    crc16_modbus,
+    dlt645_frame,
+    dlt645_read_reply,
+    dlt645_read_request,
+    dlt645_value,
+    modbus_read_reply,
+    modbus_read_request,
+    modbus_register_value,
+    with_crc,
+)
+from bench.wire import (  # noqa: E402
+    char_time,
+    dlt645_reads_per_s,
+    modbus_read_cycle,
+    modbus_reads_per_s,
+    t35,
+)
+
+MODBUS_BAUD = 19200
+DLT_BAUD = 9600
+METER_A = "123456789012"
+METER_B = "000000000002"
+METER_DEAD = "000000000003"
+
+
+# ---------------------------------------------------------------------------------------
+# wire formulas against reference/serial-timing.md
+# ---------------------------------------------------------------------------------------
+
+
+def test_wire_limits_match_the_reference_table() -> None:
+    assert modbus_read_cycle(9600, 20) == pytest.approx(0.06875, abs=1e-5)
+    assert modbus_reads_per_s(9600, 20) == pytest.approx(14.5, abs=0.05)
+    assert modbus_reads_per_s(9600, 2, td_s=0.010) == pytest.approx(26.7, abs=0.05)
+    assert modbus_reads_per_s(38400, 2) == pytest.approx(119.5, abs=0.05)
+    assert modbus_reads_per_s(38400, 20, td_s=0.010) == pytest.approx(34.9, abs=0.05)
+    assert modbus_reads_per_s(115200, 120) == pytest.approx(36.2, abs=0.05)
+    assert t35(38400) == 0.00175
+    assert dlt645_reads_per_s(2400, 4) == pytest.approx(4.5, abs=0.05)
+    assert dlt645_reads_per_s(2400, 20) == pytest.approx(3.4, abs=0.05)
+    assert dlt645_reads_per_s(9600, 4) == pytest.approx(14.2, abs=0.05)
+    assert dlt645_reads_per_s(9600, 20) == pytest.approx(11.3, abs=0.05)
+
+
+def test_codec_helpers_agree_with_known_vectors() -> None:
+    # The classic example: 01 03 00 00 00 0A → CRC C5 CD.
+    assert with_crc(bytes.fromhex("01030000000a")).hex() == "01030000000ac5cd"
+    # reference/dlt645-vectors.txt V2 (libDLT645 test frames), V12, V6 and D02.
+    v2_req = "68 12 90 78 56 34 12 68 11 04 33 33 34 33 68 16"
+    v2_rsp = "68 12 90 78 56 34 12 68 91 08 33 33 34 33 AB 89 67 45 CC 16"
+    v12_rsp = "68 12 90 78 56 34 12 68 D1 01 35 8D 16"
+    v6_req = "FE FE FE FE 68 08 02 02 41 22 00 68 11 04 35 37 33 37 2A 16"
+    d02_req = "FE FE FE FE 68 12 90 78 56 34 12 68 11 04 33 32 34 33 67 16"
+    assert dlt645_read_request(METER_A, 0x00010000, preamble=0) == bytes.fromhex(v2_req)
+    value = bytes.fromhex("78563412")
+    assert dlt645_frame(METER_A, 0x91, bytes.fromhex("00000100") + value) == bytes.fromhex(v2_rsp)
+    assert dlt645_frame(METER_A, 0xD1, b"\x02") == bytes.fromhex(v12_rsp)
+    assert dlt645_read_request("002241020208", 0x04000402) == bytes.fromhex(v6_req)
+    assert dlt645_read_request(METER_A, 0x0001FF00) == bytes.fromhex(d02_req)
+
+
+# ---------------------------------------------------------------------------------------
+# Modbus RTU
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def modbus_bus() -> Iterator[tuple[BusEmulator, serial.Serial]]:
+    emu = BusEmulator("modbus", MODBUS_BAUD, slaves=[1, 2, 3], dead={3})
+    path = emu.start()
+    port = serial.Serial(path, MODBUS_BAUD, parity="N", timeout=0.3)
+    try:
+        yield emu, port
+    finally:
+        port.close()
+        emu.kill()
+
+
+@pytest.fixture
+def mb(modbus_bus: tuple[BusEmulator, serial.Serial]) -> tuple[BusEmulator, serial.Serial]:
+    emu, port = modbus_bus
+    time.sleep(0.01)  # more than t3.5 after whatever the previous test did
+    port.reset_input_buffer()
+    emu.reset()
+    return emu, port
+
+
+def _quiet(seconds: float = 0.01) -> None:
+    time.sleep(seconds)
+
+
+def test_modbus_fc3_reply_is_correct_and_takes_the_wire_time(mb: tuple[BusEmulator, serial.Serial]) -> None:
+    emu, port = mb
+    t0 = time.perf_counter()
+    port.write(modbus_read_request(1, 3, 100, 20))
+    reply = port.read(45)
+    elapsed = time.perf_counter() - t0
+    assert reply == modbus_read_reply(1, 3, 100, 20)
+    assert crc16_modbus(reply[:-2]) == reply[-2] | reply[-1] << 8
+    first = (reply[3] << 8) | reply[4]
+    assert first == modbus_register_value(1, 3, 100)
+    # Request 8 B + t3.5 + reply 45 B, minus the t3.5 after the reply the master may skip.
+    floor = modbus_read_cycle(MODBUS_BAUD, 20) - t35(MODBUS_BAUD)
+    assert elapsed >= floor - 0.0002
+    stats = emu.stats()
+    assert (stats.requests, stats.replies, stats.replies_by_slave) == (1, 1, {"1": 1})
+    assert stats.lateness.max < 0.02  # sanity; trustworthiness is judged by the benchmarks
+
+
+def test_modbus_fc4_and_exceptions(mb: tuple[BusEmulator, serial.Serial]) -> None:
+    emu, port = mb
+    port.write(modbus_read_request(2, 4, 0, 2))
+    reply = port.read(9)
+    assert reply == modbus_read_reply(2, 4, 0, 2)
+    assert (reply[3] << 8 | reply[4]) == modbus_register_value(2, 4, 0)
+    _quiet()
+    port.write(modbus_read_request(2, 3, 0, 126))  # too many registers → exception 03
+    assert port.read(5) == with_crc(bytes((2, 0x83, 0x03)))
+    _quiet()
+    port.write(with_crc(bytes((2, 0x2B, 0x0E, 0x01, 0x00))))  # unsupported → exception 01
+    assert port.read(5) == with_crc(bytes((2, 0xAB, 0x01)))
+    assert emu.stats().exception_replies == 2
+
+
+@pytest.mark.parametrize(
+    ("frame", "counter"),
+    [
+        (modbus_read_request(9, 3, 0, 2), "unknown_address"),
+        (modbus_read_request(3, 3, 0, 2), "dead_requests"),
+        (modbus_read_request(1, 3, 0, 2)[:-1] + b"\x00", "bad_frames"),
+        (modbus_read_request(0, 3, 0, 2), "broadcasts"),
+    ],
+    ids=["unknown-address", "dead-slave", "bad-crc", "broadcast"],
+)
+def test_modbus_silence(mb: tuple[BusEmulator, serial.Serial], frame: bytes, counter: str) -> None:
+    emu, port = mb
+    port.write(frame)
+    assert port.read(64) == b""
+    stats = emu.stats()
+    assert stats.replies == 0
+    assert stats.requests == 1
+    assert getattr(stats, counter) == 1
+
+
+def test_modbus_t35_violation_is_counted_only_when_the_master_is_too_quick(
+    mb: tuple[BusEmulator, serial.Serial],
+) -> None:
+    emu, port = mb
+    request = modbus_read_request(1, 3, 0, 2)
+    port.write(request)
+    assert len(port.read(9)) == 9
+    port.write(request)  # immediately: far less than t3.5 (2 ms at 19200) after the reply
+    assert len(port.read(9)) == 9
+    _quiet(0.02)  # ten times t3.5
+    port.write(request)
+    assert len(port.read(9)) == 9
+    stats = emu.stats()
+    assert stats.replies == 3
+    assert stats.t35_violations == 1
+    assert stats.silence_after_reply.count == 2
+    assert stats.silence_after_reply.max >= 0.02
+
+
+def test_modbus_collision_when_master_talks_over_a_reply(mb: tuple[BusEmulator, serial.Serial]) -> None:
+    emu, port = mb
+    port.write(modbus_read_request(1, 3, 0, 60))  # 125-byte reply: ~72 ms at 19200
+    first = port.read(5)  # the reply is on the wire now
+    assert len(first) == 5
+    port.write(modbus_read_request(2, 3, 0, 2))
+    rest = port.read(200)
+    assert first + rest == modbus_read_reply(1, 3, 0, 60)  # the reply finishes, slave 2 is silent
+    stats = emu.stats()
+    assert stats.collisions == 8
+    assert stats.replies == 1
+
+
+def test_modbus_gap_inside_a_request_discards_it() -> None:
+    # At 1200 bd Tc = 9.2 ms, t1.5 = 13.8 ms, t3.5 = 32.1 ms. The first byte ends on the
+    # wire 9.2 ms after it is written, so writing the rest 32 ms later leaves a ~23 ms gap.
+    baud = 1200
+    with BusEmulator("modbus", baud, slaves=[1]) as emu:
+        assert emu.path is not None
+        with serial.Serial(emu.path, baud, parity="N", timeout=0.3) as port:
+            request = modbus_read_request(1, 3, 0, 1)
+            port.write(request[:1])
+            time.sleep(0.032)
+            port.write(request[1:])
+            assert port.read(7) == b""
+            stats = emu.stop()
+    assert stats.intra_frame_gaps == 1
+    assert stats.replies == 0
+
+
+# ---------------------------------------------------------------------------------------
+# DL/T 645-2007
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dlt_bus() -> Iterator[tuple[BusEmulator, serial.Serial]]:
+    meters = [METER_A, METER_B, METER_DEAD]
+    emu = BusEmulator("dlt645", DLT_BAUD, slaves=meters, dead={METER_DEAD}, td_s=0.020)
+    path = emu.start()
+    port = serial.Serial(path, DLT_BAUD, parity="N", timeout=0.4)
+    try:
+        yield emu, port
+    finally:
+        port.close()
+        emu.kill()
+
+
+@pytest.fixture
+def dlt(dlt_bus: tuple[BusEmulator, serial.Serial]) -> tuple[BusEmulator, serial.Serial]:
+    emu, port = dlt_bus
+    port.reset_input_buffer()
+    emu.reset()
+    return emu, port
+
+
+def _decode_dlt645(frame: bytes) -> tuple[str, int, bytes]:
+    body = frame.lstrip(b"\xfe")
+    assert body[0] == 0x68 and body[7] == 0x68 and body[-1] == 0x16
+    assert sum(body[:-2]) & 0xFF == body[-2]
+    assert body[9] == len(body) - 12
+    address = body[1:7][::-1].hex()
+    data = bytes((b - 0x33) & 0xFF for b in body[10:-2])
+    return address, body[8], data
+
+
+def test_dlt645_single_read(dlt: tuple[BusEmulator, serial.Serial]) -> None:
+    emu, port = dlt
+    t0 = time.perf_counter()
+    port.write(dlt645_read_request(METER_A, 0x00010000))
+    reply = port.read(24)
+    elapsed = time.perf_counter() - t0
+    assert reply[:4] == b"\xfe" * 4
+    address, control, data = _decode_dlt645(reply)
+    assert (address, control) == (METER_A, 0x91)
+    assert data[:4] == (0x00010000).to_bytes(4, "little")
+    assert data[4:] == dlt645_value(METER_A, 0x00010000)
+    assert reply == dlt645_read_reply(METER_A, 0x00010000)
+    assert elapsed >= (20 + 24) * char_time(DLT_BAUD) + 0.020 - 0.0002
+    assert emu.stats().replies_by_slave == {METER_A: 1}
+
+
+def test_dlt645_block_read_returns_five_values(dlt: tuple[BusEmulator, serial.Serial]) -> None:
+    _, port = dlt
+    port.write(dlt645_read_request(METER_B, 0x0001FF00))
+    reply = port.read(40)
+    address, control, data = _decode_dlt645(reply)
+    assert (address, control) == (METER_B, 0x91)
+    values = data[4:]
+    assert len(values) == 20
+    for tariff in range(5):
+        assert values[4 * tariff : 4 * tariff + 4] == dlt645_value(METER_B, 0x00010000 | tariff << 8)
+
+
+def test_dlt645_unknown_di_gets_abnormal_reply(dlt: tuple[BusEmulator, serial.Serial]) -> None:
+    emu, port = dlt
+    port.write(dlt645_read_request(METER_A, 0x0999FF00))
+    _, control, data = _decode_dlt645(port.read(17))
+    assert (control, data) == (0xD1, b"\x02")
+    assert emu.stats().exception_replies == 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "counter"),
+    [
+        (dlt645_read_request("000000000099", 0x00010000), "unknown_address"),
+        (dlt645_read_request(METER_DEAD, 0x00010000), "dead_requests"),
+        (dlt645_read_request(METER_A, 0x00010000)[:-2] + b"\x00\x16", "bad_frames"),
+        (dlt645_frame("999999999999", 0x08, bytes(6), preamble=4), "broadcasts"),
+    ],
+    ids=["unknown-address", "dead-meter", "bad-checksum", "broadcast"],
+)
+def test_dlt645_silence(dlt: tuple[BusEmulator, serial.Serial], frame: bytes, counter: str) -> None:
+    emu, port = dlt
+    port.write(frame)
+    assert port.read(64) == b""
+    stats = emu.stats()
+    assert stats.replies == 0
+    assert getattr(stats, counter) == 1
+
+
+def test_dlt645_garbage_before_frame_is_skipped(dlt: tuple[BusEmulator, serial.Serial]) -> None:
+    _, port = dlt
+    port.write(b"\x00\x68\x01" + dlt645_read_request(METER_A, 0x02800002))
+    _, control, data = _decode_dlt645(port.read(22))
+    assert control == 0x91
+    assert data[4:] == bytes((0x00, 0x50))  # 50.00 Hz, LSB first
+
+
+def test_stats_survive_the_process_boundary() -> None:
+    emu = BusEmulator("modbus", 38400, slaves=[5])
+    emu.start()
+    try:
+        stats = emu.stop()
+    finally:
+        emu.kill()
+    assert isinstance(stats, EmulatorStats)
+    assert stats.requests == 0
+    assert stats.trustworthy()
+    assert "trustworthy" in stats.summary()
