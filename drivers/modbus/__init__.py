@@ -1,1 +1,29 @@
-"""Modbus driver: TCP, RTU on a serial port, RTU framed over TCP (pymodbus behind one module)."""
+"""Modbus driver: TCP, RTU on a serial port, RTU framed over TCP.
+
+Entry points: :func:`drivers.modbus.driver.create_driver` (one driver per bus),
+:func:`drivers.modbus.plan.compile_plan` (once per meter and schedule, at configuration
+load) and :mod:`drivers.modbus.decode`. pymodbus is imported only by
+:mod:`drivers.modbus.pymodbus_io` (the reference engine); the default engine is the lean
+one in :mod:`drivers.modbus.transport` (why: see that module's docstring).
+
+This package module imports nothing itself: ``gateway.settings`` imports
+``drivers.modbus.points`` and must not pull the driver (and its import of the settings)
+in with it. ``create_driver`` and ``compile_plan`` are resolved lazily for convenience.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy access to ``create_driver``, ``ModbusDriver`` and ``compile_plan``."""
+    if name in ("create_driver", "ModbusDriver"):
+        from drivers.modbus import driver
+
+        return getattr(driver, name)
+    if name == "compile_plan":
+        from drivers.modbus import plan
+
+        return plan.compile_plan
+    raise AttributeError(name)

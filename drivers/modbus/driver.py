@@ -1,0 +1,153 @@
+"""The Modbus driver: one bus connection, read plans in, per-point results out.
+
+:class:`ModbusDriver` implements :class:`drivers.base.MeterDriver` for the three Modbus
+bus protocols:
+
+==========================  =====================================================
+``modbus-tcp``              :class:`~drivers.modbus.transport.TcpLink` to host:port
+``modbus-rtu``              :class:`~drivers.modbus.transport.RtuLink` on a serial port,
+                            keeping t3.5 (or ``inter_frame_s``) between frames
+``modbus-rtu-over-tcp``     RtuLink over a TCP stream to a serial server (no silence
+                            kept by default: the serial server times its own line)
+==========================  =====================================================
+
+``engine="pymodbus"`` swaps the lean links for pymodbus's clients
+(:mod:`drivers.modbus.pymodbus_io`, imported only then).
+
+Result semantics of :meth:`ModbusDriver.read`: every request of the plan is executed in
+order; a DeviceException on one request marks only that request's points ``exception``;
+a point whose bytes are no value (NaN, non-BCD) is ``invalid``; the others stand.
+ReadTimeout, FrameError/WrongAddressError and TransportError abort the read and are
+raised (retries are the caller's); after a TransportError the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Literal
+
+from drivers.modbus.decode import decode_bytes
+from drivers.modbus.plan import PlannedPoint, ReadPlan, ReadRequest, compile_plan
+from drivers.modbus.points import ModbusLimits, RegisterPoint
+from drivers.modbus.timing import char_time, t35
+from drivers.modbus.transport import Link, RtuLink, SerialChannel, TcpChannel, TcpLink
+from gateway.errors import ConfigError, DecodeError, DeviceException
+from gateway.model import PointResult
+
+if TYPE_CHECKING:
+    from gateway.settings import BusSettings
+
+Engine = Literal["lean", "pymodbus"]
+MODBUS_PROTOCOLS = ("modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp")
+
+_PROBE = compile_plan([RegisterPoint(name="probe", function=3, address=0, type="u16")],
+                      ModbusLimits()).requests[0]
+
+
+def parse_unit(address: str, protocol: str) -> int:
+    """The unit id in a meter's ``address`` (1–247 on serial lines, 0–255 over TCP)."""
+    try:
+        unit = int(address, 10)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Modbus address {address!r} is not a unit id; use a number 1–247") from None
+    top = 255 if protocol == "modbus-tcp" else 247
+    bottom = 0 if protocol == "modbus-tcp" else 1
+    if not bottom <= unit <= top:
+        raise ConfigError(f"Modbus unit id {unit} is out of range; use {bottom}–{top} on {protocol}")
+    return unit
+
+
+def _link_for(bus: BusSettings, engine: Engine) -> Link:
+    if bus.protocol not in MODBUS_PROTOCOLS:
+        raise ConfigError(f"bus {bus.id!r} speaks {bus.protocol}, not Modbus")
+    if engine == "pymodbus":
+        from drivers.modbus.pymodbus_io import PymodbusLink
+
+        return PymodbusLink(bus)
+    connect_timeout = max(bus.timeout_s, 1.0)
+    if bus.protocol == "modbus-rtu":
+        if not bus.port:
+            raise ConfigError(f"serial bus {bus.id!r} has no port; set `port: /dev/ttyS1` or similar")
+        silence = bus.inter_frame_s
+        if silence is None:
+            silence = t35(bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
+        channel = SerialChannel(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
+        return RtuLink(bus.port, channel, silence,
+                       char_time(bus.baudrate, bus.parity, bus.stopbits, bus.bytesize))
+    if not bus.host or not bus.tcp_port:
+        raise ConfigError(f"TCP bus {bus.id!r} needs host and port")
+    if bus.protocol == "modbus-rtu-over-tcp":
+        return RtuLink(f"{bus.host}:{bus.tcp_port}",
+                       TcpChannel(bus.host, bus.tcp_port, connect_timeout),
+                       bus.inter_frame_s or 0.0, 0.0)
+    return TcpLink(bus.host, bus.tcp_port, connect_timeout, bus.concurrency)
+
+
+class ModbusDriver:
+    """A Modbus driver bound to one bus (see module doc)."""
+
+    def __init__(self, bus: BusSettings, engine: Engine = "lean") -> None:
+        self.bus = bus
+        self.engine: Engine = engine
+        self.link: Link = _link_for(bus, engine)
+
+    async def open(self) -> None:
+        """Open the port/socket; safe to call again when already open."""
+        await self.link.open()
+
+    async def close(self) -> None:
+        """Close the port/socket; safe to repeat and after a failed open."""
+        await self.link.close()
+
+    async def read_request(self, address: str, request: ReadRequest, timeout: float) -> bytes:
+        """One raw request: its register bytes (for ``scan`` and diagnostics)."""
+        return await self.link.transact(parse_unit(address, self.bus.protocol), request, timeout)
+
+    async def read(self, address: str, plan: ReadPlan, timeout: float) -> dict[str, PointResult]:
+        """Execute ``plan`` against unit ``address``; see the module doc for the semantics."""
+        unit = parse_unit(address, self.bus.protocol)
+        results: dict[str, PointResult] = {}
+        transact = self.link.transact
+        pause = plan.pause_between_requests_s
+        for i, request in enumerate(plan.requests):
+            if pause and i:
+                await asyncio.sleep(pause)
+            try:
+                data = await transact(unit, request, timeout)
+            except DeviceException as exc:
+                reason = str(exc)
+                for pp in request.points:
+                    results[pp.point.name] = PointResult(None, "exception", reason)
+                continue
+            _decode_into(results, request.points, data)
+        return results
+
+    async def probe(self, address: str, timeout: float) -> bool:
+        """True when something answers at ``address`` (an exception reply counts as an answer).
+
+        A timeout or a garbled reply is False; a port failure is raised (TransportError).
+        """
+        from gateway.errors import FrameError, ReadTimeout
+
+        try:
+            await self.read_request(address, _PROBE, timeout)
+        except DeviceException:
+            return True
+        except (ReadTimeout, FrameError):
+            return False
+        return True
+
+
+def _decode_into(results: dict[str, PointResult], points: tuple[PlannedPoint, ...], data: bytes) -> None:
+    for pp in points:
+        point = pp.point
+        start = pp.offset * 2
+        try:
+            results[point.name] = PointResult(decode_bytes(point, data[start:start + 2 * point.width]))
+        except DecodeError as exc:
+            results[point.name] = PointResult(None, "invalid", str(exc))
+
+
+def create_driver(bus: BusSettings, engine: Engine = "lean") -> ModbusDriver:
+    """The driver for a Modbus bus (the factory the gateway core calls)."""
+    return ModbusDriver(bus, engine)
