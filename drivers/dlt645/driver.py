@@ -137,6 +137,11 @@ class Dlt645Plan:
         return len(self.steps)
 
 
+def _di_text(di: int, protocol: ProtocolName) -> str:
+    """A DI as written: 8 hex digits (2007) or 4 (1997)."""
+    return f"{di:04X}" if protocol == "dlt645-1997" else f"{di:08X}"
+
+
 def _fmt(point: DiPoint) -> ValueFormat:
     try:
         return parse_format(point.fmt)
@@ -476,8 +481,8 @@ class Dlt645Driver:
             if step.fallback and (exc.code & NO_REQUESTED_DATA or protocol == "dlt645-1997"):
                 self._no_block.setdefault(addr, set()).add(step.di)
                 log.info(
-                    "meter %s does not support block DI %X (%s); reading its points one by one from now on",
-                    addr, step.di, exc.name,
+                    "meter %s does not support block DI %s (%s); reading its points one by one from now on",
+                    addr, _di_text(step.di, protocol), exc.name,
                 )
                 for single in step.fallback:
                     await self._run_step(addr, single, protocol, timeout, out)
@@ -520,7 +525,7 @@ class Dlt645Driver:
         if len(chunk) < slot.fmt.size:
             return PointResult(
                 None, "invalid",
-                f"the reply to DI {di:X} has {len(payload)} value bytes; {slot.name} needs bytes "
+                f"the reply to DI {di:08X} has {len(payload)} value bytes; {slot.name} needs bytes "
                 f"{slot.offset}..{slot.offset + slot.fmt.size - 1} (the meter has fewer values)",
             )
         try:
