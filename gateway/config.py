@@ -93,6 +93,7 @@ from gateway.yamlpos import (
     as_text,
     compose,
     describe,
+    is_plain,
     is_unquoted_number,
     quoted_list,
     scalar_text,
@@ -388,6 +389,7 @@ class _Loader:
     """One load: the issues found so far, the environment, and where relative paths start."""
 
     def __init__(self, file: str, base_dir: Path, env: Mapping[str, str]) -> None:
+        self.declared_buses: set[str] = set()  # ids of buses written, valid or not
         self.issues = Issues(file)
         self.base_dir = base_dir
         self.env = env
@@ -497,6 +499,8 @@ class _Loader:
         for i, node in enumerate(self.seq(top.node("buses"), "buses", "each item starts with - id:")):
             bus_id = _peek_text(node, "id")
             where = f'bus "{bus_id}"' if bus_id else f"bus #{i + 1}"
+            if bus_id:
+                self.declared_buses.add(bus_id)
             type_text = _peek_text(node, "type")
             accepted = _BUS_KEYS.get(type_text or "") or tuple(
                 dict.fromkeys((*_BUS_KEYS["serial"], *_BUS_KEYS["tcp"])))
@@ -517,10 +521,12 @@ class _Loader:
         bus_id = m.req("id", _ident, "a name such as rs485-1")
         btype = m.req("type", as_choice(("serial", "tcp")), "serial or tcp")
         allowed = TCP_PROTOCOLS if btype == "tcp" else SERIAL_PROTOCOLS
-        protocol = m.req("protocol", as_choice(allowed if btype else (*SERIAL_PROTOCOLS, "modbus-tcp",
-                                                                       "modbus-rtu-over-tcp")),
-                         " | ".join(allowed))
+        every = tuple(dict.fromkeys((*SERIAL_PROTOCOLS, *TCP_PROTOCOLS)))
+        protocol = m.req("protocol", as_choice(every), " | ".join(allowed))
         if btype is not None and protocol is not None and protocol not in allowed:
+            other = "tcp" if btype == "serial" else "serial"
+            m.bad("protocol", f"{protocol} needs a {other} bus; on a {btype} bus use one of "
+                  f"{', '.join(allowed)}")
             protocol = None
         family = protocol_family(protocol or "modbus")
         timeout_ms = m.get("timeout_ms", as_float(1, 60000), float(_DEFAULT_TIMEOUT_MS[family]))
@@ -726,7 +732,7 @@ class _Loader:
             profile_name = m.req("profile", as_text, "the profile's file name, e.g. chint-dtsu666")
             ref = buses.get(bus_name) if bus_name is not None else None
             bus = ref.settings if ref is not None else None
-            if bus_name is not None and bus is None:
+            if bus_name is not None and bus is None and bus_name not in self.declared_buses:
                 m.bad("bus", f'"{bus_name}" is not a defined bus{suggest(bus_name, buses)}; use one '
                       f"of {quoted_list(buses)}")
             protocol = self.meter_protocol(m, bus)
@@ -792,7 +798,7 @@ class _Loader:
         if protocol is None:
             return None
         if protocol_family(protocol) == "dlt645":
-            if is_unquoted_number(node) and text.startswith("0"):
+            if is_plain(node) and text.isdigit() and text.startswith("0"):
                 m.bad("address", f'{text} must be quoted ("{text}"), because YAML reads an unquoted '
                       "number with leading zeros as a different number")
                 return None

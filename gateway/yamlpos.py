@@ -104,6 +104,8 @@ def describe(node: yaml.Node) -> str:
         return "a list"
     if node.tag == _NULL:
         return "empty"
+    if getattr(node, "style", None) in ("'", '"') and node.tag == _STR:
+        return f'the quoted text "{node.value}" (remove the quotes)'
     return f'"{node.value}"'
 
 
@@ -133,6 +135,11 @@ def scalar_text(node: yaml.Node) -> str:
 def is_unquoted_number(node: yaml.Node) -> bool:
     """True for a plain scalar YAML reads as a number (``0123``, ``5``, ``1.5``)."""
     return isinstance(node, yaml.ScalarNode) and node.tag in (_INT, _FLOAT)
+
+
+def is_plain(node: yaml.Node) -> bool:
+    """True for an unquoted scalar (one whose meaning YAML infers from its text)."""
+    return isinstance(node, yaml.ScalarNode) and node.style is None
 
 
 def as_text(node: yaml.Node) -> str:
@@ -305,8 +312,8 @@ class MapView:
         self.ok = True
         self.suggested: set[str] = set()  # accepted keys an unknown key looked like
         self.line: int | None = line_of(node) if node is not None else line
-        if node is None:
-            return
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
+            return  # absent, or a key whose every sub-key is commented out: all defaults
         if not isinstance(node, yaml.MappingNode):
             self.ok = False
             issues.add(node, f"{where} must be a mapping of keys to values, not {describe(node)}")
