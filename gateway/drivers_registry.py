@@ -42,5 +42,6 @@ def compile_plan(bus: BusSettings, meter: MeterSettings, profile: Profile, names
     from drivers.dlt645.driver import compile_plan as compile_dlt645
 
     dis = [p for p in points if isinstance(p, DiPoint)]
-    protocol = meter.protocol or bus.protocol
-    return compile_dlt645(dis, protocol=protocol)
+    if (meter.protocol or bus.protocol) == "dlt645-1997":
+        return compile_dlt645(dis, protocol="dlt645-1997")
+    return compile_dlt645(dis, protocol="dlt645")

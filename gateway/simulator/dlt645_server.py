@@ -112,6 +112,7 @@ class SimDlt645Spec:
     clock_drift_ppm: float = 0.0
     events: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_EVENTS))
     epoch: float | None = None
+    port: int = 0          # TCP port to listen on (0: any free port); the line's first meter decides
 
     @property
     def line_key(self) -> tuple[str, str]:
@@ -524,7 +525,7 @@ class Dlt645Simulator:
                 self._endpoints[key] = SimEndpoint("pty", path=os.ttyname(slave))
             else:
                 server = await asyncio.start_server(
-                    self._connection_handler(line), host="127.0.0.1", port=0)
+                    self._connection_handler(line), host="127.0.0.1", port=line.meters[0].spec.port)
                 self._servers.append(server)
                 port = server.sockets[0].getsockname()[1]
                 self._endpoints[key] = SimEndpoint("tcp", host="127.0.0.1", port=port)

@@ -1,0 +1,260 @@
+"""``amr-gateway``: the command line.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid configuration. Errors go
+to stderr as one clear sentence, never a bare traceback (``--debug`` shows tracebacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.errors import AmrError, ConfigError
+
+log = logging.getLogger("amr.cli")
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def parse_clock_start(text: str | None) -> float | None:
+    """``--clock-start`` as epoch seconds (ISO-8601 with offset; naive means UTC)."""
+    if text is None:
+        return None
+    from gateway.model import parse_iso
+
+    try:
+        return parse_iso(text)
+    except ValueError:
+        raise ConfigError(f"--clock-start must be ISO-8601 such as 2026-11-30T23:50:00+08:00, not {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (kept separate so tests and docs can inspect it)."""
+    p = argparse.ArgumentParser(prog="amr-gateway", description="Meter-data gateway for power utilities.")
+    p.add_argument("--version", action="version", version=f"amr-gateway {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway (what systemd starts)")
+    run.add_argument("-c", "--config", required=True, type=Path)
+
+    demo = sub.add_parser("demo", help="the whole gateway on built-in simulated meters; no file needed")
+    demo.add_argument("--clock-start", help="simulated start time, e.g. 2026-11-30T23:50:00+08:00")
+    demo.add_argument("--clock-rate", type=float, default=1.0, help="simulated seconds per real second")
+    demo.add_argument("--listen", default="127.0.0.1:8080", help="API address (default 127.0.0.1:8080)")
+    demo.add_argument("--data-dir", type=Path, help="keep the demo store here (default: a temporary folder)")
+    demo.add_argument("--mqtt", default="127.0.0.1:1883", help="broker to publish to when it answers")
+    demo.add_argument("--duration", type=float, help="stop after this many real seconds")
+
+    val = sub.add_parser("validate", help="check a configuration; every error names file and line")
+    val.add_argument("-c", "--config", required=True, type=Path)
+
+    read = sub.add_parser("read", help="read one meter once and print a decoded table")
+    read.add_argument("-c", "--config", type=Path, help="configuration holding the meter")
+    read.add_argument("--meter", help="meter id from the configuration")
+    _add_target_args(read)
+    read.add_argument("--profile", help="profile name (ad hoc reads)")
+    read.add_argument("--unit", help="Modbus unit id (ad hoc reads)")
+    read.add_argument("--address", help="DL/T 645 address, 12 digits (ad hoc reads)")
+
+    scan = sub.add_parser("scan", help="find the Modbus unit ids or DL/T 645 addresses that answer")
+    _add_target_args(scan)
+    scan.add_argument("--range", dest="id_range", help="unit ids (e.g. 1-247) or DL/T 645 addresses "
+                      "(comma list or a-b range of 12-digit numbers)")
+
+    sim = sub.add_parser("simulate", help="serve the meters a configuration describes, simulated")
+    sim.add_argument("-c", "--config", required=True, type=Path)
+    sim.add_argument("--clock-start")
+    sim.add_argument("--clock-rate", type=float, default=1.0)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--duration", type=float, help="stop after this many real seconds")
+
+    exp = sub.add_parser("export", help="intervals / settlements / events / readings from the local store as CSV")
+    exp.add_argument("what", choices=["readings", "intervals", "settlements", "events"])
+    exp.add_argument("-c", "--config", required=True, type=Path)
+    exp.add_argument("--meter", help="one meter (default: all)")
+    exp.add_argument("--from", dest="start", help="start, ISO-8601 (default: 24 h before --to)")
+    exp.add_argument("--to", dest="end", help="end, ISO-8601 (default: now)")
+    exp.add_argument("--step", default="15m", help="interval step: 15m, 30m, 1h, 1d")
+    exp.add_argument("--cycle", help="billing cycle YYYY-MM (settlements)")
+    exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    return p
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tcp", help="HOST:PORT of a Modbus TCP device or serial server")
+    p.add_argument("--serial", help="serial port, e.g. /dev/ttyUSB0")
+    p.add_argument("--baud", type=int, help="baud rate (default 9600 Modbus, 2400 DL/T 645)")
+    p.add_argument("--parity", choices=["N", "E", "O"], help="parity (default E)")
+    p.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    p.add_argument("--protocol", default="modbus",
+                   choices=["modbus", "modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"])
+    p.add_argument("--timeout", type=float, default=1.0, help="reply timeout in seconds")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``amr-gateway`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
+        "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export,
+    }
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return EXIT_USAGE
+    except AmrError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+# ---------------------------------------------------------------------------- validate
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a configuration file."""
+    from gateway.config import validate_command
+
+    return validate_command(args.config)
+
+
+# ---------------------------------------------------------------------------- run
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads the configuration."""
+    from gateway.config import load_settings
+
+    settings = load_settings(args.config)
+    return _run_async(_serve(settings, args.config, load_settings))
+
+
+async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any] | None) -> int:
+    from gateway import systemd
+    from gateway.runtime import Gateway
+
+    gw = Gateway(settings)
+    await gw.start()
+    stop = asyncio.Event()
+    reload_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if path is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    systemd.notify("READY=1")
+    watchdog = asyncio.create_task(systemd.watchdog_loop(), name="watchdog")
+    try:
+        while not stop.is_set():
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload_requested.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            if reload_requested.is_set() and not stop.is_set():
+                reload_requested.clear()
+                assert path is not None and loader is not None
+                try:
+                    new = loader(path)
+                except ConfigError as exc:
+                    log.error("reload refused, the running configuration stays:\n%s", exc)
+                    continue
+                systemd.notify("RELOADING=1")
+                await gw.stop()
+                gw = Gateway(new)
+                await gw.start()
+                systemd.notify("READY=1")
+                log.info("configuration reloaded from %s", path)
+    finally:
+        systemd.notify("STOPPING=1")
+        watchdog.cancel()
+        await gw.stop()
+    return EXIT_OK
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulated meters + the whole gateway + API, on embedded defaults."""
+    from gateway.demo import run_demo
+
+    start = parse_clock_start(args.clock_start)
+    if args.clock_rate <= 0:
+        raise ConfigError("--clock-rate must be positive, e.g. 60")
+    host, _, port = args.listen.rpartition(":")
+    mqtt_host, _, mqtt_port = args.mqtt.rpartition(":")
+    return _run_async(run_demo(
+        clock_start=start, clock_rate=args.clock_rate, api_host=host or "127.0.0.1", api_port=int(port),
+        data_dir=args.data_dir, mqtt=(mqtt_host or "127.0.0.1", int(mqtt_port or 1883)),
+        duration=args.duration,
+    ))
+
+
+# ---------------------------------------------------------------------------- simulate
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve simulated meters for every bus of a configuration."""
+    from gateway.config import load_settings
+    from gateway.simulator.fleet import run_simulator
+
+    settings = load_settings(args.config)
+    return _run_async(run_simulator(settings, seed=args.seed, clock_start=parse_clock_start(args.clock_start),
+                                    clock_rate=args.clock_rate, duration=args.duration))
+
+
+# ---------------------------------------------------------------------------- read / scan
+def cmd_read(args: argparse.Namespace) -> int:
+    """Read one meter once and print a table."""
+    from gateway.oneshot import read_once
+
+    return _run_async(read_once(args))
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Scan a bus for answering unit ids / addresses."""
+    from gateway.oneshot import scan_bus
+
+    return _run_async(scan_bus(args))
+
+
+# ---------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write CSV from the local store without a running gateway."""
+    from gateway.export import export_csv
+
+    return _run_async(export_csv(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

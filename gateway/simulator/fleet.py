@@ -1,0 +1,188 @@
+"""Simulated meters for every bus of a configuration: ``amr-gateway simulate`` and the demo.
+
+The configuration a gateway runs with also describes what to simulate: each TCP bus is
+served on its own loopback port, each serial bus on a pseudo-terminal that is linked at the
+bus's ``port`` path (like ``socat``'s ``link=``), so ``amr-gateway simulate -c F`` and
+``amr-gateway run -c F`` with the same file rehearse a whole site on one machine. Only
+loopback TCP endpoints are served. Every meter's registers come from a deterministic
+:class:`~gateway.simulator.model.MeterModel` seeded from (seed, meter id), with the meter's
+own CT and PT, so a test can compute what any meter shows at any instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+from gateway.clock import Clock, ScaledClock
+from gateway.errors import ConfigError
+from gateway.settings import BusSettings, MeterSettings, Settings
+from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
+from gateway.simulator.model import MeterModel
+
+log = logging.getLogger("amr.sim")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def meter_seed(seed: int, meter_id: str) -> int:
+    """A stable per-meter seed, so every run simulates the same meter the same way."""
+    return zlib.crc32(f"{seed}:{meter_id}".encode())
+
+
+def base_kw_for(meter: MeterSettings, seed: int) -> float:
+    """A plausible primary-side load for a simulated meter (20–120 kW, seeded)."""
+    return 20.0 + (meter_seed(seed, meter.id) % 100)
+
+
+class SimulatedFleet:
+    """Starts and stops the simulators for a configuration's buses."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None, seed: int = 1) -> None:
+        self.settings = settings
+        self.clock: Clock = clock if clock is not None else ScaledClock()
+        self.seed = seed
+        self.tz = settings.gateway.timezone
+        self._modbus: Any = None
+        self._dlt645: Dlt645Simulator | None = None
+        self._links: list[Path] = []
+        self._owner: dict[str, Any] = {}
+
+    def _meters_on(self, bus: BusSettings) -> list[MeterSettings]:
+        return [m for m in self.settings.meters.values() if m.bus == bus.id]
+
+    async def start(self) -> None:
+        """Serve every bus; link serial buses' ports to their ptys."""
+        from gateway.simulator.modbus_server import ModbusSimulator, SimMeterSpec
+
+        modbus_specs: list[Any] = []
+        dlt_specs: list[SimDlt645Spec] = []
+        modbus_lines: dict[str, BusSettings] = {}
+        dlt_lines: dict[str, BusSettings] = {}
+        for bus in self.settings.buses.values():
+            meters = self._meters_on(bus)
+            if not meters:
+                continue
+            if bus.type == "tcp" and bus.host not in LOOPBACK:
+                log.warning("bus %s: %s is not a loopback address; not simulated", bus.id, bus.host)
+                continue
+            for m in meters:
+                protocol = m.protocol or bus.protocol
+                seed = meter_seed(self.seed, m.id)
+                if protocol.startswith("modbus"):
+                    if protocol == "modbus-rtu-over-tcp":
+                        raise ConfigError(f"bus {bus.id}: the simulator does not serve modbus-rtu-over-tcp yet")
+                    modbus_specs.append(SimMeterSpec(
+                        id=m.id, protocol="modbus-tcp" if bus.type == "tcp" else "modbus-rtu",
+                        unit=int(m.address), profile=self.settings.profiles[m.profile], seed=seed,
+                        ct=m.ct_ratio.factor, pt=m.pt_ratio.factor, base_kw=base_kw_for(m, self.seed),
+                        port=bus.tcp_port if bus.type == "tcp" else None, line=bus.id,
+                    ))
+                    if bus.type == "serial":
+                        modbus_lines[bus.id] = bus
+                else:
+                    dlt_specs.append(SimDlt645Spec(
+                        id=m.id, address=m.address, transport="tcp" if bus.type == "tcp" else "pty",
+                        line=bus.id, protocol="dlt645-1997" if protocol == "dlt645-1997" else "dlt645",
+                        seed=seed, base_kw=base_kw_for(m, self.seed), multiplier=m.multiplier,
+                        port=bus.tcp_port or 0 if bus.type == "tcp" else 0,
+                    ))
+                    if bus.type == "serial":
+                        dlt_lines[bus.id] = bus
+        if modbus_specs:
+            self._modbus = ModbusSimulator(modbus_specs, self.clock, self.tz)
+            await self._modbus.start()
+            for spec in modbus_specs:
+                self._owner[spec.id] = self._modbus
+        if dlt_specs:
+            self._dlt645 = Dlt645Simulator(dlt_specs, self.clock, self.tz)
+            await self._dlt645.start()
+            for dspec in dlt_specs:
+                self._owner[dspec.id] = self._dlt645
+        for bus_id, bus in {**modbus_lines, **dlt_lines}.items():
+            first = self._meters_on(bus)[0].id
+            pty = self.endpoint(first)
+            assert isinstance(pty, str)
+            self._link(Path(str(bus.port)), pty, bus_id)
+
+    def _link(self, link: Path, target: str, bus_id: str) -> None:
+        if link.exists() and not link.is_symlink():
+            raise ConfigError(f"bus {bus_id}: {link} exists and is not a link; the simulator will not "
+                              "replace a real serial port (point the bus at a free path)")
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, link)
+        self._links.append(link)
+        log.info("bus %s simulated on %s -> %s", bus_id, link, target)
+
+    def endpoint(self, meter_id: str) -> str | tuple[str, int]:
+        """A pty path, or (host, port), where the meter answers."""
+        owner = self._owner[meter_id]
+        ep = owner.endpoint(meter_id)
+        if isinstance(ep, tuple | str):
+            return ep
+        if getattr(ep, "kind", None) == "pty":
+            return str(ep.path)
+        return (str(ep.host), int(ep.port))
+
+    def model(self, meter_id: str) -> MeterModel:
+        """The meter's deterministic model (what it shows at any instant)."""
+        model: MeterModel = self._owner[meter_id].model(meter_id)
+        return model
+
+    async def stop_meter(self, meter_id: str) -> None:
+        """Take one meter offline (it stops answering)."""
+        await self._owner[meter_id].stop_meter(meter_id)
+
+    async def start_meter(self, meter_id: str) -> None:
+        """Bring a meter back."""
+        await self._owner[meter_id].start_meter(meter_id)
+
+    async def stop(self) -> None:
+        """Stop every simulator and remove the serial links."""
+        if self._modbus is not None:
+            await self._modbus.stop()
+        if self._dlt645 is not None:
+            await self._dlt645.stop()
+        for link in self._links:
+            with contextlib.suppress(OSError):
+                if link.is_symlink():
+                    link.unlink()
+        self._links.clear()
+
+
+async def run_simulator(settings: Settings, *, seed: int, clock_start: float | None, clock_rate: float,
+                        duration: float | None) -> int:
+    """``amr-gateway simulate``: serve until Ctrl-C or ``duration`` seconds."""
+    import signal
+
+    clock = ScaledClock(clock_start, clock_rate)
+    fleet = SimulatedFleet(settings, clock, seed)
+    await fleet.start()
+    for m in settings.meters.values():
+        try:
+            where = fleet.endpoint(m.id)
+        except KeyError:
+            continue
+        where_text = where if isinstance(where, str) else f"{where[0]}:{where[1]}"
+        print(f"{m.id:<20} {m.profile:<16} address {m.address:<14} at {where_text}", flush=True)
+    print("simulating; press Ctrl-C to stop", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if duration is None:
+            await stop.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+    finally:
+        await fleet.stop()
+    return 0
