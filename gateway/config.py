@@ -13,7 +13,8 @@ Decisions worth knowing (also documented in ``config/gateway.example.yaml``):
 * Relative paths (``data_dir``, ``profiles_dir``, ``*_file``) are relative to the directory
   of the configuration file, not to the working directory.
 * Profiles are looked up in ``profiles_dir`` (top level or under ``gateway``), then
-  ``<config dir>/profiles/``, then the repository's shipped ``config/profiles/``. Only the
+  ``<config dir>/profiles/``, then the repository's shipped ``config/profiles/`` (and, in an
+  installed wheel, ``gateway/defaults/profiles/`` when it exists). Only the
   profiles that meters reference are loaded; a broken one is reported with its own file
   and line.
 * Bus defaults depend on the protocol: Modbus RTU 9600 baud, DL/T 645-2007 2400 baud,
@@ -106,7 +107,10 @@ _T = TypeVar("_T")
 _Conv = Callable[[yaml.Node], _T]
 
 SHIPPED_PROFILES_DIR: Final = Path(gateway.__file__).resolve().parent.parent / "config" / "profiles"
-"""The profiles shipped in the repository, searched last."""
+"""The profiles shipped in the repository, searched after the configuration's own."""
+
+PACKAGED_PROFILES_DIR: Final = Path(gateway.__file__).resolve().parent / "defaults" / "profiles"
+"""Profiles packaged inside the wheel (``gateway/defaults/profiles``), searched last when present."""
 
 STANDARD_BAUDRATES: Final = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 """Baud rates a serial bus may use (the standard rates RS-485 meters support)."""
@@ -206,8 +210,10 @@ def validate_command(path: Path) -> int:
 
 def profile_search_dirs(base_dir: Path, profiles_dir: Path | None = None) -> list[Path]:
     """Where profiles are looked up, in order (duplicates removed)."""
+    base_dir = Path(os.path.abspath(base_dir))
     dirs: list[Path] = []
-    for candidate in (profiles_dir, base_dir / "profiles", SHIPPED_PROFILES_DIR):
+    packaged = PACKAGED_PROFILES_DIR if PACKAGED_PROFILES_DIR.is_dir() else None
+    for candidate in (profiles_dir, base_dir / "profiles", SHIPPED_PROFILES_DIR, packaged):
         if candidate is None:
             continue
         directory = _abs(base_dir, candidate)
@@ -461,10 +467,12 @@ class _Loader:
         if not top.ok:
             return None
         gateway_node = top.node("gateway")
+        gw_map = MapView(self.issues, gateway_node, "gateway", _GATEWAY_KEYS, line=1)
         if gateway_node is None:
             top.req("gateway", as_text, "with at least id")
-        gw_map = MapView(self.issues, gateway_node, "gateway", _GATEWAY_KEYS, line=1)
-        gw = self.gateway(gw_map)
+            gw = None
+        else:
+            gw = self.gateway(gw_map)
         profiles_dir = self.path(top, "profiles_dir")
         if "profiles_dir" in gw_map:
             if profiles_dir is not None:
@@ -747,20 +755,22 @@ class _Loader:
             profile = self.meter_profile(m, profile_name, protocol, bus, search, profiles)
             rated_v = m.opt("rated_voltage_v", _positive_decimal)
             rated_a = m.opt("rated_current_a", _positive_decimal)
+            if mid is not None:
+                if mid in lines:
+                    self.issues.add(m.value_line("id"), f'meter id "{mid}" is already used on line '
+                                    f"{lines[mid]}; give each meter a unique id")
+                    continue
+                lines[mid] = m.value_line("id")
+            if bus is not None and address is not None:
+                key = (bus.id, address)
+                if key in addresses:
+                    other, other_line = addresses[key]
+                    m.bad("address", f'{address} on bus "{bus.id}" is already used by meter "{other}" '
+                          f"(line {other_line}); give each meter on a bus its own address")
+                    continue
+                addresses[key] = (mid or where, m.value_line("id"))
             if mid is None or customer is None or bus is None or address is None or profile is None:
                 continue
-            if mid in out:
-                self.issues.add(m.value_line("id"), f'meter id "{mid}" is already used on line '
-                                f"{lines[mid]}; give each meter a unique id")
-                continue
-            key = (bus.id, address)
-            if key in addresses:
-                other, other_line = addresses[key]
-                m.bad("address", f'{address} on bus "{bus.id}" is already used by meter "{other}" '
-                      f"(line {other_line}); give each meter on a bus its own address")
-                continue
-            addresses[key] = (mid, m.value_line("id"))
-            lines[mid] = m.value_line("id")
             override = m.opt("protocol", as_text)
             out[mid] = MeterSettings(
                 id=mid, customer=customer, bus=bus.id, address=address, profile=profile.name,
@@ -974,7 +984,7 @@ def _register_names() -> list[str]:
 
 def _load(text: str, file: str, base_dir: Path, env: Mapping[str, str] | None,
           source: Path | None) -> Settings:
-    loader = _Loader(file, base_dir, os.environ if env is None else env)
+    loader = _Loader(file, Path(os.path.abspath(base_dir)), os.environ if env is None else env)
     root = compose(text, loader.issues)
     settings = loader.run(root, source) if root is not None else None
     issues = loader.issues.items + loader.profile_issues

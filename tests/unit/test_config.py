@@ -309,3 +309,36 @@ def test_parse_ratio(text: str, factor: Decimal) -> None:
 def test_parse_ratio_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_ratio(text)
+
+
+def test_duplicate_meter_id_is_found_even_when_the_first_is_otherwise_broken(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "  - {id: m1, customer: C1, bus: mb, address: 7, profile: simulator}\n",
+        "  - {id: m1, customer: C1, bus: mb, address: 999, profile: simulator}\n"
+        "  - {id: m1, customer: C2, bus: mb, address: 8, profile: simulator}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings_from_text(text, "gw.yaml", tmp_path, env={})
+    assert [(i.line, i.message) for i in info.value.issues] == [
+        (8, 'meter "m1": address must be a Modbus unit id between 1 and 247, not "999"'),
+        (9, 'meter id "m1" is already used on line 8; give each meter a unique id'),
+    ]
+
+
+def test_missing_gateway_section_is_reported_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings_from_text("buses: []\nmeters: []\n", "gw.yaml", env={})
+    assert [(i.line, i.message) for i in info.value.issues] == [
+        (1, 'the configuration: the required key "gateway" is missing; add it (with at least id)'),
+    ]
+
+
+def test_relative_config_path_resolves_profiles_and_data_dir(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc" / "profiles").mkdir(parents=True)
+    (tmp_path / "etc" / "profiles" / "simulator.yaml").write_text(_profile("simulator", "local"))
+    (tmp_path / "etc" / "gw.yaml").write_text(MINIMAL.replace("{id: gw1}", "{id: gw1, data_dir: db}"))
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(Path("etc/gw.yaml"), env={})
+    assert s.profiles["simulator"].description == "local"
+    assert s.gateway.data_dir == tmp_path / "etc" / "db"
+    assert profile_search_dirs(Path("etc"))[0] == tmp_path / "etc" / "profiles"
