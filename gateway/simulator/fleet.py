@@ -36,8 +36,13 @@ def meter_seed(seed: int, meter_id: str) -> int:
 
 
 def base_kw_for(meter: MeterSettings, seed: int) -> float:
-    """A plausible primary-side load for a simulated meter (20–120 kW, seeded)."""
-    return 20.0 + (meter_seed(seed, meter.id) % 100)
+    """A plausible primary-side load: 20–120 kW seeded, scaled up for high-voltage metering.
+
+    A meter behind 10 kV PTs and 200/5 CTs (multiplier 4000) measures megawatts, not the
+    kilowatts of a low-voltage meter, so the load grows with the multiplier.
+    """
+    scale = max(1.0, float(meter.multiplier) / 40.0)
+    return (20.0 + (meter_seed(seed, meter.id) % 100)) * scale
 
 
 class SimulatedFleet:
