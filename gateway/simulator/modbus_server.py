@@ -101,6 +101,7 @@ class SimMeter:
         self.running = True
         self.fault: Fault | None = None
         self.requests = 0
+        self.warned = False
         by_fc: dict[int, list[tuple[RegisterPoint, Decimal]]] = {}
         for name, point in spec.profile.points.items():
             if isinstance(point, RegisterPoint):
@@ -155,7 +156,14 @@ def _pdu_reply(meter: SimMeter, pdu: bytes) -> bytes:
     address, count = struct.unpack_from(">HH", pdu, 1)
     if meter.fault == "exception":
         return bytes((function | 0x80, 4))
-    result = meter.registers(function, address, count)
+    try:
+        result = meter.registers(function, address, count)
+    except ValueError as exc:           # a value the profile's type cannot hold
+        if not meter.warned:
+            meter.warned = True
+            log.warning("simulated meter %s: %s; answering exception 4 (server device failure)",
+                        meter.spec.id, exc)
+        return bytes((function | 0x80, 4))
     if isinstance(result, int):
         return bytes((function | 0x80, result))
     return bytes((function, 2 * count)) + struct.pack(f">{count}H", *result)
