@@ -119,6 +119,13 @@ def scan_rtu_reply(buf: bytes | bytearray, unit: int, function: int,
     n = len(buf)
     expected = 5 + 2 * count
     exc_fn = function | 0x80
+    # Fast path (called once per received chunk): the expected reply is still arriving.
+    if n and buf[0] == unit and (
+        n < 2
+        or (buf[1] == function and n < expected and (n < 3 or buf[2] == 2 * count))
+        or (buf[1] == exc_fn and n < 5)
+    ):
+        return "partial", None
     partial = False
     for i in range(n):
         fn = buf[i + 1] if i + 1 < n else None
