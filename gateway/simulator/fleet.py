@@ -80,10 +80,9 @@ class SimulatedFleet:
                 protocol = m.protocol or bus.protocol
                 seed = meter_seed(self.seed, m.id)
                 if protocol.startswith("modbus"):
-                    if protocol == "modbus-rtu-over-tcp":
-                        raise ConfigError(f"bus {bus.id}: the simulator does not serve modbus-rtu-over-tcp yet")
+                    sim_protocol = protocol if bus.type == "tcp" else "modbus-rtu"
                     modbus_specs.append(SimMeterSpec(
-                        id=m.id, protocol="modbus-tcp" if bus.type == "tcp" else "modbus-rtu",
+                        id=m.id, protocol=sim_protocol,
                         unit=int(m.address), profile=self.settings.profiles[m.profile], seed=seed,
                         ct=m.ct_ratio.factor, pt=m.pt_ratio.factor, base_kw=base_kw_for(m, self.seed),
                         port=bus.tcp_port if bus.type == "tcp" else None, line=bus.id,
