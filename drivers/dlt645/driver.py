@@ -630,7 +630,7 @@ class Dlt645Driver:
                 break
             n = nxt
         oldest = min((w for w in visited.values() if w is not None), default=latest)
-        if n >= depth and oldest.date() > day:
+        if oldest.date() > day:
             raise missing(f"it keeps {depth} daily freezes, back to {oldest:%Y-%m-%d}; {day} is too old")
         raise missing(f"its daily freeze log has no record for {day} (a gap in the log)")
 
@@ -687,6 +687,7 @@ class Dlt645Driver:
         buf = bytearray()
         rejected: list[str] = []
         skipped: list[AmrError] = []
+        noise = 0
         try:
             while loop.time() < deadline:
                 chunk = await t.read_some(deadline)
@@ -695,9 +696,11 @@ class Dlt645Driver:
                 buf += chunk
                 for _ in range(len(buf) + 1):
                     found = scan(buf)
+                    frame = found.frame
+                    dropped = buf[: found.used - (OVERHEAD + len(frame.data) if frame else 0)]
+                    noise += sum(1 for b in dropped if b != 0xFE)
                     del buf[: found.used]
                     rejected += [r for r in found.rejected if r]
-                    frame = found.frame
                     if frame is None:
                         break
                     if not frame.is_reply:
@@ -724,6 +727,11 @@ class Dlt645Driver:
             raise FrameError(
                 f"meter {req.addr} answered {what} but the reply was corrupted ({rejected[-1]}); "
                 "check wiring, termination, baud rate and parity"
+            )
+        if noise and not buf:
+            raise FrameError(
+                f"{noise} bytes of noise but no valid reply from meter {req.addr} to {what}: several "
+                "meters may have answered at once; otherwise check wiring, termination, baud rate and parity"
             )
         partial = f" ({len(buf)} bytes of an incomplete reply arrived)" if buf else ""
         raise ReadTimeout(

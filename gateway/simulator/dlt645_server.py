@@ -16,8 +16,8 @@ What a simulated meter does (``SimDlt645Spec`` switches the options):
 * ``reply_preamble`` FE bytes in front of each reply;
 * follow-up frames: a reply whose DATA would exceed ``max_data_len`` goes out as B1, then
   B2 … 92 for each C = 12 follow-up request (SEQ 1, 2 …);
-* daily freezes at local 00:00 of the simulated clock for the last 62 days
-  (050600nn time, 050601nn / 050602nn energy blocks), minus ``freeze_gaps``;
+* daily freezes at local 00:00 of the simulated clock: the 62 most recent days that are not
+  in ``freeze_gaps`` (050600nn time, 050601nn / 050602nn energy blocks);
 * settlement-day snapshots (xxxxFF0n, xxxx0n): registers at the n-th previous settlement
   instant of ``settlement_days`` (reported as 04000B01..03);
 * a meter clock (04000101 / 04000102) with a fixed offset and a drift in ppm; a broadcast
@@ -185,8 +185,9 @@ class _SimMeter:
     def freeze_days(self) -> list[date]:
         """Days with a daily freeze record, newest first (last 62 days, minus gaps)."""
         today = self.local_naive(self.now()).date()
-        days = [today - timedelta(days=k) for k in range(catalogue.DAILY_FREEZE_DEPTH)]
-        return [d for d in days if d not in self.spec.freeze_gaps][: catalogue.DAILY_FREEZE_DEPTH]
+        gaps = self.spec.freeze_gaps
+        days = [today - timedelta(days=k) for k in range(catalogue.DAILY_FREEZE_DEPTH + len(gaps))]
+        return [d for d in days if d not in gaps][: catalogue.DAILY_FREEZE_DEPTH]
 
     def settlement_time(self, n: int) -> float:
         """Epoch of the n-th previous settlement instant (by the true simulated clock)."""
