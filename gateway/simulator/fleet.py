@@ -17,7 +17,7 @@ import logging
 import os
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gateway.clock import Clock, ScaledClock
 from gateway.errors import ConfigError
@@ -80,7 +80,9 @@ class SimulatedFleet:
                 protocol = m.protocol or bus.protocol
                 seed = meter_seed(self.seed, m.id)
                 if protocol.startswith("modbus"):
-                    sim_protocol = protocol if bus.type == "tcp" else "modbus-rtu"
+                    sim_protocol: Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"] = "modbus-rtu"
+                    if bus.type == "tcp":
+                        sim_protocol = "modbus-rtu-over-tcp" if protocol == "modbus-rtu-over-tcp" else "modbus-tcp"
                     modbus_specs.append(SimMeterSpec(
                         id=m.id, protocol=sim_protocol,
                         unit=int(m.address), profile=self.settings.profiles[m.profile], seed=seed,
