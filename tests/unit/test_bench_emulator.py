@@ -67,6 +67,15 @@ def test_wire_limits_match_the_reference_table() -> None:
     assert dlt645_reads_per_s(9600, 20) == pytest.approx(11.3, abs=0.05)
 
 
+def test_wire_formulas_agree_with_the_runtime_timing_module() -> None:
+    timing = pytest.importorskip("drivers.modbus.timing")
+    for baud in (1200, 2400, 9600, 19200, 38400, 115200):
+        assert t35(baud) == pytest.approx(timing.t35(baud, "E"))
+        for regs in (1, 2, 20, 125):
+            for td in (0.0, 0.01):
+                assert modbus_read_cycle(baud, regs, td) == pytest.approx(timing.read_cycle_s(baud, "E", regs, td))
+
+
 def test_codec_helpers_agree_with_known_vectors() -> None:
     # The classic example: 01 03 00 00 00 0A → CRC C5 CD.
     assert with_crc(bytes.fromhex("01030000000a")).hex() == "01030000000ac5cd"
