@@ -1,0 +1,162 @@
+"""The seam between the delivery loop and a sink, and the small pieces both sides share.
+
+A :class:`Sink` is a *windowed, acknowledging* transport: the runner hands it committed rows
+one by one in ``seq`` order (:meth:`Sink.send`, never more than :attr:`Sink.window` rows
+unacknowledged), and the sink reports, on the event loop's thread, what became of them
+through the :class:`Reporter` it was opened with:
+
+* ``delivered(seqs)`` — the peer acknowledged them (MQTT PUBACK, InfluxDB 2xx);
+* ``rejected(seqs, reason)`` — the peer will never take them (InfluxDB 400/422, or a
+  single line still too large after splitting): the cursor passes them, they are counted;
+* ``broken(error)`` — the connection or the batch failed with a
+  :class:`~gateway.errors.SinkError` whose ``action`` says keep or throttle: everything not
+  yet acknowledged is resent from the durable cursor on the next session.
+
+MQTT streams (one PUBLISH per row, PUBACKs come back asynchronously); InfluxDB batches
+(rows gather into a write of ``batch_size`` lines or ``batch_age`` seconds). Both fit the
+same seam, so the cursor rule lives in one place (:class:`AckTracker`): the cursor moves to
+the highest seq below which *everything* was delivered or rejected.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from gateway.errors import SinkError
+from gateway.store import OutboxRow
+
+
+class SinkAuthError(SinkError):
+    """The peer refused our credentials (MQTT CONNACK 4/5, HTTP 401/403): kept, retried slowly,
+    and shown as ``auth_failed`` in health, so an expired token is visible, not silent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "keep")
+
+
+class Reporter(Protocol):
+    """What a sink tells the runner; called on the event loop's thread only."""
+
+    def delivered(self, seqs: Iterable[int]) -> None:
+        """The peer acknowledged these seqs."""
+        ...
+
+    def rejected(self, seqs: Sequence[int], reason: str) -> None:
+        """The peer refused these seqs for good; the cursor passes them."""
+        ...
+
+    def broken(self, error: SinkError) -> None:
+        """The session failed; unacknowledged rows will be resent from the cursor."""
+        ...
+
+
+class Sink(Protocol):
+    """A transport to one peer (see the module docstring for the contract)."""
+
+    name: str
+    """The cursor's name in the store (``mqtt``, ``influxdb``)."""
+
+    window: int
+    """Rows handed over and not yet acknowledged, at most."""
+
+    page: int
+    """Rows to read from the store at a time."""
+
+    def target(self) -> str:
+        """Where the sink delivers to, for health and logs (no secrets)."""
+        ...
+
+    async def open(self, reporter: Reporter) -> None:
+        """Connect; raise :class:`SinkError` (keep/throttle) when the peer cannot be used."""
+        ...
+
+    def send(self, row: OutboxRow) -> None:
+        """Hand over one row (in seq order); never blocks, outcomes go to the reporter."""
+        ...
+
+    def flush(self) -> None:
+        """Send whatever is buffered now instead of waiting for the batch age."""
+        ...
+
+    async def close(self, graceful: bool) -> None:
+        """Disconnect; ``graceful`` is a planned stop (MQTT: publish ``offline`` first)."""
+        ...
+
+
+class AckTracker:
+    """The contiguous-acknowledgement rule: cursor = highest seq with nothing unacked below.
+
+    Rows are registered with :meth:`sent` in increasing seq order; :meth:`done` marks some
+    as delivered or rejected, in any order. Unknown seqs (from an earlier session) are
+    ignored, so a late PUBACK can never move the cursor past a row that was not delivered.
+    """
+
+    __slots__ = ("_done", "_outstanding", "cursor")
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor
+        self._outstanding: deque[int] = deque()
+        self._done: set[int] = set()
+
+    def sent(self, seq: int) -> None:
+        """Register a row as handed to the sink (seqs must increase)."""
+        if self._outstanding and seq <= self._outstanding[-1]:
+            raise ValueError(f"seq {seq} sent out of order after {self._outstanding[-1]}")
+        self._outstanding.append(seq)
+
+    def done(self, seqs: Iterable[int]) -> int:
+        """Mark seqs acknowledged; returns how many were newly marked (the cursor may move)."""
+        out = self._outstanding
+        if not out:
+            return 0
+        head, tail = out[0], out[-1]
+        marked = 0
+        for s in seqs:
+            if head <= s <= tail and s not in self._done:
+                self._done.add(s)
+                marked += 1
+        while out and out[0] in self._done:
+            s = out.popleft()
+            self._done.discard(s)
+            self.cursor = s
+        return marked
+
+    @property
+    def outstanding(self) -> int:
+        """Rows sent and not yet covered by the cursor."""
+        return len(self._outstanding)
+
+    @property
+    def last_sent(self) -> int:
+        """The highest seq handed over in this session (the cursor when none is)."""
+        return self._outstanding[-1] if self._outstanding else self.cursor
+
+
+class Backoff:
+    """Jittered exponential backoff: ``base × 2ⁿ`` capped at ``cap``, each delay scaled by a
+    random factor in [0.5, 1.0) so a fleet of gateways does not reconnect in lockstep after a
+    head-end outage."""
+
+    def __init__(self, base: float = 0.5, cap: float = 15.0, rng: Callable[[], float] = random.random) -> None:
+        self.base = base
+        self.cap = cap
+        self._rng = rng
+        self._n = 0
+
+    def next(self) -> float:
+        """The next delay in seconds (grows until :meth:`reset`)."""
+        delay = min(self.cap, self.base * (2.0 ** min(self._n, 30)))
+        self._n += 1
+        return delay * (0.5 + 0.5 * self._rng())
+
+    def reset(self) -> None:
+        """Start again from ``base`` (after a session that worked)."""
+        self._n = 0
+
+    @property
+    def attempts(self) -> int:
+        """Delays handed out since the last reset."""
+        return self._n

@@ -1,0 +1,279 @@
+"""The InfluxDB sink: committed messages → line protocol → v2 write API → the sink's cursor.
+
+The only module that imports influxdb-client; its ``ApiException`` and urllib3's transport
+errors become :class:`~gateway.errors.SinkError` here. What a line looks like (measurement,
+tags, fields, timestamp) is in :mod:`gateway.sinks.lineproto`.
+
+Batching: rows gather into a batch that is written when it holds ``batch_size`` lines or
+its first row is ``batch_age`` seconds old, whichever comes first; one write is in flight
+at a time (seq order per sink), while the next batch fills. The write uses the client's
+synchronous API on one private thread: it never blocks the event loop, costs one thread
+for the whole sink, and keeps ``aiohttp`` sessions out of the sink's life cycle.
+
+HTTP outcomes, as well-kept InfluxDB outputs map them (Telegraf's ``influxdb_v2``):
+
+=========  ============================================================================
+2xx        delivered: the cursor moves past the batch
+400, 422   rejected: the server will never take these lines (bad line, type conflict,
+           outside retention). Logged once per batch with the server's reason, counted
+           in ``rejected``; the cursor passes them
+401, 403   kept: state ``auth_failed``, logged once on the change; retried slowly
+413        too large: the batch is split in half and each half written (recursively);
+           a single line still too large is rejected
+429, 503   throttled: retried after the server's ``Retry-After`` (seconds or HTTP date),
+           or after the jittered backoff when it gives none
+other      kept: retried with jittered exponential backoff (5xx, timeouts, refused)
+=========  ============================================================================
+
+A retry re-reads the batch from the store (the durable cursor), so nothing lives only in
+memory; rewriting a point that already landed is harmless (same series, same timestamp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import urllib3.exceptions
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
+from influxdb_client.domain.write_precision import WritePrecision
+from influxdb_client.rest import ApiException
+
+from gateway.errors import SinkError
+from gateway.settings import InfluxSettings
+from gateway.sinks.base import Reporter, SinkAuthError
+from gateway.sinks.lineproto import LineError, row_line
+from gateway.store import OutboxRow
+
+log = logging.getLogger("amr.sinks.influx")
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    """What became of one batch: delivered seqs, rejected groups, and the error that stopped it."""
+
+    delivered: list[int] = field(default_factory=list)
+    rejected: list[tuple[list[int], str]] = field(default_factory=list)
+    error: SinkError | None = None
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header: delta seconds or an HTTP date; None when absent/invalid."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _reason(exc: ApiException) -> str:
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    text = str(body or "").strip()
+    with contextlib.suppress(ValueError, TypeError):
+        doc = json.loads(text)
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            text = doc["message"]
+    text = " ".join(text.split())[:300]
+    return f"HTTP {exc.status} {exc.reason or ''}".rstrip() + (f": {text}" if text else "")
+
+
+def classify(exc: BaseException, url: str) -> SinkError | str:
+    """Translate a write failure: a :class:`SinkError` to retry, or a rejection reason (str)."""
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        reason = _reason(exc)
+        if status in (400, 422):
+            return reason
+        if status in (401, 403):
+            return SinkAuthError(f"InfluxDB at {url} refused the token ({reason}); check influxdb.token")
+        if status in (429, 503):
+            headers: Any = exc.headers or {}
+            value = headers.get("Retry-After") if hasattr(headers, "get") else None
+            retry = retry_after_seconds(value if isinstance(value, str) else None)
+            return SinkError(f"InfluxDB at {url} is throttling writes ({reason})", "throttle", retry)
+        return SinkError(f"InfluxDB at {url} failed the write ({reason})", "keep")
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return SinkError(f"cannot reach InfluxDB at {url}: {exc}", "keep")
+    return SinkError(f"writing to InfluxDB at {url} failed: {exc}", "keep")
+
+
+class InfluxSink:
+    """Writes committed messages to an InfluxDB v2 write endpoint (see the module docstring)."""
+
+    name = "influxdb"
+
+    def __init__(self, settings: InfluxSettings, gateway_id: str) -> None:
+        self.settings = settings
+        self.gateway_id = gateway_id
+        self.batch_size = max(1, settings.batch_size)
+        self.window = 2 * self.batch_size     # one batch in flight, one filling
+        self.page = self.batch_size
+        self._reporter: Reporter | None = None
+        self._client: InfluxDBClient | None = None
+        self._write_api: WriteApi | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._batch: list[OutboxRow] = []
+        self._first_at = 0.0
+        self._flush_requested = False
+        self._kick = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self.splits = 0
+
+    def target(self) -> str:
+        """The write URL's base and bucket."""
+        return f"{self.settings.url} (bucket {self.settings.bucket})"
+
+    # ------------------------------------------------------------------ session
+    async def open(self, reporter: Reporter) -> None:
+        """Create the client and check the server answers ``/ping``; start the batch writer."""
+        s = self.settings
+        self._reporter = reporter
+        self._batch = []
+        self._flush_requested = False
+        self._kick = asyncio.Event()
+        executor = ThreadPoolExecutor(1, thread_name_prefix="amr-influx")
+        self._executor = executor
+        loop = asyncio.get_running_loop()
+        client = InfluxDBClient(url=s.url, token=s.token or "", org=s.org, timeout=int(s.timeout_s * 1000),
+                                enable_gzip=False)
+        self._client = client
+        self._write_api = client.write_api(write_options=SYNCHRONOUS)
+        alive = await loop.run_in_executor(executor, client.ping)
+        if not alive:
+            raise SinkError(f"cannot reach InfluxDB at {s.url} (no answer to /ping)", "keep")
+        self._writer = asyncio.create_task(self._write_loop(reporter), name="sink-influxdb-writer")
+
+    def send(self, row: OutboxRow) -> None:
+        """Add a row to the filling batch; a full batch is written at once."""
+        if not self._batch:
+            self._first_at = time.monotonic()
+            self._kick.set()
+        self._batch.append(row)
+        if len(self._batch) >= self.batch_size:
+            self._kick.set()
+
+    def flush(self) -> None:
+        """Write the filling batch now instead of waiting for its age."""
+        if self._batch:
+            self._flush_requested = True
+            self._kick.set()
+
+    async def close(self, graceful: bool) -> None:
+        """Stop the writer, close the client off the loop (an in-flight write may finish first)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        client, self._client = self._client, None
+        self._write_api = None
+        self._batch = []
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            if client is not None:
+                executor.submit(_close_client, client)
+            executor.shutdown(wait=False)
+        elif client is not None:
+            _close_client(client)
+
+    # ------------------------------------------------------------------ batches
+    async def _write_loop(self, reporter: Reporter) -> None:
+        loop = asyncio.get_running_loop()
+        age = max(0.0, self.settings.batch_age_s)
+        while True:
+            if not self._batch:
+                self._kick.clear()
+                await self._kick.wait()
+                continue
+            while len(self._batch) < self.batch_size and not self._flush_requested:
+                remaining = self._first_at + age - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), remaining)
+            rows = self._batch[: self.batch_size]
+            self._batch = self._batch[self.batch_size:]
+            self._first_at = time.monotonic()
+            if not self._batch:
+                self._flush_requested = False
+            executor = self._executor
+            if executor is None:
+                return
+            outcome = await loop.run_in_executor(executor, self._write_rows, rows)
+            if outcome.delivered:
+                reporter.delivered(outcome.delivered)
+            for seqs, reason in outcome.rejected:
+                reporter.rejected(seqs, reason)
+            if outcome.error is not None:
+                reporter.broken(outcome.error)
+                return
+
+    def _write_rows(self, rows: list[OutboxRow]) -> WriteOutcome:
+        """Runs on the sink's thread: convert to lines and write, splitting on 413."""
+        outcome = WriteOutcome()
+        lines: list[tuple[int, str]] = []
+        bad: list[int] = []
+        base = self.settings.measurement
+        reason = ""
+        for r in rows:
+            try:
+                lines.append((r.seq, row_line(base, r.kind, r.meter, r.ts, r.payload, r.seq)))
+            except LineError as exc:
+                bad.append(r.seq)
+                reason = f"cannot express the committed message as line protocol: {exc}"
+        if bad:
+            outcome.rejected.append((bad, reason))
+        if lines:
+            self._write_lines(lines, outcome)
+        return outcome
+
+    def _write_lines(self, lines: list[tuple[int, str]], outcome: WriteOutcome) -> None:
+        api = self._write_api
+        if api is None:
+            outcome.error = SinkError("the InfluxDB sink is closed", "keep")
+            return
+        s = self.settings
+        try:
+            api.write(bucket=s.bucket, org=s.org, record="\n".join(line for _, line in lines),
+                      write_precision=WritePrecision.MS)  # type: ignore[arg-type]
+        except Exception as exc:
+            if isinstance(exc, ApiException) and exc.status == 413:
+                if len(lines) == 1:
+                    outcome.rejected.append(([lines[0][0]], f"{_reason(exc)} (a single line is too large)"))
+                    return
+                self.splits += 1
+                half = len(lines) // 2
+                self._write_lines(lines[:half], outcome)
+                if outcome.error is None:
+                    self._write_lines(lines[half:], outcome)
+                return
+            result = classify(exc, s.url)
+            if isinstance(result, str):
+                outcome.rejected.append(([seq for seq, _ in lines], result))
+            else:
+                outcome.error = result
+            return
+        outcome.delivered.extend(seq for seq, _ in lines)
+
+
+
+def _close_client(client: InfluxDBClient) -> None:
+    """Close the client's connection pool (its ``close`` is untyped upstream)."""
+    client.close()  # type: ignore[no-untyped-call]

@@ -1,0 +1,308 @@
+"""The MQTT sink: committed messages → QoS 1 PUBLISH → PUBACK → the sink's cursor.
+
+The only module that imports paho-mqtt (2.x, ``CallbackAPIVersion.VERSION2``); paho's
+errors and reason codes become :class:`~gateway.errors.SinkError` here.
+
+Topics (``{prefix}`` = ``mqtt.topic_prefix``, default ``amr``)::
+
+    {prefix}/{gateway}/status                   retained: "online" (birth), "offline" (will,
+                                                and published on a graceful stop)
+    {prefix}/{gateway}/meters/{meter}/reading   kind reading
+    {prefix}/{gateway}/meters/{meter}/settlement
+    {prefix}/{gateway}/meters/{meter}/event
+    {prefix}/{gateway}/kpi                      kind kpi (and any gateway-wide message:
+                                                {prefix}/{gateway}/{kind})
+
+The payload is the committed JSON document, byte for byte. In a meter id, the characters
+MQTT reserves in a topic level (``/``, ``+``, ``#``) are replaced by ``_``.
+
+How paho meets asyncio
+----------------------
+* One paho ``Client`` **per connection**: connecting (a blocking socket connect and the
+  CONNECT packet) runs in the default executor, then paho's own network thread
+  (``loop_start``) reads and writes the socket. ``reconnect_on_failure=False``: when the
+  connection drops the thread ends, and the delivery runner decides when to reconnect
+  (jittered exponential backoff) with a fresh client. A fresh client means paho never
+  re-sends its own queue behind our back; the runner resends from the durable cursor, so
+  what is retransmitted and in what order is decided in one place.
+* paho's callbacks run on its thread and only hand results to the loop: PUBACK message
+  ids collect in a small inbox under a lock and one ``call_soon_threadsafe`` wakes the
+  loop per burst (not per message); CONNACK and disconnects resolve futures the same way.
+  Nothing polls.
+* :meth:`MqttSink.send` calls ``Client.publish`` (thread-safe in paho's threaded mode) and
+  records message id → seq; the window (``mqtt.inflight``, enforced by the runner) bounds
+  what paho holds, and paho's own inflight limit is set just above it so it never queues.
+* The publisher connects with a clean session: after a reconnect the broker holds nothing
+  for us, and everything unacknowledged is published again from the store (at-least-once,
+  duplicates only across the reconnect; consumers deduplicate on (gateway, seq)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.errors import SinkError
+from gateway.settings import MqttSettings
+from gateway.sinks.base import Reporter, SinkAuthError
+from gateway.store import OutboxRow
+
+log = logging.getLogger("amr.sinks.mqtt")
+
+_AUTH_CODES = frozenset({4, 5, 0x86, 0x87})  # v3.1.1 CONNACK 4/5, v5 reason 0x86/0x87
+_TOPIC_RESERVED = str.maketrans({"/": "_", "+": "_", "#": "_"})
+
+
+def topic_level(text: str) -> str:
+    """Make ``text`` safe as one topic level (no ``/``, ``+`` or ``#``)."""
+    return text.translate(_TOPIC_RESERVED) or "_"
+
+
+class _Connection:
+    """One paho client and what the loop needs from its thread (acks, CONNACK, loss)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: paho.Client, reporter: Reporter) -> None:
+        self.loop = loop
+        self.client = client
+        self.reporter = reporter
+        self.connack: asyncio.Future[tuple[int, str]] = loop.create_future()
+        self.mids: dict[int, int] = {}              # message id → seq (readings)
+        self.control: dict[int, asyncio.Future[None]] = {}   # message id → status publish waiter
+        self.closing = False
+        self.lost = False
+        self._inbox: list[int] = []
+        self._lock = threading.Lock()
+
+    # paho's thread ------------------------------------------------------------------
+    def on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                   properties: Any) -> None:
+        self.loop.call_soon_threadsafe(self._connack, int(reason.value), str(reason))
+
+    def on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
+                   properties: Any) -> None:
+        with self._lock:
+            first = not self._inbox
+            self._inbox.append(mid)
+        if first:
+            self.loop.call_soon_threadsafe(self._drain_inbox)
+
+    def on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                      properties: Any) -> None:
+        self.loop.call_soon_threadsafe(self._lost, str(reason))
+
+    # the loop's thread ----------------------------------------------------------------
+    def _connack(self, code: int, text: str) -> None:
+        if not self.connack.done():
+            self.connack.set_result((code, text))
+
+    def _drain_inbox(self) -> None:
+        with self._lock:
+            mids, self._inbox = self._inbox, []
+        seqs = []
+        for mid in mids:
+            seq = self.mids.pop(mid, None)
+            if seq is not None:
+                seqs.append(seq)
+                continue
+            waiter = self.control.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        if seqs:
+            self.reporter.delivered(seqs)
+
+    def _lost(self, reason: str) -> None:
+        self._drain_inbox()   # PUBACKs that arrived before the loss still count
+        self.lost = True
+        if not self.connack.done():
+            self.connack.set_result((-1, reason))
+        for waiter in self.control.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self.closing:
+            self.reporter.broken(SinkError(f"lost the connection to the MQTT broker: {reason}", "keep"))
+
+
+class MqttSink:
+    """Publishes committed messages to an MQTT broker (see the module docstring)."""
+
+    name = "mqtt"
+
+    def __init__(self, settings: MqttSettings, gateway_id: str, *, connect_timeout_s: float = 10.0,
+                 page: int = 1000) -> None:
+        self.settings = settings
+        self.gateway_id = gateway_id
+        self.window = max(1, settings.inflight)
+        self.page = max(page, self.window)
+        self.connect_timeout_s = connect_timeout_s
+        self.client_id = settings.client_id or f"amr-{gateway_id}"
+        self.base = f"{settings.topic_prefix}/{topic_level(gateway_id)}"
+        self.status_topic = f"{self.base}/status"
+        self._conn: _Connection | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    def target(self) -> str:
+        """``mqtt://host:port`` or ``mqtts://host:port``."""
+        scheme = "mqtts" if self.settings.tls else "mqtt"
+        return f"{scheme}://{self.settings.host}:{self.settings.port}"
+
+    def topic_for(self, row: OutboxRow) -> str:
+        """The topic a committed message is published on."""
+        if row.meter is not None and row.kind != "kpi":
+            return f"{self.base}/meters/{topic_level(row.meter)}/{topic_level(row.kind)}"
+        return f"{self.base}/{topic_level(row.kind)}"
+
+    # ------------------------------------------------------------------ connection
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            s = self.settings
+            try:
+                ctx = ssl.create_default_context(cafile=s.ca_file)
+                if s.cert_file is not None:
+                    ctx.load_cert_chain(s.cert_file, s.key_file)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise SinkError(f"cannot set up MQTT TLS from ca_file={s.ca_file!r}, cert_file={s.cert_file!r}: "
+                                f"{exc}; check the files and their permissions", "keep") from exc
+            if s.tls_insecure:
+                ctx.check_hostname = False
+            self._ssl = ctx
+        return self._ssl
+
+    def _new_client(self, conn_holder: list[_Connection], reporter: Reporter) -> paho.Client:
+        s = self.settings
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
+            protocol=paho.MQTTv311, reconnect_on_failure=False,
+        )
+        client.enable_logger(logging.getLogger("amr.sinks.paho"))
+        client.max_inflight_messages_set(self.window + 2)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = self.connect_timeout_s
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            client.tls_set_context(self._ssl_context())
+            if s.tls_insecure:
+                client.tls_insecure_set(True)
+        conn = _Connection(asyncio.get_running_loop(), client, reporter)
+        conn_holder.append(conn)
+        client.on_connect = conn.on_connect
+        client.on_publish = conn.on_publish
+        client.on_disconnect = conn.on_disconnect
+        return client
+
+    async def open(self, reporter: Reporter) -> None:
+        """Connect, wait for CONNACK, publish the retained ``online`` birth message."""
+        s = self.settings
+        holder: list[_Connection] = []
+        client = self._new_client(holder, reporter)
+        conn = holder[0]
+        loop = asyncio.get_running_loop()
+        connect = loop.run_in_executor(None, client.connect, s.host, s.port, s.keepalive_s)
+        try:
+            await asyncio.shield(connect)
+        except asyncio.CancelledError:
+            connect.add_done_callback(lambda _f: _dispose_in_thread(client))
+            raise
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            _dispose_in_thread(client)
+            raise SinkError(f"cannot connect to the MQTT broker {s.host}:{s.port}: {_describe(exc)}", "keep") \
+                from exc
+        client.loop_start()
+        self._conn = conn
+        try:
+            code, text = await asyncio.wait_for(asyncio.shield(conn.connack), self.connect_timeout_s)
+        except TimeoutError:
+            await self.close(False)
+            raise SinkError(f"the MQTT broker {s.host}:{s.port} did not answer CONNECT within "
+                            f"{self.connect_timeout_s:g} s", "keep") from None
+        except asyncio.CancelledError:
+            conn.closing = True
+            _dispose_in_thread(client)
+            self._conn = None
+            raise
+        if code != 0:
+            await self.close(False)
+            if code in _AUTH_CODES:
+                raise SinkAuthError(f"the MQTT broker {s.host}:{s.port} refused the login as "
+                                    f"{s.username or '(anonymous)'}: {text}; check mqtt.username and the password")
+            raise SinkError(f"the MQTT broker {s.host}:{s.port} refused the connection: {text}", "keep")
+        info = client.publish(self.status_topic, "online", qos=1, retain=True)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            await self.close(False)
+            raise SinkError(f"cannot publish the birth message: {paho.error_string(info.rc)}", "keep")
+
+    def send(self, row: OutboxRow) -> None:
+        """Publish one committed message at QoS 1; its PUBACK reports it delivered."""
+        conn = self._conn
+        if conn is None or conn.lost:
+            return   # the session is broken; the runner resends from the cursor
+        info = conn.client.publish(self.topic_for(row), row.payload, qos=1, retain=False)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            conn.mids[info.mid] = row.seq
+        else:
+            conn.lost = True
+            conn.reporter.broken(SinkError(f"cannot publish to the MQTT broker: {paho.error_string(info.rc)}",
+                                           "keep"))
+
+    def flush(self) -> None:
+        """Nothing is buffered here: every message goes out as it is sent."""
+
+    async def close(self, graceful: bool) -> None:
+        """Disconnect; on a graceful stop publish the retained ``offline`` first (bounded wait)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        client = conn.client
+        if graceful and not conn.lost:
+            info = client.publish(self.status_topic, "offline", qos=1, retain=True)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                conn.control[info.mid] = waiter
+                conn._drain_inbox()   # the PUBACK may already be in
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter, 5.0)
+        conn.closing = True
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        loop = asyncio.get_running_loop()
+        stopping = loop.run_in_executor(None, client.loop_stop)
+        try:
+            await asyncio.wait_for(asyncio.shield(stopping), 5.0)
+        except TimeoutError:
+            log.warning("the MQTT network thread did not stop within 5 s; leaving it to end on its own")
+
+
+def _dispose_in_thread(client: paho.Client) -> None:
+    """Close a client that never reached CONNACK, off the event loop (join may block)."""
+
+    def _close() -> None:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        with contextlib.suppress(Exception):
+            client.loop_stop()
+        sock = client.socket()
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                sock.close()
+
+    threading.Thread(target=_close, name="amr-mqtt-dispose", daemon=True).start()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running and listening there?)"
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc}); check ca_file, the client certificate and the broker's name"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,412 @@
+"""Real peers for the delivery tests: mosquitto and VictoriaMetrics on loopback.
+
+Two kinds of peer:
+
+* the **shared services** that ``scripts/ensure-services.sh`` starts (mosquitto on
+  127.0.0.1:1883, VictoriaMetrics on 127.0.0.1:8428). The fixtures ``mosquitto`` and
+  ``victoria_metrics`` check they answer and **fail** the test loudly when they do not
+  (never skip: a delivery test that silently does not run proves nothing);
+* **private instances** (:class:`MosquittoProcess`, :class:`VictoriaProcess`) on a free
+  loopback port in a temporary directory, for the tests that stop and restart a peer.
+
+Also: :class:`Subscriber` (an independent MQTT consumer, QoS 1, optionally a persistent
+session) and :func:`vm_export` (what the TSDB really holds). Every wait here is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.model import PointValue, Reading
+from gateway.store import Store
+
+MOSQUITTO_HOST = os.environ.get("AMR_TEST_MQTT_HOST", "127.0.0.1")
+MOSQUITTO_PORT = int(os.environ.get("AMR_TEST_MQTT_PORT", "1883"))
+VM_URL = os.environ.get("AMR_TEST_VM_URL", "http://127.0.0.1:8428")
+START_HINT = "run `bash scripts/ensure-services.sh` (as root) or `make services` first"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
+    """Wait (bounded) until ``predicate()`` is true, else fail the test naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+async def await_until(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
+    """Async :func:`wait_until`: waits without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(step)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+# --------------------------------------------------------------------------- shared services
+@dataclass(frozen=True)
+class Broker:
+    """Where an MQTT broker listens."""
+
+    host: str
+    port: int
+
+
+@pytest.fixture(name="mosquitto", scope="session")
+def _mosquitto_fixture() -> Broker:
+    """The shared mosquitto on 127.0.0.1:1883; fails (not skips) when it does not answer."""
+    if not port_open(MOSQUITTO_HOST, MOSQUITTO_PORT):
+        pytest.fail(f"mosquitto does not answer on {MOSQUITTO_HOST}:{MOSQUITTO_PORT}; {START_HINT}")
+    return Broker(MOSQUITTO_HOST, MOSQUITTO_PORT)
+
+
+@pytest.fixture(name="victoria_metrics", scope="session")
+def _victoria_fixture() -> str:
+    """The shared VictoriaMetrics base URL; fails (not skips) when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{VM_URL}/health", timeout=3) as resp:
+            ok = resp.status == 200
+    except (OSError, urllib.error.URLError):
+        ok = False
+    if not ok:
+        pytest.fail(f"VictoriaMetrics does not answer at {VM_URL}; {START_HINT}")
+    return VM_URL
+
+
+# --------------------------------------------------------------------------- private instances
+def _binary(name: str, *candidates: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for c in candidates:
+        if Path(c).exists():
+            return c
+    pytest.fail(f"{name} is not installed; {START_HINT} (it installs the Debian package)")
+
+
+class MosquittoProcess:
+    """A private mosquitto on a free loopback port, with persistence, that can be stopped.
+
+    ``max_queued_messages 0`` (no limit) so a persistent subscriber that is away during a
+    replay loses nothing to the broker's default queue cap of 1000; persistence so a
+    restart keeps persistent sessions and their queued messages.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port if port is not None else free_port()
+        self.host = "127.0.0.1"
+        self.binary = _binary("mosquitto", "/usr/sbin/mosquitto")
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"user {getpass.getuser()}\n"   # as root, mosquitto would switch to "mosquitto" and lose the tmp dir
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 0\n"
+            "max_inflight_messages 100\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n" + extra_conf
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "mosquitto.log"
+
+    @property
+    def broker(self) -> Broker:
+        """This broker's address."""
+        return Broker(self.host, self.port)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start it and wait (bounded) until it accepts connections."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=logf, stderr=logf)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mosquitto exited at start ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
+            if port_open(self.host, self.port, 0.2):
+                return
+            time.sleep(0.05)
+        pytest.fail(f"mosquitto did not listen on {self.port} within {timeout:g} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop it gracefully (SIGTERM: it saves its persistence file) and wait."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+class VictoriaProcess:
+    """A private VictoriaMetrics on a free loopback port with its own data directory."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port if port is not None else free_port()
+        self.binary = _binary("victoria-metrics", "/usr/bin/victoria-metrics")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "vm.log"
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start it and wait (bounded) until /health answers."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [self.binary, f"-httpListenAddr=127.0.0.1:{self.port}",
+                 f"-storageDataPath={self.workdir / 'data'}", "-retentionPeriod=100y",
+                 "-loggerLevel=ERROR", "-search.disableCache"],
+                stdout=logf, stderr=logf,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"victoria-metrics exited at start: {self.log.read_text()[-2000:]}")
+            if vm_healthy(self.url):
+                return
+            time.sleep(0.1)
+        pytest.fail(f"victoria-metrics did not answer within {timeout:g} s")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop it gracefully (SIGINT flushes its data) and wait."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A started private mosquitto, stopped after the test."""
+    m = MosquittoProcess(tmp_path / "mosquitto")
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def private_victoria(tmp_path: Path) -> Iterator[VictoriaProcess]:
+    """A started private VictoriaMetrics, stopped after the test."""
+    v = VictoriaProcess(tmp_path / "vm")
+    v.start()
+    try:
+        yield v
+    finally:
+        v.stop()
+
+
+# --------------------------------------------------------------------------- VictoriaMetrics reads
+def vm_healthy(url: str) -> bool:
+    """True when VictoriaMetrics answers /health."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def vm_export(url: str, match: str) -> list[dict[str, Any]]:
+    """Every series matching ``match`` (a series selector) with all its samples, after a flush."""
+    with contextlib.suppress(OSError, urllib.error.URLError):
+        urllib.request.urlopen(f"{url}/internal/force_flush", timeout=10).close()
+    data = urllib.parse.urlencode({"match[]": match}).encode()
+    with urllib.request.urlopen(f"{url}/api/v1/export", data=data, timeout=30) as resp:
+        text = resp.read().decode()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def vm_seqs(url: str, measurement: str, gateway: str) -> dict[int, dict[str, Any]]:
+    """seq → {labels, timestamp} from the ``<measurement>_seq`` series of one gateway."""
+    out: dict[int, dict[str, Any]] = {}
+    for series in vm_export(url, f'{{__name__="{measurement}_seq",gateway="{gateway}"}}'):
+        for value, ts in zip(series["values"], series["timestamps"], strict=True):
+            out[int(value)] = {"labels": series["metric"], "ts_ms": ts}
+    return out
+
+
+# --------------------------------------------------------------------------- MQTT consumer
+@dataclass(frozen=True)
+class Message:
+    """One received MQTT message."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+    def json(self) -> Any:
+        """The payload parsed as JSON."""
+        return json.loads(self.payload)
+
+
+class Subscriber:
+    """An independent MQTT consumer (paho in its own thread): QoS 1, reconnects by itself.
+
+    ``persistent=True`` connects with clean_session=False under a fixed client id, so the
+    broker keeps the subscription and queues QoS 1 messages while it is away.
+    """
+
+    def __init__(self, broker: Broker, topic: str, client_id: str, *, persistent: bool = False) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.connects = 0
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=not persistent, protocol=paho.MQTTv311)
+        self.client.reconnect_delay_set(0.1, 1.0)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connects += 1
+        client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
+
+    def start(self, timeout: float = 10.0) -> Subscriber:
+        """Connect, subscribe, and wait (bounded) for the SUBACK."""
+        self.client.connect(self.broker.host, self.broker.port, keepalive=10)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            pytest.fail(f"subscriber could not subscribe to {self.topic} within {timeout:g} s")
+        return self
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def snapshot(self) -> list[Message]:
+        """The messages received so far, in arrival order."""
+        with self._lock:
+            return list(self.messages)
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> list[Message]:
+        """Wait (bounded) until ``predicate(messages)`` holds; fail naming ``what`` otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msgs = self.snapshot()
+            if predicate(msgs):
+                return msgs
+            time.sleep(0.05)
+        msgs = self.snapshot()
+        pytest.fail(f"timed out after {timeout:g} s waiting for {what} ({len(msgs)} messages received)")
+
+    async def until(self, predicate: Any, timeout: float, what: str) -> list[Message]:
+        """Like :meth:`wait_for`, for async tests: sleeps without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            msgs = self.snapshot()
+            if predicate(msgs):
+                return msgs
+            await asyncio.sleep(0.05)
+        msgs = self.snapshot()
+        pytest.fail(f"timed out after {timeout:g} s waiting for {what} ({len(msgs)} messages received)")
+
+    def seqs(self, suffix: str = "/reading") -> list[int]:
+        """The ``seq`` of every non-retained message whose topic ends with ``suffix``, in arrival order."""
+        return [m.json()["seq"] for m in self.snapshot() if m.topic.endswith(suffix) and not m.retain]
+
+
+# --------------------------------------------------------------------------- readings
+def make_reading(meter: str = "m1", ts: float | None = None, kwh: str = "1234.5", *,
+                 customer: str = "C0001", bus: str = "rs485-1", failed_point: bool = False) -> Reading:
+    """A small reading: an exact energy register, a power value, optionally a failed point."""
+    t = time.time() if ts is None else ts
+    points = {
+        "energy_import_kwh": PointValue(Decimal(kwh), Decimal(kwh) * 40, "kWh"),
+        "power_kw": PointValue(Decimal("2.5"), Decimal("100.0"), "kW"),
+    }
+    if failed_point:
+        points["voltage_v_l1"] = PointValue(None, None, "V", "timeout", "no reply within 800 ms")
+    return Reading(meter=meter, customer=customer, bus=bus, schedule="interval", slot=t - t % 60, ts=t,
+                   points=points, ct=Decimal(40))
+
+
+async def commit(store: Store, readings: list[Reading]) -> list[int]:
+    """Commit readings now and return their seqs.
+
+    ``Store.append_readings`` can leave a batch queued until the next append when it is
+    called just as a group commit finishes (its flush task is still "running"); submitting
+    and flushing explicitly commits at once. Reported to the store's owner.
+    """
+    futures = [store.submit(r) for r in readings]
+    await store.flush()
+    return [seq for f in futures for seq in await f]
