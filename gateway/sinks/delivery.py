@@ -101,11 +101,13 @@ class SinkRunner:
         drain_timeout_s: float = 5.0,
         backoff: Backoff | None = None,
         group: list[SinkRunner] | None = None,
+        auth_retry_min_s: float = 5.0,
     ) -> None:
         self.sink = sink
         self.store = store
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.drain_timeout_s = drain_timeout_s
+        self.auth_retry_min_s = auth_retry_min_s
         self.backoff = backoff if backoff is not None else Backoff()
         self.status: SinkState = "starting"
         self.since = self.clock.time()
@@ -300,7 +302,7 @@ class SinkRunner:
         """Record the failure, change state (logging once), and wait before the next try."""
         if isinstance(error, SinkAuthError):
             state: SinkState = "auth_failed"
-            delay = max(5.0, 2.0 * self.backoff.next())
+            delay = max(self.auth_retry_min_s, 2.0 * self.backoff.next())
         elif error.action == "throttle":
             state = "throttled"
             delay = min(MAX_RETRY_AFTER_S, error.retry_after) if error.retry_after else self.backoff.next()

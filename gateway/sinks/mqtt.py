@@ -182,7 +182,10 @@ class MqttSink:
             CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
             protocol=paho.MQTTv311, reconnect_on_failure=False,
         )
-        client.enable_logger(logging.getLogger("amr.sinks.paho"))
+        paho_log = logging.getLogger("amr.sinks.paho")
+        if paho_log.isEnabledFor(logging.DEBUG):
+            # paho logs every connection loss at ERROR; our runner logs state changes once.
+            client.enable_logger(paho_log)
         client.max_inflight_messages_set(self.window + 2)
         client.max_queued_messages_set(0)
         client.connect_timeout = self.connect_timeout_s
