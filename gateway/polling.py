@@ -7,10 +7,11 @@ once. Jobs wait in a priority queue: settlement reads, then interval reads, then
 reads; within a priority, the oldest slot first.
 
 A meter that stops answering is retried ``retries`` times for the slot, then its slot is
-recorded as a failed read. On a bus shared with other meters, a meter that failed twice in
-a row is *dead*: its slots are recorded as failed without touching the wire, and it is
-probed with a single attempt on an exponential backoff (capped at ``dead_backoff_s``), so
-it costs the healthy meters almost nothing. State changes are logged once ("stopped
+recorded as a failed read. On a bus shared with other meters, a meter
+which failed a whole poll (every retry) is *dead*: its slots are recorded as failed
+without touching the wire, and it is probed with a single attempt on an exponential
+backoff (15 s, 30 s, … capped at ``dead_backoff_s``), so it costs the healthy meters
+almost nothing (a few timeouts a minute at most). State changes are logged once ("stopped
 answering" … "answers again"), never every poll.
 """
 
@@ -41,8 +42,8 @@ from gateway.settings import PRIORITY_ORDER, BusSettings, MeterSettings, Profile
 
 log = logging.getLogger("amr.poll")
 
-DEAD_AFTER_FAILURES = 2
-FIRST_PROBE_S = 5.0
+DEAD_AFTER_FAILURES = 1
+FIRST_PROBE_S = 15.0
 
 
 class ReadingSink(Protocol):

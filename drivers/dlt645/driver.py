@@ -81,10 +81,10 @@ from gateway.settings import BusSettings
 log = logging.getLogger(__name__)
 
 TD_MAX: Final = 0.5          # longest response delay a meter may take (§1)
-TB_MARGIN: Final = 0.2       # slack for inter-byte gaps and the OS
+TB_MARGIN: Final = 0.05      # slack for inter-byte gaps and the OS
 PREAMBLE: Final = 4          # FE bytes sent before each request
 MAX_FOLLOWUPS: Final = 255   # SEQ is one byte
-DEFAULT_SERIAL_GAP: Final = 0.02   # pause between a reply and the next request (serial)
+DEFAULT_SERIAL_GAP: Final = 0.0    # DL/T 645 frames end by their length: no t3.5-style pause is needed
 
 
 # --- plans ------------------------------------------------------------------------------------
@@ -278,7 +278,11 @@ class Dlt645Driver:
 
     ``transport`` may be given for tests; otherwise it is built from ``bus``.
     ``response_delay`` is the longest time a meter may take to start its reply (Td; the
-    standard allows 500 ms); tests against fast peers may shorten it.
+    standard allows 500 ms); tests against fast peers may shorten it. The reply window of a
+    request is the first-byte budget — the bus timeout, capped at ``response_delay`` on a
+    serial line where the standard bounds Td — plus the expected frame's transmission time
+    at the line's baud rate, so a long reply at 1200 baud is not cut off while a dead meter
+    costs the bus only its timeout.
     """
 
     def __init__(
@@ -657,9 +661,10 @@ class Dlt645Driver:
             payload += reply.payload
         return bytes(payload)
 
-    def _window(self, request_len: int, expect: int | None) -> float:
+    def _window(self, timeout: float, request_len: int, expect: int | None) -> float:
         reply_len = 4 + OVERHEAD + 4 + (expect if expect is not None else 200)
-        return self.response_delay + TB_MARGIN + (request_len + reply_len) * self._char_time
+        first_byte = timeout if self.bus.type == "tcp" else min(timeout, self.response_delay)
+        return first_byte + TB_MARGIN + (request_len + reply_len) * self._char_time
 
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
@@ -682,7 +687,7 @@ class Dlt645Driver:
             await t.close()
             raise
         loop = asyncio.get_running_loop()
-        window = max(timeout, self._window(len(wire), expect))
+        window = self._window(timeout, len(wire), expect)
         deadline = loop.time() + window
         buf = bytearray()
         rejected: list[str] = []
