@@ -65,6 +65,11 @@ class Sink(Protocol):
     page: int
     """Rows to read from the store at a time."""
 
+    open_proves_access: bool
+    """True when a successful :meth:`open` proves the peer takes our writes (MQTT: CONNACK
+    accepted the login). False for InfluxDB, where ``/ping`` answers without a token: after
+    ``auth_failed`` or ``throttled`` the sink shows ``connected`` only once a write succeeds."""
+
     def target(self) -> str:
         """Where the sink delivers to, for health and logs (no secrets)."""
         ...

@@ -247,7 +247,8 @@ class SinkRunner:
             return True
         self.sessions += 1
         self.retry_in_s = None
-        self._set_state("connected", None)
+        if self.sink.open_proves_access or self.status not in ("auth_failed", "throttled"):
+            self._set_state("connected", None)
         pump = asyncio.create_task(self._pump(session), name=f"sink-{self.name}-pump")
         stop_wait = asyncio.create_task(self._stop.wait(), name=f"sink-{self.name}-stop")
         delivered_before = self.published + self.rejected
@@ -305,7 +306,8 @@ class SinkRunner:
             delay = max(self.auth_retry_min_s, 2.0 * self.backoff.next())
         elif error.action == "throttle":
             state = "throttled"
-            delay = min(MAX_RETRY_AFTER_S, error.retry_after) if error.retry_after else self.backoff.next()
+            delay = (min(MAX_RETRY_AFTER_S, error.retry_after) if error.retry_after is not None
+                     else self.backoff.next())
         else:
             state = "disconnected"
             delay = self.backoff.next()
@@ -364,6 +366,8 @@ class SinkRunner:
             self.rejected += counted
         else:
             self.published += counted
+        if self.status != "connected" and counted:
+            self._set_state("connected", None)   # the peer took a write: access proven
         if s.tracker.cursor != before:
             self._acked_cursor = s.tracker.cursor
             self._ack_event.set()

@@ -118,6 +118,7 @@ class InfluxSink:
     """Writes committed messages to an InfluxDB v2 write endpoint (see the module docstring)."""
 
     name = "influxdb"
+    open_proves_access = False
 
     def __init__(self, settings: InfluxSettings, gateway_id: str) -> None:
         self.settings = settings

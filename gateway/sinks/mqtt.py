@@ -135,6 +135,7 @@ class MqttSink:
     """Publishes committed messages to an MQTT broker (see the module docstring)."""
 
     name = "mqtt"
+    open_proves_access = True
 
     def __init__(self, settings: MqttSettings, gateway_id: str, *, connect_timeout_s: float = 10.0,
                  page: int = 1000) -> None:
