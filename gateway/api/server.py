@@ -367,8 +367,8 @@ def prometheus_lines(gw: Gateway) -> list[str]:
             "# TYPE amr_store_commit_failures_total counter",
             f"amr_store_commit_failures_total {store.commit_failures}",
         ]
-    for sink in gw.sinks:
-        lines = getattr(sink, "prometheus_lines", None)
-        if callable(lines):
-            out += list(lines())
+    if gw.sinks:
+        from gateway.sinks.delivery import prometheus_lines as sink_lines
+
+        out += sink_lines(gw.sinks)
     return out
