@@ -30,10 +30,12 @@ numeric leaves of nested objects become float fields named by their path joined 
 ``_`` (``stage_consumption_energy_import_kwh``), booleans and text are left out, and the
 same four tags apply where the document has them.
 
-Escaping follows influxdb-client's own ``Point`` rules: in measurements, tag keys, tag
-values and field keys, comma, space (and ``=`` outside measurements) are backslash-escaped
-and newline, tab and carriage return are written as ``\\n``, ``\\t``, ``\\r``; a tag value
-ending in a backslash gets a trailing space so the backslash cannot escape the separator.
+Escaping: in measurements, tag keys, tag values and field keys, comma, space (and ``=``
+outside measurements) are backslash-escaped, newline, tab and carriage return are written
+as ``\\n``, ``\\t``, ``\\r``, and a backslash itself is doubled. InfluxDB's parser reads
+two backslashes as one literal backslash (so does VictoriaMetrics, checked against it);
+influxdb-client's ``Point`` leaves backslashes alone, which turns a value such as
+``C:\\ x`` into an escaped space, or a trailing backslash into an escaped separator.
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ TAG_KEYS: Final = ("bus", "customer", "gateway", "meter")   # sorted: InfluxDB's
 _SKIP_GENERIC: Final = frozenset({"schema", "gateway", "seq", "meter", "customer", "bus", "ts", "slot"})
 _MAX_DEPTH: Final = 4
 
-_ESCAPE_MEASUREMENT: Final = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESCAPE_MEASUREMENT: Final = str.maketrans(
+    {"\\": "\\\\", ",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
+)
 _ESCAPE_KEY: Final = str.maketrans(
-    {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
+    {"\\": "\\\\", ",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
 )
 _PLAIN_NUMBER: Final = re.compile(r"-?\d+(\.\d+)?")
 
@@ -69,11 +73,8 @@ def escape_key(key: str) -> str:
 
 
 def escape_tag_value(value: str) -> str:
-    """Escape a tag value; a trailing backslash gets a space so it cannot escape the separator."""
-    out = value.translate(_ESCAPE_KEY)
-    if out.endswith("\\"):
-        out += " "
-    return out
+    """Escape a tag value (same rules as keys: a trailing backslash is doubled, never bare)."""
+    return value.translate(_ESCAPE_KEY)
 
 
 def measurement_for(base: str, kind: str) -> str:

@@ -45,7 +45,7 @@ async def test_points_land_with_tags_fields_and_read_time(tmp_path: Path, victor
     gw = f"t-{uuid.uuid4().hex[:8]}"
     store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
     t0 = time.time() - 3600
-    readings = [make_reading(f"m {i % 3},x", ts=t0 + i, kwh=f"{1000 + i}.25", customer="C=1",
+    readings = [make_reading(f"m {i % 3},x", ts=t0 + i, kwh=f"{1000 + i}.25", customer="C=1\\",
                              failed_point=(i % 2 == 0)) for i in range(250)]
     seqs = await commit(store, readings)
     kpi = await store.append_message("kpi", None, t0, {"completeness": {"interval": 0.98}, "note": "text"})
@@ -62,7 +62,7 @@ async def test_points_land_with_tags_fields_and_read_time(tmp_path: Path, victor
     for i, seq in enumerate(seqs):
         labels = landed[seq]["labels"]
         assert labels["meter"] == f"m {i % 3},x"            # escaped on the wire, intact in the TSDB
-        assert labels["customer"] == "C=1" and labels["bus"] == "rs485-1" and labels["gateway"] == gw
+        assert labels["customer"] == "C=1\\" and labels["bus"] == "rs485-1" and labels["gateway"] == gw
         assert landed[seq]["ts_ms"] == round((t0 + i) * 1000)   # timestamp = read time
     energy = vm_export(victoria_metrics, f'{{__name__="amr_reading_energy_import_kwh",gateway="{gw}"}}')
     values = sorted(v for s in energy for v in s["values"])

@@ -1,0 +1,104 @@
+"""Line protocol for committed messages: escaping, fields per good point, seq, timestamps."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.model import PointValue, Reading, reading_payload
+from gateway.sinks.lineproto import (
+    LineError,
+    escape_key,
+    escape_measurement,
+    escape_tag_value,
+    measurement_for,
+    number_text,
+    row_line,
+)
+
+
+def reading(meter: str = "m1", customer: str = "C1", bus: str = "b1") -> Reading:
+    """A reading with a good exact register, a float, a failed point and a text value."""
+    return Reading(
+        meter=meter, customer=customer, bus=bus, schedule="interval", slot=1_767_225_600.0,
+        ts=1_767_225_600.1234,
+        points={
+            "energy_import_kwh": PointValue(Decimal("12345.67"), Decimal("493826.80"), "kWh"),
+            "power_factor": PointValue(0.98, 0.98, ""),
+            "voltage_v_l1": PointValue(None, None, "V", "timeout", "no reply"),
+            "meter_clock": PointValue("2026-01-01T00:00:00", "2026-01-01T00:00:00", ""),
+        },
+    )
+
+
+def test_reading_line_has_sorted_tags_good_points_seq_and_ms_timestamp() -> None:
+    payload = reading_payload(reading(), "gw-1", 42)
+    line = row_line("amr_reading", "reading", "m1", 1_767_225_600.1234, payload, 42)
+    assert line == ("amr_reading,bus=b1,customer=C1,gateway=gw-1,meter=m1 "
+                    "energy_import_kwh=493826.80,power_factor=0.98,seq=42i 1767225600123")
+
+
+def test_special_characters_are_escaped() -> None:
+    payload = reading_payload(reading(meter="m 1,a=b", customer="C\\", bus="b\nx"), "g w", 1)
+    line = row_line("amr reading,x", "reading", None, 0.0, payload, 1)
+    assert line.startswith("amr\\ reading\\,x,bus=b\\nx,customer=C\\\\,gateway=g\\ w,meter=m\\ 1\\,a\\=b ")
+
+
+def test_escape_helpers() -> None:
+    assert escape_measurement("a b,c=d") == r"a\ b\,c=d"
+    assert escape_key("a b,c=d") == r"a\ b\,c\=d"
+    assert escape_tag_value("ends\\") == "ends\\\\"          # doubled: read back as one backslash
+    assert escape_tag_value("a\\ b") == "a\\\\\\ b"
+    assert escape_key("tab\tnl\ncr\r") == r"tab\tnl\ncr\r"
+
+
+def test_measurement_per_kind() -> None:
+    assert measurement_for("amr_reading", "reading") == "amr_reading"
+    assert measurement_for("amr_reading", "settlement") == "amr_settlement"
+    assert measurement_for("meters", "event") == "meters_event"
+
+
+def test_generic_kinds_flatten_numeric_leaves() -> None:
+    doc = {"schema": "amr.settlement.v1", "gateway": "g", "seq": 9, "meter": "m1", "customer": "C1",
+           "quality": "actual", "registers": {"energy_import_kwh": {"start": 1.5, "end": 3}},
+           "ok": True, "list": [1, 2]}
+    line = row_line("amr_reading", "settlement", "m1", 1.0, json.dumps(doc), 9)
+    assert line == ("amr_settlement,customer=C1,gateway=g,meter=m1 "
+                    "registers_energy_import_kwh_start=1.5,registers_energy_import_kwh_end=3,seq=9i 1000")
+
+
+def test_failed_only_reading_still_leaves_a_point() -> None:
+    r = reading()
+    r.points = {"power_kw": PointValue(None, None, "kW", "crc_error", "bad crc")}
+    line = row_line("amr_reading", "reading", "m1", 2.0, reading_payload(r, "g", 5), 5)
+    assert line.endswith(" seq=5i 2000")
+
+
+def test_not_json_is_a_line_error() -> None:
+    with pytest.raises(LineError):
+        row_line("amr_reading", "reading", "m1", 0.0, "not json", 1)
+    with pytest.raises(LineError):
+        row_line("amr_reading", "reading", "m1", 0.0, "[1]", 1)
+
+
+def test_number_text() -> None:
+    assert number_text("12.50") == "12.50"
+    assert number_text("-3") == "-3"
+    assert number_text("1e3") == "1000.0"
+    assert number_text("1e999") is None
+
+
+@given(st.text(min_size=1, max_size=20))
+def test_escaped_tag_values_never_contain_bare_separators(value: str) -> None:
+    out = escape_tag_value(value)
+    i = 0
+    while i < len(out):
+        if out[i] == "\\":
+            i += 2
+            continue
+        assert out[i] not in ", =\n\r\t"
+        i += 1
