@@ -381,8 +381,10 @@ class Subscriber:
         pytest.fail(f"timed out after {timeout:g} s waiting for {what} ({len(msgs)} messages received)")
 
     def seqs(self, suffix: str = "/reading") -> list[int]:
-        """The ``seq`` of every non-retained message whose topic ends with ``suffix``, in arrival order."""
-        return [m.json()["seq"] for m in self.snapshot() if m.topic.endswith(suffix) and not m.retain]
+        """The ``seq`` of every message whose topic ends with ``suffix``, in arrival order
+        (status messages and retained copies left out)."""
+        return [m.json()["seq"] for m in self.snapshot()
+                if m.topic.endswith(suffix) and not m.topic.endswith("/status") and not m.retain]
 
 
 # --------------------------------------------------------------------------- readings

@@ -97,7 +97,10 @@ class _Connection:
 
     def on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                       properties: Any) -> None:
-        self.loop.call_soon_threadsafe(self._lost, str(reason))
+        text = str(reason)
+        if text == "Unspecified error":   # what paho says for a dropped socket
+            text = "the broker closed the connection or the network failed"
+        self.loop.call_soon_threadsafe(self._lost, text)
 
     # the loop's thread ----------------------------------------------------------------
     def _connack(self, code: int, text: str) -> None:
