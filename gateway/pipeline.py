@@ -62,6 +62,28 @@ def _range_problem(name: str, value: Value) -> str | None:
     return None
 
 
+_TABLES: dict[tuple[int, Decimal, Decimal], tuple[Profile, dict[str, str], dict[str, Decimal]]] = {}
+
+
+def _tables(profile: Profile, ct: Decimal, pt: Decimal) -> tuple[dict[str, str], dict[str, Decimal]]:
+    """Units and multiplier per point, shared by every meter with the same profile and ratios."""
+    key = (id(profile), ct, pt)
+    cached = _TABLES.get(key)
+    if cached is not None and cached[0] is profile:  # the entry holds the profile: its id is never reused
+        return cached[1], cached[2]
+    units: dict[str, str] = {}
+    factors: dict[str, Decimal] = {}
+    for name, point in profile.points.items():
+        units[name] = point.unit
+        factor = _ONE
+        if point.side == "secondary":
+            kind = scaling_for(name)
+            factor = {"ctpt": ct * pt, "ct": ct, "pt": pt, "none": _ONE}[kind]
+        factors[name] = factor
+    _TABLES[key] = (profile, units, factors)
+    return units, factors
+
+
 class ReadingBuilder:
     """Builds readings for one meter: multipliers and units resolved once, at load."""
 
@@ -73,15 +95,7 @@ class ReadingBuilder:
         self.bus = meter.bus
         self.ct = meter.ct_ratio.factor
         self.pt = meter.pt_ratio.factor
-        self._units: dict[str, str] = {}
-        self._factors: dict[str, Decimal] = {}
-        for name, point in profile.points.items():
-            self._units[name] = point.unit
-            factor = _ONE
-            if point.side == "secondary":
-                kind = scaling_for(name)
-                factor = {"ctpt": self.ct * self.pt, "ct": self.ct, "pt": self.pt, "none": _ONE}[kind]
-            self._factors[name] = factor
+        self._units, self._factors = _tables(profile, self.ct, self.pt)
 
     def build(
         self, schedule: str, slot: float, ts: float, results: Mapping[str, PointResult]

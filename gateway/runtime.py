@@ -33,21 +33,28 @@ TCP_CONCURRENCY_LIMIT = 512
 def build_meters(settings: Settings) -> dict[str, MeterRuntime]:
     """Compile every meter's read plans (once, at load) into runtime objects."""
     meters: dict[str, MeterRuntime] = {}
+    # Meters with the same profile, protocol and schedules share their compiled plans and
+    # their plan tables (thousands of TCP meters are usually a handful of meter types).
+    shared_plans: dict[tuple[str, str, str], tuple[dict[str, tuple[Any, list[str]]], dict[str, str]]] = {}
     for m in settings.meters.values():
         profile = settings.profiles[m.profile]
         bus = settings.buses[m.bus]
-        plans: dict[str, tuple[Any, list[str]]] = {}
-        retention: dict[str, str] = {}
-        for sched_name in m.schedules:
-            sched = settings.schedules[sched_name]
-            names = select_points(list(profile.points), sched.points)
-            if not names:
-                log.warning("schedule %s selects no point of profile %s (meter %s)",
-                            sched_name, profile.name, m.id)
-                continue
-            plans[sched_name] = (compile_plan(bus, m, profile, names), names)
-            retention[sched_name] = "realtime" if sched.priority == "realtime" else "interval"
-        meters[m.id] = MeterRuntime(m, profile, ReadingBuilder(m, profile), plans, retention)
+        key = (profile.name, m.protocol or bus.protocol, ",".join(m.schedules))
+        cached = shared_plans.get(key)
+        if cached is None:
+            plans: dict[str, tuple[Any, list[str]]] = {}
+            retention: dict[str, str] = {}
+            for sched_name in m.schedules:
+                sched = settings.schedules[sched_name]
+                names = select_points(list(profile.points), sched.points)
+                if not names:
+                    log.warning("schedule %s selects no point of profile %s (meter %s)",
+                                sched_name, profile.name, m.id)
+                    continue
+                plans[sched_name] = (compile_plan(bus, m, profile, names), names)
+                retention[sched_name] = "realtime" if sched.priority == "realtime" else "interval"
+            cached = shared_plans[key] = (plans, retention)
+        meters[m.id] = MeterRuntime(m, profile, ReadingBuilder(m, profile), cached[0], cached[1])
     return meters
 
 
