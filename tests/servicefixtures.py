@@ -323,7 +323,7 @@ class Subscriber:
         self.connects = 0
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=not persistent, protocol=paho.MQTTv311)
-        self.client.reconnect_delay_set(0.1, 1.0)
+        self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe

@@ -132,12 +132,12 @@ async def test_cursor_moves_only_after_puback(tmp_path: Path) -> None:
 
     server = await asyncio.start_server(silent_broker, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    runner = SinkRunner(MqttSink(MqttSettings(host="127.0.0.1", port=port, inflight=4), gw), store,
-                        drain_timeout_s=0.5)
+    sink = MqttSink(MqttSettings(host="127.0.0.1", port=port, inflight=4), gw)
+    runner = SinkRunner(sink, store, drain_timeout_s=0.5)
     try:
         await runner.start()
         await asyncio.wait_for(received.wait(), 10)
-        await await_until(lambda: runner.sink._conn is not None and len(runner.sink._conn.mids) == 4, 10,
+        await await_until(lambda: sink._conn is not None and len(sink._conn.mids) == 4, 10,
                           "a full window of unacknowledged publishes")
         assert await store.cursor("mqtt") == 0
         assert runner.state()["published"] == 0

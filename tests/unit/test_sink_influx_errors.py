@@ -6,6 +6,7 @@ import email.utils
 
 import urllib3.exceptions
 from influxdb_client.rest import ApiException
+from urllib3 import HTTPHeaderDict
 
 from gateway.errors import SinkError
 from gateway.sinks.base import SinkAuthError
@@ -16,9 +17,9 @@ URL = "http://tsdb:8086"
 
 def api_error(status: int, body: str = "", headers: dict[str, str] | None = None) -> ApiException:
     """An ApiException as influxdb-client raises it."""
-    exc = ApiException(status=status, reason="Reason")
+    exc = ApiException(status=status, reason="Reason")  # type: ignore[no-untyped-call]
     exc.body = body
-    exc.headers = headers or {}
+    exc.headers = HTTPHeaderDict(headers or {})
     return exc
 
 
