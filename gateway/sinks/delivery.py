@@ -213,8 +213,13 @@ class SinkRunner:
     async def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if await self._one_session():
-                    return
+                try:
+                    if await self._one_session():
+                        return
+                except Exception as exc:   # a bug or a closed store: never let delivery die silently
+                    if self.last_error != str(exc):
+                        log.error("%s: delivery failed: %s", self.name, exc, exc_info=exc)
+                    await self._pause(SinkError(f"delivery failed: {exc}", "keep"))
         except asyncio.CancelledError:
             if self._session is not None:
                 self._session.active = False
