@@ -215,12 +215,9 @@ class Gateway:
                 log.exception("store maintenance failed")
 
     async def stop(self) -> None:
-        """Stop everything in reverse order and commit what is queued."""
+        """Stop polling, commit what is queued, then stop sinks and close the store."""
         if self.api is not None:
             await self.api.stop()
-        for sink in reversed(self.sinks):
-            with contextlib.suppress(Exception):
-                await sink.stop()
         for ext in reversed(self.extensions):
             stop = getattr(ext, "stop", None)
             if stop is not None:
@@ -230,6 +227,12 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.flush()  # the last polls are committed before the sinks close
+        for sink in reversed(self.sinks):
+            with contextlib.suppress(Exception):
+                await sink.stop()
         if self.store is not None:
             await self.store.close()
         self.stopped.set()

@@ -293,8 +293,14 @@ class Store:
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.settings.commit_interval_s)
-        # Shielded: once a commit has started, cancelling the trigger must not lose the batch.
-        await asyncio.shield(self._flush_now())
+        while True:
+            # Shielded: once a commit has started, cancelling the trigger must not lose the batch.
+            await asyncio.shield(self._flush_now())
+            # Appends made while that commit ran saw this task still running and scheduled
+            # nothing: commit them too (no await between this check and the return).
+            if not self._queue or self._closed:
+                return
+            await asyncio.sleep(self.settings.commit_interval_s)
 
     async def flush(self) -> None:
         """Commit everything queued now (used at shutdown and before non-reading appends)."""

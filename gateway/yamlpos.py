@@ -73,6 +73,9 @@ def line_of(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def compose(text: str, issues: Issues) -> yaml.Node | None:
     """Parse YAML text into a node tree; a syntax error becomes an issue with its line.
 
@@ -80,7 +83,14 @@ def compose(text: str, issues: Issues) -> yaml.Node | None:
     holds more than one document.
     """
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        # libyaml's parser when present: 3-4x faster and far less memory on a 10,000-meter
+        # file; on a syntax error PyYAML's own parser is asked again for its clearer message.
+        try:
+            node = yaml.compose(text, Loader=_LOADER)
+        except yaml.YAMLError:
+            if _LOADER is yaml.SafeLoader:
+                raise
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = int(mark.line) + 1 if mark is not None else None
@@ -139,7 +149,8 @@ def is_unquoted_number(node: yaml.Node) -> bool:
 
 def is_plain(node: yaml.Node) -> bool:
     """True for an unquoted scalar (one whose meaning YAML infers from its text)."""
-    return isinstance(node, yaml.ScalarNode) and node.style is None
+    # PyYAML's own parser marks a plain scalar with style None, libyaml's with ''
+    return isinstance(node, yaml.ScalarNode) and not node.style
 
 
 def as_text(node: yaml.Node) -> str:

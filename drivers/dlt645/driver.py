@@ -661,10 +661,12 @@ class Dlt645Driver:
             payload += reply.payload
         return bytes(payload)
 
+    def _first_byte(self, timeout: float) -> float:
+        return timeout if self.bus.type == "tcp" else min(timeout, self.response_delay)
+
     def _window(self, timeout: float, request_len: int, expect: int | None) -> float:
         reply_len = 4 + OVERHEAD + 4 + (expect if expect is not None else 200)
-        first_byte = timeout if self.bus.type == "tcp" else min(timeout, self.response_delay)
-        return first_byte + TB_MARGIN + (request_len + reply_len) * self._char_time
+        return self._first_byte(timeout) + TB_MARGIN + (request_len + reply_len) * self._char_time
 
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
@@ -688,16 +690,24 @@ class Dlt645Driver:
             raise
         loop = asyncio.get_running_loop()
         window = self._window(timeout, len(wire), expect)
-        deadline = loop.time() + window
+        sent = loop.time()
+        deadline = sent + window
+        # A meter that is not there costs only the first-byte budget: until a byte arrives
+        # the wait ends after the request's own wire time + Td budget + margin.
+        first_byte_deadline = min(deadline, sent + len(wire) * self._char_time + self._first_byte(timeout) + TB_MARGIN)
         buf = bytearray()
+        heard = False
         rejected: list[str] = []
         skipped: list[AmrError] = []
         noise = 0
         try:
             while loop.time() < deadline:
-                chunk = await t.read_some(deadline)
+                chunk = await t.read_some(deadline if heard else first_byte_deadline)
                 if not chunk:
-                    break
+                    if heard or loop.time() >= first_byte_deadline:
+                        break
+                    continue
+                heard = True
                 buf += chunk
                 for _ in range(len(buf) + 1):
                     found = scan(buf)

@@ -132,3 +132,20 @@ async def test_storage_cap_pressure(tmp_path: Path) -> None:
     await store.append_readings([make_reading(slot=float(i)) for i in range(5000)])
     assert await store.refresh_size() in ("near_cap", "full")
     await store.close()
+
+
+async def test_appends_during_a_commit_are_committed_too(tmp_path: Path) -> None:
+    """An append made as soon as the previous one committed (while the commit task is still
+    finishing) must be committed without waiting for a later append."""
+    import asyncio
+
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+
+    async def sequential() -> list[int]:
+        out: list[int] = []
+        for i in range(50):
+            out += await store.append_readings([make_reading(slot=float(i))])
+        return out
+
+    assert await asyncio.wait_for(sequential(), timeout=10) == list(range(1, 51))
+    await store.close()
