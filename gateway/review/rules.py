@@ -1,0 +1,923 @@
+"""Review rules: pure functions from (per-meter state, one reading) to review events.
+
+What a reviewer must be told (SPEC "Review events"), modelled on the Q/GDW 1376.1 ERC
+records a special-transformer terminal raises (billing-practice.md §5):
+
+==================  ===========  ====================================================
+event               ERC          raised when
+==================  ===========  ====================================================
+register_decrease   27           a cumulative register (per register, per tariff) went
+                                 down — not a configured rollover, not a meter swap
+meter_stopped       30           the energy register did not advance for N × 15 min
+                                 while the measured power says ≥ 0.04 kWh should have
+meter_fast          28 / 29      energy advanced faster than rated power allows
+                                 (Un × Imax × √3 × CT × PT), or — without rated values —
+                                 ΔE ÷ (P × Δt) above the 超差 / 飞走 ratio
+consumption_jump    (§6 环比)     an interval's consumption > k × the median of the same
+                                 local slot over the last N days
+clock_deviation     12           |meter clock − gateway clock| > threshold (skipped
+                                 around local midnight; an unreadable clock raises too)
+read_failure        31           N consecutive failed polls; ``read_recovered`` clears it
+phase_loss          失压/断相      one phase voltage collapsed while the others are normal
+==================  ===========  ====================================================
+
+Design constraints
+------------------
+* **No I/O.** Every function takes a :class:`MeterState` (mutated in place), an
+  :class:`Observation` built from one reading, a :class:`MeterContext` (what configuration
+  says about the meter) and :class:`ReviewThresholds`, and returns :class:`RuleEvent`\\ s.
+  The engine (``gateway.review.engine``) owns storage, publication and restart recovery.
+* **One event per condition.** A condition is identified by (type, key) — the key names
+  the register, the phase, or is empty. While it persists nothing more is raised; it is
+  cleared once, after ``clear_after_normal_cycles`` consecutive normal evaluations (the
+  ERC28/29 practice of 2–3 normal cycles), except ``read_failure``, which clears on the
+  first answer (ERC31 records the recovery at once) with an event named ``read_recovered``.
+* **Exact numbers.** Registers and energies are ``Decimal``; evidence carries the values,
+  times (ISO-8601 UTC), and the thresholds that decided.
+* **A failed point is not a value.** Only points with quality ``good`` are judged; a
+  failed poll only feeds the read-failure rule.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Final, Literal
+from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from gateway.model import Reading
+
+EventState = Literal["raised", "cleared"]
+
+EVENT_TYPES: Final = (
+    "register_decrease",
+    "meter_stopped",
+    "meter_fast",
+    "consumption_jump",
+    "clock_deviation",
+    "read_failure",
+    "read_recovered",
+    "phase_loss",
+)
+#: The event type that clears each condition (all clear with their own type but one).
+CLEAR_TYPE: Final[Mapping[str, str]] = {t: t for t in EVENT_TYPES} | {"read_failure": "read_recovered"}
+
+FAILED_QUALITIES: Final = ("timeout", "crc_error")
+PHASES: Final = ("l1", "l2", "l3")
+QUARTER_S: Final = 900
+_ZERO: Final = Decimal(0)
+_HOUR: Final = Decimal(3600)
+_DAY_S: Final = 86400
+POWER_SAMPLES_KEPT: Final = 256
+
+
+# ----------------------------------------------------------------------------- thresholds
+@dataclass(frozen=True, slots=True)
+class ReviewThresholds:
+    """Every threshold of the review rules, with its unit (defaults follow 1376.1 practice).
+
+    1376.1 implementations disagree on units (billing-practice.md §5, "Units caveat"), so
+    each field names its unit in its name or its comment and nothing is implied.
+    """
+
+    enabled: bool = True
+    #: Consecutive normal evaluations before a raised condition is cleared (ERC28/29: 2–3).
+    clear_after_normal_cycles: int = 2
+
+    # register_decrease (ERC27) ---------------------------------------------------------
+    #: A fall smaller than this (register display units, kWh or kvarh, on the raw value) is
+    #: ignored; 0 flags any fall. Raise it only for meters whose float registers jitter.
+    decrease_tolerance: Decimal = Decimal(0)
+    #: Register maxima at which a register wraps to zero (display units): 999999.99 is the
+    #: DL/T 645-2007 XXXXXX.XX format, 99999999.99 an 8+2-digit display.
+    rollover_at: tuple[Decimal, ...] = (Decimal("999999.99"), Decimal("99999999.99"))
+    #: A fall is a rollover when the old value was within this fraction of a maximum and the
+    #: new one within this fraction above zero (0.01 = the top and bottom 1 %).
+    rollover_window: Decimal = Decimal("0.01")
+
+    # energy rules: which points ---------------------------------------------------------
+    #: The cumulative register the energy rules judge (forward active total, as ERC28–30).
+    energy_register: str = "energy_import_kwh"
+    #: The instantaneous total active power point (kW) the energy rules compare with.
+    power_point: str = "power_kw"
+    #: A power sample older than this (seconds) before an interval's end is not used when no
+    #: sample falls inside the interval.
+    power_sample_max_age_s: float = 900.0
+
+    # meter_stopped (ERC30) --------------------------------------------------------------
+    #: 停走阈值: the register must stay unchanged for this many 15-minute periods.
+    stopped_window_quarters: int = 2
+    #: ... while power × time over that window is at least this (kWh, primary side).
+    stopped_min_expected_kwh: Decimal = Decimal("0.04")
+    #: ... and at least this many display steps of the register (× CT × PT): below that a
+    #: correct meter may legitimately not have ticked yet.
+    stopped_min_display_steps: int = 2
+
+    # meter_fast (ERC28/29) --------------------------------------------------------------
+    #: Skip the power comparison when power × Δt is below this (kWh), as 1376.1 does.
+    fast_min_expected_kwh: Decimal = Decimal("0.01")
+    #: 电能量超差阈值 (ERC28): ΔE ÷ (P × Δt) above this ratio raises ``meter_fast``.
+    fast_over_tolerance_ratio: Decimal = Decimal("1.5")
+    #: 电能表飞走阈值 (ERC29): above this ratio the evidence says "runs too fast".
+    fast_runaway_ratio: Decimal = Decimal("3.0")
+    #: With rated values configured, ΔE above rated power × this margin × Δt raises.
+    fast_rated_margin: Decimal = Decimal("1.2")
+    #: Whether a meter's ``rated_voltage_v`` is the phase voltage (57.7 in "3×57.7/100 V",
+    #: rated power = 3 × U × Imax) or the line voltage (rated power = √3 × U × Imax).
+    rated_voltage_is: Literal["phase", "line"] = "phase"
+
+    # consumption_jump (§6 环比) ----------------------------------------------------------
+    #: An interval's consumption above this multiple of the same slot's median raises.
+    jump_factor: Decimal = Decimal(3)
+    #: Days of history (same local slot) the median is taken over.
+    jump_history_days: int = 7
+    #: Fewer days of history than this: no judgement.
+    jump_min_history_days: int = 3
+    #: Consumption below this (kWh, primary side) is never a jump (a near-zero median
+    #: would otherwise flag noise).
+    jump_min_kwh: Decimal = Decimal(1)
+
+    # clock_deviation (ERC12) ------------------------------------------------------------
+    #: 校时阈值: |meter clock − gateway clock| above this (seconds) raises; 0 disables.
+    clock_threshold_s: float = 300.0
+    #: No judgement while either clock is within this many seconds of local midnight
+    #: (60 → 23:59:00–00:00:59), where a meter's date and time may straddle the day change.
+    clock_midnight_guard_s: float = 60.0
+
+    # read_failure (ERC31) ---------------------------------------------------------------
+    #: Consecutive failed polls (timeout or CRC error on every point) that raise.
+    read_failure_after: int = 3
+
+    # phase_loss (失压/断相) -----------------------------------------------------------------
+    #: A phase below this fraction of the reference (nominal, or the mean of the other two
+    #: phases when no nominal is configured) is lost. DL/T 645 meters' 失压 default is 0.78,
+    #: 断相 ≈ 0.6; "collapses" in SPEC suggests the latter.
+    phase_loss_fraction: Decimal = Decimal("0.6")
+    #: The other phases count as normal at or above this fraction of the reference (and,
+    #: without a nominal, within this fraction of each other); a lost phase is back when it
+    #: reaches it too.
+    phase_normal_fraction: Decimal = Decimal("0.85")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.clear_after_normal_cycles < 1:
+            problems.append("clear_after_normal_cycles must be at least 1")
+        if self.stopped_window_quarters < 1:
+            problems.append("stopped_window_quarters must be at least 1")
+        if self.read_failure_after < 1:
+            problems.append("read_failure_after must be at least 1")
+        if self.jump_min_history_days < 1 or self.jump_history_days < self.jump_min_history_days:
+            problems.append("jump_history_days must be at least jump_min_history_days, itself at least 1")
+        if not _ZERO < self.phase_loss_fraction < self.phase_normal_fraction <= 1:
+            problems.append("0 < phase_loss_fraction < phase_normal_fraction <= 1 must hold")
+        if self.fast_over_tolerance_ratio <= 1 or self.fast_runaway_ratio < self.fast_over_tolerance_ratio:
+            problems.append("1 < fast_over_tolerance_ratio <= fast_runaway_ratio must hold")
+        if self.clock_threshold_s < 0 or self.clock_midnight_guard_s < 0:
+            problems.append("clock thresholds cannot be negative")
+        if problems:
+            raise ValueError("review thresholds: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass(frozen=True, slots=True)
+class RegisterValue:
+    """One cumulative register as read: ``raw`` as displayed, ``value`` after CT × PT."""
+
+    raw: Decimal
+    value: Decimal
+
+    @property
+    def step(self) -> Decimal:
+        """One display step of the register in value units (0.01 kWh raw × CT × PT, say)."""
+        exponent = self.raw.as_tuple().exponent
+        unit = Decimal(1).scaleb(exponent) if isinstance(exponent, int) else Decimal("0.01")
+        factor = self.value / self.raw if self.raw != 0 else Decimal(1)
+        return unit * factor
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the rules need from one reading (built by :func:`observe_reading`)."""
+
+    meter: str
+    ts: float
+    slot: float
+    schedule: str
+    interval_s: float | None           # the schedule's period, for slot adjacency
+    quality: str
+    failed: bool                       # the meter did not answer at all
+    error: str | None = None
+    registers: Mapping[str, RegisterValue] = field(default_factory=dict)
+    power_kw: Decimal | None = None
+    voltages: Mapping[str, Decimal] = field(default_factory=dict)   # phase → V (value)
+    meter_clock: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterContext:
+    """What the configuration says about a meter, resolved once at start."""
+
+    tz: str = "UTC"
+    identity: str = ""                  # address|profile: a change is a meter swap
+    rated_kw: Decimal | None = None     # primary-side rated power (already × CT × PT)
+    nominal_v: Decimal | None = None    # primary-side nominal phase voltage (× PT)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEvent:
+    """A raised or cleared condition, as a rule decided it (the engine stores and sends it)."""
+
+    type: str
+    state: EventState
+    key: str
+    ts: float
+    message: str
+    evidence: dict[str, object]
+    raised_id: int | None = None        # cleared events: the engine's id of the raising event
+
+
+# ----------------------------------------------------------------------------- state
+@dataclass(slots=True)
+class Condition:
+    """A raised, not yet cleared condition."""
+
+    type: str
+    key: str
+    raised_ts: float
+    evidence: dict[str, object] = field(default_factory=dict)
+    normal_cycles: int = 0
+    event_id: int | None = None         # the engine's id of the raising event
+
+
+@dataclass(slots=True)
+class EnergyPoint:
+    """The last good value of the judged energy register."""
+
+    ts: float
+    slot: float
+    reg: RegisterValue
+
+
+@dataclass(slots=True)
+class MeterState:
+    """Everything the rules remember about one meter between readings."""
+
+    identity: str | None = None
+    registers: dict[str, RegisterValue] = field(default_factory=dict)
+    registers_ts: float | None = None
+    energy: EnergyPoint | None = None
+    #: When the judged register last changed value (slot, ts, value), and the expected
+    #: energy (kWh) power says flowed since.
+    stopped_ref: EnergyPoint | None = None
+    stopped_expected: Decimal = _ZERO
+    stopped_unknown_power: bool = False
+    power: deque[tuple[float, Decimal]] = field(default_factory=lambda: deque(maxlen=POWER_SAMPLES_KEPT))
+    #: local second-of-day of an interval's start → [(interval start slot, kWh)], oldest first
+    history: dict[int, list[tuple[float, Decimal]]] = field(default_factory=dict)
+    #: new (slot, seconds, kWh) intervals the engine has not persisted yet
+    new_intervals: list[tuple[float, float, Decimal]] = field(default_factory=list)
+    failures: int = 0
+    first_failure_ts: float | None = None
+    last_error: str | None = None
+    last_good_ts: float | None = None
+    last_good_registers: dict[str, Decimal] = field(default_factory=dict)
+    active: dict[tuple[str, str], Condition] = field(default_factory=dict)
+    dirty: bool = False                 # persisted state changed
+
+    def to_doc(self) -> dict[str, object]:
+        """The persisted part (registers, energy and stop references), as plain data."""
+
+        def ep(p: EnergyPoint | None) -> object:
+            return None if p is None else {"ts": p.ts, "slot": p.slot, "raw": p.reg.raw, "value": p.reg.value}
+
+        return {
+            "identity": self.identity,
+            "registers_ts": self.registers_ts,
+            "registers": {k: {"raw": v.raw, "value": v.value} for k, v in self.registers.items()},
+            "energy": ep(self.energy),
+            "stopped_ref": ep(self.stopped_ref),
+            "stopped_expected": self.stopped_expected,
+            "stopped_unknown_power": self.stopped_unknown_power,
+            "last_good_ts": self.last_good_ts,
+            "last_good_registers": dict(self.last_good_registers),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, object]) -> MeterState:
+        """Rebuild from :meth:`to_doc` output parsed with exact decimals."""
+
+        def dec(v: object) -> Decimal:
+            return v if isinstance(v, Decimal) else Decimal(str(v))
+
+        def ep(v: object) -> EnergyPoint | None:
+            if not isinstance(v, Mapping):
+                return None
+            reg = RegisterValue(dec(v["raw"]), dec(v["value"]))
+            return EnergyPoint(float(dec(v["ts"])), float(dec(v["slot"])), reg)
+
+        st = cls()
+        ident = doc.get("identity")
+        st.identity = None if ident is None else str(ident)
+        rts = doc.get("registers_ts")
+        st.registers_ts = None if rts is None else float(dec(rts))
+        regs = doc.get("registers")
+        if isinstance(regs, Mapping):
+            for k, v in regs.items():
+                if isinstance(v, Mapping):
+                    st.registers[str(k)] = RegisterValue(dec(v["raw"]), dec(v["value"]))
+        st.energy = ep(doc.get("energy"))
+        st.stopped_ref = ep(doc.get("stopped_ref"))
+        st.stopped_expected = dec(doc.get("stopped_expected", 0))
+        st.stopped_unknown_power = bool(doc.get("stopped_unknown_power", False))
+        lg = doc.get("last_good_ts")
+        st.last_good_ts = None if lg is None else float(dec(lg))
+        lgr = doc.get("last_good_registers")
+        if isinstance(lgr, Mapping):
+            st.last_good_registers = {str(k): dec(v) for k, v in lgr.items()}
+        return st
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyInterval:
+    """Two consecutive good values of the judged register, and what lies between."""
+
+    start: EnergyPoint
+    end: EnergyPoint
+    delta: Decimal          # value units (kWh, primary)
+    seconds: Decimal        # read time to read time
+    adjacent: bool          # slots are one schedule period apart
+    step: Decimal           # one display step, value units
+
+    def evidence(self) -> dict[str, object]:
+        """The interval as evidence."""
+        return {
+            "from": iso(self.start.ts),
+            "to": iso(self.end.ts),
+            "register_from": self.start.reg.value,
+            "register_to": self.end.reg.value,
+            "consumption_kwh": self.delta,
+            "seconds": self.seconds,
+        }
+
+
+# ----------------------------------------------------------------------------- helpers
+def iso(epoch: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with milliseconds."""
+    from gateway.model import iso_utc
+
+    return iso_utc(epoch)
+
+
+def to_decimal(v: object) -> Decimal | None:
+    """A reading value as an exact Decimal (floats by their shortest repr), else None."""
+    if isinstance(v, Decimal):
+        return v if v.is_finite() else None
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return Decimal(v)
+    if isinstance(v, float):
+        d = Decimal(repr(v))
+        return d if d.is_finite() else None
+    if isinstance(v, str):
+        try:
+            d = Decimal(v)
+        except InvalidOperation:
+            return None
+        return d if d.is_finite() else None
+    return None
+
+
+def is_cumulative_register(name: str) -> bool:
+    """Energy registers only ever grow (demand resets monthly, so it is not one)."""
+    return name.startswith(("energy_import_", "energy_export_"))
+
+
+def observe_reading(reading: Reading, interval_s: float | None = None, power_point: str = "power_kw") -> Observation:
+    """The rules' view of a reading: good cumulative registers, power, voltages, clock."""
+    registers: dict[str, RegisterValue] = {}
+    voltages: dict[str, Decimal] = {}
+    power: Decimal | None = None
+    clock: str | None = None
+    any_good = False
+    for name, p in reading.points.items():
+        if p.quality != "good" or p.raw is None:
+            continue
+        any_good = True
+        if is_cumulative_register(name):
+            raw, value = to_decimal(p.raw), to_decimal(p.value)
+            if raw is not None and value is not None:
+                registers[name] = RegisterValue(raw, value)
+        elif name == power_point:
+            power = to_decimal(p.value)
+        elif name.startswith("voltage_v_l") and name[-2:] in PHASES:
+            v = to_decimal(p.value)
+            if v is not None:
+                voltages[name[-2:]] = v
+        elif name == "meter_clock":
+            clock = str(p.raw)
+    failed = reading.quality in FAILED_QUALITIES and not any_good
+    return Observation(
+        meter=reading.meter, ts=reading.ts, slot=reading.slot, schedule=reading.schedule,
+        interval_s=interval_s, quality=reading.quality, failed=failed, error=reading.error,
+        registers=registers, power_kw=power, voltages=voltages, meter_clock=clock,
+    )
+
+
+def raise_condition(
+    state: MeterState, out: list[RuleEvent], etype: str, key: str, ts: float, message: str,
+    evidence: dict[str, object],
+) -> None:
+    """Raise (type, key) unless it is already raised; a persisting condition resets its clear count."""
+    cond = state.active.get((etype, key))
+    if cond is not None:
+        cond.normal_cycles = 0
+        return
+    state.active[(etype, key)] = Condition(etype, key, ts, evidence)
+    out.append(RuleEvent(etype, "raised", key, ts, message, evidence))
+
+
+def normal_cycle(
+    state: MeterState, out: list[RuleEvent], etype: str, key: str, ts: float, needed: int,
+    message: str, evidence: dict[str, object],
+) -> None:
+    """Count one normal evaluation for (type, key); clear it after ``needed`` in a row."""
+    cond = state.active.get((etype, key))
+    if cond is None:
+        return
+    cond.normal_cycles += 1
+    if cond.normal_cycles < needed:
+        return
+    del state.active[(etype, key)]
+    ev = {**evidence, "raised_at": iso(cond.raised_ts), "normal_cycles": cond.normal_cycles}
+    out.append(RuleEvent(CLEAR_TYPE[etype], "cleared", key, ts, message, ev, cond.event_id))
+
+
+def mean_power(state: MeterState, start: float, end: float, max_age_s: float) -> tuple[Decimal, int] | None:
+    """Mean of the power samples in [start, end], else the latest within ``max_age_s``."""
+    inside = [p for t, p in state.power if start <= t <= end]
+    if inside:
+        return sum(inside, _ZERO) / len(inside), len(inside)
+    before = [(t, p) for t, p in state.power if t <= end and end - t <= max_age_s]
+    if before:
+        return before[-1][1], 1
+    return None
+
+
+def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -> EnergyInterval | None:
+    """The interval from the last judged-register value to this reading's, if both exist."""
+    reg = obs.registers.get(th.energy_register)
+    prev = state.energy
+    if reg is None or prev is None or obs.ts <= prev.ts:
+        return None
+    adjacent = obs.interval_s is not None and abs(obs.slot - prev.slot - obs.interval_s) < 1e-6
+    return EnergyInterval(
+        start=prev, end=EnergyPoint(obs.ts, obs.slot, reg), delta=reg.value - prev.reg.value,
+        seconds=Decimal(repr(round(obs.ts - prev.ts, 3))), adjacent=adjacent, step=reg.step,
+    )
+
+
+def _is_rollover(prev: Decimal, new: Decimal, th: ReviewThresholds) -> Decimal | None:
+    """The maximum a fall wrapped at, when it is a configured rollover."""
+    for top in th.rollover_at:
+        margin = top * th.rollover_window
+        if prev <= top and prev >= top - margin and _ZERO <= new <= margin:
+            return top
+    return None
+
+
+# ----------------------------------------------------------------------------- rules
+Rule = Callable[[MeterState, Observation, EnergyInterval | None, MeterContext, ReviewThresholds], list[RuleEvent]]
+
+
+def read_failure(
+    state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
+) -> list[RuleEvent]:
+    """ERC31: raise after N consecutive failed polls; ``read_recovered`` at the first answer."""
+    out: list[RuleEvent] = []
+    if obs.failed:
+        state.failures += 1
+        state.last_error = obs.error
+        if state.first_failure_ts is None:
+            state.first_failure_ts = obs.ts
+        if state.failures >= th.read_failure_after:
+            first = state.first_failure_ts
+            raise_condition(
+                state, out, "read_failure", "", obs.ts,
+                f"meter {obs.meter} failed {state.failures} polls in a row since {iso(first)}",
+                {
+                    "failed_polls": state.failures,
+                    "threshold_polls": th.read_failure_after,
+                    "first_failure": iso(first),
+                    "last_error": obs.error,
+                    "quality": obs.quality,
+                    "last_good": None if state.last_good_ts is None else iso(state.last_good_ts),
+                    "last_good_registers": dict(state.last_good_registers),
+                },
+            )
+        return out
+    cond = state.active.get(("read_failure", ""))
+    if cond is not None:
+        first = state.first_failure_ts if state.first_failure_ts is not None else cond.raised_ts
+        normal_cycle(
+            state, out, "read_failure", "", obs.ts, 1,
+            f"meter {obs.meter} answers again after {state.failures} failed polls",
+            {
+                "failed_polls": state.failures,
+                "first_failure": iso(first),
+                "recovered_at": iso(obs.ts),
+                "outage_s": Decimal(repr(round(obs.ts - first, 3))),
+                "last_good_before": None if state.last_good_ts is None else iso(state.last_good_ts),
+            },
+        )
+    state.failures = 0
+    state.first_failure_ts = None
+    if obs.registers:
+        state.last_good_ts = obs.ts
+        state.last_good_registers = {k: v.value for k, v in obs.registers.items()}
+        state.dirty = True
+    elif obs.quality == "good":
+        state.last_good_ts = obs.ts
+        state.dirty = True
+    return out
+
+
+def register_decrease(
+    state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
+) -> list[RuleEvent]:
+    """ERC27, per register and tariff: raw fell below the last value (beyond the tolerance).
+
+    A fall from near a configured maximum to near zero is a rollover, not an event. The
+    condition clears once the register is back at or above where it fell from, or after
+    ``clear_after_normal_cycles`` readings in a row that do not fall again. Baselines move to
+    the new value either way, so a register running on from a new base is not re-flagged.
+    """
+    out: list[RuleEvent] = []
+    if state.registers_ts is not None and obs.ts < state.registers_ts:
+        return out  # an older reading arriving late: no judgement, no baseline change
+    for name, reg in obs.registers.items():
+        prev = state.registers.get(name)
+        key_cond = state.active.get(("register_decrease", name))
+        if prev is None:
+            continue
+        fall = prev.raw - reg.raw
+        if fall > th.decrease_tolerance:
+            top = _is_rollover(prev.raw, reg.raw, th)
+            if top is not None:
+                continue
+            raise_condition(
+                state, out, "register_decrease", name, obs.ts,
+                f"{name} of meter {obs.meter} went down from {prev.raw} to {reg.raw}",
+                {
+                    "register": name,
+                    "before_raw": prev.raw,
+                    "after_raw": reg.raw,
+                    "before_value": prev.value,
+                    "after_value": reg.value,
+                    "decrease_raw": fall,
+                    "before_time": None if state.registers_ts is None else iso(state.registers_ts),
+                    "after_time": iso(obs.ts),
+                    "tolerance": th.decrease_tolerance,
+                    "rollover_at": list(th.rollover_at),
+                },
+            )
+        elif key_cond is not None:
+            before = key_cond.evidence.get("before_raw")
+            back = isinstance(before, Decimal) and reg.raw >= before
+            needed = 1 if back else th.clear_after_normal_cycles
+            normal_cycle(
+                state, out, "register_decrease", name, obs.ts, needed,
+                f"{name} of meter {obs.meter} advances normally again ({reg.raw})",
+                {"register": name, "current_raw": reg.raw, "back_above_previous": back},
+            )
+    return out
+
+
+def meter_stopped(
+    state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
+) -> list[RuleEvent]:
+    """ERC30: register unchanged for N × 15 min while power × time ≥ the threshold."""
+    out: list[RuleEvent] = []
+    if iv is None or iv.delta < 0:
+        return out
+    name = th.energy_register
+    if iv.delta > 0:
+        state.stopped_ref = iv.end
+        state.stopped_expected = _ZERO
+        state.stopped_unknown_power = False
+        state.dirty = True
+        normal_cycle(
+            state, out, "meter_stopped", name, obs.ts, th.clear_after_normal_cycles,
+            f"{name} of meter {obs.meter} advances again ({iv.end.reg.value})",
+            {"register": name, **iv.evidence()},
+        )
+        return out
+    ref = state.stopped_ref or iv.start
+    state.stopped_ref = ref
+    mp = mean_power(state, float(iv.start.ts), float(iv.end.ts), th.power_sample_max_age_s)
+    if mp is None:
+        state.stopped_unknown_power = True
+        state.dirty = True
+        return out
+    power, samples = mp
+    state.stopped_expected += max(power, _ZERO) * iv.seconds / _HOUR
+    state.dirty = True
+    window_s = th.stopped_window_quarters * QUARTER_S
+    unchanged_s = obs.slot - ref.slot
+    min_kwh = max(th.stopped_min_expected_kwh, iv.step * th.stopped_min_display_steps)
+    evidence: dict[str, object] = {
+        "register": name,
+        "register_value": iv.end.reg.value,
+        "unchanged_since": iso(ref.ts),
+        "unchanged_s": Decimal(repr(round(obs.ts - ref.ts, 3))),
+        "window_s": window_s,
+        "window_quarters": th.stopped_window_quarters,
+        "expected_kwh": state.stopped_expected,
+        "threshold_kwh": min_kwh,
+        "mean_power_kw": power,
+        "power_samples": samples,
+    }
+    if unchanged_s + 1e-6 >= window_s and state.stopped_expected >= min_kwh:
+        raise_condition(
+            state, out, "meter_stopped", name, obs.ts,
+            f"{name} of meter {obs.meter} stayed at {iv.end.reg.value} for "
+            f"{round((obs.ts - ref.ts) / 60)} min while power says {state.stopped_expected:.4f} kWh flowed",
+            evidence,
+        )
+    return out
+
+
+def meter_fast(
+    state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
+) -> list[RuleEvent]:
+    """ERC28/29: energy advanced faster than rated power, or than measured power × tolerance.
+
+    One display step is taken off ΔE first, so register quantisation never makes a correct
+    meter look fast.
+    """
+    out: list[RuleEvent] = []
+    if iv is None or iv.delta < 0 or iv.seconds <= 0:
+        return out
+    name = th.energy_register
+    adj = max(iv.delta - iv.step, _ZERO)
+    base: dict[str, object] = {"register": name, **iv.evidence(), "register_step": iv.step}
+    if ctx.rated_kw is not None:
+        limit = ctx.rated_kw * th.fast_rated_margin * iv.seconds / _HOUR
+        ev = {**base, "mode": "rated", "rated_power_kw": ctx.rated_kw, "margin": th.fast_rated_margin,
+              "limit_kwh": limit}
+        if adj > limit:
+            raise_condition(
+                state, out, "meter_fast", name, obs.ts,
+                f"{name} of meter {obs.meter} advanced {iv.delta} kWh in {iv.seconds} s; rated power "
+                f"allows at most {limit:.4f} kWh",
+                ev,
+            )
+        else:
+            normal_cycle(state, out, "meter_fast", name, obs.ts, th.clear_after_normal_cycles,
+                         f"{name} of meter {obs.meter} advances within rated power again", ev)
+        return out
+    mp = mean_power(state, iv.start.ts, iv.end.ts, th.power_sample_max_age_s)
+    if mp is None:
+        return out
+    power, samples = mp
+    expected = max(power, _ZERO) * iv.seconds / _HOUR
+    if expected < th.fast_min_expected_kwh:
+        return out
+    ratio = adj / expected
+    ev = {**base, "mode": "measured_power", "mean_power_kw": power, "power_samples": samples,
+          "expected_kwh": expected, "ratio": ratio.quantize(Decimal("0.001")),
+          "over_tolerance_ratio": th.fast_over_tolerance_ratio, "runaway_ratio": th.fast_runaway_ratio}
+    if ratio > th.fast_over_tolerance_ratio:
+        runaway = ratio > th.fast_runaway_ratio
+        ev["erc"] = 29 if runaway else 28
+        ev["level"] = "runs_too_fast" if runaway else "over_tolerance"
+        raise_condition(
+            state, out, "meter_fast", name, obs.ts,
+            f"{name} of meter {obs.meter} advanced {iv.delta} kWh where power says {expected:.4f} kWh "
+            f"(ratio {ratio:.2f})",
+            ev,
+        )
+    else:
+        normal_cycle(state, out, "meter_fast", name, obs.ts, th.clear_after_normal_cycles,
+                     f"{name} of meter {obs.meter} agrees with measured power again", ev)
+    return out
+
+
+def local_second_of_day(t: float, tz: str) -> int:
+    """Seconds since local midnight of ``t`` (the slot key of the jump rule)."""
+    lt = datetime.fromtimestamp(t, ZoneInfo(tz))
+    return lt.hour * 3600 + lt.minute * 60 + lt.second
+
+
+def consumption_jump(
+    state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
+) -> list[RuleEvent]:
+    """An interval's consumption > k × the median of the same local slot over N days.
+
+    Only whole, adjacent intervals (one schedule period between slots) are judged and kept
+    as history, so a gap never looks like a jump.
+    """
+    out: list[RuleEvent] = []
+    if iv is None or not iv.adjacent or iv.delta < 0 or obs.interval_s is None:
+        return out
+    name = th.energy_register
+    start_slot = iv.start.slot
+    key = local_second_of_day(start_slot, ctx.tz)
+    hist = state.history.setdefault(key, [])
+    horizon = start_slot - th.jump_history_days * _DAY_S - 1
+    hist[:] = [(s, e) for s, e in hist if s >= horizon]
+    past = [(s, e) for s, e in hist if s <= start_slot - _DAY_S / 2]
+    days = len({round((start_slot - s) / _DAY_S) for s, _ in past})
+    if days >= th.jump_min_history_days:
+        median = statistics.median([e for _, e in past])
+        limit = th.jump_factor * median
+        ev: dict[str, object] = {
+            "register": name, **iv.evidence(), "slot": iso(start_slot), "interval_s": obs.interval_s,
+            "median_kwh": median, "factor": th.jump_factor, "limit_kwh": limit, "history_days": days,
+            "min_kwh": th.jump_min_kwh,
+            "history": [{"slot": iso(s), "kwh": e} for s, e in past],
+        }
+        if iv.delta > limit and iv.delta >= th.jump_min_kwh:
+            raise_condition(
+                state, out, "consumption_jump", name, obs.ts,
+                f"meter {obs.meter} used {iv.delta} kWh in the interval from {iso(start_slot)}, more than "
+                f"{th.jump_factor} × the median {median} kWh of that slot over {days} days",
+                ev,
+            )
+        else:
+            normal_cycle(state, out, "consumption_jump", name, obs.ts, th.clear_after_normal_cycles,
+                         f"meter {obs.meter}'s consumption is back within its history", ev)
+    if not any(s == start_slot for s, _ in hist):
+        hist.append((start_slot, iv.delta))
+        state.new_intervals.append((start_slot, float(obs.interval_s), iv.delta))
+    return out
+
+
+def parse_meter_clock(text: str, tz: str) -> float | None:
+    """A meter's clock text (ISO-8601; naive means the gateway's zone) as epoch seconds."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=ZoneInfo(tz))
+    return dt.timestamp()
+
+
+def _near_midnight(t: float, tz: str, guard_s: float) -> bool:
+    sod = local_second_of_day(t, tz)
+    return sod < guard_s or sod >= _DAY_S - guard_s
+
+
+def clock_deviation(
+    state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
+) -> list[RuleEvent]:
+    """ERC12: |meter clock − read time| above the threshold; an unreadable clock raises too.
+
+    Skipped while either clock is within the midnight guard (23:59–00:00 local by default)
+    and disabled by a threshold of 0, as 1376.1 terminals do.
+    """
+    out: list[RuleEvent] = []
+    if obs.meter_clock is None or th.clock_threshold_s == 0:
+        return out
+    meter_t = parse_meter_clock(obs.meter_clock, ctx.tz)
+    base: dict[str, object] = {"meter_clock": obs.meter_clock, "gateway_time": iso(obs.ts),
+                               "threshold_s": Decimal(repr(th.clock_threshold_s)), "timezone": ctx.tz}
+    if meter_t is None:
+        raise_condition(state, out, "clock_deviation", "", obs.ts,
+                        f"meter {obs.meter}'s clock {obs.meter_clock!r} is not a valid time",
+                        {**base, "problem": "invalid meter clock"})
+        return out
+    if _near_midnight(obs.ts, ctx.tz, th.clock_midnight_guard_s) or _near_midnight(
+        meter_t, ctx.tz, th.clock_midnight_guard_s
+    ):
+        return out
+    deviation = round(meter_t - obs.ts, 3)
+    ev = {**base, "deviation_s": Decimal(repr(deviation))}
+    if abs(deviation) > th.clock_threshold_s:
+        direction = "ahead of" if deviation > 0 else "behind"
+        raise_condition(state, out, "clock_deviation", "", obs.ts,
+                        f"meter {obs.meter}'s clock is {abs(deviation):.0f} s {direction} the gateway's", ev)
+    else:
+        normal_cycle(state, out, "clock_deviation", "", obs.ts, th.clear_after_normal_cycles,
+                     f"meter {obs.meter}'s clock is within {th.clock_threshold_s:g} s again", ev)
+    return out
+
+
+def phase_loss(
+    state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
+) -> list[RuleEvent]:
+    """One phase below ``phase_loss_fraction`` of the reference while the other two are normal.
+
+    The reference is the nominal phase voltage when rated voltage is configured, else the
+    mean of the other two phases (which must then agree within ``phase_normal_fraction``).
+    All three low is an outage, not a phase loss: no judgement either way.
+    """
+    out: list[RuleEvent] = []
+    v = obs.voltages
+    if len(v) != len(PHASES):
+        return out
+    for ph in PHASES:
+        others = [v[o] for o in PHASES if o != ph]
+        if ctx.nominal_v is not None:
+            ref = ctx.nominal_v
+            others_normal = all(o >= th.phase_normal_fraction * ref for o in others)
+        else:
+            ref = sum(others, _ZERO) / len(others)
+            hi, lo = max(others), min(others)
+            others_normal = lo > 0 and lo >= th.phase_normal_fraction * hi
+        if ref <= 0:
+            continue
+        ratio = (v[ph] / ref).quantize(Decimal("0.0001"))
+        ev: dict[str, object] = {
+            "phase": ph, "voltage_v": v[ph], "voltages_v": {p: v[p] for p in PHASES},
+            "reference_v": ref, "reference": "nominal" if ctx.nominal_v is not None else "other_phases",
+            "ratio": ratio, "loss_fraction": th.phase_loss_fraction, "normal_fraction": th.phase_normal_fraction,
+        }
+        if v[ph] < th.phase_loss_fraction * ref and others_normal:
+            raise_condition(state, out, "phase_loss", ph, obs.ts,
+                            f"meter {obs.meter} lost phase {ph.upper()}: {v[ph]} V against {ref:.1f} V", ev)
+        elif v[ph] >= th.phase_normal_fraction * ref and others_normal:
+            normal_cycle(state, out, "phase_loss", ph, obs.ts, th.clear_after_normal_cycles,
+                         f"meter {obs.meter}'s phase {ph.upper()} is back ({v[ph]} V)", ev)
+    return out
+
+
+#: Every rule but read_failure, in evaluation order (read_failure runs first, apart).
+RULES: Final[tuple[tuple[str, Rule], ...]] = (
+    ("register_decrease", register_decrease),
+    ("meter_stopped", meter_stopped),
+    ("meter_fast", meter_fast),
+    ("consumption_jump", consumption_jump),
+    ("clock_deviation", clock_deviation),
+    ("phase_loss", phase_loss),
+)
+
+
+def evaluate(
+    state: MeterState, obs: Observation, ctx: MeterContext, th: ReviewThresholds
+) -> tuple[list[RuleEvent], list[tuple[str, Exception]]]:
+    """Run every rule on one observation; returns the events and the rules that failed.
+
+    A failing rule is reported, never fatal: the others still run and the state still
+    advances, so one bug never blinds the rest of the review (nor touches the reading).
+    """
+    events: list[RuleEvent] = []
+    errors: list[tuple[str, Exception]] = []
+    if not th.enabled:
+        return events, errors
+    try:
+        events += read_failure(state, obs, None, ctx, th)
+    except Exception as exc:
+        errors.append(("read_failure", exc))
+    if obs.failed:
+        return events, errors
+    if state.identity is not None and ctx.identity and state.identity != ctx.identity:
+        # A meter swap (another address or profile under the same id): new baselines, no
+        # register judged against the old meter's.
+        state.registers.clear()
+        state.registers_ts = None
+        state.energy = None
+        state.stopped_ref = None
+        state.stopped_expected = _ZERO
+        state.dirty = True
+    if ctx.identity and state.identity != ctx.identity:
+        state.identity = ctx.identity
+        state.dirty = True
+    if obs.power_kw is not None and (not state.power or state.power[-1][0] <= obs.ts):
+        state.power.append((obs.ts, obs.power_kw))
+    iv = energy_interval(state, obs, th)
+    for name, rule in RULES:
+        try:
+            events += rule(state, obs, iv, ctx, th)
+        except Exception as exc:
+            errors.append((name, exc))
+    # move the baselines (only forward in time)
+    if obs.registers and (state.registers_ts is None or obs.ts >= state.registers_ts):
+        state.registers.update(obs.registers)
+        state.registers_ts = obs.ts
+        state.dirty = True
+    reg = obs.registers.get(th.energy_register)
+    if reg is not None and (state.energy is None or obs.ts > state.energy.ts):
+        state.energy = EnergyPoint(obs.ts, obs.slot, reg)
+        if state.stopped_ref is None:
+            state.stopped_ref = state.energy
+        state.dirty = True
+    return events, errors
+
+
+def rated_power_kw(
+    rated_voltage_v: Decimal | None, rated_current_a: Decimal | None, multiplier: Decimal,
+    voltage_is: Literal["phase", "line"] = "phase",
+) -> Decimal | None:
+    """Primary-side rated power in kW: √3 × U_line × Imax × CT × PT (= 3 × U_phase × Imax × …)."""
+    if rated_voltage_v is None or rated_current_a is None:
+        return None
+    factor = Decimal(3) if voltage_is == "phase" else Decimal(3).sqrt()
+    return factor * rated_voltage_v * rated_current_a * multiplier / 1000
+
