@@ -1,0 +1,339 @@
+"""The review engine: watches every reading, runs the rules, stores and publishes events.
+
+How it fits the gateway
+-----------------------
+* Registered with :func:`gateway.runtime.register_extension` (see :func:`install`); the
+  gateway builds one :class:`ReviewEngine` per start.
+* :meth:`ReviewEngine.observe` is a ``gateway.observers`` callback: bus workers call it
+  synchronously for every reading, before the reading is committed. It only puts the
+  reading on a **bounded queue** (``put_nowait``) and returns, so review never slows a bus;
+  when the queue is full the reading is not reviewed (counted in ``dropped`` and logged
+  once) — it is still stored, because the observer never raises.
+* One task takes readings off the queue in order and runs :func:`gateway.review.rules.evaluate`
+  on the meter's in-memory :class:`~gateway.review.rules.MeterState`. A rule that raises is
+  logged and counted; the other rules still run.
+* Each raised or cleared event is appended to the store's outbox (``kind="event"``,
+  schema ``amr.event.v1``: the MQTT sink publishes it on ``amr/{gw}/meters/{meter}/event``)
+  and then recorded in ``review_event`` (see :mod:`gateway.review.db` for why that order).
+* Rule memory that matters across a restart (last register values, the stop reference,
+  conditions still raised, interval history) is saved in the review tables every few
+  seconds and on stop, and restored at start — so a register that went down while the
+  gateway was restarting is still caught, and a condition raised before a restart is not
+  raised twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway.model import Reading, iso_utc
+from gateway.review import db
+from gateway.review.rules import (
+    Condition,
+    MeterContext,
+    MeterState,
+    ReviewThresholds,
+    RuleEvent,
+    evaluate,
+    local_second_of_day,
+    observe_reading,
+    rated_power_kw,
+)
+
+if TYPE_CHECKING:
+    from gateway.polling import MeterRuntime
+    from gateway.runtime import Gateway
+    from gateway.settings import MeterSettings, Settings
+
+log = logging.getLogger("amr.review")
+
+QUEUE_SIZE: Final = 10_000
+SAVE_EVERY_S: Final = 5.0          # real seconds between state saves
+PURGE_EVERY_S: Final = 3600.0
+STOP_DRAIN_S: Final = 5.0
+RETRY_KEEP: Final = 1000
+
+
+def thresholds_from_settings(settings: Settings) -> ReviewThresholds:
+    """The thresholds in force: ``settings.review`` when the configuration has one.
+
+    Accepts a :class:`ReviewThresholds` or any object with some of its field names (a
+    ``ReviewSettings`` dataclass parsed from a ``review:`` section); missing fields keep
+    their defaults.
+    """
+    cfg = getattr(settings, "review", None)
+    if cfg is None:
+        return ReviewThresholds()
+    if isinstance(cfg, ReviewThresholds):
+        return cfg
+    names = {f.name for f in dataclasses.fields(ReviewThresholds)}
+    given = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
+    return ReviewThresholds(**given)
+
+
+def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterContext:
+    """What the rules need to know about a configured meter (rated power, nominal voltage)."""
+    nominal: Decimal | None = None
+    if m.rated_voltage_v is not None:
+        phase_v = m.rated_voltage_v if th.rated_voltage_is == "phase" else m.rated_voltage_v / Decimal(3).sqrt()
+        nominal = phase_v * m.pt_ratio.factor
+    return MeterContext(
+        tz=tz,
+        identity=f"{m.address}|{m.profile}",
+        rated_kw=rated_power_kw(m.rated_voltage_v, m.rated_current_a, m.multiplier, th.rated_voltage_is),
+        nominal_v=nominal,
+    )
+
+
+class ReviewEngine:
+    """Per-gateway review: observer, queue, rules, event storage and publication."""
+
+    def __init__(self, gateway: Gateway, thresholds: ReviewThresholds | None = None,
+                 queue_size: int = QUEUE_SIZE) -> None:
+        self.gateway = gateway
+        self.thresholds = thresholds if thresholds is not None else thresholds_from_settings(gateway.settings)
+        self.queue: asyncio.Queue[tuple[str, Reading]] = asyncio.Queue(maxsize=queue_size)
+        self.states: dict[str, MeterState] = {}
+        self.contexts: dict[str, MeterContext] = {}
+        tz = gateway.settings.gateway.timezone
+        for m in gateway.settings.meters.values():
+            self.contexts[m.id] = meter_context(m, tz, self.thresholds)
+        self._tz = tz
+        self._next_id = 1
+        self._task: asyncio.Task[None] | None = None
+        self._retry: list[tuple[str, RuleEvent]] = []
+        self._last_save = 0.0
+        self._last_purge = 0.0
+        self._started = False
+        self.dropped = 0
+        self.rule_errors = 0
+        self.events_written = 0
+        self.processed = 0
+        self._full_logged = False
+        gateway.observers.append(self.observe)
+
+    # ------------------------------------------------------------------ observer
+    def observe(self, meter: MeterRuntime, reading: Reading) -> None:
+        """Queue a reading for review; never blocks, never raises (a full queue drops it)."""
+        try:
+            self.queue.put_nowait((meter.id, reading))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if not self._full_logged:
+                self._full_logged = True
+                log.error("review queue full (%d readings): readings are stored but not reviewed until "
+                          "it drains", self.queue.maxsize)
+        except Exception:  # pragma: no cover - defensive: polling must never see an error here
+            self.dropped += 1
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Create the tables, recover from a crash, restore rule memory, start reviewing."""
+        store = self.gateway.require_store()
+        await store.write(db.create)
+        recovered = await store.write(db.reconcile)
+        if recovered:
+            log.warning("review: %d published events recovered into review_event after a crash", recovered)
+        th = self.thresholds
+        since = self.gateway.clock.time() - (th.jump_history_days + 1) * 86400
+
+        def _load(conn: Any) -> tuple[dict[str, dict[str, Any]], list[db.StoredEvent], int,
+                                      list[tuple[str, float, float, Decimal]]]:
+            return db.load_states(conn), db.open_events(conn), db.max_event_id(conn), db.load_intervals(conn, since)
+
+        docs, open_events, max_id, intervals = await store.write(_load)
+        self._next_id = max_id + 1
+        for meter, doc in docs.items():
+            try:
+                self.states[meter] = MeterState.from_doc(doc)
+            except Exception:
+                log.exception("review: cannot restore the rule state of meter %s; starting it afresh", meter)
+        for ev in open_events:
+            st = self.state(ev.meter)
+            st.active[(ev.type, ev.key)] = Condition(ev.type, ev.key, ev.ts, dict(ev.evidence), event_id=ev.id)
+        for meter, slot, _secs, kwh in intervals:
+            ctx = self.contexts.get(meter)
+            key = local_second_of_day(slot, ctx.tz if ctx else self._tz)
+            self.state(meter).history.setdefault(key, []).append((slot, kwh))
+        self._last_save = time.monotonic()
+        self._started = True
+        self._task = asyncio.create_task(self._run(), name="review-engine")
+        log.info("review: %d meters restored, %d conditions open", len(docs), len(open_events))
+
+    async def stop(self) -> None:
+        """Review what is queued (bounded wait), save the rule memory, stop."""
+        with contextlib.suppress(ValueError):
+            self.gateway.observers.remove(self.observe)
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.queue.join(), STOP_DRAIN_S)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._started:
+            try:
+                await self._save(force=True)
+            except Exception:
+                log.exception("review: cannot save the rule state at stop")
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued reading has been reviewed (False on timeout; for tests)."""
+        try:
+            await asyncio.wait_for(self.queue.join(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def state(self, meter: str) -> MeterState:
+        """The meter's rule memory (created on first use)."""
+        st = self.states.get(meter)
+        if st is None:
+            st = self.states[meter] = MeterState()
+        return st
+
+    # ------------------------------------------------------------------ work
+    async def _run(self) -> None:
+        while True:
+            try:
+                meter, reading = await asyncio.wait_for(self.queue.get(), SAVE_EVERY_S)
+            except TimeoutError:
+                await self._housekeeping()
+                continue
+            try:
+                await self.process(meter, reading)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("review of a reading of meter %s failed", meter)
+            finally:
+                self.queue.task_done()
+            if self._full_logged and self.queue.qsize() < self.queue.maxsize // 2:
+                self._full_logged = False
+                log.warning("review queue drains again (%d readings were not reviewed so far)", self.dropped)
+            await self._housekeeping()
+
+    async def _housekeeping(self) -> None:
+        try:
+            if self._retry:
+                await self._retry_events()
+            await self._save()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("review: housekeeping failed; will retry")
+
+    async def process(self, meter: str, reading: Reading) -> list[db.StoredEvent]:
+        """Review one reading now: run the rules, store and publish what they decide."""
+        ctx = self.contexts.get(meter)
+        if ctx is None:
+            ctx = MeterContext(tz=self._tz)
+        interval_s: float | None = None
+        sched = self.gateway.settings.schedules.get(reading.schedule)
+        if sched is not None and sched.aligned:
+            interval_s = sched.every_s
+        obs = observe_reading(reading, interval_s, self.thresholds.power_point)
+        st = self.state(meter)
+        events, errors = evaluate(st, obs, ctx, self.thresholds)
+        self.processed += 1
+        for rule, exc in errors:
+            self.rule_errors += 1
+            log.error("review rule %s failed on meter %s: %s", rule, meter, exc, exc_info=exc)
+        stored: list[db.StoredEvent] = []
+        for ev in events:
+            try:
+                stored.append(await self._emit(meter, ev))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("review: cannot store a %s event of meter %s yet (%s); will retry", ev.type, meter, exc)
+                if len(self._retry) < RETRY_KEEP:
+                    self._retry.append((meter, ev))
+        return stored
+
+    async def _retry_events(self) -> None:
+        pending, self._retry = self._retry, []
+        for i, (meter, ev) in enumerate(pending):
+            try:
+                await self._emit(meter, ev)
+            except Exception:
+                self._retry = pending[i:] + self._retry
+                return
+
+    async def _emit(self, meter: str, ev: RuleEvent) -> db.StoredEvent:
+        """Publish (outbox) then record (review_event) one event."""
+        store = self.gateway.require_store()
+        st = self.state(meter)
+        raised_id = ev.raised_id if ev.state == "cleared" else None
+        event_id = self._next_id
+        ms = self.gateway.settings.meters.get(meter)
+        body: dict[str, Any] = {
+            "schema": db.EVENT_SCHEMA,
+            "id": event_id,
+            "meter": meter,
+            "customer": ms.customer if ms is not None else None,
+            "type": ev.type,
+            "state": ev.state,
+            "key": ev.key,
+            "ts": iso_utc(ev.ts),
+            "raised_id": raised_id,
+            "message": ev.message,
+            "evidence": ev.evidence,
+        }
+        seq = await store.append_message("event", meter, ev.ts, body)
+        self._next_id = event_id + 1
+        row = db.StoredEvent(event_id, meter, ev.type, ev.key, ev.state, ev.ts, raised_id, seq, ev.message,
+                             dict(ev.evidence))
+        await store.write(db.insert_event, row)
+        if ev.state == "raised":
+            cond = st.active.get((ev.type, ev.key))
+            if cond is not None:
+                cond.event_id = event_id
+        self.events_written += 1
+        log.warning("review event %s %s meter %s%s: %s", ev.type, ev.state, meter,
+                    f" [{ev.key}]" if ev.key else "", ev.message)
+        return row
+
+    async def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_save < SAVE_EVERY_S:
+            return
+        self._last_save = now
+        docs: dict[str, dict[str, object]] = {}
+        intervals: list[tuple[str, float, float, Decimal]] = []
+        for meter, st in self.states.items():
+            if st.dirty:
+                docs[meter] = st.to_doc()
+                st.dirty = False
+            if st.new_intervals:
+                intervals += [(meter, s, secs, kwh) for s, secs, kwh in st.new_intervals]
+                st.new_intervals.clear()
+        store = self.gateway.require_store()
+        if docs or intervals:
+            await store.write(db.save_states, self.gateway.clock.time(), docs, intervals)
+        if force or now - self._last_purge >= PURGE_EVERY_S:
+            self._last_purge = now
+            horizon = self.gateway.clock.time() - (self.thresholds.jump_history_days + 2) * 86400
+            await store.write(db.purge_intervals, horizon)
+
+
+_INSTALLED = False
+
+
+def install() -> None:
+    """Register the review engine and the events API routes (idempotent)."""
+    global _INSTALLED  # noqa: PLW0603 - a one-shot registration guard
+    if _INSTALLED:
+        return
+    from gateway.api.routes_events import install as install_routes
+    from gateway.runtime import register_extension
+
+    register_extension(ReviewEngine)
+    install_routes()
+    _INSTALLED = True

@@ -1,0 +1,187 @@
+"""The review engine on a real SQLite store: readings in, events stored and in the outbox.
+
+No meters and no network: readings are built by hand and handed to the engine's observer,
+as a bus worker would. Covers storage and publication (schema, exact decimals), restart
+recovery (a decrease across a restart, an open condition not raised twice), the crash
+window between outbox and table, the bounded queue, a failing rule, and the CSV export.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from decimal import Decimal as D
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.clock import ScaledClock
+from gateway.config import load_settings_from_text
+from gateway.demo import demo_config_text
+from gateway.model import PointValue, Reading
+from gateway.review import rules
+from gateway.review.engine import ReviewEngine
+from gateway.review.export import export_events
+from gateway.runtime import Gateway
+from gateway.store import Store
+
+START = 1_795_939_200.0  # 2026-11-29 16:00:00 +08:00
+METER = "c1002-main"
+
+
+def make_gateway(tmp: Path) -> Gateway:
+    settings = load_settings_from_text(demo_config_text(tmp, api_port=1, mqtt=("127.0.0.1", 1)), "<test>", tmp,
+                                       {"AMR_API_TOKEN": "t"})
+    return Gateway(settings, ScaledClock(START, 1.0), enable_api=False, enable_sinks=False)
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    g = make_gateway(tmp_path)
+    g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
+    try:
+        yield g
+    finally:
+        await g.require_store().close()
+
+
+def reading(k: int, energy: str, meter: str = METER) -> Reading:
+    slot = START + 900 * k
+    return Reading(meter, "C1002", "tcp-c1002", "interval", slot, slot + 0.4, {
+        "energy_import_kwh": PointValue(D(energy), D(energy), "kWh"),
+    })
+
+
+def runtime(meter: str = METER) -> Any:
+    return SimpleNamespace(id=meter)
+
+
+async def started(g: Gateway, **kw: Any) -> ReviewEngine:
+    eng = ReviewEngine(g, **kw)
+    await eng.start()
+    return eng
+
+
+def rows(g: Gateway, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(g.store_path)
+    try:
+        return list(conn.execute(sql))
+    finally:
+        conn.close()
+
+
+async def test_a_decrease_is_stored_and_published_with_exact_evidence(gw: Gateway) -> None:
+    eng = await started(gw)
+    eng.observe(runtime(), reading(0, "1234.50"))
+    eng.observe(runtime(), reading(1, "1200.00"))
+    assert await eng.drain()
+    await eng.stop()
+    events = rows(gw, "SELECT id, meter, type, state, key, seq, evidence FROM review_event")
+    assert [(r[1], r[2], r[3], r[4]) for r in events] == [(METER, "register_decrease", "raised", "energy_import_kwh")]
+    outbox = rows(gw, "SELECT seq, kind, meter, payload FROM outbox WHERE kind='event'")
+    assert len(outbox) == 1 and outbox[0][0] == events[0][5] and outbox[0][2] == METER
+    payload = outbox[0][3]
+    doc = json.loads(payload)
+    assert doc["schema"] == "amr.event.v1" and doc["gateway"] == "demo-gateway" and doc["seq"] == outbox[0][0]
+    assert doc["id"] == events[0][0] and doc["customer"] == "C1002" and doc["state"] == "raised"
+    assert '"before_raw":1234.50' in payload and '"after_raw":1200.00' in payload  # exact decimals
+    assert '"before_raw":1234.50' in events[0][6]
+
+
+async def test_restart_keeps_the_last_register_and_open_conditions(tmp_path: Path) -> None:
+    g = make_gateway(tmp_path)
+    g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
+    eng = await started(g)
+    eng.observe(runtime(), reading(0, "500.00"))
+    assert await eng.drain()
+    await eng.stop()
+    await g.require_store().close()
+
+    # restart 1: the fall happens across the restart and is still caught
+    g = make_gateway(tmp_path)
+    g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
+    eng = await started(g)
+    eng.observe(runtime(), reading(1, "400.00"))
+    assert await eng.drain()
+    await eng.stop()
+    await g.require_store().close()
+
+    # restart 2: the condition is still open, so a further fall raises nothing; it clears later
+    g = make_gateway(tmp_path)
+    g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
+    eng = await started(g)
+    for k, e in ((2, "390.00"), (3, "391.00"), (4, "392.00")):
+        eng.observe(runtime(), reading(k, e))
+    assert await eng.drain()
+    await eng.stop()
+    await g.require_store().close()
+    got = rows(g, "SELECT id, type, state, raised_id FROM review_event ORDER BY id")
+    assert [(r[1], r[2]) for r in got] == [("register_decrease", "raised"), ("register_decrease", "cleared")]
+    assert got[1][3] == got[0][0]
+
+
+async def test_an_event_published_but_not_recorded_is_recovered_at_start(gw: Gateway) -> None:
+    store = gw.require_store()
+    body = {"schema": "amr.event.v1", "id": 7, "meter": METER, "type": "read_failure", "state": "raised", "key": "",
+            "ts": "2026-11-29T08:00:00.000Z", "raised_id": None, "message": "m", "evidence": {"failed_polls": 3}}
+    seq = await store.append_message("event", METER, START, body)
+    eng = await started(gw)
+    got = rows(gw, "SELECT id, seq, type, evidence FROM review_event")
+    assert got == [(7, seq, "read_failure", '{"failed_polls":3}')]
+    assert eng.state(METER).active[("read_failure", "")].event_id == 7   # and it is an open condition
+    eng.observe(runtime(), reading(0, "1.00"))
+    assert await eng.drain()
+    await eng.stop()
+    got = rows(gw, "SELECT id, type, state, raised_id FROM review_event ORDER BY id")
+    assert got[-1] == (8, "read_recovered", "cleared", 7)
+
+
+async def test_the_observer_never_blocks_or_raises_when_the_queue_is_full(gw: Gateway) -> None:
+    eng = ReviewEngine(gw, queue_size=2)  # not started: nothing takes readings off the queue
+    for k in range(5):
+        eng.observe(runtime(), reading(k, "1.00"))
+    assert eng.queue.qsize() == 2 and eng.dropped == 3
+    assert eng.observe in gw.observers
+
+
+async def test_a_failing_rule_loses_neither_the_reading_nor_the_other_rules(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object) -> list[rules.RuleEvent]:
+        raise ZeroDivisionError("a bug in a rule")
+
+    monkeypatch.setattr(rules, "RULES", (("meter_fast", boom), *rules.RULES))
+    eng = await started(gw)
+    r0, r1 = reading(0, "10.00"), reading(1, "9.00")
+    eng.observe(runtime(), r0)
+    eng.observe(runtime(), r1)
+    gw.require_store().submit(r1)  # what the bus worker does right after the observers
+    assert await eng.drain()
+    await eng.stop()
+    assert eng.rule_errors == 2
+    assert [r[0] for r in rows(gw, "SELECT type FROM review_event")] == ["register_decrease"]
+    assert rows(gw, "SELECT count(*) FROM outbox WHERE kind='reading'") == [(1,)]
+
+
+async def test_export_events_writes_csv_for_one_meter_or_all(gw: Gateway, tmp_path: Path) -> None:
+    eng = await started(gw)
+    for meter in (METER, "c1001-main"):
+        eng.observe(runtime(meter), reading(0, "5.00", meter))
+        eng.observe(runtime(meter), reading(1, "4.00", meter))
+    assert await eng.drain()
+    await eng.stop()
+    out = io.StringIO()
+    n = await export_events(gw.store_path, METER, START - 3600, START + 86400, out)
+    lines = out.getvalue().splitlines()
+    assert n == 1 and lines[0].startswith("id,seq,ts,meter,type,state,key,raised_id,message,evidence")
+    assert METER in lines[1] and "register_decrease" in lines[1] and '""before_raw"":5.00' in lines[1]
+    target = tmp_path / "all.csv"
+    assert await export_events(gw.store_path, None, None, None, target) == 2
+    assert len(target.read_text().splitlines()) == 3
+    assert await export_events(gw.store_path, None, START + 86400, START + 2 * 86400, io.StringIO()) == 0
+    with pytest.raises(FileNotFoundError):
+        await export_events(tmp_path / "nope.sqlite", None, None, None, io.StringIO())
