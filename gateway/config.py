@@ -65,6 +65,7 @@ from gateway.profiles import (
     pattern_matches_anything,
     profile_file,
 )
+from gateway.review.rules import ReviewThresholds
 from gateway.settings import (
     ApiSettings,
     BillingPlan,
@@ -125,7 +126,7 @@ _REALTIME_BELOW_S: Final = 300
 _DAY_S: Final = Decimal(86400)
 
 _TOP_KEYS: Final = ("gateway", "buses", "meters", "schedules", "billing", "mqtt", "influxdb", "api",
-                    "store", "profiles_dir")
+                    "store", "review", "profiles_dir")
 _GATEWAY_KEYS: Final = ("id", "timezone", "data_dir", "profiles_dir")
 _BUS_COMMON: Final = ("id", "type", "protocol", "timeout_ms", "retries", "inter_frame_ms",
                       "allow_writes", "concurrency", "dead_backoff_s")
@@ -145,6 +146,26 @@ _INFLUX_KEYS: Final = ("url", "org", "bucket", "token", "token_env", "token_file
 _API_KEYS: Final = ("listen", "token", "token_env", "token_file", "enabled")
 _STORE_KEYS: Final = ("synchronous", "commit_interval_ms", "max_size", "retention")
 _RETENTION_KEYS: Final = ("realtime_days", "interval_days")
+#: review: YAML key → ReviewThresholds field, per subsection (units in gateway/review/rules.py)
+_REVIEW_SECTIONS: Final[dict[str, dict[str, str]]] = {
+    "register_decrease": {"tolerance": "decrease_tolerance", "rollover_at": "rollover_at",
+                          "rollover_window": "rollover_window"},
+    "meter_stopped": {"window_quarters": "stopped_window_quarters",
+                      "min_expected_kwh": "stopped_min_expected_kwh",
+                      "min_display_steps": "stopped_min_display_steps"},
+    "meter_fast": {"min_expected_kwh": "fast_min_expected_kwh",
+                   "over_tolerance_ratio": "fast_over_tolerance_ratio",
+                   "runaway_ratio": "fast_runaway_ratio", "rated_margin": "fast_rated_margin",
+                   "rated_voltage_is": "rated_voltage_is"},
+    "consumption_jump": {"factor": "jump_factor", "history_days": "jump_history_days",
+                         "min_history_days": "jump_min_history_days", "min_kwh": "jump_min_kwh"},
+    "clock_deviation": {"threshold": "clock_threshold_s", "midnight_guard": "clock_midnight_guard_s"},
+    "read_failure": {"after_polls": "read_failure_after"},
+    "phase_loss": {"loss_fraction": "phase_loss_fraction", "normal_fraction": "phase_normal_fraction"},
+    "points": {"energy_register": "energy_register", "power_point": "power_point",
+               "power_sample_max_age": "power_sample_max_age_s"},
+}
+_REVIEW_KEYS: Final = ("enabled", "clear_after_normal_cycles", *_REVIEW_SECTIONS)
 
 _IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -488,11 +509,12 @@ class _Loader:
         influx = self.influx(top.node("influxdb"))
         api = self.api(top.node("api"))
         store = self.store(top.node("store"))
-        if self.issues or self.profile_issues or gw is None:
+        review = self.review(top.node("review"))
+        if self.issues or self.profile_issues or gw is None or review is None:
             return None
         return Settings(gateway=gw, buses={k: v.settings for k, v in buses.items()}, meters=meters,
                         schedules=schedules, profiles=profiles, billing=billing, mqtt=mqtt,
-                        influxdb=influx, api=api, store=store, source=source)
+                        influxdb=influx, api=api, store=store, review=review, source=source)
 
     def gateway(self, m: MapView) -> GatewaySettings | None:
         gid = m.req("id", _ident, "the gateway's name, e.g. sub-110kv-east")
@@ -965,6 +987,74 @@ class _Loader:
                                           d.retention_realtime_days),
             retention_interval_days=r.get("interval_days", as_float(0.01, 36500),
                                           d.retention_interval_days))
+
+
+    def review(self, node: yaml.Node | None) -> ReviewThresholds | None:
+        """The ``review`` section: thresholds of the review rules (every key optional)."""
+        m = MapView(self.issues, node, "review", _REVIEW_KEYS, line=1)
+        d = ReviewThresholds()
+        values: dict[str, object] = {
+            "enabled": m.get("enabled", as_bool, d.enabled),
+            "clear_after_normal_cycles": m.get("clear_after_normal_cycles", as_int(1, 100),
+                                               d.clear_after_normal_cycles),
+        }
+        fraction = _decimal_in(Decimal(0), Decimal(1))
+        convs: dict[str, _Conv[object]] = {
+            "decrease_tolerance": _decimal_in(Decimal(0), None),
+            "rollover_at": _decimal_list,
+            "rollover_window": fraction,
+            "stopped_window_quarters": as_int(1, 96 * 7),
+            "stopped_min_expected_kwh": _decimal_in(Decimal(0), None),
+            "stopped_min_display_steps": as_int(0, 1000),
+            "fast_min_expected_kwh": _decimal_in(Decimal(0), None),
+            "fast_over_tolerance_ratio": _positive_decimal,
+            "fast_runaway_ratio": _positive_decimal,
+            "fast_rated_margin": _positive_decimal,
+            "rated_voltage_is": as_choice(("phase", "line")),
+            "jump_factor": _positive_decimal,
+            "jump_history_days": as_int(1, 400),
+            "jump_min_history_days": as_int(1, 400),
+            "jump_min_kwh": _decimal_in(Decimal(0), None),
+            "clock_threshold_s": _duration(Decimal(0), Decimal(86400)),
+            "clock_midnight_guard_s": _duration(Decimal(0), Decimal(3600)),
+            "read_failure_after": as_int(1, 10000),
+            "phase_loss_fraction": fraction,
+            "phase_normal_fraction": fraction,
+            "energy_register": as_text,
+            "power_point": as_text,
+            "power_sample_max_age_s": _duration(Decimal(1), Decimal(86400)),
+        }
+        for section, keys in _REVIEW_SECTIONS.items():
+            sub = MapView(self.issues, m.node(section), f"review {section}", tuple(keys), line=m.line)
+            for key, field_name in keys.items():
+                value = sub.opt(key, convs[field_name])
+                if value is not None:
+                    if field_name.endswith("_s") and isinstance(value, Decimal):
+                        values[field_name] = float(value)  # durations are float seconds
+                    else:
+                        values[field_name] = value
+        try:
+            return ReviewThresholds(**values)  # type: ignore[arg-type]
+        except ValueError as exc:
+            self.issues.add(m.line, f"{exc}")
+            return None
+
+
+def _decimal_in(lo: Decimal, hi: Decimal | None) -> _Conv[Decimal]:
+    def convert(node: yaml.Node) -> Decimal:
+        value = as_decimal(node)
+        if value < lo or (hi is not None and value > hi):
+            upper = f" and at most {hi}" if hi is not None else ""
+            raise Invalid(f"must be at least {lo}{upper}, not {describe(node)}")
+        return value
+
+    return convert
+
+
+def _decimal_list(node: yaml.Node) -> tuple[Decimal, ...]:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise Invalid(f"must be a list of register maxima such as [999999.99], not {describe(node)}")
+    return tuple(_positive_decimal(item) for item in node.value)
 
 
 def _day_of_month(node: yaml.Node) -> int:

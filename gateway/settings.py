@@ -15,6 +15,7 @@ from typing import Literal
 
 from drivers.dlt645.points import DiPoint
 from drivers.modbus.points import ModbusLimits, RegisterPoint
+from gateway.review.rules import ReviewThresholds
 
 BusProtocol = Literal["modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"]
 SchedulePriority = Literal["settlement", "interval", "realtime"]
@@ -208,4 +209,5 @@ class Settings:
     influxdb: InfluxSettings | None = None
     api: ApiSettings = field(default_factory=ApiSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    review: ReviewThresholds = field(default_factory=ReviewThresholds)
     source: Path | None = None
