@@ -248,5 +248,17 @@ def register_extension(factory: ExtensionFactory) -> ExtensionFactory:
     return factory
 
 
+def install_builtin_extensions() -> None:
+    """Register the components every gateway runs: review rules, then billing (idempotent)."""
+    from gateway.review import install as install_review
+
+    install_review()
+    try:
+        import gateway.extensions  # noqa: F401 - billing and the other extensions register on import
+    except ImportError:
+        log.debug("no gateway.extensions module")
+
+
 def _extension_factories() -> list[ExtensionFactory]:
+    install_builtin_extensions()
     return list(_EXTENSIONS)

@@ -29,9 +29,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import runtime
-from gateway.api import server
-from gateway.api.routes_events import install_event_routes
 from gateway.clock import ScaledClock
 from gateway.config import load_settings_from_text
 from gateway.demo import demo_config_text, free_port
@@ -60,8 +57,6 @@ class Running:
 
 @pytest.fixture
 async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Running]:
-    monkeypatch.setattr(runtime, "_EXTENSIONS", [ReviewEngine])
-    monkeypatch.setattr(server, "_INSTALLERS", [*server._INSTALLERS, install_event_routes])
     text = demo_config_text(tmp_path, api_port=free_port(), mqtt=("127.0.0.1", free_port()))
     settings = load_settings_from_text(text, "<test>", tmp_path, {"AMR_API_TOKEN": TOKEN})
     clock = ScaledClock(START, RATE)
