@@ -367,6 +367,10 @@ def prometheus_lines(gw: Gateway) -> list[str]:
             "# TYPE amr_store_commit_failures_total counter",
             f"amr_store_commit_failures_total {store.commit_failures}",
         ]
+    for ext in gw.extensions:
+        lines = getattr(ext, "prometheus_lines", None)
+        if callable(lines):
+            out += list(lines())
     if gw.sinks:
         from gateway.sinks.delivery import prometheus_lines as sink_lines
 

@@ -166,6 +166,19 @@ class ReviewEngine:
         self._task = asyncio.create_task(self._run(), name="review-engine")
         log.info("review: %d meters restored, %d conditions open", len(docs), len(open_events))
 
+    def prometheus_lines(self) -> list[str]:
+        """Prometheus lines for the engine's counters (shown on /metrics)."""
+        rows = [
+            ("amr_review_processed_total", "Readings the review rules evaluated.", self.processed),
+            ("amr_review_dropped_total", "Readings not reviewed because the queue was full.", self.dropped),
+            ("amr_review_rule_errors_total", "Rule evaluations that failed.", self.rule_errors),
+            ("amr_review_events_total", "Review events raised or cleared.", self.events_written),
+        ]
+        out: list[str] = []
+        for name, text, value in rows:
+            out += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
+        return out
+
     async def stop(self) -> None:
         """Review what is queued (bounded wait), save the rule memory, stop."""
         with contextlib.suppress(ValueError):
@@ -321,6 +334,7 @@ class ReviewEngine:
             self._last_purge = now
             horizon = self.gateway.clock.time() - (self.thresholds.jump_history_days + 2) * 86400
             await store.write(db.purge_intervals, horizon)
+
 
 
 _INSTALLED = False
