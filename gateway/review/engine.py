@@ -336,7 +336,6 @@ class ReviewEngine:
             await store.write(db.purge_intervals, horizon)
 
 
-
 _INSTALLED = False
 
 
