@@ -1,0 +1,548 @@
+"""Settlement capture: the gateway extension that takes a settlement reading at each boundary.
+
+How it fits the gateway
+-----------------------
+* Built once per gateway start by :func:`gateway.runtime.register_extension` (see
+  :func:`gateway.billing.install`). It appends :meth:`BillingCapture.observe` to
+  ``gateway.observers`` and runs one task that sleeps until the next boundary of any plan.
+* At a boundary, every meter on the plan gets a capture task. Each attempt runs on the
+  meter's bus through ``BusWorker.submit(..., priority="settlement")``, so it goes ahead of
+  every queued interval and realtime poll on that bus (RS-485 stays one transaction at a
+  time: the attempt *is* a bus job).
+* One attempt, best source first:
+
+  1. DL/T 645-2007 meters, boundary at 00:00: the meter's **daily freeze matched by date**
+     (``read_daily_freeze``; the log can have gaps, so never by index) → ``meter_frozen``
+     stamped with the meter's freeze time;
+  2. DL/T 645-2007 meters: the **settlement-day block** whose instant is the boundary
+     (上n结算日, n = 1..3) → ``meter_frozen``;
+  3. a **live read** of the plan's registers → ``actual`` when it finished within the
+     plan's tolerance after the boundary, ``late`` after it (with the real read time).
+
+  A meter that does not answer gives a ``missing`` settlement at once (billing sees the
+  gap immediately, never a silent hole); the capture then retries with exponential backoff
+  (60 s … 15 min of gateway time) and at once when the meter's next good poll shows it is
+  back. A DL/T 645 meter back days later still yields its frozen value *by date*; a Modbus
+  meter yields ``late``. When a DL/T 645 meter's freeze was not there yet (a real meter
+  freezes a little after 00:00) and a live read was stored, the capture comes back a few
+  times for the frozen value, which then supersedes it.
+* ``estimated`` only when the plan says ``allow_estimated: true``: linear between the
+  nearest good readings before and after the boundary, both named; a real value later
+  supersedes it.
+* Storage (:mod:`gateway.billing.db`): a settlement row is kept only when strictly better
+  than the current one (never silently replaced; the older one stays in the history),
+  then appended to the outbox as ``amr.settlement.v1`` (MQTT publishes it on
+  ``…/meters/{meter}/settlement``), then its ``seq`` is recorded. Rows a crash left
+  unpublished are published at the next start.
+* On start it **catches up**: every boundary since the meter was first seen on its plan
+  whose settlement is absent or ``missing`` (the gateway was down, say) is captured.
+* The observer adds ``reading.extra["billing"]`` to every reading of a meter on a plan:
+  cycle, stage, and consumption (``energy_import_kwh`` after CT×PT) since the cycle start
+  and since the stage start, from the stored settlements. It is O(1) per reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway.billing import db
+from gateway.billing.cycles import (
+    Boundary,
+    boundaries_between,
+    cycle_at,
+    local_date_of,
+    next_boundary_after,
+)
+from gateway.billing.settlement import (
+    SETTLEMENT_SCHEMA,
+    Draft,
+    RegisterValue,
+    Settlement,
+    rank,
+)
+from gateway.errors import DeviceException
+from gateway.model import Reading, iso_utc, loads_exact, parse_iso
+from gateway.settings import BillingPlan
+from gateway.slots import local_midnight, zone
+
+if TYPE_CHECKING:
+    from gateway.polling import MeterRuntime
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("amr.billing")
+
+RETRY_FIRST_S: Final = 60.0          # gateway-clock seconds before the first retry of a failed capture
+RETRY_MAX_S: Final = 900.0           # backoff cap
+FROZEN_FOLLOWUPS: Final = (300.0, 3600.0, 6 * 3600.0)   # come back for a freeze after a live read
+ESTIMATE_LOOKBACK_ROWS: Final = 200
+KPI_DELAY_S: Final = 300.0           # publish yesterday's KPI this long after local midnight
+_MIDNIGHT: Final = time(0, 0)
+_GOOD_ENOUGH_LIVE: Final = rank("late")
+
+
+class _NotFrozen(Exception):
+    """Only a frozen value was wanted and the meter has none for this boundary (yet)."""
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the observer needs of a stored settlement: quality, values, multiplier."""
+
+    quality: str
+    values: dict[str, Decimal]
+    multiplier: Decimal | None
+
+
+@dataclass(slots=True)
+class _Window:
+    """The stage a meter's readings currently fall in (recomputed when they leave it)."""
+
+    lo: float
+    hi: float
+    cycle: str
+    stage: int
+    cycle_start: float
+
+
+def _frozen_capable(m: MeterRuntime, gw: Gateway) -> bool:
+    bus = gw.settings.buses[m.settings.bus]
+    return (m.settings.protocol or bus.protocol) == "dlt645"
+
+
+def _known_of(s: Settlement) -> _Known:
+    return _Known(s.quality, s.registers(), s.multiplier)
+
+
+class BillingCapture:
+    """The settlement-capture extension (one per gateway start)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.tz = gateway.settings.gateway.timezone
+        self.plans: dict[str, BillingPlan] = {}
+        for m in gateway.settings.meters.values():
+            if m.billing is not None and m.billing in gateway.settings.billing:
+                self.plans[m.id] = gateway.settings.billing[m.billing]
+        self.current: dict[tuple[str, float], _Known] = {}
+        self.since: dict[str, float] = {}
+        self._live_plans: dict[str, tuple[Any, list[str]] | None] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._captures: dict[tuple[str, float], asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._windows: dict[str, _Window] = {}
+        self.attempts = 0
+        self.stored = 0
+        self._stopping = False
+        gateway.observers.append(self.observe)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Create tables, remember first sightings, republish leftovers, start the boundary task."""
+        if not self.plans:
+            return
+        store = self.gw.require_store()
+        await store.write(db.create)
+        now = self.gw.clock.time()
+        await store.write(db.remember_meters, [(m, p.name, now) for m, p in self.plans.items()])
+        seen = await store.read(db.meters_since)
+        self.since = {m: seen.get((m, p.name), now) for m, p in self.plans.items()}
+        horizon = min(*self.since.values(), *(cycle_at(p, now, self.tz).start for p in self.plans.values()))
+        for s in await store.read(db.current_since, horizon):
+            self.current[(s.meter, s.boundary)] = _known_of(s)
+        for s in await store.read(db.unpublished):
+            await self._publish(s)
+        self._tasks.append(asyncio.create_task(self._run(now), name="billing-boundaries"))
+        self._tasks.append(asyncio.create_task(self._kpi_loop(), name="billing-kpi"))
+
+    async def stop(self) -> None:
+        """Cancel the boundary task and every capture in progress (they resume at next start)."""
+        self._stopping = True
+        tasks = [*self._tasks, *self._captures.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._captures.clear()
+
+    # ------------------------------------------------------------------ boundaries
+    async def _run(self, started: float) -> None:
+        clock = self.gw.clock
+        for meter_id, plan in self.plans.items():
+            for b in boundaries_between(plan, self.tz, self.since[meter_id], started):
+                known = self.current.get((meter_id, b.ts))
+                if known is None or known.quality == "missing":
+                    self._spawn(meter_id, plan, b)
+        checked = started
+        while True:
+            nxt = min(next_boundary_after(p, self.tz, checked).ts for p in set(self.plans.values()))
+            await clock.sleep_until(nxt)
+            now = clock.time()
+            if now < nxt:
+                continue
+            for meter_id, plan in self.plans.items():
+                for b in boundaries_between(plan, self.tz, checked, now):
+                    self._spawn(meter_id, plan, b)
+            checked = now
+
+    def _spawn(self, meter_id: str, plan: BillingPlan, b: Boundary) -> None:
+        key = (meter_id, b.ts)
+        task = self._captures.get(key)
+        if task is not None and not task.done():
+            return
+        m = self.gw.meters.get(meter_id)
+        if m is None:
+            return
+        t = asyncio.create_task(self._capture(m, plan, b), name=f"settle-{meter_id}-{b.cycle}-{b.index}")
+        self._captures[key] = t
+        t.add_done_callback(functools.partial(self._capture_done, key))
+
+    def _capture_done(self, key: tuple[str, float], task: asyncio.Task[None]) -> None:
+        if self._captures.get(key) is task:
+            del self._captures[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settlement capture %s failed: %s", key, task.exception(), exc_info=task.exception())
+
+    async def _capture(self, m: MeterRuntime, plan: BillingPlan, b: Boundary) -> None:
+        """Capture one (meter, boundary) until a value is had (see the module docstring)."""
+        key = (m.id, b.ts)
+        frozen_capable = _frozen_capable(m, self.gw)
+        backoff = RETRY_FIRST_S
+        followups = 0
+        while not self._stopping:
+            known = self.current.get(key)
+            cur = rank(known.quality) if known is not None else 0
+            if cur >= rank("meter_frozen"):
+                return
+            if cur >= _GOOD_ENOUGH_LIVE:
+                # A live value is stored; a DL/T 645 meter may still give its frozen one.
+                if not frozen_capable or followups >= len(FROZEN_FOLLOWUPS):
+                    return
+                await self._wait(m.id, FROZEN_FOLLOWUPS[followups], wake=False)
+                followups += 1
+                await self._try(m, plan, b, frozen_only=True)
+                continue
+            draft, reason = await self._try(m, plan, b, frozen_only=False)
+            if draft is not None:
+                continue        # stored; the top of the loop decides whether to come back
+            if known is None:
+                await self._store(m, plan, b, Draft("missing", "none", {}, reason=reason))
+            if plan.allow_estimated:
+                est = await self._estimate(m, plan, b)
+                if est is not None:
+                    await self._store(m, plan, b, est)
+            await self._wait(m.id, backoff, wake=True)
+            backoff = min(backoff * 2, RETRY_MAX_S)
+
+    async def _try(self, m: MeterRuntime, plan: BillingPlan, b: Boundary, *,
+                   frozen_only: bool) -> tuple[Draft | None, str]:
+        """One attempt; stores what it got. Returns (draft or None, why not)."""
+        self.attempts += 1
+        try:
+            draft = await self._attempt(m, plan, b, frozen_only=frozen_only)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return None, str(exc) or type(exc).__name__
+        await self._store(m, plan, b, draft)
+        return draft, ""
+
+    async def _wait(self, meter_id: str, seconds: float, *, wake: bool) -> None:
+        """Sleep ``seconds`` of gateway time, or less when the meter's next good poll arrives."""
+        if not wake:
+            await self.gw.clock.sleep(seconds)
+            return
+        ev = self._wake.setdefault(meter_id, asyncio.Event())
+        ev.clear()
+        sleeper = asyncio.ensure_future(self.gw.clock.sleep(seconds))
+        waiter = asyncio.ensure_future(ev.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (sleeper, waiter):
+                f.cancel()
+            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+
+    # ------------------------------------------------------------------ one attempt
+    async def _attempt(self, m: MeterRuntime, plan: BillingPlan, b: Boundary, *, frozen_only: bool) -> Draft:
+        worker = self.gw.workers[m.settings.bus]
+        bus = self.gw.settings.buses[m.settings.bus]
+        timeout = bus.timeout_s
+        guard = timeout * 40 + 5.0
+
+        async def action(driver: Any) -> Draft:
+            async with asyncio.timeout(guard):
+                return await self._read(driver, m, plan, b, timeout, frozen_only=frozen_only)
+
+        fut = worker.submit(m, action, priority="settlement", slot=b.ts)
+        result: Draft = await fut
+        return result
+
+    async def _read(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
+                    *, frozen_only: bool) -> Draft:
+        notes: list[str] = []
+        if _frozen_capable(m, self.gw):
+            frozen = await self._read_frozen(driver, m, plan, b, timeout, notes)
+            if frozen is not None:
+                return frozen
+        if frozen_only:
+            raise _NotFrozen("; ".join(notes) or "the meter has no frozen value for this boundary")
+        live = self._live_plan(m, plan)
+        if live is None:
+            raise DeviceException(0x02, "no requested data",
+                                  f"profile {m.profile.name} maps none of plan {plan.name}'s registers")
+        compiled, _names = live
+        results = await driver.read(m.settings.address, compiled, timeout)
+        now = self.gw.clock.time()
+        reading = m.builder.build("settlement", b.ts, now, results)
+        regs: dict[str, RegisterValue] = {}
+        for name, p in reading.points.items():
+            if p.quality == "good" and isinstance(p.raw, Decimal | int) and isinstance(p.value, Decimal | int):
+                regs[name] = RegisterValue(Decimal(p.raw), Decimal(p.value), p.unit)
+        if not regs:
+            raise DeviceException(0x02, "no requested data", reading.error or "no register could be read")
+        quality = "actual" if now - b.ts <= plan.tolerance_s else "late"
+        note = "; ".join(notes) if notes else None
+        return Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
+
+    async def _read_frozen(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
+                           notes: list[str]) -> Draft | None:
+        z = zone(self.tz)
+        addr = m.settings.address
+        if plan.at == _MIDNIGHT and hasattr(driver, "read_daily_freeze"):
+            day: date = local_date_of(b.ts, self.tz)
+            try:
+                when, values = await driver.read_daily_freeze(addr, day, timeout, tz=z)
+            except DeviceException as exc:
+                notes.append(f"daily freeze: {exc}")
+            else:
+                regs = self._frozen_registers(m, plan, values)
+                if regs:
+                    return Draft("meter_frozen", "daily_freeze", regs, read_at=self.gw.clock.time(),
+                                 frozen_at=when.timestamp())
+        if hasattr(driver, "read_settlement"):
+            for n in range(1, 4):
+                try:
+                    when, values = await driver.read_settlement(addr, n, timeout, tz=z)
+                except DeviceException as exc:
+                    notes.append(f"settlement-day block: {exc}")
+                    break
+                if when is None:
+                    break
+                t = when.timestamp()
+                if t == b.ts:
+                    regs = self._frozen_registers(m, plan, values)
+                    if regs:
+                        return Draft("meter_frozen", "settlement_day", regs, read_at=self.gw.clock.time(),
+                                     frozen_at=t)
+                    break
+                if t < b.ts:
+                    break
+        return None
+
+    def _frozen_registers(self, m: MeterRuntime, plan: BillingPlan, values: dict[str, Decimal]) -> dict[
+            str, RegisterValue]:
+        regs: dict[str, RegisterValue] = {}
+        for name in plan.registers:
+            raw = values.get(name)
+            if raw is None:
+                continue
+            point = m.profile.points.get(name)
+            unit = point.unit if point is not None else ("kvarh" if "kvarh" in name else "kWh")
+            regs[name] = RegisterValue(raw, raw * self._factor(m, name), unit)
+        return regs
+
+    @staticmethod
+    def _factor(m: MeterRuntime, name: str) -> Decimal:
+        """CT × PT for a register the profile shows on the secondary side, else 1."""
+        point = m.profile.points.get(name)
+        side = getattr(point, "side", "secondary") if point is not None else "secondary"
+        return m.settings.multiplier if side == "secondary" else Decimal(1)
+
+    def _live_plan(self, m: MeterRuntime, plan: BillingPlan) -> tuple[Any, list[str]] | None:
+        if m.id in self._live_plans:
+            return self._live_plans[m.id]
+        from gateway.drivers_registry import compile_plan
+
+        names = [r for r in plan.registers if r in m.profile.points]
+        compiled: tuple[Any, list[str]] | None = None
+        if names:
+            bus = self.gw.settings.buses[m.settings.bus]
+            compiled = (compile_plan(bus, m.settings, m.profile, names), names)
+        self._live_plans[m.id] = compiled
+        return compiled
+
+    # ------------------------------------------------------------------ estimate
+    async def _estimate(self, m: MeterRuntime, plan: BillingPlan, b: Boundary) -> Draft | None:
+        store = self.gw.require_store()
+        pair = await store.read(_neighbours, m.id, b.ts, list(plan.registers))
+        if pair is None:
+            return None
+        (t1, s1, v1), (t2, s2, v2) = pair
+        if t2 <= t1:
+            return None
+        frac = (Decimal(repr(b.ts)) - Decimal(repr(t1))) / (Decimal(repr(t2)) - Decimal(repr(t1)))
+        regs: dict[str, RegisterValue] = {}
+        for name in plan.registers:
+            if name in v1 and name in v2:
+                (r1, _x1, unit), (r2, _x2, _) = v1[name], v2[name]
+                raw = (r1 + (r2 - r1) * frac).quantize(Decimal("0.0001"))
+                regs[name] = RegisterValue(raw, raw * self._factor(m, name), unit)
+        if not regs:
+            return None
+        return Draft("estimated", "interpolated", regs, read_at=self.gw.clock.time(),
+                     reason="plan allows estimates; linear between the two nearest good readings",
+                     estimated_from=({"seq": s1, "ts": iso_utc(t1)}, {"seq": s2, "ts": iso_utc(t2)}))
+
+    # ------------------------------------------------------------------ storage
+    async def _store(self, m: MeterRuntime, plan: BillingPlan, b: Boundary, d: Draft) -> Settlement | None:
+        s = m.settings
+        body: dict[str, Any] = {
+            "schema": SETTLEMENT_SCHEMA,
+            "meter": s.id,
+            "customer": s.customer,
+            "bus": s.bus,
+            "plan": plan.name,
+            "cycle": b.cycle,
+            "stage": b.stage,
+            "boundary_index": b.index,
+            "boundary": iso_utc(b.ts),
+            "quality": d.quality,
+            "source": d.source,
+            "read_at": None if d.read_at is None else iso_utc(d.read_at),
+            "frozen_at": None if d.frozen_at is None else iso_utc(d.frozen_at),
+            "ct": str(s.ct_ratio),
+            "pt": str(s.pt_ratio),
+            "multiplier": s.multiplier,
+            "registers": {n: r.doc() for n, r in d.registers.items()},
+            "reason": d.reason,
+        }
+        if d.estimated_from:
+            body["estimated_from"] = list(d.estimated_from)
+        store = self.gw.require_store()
+        row = await store.write(db.insert_if_better, s.id, plan.name, b.cycle, b.index, b.ts, d.quality,
+                                self.gw.clock.time(), body)
+        if row is None:
+            return None
+        self.current[(s.id, b.ts)] = _known_of(row)
+        self.stored += 1
+        await self._publish(row)
+        extra = f", read at {iso_utc(d.read_at)}" if d.quality in ("actual", "late") and d.read_at else ""
+        extra += f", frozen at {iso_utc(d.frozen_at)}" if d.frozen_at else ""
+        extra += f" ({d.reason})" if d.quality == "missing" and d.reason else ""
+        (log.warning if d.quality in ("missing", "estimated") else log.info)(
+            "settlement %s %s stage %d at %s: %s from %s%s", s.id, b.cycle, b.stage,
+            datetime.fromtimestamp(b.ts, zone(self.tz)).isoformat(timespec="minutes"), d.quality, d.source, extra,
+        )
+        return row
+
+    async def _publish(self, row: Settlement) -> None:
+        store = self.gw.require_store()
+        seq = await store.append_message("settlement", row.meter, row.boundary, row.body)
+        await store.write(db.set_seq, row.id, seq)
+        row.seq = seq
+
+    # ------------------------------------------------------------------ observer
+    def observe(self, m: MeterRuntime, r: Reading) -> None:
+        """Add cycle, stage and consumption since their starts to a reading (synchronous, O(1))."""
+        plan = self.plans.get(m.id)
+        if plan is None:
+            return
+        if r.quality == "good":
+            ev = self._wake.get(m.id)
+            if ev is not None:
+                ev.set()
+        w = self._windows.get(m.id)
+        if w is None or not w.lo <= r.ts < w.hi:
+            c = cycle_at(plan, r.ts, self.tz)
+            k = c.stage_at(r.ts)
+            w = self._windows[m.id] = _Window(c.boundaries[k - 1], c.boundaries[k], c.label, k, c.start)
+        p = r.points.get("energy_import_kwh")
+        value = p.value if p is not None and p.quality == "good" and isinstance(p.value, Decimal) else None
+        mult = r.ct * r.pt
+        cyc = self.current.get((m.id, w.cycle_start))
+        stg = self.current.get((m.id, w.lo))
+        r.extra["billing"] = {
+            "plan": plan.name,
+            "cycle": w.cycle,
+            "stage": w.stage,
+            "since_cycle_start_kwh": _since(value, cyc, mult),
+            "since_stage_start_kwh": _since(value, stg, mult),
+            "cycle_start_quality": None if cyc is None else cyc.quality,
+            "stage_start_quality": None if stg is None else stg.quality,
+        }
+
+    # ------------------------------------------------------------------ KPI on MQTT
+    async def _kpi_loop(self) -> None:
+        """Publish each finished local day's read-completeness KPI (``kind="kpi"``)."""
+        from gateway.billing.kpi import kpi_for_day
+
+        clock = self.gw.clock
+        store = self.gw.require_store()
+        while True:
+            now = clock.time()
+            target = local_midnight(now, self.tz) + 86400 + 3 * 3600
+            target = local_midnight(target, self.tz) + KPI_DELAY_S
+            await clock.sleep_until(target)
+            day = local_date_of(target - KPI_DELAY_S - 1, self.tz)
+            try:
+                doc = await store.read(kpi_for_day, self.gw.settings, day, clock.time())
+                await store.append_message("kpi", None, clock.time(), {"schema": "amr.kpi.v1", **doc})
+            except Exception:
+                log.exception("daily KPI for %s could not be published", day)
+
+
+def _since(value: Decimal | None, known: _Known | None, mult: Decimal) -> Decimal | None:
+    if value is None or known is None or known.quality == "missing":
+        return None
+    if known.multiplier is not None and known.multiplier != mult:
+        return None
+    start = known.values.get("energy_import_kwh")
+    return None if start is None else value - start
+
+
+def _neighbours(conn: sqlite3.Connection, meter: str, at: float, registers: list[str]) -> tuple[
+        tuple[float, int, dict[str, tuple[Decimal, Decimal, str]]],
+        tuple[float, int, dict[str, tuple[Decimal, Decimal, str]]]] | None:
+    """The nearest good readings carrying plan registers before and after ``at``."""
+
+    def first(rows: list[tuple[str]]) -> tuple[float, int, dict[str, tuple[Decimal, Decimal, str]]] | None:
+        for (payload,) in rows:
+            doc = loads_exact(payload)
+            if not isinstance(doc, dict):
+                continue
+            pts = doc.get("points") or {}
+            vals: dict[str, tuple[Decimal, Decimal, str]] = {}
+            for name in registers:
+                p = pts.get(name)
+                if isinstance(p, dict) and p.get("quality") == "good" and isinstance(p.get("raw"), Decimal) \
+                        and isinstance(p.get("value"), Decimal):
+                    vals[name] = (p["raw"], p["value"], str(p.get("unit", "")))
+            if vals:
+                return parse_iso(str(doc["ts"])), int(doc["seq"]), vals
+        return None
+
+    before = conn.execute(
+        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts<=? "
+        "ORDER BY ts DESC LIMIT ?", (meter, at, ESTIMATE_LOOKBACK_ROWS)).fetchall()
+    after = conn.execute(
+        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts>=? "
+        "ORDER BY ts LIMIT ?", (meter, at, ESTIMATE_LOOKBACK_ROWS)).fetchall()
+    a, b = first(before), first(after)
+    if a is None or b is None:
+        return None
+    return a, b
+
+
+def factory(gateway: Gateway) -> BillingCapture:
+    """The extension factory registered with the runtime."""
+    return BillingCapture(gateway)
+
+
+__all__ = ["BillingCapture", "factory"]

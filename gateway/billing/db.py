@@ -1,0 +1,216 @@
+"""Billing tables in the gateway's SQLite store, and the queries on them.
+
+Plain functions of a ``sqlite3.Connection`` so the running gateway (through
+:meth:`gateway.store.Store.write` / :meth:`~gateway.store.Store.read`) and ``amr-gateway
+export`` (a read-only connection, no gateway) run the same SQL.
+
+Schema (created idempotently)::
+
+    billing_settlement(
+        id INTEGER PRIMARY KEY,
+        meter TEXT, plan TEXT, cycle TEXT,   cycle whose stage this boundary opens (YYYY-MM)
+        idx INTEGER,                         0 = cycle start, k = start of stage k+1
+        boundary REAL,                       the boundary instant (UTC epoch s)
+        quality TEXT, rank INTEGER,          see gateway.billing.settlement
+        created REAL,                        when stored (gateway clock)
+        body TEXT,                           the amr.settlement.v1 document without seq (exact JSON)
+        seq INTEGER,                         outbox seq once appended (NULL: not yet published)
+        superseded_by INTEGER)               id of the better settlement; NULL for the current one
+      unique (meter, boundary) where superseded_by IS NULL: one current settlement per boundary
+    billing_meter(meter TEXT, plan TEXT, since REAL, PRIMARY KEY (meter, plan))
+      when the gateway first saw the meter on the plan: boundaries after it are caught up
+
+Invariants: rows are never deleted or their values changed; a row only gains its ``seq``
+and, when a strictly better one arrives, its ``superseded_by``. A settlement row is written
+*before* its outbox message; a row whose ``seq`` is still NULL after a crash is published at
+the next start (:func:`unpublished`), so every stored settlement reaches MQTT.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from gateway.billing.settlement import Settlement, rank
+from gateway.model import loads_exact, to_json
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS billing_settlement (
+    id INTEGER PRIMARY KEY,
+    meter TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    cycle TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    boundary REAL NOT NULL,
+    quality TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    created REAL NOT NULL,
+    body TEXT NOT NULL,
+    seq INTEGER,
+    superseded_by INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS billing_settlement_current
+    ON billing_settlement(meter, boundary) WHERE superseded_by IS NULL;
+CREATE INDEX IF NOT EXISTS billing_settlement_meter_boundary ON billing_settlement(meter, boundary);
+CREATE TABLE IF NOT EXISTS billing_meter (
+    meter TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (meter, plan)
+);
+"""
+
+_COLS = "id, meter, plan, cycle, idx, boundary, quality, created, body, seq, superseded_by"
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Create the billing tables if they do not exist (inside the caller's transaction)."""
+    for stmt in SCHEMA.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+def table_exists(conn: sqlite3.Connection) -> bool:
+    """True when this store has billing tables (an export of a store that never billed)."""
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='billing_settlement'"
+    ).fetchone()
+    return row is not None
+
+
+def _row(r: tuple[Any, ...]) -> Settlement:
+    body = loads_exact(r[8])
+    assert isinstance(body, dict)
+    return Settlement(
+        id=int(r[0]), meter=r[1], plan=r[2], cycle=r[3], index=int(r[4]), boundary=float(r[5]),
+        quality=r[6], created=float(r[7]), body=body, seq=None if r[9] is None else int(r[9]),
+        superseded_by=None if r[10] is None else int(r[10]),
+    )
+
+
+def insert_if_better(
+    conn: sqlite3.Connection, meter: str, plan: str, cycle: str, idx: int, boundary: float,
+    quality: str, created: float, body: dict[str, Any],
+) -> Settlement | None:
+    """Store a settlement when it is strictly better than the current one; else None.
+
+    The current row (if any) is marked superseded by the new one; its values stay.
+    Runs inside the caller's transaction (``Store.write``).
+    """
+    cur = conn.execute(
+        f"SELECT {_COLS} FROM billing_settlement WHERE meter=? AND boundary=? AND superseded_by IS NULL",
+        (meter, boundary),
+    ).fetchone()
+    previous = _row(cur) if cur is not None else None
+    if previous is not None and rank(previous.quality) >= rank(quality):
+        return None
+    revision = 1
+    if previous is not None:
+        revision = int(previous.body.get("revision", 1)) + 1
+        body = {**body, "supersedes": {"quality": previous.quality, "seq": previous.seq,
+                                       "revision": previous.body.get("revision", 1)}}
+    body = {**body, "revision": revision}
+    new_id = conn.execute(
+        "INSERT INTO billing_settlement(meter, plan, cycle, idx, boundary, quality, rank, created, body)"
+        " VALUES (?,?,?,?,?,?,?,?,?)",
+        (meter, plan, cycle, idx, boundary, quality, rank(quality), created, "{}"),
+    ).lastrowid
+    assert new_id is not None
+    if previous is not None:
+        conn.execute("UPDATE billing_settlement SET superseded_by=? WHERE id=?", (new_id, previous.id))
+    conn.execute("UPDATE billing_settlement SET body=? WHERE id=?", (to_json(body), new_id))
+    return Settlement(int(new_id), meter, plan, cycle, idx, boundary, quality, created, body)
+
+
+def set_seq(conn: sqlite3.Connection, settlement_id: int, seq: int) -> None:
+    """Record the outbox seq a settlement was published with."""
+    conn.execute("UPDATE billing_settlement SET seq=? WHERE id=?", (seq, settlement_id))
+
+
+def unpublished(conn: sqlite3.Connection) -> list[Settlement]:
+    """Settlements stored but not yet appended to the outbox (a crash in between)."""
+    rows = conn.execute(f"SELECT {_COLS} FROM billing_settlement WHERE seq IS NULL ORDER BY id").fetchall()
+    return [_row(r) for r in rows]
+
+
+def current_since(conn: sqlite3.Connection, since: float) -> list[Settlement]:
+    """Current settlements of every meter with ``boundary >= since`` (the capture's memory)."""
+    rows = conn.execute(
+        f"SELECT {_COLS} FROM billing_settlement WHERE superseded_by IS NULL AND boundary >= ? ORDER BY boundary",
+        (since,),
+    ).fetchall()
+    return [_row(r) for r in rows]
+
+
+def for_meter(conn: sqlite3.Connection, meter: str, lo: float, hi: float) -> list[Settlement]:
+    """Every settlement (current with its history attached) of one meter, ``lo <= boundary <= hi``."""
+    rows = conn.execute(
+        f"SELECT {_COLS} FROM billing_settlement WHERE meter=? AND boundary>=? AND boundary<=? ORDER BY boundary, id",
+        (meter, lo, hi),
+    ).fetchall()
+    return attach_history(_row(r) for r in rows)
+
+
+def for_meters(conn: sqlite3.Connection, meter: str | None, lo: float, hi: float) -> list[Settlement]:
+    """Like :func:`for_meter` for one meter or (``None``) all, ordered by meter then boundary."""
+    if meter is not None:
+        return for_meter(conn, meter, lo, hi)
+    rows = conn.execute(
+        f"SELECT {_COLS} FROM billing_settlement WHERE boundary>=? AND boundary<=? ORDER BY meter, boundary, id",
+        (lo, hi),
+    ).fetchall()
+    return attach_history(_row(r) for r in rows)
+
+
+def attach_history(rows: Iterable[Settlement]) -> list[Settlement]:
+    """Current settlements, each with the rows it superseded (oldest first) in ``history``."""
+    by_key: dict[tuple[str, float], list[Settlement]] = {}
+    for s in rows:
+        by_key.setdefault((s.meter, s.boundary), []).append(s)
+    out: list[Settlement] = []
+    for group in by_key.values():
+        current = [s for s in group if s.superseded_by is None]
+        head = current[-1] if current else group[-1]
+        head.history = [s for s in group if s is not head]
+        out.append(head)
+    out.sort(key=lambda s: (s.meter, s.boundary))
+    return out
+
+
+def meters_since(conn: sqlite3.Connection) -> dict[tuple[str, str], float]:
+    """(meter, plan) → when the gateway first saw the meter on that plan."""
+    return {(m, p): float(s) for m, p, s in conn.execute("SELECT meter, plan, since FROM billing_meter")}
+
+
+def remember_meters(conn: sqlite3.Connection, rows: list[tuple[str, str, float]]) -> None:
+    """Record first sightings (existing ones are kept)."""
+    conn.executemany("INSERT OR IGNORE INTO billing_meter(meter, plan, since) VALUES (?,?,?)", rows)
+
+
+def settled_boundaries(conn: sqlite3.Connection, lo: float, hi: float) -> dict[str, list[tuple[float, str]]]:
+    """meter → [(boundary, current quality)] for ``lo <= boundary < hi`` (for the KPI)."""
+    out: dict[str, list[tuple[float, str]]] = {}
+    for m, b, q in conn.execute(
+        "SELECT meter, boundary, quality FROM billing_settlement WHERE superseded_by IS NULL "
+        "AND boundary>=? AND boundary<?", (lo, hi),
+    ):
+        out.setdefault(m, []).append((float(b), q))
+    return out
+
+
+__all__ = [
+    "SCHEMA",
+    "attach_history",
+    "create",
+    "current_since",
+    "for_meter",
+    "for_meters",
+    "insert_if_better",
+    "meters_since",
+    "remember_meters",
+    "set_seq",
+    "settled_boundaries",
+    "table_exists",
+    "unpublished",
+]

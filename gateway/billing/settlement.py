@@ -1,0 +1,225 @@
+"""Settlement readings and stage consumption: the data model and its pure arithmetic.
+
+A **settlement** is the cumulative registers of one meter at one boundary, with how they
+were obtained (``quality``) and the CT/PT in force. Qualities, best first
+(:data:`QUALITY_RANK`):
+
+============== ===============================================================
+meter_frozen   the meter's own daily freeze (matched by date) or settlement-day
+               block; ``frozen_at`` is the meter's freeze time
+actual         a live read within the plan's tolerance after the boundary
+late           a live read after the tolerance; ``read_at`` is the real read time
+estimated      only when the plan allows it: linear between the two nearest good
+               readings around the boundary, both named in ``estimated_from``
+missing        nothing yet; the gateway keeps trying
+============== ===============================================================
+
+A better settlement supersedes a worse one; both stay in the history (never rewritten).
+
+**Stage consumption** per register = value(end) − value(start), where value = register ×
+CT × PT (for registers the meter shows on the secondary side), so it is exactly
+(end − start) × CT × PT in Decimal arithmetic. Both ends' qualities travel with it. When
+the two ends were taken under different CT/PT ratios the difference has no meaning (the
+ratio changed inside the stage) and the consumption is withheld and flagged.
+**Reconciliation**: Σ stage consumption = cycle consumption (end − start of the cycle) per
+register, flagged when a stage is incomplete or the sums disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+SettlementQuality = Literal["meter_frozen", "actual", "late", "estimated", "missing"]
+QUALITY_RANK: Final[dict[str, int]] = {
+    "meter_frozen": 5, "actual": 4, "late": 3, "estimated": 2, "missing": 1,
+}
+SETTLEMENT_SCHEMA: Final = "amr.settlement.v1"
+
+#: Registers that are not cumulative: kept in a settlement, never differenced.
+NOT_CUMULATIVE: Final = frozenset({"demand_max_kw", "demand_max_kw_at"})
+
+
+def rank(quality: str) -> int:
+    """Order of a settlement quality (higher is better); 0 for an unknown one."""
+    return QUALITY_RANK.get(quality, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterValue:
+    """One settled register: what the meter showed (``raw``) and ``value`` after CT×PT."""
+
+    raw: Decimal
+    value: Decimal
+    unit: str
+
+    def doc(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {"raw": self.raw, "value": self.value, "unit": self.unit}
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A settlement about to be stored (no id or seq yet)."""
+
+    quality: SettlementQuality
+    source: str                          # daily_freeze | settlement_day | live_read | interpolated | none
+    registers: dict[str, RegisterValue]
+    read_at: float | None = None          # when the gateway obtained it
+    frozen_at: float | None = None        # meter's freeze time (meter_frozen)
+    reason: str | None = None             # missing: why; others: notes
+    estimated_from: tuple[dict[str, object], ...] = ()
+
+
+@dataclass(slots=True)
+class Settlement:
+    """A stored settlement row (current or superseded)."""
+
+    id: int
+    meter: str
+    plan: str
+    cycle: str
+    index: int
+    boundary: float
+    quality: str
+    created: float
+    body: dict[str, Any]
+    seq: int | None = None
+    superseded_by: int | None = None
+    history: list[Settlement] = field(default_factory=list)
+
+    @property
+    def stage(self) -> int:
+        """The stage that begins at this boundary."""
+        return self.index + 1
+
+    def registers(self) -> dict[str, Decimal]:
+        """Register → value (after CT×PT), exact."""
+        regs = self.body.get("registers") or {}
+        out: dict[str, Decimal] = {}
+        for name, r in regs.items():
+            v = r.get("value") if isinstance(r, dict) else None
+            if v is not None:
+                out[name] = Decimal(v)
+        return out
+
+    @property
+    def multiplier(self) -> Decimal | None:
+        """CT × PT recorded with the settlement."""
+        m = self.body.get("multiplier")
+        return None if m is None else Decimal(m)
+
+
+@dataclass(frozen=True, slots=True)
+class StageConsumption:
+    """Consumption of one stage per register, with both ends' qualities and any flags."""
+
+    stage: int
+    start: float
+    end: float
+    start_quality: str | None
+    end_quality: str | None
+    consumption: dict[str, Decimal | None]
+    complete: bool
+    flags: tuple[str, ...] = ()
+
+
+def stage_consumption(
+    stage: int, start: float, end: float, first: Settlement | None, last: Settlement | None,
+    registers: tuple[str, ...] | list[str],
+) -> StageConsumption:
+    """Consumption of one stage from its two boundary settlements (pure, exact)."""
+    flags: list[str] = []
+    cons: dict[str, Decimal | None] = {}
+    names = [r for r in registers if r not in NOT_CUMULATIVE]
+    usable = (first is not None and last is not None and first.quality != "missing"
+              and last.quality != "missing")
+    if first is None or first.quality == "missing":
+        flags.append("start settlement missing")
+    if last is None or last.quality == "missing":
+        flags.append("end settlement missing")
+    if usable:
+        assert first is not None and last is not None
+        if first.multiplier != last.multiplier:
+            flags.append(f"CT/PT changed within the stage (multiplier {first.multiplier} → {last.multiplier}); "
+                         "the register difference cannot be priced with one ratio")
+            usable = False
+    a = first.registers() if first is not None else {}
+    b = last.registers() if last is not None else {}
+    for name in names:
+        if usable and name in a and name in b:
+            d = b[name] - a[name]
+            cons[name] = d
+            if d < 0:
+                flags.append(f"{name} went down across the stage ({a[name]} → {b[name]})")
+        elif name in a or name in b:
+            cons[name] = None
+    one_end = [n for n, v in cons.items() if v is None and usable]
+    if one_end:
+        flags.append("only one end has " + ", ".join(one_end) + " (the other end's source does not carry it)")
+    complete = usable and any(v is not None for v in cons.values())
+    for q, end_name in ((first.quality if first else None, "start"), (last.quality if last else None, "end")):
+        if q == "estimated":
+            flags.append(f"the {end_name} settlement is estimated")
+    return StageConsumption(stage, start, end, first.quality if first else None,
+                            last.quality if last else None, cons, complete, tuple(flags))
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """Σ stages vs the cycle's own difference, per register."""
+
+    cycle_consumption: dict[str, Decimal | None]
+    stage_sum: dict[str, Decimal | None]
+    reconciled: bool
+    flags: tuple[str, ...]
+
+
+def reconcile(stages: list[StageConsumption], total: StageConsumption) -> Reconciliation:
+    """Check that the stages sum to the cycle total for every register (pure)."""
+    flags: list[str] = []
+    sums: dict[str, Decimal | None] = {}
+    names = list(total.consumption)
+    for st in stages:
+        for n in st.consumption:
+            if n not in names:
+                names.append(n)
+    for n in names:
+        acc: Decimal | None = Decimal(0)
+        for st in stages:
+            v = st.consumption.get(n)
+            if v is None or acc is None:
+                acc = None
+            else:
+                acc += v
+        sums[n] = acc
+    incomplete = [st.stage for st in stages if not st.complete]
+    if incomplete:
+        flags.append("stage(s) " + ", ".join(map(str, incomplete)) + " incomplete: the cycle cannot be "
+                     "reconciled until their settlements exist")
+    if not total.complete:
+        flags.append("the cycle's start or end settlement is missing")
+    for n in names:
+        t = total.consumption.get(n)
+        s = sums.get(n)
+        if t is not None and s is not None and t != s:
+            flags.append(f"{n}: stages sum to {s}, the cycle difference is {t}")
+    reconciled = not flags
+    return Reconciliation(dict(total.consumption), sums, reconciled, tuple(flags))
+
+
+__all__ = [
+    "NOT_CUMULATIVE",
+    "QUALITY_RANK",
+    "SETTLEMENT_SCHEMA",
+    "Draft",
+    "Reconciliation",
+    "RegisterValue",
+    "Settlement",
+    "SettlementQuality",
+    "StageConsumption",
+    "rank",
+    "reconcile",
+    "stage_consumption",
+]

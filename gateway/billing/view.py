@@ -1,0 +1,135 @@
+"""One meter's billing cycle as billing sees it: settlements, stage consumption, reconciliation.
+
+Shared by ``GET /api/v1/meters/{id}/settlements`` and ``amr-gateway export settlements``, so
+the JSON, the CSV and the export say the same thing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, Final
+
+from gateway.billing import db
+from gateway.billing.cycles import Cycle, cycle
+from gateway.billing.settlement import Settlement, StageConsumption, reconcile, stage_consumption
+from gateway.model import iso_utc
+from gateway.settings import BillingPlan
+
+_BODY_FIELDS: Final = ("quality", "source", "read_at", "frozen_at", "ct", "pt", "multiplier", "registers",
+                       "reason", "revision", "estimated_from")
+
+
+def _role(i: int, c: Cycle) -> str:
+    if i == 0:
+        return "cycle_start"
+    if i == c.stages:
+        return "cycle_end"
+    return "stage_start"
+
+
+def settlement_doc(s: Settlement) -> dict[str, Any]:
+    """The stored fields of one settlement revision, with its seq."""
+    doc: dict[str, Any] = {k: s.body.get(k) for k in _BODY_FIELDS}
+    doc["estimated_from"] = s.body.get("estimated_from") or []
+    doc["seq"] = s.seq
+    doc["stored_at"] = iso_utc(s.created)
+    return doc
+
+
+def _stage_doc(st: StageConsumption) -> dict[str, Any]:
+    return {
+        "stage": st.stage,
+        "start": iso_utc(st.start),
+        "end": iso_utc(st.end),
+        "start_quality": st.start_quality,
+        "end_quality": st.end_quality,
+        "complete": st.complete,
+        "consumption": dict(st.consumption),
+        "flags": list(st.flags),
+    }
+
+
+def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: str, tz: str,
+               now: float) -> dict[str, Any]:
+    """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation."""
+    c = cycle(plan, label, tz)
+    rows = db.for_meter(conn, meter, c.start, c.end) if db.table_exists(conn) else []
+    by_ts = {s.boundary: s for s in rows}
+    current: list[Settlement | None] = [by_ts.get(t) for t in c.boundaries]
+    items: list[dict[str, Any]] = []
+    for i, t in enumerate(c.boundaries):
+        s = current[i]
+        item: dict[str, Any] = {
+            "boundary_index": i,
+            "role": _role(i, c),
+            "boundary": iso_utc(t),
+            "status": "stored" if s is not None else ("pending" if t > now else "none"),
+        }
+        if s is not None:
+            item.update(settlement_doc(s))
+            item["history"] = [settlement_doc(h) for h in s.history]
+        else:
+            item.update(dict.fromkeys(_BODY_FIELDS))
+            item.update({"registers": {}, "estimated_from": [], "seq": None, "stored_at": None, "history": []})
+        items.append(item)
+    regs = list(plan.registers)
+    stages = [stage_consumption(k, c.boundaries[k - 1], c.boundaries[k], current[k - 1], current[k], regs)
+              for k in range(1, c.stages + 1)]
+    total = stage_consumption(0, c.start, c.end, current[0], current[-1], regs)
+    rec = reconcile(stages, total)
+    return {
+        "meter": meter,
+        "plan": plan.name,
+        "cycle": label,
+        "timezone": tz,
+        "start": iso_utc(c.start),
+        "end": iso_utc(c.end),
+        "settlements": items,
+        "stages": [_stage_doc(st) for st in stages],
+        "cycle_total": _stage_doc(total),
+        "reconciliation": {
+            "reconciled": rec.reconciled,
+            "cycle_consumption": rec.cycle_consumption,
+            "stage_sum": rec.stage_sum,
+            "flags": list(rec.flags),
+        },
+    }
+
+
+SETTLEMENT_CSV: Final = (
+    "meter", "plan", "cycle", "boundary_index", "role", "boundary", "current", "revision", "quality", "source",
+    "read_at", "frozen_at", "ct", "pt", "multiplier", "register", "raw", "value", "unit", "seq", "reason",
+)
+STAGE_CSV: Final = (
+    "meter", "plan", "cycle", "stage", "start", "end", "start_quality", "end_quality", "complete", "register",
+    "consumption", "reconciled", "flags",
+)
+
+
+def settlement_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
+    """One row per register of every settlement revision (current first, then its history)."""
+    for item in view["settlements"]:
+        revisions = [(True, item)] + [(False, h) for h in item["history"]]
+        for current, rev in revisions:
+            base = [view["meter"], view["plan"], view["cycle"], item["boundary_index"], item["role"],
+                    item["boundary"], current if item["status"] == "stored" else None, rev.get("revision"),
+                    rev.get("quality"), rev.get("source"), rev.get("read_at"), rev.get("frozen_at"), rev.get("ct"),
+                    rev.get("pt"), rev.get("multiplier")]
+            regs = rev.get("registers") or {}
+            if not regs:
+                yield [*base, None, None, None, None, rev.get("seq"), rev.get("reason") or item["status"]]
+            for name, r in regs.items():
+                yield [*base, name, r.get("raw"), r.get("value"), r.get("unit"), rev.get("seq"), rev.get("reason")]
+
+
+def stage_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
+    """One row per register per stage, then the cycle total (stage ``total``)."""
+    rec = view["reconciliation"]["reconciled"]
+    for st in [*view["stages"], {**view["cycle_total"], "stage": "total"}]:
+        for name, v in st["consumption"].items():
+            yield [view["meter"], view["plan"], view["cycle"], st["stage"], st["start"], st["end"],
+                   st["start_quality"], st["end_quality"], st["complete"], name, v, rec, "; ".join(st["flags"])]
+
+
+__all__ = ["SETTLEMENT_CSV", "STAGE_CSV", "cycle_view", "settlement_csv_rows", "settlement_doc", "stage_csv_rows"]

@@ -1,0 +1,220 @@
+"""``amr-gateway export readings|intervals|settlements|events``: CSV from the local store.
+
+No running gateway is needed: the configuration names the store (``data_dir``), which is
+opened **read-only** (SQLite ``mode=ro``; WAL lets a running gateway keep writing beside
+it). The columns and rows are those of the API's ``?format=csv`` for the same data
+(``/meters/{id}/readings``, ``/intervals``, ``/settlements``, ``/events``), computed by the
+same functions, so an export and an API download agree. Without ``--meter`` every meter is
+exported (settlements: every meter on a billing plan), one after another.
+
+``--from``/``--to`` take ISO-8601 (a date alone is local midnight, no offset means the
+gateway's timezone); default: the 24 hours before now. ``--cycle YYYY-MM`` picks the
+settlement cycle (default: every cycle that overlaps the time range). "Now" is the later of
+the wall clock and the newest stored message, so a store written on an accelerated demo
+clock exports whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.errors import ConfigError
+from gateway.model import loads_exact
+from gateway.settings import Settings
+from gateway.slots import zone
+
+READING_CSV = ("seq", "meter", "schedule", "slot", "ts", "quality", "point", "raw", "value", "unit",
+               "point_quality")
+MAX_CYCLES = 24
+
+
+def parse_when(text: str, name: str, tz: str) -> float:
+    """ISO-8601 → epoch seconds (a date alone is local midnight; no offset means ``tz``)."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{name} must be ISO-8601 such as 2026-11-01T00:00:00+08:00 or 2026-11-01, "
+                          f"not {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=zone(tz))
+    return dt.timestamp()
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """The store at ``path``, read-only; a clear error when it is not there."""
+    if not path.exists():
+        raise ConfigError(f"no local store at {path}; check data_dir in the configuration "
+                          "(the gateway creates the store when it first runs)")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+
+
+def _now(conn: sqlite3.Connection) -> float:
+    row = conn.execute("SELECT max(ts) FROM outbox").fetchone()
+    newest = float(row[0]) if row and row[0] is not None else 0.0
+    return max(time.time(), newest + 1.0)
+
+
+def _writer(out: TextIO) -> Any:
+    return csv.writer(out, lineterminator="\r\n")
+
+
+def _write(w: Any, rows: Iterable[Sequence[object]]) -> int:
+    n = 0
+    for row in rows:
+        w.writerow(["" if v is None else v for v in row])
+        n += 1
+    return n
+
+
+def _meters(settings: Settings, meter: str | None) -> list[str]:
+    if meter is None:
+        return list(settings.meters)
+    if meter not in settings.meters:
+        raise ConfigError(f"no meter {meter!r} in the configuration; known: {', '.join(settings.meters)}")
+    return [meter]
+
+
+def export_readings(conn: sqlite3.Connection, meters: list[str], start: float, end: float, out: TextIO) -> int:
+    """Raw readings, one row per point (the API's readings CSV)."""
+    w = _writer(out)
+    w.writerow(READING_CSV)
+    n = 0
+    for m in meters:
+        cur = conn.execute(
+            "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND slot>=? AND slot<? ORDER BY slot, seq",
+            (m, start, end))
+        for (payload,) in cur:
+            d = loads_exact(payload)
+            assert isinstance(d, dict)
+            n += _write(w, ([d["seq"], d["meter"], d.get("schedule"), d["slot"], d["ts"], d["quality"], name,
+                             p.get("raw"), p.get("value"), p.get("unit"), p.get("quality")]
+                            for name, p in (d.get("points") or {}).items()))
+    return n
+
+
+def export_intervals(conn: sqlite3.Connection, settings: Settings, meters: list[str], start: float, end: float,
+                     step_text: str, out: TextIO) -> int:
+    """Interval consumption (the API's intervals CSV; register columns are the union)."""
+    from gateway.billing import intervals as iv
+
+    now = _now(conn)
+    results: list[tuple[str, list[str], list[iv.Interval]]] = []
+    columns: list[str] = []
+    for m in meters:
+        ms = settings.meters[m]
+        try:
+            step = iv.check_step(settings, ms, step_text)
+        except iv.StepError as exc:
+            if len(meters) == 1:
+                raise ConfigError(str(exc)) from None
+            continue
+        regs, items = iv.intervals_from_db(conn, settings, ms, start, end, step, now)
+        results.append((m, regs, items))
+        columns.extend(r for r in regs if r not in columns)
+    w = _writer(out)
+    w.writerow([*iv.CSV_FIXED, *columns])
+    n = 0
+    for m, regs, items in results:
+        for row in iv.csv_rows(m, regs, items):
+            by = dict(zip(regs, row[len(iv.CSV_FIXED):], strict=True))
+            n += _write(w, [[*row[: len(iv.CSV_FIXED)], *(by.get(c) for c in columns)]])
+    return n
+
+
+def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: list[str], start: float, end: float,
+                       cycle_label: str | None, out: TextIO) -> int:
+    """Settlements with history (the API's settlements CSV) for a cycle or the cycles in range."""
+    from gateway.billing import view
+    from gateway.billing.cycles import CycleError, cycle_at, next_label, parse_label
+
+    tz = settings.gateway.timezone
+    now = _now(conn)
+    w = _writer(out)
+    w.writerow(view.SETTLEMENT_CSV)
+    n = 0
+    if cycle_label is not None:
+        try:
+            parse_label(cycle_label)
+        except CycleError as exc:
+            raise ConfigError(f"--cycle: {exc}") from None
+    for m in meters:
+        ms = settings.meters[m]
+        plan = settings.billing.get(ms.billing) if ms.billing else None
+        if plan is None:
+            continue
+        if cycle_label is not None:
+            labels = [cycle_label]
+        else:
+            labels = [cycle_at(plan, start, tz).label]
+            last = cycle_at(plan, max(start, end - 1e-3), tz).label
+            while labels[-1] != last and len(labels) < MAX_CYCLES:
+                labels.append(next_label(labels[-1]))
+        for label in labels:
+            doc = view.cycle_view(conn, m, plan, label, tz, now)
+            n += _write(w, view.settlement_csv_rows(doc))
+    return n
+
+
+async def export_csv(args: argparse.Namespace) -> int:
+    """Entry point of ``amr-gateway export`` (see the module docstring); returns the exit code."""
+    from gateway.config import load_settings
+    from gateway.runtime import STORE_FILE
+
+    settings = load_settings(args.config)
+    tz = settings.gateway.timezone
+    db_path = settings.gateway.data_dir / STORE_FILE
+    meters = _meters(settings, args.meter)
+    end = parse_when(args.end, "--to", tz) if args.end else None
+    start = parse_when(args.start, "--from", tz) if args.start else None
+    output: Path | None = args.output
+
+    if args.what == "events":
+        try:
+            from gateway.review.export import export_events
+        except ImportError:
+            raise ConfigError("this build has no review events to export") from None
+        await export_events(db_path, args.meter, start, end, output if output is not None else sys.stdout)
+        return 0
+
+    def run() -> int:
+        conn = open_readonly(db_path)
+        try:
+            hi = end if end is not None else _now(conn)
+            lo = start if start is not None else hi - 86400.0
+            if lo >= hi:
+                raise ConfigError("--from must be earlier than --to")
+            out: TextIO
+            if output is None:
+                out = sys.stdout
+                return _dispatch(conn, settings, args, meters, lo, hi, out)
+            with output.open("w", encoding="utf-8", newline="") as out:
+                return _dispatch(conn, settings, args, meters, lo, hi, out)
+        finally:
+            conn.close()
+
+    rows = await asyncio.get_running_loop().run_in_executor(None, run)
+    print(f"{rows} rows written" + (f" to {output}" if output is not None else ""), file=sys.stderr)
+    return 0
+
+
+def _dispatch(conn: sqlite3.Connection, settings: Settings, args: argparse.Namespace, meters: list[str],
+              lo: float, hi: float, out: TextIO) -> int:
+    if args.what == "readings":
+        return export_readings(conn, meters, lo, hi, out)
+    if args.what == "intervals":
+        return export_intervals(conn, settings, meters, lo, hi, args.step or "15m", out)
+    if args.what == "settlements":
+        return export_settlements(conn, settings, meters, lo, hi, args.cycle, out)
+    raise ConfigError(f"cannot export {args.what!r}; choose readings, intervals, settlements or events")
+
+
+__all__ = ["export_csv", "export_intervals", "export_readings", "export_settlements", "open_readonly", "parse_when"]
