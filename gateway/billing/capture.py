@@ -175,7 +175,8 @@ class BillingCapture:
     async def _run(self, started: float) -> None:
         clock = self.gw.clock
         for meter_id, plan in self.plans.items():
-            for b in boundaries_between(plan, self.tz, self.since[meter_id], started):
+            # since is inclusive: a gateway first started exactly at a boundary captures it
+            for b in boundaries_between(plan, self.tz, self.since[meter_id] - 1e-6, started):
                 known = self.current.get((meter_id, b.ts))
                 if known is None or known.quality == "missing":
                     self._spawn(meter_id, plan, b)

@@ -111,15 +111,16 @@ def insert_if_better(
         body = {**body, "supersedes": {"quality": previous.quality, "seq": previous.seq,
                                        "revision": previous.body.get("revision", 1)}}
     body = {**body, "revision": revision}
+    if previous is not None:   # step aside first: one current row per boundary (unique index)
+        conn.execute("UPDATE billing_settlement SET superseded_by=-1 WHERE id=?", (previous.id,))
     new_id = conn.execute(
         "INSERT INTO billing_settlement(meter, plan, cycle, idx, boundary, quality, rank, created, body)"
         " VALUES (?,?,?,?,?,?,?,?,?)",
-        (meter, plan, cycle, idx, boundary, quality, rank(quality), created, "{}"),
+        (meter, plan, cycle, idx, boundary, quality, rank(quality), created, to_json(body)),
     ).lastrowid
     assert new_id is not None
     if previous is not None:
         conn.execute("UPDATE billing_settlement SET superseded_by=? WHERE id=?", (new_id, previous.id))
-    conn.execute("UPDATE billing_settlement SET body=? WHERE id=?", (to_json(body), new_id))
     return Settlement(int(new_id), meter, plan, cycle, idx, boundary, quality, created, body)
 
 

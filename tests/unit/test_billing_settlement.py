@@ -1,0 +1,111 @@
+"""Settlement storage rules, stage consumption, reconciliation and interval arithmetic (pure)."""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+
+from gateway.billing import db
+from gateway.billing.intervals import End, compute_intervals
+from gateway.billing.settlement import Settlement, rank, reconcile, stage_consumption
+
+D = Decimal
+
+
+def _settlement(idx: int, boundary: float, quality: str, regs: dict[str, str], mult: str = "4000") -> Settlement:
+    body = {"quality": quality, "multiplier": D(mult),
+            "registers": {k: {"raw": D(v), "value": D(v) * D(mult), "unit": "kWh"} for k, v in regs.items()}}
+    return Settlement(idx, "m1", "p", "2026-11", idx, boundary, quality, 0.0, body)
+
+
+def test_quality_order() -> None:
+    order = ["meter_frozen", "actual", "late", "estimated", "missing"]
+    assert [rank(q) for q in order] == sorted((rank(q) for q in order), reverse=True)
+
+
+def test_only_a_strictly_better_settlement_supersedes_and_history_is_kept() -> None:
+    conn = sqlite3.connect(":memory:")
+    db.create(conn)
+    first = db.insert_if_better(conn, "m1", "p", "2026-12", 0, 100.0, "missing", 1.0, {"quality": "missing"})
+    assert first is not None and first.body["revision"] == 1
+    assert db.insert_if_better(conn, "m1", "p", "2026-12", 0, 100.0, "missing", 2.0, {"quality": "missing"}) is None
+    late = db.insert_if_better(conn, "m1", "p", "2026-12", 0, 100.0, "late", 3.0,
+                               {"quality": "late", "registers": {"energy_import_kwh": {"raw": D("1.25")}}})
+    assert late is not None and late.body["revision"] == 2 and late.body["supersedes"]["quality"] == "missing"
+    # equal or worse never replaces
+    assert db.insert_if_better(conn, "m1", "p", "2026-12", 0, 100.0, "late", 4.0, {"quality": "late"}) is None
+    assert db.insert_if_better(conn, "m1", "p", "2026-12", 0, 100.0, "estimated", 4.0, {}) is None
+    frozen = db.insert_if_better(conn, "m1", "p", "2026-12", 0, 100.0, "meter_frozen", 5.0, {"quality": "meter_frozen"})
+    assert frozen is not None
+    rows = db.for_meter(conn, "m1", 0, 200)
+    assert len(rows) == 1
+    head = rows[0]
+    assert head.quality == "meter_frozen"
+    assert [h.quality for h in head.history] == ["missing", "late"]
+    assert head.history[1].body["registers"]["energy_import_kwh"]["raw"] == D("1.25")   # kept, not rewritten
+    assert len(db.unpublished(conn)) == 3
+    db.set_seq(conn, head.id, 42)
+    assert [s.quality for s in db.unpublished(conn)] == ["missing", "late"]
+
+
+def test_stage_consumption_is_exact_register_difference_times_multiplier() -> None:
+    a = _settlement(0, 0.0, "meter_frozen", {"energy_import_kwh": "12345.67", "energy_import_kwh_t1": "100.01",
+                                             "demand_max_kw": "1.5"})
+    b = _settlement(1, 10.0, "actual", {"energy_import_kwh": "12400.02", "energy_import_kwh_t1": "100.03",
+                                        "demand_max_kw": "1.7"})
+    st = stage_consumption(1, 0.0, 10.0, a, b, ["energy_import_kwh", "energy_import_kwh_t1", "demand_max_kw"])
+    assert st.consumption == {"energy_import_kwh": D("54.35") * 4000, "energy_import_kwh_t1": D("0.02") * 4000}
+    assert st.complete and st.flags == ()
+    assert (st.start_quality, st.end_quality) == ("meter_frozen", "actual")
+
+
+def test_missing_end_and_ratio_change_are_flagged_not_priced() -> None:
+    a = _settlement(0, 0.0, "actual", {"energy_import_kwh": "1"})
+    b = _settlement(1, 10.0, "missing", {})
+    st = stage_consumption(1, 0.0, 10.0, a, b, ["energy_import_kwh"])
+    assert not st.complete and any("end settlement missing" in f for f in st.flags)
+    c = _settlement(1, 10.0, "actual", {"energy_import_kwh": "2"}, mult="6000")
+    st = stage_consumption(1, 0.0, 10.0, a, c, ["energy_import_kwh"])
+    assert not st.complete and st.consumption == {"energy_import_kwh": None}
+    assert any("CT/PT changed" in f for f in st.flags)
+
+
+def test_reconciliation_passes_when_stages_sum_and_flags_an_incomplete_stage() -> None:
+    regs = ["energy_import_kwh"]
+    values = ["1.00", "2.50", "4.00", "7.25"]
+    s = [_settlement(i, float(i), "actual", {"energy_import_kwh": v}) for i, v in enumerate(values)]
+    stages = [stage_consumption(k, float(k - 1), float(k), s[k - 1], s[k], regs) for k in (1, 2, 3)]
+    total = stage_consumption(0, 0.0, 3.0, s[0], s[3], regs)
+    rec = reconcile(stages, total)
+    assert rec.reconciled and rec.stage_sum == rec.cycle_consumption == {"energy_import_kwh": D("6.25") * 4000}
+    s[2] = _settlement(2, 2.0, "missing", {})
+    stages = [stage_consumption(k, float(k - 1), float(k), s[k - 1], s[k], regs) for k in (1, 2, 3)]
+    rec = reconcile(stages, stage_consumption(0, 0.0, 3.0, s[0], s[3], regs))
+    assert not rec.reconciled and any("incomplete" in f for f in rec.flags)
+
+
+def _end(slot: float, v: str) -> End:
+    return End(slot, slot + 2, int(slot), {"energy_import_kwh": D(v)}, (D(1), D(1)))
+
+
+def test_intervals_show_missing_slots_and_one_spans_gap_with_the_whole_difference() -> None:
+    grid = [0.0, 900.0, 1800.0, 2700.0, 3600.0, 4500.0]
+    nxt = {s: s + 900 for s in grid}
+    ends = {0.0: _end(0, "10.00"), 900.0: _end(900, "11.00"),           # then a gap: 1800, 2700, 3600 lost
+            4500.0: _end(4500, "16.50"), 5400.0: _end(5400, "17.75")}
+    out = compute_intervals(grid, nxt, ends, ends[0.0], ["energy_import_kwh"])
+    assert [iv.status for iv in out] == ["complete", "missing", "missing", "missing", "spans_gap", "complete"]
+    assert out[0].consumption == {"energy_import_kwh": D("1.00")}
+    gap = out[4]
+    assert gap.span_start == 900.0 and gap.consumption == {"energy_import_kwh": D("5.50")}
+    assert all(iv.consumption["energy_import_kwh"] is None for iv in out[1:4])
+    total = sum((iv.consumption["energy_import_kwh"] or D(0) for iv in out), D(0))
+    assert total == D("17.75") - D("10.00")                               # nothing invented, nothing lost
+
+
+def test_interval_before_any_good_reading_is_missing_and_ratio_change_is_not_differenced() -> None:
+    out = compute_intervals([0.0], {0.0: 900.0}, {900.0: _end(900, "5")}, None, ["energy_import_kwh"])
+    assert out[0].status == "missing" and out[0].note
+    other = End(900.0, 902.0, 9, {"energy_import_kwh": D("5")}, (D(40), D(1)))
+    out = compute_intervals([0.0], {0.0: 900.0}, {0.0: _end(0, "1"), 900.0: other}, None, ["energy_import_kwh"])
+    assert out[0].status == "missing" and "CT/PT" in (out[0].note or "")
