@@ -1,0 +1,287 @@
+"""Settlement capture against simulated meters when things go wrong, on an accelerated clock.
+
+Real peers on loopback (two Modbus TCP and two DL/T 645 TCP simulators, SQLite on disk, the
+HTTP API, the ``amr-gateway export`` process):
+
+* a meter offline across a boundary: the settlement is ``missing`` at once; after the meter
+  comes back three simulated days later it becomes ``meter_frozen`` with the meter's freeze
+  of the boundary date (DL/T 645) or ``late`` with the real read time (Modbus) — never
+  ``actual``, never ``estimated`` (the plan does not allow it) — and the ``missing`` stays in
+  the history; ``amr-gateway export settlements`` writes the same CSV as the API;
+* the gateway down across a boundary: at the next start it catches up (frozen by date for
+  DL/T 645, late for Modbus);
+* interval data over a window with a one-hour outage: ``missing`` slots and one
+  ``spans_gap`` interval whose consumption is the register difference across the gap;
+  the export writes the same CSV as the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+
+from gateway.billing.capture import BillingCapture
+from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
+from gateway.config import load_settings_from_text
+from gateway.demo import free_port
+from gateway.model import loads_exact, parse_iso
+from gateway.runtime import Gateway
+from gateway.settings import Settings
+from gateway.simulator.fleet import SimulatedFleet
+
+SH = ZoneInfo("Asia/Shanghai")
+TOKEN = "billing-capture-token"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def local(*args: int) -> float:
+    return datetime(*args, tzinfo=SH).timestamp()  # type: ignore[misc]
+
+
+def make_settings(tmp: Path, every: str = "15m") -> tuple[Settings, Path]:
+    text = rehearsal_config_text(tmp, api_port=free_port(), every=every)
+    path = tmp / "config.yaml"
+    path.write_text(text)
+    return load_settings_from_text(text, str(path), tmp, {"AMR_API_TOKEN": TOKEN}), path
+
+
+def capture_of(gw: Gateway) -> BillingCapture:
+    return next(e for e in gw.extensions if isinstance(e, BillingCapture))
+
+
+async def until(what: Callable[[], bool], real_s: float) -> bool:
+    deadline = time.monotonic() + real_s
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        await asyncio.sleep(0.05)
+    return what()
+
+
+def quality(cap: BillingCapture, meter: str, t: float) -> str | None:
+    k = cap.current.get((meter, t))
+    return None if k is None else k.quality
+
+
+async def api_get(gw: Gateway, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http, \
+            http.get(f"http://127.0.0.1:{gw.api.port}{path}") as resp:
+        return resp.status, await resp.text()
+
+
+def export(config: Path, *args: str) -> str:
+    env = dict(os.environ, AMR_API_TOKEN=TOKEN, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "export", *args, "-c", str(config)],
+                          cwd=REPO, env=env, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode("utf-8")
+
+
+def stamp(text: str) -> float:
+    return parse_iso(text)
+
+
+async def test_offline_across_a_boundary_missing_then_frozen_by_date_or_late(tmp_path: Path) -> None:
+    settings, config = make_settings(tmp_path)
+    b = local(2026, 12, 11)
+    clock = HoldingClock(local(2026, 12, 10, 23, 59), 600.0, [b])
+    fleet = SimulatedFleet(settings, clock, seed=5)
+    await fleet.start()
+    gw = Gateway(settings, clock, enable_sinks=False)
+    try:
+        await gw.start()
+        cap = capture_of(gw)
+        await fleet.stop_meter("d1")
+        await fleet.stop_meter("m2")
+        assert await until(lambda: clock.holding == b, 30.0)
+        assert await until(lambda: {quality(cap, m, b) for m in ("d1", "m2")} == {"missing"}
+                           and quality(cap, "m1", b) == "actual" and quality(cap, "d2", b) == "meter_frozen", 30.0)
+        clock.release()
+        clock.set_rate(50_000.0)                       # three days offline, quickly
+        assert await until(lambda: clock.time() >= b + 3 * 86400, 30.0)
+        clock.set_rate(600.0)
+        await fleet.start_meter("d1")
+        await fleet.start_meter("m2")
+        back = clock.time()
+        assert await until(lambda: quality(cap, "d1", b) == "meter_frozen" and quality(cap, "m2", b) == "late",
+                           40.0), (quality(cap, "d1", b), quality(cap, "m2", b))
+        status, text = await api_get(gw, "/api/v1/meters/d1/settlements?cycle=2026-12")
+        assert status == 200
+        d1 = loads_exact(text)
+        status, text = await api_get(gw, "/api/v1/meters/m2/settlements?cycle=2026-12")
+        m2 = loads_exact(text)
+        status, api_csv = await api_get(gw, "/api/v1/meters/d1/settlements?cycle=2026-12&format=csv")
+        assert status == 200
+    finally:
+        await gw.stop()
+        await fleet.stop()
+    assert isinstance(d1, dict) and isinstance(m2, dict)
+
+    item = d1["settlements"][1]
+    assert item["boundary"] == "2026-12-10T16:00:00.000Z"
+    assert (item["quality"], item["source"]) == ("meter_frozen", "daily_freeze")
+    assert stamp(item["frozen_at"]) == b and stamp(item["read_at"]) >= back
+    assert [h["quality"] for h in item["history"]] == ["missing"]
+    assert item["history"][0]["registers"] == {}
+    frozen = fleet.model("d1").frozen_daily(datetime.fromtimestamp(b, SH).date())
+    for name, reg in item["registers"].items():
+        assert reg["raw"] == frozen[name], name
+        assert reg["value"] == frozen[name] * settings.meters["d1"].multiplier
+
+    item = m2["settlements"][1]
+    assert item["quality"] == "late" and item["source"] == "live_read"
+    assert stamp(item["read_at"]) > b + settings.billing["plan"].tolerance_s
+    assert stamp(item["read_at"]) >= back
+    assert [h["quality"] for h in item["history"]] == ["missing"]
+    revisions = [i["quality"] for v in (d1, m2) for s in v["settlements"] for i in [s, *s["history"]]]
+    assert "estimated" not in revisions
+    assert all(q != "actual" for v in (d1, m2) for q in [v["settlements"][1]["quality"]])
+
+    conn = sqlite3.connect(gw.store_path)
+    try:
+        pub = [json.loads(p) for (p,) in conn.execute(
+            "SELECT payload FROM outbox WHERE kind='settlement' AND meter='d1' ORDER BY seq")]
+    finally:
+        conn.close()
+    mine = [d for d in pub if d["boundary"] == "2026-12-10T16:00:00.000Z"]
+    assert [d["quality"] for d in mine] == ["missing", "meter_frozen"]     # both published, in order
+    assert mine[1]["supersedes"]["quality"] == "missing" and mine[1]["revision"] == 2
+
+    exported = await asyncio.to_thread(export, config, "settlements", "--meter", "d1", "--cycle", "2026-12")
+    assert exported == api_csv
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    assert {r["quality"] for r in rows if r["boundary_index"] == "1"} == {"meter_frozen", "missing"}
+
+
+async def test_gateway_down_across_a_boundary_catches_up_at_start(tmp_path: Path) -> None:
+    settings, _ = make_settings(tmp_path)
+    b = local(2026, 12, 21)
+    clock = HoldingClock(local(2026, 12, 20, 23, 40), 600.0)
+    fleet = SimulatedFleet(settings, clock, seed=9)
+    await fleet.start()
+    try:
+        gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
+        await gw.start()
+        await until(lambda: clock.time() >= local(2026, 12, 20, 23, 45), 10.0)
+        await gw.stop()
+        assert clock.time() < b
+        clock.set_rate(100_000.0)                      # down for a day and a half
+        assert await until(lambda: clock.time() >= b + 1.5 * 86400, 30.0)
+        clock.set_rate(600.0)
+        gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
+        await gw.start()
+        restarted = clock.time()
+        cap = capture_of(gw)
+        want = {"d1": "meter_frozen", "d2": "meter_frozen", "m1": "late", "m2": "late"}
+        assert await until(lambda: {m: quality(cap, m, b) for m in want} == want, 40.0), \
+            {m: quality(cap, m, b) for m in want}
+        await gw.stop()
+    finally:
+        await fleet.stop()
+    conn = sqlite3.connect(gw.store_path)
+    try:
+        rows = {m: loads_exact(body) for m, body in conn.execute(
+            "SELECT meter, body FROM billing_settlement WHERE boundary=? AND superseded_by IS NULL", (b,))}
+        history = conn.execute("SELECT count(*) FROM billing_settlement WHERE boundary=?", (b,)).fetchone()[0]
+    finally:
+        conn.close()
+    assert history == 4                                # nothing missing was stored: captured at the start
+    for m in ("d1", "d2"):
+        doc: Any = rows[m]
+        assert stamp(doc["frozen_at"]) == b
+        frozen = fleet.model(m).frozen_daily(datetime.fromtimestamp(b, SH).date())
+        assert all(r["raw"] == frozen[n] for n, r in doc["registers"].items())
+    for m in ("m1", "m2"):
+        doc = rows[m]
+        assert stamp(doc["read_at"]) >= restarted
+
+
+async def test_one_hour_outage_shows_missing_slots_and_a_spans_gap_interval(tmp_path: Path) -> None:
+    settings, config = make_settings(tmp_path)
+    t0 = local(2026, 12, 5, 9, 50)
+    clock = HoldingClock(t0, 1200.0)
+    fleet = SimulatedFleet(settings, clock, seed=3)
+    await fleet.start()
+    gw = Gateway(settings, clock, enable_sinks=False)
+    window = "from=2026-12-05T10:00:00%2B08:00&to=2026-12-05T13:00:00%2B08:00"
+    try:
+        await gw.start()
+        assert await until(lambda: clock.time() >= local(2026, 12, 5, 10, 50), 30.0)
+        await fleet.stop_meter("m1")
+        await fleet.stop_meter("d1")
+        assert await until(lambda: clock.time() >= local(2026, 12, 5, 11, 50), 30.0)
+        await fleet.start_meter("m1")
+        await fleet.start_meter("d1")
+        assert await until(lambda: clock.time() >= local(2026, 12, 5, 13, 5), 30.0)
+        views: dict[str, Any] = {}
+        for m in ("m1", "d1", "m2"):
+            status, text = await api_get(gw, f"/api/v1/meters/{m}/intervals?{window}&step=15m")
+            assert status == 200, text
+            views[m] = loads_exact(text)
+            status, text = await api_get(gw, f"/api/v1/meters/{m}/readings?from=2026-12-05T10:00:00%2B08:00"
+                                         "&to=2026-12-05T13:00:01%2B08:00&schedule=interval")
+            views[m + "/readings"] = loads_exact(text)
+        status, api_csv = await api_get(gw, f"/api/v1/meters/m1/intervals?{window}&step=15m&format=csv")
+        status, hourly = await api_get(gw, f"/api/v1/meters/d1/intervals?{window}&step=1h")
+        status, kpi = await api_get(gw, "/api/v1/kpi?date=2026-12-05")
+    finally:
+        await gw.stop()
+        await fleet.stop()
+
+    for m in ("m1", "d1"):
+        items = views[m]["intervals"]
+        assert len(items) == 12
+        statuses = [i["status"] for i in items]
+        assert statuses.count("missing") >= 3, statuses
+        assert statuses.count("spans_gap") == 1, statuses
+        by_slot = {r["slot"]: r for r in views[m + "/readings"]["readings"] if r["quality"] == "good"}
+        for i in items:
+            if i["status"] == "missing":
+                assert all(v is None for v in i["consumption"].values())
+                continue
+            start = i["span_start"] if i["status"] == "spans_gap" else i["start"]
+            a, z = by_slot[start]["points"], by_slot[i["end"]]["points"]
+            for name, cons in i["consumption"].items():
+                assert cons == z[name]["value"] - a[name]["value"], (m, i["start"], name)
+        gap = next(i for i in items if i["status"] == "spans_gap")
+        assert stamp(gap["end"]) - stamp(gap["span_start"]) >= 4 * 900     # known only across the gap
+        first = next(i for i in items if i["status"] == "complete")
+        last = items[-1]
+        assert last["status"] == "complete"
+        total = sum(i["consumption"]["energy_import_kwh"] for i in items if i["status"] != "missing"
+                    and stamp(i["start"]) >= stamp(first["start"]))
+        assert total == (by_slot[last["end"]]["points"]["energy_import_kwh"]["value"]
+                         - by_slot[first["start"]]["points"]["energy_import_kwh"]["value"])
+    assert {i["status"] for i in views["m2"]["intervals"]} == {"complete"}       # the healthy meter
+    hourly_doc = loads_exact(hourly)
+    assert isinstance(hourly_doc, dict)
+    assert "spans_gap" in {i["status"] for i in hourly_doc["intervals"]} or \
+        "missing" in {i["status"] for i in hourly_doc["intervals"]}
+    kpi_doc = loads_exact(kpi)
+    assert isinstance(kpi_doc, dict)
+    per = {r["meter"]: r for r in kpi_doc["meters"]}
+    assert per["m1"]["slots_read_good"] < per["m2"]["slots_read_good"]
+    assert per["m1"]["interval_completeness"] < per["m2"]["interval_completeness"]
+
+    exported = await asyncio.to_thread(export, config, "intervals", "--meter", "m1", "--step", "15m",
+                                       "--from", "2026-12-05T10:00:00+08:00", "--to", "2026-12-05T13:00:00+08:00")
+    assert exported == api_csv
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    assert [r["status"] for r in rows] == [i["status"] for i in views["m1"]["intervals"]]
+    assert Decimal(next(r for r in rows if r["status"] == "spans_gap")["energy_import_kwh"]) == next(
+        i for i in views["m1"]["intervals"] if i["status"] == "spans_gap")["consumption"]["energy_import_kwh"]
