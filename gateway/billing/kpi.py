@@ -3,7 +3,8 @@
 Definitions (billing-practice.md §8, 采集成功率 per day and data type):
 
 * **read completeness** = slots read good ÷ slots scheduled, over every schedule of the
-  meter, for the slots of the day that have come (a day in progress counts up to now);
+  meter, for the slots of the day that have come (a day in progress counts the slots up to
+  a minute ago: a younger slot may still be retrying);
   a slot counts once however many times it was retried.
 * **interval completeness** = ``complete`` intervals ÷ intervals of the day on the
   meter's shortest energy schedule (see :mod:`gateway.billing.intervals`: both ends good).
@@ -30,6 +31,8 @@ from gateway.settings import Settings
 from gateway.slots import slots_between, zone
 
 CAPTURED: Final = frozenset({"meter_frozen", "actual", "late"})
+#: A slot younger than this is still being read (retries, commit): not counted yet.
+GRACE_S: Final = 60.0
 COUNT_KEYS: Final = (
     "slots_scheduled", "slots_read_good", "intervals_expected", "intervals_complete",
     "settlements_due", "settlements_captured", "settlements_estimated", "settlements_missing",
@@ -60,7 +63,7 @@ def kpi_for_day(conn: sqlite3.Connection, settings: Settings, day: date, now: fl
     """The KPI document for local ``day`` as of ``now`` (see the module docstring)."""
     tz = settings.gateway.timezone
     lo, hi = day_bounds(day, tz)
-    upto = min(hi, now)
+    upto = min(hi, now - GRACE_S)
     settled = db.settled_boundaries(conn, lo, hi) if db.table_exists(conn) else {}
     meters: list[dict[str, Any]] = []
     for m in settings.meters.values():
@@ -84,7 +87,7 @@ def kpi_for_day(conn: sqlite3.Connection, settings: Settings, day: date, now: fl
             row["slots_read_good"] += min(due, good_by_sched.get(sname, 0))
         scheds, _regs, every = energy_schedules(settings, m)
         if scheds and every is not None:
-            grid, nxt = grid_for(lo, hi, every, tz, now)
+            grid, nxt = grid_for(lo, hi, every, tz, now - GRACE_S)
             if grid:
                 marks = ",".join("?" for _ in scheds)
                 good = {float(s) for (s,) in conn.execute(

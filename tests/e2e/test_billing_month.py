@@ -136,7 +136,7 @@ async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) 
     try:
         published = [json.loads(p) for (p,) in conn.execute(
             "SELECT payload FROM outbox WHERE kind='settlement' ORDER BY seq")]
-        readings = [loads_exact(p) for (p,) in conn.execute(
+        readings: list[Any] = [loads_exact(p) for (p,) in conn.execute(
             "SELECT payload FROM outbox WHERE kind='reading' AND meter='m1' AND quality='good' ORDER BY seq")]
     finally:
         conn.close()

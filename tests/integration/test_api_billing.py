@@ -36,6 +36,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.result import Ok
 
 from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
@@ -178,6 +179,7 @@ def _fuzz(base: str, doc: dict[str, Any]) -> list[str]:
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     done: list[str] = []
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), "the OpenAPI document must load without errors"
         op = result.ok()
         plans: list[tuple[Any, int]] = [(op.as_strategy(headers=AUTH), 25)]
         if doc["paths"][op.path]["get"].get("parameters"):
@@ -191,7 +193,7 @@ def _fuzz(base: str, doc: dict[str, Any]) -> list[str]:
                                  suppress_health_check=list(hypothesis.HealthCheck),
                                  phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
             @hypothesis.given(case=strategy)
-            def run(case: schemathesis.Case) -> None:
+            def run(case: schemathesis.Case[Any]) -> None:
                 case.call_and_validate(base_url=base, session=session, headers=AUTH, checks=checks, timeout=30)
 
             run()

@@ -49,8 +49,8 @@ TOKEN = "billing-capture-token"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def local(*args: int) -> float:
-    return datetime(*args, tzinfo=SH).timestamp()  # type: ignore[misc]
+def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=SH).timestamp()
 
 
 def make_settings(tmp: Path, every: str = "15m") -> tuple[Settings, Path]:
