@@ -14,6 +14,11 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 
+# A tolerance in seconds, well above an epoch's float resolution (~2.4e-7 s): a slot time
+# computed from a fractional offset must count as reached, or the schedule repeats it.
+_EPS = 1e-6
+
+
 @lru_cache(maxsize=64)
 def zone(name: str) -> ZoneInfo:
     """The ZoneInfo for ``name`` (cached)."""
@@ -31,11 +36,11 @@ def local_midnight(t: float, tz: str) -> float:
 def slot_at_or_before(t: float, every_s: float, tz: str, offset_s: float = 0.0) -> float:
     """The latest aligned slot not after ``t``."""
     day = local_midnight(t, tz)
-    k = math.floor((t - day - offset_s) / every_s + 1e-9)
+    k = math.floor((t - day - offset_s + _EPS) / every_s)
     if k < 0:
         # before the first slot of the day: the last slot of the previous day
         prev_day = local_midnight(day - 1, tz)
-        k_prev = math.floor((day - 1 - prev_day - offset_s) / every_s + 1e-9)
+        k_prev = math.floor((day - 1 - prev_day - offset_s + _EPS) / every_s)
         return prev_day + offset_s + k_prev * every_s
     return day + offset_s + k * every_s
 
@@ -43,7 +48,7 @@ def slot_at_or_before(t: float, every_s: float, tz: str, offset_s: float = 0.0) 
 def next_slot(t: float, every_s: float, tz: str, offset_s: float = 0.0) -> float:
     """The first aligned slot strictly after ``t``."""
     day = local_midnight(t, tz)
-    k = math.floor((t - day - offset_s) / every_s + 1e-9) + 1
+    k = math.floor((t - day - offset_s + _EPS) / every_s) + 1
     candidate = day + offset_s + k * every_s
     next_day = local_midnight(day + 86400 + 3600 * 3, tz)
     if candidate >= next_day:

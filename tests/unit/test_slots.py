@@ -47,3 +47,13 @@ def test_parse_duration() -> None:
     assert parse_duration("30s") == 30
     assert parse_duration("1d") == 86400
     assert parse_duration("250ms") == 0.25
+
+
+def test_fractional_offset_never_repeats_a_slot() -> None:
+    t = ts("2026-11-28 10:07:13")
+    seen = []
+    for _ in range(200):
+        t = next_slot(t, 1.0, SH, offset_s=0.01)
+        seen.append(t)
+    assert all(b > a for a, b in zip(seen, seen[1:], strict=False))
+    assert abs(seen[-1] - seen[0] - 199.0) < 1e-6
