@@ -189,7 +189,7 @@ class StoreSettings:
     """The ``store`` section: durability, storage cap and retention."""
 
     synchronous: Literal["NORMAL", "FULL"] = "FULL"
-    commit_interval_s: float = 0.1
+    commit_interval_s: float = 0.02
     max_bytes: int | None = None
     retention_realtime_days: float = 14
     retention_interval_days: float = 400

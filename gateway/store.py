@@ -23,7 +23,7 @@ Design constraints (what every other module may rely on)
 Durability (the promise, also in the README)
 --------------------------------------------
 SQLite in WAL mode. Appends are *group-committed*: readings submitted within
-``store.commit_interval_ms`` (default 100 ms) share one transaction. With the default
+``store.commit_interval_ms`` (default 20 ms) share one transaction. With the default
 ``synchronous=FULL`` every commit fsyncs the WAL, so a committed reading survives both
 ``kill -9`` and a power loss; what can be lost is only what had not yet committed (at most
 one commit interval of polls, which were never acknowledged to anyone). With

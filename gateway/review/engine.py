@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("amr.review")
 
 QUEUE_SIZE: Final = 10_000
-SAVE_EVERY_S: Final = 5.0          # real seconds between state saves
+SAVE_EVERY_S: Final = 60.0         # real seconds between state saves (each save serialises every dirty meter)
 PURGE_EVERY_S: Final = 3600.0
 STOP_DRAIN_S: Final = 5.0
 RETRY_KEEP: Final = 1000
