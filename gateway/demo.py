@@ -111,6 +111,8 @@ async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: st
     token = os.environ.get("AMR_API_TOKEN") or secrets.token_urlsafe(18)
     env = dict(os.environ, AMR_API_TOKEN=token)
     text = demo_config_text(data_dir, api_host=api_host, api_port=api_port, mqtt=mqtt)
+    # kept beside the store so `amr-gateway export -c DATA_DIR/demo-config.yaml` works afterwards
+    (data_dir / "demo-config.yaml").write_text(text)
     settings = load_settings_from_text(text, "<demo>", data_dir, env)
     clock = ScaledClock(clock_start, clock_rate)
     fleet = SimulatedFleet(settings, clock, seed=7)
@@ -131,6 +133,9 @@ amr-gateway demo is running: {len(settings.meters)} simulated meters on {len(set
   health          : curl {api}/api/v1/health
   meters          : curl -H 'Authorization: Bearer {token}' {api}/api/v1/meters
   readings        : curl -H 'Authorization: Bearer {token}' {api}/api/v1/meters/c1001-main/readings
+  intervals       : curl -H 'Authorization: Bearer {token}' '{api}/api/v1/meters/c1001-main/intervals?step=15m'
+  settlements     : curl -H 'Authorization: Bearer {token}' {api}/api/v1/meters/c2001-main/settlements
+  export          : amr-gateway export intervals -c {data_dir / "demo-config.yaml"} --meter c1001-main
   MQTT            : mosquitto_sub -h {mqtt[0]} -p {mqtt[1]} -t 'amr/#' -v   (spooled while no broker answers)
 Press Ctrl-C to stop.
 """,
