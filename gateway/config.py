@@ -46,7 +46,7 @@ import os
 import re
 import sys
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import time
 from decimal import Decimal, InvalidOperation
@@ -603,19 +603,24 @@ class _Loader:
             return None
         return replace(common, id=bus_id, type="tcp", protocol=proto, host=host, tcp_port=tcp_port)
 
-    def schedules(self, top: MapView) -> dict[str, ScheduleSettings]:
-        out: dict[str, ScheduleSettings] = {}
-        names = self.named(top.node("schedules"), "schedules")
+    def named_entries(
+        self, top: MapView, section: str, label: str, keys: tuple[str, ...]
+    ) -> Iterator[tuple[str, MapView]]:
+        """The valid ``name: {mapping}`` entries of a section, each as a MapView (bad names reported)."""
+        names = self.named(top.node(section), section)
         for name, node in names.values.items():
-            where = f'schedule "{name}"'
             try:
                 _ident(names.keys[name])
             except Invalid as exc:
-                self.issues.add(names.keys[name], f"schedule name {exc}")
+                self.issues.add(names.keys[name], f"{label} name {exc}")
                 continue
-            m = MapView(self.issues, node, where, _SCHEDULE_KEYS)
-            if not m.ok:
-                continue
+            m = MapView(self.issues, node, f'{label} "{name}"', keys)
+            if m.ok:
+                yield name, m
+
+    def schedules(self, top: MapView) -> dict[str, ScheduleSettings]:
+        out: dict[str, ScheduleSettings] = {}
+        for name, m in self.named_entries(top, "schedules", "schedule", _SCHEDULE_KEYS):
             every = m.req("every", _duration(Decimal(1)), "a duration such as 15m")
             aligned = m.get("aligned", as_bool, True)
             offset = m.get("offset", _duration(Decimal(0)), Decimal(0))
@@ -660,17 +665,7 @@ class _Loader:
 
     def billing(self, top: MapView) -> dict[str, BillingPlan]:
         out: dict[str, BillingPlan] = {}
-        names = self.named(top.node("billing"), "billing")
-        for name, node in names.values.items():
-            where = f'billing plan "{name}"'
-            try:
-                _ident(names.keys[name])
-            except Invalid as exc:
-                self.issues.add(names.keys[name], f"billing plan name {exc}")
-                continue
-            m = MapView(self.issues, node, where, _BILLING_KEYS)
-            if not m.ok:
-                continue
+        for name, m in self.named_entries(top, "billing", "billing plan", _BILLING_KEYS):
             cycle_day = m.get("cycle_day", _day_of_month, 1)
             stages = self.stages(m, cycle_day)
             at = m.get("at", _time_of_day, time(0, 0))
