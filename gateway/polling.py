@@ -138,6 +138,10 @@ class BusWorker:
         self.transactions = 0
         self.poll_lag_max = 0.0
         self.bus_failed = False
+        # An outer deadline around each read guards a shared line against a driver that never
+        # returns; a TCP bus of a single meter (whose driver times out each request itself)
+        # skips the extra timer on the hot path, which runs thousands of times a second.
+        self._guarded = bus.type == "serial" or shared
 
     # -------------------------------------------------------------- enqueue
     def poll(self, meter: MeterRuntime, schedule: str, slot: float, priority: str | None = None) -> bool:
@@ -261,7 +265,10 @@ class BusWorker:
         for attempt in range(attempts):
             try:
                 await self.driver.open()
-                async with asyncio.timeout(guard):
+                if self._guarded:
+                    async with asyncio.timeout(guard):
+                        results = await self.driver.read(meter.settings.address, plan, timeout)
+                else:
                     results = await self.driver.read(meter.settings.address, plan, timeout)
                 failure = None
                 break
