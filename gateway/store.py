@@ -453,6 +453,10 @@ class Store:
         """Messages committed but not yet acknowledged by the sink."""
         return max(0, self._last_seq - self._cursors.get(sink, 0))
 
+    def cursor_now(self, sink: str) -> int:
+        """Synchronous form of :meth:`cursor` for metrics."""
+        return self._cursors.get(sink, 0)
+
     def backlog_now(self, sink: str) -> int:
         """Synchronous form of :meth:`backlog` for metrics."""
         return max(0, self._last_seq - self._cursors.get(sink, 0))

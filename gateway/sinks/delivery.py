@@ -165,6 +165,14 @@ class SinkRunner:
         await self.store.ack(self.name, self._acked_cursor)
         self._set_state("stopped", None)
 
+    def backlog(self) -> int:
+        """Committed messages the peer has not acknowledged yet.
+
+        Counted from the acknowledgements this runner has seen, which the durable cursor in
+        the store catches up with a moment later (so health never shows a stale backlog).
+        """
+        return max(0, self.store.last_seq - max(self._acked_cursor, self.store.cursor_now(self.name)))
+
     async def wait_idle(self, timeout: float) -> bool:
         """Wait (bounded, event-driven) until the cursor reaches the store's last seq.
 
@@ -189,7 +197,7 @@ class SinkRunner:
             "target": self.sink.target(),
             "state": self.status,
             "since": self.since,
-            "backlog": self.store.backlog_now(self.name),
+            "backlog": self.backlog(),
             "cursor": self._acked_cursor,
             "published": self.published,
             "failed": self.failed,
@@ -398,7 +406,7 @@ class SinkRunner:
         if state == "connected":
             if old in ("disconnected", "throttled", "auth_failed"):
                 log.warning("%s: delivering to %s again (backlog %d)", self.name, target,
-                            self.store.backlog_now(self.name))
+                            self.backlog())
             else:
                 log.info("%s: delivering to %s", self.name, target)
         elif state == "auth_failed":
@@ -426,7 +434,7 @@ def prometheus_lines(runners: Sequence[SinkRunner]) -> list[str]:
         ("amr_sink_rejected_total", "counter", "Messages the peer refused for good (skipped).",
          lambda r: r.rejected),
         ("amr_sink_backlog", "gauge", "Committed messages not yet acknowledged by the sink.",
-         lambda r: r.store.backlog_now(r.name)),
+         lambda r: r.backlog()),
         ("amr_sink_cursor", "gauge", "Highest seq below which the sink acknowledged everything.",
          lambda r: r._acked_cursor),
         ("amr_sink_up", "gauge", "1 when the sink is connected and delivering.",
