@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-
 # A tolerance in seconds, well above an epoch's float resolution (~2.4e-7 s): a slot time
 # computed from a fractional offset must count as reached, or the schedule repeats it.
 _EPS = 1e-6

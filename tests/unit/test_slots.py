@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -55,5 +56,5 @@ def test_fractional_offset_never_repeats_a_slot() -> None:
     for _ in range(200):
         t = next_slot(t, 1.0, SH, offset_s=0.01)
         seen.append(t)
-    assert all(b > a for a, b in zip(seen, seen[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(seen))
     assert abs(seen[-1] - seen[0] - 199.0) < 1e-6
