@@ -87,6 +87,7 @@ async def await_until(predicate: Any, timeout: float, what: str, step: float = 0
 
 # --------------------------------------------------------------------------- shared services
 @dataclass(frozen=True)
+
 class Broker:
     """Where an MQTT broker listens."""
 
@@ -179,15 +180,7 @@ class MosquittoProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop it gracefully (SIGTERM: it saves its persistence file) and wait."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGTERM, timeout)
         self.proc = None
 
 
@@ -229,15 +222,7 @@ class VictoriaProcess:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop it gracefully (SIGINT flushes its data) and wait."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGINT, timeout)
         self.proc = None
 
 
@@ -412,3 +397,15 @@ async def commit(store: Store, readings: list[Reading]) -> list[int]:
     futures = [store.submit(r) for r in readings]
     await store.flush()
     return [seq for f in futures for seq in await f]
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    """Send ``sig`` and wait (bounded); kill what does not stop in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
