@@ -643,18 +643,23 @@ class _Loader:
                                          offset_s=float(offset))
         return out
 
-    def patterns(self, m: MapView, key: str) -> tuple[str, ...]:
+    def text_items(self, m: MapView, key: str) -> list[tuple[yaml.Node, str]]:
+        """The text items of a list key (a single scalar counts as a list of one); bad items reported."""
         node = m.node(key)
         if node is None:
-            return ("*",)
+            return []
         items = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        out: list[str] = []
+        out: list[tuple[yaml.Node, str]] = []
         for item in items:
             try:
-                pattern = as_text(item)
+                out.append((item, as_text(item)))
             except Invalid as exc:
                 self.issues.add(item, f"{m.where}: {key} item {exc}")
-                continue
+        return out
+
+    def patterns(self, m: MapView, key: str) -> tuple[str, ...]:
+        out: list[str] = []
+        for item, pattern in self.text_items(m, key):
             if not pattern_matches_anything(pattern):
                 self.issues.add(item, f'{m.where}: "{pattern}" matches no point name; use a '
                                 'pattern such as "energy_*" or "voltage_v_l?", or x_<name> for a '
@@ -711,17 +716,8 @@ class _Loader:
         return tuple(order)
 
     def registers(self, m: MapView) -> tuple[str, ...]:
-        node = m.node("registers")
-        if node is None:
-            return ()
-        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
         out: list[str] = []
-        for item in items:
-            try:
-                name = as_text(item)
-            except Invalid as exc:
-                self.issues.add(item, f"{m.where}: registers item {exc}")
-                continue
+        for item, name in self.text_items(m, "registers"):
             if not is_valid_point_name(name):
                 self.issues.add(item, f'{m.where}: "{name}" is not a point name'
                                 f"{suggest(name, _register_names())}; use a canonical register "
