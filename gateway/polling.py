@@ -137,7 +137,6 @@ class BusWorker:
         self.overruns = 0
         self.transactions = 0
         self.poll_lag_max = 0.0
-        self.bus_failed = False
         # An outer deadline around each read guards a shared line against a driver that never
         # returns; a TCP bus of a single meter (whose driver times out each request itself)
         # skips the extra timer on the hot path, which runs thousands of times a second.
@@ -350,19 +349,11 @@ def _priority_of(meter: MeterRuntime, schedule: str) -> str:
 def _request_count(plan: Any) -> int:
     for attr in ("requests", "reads", "steps"):
         seq = getattr(plan, attr, None)
+        if isinstance(seq, int):
+            return seq  # a plan that counts its requests itself (DL/T 645)
         if seq is not None:
             try:
                 return len(seq)
             except TypeError:
                 return 1
     return 1
-
-
-def is_failure_quality(q: str) -> bool:
-    """True for qualities that mean the meter was not read."""
-    return q in ("timeout", "crc_error")
-
-
-def monotonic() -> float:
-    """Monotonic seconds (for lag metrics that must not jump with the wall clock)."""
-    return time.monotonic()
