@@ -50,6 +50,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.billing import db
@@ -61,6 +62,7 @@ from gateway.billing.cycles import (
     next_boundary_after,
 )
 from gateway.billing.settlement import (
+    NOT_CUMULATIVE,
     SETTLEMENT_SCHEMA,
     Draft,
     RegisterValue,
@@ -388,12 +390,11 @@ class BillingCapture:
         (t1, s1, v1), (t2, s2, v2) = pair
         if t2 <= t1:
             return None
-        frac = (Decimal(repr(b.ts)) - Decimal(repr(t1))) / (Decimal(repr(t2)) - Decimal(repr(t1)))
         regs: dict[str, RegisterValue] = {}
         for name in plan.registers:
-            if name in v1 and name in v2:
+            if name in v1 and name in v2 and name not in NOT_CUMULATIVE:
                 (r1, _x1, unit), (r2, _x2, _) = v1[name], v2[name]
-                raw = (r1 + (r2 - r1) * frac).quantize(Decimal("0.0001"))
+                raw = interpolate(r1, t1, r2, t2, b.ts)
                 regs[name] = RegisterValue(raw, raw * self._factor(m, name), unit)
         if not regs:
             return None
@@ -499,6 +500,23 @@ class BillingCapture:
                 log.exception("daily KPI for %s could not be published", day)
 
 
+ESTIMATE_QUANTUM: Final = Decimal("0.0001")
+
+
+def interpolate(r1: Decimal, t1: float, r2: Decimal, t2: float, at: float) -> Decimal:
+    """The register at ``at`` on the straight line through (t1, r1) and (t2, r2), exactly.
+
+    Rational arithmetic on the exact binary values of the times (``Fraction`` of a float is
+    exact), rounded once, half-even, to 4 decimals (the terminal's A14 precision,
+    billing-practice.md §2). Used for ``estimated`` settlements only.
+    """
+    frac = (Fraction(at) - Fraction(t1)) / (Fraction(t2) - Fraction(t1))
+    exact = Fraction(r1) + (Fraction(r2) - Fraction(r1)) * frac
+    scaled = exact / Fraction(ESTIMATE_QUANTUM)
+    n = round(scaled)                    # Fraction rounds half to even
+    return (Decimal(n) * ESTIMATE_QUANTUM).quantize(ESTIMATE_QUANTUM)
+
+
 def _since(value: Decimal | None, known: _Known | None, mult: Decimal) -> Decimal | None:
     if value is None or known is None or known.quality == "missing":
         return None
@@ -546,4 +564,4 @@ def factory(gateway: Gateway) -> BillingCapture:
     return BillingCapture(gateway)
 
 
-__all__ = ["BillingCapture", "factory"]
+__all__ = ["BillingCapture", "factory", "interpolate"]
