@@ -9,7 +9,10 @@ exported (settlements: every meter on a billing plan), one after another.
 
 ``--from``/``--to`` take ISO-8601 (a date alone is local midnight, no offset means the
 gateway's timezone); default: the 24 hours before now. ``--cycle YYYY-MM`` picks the
-settlement cycle (default: every cycle that overlaps the time range). "Now" is the later of
+settlement cycle (default: every cycle that overlaps the time range); ``--table stages`` writes
+the stage consumption per register instead of the settlement revisions (both ends' qualities,
+completeness, the reconciliation flag and the stage's flags: the API's
+``/settlements?format=csv&table=stages``). "Now" is the later of
 the wall clock and the newest stored message, so a store written on an accelerated demo
 clock exports whole.
 """
@@ -131,15 +134,22 @@ def export_intervals(conn: sqlite3.Connection, settings: Settings, meters: list[
 
 
 def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: list[str], start: float, end: float,
-                       cycle_label: str | None, out: TextIO) -> int:
-    """Settlements with history (the API's settlements CSV) for a cycle or the cycles in range."""
+                       cycle_label: str | None, out: TextIO, table: str = "settlements") -> int:
+    """Settlements with history, or (``table="stages"``) stage consumption, for a cycle or the cycles in range.
+
+    The rows are the API's ``/meters/{id}/settlements?format=csv`` (``&table=stages``) for the
+    same meter and cycle, from the same :func:`gateway.billing.view.cycle_view`.
+    """
     from gateway.billing import view
     from gateway.billing.cycles import CycleError, cycle_at, next_label, parse_label
 
+    if table not in ("settlements", "stages"):
+        raise ConfigError(f"--table must be settlements or stages, not {table!r}")
     tz = settings.gateway.timezone
     now = _now(conn)
     w = _writer(out)
-    w.writerow(view.SETTLEMENT_CSV)
+    w.writerow(view.STAGE_CSV if table == "stages" else view.SETTLEMENT_CSV)
+    rows_of = view.stage_csv_rows if table == "stages" else view.settlement_csv_rows
     n = 0
     if cycle_label is not None:
         try:
@@ -160,7 +170,7 @@ def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: lis
                 labels.append(next_label(labels[-1]))
         for label in labels:
             doc = view.cycle_view(conn, m, plan, label, tz, now)
-            n += _write(w, view.settlement_csv_rows(doc))
+            n += _write(w, rows_of(doc))
     return n
 
 
@@ -213,7 +223,8 @@ def _dispatch(conn: sqlite3.Connection, settings: Settings, args: argparse.Names
     if args.what == "intervals":
         return export_intervals(conn, settings, meters, lo, hi, args.step or "15m", out)
     if args.what == "settlements":
-        return export_settlements(conn, settings, meters, lo, hi, args.cycle, out)
+        return export_settlements(conn, settings, meters, lo, hi, args.cycle, out,
+                                  getattr(args, "table", None) or "settlements")
     raise ConfigError(f"cannot export {args.what!r}; choose readings, intervals, settlements or events")
 
 
