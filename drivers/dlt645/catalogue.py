@@ -21,12 +21,33 @@ own local time.
 
 Settlement-day and daily-freeze identifiers (Python API, not profile points):
 ``xxxxFF0n`` = block at the n-th previous settlement day (上n结算日); ``050600nn`` = time of
-the nn-th previous daily freeze, ``050601nn`` / ``050602nn`` = its forward / reverse active
-energy blocks (total + 4 tariffs), nn = 01..3E.
+the nn-th previous daily freeze, nn = 01..3E, and with the same nn (DI1 = kind):
+
+========== ============================================ ===================================
+DI         daily freeze block (total + 4 tariffs)       canonical point (total only)
+========== ============================================ ===================================
+050601nn   forward active energy, 5 × XXXXXX.XX         ``energy_import_kwh`` (+ ``_t1``..``_t4``)
+050602nn   reverse active energy                        ``energy_export_kwh`` (+ tariffs)
+050603nn   combined reactive 1, signed                  ``energy_import_kvarh``
+050604nn   combined reactive 2, signed                  ``energy_export_kvarh``
+050605nn … quadrant I … IV reactive                     (none)
+050608nn
+050609nn   forward active max demand + time,            ``demand_max_kw`` + ``demand_max_kw_at``
+           5 × (XX.XXXX + YYMMDDhhmm)
+05060Ann   reverse active max demand + time             (none)
+========== ============================================ ===================================
+
+Sources: ``reference/dlt645-2007.md`` §6.5 lists 0506 01…05/08; the demand blocks 0506 09 /
+0A (40 bytes each, "日冻结正向/反向有功需量及发生时间总及费率") come from a public terminal
+firmware table (repository not identified) and DL/T 645-2007 Annex A.6's freeze layout
+(kind 09/0A = max demand, as in the timed freeze 0500xxxx). unverified on real meters:
+support varies by model, so the driver treats a refusal of any block but 01 as "this meter
+does not freeze that" and the capture falls back (:mod:`gateway.billing.capture`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -201,7 +222,10 @@ def describe(di: int, protocol: ProtocolName = "dlt645") -> DiInfo | None:
     if di3 == 0x05 and di2 == 0x06 and 0x01 <= di0 <= 0x3E:
         if di1 == 0x00:
             return DiInfo(di, f"daily freeze -{di0} time", ("YYMMDDhhmm",), 1, "")
-        if di1 in _ENERGY_TYPES and di1 >= 1:
+        if di1 in DAILY_FREEZE_DEMAND_KINDS:
+            return DiInfo(di, f"daily freeze -{di0} {DAILY_FREEZE_DEMAND_KINDS[di1]} block",
+                          ("XX.XXXX", "YYMMDDhhmm"), 5, "kW")
+        if di1 in _ENERGY_TYPES and 1 <= di1 <= 0x08:
             name, unit = _ENERGY_TYPES[di1]
             return DiInfo(di, f"daily freeze -{di0} {name} block", ("XXXXXX.XX",), 5, unit)
     return None
@@ -268,6 +292,34 @@ def daily_freeze_energy_di(n: int, kind: int = 1) -> int:
 
 #: Daily-freeze energy blocks: kind (DI1) → point prefix.
 DAILY_FREEZE_BLOCKS: Final[dict[int, str]] = {1: "energy_import_kwh", 2: "energy_export_kwh"}
+#: Daily-freeze reactive blocks (combined reactive 1 / 2, signed): kind → point (the total).
+DAILY_FREEZE_REACTIVE: Final[dict[int, str]] = {3: "energy_import_kvarh", 4: "energy_export_kvarh"}
+#: Daily-freeze maximum-demand blocks: kind → what it holds.
+DAILY_FREEZE_DEMAND_KINDS: Final[dict[int, str]] = {
+    0x09: "forward active maximum demand and time", 0x0A: "reverse active maximum demand and time",
+}
+#: The forward active demand block's first record (total) → these points (value, time).
+DAILY_FREEZE_DEMAND: Final[dict[int, tuple[str, str]]] = {0x09: ("demand_max_kw", "demand_max_kw_at")}
+
+
+def daily_freeze_kinds(points: Iterable[str] | None) -> tuple[int, ...]:
+    """The daily-freeze blocks (DI1 kinds) that carry ``points`` (None: every supported one).
+
+    Kind 1 (forward active) is always read: it is the freeze's reason to exist, and a meter
+    that refuses it has no usable daily freeze.
+    """
+    wanted = None if points is None else set(points)
+    kinds = [1]
+    for kind, prefix in DAILY_FREEZE_BLOCKS.items():
+        if kind != 1 and (wanted is None or any(p.startswith(prefix) for p in wanted)):
+            kinds.append(kind)
+    for kind, name in DAILY_FREEZE_REACTIVE.items():
+        if wanted is None or name in wanted:
+            kinds.append(kind)
+    for kind, names in DAILY_FREEZE_DEMAND.items():
+        if wanted is None or wanted & set(names):
+            kinds.append(kind)
+    return tuple(kinds)
 
 
 def _pt(name: str, di: int, fmt: str, unit: str, side: str = "secondary",

@@ -31,8 +31,9 @@ only corrupted or foreign replies the read raises that FrameError / WrongAddress
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, tzinfo
 from decimal import Decimal
@@ -448,35 +449,64 @@ class Dlt645Driver:
         return when, values
 
     async def read_daily_freeze(
-        self, address: str, day: date, timeout: float = 1.0, *, tz: tzinfo | None = None
+        self, address: str, day: date, timeout: float = 1.0, *, tz: tzinfo | None = None,
+        points: Collection[str] | None = None, stamps: dict[str, datetime] | None = None,
     ) -> tuple[datetime, dict[str, Decimal]]:
         """The daily freeze the meter took at the start of ``day``, found by date.
 
         Walks the meter's freeze log (050600nn = time of the nn-th previous freeze) to the
         record whose date is ``day`` — the log may have gaps, so the index is never assumed
-        — then reads its energy blocks (050601nn forward, 050602nn reverse active).
-        Returns (freeze time in meter local time, or aware in ``tz``; {point: value}).
-        Raises DeviceException (no requested data) when the log has no record for ``day``.
+        — then reads, with the same nn, the blocks that carry ``points`` (None: all of them;
+        see :mod:`drivers.dlt645.catalogue`): 050601nn forward and 050602nn reverse active
+        (total + tariffs), 050603nn / 050604nn combined reactive 1 / 2 (the totals →
+        ``energy_import_kvarh`` / ``energy_export_kvarh``) and 050609nn forward active
+        maximum demand (the total → ``demand_max_kw``; its time, meter local, goes into
+        ``stamps["demand_max_kw"]`` when a dict is given, and ``stamps["demand_max_kw_at"]``).
+
+        A meter that answers "no requested data" for a block other than 050601nn simply
+        does not freeze that quantity: its points are left out (the caller decides what to
+        do instead). Fill bytes (EE/FF, non-BCD) in a value mean "no data" and leave that
+        point out too. Returns (freeze time in meter local time, or aware in ``tz``;
+        {point: value}). Raises DeviceException (no requested data) when the log has no
+        record for ``day`` or the meter refuses the forward active block.
         """
         addr = normalize_address(address)
         async with self._lock:
             n, when = await self._find_freeze(addr, day, timeout)
             values: dict[str, Decimal] = {}
-            for kind, prefix in catalogue.DAILY_FREEZE_BLOCKS.items():
+            for kind in catalogue.daily_freeze_kinds(points):
                 di = catalogue.daily_freeze_energy_di(n, kind)
+                demand = kind in catalogue.DAILY_FREEZE_DEMAND_KINDS
                 try:
-                    payload = await self._read_payload(addr, di, "dlt645", timeout, 20)
+                    payload = await self._read_payload(addr, di, "dlt645", timeout, 40 if demand else 20)
                 except DeviceException:
                     if kind == 1:
                         raise
                     continue
-                for k, suffix in enumerate(catalogue.TARIFF_SUFFIXES):
-                    chunk = payload[4 * k : 4 * k + 4]
-                    if len(chunk) == 4:
-                        try:
-                            values[prefix + suffix] = decode_number(chunk, "XXXXXX.XX")
-                        except DecodeError:
-                            continue
+                if kind in catalogue.DAILY_FREEZE_BLOCKS:
+                    prefix = catalogue.DAILY_FREEZE_BLOCKS[kind]
+                    for k, suffix in enumerate(catalogue.TARIFF_SUFFIXES):
+                        chunk = payload[4 * k : 4 * k + 4]
+                        if len(chunk) == 4:
+                            try:
+                                values[prefix + suffix] = decode_number(chunk, "XXXXXX.XX")
+                            except DecodeError:
+                                continue
+                elif kind in catalogue.DAILY_FREEZE_REACTIVE:
+                    with contextlib.suppress(DecodeError):
+                        if len(payload) >= 4:
+                            values[catalogue.DAILY_FREEZE_REACTIVE[kind]] = decode_number(
+                                payload[:4], "XXXXXX.XX", signed=catalogue.is_signed(di))
+                elif kind in catalogue.DAILY_FREEZE_DEMAND and len(payload) >= 8:
+                    name, at_name = catalogue.DAILY_FREEZE_DEMAND[kind]
+                    try:
+                        kw = decode_number(payload[:3], "XX.XXXX")
+                    except DecodeError:
+                        continue
+                    values[name] = kw
+                    if stamps is not None:
+                        with contextlib.suppress(DecodeError):
+                            stamps[name] = stamps[at_name] = decode_datetime(payload[3:8], "YYMMDDhhmm")
         if tz is not None:
             when = when.replace(tzinfo=tz)
         return when, values

@@ -47,7 +47,7 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from decimal import Decimal
 from fractions import Fraction
@@ -293,10 +293,19 @@ class BillingCapture:
         if _frozen_capable(m, self.gw):
             frozen = await self._read_frozen(driver, m, plan, b, timeout, notes)
             if frozen is not None:
-                return frozen
+                return await self._complete_frozen(driver, m, plan, b, timeout, frozen)
         if frozen_only:
             raise _NotFrozen("; ".join(notes) or "the meter has no frozen value for this boundary")
-        live = self._live_plan(m, plan)
+        regs, now, error = await self._read_live(driver, m, plan, b, timeout, self._live_plan(m, plan))
+        if not regs:
+            raise DeviceException(0x02, "no requested data", error or "no register could be read")
+        quality = "actual" if now - b.ts <= plan.tolerance_s else "late"
+        note = "; ".join(notes) if notes else None
+        return Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
+
+    async def _read_live(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
+                         live: tuple[Any, list[str]] | None) -> tuple[dict[str, RegisterValue], float, str | None]:
+        """One live read of a compiled plan: (good registers, read time, why none)."""
         if live is None:
             raise DeviceException(0x02, "no requested data",
                                   f"profile {m.profile.name} maps none of plan {plan.name}'s registers")
@@ -304,15 +313,63 @@ class BillingCapture:
         results = await driver.read(m.settings.address, compiled, timeout)
         now = self.gw.clock.time()
         reading = m.builder.build("settlement", b.ts, now, results)
+        at_point = reading.points.get("demand_max_kw_at")
+        demand_at = str(at_point.raw) if at_point is not None and at_point.quality == "good" else None
         regs: dict[str, RegisterValue] = {}
         for name, p in reading.points.items():
+            if name not in plan.registers:
+                continue
             if p.quality == "good" and isinstance(p.raw, Decimal | int) and isinstance(p.value, Decimal | int):
-                regs[name] = RegisterValue(Decimal(p.raw), Decimal(p.value), p.unit)
-        if not regs:
-            raise DeviceException(0x02, "no requested data", reading.error or "no register could be read")
-        quality = "actual" if now - b.ts <= plan.tolerance_s else "late"
-        note = "; ".join(notes) if notes else None
-        return Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
+                regs[name] = RegisterValue(Decimal(p.raw), Decimal(p.value), p.unit,
+                                           at=demand_at if name == "demand_max_kw" else None)
+        return regs, now, reading.error
+
+    async def _complete_frozen(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary,
+                               timeout: float, frozen: Draft) -> Draft:
+        """Fill in the plan registers a meter's freeze does not carry, where that is honest.
+
+        A DL/T 645 meter may freeze active energy only (it answers "no requested data" for
+        the reactive and demand blocks 050603nn/050604nn/050609nn). For those registers the
+        settlement stays ``meter_frozen`` for what the meter froze, and:
+
+        * **within the plan's tolerance** after the boundary, a live read of just the missing
+          registers (same bus job) is added, each register marked with its own quality
+          ``actual`` and its ``read_at`` — the same value an ``actual`` settlement would hold;
+        * **after the tolerance** (a catch-up, a meter back days later) they are left out, not
+          filled with a value from another instant: the stage consumption then lists them
+          as known at one end only (flagged), and the reason says why.
+        """
+        missing = [r for r in plan.registers if r not in frozen.registers and r in m.profile.points]
+        if not missing:
+            return frozen
+        now = self.gw.clock.time()
+        if now - b.ts > plan.tolerance_s:
+            return replace(frozen, reason=_join(frozen.reason, f"the meter's freeze has no {', '.join(missing)}; "
+                                                "too late after the boundary for a live read of them"))
+        names = list(missing)
+        if "demand_max_kw" in names and "demand_max_kw_at" in m.profile.points:
+            names.append("demand_max_kw_at")
+        from gateway.drivers_registry import compile_plan
+
+        bus = self.gw.settings.buses[m.settings.bus]
+        try:
+            live, read_at, _err = await self._read_live(
+                driver, m, plan, b, timeout, (compile_plan(bus, m.settings, m.profile, names), names))
+        except DeviceException as exc:
+            return replace(frozen, reason=_join(frozen.reason, f"live read of {', '.join(missing)}: {exc}"))
+        regs = dict(frozen.registers)
+        in_time = read_at - b.ts <= plan.tolerance_s
+        for name, r in live.items():
+            if in_time:
+                regs[name] = replace(r, quality="actual", read_at=iso_utc(read_at))
+        got = [n for n in missing if n in regs]
+        left = [n for n in missing if n not in regs]
+        note = f"the meter's freeze has no {', '.join(missing)}"
+        if got:
+            note += f"; live read at the boundary for {', '.join(got)}"
+        if left:
+            note += f"; not available: {', '.join(left)}"
+        return replace(frozen, registers=regs, reason=_join(frozen.reason, note))
 
     async def _read_frozen(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
                            notes: list[str]) -> Draft | None:
@@ -320,12 +377,14 @@ class BillingCapture:
         addr = m.settings.address
         if plan.at == _MIDNIGHT and hasattr(driver, "read_daily_freeze"):
             day: date = local_date_of(b.ts, self.tz)
+            stamps: dict[str, datetime] = {}
             try:
-                when, values = await driver.read_daily_freeze(addr, day, timeout, tz=z)
+                when, values = await driver.read_daily_freeze(addr, day, timeout, tz=z, points=plan.registers,
+                                                              stamps=stamps)
             except DeviceException as exc:
                 notes.append(f"daily freeze: {exc}")
             else:
-                regs = self._frozen_registers(m, plan, values)
+                regs = self._frozen_registers(m, plan, values, stamps)
                 if regs:
                     return Draft("meter_frozen", "daily_freeze", regs, read_at=self.gw.clock.time(),
                                  frozen_at=when.timestamp())
@@ -349,8 +408,8 @@ class BillingCapture:
                     break
         return None
 
-    def _frozen_registers(self, m: MeterRuntime, plan: BillingPlan, values: dict[str, Decimal]) -> dict[
-            str, RegisterValue]:
+    def _frozen_registers(self, m: MeterRuntime, plan: BillingPlan, values: dict[str, Decimal],
+                          stamps: dict[str, datetime] | None = None) -> dict[str, RegisterValue]:
         regs: dict[str, RegisterValue] = {}
         for name in plan.registers:
             raw = values.get(name)
@@ -358,7 +417,9 @@ class BillingCapture:
                 continue
             point = m.profile.points.get(name)
             unit = point.unit if point is not None else ("kvarh" if "kvarh" in name else "kWh")
-            regs[name] = RegisterValue(raw, raw * self._factor(m, name), unit)
+            stamp = (stamps or {}).get(name)
+            regs[name] = RegisterValue(raw, raw * self._factor(m, name), unit,
+                                       at=None if stamp is None else stamp.isoformat(timespec="minutes"))
         return regs
 
     @staticmethod
@@ -374,6 +435,8 @@ class BillingCapture:
         from gateway.drivers_registry import compile_plan
 
         names = [r for r in plan.registers if r in m.profile.points]
+        if "demand_max_kw" in names and "demand_max_kw_at" in m.profile.points and "demand_max_kw_at" not in names:
+            names.append("demand_max_kw_at")            # maximum demand is billed with its time
         compiled: tuple[Any, list[str]] | None = None
         if names:
             bus = self.gw.settings.buses[m.settings.bus]
@@ -498,6 +561,10 @@ class BillingCapture:
                 await store.append_message("kpi", None, clock.time(), {"schema": "amr.kpi.v1", **doc})
             except Exception:
                 log.exception("daily KPI for %s could not be published", day)
+
+
+def _join(a: str | None, b: str) -> str:
+    return b if not a else f"{a}; {b}"
 
 
 ESTIMATE_QUANTUM: Final = Decimal("0.0001")

@@ -48,15 +48,31 @@ def rank(quality: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RegisterValue:
-    """One settled register: what the meter showed (``raw``) and ``value`` after CT×PT."""
+    """One settled register: what the meter showed (``raw``) and ``value`` after CT×PT.
+
+    ``at``: when the meter says the value occurred (maximum demand's time, meter local).
+    ``quality`` / ``read_at``: set only when this register was obtained differently from
+    the settlement as a whole — a ``meter_frozen`` settlement whose meter does not freeze
+    reactive energy or demand carries those registers from a live read at the boundary
+    (``actual``), so billing can see which value is the meter's freeze and which is not.
+    """
 
     raw: Decimal
     value: Decimal
     unit: str
+    at: str | None = None
+    quality: str | None = None
+    read_at: str | None = None
 
     def doc(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {"raw": self.raw, "value": self.value, "unit": self.unit}
+        """JSON-ready form (the optional fields only when set)."""
+        out: dict[str, object] = {"raw": self.raw, "value": self.value, "unit": self.unit}
+        if self.at is not None:
+            out["at"] = self.at
+        if self.quality is not None:
+            out["quality"] = self.quality
+            out["read_at"] = self.read_at
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +119,11 @@ class Settlement:
             if v is not None:
                 out[name] = Decimal(v)
         return out
+
+    def register_qualities(self) -> dict[str, str]:
+        """Registers that carry a quality of their own (see :class:`RegisterValue`)."""
+        regs = self.body.get("registers") or {}
+        return {n: str(r["quality"]) for n, r in regs.items() if isinstance(r, dict) and r.get("quality")}
 
     @property
     def multiplier(self) -> Decimal | None:
@@ -159,9 +180,14 @@ def stage_consumption(
     if one_end:
         flags.append("only one end has " + ", ".join(one_end) + " (the other end's source does not carry it)")
     complete = usable and any(v is not None for v in cons.values())
-    for q, end_name in ((first.quality if first else None, "start"), (last.quality if last else None, "end")):
-        if q == "estimated":
+    for s, end_name in ((first, "start"), (last, "end")):
+        if s is None:
+            continue
+        if s.quality == "estimated":
             flags.append(f"the {end_name} settlement is estimated")
+        for name, q in s.register_qualities().items():
+            if name in cons and q != s.quality:
+                flags.append(f"{name} at the {end_name} is a live read ({q}); the meter did not freeze it")
     return StageConsumption(stage, start, end, first.quality if first else None,
                             last.quality if last else None, cons, complete, tuple(flags))
 

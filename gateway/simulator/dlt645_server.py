@@ -17,7 +17,11 @@ What a simulated meter does (``SimDlt645Spec`` switches the options):
 * follow-up frames: a reply whose DATA would exceed ``max_data_len`` goes out as B1, then
   B2 … 92 for each C = 12 follow-up request (SEQ 1, 2 …);
 * daily freezes at local 00:00 of the simulated clock: the 62 most recent days that are not
-  in ``freeze_gaps`` (050600nn time, 050601nn / 050602nn energy blocks);
+  in ``freeze_gaps`` (050600nn time; 050601nn / 050602nn active energy blocks; 050603nn /
+  050604nn combined reactive 1 / 2 and 050609nn forward active maximum demand + time, each a
+  5-value block whose total is the model's register at the freeze instant and whose tariff
+  values are "no data" fill, EE). ``freeze_kinds`` names the blocks (DI1) the meter
+  freezes; any other is refused (D1 / 0x02), like a meter model without them;
 * settlement-day snapshots (xxxxFF0n, xxxx0n): registers at the n-th previous settlement
   instant of ``settlement_days`` (reported as 04000B01..03);
 * a meter clock (04000101 / 04000102) with a fixed offset and a drift in ppm; a broadcast
@@ -75,6 +79,8 @@ from gateway.simulator.model import MeterModel
 
 log = logging.getLogger(__name__)
 
+_NO_DATA = b"\xee"          # fill byte of a value the meter does not have (dlt645-2007.md §7)
+
 DEFAULT_EVENTS: dict[int, int] = {
     0x03300D00: 1,   # meter cover opened
     0x03300E00: 0,   # terminal cover opened
@@ -107,6 +113,7 @@ class SimDlt645Spec:
     max_data_len: int = 200
     reply_delay_s: float = 0.0
     freeze_gaps: frozenset[date] = frozenset()
+    freeze_kinds: frozenset[int] = frozenset({0x01, 0x02, 0x03, 0x04, 0x09})
     settlement_days: tuple[tuple[int, int], ...] = ((1, 0),)
     clock_offset_s: float = 0.0
     clock_drift_ppm: float = 0.0
@@ -309,11 +316,22 @@ class _SimMeter:
         day = days[n - 1]
         if kind == 0x00:
             return encode_value(datetime(day.year, day.month, day.day), "YYMMDDhhmm")
+        if kind not in self.spec.freeze_kinds:
+            return None
         frozen = self.model.frozen_daily(day)
+        di = 0x05060000 | (kind << 8) | n
         if kind in catalogue.DAILY_FREEZE_BLOCKS:
             prefix = catalogue.DAILY_FREEZE_BLOCKS[kind]
             return b"".join(encode_value(frozen[prefix + s], "XXXXXX.XX", wrap=True)
                             for s in catalogue.TARIFF_SUFFIXES)
+        if kind in catalogue.DAILY_FREEZE_REACTIVE:
+            total = self._enc(frozen[catalogue.DAILY_FREEZE_REACTIVE[kind]], "XXXXXX.XX", di, wrap=True)
+            return total + _NO_DATA * 16                       # the model keeps no per-tariff reactive
+        if kind in catalogue.DAILY_FREEZE_DEMAND:
+            name, _at = catalogue.DAILY_FREEZE_DEMAND[kind]
+            month = datetime(day.year, day.month, 1)            # as 01010000: the month's start
+            record = self._enc(frozen[name], "XX.XXXX", di) + encode_value(month, "YYMMDDhhmm")
+            return record + _NO_DATA * (len(record) * 4)
         return None
 
     def _payload_1997(self, di: int) -> bytes | None:
