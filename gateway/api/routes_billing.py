@@ -149,7 +149,11 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
 
 
 def _revision_props() -> dict[str, Any]:
-    register = _obj({"raw": {"type": "number"}, "value": {"type": "number"}, "unit": _STR})
+    register = _obj({"raw": {"type": "number"}, "value": {"type": "number"}, "unit": _STR,
+                     "at": {**_NSTR, "description": "maximum demand: when it occurred (meter local time)"},
+                     "quality": {**_NSTR, "description": "only when this register was obtained differently "
+                                 "from the settlement (e.g. a live read beside the meter's freeze)"},
+                     "read_at": _NSTR}, required=["raw", "value", "unit"])
     return {
         "quality": {"type": "string", "nullable": True, "enum": [*_SETTLEMENT_QUALITY, None]},
         "source": _NSTR,
