@@ -19,6 +19,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 
+MAX_REAL_SLEEP_S = 0.25      # real seconds a sleeper waits before it looks at the clock again
+
+
 class HoldingClock:
     """An accelerated clock that stops at every instant of ``holds`` until released."""
 
@@ -87,7 +90,9 @@ class HoldingClock:
                 await self._released.wait()
                 continue
             target = min(epoch, self._holds[0]) if self._holds else epoch
-            await asyncio.sleep(max(0.0, (target - now) / self.rate))
+            # at most MAX_REAL_SLEEP_S at a time: a set_rate() meanwhile then takes effect
+            # for this sleeper too (a day-long sleep begun at 600x must not outlast a 3000x run)
+            await asyncio.sleep(min(MAX_REAL_SLEEP_S, max(0.0, (target - now) / self.rate)))
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` of simulated time."""
