@@ -18,7 +18,6 @@ import time as _time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-
 MAX_REAL_SLEEP_S = 0.25      # real seconds a sleeper waits before it looks at the clock again
 
 

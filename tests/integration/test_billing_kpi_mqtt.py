@@ -78,7 +78,7 @@ async def test_daily_kpi_arrives_on_mqtt_with_the_days_counts(tmp_path: Path, mo
     path = tmp_path / "config.yaml"
     path.write_text(text)
     settings = load_settings_from_text(text, str(path), tmp_path, {"AMR_API_TOKEN": TOKEN})
-    assert settings.gateway.id == gw_id and settings.mqtt.enabled
+    assert settings.gateway.id == gw_id and settings.mqtt is not None and settings.mqtt.enabled
 
     sub = Subscriber(mosquitto, f"amr/{gw_id}/kpi", f"sub-{gw_id}").start()
     clock = HoldingClock(local(10, 23, 50), 600.0, [local(11)])
