@@ -139,6 +139,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str,
 _STR: Final = {"type": "string"}
 _NSTR: Final = {"type": "string", "nullable": True}
 _NUM_OR_NULL: Final = {"type": "number", "nullable": True}
+_NUM: Final = {"type": "number"}
 _RATIO: Final = {"type": "number", "nullable": True, "minimum": 0, "maximum": 1}
 _INT: Final = {"type": "integer"}
 _SETTLEMENT_QUALITY: Final = ["meter_frozen", "actual", "late", "estimated", "missing"]
@@ -248,6 +249,15 @@ def billing_paths() -> dict[str, Any]:
                 **json_or_csv(_obj({
                     "meter": _STR, "plan": _STR, "cycle": _STR, "timezone": _STR, "start": _STR, "end": _STR,
                     "settlements": {"type": "array", "items": boundary},
+                    "ratio_changes": {"type": "array", "items": _obj({
+                        "at": _STR, "read_at": _NSTR, "reason": _NSTR,
+                        "old": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
+                        "new": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
+                        "registers": {"type": "object", "additionalProperties": _obj({
+                            "raw": {"type": "number"}, "value_old": {"type": "number"},
+                            "value_new": {"type": "number"}, "unit": _STR})},
+                    }), "description": "Audited CT/PT changes inside the cycle, with the registers read at "
+                        "the change; they split the stage consumption."},
                     "stages": {"type": "array", "items": stage},
                     "cycle_total": stage,
                     "reconciliation": _obj({

@@ -141,6 +141,7 @@ class BillingCapture:
         self._windows: dict[str, _Window] = {}
         self.attempts = 0
         self.stored = 0
+        self.ratio_changes = 0
         self._stopping = False
         gateway.observers.append(self.observe)
 
@@ -160,6 +161,8 @@ class BillingCapture:
             self.current[(s.meter, s.boundary)] = _known_of(s)
         for s in await store.read(db.unpublished):
             await self._publish(s)
+        for meter_id, plan in self.plans.items():
+            await self._check_ratio(meter_id, plan, now)
         self._tasks.append(asyncio.create_task(self._run(now), name="billing-boundaries"))
         self._tasks.append(asyncio.create_task(self._kpi_loop(), name="billing-kpi"))
 
@@ -172,6 +175,79 @@ class BillingCapture:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._captures.clear()
+
+    # ------------------------------------------------------------------ CT/PT changes
+    async def _check_ratio(self, meter_id: str, plan: BillingPlan, now: float) -> None:
+        """Audit a CT/PT change: the configuration names a ratio the meter was not last read under.
+
+        A ratio change in the configuration is an audited event, never a silent rewrite:
+        the gateway records when it started under the new ratio (``at``), the old and the
+        new ratios, and takes a reading **at the change** (ahead of routine polls on the
+        bus, like a settlement): the last register under the old ratio and the first under
+        the new. Stage consumption is then split there (see
+        :func:`gateway.billing.settlement.stage_consumption`). Energy between the last
+        reading under the old configuration and the change is priced at the old ratio (the
+        configuration in force). When the meter does not answer at the change the record
+        keeps ``registers: {}`` with the reason, and the stage stays withheld and flagged:
+        a later reading would mix energy of both ratios.
+        """
+        m = self.gw.meters.get(meter_id)
+        if m is None:
+            return
+        store = self.gw.require_store()
+        last = await store.read(db.last_ratio, meter_id)
+        if last is None or last[0] is None or last[1] is None:
+            return
+        old_ct, old_pt = Decimal(last[0]), Decimal(last[1])
+        new_ct, new_pt = m.settings.ct_ratio.factor, m.settings.pt_ratio.factor
+        if (old_ct, old_pt) == (new_ct, new_pt):
+            return
+        log.warning("meter %s: CT/PT changed in the configuration (CT×PT %s → %s); recording the change and "
+                    "reading the meter at it", meter_id, old_ct * old_pt, new_ct * new_pt)
+        t = asyncio.create_task(self._record_ratio_change(m, plan, now, old_ct, old_pt),
+                                name=f"ratio-change-{meter_id}")
+        self._tasks.append(t)
+
+    async def _record_ratio_change(self, m: MeterRuntime, plan: BillingPlan, at: float, old_ct: Decimal,
+                                   old_pt: Decimal) -> None:
+        old_mult = old_ct * old_pt
+        new_mult = m.settings.multiplier
+        registers: dict[str, dict[str, object]] = {}
+        reason: str | None = None
+        read_at: float | None = None
+        worker = self.gw.workers[m.settings.bus]
+        timeout = self.gw.settings.buses[m.settings.bus].timeout_s
+
+        async def action(driver: Any) -> tuple[dict[str, RegisterValue], float, str | None]:
+            async with asyncio.timeout(timeout * 40 + 5.0):
+                return await self._read_live(driver, m, plan, at, timeout, self._live_plan(m, plan))
+
+        try:
+            regs, read_at, error = await worker.submit(m, action, priority="settlement", slot=at)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            regs, error = {}, str(exc) or type(exc).__name__
+        for name, r in regs.items():
+            if name in NOT_CUMULATIVE:
+                continue
+            point = m.profile.points.get(name)
+            secondary = getattr(point, "side", "secondary") == "secondary"
+            registers[name] = {"raw": r.raw, "value_old": r.raw * old_mult if secondary else r.raw,
+                               "value_new": r.raw * new_mult if secondary else r.raw, "unit": r.unit}
+        if not registers:
+            reason = f"the meter could not be read at the change: {error or 'no register'}"
+        body: dict[str, Any] = {
+            "meter": m.id, "at": iso_utc(at), "at_epoch": Decimal(repr(at)),
+            "old": {"ct": old_ct, "pt": old_pt, "multiplier": old_mult},
+            "new": {"ct": m.settings.ct_ratio.factor, "pt": m.settings.pt_ratio.factor, "multiplier": new_mult},
+            "read_at": None if read_at is None or not registers else iso_utc(read_at),
+            "registers": registers, "reason": reason,
+        }
+        await self.gw.require_store().write(db.insert_ratio_change, m.id, at, body)
+        self.ratio_changes += 1
+        (log.warning if reason else log.info)("meter %s: CT/PT change recorded at %s%s", m.id, iso_utc(at),
+                                              f" ({reason})" if reason else " with the registers read at it")
 
     # ------------------------------------------------------------------ boundaries
     async def _run(self, started: float) -> None:
@@ -296,14 +372,14 @@ class BillingCapture:
                 return await self._complete_frozen(driver, m, plan, b, timeout, frozen)
         if frozen_only:
             raise _NotFrozen("; ".join(notes) or "the meter has no frozen value for this boundary")
-        regs, now, error = await self._read_live(driver, m, plan, b, timeout, self._live_plan(m, plan))
+        regs, now, error = await self._read_live(driver, m, plan, b.ts, timeout, self._live_plan(m, plan))
         if not regs:
             raise DeviceException(0x02, "no requested data", error or "no register could be read")
         quality = "actual" if now - b.ts <= plan.tolerance_s else "late"
         note = "; ".join(notes) if notes else None
         return Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
 
-    async def _read_live(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
+    async def _read_live(self, driver: Any, m: MeterRuntime, plan: BillingPlan, slot: float, timeout: float,
                          live: tuple[Any, list[str]] | None) -> tuple[dict[str, RegisterValue], float, str | None]:
         """One live read of a compiled plan: (good registers, read time, why none)."""
         if live is None:
@@ -312,7 +388,7 @@ class BillingCapture:
         compiled, _names = live
         results = await driver.read(m.settings.address, compiled, timeout)
         now = self.gw.clock.time()
-        reading = m.builder.build("settlement", b.ts, now, results)
+        reading = m.builder.build("settlement", slot, now, results)
         at_point = reading.points.get("demand_max_kw_at")
         demand_at = str(at_point.raw) if at_point is not None and at_point.quality == "good" else None
         regs: dict[str, RegisterValue] = {}
@@ -354,7 +430,7 @@ class BillingCapture:
         bus = self.gw.settings.buses[m.settings.bus]
         try:
             live, read_at, _err = await self._read_live(
-                driver, m, plan, b, timeout, (compile_plan(bus, m.settings, m.profile, names), names))
+                driver, m, plan, b.ts, timeout, (compile_plan(bus, m.settings, m.profile, names), names))
         except DeviceException as exc:
             return replace(frozen, reason=_join(frozen.reason, f"live read of {', '.join(missing)}: {exc}"))
         regs = dict(frozen.registers)

@@ -17,6 +17,10 @@ Schema (created idempotently)::
         seq INTEGER,                         outbox seq once appended (NULL: not yet published)
         superseded_by INTEGER)               id of the better settlement; NULL for the current one
       unique (meter, boundary) where superseded_by IS NULL: one current settlement per boundary
+    billing_ratio_change(id INTEGER PRIMARY KEY, meter TEXT, at REAL, body TEXT)
+      an audited CT/PT change (see gateway.billing.capture): when the gateway started under the
+      new ratio, old and new ratios, and the registers read at the change (raw, and value
+      under each ratio); registers {} when the meter could not be read then
     billing_meter(meter TEXT, plan TEXT, since REAL, PRIMARY KEY (meter, plan))
       when the gateway first saw the meter on the plan: boundaries after it are caught up
 
@@ -53,6 +57,13 @@ CREATE TABLE IF NOT EXISTS billing_settlement (
 CREATE UNIQUE INDEX IF NOT EXISTS billing_settlement_current
     ON billing_settlement(meter, boundary) WHERE superseded_by IS NULL;
 CREATE INDEX IF NOT EXISTS billing_settlement_meter_boundary ON billing_settlement(meter, boundary);
+CREATE TABLE IF NOT EXISTS billing_ratio_change (
+    id INTEGER PRIMARY KEY,
+    meter TEXT NOT NULL,
+    at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS billing_ratio_change_meter_at ON billing_ratio_change(meter, at);
 CREATE TABLE IF NOT EXISTS billing_meter (
     meter TEXT NOT NULL,
     plan TEXT NOT NULL,
@@ -179,6 +190,54 @@ def attach_history(rows: Iterable[Settlement]) -> list[Settlement]:
     return out
 
 
+def insert_ratio_change(conn: sqlite3.Connection, meter: str, at: float, body: dict[str, Any]) -> int:
+    """Record an audited CT/PT change (never updated or deleted afterwards)."""
+    rid = conn.execute("INSERT INTO billing_ratio_change(meter, at, body) VALUES (?,?,?)",
+                       (meter, at, to_json(body))).lastrowid
+    assert rid is not None
+    return int(rid)
+
+
+def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """The audited CT/PT changes of a meter with ``lo < at < hi``, oldest first."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='billing_ratio_change'").fetchone() \
+            is None:
+        return []
+    out: list[dict[str, Any]] = []
+    for (body,) in conn.execute("SELECT body FROM billing_ratio_change WHERE meter=? AND at>? AND at<? "
+                                "ORDER BY at, id", (meter, lo, hi)):
+        doc = loads_exact(body)
+        assert isinstance(doc, dict)
+        out.append(doc)
+    return out
+
+
+def last_ratio(conn: sqlite3.Connection, meter: str) -> tuple[Any, Any] | None:
+    """(ct, pt) factors the meter was last known under, or None (never read).
+
+    The later of its most recent stored reading and its most recent audited ratio change
+    (a change recorded at a start that no poll followed yet must not be recorded again).
+    """
+    row = conn.execute("SELECT payload, ts FROM outbox WHERE meter=? AND kind='reading' ORDER BY seq DESC LIMIT 1",
+                       (meter,)).fetchone()
+    change = None
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='billing_ratio_change'").fetchone():
+        change = conn.execute("SELECT body, at FROM billing_ratio_change WHERE meter=? ORDER BY at DESC, id DESC "
+                              "LIMIT 1", (meter,)).fetchone()
+    if change is not None and (row is None or float(change[1]) >= float(row[1])):
+        doc = loads_exact(change[0])
+        new = doc.get("new") if isinstance(doc, dict) else None
+        if isinstance(new, dict):
+            return new.get("ct"), new.get("pt")
+    if row is None:
+        return None
+    doc = loads_exact(row[0])
+    mult = doc.get("multiplier") if isinstance(doc, dict) else None
+    if not isinstance(mult, dict):
+        return None
+    return mult.get("ct"), mult.get("pt")
+
+
 def meters_since(conn: sqlite3.Connection) -> dict[tuple[str, str], float]:
     """(meter, plan) → when the gateway first saw the meter on that plan."""
     return {(m, p): float(s) for m, p, s in conn.execute("SELECT meter, plan, since FROM billing_meter")}
@@ -208,7 +267,10 @@ __all__ = [
     "for_meter",
     "for_meters",
     "insert_if_better",
+    "insert_ratio_change",
+    "last_ratio",
     "meters_since",
+    "ratio_changes",
     "remember_meters",
     "set_seq",
     "settled_boundaries",

@@ -27,6 +27,7 @@ register, flagged when a stage is incomplete or the sums disagree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal
@@ -146,14 +147,48 @@ class StageConsumption:
     flags: tuple[str, ...] = ()
 
 
+def _mult(doc: Any) -> Decimal | None:
+    m = doc.get("multiplier") if isinstance(doc, dict) else None
+    return None if m is None else Decimal(m)
+
+
+def _split(name: str, a: Decimal, b: Decimal, changes: Sequence[dict[str, Any]]) -> Decimal | None:
+    """Σ over the ratio segments of (value at segment end − value at segment start), each under its ratio.
+
+    ``a`` is the start register under the first ratio, ``b`` the end register under the last;
+    each change holds the register read at the change under the old ratio (``value_old``)
+    and the new one (``value_new``). None when a change has no reading of ``name``.
+    """
+    total = Decimal(0)
+    prev = a
+    for c in changes:
+        reg = (c.get("registers") or {}).get(name)
+        if not isinstance(reg, dict) or reg.get("value_old") is None or reg.get("value_new") is None:
+            return None
+        total += Decimal(reg["value_old"]) - prev
+        prev = Decimal(reg["value_new"])
+    return total + (b - prev)
+
+
 def stage_consumption(
     stage: int, start: float, end: float, first: Settlement | None, last: Settlement | None,
-    registers: tuple[str, ...] | list[str],
+    registers: tuple[str, ...] | list[str], changes: Sequence[dict[str, Any]] = (),
 ) -> StageConsumption:
-    """Consumption of one stage from its two boundary settlements (pure, exact)."""
+    """Consumption of one stage from its two boundary settlements (pure, exact).
+
+    ``changes``: the audited CT/PT changes of the meter (``billing_ratio_change`` bodies,
+    oldest first); those strictly inside the stage split it. For each register, when every
+    change carries the register read at the change, consumption = Σ per segment of
+    (register at the segment's end − at its start) × the segment's CT × PT, i.e. with one
+    change (reading at change − start) × old + (end − reading at change) × new, exactly. A
+    change without that reading (the meter did not answer then) leaves the register's
+    consumption withheld and flagged, as does a CT/PT difference between the ends that no
+    recorded change explains.
+    """
     flags: list[str] = []
     cons: dict[str, Decimal | None] = {}
     names = [r for r in registers if r not in NOT_CUMULATIVE]
+    inside = [c for c in changes if start < float(c.get("at_epoch", 0)) < end]
     usable = (first is not None and last is not None and first.quality != "missing"
               and last.quality != "missing")
     if first is None or first.quality == "missing":
@@ -162,24 +197,35 @@ def stage_consumption(
         flags.append("end settlement missing")
     if usable:
         assert first is not None and last is not None
-        if first.multiplier != last.multiplier:
-            flags.append(f"CT/PT changed within the stage (multiplier {first.multiplier} → {last.multiplier}); "
-                         "the register difference cannot be priced with one ratio")
+        chain = [first.multiplier, *(m for c in inside for m in (_mult(c.get("old")), _mult(c.get("new")))),
+                 last.multiplier]
+        consistent = all(chain[i] == chain[i + 1] for i in range(0, len(chain), 2))
+        if not consistent:
+            flags.append(f"CT/PT changed within the stage (multiplier {first.multiplier} → {last.multiplier}) "
+                         "and no recorded ratio change explains it; the register difference cannot be priced "
+                         "with one ratio")
             usable = False
+        for c in inside:
+            flags.append(f"CT/PT changed at {c.get('at')} (multiplier {_mult(c.get('old'))} → "
+                         f"{_mult(c.get('new'))}): consumption split at the reading taken at the change")
     a = first.registers() if first is not None else {}
     b = last.registers() if last is not None else {}
     for name in names:
         if usable and name in a and name in b:
-            d = b[name] - a[name]
+            d = _split(name, a[name], b[name], inside) if inside else b[name] - a[name]
             cons[name] = d
+            if d is None:
+                flags.append(f"{name}: no reading at the CT/PT change, consumption withheld")
+                continue
             if d < 0:
                 flags.append(f"{name} went down across the stage ({a[name]} → {b[name]})")
         elif name in a or name in b:
             cons[name] = None
-    one_end = [n for n, v in cons.items() if v is None and usable]
+    one_end = [n for n, v in cons.items() if v is None and usable and not (n in a and n in b)]
     if one_end:
         flags.append("only one end has " + ", ".join(one_end) + " (the other end's source does not carry it)")
-    complete = usable and any(v is not None for v in cons.values())
+    complete = usable and any(v is not None for v in cons.values()) and not any(
+        v is None and n in a and n in b for n, v in cons.items())
     for s, end_name in ((first, "start"), (last, "end")):
         if s is None:
             continue

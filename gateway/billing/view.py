@@ -1,5 +1,8 @@
 """One meter's billing cycle as billing sees it: settlements, stage consumption, reconciliation.
 
+Audited CT/PT changes inside the cycle are listed (``ratio_changes``) and split the stage
+consumption they fall in (:func:`gateway.billing.settlement.stage_consumption`).
+
 Shared by ``GET /api/v1/meters/{id}/settlements`` and ``amr-gateway export settlements``, so
 the JSON, the CSV and the export say the same thing.
 """
@@ -74,9 +77,10 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
             item.update({"registers": {}, "estimated_from": [], "seq": None, "stored_at": None, "history": []})
         items.append(item)
     regs = list(plan.registers)
-    stages = [stage_consumption(k, c.boundaries[k - 1], c.boundaries[k], current[k - 1], current[k], regs)
+    changes = db.ratio_changes(conn, meter, c.start, c.end) if db.table_exists(conn) else []
+    stages = [stage_consumption(k, c.boundaries[k - 1], c.boundaries[k], current[k - 1], current[k], regs, changes)
               for k in range(1, c.stages + 1)]
-    total = stage_consumption(0, c.start, c.end, current[0], current[-1], regs)
+    total = stage_consumption(0, c.start, c.end, current[0], current[-1], regs, changes)
     rec = reconcile(stages, total)
     return {
         "meter": meter,
@@ -86,6 +90,7 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
         "start": iso_utc(c.start),
         "end": iso_utc(c.end),
         "settlements": items,
+        "ratio_changes": [{k: ch.get(k) for k in RATIO_CHANGE_FIELDS} for ch in changes],
         "stages": [_stage_doc(st) for st in stages],
         "cycle_total": _stage_doc(total),
         "reconciliation": {
@@ -96,6 +101,9 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
         },
     }
 
+
+#: What the view shows of an audited CT/PT change (``billing_ratio_change``).
+RATIO_CHANGE_FIELDS: Final = ("at", "old", "new", "read_at", "registers", "reason")
 
 SETTLEMENT_CSV: Final = (
     "meter", "plan", "cycle", "boundary_index", "role", "boundary", "current", "revision", "quality", "source",

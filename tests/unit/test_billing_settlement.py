@@ -109,3 +109,51 @@ def test_interval_before_any_good_reading_is_missing_and_ratio_change_is_not_dif
     other = End(900.0, 902.0, 9, {"energy_import_kwh": D("5")}, (D(40), D(1)))
     out = compute_intervals([0.0], {0.0: 900.0}, {0.0: _end(0, "1"), 900.0: other}, None, ["energy_import_kwh"])
     assert out[0].status == "missing" and "CT/PT" in (out[0].note or "")
+
+
+def _change(at: float, old: str, new: str, regs: dict[str, str]) -> dict[str, object]:
+    return {"at": f"t{at}", "at_epoch": D(repr(at)), "old": {"multiplier": D(old)}, "new": {"multiplier": D(new)},
+            "registers": {k: {"raw": D(v), "value_old": D(v) * D(old), "value_new": D(v) * D(new)}
+                          for k, v in regs.items()}}
+
+
+def test_a_ratio_change_inside_a_stage_splits_its_consumption_exactly() -> None:
+    names = ["energy_import_kwh", "energy_export_kwh"]
+    a = _settlement(0, 0.0, "meter_frozen", {"energy_import_kwh": "1000.01", "energy_export_kwh": "5.00"}, "6000")
+    z = _settlement(2, 20.0, "actual", {"energy_import_kwh": "1300.07", "energy_export_kwh": "5.50"}, "12000")
+    mid = _settlement(1, 10.0, "actual", {"energy_import_kwh": "1200.00", "energy_export_kwh": "5.20"}, "12000")
+    change = _change(4.0, "6000", "12000", {"energy_import_kwh": "1100.03", "energy_export_kwh": "5.10"})
+    st = stage_consumption(1, 0.0, 10.0, a, mid, names, [change])
+    assert st.consumption == {
+        "energy_import_kwh": (D("1100.03") - D("1000.01")) * 6000 + (D("1200.00") - D("1100.03")) * 12000,
+        "energy_export_kwh": (D("5.10") - D("5.00")) * 6000 + (D("5.20") - D("5.10")) * 12000,
+    }
+    assert st.complete and len(st.flags) == 1 and "split at the reading taken at the change" in st.flags[0]
+    # the next stage does not see the change; the cycle total splits the same way and reconciles
+    st2 = stage_consumption(2, 10.0, 20.0, mid, z, names, [change])
+    assert st2.consumption["energy_import_kwh"] == (D("1300.07") - D("1200.00")) * 12000 and st2.flags == ()
+    total = stage_consumption(0, 0.0, 20.0, a, z, names, [change])
+    rec = reconcile([st, st2], total)
+    assert rec.stage_sum == rec.cycle_consumption and not any("stages sum" in f for f in rec.flags)
+
+
+def test_a_ratio_change_without_a_reading_at_it_stays_withheld_and_flagged() -> None:
+    names = ["energy_import_kwh", "energy_export_kwh"]
+    a = _settlement(0, 0.0, "meter_frozen", {"energy_import_kwh": "1000.01", "energy_export_kwh": "5.00"}, "6000")
+    b = _settlement(1, 10.0, "actual", {"energy_import_kwh": "1200.00", "energy_export_kwh": "5.20"}, "12000")
+    unread = _change(4.0, "6000", "12000", {})
+    st = stage_consumption(1, 0.0, 10.0, a, b, names, [unread])
+    assert st.consumption == {"energy_import_kwh": None, "energy_export_kwh": None} and not st.complete
+    assert any("energy_import_kwh: no reading at the CT/PT change" in f for f in st.flags)
+    partial = _change(4.0, "6000", "12000", {"energy_import_kwh": "1100.03"})
+    st = stage_consumption(1, 0.0, 10.0, a, b, names, [partial])
+    assert st.consumption["energy_import_kwh"] is not None and st.consumption["energy_export_kwh"] is None
+    assert not st.complete
+    # no recorded change at all, or one that does not match the ends' ratios: withheld as before
+    for changes in ([], [_change(4.0, "3000", "12000", {"energy_import_kwh": "1100.03"})]):
+        st = stage_consumption(1, 0.0, 10.0, a, b, names, changes)
+        assert set(st.consumption.values()) == {None} and not st.complete
+        assert any("no recorded ratio change explains it" in f for f in st.flags)
+    # a change outside the stage does not count
+    st = stage_consumption(1, 0.0, 10.0, a, b, names, [_change(12.0, "6000", "12000", {"energy_import_kwh": "1"})])
+    assert any("no recorded ratio change explains it" in f for f in st.flags)

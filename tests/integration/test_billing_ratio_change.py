@@ -1,0 +1,134 @@
+"""A CT/PT ratio change inside a stage: audited, read at the change, consumption split there.
+
+Real peers on loopback (two Modbus TCP and two DL/T 645 TCP simulators, SQLite on disk) on
+an accelerated clock that holds at the boundaries and at the change. The plan's stages are
+shortened (``stages: [11, 12]``) so stage 2 is one day, 2026-12-11 → 12. At 06:00 on Dec 11
+the gateway is restarted with meter ``d1``'s CT changed from 300/5 to 600/5 (CT×PT 6000 →
+12000), as an engineer would after swapping the CTs:
+
+* the new gateway records the change once (old and new ratio, when) and reads ``d1`` at the
+  change (the clock holds there, so the reading is the meter model at that instant);
+* stage 2 of ``d1`` = (register at change − start) × 6000 + (end − register at change) ×
+  12000 per cumulative register, exactly, with both ends ``meter_frozen``; the stage is
+  complete and names the change in its flags; the other meters are untouched;
+* a restart without a further change records nothing new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from gateway.billing import view
+from gateway.billing.capture import BillingCapture
+from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
+from gateway.billing.settlement import NOT_CUMULATIVE
+from gateway.config import load_settings_from_text
+from gateway.demo import free_port
+from gateway.model import parse_iso
+from gateway.runtime import Gateway
+from gateway.settings import Settings
+from gateway.simulator.fleet import SimulatedFleet
+
+SH = ZoneInfo("Asia/Shanghai")
+B1 = datetime(2026, 12, 11, tzinfo=SH).timestamp()
+TC = datetime(2026, 12, 11, 6, tzinfo=SH).timestamp()
+B2 = datetime(2026, 12, 12, tzinfo=SH).timestamp()
+
+
+async def until(what: Callable[[], bool], real_s: float) -> bool:
+    deadline = time.monotonic() + real_s
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        await asyncio.sleep(0.05)
+    return what()
+
+
+def settled(cap: BillingCapture, t: float) -> bool:
+    got = {m: k.quality for (m, b), k in cap.current.items() if b == t}
+    return len(got) == 4 and all(q in ("meter_frozen", "actual") for q in got.values())
+
+
+def load(text: str, tmp: Path) -> Settings:
+    return load_settings_from_text(text, str(tmp / "config.yaml"), tmp, {})
+
+
+async def test_ratio_change_inside_a_stage_splits_consumption_at_the_reading_taken_at_it(tmp_path: Path) -> None:
+    text = rehearsal_config_text(tmp_path, api_port=free_port()).replace("stages: [11, 21]", "stages: [11, 12]")
+    assert "ct_ratio: 300/5" in text
+    (tmp_path / "config.yaml").write_text(text)
+    before, after = load(text, tmp_path), load(text.replace("ct_ratio: 300/5", "ct_ratio: 600/5"), tmp_path)
+    assert (before.meters["d1"].multiplier, after.meters["d1"].multiplier) == (Decimal(6000), Decimal(12000))
+    clock = HoldingClock(B1 - 600, 600.0, [B1, TC, B2])
+    fleet = SimulatedFleet(before, clock, seed=7)
+    await fleet.start()
+    try:
+        gw = Gateway(before, clock, enable_sinks=False, enable_api=False)
+        await gw.start()
+        try:
+            cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+            assert await until(lambda: clock.holding == B1 and settled(cap, B1), 30.0)
+            assert cap.ratio_changes == 0
+            clock.release()
+            clock.set_rate(20_000.0)
+            assert await until(lambda: clock.holding == TC, 30.0)
+        finally:
+            await gw.stop()
+        gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # the engineer's new configuration
+        await gw.start()
+        try:
+            cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+            assert await until(lambda: cap.ratio_changes == 1, 30.0)
+            clock.release()
+            assert await until(lambda: clock.holding == B2 and settled(cap, B2), 40.0), \
+                {m: k.quality for (m, b), k in cap.current.items() if b == B2}
+        finally:
+            await gw.stop()
+        gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # a restart without a change
+        await gw.start()
+        again = next(e for e in gw.extensions if isinstance(e, BillingCapture)).ratio_changes
+        await gw.stop()
+    finally:
+        await fleet.stop()
+    assert again == 0
+
+    conn = sqlite3.connect(gw.store_path)
+    try:
+        plan = after.billing["plan"]
+        docs = {m: view.cycle_view(conn, m, plan, "2026-12", "Asia/Shanghai", B2 + 60) for m in after.meters}
+        n_changes = conn.execute("SELECT count(*) FROM billing_ratio_change").fetchone()[0]
+    finally:
+        conn.close()
+    assert n_changes == 1
+
+    d1 = docs["d1"]
+    (change,) = d1["ratio_changes"]
+    assert parse_iso(change["at"]) == TC and parse_iso(change["read_at"]) == TC
+    assert (change["old"]["multiplier"], change["new"]["multiplier"]) == (6000, 12000)
+    assert change["reason"] is None
+    model = fleet.model("d1")
+    r_b1, r_tc, r_b2 = model.values_at(B1), model.values_at(TC), model.values_at(B2)
+    stage2 = d1["stages"][1]
+    assert (stage2["start_quality"], stage2["end_quality"]) == ("meter_frozen", "meter_frozen")
+    assert stage2["complete"]
+    assert any("split at the reading taken at the change" in f for f in stage2["flags"])
+    cumulative = [n for n in plan.registers if n not in NOT_CUMULATIVE]
+    assert set(stage2["consumption"]) == set(cumulative)
+    for name in cumulative:
+        assert change["registers"][name]["raw"] == r_tc[name], name
+        want = (r_tc[name] - r_b1[name]) * 6000 + (r_b2[name] - r_tc[name]) * 12000
+        assert stage2["consumption"][name] == want, name
+    assert stage2["consumption"]["energy_import_kwh"] > 0
+    assert d1["stages"][0]["end_quality"] == "meter_frozen"
+
+    for m in ("m1", "m2", "d2"):                    # untouched
+        assert docs[m]["ratio_changes"] == []
+        st = docs[m]["stages"][1]
+        assert st["complete"] and st["flags"] == [], (m, st["flags"])
