@@ -19,6 +19,11 @@ How it fits the gateway
   3. a **live read** of the plan's registers → ``actual`` when it finished within the
      plan's tolerance after the boundary, ``late`` after it (with the real read time).
 
+  A meter_frozen settlement holds what the meter froze (active energy per tariff, and where
+  the meter freezes them reactive energy and maximum demand with its time); registers it does
+  not freeze come from a live read at the boundary, each marked ``actual`` (see
+  :meth:`BillingCapture._complete_frozen`).
+
   A meter that does not answer gives a ``missing`` settlement at once (billing sees the
   gap immediately, never a silent hole); the capture then retries with exponential backoff
   (60 s … 15 min of gateway time) and at once when the meter's next good poll shows it is
@@ -34,6 +39,9 @@ How it fits the gateway
   then appended to the outbox as ``amr.settlement.v1`` (MQTT publishes it on
   ``…/meters/{meter}/settlement``), then its ``seq`` is recorded. Rows a crash left
   unpublished are published at the next start.
+* On start it **audits CT/PT changes**: a meter whose configured ratio differs from the one
+  it was last read under gets a ``billing_ratio_change`` record and a reading at the change
+  (see :meth:`BillingCapture._check_ratio`).
 * On start it **catches up**: every boundary since the meter was first seen on its plan
   whose settlement is absent or ``missing`` (the gateway was down, say) is captured.
 * The observer adds ``reading.extra["billing"]`` to every reading of a meter on a plan:

@@ -19,8 +19,9 @@ A better settlement supersedes a worse one; both stay in the history (never rewr
 **Stage consumption** per register = value(end) − value(start), where value = register ×
 CT × PT (for registers the meter shows on the secondary side), so it is exactly
 (end − start) × CT × PT in Decimal arithmetic. Both ends' qualities travel with it. When
-the two ends were taken under different CT/PT ratios the difference has no meaning (the
-ratio changed inside the stage) and the consumption is withheld and flagged.
+the ratio changed inside the stage, the audited change record (with the registers read at
+the change) splits it: (at change − start) × old + (end − at change) × new; without such a
+record or reading the consumption is withheld and flagged.
 **Reconciliation**: Σ stage consumption = cycle consumption (end − start of the cycle) per
 register, flagged when a stage is incomplete or the sums disagree.
 """
