@@ -86,6 +86,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+_VENV_SCRIPT = Path(sys.executable).with_name("amr-gateway")
+# the console script next to this interpreter: a venv's bin need not be on PATH
+AMR_GATEWAY = str(_VENV_SCRIPT) if _VENV_SCRIPT.exists() else "amr-gateway"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -514,7 +517,7 @@ EXPERIMENTS = ("gc-freeze:S", "review-save:S", "no-review")
 def gateway_argv(experiments: str | None) -> list[str]:
     """``amr-gateway``, or (experiments) the same CLI behind a wrapper that patches it first."""
     if not experiments:
-        return ["amr-gateway"]
+        return [AMR_GATEWAY]
     return [sys.executable, "-c", EXPERIMENT_WRAPPER, experiments]
 
 
@@ -575,7 +578,7 @@ class Bench:
         self.pdus = plan_pdus(sim_cfg)
         log = self.tmp / "simulator.log"
         t = time.monotonic()
-        self.sim = self.procs.start(["amr-gateway", "--log-level", "warning", "simulate", "-c", str(sim_cfg)], log,
+        self.sim = self.procs.start([AMR_GATEWAY, "--log-level", "warning", "simulate", "-c", str(sim_cfg)], log,
                                     nofile=nofile)
         deadline = t + 180
         while b"simulating;" not in log.read_bytes():
