@@ -29,6 +29,7 @@ log = logging.getLogger("amr.runtime")
 
 STORE_FILE = "amr-gateway.sqlite"
 TCP_CONCURRENCY_LIMIT = 512
+STOP_PART_S = 15.0  # the longest one component (an extension, the polling tasks) may take to stop
 
 
 def build_meters(settings: Settings) -> dict[str, MeterRuntime]:
@@ -227,11 +228,19 @@ class Gateway:
         for ext in reversed(self.extensions):
             stop = getattr(ext, "stop", None)
             if stop is not None:
-                with contextlib.suppress(Exception):
-                    await stop()
+                try:
+                    async with asyncio.timeout(STOP_PART_S):
+                        await stop()
+                except TimeoutError:
+                    log.error("%s did not stop within %.0f s; stopping the rest", type(ext).__name__, STOP_PART_S)
+                except Exception:
+                    log.exception("%s failed to stop cleanly", type(ext).__name__)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_PART_S)
+            for task in stuck:
+                log.error("task %s ignored its cancellation for %.0f s; leaving it", task.get_name(), STOP_PART_S)
         self._tasks.clear()
         if self.store is not None:
             with contextlib.suppress(Exception):

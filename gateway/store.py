@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from gateway.aio import wait_event
 from gateway.errors import StoreError
 from gateway.model import Reading, loads_exact, reading_payload, to_json
 from gateway.settings import StoreSettings
@@ -469,9 +470,7 @@ class Store:
             if remaining <= 0:
                 return False
             self._new_data.clear()
-            try:
-                await asyncio.wait_for(self._new_data.wait(), remaining)
-            except TimeoutError:
+            if not await wait_event(self._new_data, remaining):
                 return self._last_seq > after_seq
         return True
 

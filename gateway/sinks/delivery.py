@@ -33,6 +33,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from gateway.aio import wait_event
 from gateway.clock import Clock, SystemClock
 from gateway.errors import SinkError
 from gateway.settings import Settings
@@ -185,8 +186,7 @@ class SinkRunner:
             if remaining <= 0:
                 return False
             self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), remaining)
+            await wait_event(self._progress, remaining)
         return True
 
     # ------------------------------------------------------------------ health and metrics
@@ -326,8 +326,7 @@ class SinkRunner:
             delay = self.backoff.next()
         self.retry_in_s = round(delay, 3)
         self._set_state(state, str(error))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
+        await wait_event(self._stop, delay)
 
     async def _pump(self, s: _Session) -> None:
         """Read pages in seq order (prefetching the next) and keep the window full."""
@@ -368,8 +367,7 @@ class SinkRunner:
                             self.name, s.tracker.outstanding)
                 return
             s.room.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(s.room.wait(), remaining)
+            await wait_event(s.room, remaining)
 
     # ------------------------------------------------------------------ acknowledgements
     def _acked(self, s: _Session, seqs: Iterable[int], *, rejected: bool) -> None:

@@ -47,6 +47,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
+from gateway.aio import wait_event
 from gateway.errors import SinkError
 from gateway.settings import InfluxSettings
 from gateway.sinks.base import Reporter, SinkAuthError
@@ -207,8 +208,7 @@ class InfluxSink:
                 if remaining <= 0:
                     break
                 self._kick.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), remaining)
+                await wait_event(self._kick, remaining)
             rows = self._batch[: self.batch_size]
             self._batch = self._batch[self.batch_size:]
             self._first_at = time.monotonic()
