@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -69,9 +70,32 @@ class Reading:
     seq: int | None = None
 
 
+_ISO_SECONDS: dict[int, str] = {}  # whole epoch second -> "YYYY-MM-DDTHH:MM:SS" (bounded below)
+
+
 def iso_utc(epoch: float) -> str:
-    """Format epoch seconds as an ISO-8601 UTC timestamp with millisecond precision."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Format epoch seconds as an ISO-8601 UTC timestamp with millisecond precision.
+
+    Every reading is stamped twice (``ts`` and ``slot``), so this is on the hot path: the
+    text of the whole second is cached and the microseconds are rounded exactly as
+    ``datetime.fromtimestamp`` rounds them (half-even), then truncated to milliseconds as
+    ``isoformat(timespec="milliseconds")`` does — the same text, about four times faster.
+    """
+    frac, whole = math.modf(epoch)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole += 1
+        us -= 1_000_000
+    elif us < 0:
+        whole -= 1
+        us += 1_000_000
+    sec = int(whole)
+    text = _ISO_SECONDS.get(sec)
+    if text is None:
+        if len(_ISO_SECONDS) >= 4096:
+            _ISO_SECONDS.clear()
+        text = _ISO_SECONDS[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{text}.{us // 1000:03d}Z"
 
 
 def parse_iso(text: str) -> float:

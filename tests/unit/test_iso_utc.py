@@ -1,0 +1,28 @@
+"""``iso_utc`` is a cached fast path: it must give exactly ``datetime``'s text."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+from gateway.model import iso_utc, parse_iso
+
+
+def reference(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_iso_utc_matches_datetime_on_random_and_boundary_times() -> None:
+    rng = random.Random(645)
+    times = [1.7e9 + rng.random() * 1e8 for _ in range(20_000)]
+    times += [1_764_300_000 + k / 1000 for k in range(2_000)]          # every millisecond of 2 s
+    times += [1_764_300_000 + k / 1000 + 0.0004995 for k in range(1_000)]  # next to a rounding edge
+    times += [0.0, 0.0005, 0.9999995, 999_999_999.9999995, -1.5, -0.0000004, 4_102_444_800.25]
+    bad = [(t, iso_utc(t), reference(t)) for t in times if iso_utc(t) != reference(t)]
+    assert bad == []
+
+
+def test_iso_utc_round_trips_through_parse_iso_to_the_millisecond() -> None:
+    for t in (1_764_300_000.123, 1_764_345_599.999, 1_767_225_600.0):
+        assert abs(parse_iso(iso_utc(t)) - t) < 0.0005
+    assert iso_utc(1_767_225_600.0) == "2026-01-01T00:00:00.000Z"
