@@ -442,6 +442,11 @@ def raise_condition(
     out.append(RuleEvent(etype, "raised", key, ts, message, evidence))
 
 
+def is_raised(state: MeterState, etype: str, key: str) -> bool:
+    """Whether (type, key) is raised: a normal evaluation only matters then (evidence is built lazily)."""
+    return (etype, key) in state.active
+
+
 def normal_cycle(
     state: MeterState, out: list[RuleEvent], etype: str, key: str, ts: float, needed: int,
     message: str, evidence: dict[str, object],
@@ -460,13 +465,19 @@ def normal_cycle(
 
 def mean_power(state: MeterState, start: float, end: float, max_age_s: float) -> tuple[Decimal, int] | None:
     """Mean of the power samples in [start, end], else the latest within ``max_age_s``."""
-    inside = [p for t, p in state.power if start <= t <= end]
+    inside: list[Decimal] = []
+    latest: Decimal | None = None
+    for t, p in reversed(state.power):   # newest first; samples are appended in time order
+        if t > end:
+            continue
+        if t < start:
+            if latest is None and end - t <= max_age_s:
+                latest = p
+            break
+        inside.append(p)
     if inside:
         return sum(inside, _ZERO) / len(inside), len(inside)
-    before = [(t, p) for t, p in state.power if t <= end and end - t <= max_age_s]
-    if before:
-        return before[-1][1], 1
-    return None
+    return None if latest is None else (latest, 1)
 
 
 def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -> EnergyInterval | None:
@@ -611,11 +622,12 @@ def meter_stopped(
         state.stopped_expected = _ZERO
         state.stopped_unknown_power = False
         state.dirty = True
-        normal_cycle(
-            state, out, "meter_stopped", name, obs.ts, th.clear_after_normal_cycles,
-            f"{name} of meter {obs.meter} advances again ({iv.end.reg.value})",
-            {"register": name, **iv.evidence()},
-        )
+        if is_raised(state, "meter_stopped", name):
+            normal_cycle(
+                state, out, "meter_stopped", name, obs.ts, th.clear_after_normal_cycles,
+                f"{name} of meter {obs.meter} advances again ({iv.end.reg.value})",
+                {"register": name, **iv.evidence()},
+            )
         return out
     ref = state.stopped_ref or iv.start
     state.stopped_ref = ref
@@ -665,12 +677,17 @@ def meter_fast(
         return out
     name = th.energy_register
     adj = max(iv.delta - iv.step, _ZERO)
-    base: dict[str, object] = {"register": name, **iv.evidence(), "register_step": iv.step}
+    raised = is_raised(state, "meter_fast", name)
     if ctx.rated_kw is not None:
         limit = ctx.rated_kw * th.fast_rated_margin * iv.seconds / _HOUR
-        ev = {**base, "mode": "rated", "rated_power_kw": ctx.rated_kw, "margin": th.fast_rated_margin,
-              "limit_kwh": limit}
-        if adj > limit:
+        fast = adj > limit
+        if not fast and not raised:
+            return out
+        ev: dict[str, object] = {
+            "register": name, **iv.evidence(), "register_step": iv.step, "mode": "rated",
+            "rated_power_kw": ctx.rated_kw, "margin": th.fast_rated_margin, "limit_kwh": limit,
+        }
+        if fast:
             raise_condition(
                 state, out, "meter_fast", name, obs.ts,
                 f"{name} of meter {obs.meter} advanced {iv.delta} kWh in {iv.seconds} s; rated power "
@@ -689,10 +706,14 @@ def meter_fast(
     if expected < th.fast_min_expected_kwh:
         return out
     ratio = adj / expected
-    ev = {**base, "mode": "measured_power", "mean_power_kw": power, "power_samples": samples,
+    fast = ratio > th.fast_over_tolerance_ratio
+    if not fast and not raised:
+        return out
+    ev = {"register": name, **iv.evidence(), "register_step": iv.step, "mode": "measured_power",
+          "mean_power_kw": power, "power_samples": samples,
           "expected_kwh": expected, "ratio": ratio.quantize(Decimal("0.001")),
           "over_tolerance_ratio": th.fast_over_tolerance_ratio, "runaway_ratio": th.fast_runaway_ratio}
-    if ratio > th.fast_over_tolerance_ratio:
+    if fast:
         runaway = ratio > th.fast_runaway_ratio
         ev["erc"] = 29 if runaway else 28
         ev["level"] = "runs_too_fast" if runaway else "over_tolerance"
@@ -833,13 +854,16 @@ def phase_loss(
             others_normal = lo > 0 and lo >= th.phase_normal_fraction * hi
         if ref <= 0:
             continue
+        lost = v[ph] < th.phase_loss_fraction * ref and others_normal
+        if not lost and not is_raised(state, "phase_loss", ph):
+            continue
         ratio = (v[ph] / ref).quantize(Decimal("0.0001"))
         ev: dict[str, object] = {
             "phase": ph, "voltage_v": v[ph], "voltages_v": {p: v[p] for p in PHASES},
             "reference_v": ref, "reference": "nominal" if ctx.nominal_v is not None else "other_phases",
             "ratio": ratio, "loss_fraction": th.phase_loss_fraction, "normal_fraction": th.phase_normal_fraction,
         }
-        if v[ph] < th.phase_loss_fraction * ref and others_normal:
+        if lost:
             raise_condition(state, out, "phase_loss", ph, obs.ts,
                             f"meter {obs.meter} lost phase {ph.upper()}: {v[ph]} V against {ref:.1f} V", ev)
         elif v[ph] >= th.phase_normal_fraction * ref and others_normal:
