@@ -46,10 +46,14 @@ class Scheduler:
         self.paused: dict[str, int] = dict.fromkeys(schedules, 0)
         self.last_slot: dict[str, float] = {}
         self._paused_logged: set[str] = set()
+        self._members: dict[str, list[MeterRuntime]] = {}
 
     def members(self, schedule: str) -> list[MeterRuntime]:
-        """The meters polled by a schedule."""
-        return [m for m in self.meters.values() if schedule in m.plans]
+        """The meters polled by a schedule (computed once: every slot of every schedule asks)."""
+        got = self._members.get(schedule)
+        if got is None:
+            got = self._members[schedule] = [m for m in self.meters.values() if schedule in m.plans]
+        return got
 
     def next_slot_after(self, sched: ScheduleSettings, t: float, start: float) -> float:
         """The slot that follows ``t`` for this schedule."""
