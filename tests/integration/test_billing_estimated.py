@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,11 @@ SH = ZoneInfo("Asia/Shanghai")
 TOKEN = "billing-estimated-token"
 REPO = Path(__file__).resolve().parents[2]
 FLAKY = ("d1", "m2")
+
+
+def shown(name: str, v: Decimal) -> Decimal:
+    """A model register as the DL/T 645 meter displays it: maximum demand is XX.XXXX (half-up)."""
+    return v.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP) if name == "demand_max_kw" else v
 
 
 def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
@@ -249,7 +254,8 @@ async def test_flaky_meter_across_a_boundary_estimated_only_when_allowed(tmp_pat
         assert after["estimated_from"] == []
         if after["quality"] == "meter_frozen":
             frozen = fleet.model(m).frozen_daily(datetime.fromtimestamp(b, SH).date())
-            assert all(reg["raw"] == frozen[n] for n, reg in after["registers"].items())
+            assert all(reg["raw"] == shown(n, frozen[n]) for n, reg in after["registers"].items())
+            assert "demand_max_kw" in after["registers"] and "energy_import_kvarh" in after["registers"]
 
     conn = sqlite3.connect(gw.store_path)
     try:
