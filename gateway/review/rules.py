@@ -141,6 +141,11 @@ class ReviewThresholds:
     #: Consumption below this (kWh, primary side) is never a jump (a near-zero median
     #: would otherwise flag noise).
     jump_min_kwh: Decimal = Decimal(1)
+    #: Schedules polled more often than this (seconds) are not judged by the jump rule nor
+    #: kept as its history: the 环比 comparison is made on load-profile intervals (15 min
+    #: and longer), and a same-slot history of 1-second readings would hold 86,400 slots a
+    #: day per meter.
+    jump_min_interval_s: float = 900.0
 
     # clock_deviation (ERC12) ------------------------------------------------------------
     #: 校时阈值: |meter clock − gateway clock| above this (seconds) raises; 0 disables.
@@ -746,6 +751,8 @@ def consumption_jump(
     out: list[RuleEvent] = []
     if iv is None or not iv.adjacent or iv.delta < 0 or obs.interval_s is None:
         return out
+    if obs.interval_s < th.jump_min_interval_s:
+        return out
     name = th.energy_register
     start_slot = iv.start.slot
     key = local_second_of_day(start_slot, ctx.tz)
@@ -932,7 +939,23 @@ def evaluate(
         if state.stopped_ref is None:
             state.stopped_ref = state.energy
         state.dirty = True
+    prune_power(state)
     return events, errors
+
+
+def prune_power(state: MeterState) -> None:
+    """Forget power samples no future energy interval can use.
+
+    The next interval starts at the last energy value, so only samples from then on count,
+    plus the latest one before it (the fallback when none falls inside). Without this every
+    meter polled each second carried 256 samples (≈ 40 MB at 1,000 meters).
+    """
+    if state.energy is None:
+        return
+    since = state.energy.ts
+    power = state.power
+    while len(power) > 1 and power[1][0] <= since:
+        power.popleft()
 
 
 def rated_power_kw(

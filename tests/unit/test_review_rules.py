@@ -366,3 +366,23 @@ def test_thresholds_are_checked() -> None:
         ReviewThresholds(read_failure_after=0)
     off = ReviewThresholds(enabled=False, read_failure_after=1)
     assert evaluate(MeterState(), obs(0, failed=True), CTX, off) == ([], [])
+
+
+def test_consumption_jump_ignores_schedules_faster_than_min_interval() -> None:
+    st = MeterState()
+    t = T0 + 10 * 3600
+    for k in range(5):                                   # 1-second readings, 1 kWh each
+        assert run(st, obs(0, energy=D(100 + k), slot=t + k, every=1.0)) == []
+    assert st.history == {} and st.new_intervals == []
+
+
+def test_power_samples_older_than_the_last_energy_value_are_forgotten() -> None:
+    st = MeterState()
+    for k in range(300):
+        run(st, obs(k, energy=D(100 + k), power="40"))
+    assert len(st.power) <= 2                            # not 256
+    assert st.energy is not None and st.power[-1][0] == st.energy.ts
+    st2 = MeterState()
+    for k in range(5):
+        run(st2, obs(k, power="40"))                     # no energy register: kept (capped)
+    assert len(st2.power) == 5
