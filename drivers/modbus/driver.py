@@ -24,10 +24,11 @@ raised (retries are the caller's); after a TransportError the next call reconnec
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
 from drivers.modbus.decode import decode_bytes
-from drivers.modbus.plan import PlannedPoint, ReadPlan, ReadRequest, compile_plan
+from drivers.modbus.plan import DecodeStep, ReadPlan, ReadRequest, compile_plan
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from drivers.modbus.timing import char_time, t35
 from drivers.modbus.transport import Link, RtuLink, SerialChannel, TcpChannel, TcpLink
@@ -119,7 +120,7 @@ class ModbusDriver:
                 for pp in request.points:
                     results[pp.point.name] = PointResult(None, "exception", reason)
                 continue
-            _decode_into(results, request.points, data)
+            _decode_into(results, request.layout, data)
         return results
 
     async def probe(self, address: str, timeout: float) -> bool:
@@ -138,14 +139,18 @@ class ModbusDriver:
         return True
 
 
-def _decode_into(results: dict[str, PointResult], points: tuple[PlannedPoint, ...], data: bytes) -> None:
-    for pp in points:
-        point = pp.point
-        start = pp.offset * 2
+def _decode_into(results: dict[str, PointResult], layout: tuple[DecodeStep, ...], data: bytes) -> None:
+    """Decode every point of a request's reply into ``results`` (plain integers inline)."""
+    size = len(data)
+    for name, start, end, signed, scale, point in layout:
+        if signed is not None and end <= size:
+            value = Decimal(int.from_bytes(data[start:end], "big", signed=signed))
+            results[name] = PointResult(value if scale is None else value * scale)
+            continue
         try:
-            results[point.name] = PointResult(decode_bytes(point, data[start:start + 2 * point.width]))
+            results[name] = PointResult(decode_bytes(point, data[start:end]))
         except DecodeError as exc:
-            results[point.name] = PointResult(None, "invalid", str(exc))
+            results[name] = PointResult(None, "invalid", str(exc))
 
 
 def create_driver(bus: BusSettings, engine: Engine = "lean") -> ModbusDriver:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from gateway.errors import ConfigError
@@ -29,6 +30,8 @@ from gateway.errors import ConfigError
 #: Function codes a read plan may use: 3 (holding registers) and 4 (input registers).
 READ_FUNCTIONS = (3, 4)
 MAX_REGISTERS = 125
+#: (name, first byte, end byte, signed or None, scale or None, point): see ``ReadRequest.layout``
+DecodeStep = tuple[str, int, int, bool | None, Decimal | None, RegisterPoint]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,9 @@ class ReadRequest:
     count: int
     points: tuple[PlannedPoint, ...]
     pdu: bytes
+    #: per point: (name, first byte, end byte, signed for a plain big-endian integer else
+    #: None, scale or None when 1, point) — the decoder's table, built once per plan
+    layout: tuple[DecodeStep, ...] = ()
 
     @property
     def reply_bytes(self) -> int:
@@ -77,10 +83,23 @@ class ReadPlan:
         return sum(r.count for r in self.requests)
 
 
+_SIGNED: dict[str, bool] = {"u16": False, "i16": True, "u32": False, "i32": True, "u64": False, "i64": True}
+_ONE = Decimal(1)
+
+
+def decode_step(pp: PlannedPoint) -> DecodeStep:
+    """The decoder's table row for a planned point (integers in ABCD order get a fast path)."""
+    p = pp.point
+    start = 2 * pp.offset
+    plain = p.word_order == "big" and p.byte_order == "big"
+    signed = _SIGNED.get(p.type) if plain else None
+    return (p.name, start, start + 2 * p.width, signed, None if p.scale == _ONE else p.scale, p)
+
+
 def _request(function: int, address: int, count: int, points: list[RegisterPoint]) -> ReadRequest:
     planned = tuple(PlannedPoint(p, p.address - address) for p in points)
     pdu = bytes((function, address >> 8, address & 0xFF, count >> 8, count & 0xFF))
-    return ReadRequest(function, address, count, planned, pdu)
+    return ReadRequest(function, address, count, planned, pdu, tuple(decode_step(pp) for pp in planned))
 
 
 def _check(points: Sequence[RegisterPoint], limits: ModbusLimits) -> None:
