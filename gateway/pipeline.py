@@ -8,6 +8,7 @@ meter showed. Values outside a physical range are kept as raw but flagged ``inva
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from decimal import Decimal
 from fnmatch import fnmatchcase
@@ -43,23 +44,43 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+_RangeRule = tuple[float, float, str] | None  # (lo, hi, what): what = "range", "cumulative", "voltage"
+_RANGE_RULES: dict[str, _RangeRule] = {}
+
+
+def _range_rule(name: str) -> _RangeRule:
+    """The plausibility rule for a point name (worked out once per name)."""
+    if name in _RANGE_RULES:
+        return _RANGE_RULES[name]
+    rule: _RangeRule = None
+    rng = _RANGES.get(name)
+    if rng is None and name.startswith("power_factor"):
+        rng = (-1.0001, 1.0001)
+    if rng is not None:
+        rule = (rng[0], rng[1], "range")
+    elif name.startswith(("energy_import", "energy_export")):
+        rule = (0.0, math.inf, "cumulative")
+    elif name.startswith("voltage_"):
+        rule = (0.0, math.inf, "voltage")
+    if len(_RANGE_RULES) < 10_000:
+        _RANGE_RULES[name] = rule
+    return rule
+
+
 def _range_problem(name: str, value: Value) -> str | None:
     if isinstance(value, str):
         return None
-    rng = _RANGES.get(name)
-    if rng is None:
-        for prefix, lo_hi in (("power_factor", (-1.0001, 1.0001)),):
-            if name.startswith(prefix):
-                rng = lo_hi
-    if rng is not None:
-        v = float(value)
-        if not rng[0] <= v <= rng[1]:
-            return f"{value} is outside the physical range {rng[0]:g}..{rng[1]:g}"
-    if name.startswith(("energy_import", "energy_export")) and float(value) < 0:
+    rule = _range_rule(name)
+    if rule is None:
+        return None
+    lo, hi, what = rule
+    if lo <= float(value) <= hi:
+        return None
+    if what == "cumulative":
         return f"a cumulative register cannot be negative ({value})"
-    if name.startswith("voltage_") and float(value) < 0:
+    if what == "voltage":
         return f"a voltage cannot be negative ({value})"
-    return None
+    return f"{value} is outside the physical range {lo:g}..{hi:g}"
 
 
 _TABLES: dict[tuple[int, Decimal, Decimal], tuple[Profile, dict[str, str], dict[str, Decimal]]] = {}
