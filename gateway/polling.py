@@ -47,9 +47,9 @@ FIRST_PROBE_S = 15.0
 
 
 class ReadingSink(Protocol):
-    """Where finished readings go (the store); ``submit`` must not block."""
+    """Where finished readings go (the store); ``submit_nowait`` must not block."""
 
-    def submit(self, reading: Reading, retention: str = "interval") -> Any:
+    def submit_nowait(self, reading: Reading, retention: str = "interval") -> None:
         """Queue a reading for commit."""
         ...
 
@@ -339,7 +339,7 @@ class BusWorker:
                 observer(meter, reading)
             except Exception:
                 log.exception("reading observer failed for meter %s", meter.id)
-        self.sink.submit(reading, meter.retention.get(schedule, "interval"))
+        self.sink.submit_nowait(reading, meter.retention.get(schedule, "interval"))
 
 
 def _priority_of(meter: MeterRuntime, schedule: str) -> str:
