@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from datetime import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Final, Literal, TypeVar, cast
+from typing import Final, Literal, TypeVar, cast, get_args
 
 import yaml
 
@@ -72,6 +72,7 @@ from gateway.settings import (
     BusProtocol,
     BusSettings,
     GatewaySettings,
+    InfluxClient,
     InfluxSettings,
     MeterSettings,
     MqttSettings,
@@ -142,7 +143,7 @@ _MQTT_KEYS: Final = ("host", "port", "topic_prefix", "client_id", "keepalive", "
                      "password", "password_env", "password_file", "tls", "inflight", "enabled")
 _TLS_KEYS: Final = ("ca_file", "cert_file", "key_file", "insecure")
 _INFLUX_KEYS: Final = ("url", "org", "bucket", "token", "token_env", "token_file", "measurement",
-                       "batch_size", "batch_age_ms", "timeout_ms", "enabled")
+                       "batch_size", "batch_age_ms", "timeout_ms", "enabled", "client")
 _API_KEYS: Final = ("listen", "token", "token_env", "token_file", "enabled")
 _STORE_KEYS: Final = ("synchronous", "commit_interval_ms", "max_size", "retention")
 _RETENTION_KEYS: Final = ("realtime_days", "interval_days")
@@ -947,6 +948,8 @@ class _Loader:
             return None
         m = MapView(self.issues, node, "influxdb", _INFLUX_KEYS)
         d = InfluxSettings()
+        default_client: str = d.client
+        client = m.get("client", as_choice(get_args(InfluxClient)), default_client)
         return InfluxSettings(
             url=m.get("url", _url, d.url), org=m.get("org", as_text, d.org),
             bucket=m.get("bucket", as_text, d.bucket), token=self.secret(m, "token"),
@@ -954,7 +957,8 @@ class _Loader:
             batch_size=m.get("batch_size", as_int(1, 100000), d.batch_size),
             batch_age_s=m.get("batch_age_ms", as_float(1, 600000), d.batch_age_s * 1000) / 1000,
             timeout_s=m.get("timeout_ms", as_float(1, 600000), d.timeout_s * 1000) / 1000,
-            enabled=m.get("enabled", as_bool, d.enabled))
+            enabled=m.get("enabled", as_bool, d.enabled),
+            client=cast(InfluxClient, client))
 
     def api(self, node: yaml.Node | None) -> ApiSettings:
         m = MapView(self.issues, node, "api", _API_KEYS, line=1)

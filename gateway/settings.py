@@ -19,6 +19,9 @@ from gateway.review.rules import ReviewThresholds
 
 BusProtocol = Literal["modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"]
 SchedulePriority = Literal["settlement", "interval", "realtime"]
+InfluxClient = Literal["builtin", "influxdb-client"]
+"""``influxdb.client``: the standard-library writer (default, no influxdb_client import) or
+the official influxdb-client library."""
 PRIORITY_ORDER: dict[str, int] = {"settlement": 0, "interval": 1, "realtime": 2}
 
 
@@ -172,6 +175,7 @@ class InfluxSettings:
     batch_age_s: float = 1.0
     timeout_s: float = 10.0
     enabled: bool = True
+    client: InfluxClient = "builtin"  # the HTTP writer: see gateway.sinks.influx
 
 
 @dataclass(frozen=True, slots=True)

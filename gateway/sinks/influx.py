@@ -1,14 +1,25 @@
 """The InfluxDB sink: committed messages → line protocol → v2 write API → the sink's cursor.
 
-The only module that imports influxdb-client; its ``ApiException`` and urllib3's transport
-errors become :class:`~gateway.errors.SinkError` here. What a line looks like (measurement,
-tags, fields, timestamp) is in :mod:`gateway.sinks.lineproto`.
+What a line looks like (measurement, tags, fields, timestamp) is in
+:mod:`gateway.sinks.lineproto`. The HTTP itself is done by a *writer*
+(:class:`InfluxWriter`), chosen by ``influxdb.client``:
+
+* ``builtin`` (default): :class:`gateway.sinks.influx_http.HttpWriter`, the standard
+  library's ``http.client`` on one keep-alive connection. It keeps ``influxdb_client``
+  (~15 MB RSS, ~540 modules) out of the process entirely.
+* ``influxdb-client``: :class:`ClientWriter`, the official client's synchronous write API.
+  ``influxdb_client`` is imported only when this writer is created; its ``ApiException``
+  and urllib3's transport errors are converted to what the built-in writer raises, so
+  everything below behaves the same with either writer. This is the only module that
+  imports influxdb-client.
+
+Errors become :class:`~gateway.errors.SinkError` here (:func:`classify`).
 
 Batching: rows gather into a batch that is written when it holds ``batch_size`` lines or
 its first row is ``batch_age`` seconds old, whichever comes first; one write is in flight
-at a time (seq order per sink), while the next batch fills. The write uses the client's
-synchronous API on one private thread: it never blocks the event loop, costs one thread
-for the whole sink, and keeps ``aiohttp`` sessions out of the sink's life cycle.
+at a time (seq order per sink), while the next batch fills. The write runs synchronously
+on one private thread: it never blocks the event loop, costs one thread for the whole
+sink, and keeps ``aiohttp`` sessions out of the sink's life cycle.
 
 HTTP outcomes, as well-kept InfluxDB outputs map them (Telegraf's ``influxdb_v2``):
 
@@ -34,23 +45,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import http.client
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-
-import urllib3.exceptions
-from influxdb_client.client.influxdb_client import InfluxDBClient
-from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
-from influxdb_client.domain.write_precision import WritePrecision
-from influxdb_client.rest import ApiException
+from typing import Any, Protocol
 
 from gateway.aio import wait_event
 from gateway.errors import SinkError
 from gateway.settings import InfluxSettings
 from gateway.sinks.base import Reporter, SinkAuthError
+from gateway.sinks.influx_http import HttpWriter, InfluxHTTPError
 from gateway.sinks.lineproto import LineError, row_line
 from gateway.store import OutboxRow
 
@@ -82,11 +89,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _reason(exc: ApiException) -> str:
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    text = str(body or "").strip()
+def _reason(exc: InfluxHTTPError) -> str:
+    text = exc.body.strip()
     with contextlib.suppress(ValueError, TypeError):
         doc = json.loads(text)
         if isinstance(doc, dict) and isinstance(doc.get("message"), str):
@@ -96,23 +100,120 @@ def _reason(exc: ApiException) -> str:
 
 
 def classify(exc: BaseException, url: str) -> SinkError | str:
-    """Translate a write failure: a :class:`SinkError` to retry, or a rejection reason (str)."""
-    if isinstance(exc, ApiException):
-        status = int(exc.status or 0)
+    """Translate a write failure: a :class:`SinkError` to retry, or a rejection reason (str).
+
+    ``exc`` is what a writer raises: :class:`InfluxHTTPError` for a non-2xx answer, ``OSError``
+    or ``http.client.HTTPException`` when the server cannot be reached (both writers).
+    """
+    if isinstance(exc, InfluxHTTPError):
+        status = exc.status
         reason = _reason(exc)
         if status in (400, 422):
             return reason
         if status in (401, 403):
             return SinkAuthError(f"InfluxDB at {url} refused the token ({reason}); check influxdb.token")
         if status in (429, 503):
-            headers: Any = exc.headers or {}
-            value = headers.get("Retry-After") if hasattr(headers, "get") else None
-            retry = retry_after_seconds(value if isinstance(value, str) else None)
+            retry = retry_after_seconds(exc.retry_after)
             return SinkError(f"InfluxDB at {url} is throttling writes ({reason})", "throttle", retry)
         return SinkError(f"InfluxDB at {url} failed the write ({reason})", "keep")
-    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+    if isinstance(exc, OSError | http.client.HTTPException):
         return SinkError(f"cannot reach InfluxDB at {url}: {exc}", "keep")
     return SinkError(f"writing to InfluxDB at {url} failed: {exc}", "keep")
+
+
+# ---------------------------------------------------------------------- writers
+class InfluxWriter(Protocol):
+    """What the sink needs from an HTTP writer; both writers implement it.
+
+    Called only from the sink's private thread, one call at a time. ``write`` raises
+    :class:`InfluxHTTPError` for a non-2xx answer and ``OSError`` /
+    ``http.client.HTTPException`` for transport failures, so :func:`classify` and the 413
+    split work the same whichever writer is configured.
+    """
+
+    def ping(self) -> bool:
+        """True when the server answers ``/ping`` (any failure is False)."""
+        ...
+
+    def write(self, body: str) -> None:
+        """Write line protocol (ms precision) to the configured org and bucket."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection(s)."""
+        ...
+
+
+class ClientWriter:
+    """:class:`InfluxWriter` over influxdb-client's SYNCHRONOUS write API (``influxdb.client:
+    influxdb-client``), for sites that want the official client.
+
+    ``influxdb_client`` is imported here, at construction, and nowhere else; its errors are
+    converted by :func:`client_error`.
+    """
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client.domain.write_precision import WritePrecision
+
+        s = settings
+        self._bucket = s.bucket
+        self._org = s.org
+        self._precision = WritePrecision.MS
+        self._client = InfluxDBClient(url=s.url, token=s.token or "", org=s.org,
+                                      timeout=int(s.timeout_s * 1000), enable_gzip=False)
+        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def ping(self) -> bool:
+        """The client's ``ping`` (False on any failure)."""
+        return bool(self._client.ping())
+
+    def write(self, body: str) -> None:
+        """Write through the client; its exceptions become the built-in writer's."""
+        try:
+            self._api.write(bucket=self._bucket, org=self._org, record=body,
+                            write_precision=self._precision)  # type: ignore[arg-type]
+        except Exception as exc:
+            converted = client_error(exc)
+            if converted is exc:
+                raise
+            raise converted from exc
+
+    def close(self) -> None:
+        """Close the client's connection pool (its ``close`` is untyped upstream)."""
+        self._client.close()  # type: ignore[no-untyped-call]
+
+
+def client_error(exc: BaseException) -> BaseException:
+    """An influxdb-client failure as the built-in writer would raise it.
+
+    ``ApiException`` → :class:`InfluxHTTPError` (status, reason, body, ``Retry-After``);
+    urllib3's transport errors → ``ConnectionError`` with the same text; anything else is
+    returned unchanged. Only called once influxdb-client is loaded.
+    """
+    import urllib3.exceptions
+    from influxdb_client.rest import ApiException
+
+    if isinstance(exc, ApiException):
+        body: Any = exc.body
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        headers: Any = exc.headers or {}
+        value = headers.get("Retry-After") if hasattr(headers, "get") else None
+        return InfluxHTTPError(int(exc.status or 0), str(exc.reason or ""), str(body or ""),
+                               value if isinstance(value, str) else None)
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return ConnectionError(str(exc))
+    return exc
+
+
+def make_writer(settings: InfluxSettings) -> InfluxWriter:
+    """The writer ``influxdb.client`` names: built-in (default) or influxdb-client."""
+    if settings.client == "influxdb-client":
+        return ClientWriter(settings)
+    return HttpWriter(settings.url, token=settings.token, org=settings.org, bucket=settings.bucket,
+                      timeout_s=settings.timeout_s)
 
 
 class InfluxSink:
@@ -128,8 +229,7 @@ class InfluxSink:
         self.window = 2 * self.batch_size     # one batch in flight, one filling
         self.page = self.batch_size
         self._reporter: Reporter | None = None
-        self._client: InfluxDBClient | None = None
-        self._write_api: WriteApi | None = None
+        self._client: InfluxWriter | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._batch: list[OutboxRow] = []
         self._first_at = 0.0
@@ -144,7 +244,11 @@ class InfluxSink:
 
     # ------------------------------------------------------------------ session
     async def open(self, reporter: Reporter) -> None:
-        """Create the client and check the server answers ``/ping``; start the batch writer."""
+        """Create the writer and check the server answers ``/ping``; start the batch writer.
+
+        The writer is created on the sink's thread: with ``influxdb.client: influxdb-client``
+        that is where the client library gets imported, off the event loop.
+        """
         s = self.settings
         self._reporter = reporter
         self._batch = []
@@ -153,10 +257,8 @@ class InfluxSink:
         executor = ThreadPoolExecutor(1, thread_name_prefix="amr-influx")
         self._executor = executor
         loop = asyncio.get_running_loop()
-        client = InfluxDBClient(url=s.url, token=s.token or "", org=s.org, timeout=int(s.timeout_s * 1000),
-                                enable_gzip=False)
+        client = await loop.run_in_executor(executor, make_writer, s)
         self._client = client
-        self._write_api = client.write_api(write_options=SYNCHRONOUS)
         alive = await loop.run_in_executor(executor, client.ping)
         if not alive:
             raise SinkError(f"cannot reach InfluxDB at {s.url} (no answer to /ping)", "keep")
@@ -178,21 +280,20 @@ class InfluxSink:
             self._kick.set()
 
     async def close(self, graceful: bool) -> None:
-        """Stop the writer, close the client off the loop (an in-flight write may finish first)."""
+        """Stop the batch task, close the writer off the loop (an in-flight write may finish first)."""
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
         client, self._client = self._client, None
-        self._write_api = None
         self._batch = []
         executor, self._executor = self._executor, None
         if executor is not None:
             if client is not None:
-                executor.submit(_close_client, client)
+                executor.submit(client.close)
             executor.shutdown(wait=False)
         elif client is not None:
-            _close_client(client)
+            client.close()
 
     # ------------------------------------------------------------------ batches
     async def _write_loop(self, reporter: Reporter) -> None:
@@ -246,16 +347,14 @@ class InfluxSink:
         return outcome
 
     def _write_lines(self, lines: list[tuple[int, str]], outcome: WriteOutcome) -> None:
-        api = self._write_api
-        if api is None:
+        client = self._client
+        if client is None:
             outcome.error = SinkError("the InfluxDB sink is closed", "keep")
             return
-        s = self.settings
         try:
-            api.write(bucket=s.bucket, org=s.org, record="\n".join(line for _, line in lines),
-                      write_precision=WritePrecision.MS)  # type: ignore[arg-type]
+            client.write("\n".join(line for _, line in lines))
         except Exception as exc:
-            if isinstance(exc, ApiException) and exc.status == 413:
+            if isinstance(exc, InfluxHTTPError) and exc.status == 413:
                 if len(lines) == 1:
                     outcome.rejected.append(([lines[0][0]], f"{_reason(exc)} (a single line is too large)"))
                     return
@@ -265,16 +364,10 @@ class InfluxSink:
                 if outcome.error is None:
                     self._write_lines(lines[half:], outcome)
                 return
-            result = classify(exc, s.url)
+            result = classify(exc, self.settings.url)
             if isinstance(result, str):
                 outcome.rejected.append(([seq for seq, _ in lines], result))
             else:
                 outcome.error = result
             return
         outcome.delivered.extend(seq for seq, _ in lines)
-
-
-
-def _close_client(client: InfluxDBClient) -> None:
-    """Close the client's connection pool (its ``close`` is untyped upstream)."""
-    client.close()  # type: ignore[no-untyped-call]
