@@ -3,7 +3,8 @@
 No real server can be told to answer 429 with Retry-After, 413, 400, 401 or 500 on demand,
 so a small local HTTP server (aiohttp, on a free loopback port) plays a misbehaving
 InfluxDB: it answers ``/ping`` like InfluxDB and ``/api/v2/write`` from a script, and
-records every line it accepted. The sink under test is the real one (influxdb-client).
+records every line it accepted. The sink under test is the real one, with each writer
+(``influxdb.client``: built-in and influxdb-client): the outcomes must not depend on it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.settings import InfluxSettings, StoreSettings
+from gateway.settings import InfluxClient, InfluxSettings, StoreSettings
 from gateway.sinks.base import Backoff
 from gateway.sinks.delivery import SinkRunner
 from gateway.sinks.influx import InfluxSink
@@ -54,6 +55,13 @@ class FakeInflux:
 OK: Answer = (204, {}, "")
 
 
+@pytest.fixture(params=["builtin", "influxdb-client"])
+def client(request: pytest.FixtureRequest) -> InfluxClient:
+    """The ``influxdb.client`` writer under test."""
+    name: InfluxClient = request.param
+    return name
+
+
 async def serve(fake: FakeInflux) -> web.AppRunner:
     """Serve ``fake`` on a free loopback port; sets ``fake.url``."""
 
@@ -83,7 +91,7 @@ async def serve(fake: FakeInflux) -> web.AppRunner:
     return runner
 
 
-async def deliver(tmp_path: Path, script: Script, n: int, *, batch_size: int = 10,
+async def deliver(tmp_path: Path, client: InfluxClient, script: Script, n: int, *, batch_size: int = 10,
                   until: Callable[[SinkRunner], bool] | None = None) -> tuple[FakeInflux, SinkRunner, Store]:
     """Commit ``n`` readings, run the real sink against the scripted server until ``until``
     (default: the cursor reached the end), and return the server, runner and store."""
@@ -93,7 +101,7 @@ async def deliver(tmp_path: Path, script: Script, n: int, *, batch_size: int = 1
     store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
     await commit(store, [make_reading("m1", ts=time.time() - 100 + i) for i in range(n)])
     settings = InfluxSettings(url=fake.url, org="o", bucket="b", token="secret", batch_size=batch_size,
-                              batch_age_s=0.02, timeout_s=5.0)
+                              batch_age_s=0.02, timeout_s=5.0, client=client)
     runner = SinkRunner(InfluxSink(settings, gw), store, backoff=Backoff(base=0.02, cap=0.1),
                         auth_retry_min_s=0.05)
     await runner.start()
@@ -108,18 +116,18 @@ async def deliver(tmp_path: Path, script: Script, n: int, *, batch_size: int = 1
     return fake, runner, store
 
 
-async def test_429_throttles_honouring_retry_after_then_delivers(tmp_path: Path) -> None:
+async def test_429_throttles_honouring_retry_after_then_delivers(tmp_path: Path, client: InfluxClient) -> None:
     seen: list[float | None] = []
 
     def script(i: int, lines: list[str]) -> Answer:
         return (429, {"Retry-After": "0.4"}, '{"code":"too many requests","message":"slow down"}') if i <= 2 else OK
 
     def watch(r: SinkRunner) -> bool:
-        if r.status == "throttled":
+        if r.status == "throttled" and r.retry_in_s is not None:   # None: reopened, not waiting
             seen.append(r.retry_in_s)
         return r.store.backlog_now(r.name) == 0
 
-    fake, runner, store = await deliver(tmp_path, script, 30, until=watch)
+    fake, runner, store = await deliver(tmp_path, client, script, 30, until=watch)
     assert seen and set(seen) == {0.4}                    # the server's delay, not our backoff
     assert sorted(fake.accepted_seqs()) == list(range(1, 31))
     assert await store.cursor("influxdb") == 30
@@ -130,7 +138,7 @@ async def test_429_throttles_honouring_retry_after_then_delivers(tmp_path: Path)
     await store.close()
 
 
-async def test_503_with_http_date_retry_after_is_honoured(tmp_path: Path) -> None:
+async def test_503_with_http_date_retry_after_is_honoured(tmp_path: Path, client: InfluxClient) -> None:
     seen: list[float | None] = []
 
     def script(i: int, lines: list[str]) -> Answer:
@@ -140,17 +148,19 @@ async def test_503_with_http_date_retry_after_is_honoured(tmp_path: Path) -> Non
         return OK
 
     def throttled(r: SinkRunner) -> bool:
-        if r.status == "throttled":
+        if r.status == "throttled" and r.retry_in_s is not None:   # None: reopened, not waiting
             seen.append(r.retry_in_s)
         return r.store.backlog_now(r.name) == 0
 
-    fake, _runner, store = await deliver(tmp_path, script, 5, until=throttled)
+    fake, _runner, store = await deliver(tmp_path, client, script, 5, until=throttled)
     assert sorted(fake.accepted_seqs()) == [1, 2, 3, 4, 5]
     assert seen and all(s is not None and 0.5 <= s <= 2.0 for s in seen)   # the date, not the backoff (≤ 0.1)
     await store.close()
 
 
-async def test_413_splits_the_batch_and_a_single_oversized_line_is_rejected(tmp_path: Path) -> None:
+async def test_413_splits_the_batch_and_a_single_oversized_line_is_rejected(
+    tmp_path: Path, client: InfluxClient
+) -> None:
     def script(i: int, lines: list[str]) -> Answer:
         if len(lines) > 3:
             return 413, {}, '{"code":"request too large","message":"payload exceeds 3 lines"}'
@@ -160,7 +170,7 @@ async def test_413_splits_the_batch_and_a_single_oversized_line_is_rejected(tmp_
             return 413, {}, '{"code":"request too large","message":"too large"}'
         return OK
 
-    fake, runner, store = await deliver(tmp_path, script, 20, batch_size=10)
+    fake, runner, store = await deliver(tmp_path, client, script, 20, batch_size=10)
     assert sorted(fake.accepted_seqs()) == [s for s in range(1, 21) if s != 7]
     assert runner.rejected == 1                          # only the line no split could make fit
     assert await store.cursor("influxdb") == 20          # the cursor passes the rejected line
@@ -170,7 +180,7 @@ async def test_413_splits_the_batch_and_a_single_oversized_line_is_rejected(tmp_
 
 
 async def test_400_rejects_the_batch_logs_once_and_the_cursor_passes(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, client: InfluxClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     def script(i: int, lines: list[str]) -> Answer:
         if i == 1:
@@ -178,7 +188,7 @@ async def test_400_rejects_the_batch_logs_once_and_the_cursor_passes(
         return OK
 
     with caplog.at_level("WARNING", logger="amr.sinks"):
-        fake, runner, store = await deliver(tmp_path, script, 25, batch_size=10)
+        fake, runner, store = await deliver(tmp_path, client, script, 25, batch_size=10)
     assert sorted(fake.accepted_seqs()) == list(range(11, 26))
     assert runner.rejected == 10 and runner.published == 15
     assert await store.cursor("influxdb") == 25
@@ -189,7 +199,7 @@ async def test_400_rejects_the_batch_logs_once_and_the_cursor_passes(
 
 
 async def test_401_keeps_the_readings_reports_once_then_recovers(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, client: InfluxClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     def script(i: int, lines: list[str]) -> Answer:
         return (401, {}, '{"code":"unauthorized","message":"unauthorized access"}') if i <= 4 else OK
@@ -201,7 +211,7 @@ async def test_401_keeps_the_readings_reports_once_then_recovers(
         return r.store.backlog_now(r.name) == 0
 
     with caplog.at_level("WARNING", logger="amr.sinks"):
-        fake, runner, store = await deliver(tmp_path, script, 12, batch_size=10, until=watch)
+        fake, runner, store = await deliver(tmp_path, client, script, 12, batch_size=10, until=watch)
     assert "auth_failed" in seen
     assert sorted(fake.accepted_seqs()) == list(range(1, 13))     # nothing dropped
     assert runner.rejected == 0
@@ -211,11 +221,11 @@ async def test_401_keeps_the_readings_reports_once_then_recovers(
     await store.close()
 
 
-async def test_500_is_retried_with_backoff(tmp_path: Path) -> None:
+async def test_500_is_retried_with_backoff(tmp_path: Path, client: InfluxClient) -> None:
     def script(i: int, lines: list[str]) -> Answer:
         return (500, {}, '{"code":"internal error","message":"boom"}') if i % 2 == 1 and i < 6 else OK
 
-    fake, runner, store = await deliver(tmp_path, script, 30, batch_size=10)
+    fake, runner, store = await deliver(tmp_path, client, script, 30, batch_size=10)
     assert sorted(set(fake.accepted_seqs())) == list(range(1, 31))
     assert runner.rejected == 0 and runner.failed > 0
     await store.close()

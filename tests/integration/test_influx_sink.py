@@ -2,6 +2,8 @@
 
 VictoriaMetrics stores a line-protocol field as the series ``<measurement>_<field>`` with the
 tags as labels, and answers ``/api/v1/export`` with every raw sample; the tests read that.
+Every test runs with both writers (``influxdb.client``: the built-in ``http.client`` one and
+influxdb-client).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import InfluxSettings, StoreSettings
+from gateway.settings import InfluxClient, InfluxSettings, StoreSettings
 from gateway.sinks.base import Backoff
 from gateway.sinks.delivery import SinkRunner
 from gateway.sinks.influx import InfluxSink
@@ -33,15 +35,25 @@ pytestmark = pytest.mark.integration
 FAST = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01)
 
 
-def influx(url: str, **kw: object) -> InfluxSettings:
+@pytest.fixture(params=["builtin", "influxdb-client"])
+def client(request: pytest.FixtureRequest) -> InfluxClient:
+    """The ``influxdb.client`` writer under test."""
+    name: InfluxClient = request.param
+    return name
+
+
+def influx(url: str, client: InfluxClient, **kw: object) -> InfluxSettings:
     """Sink settings for a server, with small batches so several writes happen."""
     defaults: dict[str, object] = {"url": url, "org": "utility", "bucket": "amr", "token": "t0ken",
-                                   "batch_size": 100, "batch_age_s": 0.05, "timeout_s": 5.0}
+                                   "batch_size": 100, "batch_age_s": 0.05, "timeout_s": 5.0,
+                                   "client": client}
     defaults.update(kw)
     return InfluxSettings(**defaults)  # type: ignore[arg-type]
 
 
-async def test_points_land_with_tags_fields_and_read_time(tmp_path: Path, victoria_metrics: str) -> None:
+async def test_points_land_with_tags_fields_and_read_time(
+    tmp_path: Path, victoria_metrics: str, client: InfluxClient
+) -> None:
     gw = f"t-{uuid.uuid4().hex[:8]}"
     store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
     t0 = time.time() - 3600
@@ -49,7 +61,7 @@ async def test_points_land_with_tags_fields_and_read_time(tmp_path: Path, victor
                              failed_point=(i % 2 == 0)) for i in range(250)]
     seqs = await commit(store, readings)
     kpi = await store.append_message("kpi", None, t0, {"completeness": {"interval": 0.98}, "note": "text"})
-    runner = SinkRunner(InfluxSink(influx(victoria_metrics), gw), store)
+    runner = SinkRunner(InfluxSink(influx(victoria_metrics, client), gw), store)
     await runner.start()
     try:
         assert await runner.wait_idle(60), runner.state()
@@ -75,13 +87,13 @@ async def test_points_land_with_tags_fields_and_read_time(tmp_path: Path, victor
     await store.close()
 
 
-async def test_replay_rewrites_points_harmlessly(tmp_path: Path, victoria_metrics: str) -> None:
+async def test_replay_rewrites_points_harmlessly(tmp_path: Path, victoria_metrics: str, client: InfluxClient) -> None:
     gw = f"t-{uuid.uuid4().hex[:8]}"
     store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
     t0 = time.time() - 600
     await commit(store, [make_reading("m1", ts=t0 + i) for i in range(20)])
     for name in ("influxdb", "influxdb-replay"):   # the second cursor starts at 0: a full replay
-        sink = InfluxSink(influx(victoria_metrics), gw)
+        sink = InfluxSink(influx(victoria_metrics, client), gw)
         sink.name = name
         runner = SinkRunner(sink, store)
         await runner.start()
@@ -92,12 +104,12 @@ async def test_replay_rewrites_points_harmlessly(tmp_path: Path, victoria_metric
     await store.close()
 
 
-async def test_tsdb_restart_readings_kept_and_delivered_after(tmp_path: Path) -> None:
+async def test_tsdb_restart_readings_kept_and_delivered_after(tmp_path: Path, client: InfluxClient) -> None:
     vm = VictoriaProcess(tmp_path / "vm")
     await asyncio.to_thread(vm.start)
     gw = f"t-{uuid.uuid4().hex[:8]}"
     store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
-    runner = SinkRunner(InfluxSink(influx(vm.url), gw), store, backoff=Backoff(base=0.05, cap=0.5))
+    runner = SinkRunner(InfluxSink(influx(vm.url, client), gw), store, backoff=Backoff(base=0.05, cap=0.5))
     try:
         await runner.start()
         t0 = time.time() - 600
