@@ -70,7 +70,7 @@ class HttpWriter:
         self.url = url
         self._https = parts.scheme == "https"
         self._host = parts.hostname
-        self._port = parts.port
+        self._port = parts.port or (443 if self._https else 80)   # explicit: a bare IPv6 host has colons
         self._prefix = parts.path.rstrip("/")
         self._timeout = timeout_s
         self._ssl = ssl_context

@@ -342,3 +342,24 @@ def test_relative_config_path_resolves_profiles_and_data_dir(tmp_path: Path,
     assert s.profiles["simulator"].description == "local"
     assert s.gateway.data_dir == tmp_path / "etc" / "db"
     assert profile_search_dirs(Path("etc"))[0] == tmp_path / "etc" / "profiles"
+
+
+# --- influxdb.client ------------------------------------------------------------------------
+
+INFLUX_BASE = "gateway: {id: gw1}\nbuses: []\nmeters: []\ninfluxdb:\n  url: http://127.0.0.1:8086\n"
+
+
+def test_influxdb_client_defaults_to_builtin_and_accepts_influxdb_client() -> None:
+    s = load_settings_from_text(INFLUX_BASE, "gw.yaml", env={})
+    assert s.influxdb is not None and s.influxdb.client == "builtin"
+    s = load_settings_from_text(INFLUX_BASE + "  client: influxdb-client\n", "gw.yaml", env={})
+    assert s.influxdb is not None and s.influxdb.client == "influxdb-client"
+
+
+def test_influxdb_client_bad_value_names_its_line_and_the_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings_from_text(INFLUX_BASE + "  token: x\n  client: influxdb_client\n", "gw.yaml", env={})
+    assert [(i.line, i.message) for i in info.value.issues] == [
+        (7, 'influxdb: client must be one of builtin, influxdb-client, not "influxdb_client" '
+            '(did you mean "influxdb-client"?)'),
+    ]
