@@ -21,7 +21,8 @@ at a time (seq order per sink), while the next batch fills. The write runs synch
 on one private thread: it never blocks the event loop, costs one thread for the whole
 sink, and keeps ``aiohttp`` sessions out of the sink's life cycle.
 
-HTTP outcomes, as well-kept InfluxDB outputs map them (Telegraf's ``influxdb_v2``):
+HTTP outcomes, as well-kept InfluxDB outputs map them (Telegraf's ``influxdb_v2``), the same
+with either writer:
 
 =========  ============================================================================
 2xx        delivered: the cursor moves past the batch
