@@ -153,10 +153,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads the configuration."""
-    from gateway.config import load_settings
+    from gateway.config_isolated import load_settings_isolated
 
-    settings = load_settings(args.config)
-    return _run_async(_serve(settings, args.config, load_settings))
+    settings = load_settings_isolated(args.config)
+    return _run_async(_serve(settings, args.config, load_settings_isolated))
 
 
 async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any] | None) -> int:
