@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Final, Literal
 
 Quality = Literal["good", "timeout", "crc_error", "exception", "invalid"]
@@ -126,8 +127,19 @@ def json_number(v: Value | None) -> str:
     return json.dumps(v, ensure_ascii=False)
 
 
+_JSON_STRINGS: dict[str, str] = {}  # meter ids, units, bus and schedule names repeat in every payload
+
+
 def _json_str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False)
+    """``json.dumps(s, ensure_ascii=False)``, by the C escaper and a bounded cache."""
+    got = _JSON_STRINGS.get(s)
+    if got is None:
+        got = encode_basestring(s)
+        if len(s) <= 64:
+            if len(_JSON_STRINGS) >= 50_000:
+                _JSON_STRINGS.clear()
+            _JSON_STRINGS[s] = got
+    return got
 
 
 def reading_payload(r: Reading, gateway: str, seq: int) -> str:

@@ -1,4 +1,4 @@
-"""``iso_utc`` is a cached fast path: it must give exactly ``datetime``'s text."""
+"""Hot-path text of readings: ``iso_utc`` and JSON strings must equal the library output."""
 
 from __future__ import annotations
 
@@ -26,3 +26,13 @@ def test_iso_utc_round_trips_through_parse_iso_to_the_millisecond() -> None:
     for t in (1_764_300_000.123, 1_764_345_599.999, 1_767_225_600.0):
         assert abs(parse_iso(iso_utc(t)) - t) < 0.0005
     assert iso_utc(1_767_225_600.0) == "2026-01-01T00:00:00.000Z"
+
+
+def test_json_strings_are_escaped_exactly_as_json_dumps() -> None:
+    import json
+
+    from gateway.model import _json_str
+
+    for text in ["m1", 'a"b', "back\\slash", "ünï ₤", "\n\t\x01", "\u2028 😀", "x" * 100, ""]:
+        assert _json_str(text) == json.dumps(text, ensure_ascii=False)
+        assert _json_str(text) == json.dumps(text, ensure_ascii=False)   # cached the same
