@@ -647,19 +647,19 @@ def meter_stopped(
     window_s = th.stopped_window_quarters * QUARTER_S
     unchanged_s = obs.slot - ref.slot
     min_kwh = max(th.stopped_min_expected_kwh, iv.step * th.stopped_min_display_steps)
-    evidence: dict[str, object] = {
-        "register": name,
-        "register_value": iv.end.reg.value,
-        "unchanged_since": iso(ref.ts),
-        "unchanged_s": Decimal(repr(round(obs.ts - ref.ts, 3))),
-        "window_s": window_s,
-        "window_quarters": th.stopped_window_quarters,
-        "expected_kwh": state.stopped_expected,
-        "threshold_kwh": min_kwh,
-        "mean_power_kw": power,
-        "power_samples": samples,
-    }
     if unchanged_s + 1e-6 >= window_s and state.stopped_expected >= min_kwh:
+        evidence: dict[str, object] = {
+            "register": name,
+            "register_value": iv.end.reg.value,
+            "unchanged_since": iso(ref.ts),
+            "unchanged_s": Decimal(repr(round(obs.ts - ref.ts, 3))),
+            "window_s": window_s,
+            "window_quarters": th.stopped_window_quarters,
+            "expected_kwh": state.stopped_expected,
+            "threshold_kwh": min_kwh,
+            "mean_power_kw": power,
+            "power_samples": samples,
+        }
         raise_condition(
             state, out, "meter_stopped", name, obs.ts,
             f"{name} of meter {obs.meter} stayed at {iv.end.reg.value} for "
