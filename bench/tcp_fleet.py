@@ -11,7 +11,7 @@ What runs (all on loopback, all cleaned up on exit, Ctrl-C included):
   CAP_SYS_RESOURCE; the simulator's own start-up then raises its soft limit);
 * **the gateway**: ``amr-gateway run -c gw.yaml`` as its own process, one TCP bus (one
   connection) per meter, the full pipeline: SQLite store with group commit (the
-  configuration's defaults: ``synchronous=FULL``, ``commit_interval_ms`` 100), MQTT sink to
+  configuration's defaults: ``synchronous=FULL``, ``commit_interval_ms`` 20), MQTT sink to
   mosquitto at 127.0.0.1:1883 (QoS 1), InfluxDB sink (line protocol) to victoria-metrics at
   127.0.0.1:8428 (``scripts/ensure-services.sh`` starts it when absent), HTTP API. The
   gateway raises its own open-file limit at start-up (soft up to its hard limit, which it
@@ -86,10 +86,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.settings import StoreSettings
+
 _VENV_SCRIPT = Path(sys.executable).with_name("amr-gateway")
 # the console script next to this interpreter: a venv's bin need not be on PATH
 AMR_GATEWAY = str(_VENV_SCRIPT) if _VENV_SCRIPT.exists() else "amr-gateway"
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_COMMIT_MS = StoreSettings().commit_interval_s * 1000   # what the gateway uses when the bench sets nothing
 sys.path.insert(0, str(ROOT))
 
 POINTS = ["energy_import_kwh*", "power_kw", "voltage_*"]
@@ -815,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.experiment:
             print(f"EXPERIMENT: the gateway runs patched ({args.experiment}); not a target run")
         print(f"phases: meters spread over {args.phases} schedule offsets per interval; store "
-              f"commit_interval_ms={args.commit_ms or 'default (100)'}, "
+              f"commit_interval_ms={args.commit_ms or f'default ({DEFAULT_COMMIT_MS:g})'}, "
               f"synchronous={args.synchronous or 'default (FULL)'}")
         print("p50/p99 = slot → arrival at a QoS 1 subscriber; done p99 = reading ts − slot; lag max = "
               "amr_poll_lag_max_seconds (ms, since start);\n"
