@@ -12,7 +12,6 @@ in seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -20,9 +19,17 @@ import signal
 import socket
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
+from gateway.aio import wait_event
 from gateway.clock import ScaledClock
+
+if TYPE_CHECKING:
+    from gateway.model import Reading
+    from gateway.polling import MeterRuntime
 
 log = logging.getLogger("amr.demo")
 
@@ -69,7 +76,7 @@ meters:
   - {{id: c2003-main, customer: C2003, bus: tcp-dlt645, address: "000000000003", profile: dlt645-2007,
      ct_ratio: 400/5, pt_ratio: 35000/100, schedules: [realtime, interval], billing: three-stage}}
 schedules:
-  realtime: {{every: 1m, points: ["power_*", "voltage_*", "current_*", "power_factor", "frequency_hz"]}}
+  realtime: {{every: 10s, points: ["power_*", "voltage_*", "current_*", "power_factor", "frequency_hz"]}}
   interval: {{every: 15m, points: ["energy_*", "demand_*"]}}
 billing:
   three-stage: {{cycle_day: 1, stages: [11, 21], at: "00:00", tolerance: 15m}}
@@ -78,6 +85,23 @@ influxdb: {{enabled: false}}
 api: {{listen: "{api_host}:{api_port}"}}
 store: {{synchronous: NORMAL, commit_interval_ms: 100}}
 """
+
+
+#: the points a demo reading line shows, the first one the reading has
+SHOWN_POINTS = ("energy_import_kwh", "power_kw")
+
+
+def reading_line(reading: Reading, tz: str) -> str:
+    """One committed-to-be reading as a console line, so a newcomer sees the gateway work."""
+    at = datetime.fromtimestamp(reading.slot, ZoneInfo(tz)).strftime("%H:%M:%S")
+    shown = ""
+    for name in SHOWN_POINTS:
+        p = reading.points.get(name)
+        if p is not None and p.quality == "good" and p.value is not None:
+            shown = f"  {name}={p.value} {p.unit}".rstrip()
+            break
+    problem = f"  ({reading.error})" if reading.error else ""
+    return f"reading {at}  {reading.meter:<12} {reading.schedule:<8} {reading.quality}{shown}{problem}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -124,6 +148,12 @@ async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: st
         await fleet.stop()
         raise
     api = f"http://{api_host}:{gw.api.port if gw.api else api_port}"
+    tz = settings.gateway.timezone
+
+    def show(_meter: MeterRuntime, reading: Reading) -> None:
+        print(reading_line(reading, tz), flush=True)
+
+    gw.observers.append(show)
     print(
         f"""
 amr-gateway demo is running: {len(settings.meters)} simulated meters on {len(settings.buses)} buses.
@@ -137,6 +167,7 @@ amr-gateway demo is running: {len(settings.meters)} simulated meters on {len(set
   settlements     : curl -H 'Authorization: Bearer {token}' {api}/api/v1/meters/c2001-main/settlements
   export          : amr-gateway export intervals -c {data_dir / "demo-config.yaml"} --meter c1001-main
   MQTT            : mosquitto_sub -h {mqtt[0]} -p {mqtt[1]} -t 'amr/#' -v   (spooled while no broker answers)
+Readings are printed below as they are taken (realtime every 10 s, energy every 15 min).
 Press Ctrl-C to stop.
 """,
         flush=True,
@@ -147,8 +178,7 @@ Press Ctrl-C to stop.
         loop.add_signal_handler(sig, stop.set)
     try:
         if duration is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
+            await wait_event(stop, duration)
         else:
             await stop.wait()
     finally:

@@ -28,7 +28,8 @@ def test_demo_serves_readings_for_every_meter_and_stops_cleanly(tmp_path: Path) 
     token = "demo-test-token"
     env = dict(os.environ, AMR_API_TOKEN=token, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "demo", "--clock-rate", "60", "--listen", f"127.0.0.1:{port}",
+        # as a newcomer runs it: real time (no --clock-rate), readings within the first 10-second slot
+        [sys.executable, "-m", "gateway.cli", "demo", "--listen", f"127.0.0.1:{port}",
          "--data-dir", str(tmp_path), "--mqtt", f"127.0.0.1:{free_port()}", "--duration", "90"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -64,3 +65,6 @@ def test_demo_serves_readings_for_every_meter_and_stops_cleanly(tmp_path: Path) 
     assert proc.returncode == 0, out
     assert "Traceback" not in out
     assert "amr-gateway demo is running" in out
+    shown = [line for line in out.splitlines() if line.startswith("reading ")]
+    assert {line.split()[2] for line in shown} >= {str(m["id"]) for m in meters}   # every meter on the console
+    assert any(" good  power_kw=" in line for line in shown), shown[:5]
