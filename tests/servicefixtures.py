@@ -74,15 +74,22 @@ def wait_until(predicate: Any, timeout: float, what: str, step: float = 0.05) ->
     pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
-async def await_until(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
-    """Async :func:`wait_until`: waits without blocking the event loop."""
+async def until(predicate: Any, timeout: float, step: float = 0.05) -> bool:
+    """Whether ``predicate()`` became true within ``timeout`` real seconds (checked every
+    ``step`` without blocking the event loop, and once more at the end)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
         if predicate():
-            return
+            return True
         await asyncio.sleep(step)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+    return bool(predicate())
+
+
+async def await_until(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
+    """Async :func:`wait_until`: waits without blocking the event loop."""
+    if not await until(predicate, timeout, step):
+        pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 # --------------------------------------------------------------------------- shared services

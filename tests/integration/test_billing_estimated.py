@@ -26,84 +26,24 @@ import asyncio
 import csv
 import io
 import json
-import os
 import sqlite3
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import aiohttp
 import pytest
 
-from gateway.billing.capture import BillingCapture
-from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
-from gateway.config import load_settings_from_text
-from gateway.demo import free_port
+from gateway.billing.rehearsal import HoldingClock
 from gateway.model import Reading, loads_exact, parse_iso
 from gateway.polling import MeterRuntime
 from gateway.runtime import Gateway
-from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
+from tests.billingkit import SH, api_get, capture_of, export, local, quality, rehearsal_settings, shown
+from tests.servicefixtures import until
 
-SH = ZoneInfo("Asia/Shanghai")
-TOKEN = "billing-estimated-token"
-REPO = Path(__file__).resolve().parents[2]
 FLAKY = ("d1", "m2")
-
-
-def shown(name: str, v: Decimal) -> Decimal:
-    """A model register as the DL/T 645 meter displays it: maximum demand is XX.XXXX (half-up)."""
-    return v.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP) if name == "demand_max_kw" else v
-
-
-def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
-    return datetime(year, month, day, hour, minute, tzinfo=SH).timestamp()
-
-
-def make_settings(tmp: Path, *, allow_estimated: bool) -> tuple[Settings, Path]:
-    text = rehearsal_config_text(tmp, api_port=free_port(), allow_estimated=allow_estimated)
-    path = tmp / "config.yaml"
-    path.write_text(text)
-    return load_settings_from_text(text, str(path), tmp, {"AMR_API_TOKEN": TOKEN}), path
-
-
-def capture_of(gw: Gateway) -> BillingCapture:
-    return next(e for e in gw.extensions if isinstance(e, BillingCapture))
-
-
-async def until(what: Callable[[], bool], real_s: float) -> bool:
-    deadline = time.monotonic() + real_s
-    while time.monotonic() < deadline:
-        if what():
-            return True
-        await asyncio.sleep(0.05)
-    return what()
-
-
-def quality(cap: BillingCapture, meter: str, t: float) -> str | None:
-    k = cap.current.get((meter, t))
-    return None if k is None else k.quality
-
-
-async def api_get(gw: Gateway, path: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http, \
-            http.get(f"http://127.0.0.1:{gw.api.port}{path}") as resp:
-        return resp.status, await resp.text()
-
-
-def export(config: Path, *args: str) -> str:
-    env = dict(os.environ, AMR_API_TOKEN=TOKEN, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "export", *args, "-c", str(config)],
-                          cwd=REPO, env=env, capture_output=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode("utf-8")
 
 
 def silence(fleet: SimulatedFleet, meter_id: str) -> None:
@@ -145,7 +85,7 @@ def expected_interpolation(r1: Decimal, t1: float, r2: Decimal, t2: float, at: f
 
 @pytest.mark.parametrize("allow", [True, False], ids=["allowed", "not-allowed"])
 async def test_flaky_meter_across_a_boundary_estimated_only_when_allowed(tmp_path: Path, allow: bool) -> None:
-    settings, config = make_settings(tmp_path, allow_estimated=allow)
+    settings, config = rehearsal_settings(tmp_path, allow_estimated=allow)
     b = local(2026, 12, 11)
     clock = HoldingClock(local(2026, 12, 10, 23, 20), 600.0, [b])
     fleet = SimulatedFleet(settings, clock, seed=11)

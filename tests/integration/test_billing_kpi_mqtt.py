@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from tests.servicefixtures import (  # noqa: F401  (fixtures)
     Broker,
     Subscriber,
     _mosquitto_fixture,
+    until,
 )
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -50,15 +49,6 @@ TOKEN = "billing-kpi-token"
 
 def local(day: int, hour: int = 0, minute: int = 0) -> float:
     return datetime(2026, 12, day, hour, minute, tzinfo=SH).timestamp()
-
-
-async def until(what: Callable[[], bool], real_s: float) -> bool:
-    deadline = time.monotonic() + real_s
-    while time.monotonic() < deadline:
-        if what():
-            return True
-        await asyncio.sleep(0.05)
-    return what()
 
 
 def good_slots(path: Path, meter: str, lo: float, hi: float) -> int:

@@ -16,10 +16,7 @@ the gateway is restarted with meter ``d1``'s CT changed from 300/5 to 600/5 (CTÃ
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
-from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -35,20 +32,12 @@ from gateway.model import parse_iso
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
+from tests.servicefixtures import until
 
 SH = ZoneInfo("Asia/Shanghai")
 B1 = datetime(2026, 12, 11, tzinfo=SH).timestamp()
 TC = datetime(2026, 12, 11, 6, tzinfo=SH).timestamp()
 B2 = datetime(2026, 12, 12, tzinfo=SH).timestamp()
-
-
-async def until(what: Callable[[], bool], real_s: float) -> bool:
-    deadline = time.monotonic() + real_s
-    while time.monotonic() < deadline:
-        if what():
-            return True
-        await asyncio.sleep(0.05)
-    return what()
 
 
 def settled(cap: BillingCapture, t: float) -> bool:
