@@ -31,9 +31,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
 import pytest
@@ -90,6 +92,33 @@ async def await_until(predicate: Any, timeout: float, what: str, step: float = 0
     """Async :func:`wait_until`: waits without blocking the event loop."""
     if not await until(predicate, timeout, step):
         pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class StillClock:
+    """A clock that stands still (tests move ``t`` by hand; sleeps advance it at once), so
+    every value a simulator serves is exactly predictable."""
+
+    rate = 1.0
+
+    def __init__(self, t: float, timezone: str = "UTC") -> None:
+        self.t = t
+        self.zone = ZoneInfo(timezone)
+
+    def time(self) -> float:
+        """The standing time."""
+        return self.t
+
+    def now(self) -> datetime:
+        """The standing time in the clock's zone."""
+        return datetime.fromtimestamp(self.t, self.zone)
+
+    async def sleep_until(self, epoch: float) -> None:
+        """Move to ``epoch`` (never back)."""
+        self.t = max(self.t, epoch)
+
+    async def sleep(self, seconds: float) -> None:
+        """Move on ``seconds``."""
+        self.t += seconds
 
 
 # --------------------------------------------------------------------------- shared services

@@ -21,6 +21,7 @@ from drivers.dlt645 import catalogue
 from drivers.dlt645.driver import Dlt645Driver
 from gateway.settings import BillingPlan
 from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
+from tests.servicefixtures import StillClock
 
 pytestmark = pytest.mark.integration
 
@@ -29,27 +30,6 @@ ZONE = ZoneInfo(TZ)
 NOW = datetime(2026, 3, 15, 10, 7, 0, tzinfo=ZONE)
 DAYS = (date(2026, 3, 15), date(2026, 3, 1), date(2026, 2, 20))
 PLAN_REGISTERS = BillingPlan("p").registers
-
-
-class FrozenClock:
-    """A clock that stands still."""
-
-    rate = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def time(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, ZONE)
-
-    async def sleep_until(self, epoch: float) -> None:
-        self.t = max(self.t, epoch)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 SPECS = [
@@ -61,7 +41,7 @@ SPECS = [
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Dlt645Simulator]:
-    simulator = Dlt645Simulator(SPECS, clock=FrozenClock(NOW.timestamp()), timezone=TZ)
+    simulator = Dlt645Simulator(SPECS, clock=StillClock(NOW.timestamp(), TZ), timezone=TZ)
     await simulator.start()
     try:
         yield simulator

@@ -23,6 +23,7 @@ from drivers.dlt645.points import DiPoint
 from drivers.dlt645.transport import SerialTransport
 from gateway.errors import DeviceException, FrameError, ReadTimeout, TransportError
 from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
+from tests.servicefixtures import StillClock
 
 pytestmark = pytest.mark.integration
 
@@ -32,27 +33,6 @@ NOW = datetime(2026, 3, 15, 10, 7, 0, tzinfo=ZONE)
 GAP = date(2026, 3, 10)
 PLAN = compile_plan(catalogue.CANONICAL_2007)
 ENERGY_POINTS = [p.name for p in catalogue.CANONICAL_2007 if p.name.startswith("energy_")]
-
-
-class FrozenClock:
-    """A clock that stands still (tests move it by hand)."""
-
-    rate = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def time(self) -> float:
-        return self.t
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, ZONE)
-
-    async def sleep_until(self, epoch: float) -> None:
-        self.t = max(self.t, epoch)
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 SPECS = [
@@ -68,7 +48,7 @@ SPECS = [
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Dlt645Simulator]:
-    simulator = Dlt645Simulator(SPECS, clock=FrozenClock(NOW.timestamp()), timezone=TZ)
+    simulator = Dlt645Simulator(SPECS, clock=StillClock(NOW.timestamp(), TZ), timezone=TZ)
     await simulator.start()
     try:
         yield simulator

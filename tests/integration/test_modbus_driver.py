@@ -30,6 +30,7 @@ from gateway.errors import FrameError, ReadTimeout, TransportError, WrongAddress
 from gateway.settings import BusSettings, Profile
 from gateway.simulator.modbus_server import ModbusSimulator, SimMeterSpec
 from gateway.simulator.pty_pair import PtyPair, open_pty
+from tests.servicefixtures import StillClock
 
 pytestmark = pytest.mark.integration
 
@@ -184,25 +185,6 @@ def sim_specs() -> Iterator[list[SimMeterSpec]]:
            SimMeterSpec(id="rtu", protocol="modbus-rtu", unit=5, profile=PROFILE, seed=2)]
 
 
-class FixedClock:
-    rate = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def time(self) -> float:
-        return self.t
-
-    def now(self) -> Any:
-        raise NotImplementedError
-
-    async def sleep_until(self, epoch: float) -> None:
-        raise NotImplementedError
-
-    async def sleep(self, seconds: float) -> None:
-        raise NotImplementedError
-
-
 def sim_plan() -> ReadPlan:
     return compile_plan([p for p in PROFILE.points.values() if isinstance(p, RegisterPoint)],
                         ModbusLimits())
@@ -211,7 +193,7 @@ def sim_plan() -> ReadPlan:
 @pytest.mark.parametrize("meter", ["tcp", "rtu"])
 async def test_wrong_unit_reply_is_wrong_address_then_recovers(
         sim_specs: list[SimMeterSpec], meter: str) -> None:
-    async with ModbusSimulator(sim_specs, FixedClock(1.77e9)) as sim:
+    async with ModbusSimulator(sim_specs, StillClock(1.77e9)) as sim:
         driver = _driver_for(sim, meter)
         unit = "1" if meter == "tcp" else "5"
         try:
@@ -228,7 +210,7 @@ async def test_wrong_unit_reply_is_wrong_address_then_recovers(
 @pytest.mark.parametrize("fault", ["bad_crc", "garbage"])
 async def test_garbled_rtu_line_is_frame_error_and_port_stays_usable(
         sim_specs: list[SimMeterSpec], fault: str) -> None:
-    async with ModbusSimulator(sim_specs, FixedClock(1.77e9)) as sim:
+    async with ModbusSimulator(sim_specs, StillClock(1.77e9)) as sim:
         driver = _driver_for(sim, "rtu")
         try:
             sim.set_fault("rtu", fault)  # type: ignore[arg-type]
@@ -244,7 +226,7 @@ async def test_garbled_rtu_line_is_frame_error_and_port_stays_usable(
 
 async def test_silent_meter_times_out_and_dead_port_is_transport_error(
         sim_specs: list[SimMeterSpec]) -> None:
-    async with ModbusSimulator(sim_specs, FixedClock(1.77e9)) as sim:
+    async with ModbusSimulator(sim_specs, StillClock(1.77e9)) as sim:
         driver = _driver_for(sim, "tcp")
         try:
             sim.set_fault("tcp", "silent")
@@ -279,7 +261,7 @@ async def test_missing_serial_port_is_a_clear_transport_error() -> None:
 
 @pytest.mark.parametrize(("meter", "engine"), [("tcp", "lean"), ("rtu", "lean"), ("tcp", "pymodbus")])
 async def test_cancellation_cancels(sim_specs: list[SimMeterSpec], meter: str, engine: str) -> None:
-    async with ModbusSimulator(sim_specs, FixedClock(1.77e9)) as sim:
+    async with ModbusSimulator(sim_specs, StillClock(1.77e9)) as sim:
         driver = _driver_for(sim, meter, engine)
         unit = "1" if meter == "tcp" else "5"
         try:
@@ -299,7 +281,7 @@ async def test_cancellation_cancels(sim_specs: list[SimMeterSpec], meter: str, e
 
 
 async def test_pymodbus_engine_reads_the_same_values(sim_specs: list[SimMeterSpec]) -> None:
-    async with ModbusSimulator(sim_specs, FixedClock(1.77e9)) as sim:
+    async with ModbusSimulator(sim_specs, StillClock(1.77e9)) as sim:
         lean, ref = _driver_for(sim, "tcp"), _driver_for(sim, "tcp", "pymodbus")
         try:
             a = await lean.read("1", sim_plan(), 1.0)
@@ -314,7 +296,7 @@ async def test_tcp_pipelining_many_units_on_one_connection() -> None:
     port = free_port()
     specs = [SimMeterSpec(id=f"m{u}", protocol="modbus-tcp", unit=u, profile=PROFILE, seed=u, port=port)
              for u in range(1, 9)]
-    async with ModbusSimulator(specs, FixedClock(1.77e9)) as sim:
+    async with ModbusSimulator(specs, StillClock(1.77e9)) as sim:
         driver = create_driver(tcp_bus(port, concurrency=8))
         try:
             results = await asyncio.gather(*(driver.read(str(u), sim_plan(), 1.0) for u in range(1, 9)))

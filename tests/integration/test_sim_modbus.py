@@ -6,7 +6,6 @@ import socket
 import struct
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
@@ -19,31 +18,11 @@ from gateway.errors import ReadTimeout
 from gateway.settings import BusSettings, Profile
 from gateway.simulator.modbus_server import ModbusSimulator, SimMeterSpec
 from gateway.simulator.model import MODEL_POINTS
+from tests.servicefixtures import StillClock
 
 pytestmark = pytest.mark.integration
 
 T = 1_780_000_000.0     # 2026-05-28, a fixed simulated instant
-
-
-class FixedClock:
-    """A clock that stands still, so served registers are exactly predictable."""
-
-    rate = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def time(self) -> float:
-        return self.t
-
-    def now(self) -> Any:
-        raise NotImplementedError
-
-    async def sleep_until(self, epoch: float) -> None:
-        raise NotImplementedError
-
-    async def sleep(self, seconds: float) -> None:
-        raise NotImplementedError
 
 
 def profile(side: str) -> Profile:
@@ -95,7 +74,7 @@ async def test_served_values_equal_the_model_through_the_driver(side: str) -> No
     plan = compile_plan([p for p in prof.points.values() if isinstance(p, RegisterPoint)],
                         ModbusLimits())
     assert [r.function for r in plan.requests] == [3, 4]    # the gap at 10..11 is read through
-    async with ModbusSimulator(specs, FixedClock(T)) as sim:
+    async with ModbusSimulator(specs, StillClock(T)) as sim:
         assert sim.endpoint("rtu-a") == sim.endpoint("rtu-b")      # one line, two units
         for spec in specs:
             protocol = "modbus-rtu-over-tcp" if spec.protocol == "modbus-rtu-over-tcp" else "modbus-tcp"
@@ -140,7 +119,7 @@ async def test_energy_advances_with_an_accelerated_clock() -> None:
 async def test_address_space_and_function_codes() -> None:
     prof = profile("secondary")
     specs = [SimMeterSpec(id="m", protocol="modbus-tcp", unit=1, profile=prof, seed=3)]
-    async with ModbusSimulator(specs, FixedClock(T)) as sim:
+    async with ModbusSimulator(specs, StillClock(T)) as sim:
         meter = sim.meters["m"]
         assert meter.registers(3, 0, 2) != meter.registers(3, 2, 2)
         assert meter.registers(3, 5000, 2) == 2      # outside the mapped space
@@ -166,7 +145,7 @@ async def test_stop_and_start_one_meter_on_a_shared_port() -> None:
     specs = [SimMeterSpec(id=f"m{u}", protocol="modbus-tcp", unit=u, profile=prof, seed=u, port=port)
              for u in (1, 2)]
     plan = compile_plan([prof.points["energy_import_kwh"]], ModbusLimits())  # type: ignore[list-item]
-    async with ModbusSimulator(specs, FixedClock(T)) as sim:
+    async with ModbusSimulator(specs, StillClock(T)) as sim:
         driver = create_driver(bus_for(sim.endpoint("m1")))
         try:
             await sim.stop_meter("m2")
@@ -179,4 +158,4 @@ async def test_stop_and_start_one_meter_on_a_shared_port() -> None:
         finally:
             await driver.close()
     with pytest.raises(ValueError, match="unique"):
-        ModbusSimulator([specs[0], specs[0]], FixedClock(T))
+        ModbusSimulator([specs[0], specs[0]], StillClock(T))
