@@ -484,14 +484,7 @@ class Dlt645Driver:
                         raise
                     continue
                 if kind in catalogue.DAILY_FREEZE_BLOCKS:
-                    prefix = catalogue.DAILY_FREEZE_BLOCKS[kind]
-                    for k, suffix in enumerate(catalogue.TARIFF_SUFFIXES):
-                        chunk = payload[4 * k : 4 * k + 4]
-                        if len(chunk) == 4:
-                            try:
-                                values[prefix + suffix] = decode_number(chunk, "XXXXXX.XX")
-                            except DecodeError:
-                                continue
+                    _decode_tariff_block(payload, catalogue.DAILY_FREEZE_BLOCKS[kind], values)
                 elif kind in catalogue.DAILY_FREEZE_REACTIVE:
                     with contextlib.suppress(DecodeError):
                         if len(payload) >= 4:
@@ -589,13 +582,7 @@ class Dlt645Driver:
                     raise
                 self._no_block.setdefault(addr, set()).add(block & ~0xFF)
             else:
-                for k, suffix in enumerate(catalogue.TARIFF_SUFFIXES):
-                    chunk = payload[4 * k : 4 * k + 4]
-                    if len(chunk) == 4:
-                        try:
-                            out[prefix + suffix] = decode_number(chunk, "XXXXXX.XX")
-                        except DecodeError:
-                            continue
+                _decode_tariff_block(payload, prefix, out)
                 return out
         refusal: DeviceException | None = None
         for k, suffix in enumerate(catalogue.TARIFF_SUFFIXES):
@@ -783,6 +770,18 @@ class Dlt645Driver:
             f"meter {req.addr} did not answer {what} within {window:.2f} s on {t.describe}{partial}; "
             "check the meter address, wiring, baud rate and parity"
         )
+
+
+def _decode_tariff_block(payload: bytes, prefix: str, out: dict[str, Decimal]) -> None:
+    """Total + tariffs 1–4 of an energy data block (XXXXXX.XX each) into ``out``.
+
+    A missing or non-BCD field (a meter with fewer tariffs pads with 0xFF) is left out.
+    """
+    for k, suffix in enumerate(catalogue.TARIFF_SUFFIXES):
+        chunk = payload[4 * k : 4 * k + 4]
+        if len(chunk) == 4:
+            with contextlib.suppress(DecodeError):
+                out[prefix + suffix] = decode_number(chunk, "XXXXXX.XX")
 
 
 def _make_transport(bus: BusSettings) -> Transport:
