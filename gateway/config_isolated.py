@@ -31,9 +31,11 @@ log = logging.getLogger("amr.config")
 ISOLATE_FROM_BYTES: Final = 256 * 1024
 
 
-def _child_load(path: str, level: int) -> tuple[Settings | None, list[ConfigIssue] | None]:
+def _child_load(path: str, level: str) -> tuple[Settings | None, list[ConfigIssue] | None]:
     """Runs in the child: load, and hand back the settings or the issues (both pickle)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from gateway.cli import _setup_logging
+
+    _setup_logging(level)   # the parent's level and format for the warnings the parse logs
     try:
         return load_settings(Path(path)), None
     except ConfigError as exc:
@@ -51,7 +53,8 @@ def load_settings_isolated(path: Path, *, threshold: int = ISOLATE_FROM_BYTES) -
     ctx = multiprocessing.get_context("spawn")
     try:
         with ctx.Pool(1) as pool:
-            settings, issues = pool.apply(_child_load, (str(path), logging.getLogger().getEffectiveLevel()))
+            level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+            settings, issues = pool.apply(_child_load, (str(path), level))
     except (OSError, RuntimeError, EOFError) as exc:   # no child possible here: parse in-process
         log.debug("loading %s in a child process failed (%s); loading it here", path, exc)
         return load_settings(path)

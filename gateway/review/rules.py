@@ -49,6 +49,8 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Final, Literal
 from zoneinfo import ZoneInfo
 
+from gateway.model import iso_utc
+
 if TYPE_CHECKING:
     from gateway.model import Reading
 
@@ -373,8 +375,6 @@ class EnergyInterval:
 # ----------------------------------------------------------------------------- helpers
 def iso(epoch: float) -> str:
     """Epoch seconds as ISO-8601 UTC with milliseconds."""
-    from gateway.model import iso_utc
-
     return iso_utc(epoch)
 
 
