@@ -325,3 +325,58 @@ def test_unit_id_must_be_a_number() -> None:
     with pytest.raises(ConfigError, match="not a unit id"):
         parse_unit("abc", "modbus-tcp")
     assert struct.calcsize(">H") == 2
+
+
+@contextlib.asynccontextmanager
+async def scripted_tcp_peer(replies: list[bytes | None]) -> AsyncIterator[int]:
+    """A raw Modbus TCP peer on loopback answering each request with the next scripted reply
+    PDU under the request's MBAP header (None: a malformed header). A fake by necessity:
+    pymodbus's server and our simulator only send well-formed replies."""
+    script = iter(replies)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await answer(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readexactly(7)
+            tid, _proto, length, unit = struct.unpack(">HHHB", head)
+            await reader.readexactly(length - 1)
+            pdu = next(script, b"\x03\x02\x00\x07")
+            if pdu is None:
+                writer.write(struct.pack(">HHHB", tid, 9, 3, unit) + b"\x03\x00")   # protocol id 9
+            else:
+                writer.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu)
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("reply, what", [
+    (b"\x03\x02\x00", "a reply one byte short"),
+    (b"\x03\x04\x00\x07\x00\x08", "a byte count for two registers when one was asked"),
+    (b"\x04\x02\x00\x07", "another function code"),
+    (None, "a malformed MBAP header (protocol id 9)"),
+])
+async def test_a_malformed_tcp_reply_is_a_frame_error_and_the_next_read_is_good(
+        reply: bytes | None, what: str) -> None:
+    plan = compile_plan([rp("frequency_hz", 5, "u16")], ModbusLimits())
+    async with scripted_tcp_peer([reply]) as port:
+        driver = create_driver(tcp_bus(port))
+        try:
+            with pytest.raises(FrameError):
+                await driver.read("1", plan, 1.0)
+            result = await driver.read("1", plan, 1.0)     # the link recovers (reconnects if reset)
+        finally:
+            await driver.close()
+    assert result["frequency_hz"].quality == "good" and result["frequency_hz"].raw == Decimal(7), what
