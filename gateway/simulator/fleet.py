@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.aio import wait_event
 from gateway.clock import Clock, ScaledClock
 from gateway.errors import ConfigError
 from gateway.settings import BusSettings, MeterSettings, Settings
@@ -187,8 +188,7 @@ async def run_simulator(settings: Settings, *, seed: int, clock_start: float | N
         if duration is None:
             await stop.wait()
         else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
+            await wait_event(stop, duration)
     finally:
         await fleet.stop()
     return 0
