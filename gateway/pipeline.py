@@ -54,8 +54,8 @@ def _range_rule(name: str) -> _RangeRule:
         return _RANGE_RULES[name]
     rule: _RangeRule = None
     rng = _RANGES.get(name)
-    if rng is None and name.startswith("power_factor"):
-        rng = (-1.0001, 1.0001)
+    if rng is None and name.startswith("power_factor"):     # power_factor_l1 … as power_factor
+        rng = _RANGES["power_factor"]
     if rng is not None:
         rule = (rng[0], rng[1], "range")
     elif name.startswith(("energy_import", "energy_export")):
