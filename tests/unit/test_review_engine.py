@@ -92,33 +92,25 @@ async def test_a_decrease_is_stored_and_published_with_exact_evidence(gw: Gatewa
     assert '"before_raw":1234.50' in events[0][6]
 
 
-async def test_restart_keeps_the_last_register_and_open_conditions(tmp_path: Path) -> None:
-    g = make_gateway(tmp_path)
+async def review_session(tmp: Path, energies: list[tuple[int, str]]) -> Gateway:
+    """Start a gateway's store and review engine, review readings (quarter, kWh), stop both."""
+    g = make_gateway(tmp)
     g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
     eng = await started(g)
-    eng.observe(runtime(), reading(0, "500.00"))
-    assert await eng.drain()
-    await eng.stop()
-    await g.require_store().close()
-
-    # restart 1: the fall happens across the restart and is still caught
-    g = make_gateway(tmp_path)
-    g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
-    eng = await started(g)
-    eng.observe(runtime(), reading(1, "400.00"))
-    assert await eng.drain()
-    await eng.stop()
-    await g.require_store().close()
-
-    # restart 2: the condition is still open, so a further fall raises nothing; it clears later
-    g = make_gateway(tmp_path)
-    g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
-    eng = await started(g)
-    for k, e in ((2, "390.00"), (3, "391.00"), (4, "392.00")):
+    for k, e in energies:
         eng.observe(runtime(), reading(k, e))
     assert await eng.drain()
     await eng.stop()
     await g.require_store().close()
+    return g
+
+
+async def test_restart_keeps_the_last_register_and_open_conditions(tmp_path: Path) -> None:
+    await review_session(tmp_path, [(0, "500.00")])
+    # restart 1: the fall happens across the restart and is still caught
+    await review_session(tmp_path, [(1, "400.00")])
+    # restart 2: the condition is still open, so a further fall raises nothing; it clears later
+    g = await review_session(tmp_path, [(2, "390.00"), (3, "391.00"), (4, "392.00")])
     got = rows(g, "SELECT id, type, state, raised_id FROM review_event ORDER BY id")
     assert [(r[1], r[2]) for r in got] == [("register_decrease", "raised"), ("register_decrease", "cleared")]
     assert got[1][3] == got[0][0]
