@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -42,6 +42,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.model import PointValue, Reading
+from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
 from gateway.store import Store
 
 MOSQUITTO_HOST = os.environ.get("AMR_TEST_MQTT_HOST", "127.0.0.1")
@@ -119,6 +120,19 @@ class StillClock:
     async def sleep(self, seconds: float) -> None:
         """Move on ``seconds``."""
         self.t += seconds
+
+
+@contextlib.asynccontextmanager
+async def still_dlt645_simulator(
+    specs: list[SimDlt645Spec], at: float, timezone: str
+) -> AsyncIterator[Dlt645Simulator]:
+    """A started DL/T 645 simulator whose clock stands at ``at`` (stopped on the way out)."""
+    simulator = Dlt645Simulator(specs, clock=StillClock(at, timezone), timezone=timezone)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
 
 
 # --------------------------------------------------------------------------- shared services

@@ -21,7 +21,7 @@ from drivers.dlt645 import catalogue
 from drivers.dlt645.driver import Dlt645Driver
 from gateway.settings import BillingPlan
 from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
-from tests.servicefixtures import StillClock
+from tests.servicefixtures import still_dlt645_simulator
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +41,8 @@ SPECS = [
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Dlt645Simulator]:
-    simulator = Dlt645Simulator(SPECS, clock=StillClock(NOW.timestamp(), TZ), timezone=TZ)
-    await simulator.start()
-    try:
+    async with still_dlt645_simulator(SPECS, NOW.timestamp(), TZ) as simulator:
         yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture
