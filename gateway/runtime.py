@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import resource
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
 from gateway.drivers_registry import compile_plan, create_driver
+from gateway.heap import freeze_heap, keep_heap_frozen
 from gateway.pipeline import ReadingBuilder, select_points
 from gateway.polling import BusWorker, MeterRuntime, ReadingObserver
 from gateway.scheduler import Scheduler
@@ -145,11 +145,13 @@ class Gateway:
 
             self.api = ApiServer(self)
             await self.api.start()
-        # Everything built so far (settings, plans, workers, drivers) lives as long as the
-        # process: move it out of the collector's sight so a full collection at 10,000 meters
-        # does not walk it again and again (pauses of tens of ms on the hot path).
-        gc.collect()
-        gc.freeze()
+        # Everything built so far lives as long as the process: out of the collector's sight
+        # now, and again once the connections exist (gateway/heap.py).
+        freeze_heap()
+        workers = list(self.workers.values())
+        longest = max((sc.every_s for sc in s.schedules.values()), default=60.0)
+        self._spawn(keep_heap_frozen(lambda: all(w.transactions for w in workers), 2 * longest + 5),
+                    "heap")
         log.info("amr-gateway %s started: %d buses, %d meters, store %s",
                  __version__, len(self.workers), len(self.meters), self.store_path)
 

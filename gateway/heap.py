@@ -1,0 +1,82 @@
+"""Keep the long-lived heap out of the cyclic garbage collector's full passes.
+
+A gateway at 10,000 TCP meters holds a few hundred thousand long-lived objects: settings
+and plans; once polling runs, one transport, protocol and buffer set per connection; and,
+replaced only at the next poll of each meter (10 s, 15 min later), each meter's pending
+job and its review registers. CPython's full (generation 2) collection walks every one of
+them every few seconds — 50–100 ms a time at 10,000 meters (`bench/tcp_fleet.py
+--experiment gc-log:10`) while the event loop stands still, so every reading polled in
+that moment is late — and finds nothing ("collected 0"): these objects die by reference
+count, not as cycles.
+
+``gc.freeze()`` moves what exists into a permanent generation the collector skips; frozen
+objects are still freed by reference counting the moment nothing uses them. So: freeze
+after start-up, again once every bus has run its first transaction (the connections exist
+then), and every ``FREEZE_EVERY_S`` after a young collection (what is frozen is what is in
+use, not cycles already dead). The one thing freezing defers is reclaiming a reference
+*cycle* that became garbage after it was frozen (a meter whose connection was replaced):
+every ``REFREEZE_EVERY_S`` everything is unfrozen, collected in full once, and frozen
+again — one pause an hour instead of one every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import math
+from collections.abc import Callable
+
+log = logging.getLogger("amr.heap")
+
+WARM_CHECK_S = 1.0        # how often to look whether every bus has polled once
+WARM_CAP_S = 900.0        # freeze after this long even if some bus never answered
+FREEZE_EVERY_S = 10.0     # a young collection, then freeze what survived
+REFREEZE_EVERY_S = 3600.0  # a full collection of everything, then freeze again
+
+
+def freeze_heap() -> None:
+    """Collect what is garbage now, then hide every surviving object from later collections."""
+    gc.collect()
+    gc.freeze()
+
+
+def refreeze_heap() -> None:
+    """Give frozen objects back to the collector, collect everything once, freeze again."""
+    gc.unfreeze()
+    freeze_heap()
+
+
+def freeze_young() -> None:
+    """Collect the young generations (cheap), then freeze what survived them."""
+    gc.collect(1)
+    gc.freeze()
+
+
+async def keep_heap_frozen(
+    is_warm: Callable[[], bool],
+    warm_within_s: float,
+    *,
+    check_s: float = WARM_CHECK_S,
+    every_s: float = FREEZE_EVERY_S,
+    full_every_s: float = REFREEZE_EVERY_S,
+) -> None:
+    """Freeze the heap once polling is warm (``is_warm``, or after ``warm_within_s``), then keep it frozen.
+
+    Runs until cancelled; a task of the running gateway.
+    """
+    for _ in range(math.ceil(min(warm_within_s, WARM_CAP_S) / check_s)):
+        if is_warm():
+            break
+        await asyncio.sleep(check_s)
+    freeze_heap()
+    log.debug("heap frozen after warm-up: %d objects permanent", gc.get_freeze_count())
+    rounds_per_full = max(1, round(full_every_s / every_s))
+    for round_no in itertools.count(1):
+        await asyncio.sleep(every_s)
+        if round_no % rounds_per_full == 0:
+            refreeze_heap()
+            log.debug("heap re-frozen after a full collection: %d objects permanent", gc.get_freeze_count())
+        else:
+            freeze_young()

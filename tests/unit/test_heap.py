@@ -1,0 +1,95 @@
+"""The heap policy: frozen once polling is warm, kept frozen, cycles still reclaimed hourly."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.heap import keep_heap_frozen
+
+
+class Node:
+    """A weak-referenceable object that can sit in a reference cycle."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+@pytest.fixture(autouse=True)
+def thawed() -> Iterator[None]:
+    """Each test starts and ends with nothing frozen (the collector is process-wide)."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def frozen(obj: object) -> bool:
+    """Whether ``obj`` sits in the permanent generation (out of every collection)."""
+    return not any(o is obj for o in gc.get_objects(2)) and gc.is_tracked(obj)
+
+
+async def test_freezes_only_once_every_bus_is_warm() -> None:
+    warm = asyncio.Event()
+    task = asyncio.create_task(keep_heap_frozen(warm.is_set, 60.0, check_s=0.01, every_s=60.0))
+    await asyncio.sleep(0.1)
+    assert gc.get_freeze_count() == 0          # not warm yet: nothing frozen
+    survivor = Node()
+    warm.set()
+    for _ in range(100):                       # bounded: ≤ 1 s
+        if gc.get_freeze_count():
+            break
+        await asyncio.sleep(0.01)
+    assert gc.get_freeze_count() > 0
+    assert frozen(survivor)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_freezes_after_the_cap_when_a_bus_never_answers() -> None:
+    task = asyncio.create_task(keep_heap_frozen(lambda: False, 0.05, check_s=0.01, every_s=60.0))
+    await asyncio.sleep(0.3)
+    assert gc.get_freeze_count() > 0
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_objects_made_later_are_frozen_and_still_freed_by_refcount() -> None:
+    task = asyncio.create_task(keep_heap_frozen(lambda: True, 1.0, check_s=0.01, every_s=0.05))
+    await asyncio.sleep(0.05)
+    later = Node()
+    ref = weakref.ref(later)
+    await asyncio.sleep(0.2)                   # ≥ 2 freeze rounds
+    assert frozen(later)
+    del later                                  # no cycle: reference counting frees it at once
+    assert ref() is None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_frozen_cycle_is_reclaimed_by_the_full_round() -> None:
+    task = asyncio.create_task(keep_heap_frozen(lambda: True, 1.0, check_s=0.01, every_s=0.05, full_every_s=1e9))
+    await asyncio.sleep(0.05)
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    ref = weakref.ref(a)
+    await asyncio.sleep(0.2)
+    assert frozen(a)
+    del a, b
+    gc.collect()
+    assert ref() is not None                   # frozen: a full collection does not see the cycle
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    full = asyncio.create_task(keep_heap_frozen(lambda: True, 1.0, check_s=0.01, every_s=0.05, full_every_s=0.05))
+    await asyncio.sleep(0.2)                   # the round that unfreezes and collects everything
+    assert ref() is None
+    full.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await full
