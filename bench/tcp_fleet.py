@@ -494,7 +494,7 @@ def scrape(port: int) -> dict[str, Any]:
 
 
 EXPERIMENT_WRAPPER = """
-import gc, sys, threading
+import gc, os, sys, threading
 for exp in sys.argv[1].split(","):
     name, _, arg = exp.partition(":")
     if name == "gc-freeze":          # gc.collect(); gc.freeze() ARG seconds after start
@@ -505,6 +505,30 @@ for exp in sys.argv[1].split(","):
     elif name == "review-save":      # the review engine saves its states every ARG s
         import gateway.review.engine as engine
         engine.SAVE_EVERY_S = float(arg)
+    elif name == "gc-log":           # log every collection slower than ARG ms to stderr
+        import time
+        limit, began = float(arg or 5) / 1000, [0.0]
+        def watch(phase, info):
+            if phase == "start":
+                began[0] = time.perf_counter()
+            elif time.perf_counter() - began[0] > limit:
+                print(f"gc gen{info['generation']} {1000 * (time.perf_counter() - began[0]):.1f} ms"
+                      f" collected {info['collected']} at {time.time():.3f}",
+                      file=sys.stderr, flush=True)
+                if info['generation'] == 2 and os.environ.get("GC_REFS"):
+                    import collections
+                    refs = collections.Counter()
+                    for o in gc.get_objects(2):
+                        refs[type(o).__qualname__] += len(gc.get_referents(o))
+                    print("   refs:", refs.most_common(8), file=sys.stderr, flush=True)
+        gc.callbacks.append(watch)
+    elif name == "gc-census":        # ARG s after start: the 25 commonest types the collector still walks
+        def census():
+            import collections
+            kinds = collections.Counter(type(o).__qualname__ for o in gc.get_objects(2))
+            print(f"gc census: {sum(kinds.values())} objects in generation 2, frozen {gc.get_freeze_count()}: "
+                  + ", ".join(f"{k} {n}" for k, n in kinds.most_common(25)), file=sys.stderr, flush=True)
+        threading.Timer(float(arg or 40), census).start()
     elif name == "no-review":        # the review extension is not installed
         import gateway.review as review
         review.install = lambda *a, **k: None
@@ -514,7 +538,7 @@ from gateway.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-EXPERIMENTS = ("gc-freeze:S", "review-save:S", "no-review")
+EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-census:S", "review-save:S", "no-review")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:
