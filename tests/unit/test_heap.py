@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -32,64 +33,61 @@ def frozen(obj: object) -> bool:
     return not any(o is obj for o in gc.get_objects(2)) and gc.is_tracked(obj)
 
 
+@contextlib.asynccontextmanager
+async def policy(is_warm: Callable[[], bool], warm_within_s: float, **kw: float) -> AsyncIterator[None]:
+    """``keep_heap_frozen`` running as a task for the block, cancelled (and seen to end) after."""
+    task = asyncio.create_task(keep_heap_frozen(is_warm, warm_within_s, check_s=0.01, **kw))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def test_freezes_only_once_every_bus_is_warm() -> None:
     warm = asyncio.Event()
-    task = asyncio.create_task(keep_heap_frozen(warm.is_set, 60.0, check_s=0.01, every_s=60.0))
-    await asyncio.sleep(0.1)
-    assert gc.get_freeze_count() == 0          # not warm yet: nothing frozen
-    survivor = Node()
-    warm.set()
-    for _ in range(100):                       # bounded: ≤ 1 s
-        if gc.get_freeze_count():
-            break
-        await asyncio.sleep(0.01)
-    assert gc.get_freeze_count() > 0
-    assert frozen(survivor)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with policy(warm.is_set, 60.0, every_s=60.0):
+        await asyncio.sleep(0.1)
+        assert gc.get_freeze_count() == 0      # not warm yet: nothing frozen
+        survivor = Node()
+        warm.set()
+        for _ in range(100):                   # bounded: ≤ 1 s
+            if gc.get_freeze_count():
+                break
+            await asyncio.sleep(0.01)
+        assert gc.get_freeze_count() > 0
+        assert frozen(survivor)
 
 
 async def test_freezes_after_the_cap_when_a_bus_never_answers() -> None:
-    task = asyncio.create_task(keep_heap_frozen(lambda: False, 0.05, check_s=0.01, every_s=60.0))
-    await asyncio.sleep(0.3)
-    assert gc.get_freeze_count() > 0
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with policy(lambda: False, 0.05, every_s=60.0):
+        await asyncio.sleep(0.3)
+        assert gc.get_freeze_count() > 0
 
 
 async def test_objects_made_later_are_frozen_and_still_freed_by_refcount() -> None:
-    task = asyncio.create_task(keep_heap_frozen(lambda: True, 1.0, check_s=0.01, every_s=0.05))
-    await asyncio.sleep(0.05)
-    later = Node()
-    ref = weakref.ref(later)
-    await asyncio.sleep(0.2)                   # ≥ 2 freeze rounds
-    assert frozen(later)
-    del later                                  # no cycle: reference counting frees it at once
-    assert ref() is None
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with policy(lambda: True, 1.0, every_s=0.05):
+        await asyncio.sleep(0.05)
+        later = Node()
+        ref = weakref.ref(later)
+        await asyncio.sleep(0.2)               # ≥ 2 freeze rounds
+        assert frozen(later)
+        del later                              # no cycle: reference counting frees it at once
+        assert ref() is None
 
 
 async def test_a_frozen_cycle_is_reclaimed_by_the_full_round() -> None:
-    task = asyncio.create_task(keep_heap_frozen(lambda: True, 1.0, check_s=0.01, every_s=0.05, full_every_s=1e9))
-    await asyncio.sleep(0.05)
-    a, b = Node(), Node()
-    a.other, b.other = b, a
-    ref = weakref.ref(a)
-    await asyncio.sleep(0.2)
-    assert frozen(a)
-    del a, b
-    gc.collect()
-    assert ref() is not None                   # frozen: a full collection does not see the cycle
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    full = asyncio.create_task(keep_heap_frozen(lambda: True, 1.0, check_s=0.01, every_s=0.05, full_every_s=0.05))
-    await asyncio.sleep(0.2)                   # the round that unfreezes and collects everything
-    assert ref() is None
-    full.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await full
+    async with policy(lambda: True, 1.0, every_s=0.05, full_every_s=1e9):
+        await asyncio.sleep(0.05)
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        ref = weakref.ref(a)
+        await asyncio.sleep(0.2)
+        assert frozen(a)
+        del a, b
+        gc.collect()
+        assert ref() is not None               # frozen: a full collection does not see the cycle
+    async with policy(lambda: True, 1.0, every_s=0.05, full_every_s=0.05):
+        await asyncio.sleep(0.2)               # the round that unfreezes and collects everything
+        assert ref() is None
