@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from gateway.heap import keep_heap_frozen
+from tests.servicefixtures import await_until
 
 
 class Node:
@@ -30,7 +31,7 @@ def thawed() -> Iterator[None]:
 
 def frozen(obj: object) -> bool:
     """Whether ``obj`` sits in the permanent generation (out of every collection)."""
-    return not any(o is obj for o in gc.get_objects(2)) and gc.is_tracked(obj)
+    return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())  # every generation
 
 
 @contextlib.asynccontextmanager
@@ -52,18 +53,13 @@ async def test_freezes_only_once_every_bus_is_warm() -> None:
         assert gc.get_freeze_count() == 0      # not warm yet: nothing frozen
         survivor = Node()
         warm.set()
-        for _ in range(100):                   # bounded: ≤ 1 s
-            if gc.get_freeze_count():
-                break
-            await asyncio.sleep(0.01)
-        assert gc.get_freeze_count() > 0
+        await await_until(gc.get_freeze_count, 2.0, "the heap frozen once warm", step=0.01)
         assert frozen(survivor)
 
 
 async def test_freezes_after_the_cap_when_a_bus_never_answers() -> None:
     async with policy(lambda: False, 0.05, every_s=60.0):
-        await asyncio.sleep(0.3)
-        assert gc.get_freeze_count() > 0
+        await await_until(gc.get_freeze_count, 2.0, "the heap frozen at the cap", step=0.01)
 
 
 async def test_objects_made_later_are_frozen_and_still_freed_by_refcount() -> None:
@@ -71,8 +67,7 @@ async def test_objects_made_later_are_frozen_and_still_freed_by_refcount() -> No
         await asyncio.sleep(0.05)
         later = Node()
         ref = weakref.ref(later)
-        await asyncio.sleep(0.2)               # ≥ 2 freeze rounds
-        assert frozen(later)
+        await await_until(lambda: frozen(ref()), 2.0, "a later object frozen by a round")
         del later                              # no cycle: reference counting frees it at once
         assert ref() is None
 
@@ -83,11 +78,10 @@ async def test_a_frozen_cycle_is_reclaimed_by_the_full_round() -> None:
         a, b = Node(), Node()
         a.other, b.other = b, a
         ref = weakref.ref(a)
-        await asyncio.sleep(0.2)
-        assert frozen(a)
+        await await_until(lambda: frozen(ref()), 2.0, "the cycle frozen by a round")
         del a, b
         gc.collect()
         assert ref() is not None               # frozen: a full collection does not see the cycle
     async with policy(lambda: True, 1.0, every_s=0.05, full_every_s=0.05):
-        await asyncio.sleep(0.2)               # the round that unfreezes and collects everything
-        assert ref() is None
+        # the round that unfreezes and collects everything
+        await await_until(lambda: ref() is None, 2.0, "the frozen cycle reclaimed by the full round")
