@@ -494,7 +494,7 @@ def scrape(port: int) -> dict[str, Any]:
 
 
 EXPERIMENT_WRAPPER = """
-import gc, os, sys, threading
+import gc, sys, threading
 for exp in sys.argv[1].split(","):
     name, _, arg = exp.partition(":")
     if name == "gc-freeze":          # gc.collect(); gc.freeze() ARG seconds after start
@@ -515,13 +515,15 @@ for exp in sys.argv[1].split(","):
                 print(f"gc gen{info['generation']} {1000 * (time.perf_counter() - began[0]):.1f} ms"
                       f" collected {info['collected']} at {time.time():.3f}",
                       file=sys.stderr, flush=True)
-                if info['generation'] == 2 and os.environ.get("GC_REFS"):
+                if info['generation'] == 2 and "gc-refs" in sys.argv[1].split(","):
                     import collections
                     refs = collections.Counter()
                     for o in gc.get_objects(2):
                         refs[type(o).__qualname__] += len(gc.get_referents(o))
                     print("   refs:", refs.most_common(8), file=sys.stderr, flush=True)
         gc.callbacks.append(watch)
+    elif name == "gc-refs":          # with gc-log: after a slow full collection, references walked per type
+        pass
     elif name == "gc-census":        # ARG s after start: the 25 commonest types the collector still walks
         def census():
             import collections
@@ -538,7 +540,7 @@ from gateway.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-census:S", "review-save:S", "no-review")
+EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "no-review")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:
