@@ -231,7 +231,14 @@ def test_every_committed_seq_survives_broker_tsdb_and_gateway_failures(tmp_path:
         received = [m.json()["seq"] for m in sub.snapshot() if not m.topic.endswith("/status")]
         assert must_mqtt <= set(received), sorted(must_mqtt - set(received))[:20]
         assert set(received) <= set(committed)                               # nothing invented
+        # VictoriaMetrics acknowledges a write before every sample shows in an export: in a
+        # loaded full run the last 8 acknowledged seqs were missing from the export made right
+        # after the gateway stopped, and all were in its data when it was started again.
         in_tsdb = tsdb_seqs(vm.url, gw)
+        deadline = time.monotonic() + 30
+        while not must_tsdb <= in_tsdb and time.monotonic() < deadline:
+            time.sleep(0.5)
+            in_tsdb = tsdb_seqs(vm.url, gw)
         assert must_tsdb <= in_tsdb, sorted(must_tsdb - in_tsdb)[:20]
         assert in_tsdb <= set(committed)
         # Deduplicated counts equal the store's count (up to the caught-up point, where all is acked).
