@@ -274,6 +274,11 @@ class InfluxSink:
         if len(self._batch) >= self.batch_size:
             self._kick.set()
 
+    @property
+    def filling(self) -> int:
+        """Rows in the batch that is filling (not yet handed to the writer thread)."""
+        return len(self._batch)
+
     def flush(self) -> None:
         """Write the filling batch now instead of waiting for its age."""
         if self._batch:
