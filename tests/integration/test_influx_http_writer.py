@@ -22,17 +22,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from gateway.errors import SinkError
+from gateway.model import reading_payload
 from gateway.settings import GatewaySettings, InfluxSettings, Settings, StoreSettings
 from gateway.sinks.delivery import build_sinks
 from gateway.sinks.influx import InfluxSink, classify
 from gateway.sinks.influx_http import HttpWriter, InfluxHTTPError
-from gateway.store import Store
+from gateway.store import OutboxRow, Store
 from tests.servicefixtures import _victoria_fixture, await_until, commit, free_port, make_reading  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -411,3 +413,41 @@ async def test_the_sink_writes_by_batch_age_not_per_store_commit(server: _Server
     writes = [r for r in server.requests if r.method == "POST"]
     assert len(writes) == 2 and runner.published == 6
     assert time.monotonic() - started < 1.5                     # the stop wrote it, not the batch age
+
+
+class Outcomes:
+    """A reporter that records what the sink reports (the runner's part, for one session)."""
+
+    def __init__(self) -> None:
+        self.ok: list[int] = []
+        self.bad: list[tuple[list[int], str]] = []
+        self.errors: list[SinkError] = []
+
+    def delivered(self, seqs: Iterable[int]) -> None:
+        self.ok.extend(seqs)
+
+    def rejected(self, seqs: Sequence[int], reason: str) -> None:
+        self.bad.append((list(seqs), reason))
+
+    def broken(self, error: SinkError) -> None:
+        self.errors.append(error)
+
+
+async def test_a_row_that_is_no_line_is_rejected_with_its_batch_and_the_rest_written(server: _Server) -> None:
+    """A committed payload that cannot become line protocol (not JSON) is reported rejected,
+    once for its batch and with the reason; the good rows around it are written in order."""
+    sink = InfluxSink(InfluxSettings(url=base_url(server), batch_size=3, batch_age_s=5.0, timeout_s=5.0), "gw")
+    seen = Outcomes()
+    await sink.open(seen)
+    try:
+        good = make_reading("m1", ts=1_767_225_600.0)
+        for seq, body in ((1, reading_payload(good, "gw", 1)), (2, "not json"), (3, reading_payload(good, "gw", 3))):
+            sink.send(OutboxRow(seq, "reading", "m1", 1_767_225_600.0, body))
+        await await_until(lambda: len(seen.ok) == 2, 5, "the batch written")
+    finally:
+        await sink.close(True)
+    assert seen.ok == [1, 3] and not seen.errors
+    [(seqs, reason)] = seen.bad
+    assert seqs == [2] and "cannot express the committed message as line protocol" in reason
+    [write] = [r for r in server.requests if r.method == "POST"]
+    assert write.body.count(b"\n") == 1 and b"seq=1i" in write.body and b"seq=3i" in write.body
