@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.model import PointValue, Reading, reading_payload
+from gateway.sinks import lineproto
 from gateway.sinks.lineproto import (
     LineError,
     escape_key,
@@ -102,3 +103,14 @@ def test_escaped_tag_values_never_contain_bare_separators(value: str) -> None:
             continue
         assert out[i] not in ", =\n\r\t"
         i += 1
+
+
+def test_escapes_are_remembered_within_a_bound() -> None:
+    """Escaped names are cached (they recur in every line) but a stream of one-off names
+    cannot grow the cache past its limit, and a name escapes the same before and after."""
+    assert escape_key("a b,c=d") == r"a\ b\,c\=d"
+    for i in range(lineproto._CACHE_LIMIT + 10):
+        escape_tag_value(f"meter {i}")
+    assert 0 < len(lineproto._escaped_keys) <= lineproto._CACHE_LIMIT
+    assert escape_key("a b,c=d") == r"a\ b\,c\=d"
+    assert escape_tag_value("meter 7") == r"meter\ 7"
