@@ -850,6 +850,14 @@ def phase_loss(
     v = obs.voltages
     if len(v) != len(PHASES):
         return out
+    if not any(("phase_loss", ph) in state.active for ph in PHASES):
+        # The common case, decided once instead of per phase: every reference (the nominal,
+        # or the mean of two phases) is at most the highest phase, so when the lowest phase
+        # clears the loss fraction of that bound no phase is lost, and with nothing raised
+        # there is no normal cycle to count either.
+        bound = ctx.nominal_v if ctx.nominal_v is not None else max(v.values())
+        if min(v.values()) >= th.phase_loss_fraction * bound:
+            return out
     for ph in PHASES:
         others = [v[o] for o in PHASES if o != ph]
         if ctx.nominal_v is not None:

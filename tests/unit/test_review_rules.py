@@ -10,6 +10,8 @@ from __future__ import annotations
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.model import PointValue, Reading, loads_exact, to_json
 from gateway.review import rules
@@ -332,6 +334,29 @@ def test_phase_loss_is_not_an_outage_and_uses_the_nominal_when_known() -> None:
     assert kinds(ev) == [("phase_loss", "raised", "l3")] and ev[0].evidence["reference_v"] == D("5770")
     st = MeterState()
     assert run(st, obs(0, voltages=volts("4000", "4000", "3000")), ctx=ctx) == []  # others not normal
+
+
+@given(st.lists(st.integers(0, 3000), min_size=3, max_size=3), st.sampled_from([None, D("220"), D("2200")]))
+def test_phase_loss_raises_exactly_where_the_rule_says_whatever_the_shortcut(volts_int: list[int],
+                                                                            nominal: D | None) -> None:
+    """On a fresh meter, phase_loss raises for exactly the phases below the loss fraction of
+    their reference while the other two are normal (an oracle written out here), so the
+    all-phases-fine shortcut can never hide a loss."""
+    v = {ph: D(x) / 10 for ph, x in zip(("l1", "l2", "l3"), volts_int, strict=True)}
+    th = TH
+    expected = []
+    for ph in ("l1", "l2", "l3"):
+        others = [v[o] for o in ("l1", "l2", "l3") if o != ph]
+        if nominal is not None:
+            ref, normal = nominal, all(o >= th.phase_normal_fraction * nominal for o in others)
+        else:
+            ref = sum(others, D(0)) / 2
+            normal = min(others) > 0 and min(others) >= th.phase_normal_fraction * max(others)
+        if ref > 0 and v[ph] < th.phase_loss_fraction * ref and normal:
+            expected.append(("phase_loss", "raised", ph))
+    ctx = MeterContext(tz=TZ, identity="x", nominal_v=nominal)
+    got = [k for k in kinds(run(MeterState(), obs(0, voltages=v), ctx=ctx)) if k[0] == "phase_loss"]
+    assert got == expected
 
 
 # ----------------------------------------------------------------------------- engine-facing
