@@ -531,6 +531,9 @@ for exp in sys.argv[1].split(","):
             print(f"gc census: {sum(kinds.values())} objects in generation 2, frozen {gc.get_freeze_count()}: "
                   + ", ".join(f"{k} {n}" for k, n in kinds.most_common(25)), file=sys.stderr, flush=True)
         threading.Timer(float(arg or 40), census).start()
+    elif name == "uvloop":           # the gateway's asyncio.run uses uvloop's event loop
+        import asyncio, uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     elif name == "no-review":        # the review extension is not installed
         import gateway.review as review
         review.install = lambda *a, **k: None
@@ -540,7 +543,7 @@ from gateway.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "no-review")
+EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "no-review", "uvloop")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:

@@ -35,7 +35,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from drivers.modbus.frames import (
     EXCEPTION_ADVICE,
@@ -251,8 +251,8 @@ class _StreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream connection's transport (uvloop's is not an asyncio.Transport subclass)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.feed(data, time.monotonic())
@@ -525,8 +525,8 @@ class TcpLink(asyncio.Protocol):
     # asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport (called by asyncio)."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream connection's transport (uvloop's is not an asyncio.Transport subclass)
+        self._transport = cast(asyncio.Transport, transport)
         self._buf.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -39,7 +39,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, cast
 
 from drivers.modbus.decode import encode_point
 from drivers.modbus.frames import crc16, rtu_frame
@@ -178,8 +178,8 @@ class _TcpResponder(asyncio.Protocol):
         self.buf = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream connection's transport (uvloop's is not an asyncio.Transport subclass)
+        self.transport = cast(asyncio.Transport, transport)
         self.endpoint.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
