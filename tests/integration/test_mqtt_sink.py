@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import MqttSettings, StoreSettings
+from gateway.sinks.base import Backoff
 from gateway.sinks.delivery import SinkRunner
 from gateway.sinks.mqtt import MqttSink
 from gateway.store import Store
@@ -147,6 +148,41 @@ async def test_cursor_moves_only_after_puback(tmp_path: Path) -> None:
         await server.wait_closed()
     assert await store.cursor("mqtt") == 0
     await store.close()
+
+
+async def test_a_broker_that_stops_answering_pings_is_dropped_and_reconnected(tmp_path: Path) -> None:
+    """Keepalive is the loop's job (no paho thread): a broker that accepts the connection but
+    never answers PINGREQ is given up after the keepalive and a fresh session is opened.
+
+    mosquitto always answers pings, so a local TCP server plays the mute broker.
+    """
+    gw = gateway_id()
+    store = await open_store(tmp_path, gw)
+    connections: list[int] = []
+
+    async def mute_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        await reader.read(2)                       # CONNECT fixed header (short packet)
+        writer.write(b"\x20\x02\x00\x00")          # CONNACK accepted, then silence
+        await writer.drain()
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(mute_broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = MqttSink(MqttSettings(host="127.0.0.1", port=port, keepalive_s=1), gw)
+    runner = SinkRunner(sink, store, drain_timeout_s=0.5, backoff=Backoff(base=0.05, cap=0.2))
+    try:
+        await runner.start()
+        await await_until(lambda: len(connections) >= 2, 15, "a second session after the mute one")
+        assert runner.sessions >= 1
+        assert "lost the connection to the MQTT broker" in (runner.last_error or "")
+    finally:
+        await runner.stop()
+        server.close()
+        await server.wait_closed()
+        await store.close()
 
 
 def password_file(path: Path, user: str, password: str) -> Path:
