@@ -77,6 +77,9 @@ from gateway.settings import StoreSettings
 log = logging.getLogger("amr.store")
 
 SCHEMA_VERSION = 1
+RENDERED_KEPT = 4096
+"""Rendered rows kept per sink (:meth:`Store.render_on_commit`): four seconds at 1,000
+readings/s, far more than a live sink lags; about 1 MB of InfluxDB lines."""
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -160,6 +163,7 @@ class Store:
         self.last_error: str | None = None
         self._retry_batches: list[_Pending] = []
         self._commit_lock = asyncio.Lock()
+        self._renderers: dict[str, tuple[Callable[[Reading, int], str], dict[int, str]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -397,7 +401,40 @@ class Store:
             for r in p.readings:
                 r.seq = first
                 first += 1
+        if self._renderers:
+            self._render(batch)
         return [row[0] for row in rows]
+
+    # ------------------------------------------------------------------ rendered rows
+    def render_on_commit(self, sink: str, render: Callable[[Reading, int], str]) -> None:
+        """Render every committed reading for ``sink`` as it commits (on the writer thread,
+        which holds the reading anyway) and keep the last :data:`RENDERED_KEPT` of them.
+
+        A sink that must turn rows into its own format (InfluxDB lines) then takes the text
+        from :meth:`rendered` instead of parsing the committed JSON again; a row that is no
+        longer kept (a replay, a restart) is rendered from its payload as before, and both
+        give the same text.
+        """
+        self._renderers[sink] = (render, {})
+
+    def rendered(self, sink: str, seq: int) -> str | None:
+        """The text rendered for ``sink`` when ``seq`` committed, while it is kept."""
+        entry = self._renderers.get(sink)
+        return None if entry is None else entry[1].get(seq)
+
+    def _render(self, batch: list[_Pending]) -> None:
+        for name, (render, kept) in self._renderers.items():
+            for p in batch:
+                for r in p.readings:
+                    seq = r.seq
+                    if seq is None:
+                        continue
+                    try:
+                        kept[seq] = render(r, seq)
+                    except Exception as exc:   # the sink renders it from the payload instead
+                        log.debug("%s: cannot render seq %d at commit: %s", name, seq, exc)
+            while len(kept) > RENDERED_KEPT:
+                del kept[next(iter(kept))]
 
     # ------------------------------------------------------------------ sinks
     def register_sink(self, sink: str) -> None:

@@ -53,6 +53,7 @@ import http.client
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -226,9 +227,11 @@ class InfluxSink:
     name = "influxdb"
     open_proves_access = False
 
-    def __init__(self, settings: InfluxSettings, gateway_id: str) -> None:
+    def __init__(self, settings: InfluxSettings, gateway_id: str,
+                 rendered: Callable[[int], str | None] | None = None) -> None:
         self.settings = settings
         self.gateway_id = gateway_id
+        self._rendered = rendered   # seq → the line the store rendered at commit, if kept
         self.batch_size = max(1, settings.batch_size)
         self.window = 2 * self.batch_size     # one batch in flight, one filling
         self.page = self.batch_size
@@ -274,12 +277,12 @@ class InfluxSink:
         if not self._batch:
             self._first_at = time.monotonic()
             self._kick.set()
-        line: str | None
-        try:
-            line = row_line(self.settings.measurement, row.kind, row.meter, row.ts, row.payload, row.seq)
-        except LineError as exc:
-            line = None
-            self._bad_reason = f"cannot express the committed message as line protocol: {exc}"
+        line = self._rendered(row.seq) if self._rendered is not None else None
+        if line is None:
+            try:
+                line = row_line(self.settings.measurement, row.kind, row.meter, row.ts, row.payload, row.seq)
+            except LineError as exc:
+                self._bad_reason = f"cannot express the committed message as line protocol: {exc}"
         self._batch.append((row.seq, line))
         if len(self._batch) >= self.batch_size:
             self._kick.set()

@@ -43,7 +43,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from decimal import Decimal
 from typing import Final
+
+from gateway.model import Reading, json_number
 
 TAG_KEYS: Final = ("bus", "customer", "gateway", "meter")   # sorted: InfluxDB's preferred order
 _SKIP_GENERIC: Final = frozenset({"schema", "gateway", "seq", "meter", "customer", "bus", "ts", "slot"})
@@ -196,3 +199,23 @@ def row_line(measurement_base: str, kind: str, meter: str | None, ts: float, pay
     fields.append(f"seq={_seq_of(doc, seq)}i")
     ts_ms = round(ts * 1000)
     return f"{meas}{_tags(doc, meter)} {','.join(fields)} {ts_ms}"
+
+
+def reading_line(measurement_base: str, gateway: str, r: Reading, seq: int) -> str:
+    """The line :func:`row_line` makes of ``reading_payload(r, gateway, seq)``, from the
+    reading itself: the same text, character for character, without writing and parsing
+    the JSON again (the store renders it as it commits; see ``Store.render_on_commit``)."""
+    tags = "".join(
+        f",{key}={escape_tag_value(v)}"
+        for key, v in (("bus", r.bus), ("customer", r.customer), ("gateway", gateway), ("meter", r.meter)) if v
+    )
+    fields: list[str] = []
+    for name, p in r.points.items():
+        v = p.value
+        if p.quality != "good" or not isinstance(v, Decimal | int | float) or isinstance(v, bool):
+            continue
+        text = number_text(json_number(v))
+        if text is not None:
+            fields.append(f"{escape_key(name)}={text}")
+    fields.append(f"seq={seq}i")
+    return f"{escape_measurement(measurement_base)}{tags} {','.join(fields)} {round(r.ts * 1000)}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import store as store_module
 from gateway.errors import StoreError
 from gateway.model import PointValue, Reading, loads_exact
 from gateway.settings import StoreSettings
@@ -149,3 +150,29 @@ async def test_appends_during_a_commit_are_committed_too(tmp_path: Path) -> None
 
     assert await asyncio.wait_for(sequential(), timeout=10) == list(range(1, 51))
     await store.close()
+
+
+async def test_rows_rendered_at_commit_are_kept_per_seq_within_a_bound(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink's renderer sees each committed reading with its seq; the store keeps the last
+    RENDERED_KEPT texts, and a reading the renderer cannot render is simply not kept (the
+    sink renders it from the payload)."""
+    monkeypatch.setattr(store_module, "RENDERED_KEPT", 5)
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, "gw")
+
+    def render(r: Reading, seq: int) -> str:
+        if r.meter == "bad":
+            raise ValueError("cannot")
+        return f"{r.meter}#{seq}"
+
+    store.render_on_commit("influxdb", render)
+    try:
+        seqs = await store.append_readings([make_reading("m1"), make_reading("bad"), make_reading("m3")])
+        assert [store.rendered("influxdb", s) for s in seqs] == [f"m1#{seqs[0]}", None, f"m3#{seqs[2]}"]
+        assert store.rendered("mqtt", seqs[0]) is None                   # only the sink that asked
+        more = await store.append_readings([make_reading(f"n{i}") for i in range(6)])
+        assert store.rendered("influxdb", seqs[0]) is None               # aged out: only 5 kept
+        assert [store.rendered("influxdb", s) for s in more[-5:]] == [f"n{i}#{s}" for i, s in
+                                                                      zip(range(1, 6), more[-5:], strict=True)]
+    finally:
+        await store.close()
