@@ -27,6 +27,7 @@ test: $(STAMP) services
 lint: $(STAMP)
 	$(BIN)/ruff check gateway drivers tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --strict --explicit-package-bases --ignore-missing-imports bench/*.py
 
 bench: $(STAMP) services
 	$(BIN)/python bench/serial_bus.py

@@ -230,8 +230,8 @@ class CountingSink:
         """Start at zero."""
         self.submitted = 0
 
-    def submit(self, reading: Reading, retention: str = "interval") -> None:
-        """Count a reading."""
+    def submit_nowait(self, reading: Reading, retention: str = "interval") -> None:
+        """Count a reading (the :class:`gateway.polling.ReadingSink` protocol)."""
         self.submitted += 1
 
 
@@ -327,9 +327,15 @@ async def _drive(case: SerialCase, bus: BusSettings, emu: BusEmulator) -> tuple[
     now = clock.time()
     for meter in meters:
         worker.poll(meter, SCHEDULE, now)
+    closing = asyncio.create_task(closed.wait(), name="bench-window-closed")
     try:
-        await closed.wait()
+        # A worker that dies (a bug, not a meter failure) ends the case at once, with its error.
+        await asyncio.wait({task, closing}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+            raise RuntimeError("the bus worker stopped before the measurement window closed")
     finally:
+        closing.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

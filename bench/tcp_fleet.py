@@ -336,7 +336,7 @@ def phase_offsets(interval: float, phases: int) -> list[str]:
 
 def write_config(path: Path, *, gateway_id: str, data_dir: Path, meters: int, interval: float, phases: int,
                  port_base: int, units: int, api_port: int, sinks: bool, commit_ms: int | None,
-                 synchronous: str | None) -> None:
+                 synchronous: str | None, influx_client: str | None = None) -> None:
     """A configuration: ``meters`` TCP buses and meters, ``phases`` offset schedules.
 
     Meter ``m{i}`` is alone on bus ``b{i}`` (its own connection), at port
@@ -355,7 +355,8 @@ def write_config(path: Path, *, gateway_id: str, data_dir: Path, meters: int, in
             for k, off in enumerate(phase_offsets(interval, phases))]
     if sinks:
         out.append(f"mqtt: {{host: {MQTT[0]}, port: {MQTT[1]}}}")
-        out.append(f"influxdb: {{url: 'http://{VM[0]}:{VM[1]}', org: amr, bucket: amr, token: x}}")
+        client = f", client: {influx_client}" if influx_client else ""
+        out.append(f"influxdb: {{url: 'http://{VM[0]}:{VM[1]}', org: amr, bucket: amr, token: x{client}}}")
     out.append(f"api: {{listen: '127.0.0.1:{api_port}', token: {API_TOKEN}}}")
     store = []
     if commit_ms is not None:
@@ -637,7 +638,8 @@ class Bench:
         write_config(cfg, gateway_id=self.gateway_id, data_dir=run_dir / "data", meters=r.meters,
                      interval=r.interval_s, phases=a.phases, port_base=self.port_base, units=self.units,
                      api_port=self.api_port,
-                     sinks=True, commit_ms=a.commit_ms, synchronous=a.synchronous)
+                     sinks=True, commit_ms=a.commit_ms, synchronous=a.synchronous,
+                     influx_client=a.influx_client)
         log = run_dir / "gateway.log"
         t = time.monotonic()
         argv = [*gateway_argv(a.experiment), "--log-level", "warning", "run", "-c", str(cfg)]
@@ -810,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", help="sweep rates, e.g. 1000,2000,3000 (readings/s at 1 s)")
     ap.add_argument("--commit-ms", type=int, help="store.commit_interval_ms (default: the gateway's, 100)")
     ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], help="store.synchronous (default: FULL)")
+    ap.add_argument("--influx-client", choices=["builtin", "influxdb-client"],
+                    help="influxdb.client, the InfluxDB writer (default: the gateway's)")
     ap.add_argument("--port-base", type=int, help="first simulator port - 1 (default: a free range)")
     ap.add_argument("--units-per-port", type=int,
                     help="meters (unit ids) per simulator port (default: 1 if the open-file limit allows)")
@@ -848,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"EXPERIMENT: the gateway runs patched ({args.experiment}); not a target run")
         print(f"phases: meters spread over {args.phases} schedule offsets per interval; store "
               f"commit_interval_ms={args.commit_ms or f'default ({DEFAULT_COMMIT_MS:g})'}, "
-              f"synchronous={args.synchronous or 'default (FULL)'}")
+              f"synchronous={args.synchronous or 'default (FULL)'}; "
+              f"influxdb.client={args.influx_client or 'default'}")
         print("p50/p99 = slot → arrival at a QoS 1 subscriber; done p99 = reading ts − slot; lag max = "
               "amr_poll_lag_max_seconds (ms, since start);\n"
               "sim CPU = the simulator's share of one core in the window\n")
