@@ -26,8 +26,8 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 
 from drivers.modbus.plan import ReadRequest
-from drivers.modbus.transport import device_exception, serial_open_error
-from gateway.errors import ReadTimeout, TransportError
+from drivers.modbus.transport import device_exception, no_answer, serial_open_error
+from gateway.errors import TransportError
 
 if TYPE_CHECKING:
     from gateway.settings import BusSettings
@@ -46,6 +46,7 @@ class PymodbusLink:
     def __init__(self, bus: BusSettings) -> None:
         self.bus = bus
         self.where = bus.port or f"{bus.host}:{bus.tcp_port}"
+        self._serial = bool(bus.port)
         self._client: Any = None
 
     def _make_client(self) -> Any:
@@ -97,7 +98,7 @@ class PymodbusLink:
             async with asyncio.timeout(timeout + 0.05):
                 rr = await call(request.address, count=request.count, device_id=unit)
         except TimeoutError as exc:
-            raise ReadTimeout(f"unit {unit} on {self.where} did not answer within {timeout:g} s") from exc
+            raise no_answer(unit, self.where, timeout, serial=self._serial) from exc
         except ModbusException as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -107,8 +108,7 @@ class PymodbusLink:
                 raise TransportError(f"connection to {self.where} failed: {exc}; "
                                      "it will be reopened") from exc
             if isinstance(exc, ModbusIOException):
-                raise ReadTimeout(f"unit {unit} on {self.where} did not answer within "
-                                  f"{timeout:g} s") from exc
+                raise no_answer(unit, self.where, timeout, serial=self._serial) from exc
             raise TransportError(f"{self.where}: {exc}") from exc
         if rr.isError():
             raise device_exception(int(getattr(rr, "exception_code", 0)), unit, self.where)

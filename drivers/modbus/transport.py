@@ -71,6 +71,13 @@ def device_exception(code: int, unit: int, where: str) -> Exception:
     return DeviceException(code, name, f"unit {unit} on {where}: {advice}")
 
 
+def no_answer(unit: int, where: str, timeout: float, *, serial: bool) -> ReadTimeout:
+    """The timeout a unit that stays silent raises, saying what a site engineer checks first."""
+    hint = ("check the unit id, the wiring (A/B), the baud rate and the parity" if serial
+            else "check the unit id and that the device or Modbus gateway behind it is powered and wired")
+    return ReadTimeout(f"unit {unit} on {where} did not answer within {timeout:g} s; {hint}")
+
+
 class TimeoutBuckets:
     """Deadlines of many transactions, expired by one loop timer per ``tick`` seconds.
 
@@ -419,8 +426,7 @@ class RtuLink:
         n = len(self._buf)
         self._dirty = n > 0
         if n == 0:
-            w.set_exception(ReadTimeout(f"unit {unit} on {self.where} did not answer within "
-                                        f"{timeout:g} s"))
+            w.set_exception(no_answer(unit, self.where, timeout, serial=True))
             return
         status, _ = scan_rtu_reply(self._buf, unit, function, count)
         if status == "partial":
@@ -598,8 +604,7 @@ class TcpLink(asyncio.Protocol):
         del self._pending[tid]      # a late reply for this tid is counted and dropped
         if not fut.done():
             self.stats["timeouts"] += 1
-            fut.set_exception(ReadTimeout(
-                f"unit {unit} at {self.where} did not answer within {timeout:g} s"))
+            fut.set_exception(no_answer(unit, self.where, timeout, serial=False))
 
     async def open(self) -> None:
         """Connect; safe when already connected."""
