@@ -30,8 +30,8 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict --explicit-package-bases --ignore-missing-imports bench/*.py
 
 bench: $(STAMP) services
-	$(BIN)/python bench/serial_bus.py
-	$(BIN)/python bench/tcp_fleet.py
+	$(BIN)/python -m bench.serial_bus
+	$(BIN)/python -m bench.tcp_fleet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
