@@ -31,7 +31,13 @@ How paho meets asyncio
   is decided in one place.
 * paho's callbacks run on the loop's thread, inside those calls: PUBACK message ids are
   collected and reported once per read burst (not per message); CONNACK and disconnects
-  resolve futures directly. Nothing polls but the keepalive tick.
+  resolve futures directly. Nothing polls but the keepalive tick. The loss callbacks are
+  set only once the loop owns the socket (never on the connecting thread).
+* Failure on the loop: anything paho queued but the socket refused (a PUBACK burst, a
+  keepalive PINGREQ) gets a writer; an exception out of paho inside those calls breaks the
+  session like a dropped link (the runner resends from the cursor) instead of spinning on a
+  readable socket; a stop cancelled while it waits for the ``offline`` PUBACK still closes
+  the socket and stops the tick.
 * :meth:`MqttSink.send` calls ``Client.publish``, which writes at once while the socket
   takes it, and records message id → seq; the window (``mqtt.inflight``, enforced by the
   runner) bounds what paho holds, and paho's own inflight limit is set just above it so it
@@ -48,6 +54,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -114,7 +121,13 @@ class _Connection:
 
     # the socket on the loop -----------------------------------------------------------
     def attach(self) -> None:
-        """Watch the connected socket (after ``connect`` returned) and start the keepalive tick."""
+        """Watch the connected socket (after ``connect`` returned) and start the keepalive tick.
+
+        The loss callbacks are set here, on the loop, not before ``connect``: paho runs
+        ``connect`` in a worker thread and would call them there if writing CONNECT failed.
+        """
+        self.client.on_disconnect = self.on_disconnect
+        self.client.on_socket_close = self.on_socket_close
         sock = self.client.socket()
         if sock is None:
             self._lost("the connection closed before CONNACK")
@@ -144,28 +157,48 @@ class _Connection:
 
     def _readable(self) -> None:
         client = self.client
-        client.loop_read()
-        sock = client.socket()
-        # TLS: records already decrypted in the SSL object do not make the socket readable.
-        while isinstance(sock, ssl.SSLSocket) and sock.pending():
+        try:
             client.loop_read()
             sock = client.socket()
-        self.drain_acks()
+            # TLS: records already decrypted in the SSL object do not make the socket readable.
+            while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                client.loop_read()
+                sock = client.socket()
+            self.drain_acks()
+            self.wrote()                   # anything paho queued while reading that the socket refused
+        except Exception as exc:           # a paho failure must break the session, not leave it stuck
+            self._failed("reading", exc)
 
     def _writable(self) -> None:
-        self.client.loop_write()
-        if self._fd is not None and not self.client.want_write():
-            self._writing = False
-            self.loop.remove_writer(self._fd)
+        try:
+            self.client.loop_write()
+            if self._fd is not None and not self.client.want_write():
+                self._writing = False
+                self.loop.remove_writer(self._fd)
+        except Exception as exc:
+            self._failed("writing", exc)
 
     def _tick(self) -> None:
         self._misc = None
         if self._fd is None:
             return
-        self.client.loop_misc()            # PINGREQ when due; a missing PINGRESP drops the link
-        self.drain_acks()
+        try:
+            self.client.loop_misc()        # PINGREQ when due; a missing PINGRESP drops the link
+            self.drain_acks()
+            self.wrote()                   # a PINGREQ the full socket refused waits for room
+        except Exception as exc:
+            self._failed("keeping the connection alive", exc)
         if self._fd is not None:
             self._misc = self.loop.call_later(1.0, self._tick)
+
+    def _failed(self, doing: str, exc: Exception) -> None:
+        log.warning("MQTT client failed while %s: %r; the session is dropped and resent from the cursor",
+                    doing, exc)
+        self._lost(f"the MQTT client failed while {doing}: {exc!r}")
+        with contextlib.suppress(Exception):
+            sock = self.client.socket()
+            if sock is not None:
+                sock.close()
 
     # acknowledgements and loss -----------------------------------------------------------
     def drain_acks(self) -> None:
@@ -270,8 +303,6 @@ class MqttSink:
         conn_holder.append(conn)
         client.on_connect = conn.on_connect
         client.on_publish = conn.on_publish
-        client.on_disconnect = conn.on_disconnect
-        client.on_socket_close = conn.on_socket_close
         return client
 
     async def open(self, reporter: Reporter) -> None:
@@ -283,14 +314,18 @@ class MqttSink:
         loop = asyncio.get_running_loop()
         connect = loop.run_in_executor(None, client.connect, s.host, s.port, s.keepalive_s)
         try:
-            await asyncio.shield(connect)
+            rc = await asyncio.shield(connect)
         except asyncio.CancelledError:
-            connect.add_done_callback(lambda _f: _dispose(client))
+            connect.add_done_callback(_dispose_when_connected(client))
             raise
         except (OSError, ssl.SSLError, ValueError) as exc:
             _dispose(client)
             raise SinkError(f"cannot connect to the MQTT broker {s.host}:{s.port}: {_describe(exc)}", "keep") \
                 from exc
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:    # the CONNECT could not be written
+            _dispose(client)
+            raise SinkError(f"cannot connect to the MQTT broker {s.host}:{s.port}: {paho.error_string(rc)}",
+                            "keep")
         conn.attach()
         self._conn = conn
         try:
@@ -340,23 +375,25 @@ class MqttSink:
         if conn is None:
             return
         client = conn.client
-        if graceful and not conn.lost:
-            info = client.publish(self.status_topic, "offline", qos=1, retain=True)
-            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                conn.control[info.mid] = waiter
-                conn.wrote()
-                conn.drain_acks()   # the PUBACK may already be in
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter, 5.0)
-        conn.closing = True
-        with contextlib.suppress(Exception):
-            client.disconnect()     # written at once when the socket takes it; paho then closes it
-        conn.detach()
-        sock = client.socket()
-        if sock is not None:
+        try:
+            if graceful and not conn.lost:
+                info = client.publish(self.status_topic, "offline", qos=1, retain=True)
+                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    conn.control[info.mid] = waiter
+                    conn.wrote()
+                    conn.drain_acks()   # the PUBACK may already be in
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiter, 5.0)
+        finally:   # also when cancelled during that wait: nothing of the session may stay on the loop
+            conn.closing = True
             with contextlib.suppress(Exception):
-                sock.close()
+                client.disconnect()     # written at once when the socket takes it; paho then closes it
+            conn.detach()
+            sock = client.socket()
+            if sock is not None:
+                with contextlib.suppress(Exception):
+                    sock.close()
 
 
 def _dispose(client: paho.Client) -> None:
@@ -367,6 +404,16 @@ def _dispose(client: paho.Client) -> None:
     if sock is not None:
         with contextlib.suppress(Exception):
             sock.close()
+
+
+def _dispose_when_connected(client: paho.Client) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback for a ``connect`` whose caller was cancelled: close the client, and
+    take the connect's own error so asyncio does not log it as never retrieved."""
+    def done(fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled():
+            fut.exception()
+        _dispose(client)
+    return done
 
 
 def _describe(exc: BaseException) -> str:
