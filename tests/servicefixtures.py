@@ -342,6 +342,47 @@ class Message:
         return json.loads(self.payload)
 
 
+class MuteBroker:
+    """A local TCP server that plays a broker mosquitto never is: it answers CONNECT with an
+    accepted CONNACK and then reads and ignores everything — no PUBACK, no PINGRESP.
+
+    ``async with MuteBroker() as broker:`` listens on a free loopback port (``broker.port``);
+    ``connections`` counts sessions, ``received`` is set once anything follows the CONNECT.
+    On exit every connection is closed and awaited, so no stream is left for the collector.
+    """
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.received = asyncio.Event()
+        self.port = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        await reader.read(2)                       # CONNECT fixed header (short packet)
+        writer.write(b"\x20\x02\x00\x00")          # CONNACK accepted, then silence
+        await writer.drain()
+        while await reader.read(65536):
+            self.received.set()
+        writer.close()
+
+    async def __aenter__(self) -> MuteBroker:
+        self._server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._writers:
+            w.close()
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
+        await self._server.wait_closed()
+
+
 class Subscriber:
     """An independent MQTT consumer (paho in its own thread): QoS 1, reconnects by itself.
 

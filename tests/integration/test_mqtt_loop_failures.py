@@ -12,7 +12,6 @@ the test injects it and says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from gateway.sinks.mqtt import MqttSink
 from gateway.store import OutboxRow
 from tests.servicefixtures import (  # noqa: F401  (fixtures)
     Broker,
+    MuteBroker,
     _mosquitto_fixture,
     await_until,
 )
@@ -65,21 +65,8 @@ async def test_a_stop_cancelled_while_waiting_for_the_offline_ack_leaves_nothing
     always PUBACKs) keeps ``close(True)`` in its bounded wait; cancelling it there must still
     unregister the socket, stop the keepalive tick and close the socket."""
 
-    writers: list[asyncio.StreamWriter] = []
-
-    async def silent_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await reader.read(2)
-        writer.write(b"\x20\x02\x00\x00")          # CONNACK accepted, then never a PUBACK
-        await writer.drain()
-        while await reader.read(65536):
-            pass
-        writer.close()
-
-    server = await asyncio.start_server(silent_broker, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    sink = sink_for("127.0.0.1", port)
-    try:
+    async with MuteBroker() as broker:
+        sink = sink_for("127.0.0.1", broker.port)
         await sink.open(Reporter())
         conn = sink._conn
         assert conn is not None and conn._fd is not None
@@ -94,13 +81,6 @@ async def test_a_stop_cancelled_while_waiting_for_the_offline_ack_leaves_nothing
         assert conn._fd is None, "the socket is still watched by the loop"
         assert conn._misc is None, "the keepalive tick still runs"
         assert sock.fileno() == -1, "the socket was left open"
-    finally:
-        server.close()
-        for w in writers:
-            w.close()
-            with contextlib.suppress(OSError):
-                await w.wait_closed()
-        await server.wait_closed()
 
 
 class RefusesOnePing:

@@ -17,6 +17,7 @@ from gateway.store import Store
 from tests.servicefixtures import (  # noqa: F401  (fixtures)
     Broker,
     MosquittoProcess,
+    MuteBroker,
     Subscriber,
     _mosquitto_fixture,
     await_until,
@@ -121,31 +122,18 @@ async def test_cursor_moves_only_after_puback(tmp_path: Path) -> None:
     gw = gateway_id()
     store = await open_store(tmp_path, gw)
     await commit(store, [make_reading() for _ in range(10)])
-    received = asyncio.Event()
-
-    async def silent_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(2)                       # CONNECT fixed header (short packet)
-        writer.write(b"\x20\x02\x00\x00")          # CONNACK accepted
-        await writer.drain()
-        while await reader.read(65536):
-            received.set()
-        writer.close()
-
-    server = await asyncio.start_server(silent_broker, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    sink = MqttSink(MqttSettings(host="127.0.0.1", port=port, inflight=4), gw)
-    runner = SinkRunner(sink, store, drain_timeout_s=0.5)
-    try:
-        await runner.start()
-        await asyncio.wait_for(received.wait(), 10)
-        await await_until(lambda: sink._conn is not None and len(sink._conn.mids) == 4, 10,
-                          "a full window of unacknowledged publishes")
-        assert await store.cursor("mqtt") == 0
-        assert runner.state()["published"] == 0
-    finally:
-        await runner.stop()
-        server.close()
-        await server.wait_closed()
+    async with MuteBroker() as broker:
+        sink = MqttSink(MqttSettings(host="127.0.0.1", port=broker.port, inflight=4), gw)
+        runner = SinkRunner(sink, store, drain_timeout_s=0.5)
+        try:
+            await runner.start()
+            await asyncio.wait_for(broker.received.wait(), 10)
+            await await_until(lambda: sink._conn is not None and len(sink._conn.mids) == 4, 10,
+                              "a full window of unacknowledged publishes")
+            assert await store.cursor("mqtt") == 0
+            assert runner.state()["published"] == 0
+        finally:
+            await runner.stop()
     assert await store.cursor("mqtt") == 0
     await store.close()
 
@@ -158,31 +146,17 @@ async def test_a_broker_that_stops_answering_pings_is_dropped_and_reconnected(tm
     """
     gw = gateway_id()
     store = await open_store(tmp_path, gw)
-    connections: list[int] = []
-
-    async def mute_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        await reader.read(2)                       # CONNECT fixed header (short packet)
-        writer.write(b"\x20\x02\x00\x00")          # CONNACK accepted, then silence
-        await writer.drain()
-        while await reader.read(65536):
-            pass
-        writer.close()
-
-    server = await asyncio.start_server(mute_broker, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    sink = MqttSink(MqttSettings(host="127.0.0.1", port=port, keepalive_s=1), gw)
-    runner = SinkRunner(sink, store, drain_timeout_s=0.5, backoff=Backoff(base=0.05, cap=0.2))
-    try:
-        await runner.start()
-        await await_until(lambda: len(connections) >= 2, 15, "a second session after the mute one")
-        assert runner.sessions >= 1
-        assert "lost the connection to the MQTT broker" in (runner.last_error or "")
-    finally:
-        await runner.stop()
-        server.close()
-        await server.wait_closed()
-        await store.close()
+    async with MuteBroker() as broker:
+        sink = MqttSink(MqttSettings(host="127.0.0.1", port=broker.port, keepalive_s=1), gw)
+        runner = SinkRunner(sink, store, drain_timeout_s=0.5, backoff=Backoff(base=0.05, cap=0.2))
+        try:
+            await runner.start()
+            await await_until(lambda: broker.connections >= 2, 15, "a second session after the mute one")
+            assert runner.sessions >= 1
+            assert "lost the connection to the MQTT broker" in (runner.last_error or "")
+        finally:
+            await runner.stop()
+            await store.close()
 
 
 def password_file(path: Path, user: str, password: str) -> Path:
