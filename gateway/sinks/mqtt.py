@@ -40,8 +40,9 @@ How paho meets asyncio
   the socket and stops the tick.
 * :meth:`MqttSink.send` calls ``Client.publish``, which writes at once while the socket
   takes it, and records message id → seq; the window (``mqtt.inflight``, enforced by the
-  runner) bounds what paho holds, and paho's own inflight limit is set just above it so it
-  never queues.
+  runner) bounds what paho holds, so paho's own inflight limit is off (0): paho then never
+  queues, and never walks every in-flight message on each PUBACK looking for queued ones
+  (what it does whenever a limit is set).
 * The publisher connects with a clean session: after a reconnect the broker holds nothing
   for us, and everything unacknowledged is published again from the store (at-least-once,
   duplicates only across the reconnect; consumers deduplicate on (gateway, seq)).
@@ -289,7 +290,7 @@ class MqttSink:
         if paho_log.isEnabledFor(logging.DEBUG):
             # paho logs every connection loss at ERROR; our runner logs state changes once.
             client.enable_logger(paho_log)
-        client.max_inflight_messages_set(self.window + 2)
+        client.max_inflight_messages_set(0)     # the runner's window bounds it (module doc)
         client.max_queued_messages_set(0)
         client.connect_timeout = self.connect_timeout_s
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
