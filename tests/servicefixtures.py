@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -41,6 +41,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.errors import SinkError
 from gateway.model import PointValue, Reading
 from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
 from gateway.store import Store
@@ -340,6 +341,26 @@ class Message:
     def json(self) -> Any:
         """The payload parsed as JSON."""
         return json.loads(self.payload)
+
+
+class Outcomes:
+    """A reporter that records what the sink reports (the runner's part, for one session):
+    delivered seqs in ``ok``, rejected batches with their reason in ``bad``, broken sessions
+    in ``errors``."""
+
+    def __init__(self) -> None:
+        self.ok: list[int] = []
+        self.bad: list[tuple[list[int], str]] = []
+        self.errors: list[SinkError] = []
+
+    def delivered(self, seqs: Iterable[int]) -> None:
+        self.ok.extend(seqs)
+
+    def rejected(self, seqs: Sequence[int], reason: str) -> None:
+        self.bad.append((list(seqs), reason))
+
+    def broken(self, error: SinkError) -> None:
+        self.errors.append(error)
 
 
 class MuteBroker:

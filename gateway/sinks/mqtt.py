@@ -196,10 +196,13 @@ class _Connection:
         log.warning("MQTT client failed while %s: %r; the session is dropped and resent from the cursor",
                     doing, exc)
         self._lost(f"the MQTT client failed while {doing}: {exc!r}")
-        with contextlib.suppress(Exception):
-            sock = self.client.socket()
-            if sock is not None:
-                sock.close()
+        _close_socket(self.client)
+
+    def shut(self) -> None:
+        """End the session from our side: no loss is reported, nothing stays on the loop."""
+        self.closing = True
+        self.detach()
+        _dispose(self.client)
 
     # acknowledgements and loss -----------------------------------------------------------
     def drain_acks(self) -> None:
@@ -336,9 +339,7 @@ class MqttSink:
             raise SinkError(f"the MQTT broker {s.host}:{s.port} did not answer CONNECT within "
                             f"{self.connect_timeout_s:g} s", "keep") from None
         except asyncio.CancelledError:
-            conn.closing = True
-            conn.detach()
-            _dispose(client)
+            conn.shut()
             self._conn = None
             raise
         if code != 0:
@@ -387,20 +388,19 @@ class MqttSink:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(waiter, 5.0)
         finally:   # also when cancelled during that wait: nothing of the session may stay on the loop
-            conn.closing = True
-            with contextlib.suppress(Exception):
-                client.disconnect()     # written at once when the socket takes it; paho then closes it
-            conn.detach()
-            sock = client.socket()
-            if sock is not None:
-                with contextlib.suppress(Exception):
-                    sock.close()
+            conn.shut()
 
 
 def _dispose(client: paho.Client) -> None:
-    """Close a client that never reached CONNACK (its socket is non-blocking: nothing waits)."""
+    """Disconnect and close a client's socket (non-blocking: DISCONNECT is written at once when
+    the socket takes it, and nothing waits)."""
     with contextlib.suppress(Exception):
         client.disconnect()
+    _close_socket(client)
+
+
+def _close_socket(client: paho.Client) -> None:
+    """Close the client's socket if paho has not already."""
     sock = client.socket()
     if sock is not None:
         with contextlib.suppress(Exception):

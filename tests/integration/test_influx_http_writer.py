@@ -22,20 +22,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from gateway.errors import SinkError
 from gateway.model import reading_payload
 from gateway.settings import GatewaySettings, InfluxSettings, Settings, StoreSettings
 from gateway.sinks.delivery import build_sinks
 from gateway.sinks.influx import InfluxSink, classify
 from gateway.sinks.influx_http import HttpWriter, InfluxHTTPError
 from gateway.store import OutboxRow, Store
-from tests.servicefixtures import _victoria_fixture, await_until, commit, free_port, make_reading  # noqa: F401
+from tests.servicefixtures import (  # noqa: F401  (fixtures)
+    Outcomes,
+    _victoria_fixture,
+    await_until,
+    commit,
+    free_port,
+    make_reading,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -413,24 +419,6 @@ async def test_the_sink_writes_by_batch_age_not_per_store_commit(server: _Server
     writes = [r for r in server.requests if r.method == "POST"]
     assert len(writes) == 2 and runner.published == 6
     assert time.monotonic() - started < 1.5                     # the stop wrote it, not the batch age
-
-
-class Outcomes:
-    """A reporter that records what the sink reports (the runner's part, for one session)."""
-
-    def __init__(self) -> None:
-        self.ok: list[int] = []
-        self.bad: list[tuple[list[int], str]] = []
-        self.errors: list[SinkError] = []
-
-    def delivered(self, seqs: Iterable[int]) -> None:
-        self.ok.extend(seqs)
-
-    def rejected(self, seqs: Sequence[int], reason: str) -> None:
-        self.bad.append((list(seqs), reason))
-
-    def broken(self, error: SinkError) -> None:
-        self.errors.append(error)
 
 
 async def test_a_row_that_is_no_line_is_rejected_with_its_batch_and_the_rest_written(server: _Server) -> None:

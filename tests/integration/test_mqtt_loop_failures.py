@@ -14,40 +14,22 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
 
-from gateway.errors import SinkError
 from gateway.settings import MqttSettings
 from gateway.sinks.mqtt import MqttSink
 from gateway.store import OutboxRow
 from tests.servicefixtures import (  # noqa: F401  (fixtures)
     Broker,
     MuteBroker,
+    Outcomes,
     _mosquitto_fixture,
     await_until,
 )
 
 pytestmark = pytest.mark.integration
-
-
-class Reporter:
-    """A runner's ear (:class:`gateway.sinks.base.Reporter`): what the sink reported."""
-
-    def __init__(self) -> None:
-        self.acked: list[int] = []
-        self.errors: list[SinkError] = []
-
-    def delivered(self, seqs: Iterable[int]) -> None:
-        self.acked.extend(seqs)
-
-    def rejected(self, seqs: Sequence[int], reason: str) -> None:
-        raise AssertionError(f"nothing is rejected over MQTT: {seqs} {reason}")
-
-    def broken(self, error: SinkError) -> None:
-        self.errors.append(error)
 
 
 def row(seq: int) -> OutboxRow:
@@ -67,7 +49,7 @@ async def test_a_stop_cancelled_while_waiting_for_the_offline_ack_leaves_nothing
 
     async with MuteBroker() as broker:
         sink = sink_for("127.0.0.1", broker.port)
-        await sink.open(Reporter())
+        await sink.open(Outcomes())
         conn = sink._conn
         assert conn is not None and conn._fd is not None
         sock = conn.client.socket()
@@ -106,7 +88,7 @@ async def test_a_ping_the_socket_could_not_take_goes_out_when_there_is_room(mosq
     live broker's session is kept (before: it waited in paho's queue and the link was dropped
     for a missing PINGRESP after one keepalive)."""
     sink = sink_for(mosquitto.host, mosquitto.port, keepalive_s=1)
-    reporter = Reporter()
+    reporter = Outcomes()
     await sink.open(reporter)
     try:
         conn = sink._conn
@@ -115,9 +97,9 @@ async def test_a_ping_the_socket_could_not_take_goes_out_when_there_is_room(mosq
         conn.client._sock = proxy  # type: ignore[attr-defined]
         await await_until(lambda: proxy.refused, 10, "a PINGREQ refused by the socket")
         await asyncio.sleep(3.5)                   # over three keepalives
-        assert reporter.errors == [], reporter.errors
+        assert reporter.errors == [] and reporter.bad == [], (reporter.errors, reporter.bad)
         sink.send(row(1))
-        await await_until(lambda: reporter.acked == [1], 10, "a PUBACK on the kept session")
+        await await_until(lambda: reporter.ok == [1], 10, "a PUBACK on the kept session")
     finally:
         await sink.close(False)
 
@@ -127,7 +109,7 @@ async def test_a_failure_inside_paho_breaks_the_session_instead_of_leaving_it_st
     reported broken — the runner then resends from the cursor on a new one — rather than the
     error vanishing into asyncio's callback log while the sink waits for PUBACKs forever."""
     sink = sink_for(mosquitto.host, mosquitto.port)
-    reporter = Reporter()
+    reporter = Outcomes()
     await sink.open(reporter)
     try:
         conn = sink._conn
@@ -140,6 +122,7 @@ async def test_a_failure_inside_paho_breaks_the_session_instead_of_leaving_it_st
         sink.send(row(1))                          # its PUBACK makes the socket readable
         await await_until(lambda: reporter.errors, 10, "the session reported broken")
         assert "failed while reading" in str(reporter.errors[0])
+        assert reporter.bad == []
         assert conn._fd is None and conn.lost
     finally:
         await sink.close(False)
