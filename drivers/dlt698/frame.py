@@ -169,14 +169,22 @@ class ServerAddress:
             raise ValueError("the logical address is 0..3")
 
     @classmethod
-    def single(cls, address: str, logical: int = 0) -> ServerAddress:
-        """The address of one meter as written (``"000039200933"``)."""
+    def single(cls, address: str, logical: int = 0, size: int | None = None) -> ServerAddress:
+        """The address of one meter as written (``"000039200933"``).
+
+        ``size`` is the address length in bytes when it is not the usual 6 (a meter with a
+        4-byte address, ``"28417891"``, needs ``size=4``: the meter compares lengths too).
+        """
         text = normalize_address(address)
         if "A" in text:
             raise ConfigError(
                 f"DL/T 698.45 address {address!r} has the wildcard digit A: a single meter's "
                 "address has digits 0-9 only"
             )
+        if size is not None:
+            if not 1 <= size <= 16 or len(text.lstrip("0")) > 2 * size:
+                raise ConfigError(f"DL/T 698.45 address {address!r} does not fit {size} bytes")
+            text = text[-2 * size :] if len(text) > 2 * size else text.rjust(2 * size, "0")
         return cls(AddressType.SINGLE, bytes(reversed(bytes.fromhex(text))), logical)
 
     @classmethod
