@@ -8,7 +8,8 @@ Layouts (after the service tag and form byte; all integers big-endian)::
     85 01 PIID-ACD OAD Get-Result FollowReport TimeTag   GET-Response-Normal
     85 02 PIID-ACD n (OAD Get-Result)×n Follow TimeTag   GET-Response-NormalList
     85 03 PIID-ACD OAD RCSD Record-Result Follow TimeTag GET-Response-Record
-    EE PIID-ACD type [FollowReport TimeTag]              ERROR-Response (medium)
+    EE PIID-ACD type FollowReport TimeTag                ERROR-Response (medium; both
+                                                         trailing fields may be missing)
     10 00 len APDU 01 len RN                             SECURITY-Request, plain text + RN
     90 00 len APDU [01 00 len MAC]                       SECURITY-Response, plain text (+ MAC)
 
@@ -236,6 +237,9 @@ class ErrorResponse:
 
     piid_acd: int
     error: int
+    follow: FollowReport | None = None
+    time_tag: TimeTag | None = None
+    short: bool = False        # sent without the FollowReport and TimeTag bytes
 
     @property
     def name(self) -> str:
@@ -335,7 +339,8 @@ def encode_response(resp: GetResponse) -> bytes:
     """The APDU of a GET response (or ERROR-Response)."""
     piid = _u8(resp.piid_acd, "PIID-ACD")
     if isinstance(resp, ErrorResponse):
-        return bytes([ERROR_RESPONSE]) + piid + _u8(resp.error, "the error type")
+        head = bytes([ERROR_RESPONSE]) + piid + _u8(resp.error, "the error type")
+        return head if resp.short else head + _encode_follow(resp.follow) + encode_time_tag(resp.time_tag)
     if isinstance(resp, GetResponseNormal):
         body = bytes([GET_RESPONSE, NORMAL]) + piid + _oad(resp.oad) + _encode_result(resp.result)
     elif isinstance(resp, GetResponseNormalList):
@@ -528,11 +533,12 @@ def parse_response(apdu: bytes) -> GetResponse:
     tag = r.u8()
     if tag == ERROR_RESPONSE:
         piid, err = r.u8(), r.u8()
-        if r.remaining:        # lib's vector has FollowReport and TimeTag after the type
-            _follow(r)
-            _time_tag(r)
+        if not r.remaining:
+            return ErrorResponse(piid, err, short=True)
+        # lib's vector (EE 03 02 00 00) has FollowReport and TimeTag after the type.
+        error = ErrorResponse(piid, err, _follow(r), _time_tag(r))
         r.end("the ERROR-Response")
-        return ErrorResponse(piid, err)
+        return error
     if tag != GET_RESPONSE:
         raise FrameError(f"service {tag:02X} is not a GET response; the meter answered something else")
     form, piid = r.u8(), r.u8()
