@@ -136,7 +136,8 @@ def test_record_request_forms() -> None:
     apdu = encode_request(req)
     assert apdu.hex().upper() == "0503015005020000020020210200015004020002001002000020020000"
     assert parse_request(apdu) == req
-    assert encode_request(GetRecord(1, 0x50040200, SelectLast(3), ())).hex().upper() == "0503015004020009030000"  # RSD 9 n=3, no columns, no TimeTag
+    # RSD 9 with n = 3, no columns, no TimeTag
+    assert encode_request(GetRecord(1, 0x50040200, SelectLast(3), ())).hex().upper() == "0503015004020009030000"
     with pytest.raises(ValueError, match="at least one"):
         encode_request(GetNormalList(1, ()))
 

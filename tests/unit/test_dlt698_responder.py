@@ -24,7 +24,6 @@ from drivers.dlt698.apdu import (
     GetResponseNormalList,
     GetResponseRecord,
     SelectAll,
-    SelectEqual,
     SelectLast,
     SelectRange,
     TimeTag,
