@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drivers.base import MeterDriver
+from drivers.base import MeterDriver, ReadPlan
 from gateway.clock import Clock
 from gateway.errors import (
     AmrError,
@@ -83,7 +83,7 @@ class MeterRuntime:
     settings: MeterSettings
     profile: Profile
     builder: ReadingBuilder
-    plans: dict[str, tuple[Any, list[str]]]      # schedule → (compiled plan, point names)
+    plans: dict[str, tuple[ReadPlan, list[str]]]  # schedule → (compiled plan, point names)
     retention: dict[str, str]                    # schedule → realtime | interval
     stats: MeterStats = field(default_factory=MeterStats)
     next_probe: float = 0.0
@@ -260,7 +260,7 @@ class BusWorker:
         results: dict[str, PointResult] | None = None
         failure: AmrError | None = None
         timeout = self.bus.timeout_s
-        guard = timeout * (2 + _request_count(plan)) + 1.0
+        guard = timeout * (2 + plan.request_count) + 1.0
         for attempt in range(attempts):
             try:
                 await self.driver.open()
@@ -344,16 +344,3 @@ class BusWorker:
 
 def _priority_of(meter: MeterRuntime, schedule: str) -> str:
     return "realtime" if meter.retention.get(schedule) == "realtime" else "interval"
-
-
-def _request_count(plan: Any) -> int:
-    for attr in ("requests", "reads", "steps"):
-        seq = getattr(plan, attr, None)
-        if isinstance(seq, int):
-            return seq  # a plan that counts its requests itself (DL/T 645)
-        if seq is not None:
-            try:
-                return len(seq)
-            except TypeError:
-                return 1
-    return 1

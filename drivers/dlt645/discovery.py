@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
+from drivers.base import MeterDriver
 from drivers.dlt645.codec import normalize_address
 from drivers.dlt645.driver import Dlt645Driver
 from gateway.errors import ConfigError, ReadTimeout
@@ -67,3 +68,23 @@ def address_range(first: str, last: str, *, limit: int = 10_000) -> Iterator[str
         )
     for n in range(a, b + 1):
         yield f"{n:012d}"
+
+
+async def scan(driver: MeterDriver, id_range: str | None, timeout: float,
+               progress: Callable[[int, int], None]) -> list[str]:
+    """``amr-gateway scan``: the wildcard read-address, or probing ``id_range``.
+
+    ``id_range`` is a comma list of addresses or a ``first-last`` range of 12-digit numbers;
+    None asks the single meter on the line for its address.
+    """
+    if not isinstance(driver, Dlt645Driver):
+        raise ConfigError("the DL/T 645 scan needs the DL/T 645 driver")
+    if id_range:
+        first, _, last = id_range.partition("-")
+        candidates = (list(address_range(first, last or first)) if "," not in id_range
+                      else [a.strip() for a in id_range.split(",")])
+        return await probe_addresses(driver, candidates, timeout, progress)
+    progress(0, 1)
+    single = await find_single_meter(driver, timeout)
+    progress(1, 1)
+    return [single] if single else []

@@ -39,6 +39,8 @@ from datetime import date, datetime, time, tzinfo
 from decimal import Decimal
 from typing import Final
 
+from drivers.base import BusParams
+from drivers.base import ReadPlan as AnyPlan
 from drivers.dlt645 import catalogue
 from drivers.dlt645.codec import (
     NO_REQUESTED_DATA,
@@ -77,7 +79,6 @@ from gateway.errors import (
     WrongAddressError,
 )
 from gateway.model import PointResult
-from gateway.settings import BusSettings
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,11 @@ class Dlt645Plan:
     @property
     def requests(self) -> int:
         """Number of requests when every block is supported."""
+        return len(self.steps)
+
+    @property
+    def request_count(self) -> int:
+        """Number of requests when every block is supported (:class:`drivers.base.ReadPlan`)."""
         return len(self.steps)
 
 
@@ -288,7 +294,7 @@ class Dlt645Driver:
 
     def __init__(
         self,
-        bus: BusSettings,
+        bus: BusParams,
         *,
         transport: Transport | None = None,
         preamble: int = PREAMBLE,
@@ -322,7 +328,7 @@ class Dlt645Driver:
         """Close the port or connection (idempotent, safe after a failed open)."""
         await self._transport.close()
 
-    async def read(self, address: str, plan: Dlt645Plan, timeout: float) -> dict[str, PointResult]:
+    async def read(self, address: str, plan: AnyPlan, timeout: float) -> dict[str, PointResult]:
         """Read every point of ``plan`` from the meter at ``address`` (one pass, no retries)."""
         if not isinstance(plan, Dlt645Plan):
             raise ConfigError("the DL/T 645 driver needs a plan from drivers.dlt645.driver.compile_plan")
@@ -784,7 +790,7 @@ def _decode_tariff_block(payload: bytes, prefix: str, out: dict[str, Decimal]) -
                 out[prefix + suffix] = decode_number(chunk, "XXXXXX.XX")
 
 
-def _make_transport(bus: BusSettings) -> Transport:
+def _make_transport(bus: BusParams) -> Transport:
     if bus.type == "serial":
         if not bus.port:
             raise ConfigError(f"bus {bus.id}: a serial bus needs 'port'")
@@ -794,7 +800,7 @@ def _make_transport(bus: BusSettings) -> Transport:
     return TcpTransport(bus.host, bus.tcp_port)
 
 
-def create_driver(bus: BusSettings) -> Dlt645Driver:
+def create_driver(bus: BusParams) -> Dlt645Driver:
     """The driver for a ``dlt645`` / ``dlt645-1997`` bus (serial port or TCP serial server)."""
     return Dlt645Driver(bus)
 
