@@ -90,11 +90,12 @@ class PlanOptions(Protocol):
     """A profile's protocol-specific plan settings (Modbus request limits, ...); opaque to the core."""
 
 
+@dataclass(frozen=True, slots=True)
 class NoPlanOptions:
-    """The plan options of a profile whose protocol takes none (each compiler's defaults)."""
+    """The plan options of a profile whose protocol takes none (each compiler's defaults).
 
-    def __repr__(self) -> str:
-        return "NO_PLAN_OPTIONS"
+    Every instance equals every other, so settings compare equal after a pickle round trip.
+    """
 
 
 NO_PLAN_OPTIONS: Final = NoPlanOptions()
