@@ -1,6 +1,6 @@
 """Simulated DL/T 645-2007 (and -1997) meters on a pseudo-terminal and over TCP.
 
-Each simulated meter takes its values from a :class:`~gateway.simulator.model.MeterModel`
+Each simulated meter takes its values from a :class:`~drivers.simulation.model.MeterModel`
 (every register a pure function of simulated time), so a test can compute what the meter
 must answer at any instant. Several meters can share one *line*: one pty (an RS-485 bus)
 or one TCP port (a serial device server with meters behind it); each answers only its own
@@ -73,9 +73,9 @@ from drivers.dlt645.codec import (
 )
 from drivers.dlt645.driver import nth_previous_settlement
 from drivers.dlt645.values import encode_value
+from drivers.simulation.model import MeterModel
 from gateway.clock import Clock, SystemClock
 from gateway.settings import BusSettings
-from gateway.simulator.model import MeterModel
 
 log = logging.getLogger(__name__)
 

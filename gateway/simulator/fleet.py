@@ -5,7 +5,7 @@ served on its own loopback port, each serial bus on a pseudo-terminal that is li
 bus's ``port`` path (like ``socat``'s ``link=``), so ``amr-gateway simulate -c F`` and
 ``amr-gateway run -c F`` with the same file rehearse a whole site on one machine. Only
 loopback TCP endpoints are served. Every meter's registers come from a deterministic
-:class:`~gateway.simulator.model.MeterModel` seeded from (seed, meter id), with the meter's
+:class:`~drivers.simulation.model.MeterModel` seeded from (seed, meter id), with the meter's
 own CT and PT, so a test can compute what any meter shows at any instant.
 """
 
@@ -19,12 +19,12 @@ import zlib
 from pathlib import Path
 from typing import Any, Literal
 
+from drivers.simulation.model import MeterModel
 from gateway.aio import wait_event
 from gateway.clock import Clock, ScaledClock
 from gateway.errors import ConfigError
 from gateway.settings import BusSettings, MeterSettings, Settings
 from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
-from gateway.simulator.model import MeterModel
 
 log = logging.getLogger("amr.sim")
 

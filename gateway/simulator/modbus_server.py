@@ -3,7 +3,7 @@ Modbus RTU framed over TCP, and Modbus RTU on a pty (several unit ids on one lin
 
 A library (tests start it in-process) and the engine behind ``amr-gateway simulate`` and
 ``amr-gateway demo``. Register images are computed *at request time* from
-:meth:`MeterModel.values_at(clock.time()) <gateway.simulator.model.MeterModel.values_at>`
+:meth:`MeterModel.values_at(clock.time()) <drivers.simulation.model.MeterModel.values_at>`
 through the meter's profile, so energy advances with the (optionally accelerated) clock
 and a test can compute the exact register a read must have returned.
 
@@ -44,10 +44,10 @@ from typing import Literal, cast
 from drivers.modbus.decode import encode_point
 from drivers.modbus.frames import crc16, rtu_frame
 from drivers.modbus.points import RegisterPoint
+from drivers.simulation.model import MeterModel
+from drivers.simulation.pty_pair import PtyPair, open_pty
 from gateway.clock import Clock
 from gateway.settings import Profile
-from gateway.simulator.model import MeterModel
-from gateway.simulator.pty_pair import PtyPair, open_pty
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import pytest
 
 from drivers.dlt645.points import DiPoint
 from drivers.modbus.points import RegisterPoint
+from drivers.simulation.model import ENERGY_POINTS, MODEL_POINTS
 from gateway.config import SHIPPED_PROFILES_DIR
 from gateway.errors import ConfigError
 from gateway.profiles import CANONICAL_POINTS, find_profile, load_profile
 from gateway.settings import Profile
-from gateway.simulator.model import ENERGY_POINTS, MODEL_POINTS
 
 SHIPPED = sorted(SHIPPED_PROFILES_DIR.glob("*.yaml"))
 
