@@ -3,7 +3,7 @@
 :mod:`drivers.simulation.model` is the deterministic meter (every value a pure function of
 simulated time) that each protocol's simulator (``drivers/<protocol>/simulator.py``) serves
 in its own framing; :mod:`drivers.simulation.pty_pair` is the pseudo-terminal that stands in
-for an RS-485 line; :mod:`drivers.simulation.fleet` is the protocol-neutral description of a
+for an RS-485 line; :mod:`drivers.simulation.interface` is the protocol-neutral description of a
 meter to simulate and the interface a protocol's simulator offers the fleet that runs it.
 Like every driver module, nothing here imports from ``gateway`` beyond its shared types.
 """

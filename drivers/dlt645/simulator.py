@@ -73,9 +73,9 @@ from drivers.dlt645.codec import (
 )
 from drivers.dlt645.driver import nth_previous_settlement
 from drivers.dlt645.values import encode_value
+from drivers.simulation.interface import SimulatedMeter
 from drivers.simulation.model import MeterModel
 from gateway.clock import Clock, SystemClock
-from gateway.settings import BusSettings
 
 log = logging.getLogger(__name__)
 
@@ -596,17 +596,12 @@ class Dlt645Simulator:
             raise RuntimeError("start the simulator first")
         return self._endpoints[key]
 
-    def bus_settings(self, meter_id: str, bus_id: str = "sim-dlt645", **overrides: object) -> BusSettings:
-        """A BusSettings that reaches ``meter_id`` (pty: 2400 baud parity N; or TCP)."""
-        m = self._meter(meter_id)
+    def serves_at(self, meter_id: str) -> str | tuple[str, int]:
+        """Where ``meter_id`` answers (:class:`~drivers.simulation.interface.MeterSimulator`)."""
         ep = self.endpoint(meter_id)
-        base: dict[str, object] = {"id": bus_id, "protocol": m.spec.protocol}
         if ep.kind == "pty":
-            base.update(type="serial", port=ep.path, baudrate=2400, parity="N")
-        else:
-            base.update(type="tcp", host=ep.host, tcp_port=ep.port)
-        base.update(overrides)
-        return BusSettings(**base)  # type: ignore[arg-type]
+            return str(ep.path)
+        return (str(ep.host), int(ep.port or 0))
 
     def model(self, meter_id: str) -> MeterModel:
         """The value model behind ``meter_id``."""
@@ -724,3 +719,24 @@ class Dlt645Simulator:
                     await writer.wait_closed()
 
         return handle
+
+
+def spec_for(meter: SimulatedMeter) -> SimDlt645Spec:
+    """The DL/T 645 simulator's spec for a configuration's meter (on a pty or a TCP port)."""
+    return SimDlt645Spec(
+        id=meter.id, address=meter.address, transport="tcp" if meter.link == "tcp" else "pty",
+        line=meter.line, protocol="dlt645-1997" if meter.protocol == "dlt645-1997" else "dlt645",
+        seed=meter.seed, base_kw=meter.base_kw, multiplier=meter.multiplier,
+        port=meter.port or 0 if meter.link == "tcp" else 0,
+    )
+
+
+async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> Dlt645Simulator:
+    """Start serving ``meters`` over DL/T 645 and return the running simulator.
+
+    The package's :data:`~drivers.simulation.interface.SimulatorFactory`: the one shape
+    every protocol's simulator offers the fleet behind ``amr-gateway simulate`` and the demo.
+    """
+    simulator = Dlt645Simulator([spec_for(m) for m in meters], clock, timezone)
+    await simulator.start()
+    return simulator
