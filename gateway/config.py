@@ -13,8 +13,10 @@ Decisions worth knowing (also documented in ``config/gateway.example.yaml``):
 * Relative paths (``data_dir``, ``profiles_dir``, ``*_file``) are relative to the directory
   of the configuration file, not to the working directory.
 * Profiles are looked up in ``profiles_dir`` (top level or under ``gateway``), then
-  ``<config dir>/profiles/``, then the repository's shipped ``config/profiles/`` (and, in an
-  installed wheel, ``gateway/defaults/profiles/`` when it exists). Only the
+  ``<config dir>/profiles/``, then the repository's shipped ``config/profiles/`` (in an
+  installed wheel, which has no ``config/``, each protocol package's
+  ``drivers/<protocol>/profiles/`` instead), then ``gateway/defaults/profiles/`` when it
+  exists. Only the
   profiles that meters reference are loaded; a broken one is reported with its own file
   and line.
 * Bus defaults depend on the protocol: Modbus RTU 9600 baud, DL/T 645-2007 2400 baud,
@@ -58,12 +60,14 @@ import yaml
 import gateway
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.profiles import (
+    REPO_PROFILES_DIR,
     available_profiles,
     is_valid_point_name,
     is_valid_profile_name,
     load_profile,
     pattern_matches_anything,
     profile_file,
+    shipped_profile_dirs,
 )
 from gateway.review.rules import ReviewThresholds
 from gateway.settings import (
@@ -108,7 +112,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _Conv = Callable[[yaml.Node], _T]
 
-SHIPPED_PROFILES_DIR: Final = Path(gateway.__file__).resolve().parent.parent / "config" / "profiles"
+SHIPPED_PROFILES_DIR: Final = REPO_PROFILES_DIR
 """The profiles shipped in the repository, searched after the configuration's own."""
 
 PACKAGED_PROFILES_DIR: Final = Path(gateway.__file__).resolve().parent / "defaults" / "profiles"
@@ -236,7 +240,7 @@ def profile_search_dirs(base_dir: Path, profiles_dir: Path | None = None) -> lis
     base_dir = Path(os.path.abspath(base_dir))
     dirs: list[Path] = []
     packaged = PACKAGED_PROFILES_DIR if PACKAGED_PROFILES_DIR.is_dir() else None
-    for candidate in (profiles_dir, base_dir / "profiles", SHIPPED_PROFILES_DIR, packaged):
+    for candidate in (profiles_dir, base_dir / "profiles", *shipped_profile_dirs(), packaged):
         if candidate is None:
             continue
         directory = _abs(base_dir, candidate)

@@ -16,10 +16,8 @@ from gateway.drivers_registry import DLT645, compile_plan, create_driver
 from gateway.errors import AmrError, ConfigError
 from gateway.model import json_number
 from gateway.pipeline import ReadingBuilder
-from gateway.profiles import find_profile
+from gateway.profiles import find_profile, shipped_profile_dirs
 from gateway.settings import BusSettings, MeterSettings, Profile, Ratio
-
-REPO_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
 
 def _protocol(args: argparse.Namespace) -> str:
@@ -69,7 +67,7 @@ async def read_once(args: argparse.Namespace) -> int:
         bus = bus_from_args(args)
         if not args.profile:
             raise ConfigError("give --profile NAME (e.g. simulator, dlt645-2007, chint-dtsu666)")
-        profile = find_profile(args.profile, [Path.cwd() / "profiles", REPO_PROFILES])
+        profile = find_profile(args.profile, [Path.cwd() / "profiles", *shipped_profile_dirs()])
         address = args.address if bus.protocol in DLT645 else args.unit
         if not address:
             raise ConfigError("give --unit N for Modbus or --address 12-DIGITS for DL/T 645")
