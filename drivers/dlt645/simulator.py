@@ -71,7 +71,7 @@ from drivers.dlt645.codec import (
     normalize_address,
     scan,
 )
-from drivers.dlt645.driver import nth_previous_settlement
+from drivers.dlt645.records import nth_previous_settlement
 from drivers.dlt645.values import encode_value
 from drivers.simulation.interface import SimulatedMeter
 from drivers.simulation.model import MeterModel

@@ -18,7 +18,8 @@ import pytest
 
 from drivers.dlt645 import catalogue
 from drivers.dlt645.discovery import find_single_meter, probe_addresses
-from drivers.dlt645.driver import Dlt645Driver, compile_plan
+from drivers.dlt645.driver import Dlt645Driver
+from drivers.dlt645.plan import compile_plan
 from drivers.dlt645.points import DiPoint
 from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
 from drivers.dlt645.transport import SerialTransport
