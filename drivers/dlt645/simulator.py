@@ -45,7 +45,7 @@ import os
 import tty
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -74,6 +74,7 @@ from drivers.dlt645.codec import (
 from drivers.dlt645.records import nth_previous_settlement
 from drivers.dlt645.values import encode_value
 from drivers.simulation.interface import SimulatedMeter
+from drivers.simulation.meter_clock import SimulatedMeterClock, freeze_days
 from drivers.simulation.model import MeterModel
 from gateway.clock import Clock, SystemClock
 
@@ -147,8 +148,6 @@ class _SimMeter:
         self.spec = spec
         self.wire = address_to_wire(spec.address)
         self.addr = normalize_address(spec.address)
-        self.clock = clock
-        self.zone = zone
         if spec.epoch is None:
             self.model = MeterModel(spec.seed, base_kw=spec.base_kw, multiplier=spec.multiplier,
                                     timezone=timezone)
@@ -156,45 +155,38 @@ class _SimMeter:
             self.model = MeterModel(spec.seed, base_kw=spec.base_kw, multiplier=spec.multiplier,
                                     timezone=timezone, epoch=spec.epoch)
         self.online = True
-        self.offset = spec.clock_offset_s
-        self.drift_origin = clock.time()
+        self.meter_clock = SimulatedMeterClock(clock, zone, spec.clock_offset_s, spec.clock_drift_ppm)
         self.pending: dict[int, tuple[int, list[bytes]]] = {}
         self.requests: list[tuple[int, int | None]] = []
 
-    # --- clocks ----------------------------------------------------------------------------
+    # --- clocks (drivers.simulation.meter_clock) --------------------------------------------
 
     def now(self) -> float:
         """True simulated time (epoch seconds)."""
-        return self.clock.time()
+        return self.meter_clock.now()
 
     def meter_time(self) -> datetime:
         """The meter's own local wall clock (offset and drift applied), naive."""
-        t = self.now()
-        t += self.offset + (t - self.drift_origin) * self.spec.clock_drift_ppm / 1e6
-        return datetime.fromtimestamp(t, self.zone).replace(tzinfo=None)
+        return self.meter_clock.meter_time()
 
     def set_meter_time(self, local: datetime) -> None:
         """Broadcast time sync: make the meter clock show ``local`` now."""
-        target = local.replace(tzinfo=self.zone).timestamp()
-        self.offset = target - self.now()
-        self.drift_origin = self.now()
+        self.meter_clock.set_meter_time(local)
 
     def local_naive(self, t: float) -> datetime:
         """Local wall time of epoch ``t``, naive."""
-        return datetime.fromtimestamp(t, self.zone).replace(tzinfo=None)
+        return self.meter_clock.local_naive(t)
 
     def epoch_of(self, local: datetime) -> float:
         """Epoch of a naive local wall time."""
-        return local.replace(tzinfo=self.zone).timestamp()
+        return self.meter_clock.epoch_of(local)
 
     # --- freezes ---------------------------------------------------------------------------
 
     def freeze_days(self) -> list[date]:
         """Days with a daily freeze record, newest first (last 62 days, minus gaps)."""
         today = self.local_naive(self.now()).date()
-        gaps = self.spec.freeze_gaps
-        days = [today - timedelta(days=k) for k in range(catalogue.DAILY_FREEZE_DEPTH + len(gaps))]
-        return [d for d in days if d not in gaps][: catalogue.DAILY_FREEZE_DEPTH]
+        return freeze_days(today, catalogue.DAILY_FREEZE_DEPTH, self.spec.freeze_gaps)
 
     def settlement_time(self, n: int) -> float:
         """Epoch of the n-th previous settlement instant (by the true simulated clock)."""
