@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,15 +36,13 @@ from drivers.base import (
     PointDef,
     ReadPlan,
 )
+from drivers.discovery import Discovery
+from drivers.simulation.interface import SimulatorFactory
 from gateway.errors import ConfigError
 from gateway.yamlpos import Issues, MapView
 
 DESCRIPTOR_MODULE = "descriptor"
 """The module a protocol package defines ``DESCRIPTOR`` in: ``drivers/<name>/descriptor.py``."""
-
-Progress = Callable[[int, int], None]
-"""A scan's progress callback: (done, total)."""
-
 
 class AddressError(ValueError):
     """A meter address the protocol cannot use; the message completes "address ..."."""
@@ -125,10 +123,6 @@ class ProfileSchema:
     parse_points: ParsePoints
 
 
-Scan = Callable[[MeterDriver, "str | None", float, Progress], Awaitable[list[str]]]
-"""``scan --range``: (opened driver, the range text or None, timeout, progress) → addresses found."""
-
-
 @dataclass(frozen=True, slots=True)
 class ProtocolDescriptor:
     """Everything the core needs to know of one protocol package.
@@ -139,7 +133,6 @@ class ProtocolDescriptor:
     * ``variants``: the protocol names buses and meters may give, see :class:`ProtocolVariant`.
     * ``default_timeout_ms``: the bus reply timeout when the configuration gives none.
     * ``address_hint``: what a meter address is (``the Modbus unit id``), for messages.
-    * ``address_label``: what ``scan`` lists (``unit id``).
     * ``address_option``, ``address_metavar``: the ``amr-gateway read`` option that gives an
       ad hoc meter's address (``unit``: ``--unit N``).
     * ``parse_address(text, protocol, plain)``: the meter address as the driver takes it
@@ -151,7 +144,10 @@ class ProtocolDescriptor:
     * ``compile_plan(points, options, protocol)``: the pure plan compiler (ConfigError for
       what no request can read).
     * ``create_driver(bus)``: the driver for one bus.
-    * ``scan``: ``amr-gateway scan``'s search (see :data:`Scan`).
+    * ``discovery``: ``amr-gateway scan``'s search and what it lists (``unit id``), see
+      :class:`drivers.discovery.Discovery`.
+    * ``simulator``: the factory of its simulated meters (``amr-gateway simulate``, the demo,
+      the tests), see :data:`drivers.simulation.interface.SimulatorFactory`.
     """
 
     family: str
@@ -160,7 +156,6 @@ class ProtocolDescriptor:
     variants: tuple[ProtocolVariant, ...]
     default_timeout_ms: float
     address_hint: str
-    address_label: str
     address_option: str
     address_metavar: str
     parse_address: Callable[[str, str, bool], str]
@@ -168,7 +163,8 @@ class ProtocolDescriptor:
     check_profile: Callable[[Sequence[PointDef], str], str | None]
     compile_plan: Callable[[Sequence[PointDef], PlanOptions, str], ReadPlan]
     create_driver: Callable[[BusParams], MeterDriver]
-    scan: Scan
+    discovery: Discovery
+    simulator: SimulatorFactory
 
     def variant(self, protocol: str) -> ProtocolVariant:
         """The variant called ``protocol`` (ConfigError when this package does not serve it)."""

@@ -16,10 +16,8 @@ from drivers import registry
 from gateway.errors import ConfigError
 from gateway.model import json_number
 from gateway.pipeline import ReadingBuilder
-from gateway.profiles import compile_meter_plan, find_profile
+from gateway.profiles import compile_meter_plan, find_profile, shipped_profile_dirs
 from gateway.settings import BusSettings, MeterSettings, Profile, Ratio
-
-REPO_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
 
 def _protocol(args: argparse.Namespace) -> str:
@@ -77,7 +75,7 @@ async def read_once(args: argparse.Namespace) -> int:
         bus = bus_from_args(args)
         if not args.profile:
             raise ConfigError("give --profile NAME (e.g. simulator, dlt645-2007, chint-dtsu666)")
-        profile = find_profile(args.profile, [Path.cwd() / "profiles", REPO_PROFILES])
+        profile = find_profile(args.profile, [Path.cwd() / "profiles", *shipped_profile_dirs()])
         address = vars(args).get(registry.descriptor_for(bus.protocol).address_option)
         if not address:
             raise ConfigError("give " + " or ".join(
@@ -132,10 +130,10 @@ async def scan_bus(args: argparse.Namespace) -> int:
     driver = registry.create_driver(bus)
     try:
         await driver.open()
-        found = await descriptor.scan(driver, args.id_range, args.timeout, _progress)
+        found = await descriptor.discovery.scan(driver, args.id_range, args.timeout, _progress)
     finally:
         await driver.close()
-    label = descriptor.address_label
+    label = descriptor.discovery.label
     if not found:
         print(f"no {label} answered", file=sys.stderr)
         return 1

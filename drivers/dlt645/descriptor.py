@@ -13,9 +13,12 @@ import re
 from collections.abc import Sequence
 
 from drivers.base import BusParams, ClockSetter, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
+from drivers.discovery import Discovery, Progress
 from drivers.dlt645 import profile_schema
 from drivers.dlt645.points import DiPoint
-from drivers.registry import AddressError, Capabilities, ProfileSchema, Progress, ProtocolDescriptor, ProtocolVariant
+from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
+from drivers.simulation.interface import MeterSimulator, SimulatedMeter
+from gateway.clock import Clock
 
 _ADDRESS_RE = re.compile(r"\d{12}")
 
@@ -37,7 +40,7 @@ def parse_address(text: str, protocol: str, plain: bool) -> str:
 
 def compile_plan(points: Sequence[PointDef], options: PlanOptions, protocol: str) -> ReadPlan:
     """The DL/T 645 read plan of the DI points in ``points`` for the meter's edition."""
-    from drivers.dlt645.driver import compile_plan as compile_dlt645
+    from drivers.dlt645.plan import compile_plan as compile_dlt645
 
     dis = [p for p in points if isinstance(p, DiPoint)]
     return compile_dlt645(dis, protocol="dlt645-1997" if protocol == "dlt645-1997" else "dlt645")
@@ -73,11 +76,19 @@ def _clock(driver: MeterDriver) -> ClockSetter:
     return driver
 
 
-async def scan(driver: MeterDriver, id_range: str | None, timeout: float, progress: Progress) -> list[str]:
-    """``amr-gateway scan``: see :func:`drivers.dlt645.discovery.scan`."""
-    from drivers.dlt645 import discovery
+async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
+               progress: Progress | None = None) -> list[str]:
+    """``amr-gateway scan``: see :data:`drivers.dlt645.discovery.DISCOVERY` (imported when used)."""
+    from drivers.dlt645.discovery import DISCOVERY
 
-    return await discovery.scan(driver, id_range, timeout, progress)
+    return await DISCOVERY.scan(driver, wanted, timeout, progress)
+
+
+async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> MeterSimulator:
+    """Simulated DL/T 645 meters (see :func:`drivers.dlt645.simulator.serve`)."""
+    from drivers.dlt645.simulator import serve as serve_dlt645
+
+    return await serve_dlt645(meters, clock, timezone)
 
 
 DESCRIPTOR = ProtocolDescriptor(
@@ -92,7 +103,6 @@ DESCRIPTOR = ProtocolDescriptor(
     ),
     default_timeout_ms=1500,
     address_hint="the 12-digit DL/T 645 address",
-    address_label="address",
     address_option="address",
     address_metavar="12-DIGITS",
     parse_address=parse_address,
@@ -100,5 +110,6 @@ DESCRIPTOR = ProtocolDescriptor(
     check_profile=check_profile,
     compile_plan=compile_plan,
     create_driver=create_driver,
-    scan=scan,
+    discovery=Discovery(label="address", scan=scan),
+    simulator=serve,
 )

@@ -14,6 +14,8 @@ from drivers.base import BusParams, MeterDriver, PlanOptions, PointDef, ReadPlan
 from drivers.modbus import discovery, profile_schema
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from drivers.registry import AddressError, ProfileSchema, ProtocolDescriptor, ProtocolVariant
+from drivers.simulation.interface import MeterSimulator, SimulatedMeter
+from gateway.clock import Clock
 
 _UNIT_RE = re.compile(r"\d{1,3}")
 
@@ -51,6 +53,13 @@ def create_driver(bus: BusParams) -> MeterDriver:
     return create_modbus(bus)
 
 
+async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> MeterSimulator:
+    """Simulated Modbus meters (see :func:`drivers.modbus.simulator.serve`)."""
+    from drivers.modbus.simulator import serve as serve_modbus
+
+    return await serve_modbus(meters, clock, timezone)
+
+
 DESCRIPTOR = ProtocolDescriptor(
     family="modbus",
     title="Modbus",
@@ -62,7 +71,6 @@ DESCRIPTOR = ProtocolDescriptor(
     ),
     default_timeout_ms=1000,
     address_hint="the Modbus unit id",
-    address_label="unit id",
     address_option="unit",
     address_metavar="N",
     parse_address=parse_address,
@@ -70,5 +78,6 @@ DESCRIPTOR = ProtocolDescriptor(
     check_profile=check_profile,
     compile_plan=compile_plan,
     create_driver=create_driver,
-    scan=discovery.scan,
+    discovery=discovery.DISCOVERY,
+    simulator=serve,
 )

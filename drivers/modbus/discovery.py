@@ -1,21 +1,27 @@
-"""Finding Modbus devices on a bus: probe unit ids one by one.
+"""Finding Modbus slaves: probe each unit id of a range with a one-register read.
 
-``amr-gateway scan --protocol modbus-rtu`` uses :func:`scan`. Every unit id in the range
-gets a one-register read; any reply (an exception reply too) means a device is there.
+``amr-gateway scan --protocol modbus`` uses this (through :data:`DISCOVERY`, the shape every
+protocol's scan shares). A unit that answers anything, even an exception reply, is there;
+one that stays silent or answers garbage is not, and a transport failure on one unit does
+not end the scan of the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Final
 
 from drivers.base import MeterDriver
+from drivers.discovery import Discovery, Progress
 from gateway.errors import AmrError, ConfigError
+
+ALL_UNITS: Final = range(1, 248)
+"""The unicast unit ids of a Modbus serial line (1-247): the default scan."""
 
 
 def unit_range(text: str | None) -> list[int]:
-    """The unit ids of ``--range`` (``1-247``, ``1,5,9``); every serial unit id when None."""
+    """Unit ids from ``1-247`` or ``1,5,9`` (or ranges and single ids mixed); all when None."""
     if not text:
-        return list(range(1, 248))
+        return list(ALL_UNITS)
     units: list[int] = []
     for part in text.split(","):
         a, _, b = part.partition("-")
@@ -29,10 +35,10 @@ def unit_range(text: str | None) -> list[int]:
     return units
 
 
-async def scan(driver: MeterDriver, id_range: str | None, timeout: float,
-               progress: Callable[[int, int], None]) -> list[str]:
-    """The unit ids of ``id_range`` that answer (a device error answers too), in order."""
-    units = unit_range(id_range)
+async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
+               progress: Progress | None = None) -> list[str]:
+    """Probe every unit id of ``wanted`` (default 1-247); the ones that answered, in order."""
+    units = unit_range(wanted)
     found: list[str] = []
     for i, unit in enumerate(units, 1):
         try:
@@ -40,5 +46,10 @@ async def scan(driver: MeterDriver, id_range: str | None, timeout: float,
                 found.append(str(unit))
         except AmrError:
             pass
-        progress(i, len(units))
+        if progress is not None:
+            progress(i, len(units))
     return found
+
+
+DISCOVERY: Final = Discovery(label="unit id", scan=scan)
+"""The Modbus scan, as ``amr-gateway scan`` calls it."""

@@ -11,10 +11,12 @@ How it fits the gateway
   time: the attempt *is* a bus job).
 * One attempt, best source first:
 
-  1. DL/T 645-2007 meters, boundary at 00:00: the meter's **daily freeze matched by date**
+  1. meters whose protocol keeps freeze records (the ``freeze_records`` capability of its
+     descriptor, :mod:`drivers.registry`; today DL/T 645-2007), boundary at 00:00: the
+     meter's **daily freeze matched by date**
      (``read_daily_freeze``; the log can have gaps, so never by index) → ``meter_frozen``
      stamped with the meter's freeze time;
-  2. DL/T 645-2007 meters: the **settlement-day block** whose instant is the boundary
+  2. the same meters: the **settlement-day record** whose instant is the boundary
      (上n结算日, n = 1..3) → ``meter_frozen``;
   3. a **live read** of the plan's registers → ``actual`` when it finished within the
      plan's tolerance after the boundary, ``late`` after it (with the real read time).
@@ -27,8 +29,8 @@ How it fits the gateway
   A meter that does not answer gives a ``missing`` settlement at once (billing sees the
   gap immediately, never a silent hole); the capture then retries with exponential backoff
   (60 s … 15 min of gateway time) and at once when the meter's next good poll shows it is
-  back. A DL/T 645 meter back days later still yields its frozen value *by date*; a Modbus
-  meter yields ``late``. When a DL/T 645 meter's freeze was not there yet (a real meter
+  back. A meter with freeze records back days later still yields its frozen value *by date*;
+  one without yields ``late``. When such a meter's freeze was not there yet (a real meter
   freezes a little after 00:00) and a live read was stored, the capture comes back a few
   times for the frozen value, which then supersedes it.
 * ``estimated`` only when the plan says ``allow_estimated: true``: linear between the
