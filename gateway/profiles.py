@@ -1,4 +1,4 @@
-"""Meter profiles: YAML files that map canonical point names to registers or DL/T 645 DIs.
+"""Meter profiles: YAML files that map canonical point names to a protocol's points.
 
 A profile describes one meter model once, so a configuration only says ``profile:
 chint-dtsu666`` per meter. Profiles live in ``config/profiles/<name>.yaml``; a meter names
