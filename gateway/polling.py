@@ -4,7 +4,8 @@ RS-485 is half-duplex with one master, so a serial bus (and a TCP endpoint that 
 serial device server) runs one transaction at a time: a task per bus makes that structural,
 not a lock someone might forget. A TCP bus whose protocol allows it (its descriptor's
 ``concurrent``, :mod:`drivers.registry`) may run ``concurrency`` transactions at once.
-Jobs wait in a priority queue: settlement reads, then interval reads, then realtime reads; within a priority, the oldest slot first.
+Jobs wait in a priority queue: settlement reads, then interval reads, then realtime reads;
+within a priority, the oldest slot first.
 
 A meter that stops answering is retried ``retries`` times for the slot, then its slot is
 recorded as a failed read. On a bus shared with other meters, a meter
