@@ -44,6 +44,7 @@ from gateway.yamlpos import Issues, MapView
 DESCRIPTOR_MODULE = "descriptor"
 """The module a protocol package defines ``DESCRIPTOR`` in: ``drivers/<name>/descriptor.py``."""
 
+
 class AddressError(ValueError):
     """A meter address the protocol cannot use; the message completes "address ..."."""
 
