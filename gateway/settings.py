@@ -17,8 +17,6 @@ from typing import Literal
 from drivers.base import NO_PLAN_OPTIONS, BusParams, PlanOptions, PointDef
 from gateway.review.rules import ReviewThresholds
 
-BusProtocol = str
-"""A protocol name served by an installed protocol package (see :mod:`drivers.registry`)."""
 SchedulePriority = Literal["settlement", "interval", "realtime"]
 InfluxClient = Literal["builtin", "influxdb-client"]
 """``influxdb.client``: the standard-library writer (default, no influxdb_client import) or
@@ -85,7 +83,7 @@ class MeterSettings:
     pt_ratio: Ratio = Ratio()
     schedules: tuple[str, ...] = ()
     billing: str | None = None
-    protocol: BusProtocol | None = None   # per-meter override, a variant of the bus's family
+    protocol: str | None = None   # per-meter override: a protocol of the bus's family (drivers.registry)
     rated_voltage_v: Decimal | None = None
     rated_current_a: Decimal | None = None
 
