@@ -1,4 +1,9 @@
-"""Where meter profiles are looked up: the configuration's own directories, then the shipped ones."""
+"""Where meter profiles are looked up: the configuration's own directories, then the shipped ones.
+
+The shipped ones are ``config/profiles/`` in a checkout (links to each protocol package's
+``drivers/<protocol>/profiles/``) and, in an installed wheel, which has no ``config/``, the
+packages' directories themselves (:func:`gateway.profiles.shipped_profile_dirs`).
+"""
 
 from __future__ import annotations
 
