@@ -14,7 +14,8 @@ this class) and the small Protocols the core talks to are defined here, below bo
 
 Capabilities are small Protocols, one per thing a meter can be asked beyond its points:
 :class:`FreezeRecordReader` (settlement-day and daily freeze records),
-:class:`ClockSetter` (broadcast time sync) and :class:`EventCounterReader`. A protocol
+:class:`ClockSetter` (broadcast time sync) and :class:`EventCounterReader`. Reading a
+meter's clock is not a capability of its own: it is the ``meter_clock`` point of a profile. A protocol
 declares which of them it offers in its descriptor (:mod:`drivers.registry`); the core asks
 the registry for a typed view of a driver, never ``hasattr``.
 """
