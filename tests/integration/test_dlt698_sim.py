@@ -24,6 +24,7 @@ from drivers.dlt698.driver import Dlt698Driver
 from drivers.dlt698.plan import compile_plan
 from drivers.dlt698.simulator import Dlt698Simulator, SimDlt698Spec
 from gateway.errors import DeviceException, ReadTimeout
+from gateway.model import PointResult
 from gateway.profiles import load_profile
 from tests.servicefixtures import StillClock
 
@@ -78,13 +79,13 @@ def q(value: Decimal, exponent: int) -> Decimal:
     return value.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_UP)
 
 
-def check_all_points(out: dict[str, object], exp: dict[str, Decimal], clock: str) -> None:
+def check_all_points(out: dict[str, PointResult], exp: dict[str, Decimal], clock: str) -> None:
     for p in POINTS:
         r = out[p.name]
-        assert getattr(r, "quality") == "good", (p.name, r)
+        assert r.quality == "good", (p.name, r)
     for p in POINTS:
         name = p.name
-        raw = getattr(out[name], "raw")
+        raw = out[name].raw
         if name == "meter_clock":
             assert raw == clock
         elif name == "demand_max_kw_at":
