@@ -86,7 +86,7 @@ DESCRIPTOR = ProtocolDescriptor(
                         capabilities=Capabilities(freeze_records=_freezes)),
     ),
     default_timeout_ms=1500,
-    address_hint="the 12-digit DL/T 698.45 server address",
+    address_hint="the 12-digit DL/T 698.45 address",
     address_option="address",
     address_metavar="12-DIGITS",
     parse_address=parse_address,
