@@ -50,7 +50,7 @@ def _oad(node: yaml.Node) -> int:
                       "(unquoted, YAML may read it as a number)")
     text = str(node.value).strip()
     if not _OAD_RE.match(text):
-        raise Invalid(f'must be 8 hex digits (OI, attribute, index) such as "00100201", not {describe(node)}')
+        raise Invalid(f'must be 8 hex digits (OI, attribute, index) such as "00100201", not "{text}"')
     return int(text, 16)
 
 
