@@ -2,7 +2,8 @@
 
 Found by :mod:`drivers.registry`. 698.45 meters keep settlement-day (5005) and day (5004)
 freeze records read by freeze time, so the variant offers
-:class:`~drivers.base.FreezeRecordReader`. The driver module is imported only when a bus
+:class:`~drivers.base.FreezeRecordReader`; it also counts its events
+(:class:`~drivers.base.EventCounterReader`). The driver module is imported only when a bus
 is built or a plan compiled.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from drivers.base import BusParams, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
+from drivers.base import BusParams, EventCounterReader, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
 from drivers.discovery import Discovery, Progress
 from drivers.dlt698 import profile_schema
 from drivers.dlt698.catalogue import OadPoint
@@ -54,6 +55,14 @@ def create_driver(bus: BusParams) -> MeterDriver:
     return create_dlt698(bus)
 
 
+def _events(driver: MeterDriver) -> EventCounterReader:
+    from drivers.dlt698.driver import Dlt698Driver
+
+    if not isinstance(driver, Dlt698Driver):
+        raise TypeError(f"not a DL/T 698.45 driver: {type(driver).__name__}")
+    return driver
+
+
 def _freezes(driver: MeterDriver) -> FreezeRecordReader:
     from drivers.dlt698.driver import Dlt698Driver
 
@@ -83,7 +92,7 @@ DESCRIPTOR = ProtocolDescriptor(
     rank=20,
     variants=(
         ProtocolVariant("dlt698", frozenset({"serial", "tcp"}), default_baudrate=9600,
-                        capabilities=Capabilities(freeze_records=_freezes)),
+                        capabilities=Capabilities(freeze_records=_freezes, event_counters=_events)),
     ),
     default_timeout_ms=1500,
     address_hint="the 12-digit DL/T 698.45 address",

@@ -14,7 +14,8 @@ request is a frame to the meter's single address (FE×4 wake-up, client address
 * freeze records (:meth:`read_settlement` 5005 by n-th last, :meth:`read_daily_freeze`
   5004 by freeze time — the record is asked for by its time, so a gap in the meter's log
   can never shift a value to the wrong day, and the returned time is the meter's);
-* event records (:meth:`read_events`: the last n rows of an event table) and event counts;
+* event records (:meth:`read_events`: the last n rows of an event table) and event counts
+  (:meth:`read_event_counters`);
 * the address of the single meter on a line (:meth:`read_address`, wildcard read of 4001).
 """
 
@@ -47,6 +48,7 @@ from drivers.dlt698.apdu import (
 from drivers.dlt698.axdr import Data, DateTimeS, oad_text
 from drivers.dlt698.catalogue import (
     ADDRESS_OAD,
+    CANONICAL,
     EVENT_COLUMNS,
     EVENTS,
     FREEZE_COLUMNS,
@@ -260,6 +262,21 @@ class Dlt698Driver:
             if not rows:
                 break
             out.append(event_record(rows[0]))
+        return out
+
+    async def read_event_counters(self, address: str, timeout: float) -> dict[str, int]:
+        """Event name (``event_*_count``) → records the meter holds (class 7 attribute 4, one
+        NormalList); an event the meter does not keep is left out."""
+        points = [p for p in CANONICAL if p.name.startswith("event_")]
+        resp = await self.get(ServerAddress.single(address), GetNormalList(0, tuple(p.oad for p in points)), timeout)
+        if not isinstance(resp, GetResponseNormalList):
+            raise FrameError(f"meter {address} answered a NormalList request with another form")
+        got = dict(resp.results)
+        out: dict[str, int] = {}
+        for p in points:
+            r = got.get(p.oad)
+            if isinstance(r, Data) and isinstance(r.value, int) and not isinstance(r.value, bool):
+                out[p.name] = r.value
         return out
 
     async def read_address(self, timeout: float = 1.0) -> str:

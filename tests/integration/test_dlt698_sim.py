@@ -172,6 +172,7 @@ async def test_daily_freeze_by_freeze_time_and_a_gap(
 async def test_event_records(sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]) -> None:
     (cover,) = await driver_for["m3"].read_events("000000000003", "cover_open", 5, 1.0)
     assert (cover.number, cover.start, cover.end) == (1, "2026-03-14T08:00:00", "2026-03-14T08:05:00")
+    assert await driver_for["m3"].read_event_counters("000000000003", 1.0) == EVENT_COUNTS   # no 301C on it
     programming = await driver_for["m1"].read_events("000039200933", "programming", 2, 1.0)
     assert [e.start for e in programming] == ["2026-03-14T08:00:00", "2026-03-13T08:00:00"]
     assert [e.number for e in programming] == [3, 2]
@@ -201,7 +202,7 @@ async def test_a_silent_meter_times_out_and_comes_back(
 
 async def test_the_registry_builds_the_driver_and_plan(sim: Dlt698Simulator) -> None:
     assert "dlt698" in registry.protocol_names("serial") and "dlt698" in registry.protocol_names("tcp")
-    assert registry.capabilities("dlt698").freeze_records is not None
+    assert registry.capabilities("dlt698").names == ("read_points", "freeze_records", "event_counters")
     plan = registry.compile_plan("dlt698", list(PROFILE.points.values()), PROFILE.limits)
     driver = registry.create_driver(bus(sim, "m3"))
     try:
