@@ -227,8 +227,8 @@ class Dlt698Driver:
     ) -> tuple[datetime, dict[str, Decimal]]:
         """The day freeze (5004) stamped 00:00 of ``day``, asked for by its freeze time.
 
-        ``points`` limits the values returned; the demand's time goes into ``stamps``
-        (``demand_max_kw`` and ``demand_max_kw_at``) when a dict is given.
+        ``points`` limits the values returned; the demand's time (meter local, naive) goes into
+        ``stamps`` (``demand_max_kw`` and ``demand_max_kw_at``) when a dict is given.
         """
         when = DateTimeS(day.year, day.month, day.day, 0, 0, 0)
         req = GetRecord(0, FREEZES["day"], by_freeze_time(when), tuple(Csd(c) for c in FREEZE_COLUMNS))
@@ -242,8 +242,8 @@ class Dlt698Driver:
         if stamps is not None:
             at = freeze_points(rows[0]).get("demand_max_kw_at")
             if isinstance(at, str):
-                t = datetime.fromisoformat(at)
-                stamps["demand_max_kw"] = stamps["demand_max_kw_at"] = t.replace(tzinfo=tz) if tz else t
+                # meter local and naive, as the DL/T 645 driver gives it
+                stamps["demand_max_kw"] = stamps["demand_max_kw_at"] = datetime.fromisoformat(at)
         if points is not None:
             values = {k: v for k, v in values.items() if k in points}
         return frozen, values
