@@ -73,10 +73,11 @@ from gateway.model import PointResult, Quality
 
 CLIENT: Final = 0x00
 PREAMBLE: Final = 4
-#: Time the meter may take before its reply starts (no public figure: DL/T 645's Td).
-RESPONSE_DELAY_S: Final = 0.5
-#: Bytes of a long reply, for the reply window on a slow line.
+#: Bytes of a long reply: once its first byte arrived, the reply window grows by their time
+#: on the line (the first byte itself must come within the bus's timeout).
 REPLY_BUDGET: Final = 600
+#: Slack for inter-byte gaps and the OS (no public 698.45 timing figure; DL/T 645's).
+REPLY_MARGIN_S: Final = 0.05
 
 
 def _pipe(bus: BusParams) -> BytePipe:
@@ -186,7 +187,7 @@ class Dlt698Driver:
             what = _describe(req)
             wire = encode_frame(C_REQUEST, server, self.client, encode_request(req), preamble=PREAMBLE)
             match = Dlt698Matcher(server, self.client, piid, what, self._pipe.describe)
-            reply_s = RESPONSE_DELAY_S + REPLY_BUDGET * self._char_s
+            reply_s = REPLY_MARGIN_S + REPLY_BUDGET * self._char_s
             await self._pipe.exchange(wire, match, timeout, reply_s=reply_s)
             frame = match.frame
             assert frame is not None
