@@ -36,7 +36,12 @@ Decisions worth knowing (also documented in ``config/gateway.example.yaml``):
   secret); inline values are accepted for bench work and logged as a warning. The API token
   falls back to the ``AMR_API_TOKEN`` environment variable.
 * ``store.max_size`` takes decimal (``KB``, ``MB``, ``GB``, ``TB`` = powers of 1000) or
-  binary units (``KiB`` … ``TiB`` = powers of 1024), or a plain number of bytes.
+  binary units (``KiB`` … ``TiB`` = powers of 1024), or a plain number of bytes; so does
+  ``store.min_free`` (default 32MB).
+* ``store.commit_interval`` (a duration, default ``1s``) bounds how long a reading waits for
+  its commit; ``store.commit_interval_ms`` (a number of milliseconds) is its older spelling,
+  still accepted, one or the other. ``store.max_pending`` (default 20000) caps the readings
+  held in memory while commits fail (gateway/store.py says what is dropped first).
 """
 
 from __future__ import annotations
@@ -145,7 +150,8 @@ _TLS_KEYS: Final = ("ca_file", "cert_file", "key_file", "insecure")
 _INFLUX_KEYS: Final = ("url", "org", "bucket", "token", "token_env", "token_file", "measurement",
                        "batch_size", "batch_age_ms", "timeout_ms", "enabled", "client")
 _API_KEYS: Final = ("listen", "token", "token_env", "token_file", "enabled")
-_STORE_KEYS: Final = ("synchronous", "commit_interval_ms", "max_size", "retention")
+_STORE_KEYS: Final = ("synchronous", "commit_interval", "commit_interval_ms", "max_size", "min_free",
+                      "max_pending", "retention")
 _RETENTION_KEYS: Final = ("realtime_days", "interval_days")
 #: review: YAML key → ReviewThresholds field, per subsection (units in gateway/review/rules.py)
 _REVIEW_SECTIONS: Final[dict[str, dict[str, str]]] = {
@@ -974,11 +980,20 @@ class _Loader:
         r = MapView(self.issues, m.node("retention"), "store retention", _RETENTION_KEYS, line=m.line)
         default_sync: str = d.synchronous
         sync = m.get("synchronous", as_choice(("NORMAL", "FULL"), fold_case=True), default_sync)
+        # commit_interval (a duration) is the bound SPEC promises; commit_interval_ms, its
+        # older spelling in milliseconds, is still read (gateway/store.py says what it does).
+        interval = m.opt("commit_interval", _duration(Decimal("0.001"), Decimal(60)))
+        legacy_ms = m.opt("commit_interval_ms", as_float(1, 60000))
+        if interval is not None and legacy_ms is not None:
+            m.bad("commit_interval_ms", "is the older spelling of commit_interval; keep only commit_interval")
+        commit_s = float(interval) if interval is not None else (
+            legacy_ms / 1000 if legacy_ms is not None else d.commit_interval_s)
         return StoreSettings(
             synchronous=cast(Literal["NORMAL", "FULL"], sync),
-            commit_interval_s=m.get("commit_interval_ms", as_float(0, 60000),
-                                    d.commit_interval_s * 1000) / 1000,
+            commit_interval_s=commit_s,
             max_bytes=m.opt("max_size", _size),
+            min_free_bytes=m.get("min_free", _size, d.min_free_bytes),
+            max_pending=m.get("max_pending", as_int(100, 10_000_000), d.max_pending),
             retention_realtime_days=r.get("realtime_days", as_float(0.01, 36500),
                                           d.retention_realtime_days),
             retention_interval_days=r.get("interval_days", as_float(0.01, 36500),

@@ -16,20 +16,30 @@ Design constraints (what every other module may rely on)
    400 days for interval readings, settlements and events) and the storage cap only ever
    delete rows at or below every registered sink's cursor. Settlement rows are never
    deleted by the cap.
-5. **One writer.** All writes go through one thread with one connection (SQLite allows one
-   writer anyway); readers (API, sinks) use a second connection in their own thread, which
-   WAL lets run beside the writer without blocking it.
+5. **One writer.** One task, the writer loop, owns every commit: readings, messages
+   (settlements, events, KPIs) and cursor saves are queued and it commits them, in queue
+   order, on one thread with one connection (SQLite allows one writer anyway); a failed
+   commit is retried by the same loop with nothing dropped from it. Readers (API, sinks)
+   use a second connection in their own thread, which WAL lets run beside the writer.
+   :meth:`Store.write` runs other modules' transactions (billing, review tables) on the
+   same writer thread, so they too are serialised with the commits.
+6. **Bounded delay.** A reading is committed within ``store.commit_interval`` (default
+   1 s) of being queued, whatever comes after it, as long as the disk takes writes: the
+   writer never waits for a later append to commit an earlier one.
 
 Durability (the promise, also in the README)
 --------------------------------------------
-SQLite in WAL mode. Appends are *group-committed*: readings submitted within
-``store.commit_interval_ms`` (default 20 ms) share one transaction. With the default
-``synchronous=FULL`` every commit fsyncs the WAL, so a committed reading survives both
-``kill -9`` and a power loss; what can be lost is only what had not yet committed (at most
-one commit interval of polls, which were never acknowledged to anyone). With
+SQLite in WAL mode. Appends are *group-committed*: the writer gathers what arrives for
+:data:`GROUP_COMMIT_S` (20 ms), or ``store.commit_interval`` when that is shorter, into one
+transaction (``store.commit_interval_ms``, the older key, sets the same bound in
+milliseconds). A message (settlement, event, KPI) and :meth:`Store.flush` skip the wait.
+With the default ``synchronous=FULL`` every commit fsyncs the WAL, so a committed reading
+survives both ``kill -9`` and a power loss; what can be lost is only what had not yet
+committed (at most one group of polls, which were never acknowledged to anyone). With
 ``synchronous=NORMAL`` a commit survives ``kill -9`` but the last transactions before a
 power loss may roll back (the database itself stays consistent). Sink cursors are written
-with the next group commit, so a crash can only make a sink resend, never skip.
+with the next commit (a cursor-only commit when nothing else is queued) and kept for the
+following one when a commit fails, so a crash can only make a sink resend, never skip.
 
 Schema
 ------
@@ -80,6 +90,9 @@ SCHEMA_VERSION = 1
 RENDERED_KEPT = 4096
 """Rendered rows kept per sink (:meth:`Store.render_on_commit`): four seconds at 1,000
 readings/s, far more than a live sink lags; about 1 MB of InfluxDB lines."""
+GROUP_COMMIT_S = 0.02
+"""How long the writer gathers appends into one transaction (one fsync for all of them),
+unless ``store.commit_interval`` is shorter."""
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -122,9 +135,26 @@ class OutboxRow:
 
 @dataclass(slots=True)
 class _Pending:
+    """Readings waiting for their commit (one submit or one ``append_readings`` call)."""
+
     readings: list[Reading]
-    retention: list[str]
+    retention: str
     future: asyncio.Future[list[int]] | None
+
+
+@dataclass(slots=True)
+class _Message:
+    """A non-reading message (settlement, event, KPI) waiting for its commit."""
+
+    kind: str
+    meter: str | None
+    ts: float
+    body: dict[str, Any]
+    retention: str
+    future: asyncio.Future[int]
+
+
+_Item = _Pending | _Message
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -139,6 +169,8 @@ class Store:
     """The gateway's SQLite store: an outbox of committed messages, sink cursors, audit.
 
     Open with :meth:`open`; everything is async and runs SQLite on two private threads.
+    One task, the writer loop (:meth:`_write_loop`), owns every commit of the outbox and
+    of the cursors; appends, acknowledgements and :meth:`flush` only queue work and wake it.
     """
 
     def __init__(self, path: Path, settings: StoreSettings, gateway_id: str) -> None:
@@ -150,19 +182,21 @@ class Store:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._last_seq = 0
-        self._queue: list[_Pending] = []
-        self._flush_task: asyncio.Task[None] | None = None
+        self._queue: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._flush_waiters: list[asyncio.Future[bool]] = []
+        self._writer_task: asyncio.Task[None] | None = None
         self._new_data = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._dirty_cursors: dict[str, int] = {}
         self._sinks: set[str] = set()
+        self._closing = False
         self._closed = False
         self.pressure: Pressure = "ok"
         self.size_bytes = 0
         self.commit_failures = 0
         self.last_error: str | None = None
-        self._retry_batches: list[_Pending] = []
-        self._commit_lock = asyncio.Lock()
         self._renderers: dict[str, tuple[Callable[[Reading, int], str], dict[int, str]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -173,6 +207,7 @@ class Store:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(store._writer, store._open_writer)
         await loop.run_in_executor(store._reader, store._open_reader)
+        store._writer_task = loop.create_task(store._write_loop(), name="store-writer")
         return store
 
     def _open_writer(self) -> None:
@@ -207,18 +242,29 @@ class Store:
         self._rconn.execute("PRAGMA query_only=1")
 
     async def close(self) -> None:
-        """Commit everything queued, write cursors, and close both connections."""
+        """Commit everything queued (one last attempt), write cursors, close both connections."""
         if self._closed:
             return
         await self.flush()
+        self._closing = True
+        self._wake.set()
+        if self._writer_task is not None:
+            await asyncio.gather(self._writer_task, return_exceptions=True)
         self._closed = True
-        if self._flush_task is not None and not self._flush_task.done():
-            self._flush_task.cancel()
+        lost = sum(len(i.readings) for i in self._queue if isinstance(i, _Pending))
+        if lost:
+            log.error("closing the local store with %d readings it could not commit (%s)",
+                      lost, self.last_error or "the store was closed")
         loop = asyncio.get_running_loop()
+        cursors = dict(self._dirty_cursors)
 
         def _close_w() -> None:
             if self._wconn is not None:
-                self._write_cursors()
+                with contextlib.suppress(sqlite3.Error):
+                    self._wconn.execute("BEGIN IMMEDIATE")
+                    self._write_cursors(cursors)
+                    self._wconn.execute("COMMIT")
+                _rollback(self._wconn)
                 with contextlib.suppress(sqlite3.Error):
                     self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._wconn.close()
@@ -241,151 +287,182 @@ class Store:
         return self._last_seq
 
     def submit(self, reading: Reading, retention: str = "interval") -> asyncio.Future[list[int]]:
-        """Queue one reading for the next group commit; the future resolves with its seq.
+        """Queue one reading for the writer's next commit; the future resolves with its seq.
 
         Bus workers call this without awaiting, so a commit never stalls a serial bus.
         """
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending([reading], [retention], fut))
-        self._schedule_flush()
+        self._enqueue(_Pending([reading], retention, fut))
         return fut
 
     def submit_nowait(self, reading: Reading, retention: str = "interval") -> None:
-        """Queue one reading for the next group commit, with no future to resolve.
+        """Queue one reading for the writer's next commit, with no future to resolve.
 
         What bus workers call for every reading (they never await the seq): the same
         queue and order as :meth:`submit`, one allocation less per reading.
         """
-        self._queue.append(_Pending([reading], [retention], None))
-        self._schedule_flush()
+        self._enqueue(_Pending([reading], retention, None))
 
     async def append_readings(self, readings: list[Reading], retention: str = "interval") -> list[int]:
         """Commit readings (group-committed); returns their seqs once durable."""
         if not readings:
             return []
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(list(readings), [retention] * len(readings), fut))
-        self._schedule_flush()
+        self._enqueue(_Pending(list(readings), retention, fut))
         return await fut
 
     async def append_message(
         self, kind: str, meter: str | None, ts: float, body: dict[str, Any], retention: str = "keep"
     ) -> int:
-        """Commit a non-reading message (settlement, event, kpi); ``seq`` is added to ``body``."""
-        await self.flush()
+        """Commit a non-reading message (settlement, event, kpi); ``seq`` is added to ``body``.
+
+        It commits with the writer's next group, after every reading queued before it, and
+        at once (no group window). Raises :class:`StoreError` when that commit fails: the
+        caller, which keeps the message, decides when to try again.
+        """
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Message(kind, meter, ts, body, retention, fut))
+        self._urgent.set()
+        return await fut
+
+    def _enqueue(self, item: _Item) -> None:
+        if self._closing:
+            raise StoreError("the local store is closed")
+        self._queue.append(item)
+        self._wake.set()
+
+    async def flush(self) -> bool:
+        """Commit everything queued now, without the group window (at shutdown, in tests).
+
+        Returns once the writer's attempt that covers everything queued before this call
+        has ended: True when it committed, False when it failed (what failed stays queued
+        and the writer keeps retrying it).
+        """
+        if self._writer_task is None or self._writer_task.done():
+            return not self._has_work()
+        if not self._has_work():
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(fut)
+        self._urgent.set()
+        self._wake.set()
+        return await fut
+
+    # ------------------------------------------------------------------ the writer loop
+    def _has_work(self) -> bool:
+        return bool(self._queue) or bool(self._dirty_cursors)
+
+    @property
+    def group_window_s(self) -> float:
+        """How long the writer gathers appends into one transaction: ``GROUP_COMMIT_S``, or
+        ``store.commit_interval`` when that is shorter (the promised bound comes first)."""
+        return min(GROUP_COMMIT_S, self.settings.commit_interval_s)
+
+    async def _write_loop(self) -> None:
+        """The one task that commits: wait for work, gather it for the group window, commit
+        readings, messages and cursor updates in one transaction; after a failure keep
+        everything and try again every ``store.commit_interval``. A reading is therefore
+        committed within about one window plus one commit of being queued, whatever comes
+        after it, as long as the disk takes writes."""
+        while not self._closing:
+            if not self._has_work():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._urgent.is_set():
+                await wait_event(self._urgent, self.group_window_s)
+            self._urgent.clear()
+            try:
+                ok = await self._commit_round()
+            except Exception as exc:   # never let the one writer die; what it held is requeued
+                log.exception("the store's writer failed unexpectedly; retrying")
+                self.last_error = str(exc)
+                ok = False
+            if not ok and not self._closing:
+                await wait_event(self._urgent, self.settings.commit_interval_s)
+
+    async def _commit_round(self) -> bool:
+        batch, self._queue = self._queue, []
+        waiters, self._flush_waiters = self._flush_waiters, []
+        cursors = dict(self._dirty_cursors)
         loop = asyncio.get_running_loop()
-        seq = await loop.run_in_executor(self._writer, self._insert_message, kind, meter, ts, body, retention)
-        self._new_data.set()
-        return seq
-
-    def _insert_message(
-        self, kind: str, meter: str | None, ts: float, body: dict[str, Any], retention: str
-    ) -> int:
-        conn = self._require_w()
-        seq = self._last_seq + 1
-        doc = {"schema": body.get("schema", f"amr.{kind}.v1"), "gateway": self.gateway_id, "seq": seq}
-        doc.update({k: v for k, v in body.items() if k != "schema"})
-        payload = to_json(doc)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                (seq, kind, meter, None, retention, None, ts, body.get("quality"), payload),
-            )
-            self._write_cursors()
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            raise StoreError(f"cannot commit a {kind} to the local store: {exc}") from exc
-        self._last_seq = seq
-        return seq
-
-    def _schedule_flush(self) -> None:
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_later(), name="store-flush")
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.settings.commit_interval_s)
-        while True:
-            # Shielded: once a commit has started, cancelling the trigger must not lose the batch.
-            await asyncio.shield(self._flush_now())
-            # Appends made while that commit ran saw this task still running and scheduled
-            # nothing: commit them too (no await between this check and the return).
-            if not self._queue or self._closed:
-                return
-            await asyncio.sleep(self.settings.commit_interval_s)
-
-    async def flush(self) -> None:
-        """Commit everything queued now (used at shutdown and before non-reading appends)."""
-        await self._flush_now()
-
-    async def _flush_now(self) -> None:
-        async with self._commit_lock:
-            await self._flush_locked()
-
-    async def _flush_locked(self) -> None:
-        batch = self._retry_batches + self._queue
-        self._retry_batches = []
-        self._queue = []
-        if not batch:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            seqs = await loop.run_in_executor(self._writer, self._commit_batch, batch)
+            seqs = await loop.run_in_executor(self._writer, self._commit_batch, batch, cursors)
         except StoreError as exc:
-            self.commit_failures += 1
-            if self.last_error != str(exc):
-                log.error("%s", exc)
-            self.last_error = str(exc)
-            # Keep the readings in memory and try again: nothing is lost while we run.
-            self._retry_batches = batch
-            for p in batch:
-                if p.future is not None and not p.future.done():
-                    p.future.set_exception(exc)
-                    p.future.exception()  # mark retrieved: submitters need not await
-                    p.future = None
-            self._schedule_retry()
-            return
+            self._failed(batch, exc)
+            _resolve(waiters, False)
+            return False
+        except BaseException:
+            self._queue[:0] = batch      # cancelled or broken mid-commit: nothing is dropped
+            _resolve(waiters, False)
+            raise
+        for sink, acked in cursors.items():
+            if self._dirty_cursors.get(sink) == acked:
+                del self._dirty_cursors[sink]
         if self.last_error is not None:
             log.warning("the local store accepts writes again")
             self.last_error = None
-        i = 0
-        for p in batch:
-            n = len(p.readings)
-            if p.future is not None and not p.future.done():
-                p.future.set_result(seqs[i : i + n])
-            i += n
-        self._new_data.set()
+        for item, got in zip(batch, seqs, strict=True):
+            if isinstance(item, _Message):
+                if not item.future.done():
+                    item.future.set_result(got[0])
+            elif item.future is not None and not item.future.done():
+                item.future.set_result(got)
+        if batch:
+            self._new_data.set()
+        _resolve(waiters, True)
+        return True
 
-    def _schedule_retry(self) -> None:
-        async def _retry() -> None:
-            await asyncio.sleep(min(5.0, self.settings.commit_interval_s * 10))
-            await asyncio.shield(self._flush_now())
+    def _failed(self, batch: list[_Item], exc: StoreError) -> None:
+        """A commit failed: readings go back to the head of the queue (retried, in order);
+        messages fail to their callers, who keep them."""
+        self.commit_failures += 1
+        if self.last_error is None:
+            log.error("%s", exc)
+        self.last_error = str(exc)
+        keep: list[_Item] = []
+        for item in batch:
+            fut = item.future
+            if isinstance(item, _Pending):
+                keep.append(item)
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: submitters need not await
+        self._queue[:0] = keep
 
-        if not self._closed:
-            self._flush_task = asyncio.get_running_loop().create_task(_retry(), name="store-retry")
-
-    def _commit_batch(self, batch: list[_Pending]) -> list[int]:
+    def _commit_batch(self, batch: list[_Item], cursors: dict[str, int]) -> list[list[int]]:
         conn = self._require_w()
         seq = self._last_seq
-        rows = []
+        rows: list[tuple[Any, ...]] = []
+        out: list[list[int]] = []
         gw = self.gateway_id
-        for p in batch:
-            for r, retention in zip(p.readings, p.retention, strict=True):
+        for item in batch:
+            if isinstance(item, _Message):
+                seq += 1
+                doc = {"schema": item.body.get("schema", f"amr.{item.kind}.v1"), "gateway": gw, "seq": seq}
+                doc.update({k: v for k, v in item.body.items() if k != "schema"})
+                rows.append((seq, item.kind, item.meter, None, item.retention, None, item.ts,
+                             item.body.get("quality"), to_json(doc)))
+                out.append([seq])
+                continue
+            first = seq + 1
+            retention = item.retention
+            for r in item.readings:
                 seq += 1
                 rows.append(
                     (seq, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
                      reading_payload(r, gw, seq))
                 )
+            out.append(list(range(first, seq + 1)))
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-            self._write_cursors()
+            if rows:
+                conn.executemany(
+                    "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+            self._write_cursors(cursors)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             _rollback(conn)
@@ -394,16 +471,16 @@ class Store:
                 if "full" in str(exc).lower()
                 else "check the disk and the data_dir permissions"
             )
-            raise StoreError(f"cannot commit {len(rows)} readings to {self.path}: {exc}; {hint}") from exc
-        first = self._last_seq + 1
+            what = f"{len(rows)} messages" if rows else "the sink cursors"
+            raise StoreError(f"cannot commit {what} to {self.path}: {exc}; {hint}") from exc
         self._last_seq = seq
-        for p in batch:
-            for r in p.readings:
-                r.seq = first
-                first += 1
+        for item, seqs in zip(batch, out, strict=True):
+            if isinstance(item, _Pending):
+                for r, s in zip(item.readings, seqs, strict=True):
+                    r.seq = s
         if self._renderers:
             self._render(batch)
-        return [row[0] for row in rows]
+        return out
 
     # ------------------------------------------------------------------ rendered rows
     def render_on_commit(self, sink: str, render: Callable[[Reading, int], str]) -> None:
@@ -422,9 +499,11 @@ class Store:
         entry = self._renderers.get(sink)
         return None if entry is None else entry[1].get(seq)
 
-    def _render(self, batch: list[_Pending]) -> None:
+    def _render(self, batch: list[_Item]) -> None:
         for name, (render, kept) in self._renderers.items():
             for p in batch:
+                if isinstance(p, _Message):
+                    continue
                 for r in p.readings:
                     seq = r.seq
                     if seq is None:
@@ -450,46 +529,20 @@ class Store:
         return await self.read(_select_pending, start, limit)
 
     async def ack(self, sink: str, upto_seq: int) -> None:
-        """Advance the sink's cursor to ``upto_seq`` (written with the next commit)."""
+        """Advance the sink's cursor to ``upto_seq``; the writer saves it with its next commit
+        (a cursor-only commit when nothing else is queued), and again after a failed one."""
         if upto_seq > self._cursors.get(sink, 0):
             self._cursors[sink] = upto_seq
             self._dirty_cursors[sink] = upto_seq
-            if not self._queue:
-                self._schedule_flush_cursors()
+            self._wake.set()
 
-    def _schedule_flush_cursors(self) -> None:
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.get_running_loop().create_task(
-                self._flush_cursors_later(), name="store-cursors"
-            )
-
-    async def _flush_cursors_later(self) -> None:
-        await asyncio.sleep(self.settings.commit_interval_s)
-        if self._queue or self._retry_batches:
-            await asyncio.shield(self._flush_now())
+    def _write_cursors(self, cursors: dict[str, int]) -> None:
+        if not cursors:
             return
-        loop = asyncio.get_running_loop()
-
-        def _w() -> None:
-            conn = self._require_w()
-            conn.execute("BEGIN IMMEDIATE")
-            self._write_cursors()
-            conn.execute("COMMIT")
-
-        try:
-            await loop.run_in_executor(self._writer, _w)
-        except sqlite3.Error as exc:
-            log.warning("cannot save sink cursors yet (%s); they will be saved with the next commit", exc)
-
-    def _write_cursors(self) -> None:
-        if not self._dirty_cursors:
-            return
-        conn = self._require_w()
-        dirty, self._dirty_cursors = self._dirty_cursors, {}
-        conn.executemany(
+        self._require_w().executemany(
             "INSERT INTO sink_cursor(sink, acked_seq) VALUES (?, ?) "
             "ON CONFLICT(sink) DO UPDATE SET acked_seq=max(acked_seq, excluded.acked_seq)",
-            list(dirty.items()),
+            list(cursors.items()),
         )
 
     async def cursor(self, sink: str) -> int:
@@ -669,6 +722,12 @@ class Store:
 
 def _call_with(get: Callable[[], sqlite3.Connection], fn: Callable[..., T], args: Iterable[Any]) -> T:
     return fn(get(), *args)
+
+
+def _resolve(waiters: list[asyncio.Future[bool]], ok: bool) -> None:
+    for w in waiters:
+        if not w.done():
+            w.set_result(ok)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

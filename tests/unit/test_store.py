@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from gateway.errors import StoreError
 from gateway.model import PointValue, Reading, loads_exact
 from gateway.settings import StoreSettings
 from gateway.store import Store
+from tests.servicefixtures import await_until
 
 FAST = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01)
 
@@ -138,7 +141,6 @@ async def test_storage_cap_pressure(tmp_path: Path) -> None:
 async def test_appends_during_a_commit_are_committed_too(tmp_path: Path) -> None:
     """An append made as soon as the previous one committed (while the commit task is still
     finishing) must be committed without waiting for a later append."""
-    import asyncio
 
     store = await Store.open(tmp_path / "a.db", FAST, "gw1")
 
@@ -174,5 +176,55 @@ async def test_rows_rendered_at_commit_are_kept_per_seq_within_a_bound(tmp_path:
         assert store.rendered("influxdb", seqs[0]) is None               # aged out: only 5 kept
         assert [store.rendered("influxdb", s) for s in more[-5:]] == [f"n{i}#{s}" for i, s in
                                                                       zip(range(1, 6), more[-5:], strict=True)]
+    finally:
+        await store.close()
+
+
+async def test_a_reading_commits_without_a_later_append_while_a_cursor_save_runs(tmp_path: Path) -> None:
+    """Issue 14 item 5: the old store kept one task slot for the group flush, the retry and
+    the cursor save, so a reading queued while a cursor-only save was running stayed in
+    memory until the next append (up to a whole schedule interval). The writer is held on
+    a real SQLite transaction so the cursor save is certainly queued behind it (seen in the
+    writer thread's own work queue) when the reading arrives."""
+    seeded = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    await seeded.append_readings([make_reading(slot=0.0)])
+    await seeded.close()
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")   # a quiet store: nothing queued
+    try:
+        store.register_sink("mqtt")
+        gate = threading.Event()
+        held = asyncio.ensure_future(store.write(lambda conn: gate.wait(10)))
+        await store.ack("mqtt", 1)                     # a cursor-only save is now due
+        await await_until(lambda: store._writer._work_queue.qsize() > 0, 5,
+                          "the cursor save to queue behind the held writer")
+        store.submit_nowait(make_reading(slot=900.0))  # the single poll of a 15-minute schedule
+        gate.set()
+        await held
+        await await_until(lambda: store.last_seq == 2, 5, "the reading's commit (no later append comes)")
+        assert await store.count() == 2
+        assert await store.read(lambda c: c.execute("SELECT acked_seq FROM sink_cursor").fetchall()) == [(1,)]
+    finally:
+        await store.close()
+
+
+async def test_a_failed_cursor_only_commit_is_retried(tmp_path: Path) -> None:
+    """Issue 16 item 7: a cursor save that fails (the database locked by another process's
+    writer, played by a second real connection holding a write transaction) is kept and
+    saved by a later round, never lost."""
+    db = tmp_path / "a.db"
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01), "gw1")
+    try:
+        store.register_sink("mqtt")
+        await store.append_readings([make_reading(slot=float(i)) for i in range(3)])
+        other = sqlite3.connect(db, isolation_level=None, timeout=0.1)
+        await store.write(lambda c: c.execute("PRAGMA busy_timeout=50"))
+        other.execute("BEGIN IMMEDIATE")               # the database is locked for writers
+        await store.ack("mqtt", 3)
+        await await_until(lambda: store.commit_failures > 0, 5, "a failed cursor save")
+        other.execute("ROLLBACK")
+        other.close()
+        await await_until(lambda: not store._dirty_cursors, 5, "the cursor saved by a later round")
+        assert store.last_error is None
+        assert await store.read(lambda c: c.execute("SELECT acked_seq FROM sink_cursor").fetchall()) == [(3,)]
     finally:
         await store.close()
