@@ -26,6 +26,18 @@ Design constraints (what every other module may rely on)
 6. **Bounded delay.** A reading is committed within ``store.commit_interval`` (default
    1 s) of being queued, whatever comes after it, as long as the disk takes writes: the
    writer never waits for a later append to commit an earlier one.
+7. **Bounded memory, drops counted.** While commits fail (a full disk) readings stay
+   queued and are retried every ``store.commit_interval``; at most ``store.max_pending``
+   of them are held (plus what arrives during one commit attempt). Beyond that, queued
+   realtime samples are dropped first, then interval readings, then any other (``keep``)
+   readings, the oldest of each first; every drop is counted in :attr:`Store.dropped`
+   (health and metrics) and the first of a spell is logged once. Settlements, events and
+   KPIs are never queued for long: their commit fails to the caller, which keeps them.
+8. **Pressure** (``ok``, ``near_cap``, ``full``) reads the store's size against
+   ``store.max_size`` *and* the free space of its filesystem against ``store.min_free``
+   (``full`` below it, ``near_cap`` below twice it), and is ``full`` from a commit the
+   disk refused until one succeeds. The scheduler pauses realtime polling first, interval
+   polling when full. Each change of state is logged once.
 
 Durability (the promise, also in the README)
 --------------------------------------------
@@ -195,6 +207,13 @@ class Store:
         self._closed = False
         self.pressure: Pressure = "ok"
         self.size_bytes = 0
+        self.free_bytes: int | None = None
+        """Free space on the store's filesystem for the gateway's user, at the last measure."""
+        self._disk_full = False
+        self._pending_readings = 0
+        self.dropped: dict[str, int] = {"realtime": 0, "interval": 0, "keep": 0}
+        """Readings dropped uncommitted because memory for them was full, by retention class."""
+        self._shedding = False
         self.commit_failures = 0
         self.last_error: str | None = None
         self._renderers: dict[str, tuple[Callable[[Reading, int], str], dict[int, str]]] = {}
@@ -207,6 +226,7 @@ class Store:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(store._writer, store._open_writer)
         await loop.run_in_executor(store._reader, store._open_reader)
+        store._assess()
         store._writer_task = loop.create_task(store._write_loop(), name="store-writer")
         return store
 
@@ -329,7 +349,51 @@ class Store:
         if self._closing:
             raise StoreError("the local store is closed")
         self._queue.append(item)
+        if isinstance(item, _Pending):
+            self._pending_readings += len(item.readings)
+            if self._pending_readings > self.settings.max_pending:
+                self._shed()
         self._wake.set()
+
+    @property
+    def pending_readings(self) -> int:
+        """Readings held in memory, not yet committed (queued or in the commit under way)."""
+        return self._pending_readings
+
+    def _shed(self) -> None:
+        """Memory for uncommitted readings is full (``store.max_pending``, reached only while
+        commits fail): drop queued readings, realtime samples first, then interval readings,
+        then the rest (``keep``), the oldest of each class first, down to 1 % under the cap
+        (so the queue is scanned once per hundredth of the cap, not once per reading).
+        Every drop is counted in :attr:`dropped`; the first drop of a spell is logged once.
+        Readings inside the commit under way cannot be dropped; they come back with its
+        failure and are weighed then."""
+        cap = self.settings.max_pending
+        excess = self._pending_readings - (cap - max(1, cap // 100))
+        if excess <= 0:
+            return
+        if not self._shedding:
+            self._shedding = True
+            log.error("memory for uncommitted readings is full (store.max_pending) while the local store "
+                      "cannot commit: dropping realtime samples first, interval and settlement readings "
+                      "last; drops are counted in health and metrics")
+        for cls in _DROP_ORDER:
+            if excess <= 0:
+                break
+            kept: list[_Item] = []
+            for item in self._queue:
+                if excess > 0 and isinstance(item, _Pending) and _drop_class(item.retention) == cls:
+                    n = len(item.readings)
+                    excess -= n
+                    self._pending_readings -= n
+                    self.dropped[cls] += n
+                    if item.future is not None and not item.future.done():
+                        item.future.set_exception(StoreError(
+                            "dropped uncommitted: memory for uncommitted readings (store.max_pending) was full"))
+                        item.future.exception()
+                else:
+                    kept.append(item)
+            self._queue = kept
 
     async def flush(self) -> bool:
         """Commit everything queued now, without the group window (at shutdown, in tests).
@@ -366,6 +430,9 @@ class Store:
         after it, as long as the disk takes writes."""
         while not self._closing:
             if not self._has_work():
+                # A flush asked for during the last round, which committed all it wanted.
+                waiters, self._flush_waiters = self._flush_waiters, []
+                _resolve(waiters, True)
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -399,9 +466,15 @@ class Store:
         for sink, acked in cursors.items():
             if self._dirty_cursors.get(sink) == acked:
                 del self._dirty_cursors[sink]
+        self._pending_readings -= sum(len(i.readings) for i in batch if isinstance(i, _Pending))
+        if self._shedding and self._pending_readings < self.settings.max_pending // 2:
+            self._shedding = False
+            log.warning("memory for uncommitted readings has room again (store.max_pending)")
         if self.last_error is not None:
             log.warning("the local store accepts writes again")
             self.last_error = None
+            self._disk_full = False
+            await self.refresh_size()
         for item, got in zip(batch, seqs, strict=True):
             if isinstance(item, _Message):
                 if not item.future.done():
@@ -420,6 +493,9 @@ class Store:
         if self.last_error is None:
             log.error("%s", exc)
         self.last_error = str(exc)
+        if "full" in str(exc.__cause__ or exc).lower():
+            self._disk_full = True
+            self._assess()
         keep: list[_Item] = []
         for item in batch:
             fut = item.future
@@ -429,6 +505,8 @@ class Store:
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: submitters need not await
         self._queue[:0] = keep
+        if self._pending_readings > self.settings.max_pending:
+            self._shed()
 
     def _commit_batch(self, batch: list[_Item], cursors: dict[str, int]) -> list[list[int]]:
         conn = self._require_w()
@@ -471,7 +549,7 @@ class Store:
                 if "full" in str(exc).lower()
                 else "check the disk and the data_dir permissions"
             )
-            what = f"{len(rows)} messages" if rows else "the sink cursors"
+            what = "readings" if rows else "the sink cursors"
             raise StoreError(f"cannot commit {what} to {self.path}: {exc}; {hint}") from exc
         self._last_seq = seq
         for item, seqs in zip(batch, out, strict=True):
@@ -635,7 +713,7 @@ class Store:
         iv_cut = now - self.settings.retention_interval_days * 86400
         loop = asyncio.get_running_loop()
         deleted: int = await loop.run_in_executor(self._writer, self._purge, upto, rt_cut, iv_cut)
-        await loop.run_in_executor(self._writer, self._update_size)
+        await self.refresh_size()
         return deleted
 
     def _purge(self, upto: int, rt_cut: float, iv_cut: float) -> int:
@@ -669,44 +747,60 @@ class Store:
         return n
 
     def _update_size(self) -> None:
+        """Measure (on the writer thread) the store's bytes in use and the free space left on
+        its filesystem; :meth:`_assess` turns them into :attr:`pressure`."""
         total = 0
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 total += os.path.getsize(str(self.path) + suffix)
         conn = self._wconn
-        free_bytes = 0
+        free_pages_bytes = 0
         if conn is not None:
             try:
                 free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                free_bytes = int(free_pages) * int(page_size)
+                free_pages_bytes = int(free_pages) * int(page_size)
             except sqlite3.Error:
-                free_bytes = 0
-        self.size_bytes = max(0, total - free_bytes)
+                free_pages_bytes = 0
+        self.size_bytes = max(0, total - free_pages_bytes)
+        try:
+            st = os.statvfs(self.path.parent)
+            self.free_bytes = st.f_bavail * st.f_frsize
+        except OSError:
+            self.free_bytes = None
+
+    def _assess(self) -> Pressure:
+        """Set :attr:`pressure` from the last measurement and the last commit, and log a
+        change of state once (the line names the reason, never a count that changes)."""
         cap = self.settings.max_bytes
-        old = self.pressure
-        if cap is None:
-            self.pressure = "ok"
-        elif self.size_bytes >= cap:
-            self.pressure = "full"
-        elif self.size_bytes >= cap * 0.9:
-            self.pressure = "near_cap"
-        else:
-            self.pressure = "ok"
-        if self.pressure != old:
-            if self.pressure == "ok":
-                log.warning("local store back under its cap (%d bytes)", self.size_bytes)
+        min_free = self.settings.min_free_bytes
+        free = self.free_bytes
+        new: Pressure = "ok"
+        reason = "the store is under its cap and the disk has free space"
+        if self._disk_full:
+            new, reason = "full", "the disk refused the last commit as full"
+        elif free is not None and free < min_free:
+            new, reason = "full", "the disk has less free space than store.min_free"
+        elif cap is not None and self.size_bytes >= cap:
+            new, reason = "full", "the store reached store.max_size"
+        elif free is not None and free < 2 * min_free:
+            new, reason = "near_cap", "the disk has less than twice store.min_free left"
+        elif cap is not None and self.size_bytes >= cap * 0.9:
+            new, reason = "near_cap", "the store is above 90 % of store.max_size"
+        if new != self.pressure:
+            self.pressure = new
+            if new == "ok":
+                log.warning("local store pressure ok again: %s", reason)
             else:
-                log.error(
-                    "local store is %s: %d of %d bytes; realtime polling pauses first, settlements are kept",
-                    self.pressure, self.size_bytes, cap,
-                )
+                log.error("local store pressure %s: %s; realtime polling pauses first, settlement reads go on; "
+                          "free disk space or raise store.max_size", new, reason)
+        return self.pressure
 
     async def refresh_size(self) -> Pressure:
-        """Re-measure the store's size on disk and update :attr:`pressure`."""
+        """Re-measure the store's size and the free disk space, and update :attr:`pressure`."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._update_size)
-        return self.pressure
+        return self._assess()
 
     # ------------------------------------------------------------------ helpers
     def _require_w(self) -> sqlite3.Connection:
@@ -722,6 +816,15 @@ class Store:
 
 def _call_with(get: Callable[[], sqlite3.Connection], fn: Callable[..., T], args: Iterable[Any]) -> T:
     return fn(get(), *args)
+
+
+_DROP_ORDER = ("realtime", "interval", "keep")
+"""Which uncommitted readings go first when memory for them is full (SPEC: realtime
+samples first, settlement and interval readings last)."""
+
+
+def _drop_class(retention: str) -> str:
+    return retention if retention in ("realtime", "interval") else "keep"
 
 
 def _resolve(waiters: list[asyncio.Future[bool]], ok: bool) -> None:

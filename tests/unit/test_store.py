@@ -228,3 +228,23 @@ async def test_a_failed_cursor_only_commit_is_retried(tmp_path: Path) -> None:
         assert await store.read(lambda c: c.execute("SELECT acked_seq FROM sink_cursor").fetchall()) == [(3,)]
     finally:
         await store.close()
+
+
+async def test_a_flush_asked_for_during_the_commit_that_covers_it_returns(tmp_path: Path) -> None:
+    """A flush asked for while the writer's round already holds everything it waits for
+    (here a cursor save) returns when that round ends, not at some later commit: the writer
+    once went idle with the flush still waiting, which hung a stop."""
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    try:
+        store.register_sink("mqtt")
+        await store.append_readings([make_reading()])
+        gate = threading.Event()
+        held = asyncio.ensure_future(store.write(lambda conn: gate.wait(10)))
+        await store.ack("mqtt", 1)
+        await await_until(lambda: store._writer._work_queue.qsize() > 0, 5, "the cursor save behind the held writer")
+        flushed = asyncio.ensure_future(store.flush())
+        gate.set()
+        await held
+        assert await asyncio.wait_for(flushed, 5) is True
+    finally:
+        await store.close()
