@@ -14,8 +14,11 @@ Design constraints (what every other module may rely on)
    few messages, never skips one.
 4. **Nothing undelivered is purged.** Retention (default 14 days for realtime samples,
    400 days for interval readings, settlements and events) and the storage cap only ever
-   delete rows at or below every registered sink's cursor. Settlement rows are never
-   deleted by the cap.
+   delete rows at or below the cursor of *every* sink with a durable cursor, enabled or
+   disabled, configured or left from an earlier configuration. Before the runtime has
+   declared the configured sinks (:meth:`Store.declare_sinks`) a store without any cursor
+   deletes nothing. Only ``amr-gateway sink drop NAME`` (audited) lets a sink's backlog
+   go. Settlement rows are never deleted by the cap.
 5. **One writer.** One task, the writer loop, owns every commit: readings, messages
    (settlements, events, KPIs) and cursor saves are queued and it commits them, in queue
    order, on one thread with one connection (SQLite allows one writer anyway); a failed
@@ -72,6 +75,10 @@ Schema
     audit(id INTEGER PRIMARY KEY, ts REAL, meter TEXT, kind TEXT, detail TEXT)
                         configuration changes that matter to billing (CT/PT ratio changes)
 
+Beside the database, ``<store>.lock``: every open store holds a shared ``flock`` on it, so
+``amr-gateway sink drop`` (gateway/sinkdrop.py), which must have the store to itself, can
+refuse to run beside a gateway.
+
 Other modules (billing) keep their own tables in the same database through
 :meth:`Store.write` / :meth:`Store.read`, which run a function on the writer or reader
 connection.
@@ -81,6 +88,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -192,6 +200,7 @@ class Store:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="amr-store-w")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="amr-store-r")
         self._wconn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._rconn: sqlite3.Connection | None = None
         self._last_seq = 0
         self._queue: list[_Item] = []
@@ -203,6 +212,7 @@ class Store:
         self._cursors: dict[str, int] = {}
         self._dirty_cursors: dict[str, int] = {}
         self._sinks: set[str] = set()
+        self._declared = False
         self._closing = False
         self._closed = False
         self.pressure: Pressure = "ok"
@@ -233,9 +243,12 @@ class Store:
     def _open_writer(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o640)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)   # shared: only `sink drop` asks for it alone
             conn = _connect(self.path, self.settings.synchronous)
             conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
+            self._release_lock()
             raise StoreError(
                 f"cannot open the local store {self.path}: {exc}; check that data_dir exists, "
                 "is writable by the gateway's user and has free space"
@@ -246,6 +259,7 @@ class Store:
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif row[0] != self.gateway_id:
             conn.close()
+            self._release_lock()
             raise StoreError(
                 f"the store {self.path} belongs to gateway {row[0]!r}, not {self.gateway_id!r}; "
                 "point data_dir elsewhere or keep the gateway id"
@@ -256,6 +270,11 @@ class Store:
             self._cursors[sink] = int(acked)
         self._wconn = conn
         self._update_size()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _open_reader(self) -> None:
         self._rconn = _connect(self.path, self.settings.synchronous)
@@ -289,6 +308,7 @@ class Store:
                     self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._wconn.close()
                 self._wconn = None
+            self._release_lock()
 
         def _close_r() -> None:
             if self._rconn is not None:
@@ -595,9 +615,37 @@ class Store:
 
     # ------------------------------------------------------------------ sinks
     def register_sink(self, sink: str) -> None:
-        """Declare a sink: its cursor counts for purging (a new sink starts at 0 and replays)."""
+        """A sink starts delivering: its cursor counts for purging (a new sink starts at 0
+        and replays) and is made durable with the next commit, so it holds rows back from
+        retention in every later run too."""
         self._sinks.add(sink)
-        self._cursors.setdefault(sink, 0)
+        if sink not in self._cursors:
+            self._cursors[sink] = 0
+            self._dirty_cursors[sink] = 0
+            self._wake.set()
+
+    def declare_sinks(self, enabled: Iterable[str], disabled: Iterable[str] = ()) -> None:
+        """The sinks the configuration names, enabled or not (the runtime says so at start,
+        before any sink registers). Until this is called retention deletes nothing above
+        the lowest durable cursor, and nothing at all in a store without one; a declared
+        sink gets a durable cursor (0 when new) that holds its undelivered rows, in this
+        run and the next, until it acknowledges them or ``amr-gateway sink drop`` discards
+        them. A cursor left by a sink no longer configured holds its rows as well (said
+        once here, with the way out)."""
+        on, off = set(enabled), set(disabled)
+        for sink in sorted(on | off):
+            if sink not in self._cursors:
+                self._cursors[sink] = 0
+                self._dirty_cursors[sink] = 0
+                self._wake.set()
+        for sink, acked in sorted(self._cursors.items()):
+            if acked >= self._last_seq or sink in on:
+                continue
+            why = "is disabled" if sink in off else "is no longer configured"
+            log.warning("sink %s %s; retention keeps the rows it has not acknowledged (after seq %d) "
+                        "until it is enabled again or `amr-gateway sink drop %s` discards them",
+                        sink, why, acked, sink)
+        self._declared = True
 
     async def pending(self, sink: str, limit: int, after: int | None = None) -> list[OutboxRow]:
         """Committed messages after the sink's cursor (or ``after``), in seq order."""
@@ -698,10 +746,14 @@ class Store:
 
     # ------------------------------------------------------------------ retention and cap
     def min_cursor(self) -> int:
-        """The lowest cursor of the registered sinks (everything above is undelivered)."""
-        if not self._sinks:
-            return self._last_seq
-        return min(self._cursors.get(s, 0) for s in self._sinks)
+        """The highest seq every sink acknowledged: the lowest cursor of all sinks the store
+        knows (registered, declared, or durable from an earlier run, enabled or not).
+        Everything above it is undelivered to someone. With no cursor at all it is the last
+        seq once the configured sinks were declared (:meth:`declare_sinks`: there are none),
+        and 0 before (they may not have registered yet)."""
+        if self._cursors:
+            return min(self._cursors.values())
+        return self._last_seq if self._declared else 0
 
     async def enforce_retention(self, now: float) -> int:
         """Delete delivered rows past their retention, and more realtime rows under the cap.
@@ -825,6 +877,12 @@ samples first, settlement and interval readings last)."""
 
 def _drop_class(retention: str) -> str:
     return retention if retention in ("realtime", "interval") else "keep"
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file beside the store: every open store holds a shared lock on it, so a
+    command that must have the store to itself (``amr-gateway sink drop``) can tell."""
+    return path.with_name(path.name + ".lock")
 
 
 def _resolve(waiters: list[asyncio.Future[bool]], ok: bool) -> None:

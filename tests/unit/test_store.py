@@ -45,6 +45,7 @@ async def test_seq_strictly_increases_and_survives_restart(tmp_path: Path) -> No
 async def test_seq_never_reused_after_purge(tmp_path: Path) -> None:
     settings = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01, retention_interval_days=1)
     store = await Store.open(tmp_path / "a.db", settings, "gw1")
+    store.declare_sinks([])                         # a gateway with no sinks at all
     await store.append_readings([make_reading(slot=0.0), make_reading(slot=10.0)])
     deleted = await store.enforce_retention(now=10 * 86400.0)
     assert deleted == 2
@@ -246,5 +247,58 @@ async def test_a_flush_asked_for_during_the_commit_that_covers_it_returns(tmp_pa
         gate.set()
         await held
         assert await asyncio.wait_for(flushed, 5) is True
+    finally:
+        await store.close()
+
+
+async def old_rows(db: Path, n: int) -> Store:
+    """A store at ``db`` holding ``n`` interval readings already past a 1-day retention."""
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01,
+                                               retention_interval_days=1), "gw1")
+    await store.append_readings([make_reading(slot=float(i)) for i in range(n)])
+    return store
+
+
+async def test_retention_before_the_sinks_are_declared_deletes_nothing(tmp_path: Path) -> None:
+    """Issue 16 item 7: retention ran 5 s after start, before any sink registered, and a
+    store with no cursor counted as "everything delivered"."""
+    store = await old_rows(tmp_path / "a.db", 4)
+    try:
+        assert await store.enforce_retention(now=30 * 86400.0) == 0      # nobody declared yet
+        store.declare_sinks(["mqtt"])
+        assert await store.enforce_retention(now=30 * 86400.0) == 0      # declared, not registered
+        await store.flush()
+        assert await store.read(lambda c: c.execute("SELECT * FROM sink_cursor").fetchall()) == [("mqtt", 0)]
+        store.register_sink("mqtt")
+        await store.ack("mqtt", 3)
+        assert await store.enforce_retention(now=30 * 86400.0) == 3
+        assert [r.seq for r in await store.pending("mqtt", 10)] == [4]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("disabled", "why"), [(["influxdb"], "is disabled"), ([], "is no longer configured")])
+async def test_a_sink_not_delivering_this_run_still_holds_its_rows(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, disabled: list[str], why: str) -> None:
+    """A durable cursor holds rows back whether its sink is enabled, disabled, or gone from
+    the configuration; said once at start with the way out."""
+    db = tmp_path / "a.db"
+    store = await old_rows(db, 6)
+    store.declare_sinks(["mqtt", "influxdb"])
+    for sink, upto in (("mqtt", 5), ("influxdb", 2)):
+        store.register_sink(sink)
+        await store.ack(sink, upto)
+    await store.close()
+
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01,
+                                               retention_interval_days=1), "gw1")
+    try:
+        store.declare_sinks(["mqtt"], disabled)
+        store.register_sink("mqtt")                                      # influxdb never starts
+        assert store.min_cursor() == 2
+        assert await store.enforce_retention(now=30 * 86400.0) == 2
+        assert await store.count() == 4
+        warned = [r.getMessage() for r in caplog.records if "sink drop influxdb" in r.getMessage()]
+        assert len(warned) == 1 and why in warned[0]
     finally:
         await store.close()
