@@ -287,6 +287,7 @@ class Store:
         await self.flush()
         self._closing = True
         self._wake.set()
+        self._urgent.set()      # out of a retry's wait at once
         if self._writer_task is not None:
             await asyncio.gather(self._writer_task, return_exceptions=True)
         self._closed = True
