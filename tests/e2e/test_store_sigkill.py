@@ -80,6 +80,15 @@ def test_a_single_poll_survives_sigkill_two_seconds_later(tmp_path: Path) -> Non
         assert [(r["meter"], r["schedule"], r["seq"]) for r in readings] == [("m1", "quarter", 1)], readings
         assert readings[0]["quality"] == "good"
         assert readings[0]["points"]["energy_import_kwh"]["raw"] is not None
+        store = api_get(api_port, "/api/v1/health")["store"]                # the new store fields
+        assert (store["pending"], store["dropped"]) == (0, {"realtime": 0, "interval": 0, "keep": 0})
+        assert store["free_bytes"] > 0 and store["pressure"] == "ok"
+        req = urllib.request.Request(f"http://127.0.0.1:{api_port}/metrics",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            metrics = r.read().decode()
+        assert 'amr_store_dropped_total{retention="realtime"} 0' in metrics
+        assert "amr_store_pending_readings 0" in metrics
     finally:
         gateway.stop()
         stop_process(sim, signal.SIGTERM, 15)
