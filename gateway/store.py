@@ -467,7 +467,7 @@ class Store:
                 self.last_error = str(exc)
                 ok = False
             if not ok and not self._closing:
-                await wait_event(self._urgent, self.settings.commit_interval_s)
+                await wait_event(self._urgent, max(0.01, self.settings.commit_interval_s))
 
     async def _commit_round(self) -> bool:
         batch, self._queue = self._queue, []
@@ -480,14 +480,32 @@ class Store:
             self._failed(batch, exc)
             _resolve(waiters, False)
             return False
+        except asyncio.CancelledError:
+            # Only at the end of the process (close() never cancels the writer): the commit
+            # may still finish on its thread, so requeueing could store it twice.
+            _resolve(waiters, False)
+            raise
         except BaseException:
-            self._queue[:0] = batch      # cancelled or broken mid-commit: nothing is dropped
+            self._queue[:0] = batch      # broken mid-commit (not by the data): nothing is dropped
             _resolve(waiters, False)
             raise
         for sink, acked in cursors.items():
             if self._dirty_cursors.get(sink) == acked:
                 del self._dirty_cursors[sink]
         self._pending_readings -= sum(len(i.readings) for i in batch if isinstance(i, _Pending))
+        for item, got in zip(batch, seqs, strict=True):
+            if item.future is None or item.future.done():
+                continue
+            if isinstance(got, Exception):
+                item.future.set_exception(got)
+                item.future.exception()  # mark retrieved: submitters need not await
+            elif isinstance(item, _Message):
+                item.future.set_result(got[0])
+            else:
+                item.future.set_result(got)
+        if batch:
+            self._new_data.set()
+        _resolve(waiters, True)
         if self._shedding and self._pending_readings < self.settings.max_pending // 2:
             self._shedding = False
             log.warning("memory for uncommitted readings has room again (store.max_pending)")
@@ -496,15 +514,6 @@ class Store:
             self.last_error = None
             self._disk_full = False
             await self.refresh_size()
-        for item, got in zip(batch, seqs, strict=True):
-            if isinstance(item, _Message):
-                if not item.future.done():
-                    item.future.set_result(got[0])
-            elif item.future is not None and not item.future.done():
-                item.future.set_result(got)
-        if batch:
-            self._new_data.set()
-        _resolve(waiters, True)
         return True
 
     def _failed(self, batch: list[_Item], exc: StoreError) -> None:
@@ -529,30 +538,39 @@ class Store:
         if self._pending_readings > self.settings.max_pending:
             self._shed()
 
-    def _commit_batch(self, batch: list[_Item], cursors: dict[str, int]) -> list[list[int]]:
+    def _commit_batch(self, batch: list[_Item], cursors: dict[str, int]) -> list[list[int] | Exception]:
+        """Commit ``batch`` and the cursor updates in one transaction (on the writer thread).
+
+        Returns each item's seqs, in batch order, or the exception that kept an item out:
+        one whose payload cannot be written (a bug or bad data) is refused alone, so it
+        never blocks the items around it. Raises :class:`StoreError` when SQLite refuses
+        the transaction (nothing of it committed)."""
         conn = self._require_w()
         seq = self._last_seq
         rows: list[tuple[Any, ...]] = []
-        out: list[list[int]] = []
+        out: list[list[int] | Exception] = []
         gw = self.gateway_id
         for item in batch:
-            if isinstance(item, _Message):
-                seq += 1
-                doc = {"schema": item.body.get("schema", f"amr.{item.kind}.v1"), "gateway": gw, "seq": seq}
-                doc.update({k: v for k, v in item.body.items() if k != "schema"})
-                rows.append((seq, item.kind, item.meter, None, item.retention, None, item.ts,
-                             item.body.get("quality"), to_json(doc)))
-                out.append([seq])
+            mine: list[tuple[Any, ...]] = []
+            try:
+                if isinstance(item, _Message):
+                    doc = {"schema": item.body.get("schema", f"amr.{item.kind}.v1"), "gateway": gw, "seq": seq + 1}
+                    doc.update({k: v for k, v in item.body.items() if k != "schema"})
+                    mine.append((seq + 1, item.kind, item.meter, None, item.retention, None, item.ts,
+                                 item.body.get("quality"), to_json(doc)))
+                else:
+                    retention = item.retention
+                    for k, r in enumerate(item.readings, start=seq + 1):
+                        mine.append((k, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
+                                     reading_payload(r, gw, k)))
+            except Exception as exc:
+                log.error("refused a message the store cannot write (%s: %s); the rest commits",
+                          type(exc).__name__, exc)
+                out.append(StoreError(f"this message cannot be stored: {type(exc).__name__}: {exc}"))
                 continue
-            first = seq + 1
-            retention = item.retention
-            for r in item.readings:
-                seq += 1
-                rows.append(
-                    (seq, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
-                     reading_payload(r, gw, seq))
-                )
-            out.append(list(range(first, seq + 1)))
+            rows += mine
+            out.append(list(range(seq + 1, seq + len(mine) + 1)))
+            seq += len(mine)
         try:
             conn.execute("BEGIN IMMEDIATE")
             if rows:
@@ -574,7 +592,7 @@ class Store:
             raise StoreError(f"cannot commit {what} to {self.path}: {exc}; {hint}") from exc
         self._last_seq = seq
         for item, seqs in zip(batch, out, strict=True):
-            if isinstance(item, _Pending):
+            if isinstance(item, _Pending) and not isinstance(seqs, Exception):
                 for r, s in zip(item.readings, seqs, strict=True):
                     r.seq = s
         if self._renderers:

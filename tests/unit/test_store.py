@@ -302,3 +302,22 @@ async def test_a_sink_not_delivering_this_run_still_holds_its_rows(
         assert len(warned) == 1 and why in warned[0]
     finally:
         await store.close()
+
+
+async def test_a_reading_that_cannot_be_written_is_refused_alone(tmp_path: Path) -> None:
+    """A reading whose payload cannot be rendered (a value of no JSON type: a bug upstream,
+    played by putting one in) fails on its own; the readings queued with it commit, in
+    order, with consecutive seqs, and the writer goes on."""
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    try:
+        bad = make_reading("bad")
+        bad.points["energy_import_kwh"] = PointValue(object(), None, "kWh")  # type: ignore[arg-type]
+        futures = [store.submit(make_reading("m1")), store.submit(bad), store.submit(make_reading("m3"))]
+        assert await store.flush() is True
+        assert await futures[0] == [1] and await futures[2] == [2]
+        with pytest.raises(StoreError, match="cannot be stored: TypeError"):
+            await futures[1]
+        assert await store.append_readings([make_reading("m4")]) == [3]
+        assert store.pending_readings == 0 and store.last_error is None
+    finally:
+        await store.close()
