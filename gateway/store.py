@@ -21,8 +21,10 @@ Design constraints (what every other module may rely on)
    go. Settlement rows are never deleted by the cap.
 5. **One writer.** One task, the writer loop, owns every commit: readings, messages
    (settlements, events, KPIs) and cursor saves are queued and it commits them, in queue
-   order, on one thread with one connection (SQLite allows one writer anyway); a failed
-   commit is retried by the same loop with nothing dropped from it. Readers (API, sinks)
+   order, on one thread with one connection (SQLite allows one writer anyway); the
+   readings of a failed commit are retried by the same loop (7 says when any are
+   dropped), and a message that cannot be written at all (its payload does not render)
+   is refused alone, never holding back the others. Readers (API, sinks)
    use a second connection in their own thread, which WAL lets run beside the writer.
    :meth:`Store.write` runs other modules' transactions (billing, review tables) on the
    same writer thread, so they too are serialised with the commits.
@@ -72,8 +74,11 @@ Schema
            payload TEXT)        the JSON document sinks publish, verbatim, seq inside
         index outbox_meter_kind_slot(meter, kind, slot)
     sink_cursor(sink TEXT PRIMARY KEY, acked_seq INTEGER)
+                        one row per sink ever declared or registered, until sink drop
+                        forgets it
     audit(id INTEGER PRIMARY KEY, ts REAL, meter TEXT, kind TEXT, detail TEXT)
-                        configuration changes that matter to billing (CT/PT ratio changes)
+                        changes that matter to billing (ratio_change: CT/PT) and to
+                        delivery (sink_drop: a sink's backlog discarded)
 
 Beside the database, ``<store>.lock``: every open store holds a shared ``flock`` on it, so
 ``amr-gateway sink drop`` (gateway/sinkdrop.py), which must have the store to itself, can
