@@ -24,7 +24,7 @@ from tests.servicefixtures import free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.e2e
 
-LEAD_S = 12
+LEAD_S = 20
 """How long after the config is written the slot falls: room for the gateway to start."""
 TOKEN = "sigkill-token"
 
