@@ -381,7 +381,10 @@ def plan_pdus(config: Path) -> list[str]:
 
     settings = load_settings(config)
     meter = next(iter(build_meters(settings).values()))
+    from drivers.modbus.plan import ReadPlan
+
     plan, _names = next(iter(meter.plans.values()))
+    assert isinstance(plan, ReadPlan), "the fleet's meters speak Modbus TCP"
     return [r.pdu.hex() for r in plan.requests]
 
 
