@@ -210,3 +210,16 @@ async def test_the_registry_builds_the_driver_and_plan(sim: Dlt698Simulator) -> 
     finally:
         await driver.close()
     assert {r.quality for r in out.values()} == {"good"}
+
+
+async def test_a_dead_meter_on_a_shared_line_leaves_the_other_readable(
+    sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]
+) -> None:
+    await sim.stop_meter("m1")
+    line = driver_for["m1"]                       # the pty bus that m1 and m2 share
+    for _ in range(2):
+        with pytest.raises(ReadTimeout):
+            await line.read("000039200933", PLAN, 0.2)
+        out = await line.read("000000000002", PLAN, 1.0)
+        assert {r.quality for r in out.values()} == {"good"}
+    assert await line.probe("000000000002", 0.5) and not await line.probe("000039200933", 0.2)
