@@ -90,11 +90,11 @@ def check_all_points(out: dict[str, PointResult], exp: dict[str, Decimal], clock
             assert raw == clock
         elif name == "demand_max_kw_at":
             assert raw == "2026-03-01T00:00:00"
-        elif name == "x_energy_q1_kvarh":
+        elif name == "energy_q1_kvarh":
             assert raw == exp["energy_import_kvarh"]
-        elif name == "x_energy_q4_kvarh":
+        elif name == "energy_q4_kvarh":
             assert raw == exp["energy_export_kvarh"]
-        elif name in ("x_energy_q2_kvarh", "x_energy_q3_kvarh"):
+        elif name in ("energy_q2_kvarh", "energy_q3_kvarh"):
             assert raw == Decimal("0.00")
         elif name.startswith("event_"):
             assert raw == EVENT_COUNTS[name], name
