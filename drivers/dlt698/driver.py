@@ -11,6 +11,12 @@ request is a frame to the meter's single address (FE×4 wake-up, client address
   one (null, wrong type, impossible date). A whole request that fails: the first one raises
   (ReadTimeout, FrameError, DeviceException for an ERROR-Response); a later one marks its
   points ``timeout`` / ``crc_error`` / ``exception`` and the read goes on;
+* a meter that refuses NormalList — a DAR for every OAD of a list whose first OAD it gives
+  as a single GET-Request-Normal, an ERROR-Response to the list, or silence to the list while
+  it answers a single GET — is read one OAD per GET-Request-Normal from then on (for the
+  driver's life), logged once per meter. Silence is checked that way only for a meter that
+  never answered a list on this driver and was not silent to the check already, so a dead
+  meter costs one extra timeout once, not on every poll;
 * freeze records (:meth:`read_settlement` 5005 by n-th last, :meth:`read_daily_freeze`
   5004 by freeze time — the record is asked for by its time, so a gap in the meter's log
   can never shift a value to the wrong day, and the returned time is the meter's);
@@ -22,7 +28,8 @@ request is a frame to the meter's single address (FE×4 wake-up, client address
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import logging
+from collections.abc import Collection, Sequence
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Final, cast
@@ -40,6 +47,7 @@ from drivers.dlt698.apdu import (
     GetResponseNormal,
     GetResponseNormalList,
     GetResponseRecord,
+    Result,
     SelectLast,
     by_freeze_time,
     encode_request,
@@ -70,6 +78,8 @@ from gateway.errors import (
     quality_for,
 )
 from gateway.model import PointResult, Quality
+
+log = logging.getLogger("amr.dlt698")
 
 CLIENT: Final = 0x00
 PREAMBLE: Final = 4
@@ -107,6 +117,12 @@ class Dlt698Driver:
         #: the address of the meter that sent the last reply (a wildcard read's answer)
         self.last_server = ServerAddress.wildcard()
         self._lock = asyncio.Lock()
+        #: meters (address text) read one OAD per request: they refused NormalList
+        self.singles: set[str] = set()
+        #: meters that answered a NormalList with data on this driver
+        self._lists_ok: set[str] = set()
+        #: meters silent to a list and to the single GET that checked it, until heard again
+        self._unheard: set[str] = set()
         bits = 1 + bus.bytesize + (0 if bus.parity == "N" else 1) + bus.stopbits
         self._char_s = bits / max(1, bus.baudrate) if bus.type == "serial" else 0.0
 
@@ -125,18 +141,10 @@ class Dlt698Driver:
         if not isinstance(plan, Dlt698Plan):
             raise ConfigError("the DL/T 698.45 driver needs a plan from drivers.dlt698.plan.compile_plan")
         server = ServerAddress.single(address)
-        got: dict[int, Data | Dar | Exception] = {}
-        for k, batch in enumerate(plan.batches):
-            try:
-                resp = await self.get(server, GetNormalList(0, batch), timeout)
-            except (ReadTimeout, FrameError, DeviceException) as exc:
-                if k == 0:
-                    raise
-                got.update({oad: exc for oad in batch})
-                continue
-            if not isinstance(resp, GetResponseNormalList):
-                raise FrameError(f"meter {server.text} answered a NormalList request with another form")
-            got.update(dict(resp.results))
+        if server.text in self.singles:
+            got = await self._read_singles(server, _oads(plan), timeout)
+        else:
+            got = await self._read_lists(server, plan, timeout)
         out: dict[str, PointResult] = {}
         for p in plan.points:
             r = got.get(p.oad)
@@ -153,6 +161,76 @@ class Dlt698Driver:
                 except DecodeError as exc:
                     out[p.name] = PointResult(None, "invalid", f"OAD {oad_text(p.oad)}: {exc}")
         return out
+
+    async def _read_lists(self, server: ServerAddress, plan: Dlt698Plan,
+                          timeout: float) -> dict[int, Result | Exception]:
+        """Each batch in one NormalList; a refusal of the first falls back to single reads."""
+        got: dict[int, Result | Exception] = {}
+        for k, batch in enumerate(plan.batches):
+            try:
+                resp = await self.get(server, GetNormalList(0, batch), timeout)
+            except (ReadTimeout, FrameError, DeviceException) as exc:
+                if k > 0:
+                    got.update({oad: exc for oad in batch})
+                    continue
+                how = {ReadTimeout: "was silent to", DeviceException: "answered with an ERROR-Response"}.get(type(exc))
+                if how is not None and await self._refuses_lists(server, batch[0], timeout, how):
+                    return await self._read_singles(server, _oads(plan), timeout)
+                raise
+            if not isinstance(resp, GetResponseNormalList):
+                raise FrameError(f"meter {server.text} answered a NormalList request with another form")
+            results = dict(resp.results)
+            if k == 0 and server.text not in self._lists_ok:
+                data = any(isinstance(r, Data) for r in results.values())
+                if not data and len(batch) > 1 and await self._refuses_lists(
+                        server, batch[0], timeout, "gave a DAR for every OAD of"):
+                    return await self._read_singles(server, _oads(plan), timeout)
+                if data:
+                    self._lists_ok.add(server.text)
+            got.update(results)
+        return got
+
+    async def _refuses_lists(self, server: ServerAddress, oad: int, timeout: float, how: str) -> bool:
+        """True, and the meter is read one OAD per request from now on, when it answers a single
+        GET of ``oad`` after it ``how`` a NormalList (silence: any answer; a DAR list: data)."""
+        key = server.text
+        silent = how.startswith("was silent")
+        if key in self._lists_ok or (silent and key in self._unheard):
+            return False
+        try:
+            resp = await self.get(server, GetNormal(0, oad), timeout)
+        except ReadTimeout:
+            if silent:
+                self._unheard.add(key)
+            return False
+        except (FrameError, DeviceException):
+            return False
+        if not isinstance(resp, GetResponseNormal) or (not silent and not isinstance(resp.result, Data)):
+            if not silent:
+                self._lists_ok.add(key)   # the DARs are the meter's own: it lacks those objects
+            return False
+        self.singles.add(key)
+        log.warning("meter %s on bus %s %s a GET-Request-NormalList but answers single GET-Request-Normal: "
+                    "reading it one OAD per request from now on (slower; a firmware update may add lists)",
+                    key, self.bus.id, how)
+        return True
+
+    async def _read_singles(self, server: ServerAddress, oads: Sequence[int],
+                            timeout: float) -> dict[int, Result | Exception]:
+        """One GET-Request-Normal per OAD (a meter that refused NormalList)."""
+        got: dict[int, Result | Exception] = {}
+        for k, oad in enumerate(dict.fromkeys(oads)):
+            try:
+                resp = await self.get(server, GetNormal(0, oad), timeout)
+            except (ReadTimeout, FrameError, DeviceException) as exc:
+                if k == 0:
+                    raise
+                got[oad] = exc
+                continue
+            if not isinstance(resp, GetResponseNormal):
+                raise FrameError(f"meter {server.text} answered a GET-Request-Normal with another form")
+            got[oad] = resp.result
+        return got
 
     async def probe(self, address: str, timeout: float) -> bool:
         """True when a meter answers at ``address`` (a read of its communication address)."""
@@ -196,6 +274,7 @@ class Dlt698Driver:
                 raise DeviceException(resp.error, resp.name,
                                       f"meter {frame.server.text} could not take {what}: {resp.name}")
             self.last_server = frame.server
+            self._unheard.discard(server.text)
             return resp
 
     async def _rows(self, address: str, req: GetRecord, timeout: float) -> list[dict[int, Data]]:
@@ -300,6 +379,10 @@ def _freeze(row: dict[int, Data], tz: tzinfo | None) -> tuple[datetime | None, d
             when = when.replace(tzinfo=tz)
     values = {k: v for k, v in raw.items() if isinstance(v, Decimal)}
     return when, values
+
+
+def _oads(plan: Dlt698Plan) -> list[int]:
+    return [oad for batch in plan.batches for oad in batch]
 
 
 def _describe(req: GetRequest) -> str:

@@ -8,6 +8,7 @@ bus runs 9600 baud parity N. The driver rides the shared byte pipe (``drivers.tr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -45,6 +46,10 @@ SPECS = [
     SimDlt698Spec("m2", "000000000002", transport="pty", line="bus", seed=12, reply_preamble=4),
     SimDlt698Spec("m3", "000000000003", transport="tcp", seed=13, clock_offset_s=90),
     SimDlt698Spec("m4", "201507210143", transport="pty", line="solo", seed=14),
+    # meters that refuse GET-Request-NormalList, each its own way, on one more pty line
+    SimDlt698Spec("r-dar", "000000000101", transport="pty", line="refusers", seed=15, lists="dar"),
+    SimDlt698Spec("r-silent", "000000000102", transport="pty", line="refusers", seed=16, lists="silent"),
+    SimDlt698Spec("r-error", "000000000103", transport="pty", line="refusers", seed=17, lists="error"),
 ]
 
 
@@ -223,3 +228,37 @@ async def test_a_dead_meter_on_a_shared_line_leaves_the_other_readable(
         out = await line.read("000000000002", PLAN, 1.0)
         assert {r.quality for r in out.values()} == {"good"}
     assert await line.probe("000000000002", 0.5) and not await line.probe("000039200933", 0.2)
+
+
+@pytest.mark.parametrize("meter_id", ["r-dar", "r-silent", "r-error"])
+async def test_a_meter_that_refuses_normal_lists_is_read_one_oad_per_request_logged_once(
+    sim: Dlt698Simulator, meter_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = next(m.address for m in SPECS if m.id == meter_id)
+    d = Dlt698Driver(bus(sim, meter_id))
+    caplog.set_level(logging.WARNING, logger="amr.dlt698")
+    try:
+        for _ in range(2):
+            out = await d.read(address, PLAN, 0.3)
+            check_all_points(dict(out), sim.model(meter_id).values_at(NOW.timestamp()), "2026-03-15T10:07:00")
+    finally:
+        await d.close()
+    gets = sim.requests(meter_id)
+    distinct = len({p.oad for p in POINTS})
+    assert [g[:2] for g in gets] == [b"\x05\x02"] + [b"\x05\x01"] * (1 + 2 * distinct)   # list, check, singles
+    assert address in d.singles
+    logged = [r.getMessage() for r in caplog.records if address in r.getMessage()]
+    assert len(logged) == 1 and "one OAD per request" in logged[0], logged
+
+
+async def test_a_list_of_objects_the_meter_lacks_is_not_a_refusal(
+    sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]
+) -> None:
+    plan = compile_plan([BY_NAME["power_kva"], BY_NAME["event_terminal_cover_open_count"]])
+    line = driver_for["m1"]
+    for _ in range(2):
+        out = await line.read("000039200933", plan, 1.0)
+        assert {r.quality for r in out.values()} == {"exception"}
+    assert "000039200933" not in line.singles
+    gets = sim.requests("m1")
+    assert [g[:2] for g in gets] == [b"\x05\x02", b"\x05\x01", b"\x05\x02"]   # checked once, lists after
