@@ -15,8 +15,9 @@ request is a frame to the meter's single address (FE×4 wake-up, client address
   as a single GET-Request-Normal, an ERROR-Response to the list, or silence to the list while
   it answers a single GET — is read one OAD per GET-Request-Normal from then on (for the
   driver's life), logged once per meter. Silence is checked that way only for a meter that
-  never answered a list on this driver and was not silent to the check already, so a dead
-  meter costs one extra timeout once, not on every poll;
+  never answered a list on this driver but has answered something since it was last silent
+  to the check (a probe, say), so a dead meter costs no extra timeout: a meter silent to
+  lists is read one OAD at a time from the poll after the bus worker's first probe of it;
 * freeze records (:meth:`read_settlement` 5005 by n-th last, :meth:`read_daily_freeze`
   5004 by freeze time — the record is asked for by its time, so a gap in the meter's log
   can never shift a value to the wrong day, and the returned time is the meter's);
@@ -121,8 +122,8 @@ class Dlt698Driver:
         self.singles: set[str] = set()
         #: meters that answered a NormalList with data on this driver
         self._lists_ok: set[str] = set()
-        #: meters silent to a list and to the single GET that checked it, until heard again
-        self._unheard: set[str] = set()
+        #: meters that answered something since they were last silent to a list check
+        self._heard: set[str] = set()
         bits = 1 + bus.bytesize + (0 if bus.parity == "N" else 1) + bus.stopbits
         self._char_s = bits / max(1, bus.baudrate) if bus.type == "serial" else 0.0
 
@@ -195,13 +196,12 @@ class Dlt698Driver:
         GET of ``oad`` after it ``how`` a NormalList (silence: any answer; a DAR list: data)."""
         key = server.text
         silent = how.startswith("was silent")
-        if key in self._lists_ok or (silent and key in self._unheard):
+        if key in self._lists_ok or (silent and key not in self._heard):
             return False
         try:
             resp = await self.get(server, GetNormal(0, oad), timeout)
         except ReadTimeout:
-            if silent:
-                self._unheard.add(key)
+            self._heard.discard(key)
             return False
         except (FrameError, DeviceException):
             return False
@@ -274,7 +274,7 @@ class Dlt698Driver:
                 raise DeviceException(resp.error, resp.name,
                                       f"meter {frame.server.text} could not take {what}: {resp.name}")
             self.last_server = frame.server
-            self._unheard.discard(server.text)
+            self._heard.add(frame.server.text)
             return resp
 
     async def _rows(self, address: str, req: GetRecord, timeout: float) -> list[dict[int, Data]]:

@@ -9,6 +9,7 @@ bus runs 9600 baud parity N. The driver rides the shared byte pipe (``drivers.tr
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -20,7 +21,7 @@ import pytest
 from drivers import registry
 from drivers.base import BusParams
 from drivers.dlt698.catalogue import BY_NAME, OadPoint
-from drivers.dlt698.discovery import DISCOVERY
+from drivers.dlt698.discovery import DISCOVERY, describe
 from drivers.dlt698.driver import Dlt698Driver
 from drivers.dlt698.plan import compile_plan
 from drivers.dlt698.simulator import Dlt698Simulator, SimDlt698Spec
@@ -194,6 +195,22 @@ async def test_scan_by_wildcard_and_by_range(sim: Dlt698Simulator, driver_for: d
         "000039200933", "000000000002"]
 
 
+async def test_describe_gives_the_clock_offset_and_the_energy(
+    sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]
+) -> None:
+    before = time.time()
+    facts = await describe(driver_for["m3"], "000000000003", 1.0, ZONE)
+    after = time.time()
+    # m3's clock is 90 s ahead of the (still) simulated clock, which stands at NOW
+    assert facts.clock_offset_s is not None
+    assert NOW.timestamp() + 90 - after - 1 <= facts.clock_offset_s <= NOW.timestamp() + 90 - before + 1
+    assert facts.energy_import_kwh == sim.model("m3").values_at(NOW.timestamp())["energy_import_kwh"]
+    assert facts.problem == ""
+    await sim.stop_meter("m3")
+    silent = await describe(driver_for["m3"], "000000000003", 0.2, ZONE)
+    assert (silent.clock_offset_s, silent.energy_import_kwh) == (None, None) and "did not answer" in silent.problem
+
+
 async def test_a_silent_meter_times_out_and_comes_back(
     sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]
 ) -> None:
@@ -237,7 +254,15 @@ async def test_a_meter_that_refuses_normal_lists_is_read_one_oad_per_request_log
     address = next(m.address for m in SPECS if m.id == meter_id)
     d = Dlt698Driver(bus(sim, meter_id))
     caplog.set_level(logging.WARNING, logger="amr.dlt698")
+    before: list[bytes] = []
     try:
+        if meter_id == "r-silent":
+            # silence from a meter never heard is a dead meter's: no extra request, a timeout;
+            # the bus worker's probe (a single GET) then hears it, and the next read checks
+            with pytest.raises(ReadTimeout):
+                await d.read(address, PLAN, 0.3)
+            assert await d.probe(address, 0.3)
+            before = [b"\x05\x02", b"\x05\x01"]
         for _ in range(2):
             out = await d.read(address, PLAN, 0.3)
             check_all_points(dict(out), sim.model(meter_id).values_at(NOW.timestamp()), "2026-03-15T10:07:00")
@@ -245,7 +270,8 @@ async def test_a_meter_that_refuses_normal_lists_is_read_one_oad_per_request_log
         await d.close()
     gets = sim.requests(meter_id)
     distinct = len({p.oad for p in POINTS})
-    assert [g[:2] for g in gets] == [b"\x05\x02"] + [b"\x05\x01"] * (1 + 2 * distinct)   # list, check, singles
+    expected = [*before, b"\x05\x02"] + [b"\x05\x01"] * (1 + 2 * distinct)     # list, check, singles twice
+    assert [g[:2] for g in gets] == expected
     assert address in d.singles
     logged = [r.getMessage() for r in caplog.records if address in r.getMessage()]
     assert len(logged) == 1 and "one OAD per request" in logged[0], logged
