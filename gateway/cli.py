@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--range", dest="id_range", help="which addresses to probe, in the protocol's syntax "
                       "(unit ids such as 1-247 or 1,5,9; meter addresses as a comma list or a first-last "
                       "range); default: every unit id, or ask the single meter on the line")
+    scan.add_argument("--timezone", help="the meters' local time zone, for their clock offset "
+                      "(default: this machine's), e.g. Asia/Shanghai")
 
     sim = sub.add_parser("simulate", help="serve the meters a configuration describes, simulated")
     sim.add_argument("-c", "--config", required=True, type=Path)

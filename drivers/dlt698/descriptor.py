@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import tzinfo
 
 from drivers.base import BusParams, EventCounterReader, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
-from drivers.discovery import Discovery, Progress
+from drivers.discovery import Discovery, MeterFacts, Progress
 from drivers.dlt698 import profile_schema
 from drivers.dlt698.catalogue import OadPoint
 from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
@@ -79,6 +80,13 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
     return await DISCOVERY.scan(driver, wanted, timeout, progress)
 
 
+async def describe(driver: MeterDriver, address: str, timeout: float, tz: tzinfo) -> MeterFacts:
+    """``amr-gateway scan``'s look at a found meter: see :func:`drivers.dlt698.discovery.describe`."""
+    from drivers.dlt698.discovery import describe as describe_dlt698
+
+    return await describe_dlt698(driver, address, timeout, tz)
+
+
 async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> MeterSimulator:
     """Simulated DL/T 698.45 meters (see :func:`drivers.dlt698.simulator.serve`)."""
     from drivers.dlt698.simulator import serve as serve_dlt698
@@ -103,6 +111,6 @@ DESCRIPTOR = ProtocolDescriptor(
     check_profile=check_profile,
     compile_plan=compile_plan,
     create_driver=create_driver,
-    discovery=Discovery(label="address", scan=scan),
+    discovery=Discovery(label="address", scan=scan, describe=describe),
     simulator=serve,
 )
