@@ -17,20 +17,11 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import AmrError, ConfigError
+from gateway.logsetup import setup_logging
 
 log = logging.getLogger("amr.cli")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def parse_clock_start(text: str | None) -> float | None:
@@ -117,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``amr-gateway`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export,

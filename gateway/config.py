@@ -65,7 +65,7 @@ from gateway.profiles import (
     pattern_matches_anything,
     profile_file,
 )
-from gateway.review.rules import ReviewThresholds
+from gateway.review_thresholds import ReviewThresholds
 from gateway.settings import (
     ApiSettings,
     BillingPlan,

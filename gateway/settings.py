@@ -15,7 +15,7 @@ from typing import Literal
 
 from drivers.dlt645.points import DiPoint
 from drivers.modbus.points import ModbusLimits, RegisterPoint
-from gateway.review.rules import ReviewThresholds
+from gateway.review_thresholds import ReviewThresholds
 
 BusProtocol = Literal["modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"]
 SchedulePriority = Literal["settlement", "interval", "realtime"]

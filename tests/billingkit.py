@@ -17,7 +17,7 @@ import aiohttp
 from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import rehearsal_config_text
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.demo import free_port
+from gateway.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -41,7 +41,7 @@ from schemathesis.core.result import Ok
 from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
 

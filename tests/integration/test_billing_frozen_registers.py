@@ -29,8 +29,8 @@ from gateway.billing.db import for_meter
 from gateway.billing.rehearsal import HoldingClock
 from gateway.billing.settlement import stage_consumption
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
 from gateway.model import loads_exact, parse_iso
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
 

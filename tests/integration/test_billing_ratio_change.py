@@ -27,8 +27,8 @@ from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.billing.settlement import NOT_CUMULATIVE
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
 from gateway.model import parse_iso
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
