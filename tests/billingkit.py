@@ -46,8 +46,9 @@ def rehearsal_settings(tmp: Path, **options: Any) -> tuple[Settings, Path]:
 
 
 def capture_of(gw: Gateway) -> BillingCapture:
-    """The gateway's billing extension."""
-    return next(e for e in gw.extensions if isinstance(e, BillingCapture))
+    """The gateway's settlement-capture component."""
+    assert gw.billing is not None
+    return gw.billing
 
 
 def quality(cap: BillingCapture, meter: str, t: float) -> str | None:

@@ -66,7 +66,8 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     gw = Gateway(settings, clock, enable_sinks=False)
     try:
         await gw.start()
-        engine = next(e for e in gw.extensions if isinstance(e, ReviewEngine))
+        engine = gw.review
+        assert engine is not None
         yield Running(gw, fleet, clock, engine)
     finally:
         await gw.stop()
