@@ -50,7 +50,7 @@ from gateway.billing.capture import BillingCapture
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core
 from gateway.drivers_registry import compile_plan, create_driver
-from gateway.heap import freeze_heap, keep_heap_frozen
+from gateway.heap import freeze_heap, keep_heap_frozen, refreeze_heap
 from gateway.lifecycle import Component, MetricsSource, ReloadStatus
 from gateway.pipeline import ReadingBuilder, select_points
 from gateway.polling import BusWorker, MeterRuntime, ReadingObserver
@@ -377,6 +377,7 @@ async def reload(current: Gateway, settings: Settings) -> Gateway:
         status.failed(now, reason)
         return current
     await current.stop(close_store=False)
+    refreeze_heap()          # the old runtime's frozen cycles are garbage now: collect them once
     try:
         await new.start()
     except Exception as exc:
