@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from gateway import __version__
+from gateway.api.httplog import HTTP_LOG
 from gateway.api.openapi import build_document
 from gateway.api.params import BadRequest, int_param, output_format, time_range
 from gateway.clock import Clock
@@ -130,6 +131,20 @@ def error_response(status: int, message: str) -> web.Response:
     )
 
 
+def token_matches(given: str, token: str) -> bool:
+    """Constant-time comparison of a presented token with the configured one.
+
+    Header values arrive decoded with surrogate escapes for bytes that are not UTF-8; they
+    are compared as the bytes the client sent, and anything that cannot be encoded is a
+    wrong token (401), never an error.
+    """
+    try:
+        presented = given.strip().encode("utf-8", "surrogateescape")
+    except UnicodeError:
+        return False
+    return hmac.compare_digest(presented, token.encode())
+
+
 class ApiServer:
     """Serves the API on ``api.listen`` inside the gateway's event loop."""
 
@@ -189,7 +204,7 @@ class ApiServer:
         """Serve on the listener (bound now unless :meth:`bind` ran)."""
         self.bind()
         assert self._listener is not None
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, logger=HTTP_LOG)
         await self._runner.setup()
         await web.SockSite(self._runner, self._listener).start()
         log.info("API on http://%s:%d", self.host, self.port)
@@ -202,6 +217,11 @@ class ApiServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+
+    def authorized(self, request: web.Request) -> bool:
+        """Whether the request carries the right bearer token (any bytes in it are just wrong)."""
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and bool(given) and token_matches(given, self.token or "")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -217,8 +237,7 @@ class ApiServer:
             )
             resp.headers["WWW-Authenticate"] = "Bearer"
             return resp
-        assert self.token is not None
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+        if not self.authorized(request):
             resp = error_response(
                 401, "the bearer token is wrong; use the token from api.token_file or AMR_API_TOKEN"
             )
@@ -264,7 +283,11 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
 
     async def health(request: web.Request) -> web.Response:
         store = gw.store
-        sinks = [sink.state() for sink in gw.sinks]
+        reload = gw.reload_status
+        healthy = store is not None and store.last_error is None and reload.error is None
+        summary = {"status": "up" if healthy else "degraded", "version": __version__}
+        if not server.authorized(request):     # public: up or degraded, nothing about the site
+            return json_response(summary)
         store_state = None
         if store is not None:
             store_state = {
@@ -278,17 +301,14 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
             {"id": w.bus.id, "queue": w.queue_depth(), "transactions": w.transactions, "overruns": w.overruns}
             for w in gw.workers.values()
         ]
-        reload = gw.reload_status
-        healthy = store is not None and store.last_error is None and reload.error is None
         return json_response(
             {
-                "status": "up" if healthy else "degraded",
-                "version": __version__,
+                **summary,
                 "gateway": gw.settings.gateway.id,
                 "time": iso_utc(gw.clock.time()),
                 "uptime_s": round(gw.clock.time() - gw.started_at, 3),
                 "store": store_state,
-                "sinks": sinks,
+                "sinks": [sink.state() for sink in gw.sinks],
                 "buses": buses,
                 "reload": None if reload.at is None else {
                     "at": iso_utc(reload.at),
