@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.billing.capture import BillingCapture
 from gateway.clock import ScaledClock
 from gateway.config import load_settings_from_text
 from gateway.ports import free_port
@@ -169,6 +170,30 @@ async def test_a_good_reload_takes_over_the_port_without_a_gap_and_clears_the_er
         meters = (await resp.json())["meters"]
     assert [m["customer"] for m in meters] == ["C9"]         # the new configuration is in force
     await await_until(lambda: site.reads_ok(new) >= 1, 20.0, "the reloaded runtime to poll")
+
+
+async def test_a_runtime_that_fails_to_start_after_the_swap_gives_way_to_the_previous_settings(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No real peer makes a feature fail at start on demand (it takes a failing disk at that
+    # very moment), so the settlement capture of the new configuration is made to raise.
+    real_start = BillingCapture.start
+
+    async def start(self: BillingCapture) -> None:
+        if self.gw.settings.meters["m1"].customer == "C9":
+            raise RuntimeError("the capture tables cannot be written")
+        await real_start(self)
+
+    monkeypatch.setattr(BillingCapture, "start", start)
+    old = site.gw
+    back = await reload(old, site.settings(customer="C9"))
+    site.gw = back
+    assert back is not old and old.stopped.is_set() and not back.stopped.is_set()
+    assert back.settings is old.settings and back.store is old.store
+    doc = await health(site.api_port)
+    assert doc["status"] == "degraded" and "the capture tables cannot be written" in doc["reload"]["error"]
+    assert doc["reload"]["error"].startswith("reload failed at start, the previous configuration runs again")
+    await await_until(lambda: site.reads_ok(back) >= 1, 20.0, "the previous configuration to poll again")
 
 
 def http_health(port: int) -> dict[str, Any] | None:
