@@ -398,12 +398,12 @@ class SinkRunner:
         if error is not None:
             error = redact_credentials(error)      # shown in health and logs: no URL secrets
             self.last_error = error
-        elif state == "connected":
-            self.last_error = None          # recovered: health no longer shows the old failure
         if state == self.status:
             if error is not None:
                 log.debug("%s still %s: %s", self.name, state, error)
             return
+        if state == "connected" and error is None:
+            self.last_error = None          # recovered: health no longer shows the old failure
         old, self.status, self.since = self.status, state, self.clock.time()
         target = redact_credentials(self.sink.target())
         if state == "connected":
