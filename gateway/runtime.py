@@ -42,6 +42,8 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from drivers.base import ReadPlan
+from drivers.registry import create_driver
 from gateway import __version__
 from gateway.api.routes_billing import install_billing_routes
 from gateway.api.routes_events import install_event_routes
@@ -49,15 +51,15 @@ from gateway.api.server import ApiServer
 from gateway.billing.capture import BillingCapture
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core
-from gateway.drivers_registry import compile_plan, create_driver
 from gateway.heap import freeze_heap, keep_heap_frozen, refreeze_heap
 from gateway.lifecycle import Component, MetricsSource, ReloadStatus
 from gateway.pipeline import ReadingBuilder, select_points
 from gateway.polling import BusWorker, MeterRuntime, ReadingObserver
+from gateway.profiles import compile_meter_plan
 from gateway.review.engine import ReviewEngine
 from gateway.scheduler import Scheduler
 from gateway.settings import Settings
-from gateway.sinks.delivery import SinkRunner, build_sinks
+from gateway.sinks.delivery import SinkRunner, build_sinks, configured_sinks
 from gateway.store import Store
 
 log = logging.getLogger("amr.runtime")
@@ -74,14 +76,14 @@ def build_meters(settings: Settings) -> dict[str, MeterRuntime]:
     meters: dict[str, MeterRuntime] = {}
     # Meters with the same profile, protocol and schedules share their compiled plans and
     # their plan tables (thousands of TCP meters are usually a handful of meter types).
-    shared_plans: dict[tuple[str, str, str], tuple[dict[str, tuple[Any, list[str]]], dict[str, str]]] = {}
+    shared_plans: dict[tuple[str, str, str], tuple[dict[str, tuple[ReadPlan, list[str]]], dict[str, str]]] = {}
     for m in settings.meters.values():
         profile = settings.profiles[m.profile]
         bus = settings.buses[m.bus]
         key = (profile.name, m.protocol or bus.protocol, ",".join(m.schedules))
         cached = shared_plans.get(key)
         if cached is None:
-            plans: dict[str, tuple[Any, list[str]]] = {}
+            plans: dict[str, tuple[ReadPlan, list[str]]] = {}
             retention: dict[str, str] = {}
             for sched_name in m.schedules:
                 sched = settings.schedules[sched_name]
@@ -90,7 +92,7 @@ def build_meters(settings: Settings) -> dict[str, MeterRuntime]:
                     log.warning("schedule %s selects no point of profile %s (meter %s)",
                                 sched_name, profile.name, m.id)
                     continue
-                plans[sched_name] = (compile_plan(bus, m, profile, names), names)
+                plans[sched_name] = (compile_meter_plan(bus, m, profile, names), names)
                 retention[sched_name] = "realtime" if sched.priority == "realtime" else "interval"
             cached = shared_plans[key] = (plans, retention)
         meters[m.id] = MeterRuntime(m, profile, ReadingBuilder(m, profile), cached[0], cached[1])
@@ -218,6 +220,7 @@ class Gateway:
         self._owns_store = True          # from here on, this runtime's stop closes the store
         s = self.settings
         store = self.require_store()
+        store.declare_sinks(*configured_sinks(s))   # retention holds their rows from now on
         await self._audit_ratios()
         for worker in self.workers.values():
             self._spawn(worker.run(), f"bus-{worker.bus.id}")
