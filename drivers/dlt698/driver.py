@@ -15,9 +15,9 @@ request is a frame to the meter's single address (FE×4 wake-up, client address
   as a single GET-Request-Normal, an ERROR-Response to the list, or silence to the list while
   it answers a single GET — is read one OAD per GET-Request-Normal from then on (for the
   driver's life), logged once per meter. Silence is checked that way only for a meter that
-  never answered a list on this driver but has answered something since it was last silent
-  to the check (a probe, say), so a dead meter costs no extra timeout: a meter silent to
-  lists is read one OAD at a time from the poll after the bus worker's first probe of it;
+  never answered a list on this driver, and at most once per :data:`SILENCE_RECHECK_S` while
+  it stays silent to the check too, so a dead meter costs one extra timeout per ten minutes,
+  not one per poll;
 * freeze records (:meth:`read_settlement` 5005 by n-th last, :meth:`read_daily_freeze`
   5004 by freeze time — the record is asked for by its time, so a gap in the meter's log
   can never shift a value to the wrong day, and the returned time is the meter's);
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Sequence
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
@@ -89,6 +90,10 @@ PREAMBLE: Final = 4
 REPLY_BUDGET: Final = 600
 #: Slack for inter-byte gaps and the OS (no public 698.45 timing figure; DL/T 645's).
 REPLY_MARGIN_S: Final = 0.05
+#: A meter silent to a NormalList and to the single GET that checked it is checked again
+#: after this long at the earliest (a dead meter's extra cost; a list-silent meter that was
+#: off at start is found within it).
+SILENCE_RECHECK_S: Final = 600.0
 
 
 def _pipe(bus: BusParams) -> BytePipe:
@@ -122,8 +127,8 @@ class Dlt698Driver:
         self.singles: set[str] = set()
         #: meters that answered a NormalList with data on this driver
         self._lists_ok: set[str] = set()
-        #: meters that answered something since they were last silent to a list check
-        self._heard: set[str] = set()
+        #: meters silent to a list and to its single-GET check: when (monotonic) they last were
+        self._silent_at: dict[str, float] = {}
         bits = 1 + bus.bytesize + (0 if bus.parity == "N" else 1) + bus.stopbits
         self._char_s = bits / max(1, bus.baudrate) if bus.type == "serial" else 0.0
 
@@ -196,12 +201,15 @@ class Dlt698Driver:
         GET of ``oad`` after it ``how`` a NormalList (silence: any answer; a DAR list: data)."""
         key = server.text
         silent = how.startswith("was silent")
-        if key in self._lists_ok or (silent and key not in self._heard):
+        if key in self._lists_ok:
+            return False
+        last = self._silent_at.get(key)
+        if silent and last is not None and time.monotonic() - last < SILENCE_RECHECK_S:
             return False
         try:
             resp = await self.get(server, GetNormal(0, oad), timeout)
         except ReadTimeout:
-            self._heard.discard(key)
+            self._silent_at[key] = time.monotonic()
             return False
         except (FrameError, DeviceException):
             return False
@@ -274,7 +282,7 @@ class Dlt698Driver:
                 raise DeviceException(resp.error, resp.name,
                                       f"meter {frame.server.text} could not take {what}: {resp.name}")
             self.last_server = frame.server
-            self._heard.add(frame.server.text)
+            self._silent_at.pop(frame.server.text, None)
             return resp
 
     async def _rows(self, address: str, req: GetRecord, timeout: float) -> list[dict[int, Data]]:

@@ -25,6 +25,7 @@ from drivers.dlt698.discovery import DISCOVERY, describe
 from drivers.dlt698.driver import Dlt698Driver
 from drivers.dlt698.plan import compile_plan
 from drivers.dlt698.simulator import Dlt698Simulator, SimDlt698Spec
+from drivers.transport.tcp import tcp_pipe
 from gateway.errors import DeviceException, ReadTimeout
 from gateway.model import PointResult
 from gateway.profiles import load_profile
@@ -254,15 +255,7 @@ async def test_a_meter_that_refuses_normal_lists_is_read_one_oad_per_request_log
     address = next(m.address for m in SPECS if m.id == meter_id)
     d = Dlt698Driver(bus(sim, meter_id))
     caplog.set_level(logging.WARNING, logger="amr.dlt698")
-    before: list[bytes] = []
     try:
-        if meter_id == "r-silent":
-            # silence from a meter never heard is a dead meter's: no extra request, a timeout;
-            # the bus worker's probe (a single GET) then hears it, and the next read checks
-            with pytest.raises(ReadTimeout):
-                await d.read(address, PLAN, 0.3)
-            assert await d.probe(address, 0.3)
-            before = [b"\x05\x02", b"\x05\x01"]
         for _ in range(2):
             out = await d.read(address, PLAN, 0.3)
             check_all_points(dict(out), sim.model(meter_id).values_at(NOW.timestamp()), "2026-03-15T10:07:00")
@@ -270,11 +263,26 @@ async def test_a_meter_that_refuses_normal_lists_is_read_one_oad_per_request_log
         await d.close()
     gets = sim.requests(meter_id)
     distinct = len({p.oad for p in POINTS})
-    expected = [*before, b"\x05\x02"] + [b"\x05\x01"] * (1 + 2 * distinct)     # list, check, singles twice
+    expected = [b"\x05\x02"] + [b"\x05\x01"] * (1 + 2 * distinct)     # list, check, singles twice
     assert [g[:2] for g in gets] == expected
     assert address in d.singles
     logged = [r.getMessage() for r in caplog.records if address in r.getMessage()]
     assert len(logged) == 1 and "one OAD per request" in logged[0], logged
+
+
+async def test_a_dead_meter_is_checked_with_a_single_get_once_not_every_poll(sim: Dlt698Simulator) -> None:
+    host, port = sim.serves_at("m3")  # type: ignore[misc]
+    pipe = tcp_pipe(host, port)
+    d = Dlt698Driver(bus(sim, "m3"), pipe=pipe)
+    await sim.stop_meter("m3")
+    try:
+        for _ in range(3):
+            with pytest.raises(ReadTimeout):
+                await d.read("000000000003", PLAN, 0.2)
+    finally:
+        await d.close()
+    assert pipe.stats["requests"] == 4       # list + single check, then a list per poll
+    assert "000000000003" not in d.singles
 
 
 async def test_a_list_of_objects_the_meter_lacks_is_not_a_refusal(
