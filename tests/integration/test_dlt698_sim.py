@@ -271,8 +271,9 @@ async def test_a_meter_that_refuses_normal_lists_is_read_one_oad_per_request_log
 
 
 async def test_a_dead_meter_is_checked_with_a_single_get_once_not_every_poll(sim: Dlt698Simulator) -> None:
-    host, port = sim.serves_at("m3")  # type: ignore[misc]
-    pipe = tcp_pipe(host, port)
+    endpoint = sim.serves_at("m3")
+    assert isinstance(endpoint, tuple)
+    pipe = tcp_pipe(*endpoint)
     d = Dlt698Driver(bus(sim, "m3"), pipe=pipe)
     await sim.stop_meter("m3")
     try:
