@@ -27,6 +27,7 @@ from gateway.config import load_settings_from_text
 from gateway.demo import free_port
 from gateway.model import loads_exact, parse_iso
 from gateway.runtime import Gateway
+from tests.billingkit import capture_of
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +83,7 @@ async def test_a_dlt698_meter_settles_from_its_day_freeze(tmp_path: Path) -> Non
     gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
     try:
         await gw.start()
-        cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+        cap = capture_of(gw)
         got = await until_settled(cap, ("m698", "m645"), 30.0)
         assert got == {"m698": "meter_frozen", "m645": "meter_frozen"}, got
     finally:
