@@ -212,32 +212,6 @@ def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) ->
     return out
 
 
-def last_ratio(conn: sqlite3.Connection, meter: str) -> tuple[Any, Any] | None:
-    """(ct, pt) factors the meter was last known under, or None (never read).
-
-    The later of its most recent stored reading and its most recent audited ratio change
-    (a change recorded at a start that no poll followed yet must not be recorded again).
-    """
-    row = conn.execute("SELECT payload, ts FROM outbox WHERE meter=? AND kind='reading' ORDER BY seq DESC LIMIT 1",
-                       (meter,)).fetchone()
-    change = None
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='billing_ratio_change'").fetchone():
-        change = conn.execute("SELECT body, at FROM billing_ratio_change WHERE meter=? ORDER BY at DESC, id DESC "
-                              "LIMIT 1", (meter,)).fetchone()
-    if change is not None and (row is None or float(change[1]) >= float(row[1])):
-        doc = loads_exact(change[0])
-        new = doc.get("new") if isinstance(doc, dict) else None
-        if isinstance(new, dict):
-            return new.get("ct"), new.get("pt")
-    if row is None:
-        return None
-    doc = loads_exact(row[0])
-    mult = doc.get("multiplier") if isinstance(doc, dict) else None
-    if not isinstance(mult, dict):
-        return None
-    return mult.get("ct"), mult.get("pt")
-
-
 def meters_since(conn: sqlite3.Connection) -> dict[tuple[str, str], float]:
     """(meter, plan) → when the gateway first saw the meter on that plan."""
     return {(m, p): float(s) for m, p, s in conn.execute("SELECT meter, plan, since FROM billing_meter")}
@@ -268,7 +242,6 @@ __all__ = [
     "for_meters",
     "insert_if_better",
     "insert_ratio_change",
-    "last_ratio",
     "meters_since",
     "ratio_changes",
     "remember_meters",
