@@ -12,8 +12,9 @@ silent rewrite. At start (:func:`audit_ratios`, called by the runtime before any
 each meter's configured ratios are compared with those of the previous start (kept in the
 store's ``meta`` table as ``ratio:<meter>``); a change of CT×PT factors is recorded once in
 the store's ``audit`` table (``kind = "ratio_change"``, the old and new factors, ``ts`` =
-the start). Billing reads that record (:func:`ratio_change_at`) to take the reading at the
-change and keep its ``billing_ratio_change`` record; a meter's readings carry the factors
+the start, also kept as ``meta.ratio_audit_at``). Billing reads that record
+(:func:`last_ratio_change`, :func:`last_audit_at`) to take the reading at a change of this
+start and keep its ``billing_ratio_change`` record; a meter's readings carry the factors
 they were taken under (``multiplier`` in ``amr.reading.v1``), so no other history is kept.
 """
 
@@ -43,6 +44,7 @@ RATIO_CHANGE: Final = "ratio_change"
 
 _ONE: Final = Decimal(1)
 _META_PREFIX: Final = "ratio:"
+_AUDITED_AT_KEY: Final = "ratio_audit_at"
 _META_RE: Final = re.compile(r"ct=([^;]+);pt=(.+)")
 
 
@@ -144,7 +146,9 @@ def _remembered(conn: sqlite3.Connection) -> dict[str, str]:
     return {k[len(_META_PREFIX):]: v for k, v in rows}
 
 
-def _record(conn: sqlite3.Connection, remember: list[tuple[str, str]], changes: list[RatioChange]) -> None:
+def _record(conn: sqlite3.Connection, at: float, remember: list[tuple[str, str]],
+            changes: list[RatioChange]) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_AUDITED_AT_KEY, repr(at)))
     for meter, text in remember:
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_META_PREFIX + meter, text))
     for c in changes:
@@ -154,6 +158,9 @@ def _record(conn: sqlite3.Connection, remember: list[tuple[str, str]], changes: 
 
 async def audit_ratios(store: Store, meters: Iterable[MeterSettings], at: float) -> list[RatioChange]:
     """Record every meter's CT/PT change since the previous start, once; return the changes.
+
+    ``at`` is the start; it is remembered as the last audit (:func:`last_audit_at`), so a
+    reader can tell the changes of this start from those of an earlier one.
 
     A meter seen for the first time is remembered without a change. A ratio written
     differently with the same factor (``200/5`` → ``400/10``) is remembered, not audited:
@@ -172,26 +179,32 @@ async def audit_ratios(store: Store, meters: Iterable[MeterSettings], at: float)
         new = (m.ct_ratio.factor, m.pt_ratio.factor)
         if old is not None and old != new:
             changes.append((RatioChange(m.id, at, old[0], old[1], new[0], new[1]), text))
-    if remember:
-        await store.write(_record, remember, [c for c, _ in changes])
+    await store.write(_record, at, remember, [c for c, _ in changes])
     for c, text in changes:
         log.warning("meter %s: CT/PT changed from %s to %s (CT×PT %s → %s, audited)", c.meter,
                     known[c.meter], text, c.old_multiplier, c.new_multiplier)
     return [c for c, _ in changes]
 
 
-def ratio_change_at(conn: sqlite3.Connection, meter: str, at: float) -> RatioChange | None:
-    """The CT/PT change of ``meter`` audited at ``at`` (a start), or None."""
-    row = conn.execute("SELECT detail FROM audit WHERE meter=? AND kind=? AND ts=? ORDER BY id DESC LIMIT 1",
-                       (meter, RATIO_CHANGE, at)).fetchone()
+def last_audit_at(conn: sqlite3.Connection) -> float | None:
+    """When the ratios were last audited (the latest start), or None (never)."""
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (_AUDITED_AT_KEY,)).fetchone()
+    return None if row is None else float(row[0])
+
+
+def last_ratio_change(conn: sqlite3.Connection, meter: str) -> RatioChange | None:
+    """The latest audited CT/PT change of ``meter``, or None (none, or one an older gateway wrote)."""
+    row = conn.execute("SELECT ts, detail FROM audit WHERE meter=? AND kind=? ORDER BY ts DESC, id DESC LIMIT 1",
+                       (meter, RATIO_CHANGE)).fetchone()
     if row is None:
         return None
-    doc = loads_exact(row[0])
+    doc = loads_exact(row[1])
     old = doc.get("old") if isinstance(doc, dict) else None
     new = doc.get("new") if isinstance(doc, dict) else None
     if not isinstance(old, dict) or not isinstance(new, dict):
         return None        # an audit row of an older gateway (no factors): nothing to price
-    return RatioChange(meter, at, Decimal(old["ct"]), Decimal(old["pt"]), Decimal(new["ct"]), Decimal(new["pt"]))
+    return RatioChange(meter, float(row[0]), Decimal(old["ct"]), Decimal(old["pt"]), Decimal(new["ct"]),
+                       Decimal(new["pt"]))
 
 
 __all__ = [
@@ -199,9 +212,10 @@ __all__ = [
     "RatioChange",
     "Scaling",
     "audit_ratios",
+    "last_audit_at",
+    "last_ratio_change",
     "point_factor",
     "profile_factors",
-    "ratio_change_at",
     "ratio_text",
     "register_factor",
     "scaling_for",

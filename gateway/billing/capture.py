@@ -40,8 +40,9 @@ How it fits the gateway
   ``…/meters/{meter}/settlement``), then its ``seq`` is recorded. Rows a crash left
   unpublished are published at the next start.
 * On start it **reads the meter at a CT/PT change**: a meter whose ratio change the runtime
-  audited at this start (:func:`gateway.multiplier.audit_ratios`) gets a reading at the
-  change, kept as a ``billing_ratio_change`` record (see :meth:`BillingCapture._check_ratio`).
+  audited (:func:`gateway.multiplier.audit_ratios`) and billing has not kept yet gets a
+  reading at the change, kept as a ``billing_ratio_change`` record (see
+  :meth:`BillingCapture._check_ratio`).
 * On start it **catches up**: every boundary since the meter was first seen on its plan
   whose settlement is absent or ``missing`` (the gateway was down, say) is captured.
 * The observer adds ``reading.extra["billing"]`` to every reading of a meter on a plan:
@@ -79,7 +80,7 @@ from gateway.billing.settlement import (
 )
 from gateway.errors import DeviceException
 from gateway.model import Reading, iso_utc, loads_exact, parse_iso
-from gateway.multiplier import RatioChange, ratio_change_at, register_factor
+from gateway.multiplier import RatioChange, last_audit_at, last_ratio_change, register_factor
 from gateway.settings import BillingPlan
 from gateway.slots import local_midnight, zone
 
@@ -187,7 +188,7 @@ class BillingCapture:
 
     # ------------------------------------------------------------------ CT/PT changes
     async def _check_ratio(self, meter_id: str, plan: BillingPlan) -> None:
-        """Take the reading at a CT/PT change the runtime audited at this start.
+        """Take the reading at an audited CT/PT change billing has not kept yet.
 
         A ratio change in the configuration is an audited event, never a silent rewrite:
         :func:`gateway.multiplier.audit_ratios` records it once when the gateway starts under
@@ -199,22 +200,27 @@ class BillingCapture:
         reading under the old configuration and the change is priced at the old ratio (the
         configuration in force). When the meter does not answer at the change the record
         keeps ``registers: {}`` with the reason, and the stage stays withheld and flagged:
-        a later reading would mix energy of both ratios. A change audited at an earlier
-        start whose reading never happened (the gateway stopped first) is not taken late:
-        the stage is flagged as changed without a recorded change.
+        a later reading would mix energy of both ratios. The same holds for a change audited
+        at an earlier start that the gateway stopped too soon to read: it is kept without
+        registers rather than read late.
         """
         m = self.gw.meters.get(meter_id)
         if m is None:
             return
-        change = await self.gw.require_store().read(ratio_change_at, meter_id, self.gw.started_at)
-        if change is None:
+        store = self.gw.require_store()
+        change = await store.read(last_ratio_change, meter_id)
+        if change is None or await store.read(db.ratio_change_recorded, meter_id, change.at):
             return
-        log.warning("meter %s: CT/PT changed in the configuration (CT×PT %s → %s); recording the change and "
-                    "reading the meter at it", meter_id, change.old_multiplier, change.new_multiplier)
-        t = asyncio.create_task(self._record_ratio_change(m, plan, change), name=f"ratio-change-{meter_id}")
+        stale = change.at != await store.read(last_audit_at)
+        log.warning("meter %s: CT/PT changed in the configuration (CT×PT %s → %s); recording the change%s",
+                    meter_id, change.old_multiplier, change.new_multiplier,
+                    " (audited at an earlier start: too late to read the meter at it)" if stale
+                    else " and reading the meter at it")
+        t = asyncio.create_task(self._record_ratio_change(m, plan, change, stale), name=f"ratio-change-{meter_id}")
         self._tasks.append(t)
 
-    async def _record_ratio_change(self, m: MeterRuntime, plan: BillingPlan, change: RatioChange) -> None:
+    async def _record_ratio_change(self, m: MeterRuntime, plan: BillingPlan, change: RatioChange,
+                                   stale: bool) -> None:
         at = change.at
         registers: dict[str, dict[str, object]] = {}
         reason: str | None = None
@@ -226,12 +232,15 @@ class BillingCapture:
             async with asyncio.timeout(timeout * 40 + 5.0):
                 return await self._read_live(driver, m, plan, at, timeout, self._live_plan(m, plan))
 
-        try:
-            regs, read_at, error = await worker.submit(m, action, priority="settlement", slot=at)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            regs, error = {}, str(exc) or type(exc).__name__
+        regs: dict[str, RegisterValue] = {}
+        error: str | None = None
+        if not stale:
+            try:
+                regs, read_at, error = await worker.submit(m, action, priority="settlement", slot=at)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                regs, error = {}, str(exc) or type(exc).__name__
         for name, r in regs.items():
             if name in NOT_CUMULATIVE:
                 continue
@@ -241,7 +250,10 @@ class BillingCapture:
                 "value_new": r.raw * register_factor(m.profile, name, change.new_ct, change.new_pt),
                 "unit": r.unit,
             }
-        if not registers:
+        if stale:
+            reason = (f"the gateway stopped before the meter was read at the change; a reading now "
+                      f"({iso_utc(self.gw.clock.time())}) would mix energy of both ratios")
+        elif not registers:
             reason = f"the meter could not be read at the change: {error or 'no register'}"
         body: dict[str, Any] = {
             "meter": m.id, "at": iso_utc(at), "at_epoch": Decimal(repr(at)),

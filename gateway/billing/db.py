@@ -198,6 +198,12 @@ def insert_ratio_change(conn: sqlite3.Connection, meter: str, at: float, body: d
     return int(rid)
 
 
+def ratio_change_recorded(conn: sqlite3.Connection, meter: str, at: float) -> bool:
+    """Whether billing has kept the CT/PT change of ``meter`` audited at ``at``."""
+    return conn.execute("SELECT 1 FROM billing_ratio_change WHERE meter=? AND at=? LIMIT 1",
+                        (meter, at)).fetchone() is not None
+
+
 def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) -> list[dict[str, Any]]:
     """The audited CT/PT changes of a meter with ``lo < at < hi``, oldest first."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='billing_ratio_change'").fetchone() \
@@ -243,6 +249,7 @@ __all__ = [
     "insert_if_better",
     "insert_ratio_change",
     "meters_since",
+    "ratio_change_recorded",
     "ratio_changes",
     "remember_meters",
     "set_seq",

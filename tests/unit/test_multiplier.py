@@ -16,9 +16,10 @@ from gateway.model import PointResult, loads_exact
 from gateway.multiplier import (
     RATIO_CHANGE,
     audit_ratios,
+    last_audit_at,
+    last_ratio_change,
     point_factor,
     profile_factors,
-    ratio_change_at,
     register_factor,
     scaling_for,
 )
@@ -96,10 +97,11 @@ async def test_ratio_changes_are_audited_once_and_read_back(tmp_path: Path) -> N
         assert (change.meter, change.at) == ("m2", 400.0)
         assert (change.old_ct, change.old_pt, change.new_ct, change.new_pt) == (40, 100, 120, 100)
         assert (change.old_multiplier, change.new_multiplier) == (4000, 12000)
+        assert await store.read(last_audit_at) == 400.0
         assert await audit_ratios(store, changed, 500.0) == []      # recorded once
-        assert await store.read(ratio_change_at, "m2", 400.0) == change
-        assert await store.read(ratio_change_at, "m2", 500.0) is None
-        assert await store.read(ratio_change_at, "m1", 400.0) is None
+        assert await store.read(last_ratio_change, "m2") == change
+        assert await store.read(last_ratio_change, "m1") is None
+        assert await store.read(last_audit_at) == 500.0              # the latest start, change or not
     finally:
         await store.close()
     conn = sqlite3.connect(tmp_path / "a.db")
@@ -117,8 +119,9 @@ async def test_an_audit_row_without_factors_is_not_a_change_to_price(tmp_path: P
     """A store written by an earlier gateway holds ``{"from": ..., "to": ...}`` audit rows."""
     store = await Store.open(tmp_path / "a.db", FAST, "gw1")
     try:
+        assert await store.read(last_audit_at) is None
         await store.audit(400.0, "m1", RATIO_CHANGE, {"from": "ct=200/5;pt=1/1", "to": "ct=400/5;pt=1/1"})
-        assert await store.read(ratio_change_at, "m1", 400.0) is None
+        assert await store.read(last_ratio_change, "m1") is None
         m = replace(meter("m1"), ct_ratio=Ratio(Decimal(400), Decimal(5)))
         assert await audit_ratios(store, [m], 500.0) == []          # nothing remembered yet
     finally:
