@@ -22,8 +22,10 @@ Decisions worth knowing (also documented in ``config/gateway.example.yaml``):
 * Relative paths (``data_dir``, ``profiles_dir``, ``*_file``) are relative to the directory
   of the configuration file, not to the working directory.
 * Profiles are looked up in ``profiles_dir`` (top level or under ``gateway``), then
-  ``<config dir>/profiles/``, then the repository's shipped ``config/profiles/`` (and, in an
-  installed wheel, ``gateway/defaults/profiles/`` when it exists). Only the
+  ``<config dir>/profiles/``, then the repository's shipped ``config/profiles/`` (in an
+  installed wheel, which has no ``config/``, each protocol package's
+  ``drivers/<protocol>/profiles/`` instead), then ``gateway/defaults/profiles/`` when it
+  exists. Only the
   profiles that meters reference are loaded; a broken one is reported with its own file
   and line.
 * Bus defaults depend on the protocol: Modbus RTU 9600 baud, DL/T 645-2007 2400 baud,

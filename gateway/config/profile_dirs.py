@@ -1,4 +1,9 @@
-"""Where meter profiles are looked up: the configuration's own directories, then the shipped ones."""
+"""Where meter profiles are looked up: the configuration's own directories, then the shipped ones.
+
+The shipped ones are ``config/profiles/`` in a checkout (links to each protocol package's
+``drivers/<protocol>/profiles/``) and, in an installed wheel, which has no ``config/``, the
+packages' directories themselves (:func:`gateway.profiles.shipped_profile_dirs`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from typing import Final
 
 import gateway
 from gateway.config.convert import abs_path
+from gateway.profiles import REPO_PROFILES_DIR, shipped_profile_dirs
 
-SHIPPED_PROFILES_DIR: Final = Path(gateway.__file__).resolve().parent.parent / "config" / "profiles"
+SHIPPED_PROFILES_DIR: Final = REPO_PROFILES_DIR
 """The profiles shipped in the repository, searched after the configuration's own."""
 
 PACKAGED_PROFILES_DIR: Final = Path(gateway.__file__).resolve().parent / "defaults" / "profiles"
@@ -21,7 +27,7 @@ def profile_search_dirs(base_dir: Path, profiles_dir: Path | None = None) -> lis
     base_dir = Path(os.path.abspath(base_dir))
     dirs: list[Path] = []
     packaged = PACKAGED_PROFILES_DIR if PACKAGED_PROFILES_DIR.is_dir() else None
-    for candidate in (profiles_dir, base_dir / "profiles", SHIPPED_PROFILES_DIR, packaged):
+    for candidate in (profiles_dir, base_dir / "profiles", *shipped_profile_dirs(), packaged):
         if candidate is None:
             continue
         directory = abs_path(base_dir, candidate)
