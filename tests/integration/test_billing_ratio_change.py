@@ -36,6 +36,7 @@ from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
 from gateway.store import Store
+from tests.billingkit import capture_of
 from tests.servicefixtures import until
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -146,13 +147,13 @@ async def test_a_change_audited_at_an_earlier_start_is_kept_once_without_a_late_
     gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # the next start keeps it
     await gw.start()
     try:
-        cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+        cap = capture_of(gw)
         assert await until(lambda: cap.ratio_changes == 1, 30.0)
     finally:
         await gw.stop()
     gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # the one after finds it kept
     await gw.start()
-    again = next(e for e in gw.extensions if isinstance(e, BillingCapture)).ratio_changes
+    again = capture_of(gw).ratio_changes
     await gw.stop()
     assert again == 0
     conn = sqlite3.connect(gw.store_path)
