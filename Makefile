@@ -1,12 +1,16 @@
 # amr-gateway — the two set-up commands of the README, plus lint and bench.
 #   make demo   install everything into .venv and run `amr-gateway demo`
 #   make test   install everything, start mosquitto + victoria-metrics if absent, run every test
+#               (and stop again the services it started)
+#   make deb    dist/amr-gateway_<version>_<arch>.deb (ARCH=arm64 for the ARM boxes)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench services clean
+.PHONY: demo test lint bench services deb clean
+
+ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "amr-gateway needs Python 3.11 or newer")'
@@ -33,5 +37,8 @@ bench: $(STAMP) services
 	$(BIN)/python -m bench.serial_bus
 	$(BIN)/python -m bench.tcp_fleet
 
+deb: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/build-deb.sh $(ARCH)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
