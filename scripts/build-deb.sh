@@ -21,13 +21,14 @@ case "$ARCH" in
 esac
 
 VERSION=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-BUILD=build/deb/$ARCH
+BUILD=${BUILD_DIR:-build/deb}/$ARCH     # BUILD_DIR and DIST_DIR: the tests build outside the checkout
+DIST=${DIST_DIR:-dist}
 ROOT=$BUILD/root
 WHEELS=$ROOT/usr/lib/amr-gateway/wheels
-OUT=dist/amr-gateway_${VERSION}_${ARCH}.deb
+OUT=$DIST/amr-gateway_${VERSION}_${ARCH}.deb
 
 rm -rf "$BUILD"
-mkdir -p "$WHEELS" "$ROOT/DEBIAN" dist
+mkdir -p "$WHEELS" "$ROOT/DEBIAN" "$DIST"
 
 say() { printf 'build-deb: %s\n' "$*" >&2; }
 
