@@ -1,0 +1,182 @@
+"""The Debian package as an operator installs it, on this machine (needs root and dpkg;
+without them the test fails, never skips: CI's machine has both).
+
+Install with apt from the built file, check what postinst set up, ``systemd-analyze
+verify`` the installed unit, run the unit's ``ExecStart`` as user ``amr`` against a
+simulated meter on loopback until a reading is good, stop it with SIGTERM, reinstall
+(the upgrade path keeps the configuration and data), remove (keeps them), purge (nothing
+left). A lock serialises runs of this test on a shared machine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import json
+import os
+import pwd
+import shlex
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.conftest import REPO, Built
+from tests.servicefixtures import free_port, stop_process, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+UNIT = Path("/lib/systemd/system/amr-gateway.service")
+CONFIG = Path("/etc/amr-gateway/config.yaml")
+STATE = Path("/var/lib/amr-gateway")
+VENV = Path("/opt/amr-gateway")
+LAUNCHER = Path("/usr/bin/amr-gateway")
+LEFT_BY_PURGE = (UNIT, CONFIG, CONFIG.parent, STATE, VENV, LAUNCHER, Path("/usr/lib/amr-gateway"),
+                 Path("/usr/share/doc/amr-gateway"),
+                 Path("/etc/systemd/system/multi-user.target.wants/amr-gateway.service"))
+LOCK = Path("/tmp/amr-gateway-deb-test.lock")
+APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+
+LOOPBACK_CONFIG = """\
+# Written by tests/packaging/test_deb.py: one simulated meter on loopback, no delivery.
+gateway: {{id: deb-test, timezone: UTC}}
+buses:
+  - {{id: tcp-1, type: tcp, host: 127.0.0.1, port: {meter_port}, protocol: modbus-tcp, timeout_ms: 1000}}
+meters:
+  - {{id: m1, customer: C1, bus: tcp-1, address: 1, profile: simulator, schedules: [realtime]}}
+schedules:
+  realtime: {{every: 2s, points: ["power_*"]}}
+api: {{listen: "127.0.0.1:{api_port}", token_env: AMR_API_TOKEN}}
+"""
+
+
+def run(*cmd: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture its output, never raise on its exit code."""
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def installed() -> bool:
+    """Whether dpkg knows amr-gateway as installed (or half-installed / config-files)."""
+    return run("dpkg-query", "-W", "-f=${Status}", "amr-gateway").stdout.strip() not in ("", "unknown ok not-installed")
+
+
+def as_amr(*cmd: str) -> list[str]:
+    """``cmd`` as the unit runs it: user and group amr, with amr's supplementary groups."""
+    return ["setpriv", "--reuid=amr", "--regid=amr", "--init-groups", "--", *cmd]
+
+
+def unit_commands(unit_text: str) -> dict[str, list[str]]:
+    """``ExecStartPre``/``ExecStart`` of a unit file, split like systemd splits them."""
+    found: dict[str, list[str]] = {}
+    for line in unit_text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in ("ExecStartPre", "ExecStart"):
+            found[key] = shlex.split(value)
+    return found
+
+
+@pytest.fixture(name="machine")
+def _machine() -> Iterator[None]:
+    """Root, dpkg and apt present; one run at a time; the package purged before and after."""
+    assert os.geteuid() == 0, "the Debian package test installs a package: run the suite as root (CI does)"
+    for tool in ("dpkg", "dpkg-deb", "apt-get", "systemd-analyze", "setpriv"):
+        assert run("sh", "-c", f"command -v {tool}").returncode == 0, f"{tool} is missing"
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if installed():
+                run("dpkg", "--purge", "amr-gateway")
+            yield
+        finally:
+            if installed():
+                run("dpkg", "--purge", "amr-gateway")
+
+
+def api_meters(port: int) -> list[dict[str, object]]:
+    """The running gateway's /api/v1/meters ([] while it does not answer yet)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/meters",
+                                 headers={"Authorization": "Bearer deb-test"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            meters: list[dict[str, object]] = json.loads(resp.read())["meters"]
+            return meters
+    except OSError:
+        return []
+
+
+def test_install_run_upgrade_remove_purge(built: Built, machine: None) -> None:
+    deb = str(built.deb)
+    proc = run("apt-get", "install", "-y", "-q", deb, env=APT_ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # what postinst set up
+    amr = pwd.getpwnam("amr")
+    assert "amr" in grp.getgrnam("dialout").gr_mem
+    assert CONFIG.read_text() == (REPO / "config" / "gateway.example.yaml").read_text()
+    assert CONFIG.stat().st_gid == amr.pw_gid and CONFIG.stat().st_mode & 0o007 == 0
+    assert "/etc/amr-gateway/config.yaml" in run("dpkg-query", "-W", "-f=${Conffiles}", "amr-gateway").stdout
+    assert STATE.stat().st_uid == amr.pw_uid
+    assert LAUNCHER.resolve() == VENV / "bin" / "amr-gateway"
+    base = run(str(VENV / "bin" / "python"), "-c", "import sys; print(sys.base_prefix, sys.version_info[:2])").stdout
+    assert base.split()[0] == "/usr", base          # Debian's python3, not this machine's pyenv
+    assert UNIT.read_text() == (REPO / "systemd" / "amr-gateway.service").read_text()
+
+    verify = run("systemd-analyze", "verify", str(UNIT))
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+    commands = unit_commands(UNIT.read_text())
+    check = run(*as_amr(*commands["ExecStartPre"]))      # the shipped example validates as amr
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # run ExecStart as amr against a simulated meter on loopback
+    api_port = free_port()
+    CONFIG.write_text(LOOPBACK_CONFIG.format(meter_port=free_port(), api_port=api_port))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "AMR_API_TOKEN": "deb-test",
+           "JOURNAL_STREAM": "8:12345"}      # as under systemd: journal-style log lines
+    sim = subprocess.Popen(as_amr(LAUNCHER.as_posix(), "simulate", "-c", str(CONFIG), "--duration", "120"),
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = None
+    try:
+        gateway = subprocess.Popen(as_amr(*commands["ExecStart"]), env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: any(m.get("last_good") for m in api_meters(api_port)) or gateway.poll() is not None,
+                   60, "a good reading from the installed gateway")
+        assert gateway.poll() is None, gateway.communicate(timeout=5)
+    finally:
+        stop_process(gateway, signal.SIGTERM, 30)
+        stop_process(sim, signal.SIGTERM, 10)
+    assert gateway is not None
+    out, err = gateway.communicate(timeout=5)
+    assert gateway.returncode == 0, err
+    assert "Traceback" not in err, err
+    store_files = {p.name: p.stat().st_uid for p in STATE.iterdir()}
+    assert store_files and set(store_files.values()) == {amr.pw_uid}, store_files
+
+    # upgrade path (same version again: prerm upgrade, unpack, postinst configure)
+    edited = CONFIG.read_text()
+    proc = run("apt-get", "install", "-y", "-q", "--reinstall", deb, env=APT_ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert CONFIG.read_text() == edited
+    assert {p.name for p in STATE.iterdir()} >= set(store_files)
+    assert run(LAUNCHER.as_posix(), "--version").stdout.strip() == f"amr-gateway {built.version}"
+
+    # remove keeps configuration and data
+    proc = run("apt-get", "remove", "-y", "-q", "amr-gateway", env=APT_ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert CONFIG.read_text() == edited
+    assert {p.name for p in STATE.iterdir()} >= set(store_files)
+    assert not VENV.exists() and not LAUNCHER.exists() and not UNIT.exists()
+
+    # purge removes everything
+    proc = run("apt-get", "purge", "-y", "-q", "amr-gateway", env=APT_ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    left = [str(p) for p in LEFT_BY_PURGE if p.exists() or p.is_symlink()]
+    assert not left, left
+    assert not installed()
+    with pytest.raises(KeyError):
+        pwd.getpwnam("amr")
+    with pytest.raises(KeyError):
+        grp.getgrnam("amr")
