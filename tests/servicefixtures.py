@@ -511,7 +511,7 @@ async def commit(store: Store, readings: list[Reading]) -> list[int]:
     return [seq for f in futures for seq in await f]
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+def stop_process(proc: subprocess.Popen[Any] | None, sig: int, timeout: float) -> None:
     """Send ``sig`` and wait (bounded); kill what does not stop in time."""
     if proc is None or proc.poll() is not None:
         return

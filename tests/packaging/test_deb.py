@@ -149,7 +149,7 @@ def test_install_run_upgrade_remove_purge(built: Built, machine: None) -> None:
         stop_process(gateway, signal.SIGTERM, 30)
         stop_process(sim, signal.SIGTERM, 10)
     assert gateway is not None
-    out, err = gateway.communicate(timeout=5)
+    _out, err = gateway.communicate(timeout=5)
     assert gateway.returncode == 0, err
     assert "Traceback" not in err, err
     store_files = {p.name: p.stat().st_uid for p in STATE.iterdir()}
