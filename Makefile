@@ -23,10 +23,15 @@ demo: $(STAMP)
 	$(BIN)/amr-gateway demo $(DEMO_ARGS)
 
 services:
-	bash scripts/ensure-services.sh
+	bash scripts/ensure-services.sh start
 
-test: $(STAMP) services
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Starts the services that are not running, runs pytest, then stops what it started (and
+# only that), keeping pytest's exit status.
+test: $(STAMP)
+	@record=$$(mktemp); \
+	bash scripts/ensure-services.sh start "$$record" || { bash scripts/ensure-services.sh stop "$$record"; exit 1; }; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	bash scripts/ensure-services.sh stop "$$record"; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway drivers tests bench
