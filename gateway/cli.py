@@ -17,20 +17,11 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import AmrError, ConfigError
+from gateway.logsetup import setup_logging
 
 log = logging.getLogger("amr.cli")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def parse_clock_start(text: str | None) -> float | None:
@@ -49,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests and docs can inspect it)."""
     p = argparse.ArgumentParser(prog="amr-gateway", description="Meter-data gateway for power utilities.")
     p.add_argument("--version", action="version", version=f"amr-gateway {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="default: the configuration's logging.level, else info")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -117,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``amr-gateway`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export,
@@ -154,9 +146,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads the configuration."""
     from gateway.config_isolated import load_settings_isolated
+    from gateway.logsetup import apply_levels, levels_applied
 
     settings = load_settings_isolated(args.config)
-    return _run_async(_serve(settings, args.config, load_settings_isolated))
+    apply_levels(settings.logging, args.log_level)
+    return _run_async(_serve(settings, args.config, levels_applied(load_settings_isolated, args.log_level)))
 
 
 async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any] | None) -> int:
@@ -168,8 +162,14 @@ async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any]
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stop_reason: list[str] = []
+
+    def stop_on(signame: str) -> None:
+        stop_reason.append(signame)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_on, sig.name)
     if path is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     systemd.notify("READY=1")
@@ -196,8 +196,10 @@ async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any]
                 log.info("configuration reloaded from %s", path)
     finally:
         systemd.notify("STOPPING=1")
+        log.info("stopping: %s", stop_reason[0] if stop_reason else "the main loop ended")
         watchdog.cancel()
         await gw.stop()
+        log.info("stopped")
     return EXIT_OK
 
 

@@ -57,6 +57,7 @@ import yaml
 
 import gateway
 from gateway.errors import ConfigError, ConfigIssue
+from gateway.logsetup import load_logging
 from gateway.profiles import (
     available_profiles,
     is_valid_point_name,
@@ -127,7 +128,7 @@ _REALTIME_BELOW_S: Final = 300
 _DAY_S: Final = Decimal(86400)
 
 _TOP_KEYS: Final = ("gateway", "buses", "meters", "schedules", "billing", "mqtt", "influxdb", "api",
-                    "store", "review", "profiles_dir")
+                    "store", "review", "profiles_dir", "logging")
 _GATEWAY_KEYS: Final = ("id", "timezone", "data_dir", "profiles_dir")
 _BUS_COMMON: Final = ("id", "type", "protocol", "timeout_ms", "retries", "inter_frame_ms",
                       "allow_writes", "concurrency", "dead_backoff_s")
@@ -232,15 +233,18 @@ def validate_command(path: Path) -> int:
 
 
 def profile_search_dirs(base_dir: Path, profiles_dir: Path | None = None) -> list[Path]:
-    """Where profiles are looked up, in order (duplicates removed)."""
+    """Where profiles are looked up, in order (duplicates removed, also one reached through a
+    symlink: in a checkout gateway/defaults/profiles links to config/profiles)."""
     base_dir = Path(os.path.abspath(base_dir))
     dirs: list[Path] = []
+    seen: set[Path] = set()
     packaged = PACKAGED_PROFILES_DIR if PACKAGED_PROFILES_DIR.is_dir() else None
     for candidate in (profiles_dir, base_dir / "profiles", SHIPPED_PROFILES_DIR, packaged):
         if candidate is None:
             continue
         directory = _abs(base_dir, candidate)
-        if directory not in dirs:
+        if directory.resolve() not in seen:
+            seen.add(directory.resolve())
             dirs.append(directory)
     return dirs
 
@@ -512,11 +516,13 @@ class _Loader:
         api = self.api(top.node("api"))
         store = self.store(top.node("store"))
         review = self.review(top.node("review"))
+        logging_settings = load_logging(self.issues, top.node("logging"))
         if self.issues or self.profile_issues or gw is None or review is None:
             return None
         return Settings(gateway=gw, buses={k: v.settings for k, v in buses.items()}, meters=meters,
                         schedules=schedules, profiles=profiles, billing=billing, mqtt=mqtt,
-                        influxdb=influx, api=api, store=store, review=review, source=source)
+                        influxdb=influx, api=api, store=store, review=review, source=source,
+                        logging=logging_settings)
 
     def gateway(self, m: MapView) -> GatewaySettings | None:
         gid = m.req("id", _ident, "the gateway's name, e.g. sub-110kv-east")

@@ -15,6 +15,7 @@ from typing import Literal
 
 from drivers.dlt645.points import DiPoint
 from drivers.modbus.points import ModbusLimits, RegisterPoint
+from gateway.logsetup import LoggingSettings
 from gateway.review.rules import ReviewThresholds
 
 BusProtocol = Literal["modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"]
@@ -215,3 +216,4 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     review: ReviewThresholds = field(default_factory=ReviewThresholds)
     source: Path | None = None
+    logging: LoggingSettings = field(default_factory=LoggingSettings)

@@ -107,7 +107,7 @@ def api_meters(port: int) -> list[dict[str, object]]:
         return []
 
 
-def test_install_run_upgrade_remove_purge(built: Built, machine: None) -> None:
+def test_install_run_upgrade_remove_purge(built: Built, machine: None, tmp_path: Path) -> None:
     deb = str(built.deb)
     proc = run("apt-get", "install", "-y", "-q", deb, env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -134,24 +134,28 @@ def test_install_run_upgrade_remove_purge(built: Built, machine: None) -> None:
     # run ExecStart as amr against a simulated meter on loopback
     api_port = free_port()
     CONFIG.write_text(LOOPBACK_CONFIG.format(meter_port=free_port(), api_port=api_port))
-    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "AMR_API_TOKEN": "deb-test",
-           "JOURNAL_STREAM": "8:12345"}      # as under systemd: journal-style log lines
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "AMR_API_TOKEN": "deb-test"}
     sim = subprocess.Popen(as_amr(LAUNCHER.as_posix(), "simulate", "-c", str(CONFIG), "--duration", "120"),
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gateway = None
-    try:
-        gateway = subprocess.Popen(as_amr(*commands["ExecStart"]), env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_until(lambda: any(m.get("last_good") for m in api_meters(api_port)) or gateway.poll() is not None,
-                   60, "a good reading from the installed gateway")
-        assert gateway.poll() is None, gateway.communicate(timeout=5)
-    finally:
-        stop_process(gateway, signal.SIGTERM, 30)
-        stop_process(sim, signal.SIGTERM, 10)
+    err_path = tmp_path / "journal"
+    with err_path.open("w") as journal:
+        st = os.fstat(journal.fileno())      # as under systemd: stderr is the stream JOURNAL_STREAM names
+        try:
+            gateway = subprocess.Popen(as_amr(*commands["ExecStart"]), stdout=subprocess.DEVNULL, stderr=journal,
+                                       env=dict(env, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"))
+            wait_until(lambda: any(m.get("last_good") for m in api_meters(api_port)) or gateway.poll() is not None,
+                       60, "a good reading from the installed gateway")
+            assert gateway.poll() is None, err_path.read_text()
+        finally:
+            stop_process(gateway, signal.SIGTERM, 30)
+            stop_process(sim, signal.SIGTERM, 10)
     assert gateway is not None
-    _out, err = gateway.communicate(timeout=5)
+    err = err_path.read_text()
     assert gateway.returncode == 0, err
     assert "Traceback" not in err, err
+    assert all(line.startswith(("<6>", "<4>", "<3>")) for line in err.splitlines()), err   # journal priorities
+    assert "<6>amr.cli: stopping: SIGTERM" in err.splitlines(), err
     store_files = {p.name: p.stat().st_uid for p in STATE.iterdir()}
     assert store_files and set(store_files.values()) == {amr.pw_uid}, store_files
 
