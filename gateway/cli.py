@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
 
@@ -115,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export,
     }
     try:
+        check_arguments(parser, args)
         return commands[args.command](args)
     except ConfigError as exc:
         for issue in exc.issues:
@@ -127,11 +130,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except OSError as exc:
         if args.debug:
             raise
+        if exc.errno == errno.EADDRINUSE:
+            print(f"error: {exc.strerror}; another program uses that address: stop it or choose another port "
+                  "(demo --listen, api.listen in the configuration)", file=sys.stderr)
+            return EXIT_RUNTIME
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``| head``): exit quietly, as a shell tool does.
+
+    stdout is pointed at /dev/null so the interpreter's final flush does not fail again.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------- validate

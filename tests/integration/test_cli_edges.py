@@ -1,0 +1,69 @@
+"""The command line at its edges, as a real process: a reader that closes the pipe early
+(``| head``) ends the command quietly with exit 0; an API address another program holds is
+one sentence saying what to do, not a raw socket error."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import StoreSettings
+from gateway.store import Store
+from tests.servicefixtures import commit, free_port, make_reading
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = """\
+gateway: {{id: g1, timezone: UTC, data_dir: {data}}}
+buses: [{{id: tcp-1, type: tcp, host: 127.0.0.1, port: 1502, protocol: modbus-tcp}}]
+meters: [{{id: m1, customer: C1, bus: tcp-1, address: 1, profile: simulator, schedules: [interval]}}]
+schedules: {{interval: {{every: 15m, points: ["energy_*"]}}}}
+"""
+
+
+def cli(*argv: str, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+    """``amr-gateway ARGV`` from this checkout as a child process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env, stdout=stdout, stderr=stderr)
+
+
+async def test_closed_pipe_ends_export_quietly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    store = await Store.open(data / "amr-gateway.sqlite", StoreSettings(), "g1")
+    try:
+        now = time.time()
+        await commit(store, [make_reading("m1", ts=now - 60 * i) for i in range(2000)])   # ~300 kB of CSV
+    finally:
+        await store.close()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(data=data))
+    proc = cli("export", "readings", "-c", str(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()                  # the reader is gone before the first row is written
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 0, err
+    assert err == "", err
+
+
+def test_api_address_in_use_says_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = cli("demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "demo"),
+                   "--mqtt", f"127.0.0.1:{free_port()}", "--duration", "60",
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode == 1, err
+    assert "address already in use; another program uses that address: stop it or choose another port" in err, err
+    assert "Traceback" not in err, err
