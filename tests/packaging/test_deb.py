@@ -3,8 +3,8 @@ without them the test fails, never skips: CI's machine has both).
 
 Install with apt from the built file, check what postinst set up, ``systemd-analyze
 verify`` the installed unit, run the unit's ``ExecStart`` as user ``amr`` against a
-simulated meter on loopback until a reading is good, stop it with SIGTERM, reinstall
-(the upgrade path keeps the configuration and data), remove (keeps them), purge (nothing
+simulated meter on loopback until a reading is good, stop it with SIGTERM, upgrade to
+a later version (keeps the configuration and data), remove (keeps them), purge (nothing
 left). A lock serialises runs of this test on a shared machine.
 """
 
@@ -15,6 +15,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shlex
 import signal
 import subprocess
@@ -95,6 +96,19 @@ def _machine() -> Iterator[None]:
                 run("dpkg", "--purge", "amr-gateway")
 
 
+def repackaged(deb: Path, version: str, workdir: Path) -> Path:
+    """The same package under another Debian version (to install over it as an upgrade)."""
+    root = workdir / "root"
+    workdir.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(root)], check=True, timeout=120)
+    control = root / "DEBIAN" / "control"
+    control.write_text(re.sub(r"(?m)^Version: .*$", f"Version: {version}", control.read_text()))
+    out = workdir / f"amr-gateway_{version}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)],
+                   check=True, timeout=120, capture_output=True)
+    return out
+
+
 def api_meters(port: int) -> list[dict[str, object]]:
     """The running gateway's /api/v1/meters ([] while it does not answer yet)."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/meters",
@@ -159,12 +173,17 @@ def test_install_run_upgrade_remove_purge(built: Built, machine: None, tmp_path:
     store_files = {p.name: p.stat().st_uid for p in STATE.iterdir()}
     assert store_files and set(store_files.values()) == {amr.pw_uid}, store_files
 
-    # upgrade path (same version again: prerm upgrade, unpack, postinst configure)
+    # an upgrade (the same files as a later Debian version: old prerm upgrade, new postinst
+    # configure) keeps the edited configuration and the data, and rebuilds the venv
     edited = CONFIG.read_text()
-    proc = run("apt-get", "install", "-y", "-q", "--reinstall", deb, env=APT_ENV)
+    newer = repackaged(built.deb, f"{built.version}+upgrade1", tmp_path / "upgrade")
+    (VENV / "left-by-the-old-version").write_text("")
+    proc = run("apt-get", "install", "-y", "-q", str(newer), env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run("dpkg-query", "-W", "-f=${Version}", "amr-gateway").stdout == f"{built.version}+upgrade1"
     assert CONFIG.read_text() == edited
     assert {p.name for p in STATE.iterdir()} >= set(store_files)
+    assert not (VENV / "left-by-the-old-version").exists()
     assert run(LAUNCHER.as_posix(), "--version").stdout.strip() == f"amr-gateway {built.version}"
 
     # remove keeps configuration and data
