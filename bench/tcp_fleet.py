@@ -4,7 +4,7 @@ What runs (all on loopback, all cleaned up on exit, Ctrl-C included):
 
 * **one simulator process**: ``amr-gateway simulate -c sim.yaml`` serving every meter any
   selected case needs, one listening port each (``127.0.0.1:port_base + i`` for meter
-  ``m{i}``, unit id 1) — the light asyncio responder of ``gateway/simulator``. Its
+  ``m{i}``, unit id 1) — the light asyncio responder of ``drivers/modbus/simulator.py``. Its
   RLIMIT_NOFILE (soft *and* hard) is raised in the child before ``exec`` (``setrlimit`` in
   ``preexec_fn``, what ``prlimit --nofile`` would do): 10,000 listening sockets plus 10,000
   accepted connections do not fit the usual hard limit of 20,000 (needs root or

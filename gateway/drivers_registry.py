@@ -39,7 +39,7 @@ def compile_plan(bus: BusSettings, meter: MeterSettings, profile: Profile, names
 
         regs = [p for p in points if isinstance(p, RegisterPoint)]
         return compile_modbus(regs, profile.limits)
-    from drivers.dlt645.driver import compile_plan as compile_dlt645
+    from drivers.dlt645.plan import compile_plan as compile_dlt645
 
     dis = [p for p in points if isinstance(p, DiPoint)]
     if (meter.protocol or bus.protocol) == "dlt645-1997":

@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from drivers.discovery import Discovery
 from gateway.drivers_registry import DLT645, compile_plan, create_driver
-from gateway.errors import AmrError, ConfigError
+from gateway.errors import ConfigError
 from gateway.model import json_number
 from gateway.pipeline import ReadingBuilder
-from gateway.profiles import find_profile
+from gateway.profiles import find_profile, shipped_profile_dirs
 from gateway.settings import BusSettings, MeterSettings, Profile, Ratio
-
-REPO_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
 
 def _protocol(args: argparse.Namespace) -> str:
@@ -69,7 +68,7 @@ async def read_once(args: argparse.Namespace) -> int:
         bus = bus_from_args(args)
         if not args.profile:
             raise ConfigError("give --profile NAME (e.g. simulator, dlt645-2007, chint-dtsu666)")
-        profile = find_profile(args.profile, [Path.cwd() / "profiles", REPO_PROFILES])
+        profile = find_profile(args.profile, [Path.cwd() / "profiles", *shipped_profile_dirs()])
         address = args.address if bus.protocol in DLT645 else args.unit
         if not address:
             raise ConfigError("give --unit N for Modbus or --address 12-DIGITS for DL/T 645")
@@ -116,54 +115,28 @@ def _progress(done: int, total: int) -> None:
         sys.stderr.write("\n")
 
 
-def _unit_range(text: str | None) -> list[int]:
-    if not text:
-        return list(range(1, 248))
-    units: list[int] = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        try:
-            lo, hi = int(a), int(b or a)
-        except ValueError:
-            raise ConfigError(f"--range must look like 1-247 or 1,5,9, not {text!r}") from None
-        if not 0 <= lo <= hi <= 255:
-            raise ConfigError(f"--range {part!r} is outside 0-255")
-        units.extend(range(lo, hi + 1))
-    return units
+def _discovery(protocol: str) -> Discovery:
+    """The scan of the protocol package that speaks ``protocol`` (imported when needed)."""
+    if protocol in DLT645:
+        from drivers.dlt645.discovery import DISCOVERY as DLT645_DISCOVERY
+
+        return DLT645_DISCOVERY
+    from drivers.modbus.discovery import DISCOVERY as MODBUS_DISCOVERY
+
+    return MODBUS_DISCOVERY
 
 
 async def scan_bus(args: argparse.Namespace) -> int:
     """Find answering Modbus unit ids or DL/T 645 addresses; print a table."""
     bus = bus_from_args(args)
     driver = create_driver(bus)
-    found: list[str] = []
+    discovery = _discovery(bus.protocol)
     try:
         await driver.open()
-        if bus.protocol in DLT645:
-            from drivers.dlt645.discovery import address_range, find_single_meter, probe_addresses
-
-            if args.id_range:
-                first, _, last = args.id_range.partition("-")
-                candidates = (list(address_range(first, last or first)) if "," not in args.id_range
-                              else [a.strip() for a in args.id_range.split(",")])
-                found = await probe_addresses(driver, candidates, args.timeout, _progress)  # type: ignore[arg-type]
-            else:
-                _progress(0, 1)
-                single = await find_single_meter(driver, args.timeout)  # type: ignore[arg-type]
-                _progress(1, 1)
-                found = [single] if single else []
-        else:
-            units = _unit_range(args.id_range)
-            for i, unit in enumerate(units, 1):
-                try:
-                    if await driver.probe(str(unit), args.timeout):
-                        found.append(str(unit))
-                except AmrError:
-                    pass
-                _progress(i, len(units))
+        found = await discovery.scan(driver, args.id_range, args.timeout, _progress)
     finally:
         await driver.close()
-    label = "address" if bus.protocol in DLT645 else "unit id"
+    label = discovery.label
     if not found:
         print(f"no {label} answered", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ from typing import Final, Literal, cast, get_args
 
 import yaml
 
+import drivers
 from drivers.dlt645.points import DiPoint
 from drivers.dlt645.values import FORMAT_NAMES, parse_format
 from drivers.modbus.points import REGISTER_WIDTH, ModbusLimits, RegisterPoint, RegisterType
@@ -139,6 +140,23 @@ def is_valid_profile_name(name: str) -> bool:
 
 # ---------------------------------------------------------------------------------------
 # locating
+
+REPO_PROFILES_DIR: Final = Path(__file__).resolve().parent.parent / "config" / "profiles"
+"""``config/profiles/`` of a checkout: links to the profiles in each protocol's package."""
+
+
+def shipped_profile_dirs() -> list[Path]:
+    """Where the profiles that ship with the gateway are: one directory per place they live.
+
+    Each protocol package keeps its own (``drivers/<protocol>/profiles/*.yaml``, package
+    data of the wheel). A checkout also has ``config/profiles/``, links to those same files,
+    which is searched instead so that messages name the directory the SPEC documents; an
+    installed wheel has no ``config/`` and searches the packages' directories.
+    """
+    if REPO_PROFILES_DIR.is_dir():
+        return [REPO_PROFILES_DIR]
+    root = Path(drivers.__file__).resolve().parent
+    return sorted(d for d in root.glob("*/profiles") if d.is_dir())
 
 
 def profile_file(name: str, search_dirs: Sequence[Path]) -> Path | None:

@@ -33,6 +33,9 @@ mkdir -p "$WHEELS" "$ROOT/DEBIAN" "$DIST"
 say() { printf 'build-deb: %s\n' "$*" >&2; }
 
 say "the project's wheel"
+# setuptools builds in ./build/lib and never removes what an earlier build left there (a
+# module or profile since deleted would ship again): start from nothing.
+rm -rf build/lib build/bdist.*
 "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$BUILD/project" .
 PROJECT_WHEEL=$(ls "$BUILD"/project/amr_gateway-"$VERSION"-*.whl)
 cp "$PROJECT_WHEEL" "$WHEELS/"

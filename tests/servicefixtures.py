@@ -42,9 +42,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
 from gateway.errors import SinkError
 from gateway.model import PointValue, Reading
-from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
+from gateway.settings import BusSettings
 from gateway.store import Store
 
 # One variable per shared service, read by scripts/ensure-services.sh as well.
@@ -137,6 +138,19 @@ async def still_dlt645_simulator(
         yield simulator
     finally:
         await simulator.stop()
+
+
+def dlt645_bus(simulator: Dlt645Simulator, meter_id: str, bus_id: str = "sim-dlt645",
+               **overrides: object) -> BusSettings:
+    """A BusSettings that reaches ``meter_id`` of ``simulator`` (pty: 2400 baud parity N; or TCP)."""
+    ep = simulator.endpoint(meter_id)
+    base: dict[str, object] = {"id": bus_id, "protocol": simulator.spec(meter_id).protocol}
+    if ep.kind == "pty":
+        base.update(type="serial", port=ep.path, baudrate=2400, parity="N")
+    else:
+        base.update(type="tcp", host=ep.host, tcp_port=ep.port)
+    base.update(overrides)
+    return BusSettings(**base)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- shared services

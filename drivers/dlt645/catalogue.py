@@ -10,7 +10,7 @@ This module answers three questions for the driver and the simulator:
   (total, 尖, 峰, 平, 谷 — more when a meter has more tariffs);
 * whether a quantity is signed (:func:`is_signed`, bit 7 of the most significant byte);
 * which DI serves each canonical point (:data:`CANONICAL_2007`, :data:`CANONICAL_1997`),
-  the same mapping as ``config/profiles/dlt645-2007.yaml`` / ``dlt645-1997.yaml`` (a test
+  the same mapping as ``drivers/dlt645/profiles/dlt645-2007.yaml`` / ``dlt645-1997.yaml`` (a test
   keeps them equal).
 
 ``meter_clock`` (design rule): the profile maps it to the date DI (``04000101``, format
@@ -391,7 +391,7 @@ def _canonical_1997() -> tuple[DiPoint, ...]:
     return tuple(pts)
 
 
-#: The generic DL/T 645-2007 meter: the points of ``config/profiles/dlt645-2007.yaml``.
+#: The generic DL/T 645-2007 meter: the points of ``drivers/dlt645/profiles/dlt645-2007.yaml``.
 CANONICAL_2007: Final[tuple[DiPoint, ...]] = _canonical_2007()
-#: The generic DL/T 645-1997 meter: the points of ``config/profiles/dlt645-1997.yaml``.
+#: The generic DL/T 645-1997 meter: the points of ``drivers/dlt645/profiles/dlt645-1997.yaml``.
 CANONICAL_1997: Final[tuple[DiPoint, ...]] = _canonical_1997()

@@ -1,6 +1,7 @@
 """Finding DL/T 645 meters on a line: the wildcard read-address, and probing addresses.
 
-``amr-gateway scan --protocol dlt645`` uses these. With exactly one meter on a line, the
+``amr-gateway scan --protocol dlt645`` uses these through :data:`DISCOVERY` (the shape every
+protocol's scan shares, :mod:`drivers.discovery`). With exactly one meter on a line, the
 wildcard read-address request (C = 13 to AA…AA) makes it tell its address. With several,
 their replies collide, so the scan probes a list or range of candidate addresses one by
 one (each probe is a short read the meter answers even to refuse it).
@@ -9,7 +10,10 @@ one (each probe is a short read the meter answers even to refuse it).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Final
 
+from drivers.base import MeterDriver
+from drivers.discovery import Discovery, Progress
 from drivers.dlt645.codec import normalize_address
 from drivers.dlt645.driver import Dlt645Driver
 from gateway.errors import ConfigError, ReadTimeout
@@ -67,3 +71,34 @@ def address_range(first: str, last: str, *, limit: int = 10_000) -> Iterator[str
         )
     for n in range(a, b + 1):
         yield f"{n:012d}"
+
+
+def candidates(wanted: str) -> list[str]:
+    """The addresses of ``--range``: ``FIRST-LAST``, one address, or ``A,B,C``."""
+    if "," in wanted:
+        return [a.strip() for a in wanted.split(",")]
+    first, _, last = wanted.partition("-")
+    return list(address_range(first, last or first))
+
+
+async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
+               progress: Progress | None = None) -> list[str]:
+    """Probe the addresses of ``wanted``; without it, ask the single meter of the line.
+
+    ``driver`` must be a :class:`~drivers.dlt645.driver.Dlt645Driver` (the one the bus's
+    protocol creates).
+    """
+    if not isinstance(driver, Dlt645Driver):
+        raise TypeError(f"the DL/T 645 scan needs a Dlt645Driver, not {type(driver).__name__}")
+    if wanted:
+        return await probe_addresses(driver, candidates(wanted), timeout, progress)
+    if progress is not None:
+        progress(0, 1)
+    single = await find_single_meter(driver, timeout)
+    if progress is not None:
+        progress(1, 1)
+    return [single] if single else []
+
+
+DISCOVERY: Final = Discovery(label="address", scan=scan)
+"""The DL/T 645 scan, as ``amr-gateway scan`` calls it."""

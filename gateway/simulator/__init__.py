@@ -1,10 +1,6 @@
-"""Simulated meters for tests, the demo and benchmarks.
+"""Simulated meters for every bus of a configuration: ``amr-gateway simulate`` and the demo.
 
-:mod:`gateway.simulator.model` is the deterministic meter (every value a pure function of
-simulated time); :mod:`gateway.simulator.modbus_server` serves such meters over Modbus TCP
-and Modbus RTU on a pty. Protocol servers for DL/T 645 live beside them.
+:mod:`gateway.simulator.fleet` reads a configuration and asks each protocol's package for
+its simulator (``drivers/<protocol>/simulator.py``); the load and fault model every
+simulator shares lives in :mod:`drivers.simulation`.
 """
-
-from gateway.simulator.model import MeterModel
-
-__all__ = ["MeterModel"]

@@ -5,7 +5,7 @@ served on its own loopback port, each serial bus on a pseudo-terminal that is li
 bus's ``port`` path (like ``socat``'s ``link=``), so ``amr-gateway simulate -c F`` and
 ``amr-gateway run -c F`` with the same file rehearse a whole site on one machine. Only
 loopback TCP endpoints are served. Every meter's registers come from a deterministic
-:class:`~gateway.simulator.model.MeterModel` seeded from (seed, meter id), with the meter's
+:class:`~drivers.simulation.model.MeterModel` seeded from (seed, meter id), with the meter's
 own CT and PT, so a test can compute what any meter shows at any instant.
 """
 
@@ -16,19 +16,44 @@ import contextlib
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
 
+from drivers.simulation.interface import MeterSimulator, SimulatedMeter, SimulatorFactory
+from drivers.simulation.model import MeterModel
 from gateway.aio import wait_event
 from gateway.clock import Clock, ScaledClock
 from gateway.errors import ConfigError
 from gateway.settings import BusSettings, MeterSettings, Settings
-from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
-from gateway.simulator.model import MeterModel
 
 log = logging.getLogger("amr.sim")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _modbus_factory() -> SimulatorFactory:
+    from drivers.modbus.simulator import serve
+
+    return serve
+
+
+def _dlt645_factory() -> SimulatorFactory:
+    from drivers.dlt645.simulator import serve
+
+    return serve
+
+
+#: Each protocol family's simulator factory, imported only when a bus needs it. The protocol
+#: registry's descriptors will name these (``drivers.<family>.simulator.serve``).
+SIMULATOR_FACTORIES: dict[str, Callable[[], SimulatorFactory]] = {
+    "modbus": _modbus_factory,
+    "dlt645": _dlt645_factory,
+}
+
+
+def _family(protocol: str) -> str:
+    """The protocol package serving ``protocol`` (``modbus-tcp`` → ``modbus``, ``dlt645-1997`` → ``dlt645``)."""
+    return "modbus" if protocol.startswith("modbus") else "dlt645"
 
 
 def meter_seed(seed: int, meter_id: str) -> int:
@@ -54,22 +79,17 @@ class SimulatedFleet:
         self.clock: Clock = clock if clock is not None else ScaledClock()
         self.seed = seed
         self.tz = settings.gateway.timezone
-        self._modbus: Any = None
-        self._dlt645: Dlt645Simulator | None = None
+        self._simulators: list[MeterSimulator] = []
         self._links: list[Path] = []
-        self._owner: dict[str, Any] = {}
+        self._owner: dict[str, MeterSimulator] = {}
 
     def _meters_on(self, bus: BusSettings) -> list[MeterSettings]:
         return [m for m in self.settings.meters.values() if m.bus == bus.id]
 
     async def start(self) -> None:
         """Serve every bus; link serial buses' ports to their ptys."""
-        from gateway.simulator.modbus_server import ModbusSimulator, SimMeterSpec
-
-        modbus_specs: list[Any] = []
-        dlt_specs: list[SimDlt645Spec] = []
-        modbus_lines: dict[str, BusSettings] = {}
-        dlt_lines: dict[str, BusSettings] = {}
+        by_family: dict[str, list[SimulatedMeter]] = {}
+        lines: dict[str, dict[str, BusSettings]] = {}
         for bus in self.settings.buses.values():
             meters = self._meters_on(bus)
             if not meters:
@@ -79,39 +99,26 @@ class SimulatedFleet:
                 continue
             for m in meters:
                 protocol = m.protocol or bus.protocol
-                seed = meter_seed(self.seed, m.id)
-                if protocol.startswith("modbus"):
-                    sim_protocol: Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"] = "modbus-rtu"
-                    if bus.type == "tcp":
-                        sim_protocol = "modbus-rtu-over-tcp" if protocol == "modbus-rtu-over-tcp" else "modbus-tcp"
-                    modbus_specs.append(SimMeterSpec(
-                        id=m.id, protocol=sim_protocol,
-                        unit=int(m.address), profile=self.settings.profiles[m.profile], seed=seed,
-                        ct=m.ct_ratio.factor, pt=m.pt_ratio.factor, base_kw=base_kw_for(m, self.seed),
-                        port=bus.tcp_port if bus.type == "tcp" else None, line=bus.id,
-                    ))
-                    if bus.type == "serial":
-                        modbus_lines[bus.id] = bus
-                else:
-                    dlt_specs.append(SimDlt645Spec(
-                        id=m.id, address=m.address, transport="tcp" if bus.type == "tcp" else "pty",
-                        line=bus.id, protocol="dlt645-1997" if protocol == "dlt645-1997" else "dlt645",
-                        seed=seed, base_kw=base_kw_for(m, self.seed), multiplier=m.multiplier,
-                        port=bus.tcp_port or 0 if bus.type == "tcp" else 0,
-                    ))
-                    if bus.type == "serial":
-                        dlt_lines[bus.id] = bus
-        if modbus_specs:
-            self._modbus = ModbusSimulator(modbus_specs, self.clock, self.tz)
-            await self._modbus.start()
-            for spec in modbus_specs:
-                self._owner[spec.id] = self._modbus
-        if dlt_specs:
-            self._dlt645 = Dlt645Simulator(dlt_specs, self.clock, self.tz)
-            await self._dlt645.start()
-            for dspec in dlt_specs:
-                self._owner[dspec.id] = self._dlt645
-        for bus_id, bus in {**modbus_lines, **dlt_lines}.items():
+                family = _family(protocol)
+                by_family.setdefault(family, []).append(SimulatedMeter(
+                    id=m.id, protocol=protocol, address=m.address, line=bus.id,
+                    link="tcp" if bus.type == "tcp" else "serial",
+                    profile=self.settings.profiles[m.profile], seed=meter_seed(self.seed, m.id),
+                    base_kw=base_kw_for(m, self.seed), ct=m.ct_ratio.factor, pt=m.pt_ratio.factor,
+                    port=bus.tcp_port if bus.type == "tcp" else None,
+                ))
+                if bus.type == "serial":
+                    lines.setdefault(family, {})[bus.id] = bus
+        serial_lines: dict[str, BusSettings] = {}
+        for family, factory in SIMULATOR_FACTORIES.items():
+            if family not in by_family:
+                continue
+            simulator = await factory()(by_family[family], self.clock, self.tz)
+            self._simulators.append(simulator)
+            for meter in by_family[family]:
+                self._owner[meter.id] = simulator
+            serial_lines.update(lines.get(family, {}))
+        for bus_id, bus in serial_lines.items():
             first = self._meters_on(bus)[0].id
             pty = self.endpoint(first)
             assert isinstance(pty, str)
@@ -130,18 +137,11 @@ class SimulatedFleet:
 
     def endpoint(self, meter_id: str) -> str | tuple[str, int]:
         """A pty path, or (host, port), where the meter answers."""
-        owner = self._owner[meter_id]
-        ep = owner.endpoint(meter_id)
-        if isinstance(ep, tuple | str):
-            return ep
-        if getattr(ep, "kind", None) == "pty":
-            return str(ep.path)
-        return (str(ep.host), int(ep.port))
+        return self._owner[meter_id].serves_at(meter_id)
 
     def model(self, meter_id: str) -> MeterModel:
         """The meter's deterministic model (what it shows at any instant)."""
-        model: MeterModel = self._owner[meter_id].model(meter_id)
-        return model
+        return self._owner[meter_id].model(meter_id)
 
     async def stop_meter(self, meter_id: str) -> None:
         """Take one meter offline (it stops answering)."""
@@ -153,10 +153,8 @@ class SimulatedFleet:
 
     async def stop(self) -> None:
         """Stop every simulator and remove the serial links."""
-        if self._modbus is not None:
-            await self._modbus.stop()
-        if self._dlt645 is not None:
-            await self._dlt645.stop()
+        for simulator in self._simulators:
+            await simulator.stop()
         for link in self._links:
             with contextlib.suppress(OSError):
                 if link.is_symlink():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
 from gateway.billing.capture import BillingCapture
 from gateway.billing.db import for_meter
 from gateway.billing.rehearsal import HoldingClock
@@ -32,7 +33,6 @@ from gateway.config import load_settings_from_text
 from gateway.demo import free_port
 from gateway.model import loads_exact, parse_iso
 from gateway.runtime import Gateway
-from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
 
 SH = ZoneInfo("Asia/Shanghai")
 B = datetime(2026, 12, 11, tzinfo=SH).timestamp()

@@ -19,9 +19,9 @@ import pytest
 
 from drivers.dlt645 import catalogue
 from drivers.dlt645.driver import Dlt645Driver
+from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
 from gateway.settings import BillingPlan
-from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
-from tests.servicefixtures import still_dlt645_simulator
+from tests.servicefixtures import dlt645_bus, still_dlt645_simulator
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ async def sim() -> AsyncIterator[Dlt645Simulator]:
 
 @pytest.fixture
 async def driver(sim: Dlt645Simulator) -> AsyncIterator[Dlt645Driver]:
-    d = Dlt645Driver(sim.bus_settings("full"), response_delay=0.1)
+    d = Dlt645Driver(dlt645_bus(sim, "full"), response_delay=0.1)
     try:
         yield d
     finally:
@@ -91,7 +91,7 @@ async def test_only_the_blocks_the_points_need_are_read(sim: Dlt645Simulator, dr
 
 
 async def test_a_meter_without_reactive_or_demand_freeze_gives_active_only(sim: Dlt645Simulator) -> None:
-    d = Dlt645Driver(sim.bus_settings("active"), response_delay=0.1)
+    d = Dlt645Driver(dlt645_bus(sim, "active"), response_delay=0.1)
     try:
         stamps: dict[str, datetime] = {}
         _, values = await d.read_daily_freeze("000000000022", DAYS[1], 1.0, points=PLAN_REGISTERS, stamps=stamps)

@@ -17,7 +17,8 @@ from dlt645 import MeterServerService
 
 from drivers.dlt645 import catalogue
 from drivers.dlt645.discovery import find_single_meter
-from drivers.dlt645.driver import Dlt645Driver, compile_plan
+from drivers.dlt645.driver import Dlt645Driver
+from drivers.dlt645.plan import compile_plan
 from gateway.settings import BusSettings
 
 pytestmark = pytest.mark.integration

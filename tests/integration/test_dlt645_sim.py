@@ -18,12 +18,13 @@ import pytest
 
 from drivers.dlt645 import catalogue
 from drivers.dlt645.discovery import find_single_meter, probe_addresses
-from drivers.dlt645.driver import Dlt645Driver, compile_plan
+from drivers.dlt645.driver import Dlt645Driver
+from drivers.dlt645.plan import compile_plan
 from drivers.dlt645.points import DiPoint
+from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
 from drivers.dlt645.transport import SerialTransport
 from gateway.errors import DeviceException, FrameError, ReadTimeout, TransportError
-from gateway.simulator.dlt645_server import Dlt645Simulator, SimDlt645Spec
-from tests.servicefixtures import still_dlt645_simulator
+from tests.servicefixtures import dlt645_bus, still_dlt645_simulator
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ async def sim() -> AsyncIterator[Dlt645Simulator]:
 async def drivers(sim: Dlt645Simulator) -> AsyncIterator[dict[str, Dlt645Driver]]:
     made: dict[str, Dlt645Driver] = {}
     for mid in ("m1", "m4", "m5"):
-        made[mid] = Dlt645Driver(sim.bus_settings(mid, allow_writes=True), response_delay=0.1)
+        made[mid] = Dlt645Driver(dlt645_bus(sim, mid, allow_writes=True), response_delay=0.1)
     try:
         yield made
     finally:
@@ -88,7 +89,7 @@ async def test_pty_energy_totals_tariffs_and_instantaneous(
 
 
 async def test_block_fallback_is_remembered_per_meter(sim: Dlt645Simulator) -> None:
-    d = Dlt645Driver(sim.bus_settings("m2"), response_delay=0.1)
+    d = Dlt645Driver(dlt645_bus(sim, "m2"), response_delay=0.1)
     try:
         first = await d.read("000000000002", PLAN, 1.0)
         exp = expected(sim, "m2")
@@ -106,7 +107,7 @@ async def test_block_fallback_is_remembered_per_meter(sim: Dlt645Simulator) -> N
 
 
 async def test_follow_up_chain_on_a_long_reply(sim: Dlt645Simulator) -> None:
-    d = Dlt645Driver(sim.bus_settings("m3"), response_delay=0.1)
+    d = Dlt645Driver(dlt645_bus(sim, "m3"), response_delay=0.1)
     try:
         out = await d.read("000000000003", PLAN, 1.0)
         exp = expected(sim, "m3")

@@ -26,10 +26,10 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from drivers.modbus.driver import ModbusDriver, create_driver
 from drivers.modbus.plan import ReadPlan, compile_plan
 from drivers.modbus.points import ModbusLimits, RegisterPoint
+from drivers.modbus.simulator import ModbusSimulator, SimMeterSpec
+from drivers.simulation.pty_pair import PtyPair, open_pty
 from gateway.errors import FrameError, ReadTimeout, TransportError, WrongAddressError
 from gateway.settings import BusSettings, Profile
-from gateway.simulator.modbus_server import ModbusSimulator, SimMeterSpec
-from gateway.simulator.pty_pair import PtyPair, open_pty
 from tests.servicefixtures import StillClock
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,11 @@ from drivers.modbus.decode import shortest_f32
 from drivers.modbus.driver import ModbusDriver, create_driver
 from drivers.modbus.plan import compile_plan
 from drivers.modbus.points import ModbusLimits, RegisterPoint
+from drivers.modbus.simulator import ModbusSimulator, SimMeterSpec
+from drivers.simulation.model import MODEL_POINTS
 from gateway.clock import ScaledClock
 from gateway.errors import ReadTimeout
 from gateway.settings import BusSettings, Profile
-from gateway.simulator.modbus_server import ModbusSimulator, SimMeterSpec
-from gateway.simulator.model import MODEL_POINTS
 from tests.servicefixtures import StillClock
 
 pytestmark = pytest.mark.integration

@@ -44,12 +44,14 @@ def _venv(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-def test_installed_package_is_not_the_checkout(venv: Path) -> None:
+def test_installed_package_is_not_the_checkout_and_ships_every_profile(venv: Path) -> None:
     out = subprocess.run([str(venv / "bin" / "python"), "-c", "import gateway; print(gateway.__file__)"],
                          cwd=venv.parent, env=clean_env(), capture_output=True, text=True, check=True).stdout
-    assert Path(out.strip()).is_relative_to(venv), out
-    shipped = sorted(p.name for p in (Path(out.strip()).parent / "defaults" / "profiles").glob("*.yaml"))
-    assert shipped == sorted(p.name for p in (REPO / "config" / "profiles").glob("*.yaml")), shipped
+    site = Path(out.strip()).parent.parent
+    assert site.is_relative_to(venv), out
+    installed = sorted(p.name for p in site.glob("*/**/profiles/*.yaml"))
+    shipped = sorted(p.name for p in (REPO / "config" / "profiles").glob("*.yaml"))
+    assert shipped and installed == shipped, installed
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])

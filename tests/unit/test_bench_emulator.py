@@ -79,7 +79,7 @@ def test_wire_formulas_agree_with_the_runtime_timing_module() -> None:
 def test_codec_helpers_agree_with_known_vectors() -> None:
     # The classic example: 01 03 00 00 00 0A → CRC C5 CD.
     assert with_crc(bytes.fromhex("01030000000a")).hex() == "01030000000ac5cd"
-    # reference/dlt645-vectors.txt V2 (libDLT645 test frames), V12, V6 and D02.
+    # drivers/dlt645/vectors.txt V2 (libDLT645 test frames), V12, V6 and D02.
     v2_req = "68 12 90 78 56 34 12 68 11 04 33 33 34 33 68 16"
     v2_rsp = "68 12 90 78 56 34 12 68 91 08 33 33 34 33 AB 89 67 45 CC 16"
     v12_rsp = "68 12 90 78 56 34 12 68 D1 01 35 8D 16"

@@ -1,4 +1,4 @@
-"""DL/T 645 codec against the golden frames of ``tests/data/dlt645-vectors.txt``.
+"""DL/T 645 codec against the golden frames of ``drivers/dlt645/vectors.txt``.
 
 Every frame in the file must decode to its stated meaning and be rebuilt byte for byte by
 our encoders; request frames are also compared with the independent ``dlt645`` package's
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from dlt645.protocol.protocol import DLT645Protocol
 
+import drivers.dlt645
 from drivers.dlt645.codec import (
     BROADCAST,
     WILDCARD,
@@ -39,7 +40,7 @@ from drivers.dlt645.codec import (
 from drivers.dlt645.values import decode_value, encode_value
 from gateway.errors import ConfigError, DeviceException, FrameError, WrongAddressError
 
-VECTORS = Path(__file__).resolve().parents[1] / "data" / "dlt645-vectors.txt"
+VECTORS = Path(drivers.dlt645.__file__).resolve().parent / "vectors.txt"
 M = "123456789012"
 
 

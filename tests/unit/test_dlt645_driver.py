@@ -16,7 +16,8 @@ from decimal import Decimal
 import pytest
 
 from drivers.dlt645.codec import Frame, address_to_wire, decode, encode_frame
-from drivers.dlt645.driver import Dlt645Driver, compile_plan
+from drivers.dlt645.driver import Dlt645Driver
+from drivers.dlt645.plan import compile_plan
 from drivers.dlt645.points import DiPoint
 from drivers.dlt645.values import encode_value
 from gateway.errors import ConfigError, ReadTimeout, WrongAddressError

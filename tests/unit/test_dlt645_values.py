@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from drivers.dlt645 import catalogue
 from drivers.dlt645.discovery import address_range
-from drivers.dlt645.driver import compile_plan, nth_previous_settlement
+from drivers.dlt645.plan import compile_plan
 from drivers.dlt645.points import DiPoint
+from drivers.dlt645.records import nth_previous_settlement
 from drivers.dlt645.values import (
     FORMAT_NAMES,
     decode_datetime,

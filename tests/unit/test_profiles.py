@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+import gateway.profiles
 from drivers.dlt645.points import DiPoint
 from drivers.modbus.points import RegisterPoint
-from gateway.config import SHIPPED_PROFILES_DIR
+from drivers.simulation.model import ENERGY_POINTS, MODEL_POINTS
+from gateway.config import SHIPPED_PROFILES_DIR, profile_search_dirs
 from gateway.errors import ConfigError
-from gateway.profiles import CANONICAL_POINTS, find_profile, load_profile
+from gateway.profiles import (
+    CANONICAL_POINTS,
+    available_profiles,
+    find_profile,
+    load_profile,
+    shipped_profile_dirs,
+)
 from gateway.settings import Profile
-from gateway.simulator.model import ENERGY_POINTS, MODEL_POINTS
 
 SHIPPED = sorted(SHIPPED_PROFILES_DIR.glob("*.yaml"))
 
@@ -207,3 +216,36 @@ def test_path_like_profile_names_are_never_looked_up(tmp_path: Path) -> None:
 def test_canonical_points_match_the_spec_list() -> None:
     assert len(CANONICAL_POINTS) == 28
     assert CANONICAL_POINTS[0] == "energy_import_kwh" and CANONICAL_POINTS[-1] == "meter_clock"
+
+
+def test_config_profiles_link_to_the_protocol_packages_own_profiles() -> None:
+    """config/profiles/ (the SPEC's place) holds links to drivers/<protocol>/profiles/*.yaml."""
+    repo = SHIPPED_PROFILES_DIR.parent.parent
+    packaged = sorted((repo / "drivers").glob("*/profiles/*.yaml"))
+    assert {p.name for p in packaged} == {p.name for p in SHIPPED}
+    for path in SHIPPED:
+        assert path.is_symlink(), f"{path} must be a relative link into drivers/<protocol>/profiles/"
+        assert not Path(os.readlink(path)).is_absolute()
+        assert path.resolve().parent.parent.parent == repo / "drivers"
+
+
+def test_an_installed_wheel_without_config_finds_profiles_in_the_packages(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A wheel has no config/: the profile search falls back to drivers/<protocol>/profiles/."""
+    monkeypatch.setattr(gateway.profiles, "REPO_PROFILES_DIR", tmp_path / "absent")
+    dirs = shipped_profile_dirs()
+    assert [d.relative_to(d.parent.parent.parent) for d in dirs] == [
+        Path("drivers/dlt645/profiles"), Path("drivers/modbus/profiles")]
+    assert available_profiles(dirs) == sorted(p.stem for p in SHIPPED)
+    assert find_profile("dlt645-2007", profile_search_dirs(tmp_path)).protocol == "dlt645"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_profile_headers_cite_only_files_in_this_repository(path: Path) -> None:
+    """A file of this project named in a header exists (others are cited by their project)."""
+    repo = SHIPPED_PROFILES_DIR.parent.parent
+    header = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
+                       if line.startswith("#"))
+    cited = re.findall(r"(?:\.\./|\b(?:drivers|gateway|tests|config|bench|docs|reference)/)[\w./-]*\w", header)
+    missing = [c for c in cited if not (repo / c).exists()]
+    assert not missing, f"{path.name} cites files not in the repository: {missing}"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.simulator.model import ENERGY_POINTS, MODEL_POINTS, TARIFF_TABLE, MeterModel
+from drivers.simulation.model import ENERGY_POINTS, MODEL_POINTS, TARIFF_TABLE, MeterModel
 
 T0 = 1767225600.0          # 2026-01-01 00:00 UTC = 08:00 Asia/Shanghai
 TZ = ZoneInfo("Asia/Shanghai")

@@ -3,7 +3,7 @@ Modbus RTU framed over TCP, and Modbus RTU on a pty (several unit ids on one lin
 
 A library (tests start it in-process) and the engine behind ``amr-gateway simulate`` and
 ``amr-gateway demo``. Register images are computed *at request time* from
-:meth:`MeterModel.values_at(clock.time()) <gateway.simulator.model.MeterModel.values_at>`
+:meth:`MeterModel.values_at(clock.time()) <drivers.simulation.model.MeterModel.values_at>`
 through the meter's profile, so energy advances with the (optionally accelerated) clock
 and a test can compute the exact register a read must have returned.
 
@@ -44,10 +44,10 @@ from typing import Literal, cast
 from drivers.modbus.decode import encode_point
 from drivers.modbus.frames import crc16, rtu_frame
 from drivers.modbus.points import RegisterPoint
+from drivers.simulation.interface import PointMap, SimulatedMeter
+from drivers.simulation.model import MeterModel
+from drivers.simulation.pty_pair import PtyPair, open_pty
 from gateway.clock import Clock
-from gateway.settings import Profile
-from gateway.simulator.model import MeterModel
-from gateway.simulator.pty_pair import PtyPair, open_pty
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class SimMeterSpec:
     id: str
     protocol: SimProtocol
     unit: int
-    profile: Profile
+    profile: PointMap
     seed: int = 0
     ct: Decimal = Decimal(1)
     pt: Decimal = Decimal(1)
@@ -428,6 +428,10 @@ class ModbusSimulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def serves_at(self, meter_id: str) -> tuple[str, int] | str:
+        """Where ``meter_id`` answers (:class:`~drivers.simulation.interface.MeterSimulator`)."""
+        return self.endpoint(meter_id)
+
     def endpoint(self, meter_id: str) -> tuple[str, int] | str:
         """``(host, port)`` of a TCP meter, or the pty path of an RTU meter's line."""
         line = self._meter_line.get(meter_id)
@@ -477,3 +481,26 @@ class ModbusSimulator:
             where = ep if isinstance(ep, str) else f"{ep[0]}:{ep[1]}"
             rows.append((mid, meter.spec.protocol, meter.spec.unit, where))
         return rows
+
+
+def spec_for(meter: SimulatedMeter) -> SimMeterSpec:
+    """The Modbus simulator's spec for a configuration's meter (TCP, RTU over TCP, or RTU)."""
+    sim_protocol: SimProtocol = "modbus-rtu"
+    if meter.link == "tcp":
+        sim_protocol = "modbus-rtu-over-tcp" if meter.protocol == "modbus-rtu-over-tcp" else "modbus-tcp"
+    return SimMeterSpec(
+        id=meter.id, protocol=sim_protocol, unit=int(meter.address), profile=meter.profile,
+        seed=meter.seed, ct=meter.ct, pt=meter.pt, base_kw=meter.base_kw,
+        port=meter.port if meter.link == "tcp" else None, line=meter.line,
+    )
+
+
+async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> ModbusSimulator:
+    """Start serving ``meters`` over Modbus and return the running simulator.
+
+    The package's :data:`~drivers.simulation.interface.SimulatorFactory`: the one shape
+    every protocol's simulator offers the fleet behind ``amr-gateway simulate`` and the demo.
+    """
+    simulator = ModbusSimulator([spec_for(m) for m in meters], clock, timezone)
+    await simulator.start()
+    return simulator

@@ -1,6 +1,6 @@
 """Simulated DL/T 645-2007 (and -1997) meters on a pseudo-terminal and over TCP.
 
-Each simulated meter takes its values from a :class:`~gateway.simulator.model.MeterModel`
+Each simulated meter takes its values from a :class:`~drivers.simulation.model.MeterModel`
 (every register a pure function of simulated time), so a test can compute what the meter
 must answer at any instant. Several meters can share one *line*: one pty (an RS-485 bus)
 or one TCP port (a serial device server with meters behind it); each answers only its own
@@ -45,7 +45,7 @@ import os
 import tty
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -71,11 +71,12 @@ from drivers.dlt645.codec import (
     normalize_address,
     scan,
 )
-from drivers.dlt645.driver import nth_previous_settlement
+from drivers.dlt645.records import nth_previous_settlement
 from drivers.dlt645.values import encode_value
+from drivers.simulation.interface import SimulatedMeter
+from drivers.simulation.meter_clock import SimulatedMeterClock, freeze_days
+from drivers.simulation.model import MeterModel
 from gateway.clock import Clock, SystemClock
-from gateway.settings import BusSettings
-from gateway.simulator.model import MeterModel
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,6 @@ class _SimMeter:
         self.spec = spec
         self.wire = address_to_wire(spec.address)
         self.addr = normalize_address(spec.address)
-        self.clock = clock
-        self.zone = zone
         if spec.epoch is None:
             self.model = MeterModel(spec.seed, base_kw=spec.base_kw, multiplier=spec.multiplier,
                                     timezone=timezone)
@@ -156,45 +155,38 @@ class _SimMeter:
             self.model = MeterModel(spec.seed, base_kw=spec.base_kw, multiplier=spec.multiplier,
                                     timezone=timezone, epoch=spec.epoch)
         self.online = True
-        self.offset = spec.clock_offset_s
-        self.drift_origin = clock.time()
+        self.meter_clock = SimulatedMeterClock(clock, zone, spec.clock_offset_s, spec.clock_drift_ppm)
         self.pending: dict[int, tuple[int, list[bytes]]] = {}
         self.requests: list[tuple[int, int | None]] = []
 
-    # --- clocks ----------------------------------------------------------------------------
+    # --- clocks (drivers.simulation.meter_clock) --------------------------------------------
 
     def now(self) -> float:
         """True simulated time (epoch seconds)."""
-        return self.clock.time()
+        return self.meter_clock.now()
 
     def meter_time(self) -> datetime:
         """The meter's own local wall clock (offset and drift applied), naive."""
-        t = self.now()
-        t += self.offset + (t - self.drift_origin) * self.spec.clock_drift_ppm / 1e6
-        return datetime.fromtimestamp(t, self.zone).replace(tzinfo=None)
+        return self.meter_clock.meter_time()
 
     def set_meter_time(self, local: datetime) -> None:
         """Broadcast time sync: make the meter clock show ``local`` now."""
-        target = local.replace(tzinfo=self.zone).timestamp()
-        self.offset = target - self.now()
-        self.drift_origin = self.now()
+        self.meter_clock.set_meter_time(local)
 
     def local_naive(self, t: float) -> datetime:
         """Local wall time of epoch ``t``, naive."""
-        return datetime.fromtimestamp(t, self.zone).replace(tzinfo=None)
+        return self.meter_clock.local_naive(t)
 
     def epoch_of(self, local: datetime) -> float:
         """Epoch of a naive local wall time."""
-        return local.replace(tzinfo=self.zone).timestamp()
+        return self.meter_clock.epoch_of(local)
 
     # --- freezes ---------------------------------------------------------------------------
 
     def freeze_days(self) -> list[date]:
         """Days with a daily freeze record, newest first (last 62 days, minus gaps)."""
         today = self.local_naive(self.now()).date()
-        gaps = self.spec.freeze_gaps
-        days = [today - timedelta(days=k) for k in range(catalogue.DAILY_FREEZE_DEPTH + len(gaps))]
-        return [d for d in days if d not in gaps][: catalogue.DAILY_FREEZE_DEPTH]
+        return freeze_days(today, catalogue.DAILY_FREEZE_DEPTH, self.spec.freeze_gaps)
 
     def settlement_time(self, n: int) -> float:
         """Epoch of the n-th previous settlement instant (by the true simulated clock)."""
@@ -596,17 +588,12 @@ class Dlt645Simulator:
             raise RuntimeError("start the simulator first")
         return self._endpoints[key]
 
-    def bus_settings(self, meter_id: str, bus_id: str = "sim-dlt645", **overrides: object) -> BusSettings:
-        """A BusSettings that reaches ``meter_id`` (pty: 2400 baud parity N; or TCP)."""
-        m = self._meter(meter_id)
+    def serves_at(self, meter_id: str) -> str | tuple[str, int]:
+        """Where ``meter_id`` answers (:class:`~drivers.simulation.interface.MeterSimulator`)."""
         ep = self.endpoint(meter_id)
-        base: dict[str, object] = {"id": bus_id, "protocol": m.spec.protocol}
         if ep.kind == "pty":
-            base.update(type="serial", port=ep.path, baudrate=2400, parity="N")
-        else:
-            base.update(type="tcp", host=ep.host, tcp_port=ep.port)
-        base.update(overrides)
-        return BusSettings(**base)  # type: ignore[arg-type]
+            return str(ep.path)
+        return (str(ep.host), int(ep.port or 0))
 
     def model(self, meter_id: str) -> MeterModel:
         """The value model behind ``meter_id``."""
@@ -724,3 +711,24 @@ class Dlt645Simulator:
                     await writer.wait_closed()
 
         return handle
+
+
+def spec_for(meter: SimulatedMeter) -> SimDlt645Spec:
+    """The DL/T 645 simulator's spec for a configuration's meter (on a pty or a TCP port)."""
+    return SimDlt645Spec(
+        id=meter.id, address=meter.address, transport="tcp" if meter.link == "tcp" else "pty",
+        line=meter.line, protocol="dlt645-1997" if meter.protocol == "dlt645-1997" else "dlt645",
+        seed=meter.seed, base_kw=meter.base_kw, multiplier=meter.multiplier,
+        port=meter.port or 0 if meter.link == "tcp" else 0,
+    )
+
+
+async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> Dlt645Simulator:
+    """Start serving ``meters`` over DL/T 645 and return the running simulator.
+
+    The package's :data:`~drivers.simulation.interface.SimulatorFactory`: the one shape
+    every protocol's simulator offers the fleet behind ``amr-gateway simulate`` and the demo.
+    """
+    simulator = Dlt645Simulator([spec_for(m) for m in meters], clock, timezone)
+    await simulator.start()
+    return simulator

@@ -1,0 +1,55 @@
+"""Finding Modbus slaves: probe each unit id of a range with a one-register read.
+
+``amr-gateway scan --protocol modbus`` uses this (through :data:`DISCOVERY`, the shape every
+protocol's scan shares). A unit that answers anything, even an exception reply, is there;
+one that stays silent or answers garbage is not, and a transport failure on one unit does
+not end the scan of the others.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from drivers.base import MeterDriver
+from drivers.discovery import Discovery, Progress
+from gateway.errors import AmrError, ConfigError
+
+ALL_UNITS: Final = range(1, 248)
+"""The unicast unit ids of a Modbus serial line (1-247): the default scan."""
+
+
+def unit_range(text: str | None) -> list[int]:
+    """Unit ids from ``1-247`` or ``1,5,9`` (or ranges and single ids mixed); all when None."""
+    if not text:
+        return list(ALL_UNITS)
+    units: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b or a)
+        except ValueError:
+            raise ConfigError(f"--range must look like 1-247 or 1,5,9, not {text!r}") from None
+        if not 0 <= lo <= hi <= 255:
+            raise ConfigError(f"--range {part!r} is outside 0-255")
+        units.extend(range(lo, hi + 1))
+    return units
+
+
+async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
+               progress: Progress | None = None) -> list[str]:
+    """Probe every unit id of ``wanted`` (default 1-247); the ones that answered, in order."""
+    units = unit_range(wanted)
+    found: list[str] = []
+    for i, unit in enumerate(units, 1):
+        try:
+            if await driver.probe(str(unit), timeout):
+                found.append(str(unit))
+        except AmrError:
+            pass
+        if progress is not None:
+            progress(i, len(units))
+    return found
+
+
+DISCOVERY: Final = Discovery(label="unit id", scan=scan)
+"""The Modbus scan, as ``amr-gateway scan`` calls it."""

@@ -1,0 +1,48 @@
+"""The ``store`` section: durability, storage cap and retention of the local store."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Final, Literal, cast
+
+import yaml
+
+from gateway.config.context import LoadContext
+from gateway.settings import StoreSettings
+from gateway.yamlpos import Invalid, MapView, as_choice, as_float, describe, scalar_text
+
+_STORE_KEYS: Final = ("synchronous", "commit_interval_ms", "max_size", "retention")
+_RETENTION_KEYS: Final = ("realtime_days", "interval_days")
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+_SIZE_UNITS: Final = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                      "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _size(node: yaml.Node) -> int:
+    text = scalar_text(node).strip()
+    m = _SIZE_RE.match(text)
+    if m is None:
+        raise Invalid(f'must be a size such as "500MB" or "2GB", not {describe(node)}')
+    value = int(Decimal(m.group(1)) * _SIZE_UNITS[(m.group(2) or "B").lower()])
+    if value < 10**6:
+        raise Invalid(f"must be at least 1MB, not {describe(node)}")
+    return value
+
+
+def load_store(ctx: LoadContext, node: yaml.Node | None) -> StoreSettings:
+    """The ``store`` section (always present: defaults when the file has none)."""
+    m = MapView(ctx.issues, node, "store", _STORE_KEYS, line=1)
+    d = StoreSettings()
+    r = MapView(ctx.issues, m.node("retention"), "store retention", _RETENTION_KEYS, line=m.line)
+    default_sync: str = d.synchronous
+    sync = m.get("synchronous", as_choice(("NORMAL", "FULL"), fold_case=True), default_sync)
+    return StoreSettings(
+        synchronous=cast(Literal["NORMAL", "FULL"], sync),
+        commit_interval_s=m.get("commit_interval_ms", as_float(0, 60000),
+                                d.commit_interval_s * 1000) / 1000,
+        max_bytes=m.opt("max_size", _size),
+        retention_realtime_days=r.get("realtime_days", as_float(0.01, 36500),
+                                      d.retention_realtime_days),
+        retention_interval_days=r.get("interval_days", as_float(0.01, 36500),
+                                      d.retention_interval_days))
