@@ -45,8 +45,9 @@ PLATFORMS=()
 for tag in manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_31 manylinux_2_34 manylinux_2_35 manylinux_2_36; do
     PLATFORMS+=(--platform "${tag}_$MACHINE")
 done
-# --isolated: this machine's pip.conf (local mirrors, constraints) does not choose what ships.
-"$PYTHON" -m pip download --isolated --quiet --only-binary=:all: "${PLATFORMS[@]}" \
+# This machine's pip configuration (index mirror, proxy, certificates) applies; only wheels
+# for the target's platform and CPython are taken, never a source build.
+"$PYTHON" -m pip download --quiet --only-binary=:all: "${PLATFORMS[@]}" \
     --python-version "$PYVER" --implementation cp --abi "cp${PYVER/./}" \
     --disable-pip-version-check --dest "$WHEELS" "$PROJECT_WHEEL"
 
@@ -55,6 +56,7 @@ install -D -m 0644 systemd/amr-gateway.service "$ROOT/lib/systemd/system/amr-gat
 install -D -m 0644 config/gateway.example.yaml "$ROOT/etc/amr-gateway/config.yaml"
 install -D -m 0644 config/gateway.example.yaml "$ROOT/usr/share/doc/amr-gateway/examples/config.yaml"
 install -D -m 0644 README.md "$ROOT/usr/share/doc/amr-gateway/README.md"
+install -D -m 0644 packaging/deb/copyright "$ROOT/usr/share/doc/amr-gateway/copyright"
 mkdir -p "$ROOT/usr/bin"
 ln -s /opt/amr-gateway/bin/amr-gateway "$ROOT/usr/bin/amr-gateway"
 
