@@ -121,7 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except ConfigError as exc:
         for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
+            # an issue not placed in a file (a bad --cycle, --from, ...) is printed without
+            # the "<config>:" placeholder, which names no file
+            print(f"error: {issue.message if (issue.file, issue.line) == ('<config>', None) else issue}",
+                  file=sys.stderr)
         return EXIT_USAGE
     except AmrError as exc:
         if args.debug:

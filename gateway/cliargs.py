@@ -1,5 +1,5 @@
-"""Checks of command-line values that argparse's types cannot express: addresses, ports and
-positive numbers.
+"""Checks of command-line values that argparse's types cannot express: addresses, ports,
+positive numbers, times and the export step.
 
 They run once, right after parsing and before any command starts, so a wrong value is an
 argparse usage error (``amr-gateway: error: argument --listen: ...``, exit 2) that names
@@ -97,6 +97,11 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
                 check_positive(float(number))
             except BadValue as exc:
                 parser.error(f"argument {option}: {exc}")
+    if given.get("command") == "export" and given.get("step") is not None:
+        from gateway.billing.intervals import STEPS
+
+        if given["step"] not in STEPS:
+            parser.error(f"argument --step: must be one of {', '.join(STEPS)}, not {given['step']!r}")
     if given.get("clock_start") is not None:
         from gateway.model import parse_iso
 

@@ -1,6 +1,7 @@
 """The command line at its edges, as a real process: a reader that closes the pipe early
 (``| head``) ends the command quietly with exit 0; an API address another program holds is
-one sentence saying what to do, not a raw socket error."""
+one sentence saying what to do, not a raw socket error; a bad argument value found by the
+command itself is not dressed as a configuration file's problem."""
 
 from __future__ import annotations
 
@@ -67,3 +68,20 @@ def test_api_address_in_use_says_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 1, err
     assert "address already in use; another program uses that address: stop it or choose another port" in err, err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["export", "settlements", "--cycle", "2026-13"], "--cycle: '2026-13' is not a month: write YYYY-MM"),
+    (["export", "readings", "--from", "yesterday"], "--from must be ISO-8601 such as"),
+])
+async def test_argument_errors_carry_no_config_prefix(tmp_path: Path, argv: list[str], message: str) -> None:
+    (tmp_path / "data").mkdir()
+    await (await Store.open(tmp_path / "data" / "amr-gateway.sqlite", StoreSettings(), "g1")).close()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(data=tmp_path / "data"))
+    proc = cli(*argv[:2], "-c", str(config), *argv[2:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _out, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode == 2, err
+    assert err.startswith(f"error: {message}"), err
+    assert "<config>" not in err, err

@@ -53,6 +53,8 @@ def test_bad_addresses_say_what_to_write(text: str, message: str) -> None:
      "argument --timeout: must be a positive number"),
     (["scan", "--serial", "/dev/null", "--baud", "-9600"], "argument --baud: must be a positive number, not -9600"),
     (["simulate", "-c", "x.yaml", "--clock-rate", "0"], "argument --clock-rate"),
+    (["export", "intervals", "-c", "x.yaml", "--step", "7m"],
+     "argument --step: must be one of 15m, 30m, 1h, 1d, not '7m'"),
 ])
 def test_bad_values_are_usage_errors_naming_the_option(argv: list[str], message: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
