@@ -15,12 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from drivers.base import ReadPlan
+from drivers.registry import create_driver
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
-from gateway.drivers_registry import compile_plan, create_driver
 from gateway.heap import freeze_heap, keep_heap_frozen
 from gateway.pipeline import ReadingBuilder, select_points
 from gateway.polling import BusWorker, MeterRuntime, ReadingObserver
+from gateway.profiles import compile_meter_plan
 from gateway.scheduler import Scheduler
 from gateway.settings import Settings
 from gateway.store import Store
@@ -37,14 +39,14 @@ def build_meters(settings: Settings) -> dict[str, MeterRuntime]:
     meters: dict[str, MeterRuntime] = {}
     # Meters with the same profile, protocol and schedules share their compiled plans and
     # their plan tables (thousands of TCP meters are usually a handful of meter types).
-    shared_plans: dict[tuple[str, str, str], tuple[dict[str, tuple[Any, list[str]]], dict[str, str]]] = {}
+    shared_plans: dict[tuple[str, str, str], tuple[dict[str, tuple[ReadPlan, list[str]]], dict[str, str]]] = {}
     for m in settings.meters.values():
         profile = settings.profiles[m.profile]
         bus = settings.buses[m.bus]
         key = (profile.name, m.protocol or bus.protocol, ",".join(m.schedules))
         cached = shared_plans.get(key)
         if cached is None:
-            plans: dict[str, tuple[Any, list[str]]] = {}
+            plans: dict[str, tuple[ReadPlan, list[str]]] = {}
             retention: dict[str, str] = {}
             for sched_name in m.schedules:
                 sched = settings.schedules[sched_name]
@@ -53,7 +55,7 @@ def build_meters(settings: Settings) -> dict[str, MeterRuntime]:
                     log.warning("schedule %s selects no point of profile %s (meter %s)",
                                 sched_name, profile.name, m.id)
                     continue
-                plans[sched_name] = (compile_plan(bus, m, profile, names), names)
+                plans[sched_name] = (compile_meter_plan(bus, m, profile, names), names)
                 retention[sched_name] = "realtime" if sched.priority == "realtime" else "interval"
             cached = shared_plans[key] = (plans, retention)
         meters[m.id] = MeterRuntime(m, profile, ReadingBuilder(m, profile), cached[0], cached[1])
@@ -108,6 +110,9 @@ class Gateway:
         s = self.settings
         self.started_at = self.clock.time()
         self.store = await Store.open(self.store_path, s.store, s.gateway.id)
+        from gateway.sinks.delivery import configured_sinks
+
+        self.store.declare_sinks(*configured_sinks(s))   # retention holds their rows from now on
         await self._audit_ratios()
         self.meters = build_meters(s)
         tcp_buses = sum(1 for b in s.buses.values() if b.type == "tcp")
