@@ -5,8 +5,8 @@
 #
 # The package holds the project's wheel and the wheels of every dependency, downloaded here
 # from the package index for the target (CPython 3.11, Debian 12's python3, manylinux
-# glibc <= 2.36), so installing it needs no network: postinst builds /opt/amr-gateway
-# from them with --no-index. Everything else (unit, example configuration, maintainer
+# glibc <= 2.36), and pip's own wheel, so installing it needs no network and no package
+# beyond python3: postinst builds /opt/amr-gateway from them with --no-index. Everything else (unit, example configuration, maintainer
 # scripts) comes from the repository: systemd/amr-gateway.service is the packaged unit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +50,10 @@ done
 "$PYTHON" -m pip download --quiet --only-binary=:all: "${PLATFORMS[@]}" \
     --python-version "$PYVER" --implementation cp --abi "cp${PYVER/./}" \
     --disable-pip-version-check --dest "$WHEELS" "$PROJECT_WHEEL"
+
+say "pip, to install them (run from its wheel, as ensurepip does: no python3-venv needed)"
+"$PYTHON" -m pip download --quiet --only-binary=:all: --no-deps --python-version "$PYVER" \
+    --disable-pip-version-check --dest "$ROOT/usr/lib/amr-gateway/pip" pip
 
 say "file tree"
 install -D -m 0644 systemd/amr-gateway.service "$ROOT/lib/systemd/system/amr-gateway.service"

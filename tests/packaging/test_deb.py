@@ -136,6 +136,8 @@ def test_install_run_upgrade_remove_purge(built: Built, machine: None, tmp_path:
     assert LAUNCHER.resolve() == VENV / "bin" / "amr-gateway"
     base = run(str(VENV / "bin" / "python"), "-c", "import sys; print(sys.base_prefix, sys.version_info[:2])").stdout
     assert base.split()[0] == "/usr", base          # Debian's python3, not this machine's pyenv
+    assert not list((VENV / "bin").glob("pip*")), "the venv is built with the bundled pip, not ensurepip's"
+    assert "python3-venv" not in run("dpkg-query", "-W", "-f=${Depends}", "amr-gateway").stdout
     assert UNIT.read_text() == (REPO / "systemd" / "amr-gateway.service").read_text()
 
     verify = run("systemd-analyze", "verify", str(UNIT))
