@@ -28,7 +28,7 @@ import pytest
 from tests.packaging.conftest import REPO, Built
 from tests.servicefixtures import free_port, stop_process, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]
 
 UNIT = Path("/lib/systemd/system/amr-gateway.service")
 CONFIG = Path("/etc/amr-gateway/config.yaml")
@@ -40,6 +40,7 @@ LEFT_BY_PURGE = (UNIT, CONFIG, CONFIG.parent, STATE, VENV, LAUNCHER, Path("/usr/
                  Path("/etc/systemd/system/multi-user.target.wants/amr-gateway.service"))
 LOCK = Path("/tmp/amr-gateway-deb-test.lock")
 APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+APT_GET = ("apt-get", "-o", "DPkg::Lock::Timeout=120", "-y", "-q")   # waits for another apt or dpkg run
 
 LOOPBACK_CONFIG = """\
 # Written by tests/packaging/test_deb.py: one simulated meter on loopback, no delivery.
@@ -123,7 +124,7 @@ def api_meters(port: int) -> list[dict[str, object]]:
 
 def test_install_run_upgrade_remove_purge(built: Built, machine: None, tmp_path: Path) -> None:
     deb = str(built.deb)
-    proc = run("apt-get", "install", "-y", "-q", deb, env=APT_ENV)
+    proc = run(*APT_GET, "install", deb, env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     # what postinst set up
@@ -180,7 +181,7 @@ def test_install_run_upgrade_remove_purge(built: Built, machine: None, tmp_path:
     edited = CONFIG.read_text()
     newer = repackaged(built.deb, f"{built.version}+upgrade1", tmp_path / "upgrade")
     (VENV / "left-by-the-old-version").write_text("")
-    proc = run("apt-get", "install", "-y", "-q", str(newer), env=APT_ENV)
+    proc = run(*APT_GET, "install", str(newer), env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert run("dpkg-query", "-W", "-f=${Version}", "amr-gateway").stdout == f"{built.version}+upgrade1"
     assert CONFIG.read_text() == edited
@@ -189,14 +190,14 @@ def test_install_run_upgrade_remove_purge(built: Built, machine: None, tmp_path:
     assert run(LAUNCHER.as_posix(), "--version").stdout.strip() == f"amr-gateway {built.version}"
 
     # remove keeps configuration and data
-    proc = run("apt-get", "remove", "-y", "-q", "amr-gateway", env=APT_ENV)
+    proc = run(*APT_GET, "remove", "amr-gateway", env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert CONFIG.read_text() == edited
     assert {p.name for p in STATE.iterdir()} >= set(store_files)
     assert not VENV.exists() and not LAUNCHER.exists() and not UNIT.exists()
 
     # purge removes everything
-    proc = run("apt-get", "purge", "-y", "-q", "amr-gateway", env=APT_ENV)
+    proc = run(*APT_GET, "purge", "amr-gateway", env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     left = [str(p) for p in LEFT_BY_PURGE if p.exists() or p.is_symlink()]
     assert not left, left

@@ -14,7 +14,7 @@ import pytest
 
 from tests.packaging.conftest import REPO, Built
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]
 
 AARCH64_TAGS = [f"{tag}_aarch64" for tag in ("manylinux2014", "manylinux_2_17", "manylinux_2_28", "manylinux_2_36")]
 

@@ -19,7 +19,7 @@ import pytest
 from tests.packaging.conftest import REPO, Built
 from tests.servicefixtures import free_port, stop_process, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]
 
 EXAMPLES = sorted((REPO / "config").glob("*.yaml"))
 
