@@ -150,7 +150,7 @@ def load_logging(issues: Issues, node: yaml.Node | None) -> LoggingSettings:
     """The ``logging`` section read and checked (every key optional); problems go to ``issues``.
 
     ``level``: one of debug, info, warning, error. ``levels``: logger name (``amr.poll``,
-    ``amr.sink.mqtt``, ``pymodbus``, …) to level.
+    ``amr.sinks.mqtt``, ``pymodbus``, …) to level.
     """
     from gateway.yamlpos import MapView, as_choice
 
