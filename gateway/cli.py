@@ -25,6 +25,9 @@ from gateway.sinkdrop import add_sink_command, cmd_sink_drop
 log = logging.getLogger("amr.cli")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (SIGINT) ended a command before it finished (128 + 2, as a shell reports it); run,
+demo and simulate take SIGINT as their normal stop and exit 0."""
 
 
 def parse_clock_start(text: str | None) -> float | None:
@@ -151,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return quiet_broken_pipe()
     except OSError as exc:
@@ -256,7 +259,7 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
 
 
 # ---------------------------------------------------------------------------- demo

@@ -1,11 +1,13 @@
 """The command line at its edges, as a real process: a reader that closes the pipe early
 (``| head``) ends the command quietly with exit 0; an API address another program holds is
 one sentence saying what to do, not a raw socket error; a bad argument value found by the
-command itself is not dressed as a configuration file's problem."""
+command itself is not dressed as a configuration file's problem; Ctrl-C ending a command
+early exits 130."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,3 +87,22 @@ async def test_argument_errors_carry_no_config_prefix(tmp_path: Path, argv: list
     assert proc.returncode == 2, err
     assert err.startswith(f"error: {message}"), err
     assert "<config>" not in err, err
+
+
+def test_ctrl_c_during_scan_exits_130(tmp_path: Path) -> None:
+    # A TCP listener that accepts and never answers: a Modbus gateway whose meters are all
+    # silent, so the scan is still waiting on its first unit ids when SIGINT comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)
+        port = silent.getsockname()[1]
+        proc = cli("scan", "--tcp", f"127.0.0.1:{port}", "--timeout", "5", "--range", "1-247",
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        conn, _ = silent.accept()              # the scan is connected and has asked (bounded by the timeout)
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            _out, err_bytes = proc.communicate(timeout=30)
+    err = err_bytes.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
