@@ -14,13 +14,16 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 log = logging.getLogger("amr.cli")
 
@@ -205,9 +208,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_async(_serve(settings, args.config, levels_applied(load_settings_isolated, args.log_level)))
 
 
-async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any] | None) -> int:
+async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path], Settings] | None) -> int:
     from gateway import systemd
-    from gateway.runtime import Gateway
+    from gateway.runtime import Gateway, reload
 
     gw = Gateway(settings)
     await gw.start()
@@ -239,13 +242,11 @@ async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any]
                     new = loader(path)
                 except ConfigError as exc:
                     log.error("reload refused, the running configuration stays:\n%s", exc)
+                    gw.reload_status.failed(gw.clock.time(), f"reload refused, the configuration is invalid: {exc}")
                     continue
                 systemd.notify("RELOADING=1")
-                await gw.stop()
-                gw = Gateway(new)
-                await gw.start()
+                gw = await reload(gw, new)     # on any failure the running one is returned, still running
                 systemd.notify("READY=1")
-                log.info("configuration reloaded from %s", path)
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopping: %s", stop_reason[0] if stop_reason else "the main loop ended")

@@ -22,12 +22,11 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Final, Protocol, TextIO, TypeVar
 
 if TYPE_CHECKING:
     import yaml
 
-    from gateway.settings import Settings
     from gateway.yamlpos import Issues
 
 LEVELS: Final = ("debug", "info", "warning", "error")
@@ -134,11 +133,23 @@ def apply_levels(settings: LoggingSettings, cli_level: str | None = None) -> Non
     _module_levels_set.update(settings.levels)
 
 
-def levels_applied(loader: Callable[[Path], Settings], cli_level: str | None) -> Callable[[Path], Settings]:
+class HasLogging(Protocol):
+    """Whatever carries a ``logging`` section (the Settings; named so this module need not
+    import them, which import this module's LoggingSettings)."""
+
+    @property
+    def logging(self) -> LoggingSettings:
+        """The configuration's logging section."""
+
+
+_Loaded = TypeVar("_Loaded", bound=HasLogging)
+
+
+def levels_applied(loader: Callable[[Path], _Loaded], cli_level: str | None) -> Callable[[Path], _Loaded]:
     """``loader`` that also puts each configuration it loads in force with :func:`apply_levels`
     (the reload path: a file that does not load changes nothing)."""
 
-    def load(path: Path) -> Settings:
+    def load(path: Path) -> _Loaded:
         settings = loader(path)
         apply_levels(settings.logging, cli_level)
         return settings
@@ -172,6 +183,7 @@ def load_logging(issues: Issues, node: yaml.Node | None) -> LoggingSettings:
 __all__ = [
     "DEFAULT_LEVEL",
     "LEVELS",
+    "HasLogging",
     "JournalFormatter",
     "LoggingSettings",
     "apply_levels",

@@ -16,7 +16,7 @@ from typing import Literal
 
 from drivers.base import NO_PLAN_OPTIONS, BusParams, PlanOptions, PointDef
 from gateway.logsetup import LoggingSettings
-from gateway.review.rules import ReviewThresholds
+from gateway.review_thresholds import ReviewThresholds
 
 SchedulePriority = Literal["settlement", "interval", "realtime"]
 InfluxClient = Literal["builtin", "influxdb-client"]
