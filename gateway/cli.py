@@ -164,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         if exc.errno == errno.EADDRINUSE:
-            print(f"error: {exc.strerror}; another program uses that address: stop it or choose another port "
-                  "(demo --listen, api.listen in the configuration)", file=sys.stderr)
+            print(f"error: cannot listen ({exc.strerror}): another program holds that port; stop it or "
+                  "choose another port", file=sys.stderr)
             return EXIT_RUNTIME
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME

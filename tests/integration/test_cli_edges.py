@@ -1,6 +1,6 @@
 """The command line at its edges, as a real process: a reader that closes the pipe early
-(``| head``) ends the command quietly with exit 0; an API address another program holds is
-one sentence saying what to do, not a raw socket error; a bad argument value found by the
+(``| head``) ends the command quietly with exit 0; a port another program holds is one
+sentence saying what to do, not a raw socket error; a bad argument value found by the
 command itself is not dressed as a configuration file's problem; Ctrl-C ending a command
 early exits 130."""
 
@@ -18,7 +18,7 @@ import pytest
 
 from gateway.settings import StoreSettings
 from gateway.store import Store
-from tests.servicefixtures import commit, free_port, make_reading
+from tests.servicefixtures import commit, make_reading
 
 pytestmark = pytest.mark.integration
 
@@ -57,18 +57,19 @@ async def test_closed_pipe_ends_export_quietly(tmp_path: Path) -> None:
     assert err == "", err
 
 
-def test_api_address_in_use_says_what_to_do(tmp_path: Path) -> None:
+def test_simulator_port_in_use_says_what_to_do(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        proc = cli("demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "demo"),
-                   "--mqtt", f"127.0.0.1:{free_port()}", "--duration", "60",
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        config = tmp_path / "gateway.yaml"
+        config.write_text(CONFIG.format(data=tmp_path / "data").replace("port: 1502", f"port: {port}"))
+        proc = cli("simulate", "-c", str(config), "--duration", "30", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, err_bytes = proc.communicate(timeout=60)
     err = err_bytes.decode()
     assert proc.returncode == 1, err
-    assert "address already in use; another program uses that address: stop it or choose another port" in err, err
+    assert err.startswith("error: cannot listen ("), err
+    assert f"{port}" in err and "another program holds that port; stop it or choose another port" in err, err
     assert "Traceback" not in err, err
 
 
