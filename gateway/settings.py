@@ -20,6 +20,7 @@ from gateway.review.rules import ReviewThresholds
 BusProtocol = Literal["modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"]
 SchedulePriority = Literal["settlement", "interval", "realtime"]
 InfluxClient = Literal["builtin", "influxdb-client"]
+MqttProtocol = Literal["5", "3.1.1"]
 """``influxdb.client``: the standard-library writer (default, no influxdb_client import) or
 the official influxdb-client library."""
 PRIORITY_ORDER: dict[str, int] = {"settlement": 0, "interval": 1, "realtime": 2}
@@ -160,6 +161,7 @@ class MqttSettings:
     tls_insecure: bool = False
     inflight: int = 100
     enabled: bool = True
+    protocol: MqttProtocol = "5"      # 3.1.1 cannot tell a denied publish from a delivered one
 
 
 @dataclass(frozen=True, slots=True)
