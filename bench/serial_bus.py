@@ -2,7 +2,7 @@
 
 For each case this starts a :class:`bench.emulator.BusEmulator` with 10 meters (8E1 timing,
 pty at parity N) and drives it with the gateway's own stack, in this process:
-``gateway.polling.BusWorker`` → the real driver from ``gateway.drivers_registry`` (Modbus
+``gateway.polling.BusWorker`` → the real driver from ``drivers.registry`` (Modbus
 RTU lean link, DL/T 645 driver) → ``ReadingBuilder`` → a counting sink in place of the store.
 
 The bus is kept saturated: every meter has one poll queued at all times (an observer
@@ -52,11 +52,12 @@ from bench.emulator import BusEmulator, EmulatorStats, dlt645_value, modbus_regi
 from bench.wire import dlt645_reads_per_s, modbus_reads_per_s, t35
 from drivers.dlt645.points import DiPoint
 from drivers.modbus.points import ModbusLimits, RegisterPoint
+from drivers.registry import create_driver
 from gateway.clock import SystemClock
-from gateway.drivers_registry import compile_plan, create_driver
 from gateway.model import Reading
 from gateway.pipeline import ReadingBuilder
 from gateway.polling import BusWorker, MeterRuntime
+from gateway.profiles import compile_meter_plan
 from gateway.settings import BusSettings, MeterSettings, Profile
 
 SCHEDULE = "bench"
@@ -204,7 +205,7 @@ def _meters(case: SerialCase, bus: BusSettings) -> list[MeterRuntime]:
             profile=profile.name,
             schedules=(SCHEDULE,),
         )
-        plan = compile_plan(bus, settings, profile, names)
+        plan = compile_meter_plan(bus, settings, profile, names)
         out.append(
             MeterRuntime(
                 settings, profile, ReadingBuilder(settings, profile), {SCHEDULE: (plan, names)}, {SCHEDULE: "interval"}

@@ -1,4 +1,4 @@
-"""The seam between the gateway core and a protocol driver.
+"""The seam between the gateway core and a protocol driver: the types both sides share.
 
 One driver instance owns one bus connection (a serial port, or one TCP endpoint). The
 core's bus worker calls it one transaction at a time on serial buses. A driver raises the
@@ -6,17 +6,118 @@ errors of :mod:`gateway.errors` (``ReadTimeout``, ``FrameError``, ``DeviceExcept
 ``TransportError``) for a whole-read failure, and returns per-point ``PointResult`` with a
 non-good quality when only some points failed. It never returns ``None`` to mean failure,
 and it never swallows ``asyncio.CancelledError``.
+
+What lives here and why it is drivers-side: drivers may import from ``gateway`` only the
+shared types (``gateway.errors``, ``gateway.model``, ``gateway.clock``), so the bus
+parameters a driver is built from (:class:`BusParams`; ``gateway.settings.BusSettings`` is
+this class) and the small Protocols the core talks to are defined here, below both.
+
+Capabilities are small Protocols, one per thing a meter can be asked beyond its points:
+:class:`FreezeRecordReader` (settlement-day and daily freeze records),
+:class:`ClockSetter` (broadcast time sync) and :class:`EventCounterReader`. Reading a
+meter's clock is not a capability of its own: it is the ``meter_clock`` point of a profile. A protocol
+declares which of them it offers in its descriptor (:mod:`drivers.registry`); the core asks
+the registry for a typed view of a driver, never ``hasattr``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import date, datetime, tzinfo
+from decimal import Decimal
+from typing import Final, Literal, Protocol
 
 from gateway.model import PointResult
 
+BusType = Literal["serial", "tcp"]
+"""What a bus is physically: an RS-485 serial line, or one TCP endpoint."""
+
+Parity = Literal["N", "E", "O"]
+
+
+@dataclass(frozen=True, slots=True)
+class BusParams:
+    """One bus: a serial line, or one TCP endpoint (itself a bus when it is a serial server).
+
+    ``protocol`` is one of the names a protocol package serves (see :mod:`drivers.registry`);
+    the configuration loader has checked it against the installed protocols. A protocol
+    whose descriptor allows it may run ``concurrency`` transactions at once on a TCP bus;
+    every other bus runs one transaction at a time (RS-485 is half-duplex with one master).
+    """
+
+    id: str
+    type: BusType
+    protocol: str
+    port: str | None = None          # serial device path
+    baudrate: int = 9600
+    parity: Parity = "E"
+    stopbits: int = 1
+    bytesize: int = 8
+    host: str | None = None          # tcp
+    tcp_port: int | None = None      # tcp ("port" in YAML)
+    timeout_s: float = 1.0
+    retries: int = 1
+    inter_frame_s: float | None = None   # None: protocol default (e.g. t3.5 on an RTU line)
+    allow_writes: bool = False           # broadcast time sync etc.
+    concurrency: int = 1
+    dead_backoff_s: float = 60.0         # how long a dead meter is skipped between probes
+
+
+class PointDef(Protocol):
+    """What the core reads of a protocol's point definition (a register, a DI, an OAD ...).
+
+    ``side`` is ``secondary`` when the meter reports the value before the CT/PT ratio, so
+    the gateway multiplies it; ``unit`` is the canonical unit the value is in.
+    """
+
+    @property
+    def name(self) -> str:
+        """The canonical point name (``energy_import_kwh``) or a vendor extra (``x_*``)."""
+        ...
+
+    @property
+    def unit(self) -> str:
+        """The value's unit ("" for timestamps and power factor)."""
+        ...
+
+    @property
+    def side(self) -> Literal["secondary", "primary"]:
+        """Whether the CT/PT multiplier still applies (``secondary``) or not."""
+        ...
+
+
+class PlanOptions(Protocol):
+    """A profile's protocol-specific plan settings (Modbus request limits, ...); opaque to the core."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoPlanOptions:
+    """The plan options of a profile whose protocol takes none (each compiler's defaults).
+
+    Every instance equals every other, so settings compare equal after a pickle round trip.
+    """
+
+
+NO_PLAN_OPTIONS: Final = NoPlanOptions()
+"""The one :class:`NoPlanOptions` instance."""
+
+
+class ReadPlan(Protocol):
+    """A compiled read plan: what the core may ask of any protocol's plan.
+
+    Each protocol compiles its own concrete plan (pure, once at load) and its driver accepts
+    only its own plans; the core only carries them from the compiler to the driver.
+    """
+
+    @property
+    def request_count(self) -> int:
+        """How many requests one execution costs (bounds the bus worker's outer deadline)."""
+        ...
+
 
 class MeterDriver(Protocol):
-    """A protocol driver bound to one bus connection."""
+    """A protocol driver bound to one bus connection: the "read points" capability."""
 
     async def open(self) -> None:
         """Open the port/socket; safe to call again when already open."""
@@ -26,13 +127,47 @@ class MeterDriver(Protocol):
         """Close the port/socket; safe to repeat and safe after a failed open."""
         ...
 
-    async def read(self, address: str, plan: Any, timeout: float) -> dict[str, PointResult]:
+    async def read(self, address: str, plan: ReadPlan, timeout: float) -> dict[str, PointResult]:
         """Execute a compiled read plan against the meter at ``address``.
 
+        ``plan`` must come from the same protocol's compiler (a ConfigError otherwise).
         ``timeout`` is the per-request reply timeout in seconds. Retries are the caller's.
         """
         ...
 
     async def probe(self, address: str, timeout: float) -> bool:
         """Return True when something answers at ``address`` (used by ``scan``)."""
+        ...
+
+
+class FreezeRecordReader(Protocol):
+    """Capability: the meter keeps freeze records (settlement-day and daily) to read back."""
+
+    async def read_settlement(
+        self, address: str, n: int = 1, timeout: float = 1.0, *, tz: tzinfo | None = None
+    ) -> tuple[datetime | None, dict[str, Decimal]]:
+        """The registers frozen at the n-th previous settlement day, with that instant."""
+        ...
+
+    async def read_daily_freeze(
+        self, address: str, day: date, timeout: float = 1.0, *, tz: tzinfo | None = None,
+        points: Collection[str] | None = None, stamps: dict[str, datetime] | None = None,
+    ) -> tuple[datetime, dict[str, Decimal]]:
+        """The daily freeze the meter took at the start of ``day``, with its freeze time."""
+        ...
+
+
+class ClockSetter(Protocol):
+    """Capability: the meters of a bus can be told the time (a broadcast, no reply)."""
+
+    async def broadcast_time_sync(self, local_time: datetime) -> None:
+        """Set every meter's clock on the bus to ``local_time`` (meter local time)."""
+        ...
+
+
+class EventCounterReader(Protocol):
+    """Capability: the meter counts events (cover open, programming, clear, clock set ...)."""
+
+    async def read_event_counters(self, address: str, timeout: float) -> dict[str, int]:
+        """Event name (``event_*``) → how many times the meter recorded it."""
         ...

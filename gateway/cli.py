@@ -13,24 +13,19 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.errors import AmrError, ConfigError
+from gateway.logsetup import setup_logging
+from gateway.sinkdrop import add_sink_command, cmd_sink_drop
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 log = logging.getLogger("amr.cli")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def parse_clock_start(text: str | None) -> float | None:
@@ -72,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--meter", help="meter id from the configuration")
     _add_target_args(read)
     read.add_argument("--profile", help="profile name (ad hoc reads)")
-    read.add_argument("--unit", help="Modbus unit id (ad hoc reads)")
-    read.add_argument("--address", help="DL/T 645 address, 12 digits (ad hoc reads)")
+    _add_address_args(read)
 
-    scan = sub.add_parser("scan", help="find the Modbus unit ids or DL/T 645 addresses that answer")
+    scan = sub.add_parser("scan", help="find the meters that answer on a bus (their unit ids or addresses)")
     _add_target_args(scan)
-    scan.add_argument("--range", dest="id_range", help="unit ids (e.g. 1-247) or DL/T 645 addresses "
-                      "(comma list or a-b range of 12-digit numbers)")
+    scan.add_argument("--range", dest="id_range", help="which addresses to probe, in the protocol's syntax "
+                      "(unit ids such as 1-247 or 1,5,9; meter addresses as a comma list or a first-last "
+                      "range); default: every unit id, or ask the single meter on the line")
 
     sim = sub.add_parser("simulate", help="serve the meters a configuration describes, simulated")
     sim.add_argument("-c", "--config", required=True, type=Path)
@@ -99,17 +94,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="settlements: every settlement revision (default); stages: stage consumption per "
                           "register with both ends' qualities and the reconciliation flag")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    add_sink_command(sub)
     return p
 
 
+def _add_address_args(p: argparse.ArgumentParser) -> None:
+    """One option per installed protocol's meter address (``--unit``, ``--address``)."""
+    from drivers import registry
+
+    hints: dict[str, list[str]] = {}
+    for d in registry.descriptors():
+        hints.setdefault(d.address_option, []).append(d.address_hint)
+    for option, texts in hints.items():
+        p.add_argument(f"--{option}", help=f"{' or '.join(texts)} (ad hoc reads)")
+
+
 def _add_target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tcp", help="HOST:PORT of a Modbus TCP device or serial server")
+    from drivers import registry
+
+    choices = list(dict.fromkeys((*registry.families(), *registry.protocol_names())))
+    bauds = ", ".join(f"{v.default_baudrate} {v.name}" for d in registry.descriptors()
+                      for v in d.variants if "serial" in v.transports)
+    p.add_argument("--tcp", help="HOST:PORT of a TCP meter or serial server")
     p.add_argument("--serial", help="serial port, e.g. /dev/ttyUSB0")
-    p.add_argument("--baud", type=int, help="baud rate (default 9600 Modbus, 2400 DL/T 645)")
+    p.add_argument("--baud", type=int, help=f"baud rate (default: {bauds})")
     p.add_argument("--parity", choices=["N", "E", "O"], help="parity (default E)")
     p.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
-    p.add_argument("--protocol", default="modbus",
-                   choices=["modbus", "modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"])
+    p.add_argument("--protocol", choices=choices,
+                   help=f"a protocol, or a family for its first protocol on the bus type (default "
+                        f"{registry.families()[0]})")
     p.add_argument("--timeout", type=float, default=1.0, help="reply timeout in seconds")
 
 
@@ -117,10 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``amr-gateway`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
-        "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export,
+        "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
     }
     try:
         return commands[args.command](args)
@@ -159,9 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_async(_serve(settings, args.config, load_settings_isolated))
 
 
-async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any] | None) -> int:
+async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path], Settings] | None) -> int:
     from gateway import systemd
-    from gateway.runtime import Gateway
+    from gateway.runtime import Gateway, reload
 
     gw = Gateway(settings)
     await gw.start()
@@ -187,13 +200,11 @@ async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any]
                     new = loader(path)
                 except ConfigError as exc:
                     log.error("reload refused, the running configuration stays:\n%s", exc)
+                    gw.reload_status.failed(gw.clock.time(), f"reload refused, the configuration is invalid: {exc}")
                     continue
                 systemd.notify("RELOADING=1")
-                await gw.stop()
-                gw = Gateway(new)
-                await gw.start()
+                gw = await reload(gw, new)     # on any failure the running one is returned, still running
                 systemd.notify("READY=1")
-                log.info("configuration reloaded from %s", path)
     finally:
         systemd.notify("STOPPING=1")
         watchdog.cancel()

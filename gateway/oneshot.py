@@ -10,22 +10,29 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
-from drivers.discovery import Discovery
-from gateway.drivers_registry import DLT645, compile_plan, create_driver
+from drivers import registry
 from gateway.errors import ConfigError
 from gateway.model import json_number
 from gateway.pipeline import ReadingBuilder
-from gateway.profiles import find_profile, shipped_profile_dirs
+from gateway.profiles import compile_meter_plan, find_profile, shipped_profile_dirs
 from gateway.settings import BusSettings, MeterSettings, Profile, Ratio
 
 
 def _protocol(args: argparse.Namespace) -> str:
-    proto: str = args.protocol
-    if proto == "modbus":
-        return "modbus-tcp" if args.tcp else "modbus-rtu"
-    return proto
+    """``--protocol``: a protocol name, or a family (the family's first protocol on the bus type).
+
+    Without ``--protocol`` the first installed family is meant (the registry's listing order).
+    """
+    name: str = args.protocol or registry.families()[0]
+    if name in registry.protocol_names():
+        return name
+    bus_type: Literal["serial", "tcp"] = "tcp" if args.tcp else "serial"
+    for v in registry.family(name).variants:
+        if bus_type in v.transports:
+            return v.name
+    raise ConfigError(f"{name} has no protocol for a {bus_type} bus; give --protocol")
 
 
 def bus_from_args(args: argparse.Namespace) -> BusSettings:
@@ -37,10 +44,10 @@ def bus_from_args(args: argparse.Namespace) -> BusSettings:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"--tcp must be HOST:PORT, e.g. 127.0.0.1:502, not {args.tcp!r}")
-        return BusSettings(id="cli", type="tcp", protocol=protocol, host=host, tcp_port=int(port),  # type: ignore[arg-type]
+        return BusSettings(id="cli", type="tcp", protocol=protocol, host=host, tcp_port=int(port),
                            timeout_s=args.timeout, retries=0)
-    baud = args.baud or (2400 if protocol == "dlt645" else 1200 if protocol == "dlt645-1997" else 9600)
-    return BusSettings(id="cli", type="serial", protocol=protocol, port=args.serial, baudrate=baud,  # type: ignore[arg-type]
+    baud = args.baud or registry.variant(protocol).default_baudrate
+    return BusSettings(id="cli", type="serial", protocol=protocol, port=args.serial, baudrate=baud,
                        parity=args.parity or "E", stopbits=args.stopbits, timeout_s=args.timeout,
                        retries=0)
 
@@ -69,9 +76,10 @@ async def read_once(args: argparse.Namespace) -> int:
         if not args.profile:
             raise ConfigError("give --profile NAME (e.g. simulator, dlt645-2007, chint-dtsu666)")
         profile = find_profile(args.profile, [Path.cwd() / "profiles", *shipped_profile_dirs()])
-        address = args.address if bus.protocol in DLT645 else args.unit
+        address = vars(args).get(registry.descriptor_for(bus.protocol).address_option)
         if not address:
-            raise ConfigError("give --unit N for Modbus or --address 12-DIGITS for DL/T 645")
+            raise ConfigError("give " + " or ".join(
+                f"--{d.address_option} {d.address_metavar} for {d.title}" for d in registry.descriptors()))
         meter = MeterSettings(id="cli", customer="", bus="cli", address=str(address), profile=profile.name,
                               ct_ratio=Ratio(), pt_ratio=Ratio(), protocol=bus.protocol)
     return await _read(bus, meter, profile)
@@ -79,8 +87,8 @@ async def read_once(args: argparse.Namespace) -> int:
 
 async def _read(bus: BusSettings, meter: MeterSettings, profile: Profile) -> int:
     names = list(profile.points)
-    plan = compile_plan(bus, meter, profile, names)
-    driver = create_driver(bus)
+    plan = compile_meter_plan(bus, meter, profile, names)
+    driver = registry.create_driver(bus)
     try:
         await driver.open()
         results = await driver.read(meter.address, plan, bus.timeout_s)
@@ -115,28 +123,17 @@ def _progress(done: int, total: int) -> None:
         sys.stderr.write("\n")
 
 
-def _discovery(protocol: str) -> Discovery:
-    """The scan of the protocol package that speaks ``protocol`` (imported when needed)."""
-    if protocol in DLT645:
-        from drivers.dlt645.discovery import DISCOVERY as DLT645_DISCOVERY
-
-        return DLT645_DISCOVERY
-    from drivers.modbus.discovery import DISCOVERY as MODBUS_DISCOVERY
-
-    return MODBUS_DISCOVERY
-
-
 async def scan_bus(args: argparse.Namespace) -> int:
-    """Find answering Modbus unit ids or DL/T 645 addresses; print a table."""
+    """Find the meters that answer on a bus (the protocol's own search); print a table."""
     bus = bus_from_args(args)
-    driver = create_driver(bus)
-    discovery = _discovery(bus.protocol)
+    descriptor = registry.descriptor_for(bus.protocol)
+    driver = registry.create_driver(bus)
     try:
         await driver.open()
-        found = await discovery.scan(driver, args.id_range, args.timeout, _progress)
+        found = await descriptor.discovery.scan(driver, args.id_range, args.timeout, _progress)
     finally:
         await driver.close()
-    label = discovery.label
+    label = descriptor.discovery.label
     if not found:
         print(f"no {label} answered", file=sys.stderr)
         return 1

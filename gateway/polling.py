@@ -2,9 +2,10 @@
 
 RS-485 is half-duplex with one master, so a serial bus (and a TCP endpoint that is really a
 serial device server) runs one transaction at a time: a task per bus makes that structural,
-not a lock someone might forget. A Modbus TCP bus may run ``concurrency`` transactions at
-once. Jobs wait in a priority queue: settlement reads, then interval reads, then realtime
-reads; within a priority, the oldest slot first.
+not a lock someone might forget. A TCP bus whose protocol allows it (its descriptor's
+``concurrent``, :mod:`drivers.registry`) may run ``concurrency`` transactions at once.
+Jobs wait in a priority queue: settlement reads, then interval reads, then realtime reads;
+within a priority, the oldest slot first.
 
 A meter that stops answering is retried ``retries`` times for the slot, then its slot is
 recorded as a failed read. On every bus type, a meter which failed a whole poll (every
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drivers.base import MeterDriver
+from drivers.base import MeterDriver, ReadPlan
 from gateway.clock import Clock
 from gateway.errors import (
     AmrError,
@@ -88,7 +89,7 @@ class MeterRuntime:
     settings: MeterSettings
     profile: Profile
     builder: ReadingBuilder
-    plans: dict[str, tuple[Any, list[str]]]      # schedule → (compiled plan, point names)
+    plans: dict[str, tuple[ReadPlan, list[str]]]  # schedule → (compiled plan, point names)
     retention: dict[str, str]                    # schedule → realtime | interval
     stats: MeterStats = field(default_factory=MeterStats)
     next_probe: float = 0.0
@@ -264,7 +265,7 @@ class BusWorker:
         results: dict[str, PointResult] | None = None
         failure: AmrError | None = None
         timeout = self.bus.timeout_s
-        guard = timeout * (2 + _request_count(plan)) + 1.0
+        guard = timeout * (2 + plan.request_count) + 1.0
         for attempt in range(attempts):
             try:
                 await self.driver.open()
@@ -358,16 +359,3 @@ class BusWorker:
 
 def _priority_of(meter: MeterRuntime, schedule: str) -> str:
     return "realtime" if meter.retention.get(schedule) == "realtime" else "interval"
-
-
-def _request_count(plan: Any) -> int:
-    for attr in ("requests", "reads", "steps"):
-        seq = getattr(plan, attr, None)
-        if isinstance(seq, int):
-            return seq  # a plan that counts its requests itself (DL/T 645)
-        if seq is not None:
-            try:
-                return len(seq)
-            except TypeError:
-                return 1
-    return 1

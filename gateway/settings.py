@@ -7,17 +7,16 @@ Durations are seconds (float), ratios exact Decimals.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from drivers.dlt645.points import DiPoint
-from drivers.modbus.points import ModbusLimits, RegisterPoint
-from gateway.review.rules import ReviewThresholds
+from drivers.base import NO_PLAN_OPTIONS, BusParams, PlanOptions, PointDef
+from gateway.review_thresholds import ReviewThresholds
 
-BusProtocol = Literal["modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997"]
 SchedulePriority = Literal["settlement", "interval", "realtime"]
 InfluxClient = Literal["builtin", "influxdb-client"]
 MqttProtocol = Literal["5", "3.1.1"]
@@ -51,40 +50,23 @@ class GatewaySettings:
     data_dir: Path = Path("/var/lib/amr-gateway")
 
 
-@dataclass(frozen=True, slots=True)
-class BusSettings:
-    """One bus: a serial line, or one TCP endpoint (itself a bus when it is a serial server).
-
-    Modbus TCP buses may run ``concurrency`` transactions at once; every other protocol runs
-    one transaction at a time (RS-485 is half-duplex with one master).
-    """
-
-    id: str
-    type: Literal["serial", "tcp"]
-    protocol: BusProtocol
-    port: str | None = None          # serial device path
-    baudrate: int = 9600
-    parity: Literal["N", "E", "O"] = "E"
-    stopbits: int = 1
-    bytesize: int = 8
-    host: str | None = None          # tcp
-    tcp_port: int | None = None      # tcp ("port" in YAML)
-    timeout_s: float = 1.0
-    retries: int = 1
-    inter_frame_s: float | None = None   # None: protocol default (t3.5 for Modbus RTU)
-    allow_writes: bool = False           # broadcast time sync etc.
-    concurrency: int = 1
-    dead_backoff_s: float = 60.0         # how long a dead meter is skipped between probes
+BusSettings = BusParams
+"""One bus (a serial line or one TCP endpoint): the drivers' :class:`drivers.base.BusParams`,
+so a driver is built from the configuration's own object and drivers never import settings."""
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """A meter profile: canonical point name → register or DI, plus device quirks."""
+    """A meter profile: canonical point name → the protocol's point, plus device quirks.
+
+    ``protocol`` is the protocol family (a package in ``drivers/``); ``limits`` its plan
+    options (Modbus request limits, ...), passed to its plan compiler untouched.
+    """
 
     name: str
-    protocol: Literal["modbus", "dlt645"]
-    points: dict[str, RegisterPoint | DiPoint]
-    limits: ModbusLimits = field(default_factory=ModbusLimits)
+    protocol: str
+    points: Mapping[str, PointDef]
+    limits: PlanOptions = NO_PLAN_OPTIONS
     description: str = ""
     source: str = ""
 
@@ -96,13 +78,13 @@ class MeterSettings:
     id: str
     customer: str
     bus: str
-    address: str                     # Modbus unit id as text, or 12-digit DL/T 645 address
+    address: str                     # as the protocol's descriptor normalised it
     profile: str
     ct_ratio: Ratio = Ratio()
     pt_ratio: Ratio = Ratio()
     schedules: tuple[str, ...] = ()
     billing: str | None = None
-    protocol: BusProtocol | None = None   # per-meter override, e.g. dlt645-1997 on a 645 bus
+    protocol: str | None = None   # per-meter override: a protocol of the bus's family (drivers.registry)
     rated_voltage_v: Decimal | None = None
     rated_current_a: Decimal | None = None
 
@@ -195,8 +177,10 @@ class StoreSettings:
     """The ``store`` section: durability, storage cap and retention."""
 
     synchronous: Literal["NORMAL", "FULL"] = "FULL"
-    commit_interval_s: float = 0.02
+    commit_interval_s: float = 1.0    # a reading is committed within this (store.commit_interval)
     max_bytes: int | None = None
+    min_free_bytes: int = 32_000_000  # below this much free disk space the store is "full"
+    max_pending: int = 20_000         # readings held in memory while commits fail, at most
     retention_realtime_days: float = 14
     retention_interval_days: float = 400
 

@@ -22,7 +22,8 @@ for the right one, raising :class:`~gateway.errors.WrongAddressError` /
 (``B1``) are collected with follow-up requests (C = 12, SEQ 1, 2 …) until ``92``.
 
 ``compile_plan``, the plan types and ``nth_previous_settlement`` are re-exported here (the
-package's entry points as :mod:`gateway.drivers_registry` and older imports know them).
+package's entry points as older imports know them; the core reaches them through
+:mod:`drivers.dlt645.descriptor`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Final
 
+from drivers.base import BusParams
+from drivers.base import ReadPlan as AnyPlan
 from drivers.dlt645 import records
 from drivers.dlt645.codec import (
     OVERHEAD,
@@ -63,7 +66,6 @@ from gateway.errors import (
     WrongAddressError,
 )
 from gateway.model import PointResult
-from gateway.settings import BusSettings
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class Dlt645Driver:
 
     def __init__(
         self,
-        bus: BusSettings,
+        bus: BusParams,
         *,
         transport: Transport | None = None,
         preamble: int = PREAMBLE,
@@ -121,7 +123,7 @@ class Dlt645Driver:
         """Close the port or connection (idempotent, safe after a failed open)."""
         await self._transport.close()
 
-    async def read(self, address: str, plan: Dlt645Plan, timeout: float) -> dict[str, PointResult]:
+    async def read(self, address: str, plan: AnyPlan, timeout: float) -> dict[str, PointResult]:
         """Read every point of ``plan`` from the meter at ``address`` (one pass, no retries)."""
         if not isinstance(plan, Dlt645Plan):
             raise ConfigError("the DL/T 645 driver needs a plan from drivers.dlt645.plan.compile_plan")
@@ -332,7 +334,7 @@ class Dlt645Driver:
         )
 
 
-def _make_transport(bus: BusSettings) -> Transport:
+def _make_transport(bus: BusParams) -> Transport:
     if bus.type == "serial":
         if not bus.port:
             raise ConfigError(f"bus {bus.id}: a serial bus needs 'port'")
@@ -342,7 +344,7 @@ def _make_transport(bus: BusSettings) -> Transport:
     return TcpTransport(bus.host, bus.tcp_port)
 
 
-def create_driver(bus: BusSettings) -> Dlt645Driver:
+def create_driver(bus: BusParams) -> Dlt645Driver:
     """The driver for a ``dlt645`` / ``dlt645-1997`` bus (serial port or TCP serial server)."""
     return Dlt645Driver(bus)
 

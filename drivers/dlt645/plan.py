@@ -67,6 +67,11 @@ class Dlt645Plan:
         """Number of requests when every block is supported."""
         return len(self.steps)
 
+    @property
+    def request_count(self) -> int:
+        """Number of requests when every block is supported (:class:`drivers.base.ReadPlan`)."""
+        return len(self.steps)
+
 
 def di_text(di: int, protocol: ProtocolName) -> str:
     """A DI as written: 8 hex digits (2007) or 4 (1997)."""

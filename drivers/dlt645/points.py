@@ -1,4 +1,4 @@
-"""What a DL/T 645 meter profile says about one point; built by ``gateway.profiles``."""
+"""What a DL/T 645 meter profile says about one point; built by :mod:`drivers.dlt645.profile_schema`."""
 
 from __future__ import annotations
 

@@ -6,9 +6,10 @@ load) and :mod:`drivers.modbus.decode`. pymodbus is imported only by
 :mod:`drivers.modbus.pymodbus_io` (the reference engine); the default engine is the lean
 one in :mod:`drivers.modbus.transport` (why: see that module's docstring).
 
-This package module imports nothing itself: ``gateway.settings`` imports
-``drivers.modbus.points`` and must not pull the driver (and its import of the settings)
-in with it. ``create_driver`` and ``compile_plan`` are resolved lazily for convenience.
+The gateway core reaches this package only through :mod:`drivers.modbus.descriptor` (found
+by :mod:`drivers.registry`). This package module imports nothing itself, so loading the
+descriptor or the profile schema does not pull in the transports; ``create_driver`` and
+``compile_plan`` are resolved lazily for convenience.
 """
 
 from __future__ import annotations

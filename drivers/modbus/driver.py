@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from drivers.base import BusParams
+from drivers.base import ReadPlan as AnyPlan
 from drivers.modbus.decode import decode_bytes
 from drivers.modbus.plan import DecodeStep, ReadPlan, ReadRequest, compile_plan
 from drivers.modbus.points import ModbusLimits, RegisterPoint
@@ -34,9 +36,6 @@ from drivers.modbus.timing import char_time, t35
 from drivers.modbus.transport import Link, RtuLink, SerialChannel, TcpChannel, TcpLink
 from gateway.errors import ConfigError, DecodeError, DeviceException
 from gateway.model import PointResult
-
-if TYPE_CHECKING:
-    from gateway.settings import BusSettings
 
 Engine = Literal["lean", "pymodbus"]
 MODBUS_PROTOCOLS = ("modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp")
@@ -58,7 +57,7 @@ def parse_unit(address: str, protocol: str) -> int:
     return unit
 
 
-def _link_for(bus: BusSettings, engine: Engine) -> Link:
+def _link_for(bus: BusParams, engine: Engine) -> Link:
     if bus.protocol not in MODBUS_PROTOCOLS:
         raise ConfigError(f"bus {bus.id!r} speaks {bus.protocol}, not Modbus")
     if engine == "pymodbus":
@@ -87,7 +86,7 @@ def _link_for(bus: BusSettings, engine: Engine) -> Link:
 class ModbusDriver:
     """A Modbus driver bound to one bus (see module doc)."""
 
-    def __init__(self, bus: BusSettings, engine: Engine = "lean") -> None:
+    def __init__(self, bus: BusParams, engine: Engine = "lean") -> None:
         self.bus = bus
         self.engine: Engine = engine
         self.link: Link = _link_for(bus, engine)
@@ -104,8 +103,10 @@ class ModbusDriver:
         """One raw request: its register bytes (for ``scan`` and diagnostics)."""
         return await self.link.transact(parse_unit(address, self.bus.protocol), request, timeout)
 
-    async def read(self, address: str, plan: ReadPlan, timeout: float) -> dict[str, PointResult]:
+    async def read(self, address: str, plan: AnyPlan, timeout: float) -> dict[str, PointResult]:
         """Execute ``plan`` against unit ``address``; see the module doc for the semantics."""
+        if not isinstance(plan, ReadPlan):
+            raise ConfigError("the Modbus driver needs a plan from drivers.modbus.plan.compile_plan")
         unit = parse_unit(address, self.bus.protocol)
         results: dict[str, PointResult] = {}
         transact = self.link.transact
@@ -153,6 +154,6 @@ def _decode_into(results: dict[str, PointResult], layout: tuple[DecodeStep, ...]
             results[name] = PointResult(None, "invalid", str(exc))
 
 
-def create_driver(bus: BusSettings, engine: Engine = "lean") -> ModbusDriver:
+def create_driver(bus: BusParams, engine: Engine = "lean") -> ModbusDriver:
     """The driver for a Modbus bus (the factory the gateway core calls)."""
     return ModbusDriver(bus, engine)

@@ -78,6 +78,11 @@ class ReadPlan:
         return tuple(pp.point.name for r in self.requests for pp in r.points)
 
     @property
+    def request_count(self) -> int:
+        """Requests per execution (:class:`drivers.base.ReadPlan`)."""
+        return len(self.requests)
+
+    @property
     def register_count(self) -> int:
         """Total registers read per execution (what the wire pays for)."""
         return sum(r.count for r in self.requests)

@@ -1,4 +1,4 @@
-"""What a Modbus meter profile says about one point; built by ``gateway.profiles``."""
+"""What a Modbus meter profile says about one point; built by :mod:`drivers.modbus.profile_schema`."""
 
 from __future__ import annotations
 

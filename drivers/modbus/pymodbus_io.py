@@ -30,7 +30,7 @@ from drivers.modbus.transport import device_exception, no_answer, serial_open_er
 from gateway.errors import TransportError
 
 if TYPE_CHECKING:
-    from gateway.settings import BusSettings
+    from drivers.base import BusParams
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -43,7 +43,7 @@ def silence_pymodbus_logging() -> None:
 class PymodbusLink:
     """A :class:`drivers.modbus.transport.Link` backed by pymodbus's async clients."""
 
-    def __init__(self, bus: BusSettings) -> None:
+    def __init__(self, bus: BusParams) -> None:
         self.bus = bus
         self.where = bus.port or f"{bus.host}:{bus.tcp_port}"
         self._serial = bool(bus.port)

@@ -1,20 +1,23 @@
-"""Settlement capture: the gateway extension that takes a settlement reading at each boundary.
+"""Settlement capture: the gateway component that takes a settlement reading at each boundary.
 
 How it fits the gateway
 -----------------------
-* Built once per gateway start by :func:`gateway.runtime.register_extension` (see
-  :func:`gateway.billing.install`). It appends :meth:`BillingCapture.observe` to
-  ``gateway.observers`` and runs one task that sleeps until the next boundary of any plan.
+* Built by the composition root (:mod:`gateway.runtime`) once per runtime, on the
+  runtime's :class:`~gateway.core.Core` (a :class:`~gateway.lifecycle.Component`: start,
+  stop; a reload builds a new one). It appends :meth:`BillingCapture.observe` to
+  ``Core.observers`` and runs one task that sleeps until the next boundary of any plan.
 * At a boundary, every meter on the plan gets a capture task. Each attempt runs on the
   meter's bus through ``BusWorker.submit(..., priority="settlement")``, so it goes ahead of
   every queued interval and realtime poll on that bus (RS-485 stays one transaction at a
   time: the attempt *is* a bus job).
 * One attempt, best source first:
 
-  1. DL/T 645-2007 meters, boundary at 00:00: the meter's **daily freeze matched by date**
+  1. meters whose protocol keeps freeze records (the ``freeze_records`` capability of its
+     descriptor, :mod:`drivers.registry`; today DL/T 645-2007), boundary at 00:00: the
+     meter's **daily freeze matched by date**
      (``read_daily_freeze``; the log can have gaps, so never by index) → ``meter_frozen``
      stamped with the meter's freeze time;
-  2. DL/T 645-2007 meters: the **settlement-day block** whose instant is the boundary
+  2. the same meters: the **settlement-day record** whose instant is the boundary
      (上n结算日, n = 1..3) → ``meter_frozen``;
   3. a **live read** of the plan's registers → ``actual`` when it finished within the
      plan's tolerance after the boundary, ``late`` after it (with the real read time).
@@ -27,8 +30,8 @@ How it fits the gateway
   A meter that does not answer gives a ``missing`` settlement at once (billing sees the
   gap immediately, never a silent hole); the capture then retries with exponential backoff
   (60 s … 15 min of gateway time) and at once when the meter's next good poll shows it is
-  back. A DL/T 645 meter back days later still yields its frozen value *by date*; a Modbus
-  meter yields ``late``. When a DL/T 645 meter's freeze was not there yet (a real meter
+  back. A meter with freeze records back days later still yields its frozen value *by date*;
+  one without yields ``late``. When such a meter's freeze was not there yet (a real meter
   freezes a little after 00:00) and a live read was stored, the capture comes back a few
   times for the frozen value, which then supersedes it.
 * ``estimated`` only when the plan says ``allow_estimated: true``: linear between the
@@ -55,12 +58,15 @@ import asyncio
 import functools
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Final
 
+from drivers import registry
+from drivers.base import FreezeRecordReader, MeterDriver, ReadPlan
 from gateway.billing import db
 from gateway.billing.cycles import (
     Boundary,
@@ -79,12 +85,13 @@ from gateway.billing.settlement import (
 )
 from gateway.errors import DeviceException
 from gateway.model import Reading, iso_utc, loads_exact, parse_iso
+from gateway.profiles import compile_meter_plan
 from gateway.settings import BillingPlan
 from gateway.slots import local_midnight, zone
 
 if TYPE_CHECKING:
+    from gateway.core import Core
     from gateway.polling import MeterRuntime
-    from gateway.runtime import Gateway
 
 log = logging.getLogger("amr.billing")
 
@@ -121,9 +128,14 @@ class _Window:
     cycle_start: float
 
 
-def _frozen_capable(m: MeterRuntime, gw: Gateway) -> bool:
+def _freeze_records(m: MeterRuntime, gw: Core) -> Callable[[MeterDriver], FreezeRecordReader] | None:
+    """How to see this meter's driver as a freeze-record reader, or None when its protocol keeps none."""
     bus = gw.settings.buses[m.settings.bus]
-    return (m.settings.protocol or bus.protocol) == "dlt645"
+    return registry.capabilities(registry.meter_protocol(bus, m.settings.protocol)).freeze_records
+
+
+def _frozen_capable(m: MeterRuntime, gw: Core) -> bool:
+    return _freeze_records(m, gw) is not None
 
 
 def _known_of(s: Settlement) -> _Known:
@@ -131,18 +143,18 @@ def _known_of(s: Settlement) -> _Known:
 
 
 class BillingCapture:
-    """The settlement-capture extension (one per gateway start)."""
+    """The settlement-capture component (one per runtime)."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.tz = gateway.settings.gateway.timezone
+    def __init__(self, core: Core) -> None:
+        self.gw = core
+        self.tz = core.settings.gateway.timezone
         self.plans: dict[str, BillingPlan] = {}
-        for m in gateway.settings.meters.values():
-            if m.billing is not None and m.billing in gateway.settings.billing:
-                self.plans[m.id] = gateway.settings.billing[m.billing]
+        for m in core.settings.meters.values():
+            if m.billing is not None and m.billing in core.settings.billing:
+                self.plans[m.id] = core.settings.billing[m.billing]
         self.current: dict[tuple[str, float], _Known] = {}
         self.since: dict[str, float] = {}
-        self._live_plans: dict[str, tuple[Any, list[str]] | None] = {}
+        self._live_plans: dict[str, tuple[ReadPlan, list[str]] | None] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._captures: dict[tuple[str, float], asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -151,14 +163,14 @@ class BillingCapture:
         self.stored = 0
         self.ratio_changes = 0
         self._stopping = False
-        gateway.observers.append(self.observe)
+        core.observers.append(self.observe)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Create tables, remember first sightings, republish leftovers, start the boundary task."""
         if not self.plans:
             return
-        store = self.gw.require_store()
+        store = self.gw.store
         await store.write(db.create)
         now = self.gw.clock.time()
         await store.write(db.remember_meters, [(m, p.name, now) for m, p in self.plans.items()])
@@ -202,7 +214,7 @@ class BillingCapture:
         m = self.gw.meters.get(meter_id)
         if m is None:
             return
-        store = self.gw.require_store()
+        store = self.gw.store
         last = await store.read(db.last_ratio, meter_id)
         if last is None or last[0] is None or last[1] is None:
             return
@@ -226,7 +238,7 @@ class BillingCapture:
         worker = self.gw.workers[m.settings.bus]
         timeout = self.gw.settings.buses[m.settings.bus].timeout_s
 
-        async def action(driver: Any) -> tuple[dict[str, RegisterValue], float, str | None]:
+        async def action(driver: MeterDriver) -> tuple[dict[str, RegisterValue], float, str | None]:
             async with asyncio.timeout(timeout * 40 + 5.0):
                 return await self._read_live(driver, m, plan, at, timeout, self._live_plan(m, plan))
 
@@ -240,7 +252,7 @@ class BillingCapture:
             if name in NOT_CUMULATIVE:
                 continue
             point = m.profile.points.get(name)
-            secondary = getattr(point, "side", "secondary") == "secondary"
+            secondary = point is None or point.side == "secondary"
             registers[name] = {"raw": r.raw, "value_old": r.raw * old_mult if secondary else r.raw,
                                "value_new": r.raw * new_mult if secondary else r.raw, "unit": r.unit}
         if not registers:
@@ -252,7 +264,7 @@ class BillingCapture:
             "read_at": None if read_at is None or not registers else iso_utc(read_at),
             "registers": registers, "reason": reason,
         }
-        await self.gw.require_store().write(db.insert_ratio_change, m.id, at, body)
+        await self.gw.store.write(db.insert_ratio_change, m.id, at, body)
         self.ratio_changes += 1
         (log.warning if reason else log.info)("meter %s: CT/PT change recorded at %s%s", m.id, iso_utc(at),
                                               f" ({reason})" if reason else " with the registers read at it")
@@ -363,7 +375,7 @@ class BillingCapture:
         timeout = bus.timeout_s
         guard = timeout * 40 + 5.0
 
-        async def action(driver: Any) -> Draft:
+        async def action(driver: MeterDriver) -> Draft:
             async with asyncio.timeout(guard):
                 return await self._read(driver, m, plan, b, timeout, frozen_only=frozen_only)
 
@@ -371,7 +383,7 @@ class BillingCapture:
         result: Draft = await fut
         return result
 
-    async def _read(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
+    async def _read(self, driver: MeterDriver, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
                     *, frozen_only: bool) -> Draft:
         notes: list[str] = []
         if _frozen_capable(m, self.gw):
@@ -387,8 +399,8 @@ class BillingCapture:
         note = "; ".join(notes) if notes else None
         return Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
 
-    async def _read_live(self, driver: Any, m: MeterRuntime, plan: BillingPlan, slot: float, timeout: float,
-                         live: tuple[Any, list[str]] | None) -> tuple[dict[str, RegisterValue], float, str | None]:
+    async def _read_live(self, driver: MeterDriver, m: MeterRuntime, plan: BillingPlan, slot: float, timeout: float,
+                         live: tuple[ReadPlan, list[str]] | None) -> tuple[dict[str, RegisterValue], float, str | None]:
         """One live read of a compiled plan: (good registers, read time, why none)."""
         if live is None:
             raise DeviceException(0x02, "no requested data",
@@ -408,7 +420,7 @@ class BillingCapture:
                                            at=demand_at if name == "demand_max_kw" else None)
         return regs, now, reading.error
 
-    async def _complete_frozen(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary,
+    async def _complete_frozen(self, driver: MeterDriver, m: MeterRuntime, plan: BillingPlan, b: Boundary,
                                timeout: float, frozen: Draft) -> Draft:
         """Fill in the plan registers a meter's freeze does not carry, where that is honest.
 
@@ -433,12 +445,10 @@ class BillingCapture:
         names = list(missing)
         if "demand_max_kw" in names and "demand_max_kw_at" in m.profile.points:
             names.append("demand_max_kw_at")
-        from gateway.drivers_registry import compile_plan
-
         bus = self.gw.settings.buses[m.settings.bus]
         try:
             live, read_at, _err = await self._read_live(
-                driver, m, plan, b.ts, timeout, (compile_plan(bus, m.settings, m.profile, names), names))
+                driver, m, plan, b.ts, timeout, (compile_meter_plan(bus, m.settings, m.profile, names), names))
         except DeviceException as exc:
             return replace(frozen, reason=_join(frozen.reason, f"live read of {', '.join(missing)}: {exc}"))
         regs = dict(frozen.registers)
@@ -455,16 +465,20 @@ class BillingCapture:
             note += f"; not available: {', '.join(left)}"
         return replace(frozen, registers=regs, reason=_join(frozen.reason, note))
 
-    async def _read_frozen(self, driver: Any, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
+    async def _read_frozen(self, driver: MeterDriver, m: MeterRuntime, plan: BillingPlan, b: Boundary, timeout: float,
                            notes: list[str]) -> Draft | None:
         z = zone(self.tz)
         addr = m.settings.address
-        if plan.at == _MIDNIGHT and hasattr(driver, "read_daily_freeze"):
+        view = _freeze_records(m, self.gw)
+        if view is None:
+            return None
+        freezes = view(driver)
+        if plan.at == _MIDNIGHT:
             day: date = local_date_of(b.ts, self.tz)
             stamps: dict[str, datetime] = {}
             try:
-                when, values = await driver.read_daily_freeze(addr, day, timeout, tz=z, points=plan.registers,
-                                                              stamps=stamps)
+                when, values = await freezes.read_daily_freeze(addr, day, timeout, tz=z, points=plan.registers,
+                                                               stamps=stamps)
             except DeviceException as exc:
                 notes.append(f"daily freeze: {exc}")
             else:
@@ -472,24 +486,23 @@ class BillingCapture:
                 if regs:
                     return Draft("meter_frozen", "daily_freeze", regs, read_at=self.gw.clock.time(),
                                  frozen_at=when.timestamp())
-        if hasattr(driver, "read_settlement"):
-            for n in range(1, 4):
-                try:
-                    when, values = await driver.read_settlement(addr, n, timeout, tz=z)
-                except DeviceException as exc:
-                    notes.append(f"settlement-day block: {exc}")
-                    break
-                if when is None:
-                    break
-                t = when.timestamp()
-                if t == b.ts:
-                    regs = self._frozen_registers(m, plan, values)
-                    if regs:
-                        return Draft("meter_frozen", "settlement_day", regs, read_at=self.gw.clock.time(),
-                                     frozen_at=t)
-                    break
-                if t < b.ts:
-                    break
+        for n in range(1, 4):
+            try:
+                settled, values = await freezes.read_settlement(addr, n, timeout, tz=z)
+            except DeviceException as exc:
+                notes.append(f"settlement-day block: {exc}")
+                break
+            if settled is None:
+                break
+            t = settled.timestamp()
+            if t == b.ts:
+                regs = self._frozen_registers(m, plan, values)
+                if regs:
+                    return Draft("meter_frozen", "settlement_day", regs, read_at=self.gw.clock.time(),
+                                 frozen_at=t)
+                break
+            if t < b.ts:
+                break
         return None
 
     def _frozen_registers(self, m: MeterRuntime, plan: BillingPlan, values: dict[str, Decimal],
@@ -510,27 +523,25 @@ class BillingCapture:
     def _factor(m: MeterRuntime, name: str) -> Decimal:
         """CT × PT for a register the profile shows on the secondary side, else 1."""
         point = m.profile.points.get(name)
-        side = getattr(point, "side", "secondary") if point is not None else "secondary"
+        side = point.side if point is not None else "secondary"
         return m.settings.multiplier if side == "secondary" else Decimal(1)
 
-    def _live_plan(self, m: MeterRuntime, plan: BillingPlan) -> tuple[Any, list[str]] | None:
+    def _live_plan(self, m: MeterRuntime, plan: BillingPlan) -> tuple[ReadPlan, list[str]] | None:
         if m.id in self._live_plans:
             return self._live_plans[m.id]
-        from gateway.drivers_registry import compile_plan
-
         names = [r for r in plan.registers if r in m.profile.points]
         if "demand_max_kw" in names and "demand_max_kw_at" in m.profile.points and "demand_max_kw_at" not in names:
             names.append("demand_max_kw_at")            # maximum demand is billed with its time
-        compiled: tuple[Any, list[str]] | None = None
+        compiled: tuple[ReadPlan, list[str]] | None = None
         if names:
             bus = self.gw.settings.buses[m.settings.bus]
-            compiled = (compile_plan(bus, m.settings, m.profile, names), names)
+            compiled = (compile_meter_plan(bus, m.settings, m.profile, names), names)
         self._live_plans[m.id] = compiled
         return compiled
 
     # ------------------------------------------------------------------ estimate
     async def _estimate(self, m: MeterRuntime, plan: BillingPlan, b: Boundary) -> Draft | None:
-        store = self.gw.require_store()
+        store = self.gw.store
         pair = await store.read(_neighbours, m.id, b.ts, list(plan.registers))
         if pair is None:
             return None
@@ -574,7 +585,7 @@ class BillingCapture:
         }
         if d.estimated_from:
             body["estimated_from"] = list(d.estimated_from)
-        store = self.gw.require_store()
+        store = self.gw.store
         row = await store.write(db.insert_if_better, s.id, plan.name, b.cycle, b.index, b.ts, d.quality,
                                 self.gw.clock.time(), body)
         if row is None:
@@ -592,7 +603,7 @@ class BillingCapture:
         return row
 
     async def _publish(self, row: Settlement) -> None:
-        store = self.gw.require_store()
+        store = self.gw.store
         seq = await store.append_message("settlement", row.meter, row.boundary, row.body)
         await store.write(db.set_seq, row.id, seq)
         row.seq = seq
@@ -633,7 +644,7 @@ class BillingCapture:
         from gateway.billing.kpi import kpi_for_day
 
         clock = self.gw.clock
-        store = self.gw.require_store()
+        store = self.gw.store
         while True:
             now = clock.time()
             target = local_midnight(now, self.tz) + 86400 + 3 * 3600
@@ -710,9 +721,4 @@ def _neighbours(conn: sqlite3.Connection, meter: str, at: float, registers: list
     return a, b
 
 
-def factory(gateway: Gateway) -> BillingCapture:
-    """The extension factory registered with the runtime."""
-    return BillingCapture(gateway)
-
-
-__all__ = ["BillingCapture", "factory", "interpolate"]
+__all__ = ["BillingCapture", "interpolate"]

@@ -28,15 +28,14 @@ Decisions worth knowing (also documented in ``config/gateway.example.yaml``):
   exists. Only the
   profiles that meters reference are loaded; a broken one is reported with its own file
   and line.
-* Bus defaults depend on the protocol: Modbus RTU 9600 baud, DL/T 645-2007 2400 baud,
-  DL/T 645-1997 1200 baud, parity E, 8 data bits, 1 stop bit. Reply timeout 1000 ms for
-  Modbus and 1500 ms for DL/T 645 (the standard lets a meter wait 500 ms before replying and
-  a long block takes ≈ 1 s at 1200 baud). TCP port 502 for ``modbus-tcp``; other TCP
-  protocols (serial servers) must give the port.
-* A Modbus address is the unit id (1–247; ``modbus-tcp`` also accepts 0 and 255, which
-  address the TCP device itself), kept as its decimal text. A DL/T 645 address is 12 digits
-  and kept as text; an unquoted address with leading zeros is refused, because YAML (and
-  any other tool reading the file) takes it as a number and drops the zeros.
+* Bus defaults depend on the protocol and come from its package's descriptor
+  (``drivers/<family>/descriptor.py``, see ``drivers/README.md``): baud rate, reply timeout,
+  TCP port (a protocol without one, such as a serial server's, must give the port), and
+  whether a TCP bus may run several transactions. Parity E, 8 data bits, 1 stop bit.
+* A meter's address is checked and normalised by its protocol's descriptor (a unit id kept
+  as its decimal text, a 12-digit address kept as text; an unquoted address with leading
+  zeros is refused, because YAML and any other tool reading the file drop the zeros).
+  An unknown protocol is an error naming the installed ones.
 * Durations in schedules and billing plans carry a unit (``30s``, ``15m``, ``1h``, ``1d``,
   ``500ms``, or combined ``1h30m``); a bare number is refused rather than guessed. An
   aligned schedule's interval must divide a day, so slots fall on the same wall-clock
@@ -47,7 +46,12 @@ Decisions worth knowing (also documented in ``config/gateway.example.yaml``):
   secret); inline values are accepted for bench work and logged as a warning. The API token
   falls back to the ``AMR_API_TOKEN`` environment variable.
 * ``store.max_size`` takes decimal (``KB``, ``MB``, ``GB``, ``TB`` = powers of 1000) or
-  binary units (``KiB`` … ``TiB`` = powers of 1024), or a plain number of bytes.
+  binary units (``KiB`` … ``TiB`` = powers of 1024), or a plain number of bytes; so does
+  ``store.min_free`` (default 32MB).
+* ``store.commit_interval`` (a duration, default ``1s``) bounds how long a reading waits for
+  its commit; ``store.commit_interval_ms`` (a number of milliseconds) is its older spelling,
+  still accepted, one or the other. ``store.max_pending`` (default 20000) caps the readings
+  held in memory while commits fail (gateway/store.py says what is dropped first).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.config.api import DEFAULT_API_TOKEN_ENV
-from gateway.config.buses import SERIAL_PROTOCOLS, STANDARD_BAUDRATES, TCP_PROTOCOLS, protocol_family
+from gateway.config.buses import STANDARD_BAUDRATES, protocols_for
 from gateway.config.convert import parse_duration
 from gateway.config.loader import load
 from gateway.config.meters import parse_ratio
@@ -115,15 +119,13 @@ def validate_command(path: Path) -> int:
 __all__ = [
     "DEFAULT_API_TOKEN_ENV",
     "PACKAGED_PROFILES_DIR",
-    "SERIAL_PROTOCOLS",
     "SHIPPED_PROFILES_DIR",
     "STANDARD_BAUDRATES",
-    "TCP_PROTOCOLS",
     "load_settings",
     "load_settings_from_text",
     "parse_duration",
     "parse_ratio",
     "profile_search_dirs",
-    "protocol_family",
+    "protocols_for",
     "validate_command",
 ]

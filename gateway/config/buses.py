@@ -1,22 +1,24 @@
-"""The ``buses`` section: serial lines and TCP endpoints, with protocol-dependent defaults."""
+"""The ``buses`` section: serial lines and TCP endpoints, with protocol-dependent defaults.
+
+Which protocols exist, which bus types they ride, and their defaults (baud rate, reply
+timeout, TCP port, whether a TCP bus may run several transactions) come from the protocol
+packages' descriptors (:mod:`drivers.registry`); this module names no protocol.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Final, Literal, cast
 
+from drivers import registry
 from gateway.config.context import LoadContext, peek_text
 from gateway.config.convert import ident
-from gateway.settings import BusProtocol, BusSettings
+from gateway.settings import BusSettings
 from gateway.yamlpos import MapView, as_bool, as_choice, as_float, as_int, as_int_choice, as_text
 
 STANDARD_BAUDRATES: Final = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 """Baud rates a serial bus may use (the standard rates RS-485 meters support)."""
 
-SERIAL_PROTOCOLS: Final = ("modbus-rtu", "dlt645", "dlt645-1997")
-TCP_PROTOCOLS: Final = ("modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997")
-_DEFAULT_BAUD: Final = {"modbus-rtu": 9600, "dlt645": 2400, "dlt645-1997": 1200}
-_DEFAULT_TIMEOUT_MS: Final = {"modbus": 1000, "dlt645": 1500}
 _BUS_COMMON: Final = ("id", "type", "protocol", "timeout_ms", "retries", "inter_frame_ms",
                       "allow_writes", "concurrency", "dead_backoff_s")
 _BUS_KEYS: Final = {
@@ -25,9 +27,14 @@ _BUS_KEYS: Final = {
 }
 
 
-def protocol_family(protocol: str) -> Literal["modbus", "dlt645"]:
-    """``modbus`` for the Modbus protocols, ``dlt645`` for both DL/T 645 editions."""
-    return "dlt645" if protocol.startswith("dlt645") else "modbus"
+def protocols_for(bus_type: str | None) -> tuple[str, ...]:
+    """The installed protocols a bus of ``bus_type`` may speak (every one, serial first, when None)."""
+    serial, tcp = registry.protocol_names("serial"), registry.protocol_names("tcp")
+    if bus_type == "serial":
+        return serial
+    if bus_type == "tcp":
+        return tcp
+    return tuple(dict.fromkeys((*serial, *tcp)))
 
 
 @dataclass
@@ -69,35 +76,40 @@ def load_bus(ctx: LoadContext, m: MapView) -> BusSettings | None:
     """One bus item, with its protocol's defaults; None when it is not usable."""
     bus_id = m.req("id", ident, "a name such as rs485-1")
     btype = m.req("type", as_choice(("serial", "tcp")), "serial or tcp")
-    allowed = TCP_PROTOCOLS if btype == "tcp" else SERIAL_PROTOCOLS
-    every = tuple(dict.fromkeys((*SERIAL_PROTOCOLS, *TCP_PROTOCOLS)))
-    protocol = m.req("protocol", as_choice(every), " | ".join(allowed))
+    allowed = protocols_for(btype if btype == "tcp" else "serial")
+    protocol = m.req("protocol", as_choice(protocols_for(None)), " | ".join(allowed))
     if btype is not None and protocol is not None and protocol not in allowed:
         other = "tcp" if btype == "serial" else "serial"
         m.bad("protocol", f"{protocol} needs a {other} bus; on a {btype} bus use one of "
               f"{', '.join(allowed)}")
         protocol = None
-    family = protocol_family(protocol or "modbus")
-    timeout_ms = m.get("timeout_ms", as_float(1, 60000), float(_DEFAULT_TIMEOUT_MS[family]))
+    variant = registry.variant(protocol) if protocol is not None else None
+    timeout_ms = m.opt("timeout_ms", as_float(1, 60000))
     inter_frame = m.opt("inter_frame_ms", as_float(0, 10000))
-    common = BusSettings(
-        id="", type="serial", protocol="modbus-rtu",
-        timeout_s=timeout_ms / 1000,
-        retries=m.get("retries", as_int(0, 10), 1),
-        inter_frame_s=inter_frame / 1000 if inter_frame is not None else None,
-        allow_writes=m.get("allow_writes", as_bool, False),
-        concurrency=m.get("concurrency", as_int(1, 1000), 1),
-        dead_backoff_s=m.get("dead_backoff_s", as_float(0, 86400), 60.0),
-    )
-    if common.concurrency != 1 and protocol not in (None, "modbus-tcp"):
+    retries = m.get("retries", as_int(0, 10), 1)
+    allow_writes = m.get("allow_writes", as_bool, False)
+    concurrency = m.get("concurrency", as_int(1, 1000), 1)
+    dead_backoff_s = m.get("dead_backoff_s", as_float(0, 86400), 60.0)
+    if concurrency != 1 and variant is not None and not variant.concurrent:
+        several = [v for d in registry.descriptors() for v in d.variants if v.concurrent]
         m.bad("concurrency", f"must be 1 on a {protocol} bus, which carries one transaction at "
-              "a time; only modbus-tcp buses may run several")
-    if bus_id is None or btype is None or protocol is None:
+              f"a time; only {' and '.join(v.name for v in several) or 'no'} buses may run several")
+    if bus_id is None or btype is None or protocol is None or variant is None:
         return None
-    proto = cast(BusProtocol, protocol)
+    if timeout_ms is None:
+        timeout_ms = registry.descriptor_for(protocol).default_timeout_ms
+    common = BusSettings(
+        id=bus_id, type=cast(Literal["serial", "tcp"], btype), protocol=protocol,
+        timeout_s=timeout_ms / 1000,
+        retries=retries,
+        inter_frame_s=inter_frame / 1000 if inter_frame is not None else None,
+        allow_writes=allow_writes,
+        concurrency=concurrency,
+        dead_backoff_s=dead_backoff_s,
+    )
     if btype == "serial":
         port = m.req("port", as_text, "the serial device, e.g. /dev/ttyS1")
-        baud = m.get("baudrate", as_int(), _DEFAULT_BAUD.get(protocol, 9600))
+        baud = m.get("baudrate", as_int(), variant.default_baudrate)
         if baud not in STANDARD_BAUDRATES:
             m.bad("baudrate", f"{baud} is not a standard rate; use one of "
                   f"{', '.join(map(str, STANDARD_BAUDRATES))}")
@@ -109,15 +121,15 @@ def load_bus(ctx: LoadContext, m: MapView) -> BusSettings | None:
                   "bits; use 8")
         if port is None:
             return None
-        return replace(common, id=bus_id, type="serial", protocol=proto, port=port,
+        return replace(common, port=port,
                        baudrate=baud, parity=cast(Literal["N", "E", "O"], parity),
                        stopbits=stopbits, bytesize=bytesize)
     host = m.req("host", as_text, "the IP address or host name")
     tcp_port: int | None
-    if "port" in m or protocol == "modbus-tcp":
-        tcp_port = m.get("port", as_int(1, 65535), 502)
+    if variant.default_tcp_port is not None:
+        tcp_port = m.get("port", as_int(1, 65535), variant.default_tcp_port)
     else:
         tcp_port = m.req("port", as_int(1, 65535), "the TCP port of the serial server")
     if host is None or tcp_port is None:
         return None
-    return replace(common, id=bus_id, type="tcp", protocol=proto, host=host, tcp_port=tcp_port)
+    return replace(common, host=host, tcp_port=tcp_port)

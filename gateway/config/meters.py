@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Final, cast
+from typing import Final
 
 import yaml
 
-from gateway.config.buses import SERIAL_PROTOCOLS, TCP_PROTOCOLS, BusRef, protocol_family
+from drivers import registry
+from gateway.config.buses import BusRef, protocols_for
 from gateway.config.context import LoadContext, peek_text
 from gateway.config.convert import ident, positive_decimal
 from gateway.errors import ConfigError
 from gateway.profiles import available_profiles, is_valid_profile_name, load_profile, profile_file
 from gateway.settings import (
     BillingPlan,
-    BusProtocol,
     BusSettings,
     MeterSettings,
     Profile,
@@ -124,7 +123,7 @@ def load_meters(
         out[mid] = MeterSettings(
             id=mid, customer=customer, bus=bus.id, address=address, profile=profile.name,
             ct_ratio=ct, pt_ratio=pt, schedules=sched, billing=plan,
-            protocol=cast(BusProtocol, override) if override is not None else None,
+            protocol=override,
             rated_voltage_v=rated_v, rated_current_a=rated_a)
     return out, {k: v for k, v in profiles.items() if v is not None}
 
@@ -133,14 +132,11 @@ def meter_protocol(ctx: LoadContext, m: MapView, bus: BusSettings | None) -> str
     """The meter's protocol: its own ``protocol`` override, which must fit the bus, or the bus's."""
     if "protocol" not in m:
         return bus.protocol if bus is not None else None
-    allowed: tuple[str, ...] = TCP_PROTOCOLS if bus is not None and bus.type == "tcp" \
-        else SERIAL_PROTOCOLS
-    if bus is None:
-        allowed = tuple(dict.fromkeys((*SERIAL_PROTOCOLS, *TCP_PROTOCOLS)))
+    allowed = protocols_for(None if bus is None else bus.type)
     protocol = m.opt("protocol", as_choice(allowed))
     if protocol is None or bus is None:
         return None
-    if protocol_family(protocol) != protocol_family(bus.protocol):
+    if registry.descriptor_for(protocol) is not registry.descriptor_for(bus.protocol):
         m.bad("protocol", f'{protocol} does not fit bus "{bus.id}", which speaks {bus.protocol}; '
               "use a protocol of the same family or move the meter to another bus")
         return None
@@ -148,10 +144,10 @@ def meter_protocol(ctx: LoadContext, m: MapView, bus: BusSettings | None) -> str
 
 
 def meter_address(ctx: LoadContext, m: MapView, protocol: str | None) -> str | None:
-    """The meter's address in its protocol's form (Modbus unit id or 12-digit DL/T 645 address)."""
+    """The meter's address in its protocol's form, as the protocol's descriptor parses it."""
     node = m.node("address")
     if node is None:
-        m.req("address", as_text, "the Modbus unit id or the 12-digit DL/T 645 address")
+        m.req("address", as_text, " or ".join(d.address_hint for d in registry.descriptors()))
         return None
     try:
         text = scalar_text(node).strip()
@@ -160,21 +156,11 @@ def meter_address(ctx: LoadContext, m: MapView, protocol: str | None) -> str | N
         return None
     if protocol is None:
         return None
-    if protocol_family(protocol) == "dlt645":
-        if is_plain(node) and text.isdigit() and text.startswith("0"):
-            m.bad("address", f'{text} must be quoted ("{text}"), because YAML reads an unquoted '
-                  "number with leading zeros as a different number")
-            return None
-        if not re.fullmatch(r"\d{12}", text):
-            m.bad("address", f'must be the 12-digit DL/T 645 address such as "123456789012", not '
-                  f'"{text}"')
-            return None
-        return text
-    lo, hi = (0, 255) if protocol == "modbus-tcp" else (1, 247)
-    if not re.fullmatch(r"\d{1,3}", text) or not lo <= int(text) <= hi:
-        m.bad("address", f'must be a Modbus unit id between {lo} and {hi}, not "{text}"')
+    try:
+        return registry.descriptor_for(protocol).parse_address(text, protocol, is_plain(node))
+    except registry.AddressError as exc:
+        m.bad("address", str(exc))
         return None
-    return str(int(text))
 
 
 def meter_schedules(ctx: LoadContext, m: MapView, schedules: dict[str, ScheduleSettings]) -> tuple[str, ...]:
@@ -233,15 +219,15 @@ def meter_profile(
     profile = cache.get(name)
     if profile is None or protocol is None or bus is None:
         return profile
-    family = protocol_family(protocol)
+    descriptor = registry.descriptor_for(protocol)
+    family = descriptor.family
     if profile.protocol != family:
         m.bad("profile", f'"{name}" is a {profile.protocol} profile but the meter speaks '
               f"{protocol} (bus \"{bus.id}\"); choose a {family} profile or put the meter on a "
               f"{profile.protocol} bus")
         return None
-    if protocol == "dlt645-1997" and any(
-            getattr(p, "di", 0) > 0xFFFF for p in profile.points.values()):
-        m.bad("profile", f'"{name}" uses 4-byte DL/T 645-2007 identifiers but the meter speaks '
-              "dlt645-1997; choose a 1997 profile")
+    unfit = descriptor.check_profile(list(profile.points.values()), protocol)
+    if unfit is not None:
+        m.bad("profile", f'"{name}" {unfit}')
         return None
     return profile

@@ -16,10 +16,10 @@ import contextlib
 import logging
 import os
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
-from drivers.simulation.interface import MeterSimulator, SimulatedMeter, SimulatorFactory
+from drivers import registry
+from drivers.simulation.interface import MeterSimulator, SimulatedMeter
 from drivers.simulation.model import MeterModel
 from gateway.aio import wait_event
 from gateway.clock import Clock, ScaledClock
@@ -29,31 +29,6 @@ from gateway.settings import BusSettings, MeterSettings, Settings
 log = logging.getLogger("amr.sim")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def _modbus_factory() -> SimulatorFactory:
-    from drivers.modbus.simulator import serve
-
-    return serve
-
-
-def _dlt645_factory() -> SimulatorFactory:
-    from drivers.dlt645.simulator import serve
-
-    return serve
-
-
-#: Each protocol family's simulator factory, imported only when a bus needs it. The protocol
-#: registry's descriptors will name these (``drivers.<family>.simulator.serve``).
-SIMULATOR_FACTORIES: dict[str, Callable[[], SimulatorFactory]] = {
-    "modbus": _modbus_factory,
-    "dlt645": _dlt645_factory,
-}
-
-
-def _family(protocol: str) -> str:
-    """The protocol package serving ``protocol`` (``modbus-tcp`` → ``modbus``, ``dlt645-1997`` → ``dlt645``)."""
-    return "modbus" if protocol.startswith("modbus") else "dlt645"
 
 
 def meter_seed(seed: int, meter_id: str) -> int:
@@ -98,8 +73,8 @@ class SimulatedFleet:
                 log.warning("bus %s: %s is not a loopback address; not simulated", bus.id, bus.host)
                 continue
             for m in meters:
-                protocol = m.protocol or bus.protocol
-                family = _family(protocol)
+                protocol = registry.meter_protocol(bus, m.protocol)
+                family = registry.descriptor_for(protocol).family
                 by_family.setdefault(family, []).append(SimulatedMeter(
                     id=m.id, protocol=protocol, address=m.address, line=bus.id,
                     link="tcp" if bus.type == "tcp" else "serial",
@@ -110,10 +85,11 @@ class SimulatedFleet:
                 if bus.type == "serial":
                     lines.setdefault(family, {})[bus.id] = bus
         serial_lines: dict[str, BusSettings] = {}
-        for family, factory in SIMULATOR_FACTORIES.items():
+        for descriptor in registry.descriptors():   # each protocol's meters to its simulator
+            family = descriptor.family
             if family not in by_family:
                 continue
-            simulator = await factory()(by_family[family], self.clock, self.tz)
+            simulator = await descriptor.simulator(by_family[family], self.clock, self.tz)
             self._simulators.append(simulator)
             for meter in by_family[family]:
                 self._owner[meter.id] = simulator

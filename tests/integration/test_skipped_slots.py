@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from drivers.registry import create_driver
 from gateway.config import load_settings_from_text
-from gateway.drivers_registry import create_driver
 from gateway.model import iso_utc
 from gateway.polling import BusWorker
 from gateway.runtime import build_meters

@@ -1,0 +1,115 @@
+"""The DL/T 645 protocol package's descriptor: what the gateway core may know of DL/T 645.
+
+Found by :mod:`drivers.registry`. DL/T 645-2007 meters (``dlt645``) keep settlement-day and
+daily freeze records the billing capture reads (:class:`~drivers.base.FreezeRecordReader`);
+the 1997 edition's identifiers for them differ and are not implemented, so ``dlt645-1997``
+does not offer that capability. Both take a broadcast time sync. The driver module is
+imported only when a bus is built or a plan compiled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from drivers.base import BusParams, ClockSetter, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
+from drivers.discovery import Discovery, Progress
+from drivers.dlt645 import profile_schema
+from drivers.dlt645.points import DiPoint
+from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
+from drivers.simulation.interface import MeterSimulator, SimulatedMeter
+from gateway.clock import Clock
+
+_ADDRESS_RE = re.compile(r"\d{12}")
+
+
+def parse_address(text: str, protocol: str, plain: bool) -> str:
+    """The 12-digit meter address, kept as text.
+
+    An unquoted address with leading zeros is refused: YAML (and any other tool reading the
+    file) takes it as a number and drops the zeros.
+    """
+    if plain and text.isdigit() and text.startswith("0"):
+        raise AddressError(f'{text} must be quoted ("{text}"), because YAML reads an unquoted '
+                           "number with leading zeros as a different number")
+    if not _ADDRESS_RE.fullmatch(text):
+        raise AddressError(f'must be the 12-digit DL/T 645 address such as "123456789012", not '
+                           f'"{text}"')
+    return text
+
+
+def compile_plan(points: Sequence[PointDef], options: PlanOptions, protocol: str) -> ReadPlan:
+    """The DL/T 645 read plan of the DI points in ``points`` for the meter's edition."""
+    from drivers.dlt645.plan import compile_plan as compile_dlt645
+
+    dis = [p for p in points if isinstance(p, DiPoint)]
+    return compile_dlt645(dis, protocol="dlt645-1997" if protocol == "dlt645-1997" else "dlt645")
+
+
+def check_profile(points: Sequence[PointDef], protocol: str) -> str | None:
+    """A 1997 meter cannot be read with a profile of 4-byte (2007) identifiers."""
+    if protocol == "dlt645-1997" and any(isinstance(p, DiPoint) and p.di > 0xFFFF for p in points):
+        return "uses 4-byte DL/T 645-2007 identifiers but the meter speaks dlt645-1997; choose a 1997 profile"
+    return None
+
+
+def create_driver(bus: BusParams) -> MeterDriver:
+    """The DL/T 645 driver of one bus (serial port or TCP serial server)."""
+    from drivers.dlt645.driver import create_driver as create_dlt645
+
+    return create_dlt645(bus)
+
+
+def _dlt645_driver(driver: MeterDriver) -> FreezeRecordReader:
+    from drivers.dlt645.driver import Dlt645Driver
+
+    if not isinstance(driver, Dlt645Driver):
+        raise TypeError(f"not a DL/T 645 driver: {type(driver).__name__}")
+    return driver
+
+
+def _clock(driver: MeterDriver) -> ClockSetter:
+    from drivers.dlt645.driver import Dlt645Driver
+
+    if not isinstance(driver, Dlt645Driver):
+        raise TypeError(f"not a DL/T 645 driver: {type(driver).__name__}")
+    return driver
+
+
+async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
+               progress: Progress | None = None) -> list[str]:
+    """``amr-gateway scan``: see :data:`drivers.dlt645.discovery.DISCOVERY` (imported when used)."""
+    from drivers.dlt645.discovery import DISCOVERY
+
+    return await DISCOVERY.scan(driver, wanted, timeout, progress)
+
+
+async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> MeterSimulator:
+    """Simulated DL/T 645 meters (see :func:`drivers.dlt645.simulator.serve`)."""
+    from drivers.dlt645.simulator import serve as serve_dlt645
+
+    return await serve_dlt645(meters, clock, timezone)
+
+
+DESCRIPTOR = ProtocolDescriptor(
+    family="dlt645",
+    title="DL/T 645",
+    rank=10,
+    variants=(
+        ProtocolVariant("dlt645", frozenset({"serial", "tcp"}), default_baudrate=2400,
+                        capabilities=Capabilities(freeze_records=_dlt645_driver, clock=_clock)),
+        ProtocolVariant("dlt645-1997", frozenset({"serial", "tcp"}), default_baudrate=1200,
+                        capabilities=Capabilities(clock=_clock)),
+    ),
+    default_timeout_ms=1500,
+    address_hint="the 12-digit DL/T 645 address",
+    address_option="address",
+    address_metavar="12-DIGITS",
+    parse_address=parse_address,
+    profile=ProfileSchema(profile_schema.TOP_KEYS, profile_schema.parse_points),
+    check_profile=check_profile,
+    compile_plan=compile_plan,
+    create_driver=create_driver,
+    discovery=Discovery(label="address", scan=scan),
+    simulator=serve,
+)

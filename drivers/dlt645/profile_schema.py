@@ -1,0 +1,89 @@
+"""The DL/T 645 part of a meter profile: data identifiers (DIs) and value formats.
+
+A DL/T 645 profile (``protocol: dlt645``)::
+
+    defaults: {side: secondary}
+    points:
+      energy_import_kwh: {di: "00010000", format: XXXXXX.XX, unit: kWh,
+                          side: secondary, block: "0001FF00", index: 0}
+
+Rules checked here: DIs are quoted hex strings (8 digits for 2007, 4 for 1997), formats are
+DL/T 645 value formats, ``index`` only with a ``block``. Point names and units are checked
+by the core's rules (:class:`drivers.registry.ProfileRules`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final, Literal, cast
+
+import yaml
+
+from drivers.base import NO_PLAN_OPTIONS, PlanOptions, PointDef
+from drivers.dlt645.points import DiPoint
+from drivers.dlt645.values import FORMAT_NAMES, parse_format
+from gateway.yamlpos import Invalid, Issues, MapView, as_choice, as_int, as_text, describe
+
+if TYPE_CHECKING:
+    from drivers.registry import ProfileRules
+
+TOP_KEYS: Final = ("name", "protocol", "description", "defaults", "points")
+_DEFAULT_KEYS: Final = ("side",)
+_POINT_KEYS: Final = ("di", "format", "unit", "side", "block", "index")
+_DI_RE = re.compile(r"^(0[xX])?([0-9A-Fa-f]{8}|[0-9A-Fa-f]{4})$")
+_SIDE = as_choice(("secondary", "primary"))
+
+
+def parse_points(top: MapView, node: yaml.Node, issues: Issues,
+                 rules: ProfileRules) -> tuple[dict[str, PointDef], PlanOptions]:
+    """A DL/T 645 profile's points (problems recorded in ``issues``); no plan options."""
+    return dict(_points(top, node, issues, rules)), NO_PLAN_OPTIONS
+
+
+def _di(node: yaml.Node) -> int:
+    if not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str"):
+        raise Invalid(f'must be a quoted hex string such as "00010000", not {describe(node)} '
+                      "(unquoted, YAML may read it as a number)")
+    text = str(node.value).strip()
+    if not _DI_RE.match(text):
+        raise Invalid(f'must be 8 hex digits (DL/T 645-2007) or 4 (DL/T 645-1997) such as '
+                      f'"00010000", not {describe(node)}')
+    return int(text, 16)
+
+
+def _fmt(node: yaml.Node) -> str:
+    text = as_text(node).strip()
+    try:
+        parse_format(text)
+    except ValueError:
+        raise Invalid(f"must be a DL/T 645 value format, one of {', '.join(FORMAT_NAMES)} (± in "
+                      f"front makes a number signed), not {describe(node)}") from None
+    return text
+
+
+def _points(top: MapView, node: yaml.Node, issues: Issues,
+            rules: ProfileRules) -> Iterable[tuple[str, DiPoint]]:
+    dm = MapView(issues, top.node("defaults"), "profile defaults", _DEFAULT_KEYS)
+    d_side = dm.get("side", _SIDE, "secondary")
+    pm = MapView(issues, node, "profile points", None)
+    out: list[tuple[str, DiPoint]] = []
+    for name, value in pm.values.items():
+        if not rules.point_name_ok(issues, pm.keys[name], name):
+            continue
+        m = MapView(issues, value, f"point {name}", _POINT_KEYS)
+        if not m.ok:
+            continue
+        di = m.req("di", _di, 'the data identifier, e.g. "00010000"')
+        fmt = m.req("format", _fmt, "the value format, e.g. XXXXXX.XX")
+        block = m.opt("block", _di)
+        index = m.get("index", as_int(0, 63), 0)
+        if "index" in m and "block" not in m:
+            m.bad("index", "only applies to a block; add block or remove index")
+        unit = rules.unit(m, name)
+        side = cast(Literal["secondary", "primary"], m.get("side", _SIDE, d_side))
+        if di is None or fmt is None:
+            continue
+        out.append((name, DiPoint(name=name, di=di, fmt=fmt, unit=unit, side=side, block=block,
+                                  index=index)))
+    return out

@@ -1,0 +1,83 @@
+"""The Modbus protocol package's descriptor: what the gateway core may know of Modbus.
+
+Found by :mod:`drivers.registry` (it walks ``drivers/*`` for ``descriptor`` modules). The
+driver itself (:mod:`drivers.modbus.driver`, which pulls in the transports) is imported only
+when a bus is built, so loading a configuration stays light.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from drivers.base import BusParams, MeterDriver, PlanOptions, PointDef, ReadPlan
+from drivers.modbus import discovery, profile_schema
+from drivers.modbus.points import ModbusLimits, RegisterPoint
+from drivers.registry import AddressError, ProfileSchema, ProtocolDescriptor, ProtocolVariant
+from drivers.simulation.interface import MeterSimulator, SimulatedMeter
+from gateway.clock import Clock
+
+_UNIT_RE = re.compile(r"\d{1,3}")
+
+
+def parse_address(text: str, protocol: str, plain: bool) -> str:
+    """A unit id as decimal text: 1–247 on a serial line, 0–255 over ``modbus-tcp``.
+
+    (0 and 255 address the TCP device itself.) ``plain`` does not matter: a unit id is a
+    number however it is written.
+    """
+    lo, hi = (0, 255) if protocol == "modbus-tcp" else (1, 247)
+    if not _UNIT_RE.fullmatch(text) or not lo <= int(text) <= hi:
+        raise AddressError(f'must be a Modbus unit id between {lo} and {hi}, not "{text}"')
+    return str(int(text))
+
+
+def compile_plan(points: Sequence[PointDef], options: PlanOptions, protocol: str) -> ReadPlan:
+    """The Modbus read plan of the register points in ``points`` within the profile's limits."""
+    from drivers.modbus.plan import compile_plan as compile_modbus
+
+    regs = [p for p in points if isinstance(p, RegisterPoint)]
+    limits = options if isinstance(options, ModbusLimits) else ModbusLimits()
+    return compile_modbus(regs, limits)
+
+
+def check_profile(points: Sequence[PointDef], protocol: str) -> str | None:
+    """Every Modbus profile serves every Modbus variant."""
+    return None
+
+
+def create_driver(bus: BusParams) -> MeterDriver:
+    """The Modbus driver of one bus (lean engine)."""
+    from drivers.modbus.driver import create_driver as create_modbus
+
+    return create_modbus(bus)
+
+
+async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> MeterSimulator:
+    """Simulated Modbus meters (see :func:`drivers.modbus.simulator.serve`)."""
+    from drivers.modbus.simulator import serve as serve_modbus
+
+    return await serve_modbus(meters, clock, timezone)
+
+
+DESCRIPTOR = ProtocolDescriptor(
+    family="modbus",
+    title="Modbus",
+    rank=0,
+    variants=(
+        ProtocolVariant("modbus-rtu", frozenset({"serial"}), default_baudrate=9600),
+        ProtocolVariant("modbus-tcp", frozenset({"tcp"}), default_tcp_port=502, concurrent=True),
+        ProtocolVariant("modbus-rtu-over-tcp", frozenset({"tcp"})),
+    ),
+    default_timeout_ms=1000,
+    address_hint="the Modbus unit id",
+    address_option="unit",
+    address_metavar="N",
+    parse_address=parse_address,
+    profile=ProfileSchema(profile_schema.TOP_KEYS, profile_schema.parse_points),
+    check_profile=check_profile,
+    compile_plan=compile_plan,
+    create_driver=create_driver,
+    discovery=discovery.DISCOVERY,
+    simulator=serve,
+)
