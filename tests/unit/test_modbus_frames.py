@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pymodbus.framer.rtu import FramerRTU
 
 from drivers.modbus.frames import crc16, mbap_frame, mbap_header, rtu_frame, scan_rtu_reply
-from drivers.modbus.precise import PreciseTimer
+from drivers.transport.precise import PreciseTimer
 
 # Modbus over Serial Line v1.02 / common documentation example: read 10 holding registers.
 REQUEST = bytes.fromhex("01030000000AC5CD")
