@@ -164,7 +164,7 @@ class ScriptedTcpTransport(asyncio.Transport):
         self.writes = writes
         self.closed = False
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         tid = struct.unpack_from(">H", bytes(data))[0]
         n = len(self.writes)
         self.writes.append(tid)
