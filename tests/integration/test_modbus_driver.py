@@ -389,18 +389,24 @@ async def test_a_truncated_tcp_reply_then_a_timeout_does_not_poison_the_next_rea
     announces the whole ADU) and answers every later request whole. Scripted by necessity:
     no real Modbus server (pymodbus's, our simulator) can be told to cut a reply short."""
     requests: list[int] = []
+    served = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                head = await reader.readexactly(7)
-                tid, _proto, length, unit = struct.unpack(">HHHB", head)
-                await reader.readexactly(length - 1)
-                requests.append(tid)
-                adu = struct.pack(">HHHB", tid, 0, 5, unit) + b"\x03\x02\x00\x07"
-                writer.write(adu[:8] if len(requests) == 1 else adu)
-                await writer.drain()
-        writer.close()
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while True:
+                    head = await reader.readexactly(7)
+                    tid, _proto, length, unit = struct.unpack(">HHHB", head)
+                    await reader.readexactly(length - 1)
+                    requests.append(tid)
+                    adu = struct.pack(">HHHB", tid, 0, 5, unit) + b"\x03\x02\x00\x07"
+                    writer.write(adu[:8] if len(requests) == 1 else adu)
+                    await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            served.set()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -414,6 +420,8 @@ async def test_a_truncated_tcp_reply_then_a_timeout_does_not_poison_the_next_rea
             assert result["frequency_hz"].quality == "good" and result["frequency_hz"].raw == Decimal(7)
     finally:
         await driver.close()
+        async with asyncio.timeout(5):
+            await served.wait()                             # the peer saw the connection end
         server.close()
         await server.wait_closed()
     assert len(requests) == 4
