@@ -4,9 +4,10 @@ The pipes (:mod:`drivers.transport`) do the I/O, the line timing and the drain r
 this module brings what is Modbus about it:
 
 * :class:`RtuMatcher` — where an RTU reply is in the received bytes: the read's function
-  (or its exception), its byte count, a valid CRC; a complete frame from another unit id
-  is skipped (never taken as this reply), and a timeout after only such frames is a
-  WrongAddressError;
+  (or its exception), its byte count, a valid CRC; a complete frame from another unit id,
+  or a complete reply to another request (another function or length: a late reply), is
+  skipped (never taken as this reply) and the wait goes on; a timeout after only such
+  frames is a WrongAddressError (another unit) or a FrameError (another request);
 * :class:`RtuLink` — RTU requests (unit + PDU + CRC) over a serial pipe (t3.5 kept by the
   pipe) or a TCP stream to a serial server;
 * :class:`MbapFraming` / :class:`TcpMatcher` / :class:`TcpLink` — Modbus TCP: the MBAP
@@ -34,6 +35,7 @@ from drivers.modbus.frames import (
     EXCEPTION_ADVICE,
     EXCEPTION_NAMES,
     MBAP_LEN,
+    find_any_read_reply,
     mbap_frame,
     mbap_header,
     rtu_frame,
@@ -86,7 +88,7 @@ class Link(Protocol):
 class RtuMatcher:
     """The RTU reply to one read request in a receive buffer (see module doc)."""
 
-    __slots__ = ("count", "foreign", "function", "serial", "unit", "where")
+    __slots__ = ("count", "foreign", "function", "serial", "stale", "unit", "where")
 
     def __init__(self, unit: int, function: int, count: int, where: str, *, serial: bool = True) -> None:
         self.unit = unit
@@ -95,14 +97,21 @@ class RtuMatcher:
         self.where = where
         self.serial = serial
         self.foreign: int | None = None     # unit id of the last reply from another unit
+        self.stale: str | None = None       # the last reply to another request, described
 
     def __call__(self, buf: bytearray) -> Cut:
         """Find the reply: a CRC-valid frame of this function and length from this unit."""
         status, reply = scan_rtu_reply(buf, self.unit, self.function, self.count)
-        if status == "partial":
+        if status == "partial" or not buf:
             return MORE
         if reply is None:
-            return GARBAGE
+            other = find_any_read_reply(buf)
+            if other is None:
+                return GARBAGE
+            start, end, unit, fn = other
+            self.stale = f"function {fn}, {end - start} bytes from unit {unit}"
+            return Cut("skip", 0, end, f"a reply to another request ({self.stale}) while unit "
+                                       f"{self.unit} was asked for function {self.function}")
         if reply.unit != self.unit:
             self.foreign = reply.unit
             return Cut("skip", 0, reply.end, f"a reply from unit {reply.unit} while unit {self.unit} was asked")
@@ -112,6 +121,10 @@ class RtuMatcher:
         """Silence, an incomplete reply, garbage, or only other units' replies."""
         unit = self.unit
         if not pending:
+            if self.stale is not None and self.foreign is None:
+                return FrameError(
+                    f"only a reply to another request ({self.stale}) arrived while unit {unit} "
+                    f"was asked on {self.where}: a late reply, or another master on the bus")
             if self.foreign is not None:
                 return WrongAddressError(
                     f"a reply from unit {self.foreign} arrived while unit {unit} was asked on "

@@ -249,7 +249,9 @@ class ExchangePipe:
             if status == "skip" and cut[2] > 0:
                 self._skipped(cut)
                 del buf[:cut[2]]
-                continue
+                if buf:
+                    continue
+                status = "more"             # nothing left to judge: wait for the reply
             break
         if self._garbage_handle is not None:
             self._garbage_handle.cancel()

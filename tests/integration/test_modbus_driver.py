@@ -224,6 +224,28 @@ async def test_garbled_rtu_line_is_frame_error_and_port_stays_usable(
             await driver.close()
 
 
+async def test_a_late_rtu_reply_is_skipped_not_taken_for_the_next_request() -> None:
+    """A slow meter on a pty (the simulator answers 0.25 s after each request): the first
+    read (2 registers) times out at 0.1 s, the second (4 registers) is sent at once, so the
+    late reply to the first arrives while the second waits. It is dropped and counted, and
+    the second read gets its own reply."""
+    spec = SimMeterSpec(id="slow", protocol="modbus-rtu", unit=5, profile=PROFILE, seed=2, turnaround_s=0.25)
+    first = compile_plan([rp("energy_import_kwh", 0, "u32", "0.01")], ModbusLimits())
+    async with ModbusSimulator([spec], StillClock(1.77e9)) as sim:
+        driver = _driver_for(sim, "slow")
+        try:
+            with pytest.raises(ReadTimeout):
+                await driver.read("5", first, 0.1)
+            result = await driver.read("5", sim_plan(), 1.0)
+            pipe = driver.link.pipe                                # type: ignore[attr-defined]
+            assert pipe.stats["skipped_frames"] == 1
+        finally:
+            await driver.close()
+        want = sim.model("slow").values_at(1.77e9)
+    assert result["energy_import_kwh"].raw == want["energy_import_kwh"]
+    assert result["voltage_v_l1"].quality == "good"
+
+
 @pytest.mark.parametrize(("transport", "unit", "advice"), [
     ("rtu", "5", "the wiring \\(A/B\\), the baud rate and the parity"),
     ("tcp", "1", "the device or Modbus gateway behind it is powered"),
