@@ -386,3 +386,25 @@ def test_only_foreign_frames_are_a_wrong_address_error_not_a_reply() -> None:
             await dlt_exchange(refused, read_request(ADDR, DI))
 
     asyncio.run(run())
+
+
+def test_concurrent_exchanges_on_one_pipe_take_turns() -> None:
+    """Two callers on one pipe (a misbehaving caller: the bus worker serialises): each gets
+    its own reply, and the second request is written only after the first reply came."""
+    replies = {5: b"\x00\x05", 6: b"\x00\x06"}
+    order: list[int] = []
+
+    def answer(req: bytes) -> list[bytes | None]:
+        order.append(req[0])
+        return [rtu_reply(req[0], 3, replies[req[0]])]
+
+    async def run() -> None:
+        link = RtuLink(ExchangePipe(ScriptedChannel([answer, answer]), LineTiming()))
+        async with asyncio.timeout(5):       # a lost caller would wait forever
+            a, b = await asyncio.gather(link.transact(5, read_of(3, 1), 1.0),
+                                        link.transact(6, read_of(3, 1), 1.0))
+        assert (a, b) == (replies[5], replies[6])
+        assert order == [5, 6]
+        await link.close()
+
+    asyncio.run(run())
