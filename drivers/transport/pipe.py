@@ -175,6 +175,7 @@ class ExchangePipe:
         self._garbage_handle: asyncio.TimerHandle | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._skip_logged = False
+        self._turn = asyncio.Lock()   # one request on the line at a time, whoever calls
         #: counters for diagnostics and the benchmark
         self.stats = {"requests": 0, "timeouts": 0, "frame_errors": 0, "skipped_frames": 0,
                       "skipped_bytes": 0, "late_bytes": 0, "drains": 0}
@@ -334,13 +335,21 @@ class ExchangePipe:
 
     async def send(self, request: bytes) -> None:
         """Send a request that gets no reply; the next one waits ``turnaround_s`` more."""
-        await self._ready()
-        tx_s = self._write(request)
-        self._quiet_at = time.monotonic() + tx_s + max(self.timing.silence_s, self.timing.turnaround_s)
+        async with self._turn:
+            await self._ready()
+            tx_s = self._write(request)
+            self._quiet_at = time.monotonic() + tx_s + max(self.timing.silence_s, self.timing.turnaround_s)
 
     async def exchange(self, request: bytes, match: ReplyMatcher, timeout: float, *,
                        reply_s: float = 0.0) -> bytes:
-        """Send ``request``; return the bytes ``match`` calls its reply (see the module doc)."""
+        """Send ``request``; return the bytes ``match`` calls its reply (see the module doc).
+
+        Concurrent callers are served one after the other.
+        """
+        async with self._turn:
+            return await self._exchange(request, match, timeout, reply_s)
+
+    async def _exchange(self, request: bytes, match: ReplyMatcher, timeout: float, reply_s: float) -> bytes:
         await self._ready()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bytes] = loop.create_future()
