@@ -19,6 +19,7 @@ from drivers.dlt698 import profile_schema
 from drivers.dlt698.catalogue import OadPoint
 from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
+from drivers.transport.pipe import BytePipe
 from gateway.clock import Clock
 
 _ADDRESS_RE = re.compile(r"\d{12}")
@@ -54,6 +55,14 @@ def create_driver(bus: BusParams) -> MeterDriver:
     from drivers.dlt698.driver import create_driver as create_dlt698
 
     return create_dlt698(bus)
+
+
+def create_driver_on(bus: BusParams, pipe: BytePipe) -> MeterDriver:
+    """The DL/T 698.45 driver on a byte pipe its bus owns (a line shared with other protocols:
+    its frames carry their length and its replies are matched by address, client and PIID)."""
+    from drivers.dlt698.driver import Dlt698Driver
+
+    return Dlt698Driver(bus, pipe=pipe)
 
 
 def _events(driver: MeterDriver) -> EventCounterReader:
@@ -113,4 +122,5 @@ DESCRIPTOR = ProtocolDescriptor(
     create_driver=create_driver,
     discovery=Discovery(label="address", scan=scan, describe=describe),
     simulator=serve,
+    create_driver_on=create_driver_on,
 )
