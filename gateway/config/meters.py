@@ -129,7 +129,11 @@ def load_meters(
 
 
 def meter_protocol(ctx: LoadContext, m: MapView, bus: BusSettings | None) -> str | None:
-    """The meter's protocol: its own ``protocol`` override, which must fit the bus, or the bus's."""
+    """The meter's protocol: its own ``protocol`` override, which must fit the bus, or the bus's.
+
+    An override of another family fits a serial bus when both protocols can share a line
+    (a mixed RS-485 bus, :func:`drivers.registry.create_bus_drivers`).
+    """
     if "protocol" not in m:
         return bus.protocol if bus is not None else None
     allowed = protocols_for(None if bus is None else bus.type)
@@ -137,8 +141,12 @@ def meter_protocol(ctx: LoadContext, m: MapView, bus: BusSettings | None) -> str
     if protocol is None or bus is None:
         return None
     if registry.descriptor_for(protocol) is not registry.descriptor_for(bus.protocol):
+        if bus.type == "serial" and registry.shares_line(protocol) and registry.shares_line(bus.protocol):
+            return protocol
+        sharing = [p for p in registry.protocol_names("serial") if registry.shares_line(p)]
         m.bad("protocol", f'{protocol} does not fit bus "{bus.id}", which speaks {bus.protocol}; '
-              "use a protocol of the same family or move the meter to another bus")
+              "use a protocol of the same family or move the meter to another bus (only a serial "
+              f"bus carries meters of several protocols, and only of {', '.join(sharing) or 'none'})")
         return None
     return protocol
 
