@@ -91,7 +91,8 @@ async def read_once(args: argparse.Namespace) -> int:
 async def _read(bus: BusSettings, meter: MeterSettings, profile: Profile) -> int:
     names = list(profile.points)
     plan = compile_meter_plan(bus, meter, profile, names)
-    driver = registry.create_driver(bus)
+    protocol = registry.meter_protocol(bus, meter.protocol)
+    driver = registry.create_bus_drivers(bus, {protocol})[protocol]   # a meter of a mixed bus: its own
     try:
         await driver.open()
         results = await driver.read(meter.address, plan, bus.timeout_s)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from drivers.base import ReadPlan
-from drivers.registry import create_driver
+from drivers.registry import create_bus_drivers
 from gateway import __version__
 from gateway.api.routes_billing import install_billing_routes
 from gateway.api.routes_events import install_event_routes
@@ -193,9 +193,10 @@ class Gateway:
             on_bus = [m for m in self.meters.values() if m.settings.bus == bus.id]
             if not on_bus:
                 continue
+            drivers = create_bus_drivers(bus, {m.settings.protocol or bus.protocol for m in on_bus})
             self.workers[bus.id] = BusWorker(
-                bus, create_driver(bus), store, self.clock, shared=len(on_bus) > 1,
-                observers=self.observers, limiter=limiter if bus.type == "tcp" else None,
+                bus, drivers[bus.protocol], store, self.clock, shared=len(on_bus) > 1,
+                observers=self.observers, limiter=limiter if bus.type == "tcp" else None, drivers=drivers,
             )
         self.core = core = Core(s, self.clock, store, self.meters, self.workers, self.observers)
         self.review = ReviewEngine(core)
