@@ -14,10 +14,11 @@ request is a frame to the meter's single address (FE×4 wake-up, client address
 * a meter that refuses NormalList — a DAR for every OAD of a list whose first OAD it gives
   as a single GET-Request-Normal, an ERROR-Response to the list, or silence to the list while
   it answers a single GET — is read one OAD per GET-Request-Normal from then on (for the
-  driver's life), logged once per meter. Silence is checked that way only for a meter that
-  never answered a list on this driver, and at most once per :data:`SILENCE_RECHECK_S` while
-  it stays silent to the check too, so a dead meter costs one extra timeout per ten minutes,
-  not one per poll;
+  driver's life), logged once per meter. Silence is told from a dead meter without an extra
+  request: after a meter that never answered a list is silent to one, its next read (the bus
+  worker's retry, or a later poll) asks a single GET in its place; silence to that ends the
+  read as a list's would, an answer is followed by the list, and silence to the list then
+  is a refusal;
 * freeze records (:meth:`read_settlement` 5005 by n-th last, :meth:`read_daily_freeze`
   5004 by freeze time — the record is asked for by its time, so a gap in the meter's log
   can never shift a value to the wrong day, and the returned time is the meter's);
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Collection, Sequence
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
@@ -90,10 +90,6 @@ PREAMBLE: Final = 4
 REPLY_BUDGET: Final = 600
 #: Slack for inter-byte gaps and the OS (no public 698.45 timing figure; DL/T 645's).
 REPLY_MARGIN_S: Final = 0.05
-#: A meter silent to a NormalList and to the single GET that checked it is checked again
-#: after this long at the earliest (a dead meter's extra cost; a list-silent meter that was
-#: off at start is found within it).
-SILENCE_RECHECK_S: Final = 600.0
 
 
 def _pipe(bus: BusParams) -> BytePipe:
@@ -127,8 +123,8 @@ class Dlt698Driver:
         self.singles: set[str] = set()
         #: meters that answered a NormalList with data on this driver
         self._lists_ok: set[str] = set()
-        #: meters silent to a list and to its single-GET check: when (monotonic) they last were
-        self._silent_at: dict[str, float] = {}
+        #: meters whose last NormalList went unanswered and that never answered one
+        self._list_silent: set[str] = set()
         bits = 1 + bus.bytesize + (0 if bus.parity == "N" else 1) + bus.stopbits
         self._char_s = bits / max(1, bus.baudrate) if bus.type == "serial" else 0.0
 
@@ -172,6 +168,15 @@ class Dlt698Driver:
                           timeout: float) -> dict[int, Result | Exception]:
         """Each batch in one NormalList; a refusal of the first falls back to single reads."""
         got: dict[int, Result | Exception] = {}
+        key = server.text
+        checked = False
+        if key in self._list_silent:
+            # its last list went unanswered and it never answered one: this read asks a single
+            # GET instead (silence ends the read at one request's cost, as a list's would); if
+            # it answers, the list that follows tells whether it refuses lists
+            self._list_silent.discard(key)
+            await self.get(server, GetNormal(0, plan.batches[0][0]), timeout)
+            checked = True
         for k, batch in enumerate(plan.batches):
             try:
                 resp = await self.get(server, GetNormalList(0, batch), timeout)
@@ -179,8 +184,13 @@ class Dlt698Driver:
                 if k > 0:
                     got.update({oad: exc for oad in batch})
                     continue
-                how = {ReadTimeout: "was silent to", DeviceException: "answered with an ERROR-Response"}.get(type(exc))
-                if how is not None and await self._refuses_lists(server, batch[0], timeout, how):
+                if isinstance(exc, ReadTimeout) and key not in self._lists_ok:
+                    if checked:
+                        self._use_singles(key, "was silent to")
+                        return await self._read_singles(server, _oads(plan), timeout)
+                    self._list_silent.add(key)
+                elif isinstance(exc, DeviceException) and await self._refuses_lists(
+                        server, batch[0], timeout, "answered with an ERROR-Response"):
                     return await self._read_singles(server, _oads(plan), timeout)
                 raise
             if not isinstance(resp, GetResponseNormalList):
@@ -191,37 +201,31 @@ class Dlt698Driver:
                 if not data and len(batch) > 1 and await self._refuses_lists(
                         server, batch[0], timeout, "gave a DAR for every OAD of"):
                     return await self._read_singles(server, _oads(plan), timeout)
-                if data:
-                    self._lists_ok.add(server.text)
+                self._lists_ok.add(server.text)       # it answered a list in its own right
             got.update(results)
         return got
 
     async def _refuses_lists(self, server: ServerAddress, oad: int, timeout: float, how: str) -> bool:
-        """True, and the meter is read one OAD per request from now on, when it answers a single
-        GET of ``oad`` after it ``how`` a NormalList (silence: any answer; a DAR list: data)."""
+        """True, and the meter is read one OAD per request from now on, when a single GET of
+        ``oad`` gives data after it ``how`` a NormalList (a DAR list, an ERROR-Response)."""
         key = server.text
-        silent = how.startswith("was silent")
         if key in self._lists_ok:
-            return False
-        last = self._silent_at.get(key)
-        if silent and last is not None and time.monotonic() - last < SILENCE_RECHECK_S:
             return False
         try:
             resp = await self.get(server, GetNormal(0, oad), timeout)
-        except ReadTimeout:
-            self._silent_at[key] = time.monotonic()
+        except (ReadTimeout, FrameError, DeviceException):
             return False
-        except (FrameError, DeviceException):
+        if not isinstance(resp, GetResponseNormal) or not isinstance(resp.result, Data):
+            self._lists_ok.add(key)   # the DARs are the meter's own: it lacks those objects
             return False
-        if not isinstance(resp, GetResponseNormal) or (not silent and not isinstance(resp.result, Data)):
-            if not silent:
-                self._lists_ok.add(key)   # the DARs are the meter's own: it lacks those objects
-            return False
+        self._use_singles(key, how)
+        return True
+
+    def _use_singles(self, key: str, how: str) -> None:
         self.singles.add(key)
         log.warning("meter %s on bus %s %s a GET-Request-NormalList but answers single GET-Request-Normal: "
                     "reading it one OAD per request from now on (slower; a firmware update may add lists)",
                     key, self.bus.id, how)
-        return True
 
     async def _read_singles(self, server: ServerAddress, oads: Sequence[int],
                             timeout: float) -> dict[int, Result | Exception]:
@@ -282,7 +286,6 @@ class Dlt698Driver:
                 raise DeviceException(resp.error, resp.name,
                                       f"meter {frame.server.text} could not take {what}: {resp.name}")
             self.last_server = frame.server
-            self._silent_at.pop(frame.server.text, None)
             return resp
 
     async def _rows(self, address: str, req: GetRecord, timeout: float) -> list[dict[int, Data]]:
