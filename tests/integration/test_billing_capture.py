@@ -27,6 +27,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.billing.rehearsal import HoldingClock
 from gateway.model import loads_exact, parse_iso
 from gateway.runtime import Gateway
@@ -158,6 +160,7 @@ async def test_gateway_down_across_a_boundary_catches_up_at_start(tmp_path: Path
         assert stamp(doc["read_at"]) >= restarted
 
 
+@pytest.mark.slow                   # about 10 s of accelerated clock
 async def test_one_hour_outage_shows_missing_slots_and_a_spans_gap_interval(tmp_path: Path) -> None:
     settings, config = rehearsal_settings(tmp_path)
     t0 = local(2026, 12, 5, 9, 50)

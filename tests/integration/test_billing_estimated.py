@@ -43,6 +43,8 @@ from gateway.simulator.fleet import SimulatedFleet
 from tests.billingkit import SH, api_get, capture_of, export, local, quality, rehearsal_settings, shown
 from tests.servicefixtures import await_until
 
+pytestmark = pytest.mark.slow      # 12–17 s per case: a boundary and its retries on a real fleet
+
 FLAKY = ("d1", "m2")
 
 

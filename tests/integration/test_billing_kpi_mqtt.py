@@ -27,6 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import pytest
 
 from gateway.billing.kpi import COUNT_KEYS
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
@@ -42,6 +43,8 @@ from tests.servicefixtures import (  # noqa: F401  (fixtures)
     _mosquitto_fixture,
     await_until,
 )
+
+pytestmark = pytest.mark.slow      # about 30 s: two simulated days, real MQTT
 
 SH = ZoneInfo("Asia/Shanghai")
 TOKEN = "billing-kpi-token"
