@@ -1,6 +1,6 @@
 """From a driver's raw point results to a :class:`~gateway.model.Reading`.
 
-This is the only place a multiplier is applied. Terminal practice (billing-practice.md §3):
+This is the only place a multiplier is applied. Terminal practice (docs/billing-rules.md §3):
 voltage × PT, current × CT, power/energy/demand × CT × PT, power factor and frequency never —
 and only for points the profile marks ``side: secondary``. ``raw`` always keeps what the
 meter showed. Values outside a physical range are kept as raw but flagged ``invalid``.

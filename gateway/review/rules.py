@@ -1,7 +1,7 @@
 """Review rules: pure functions from (per-meter state, one reading) to review events.
 
 What a reviewer must be told (SPEC "Review events"), modelled on the Q/GDW 1376.1 ERC
-records a special-transformer terminal raises (billing-practice.md §5):
+records a special-transformer terminal raises (docs/billing-rules.md §5):
 
 ==================  ===========  ====================================================
 event               ERC          raised when
@@ -83,7 +83,7 @@ POWER_SAMPLES_KEPT: Final = 256
 class ReviewThresholds:
     """Every threshold of the review rules, with its unit (defaults follow 1376.1 practice).
 
-    1376.1 implementations disagree on units (billing-practice.md §5, "Units caveat"), so
+    1376.1 implementations disagree on units (docs/billing-rules.md §5, "Units caveat"), so
     each field names its unit in its name or its comment and nothing is implied.
     """
 

@@ -49,7 +49,7 @@ METER_DEAD = "000000000003"
 
 
 # ---------------------------------------------------------------------------------------
-# wire formulas against reference/serial-timing.md
+# wire formulas against docs/protocols/serial-timing.md
 # ---------------------------------------------------------------------------------------
 
 
