@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import AmrError, ConfigError
+from gateway.sinkdrop import add_sink_command, cmd_sink_drop
 
 log = logging.getLogger("amr.cli")
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="settlements: every settlement revision (default); stages: stage consumption per "
                           "register with both ends' qualities and the reconciliation flag")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    add_sink_command(sub)
     return p
 
 
@@ -137,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
-        "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export,
+        "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
     }
     try:
         return commands[args.command](args)

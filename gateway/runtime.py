@@ -110,6 +110,9 @@ class Gateway:
         s = self.settings
         self.started_at = self.clock.time()
         self.store = await Store.open(self.store_path, s.store, s.gateway.id)
+        from gateway.sinks.delivery import configured_sinks
+
+        self.store.declare_sinks(*configured_sinks(s))   # retention holds their rows from now on
         await self._audit_ratios()
         self.meters = build_meters(s)
         tcp_buses = sum(1 for b in s.buses.values() if b.type == "tcp")

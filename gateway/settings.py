@@ -175,8 +175,10 @@ class StoreSettings:
     """The ``store`` section: durability, storage cap and retention."""
 
     synchronous: Literal["NORMAL", "FULL"] = "FULL"
-    commit_interval_s: float = 0.02
+    commit_interval_s: float = 1.0    # a reading is committed within this (store.commit_interval)
     max_bytes: int | None = None
+    min_free_bytes: int = 32_000_000  # below this much free disk space the store is "full"
+    max_pending: int = 20_000         # readings held in memory while commits fail, at most
     retention_realtime_days: float = 14
     retention_interval_days: float = 400
 

@@ -14,22 +14,49 @@ Design constraints (what every other module may rely on)
    few messages, never skips one.
 4. **Nothing undelivered is purged.** Retention (default 14 days for realtime samples,
    400 days for interval readings, settlements and events) and the storage cap only ever
-   delete rows at or below every registered sink's cursor. Settlement rows are never
-   deleted by the cap.
-5. **One writer.** All writes go through one thread with one connection (SQLite allows one
-   writer anyway); readers (API, sinks) use a second connection in their own thread, which
-   WAL lets run beside the writer without blocking it.
+   delete rows at or below the cursor of *every* sink with a durable cursor, enabled or
+   disabled, configured or left from an earlier configuration. Before the runtime has
+   declared the configured sinks (:meth:`Store.declare_sinks`) a store without any cursor
+   deletes nothing. Only ``amr-gateway sink drop NAME`` (audited) lets a sink's backlog
+   go. Settlement rows are never deleted by the cap.
+5. **One writer.** One task, the writer loop, owns every commit: readings, messages
+   (settlements, events, KPIs) and cursor saves are queued and it commits them, in queue
+   order, on one thread with one connection (SQLite allows one writer anyway); the
+   readings of a failed commit are retried by the same loop (7 says when any are
+   dropped), and a message that cannot be written at all (its payload does not render)
+   is refused alone, never holding back the others. Readers (API, sinks)
+   use a second connection in their own thread, which WAL lets run beside the writer.
+   :meth:`Store.write` runs other modules' transactions (billing, review tables) on the
+   same writer thread, so they too are serialised with the commits.
+6. **Bounded delay.** A reading is committed within ``store.commit_interval`` (default
+   1 s) of being queued, whatever comes after it, as long as the disk takes writes: the
+   writer never waits for a later append to commit an earlier one.
+7. **Bounded memory, drops counted.** While commits fail (a full disk) readings stay
+   queued and are retried every ``store.commit_interval``; at most ``store.max_pending``
+   of them are held (plus what arrives during one commit attempt). Beyond that, queued
+   realtime samples are dropped first, then interval readings, then any other (``keep``)
+   readings, the oldest of each first; every drop is counted in :attr:`Store.dropped`
+   (health and metrics) and the first of a spell is logged once. Settlements, events and
+   KPIs are never queued for long: their commit fails to the caller, which keeps them.
+8. **Pressure** (``ok``, ``near_cap``, ``full``) reads the store's size against
+   ``store.max_size`` *and* the free space of its filesystem against ``store.min_free``
+   (``full`` below it, ``near_cap`` below twice it), and is ``full`` from a commit the
+   disk refused until one succeeds. The scheduler pauses realtime polling first, interval
+   polling when full. Each change of state is logged once.
 
 Durability (the promise, also in the README)
 --------------------------------------------
-SQLite in WAL mode. Appends are *group-committed*: readings submitted within
-``store.commit_interval_ms`` (default 20 ms) share one transaction. With the default
-``synchronous=FULL`` every commit fsyncs the WAL, so a committed reading survives both
-``kill -9`` and a power loss; what can be lost is only what had not yet committed (at most
-one commit interval of polls, which were never acknowledged to anyone). With
+SQLite in WAL mode. Appends are *group-committed*: the writer gathers what arrives for
+:data:`GROUP_COMMIT_S` (20 ms), or ``store.commit_interval`` when that is shorter, into one
+transaction (``store.commit_interval_ms``, the older key, sets the same bound in
+milliseconds). A message (settlement, event, KPI) and :meth:`Store.flush` skip the wait.
+With the default ``synchronous=FULL`` every commit fsyncs the WAL, so a committed reading
+survives both ``kill -9`` and a power loss; what can be lost is only what had not yet
+committed (at most one group of polls, which were never acknowledged to anyone). With
 ``synchronous=NORMAL`` a commit survives ``kill -9`` but the last transactions before a
 power loss may roll back (the database itself stays consistent). Sink cursors are written
-with the next group commit, so a crash can only make a sink resend, never skip.
+with the next commit (a cursor-only commit when nothing else is queued) and kept for the
+following one when a commit fails, so a crash can only make a sink resend, never skip.
 
 Schema
 ------
@@ -47,8 +74,15 @@ Schema
            payload TEXT)        the JSON document sinks publish, verbatim, seq inside
         index outbox_meter_kind_slot(meter, kind, slot)
     sink_cursor(sink TEXT PRIMARY KEY, acked_seq INTEGER)
+                        one row per sink ever declared or registered, until sink drop
+                        forgets it
     audit(id INTEGER PRIMARY KEY, ts REAL, meter TEXT, kind TEXT, detail TEXT)
-                        configuration changes that matter to billing (CT/PT ratio changes)
+                        changes that matter to billing (ratio_change: CT/PT) and to
+                        delivery (sink_drop: a sink's backlog discarded)
+
+Beside the database, ``<store>.lock``: every open store holds a shared ``flock`` on it, so
+``amr-gateway sink drop`` (gateway/sinkdrop.py), which must have the store to itself, can
+refuse to run beside a gateway.
 
 Other modules (billing) keep their own tables in the same database through
 :meth:`Store.write` / :meth:`Store.read`, which run a function on the writer or reader
@@ -59,6 +93,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -80,6 +115,9 @@ SCHEMA_VERSION = 1
 RENDERED_KEPT = 4096
 """Rendered rows kept per sink (:meth:`Store.render_on_commit`): four seconds at 1,000
 readings/s, far more than a live sink lags; about 1 MB of InfluxDB lines."""
+GROUP_COMMIT_S = 0.02
+"""How long the writer gathers appends into one transaction (one fsync for all of them),
+unless ``store.commit_interval`` is shorter."""
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -122,9 +160,26 @@ class OutboxRow:
 
 @dataclass(slots=True)
 class _Pending:
+    """Readings waiting for their commit (one submit or one ``append_readings`` call)."""
+
     readings: list[Reading]
-    retention: list[str]
+    retention: str
     future: asyncio.Future[list[int]] | None
+
+
+@dataclass(slots=True)
+class _Message:
+    """A non-reading message (settlement, event, KPI) waiting for its commit."""
+
+    kind: str
+    meter: str | None
+    ts: float
+    body: dict[str, Any]
+    retention: str
+    future: asyncio.Future[int]
+
+
+_Item = _Pending | _Message
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -139,6 +194,8 @@ class Store:
     """The gateway's SQLite store: an outbox of committed messages, sink cursors, audit.
 
     Open with :meth:`open`; everything is async and runs SQLite on two private threads.
+    One task, the writer loop (:meth:`_write_loop`), owns every commit of the outbox and
+    of the cursors; appends, acknowledgements and :meth:`flush` only queue work and wake it.
     """
 
     def __init__(self, path: Path, settings: StoreSettings, gateway_id: str) -> None:
@@ -148,21 +205,32 @@ class Store:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="amr-store-w")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="amr-store-r")
         self._wconn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._rconn: sqlite3.Connection | None = None
         self._last_seq = 0
-        self._queue: list[_Pending] = []
-        self._flush_task: asyncio.Task[None] | None = None
+        self._queue: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._flush_waiters: list[asyncio.Future[bool]] = []
+        self._writer_task: asyncio.Task[None] | None = None
         self._new_data = asyncio.Event()
         self._cursors: dict[str, int] = {}
         self._dirty_cursors: dict[str, int] = {}
         self._sinks: set[str] = set()
+        self._declared = False
+        self._closing = False
         self._closed = False
         self.pressure: Pressure = "ok"
         self.size_bytes = 0
+        self.free_bytes: int | None = None
+        """Free space on the store's filesystem for the gateway's user, at the last measure."""
+        self._disk_full = False
+        self._pending_readings = 0
+        self.dropped: dict[str, int] = {"realtime": 0, "interval": 0, "keep": 0}
+        """Readings dropped uncommitted because memory for them was full, by retention class."""
+        self._shedding = False
         self.commit_failures = 0
         self.last_error: str | None = None
-        self._retry_batches: list[_Pending] = []
-        self._commit_lock = asyncio.Lock()
         self._renderers: dict[str, tuple[Callable[[Reading, int], str], dict[int, str]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -173,14 +241,19 @@ class Store:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(store._writer, store._open_writer)
         await loop.run_in_executor(store._reader, store._open_reader)
+        store._assess()
+        store._writer_task = loop.create_task(store._write_loop(), name="store-writer")
         return store
 
     def _open_writer(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o640)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)   # shared: only `sink drop` asks for it alone
             conn = _connect(self.path, self.settings.synchronous)
             conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
+            self._release_lock()
             raise StoreError(
                 f"cannot open the local store {self.path}: {exc}; check that data_dir exists, "
                 "is writable by the gateway's user and has free space"
@@ -191,6 +264,7 @@ class Store:
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif row[0] != self.gateway_id:
             conn.close()
+            self._release_lock()
             raise StoreError(
                 f"the store {self.path} belongs to gateway {row[0]!r}, not {self.gateway_id!r}; "
                 "point data_dir elsewhere or keep the gateway id"
@@ -202,27 +276,45 @@ class Store:
         self._wconn = conn
         self._update_size()
 
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def _open_reader(self) -> None:
         self._rconn = _connect(self.path, self.settings.synchronous)
         self._rconn.execute("PRAGMA query_only=1")
 
     async def close(self) -> None:
-        """Commit everything queued, write cursors, and close both connections."""
+        """Commit everything queued (one last attempt), write cursors, close both connections."""
         if self._closed:
             return
         await self.flush()
+        self._closing = True
+        self._wake.set()
+        self._urgent.set()      # out of a retry's wait at once
+        if self._writer_task is not None:
+            await asyncio.gather(self._writer_task, return_exceptions=True)
         self._closed = True
-        if self._flush_task is not None and not self._flush_task.done():
-            self._flush_task.cancel()
+        lost = sum(len(i.readings) for i in self._queue if isinstance(i, _Pending))
+        if lost:
+            log.error("closing the local store with %d readings it could not commit (%s)",
+                      lost, self.last_error or "the store was closed")
         loop = asyncio.get_running_loop()
+        cursors = dict(self._dirty_cursors)
 
         def _close_w() -> None:
             if self._wconn is not None:
-                self._write_cursors()
+                with contextlib.suppress(sqlite3.Error):
+                    self._wconn.execute("BEGIN IMMEDIATE")
+                    self._write_cursors(cursors)
+                    self._wconn.execute("COMMIT")
+                _rollback(self._wconn)
                 with contextlib.suppress(sqlite3.Error):
                     self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._wconn.close()
                 self._wconn = None
+            self._release_lock()
 
         def _close_r() -> None:
             if self._rconn is not None:
@@ -241,151 +333,258 @@ class Store:
         return self._last_seq
 
     def submit(self, reading: Reading, retention: str = "interval") -> asyncio.Future[list[int]]:
-        """Queue one reading for the next group commit; the future resolves with its seq.
+        """Queue one reading for the writer's next commit; the future resolves with its seq.
 
         Bus workers call this without awaiting, so a commit never stalls a serial bus.
         """
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending([reading], [retention], fut))
-        self._schedule_flush()
+        self._enqueue(_Pending([reading], retention, fut))
         return fut
 
     def submit_nowait(self, reading: Reading, retention: str = "interval") -> None:
-        """Queue one reading for the next group commit, with no future to resolve.
+        """Queue one reading for the writer's next commit, with no future to resolve.
 
         What bus workers call for every reading (they never await the seq): the same
         queue and order as :meth:`submit`, one allocation less per reading.
         """
-        self._queue.append(_Pending([reading], [retention], None))
-        self._schedule_flush()
+        self._enqueue(_Pending([reading], retention, None))
 
     async def append_readings(self, readings: list[Reading], retention: str = "interval") -> list[int]:
         """Commit readings (group-committed); returns their seqs once durable."""
         if not readings:
             return []
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(list(readings), [retention] * len(readings), fut))
-        self._schedule_flush()
+        self._enqueue(_Pending(list(readings), retention, fut))
         return await fut
 
     async def append_message(
         self, kind: str, meter: str | None, ts: float, body: dict[str, Any], retention: str = "keep"
     ) -> int:
-        """Commit a non-reading message (settlement, event, kpi); ``seq`` is added to ``body``."""
-        await self.flush()
-        loop = asyncio.get_running_loop()
-        seq = await loop.run_in_executor(self._writer, self._insert_message, kind, meter, ts, body, retention)
-        self._new_data.set()
-        return seq
+        """Commit a non-reading message (settlement, event, kpi); ``seq`` is added to ``body``.
 
-    def _insert_message(
-        self, kind: str, meter: str | None, ts: float, body: dict[str, Any], retention: str
-    ) -> int:
-        conn = self._require_w()
-        seq = self._last_seq + 1
-        doc = {"schema": body.get("schema", f"amr.{kind}.v1"), "gateway": self.gateway_id, "seq": seq}
-        doc.update({k: v for k, v in body.items() if k != "schema"})
-        payload = to_json(doc)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                (seq, kind, meter, None, retention, None, ts, body.get("quality"), payload),
-            )
-            self._write_cursors()
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            raise StoreError(f"cannot commit a {kind} to the local store: {exc}") from exc
-        self._last_seq = seq
-        return seq
+        It commits with the writer's next group, after every reading queued before it, and
+        at once (no group window). Raises :class:`StoreError` when that commit fails: the
+        caller, which keeps the message, decides when to try again.
+        """
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Message(kind, meter, ts, body, retention, fut))
+        self._urgent.set()
+        return await fut
 
-    def _schedule_flush(self) -> None:
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_later(), name="store-flush")
+    def _enqueue(self, item: _Item) -> None:
+        if self._closing:
+            raise StoreError("the local store is closed")
+        self._queue.append(item)
+        if isinstance(item, _Pending):
+            self._pending_readings += len(item.readings)
+            if self._pending_readings > self.settings.max_pending:
+                self._shed()
+        self._wake.set()
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.settings.commit_interval_s)
-        while True:
-            # Shielded: once a commit has started, cancelling the trigger must not lose the batch.
-            await asyncio.shield(self._flush_now())
-            # Appends made while that commit ran saw this task still running and scheduled
-            # nothing: commit them too (no await between this check and the return).
-            if not self._queue or self._closed:
-                return
-            await asyncio.sleep(self.settings.commit_interval_s)
+    @property
+    def pending_readings(self) -> int:
+        """Readings held in memory, not yet committed (queued or in the commit under way)."""
+        return self._pending_readings
 
-    async def flush(self) -> None:
-        """Commit everything queued now (used at shutdown and before non-reading appends)."""
-        await self._flush_now()
-
-    async def _flush_now(self) -> None:
-        async with self._commit_lock:
-            await self._flush_locked()
-
-    async def _flush_locked(self) -> None:
-        batch = self._retry_batches + self._queue
-        self._retry_batches = []
-        self._queue = []
-        if not batch:
+    def _shed(self) -> None:
+        """Memory for uncommitted readings is full (``store.max_pending``, reached only while
+        commits fail): drop queued readings, realtime samples first, then interval readings,
+        then the rest (``keep``), the oldest of each class first, down to 1 % under the cap
+        (so the queue is scanned once per hundredth of the cap, not once per reading).
+        Every drop is counted in :attr:`dropped`; the first drop of a spell is logged once.
+        Readings inside the commit under way cannot be dropped; they come back with its
+        failure and are weighed then."""
+        cap = self.settings.max_pending
+        excess = self._pending_readings - (cap - max(1, cap // 100))
+        if excess <= 0:
             return
+        if not self._shedding:
+            self._shedding = True
+            log.error("memory for uncommitted readings is full (store.max_pending) while the local store "
+                      "cannot commit: dropping realtime samples first, interval and settlement readings "
+                      "last; drops are counted in health and metrics")
+        for cls in _DROP_ORDER:
+            if excess <= 0:
+                break
+            kept: list[_Item] = []
+            for item in self._queue:
+                if excess > 0 and isinstance(item, _Pending) and _drop_class(item.retention) == cls:
+                    n = len(item.readings)
+                    excess -= n
+                    self._pending_readings -= n
+                    self.dropped[cls] += n
+                    if item.future is not None and not item.future.done():
+                        item.future.set_exception(StoreError(
+                            "dropped uncommitted: memory for uncommitted readings (store.max_pending) was full"))
+                        item.future.exception()
+                else:
+                    kept.append(item)
+            self._queue = kept
+
+    async def flush(self) -> bool:
+        """Commit everything queued now, without the group window (at shutdown, in tests).
+
+        Returns once the writer's attempt that covers everything queued before this call
+        has ended: True when it committed, False when it failed (what failed stays queued
+        and the writer keeps retrying it).
+        """
+        if self._writer_task is None or self._writer_task.done():
+            return not self._has_work()
+        if not self._has_work():
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(fut)
+        self._urgent.set()
+        self._wake.set()
+        return await fut
+
+    # ------------------------------------------------------------------ the writer loop
+    def _has_work(self) -> bool:
+        return bool(self._queue) or bool(self._dirty_cursors)
+
+    @property
+    def group_window_s(self) -> float:
+        """How long the writer gathers appends into one transaction: ``GROUP_COMMIT_S``, or
+        ``store.commit_interval`` when that is shorter (the promised bound comes first)."""
+        return min(GROUP_COMMIT_S, self.settings.commit_interval_s)
+
+    async def _write_loop(self) -> None:
+        """The one task that commits: wait for work, gather it for the group window, commit
+        readings, messages and cursor updates in one transaction; after a failure keep
+        everything and try again every ``store.commit_interval``. A reading is therefore
+        committed within about one window plus one commit of being queued, whatever comes
+        after it, as long as the disk takes writes."""
+        while not self._closing:
+            if not self._has_work():
+                # A flush asked for during the last round, which committed all it wanted.
+                waiters, self._flush_waiters = self._flush_waiters, []
+                _resolve(waiters, True)
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._urgent.is_set():
+                await wait_event(self._urgent, self.group_window_s)
+            self._urgent.clear()
+            try:
+                ok = await self._commit_round()
+            except Exception as exc:   # never let the one writer die; what it held is requeued
+                log.exception("the store's writer failed unexpectedly; retrying")
+                self.last_error = str(exc)
+                ok = False
+            if not ok and not self._closing:
+                await wait_event(self._urgent, max(0.01, self.settings.commit_interval_s))
+
+    async def _commit_round(self) -> bool:
+        batch, self._queue = self._queue, []
+        waiters, self._flush_waiters = self._flush_waiters, []
+        cursors = dict(self._dirty_cursors)
         loop = asyncio.get_running_loop()
         try:
-            seqs = await loop.run_in_executor(self._writer, self._commit_batch, batch)
+            seqs = await loop.run_in_executor(self._writer, self._commit_batch, batch, cursors)
         except StoreError as exc:
-            self.commit_failures += 1
-            if self.last_error != str(exc):
-                log.error("%s", exc)
-            self.last_error = str(exc)
-            # Keep the readings in memory and try again: nothing is lost while we run.
-            self._retry_batches = batch
-            for p in batch:
-                if p.future is not None and not p.future.done():
-                    p.future.set_exception(exc)
-                    p.future.exception()  # mark retrieved: submitters need not await
-                    p.future = None
-            self._schedule_retry()
-            return
+            self._failed(batch, exc)
+            _resolve(waiters, False)
+            return False
+        except asyncio.CancelledError:
+            # Only at the end of the process (close() never cancels the writer): the commit
+            # may still finish on its thread, so requeueing could store it twice.
+            _resolve(waiters, False)
+            raise
+        except BaseException:
+            self._queue[:0] = batch      # broken mid-commit (not by the data): nothing is dropped
+            _resolve(waiters, False)
+            raise
+        for sink, acked in cursors.items():
+            if self._dirty_cursors.get(sink) == acked:
+                del self._dirty_cursors[sink]
+        self._pending_readings -= sum(len(i.readings) for i in batch if isinstance(i, _Pending))
+        for item, got in zip(batch, seqs, strict=True):
+            if item.future is None or item.future.done():
+                continue
+            if isinstance(got, Exception):
+                item.future.set_exception(got)
+                item.future.exception()  # mark retrieved: submitters need not await
+            elif isinstance(item, _Message):
+                item.future.set_result(got[0])
+            else:
+                item.future.set_result(got)
+        if batch:
+            self._new_data.set()
+        _resolve(waiters, True)
+        if self._shedding and self._pending_readings < self.settings.max_pending // 2:
+            self._shedding = False
+            log.warning("memory for uncommitted readings has room again (store.max_pending)")
         if self.last_error is not None:
             log.warning("the local store accepts writes again")
             self.last_error = None
-        i = 0
-        for p in batch:
-            n = len(p.readings)
-            if p.future is not None and not p.future.done():
-                p.future.set_result(seqs[i : i + n])
-            i += n
-        self._new_data.set()
+            self._disk_full = False
+            await self.refresh_size()
+        return True
 
-    def _schedule_retry(self) -> None:
-        async def _retry() -> None:
-            await asyncio.sleep(min(5.0, self.settings.commit_interval_s * 10))
-            await asyncio.shield(self._flush_now())
+    def _failed(self, batch: list[_Item], exc: StoreError) -> None:
+        """A commit failed: readings go back to the head of the queue (retried, in order);
+        messages fail to their callers, who keep them."""
+        self.commit_failures += 1
+        if self.last_error is None:
+            log.error("%s", exc)
+        self.last_error = str(exc)
+        if "full" in str(exc.__cause__ or exc).lower():
+            self._disk_full = True
+            self._assess()
+        keep: list[_Item] = []
+        for item in batch:
+            fut = item.future
+            if isinstance(item, _Pending):
+                keep.append(item)
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: submitters need not await
+        self._queue[:0] = keep
+        if self._pending_readings > self.settings.max_pending:
+            self._shed()
 
-        if not self._closed:
-            self._flush_task = asyncio.get_running_loop().create_task(_retry(), name="store-retry")
+    def _commit_batch(self, batch: list[_Item], cursors: dict[str, int]) -> list[list[int] | Exception]:
+        """Commit ``batch`` and the cursor updates in one transaction (on the writer thread).
 
-    def _commit_batch(self, batch: list[_Pending]) -> list[int]:
+        Returns each item's seqs, in batch order, or the exception that kept an item out:
+        one whose payload cannot be written (a bug or bad data) is refused alone, so it
+        never blocks the items around it. Raises :class:`StoreError` when SQLite refuses
+        the transaction (nothing of it committed)."""
         conn = self._require_w()
         seq = self._last_seq
-        rows = []
+        rows: list[tuple[Any, ...]] = []
+        out: list[list[int] | Exception] = []
         gw = self.gateway_id
-        for p in batch:
-            for r, retention in zip(p.readings, p.retention, strict=True):
-                seq += 1
-                rows.append(
-                    (seq, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
-                     reading_payload(r, gw, seq))
-                )
+        for item in batch:
+            mine: list[tuple[Any, ...]] = []
+            try:
+                if isinstance(item, _Message):
+                    doc = {"schema": item.body.get("schema", f"amr.{item.kind}.v1"), "gateway": gw, "seq": seq + 1}
+                    doc.update({k: v for k, v in item.body.items() if k != "schema"})
+                    mine.append((seq + 1, item.kind, item.meter, None, item.retention, None, item.ts,
+                                 item.body.get("quality"), to_json(doc)))
+                else:
+                    retention = item.retention
+                    for k, r in enumerate(item.readings, start=seq + 1):
+                        mine.append((k, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
+                                     reading_payload(r, gw, k)))
+            except Exception as exc:
+                log.error("refused a message the store cannot write (%s: %s); the rest commits",
+                          type(exc).__name__, exc)
+                out.append(StoreError(f"this message cannot be stored: {type(exc).__name__}: {exc}"))
+                continue
+            rows += mine
+            out.append(list(range(seq + 1, seq + len(mine) + 1)))
+            seq += len(mine)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-            self._write_cursors()
+            if rows:
+                conn.executemany(
+                    "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+            self._write_cursors(cursors)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             _rollback(conn)
@@ -394,16 +593,16 @@ class Store:
                 if "full" in str(exc).lower()
                 else "check the disk and the data_dir permissions"
             )
-            raise StoreError(f"cannot commit {len(rows)} readings to {self.path}: {exc}; {hint}") from exc
-        first = self._last_seq + 1
+            what = "readings" if rows else "the sink cursors"
+            raise StoreError(f"cannot commit {what} to {self.path}: {exc}; {hint}") from exc
         self._last_seq = seq
-        for p in batch:
-            for r in p.readings:
-                r.seq = first
-                first += 1
+        for item, seqs in zip(batch, out, strict=True):
+            if isinstance(item, _Pending) and not isinstance(seqs, Exception):
+                for r, s in zip(item.readings, seqs, strict=True):
+                    r.seq = s
         if self._renderers:
             self._render(batch)
-        return [row[0] for row in rows]
+        return out
 
     # ------------------------------------------------------------------ rendered rows
     def render_on_commit(self, sink: str, render: Callable[[Reading, int], str]) -> None:
@@ -422,9 +621,11 @@ class Store:
         entry = self._renderers.get(sink)
         return None if entry is None else entry[1].get(seq)
 
-    def _render(self, batch: list[_Pending]) -> None:
+    def _render(self, batch: list[_Item]) -> None:
         for name, (render, kept) in self._renderers.items():
             for p in batch:
+                if isinstance(p, _Message):
+                    continue
                 for r in p.readings:
                     seq = r.seq
                     if seq is None:
@@ -438,9 +639,37 @@ class Store:
 
     # ------------------------------------------------------------------ sinks
     def register_sink(self, sink: str) -> None:
-        """Declare a sink: its cursor counts for purging (a new sink starts at 0 and replays)."""
+        """A sink starts delivering: its cursor counts for purging (a new sink starts at 0
+        and replays) and is made durable with the next commit, so it holds rows back from
+        retention in every later run too."""
         self._sinks.add(sink)
-        self._cursors.setdefault(sink, 0)
+        if sink not in self._cursors:
+            self._cursors[sink] = 0
+            self._dirty_cursors[sink] = 0
+            self._wake.set()
+
+    def declare_sinks(self, enabled: Iterable[str], disabled: Iterable[str] = ()) -> None:
+        """The sinks the configuration names, enabled or not (the runtime says so at start,
+        before any sink registers). Until this is called retention deletes nothing above
+        the lowest durable cursor, and nothing at all in a store without one; a declared
+        sink gets a durable cursor (0 when new) that holds its undelivered rows, in this
+        run and the next, until it acknowledges them or ``amr-gateway sink drop`` discards
+        them. A cursor left by a sink no longer configured holds its rows as well (said
+        once here, with the way out)."""
+        on, off = set(enabled), set(disabled)
+        for sink in sorted(on | off):
+            if sink not in self._cursors:
+                self._cursors[sink] = 0
+                self._dirty_cursors[sink] = 0
+                self._wake.set()
+        for sink, acked in sorted(self._cursors.items()):
+            if acked >= self._last_seq or sink in on:
+                continue
+            why = "is disabled" if sink in off else "is no longer configured"
+            log.warning("sink %s %s; retention keeps the rows it has not acknowledged (after seq %d) "
+                        "until it is enabled again or `amr-gateway sink drop %s` discards them",
+                        sink, why, acked, sink)
+        self._declared = True
 
     async def pending(self, sink: str, limit: int, after: int | None = None) -> list[OutboxRow]:
         """Committed messages after the sink's cursor (or ``after``), in seq order."""
@@ -450,46 +679,20 @@ class Store:
         return await self.read(_select_pending, start, limit)
 
     async def ack(self, sink: str, upto_seq: int) -> None:
-        """Advance the sink's cursor to ``upto_seq`` (written with the next commit)."""
+        """Advance the sink's cursor to ``upto_seq``; the writer saves it with its next commit
+        (a cursor-only commit when nothing else is queued), and again after a failed one."""
         if upto_seq > self._cursors.get(sink, 0):
             self._cursors[sink] = upto_seq
             self._dirty_cursors[sink] = upto_seq
-            if not self._queue:
-                self._schedule_flush_cursors()
+            self._wake.set()
 
-    def _schedule_flush_cursors(self) -> None:
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.get_running_loop().create_task(
-                self._flush_cursors_later(), name="store-cursors"
-            )
-
-    async def _flush_cursors_later(self) -> None:
-        await asyncio.sleep(self.settings.commit_interval_s)
-        if self._queue or self._retry_batches:
-            await asyncio.shield(self._flush_now())
+    def _write_cursors(self, cursors: dict[str, int]) -> None:
+        if not cursors:
             return
-        loop = asyncio.get_running_loop()
-
-        def _w() -> None:
-            conn = self._require_w()
-            conn.execute("BEGIN IMMEDIATE")
-            self._write_cursors()
-            conn.execute("COMMIT")
-
-        try:
-            await loop.run_in_executor(self._writer, _w)
-        except sqlite3.Error as exc:
-            log.warning("cannot save sink cursors yet (%s); they will be saved with the next commit", exc)
-
-    def _write_cursors(self) -> None:
-        if not self._dirty_cursors:
-            return
-        conn = self._require_w()
-        dirty, self._dirty_cursors = self._dirty_cursors, {}
-        conn.executemany(
+        self._require_w().executemany(
             "INSERT INTO sink_cursor(sink, acked_seq) VALUES (?, ?) "
             "ON CONFLICT(sink) DO UPDATE SET acked_seq=max(acked_seq, excluded.acked_seq)",
-            list(dirty.items()),
+            list(cursors.items()),
         )
 
     async def cursor(self, sink: str) -> int:
@@ -567,10 +770,14 @@ class Store:
 
     # ------------------------------------------------------------------ retention and cap
     def min_cursor(self) -> int:
-        """The lowest cursor of the registered sinks (everything above is undelivered)."""
-        if not self._sinks:
-            return self._last_seq
-        return min(self._cursors.get(s, 0) for s in self._sinks)
+        """The highest seq every sink acknowledged: the lowest cursor of all sinks the store
+        knows (registered, declared, or durable from an earlier run, enabled or not).
+        Everything above it is undelivered to someone. With no cursor at all it is the last
+        seq once the configured sinks were declared (:meth:`declare_sinks`: there are none),
+        and 0 before (they may not have registered yet)."""
+        if self._cursors:
+            return min(self._cursors.values())
+        return self._last_seq if self._declared else 0
 
     async def enforce_retention(self, now: float) -> int:
         """Delete delivered rows past their retention, and more realtime rows under the cap.
@@ -582,7 +789,7 @@ class Store:
         iv_cut = now - self.settings.retention_interval_days * 86400
         loop = asyncio.get_running_loop()
         deleted: int = await loop.run_in_executor(self._writer, self._purge, upto, rt_cut, iv_cut)
-        await loop.run_in_executor(self._writer, self._update_size)
+        await self.refresh_size()
         return deleted
 
     def _purge(self, upto: int, rt_cut: float, iv_cut: float) -> int:
@@ -616,44 +823,60 @@ class Store:
         return n
 
     def _update_size(self) -> None:
+        """Measure (on the writer thread) the store's bytes in use and the free space left on
+        its filesystem; :meth:`_assess` turns them into :attr:`pressure`."""
         total = 0
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 total += os.path.getsize(str(self.path) + suffix)
         conn = self._wconn
-        free_bytes = 0
+        free_pages_bytes = 0
         if conn is not None:
             try:
                 free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                free_bytes = int(free_pages) * int(page_size)
+                free_pages_bytes = int(free_pages) * int(page_size)
             except sqlite3.Error:
-                free_bytes = 0
-        self.size_bytes = max(0, total - free_bytes)
+                free_pages_bytes = 0
+        self.size_bytes = max(0, total - free_pages_bytes)
+        try:
+            st = os.statvfs(self.path.parent)
+            self.free_bytes = st.f_bavail * st.f_frsize
+        except OSError:
+            self.free_bytes = None
+
+    def _assess(self) -> Pressure:
+        """Set :attr:`pressure` from the last measurement and the last commit, and log a
+        change of state once (the line names the reason, never a count that changes)."""
         cap = self.settings.max_bytes
-        old = self.pressure
-        if cap is None:
-            self.pressure = "ok"
-        elif self.size_bytes >= cap:
-            self.pressure = "full"
-        elif self.size_bytes >= cap * 0.9:
-            self.pressure = "near_cap"
-        else:
-            self.pressure = "ok"
-        if self.pressure != old:
-            if self.pressure == "ok":
-                log.warning("local store back under its cap (%d bytes)", self.size_bytes)
+        min_free = self.settings.min_free_bytes
+        free = self.free_bytes
+        new: Pressure = "ok"
+        reason = "the store is under its cap and the disk has free space"
+        if self._disk_full:
+            new, reason = "full", "the disk refused the last commit as full"
+        elif free is not None and free < min_free:
+            new, reason = "full", "the disk has less free space than store.min_free"
+        elif cap is not None and self.size_bytes >= cap:
+            new, reason = "full", "the store reached store.max_size"
+        elif free is not None and free < 2 * min_free:
+            new, reason = "near_cap", "the disk has less than twice store.min_free left"
+        elif cap is not None and self.size_bytes >= cap * 0.9:
+            new, reason = "near_cap", "the store is above 90 % of store.max_size"
+        if new != self.pressure:
+            self.pressure = new
+            if new == "ok":
+                log.warning("local store pressure ok again: %s", reason)
             else:
-                log.error(
-                    "local store is %s: %d of %d bytes; realtime polling pauses first, settlements are kept",
-                    self.pressure, self.size_bytes, cap,
-                )
+                log.error("local store pressure %s: %s; realtime polling pauses first, settlement reads go on; "
+                          "free disk space or raise store.max_size", new, reason)
+        return self.pressure
 
     async def refresh_size(self) -> Pressure:
-        """Re-measure the store's size on disk and update :attr:`pressure`."""
+        """Re-measure the store's size and the free disk space, and update :attr:`pressure`."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._update_size)
-        return self.pressure
+        return self._assess()
 
     # ------------------------------------------------------------------ helpers
     def _require_w(self) -> sqlite3.Connection:
@@ -669,6 +892,27 @@ class Store:
 
 def _call_with(get: Callable[[], sqlite3.Connection], fn: Callable[..., T], args: Iterable[Any]) -> T:
     return fn(get(), *args)
+
+
+_DROP_ORDER = ("realtime", "interval", "keep")
+"""Which uncommitted readings go first when memory for them is full (SPEC: realtime
+samples first, settlement and interval readings last)."""
+
+
+def _drop_class(retention: str) -> str:
+    return retention if retention in ("realtime", "interval") else "keep"
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file beside the store: every open store holds a shared lock on it, so a
+    command that must have the store to itself (``amr-gateway sink drop``) can tell."""
+    return path.with_name(path.name + ".lock")
+
+
+def _resolve(waiters: list[asyncio.Future[bool]], ok: bool) -> None:
+    for w in waiters:
+        if not w.done():
+            w.set_result(ok)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -46,7 +46,12 @@ Decisions worth knowing (also documented in ``config/gateway.example.yaml``):
   secret); inline values are accepted for bench work and logged as a warning. The API token
   falls back to the ``AMR_API_TOKEN`` environment variable.
 * ``store.max_size`` takes decimal (``KB``, ``MB``, ``GB``, ``TB`` = powers of 1000) or
-  binary units (``KiB`` … ``TiB`` = powers of 1024), or a plain number of bytes.
+  binary units (``KiB`` … ``TiB`` = powers of 1024), or a plain number of bytes; so does
+  ``store.min_free`` (default 32MB).
+* ``store.commit_interval`` (a duration, default ``1s``) bounds how long a reading waits for
+  its commit; ``store.commit_interval_ms`` (a number of milliseconds) is its older spelling,
+  still accepted, one or the other. ``store.max_pending`` (default 20000) caps the readings
+  held in memory while commits fail (gateway/store.py says what is dropped first).
 """
 
 from __future__ import annotations

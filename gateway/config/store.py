@@ -1,4 +1,5 @@
-"""The ``store`` section: durability, storage cap and retention of the local store."""
+"""The ``store`` section: durability, commit bound, storage cap, free-space floor, memory
+bound for uncommitted readings and retention of the local store."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from typing import Final, Literal, cast
 import yaml
 
 from gateway.config.context import LoadContext
+from gateway.config.convert import duration
 from gateway.settings import StoreSettings
-from gateway.yamlpos import Invalid, MapView, as_choice, as_float, describe, scalar_text
+from gateway.yamlpos import Invalid, MapView, as_choice, as_float, as_int, describe, scalar_text
 
-_STORE_KEYS: Final = ("synchronous", "commit_interval_ms", "max_size", "retention")
+_STORE_KEYS: Final = ("synchronous", "commit_interval", "commit_interval_ms", "max_size", "min_free",
+                      "max_pending", "retention")
 _RETENTION_KEYS: Final = ("realtime_days", "interval_days")
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?$", re.IGNORECASE)
 _SIZE_UNITS: Final = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -37,11 +40,20 @@ def load_store(ctx: LoadContext, node: yaml.Node | None) -> StoreSettings:
     r = MapView(ctx.issues, m.node("retention"), "store retention", _RETENTION_KEYS, line=m.line)
     default_sync: str = d.synchronous
     sync = m.get("synchronous", as_choice(("NORMAL", "FULL"), fold_case=True), default_sync)
+    # commit_interval (a duration) is the bound SPEC promises; commit_interval_ms, its older
+    # spelling in milliseconds, is still read (gateway/store.py says what it does).
+    interval = m.opt("commit_interval", duration(Decimal("0.001"), Decimal(60)))
+    legacy_ms = m.opt("commit_interval_ms", as_float(1, 60000))
+    if interval is not None and legacy_ms is not None:
+        m.bad("commit_interval_ms", "is the older spelling of commit_interval; keep only commit_interval")
+    commit_s = float(interval) if interval is not None else (
+        legacy_ms / 1000 if legacy_ms is not None else d.commit_interval_s)
     return StoreSettings(
         synchronous=cast(Literal["NORMAL", "FULL"], sync),
-        commit_interval_s=m.get("commit_interval_ms", as_float(0, 60000),
-                                d.commit_interval_s * 1000) / 1000,
+        commit_interval_s=commit_s,
         max_bytes=m.opt("max_size", _size),
+        min_free_bytes=m.get("min_free", _size, d.min_free_bytes),
+        max_pending=m.get("max_pending", as_int(100, 10_000_000), d.max_pending),
         retention_realtime_days=r.get("realtime_days", as_float(0.01, 36500),
                                       d.retention_realtime_days),
         retention_interval_days=r.get("interval_days", as_float(0.01, 36500),

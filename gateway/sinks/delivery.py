@@ -449,6 +449,22 @@ def prometheus_lines(runners: Sequence[SinkRunner]) -> list[str]:
     return out
 
 
+def configured_sinks(settings: Settings) -> tuple[list[str], list[str]]:
+    """The cursor names of the sinks the configuration has a section for: (enabled,
+    disabled). The store holds rows back for both (:meth:`Store.declare_sinks`)."""
+    enabled: list[str] = []
+    disabled: list[str] = []
+    if settings.mqtt is not None:
+        from gateway.sinks.mqtt import MqttSink
+
+        (enabled if settings.mqtt.enabled else disabled).append(MqttSink.name)
+    if settings.influxdb is not None:
+        from gateway.sinks.influx import InfluxSink
+
+        (enabled if settings.influxdb.enabled else disabled).append(InfluxSink.name)
+    return enabled, disabled
+
+
 def build_sinks(settings: Settings, store: Store, clock: Clock | None = None) -> list[SinkRunner]:
     """One runner per enabled sink section (``mqtt``, ``influxdb``), not yet started."""
     group: list[SinkRunner] = []

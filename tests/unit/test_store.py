@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from gateway.errors import StoreError
 from gateway.model import PointValue, Reading, loads_exact
 from gateway.settings import StoreSettings
 from gateway.store import Store
+from tests.servicefixtures import await_until
 
 FAST = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01)
 
@@ -42,6 +45,7 @@ async def test_seq_strictly_increases_and_survives_restart(tmp_path: Path) -> No
 async def test_seq_never_reused_after_purge(tmp_path: Path) -> None:
     settings = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01, retention_interval_days=1)
     store = await Store.open(tmp_path / "a.db", settings, "gw1")
+    store.declare_sinks([])                         # a gateway with no sinks at all
     await store.append_readings([make_reading(slot=0.0), make_reading(slot=10.0)])
     deleted = await store.enforce_retention(now=10 * 86400.0)
     assert deleted == 2
@@ -138,7 +142,6 @@ async def test_storage_cap_pressure(tmp_path: Path) -> None:
 async def test_appends_during_a_commit_are_committed_too(tmp_path: Path) -> None:
     """An append made as soon as the previous one committed (while the commit task is still
     finishing) must be committed without waiting for a later append."""
-    import asyncio
 
     store = await Store.open(tmp_path / "a.db", FAST, "gw1")
 
@@ -174,5 +177,147 @@ async def test_rows_rendered_at_commit_are_kept_per_seq_within_a_bound(tmp_path:
         assert store.rendered("influxdb", seqs[0]) is None               # aged out: only 5 kept
         assert [store.rendered("influxdb", s) for s in more[-5:]] == [f"n{i}#{s}" for i, s in
                                                                       zip(range(1, 6), more[-5:], strict=True)]
+    finally:
+        await store.close()
+
+
+async def test_a_reading_commits_without_a_later_append_while_a_cursor_save_runs(tmp_path: Path) -> None:
+    """Issue 14 item 5: the old store kept one task slot for the group flush, the retry and
+    the cursor save, so a reading queued while a cursor-only save was running stayed in
+    memory until the next append (up to a whole schedule interval). The writer is held on
+    a real SQLite transaction so the cursor save is certainly queued behind it (seen in the
+    writer thread's own work queue) when the reading arrives."""
+    seeded = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    await seeded.append_readings([make_reading(slot=0.0)])
+    await seeded.close()
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")   # a quiet store: nothing queued
+    try:
+        store.register_sink("mqtt")
+        gate = threading.Event()
+        held = asyncio.ensure_future(store.write(lambda conn: gate.wait(10)))
+        await store.ack("mqtt", 1)                     # a cursor-only save is now due
+        await await_until(lambda: store._writer._work_queue.qsize() > 0, 5,
+                          "the cursor save to queue behind the held writer")
+        store.submit_nowait(make_reading(slot=900.0))  # the single poll of a 15-minute schedule
+        gate.set()
+        await held
+        await await_until(lambda: store.last_seq == 2, 5, "the reading's commit (no later append comes)")
+        assert await store.count() == 2
+        assert await store.read(lambda c: c.execute("SELECT acked_seq FROM sink_cursor").fetchall()) == [(1,)]
+    finally:
+        await store.close()
+
+
+async def test_a_failed_cursor_only_commit_is_retried(tmp_path: Path) -> None:
+    """Issue 16 item 7: a cursor save that fails (the database locked by another process's
+    writer, played by a second real connection holding a write transaction) is kept and
+    saved by a later round, never lost."""
+    db = tmp_path / "a.db"
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01), "gw1")
+    try:
+        store.register_sink("mqtt")
+        await store.append_readings([make_reading(slot=float(i)) for i in range(3)])
+        other = sqlite3.connect(db, isolation_level=None, timeout=0.1)
+        await store.write(lambda c: c.execute("PRAGMA busy_timeout=50"))
+        other.execute("BEGIN IMMEDIATE")               # the database is locked for writers
+        await store.ack("mqtt", 3)
+        await await_until(lambda: store.commit_failures > 0, 5, "a failed cursor save")
+        other.execute("ROLLBACK")
+        other.close()
+        await await_until(lambda: not store._dirty_cursors, 5, "the cursor saved by a later round")
+        assert store.last_error is None
+        assert await store.read(lambda c: c.execute("SELECT acked_seq FROM sink_cursor").fetchall()) == [(3,)]
+    finally:
+        await store.close()
+
+
+async def test_a_flush_asked_for_during_the_commit_that_covers_it_returns(tmp_path: Path) -> None:
+    """A flush asked for while the writer's round already holds everything it waits for
+    (here a cursor save) returns when that round ends, not at some later commit: the writer
+    once went idle with the flush still waiting, which hung a stop."""
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    try:
+        store.register_sink("mqtt")
+        await store.append_readings([make_reading()])
+        gate = threading.Event()
+        held = asyncio.ensure_future(store.write(lambda conn: gate.wait(10)))
+        await store.ack("mqtt", 1)
+        await await_until(lambda: store._writer._work_queue.qsize() > 0, 5, "the cursor save behind the held writer")
+        flushed = asyncio.ensure_future(store.flush())
+        gate.set()
+        await held
+        assert await asyncio.wait_for(flushed, 5) is True
+    finally:
+        await store.close()
+
+
+async def old_rows(db: Path, n: int) -> Store:
+    """A store at ``db`` holding ``n`` interval readings already past a 1-day retention."""
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01,
+                                               retention_interval_days=1), "gw1")
+    await store.append_readings([make_reading(slot=float(i)) for i in range(n)])
+    return store
+
+
+async def test_retention_before_the_sinks_are_declared_deletes_nothing(tmp_path: Path) -> None:
+    """Issue 16 item 7: retention ran 5 s after start, before any sink registered, and a
+    store with no cursor counted as "everything delivered"."""
+    store = await old_rows(tmp_path / "a.db", 4)
+    try:
+        assert await store.enforce_retention(now=30 * 86400.0) == 0      # nobody declared yet
+        store.declare_sinks(["mqtt"])
+        assert await store.enforce_retention(now=30 * 86400.0) == 0      # declared, not registered
+        await store.flush()
+        assert await store.read(lambda c: c.execute("SELECT * FROM sink_cursor").fetchall()) == [("mqtt", 0)]
+        store.register_sink("mqtt")
+        await store.ack("mqtt", 3)
+        assert await store.enforce_retention(now=30 * 86400.0) == 3
+        assert [r.seq for r in await store.pending("mqtt", 10)] == [4]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("disabled", "why"), [(["influxdb"], "is disabled"), ([], "is no longer configured")])
+async def test_a_sink_not_delivering_this_run_still_holds_its_rows(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, disabled: list[str], why: str) -> None:
+    """A durable cursor holds rows back whether its sink is enabled, disabled, or gone from
+    the configuration; said once at start with the way out."""
+    db = tmp_path / "a.db"
+    store = await old_rows(db, 6)
+    store.declare_sinks(["mqtt", "influxdb"])
+    for sink, upto in (("mqtt", 5), ("influxdb", 2)):
+        store.register_sink(sink)
+        await store.ack(sink, upto)
+    await store.close()
+
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01,
+                                               retention_interval_days=1), "gw1")
+    try:
+        store.declare_sinks(["mqtt"], disabled)
+        store.register_sink("mqtt")                                      # influxdb never starts
+        assert store.min_cursor() == 2
+        assert await store.enforce_retention(now=30 * 86400.0) == 2
+        assert await store.count() == 4
+        warned = [r.getMessage() for r in caplog.records if "sink drop influxdb" in r.getMessage()]
+        assert len(warned) == 1 and why in warned[0]
+    finally:
+        await store.close()
+
+
+async def test_a_reading_that_cannot_be_written_is_refused_alone(tmp_path: Path) -> None:
+    """A reading whose payload cannot be rendered (a value of no JSON type: a bug upstream,
+    played by putting one in) fails on its own; the readings queued with it commit, in
+    order, with consecutive seqs, and the writer goes on."""
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    try:
+        bad = make_reading("bad")
+        bad.points["energy_import_kwh"] = PointValue(object(), None, "kWh")  # type: ignore[arg-type]
+        futures = [store.submit(make_reading("m1")), store.submit(bad), store.submit(make_reading("m3"))]
+        assert await store.flush() is True
+        assert await futures[0] == [1] and await futures[2] == [2]
+        with pytest.raises(StoreError, match="cannot be stored: TypeError"):
+            await futures[1]
+        assert await store.append_readings([make_reading("m4")]) == [3]
+        assert store.pending_readings == 0 and store.last_error is None
     finally:
         await store.close()
