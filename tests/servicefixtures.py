@@ -518,12 +518,7 @@ def make_reading(meter: str = "m1", ts: float | None = None, kwh: str = "1234.5"
 
 
 async def commit(store: Store, readings: list[Reading]) -> list[int]:
-    """Commit readings now and return their seqs.
-
-    ``Store.append_readings`` can leave a batch queued until the next append when it is
-    called just as a group commit finishes (its flush task is still "running"); submitting
-    and flushing explicitly commits at once. Reported to the store's owner.
-    """
+    """Commit readings now (submit each, then flush: no group-commit wait) and return their seqs."""
     futures = [store.submit(r) for r in readings]
     await store.flush()
     return [seq for f in futures for seq in await f]

@@ -83,6 +83,18 @@ def test_every_cited_repository_path_exists() -> None:
     assert missing == [], "citations of files that are not in the repository:\n" + "\n".join(missing)
 
 
+MD_LINK = re.compile(r"\]\(([^)#\s:]+)(?:#[^)]*)?\)")
+
+
+def test_every_markdown_link_into_the_repository_resolves() -> None:
+    """A relative link of a Markdown file (``[x](../drivers/README.md)``) names a file that exists."""
+    broken = sorted(f"{path.relative_to(ROOT)}:{line}: {m.group(1)}"
+                    for path, line, text in texts() if path.suffix == ".md"
+                    for m in MD_LINK.finditer(text)
+                    if not (path.parent / m.group(1)).resolve().exists())
+    assert broken == [], "links to files that are not in the repository:\n" + "\n".join(broken)
+
+
 @pytest.mark.parametrize(("text", "found"), [
     ("see ``reference/serial-timing.md`` §2", ["reference/serial-timing.md"]),
     ("(docs/billing-rules.md §5).", ["docs/billing-rules.md"]),
