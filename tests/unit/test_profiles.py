@@ -219,7 +219,7 @@ def test_canonical_points_match_the_spec_list() -> None:
 
 
 def test_config_profiles_link_to_the_protocol_packages_own_profiles() -> None:
-    """config/profiles/ (the SPEC's place) holds links to drivers/<protocol>/profiles/*.yaml."""
+    """config/profiles/ (the place the README names) holds links to drivers/<protocol>/profiles/*.yaml."""
     repo = SHIPPED_PROFILES_DIR.parent.parent
     packaged = sorted((repo / "drivers").glob("*/profiles/*.yaml"))
     assert {p.name for p in packaged} == {p.name for p in SHIPPED}
