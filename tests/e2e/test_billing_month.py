@@ -31,10 +31,11 @@ import aiohttp
 from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
 from gateway.model import loads_exact
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from tests.billingkit import capture_of
 from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -75,7 +76,7 @@ async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) 
     gw = Gateway(settings, clock, enable_sinks=False)
     try:
         await gw.start()
-        cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+        cap = capture_of(gw)
         for t in holds:
             when = datetime.fromtimestamp(t, SH)
             await await_until(lambda: clock.time() >= t, 60.0, f"the clock at {when}")  # noqa: B023

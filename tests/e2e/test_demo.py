@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from gateway.demo import free_port
+from gateway.ports import free_port
 from tests.servicefixtures import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,8 +47,9 @@ def test_demo_serves_readings_for_every_meter_and_stops_cleanly(tmp_path: Path) 
         meters = wait_until(every_meter_read, 60, "a good reading of every demo meter", step=1.0,
                             detail=lambda: seen)
         assert len(meters) >= 6 and all(m["last_good"] for m in meters), meters
-        health = get(f"{base}/api/v1/health")
+        health = get(f"{base}/api/v1/health", token)
         assert health["status"] == "up" and health["gateway"] == "demo-gateway"
+        assert set(get(f"{base}/api/v1/health")) == {"status", "version"}   # without the token: no details
         for m in meters:
             docs = get(f"{base}/api/v1/meters/{m['id']}/readings", token)
             assert docs["count"], m["id"]

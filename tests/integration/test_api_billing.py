@@ -37,12 +37,12 @@ from schemathesis.checks import (
 )
 from schemathesis.core.result import Ok
 
-from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from tests.billingkit import capture_of
 from tests.servicefixtures import await_until
 
 TOKEN = "api-test-token"
@@ -71,7 +71,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     gw = Gateway(settings, clock, enable_sinks=False)
     try:
         await gw.start()
-        cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+        cap = capture_of(gw)
 
         def settled() -> int:
             return sum(1 for (_, b), k in cap.current.items() if b == BOUNDARY and k.quality != "missing")
