@@ -6,7 +6,8 @@ Every test is exactly one kind, given by its directory:
   temporary directory); fast;
 * ``tests/integration/`` → ``integration``: talks to a real peer on loopback (a simulator on
   a pty or TCP port, mosquitto, VictoriaMetrics, the gateway as a process);
-* ``tests/e2e/`` → ``integration`` and ``slow``: the whole gateway process against all peers.
+* ``tests/e2e/`` → ``integration`` and ``slow``: the whole gateway process against all peers;
+* ``tests/packaging/`` → ``integration``: the wheel and the Debian package built and installed.
 
 Tests that take tens of seconds also carry ``slow`` (``pytestmark = pytest.mark.slow`` in the
 module, or on the test). ``make test`` runs every kind; ``-m unit`` or ``-m "not slow"`` pick a
@@ -22,7 +23,8 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-KIND_BY_DIRECTORY = {"unit": "unit", "integration": "integration", "e2e": "integration"}
+KIND_BY_DIRECTORY = {"unit": "unit", "integration": "integration", "e2e": "integration",
+                     "packaging": "integration"}
 SLOW_DIRECTORIES = {"e2e"}
 KINDS = ("unit", "integration")
 
@@ -44,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         kind, slow = kind_of(item.path)
         if kind is None:
-            wrong.append(f"{item.nodeid}: outside tests/unit, tests/integration and tests/e2e")
+            wrong.append(f"{item.nodeid}: outside tests/unit, tests/integration, tests/e2e and tests/packaging")
             continue
         other = {m.name for m in item.iter_markers() if m.name in KINDS} - {kind}
         if other:

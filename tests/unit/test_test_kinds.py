@@ -11,6 +11,7 @@ from tests.conftest import TESTS, kind_of
     ("unit/test_store.py", ("unit", False)),
     ("integration/test_mqtt_sink.py", ("integration", False)),
     ("e2e/test_demo.py", ("integration", True)),
+    ("packaging/test_wheel.py", ("integration", False)),
     ("test_stray.py", (None, False)),
     ("servicefixtures.py", (None, False)),
 ])
