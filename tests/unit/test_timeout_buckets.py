@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from drivers.modbus.transport import TimeoutBuckets, timeout_buckets
+from drivers.transport.buckets import TimeoutBuckets, timeout_buckets
 from tests.servicefixtures import await_until
 
 
