@@ -14,9 +14,13 @@ How it fits the gateway
 
   1. meters whose protocol keeps freeze records (the ``freeze_records`` capability of its
      descriptor, :mod:`drivers.registry`; today DL/T 645-2007), boundary at 00:00: the
-     meter's **daily freeze matched by date**
-     (``read_daily_freeze``; the log can have gaps, so never by index) → ``meter_frozen``
-     stamped with the meter's freeze time;
+     meter's **daily freeze found by date**
+     (``read_daily_freeze``; the log can have gaps, so never by index) and used only when
+     its **freeze time** (from the record) is the boundary within the plan's tolerance →
+     ``meter_frozen`` stamped with the meter's freeze time. A freeze taken at another time
+     (12:00 for a 00:00 boundary) is not used: the attempt goes on to 2. and 3., the reason
+     names both times, and a ``freeze_mismatch`` review event is raised once (through
+     ``Core.event_sinks``);
   2. the same meters: the **settlement-day record** whose instant is the boundary
      (上n结算日, n = 1..3) → ``meter_frozen``;
   3. a **live read** of the plan's registers → ``actual`` when it finished within the
@@ -61,7 +65,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time
+from datetime import date, datetime, time, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Final
@@ -164,6 +168,9 @@ class BillingCapture:
         self.attempts = 0
         self.stored = 0
         self.ratio_changes = 0
+        self._mismatches: dict[tuple[str, float], float] = {}     # (meter, boundary) → freeze time seen
+        self._mismatch_raised: set[tuple[str, float]] = set()
+        self.events_raised: list[tuple[str, str, str]] = []       # (meter, type, key), for tests and logs
         self._stopping = False
         core.observers.append(self.observe)
 
@@ -358,9 +365,37 @@ class BillingCapture:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            await self._raise_freeze_mismatch(m, b)
             return None, str(exc) or type(exc).__name__
         await self._store(m, plan, b, draft)
+        await self._raise_freeze_mismatch(m, b)
         return draft, ""
+
+    async def _raise_freeze_mismatch(self, m: MeterRuntime, b: Boundary) -> None:
+        """Raise (once per meter and boundary) the ``freeze_mismatch`` event an attempt found."""
+        key = (m.id, b.ts)
+        frozen_at = self._mismatches.pop(key, None)
+        if frozen_at is None or key in self._mismatch_raised:
+            return
+        self._mismatch_raised.add(key)
+        z = zone(self.tz)
+        message = (f"the meter's daily freeze for the {_local(b.ts, z)} boundary was taken at "
+                   f"{_local(frozen_at, z)}: not used as the settlement; the registers were read instead")
+        await self.raise_event(m.id, "freeze_mismatch", iso_utc(b.ts), message,
+                               {"boundary": iso_utc(b.ts), "frozen_at": iso_utc(frozen_at),
+                                "tolerance_s": Decimal(repr(self.plans[m.id].tolerance_s))})
+
+    async def raise_event(self, meter: str, etype: str, key: str, message: str, evidence: dict[str, object]) -> None:
+        """Hand a billing review event to the review engine (``Core.event_sinks``); always logged."""
+        log.warning("billing event %s meter %s [%s]: %s", etype, meter, key, message)
+        self.events_raised.append((meter, etype, key))
+        for sink in self.gw.event_sinks:
+            try:
+                await sink(meter, etype, key, self.gw.clock.time(), message, evidence)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("billing event %s of meter %s could not be handed to review", etype, meter)
 
     async def _wait(self, meter_id: str, seconds: float, *, wake: bool) -> None:
         """Sleep ``seconds`` of gateway time, or less when the meter's next good poll arrives."""
@@ -492,10 +527,17 @@ class BillingCapture:
             except DeviceException as exc:
                 notes.append(f"daily freeze: {exc}")
             else:
-                regs = self._frozen_registers(m, plan, values, stamps)
-                if regs:
-                    return Draft("meter_frozen", "daily_freeze", regs, read_at=self.gw.clock.time(),
-                                 frozen_at=when.timestamp())
+                frozen_at = when.timestamp()
+                if abs(frozen_at - b.ts) > plan.tolerance_s:
+                    # Matched by date only: a freeze taken at another time of day is not this boundary.
+                    notes.append(f"the daily freeze of {day} was taken at {_local(frozen_at, z)}, not at the "
+                                 f"boundary {_local(b.ts, z)} (tolerance {plan.tolerance_s:g} s): not used")
+                    self._mismatches[(m.id, b.ts)] = frozen_at
+                else:
+                    regs = self._frozen_registers(m, plan, values, stamps)
+                    if regs:
+                        return Draft("meter_frozen", "daily_freeze", regs, read_at=self.gw.clock.time(),
+                                     frozen_at=frozen_at)
         for n in range(1, 4):
             try:
                 settled, values = await freezes.read_settlement(addr, n, timeout, tz=z)
@@ -664,6 +706,11 @@ class BillingCapture:
 def _factor(m: MeterRuntime, name: str) -> Decimal:
     """The factor of a plan register of ``m`` under its configured ratios (gateway.multiplier's rule)."""
     return register_factor(m.profile, name, m.settings.ct_ratio.factor, m.settings.pt_ratio.factor)
+
+
+def _local(t: float, z: tzinfo) -> str:
+    """Epoch ``t`` as a local wall time to the minute (what an operator compares)."""
+    return datetime.fromtimestamp(t, z).isoformat(timespec="minutes")
 
 
 def _join(a: str | None, b: str) -> str:

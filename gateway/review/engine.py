@@ -111,6 +111,7 @@ class ReviewEngine:
         self.processed = 0
         self._full_logged = False
         core.observers.append(self.observe)
+        core.event_sinks.append(self.raise_external)
 
     # ------------------------------------------------------------------ observer
     def observe(self, meter: MeterRuntime, reading: Reading) -> None:
@@ -241,6 +242,11 @@ class ReviewEngine:
                 raise
             except Exception:
                 log.exception("review: housekeeping failed; will retry")
+
+    async def raise_external(self, meter: str, etype: str, key: str, ts: float, message: str,
+                             evidence: dict[str, object]) -> None:
+        """Store and publish an event another feature decided (billing's ``freeze_mismatch``, ``negative``)."""
+        await self.emit_all(meter, [RuleEvent(etype, "raised", key, ts, message, dict(evidence))])
 
     async def process(self, meter: str, reading: Reading) -> list[db.StoredEvent]:
         """Review one reading now: run the rules, store and publish what they decide."""
