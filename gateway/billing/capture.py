@@ -72,11 +72,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from drivers import registry
 from drivers.base import FreezeRecordReader, MeterDriver, ReadPlan
+from drivers.capacity import capacity_of
 from gateway.billing import db
 from gateway.billing.cycles import (
     Boundary,
     boundaries_between,
     cycle_at,
+    last_boundary_at_or_before,
     local_date_of,
     next_boundary_after,
 )
@@ -87,6 +89,7 @@ from gateway.billing.settlement import (
     RegisterValue,
     Settlement,
     rank,
+    stage_consumption,
 )
 from gateway.errors import DeviceException
 from gateway.model import Reading, iso_utc, loads_exact, parse_iso
@@ -171,6 +174,7 @@ class BillingCapture:
         self._mismatches: dict[tuple[str, float], float] = {}     # (meter, boundary) → freeze time seen
         self._mismatch_raised: set[tuple[str, float]] = set()
         self.events_raised: list[tuple[str, str, str]] = []       # (meter, type, key), for tests and logs
+        self._negative_raised: set[tuple[str, str, tuple[str, ...]]] = set()
         self._stopping = False
         core.observers.append(self.observe)
 
@@ -388,7 +392,6 @@ class BillingCapture:
     async def raise_event(self, meter: str, etype: str, key: str, message: str, evidence: dict[str, object]) -> None:
         """Hand a billing review event to the review engine (``Core.event_sinks``); always logged."""
         log.warning("billing event %s meter %s [%s]: %s", etype, meter, key, message)
-        self.events_raised.append((meter, etype, key))
         for sink in self.gw.event_sinks:
             try:
                 await sink(meter, etype, key, self.gw.clock.time(), message, evidence)
@@ -396,6 +399,7 @@ class BillingCapture:
                 raise
             except Exception:
                 log.exception("billing event %s of meter %s could not be handed to review", etype, meter)
+        self.events_raised.append((meter, etype, key))       # after the sinks: it is stored when listed here
 
     async def _wait(self, meter_id: str, seconds: float, *, wake: bool) -> None:
         """Sleep ``seconds`` of gateway time, or less when the meter's next good poll arrives."""
@@ -628,6 +632,10 @@ class BillingCapture:
             "registers": {n: r.doc() for n, r in d.registers.items()},
             "reason": d.reason,
         }
+        caps = {n: c.doc() for n in d.registers if n not in NOT_CUMULATIVE
+                and (c := capacity_of(m.profile.points.get(n))) is not None}
+        if caps:
+            body["capacity"] = caps          # where each register rolls over (stage consumption)
         if d.estimated_from:
             body["estimated_from"] = list(d.estimated_from)
         store = self.gw.store
@@ -638,6 +646,8 @@ class BillingCapture:
         self.current[(s.id, b.ts)] = _known_of(row)
         self.stored += 1
         await self._publish(row)
+        if d.quality != "missing":
+            await self._check_stage(m, plan, b)
         extra = f", read at {iso_utc(d.read_at)}" if d.quality in ("actual", "late") and d.read_at else ""
         extra += f", frozen at {iso_utc(d.frozen_at)}" if d.frozen_at else ""
         extra += f" ({d.reason})" if d.quality == "missing" and d.reason else ""
@@ -646,6 +656,36 @@ class BillingCapture:
             datetime.fromtimestamp(b.ts, zone(self.tz)).isoformat(timespec="minutes"), d.quality, d.source, extra,
         )
         return row
+
+    async def _check_stage(self, m: MeterRuntime, plan: BillingPlan, b: Boundary) -> None:
+        """Raise a ``negative`` review event when the stage ending at ``b`` went down unexplained.
+
+        Once per meter, stage end and register set; a rollover within the register's capacity is
+        counted (flagged in the stage, :func:`~gateway.billing.settlement.stage_consumption`), not raised.
+        """
+        prev = last_boundary_at_or_before(plan, self.tz, b.ts - 1e-3)
+        if prev.ts >= b.ts:
+            return
+        rows = await self.gw.store.read(db.for_meter, m.id, prev.ts, b.ts)
+        changes = await self.gw.store.read(db.ratio_changes, m.id, prev.ts, b.ts)
+        by_ts = {r.boundary: r for r in rows}
+        st = stage_consumption(b.index if b.index else prev.index + 1, prev.ts, b.ts, by_ts.get(prev.ts),
+                               by_ts.get(b.ts), list(plan.registers), changes)
+        if "negative" not in st.codes:
+            return
+        down = sorted(n for n, v in st.consumption.items() if v is not None and v < 0)
+        key = f"{iso_utc(prev.ts)}/{iso_utc(b.ts)}"
+        if (m.id, key, tuple(down)) in self._negative_raised:
+            return
+        self._negative_raised.add((m.id, key, tuple(down)))
+        z = zone(self.tz)
+        await self.raise_event(
+            m.id, "negative", key,
+            f"stage {_local(prev.ts, z)} → {_local(b.ts, z)}: {', '.join(down)} went down and no rollover "
+            "explains it; the stage is not complete",
+            {"start": iso_utc(prev.ts), "end": iso_utc(b.ts),
+             "consumption": {n: st.consumption[n] for n in down},
+             "flags": [f for f in st.flags if f.startswith("negative")]})
 
     async def _publish(self, row: Settlement) -> None:
         store = self.gw.store

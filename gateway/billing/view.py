@@ -50,6 +50,7 @@ def _stage_doc(st: StageConsumption) -> dict[str, Any]:
         "complete": st.complete,
         "consumption": dict(st.consumption),
         "flags": list(st.flags),
+        "codes": list(st.codes),
     }
 
 
