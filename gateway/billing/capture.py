@@ -74,6 +74,7 @@ from drivers import registry
 from drivers.base import FreezeRecordReader, MeterDriver, ReadPlan
 from drivers.capacity import capacity_of
 from gateway.billing import db
+from gateway.billing.clockstate import ClockStateSource, GatewayClockState, clock_state_source
 from gateway.billing.cycles import (
     Boundary,
     boundaries_between,
@@ -91,6 +92,7 @@ from gateway.billing.settlement import (
     rank,
     stage_consumption,
 )
+from gateway.clock import SystemClock
 from gateway.errors import DeviceException
 from gateway.model import Reading, iso_utc, loads_exact, parse_iso
 from gateway.multiplier import RatioChange, last_audit_at, last_ratio_change, register_factor
@@ -175,6 +177,11 @@ class BillingCapture:
         self._mismatch_raised: set[tuple[str, float]] = set()
         self.events_raised: list[tuple[str, str, str]] = []       # (meter, type, key), for tests and logs
         self._negative_raised: set[tuple[str, str, tuple[str, ...]]] = set()
+        self._clock_plans: dict[str, ReadPlan | None] = {}
+        #: Where the gateway clock's state comes from (tests inject their own: the kernel's NTP
+        #: state cannot be set by a test).
+        self.clock_state: ClockStateSource = clock_state_source(
+            core.settings.gateway.clock_check_command, isinstance(core.clock, SystemClock))
         self._stopping = False
         core.observers.append(self.observe)
 
@@ -371,6 +378,7 @@ class BillingCapture:
         except Exception as exc:
             await self._raise_freeze_mismatch(m, b)
             return None, str(exc) or type(exc).__name__
+        draft = clock_verdict(draft, await self.clock_state(), plan)
         await self._store(m, plan, b, draft)
         await self._raise_freeze_mismatch(m, b)
         return draft, ""
@@ -438,7 +446,8 @@ class BillingCapture:
         if _frozen_capable(m, self.gw):
             frozen = await self._read_frozen(driver, m, plan, b, timeout, notes)
             if frozen is not None:
-                return await self._complete_frozen(driver, m, plan, b, timeout, frozen)
+                done = await self._complete_frozen(driver, m, plan, b, timeout, frozen)
+                return await self._with_meter_clock(driver, m, timeout, done)
         if frozen_only:
             raise _NotFrozen("; ".join(notes) or "the meter has no frozen value for this boundary")
         regs, now, error = await self._read_live(driver, m, plan, b.ts, timeout, self._live_plan(m, plan))
@@ -446,7 +455,42 @@ class BillingCapture:
             raise DeviceException(0x02, "no requested data", error or "no register could be read")
         quality = "actual" if now - b.ts <= plan.tolerance_s else "late"
         note = "; ".join(notes) if notes else None
-        return Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
+        live = Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
+        return await self._with_meter_clock(driver, m, timeout, live)
+
+    async def _with_meter_clock(self, driver: MeterDriver, m: MeterRuntime, timeout: float, d: Draft) -> Draft:
+        """Read the meter's clock in the same bus job and keep its offset from the gateway's with ``d``.
+
+        Only for profiles that map ``meter_clock``; a meter without one keeps ``meter_offset_s``
+        None (nothing to check). A clock the meter does not give is noted and treated as an
+        offset that cannot be verified (see :func:`clock_verdict`).
+        """
+        if "meter_clock" not in m.profile.points:
+            return d
+        if m.id not in self._clock_plans:
+            bus = self.gw.settings.buses[m.settings.bus]
+            self._clock_plans[m.id] = compile_meter_plan(bus, m.settings, m.profile, ["meter_clock"])
+        compiled = self._clock_plans[m.id]
+        if compiled is None:
+            return d
+        try:
+            results = await driver.read(m.settings.address, compiled, timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return replace(d, meter_clock=None, reason=_join(d.reason, f"meter clock not read: {exc}"),
+                           flags=(*d.flags, "meter_clock_unread"))
+        now = self.gw.clock.time()
+        reading = m.builder.build("settlement", now, now, results)
+        p = reading.points.get("meter_clock")
+        text = None if p is None or p.quality != "good" else str(p.value if p.value is not None else p.raw)
+        at = None if text is None else _meter_time(text, self.tz)
+        if text is None or at is None:
+            why = p.reason if p is not None and p.reason else "no value"
+            return replace(d, reason=_join(d.reason, f"meter clock not read: {why}"),
+                           flags=(*d.flags, "meter_clock_unread"))
+        offset = (Decimal(repr(at)) - Decimal(repr(now))).quantize(Decimal("0.001"))
+        return replace(d, meter_clock=text, meter_offset_s=offset)
 
     async def _read_live(self, driver: MeterDriver, m: MeterRuntime, plan: BillingPlan, slot: float, timeout: float,
                          live: tuple[ReadPlan, list[str]] | None) -> tuple[dict[str, RegisterValue], float, str | None]:
@@ -638,6 +682,12 @@ class BillingCapture:
             body["capacity"] = caps          # where each register rolls over (stage consumption)
         if d.estimated_from:
             body["estimated_from"] = list(d.estimated_from)
+        if d.gateway_clock is not None:
+            body["gateway_clock"] = d.gateway_clock
+            body["meter_clock"] = d.meter_clock
+            body["meter_offset_s"] = d.meter_offset_s
+        if d.flags:
+            body["flags"] = list(d.flags)
         store = self.gw.store
         row = await store.write(db.insert_if_better, s.id, plan.name, b.cycle, b.index, b.ts, d.quality,
                                 self.gw.clock.time(), body)
@@ -748,6 +798,45 @@ def _factor(m: MeterRuntime, name: str) -> Decimal:
     return register_factor(m.profile, name, m.settings.ct_ratio.factor, m.settings.pt_ratio.factor)
 
 
+def clock_verdict(d: Draft, state: GatewayClockState, plan: BillingPlan) -> Draft:
+    """``d`` with the gateway clock's state kept and, when it cannot be trusted, ``clock_unverified``.
+
+    A settlement read from the meter (``meter_frozen``, ``actual``, ``late``) is unverified when
+    the gateway clock is not known to be synchronized, or the meter's clock was off from the
+    gateway's by more than ``plan.max_meter_offset_s`` (or could not be read, its profile
+    mapping one). Estimated and missing ones are left as they are. Pure.
+    """
+    if d.quality in ("missing", "estimated"):
+        return d
+    why: list[str] = []
+    if state.synchronized is not True:
+        why.append("the gateway clock is " + ("not synchronized" if state.synchronized is False
+                                               else "of unknown state") + f" ({state.detail})")
+    if d.meter_offset_s is not None and abs(d.meter_offset_s) > Decimal(repr(plan.max_meter_offset_s)):
+        why.append(f"the meter clock is {d.meter_offset_s} s off the gateway's "
+                   f"(the plan allows {plan.max_meter_offset_s:g} s)")
+    if "meter_clock_unread" in d.flags:
+        why.append("the meter clock could not be read")
+    flags = tuple(f for f in d.flags if f != "meter_clock_unread")
+    if why:
+        flags = (*flags, "clock_unverified")
+    reason = d.reason
+    if why:
+        reason = _join(reason, "clock_unverified: " + "; ".join(why))
+    return replace(d, gateway_clock=state.doc(), flags=flags, reason=reason)
+
+
+def _meter_time(text: str, tz: str) -> float | None:
+    """A meter clock reading (ISO-8601; naive means the gateway's zone) as epoch seconds."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=zone(tz))
+    return dt.timestamp()
+
+
 def _local(t: float, z: tzinfo) -> str:
     """Epoch ``t`` as a local wall time to the minute (what an operator compares)."""
     return datetime.fromtimestamp(t, z).isoformat(timespec="minutes")
@@ -816,4 +905,4 @@ def _neighbours(conn: sqlite3.Connection, meter: str, at: float, registers: list
     return a, b
 
 
-__all__ = ["BillingCapture", "interpolate"]
+__all__ = ["BillingCapture", "clock_verdict", "interpolate"]

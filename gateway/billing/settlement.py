@@ -25,7 +25,10 @@ record or reading the consumption is withheld and flagged.
 A decrease of a register is a **rollover** when the register's capacity (``capacity`` in
 the settlement, from the profile: 10^digits) explains it — end + 10^digits − start below half
 the capacity — and is then counted exactly and flagged ``rollover``; any other decrease is
-flagged ``negative`` and the stage is never ``complete``. ``codes`` lists such flags
+flagged ``negative`` and the stage is never ``complete``. A stage one of whose ends is
+``clock_unverified`` (the gateway clock unsynchronized, or the meter clock off by more than the
+plan's ``max_meter_offset``, at that read) is flagged so and not ``complete`` (an operator
+confirmation, issue 15 item 6, is what will accept it). ``codes`` lists such flags
 (:data:`FLAG_CODES`) for programs; ``flags`` explains each in a sentence.
 **Reconciliation**: Σ stage consumption = cycle consumption (end − start of the cycle) per
 register, flagged when a stage is incomplete or the sums disagree.
@@ -96,6 +99,10 @@ class Draft:
     frozen_at: float | None = None        # meter's freeze time (meter_frozen)
     reason: str | None = None             # missing: why; others: notes
     estimated_from: tuple[dict[str, object], ...] = ()
+    meter_clock: str | None = None        # the meter's clock as read with the settlement (meter local)
+    meter_offset_s: Decimal | None = None  # meter clock − gateway clock at that read
+    gateway_clock: dict[str, object] | None = None   # the gateway clock's state (clockstate.GatewayClockState)
+    flags: tuple[str, ...] = ()           # clock_unverified
 
 
 @dataclass(slots=True)
@@ -149,6 +156,11 @@ class Settlement:
         """Registers that carry a quality of their own (see :class:`RegisterValue`)."""
         regs = self.body.get("registers") or {}
         return {n: str(r["quality"]) for n, r in regs.items() if isinstance(r, dict) and r.get("quality")}
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The settlement's own flags (``clock_unverified``)."""
+        return tuple(str(f) for f in self.body.get("flags") or ())
 
     @property
     def multiplier(self) -> Decimal | None:
@@ -265,7 +277,16 @@ def stage_consumption(
     one_end = [n for n, v in cons.items() if v is None and usable and not (n in a and n in b)]
     if one_end:
         flags.append("only one end has " + ", ".join(one_end) + " (the other end's source does not carry it)")
-    complete = usable and not negative and any(v is not None for v in cons.values()) and not any(
+    unverified = False
+    for s, end_name in ((first, "start"), (last, "end")):
+        if s is not None and s.quality != "missing" and "clock_unverified" in s.flags:
+            unverified = True
+            codes.append("clock_unverified")
+            flags.append(f"clock_unverified: the {end_name} settlement was read while the gateway clock was "
+                         "unsynchronized or the meter clock was off by more than the plan allows "
+                         f"({s.body.get('reason') or 'see the settlement'}); not complete until an operator "
+                         "confirms it")
+    complete = usable and not negative and not unverified and any(v is not None for v in cons.values()) and not any(
         v is None and n in a and n in b for n, v in cons.items())
     for s, end_name in ((first, "start"), (last, "end")):
         if s is None:

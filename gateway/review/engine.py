@@ -102,6 +102,7 @@ class ReviewEngine:
         self._task: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._retry: list[tuple[str, RuleEvent]] = []
+        self._emit_lock = asyncio.Lock()
         self._last_save = 0.0
         self._last_purge = 0.0
         self._started = False
@@ -293,7 +294,15 @@ class ReviewEngine:
                 return
 
     async def _emit(self, meter: str, ev: RuleEvent) -> db.StoredEvent:
-        """Publish (outbox) then record (review_event) one event."""
+        """Publish (outbox) then record (review_event) one event, one at a time.
+
+        Serialised: events raised by other features (:meth:`raise_external`) come from their
+        own tasks, and two emits sharing one id would lose one to the ``INSERT OR IGNORE``.
+        """
+        async with self._emit_lock:
+            return await self._emit_one(meter, ev)
+
+    async def _emit_one(self, meter: str, ev: RuleEvent) -> db.StoredEvent:
         store = self.gateway.store
         st = self.state(meter)
         raised_id = ev.raised_id if ev.state == "cleared" else None
