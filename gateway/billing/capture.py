@@ -698,6 +698,9 @@ class BillingCapture:
         await self._publish(row)
         if d.quality != "missing":
             await self._check_stage(m, plan, b)
+            nxt = next_boundary_after(plan, self.tz, b.ts)
+            if (s.id, nxt.ts) in self.current:          # a catch-up stored an older boundary after a newer one
+                await self._check_stage(m, plan, nxt)
         extra = f", read at {iso_utc(d.read_at)}" if d.quality in ("actual", "late") and d.read_at else ""
         extra += f", frozen at {iso_utc(d.frozen_at)}" if d.frozen_at else ""
         extra += f" ({d.reason})" if d.quality == "missing" and d.reason else ""
