@@ -22,6 +22,9 @@ What a simulated meter does (``SimDlt645Spec`` switches the options):
   5-value block whose total is the model's register at the freeze instant and whose tariff
   values are "no data" fill, EE). ``freeze_kinds`` names the blocks (DI1) the meter
   freezes; any other is refused (D1 / 0x02), like a meter model without them;
+  ``freeze_at`` (default 00:00) is the time each freeze record is *stamped* with (050600nn),
+  to play a meter whose freeze is taken at another time of day (a 12:00 freeze offered for a
+  00:00 boundary); the values stay those of local 00:00;
 * settlement-day snapshots (xxxxFF0n, xxxx0n): registers at the n-th previous settlement
   instant of ``settlement_days`` (reported as 04000B01..03);
 * a meter clock (04000101 / 04000102) with a fixed offset and a drift in ppm; a broadcast
@@ -45,7 +48,7 @@ import os
 import tty
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -115,6 +118,7 @@ class SimDlt645Spec:
     reply_delay_s: float = 0.0
     freeze_gaps: frozenset[date] = frozenset()
     freeze_kinds: frozenset[int] = frozenset({0x01, 0x02, 0x03, 0x04, 0x09})
+    freeze_at: time = time(0, 0)
     settlement_days: tuple[tuple[int, int], ...] = ((1, 0),)
     clock_offset_s: float = 0.0
     clock_drift_ppm: float = 0.0
@@ -307,7 +311,7 @@ class _SimMeter:
             return None
         day = days[n - 1]
         if kind == 0x00:
-            return encode_value(datetime(day.year, day.month, day.day), "YYMMDDhhmm")
+            return encode_value(datetime.combine(day, self.spec.freeze_at), "YYMMDDhhmm")
         if kind not in self.spec.freeze_kinds:
             return None
         frozen = self.model.frozen_daily(day)

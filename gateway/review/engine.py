@@ -102,6 +102,7 @@ class ReviewEngine:
         self._task: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._retry: list[tuple[str, RuleEvent]] = []
+        self._emit_lock = asyncio.Lock()
         self._last_save = 0.0
         self._last_purge = 0.0
         self._started = False
@@ -111,6 +112,7 @@ class ReviewEngine:
         self.processed = 0
         self._full_logged = False
         core.observers.append(self.observe)
+        core.event_sinks.append(self.raise_external)
 
     # ------------------------------------------------------------------ observer
     def observe(self, meter: MeterRuntime, reading: Reading) -> None:
@@ -242,6 +244,11 @@ class ReviewEngine:
             except Exception:
                 log.exception("review: housekeeping failed; will retry")
 
+    async def raise_external(self, meter: str, etype: str, key: str, ts: float, message: str,
+                             evidence: dict[str, object]) -> None:
+        """Store and publish an event another feature decided (billing's ``freeze_mismatch``, ``negative``)."""
+        await self.emit_all(meter, [RuleEvent(etype, "raised", key, ts, message, dict(evidence))])
+
     def evaluate(self, meter: str, reading: Reading) -> list[RuleEvent]:
         """Run the rules on one reading against the meter's memory; the events they decide."""
         ctx = self.contexts.get(meter)
@@ -283,7 +290,15 @@ class ReviewEngine:
                 return
 
     async def _emit(self, meter: str, ev: RuleEvent) -> db.StoredEvent:
-        """Publish (outbox) then record (review_event) one event."""
+        """Publish (outbox) then record (review_event) one event, one at a time.
+
+        Serialised: events raised by other features (:meth:`raise_external`) come from their
+        own tasks, and two emits sharing one id would lose one to the ``INSERT OR IGNORE``.
+        """
+        async with self._emit_lock:
+            return await self._emit_one(meter, ev)
+
+    async def _emit_one(self, meter: str, ev: RuleEvent) -> db.StoredEvent:
         store = self.gateway.store
         st = self.state(meter)
         raised_id = ev.raised_id if ev.state == "cleared" else None

@@ -140,7 +140,7 @@ BROKEN: list[tuple[str, str, list[tuple[int, str]]]] = [
     ("unknown_point_key", "protocol: modbus\npoints:\n  power_kw: {address: 1, type: f32, "
      "wordorder: little}\n",
      [(3, 'point power_kw: unknown key "wordorder" (did you mean "word_order"?); accepted keys are '
-          "address, byte_order, function, scale, side, type, unit, word_order")]),
+          "address, byte_order, capacity, function, scale, side, type, unit, word_order")]),
     ("bad_limits", "protocol: modbus\nlimits: {max_registers_per_request: 126}\npoints:\n"
      "  power_kw: {address: 1, type: f32}\n",
      [(2, "profile limits: max_registers_per_request must be between 1 and 125, not 126")]),
