@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
 from gateway.errors import AmrError, ConfigError
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "register with both ends' qualities and the reconciliation flag")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
+    add_auth_commands(sub)
     return p
 
 
@@ -140,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
+        "token": cmd_token, "audit": cmd_audit,
     }
     try:
         return commands[args.command](args)

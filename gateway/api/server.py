@@ -1,4 +1,4 @@
-"""The API server: auth, errors, core routes (health, meters, readings, metrics, OpenAPI).
+"""The API server: auth (gateway/api/auth.py), errors, core routes (health, meters, readings, metrics, OpenAPI).
 
 Other components add routes through :func:`register_routes` (billing adds intervals,
 settlements, KPI and events) and describe them in the OpenAPI document the same way, so
@@ -8,17 +8,16 @@ settlements, KPI and events) and describe them in the OpenAPI document the same 
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway import __version__
+from gateway.api.auth import ApiAuth, install_token_routes
 from gateway.api.openapi import build_document
 from gateway.api.params import BadRequest, int_param, output_format, time_range
 from gateway.model import iso_utc, to_json
@@ -74,13 +73,7 @@ class ApiServer:
         api = gateway.settings.api
         self.host = api.host
         self.port = api.port
-        self.token = api.token
-        if not self.token:
-            self.token = secrets.token_urlsafe(24)
-            log.warning(
-                "no API token configured (api.token_file or AMR_API_TOKEN); generated one for this run: %s",
-                self.token,
-            )
+        self.auth = ApiAuth.for_settings(gateway.settings)  # token file + api.token (admin); roles
         self._runner: web.AppRunner | None = None
         self.app = self.build_app()
 
@@ -90,6 +83,7 @@ class ApiServer:
         r = app.router
         paths: dict[str, Any] = {}
         paths.update(install_core_routes(self, r))
+        paths.update(install_token_routes(self.auth, r))
         for installer in _INSTALLERS:
             paths.update(installer(self, r))
         self.openapi = build_document(paths, __version__)
@@ -115,26 +109,7 @@ class ApiServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
-            return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            resp = error_response(
-                401,
-                "this route needs 'Authorization: Bearer <token>' "
-                "(the token from api.token_file or AMR_API_TOKEN)",
-            )
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return resp
-        assert self.token is not None
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            resp = error_response(
-                401, "the bearer token is wrong; use the token from api.token_file or AMR_API_TOKEN"
-            )
-            resp.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-            return resp
-        return await handler(request)
+        return await self.auth.check(request, handler, public=request.path in PUBLIC_PATHS)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
