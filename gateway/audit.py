@@ -169,9 +169,10 @@ def verify(path: Path) -> Verdict:
         complete = False
     prev, seq = GENESIS, 0
     for number, raw in enumerate(lines, start=1):
-        reason = _check(raw, seq, prev)
-        if reason is None and number == len(lines) and not complete:
-            reason = "the entry has no line end (the write was cut off)"
+        if number == len(lines) and not complete:
+            reason: str | None = "the entry has no line end (its write was cut off, or bytes were changed)"
+        else:
+            reason = _check(raw, seq, prev)
         if reason is not None:
             return Verdict(number - 1, number, reason, prev)
         seq += 1
@@ -200,10 +201,10 @@ def _check(raw: bytes, seq: int, prev: str) -> str | None:
     if not isinstance(got, int):
         return "no seq number"
     if got > seq + 1:
-        missing = f"entry {seq + 1}" if got == seq + 2 else f"entries {seq + 1}..{got - 1}"
-        return f"seq {got} follows seq {seq}: {missing} deleted"
+        missing = f"entry {seq + 1} is" if got == seq + 2 else f"entries {seq + 1}..{got - 1} are"
+        return f"seq {got} where {seq + 1} was expected: {missing} missing here (deleted or moved)"
     if got < seq + 1:
-        return f"seq {got} after seq {seq}: entries reordered or repeated"
+        return f"seq {got} where {seq + 1} was expected: entries reordered or repeated"
     if doc.get("prev") != prev:
         which = "the genesis value" if seq == 0 else f"entry {seq}'s hash"
         return f"its prev does not match {which} (entries were replaced, reordered or deleted)"
