@@ -16,6 +16,7 @@ get 401, a role too low gets 403 naming the role needed; the handler finds the c
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -23,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -36,20 +37,27 @@ from gateway.tokens import Identity, Role, TokenError, TokenFile, TokenRecord
 
 log = logging.getLogger("amr.api.auth")
 
-IDENTITY: Final = "amr.identity"
+IDENTITY: Final = web.RequestKey("amr.identity", Identity)
 CONFIGURED_ID: Final = "config"
 _ROLE_ATTR: Final = "_amr_required_role"
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-H = TypeVar("H", bound=Callable[..., Any])
 
 
-def requires(role: Role) -> Callable[[H], H]:
-    """Mark a route handler as needing ``role`` (e.g. ``@requires(Role.OPERATOR)`` on a write)."""
+def requires(role: Role) -> Callable[[Handler], Handler]:
+    """A route handler that needs ``role`` (e.g. ``requires(Role.OPERATOR)(record_exchange)``).
 
-    def mark(handler: H) -> H:
-        setattr(getattr(handler, "__func__", handler), _ROLE_ATTR, role)
-        return handler
+    Returns a new handler carrying the requirement; the original is left unmarked, so one
+    function may serve several routes with different roles.
+    """
+
+    def mark(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            return await handler(request)
+
+        setattr(guarded, _ROLE_ATTR, role)
+        return guarded
 
     return mark
 
@@ -118,20 +126,18 @@ class ApiAuth:
                                  "active tokens", 'Bearer error="invalid_token"')
         needed = required_role(request)
         if identity.role < needed:
-            return web.Response(
-                text=json.dumps({"error": f"this route needs the {needed.label} role; token {identity.id} "
-                                          f"({identity.name}) has the {identity.role.label} role; use a "
-                                          f"{needed.label} token (`amr-gateway token add --role {needed.label}`)"}),
-                status=403, content_type="application/json")
+            article = "an" if needed.label[0] in "aeiou" else "a"
+            message = (f"this route needs the {needed.label} role; token {identity.id} ({identity.name}) has the "
+                       f"{identity.role.label} role; use {article} {needed.label} token "
+                       f"(`amr-gateway token add --role {needed.label}`)")
+            return web.Response(text=json.dumps({"error": message}), status=403, content_type="application/json")
         request[IDENTITY] = identity
         return await handler(request)
 
 
 def caller(request: web.Request) -> Identity:
     """The identity the auth middleware found for this request."""
-    identity = request.get(IDENTITY)
-    assert isinstance(identity, Identity), "route reached without the auth middleware"
-    return identity
+    return request[IDENTITY]
 
 
 def public_record(record: TokenRecord) -> dict[str, Any]:
