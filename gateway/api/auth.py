@@ -190,11 +190,10 @@ def install_token_routes(auth: ApiAuth, r: web.UrlDispatcher) -> dict[str, Any]:
     r.add_get("/api/v1/tokens", list_tokens)
     r.add_post("/api/v1/tokens", add_token)
     r.add_delete("/api/v1/tokens/{id}", revoke_token)
-    record_schema = {"type": "object", "properties": {k: {"type": "string"} for k in
-                                                      ("id", "name", "role", "created", "revoked")}}
-    errors = error_responses(400, 401, 404)
-    errors["403"] = {"description": "The token's role is below admin", "content": {"application/json": {
-        "schema": ERROR}}}
+    record_schema: dict[str, Any] = {"type": "object", "properties": {
+        **{k: {"type": "string"} for k in ("id", "name", "role", "created")},
+        "revoked": {"type": "string", "nullable": True}}}
+    errors = error_responses(400, 401, 403, 404)
     return {
         "/api/v1/tokens": {
             "get": {"summary": "API tokens (admin): ids, names, roles, created, revoked; never the secret",
@@ -207,12 +206,18 @@ def install_token_routes(auth: ApiAuth, r: web.UrlDispatcher) -> dict[str, Any]:
                          "type": "object", "required": ["name", "role"],
                          "properties": {"name": {"type": "string"},
                                         "role": {"type": "string", "enum": ["reader", "operator", "admin"]}}}}}},
-                     "responses": {"201": {"description": "the new token"}, **errors}},
+                     "responses": {"201": {"description": "the new token, with its secret", "content": {
+                         "application/json": {"schema": {**record_schema, "properties": {
+                             **record_schema["properties"], "token": {"type": "string"}}}}}}, **errors}},
         },
         "/api/v1/tokens/{id}": {
             "delete": {"summary": "Revoke a token (admin, audited); a running gateway refuses it at once",
-                       "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                       "responses": {"200": {"description": "the revoked token"}, **errors}},
+                       "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{8}$"}}],
+                       "responses": {"200": {"description": "the revoked token", "content": {
+                           "application/json": {"schema": record_schema}}},
+                                     "409": {"description": "already revoked", "content": {
+                                         "application/json": {"schema": ERROR}}},
+                                     **errors}},
         },
     }
 
