@@ -190,36 +190,39 @@ def install_token_routes(auth: ApiAuth, r: web.UrlDispatcher) -> dict[str, Any]:
     r.add_get("/api/v1/tokens", list_tokens)
     r.add_post("/api/v1/tokens", add_token)
     r.add_delete("/api/v1/tokens/{id}", revoke_token)
-    record_schema: dict[str, Any] = {"type": "object", "properties": {
+    return _token_paths()
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _token_paths() -> dict[str, Any]:
+    """The OpenAPI ``paths`` entries of the token routes."""
+    record: dict[str, Any] = {"type": "object", "properties": {
         **{k: {"type": "string"} for k in ("id", "name", "role", "created")},
         "revoked": {"type": "string", "nullable": True}}}
+    made = {**record, "properties": {**record["properties"], "token": {"type": "string"}}}
+    listing = {"type": "object", "properties": {"tokens": {"type": "array", "items": record}}}
+    new = {"type": "object", "required": ["name", "role"],
+           "properties": {"name": {"type": "string"},
+                          "role": {"type": "string", "enum": [r.label for r in Role]}}}
+    token_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{8}$"}}
     errors = error_responses(400, 401, 403, 404)
     return {
         "/api/v1/tokens": {
             "get": {"summary": "API tokens (admin): ids, names, roles, created, revoked; never the secret",
-                    "responses": {"200": {"description": "tokens", "content": {"application/json": {
-                        "schema": {"type": "object", "properties": {"tokens": {"type": "array",
-                                                                                "items": record_schema}}}}}},
-                                  **errors}},
+                    "responses": {"200": _json(listing, "the tokens"), **errors}},
             "post": {"summary": "Add a token (admin, audited); the response holds the token, shown only once",
-                     "requestBody": {"content": {"application/json": {"schema": {
-                         "type": "object", "required": ["name", "role"],
-                         "properties": {"name": {"type": "string"},
-                                        "role": {"type": "string", "enum": ["reader", "operator", "admin"]}}}}}},
-                     "responses": {"201": {"description": "the new token, with its secret", "content": {
-                         "application/json": {"schema": {**record_schema, "properties": {
-                             **record_schema["properties"], "token": {"type": "string"}}}}}}, **errors}},
+                     "requestBody": {"content": {"application/json": {"schema": new}}},
+                     "responses": {"201": _json(made, "the new token, with its secret"), **errors}},
         },
         "/api/v1/tokens/{id}": {
             "delete": {"summary": "Revoke a token (admin, audited); a running gateway refuses it at once",
-                       "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{8}$"}}],
-                       "responses": {"200": {"description": "the revoked token", "content": {
-                           "application/json": {"schema": record_schema}}},
-                                     "409": {"description": "already revoked", "content": {
-                                         "application/json": {"schema": ERROR}}},
-                                     **errors}},
+                       "parameters": [token_id],
+                       "responses": {"200": _json(record, "the revoked token"),
+                                     "409": _json(ERROR, "the token was already revoked"), **errors}},
         },
     }
-
 
 __all__ = ["IDENTITY", "ApiAuth", "caller", "install_token_routes", "public_record", "required_role", "requires"]
