@@ -84,6 +84,7 @@ class ApiAuth:
         self.audit = audit
         self._configured = configured.encode() if configured else None
         self._warned_load_error: str | None = None
+        self.last_used: dict[str, float] = {}   # token id -> when this process last accepted it
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ApiAuth:
@@ -108,6 +109,8 @@ class ApiAuth:
         if self._configured is not None and hmac.compare_digest(presented, self._configured):
             return Identity(CONFIGURED_ID, "api.token", Role.ADMIN)
         identity = self.tokens.identify(presented)
+        if identity is not None:
+            self.last_used[identity.id] = time.time()
         if self.tokens.load_error is not None and self.tokens.load_error != self._warned_load_error:
             log.error("%s; only api.token (if configured) is accepted until it is fixed", self.tokens.load_error)
         self._warned_load_error = self.tokens.load_error
@@ -135,6 +138,17 @@ class ApiAuth:
         return await handler(request)
 
 
+async def audit_write(auth: ApiAuth, request: web.Request, action: str, subject: str | None, before: object,
+                      after: object) -> None:
+    """Append a write made through the API to the audit log, as the request's caller.
+
+    What every write route calls once its change is done (``meter.exchange``,
+    ``meter.ratio_change``, ``reading.manual``, ``event.acknowledge`` ...); the fsync runs
+    in a thread so the event loop keeps serving.
+    """
+    await asyncio.to_thread(auth.audit.append, caller(request).actor, action, subject, before, after)
+
+
 def caller(request: web.Request) -> Identity:
     """The identity the auth middleware found for this request."""
     return request[IDENTITY]
@@ -153,7 +167,9 @@ def install_token_routes(auth: ApiAuth, r: web.UrlDispatcher) -> dict[str, Any]:
     @requires(Role.ADMIN)
     async def list_tokens(request: web.Request) -> web.Response:
         records = await asyncio.to_thread(auth.tokens.records)
-        return web.json_response({"tokens": [public_record(t) for t in records]})
+        used = dict(auth.last_used)
+        return web.json_response({"tokens": [
+            {**public_record(t), "last_used": iso_utc(used[t.id]) if t.id in used else None} for t in records]})
 
     @requires(Role.ADMIN)
     async def add_token(request: web.Request) -> web.Response:
@@ -169,8 +185,7 @@ def install_token_routes(auth: ApiAuth, r: web.UrlDispatcher) -> dict[str, Any]:
             token, record = await asyncio.to_thread(auth.tokens.add, body["name"], role, iso_utc(time.time()))
         except TokenError as exc:
             raise BadRequest(str(exc)) from None
-        await asyncio.to_thread(auth.audit.append, caller(request).actor, "token.add", record.id, None,
-                                public_record(record))
+        await audit_write(auth, request, "token.add", record.id, None, public_record(record))
         return web.json_response({**public_record(record), "token": token}, status=201)
 
     @requires(Role.ADMIN)
@@ -183,8 +198,7 @@ def install_token_routes(auth: ApiAuth, r: web.UrlDispatcher) -> dict[str, Any]:
             before, after = await asyncio.to_thread(auth.tokens.revoke, ident, iso_utc(time.time()))
         except TokenError as exc:
             raise web.HTTPConflict(text=json.dumps({"error": str(exc)}), content_type="application/json") from None
-        await asyncio.to_thread(auth.audit.append, caller(request).actor, "token.revoke", after.id,
-                                public_record(before), public_record(after))
+        await audit_write(auth, request, "token.revoke", after.id, public_record(before), public_record(after))
         return web.json_response(public_record(after))
 
     r.add_get("/api/v1/tokens", list_tokens)
@@ -203,7 +217,9 @@ def _token_paths() -> dict[str, Any]:
         **{k: {"type": "string"} for k in ("id", "name", "role", "created")},
         "revoked": {"type": "string", "nullable": True}}}
     made = {**record, "properties": {**record["properties"], "token": {"type": "string"}}}
-    listing = {"type": "object", "properties": {"tokens": {"type": "array", "items": record}}}
+    used = {**record, "properties": {**record["properties"], "last_used": {
+        "type": "string", "nullable": True, "description": "last accepted since this gateway started"}}}
+    listing = {"type": "object", "properties": {"tokens": {"type": "array", "items": used}}}
     new = {"type": "object", "required": ["name", "role"],
            "properties": {"name": {"type": "string"},
                           "role": {"type": "string", "enum": [r.label for r in Role]}}}
@@ -211,7 +227,8 @@ def _token_paths() -> dict[str, Any]:
     errors = error_responses(400, 401, 403, 404)
     return {
         "/api/v1/tokens": {
-            "get": {"summary": "API tokens (admin): ids, names, roles, created, revoked; never the secret",
+            "get": {"summary": "API tokens (admin): ids, names, roles, created, revoked, last used; never the "
+                               "secret",
                     "responses": {"200": _json(listing, "the tokens"), **errors}},
             "post": {"summary": "Add a token (admin, audited); the response holds the token, shown only once",
                      "requestBody": {"content": {"application/json": {"schema": new}}},
@@ -225,4 +242,5 @@ def _token_paths() -> dict[str, Any]:
         },
     }
 
-__all__ = ["IDENTITY", "ApiAuth", "caller", "install_token_routes", "public_record", "required_role", "requires"]
+__all__ = ["IDENTITY", "ApiAuth", "audit_write", "caller", "install_token_routes", "public_record", "required_role",
+           "requires"]

@@ -103,7 +103,8 @@ async def test_role_matrix_token_routes_and_bad_tokens_on_the_live_api(tmp_path:
         status, listed = await call(port, "GET", "/api/v1/tokens", CONFIGURED)
         assert status == 200 and [t["name"] for t in listed["tokens"]] == ["dashboard", "billing-clerk", "ops",
                                                                              "import"]
-        assert all(set(t) == {"id", "name", "role", "created", "revoked"} for t in listed["tokens"])
+        assert all(set(t) == {"id", "name", "role", "created", "revoked", "last_used"} for t in listed["tokens"])
+        assert [t["last_used"] is not None for t in listed["tokens"]] == [True, True, True, True]
 
         status, body = await call(port, "DELETE", f"/api/v1/tokens/{made['id']}", admin)
         assert status == 200 and body["revoked"]
