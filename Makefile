@@ -28,6 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway drivers tests bench
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --explicit-package-bases --ignore-missing-imports bench/*.py
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP) services
 	$(BIN)/python -m bench.serial_bus

@@ -13,26 +13,20 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
 from gateway.errors import AmrError, ConfigError
+from gateway.logsetup import setup_logging
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 log = logging.getLogger("amr.cli")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def parse_clock_start(text: str | None) -> float | None:
@@ -138,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``amr-gateway`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
@@ -181,9 +175,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_async(_serve(settings, args.config, load_settings_isolated))
 
 
-async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any] | None) -> int:
+async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path], Settings] | None) -> int:
     from gateway import systemd
-    from gateway.runtime import Gateway
+    from gateway.runtime import Gateway, reload
 
     gw = Gateway(settings)
     await gw.start()
@@ -209,13 +203,11 @@ async def _serve(settings: Any, path: Path | None, loader: Callable[[Path], Any]
                     new = loader(path)
                 except ConfigError as exc:
                     log.error("reload refused, the running configuration stays:\n%s", exc)
+                    gw.reload_status.failed(gw.clock.time(), f"reload refused, the configuration is invalid: {exc}")
                     continue
                 systemd.notify("RELOADING=1")
-                await gw.stop()
-                gw = Gateway(new)
-                await gw.start()
+                gw = await reload(gw, new)     # on any failure the running one is returned, still running
                 systemd.notify("READY=1")
-                log.info("configuration reloaded from %s", path)
     finally:
         systemd.notify("STOPPING=1")
         watchdog.cancel()

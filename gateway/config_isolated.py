@@ -23,6 +23,7 @@ from typing import Final
 
 from gateway.config import load_settings
 from gateway.errors import ConfigError, ConfigIssue
+from gateway.logsetup import setup_logging
 from gateway.settings import Settings
 
 log = logging.getLogger("amr.config")
@@ -33,9 +34,7 @@ ISOLATE_FROM_BYTES: Final = 256 * 1024
 
 def _child_load(path: str, level: str) -> tuple[Settings | None, list[ConfigIssue] | None]:
     """Runs in the child: load, and hand back the settings or the issues (both pickle)."""
-    from gateway.cli import _setup_logging
-
-    _setup_logging(level)   # the parent's level and format for the warnings the parse logs
+    setup_logging(level)   # the parent's level and format for the warnings the parse logs
     try:
         return load_settings(Path(path)), None
     except ConfigError as exc:

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 from datetime import datetime
@@ -25,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.aio import wait_event
 from gateway.clock import ScaledClock
+from gateway.ports import free_port
 
 if TYPE_CHECKING:
     from gateway.model import Reading
@@ -101,13 +101,6 @@ def reading_line(reading: Reading, tz: str) -> str:
             break
     problem = f"  ({reading.error})" if reading.error else ""
     return f"reading {at}  {reading.meter:<12} {reading.schedule:<8} {reading.quality}{shown}{problem}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the simulator binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def demo_config_text(data_dir: Path, *, api_host: str = "127.0.0.1", api_port: int = 8080,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from drivers.base import NO_PLAN_OPTIONS, BusParams, PlanOptions, PointDef
-from gateway.review.rules import ReviewThresholds
+from gateway.review_thresholds import ReviewThresholds
 
 SchedulePriority = Literal["settlement", "interval", "realtime"]
 InfluxClient = Literal["builtin", "influxdb-client"]

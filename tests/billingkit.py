@@ -17,7 +17,7 @@ import aiohttp
 from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import rehearsal_config_text
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 
@@ -46,8 +46,9 @@ def rehearsal_settings(tmp: Path, **options: Any) -> tuple[Settings, Path]:
 
 
 def capture_of(gw: Gateway) -> BillingCapture:
-    """The gateway's billing extension."""
-    return next(e for e in gw.extensions if isinstance(e, BillingCapture))
+    """The gateway's settlement-capture component."""
+    assert gw.billing is not None
+    return gw.billing
 
 
 def quality(cap: BillingCapture, meter: str, t: float) -> str | None:

@@ -76,7 +76,8 @@ def core_paths() -> dict[str, Any]:
     return {
         "/api/v1/health": {
             "get": {
-                "summary": "Up, version, store and sink states, backlog (no auth)",
+                "summary": "Up or degraded and the version (no auth); with the bearer token also the store, "
+                           "sink and bus states and the outcome of the last reload",
                 "security": [],
                 "responses": {
                     "200": {
@@ -85,7 +86,7 @@ def core_paths() -> dict[str, Any]:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "required": ["status", "version", "gateway"],
+                                    "required": ["status", "version"],
                                     "properties": {
                                         "status": {"type": "string", "enum": ["up", "degraded"]},
                                         "version": {"type": "string"},
@@ -93,6 +94,12 @@ def core_paths() -> dict[str, Any]:
                                         "store": {"type": "object", "nullable": True},
                                         "sinks": {"type": "array", "items": {"type": "object"}},
                                         "buses": {"type": "array", "items": {"type": "object"}},
+                                        "reload": {"type": "object", "nullable": True, "properties": {
+                                            "at": {"type": "string"},
+                                            "ok": {"type": "boolean"},
+                                            "error": {"type": "string", "nullable": True},
+                                            "restart_needed": {"type": "array", "items": {"type": "string"}},
+                                        }},
                                     },
                                 }
                             }

@@ -1,9 +1,9 @@
 """Billing routes: interval data, settlements with stage consumption, read-completeness KPIs.
 
-Installed through :func:`gateway.api.server.register_routes` by :func:`install` (called from
-:func:`gateway.billing.install`). Each route returns JSON with exact decimals, or CSV with
-``?format=csv``; every bad parameter is a 400 whose body says what to change; the OpenAPI
-entries below are what these handlers do (the API tests fuzz them with schemathesis).
+Registered by the composition root (:mod:`gateway.runtime`), which passes
+:func:`install_billing_routes` to :class:`gateway.api.server.ApiServer`. Each route returns JSON
+with exact decimals, or CSV with ``?format=csv``; every bad parameter is a 400 whose body says
+what to change; the OpenAPI entries below are what these handlers do (the API tests fuzz them with schemathesis).
 
 * ``GET /api/v1/meters/{id}/intervals?from=&to=&step=15m`` — :mod:`gateway.billing.intervals`
 * ``GET /api/v1/meters/{id}/settlements?cycle=YYYY-MM[&table=stages]`` — :mod:`gateway.billing.view`
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.api.openapi import FORMAT, FROM, METER_ID, TO, error_responses, json_or_csv
 from gateway.api.params import BadRequest, output_format, time_range
-from gateway.api.server import csv_response, json_response, register_routes
+from gateway.api.server import csv_response, json_response
 from gateway.billing import intervals as iv
 from gateway.billing import kpi as kpi_mod
 from gateway.billing import view
@@ -294,15 +294,4 @@ def billing_paths() -> dict[str, Any]:
     }
 
 
-_INSTALLED = False
-
-
-def install() -> None:
-    """Register the billing routes with the API server (idempotent)."""
-    global _INSTALLED  # noqa: PLW0603 - a one-shot registration guard
-    if not _INSTALLED:
-        register_routes(install_billing_routes)
-        _INSTALLED = True
-
-
-__all__ = ["billing_paths", "install", "install_billing_routes", "parse_cycle", "parse_day"]
+__all__ = ["billing_paths", "install_billing_routes", "parse_cycle", "parse_day"]

@@ -1,8 +1,9 @@
 """``GET /api/v1/events``: review events (raised and cleared) with their evidence, JSON or CSV.
 
 Events come from the review engine's own table (``review_event``, see
-:mod:`gateway.review.db`), which holds exactly what was published on MQTT. Installed by
-:func:`gateway.review.engine.install` through :func:`gateway.api.server.register_routes`.
+:mod:`gateway.review.db`), which holds exactly what was published on MQTT. Registered by the
+composition root (:mod:`gateway.runtime`), which passes :func:`install_event_routes` to
+:class:`gateway.api.server.ApiServer`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from gateway.api.openapi import FORMAT, error_responses, json_or_csv
 from gateway.api.params import MAX_RANGE_DAYS, BadRequest, int_param, output_format, parse_time
-from gateway.api.server import csv_response, json_response, register_routes
+from gateway.api.server import csv_response, json_response
 from gateway.model import iso_utc
 from gateway.review import db
 from gateway.review.rules import EVENT_TYPES
@@ -149,15 +150,4 @@ def _openapi_get() -> dict[str, Any]:
     }
 
 
-_INSTALLED = False
-
-
-def install() -> None:
-    """Register the events routes with the API server (idempotent)."""
-    global _INSTALLED  # noqa: PLW0603 - a one-shot registration guard
-    if not _INSTALLED:
-        register_routes(install_event_routes)
-        _INSTALLED = True
-
-
-__all__ = ["event_query", "install", "install_event_routes"]
+__all__ = ["event_query", "install_event_routes"]

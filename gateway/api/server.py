@@ -1,8 +1,16 @@
-"""The API server: auth (gateway/api/auth.py), errors, core routes (health, meters, readings, metrics, OpenAPI).
+"""The API server: auth (:mod:`gateway.api.auth`), errors, core routes (health, meters, readings, metrics,
+OpenAPI).
 
-Other components add routes through :func:`register_routes` (billing adds intervals,
-settlements, KPI and events) and describe them in the OpenAPI document the same way, so
-``/openapi.json`` always lists exactly what the server does.
+The server reads the running gateway through :class:`GatewayView` (a Protocol the runtime
+satisfies; the API never imports the runtime). Feature routes (billing: intervals,
+settlements, KPI; review: events) are :data:`RouteInstaller` functions the composition root
+(:mod:`gateway.runtime`) passes to :class:`ApiServer`; each describes its routes in the
+OpenAPI document the same way, so ``/openapi.json`` always lists exactly what the server does.
+
+The listening socket is bound by :meth:`ApiServer.bind` before anything is served, so a
+port in use fails the build of a runtime (a reload keeps the old one running), and a reload
+on the same address takes over the old runtime's socket (:meth:`ApiServer.bind` with
+``inherited``): the port is never closed between two runtimes.
 """
 
 from __future__ import annotations
@@ -11,32 +19,90 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from gateway import __version__
 from gateway.api.auth import ApiAuth, install_token_routes
+from gateway.api.httplog import HTTP_LOG
 from gateway.api.openapi import build_document
 from gateway.api.params import BadRequest, int_param, output_format, time_range
+from gateway.clock import Clock
+from gateway.errors import TransportError
+from gateway.lifecycle import MetricsSource, ReloadStatus
 from gateway.model import iso_utc, to_json
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+from gateway.polling import BusWorker, MeterRuntime
+from gateway.settings import Settings
+from gateway.sinks.delivery import SinkRunner
+from gateway.sinks.delivery import prometheus_lines as sink_lines
+from gateway.store import Store
 
 log = logging.getLogger("amr.api")
 
 PUBLIC_PATHS = frozenset({"/api/v1/health"})
+LISTEN_BACKLOG = 128
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class GatewayView(Protocol):
+    """What the API reads of one running gateway (:class:`gateway.runtime.Gateway` is one)."""
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the runtime was built from."""
+
+    @property
+    def clock(self) -> Clock:
+        """The gateway's clock."""
+
+    @property
+    def store(self) -> Store | None:
+        """The open store (None before it opened)."""
+
+    @property
+    def meters(self) -> Mapping[str, MeterRuntime]:
+        """Every configured meter with its statistics."""
+
+    @property
+    def workers(self) -> Mapping[str, BusWorker]:
+        """One worker per bus."""
+
+    @property
+    def sinks(self) -> Sequence[SinkRunner]:
+        """The delivery runners (empty when sinks are off)."""
+
+    @property
+    def started_at(self) -> float:
+        """Gateway-clock time the runtime started."""
+
+    @property
+    def reload_status(self) -> ReloadStatus:
+        """What the last reload did (a failure keeps the previous configuration running)."""
+
+    def metrics_sources(self) -> Sequence[MetricsSource]:
+        """Components that add lines to ``/metrics`` (review, ...)."""
+
+    def require_store(self) -> Store:
+        """The open store (raises before it opened)."""
+
+
 RouteInstaller = Callable[["ApiServer", web.UrlDispatcher], dict[str, Any]]
-_INSTALLERS: list[RouteInstaller] = []
+"""Adds routes to the router and returns their OpenAPI ``paths`` entries."""
 
 
-def register_routes(installer: RouteInstaller) -> RouteInstaller:
-    """Register a function that adds routes and returns their OpenAPI ``paths`` entries."""
-    _INSTALLERS.append(installer)
-    return installer
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to).
+
+    Raises OSError (EADDRINUSE: the port is in use) at once, so callers fail before they
+    start anything.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family = infos[0][0] if infos else socket.AF_INET
+    address = infos[0][4][:2] if infos else (host, port)
+    return socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -68,13 +134,15 @@ def error_response(status: int, message: str) -> web.Response:
 class ApiServer:
     """Serves the API on ``api.listen`` inside the gateway's event loop."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayView, routes: Sequence[RouteInstaller] = ()) -> None:
         self.gateway = gateway
+        self.routes = tuple(routes)
         api = gateway.settings.api
         self.host = api.host
         self.port = api.port
         self.auth = ApiAuth.for_settings(gateway.settings)  # token file + api.token (admin); roles
         self._runner: web.AppRunner | None = None
+        self._listener: socket.socket | None = None
         self.app = self.build_app()
 
     def build_app(self) -> web.Application:
@@ -84,28 +152,56 @@ class ApiServer:
         paths: dict[str, Any] = {}
         paths.update(install_core_routes(self, r))
         paths.update(install_token_routes(self.auth, r))
-        for installer in _INSTALLERS:
+        for installer in self.routes:
             paths.update(installer(self, r))
         self.openapi = build_document(paths, __version__)
         r.add_get("/openapi.json", self.openapi_json)
         return app
 
+    @property
+    def listener(self) -> socket.socket | None:
+        """The bound listening socket (None before :meth:`bind` and after :meth:`stop`)."""
+        return self._listener
+
+    def bind(self, inherited: socket.socket | None = None) -> None:
+        """Bind the listening socket now, or take over ``inherited`` (a duplicate of it).
+
+        ``inherited`` is the previous runtime's listener on the same address: both serve
+        it until the previous runtime stops, so a reload never closes the port. Raises
+        :class:`~gateway.errors.TransportError` when the port is in use.
+        """
+        if self._listener is not None:
+            return
+        try:
+            self._listener = inherited.dup() if inherited is not None else bind_listener(self.host, self.port)
+        except OSError as exc:
+            raise TransportError(
+                f"the API cannot listen on {self.host}:{self.port} ({exc.strerror or exc}): stop what holds "
+                "the port or change api.listen"
+            ) from exc
+        self.port = int(self._listener.getsockname()[1])
+
     async def start(self) -> None:
-        """Bind and serve."""
-        self._runner = web.AppRunner(self.app, access_log=None)
+        """Serve on the listener (bound now unless :meth:`bind` ran)."""
+        self.bind()
+        assert self._listener is not None
+        self._runner = web.AppRunner(self.app, access_log=None, logger=HTTP_LOG)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        await web.SockSite(self._runner, self._listener).start()
         log.info("API on http://%s:%d", self.host, self.port)
 
     async def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving and close the listener (an inherited socket stays open in its owner)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def authorized(self, request: web.Request) -> bool:
+        """Whether the request carries an accepted bearer token of any role (any bytes in it are just wrong)."""
+        return self.auth.identify(request) is not None
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -130,7 +226,7 @@ class ApiServer:
         return web.json_response(self.openapi)
 
     # helpers for route modules
-    def meter_or_404(self, meter_id: str) -> Any:
+    def meter_or_404(self, meter_id: str) -> MeterRuntime:
         """The runtime meter, or a 404 naming the known ones."""
         m = self.gateway.meters.get(meter_id)
         if m is None:
@@ -149,10 +245,11 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
 
     async def health(request: web.Request) -> web.Response:
         store = gw.store
-        sinks = []
-        for sink in gw.sinks:
-            state = getattr(sink, "state", None)
-            sinks.append(state() if callable(state) else {"name": str(sink)})
+        reload = gw.reload_status
+        healthy = store is not None and store.last_error is None and reload.error is None
+        summary = {"status": "up" if healthy else "degraded", "version": __version__}
+        if not server.authorized(request):     # public: up or degraded, nothing about the site
+            return json_response(summary)
         store_state = None
         if store is not None:
             store_state = {
@@ -169,17 +266,21 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
             {"id": w.bus.id, "queue": w.queue_depth(), "transactions": w.transactions, "overruns": w.overruns}
             for w in gw.workers.values()
         ]
-        status = "up" if store is not None and store.last_error is None else "degraded"
         return json_response(
             {
-                "status": status,
-                "version": __version__,
+                **summary,
                 "gateway": gw.settings.gateway.id,
                 "time": iso_utc(gw.clock.time()),
                 "uptime_s": round(gw.clock.time() - gw.started_at, 3),
                 "store": store_state,
-                "sinks": sinks,
+                "sinks": [sink.state() for sink in gw.sinks],
                 "buses": buses,
+                "reload": None if reload.at is None else {
+                    "at": iso_utc(reload.at),
+                    "ok": reload.error is None,
+                    "error": reload.error,
+                    "restart_needed": reload.restart_needed,
+                },
             }
         )
 
@@ -301,7 +402,7 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
 _PRESSURE_LEVEL = {"ok": 0, "near_cap": 1, "full": 2}
 
 
-def prometheus_lines(gw: Gateway) -> list[str]:
+def prometheus_lines(gw: GatewayView) -> list[str]:
     """Prometheus text-format lines for reads, buses, store and sinks."""
     out = [
         "# HELP amr_reads_total Meter polls by result.",
@@ -354,12 +455,8 @@ def prometheus_lines(gw: Gateway) -> list[str]:
             "# TYPE amr_store_commit_failures_total counter",
             f"amr_store_commit_failures_total {store.commit_failures}",
         ]
-    for ext in gw.extensions:
-        lines = getattr(ext, "prometheus_lines", None)
-        if callable(lines):
-            out += list(lines())
+    for source in gw.metrics_sources():
+        out += source.prometheus_lines()
     if gw.sinks:
-        from gateway.sinks.delivery import prometheus_lines as sink_lines
-
         out += sink_lines(gw.sinks)
     return out

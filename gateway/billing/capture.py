@@ -1,10 +1,11 @@
-"""Settlement capture: the gateway extension that takes a settlement reading at each boundary.
+"""Settlement capture: the gateway component that takes a settlement reading at each boundary.
 
 How it fits the gateway
 -----------------------
-* Built once per gateway start by :func:`gateway.runtime.register_extension` (see
-  :func:`gateway.billing.install`). It appends :meth:`BillingCapture.observe` to
-  ``gateway.observers`` and runs one task that sleeps until the next boundary of any plan.
+* Built by the composition root (:mod:`gateway.runtime`) once per runtime, on the
+  runtime's :class:`~gateway.core.Core` (a :class:`~gateway.lifecycle.Component`: start,
+  stop; a reload builds a new one). It appends :meth:`BillingCapture.observe` to
+  ``Core.observers`` and runs one task that sleeps until the next boundary of any plan.
 * At a boundary, every meter on the plan gets a capture task. Each attempt runs on the
   meter's bus through ``BusWorker.submit(..., priority="settlement")``, so it goes ahead of
   every queued interval and realtime poll on that bus (RS-485 stays one transaction at a
@@ -89,8 +90,8 @@ from gateway.settings import BillingPlan
 from gateway.slots import local_midnight, zone
 
 if TYPE_CHECKING:
+    from gateway.core import Core
     from gateway.polling import MeterRuntime
-    from gateway.runtime import Gateway
 
 log = logging.getLogger("amr.billing")
 
@@ -127,13 +128,13 @@ class _Window:
     cycle_start: float
 
 
-def _freeze_records(m: MeterRuntime, gw: Gateway) -> Callable[[MeterDriver], FreezeRecordReader] | None:
+def _freeze_records(m: MeterRuntime, gw: Core) -> Callable[[MeterDriver], FreezeRecordReader] | None:
     """How to see this meter's driver as a freeze-record reader, or None when its protocol keeps none."""
     bus = gw.settings.buses[m.settings.bus]
     return registry.capabilities(registry.meter_protocol(bus, m.settings.protocol)).freeze_records
 
 
-def _frozen_capable(m: MeterRuntime, gw: Gateway) -> bool:
+def _frozen_capable(m: MeterRuntime, gw: Core) -> bool:
     return _freeze_records(m, gw) is not None
 
 
@@ -142,15 +143,15 @@ def _known_of(s: Settlement) -> _Known:
 
 
 class BillingCapture:
-    """The settlement-capture extension (one per gateway start)."""
+    """The settlement-capture component (one per runtime)."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.tz = gateway.settings.gateway.timezone
+    def __init__(self, core: Core) -> None:
+        self.gw = core
+        self.tz = core.settings.gateway.timezone
         self.plans: dict[str, BillingPlan] = {}
-        for m in gateway.settings.meters.values():
-            if m.billing is not None and m.billing in gateway.settings.billing:
-                self.plans[m.id] = gateway.settings.billing[m.billing]
+        for m in core.settings.meters.values():
+            if m.billing is not None and m.billing in core.settings.billing:
+                self.plans[m.id] = core.settings.billing[m.billing]
         self.current: dict[tuple[str, float], _Known] = {}
         self.since: dict[str, float] = {}
         self._live_plans: dict[str, tuple[ReadPlan, list[str]] | None] = {}
@@ -162,14 +163,14 @@ class BillingCapture:
         self.stored = 0
         self.ratio_changes = 0
         self._stopping = False
-        gateway.observers.append(self.observe)
+        core.observers.append(self.observe)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Create tables, remember first sightings, republish leftovers, start the boundary task."""
         if not self.plans:
             return
-        store = self.gw.require_store()
+        store = self.gw.store
         await store.write(db.create)
         now = self.gw.clock.time()
         await store.write(db.remember_meters, [(m, p.name, now) for m, p in self.plans.items()])
@@ -213,7 +214,7 @@ class BillingCapture:
         m = self.gw.meters.get(meter_id)
         if m is None:
             return
-        store = self.gw.require_store()
+        store = self.gw.store
         last = await store.read(db.last_ratio, meter_id)
         if last is None or last[0] is None or last[1] is None:
             return
@@ -263,7 +264,7 @@ class BillingCapture:
             "read_at": None if read_at is None or not registers else iso_utc(read_at),
             "registers": registers, "reason": reason,
         }
-        await self.gw.require_store().write(db.insert_ratio_change, m.id, at, body)
+        await self.gw.store.write(db.insert_ratio_change, m.id, at, body)
         self.ratio_changes += 1
         (log.warning if reason else log.info)("meter %s: CT/PT change recorded at %s%s", m.id, iso_utc(at),
                                               f" ({reason})" if reason else " with the registers read at it")
@@ -540,7 +541,7 @@ class BillingCapture:
 
     # ------------------------------------------------------------------ estimate
     async def _estimate(self, m: MeterRuntime, plan: BillingPlan, b: Boundary) -> Draft | None:
-        store = self.gw.require_store()
+        store = self.gw.store
         pair = await store.read(_neighbours, m.id, b.ts, list(plan.registers))
         if pair is None:
             return None
@@ -584,7 +585,7 @@ class BillingCapture:
         }
         if d.estimated_from:
             body["estimated_from"] = list(d.estimated_from)
-        store = self.gw.require_store()
+        store = self.gw.store
         row = await store.write(db.insert_if_better, s.id, plan.name, b.cycle, b.index, b.ts, d.quality,
                                 self.gw.clock.time(), body)
         if row is None:
@@ -602,7 +603,7 @@ class BillingCapture:
         return row
 
     async def _publish(self, row: Settlement) -> None:
-        store = self.gw.require_store()
+        store = self.gw.store
         seq = await store.append_message("settlement", row.meter, row.boundary, row.body)
         await store.write(db.set_seq, row.id, seq)
         row.seq = seq
@@ -643,7 +644,7 @@ class BillingCapture:
         from gateway.billing.kpi import kpi_for_day
 
         clock = self.gw.clock
-        store = self.gw.require_store()
+        store = self.gw.store
         while True:
             now = clock.time()
             target = local_midnight(now, self.tz) + 86400 + 3 * 3600
@@ -720,9 +721,4 @@ def _neighbours(conn: sqlite3.Connection, meter: str, at: float, registers: list
     return a, b
 
 
-def factory(gateway: Gateway) -> BillingCapture:
-    """The extension factory registered with the runtime."""
-    return BillingCapture(gateway)
-
-
-__all__ = ["BillingCapture", "factory", "interpolate"]
+__all__ = ["BillingCapture", "interpolate"]

@@ -138,7 +138,7 @@ def rehearsal_config_text(data_dir: object, *, api_port: int, every: str = "15m"
     Ports are fresh loopback ports; run :class:`gateway.simulator.fleet.SimulatedFleet` on the
     same settings to serve them.
     """
-    from gateway.demo import free_port
+    from gateway.ports import free_port
 
     return REHEARSAL_CONFIG.format(
         timezone=timezone, data_dir=data_dir, port_m1=free_port(), port_m2=free_port(), port_d1=free_port(),

@@ -9,7 +9,7 @@ import yaml
 
 from gateway.config.context import LoadContext
 from gateway.config.convert import Conv, duration, positive_decimal
-from gateway.review.rules import ReviewThresholds
+from gateway.review_thresholds import ReviewThresholds
 from gateway.yamlpos import Invalid, MapView, as_bool, as_choice, as_decimal, as_int, as_text, describe
 
 #: review: YAML key → ReviewThresholds field, per subsection (units in gateway/review/rules.py)

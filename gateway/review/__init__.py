@@ -1,19 +1,8 @@
 """Review of readings: the ERC-style anomaly rules, their engine, and their export.
 
-``rules`` (pure rules and thresholds), ``engine`` (the gateway extension that runs them and
-stores/publishes events), ``db`` (its tables and queries), ``export`` (CSV without a running
-gateway). Call :func:`install` once at start-up to register the engine and the
-``/api/v1/events`` route.
+``rules`` (pure rules; their thresholds are the ``review:`` settings of
+:mod:`gateway.review_thresholds`), ``engine`` (the component that runs them and
+stores/publishes events), ``db`` (its tables and queries), ``export`` (CSV without a
+running gateway). The composition root (:mod:`gateway.runtime`) builds the engine and
+registers its ``/api/v1/events`` route; importing this package registers nothing.
 """
-
-from __future__ import annotations
-
-
-def install() -> None:
-    """Register the review engine extension and the events API route (idempotent)."""
-    from gateway.review.engine import install as _install
-
-    _install()
-
-
-__all__ = ["install"]

@@ -2,9 +2,10 @@
 
 How it fits the gateway
 -----------------------
-* Registered with :func:`gateway.runtime.register_extension` (see :func:`install`); the
-  gateway builds one :class:`ReviewEngine` per start.
-* :meth:`ReviewEngine.observe` is a ``gateway.observers`` callback: bus workers call it
+* Built by the composition root (:mod:`gateway.runtime`) once per runtime, on the runtime's
+  :class:`~gateway.core.Core`; it follows the :class:`~gateway.lifecycle.Component`
+  lifecycle (start, stop; a reload builds a new engine).
+* :meth:`ReviewEngine.observe` is a ``Core.observers`` callback: bus workers call it
   synchronously for every reading, before the reading is committed. It only appends the
   reading to a **bounded queue** and returns, so review never slows a bus; when the queue
   is full the reading is not reviewed (counted in ``dropped`` and logged once) — it is
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -43,18 +43,18 @@ from gateway.review.rules import (
     Condition,
     MeterContext,
     MeterState,
-    ReviewThresholds,
     RuleEvent,
     evaluate,
     local_second_of_day,
     observe_reading,
     rated_power_kw,
 )
+from gateway.review_thresholds import ReviewThresholds
 
 if TYPE_CHECKING:
+    from gateway.core import Core
     from gateway.polling import MeterRuntime
-    from gateway.runtime import Gateway
-    from gateway.settings import MeterSettings, Settings
+    from gateway.settings import MeterSettings
 
 log = logging.getLogger("amr.review")
 
@@ -64,23 +64,6 @@ PURGE_EVERY_S: Final = 3600.0
 STOP_DRAIN_S: Final = 5.0
 RETRY_KEEP: Final = 1000
 RETRY_EVERY_S: Final = 5.0          # real seconds between retries of events that could not be stored
-
-
-def thresholds_from_settings(settings: Settings) -> ReviewThresholds:
-    """The thresholds in force: ``settings.review`` when the configuration has one.
-
-    Accepts a :class:`ReviewThresholds` or any object with some of its field names (a
-    ``ReviewSettings`` dataclass parsed from a ``review:`` section); missing fields keep
-    their defaults.
-    """
-    cfg = getattr(settings, "review", None)
-    if cfg is None:
-        return ReviewThresholds()
-    if isinstance(cfg, ReviewThresholds):
-        return cfg
-    names = {f.name for f in dataclasses.fields(ReviewThresholds)}
-    given = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
-    return ReviewThresholds(**given)
 
 
 def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterContext:
@@ -100,10 +83,10 @@ def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterConte
 class ReviewEngine:
     """Per-gateway review: observer, queue, rules, event storage and publication."""
 
-    def __init__(self, gateway: Gateway, thresholds: ReviewThresholds | None = None,
+    def __init__(self, core: Core, thresholds: ReviewThresholds | None = None,
                  queue_size: int = QUEUE_SIZE) -> None:
-        self.gateway = gateway
-        self.thresholds = thresholds if thresholds is not None else thresholds_from_settings(gateway.settings)
+        self.gateway = core
+        self.thresholds = thresholds if thresholds is not None else core.settings.review
         self.queue: deque[tuple[str, Reading]] = deque()
         self.queue_size = queue_size
         self._wake = asyncio.Event()
@@ -111,8 +94,8 @@ class ReviewEngine:
         self._idle.set()
         self.states: dict[str, MeterState] = {}
         self.contexts: dict[str, MeterContext] = {}
-        tz = gateway.settings.gateway.timezone
-        for m in gateway.settings.meters.values():
+        tz = core.settings.gateway.timezone
+        for m in core.settings.meters.values():
             self.contexts[m.id] = meter_context(m, tz, self.thresholds)
         self._tz = tz
         self._next_id = 1
@@ -127,7 +110,7 @@ class ReviewEngine:
         self.events_written = 0
         self.processed = 0
         self._full_logged = False
-        gateway.observers.append(self.observe)
+        core.observers.append(self.observe)
 
     # ------------------------------------------------------------------ observer
     def observe(self, meter: MeterRuntime, reading: Reading) -> None:
@@ -150,7 +133,7 @@ class ReviewEngine:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Create the tables, recover from a crash, restore rule memory, start reviewing."""
-        store = self.gateway.require_store()
+        store = self.gateway.store
         await store.write(db.create)
         recovered = await store.write(db.reconcile)
         if recovered:
@@ -305,7 +288,7 @@ class ReviewEngine:
 
     async def _emit(self, meter: str, ev: RuleEvent) -> db.StoredEvent:
         """Publish (outbox) then record (review_event) one event."""
-        store = self.gateway.require_store()
+        store = self.gateway.store
         st = self.state(meter)
         raised_id = ev.raised_id if ev.state == "cleared" else None
         event_id = self._next_id
@@ -351,7 +334,7 @@ class ReviewEngine:
             if st.new_intervals:
                 intervals += [(meter, s, secs, kwh) for s, secs, kwh in st.new_intervals]
                 st.new_intervals.clear()
-        store = self.gateway.require_store()
+        store = self.gateway.store
         if docs or intervals:
             await store.write(db.save_states, self.gateway.clock.time(), docs, intervals)
         if force or now - self._last_purge >= PURGE_EVERY_S:
@@ -359,18 +342,3 @@ class ReviewEngine:
             horizon = self.gateway.clock.time() - (self.thresholds.jump_history_days + 2) * 86400
             await store.write(db.purge_intervals, horizon)
 
-
-_INSTALLED = False
-
-
-def install() -> None:
-    """Register the review engine and the events API routes (idempotent)."""
-    global _INSTALLED  # noqa: PLW0603 - a one-shot registration guard
-    if _INSTALLED:
-        return
-    from gateway.api.routes_events import install as install_routes
-    from gateway.runtime import register_extension
-
-    register_extension(ReviewEngine)
-    install_routes()
-    _INSTALLED = True

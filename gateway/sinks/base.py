@@ -21,12 +21,24 @@ the highest seq below which *everything* was delivered or rejected.
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from gateway.errors import SinkError
 from gateway.store import OutboxRow
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced by ``***``.
+
+    Sink targets and peer errors are shown in health, metrics and logs; a URL such as
+    ``http://user:secret@tsdb:8086`` must never carry its secret there.
+    """
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 class SinkAuthError(SinkError):

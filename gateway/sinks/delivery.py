@@ -37,7 +37,7 @@ from gateway.aio import wait_event
 from gateway.clock import Clock, SystemClock
 from gateway.errors import SinkError
 from gateway.settings import Settings
-from gateway.sinks.base import AckTracker, Backoff, Sink, SinkAuthError
+from gateway.sinks.base import AckTracker, Backoff, Sink, SinkAuthError, redact_credentials
 from gateway.store import Store
 
 log = logging.getLogger("amr.sinks")
@@ -75,7 +75,7 @@ class _Session:
             return
         log.warning("%s rejected %d message(s) (seq %d…%d) for good; skipping them: %s",
                     self.runner.name, len(seqs), min(seqs), max(seqs), reason)
-        self.runner.last_error = reason
+        self.runner.last_error = redact_credentials(reason)
         self.runner._acked(self, seqs, rejected=True)
 
     def broken(self, error: SinkError) -> None:
@@ -194,7 +194,7 @@ class SinkRunner:
         """What ``GET /api/v1/health`` shows for this sink."""
         return {
             "name": self.name,
-            "target": self.sink.target(),
+            "target": redact_credentials(self.sink.target()),
             "state": self.status,
             "since": self.since,
             "backlog": self.backlog(),
@@ -396,13 +396,16 @@ class SinkRunner:
 
     def _set_state(self, state: SinkState, error: str | None) -> None:
         if error is not None:
+            error = redact_credentials(error)      # shown in health and logs: no URL secrets
             self.last_error = error
         if state == self.status:
             if error is not None:
                 log.debug("%s still %s: %s", self.name, state, error)
             return
+        if state == "connected" and error is None:
+            self.last_error = None          # recovered: health no longer shows the old failure
         old, self.status, self.since = self.status, state, self.clock.time()
-        target = self.sink.target()
+        target = redact_credentials(self.sink.target())
         if state == "connected":
             if old in ("disconnected", "throttled", "auth_failed"):
                 log.warning("%s: delivering to %s again (backlog %d)", self.name, target,

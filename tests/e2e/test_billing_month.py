@@ -33,10 +33,11 @@ import aiohttp
 from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
 from gateway.model import loads_exact
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from tests.billingkit import capture_of
 
 SH = ZoneInfo("Asia/Shanghai")
 TOKEN = "billing-month-token"
@@ -83,7 +84,7 @@ async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) 
     gw = Gateway(settings, clock, enable_sinks=False)
     try:
         await gw.start()
-        cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+        cap = capture_of(gw)
         for t in holds:
             await _wait_past(clock, t, 60.0)
             assert clock.holding == t, "the clock must stand at the boundary"

@@ -101,7 +101,9 @@ class GatewayProcess:
     def health(self) -> dict[str, Any] | None:
         """GET /api/v1/health, or None when it does not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v1/health", timeout=2) as r:
+            req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}/api/v1/health",
+                                         headers={"Authorization": "Bearer e2e-token"})  # details need the token
+            with urllib.request.urlopen(req, timeout=2) as r:
                 doc: dict[str, Any] = json.loads(r.read())
                 return doc
         except (OSError, ValueError):

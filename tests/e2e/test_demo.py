@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.demo import free_port
+from gateway.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,8 +46,9 @@ def test_demo_serves_readings_for_every_meter_and_stops_cleanly(tmp_path: Path) 
                 continue
             ready = len(meters) >= 6 and all(m["last_good"] for m in meters)
         assert ready, meters
-        health = get(f"{base}/api/v1/health")
+        health = get(f"{base}/api/v1/health", token)
         assert health["status"] == "up" and health["gateway"] == "demo-gateway"
+        assert set(get(f"{base}/api/v1/health")) == {"status", "version"}   # without the token: no details
         for m in meters:
             docs = get(f"{base}/api/v1/meters/{m['id']}/readings", token)
             assert docs["count"], m["id"]

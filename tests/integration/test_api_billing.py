@@ -38,12 +38,12 @@ from schemathesis.checks import (
 )
 from schemathesis.core.result import Ok
 
-from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from tests.billingkit import capture_of
 
 TOKEN = "api-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -71,7 +71,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     gw = Gateway(settings, clock, enable_sinks=False)
     try:
         await gw.start()
-        cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+        cap = capture_of(gw)
         deadline = time.monotonic() + 40
 
         def ready() -> bool:

@@ -30,9 +30,10 @@ from gateway.billing.db import for_meter
 from gateway.billing.rehearsal import HoldingClock
 from gateway.billing.settlement import stage_consumption
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
 from gateway.model import loads_exact, parse_iso
+from gateway.ports import free_port
 from gateway.runtime import Gateway
+from tests.billingkit import capture_of
 
 SH = ZoneInfo("Asia/Shanghai")
 B = datetime(2026, 12, 11, tzinfo=SH).timestamp()
@@ -88,7 +89,7 @@ async def test_frozen_settlement_carries_reactive_and_demand(tmp_path: Path) -> 
     gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
     try:
         await gw.start()
-        cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+        cap = capture_of(gw)
         got = await until_settled(cap, ("full", "active"), 30.0)
         assert got == {"full": "meter_frozen", "active": "meter_frozen"}, got
     finally:

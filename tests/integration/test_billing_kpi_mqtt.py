@@ -32,8 +32,8 @@ import aiohttp
 from gateway.billing.kpi import COUNT_KEYS
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
 from gateway.model import loads_exact
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
 from tests.servicefixtures import (  # noqa: F401  (fixtures)

@@ -27,11 +27,12 @@ from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.billing.settlement import NOT_CUMULATIVE
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
 from gateway.model import parse_iso
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
+from tests.billingkit import capture_of
 from tests.servicefixtures import until
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -62,7 +63,7 @@ async def test_ratio_change_inside_a_stage_splits_consumption_at_the_reading_tak
         gw = Gateway(before, clock, enable_sinks=False, enable_api=False)
         await gw.start()
         try:
-            cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+            cap = capture_of(gw)
             assert await until(lambda: clock.holding == B1 and settled(cap, B1), 30.0)
             assert cap.ratio_changes == 0
             clock.release()
@@ -73,7 +74,7 @@ async def test_ratio_change_inside_a_stage_splits_consumption_at_the_reading_tak
         gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # the engineer's new configuration
         await gw.start()
         try:
-            cap = next(e for e in gw.extensions if isinstance(e, BillingCapture))
+            cap = capture_of(gw)
             assert await until(lambda: cap.ratio_changes == 1, 30.0)
             clock.release()
             assert await until(lambda: clock.holding == B2 and settled(cap, B2), 40.0), \
@@ -82,7 +83,7 @@ async def test_ratio_change_inside_a_stage_splits_consumption_at_the_reading_tak
             await gw.stop()
         gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # a restart without a change
         await gw.start()
-        again = next(e for e in gw.extensions if isinstance(e, BillingCapture)).ratio_changes
+        again = capture_of(gw).ratio_changes
         await gw.stop()
     finally:
         await fleet.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import free_port
+from gateway.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "gateway.cli"]

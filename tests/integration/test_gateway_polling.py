@@ -22,7 +22,8 @@ import aiohttp
 
 from gateway.clock import ScaledClock
 from gateway.config import load_settings_from_text
-from gateway.demo import demo_config_text, free_port
+from gateway.demo import demo_config_text
+from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet

@@ -116,7 +116,9 @@ async def deliver(tmp_path: Path, client: InfluxClient, script: Script, n: int, 
     return fake, runner, store
 
 
-async def test_429_throttles_honouring_retry_after_then_delivers(tmp_path: Path, client: InfluxClient) -> None:
+async def test_429_throttles_honouring_retry_after_then_delivers(
+    tmp_path: Path, client: InfluxClient, caplog: pytest.LogCaptureFixture
+) -> None:
     seen: list[float | None] = []
 
     def script(i: int, lines: list[str]) -> Answer:
@@ -127,13 +129,16 @@ async def test_429_throttles_honouring_retry_after_then_delivers(tmp_path: Path,
             seen.append(r.retry_in_s)
         return r.store.backlog_now(r.name) == 0
 
-    fake, runner, store = await deliver(tmp_path, client, script, 30, until=watch)
+    with caplog.at_level("WARNING", logger="amr.sinks"):
+        fake, runner, store = await deliver(tmp_path, client, script, 30, until=watch)
     assert seen and set(seen) == {0.4}                    # the server's delay, not our backoff
     assert sorted(fake.accepted_seqs()) == list(range(1, 31))
     assert await store.cursor("influxdb") == 30
     assert runner.failed >= 10                            # the throttled batch was kept and resent
     assert runner.rejected == 0
-    assert "throttling" in (runner.last_error or "")
+    throttled = [r.getMessage() for r in caplog.records if "slow down" in r.getMessage()]
+    assert throttled and "throttling" in throttled[0]     # the state change was reported with the reason
+    assert runner.last_error is None                      # and health no longer shows it once delivering
     assert len(fake.requests) == 2 + 3                    # 2 refused + 3 batches
     await store.close()
 

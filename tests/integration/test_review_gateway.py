@@ -31,8 +31,9 @@ import pytest
 
 from gateway.clock import ScaledClock
 from gateway.config import load_settings_from_text
-from gateway.demo import demo_config_text, free_port
+from gateway.demo import demo_config_text
 from gateway.model import PointValue
+from gateway.ports import free_port
 from gateway.review.engine import ReviewEngine
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
@@ -65,7 +66,8 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     gw = Gateway(settings, clock, enable_sinks=False)
     try:
         await gw.start()
-        engine = next(e for e in gw.extensions if isinstance(e, ReviewEngine))
+        engine = gw.review
+        assert engine is not None
         yield Running(gw, fleet, clock, engine)
     finally:
         await gw.stop()

@@ -21,32 +21,34 @@ import pytest
 
 from gateway.clock import ScaledClock
 from gateway.config import load_settings_from_text
+from gateway.core import Core
 from gateway.demo import demo_config_text
 from gateway.model import PointValue, Reading
 from gateway.review import rules
 from gateway.review.engine import ReviewEngine
 from gateway.review.export import export_events
-from gateway.runtime import Gateway
+from gateway.runtime import STORE_FILE
 from gateway.store import Store
 
 START = 1_795_939_200.0  # 2026-11-29 16:00:00 +08:00
 METER = "c1002-main"
 
 
-def make_gateway(tmp: Path) -> Gateway:
+async def open_core(tmp: Path) -> Core:
+    """The polling core the engine builds on (settings, clock, open store), without polling."""
     settings = load_settings_from_text(demo_config_text(tmp, api_port=1, mqtt=("127.0.0.1", 1)), "<test>", tmp,
                                        {"AMR_API_TOKEN": "t"})
-    return Gateway(settings, ScaledClock(START, 1.0), enable_api=False, enable_sinks=False)
+    store = await Store.open(settings.gateway.data_dir / STORE_FILE, settings.store, settings.gateway.id)
+    return Core(settings, ScaledClock(START, 1.0), store)
 
 
 @pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    g = make_gateway(tmp_path)
-    g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
+async def gw(tmp_path: Path) -> AsyncIterator[Core]:
+    g = await open_core(tmp_path)
     try:
         yield g
     finally:
-        await g.require_store().close()
+        await g.store.close()
 
 
 def reading(k: int, energy: str, meter: str = METER) -> Reading:
@@ -60,21 +62,21 @@ def runtime(meter: str = METER) -> Any:
     return SimpleNamespace(id=meter)
 
 
-async def started(g: Gateway, **kw: Any) -> ReviewEngine:
+async def started(g: Core, **kw: Any) -> ReviewEngine:
     eng = ReviewEngine(g, **kw)
     await eng.start()
     return eng
 
 
-def rows(g: Gateway, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(g.store_path)
+def rows(g: Core, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(g.store.path)
     try:
         return list(conn.execute(sql))
     finally:
         conn.close()
 
 
-async def test_a_decrease_is_stored_and_published_with_exact_evidence(gw: Gateway) -> None:
+async def test_a_decrease_is_stored_and_published_with_exact_evidence(gw: Core) -> None:
     eng = await started(gw)
     eng.observe(runtime(), reading(0, "1234.50"))
     eng.observe(runtime(), reading(1, "1200.00"))
@@ -92,16 +94,15 @@ async def test_a_decrease_is_stored_and_published_with_exact_evidence(gw: Gatewa
     assert '"before_raw":1234.50' in events[0][6]
 
 
-async def review_session(tmp: Path, energies: list[tuple[int, str]]) -> Gateway:
+async def review_session(tmp: Path, energies: list[tuple[int, str]]) -> Core:
     """Start a gateway's store and review engine, review readings (quarter, kWh), stop both."""
-    g = make_gateway(tmp)
-    g.store = await Store.open(g.store_path, g.settings.store, g.settings.gateway.id)
+    g = await open_core(tmp)
     eng = await started(g)
     for k, e in energies:
         eng.observe(runtime(), reading(k, e))
     assert await eng.drain()
     await eng.stop()
-    await g.require_store().close()
+    await g.store.close()
     return g
 
 
@@ -116,8 +117,8 @@ async def test_restart_keeps_the_last_register_and_open_conditions(tmp_path: Pat
     assert got[1][3] == got[0][0]
 
 
-async def test_an_event_published_but_not_recorded_is_recovered_at_start(gw: Gateway) -> None:
-    store = gw.require_store()
+async def test_an_event_published_but_not_recorded_is_recovered_at_start(gw: Core) -> None:
+    store = gw.store
     body = {"schema": "amr.event.v1", "id": 7, "meter": METER, "type": "read_failure", "state": "raised", "key": "",
             "ts": "2026-11-29T08:00:00.000Z", "raised_id": None, "message": "m", "evidence": {"failed_polls": 3}}
     seq = await store.append_message("event", METER, START, body)
@@ -132,7 +133,7 @@ async def test_an_event_published_but_not_recorded_is_recovered_at_start(gw: Gat
     assert got[-1] == (8, "read_recovered", "cleared", 7)
 
 
-async def test_the_observer_never_blocks_or_raises_when_the_queue_is_full(gw: Gateway) -> None:
+async def test_the_observer_never_blocks_or_raises_when_the_queue_is_full(gw: Core) -> None:
     eng = ReviewEngine(gw, queue_size=2)  # not started: nothing takes readings off the queue
     for k in range(5):
         eng.observe(runtime(), reading(k, "1.00"))
@@ -141,7 +142,7 @@ async def test_the_observer_never_blocks_or_raises_when_the_queue_is_full(gw: Ga
 
 
 async def test_a_failing_rule_loses_neither_the_reading_nor_the_other_rules(
-    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+    gw: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def boom(*args: object) -> list[rules.RuleEvent]:
         raise ZeroDivisionError("a bug in a rule")
@@ -151,7 +152,7 @@ async def test_a_failing_rule_loses_neither_the_reading_nor_the_other_rules(
     r0, r1 = reading(0, "10.00"), reading(1, "9.00")
     eng.observe(runtime(), r0)
     eng.observe(runtime(), r1)
-    gw.require_store().submit(r1)  # what the bus worker does right after the observers
+    gw.store.submit(r1)  # what the bus worker does right after the observers
     assert await eng.drain()
     await eng.stop()
     assert eng.rule_errors == 2
@@ -159,7 +160,7 @@ async def test_a_failing_rule_loses_neither_the_reading_nor_the_other_rules(
     assert rows(gw, "SELECT count(*) FROM outbox WHERE kind='reading'") == [(1,)]
 
 
-async def test_export_events_writes_csv_for_one_meter_or_all(gw: Gateway, tmp_path: Path) -> None:
+async def test_export_events_writes_csv_for_one_meter_or_all(gw: Core, tmp_path: Path) -> None:
     eng = await started(gw)
     for meter in (METER, "c1001-main"):
         eng.observe(runtime(meter), reading(0, "5.00", meter))
@@ -167,13 +168,13 @@ async def test_export_events_writes_csv_for_one_meter_or_all(gw: Gateway, tmp_pa
     assert await eng.drain()
     await eng.stop()
     out = io.StringIO()
-    n = await export_events(gw.store_path, METER, START - 3600, START + 86400, out)
+    n = await export_events(gw.store.path, METER, START - 3600, START + 86400, out)
     lines = out.getvalue().splitlines()
     assert n == 1 and lines[0].startswith("id,seq,ts,meter,type,state,key,raised_id,message,evidence")
     assert METER in lines[1] and "register_decrease" in lines[1] and '""before_raw"":5.00' in lines[1]
     target = tmp_path / "all.csv"
-    assert await export_events(gw.store_path, None, None, None, target) == 2
+    assert await export_events(gw.store.path, None, None, None, target) == 2
     assert len(target.read_text().splitlines()) == 3
-    assert await export_events(gw.store_path, None, START + 86400, START + 2 * 86400, io.StringIO()) == 0
+    assert await export_events(gw.store.path, None, START + 86400, START + 2 * 86400, io.StringIO()) == 0
     with pytest.raises(FileNotFoundError):
         await export_events(tmp_path / "nope.sqlite", None, None, None, io.StringIO())

@@ -20,12 +20,12 @@ from gateway.review.rules import (
     MeterState,
     Observation,
     RegisterValue,
-    ReviewThresholds,
     RuleEvent,
     evaluate,
     observe_reading,
     rated_power_kw,
 )
+from gateway.review_thresholds import ReviewThresholds
 
 T0 = 1_795_881_600.0  # 2026-11-29 00:00:00 +08:00: local midnight
 TZ = "Asia/Shanghai"
