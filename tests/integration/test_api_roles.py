@@ -24,7 +24,7 @@ from gateway.api.auth import ApiAuth, requires
 from gateway.audit import AUDIT_FILE, AuditLog, verify
 from gateway.config import load_settings_from_text
 from gateway.demo import demo_config_text, free_port
-from gateway.runtime import Gateway
+from gateway.runtime import Gateway, reload
 from gateway.tokens import TOKEN_FILE, Role, TokenFile
 
 pytestmark = pytest.mark.integration
@@ -160,6 +160,8 @@ async def test_token_cli_hashed_private_and_revocation_reaches_a_running_gateway
     gw = gateway_for(tmp_path / "data")            # no api.token: the token file alone
     await gw.start()
     try:
+        assert gw.api is not None and (await call(gw.api.port, "GET", "/api/v1/meters", clerk))[0] == 200
+        gw = await reload(gw, gw.settings)             # tokens are stable across a reload (new runtime)
         assert gw.api is not None
         port = gw.api.port
         assert (await call(port, "GET", "/api/v1/meters", clerk))[0] == 200

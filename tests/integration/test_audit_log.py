@@ -102,3 +102,18 @@ def test_append_refuses_to_chain_onto_a_cut_off_entry(tmp_path: Path) -> None:
         AuditLog.in_dir(tmp_path).append("cli:ops", "token.add", "x", None, None)
     verdict = verify(tmp_path / AUDIT_FILE)
     assert verdict.broken_line == 2 and verdict.reason is not None and "line end" in verdict.reason
+
+
+def test_processes_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
+    """Two real processes (CLI, a running gateway) may append at the same time: the lock keeps one chain."""
+    script = ("import sys; from pathlib import Path; from gateway.audit import AuditLog\n"
+              "log = AuditLog.in_dir(Path(sys.argv[1]))\n"
+              "for i in range(40): log.append(sys.argv[2], 'token.add', str(i), None, {'i': i})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), who], cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO))) for who in ("cli:a", "cli:b", "cli:c")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    verdict = verify(tmp_path / AUDIT_FILE)
+    assert verdict.intact and verdict.entries == 120, verdict
+    entries = [json.loads(line) for line in (tmp_path / AUDIT_FILE).read_text().splitlines()]
+    assert sorted((e["actor"], e["after"]["i"]) for e in entries) == sorted(
+        (who, i) for who in ("cli:a", "cli:b", "cli:c") for i in range(40))
