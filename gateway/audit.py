@@ -59,6 +59,18 @@ class AuditEntry:
     line: str
 
 
+def give_to_dir_owner(fd: int, directory: Path) -> None:
+    """Run as root, hand a state file to the owner of its directory (the gateway's user).
+
+    So ``sudo amr-gateway token add`` or ``sudo amr-gateway sink drop`` never leaves a
+    root-owned 0600 file in ``gateway.data_dir`` that locks the running gateway out.
+    """
+    if os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    os.fchown(fd, st.st_uid, st.st_gid)
+
+
 def seal(fields: dict[str, object]) -> tuple[str, str]:
     """``(line, hash)`` for an entry's fields (which must include ``prev``, not ``hash``)."""
     body = to_json(fields).encode("utf-8", "replace").decode("utf-8")  # lone surrogates: '?'
@@ -97,6 +109,7 @@ class AuditLog:
                                  "gateway.data_dir is writable by the gateway's user") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                give_to_dir_owner(fd, self.path.parent)
                 seq, prev = _last_entry(fd, self.path)
                 fields: dict[str, object] = {"seq": seq + 1, "ts": ts, "actor": actor, "action": action,
                                              "subject": subject, "before": before, "after": after,
@@ -211,4 +224,5 @@ def _check(raw: bytes, seq: int, prev: str) -> str | None:
     return None
 
 
-__all__ = ["AUDIT_FILE", "GENESIS", "AuditEntry", "AuditError", "AuditLog", "Verdict", "seal", "verify"]
+__all__ = ["AUDIT_FILE", "GENESIS", "AuditEntry", "AuditError", "AuditLog", "Verdict", "give_to_dir_owner", "seal",
+           "verify"]

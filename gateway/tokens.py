@@ -14,7 +14,8 @@ atomically (temporary file, fsync, rename, fsync of the directory) under an excl
 (:data:`TOKEN_FILE` + ``.lock``), so two ``amr-gateway token`` commands never lose each
 other's change and a running gateway never reads half a file. A running gateway re-reads it
 when its modification time, size or inode change (:class:`TokenFile.current`), so a token
-added or revoked takes effect without a restart.
+added or revoked takes effect without a restart. Run as root, the files are handed to the
+owner of the state directory (the gateway's user), so ``sudo amr-gateway token add`` works.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from gateway.audit import give_to_dir_owner
 from gateway.errors import AmrError
 
 TOKEN_FILE: Final = "api-tokens.json"
@@ -217,6 +219,7 @@ class TokenFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            give_to_dir_owner(fd, self.path.parent)
             fcntl.flock(fd, fcntl.LOCK_EX)
             records = self._read()
             yield records
@@ -228,6 +231,7 @@ class TokenFile:
         doc: dict[str, Any] = {"version": _FORMAT_VERSION, "tokens": [asdict(r) for r in records.values()]}
         fd, tmp = tempfile.mkstemp(prefix=f".{TOKEN_FILE}.", dir=self.path.parent)  # mode 0600
         try:
+            give_to_dir_owner(fd, self.path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(doc, f, indent=1)
                 f.write("\n")

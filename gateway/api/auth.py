@@ -91,7 +91,11 @@ class ApiAuth:
         """The auth of a gateway: its data_dir's token file and audit log, plus ``api.token``."""
         data_dir: Path = settings.gateway.data_dir
         auth = cls(TokenFile(data_dir), settings.api.token, AuditLog.in_dir(data_dir))
-        if auth._configured is None and not any(r.active for r in auth.tokens.current().values()):
+        active = any(r.active for r in auth.tokens.current().values())
+        if auth.tokens.load_error is not None:
+            log.error("%s; only api.token (if configured) is accepted until it is fixed", auth.tokens.load_error)
+            auth._warned_load_error = auth.tokens.load_error
+        elif auth._configured is None and not active:
             log.warning("no API tokens yet: every route but health answers 401; add one with "
                         "`amr-gateway token add --role reader --name NAME -c CONFIG` (the gateway "
                         "picks it up without a restart)")

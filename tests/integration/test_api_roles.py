@@ -230,3 +230,14 @@ async def test_routes_declare_their_role_and_writes_default_to_operator(tmp_path
         assert status == 401
     finally:
         await server.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run as root and hand files to another user")
+def test_token_add_as_root_hands_the_files_to_the_state_directory_owner(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 65534, 65534)                       # the gateway's user (here: nobody) owns data_dir
+    add_token(data, "reader", "dashboard")
+    for name in (TOKEN_FILE, f"{TOKEN_FILE}.lock", AUDIT_FILE):
+        st = (data / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o600), name
