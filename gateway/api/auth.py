@@ -110,14 +110,22 @@ class ApiAuth:
             presented = given.strip().encode("utf-8", "surrogateescape")
         except UnicodeError:
             return None
+        return self.identify_token(presented)
+
+    def identify_token(self, presented: bytes) -> Identity | None:
+        """Who a presented token (any bytes) belongs to, or None.
+
+        The bearer header's check, and the one a sign-in form (the web console) uses before
+        it keeps the identity in a session.
+        """
         if self._configured is not None and hmac.compare_digest(presented, self._configured):
             return Identity(CONFIGURED_ID, "api.token", Role.ADMIN)
         identity = self.tokens.identify(presented)
-        if identity is not None:
-            self.last_used[identity.id] = time.time()
         if self.tokens.load_error is not None and self.tokens.load_error != self._warned_load_error:
             log.error("%s; only api.token (if configured) is accepted until it is fixed", self.tokens.load_error)
         self._warned_load_error = self.tokens.load_error
+        if identity is not None:
+            self.last_used[identity.id] = time.time()
         return identity
 
     async def check(self, request: web.Request, handler: Handler, public: bool) -> web.StreamResponse:
