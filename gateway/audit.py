@@ -120,10 +120,20 @@ class AuditLog:
                     raise AuditError(f"the audit log {self.path} took a partial entry (disk full?); "
                                      "free space, then run `amr-gateway audit verify`")
                 os.fsync(fd)
+                if seq == 0:                         # a new log: make its directory entry durable too
+                    _fsync_dir(self.path.parent)
             finally:
                 os.close(fd)
         log.debug("audit %d %s %s by %s; chain head %s", seq + 1, action, subject, actor, digest)
         return AuditEntry(seq + 1, digest, line)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _last_entry(fd: int, path: Path) -> tuple[int, str]:
