@@ -82,7 +82,7 @@ class ApiAuth:
     def __init__(self, tokens: TokenFile, configured: str | None, audit: AuditLog) -> None:
         self.tokens = tokens
         self.audit = audit
-        self._configured = configured.encode() if configured else None
+        self._configured = configured.encode("utf-8", "surrogateescape") if configured else None
         self._warned_load_error: str | None = None
         self.last_used: dict[str, float] = {}   # token id -> when this process last accepted it
 

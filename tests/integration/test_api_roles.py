@@ -228,6 +228,9 @@ async def test_routes_declare_their_role_and_writes_default_to_operator(tmp_path
                     assert "needs the" in body["error"] and f"has the {role.label} role" in body["error"]
         status, body = await call(server.port or 0, "POST", "/o", "amr_00000000_nope")
         assert status == 401
+        (tmp_path / TOKEN_FILE).write_text('{"version": 1, "tokens": [{"id": ')   # damaged: refuse, never guess
+        status, body = await call(server.port or 0, "GET", "/r", minted[Role.ADMIN])
+        assert status == 401 and tokens.load_error is not None and "malformed" in tokens.load_error
     finally:
         await server.close()
 
