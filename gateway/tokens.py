@@ -178,7 +178,13 @@ class TokenFile:
                              "and mode (0600, owned by the gateway's user)") from None
         try:
             doc = json.loads(raw)
-            return {r["id"]: TokenRecord(**r) for r in doc["tokens"]}
+            records = {r["id"]: TokenRecord(**r) for r in doc["tokens"]}
+            for r in records.values():
+                Role.parse(r.role)
+                bytes.fromhex(r.salt)
+            return records
+        except TokenError as exc:
+            raise TokenError(f"the token file {self.path} is malformed ({exc})") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise TokenError(f"the token file {self.path} is malformed ({exc}); restore it from a backup "
                              "or move it away and add tokens again") from None
