@@ -3,7 +3,8 @@
 Two kinds of peer:
 
 * the **shared services** that ``scripts/ensure-services.sh`` starts (mosquitto on
-  127.0.0.1:1883, VictoriaMetrics on 127.0.0.1:8428). The fixtures ``mosquitto`` and
+  127.0.0.1:1883, VictoriaMetrics on 127.0.0.1:8428; ``AMR_TEST_MQTT`` and
+  ``AMR_TEST_INFLUX_URL`` move them, for the script and the tests alike). The fixtures ``mosquitto`` and
   ``victoria_metrics`` check they answer and **fail** the test loudly when they do not
   (never skip: a delivery test that silently does not run proves nothing);
 * **private instances** (:class:`MosquittoProcess`, :class:`VictoriaProcess`) on a free
@@ -47,10 +48,12 @@ from gateway.model import PointValue, Reading
 from gateway.settings import BusSettings
 from gateway.store import Store
 
-MOSQUITTO_HOST = os.environ.get("AMR_TEST_MQTT_HOST", "127.0.0.1")
-MOSQUITTO_PORT = int(os.environ.get("AMR_TEST_MQTT_PORT", "1883"))
-VM_URL = os.environ.get("AMR_TEST_VM_URL", "http://127.0.0.1:8428")
-START_HINT = "run `bash scripts/ensure-services.sh` (as root) or `make services` first"
+# One variable per shared service, read by scripts/ensure-services.sh as well.
+_MQTT_HOST, _, _MQTT_PORT = os.environ.get("AMR_TEST_MQTT", "127.0.0.1:1883").rpartition(":")
+MOSQUITTO_HOST = _MQTT_HOST or "127.0.0.1"
+MOSQUITTO_PORT = int(_MQTT_PORT)
+VM_URL = os.environ.get("AMR_TEST_INFLUX_URL", "http://127.0.0.1:8428").rstrip("/")
+START_HINT = "run `bash scripts/ensure-services.sh start` (as root) or `make services` first"
 
 
 def free_port() -> int:
@@ -377,16 +380,31 @@ class Outcomes:
         self.errors.append(error)
 
 
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT control packet: its first header byte and everything after the length."""
+    header = (await reader.readexactly(1))[0]
+    length = 0
+    for shift in range(0, 28, 7):                  # remaining length: at most four bytes
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+    return header, await reader.readexactly(length)
+
+
 class MuteBroker:
     """A local TCP server that plays a broker mosquitto never is: it answers CONNECT with an
-    accepted CONNACK and then reads and ignores everything — no PUBACK, no PINGRESP.
+    accepted CONNACK (MQTT 5 or 3.1.1, as the client asked), acknowledges the first ``acks``
+    PUBLISH packets (by default 1: the sink's birth message, which the sink waits for), and
+    then reads and ignores everything — no PUBACK, no PINGRESP.
 
     ``async with MuteBroker() as broker:`` listens on a free loopback port (``broker.port``);
     ``connections`` counts sessions, ``received`` is set once anything follows the CONNECT.
     On exit every connection is closed and awaited, so no stream is left for the collector.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, acks: int = 1) -> None:
+        self.acks = acks
         self.connections = 0
         self.received = asyncio.Event()
         self.port = 0
@@ -396,9 +414,18 @@ class MuteBroker:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
-        await reader.read(2)                       # CONNECT fixed header (short packet)
-        writer.write(b"\x20\x02\x00\x00")          # CONNACK accepted, then silence
+        _, connect = await _read_packet(reader)
+        level = connect[6]                         # after the protocol name b"\x00\x04MQTT"
+        # CONNACK accepted (MQTT 5 adds an empty property list)
+        writer.write(b"\x20\x03\x00\x00\x00" if level == 5 else b"\x20\x02\x00\x00")
         await writer.drain()
+        for _ in range(self.acks):                 # the birth message first
+            header, publish = await _read_packet(reader)
+            self.received.set()
+            if header & 0xF6 == 0x32:              # PUBLISH at QoS 1: PUBACK it
+                topic_len = int.from_bytes(publish[:2], "big")
+                writer.write(b"\x40\x02" + publish[2 + topic_len:4 + topic_len])
+                await writer.drain()
         while await reader.read(65536):
             self.received.set()
         writer.close()
@@ -525,7 +552,7 @@ async def commit(store: Store, readings: list[Reading]) -> list[int]:
     return [seq for f in futures for seq in await f]
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+def stop_process(proc: subprocess.Popen[Any] | None, sig: int, timeout: float) -> None:
     """Send ``sig`` and wait (bounded); kill what does not stop in time."""
     if proc is None or proc.poll() is not None:
         return

@@ -119,7 +119,7 @@ def test_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     ("- a\n- b\n", 1, "the configuration must be a mapping of keys to values, not a list"),
     ("gateway: {id: x}\nbuses: []\nmeters: []\nmeter: []\n", 4,
      'the configuration: unknown key "meter" (did you mean "meters"?); accepted keys are api, billing, '
-     "buses, gateway, influxdb, meters, mqtt, profiles_dir, review, schedules, store"),
+     "buses, gateway, influxdb, logging, meters, mqtt, profiles_dir, review, schedules, store"),
 ])
 def test_whole_file_problems(text: str, line: int, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -257,6 +257,18 @@ def test_mqtt_tls_files_are_resolved_and_checked(tmp_path: Path) -> None:
     ok = text.replace(", cert_file: client.pem", "")
     mqtt = load_settings_from_text(ok, "gw.yaml", tmp_path, env={}).mqtt
     assert mqtt is not None and mqtt.tls and mqtt.ca_file == str(tmp_path / "ca.pem")
+
+
+def test_mqtt_protocol_is_5_by_default_and_3_1_1_on_request(tmp_path: Path) -> None:
+    base = "gateway: {id: gw1}\nbuses: []\nmeters: []\n"
+    default = load_settings_from_text(base + "mqtt: {host: 127.0.0.1}\n", "gw.yaml", tmp_path, env={}).mqtt
+    assert default is not None and default.protocol == "5"
+    for written, expected in (("3.1.1", "3.1.1"), ("5", "5"), ('"5"', "5")):
+        mqtt = load_settings_from_text(base + f"mqtt: {{protocol: {written}}}\n", "gw.yaml", tmp_path, env={}).mqtt
+        assert mqtt is not None and mqtt.protocol == expected
+    with pytest.raises(ConfigError) as info:
+        load_settings_from_text(base + "mqtt: {protocol: 3.1}\n", "gw.yaml", tmp_path, env={})
+    assert "must be one of 5, 3.1.1" in info.value.issues[0].message
 
 
 # --- profile lookup -------------------------------------------------------------------------
