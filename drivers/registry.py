@@ -97,7 +97,7 @@ point-name rules) → (points by name, plan options such as Modbus request limit
 class ProfileRules(Protocol):
     """The core's rules for any profile point, handed to a protocol's point parser.
 
-    The canonical point names and units belong to the gateway (SPEC), not to a protocol;
+    The canonical point names and units belong to the gateway (gateway/profiles.py), not to a protocol;
     the profile loader passes an instance so a parser checks names and units the same way
     for every protocol without importing the core.
     """

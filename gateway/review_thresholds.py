@@ -15,7 +15,7 @@ from typing import Literal
 class ReviewThresholds:
     """Every threshold of the review rules, with its unit (defaults follow 1376.1 practice).
 
-    1376.1 implementations disagree on units (billing-practice.md §5, "Units caveat"), so
+    1376.1 implementations disagree on units (docs/billing-rules.md §5, "Units caveat"), so
     each field names its unit in its name or its comment and nothing is implied.
     """
 
@@ -95,7 +95,7 @@ class ReviewThresholds:
     # phase_loss (失压/断相) -----------------------------------------------------------------
     #: A phase below this fraction of the reference (nominal, or the mean of the other two
     #: phases when no nominal is configured) is lost. DL/T 645 meters' 失压 default is 0.78,
-    #: 断相 ≈ 0.6; "collapses" in SPEC suggests the latter.
+    #: 断相 ≈ 0.6; a phase that "collapsed" (the event's meaning) suggests the latter.
     phase_loss_fraction: Decimal = Decimal("0.6")
     #: The other phases count as normal at or above this fraction of the reference (and,
     #: without a nominal, within this fraction of each other); a lost phase is back when it

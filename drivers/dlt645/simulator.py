@@ -80,7 +80,7 @@ from gateway.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-_NO_DATA = b"\xee"          # fill byte of a value the meter does not have (dlt645-2007.md §7)
+_NO_DATA = b"\xee"          # fill byte of a value the meter does not have (docs/protocols/dlt645-2007.md §7)
 
 DEFAULT_EVENTS: dict[int, int] = {
     0x03300D00: 1,   # meter cover opened

@@ -678,7 +678,7 @@ def interpolate(r1: Decimal, t1: float, r2: Decimal, t2: float, at: float) -> De
 
     Rational arithmetic on the exact binary values of the times (``Fraction`` of a float is
     exact), rounded once, half-even, to 4 decimals (the terminal's A14 precision,
-    billing-practice.md §2). Used for ``estimated`` settlements only.
+    docs/billing-rules.md §2). Used for ``estimated`` settlements only.
     """
     frac = (Fraction(at) - Fraction(t1)) / (Fraction(t2) - Fraction(t1))
     exact = Fraction(r1) + (Fraction(r2) - Fraction(r1)) * frac

@@ -242,10 +242,6 @@ class ReviewEngine:
             except Exception:
                 log.exception("review: housekeeping failed; will retry")
 
-    async def process(self, meter: str, reading: Reading) -> list[db.StoredEvent]:
-        """Review one reading now: run the rules, store and publish what they decide."""
-        return await self.emit_all(meter, self.evaluate(meter, reading))
-
     def evaluate(self, meter: str, reading: Reading) -> list[RuleEvent]:
         """Run the rules on one reading against the meter's memory; the events they decide."""
         ctx = self.contexts.get(meter)

@@ -1,7 +1,7 @@
 """Review rules: pure functions from (per-meter state, one reading) to review events.
 
-What a reviewer must be told (SPEC "Review events"), modelled on the Q/GDW 1376.1 ERC
-records a special-transformer terminal raises (billing-practice.md §5):
+What a reviewer must be told, modelled on the Q/GDW 1376.1 ERC
+records a special-transformer terminal raises (docs/billing-rules.md §5):
 
 ==================  ===========  ====================================================
 event               ERC          raised when

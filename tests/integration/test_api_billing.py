@@ -19,7 +19,6 @@ import asyncio
 import csv
 import io
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
 from tests.billingkit import capture_of
+from tests.servicefixtures import await_until
 
 TOKEN = "api-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -72,16 +72,13 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     try:
         await gw.start()
         cap = capture_of(gw)
-        deadline = time.monotonic() + 40
 
-        def ready() -> bool:
-            settled = sum(1 for (_, b), k in cap.current.items() if b == BOUNDARY and k.quality != "missing")
-            return clock.time() > BOUNDARY + 35 * 60 and settled == 4
+        def settled() -> int:
+            return sum(1 for (_, b), k in cap.current.items() if b == BOUNDARY and k.quality != "missing")
 
-        while time.monotonic() < deadline:  # a bounded poll of the gateway's state
-            if ready():
-                break
-            await asyncio.sleep(0.05)
+        await await_until(lambda: clock.time() > BOUNDARY + 35 * 60 and settled() == 4, 40,
+                          "four meters settled at the boundary, 35 simulated minutes on",
+                          detail=lambda: f"{settled()} settled, clock {clock.time() - BOUNDARY:.0f} s past it")
         yield Running(gw, clock)
     finally:
         await gw.stop()

@@ -14,7 +14,6 @@ other tests' gateways run without review.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import csv
 import io
@@ -37,6 +36,7 @@ from gateway.ports import free_port
 from gateway.review.engine import ReviewEngine
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from tests.servicefixtures import await_until
 
 RATE = 120.0                                   # a 1-minute slot every 0.5 s
 START = 1_795_939_200.0 + 14 * 60 + 50         # 2026-11-29 16:14:50 +08:00, just before an interval slot
@@ -74,15 +74,6 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         await fleet.stop()
 
 
-async def wait_until(r: Running, what: Any, simulated_s: float) -> bool:
-    """Poll ``what()`` every 0.1 s for at most ``simulated_s`` of simulated time."""
-    for _ in range(int(simulated_s / r.clock.rate / 0.1) + 1):
-        if what():
-            return True
-        await asyncio.sleep(0.1)
-    return bool(what())
-
-
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     async with http.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
         return resp.status, await resp.text()
@@ -98,15 +89,16 @@ def stored_events(db: Path) -> list[tuple[Any, ...]]:
 
 async def test_dead_meter_raises_read_failure_then_read_recovered_listed_by_the_api(running: Running) -> None:
     r = running
-    await asyncio.sleep(2 * 60 / r.clock.rate)
+    await await_until(lambda: r.engine.state(DEAD).last_good_ts is not None, 10 * 60 / RATE,
+                      f"a good reading of {DEAD} within 10 simulated minutes", step=0.1)
     await r.fleet.stop_meter(DEAD)
 
     def opened() -> bool:
         return ("read_failure", "") in r.engine.state(DEAD).active
 
-    assert await wait_until(r, opened, 8 * 60), "no read_failure after 8 simulated minutes of silence"
+    await await_until(opened, 8 * 60 / RATE, "read_failure within 8 simulated minutes of silence", step=0.1)
     await r.fleet.start_meter(DEAD)
-    assert await wait_until(r, lambda: not opened(), 10 * 60), "no read_recovered within 10 simulated minutes"
+    await await_until(lambda: not opened(), 10 * 60 / RATE, "read_recovered within 10 simulated minutes", step=0.1)
     assert await r.engine.drain()
 
     events = stored_events(r.gw.store_path)
@@ -164,7 +156,7 @@ async def test_register_decrease_from_a_real_reading_fed_through_the_engine(runn
     def baseline() -> bool:
         return "energy_import_kwh" in r.engine.state(meter).registers
 
-    assert await wait_until(r, baseline, 20 * 60), "no interval reading reviewed within 20 simulated minutes"
+    await await_until(baseline, 20 * 60 / RATE, "an interval reading reviewed within 20 simulated minutes", step=0.1)
     assert await r.engine.drain()
     before = r.engine.state(meter).registers["energy_import_kwh"]
     # a reading exactly like the meter's, but the total register 1.00 lower
