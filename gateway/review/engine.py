@@ -39,16 +39,17 @@ from typing import TYPE_CHECKING, Any, Final
 from gateway.aio import wait_event
 from gateway.model import Reading, iso_utc
 from gateway.review import db
+from gateway.review.bus import bus_key, fold_bus_failure
 from gateway.review.rules import (
     Condition,
     MeterContext,
     MeterState,
     RuleEvent,
-    evaluate,
     local_second_of_day,
     observe_reading,
     rated_power_kw,
 )
+from gateway.review.ruleset import evaluate
 from gateway.review_thresholds import ReviewThresholds
 
 if TYPE_CHECKING:
@@ -94,9 +95,18 @@ class ReviewEngine:
         self._idle.set()
         self.states: dict[str, MeterState] = {}
         self.contexts: dict[str, MeterContext] = {}
+        #: each meter's thresholds with its customer's and its own overrides applied
+        self.meter_thresholds: dict[str, ReviewThresholds] = {}
+        #: bus id → its meters (for bus_failure), and meter → bus
+        self.buses: dict[str, list[str]] = {}
+        self.bus_of: dict[str, str] = {}
         tz = core.settings.gateway.timezone
         for m in core.settings.meters.values():
-            self.contexts[m.id] = meter_context(m, tz, self.thresholds)
+            th = self.thresholds.for_meter(m.id, m.customer)
+            self.meter_thresholds[m.id] = th
+            self.contexts[m.id] = meter_context(m, tz, th)
+            self.buses.setdefault(m.bus, []).append(m.id)
+            self.bus_of[m.id] = m.bus
         self._tz = tz
         self._next_id = 1
         self._task: asyncio.Task[None] | None = None
@@ -217,9 +227,8 @@ class ReviewEngine:
             while self.queue:
                 meter, reading = self.queue.popleft()
                 try:
-                    events = self.evaluate(meter, reading)
-                    if events:
-                        await self.emit_all(meter, events)
+                    for who, ev in self.evaluate_all(meter, reading):
+                        await self.emit_all(who, [ev])
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -244,24 +253,37 @@ class ReviewEngine:
 
     async def process(self, meter: str, reading: Reading) -> list[db.StoredEvent]:
         """Review one reading now: run the rules, store and publish what they decide."""
-        return await self.emit_all(meter, self.evaluate(meter, reading))
+        stored: list[db.StoredEvent] = []
+        for who, ev in self.evaluate_all(meter, reading):
+            stored += await self.emit_all(who, [ev])
+        return stored
 
     def evaluate(self, meter: str, reading: Reading) -> list[RuleEvent]:
         """Run the rules on one reading against the meter's memory; the events they decide."""
+        return [ev for m, ev in self.evaluate_all(meter, reading) if m == meter]
+
+    def evaluate_all(self, meter: str, reading: Reading) -> list[tuple[str, RuleEvent]]:
+        """Like :meth:`evaluate`, with the bus events it decides: (meter or ``bus:<id>``, event)."""
         ctx = self.contexts.get(meter)
         if ctx is None:
             ctx = MeterContext(tz=self._tz)
+        th = self.meter_thresholds.get(meter, self.thresholds)
         interval_s: float | None = None
         sched = self.gateway.settings.schedules.get(reading.schedule)
         if sched is not None and sched.aligned:
             interval_s = sched.every_s
-        obs = observe_reading(reading, interval_s, self.thresholds.power_point)
-        events, errors = evaluate(self.state(meter), obs, ctx, self.thresholds)
+        obs = observe_reading(reading, interval_s, th.power_point)
+        events, errors = evaluate(self.state(meter), obs, ctx, th)
         self.processed += 1
         for rule, exc in errors:
             self.rule_errors += 1
             log.error("review rule %s failed on meter %s: %s", rule, meter, exc, exc_info=exc)
-        return events
+        bus = self.bus_of.get(meter)
+        if bus is None or not th.enabled:
+            return [(meter, ev) for ev in events]
+        key = bus_key(bus)
+        mine, bus_events = fold_bus_failure(bus, self.state(key), self.buses[bus], self.states, obs, events, th)
+        return [(meter, ev) for ev in mine] + [(key, ev) for ev in bus_events]
 
     async def emit_all(self, meter: str, events: list[RuleEvent]) -> list[db.StoredEvent]:
         """Store and publish events in order; one that cannot be stored yet is kept for a retry."""
@@ -293,11 +315,12 @@ class ReviewEngine:
         raised_id = ev.raised_id if ev.state == "cleared" else None
         event_id = self._next_id
         ms = self.gateway.settings.meters.get(meter)
+        ms_customer = ms.customer if ms is not None else None   # bus events have none
         body: dict[str, Any] = {
             "schema": db.EVENT_SCHEMA,
             "id": event_id,
             "meter": meter,
-            "customer": ms.customer if ms is not None else None,
+            "customer": ms_customer,
             "type": ev.type,
             "state": ev.state,
             "key": ev.key,

@@ -24,7 +24,7 @@ from gateway.config import load_settings_from_text
 from gateway.core import Core
 from gateway.demo import demo_config_text
 from gateway.model import PointValue, Reading
-from gateway.review import rules
+from gateway.review import rules, ruleset
 from gateway.review.engine import ReviewEngine
 from gateway.review.export import export_events
 from gateway.runtime import STORE_FILE
@@ -147,7 +147,7 @@ async def test_a_failing_rule_loses_neither_the_reading_nor_the_other_rules(
     def boom(*args: object) -> list[rules.RuleEvent]:
         raise ZeroDivisionError("a bug in a rule")
 
-    monkeypatch.setattr(rules, "RULES", (("meter_fast", boom), *rules.RULES))
+    monkeypatch.setattr(ruleset, "ALL_RULES", (("meter_fast", boom), *ruleset.ALL_RULES))
     eng = await started(gw)
     r0, r1 = reading(0, "10.00"), reading(1, "9.00")
     eng.observe(runtime(), r0)
