@@ -21,7 +21,8 @@ POWER_FACTOR_CLASSES: Final[Mapping[str, Decimal]] = {
 }
 
 #: The meter's own event records the ``meter_event`` rule watches: point name stem → event
-#: type. A profile maps ``event_<stem>_count`` (the counter) and optionally
+#: type (the stems are the DL/T 645 profiles' point names: ``event_time_set_count`` is the
+#: 校时 counter, raising ``clock_set``). A profile maps ``event_<stem>_count`` (the counter) and optionally
 #: ``event_<stem>_start`` / ``event_<stem>_end`` and any other ``event_<stem>_*`` points (the
 #: last record); voltage loss is per phase (``voltage_loss_l1`` … → type ``voltage_loss``).
 METER_EVENT_KINDS: Final[Mapping[str, str]] = {
@@ -30,7 +31,7 @@ METER_EVENT_KINDS: Final[Mapping[str, str]] = {
     "programming": "programming",
     "meter_clear": "meter_clear",
     "demand_clear": "demand_clear",
-    "clock_set": "clock_set",
+    "time_set": "clock_set",
     "voltage_loss_l1": "voltage_loss",
     "voltage_loss_l2": "voltage_loss",
     "voltage_loss_l3": "voltage_loss",

@@ -54,6 +54,8 @@ from itertools import accumulate
 from typing import ClassVar, Final
 from zoneinfo import ZoneInfo
 
+from drivers.simulation.faults import FaultSet
+
 SLOT_S: Final = 900
 UNITS_PER_KWH: Final = 10**8          # 1 unit = 1e-8 kWh
 _STEP: Final = 100                    # slot energies are multiples of 1e-6 kWh
@@ -315,6 +317,8 @@ class MeterModel:
         self._cached_day: tuple[int, _Day, _DayCurve, tuple[int, ...]] | None = None
         self._month_max: dict[int, int] = {}
         self._origin = self._energy_units(self.epoch)
+        #: faults switched on (tests, demo): see drivers.simulation.faults
+        self.faults = FaultSet()
 
     # --- public API ----------------------------------------------------------------------
 
@@ -322,8 +326,30 @@ class MeterModel:
         """Tariff in force at ``t``: 1 sharp, 2 peak, 3 flat, 4 valley (see TARIFF_TABLE)."""
         return TARIFF_TABLE[datetime.fromtimestamp(t, self._zone).hour]
 
+    def set_fault(self, name: str, t: float, amount: Decimal | float | None = None) -> None:
+        """Switch a fault on at simulated time ``t`` (see :mod:`drivers.simulation.faults`)."""
+        self.faults.set(name, t, self._healthy_at, amount)
+
+    def clear_fault(self, name: str, t: float) -> None:
+        """Switch a fault off at simulated time ``t`` (its event records stay)."""
+        self.faults.clear(name, t)
+
+    def events_at(self, t: float) -> dict[str, Decimal | str]:
+        """The meter's event counters and last records at ``t`` (``event_<stem>_count`` …)."""
+        return self.faults.events_at(t, self._zone)
+
     def values_at(self, t: float) -> dict[str, Decimal]:
-        """Every canonical point as the meter shows it (secondary side) at epoch ``t``."""
+        """Every canonical point as the meter shows it (secondary side) at epoch ``t``.
+
+        A pure function of ``t`` while no fault is on; a fault changes it from its start.
+        """
+        out = self._healthy_at(t)
+        if self.faults.on:
+            out = self.faults.apply(t, out)
+        return out
+
+    def _healthy_at(self, t: float) -> dict[str, Decimal]:
+        """The healthy meter's values at ``t`` (no fault applied)."""
         n, day, curve, base = self._day_state(t)
         i = int((t - day.start) // SLOT_S)
         if i >= len(curve.imp):
