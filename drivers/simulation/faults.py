@@ -2,9 +2,10 @@
 
 A :class:`FaultSet` belongs to a :class:`~drivers.simulation.model.MeterModel`; while a fault
 is on, :meth:`MeterModel.values_at` shows the healthy model's values changed as below from
-the instant it was switched on (``since``, simulated time). Switching off ends the change
-(registers return to the healthy curve, which is what a repaired or replaced meter shows);
-the meter's event records stay, as a real meter's do.
+the instant it was switched on (``since``, simulated time). Switching off ends the change:
+registers go on advancing with the healthy load from what they showed then (a stopped
+register resumes where it stood, one that went back stays lower), and the meter's event
+records stay, as a real meter's do.
 
 =================== ================================================ =======================
 fault               what the meter shows from ``since`` on           rule it trips
@@ -105,24 +106,40 @@ class FaultSet:
 
     on: dict[str, Fault] = field(default_factory=dict)
     records: dict[str, list[EventRecord]] = field(default_factory=dict)
+    #: what a fault that ended left on the registers (a stopped register resumes from where it
+    #: stood, one that went back stays lower): register → offset, added from ``since`` on
+    offsets: list[tuple[float, dict[str, Decimal]]] = field(default_factory=list)
 
-    def set(self, name: str, t: float, base: Callable[[float], dict[str, Decimal]],
+    def set(self, name: str, t: float, healthy: Callable[[float], dict[str, Decimal]],
             amount: Decimal | float | None = None) -> None:
         """Switch ``name`` on at simulated time ``t`` (again: a new start)."""
         if name not in FAULTS:
             raise ValueError(f"unknown simulator fault {name!r}; known: {', '.join(FAULTS)}")
         amt = Decimal(str(amount)) if amount is not None else DEFAULT_AMOUNT.get(name, Decimal(0))
-        self.on[name] = Fault(name, t, amt, base(t))
+        self.on[name] = Fault(name, t, amt, self._offset(t, healthy(t)))
         stem = self._stem(name, amt)
         if stem is not None:
             self.records.setdefault(stem, []).append(EventRecord(t, None if stem.startswith(_LASTING) or
                                                                  stem.startswith("voltage_loss") else t))
 
-    def clear(self, name: str, t: float) -> None:
-        """Switch ``name`` off at ``t`` (a lasting event record ends then)."""
-        fault = self.on.pop(name, None)
+    def clear(self, name: str, t: float, healthy: Callable[[float], dict[str, Decimal]]) -> None:
+        """Switch ``name`` off at ``t`` (a lasting event record ends then).
+
+        The registers go on from what the meter showed at ``t``: the difference the fault
+        made stays as an offset, so no register jumps back (which would itself be an event).
+        """
+        fault = self.on.get(name)
         if fault is None:
             return
+        shown = self.apply(t, healthy(t))
+        del self.on[name]
+        after = self.apply(t, healthy(t))
+        delta = {n: shown[n] - after[n] for n in _ENERGY if shown[n] != after[n]}
+        if name == "tariff_mismatch":   # the tariffs catch up with the total instead
+            fullest = max(_IMP_T, key=lambda n: after[n])
+            delta[fullest] = delta.get(fullest, Decimal(0)) + fault.amount
+        if delta:
+            self.offsets.append((t, delta))
         stem = self._stem(name, fault.amount)
         if stem is not None:
             for rec in self.records.get(stem, []):
@@ -159,8 +176,16 @@ class FaultSet:
                 out[f"event_{stem}_end"] = "" if last.end is None or last.end > t else _local(last.end, zone)
         return out
 
+    def _offset(self, t: float, v: dict[str, Decimal]) -> dict[str, Decimal]:
+        for since, delta in self.offsets:
+            if t >= since:
+                for n, d in delta.items():
+                    v[n] += d
+        return v
+
     def apply(self, t: float, v: dict[str, Decimal]) -> dict[str, Decimal]:
         """The healthy values ``v`` at ``t`` as the faulty meter shows them."""
+        self._offset(t, v)
         for f in self.on.values():
             if t >= f.since:
                 _APPLY[f.name](f, v)

@@ -332,7 +332,7 @@ class MeterModel:
 
     def clear_fault(self, name: str, t: float) -> None:
         """Switch a fault off at simulated time ``t`` (its event records stay)."""
-        self.faults.clear(name, t)
+        self.faults.clear(name, t, self._healthy_at)
 
     def events_at(self, t: float) -> dict[str, Decimal | str]:
         """The meter's event counters and last records at ``t`` (``event_<stem>_count`` …)."""
@@ -344,7 +344,7 @@ class MeterModel:
         A pure function of ``t`` while no fault is on; a fault changes it from its start.
         """
         out = self._healthy_at(t)
-        if self.faults.on:
+        if self.faults.on or self.faults.offsets:
             out = self.faults.apply(t, out)
         return out
 
