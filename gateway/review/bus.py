@@ -9,8 +9,11 @@ and the rule memory of every meter on its bus, and returns the events to emit in
   ``bus:<id>``) naming every meter, and that meter's ``read_failure`` is suppressed: it is
   taken out of the meter's conditions, so no ``read_recovered`` follows either.
 * While the bus event is raised every further ``read_failure`` of its meters is suppressed.
-* The first meter of the bus that answers again clears ``bus_failure`` (the bus works);
-  meters still failing then raise their own ``read_failure`` at their next failed poll.
+* The first meter of the bus that answers again clears ``bus_failure`` (the bus works).
+  The other meters of the failure start counting their failed polls afresh, and while the
+  poller has not tried them again (a reading "not polled": the dead-meter backoff) their
+  ``read_failure`` stays suppressed: a line that came back is not N meter failures either.
+  A meter that still does not answer when it is tried raises its own ``read_failure``.
 """
 
 from __future__ import annotations
@@ -34,14 +37,26 @@ def fold_bus_failure(
     bus_events: list[RuleEvent] = []
     raised = ("bus_failure", "") in bus_state.active
     if not obs.failed:
+        bus_state.grace.discard(obs.meter)
         if raised:
             cond = bus_state.active[("bus_failure", "")]
             normal_cycle(bus_state, bus_events, "bus_failure", "", obs.ts, 1,
                          f"bus {bus} answers again (meter {obs.meter})",
                          {"bus": bus, "answered": obs.meter, "answered_at": iso(obs.ts),
                           "meters": cond.evidence.get("meters", [])})
+            for m in meters:
+                st = states.get(m)
+                if m != obs.meter and st is not None and st.failures > 0:
+                    st.failures = 0
+                    st.first_failure_ts = None
+                    bus_state.grace.add(m)
         return events, bus_events
     mine = [e for e in events if e.type == "read_failure" and e.state == "raised"]
+    if obs.meter in bus_state.grace:
+        if (obs.error or "").startswith("not polled"):       # skipped by the poller, not tried
+            states[obs.meter].active.pop(("read_failure", ""), None)
+            return [e for e in events if e not in mine], bus_events
+        bus_state.grace.discard(obs.meter)
     if not mine or len(meters) < th.bus_failure_min_meters:
         return events, bus_events
     failing = [m for m in meters if (st := states.get(m)) is not None and st.failures > 0]

@@ -211,6 +211,8 @@ class MeterState:
     pf_ref: tuple[float, Decimal, Decimal] | None = None
     #: meter events: last counter value per event stem
     counters: dict[str, Decimal] = field(default_factory=dict)
+    #: a bus's state: meters of a bus failure that ended, not heard from since
+    grace: set[str] = field(default_factory=set)
     dirty: bool = False                 # persisted state changed
 
     def to_doc(self) -> dict[str, object]:

@@ -205,8 +205,22 @@ def test_a_whole_bus_failing_is_one_bus_event_and_the_meters_read_failures_are_s
     assert not any(("read_failure", "") in states[m].active for m in meters)
     out.clear()
     poll(300.0, "a", False)                   # the bus works again
-    poll(301.0, "b", True)                    # b alone still fails: its own read_failure
-    assert out == [("bus:rs1", "bus_failure", "cleared"), ("b", "read_failure", "raised")]
+    assert out == [("bus:rs1", "bus_failure", "cleared")]
+    out.clear()
+    # b, tried again and still silent, counts afresh: its own read_failure after 2 more polls
+    poll(301.0, "b", True)
+    assert out == []
+    poll(302.0, "b", True)
+    assert out == [("b", "read_failure", "raised")]
+    # c, skipped by the poller's dead-meter backoff ("not polled"), is not judged on that
+    out.clear()
+    for k in range(3):
+        o = Observation(meter="c", ts=T0 + 310 + k, slot=T0 + 310 + k, schedule="interval", interval_s=900.0,
+                        quality="timeout", failed=True, error="not polled: the meter failed 3 polls in a row")
+        events = run(states["c"], o, th)
+        mine, bus = fold_bus_failure("rs1", bus_state, meters, states, o, events, th)
+        out.extend(("c", e.type, e.state) for e in mine + bus)
+    assert out == []
 
 
 def test_one_meter_failing_alone_is_its_own_read_failure() -> None:
