@@ -77,8 +77,9 @@ class ReviewThresholds:
     #: ... while power × time over that window is at least this (kWh, primary side).
     stopped_min_expected_kwh: Decimal = Decimal("0.04")
     #: ... and at least this many display steps of the register (× CT × PT): below that a
-    #: correct meter may legitimately not have ticked yet.
-    stopped_min_display_steps: int = 2
+    #: correct meter may legitimately not have ticked yet. 5: a total kept as the sum of four
+    #: tariff registers, each shown rounded down, can lag the energy by up to four steps.
+    stopped_min_display_steps: int = 5
 
     # meter_fast (ERC28/29) --------------------------------------------------------------
     #: Skip the power comparison when power × Δt is below this (kWh), as 1376.1 does.
@@ -96,13 +97,19 @@ class ReviewThresholds:
     # consumption_jump (§6 环比) ----------------------------------------------------------
     #: An interval's consumption above this multiple of the same slot's median raises.
     jump_factor: Decimal = Decimal(3)
-    #: Days of history (same local slot) the median is taken over.
-    jump_history_days: int = 7
+    #: Days of history (same local slot) the median is taken over. 21: a week-long holiday
+    #: (National Day, Spring Festival: up to 9 days) stays a minority of the history, so the
+    #: first working day after it is not a jump against a holiday median.
+    jump_history_days: int = 21
     #: Fewer days of history than this: no judgement.
     jump_min_history_days: int = 3
     #: Consumption below this (kWh, primary side) is never a jump (a near-zero median
     #: would otherwise flag noise).
     jump_min_kwh: Decimal = Decimal(1)
+    #: ... nor is consumption of at most this many display steps of the register (× CT ×
+    #: PT): behind a large CT × PT a quarter hour may show one tick or none, so a median of 0
+    #: and then one tick is quantisation, not a jump.
+    jump_min_display_steps: int = 2
     #: Schedules polled more often than this (seconds) are not judged by the jump rule nor
     #: kept as its history: the 环比 comparison is made on load-profile intervals (15 min
     #: and longer), and a same-slot history of 1-second readings would hold 86,400 slots a
@@ -136,8 +143,11 @@ class ReviewThresholds:
     #: ... when the customer was active: its mean consumption over the history before the
     #: standstill at least this (kWh per day, primary side) ...
     zero_active_floor_kwh_per_day: Decimal = Decimal(10)
-    #: ... taken over up to this many days (at least one whole day is needed).
+    #: ... taken over up to this many days (at least one whole day is needed) ...
     zero_history_days: int = 7
+    #: ... and that use over the window comes to at least this many display steps of the
+    #: register (× CT × PT): a small customer behind a large CT × PT may not tick in a day.
+    zero_min_display_steps: int = 5
 
     # reverse_energy ---------------------------------------------------------------------
     #: The export register is judged over windows of this length (seconds) ...
@@ -170,6 +180,9 @@ class ReviewThresholds:
     low_pf_period_s: float = 86400.0
     #: A period with less active energy than this (kWh, primary) is not judged.
     low_pf_min_kwh: Decimal = Decimal(1)
+    #: The period runs on until its active energy is at least this many display steps of the
+    #: register (× CT × PT), so the registers' rounding moves the power factor by ≤ 2 %.
+    low_pf_min_display_steps: int = 50
     #: The reactive register the period power factor is taken from (import: Q1 + Q4).
     reactive_register: str = "energy_import_kvarh"
     #: The power-factor reference (0.90 / 0.85 / 0.80, see POWER_FACTOR_CLASSES); None: not

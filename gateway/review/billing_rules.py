@@ -5,14 +5,16 @@ event                 raised when
 ===================== ==============================================================
 zero_consumption      the judged register stood still for ``zero_window_s`` while the
                       meter answers, and the customer was active before (mean use over
-                      up to ``zero_history_days`` ≥ ``zero_active_floor_kwh_per_day``)
+                      up to ``zero_history_days`` ≥ ``zero_active_floor_kwh_per_day``, and
+                      at that rate the window would show ``zero_min_display_steps`` steps)
 reverse_energy        on a consumer meter the export register advanced, over a window of
                       ``reverse_window_s``, more than ``reverse_min_kwh`` and more than
                       ``reverse_fraction_of_import`` × the import plus two display steps
 tariff_sum_mismatch   |Σ tariff registers − total| > display step × number of tariffs ×
                       ``tariff_sum_steps_per_tariff`` (import and export separately)
 demand_over_contract  maximum demand > contract capacity × ``demand_contract_factor``
-low_power_factor      a period's ΔkWh ÷ √(ΔkWh² + Δkvarh²) below the customer's reference
+low_power_factor      a period's ΔkWh ÷ √(ΔkWh² + Δkvarh²) below the customer's reference (a
+                      period runs on until ΔkWh is ``low_pf_min_display_steps`` steps)
 ===================== ==============================================================
 
 Same shape as :mod:`gateway.review.rules` (pure, one event per condition, exact numbers, a
@@ -95,7 +97,8 @@ def zero_consumption(
         return out
     used = ref.reg.value - start[1]
     per_day = used / days
-    if per_day < th.zero_active_floor_kwh_per_day:
+    expected = per_day * Decimal(repr(th.zero_window_s)) / Decimal(86400)
+    if per_day < th.zero_active_floor_kwh_per_day or expected < th.zero_min_display_steps * reg.step:
         return out
     raise_condition(
         state, out, "zero_consumption", name, obs.ts,
@@ -108,6 +111,7 @@ def zero_consumption(
             "history_register_to": ref.reg.value, "history_days": days,
             "history_kwh_per_day": per_day.quantize(Decimal("0.001")),
             "active_floor_kwh_per_day": th.zero_active_floor_kwh_per_day,
+            "register_step": reg.step, "min_display_steps": th.zero_min_display_steps,
             "arithmetic": "history_kwh_per_day = (history_register_to − history_register_from) ÷ history_days",
         },
     )
@@ -227,11 +231,11 @@ def low_power_factor(
         return out
     if obs.ts - ref[0] + 1e-6 < th.low_pf_period_s:
         return out
+    dp, dq = p.value - ref[1], q.value - ref[2]
+    if dp < th.low_pf_min_kwh or dp < th.low_pf_min_display_steps * p.step:
+        return out          # too little energy yet for the registers' rounding: the period runs on
     state.pf_ref = (obs.ts, p.value, q.value)
     state.dirty = True
-    dp, dq = p.value - ref[1], q.value - ref[2]
-    if dp < th.low_pf_min_kwh:
-        return out
     pf = (dp / (dp * dp + dq * dq).sqrt()).quantize(Decimal("0.0001"))
     ev: dict[str, object] = {
         "from": iso(ref[0]), "to": iso(obs.ts), "active_kwh": dp, "reactive_kvarh": dq,

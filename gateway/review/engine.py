@@ -33,6 +33,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,6 +41,7 @@ from gateway.aio import wait_event
 from gateway.model import Reading, iso_utc
 from gateway.review import db
 from gateway.review.bus import bus_key, fold_bus_failure
+from gateway.review.periods import PeriodUse, judge_periods
 from gateway.review.rules import (
     Condition,
     MeterContext,
@@ -81,12 +83,19 @@ def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterConte
     )
 
 
+#: (connection, meter, now) → the meter's completed stages and cycles, oldest first, as
+#: (kind, cycle label, stage index, start, end, kWh): what the billing feature provides
+#: (gateway.billing.periods.period_source), connected by the composition root.
+PeriodSource = Callable[[Any, str, float], list[tuple[str, str, int, float, float, Decimal]]]
+
+
 class ReviewEngine:
     """Per-gateway review: observer, queue, rules, event storage and publication."""
 
     def __init__(self, core: Core, thresholds: ReviewThresholds | None = None,
-                 queue_size: int = QUEUE_SIZE) -> None:
+                 queue_size: int = QUEUE_SIZE, period_source: PeriodSource | None = None) -> None:
         self.gateway = core
+        self.period_source = period_source
         self.thresholds = thresholds if thresholds is not None else core.settings.review
         self.queue: deque[tuple[str, Reading]] = deque()
         self.queue_size = queue_size
@@ -246,10 +255,30 @@ class ReviewEngine:
                 if self._retry:
                     await self._retry_events()
                 await self._save()
+                await self.judge_periods()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("review: housekeeping failed; will retry")
+
+    async def judge_periods(self) -> list[db.StoredEvent]:
+        """stage_change / cycle_change: judge every meter's newest completed stage and cycle."""
+        source = self.period_source
+        if source is None:
+            return []
+        now = self.gateway.clock.time()
+        stored: list[db.StoredEvent] = []
+        for meter in self.contexts:
+            th = self.meter_thresholds.get(meter, self.thresholds)
+            if not th.enabled:
+                continue
+            rows = await self.gateway.store.write(source, meter, now)
+            periods = [PeriodUse(k, c, i, s, e, kwh) for k, c, i, s, e, kwh in rows  # type: ignore[arg-type]
+                       if k in ("stage", "cycle")]
+            events = judge_periods(self.state(meter), meter, periods, now, th)
+            if events:
+                stored += await self.emit_all(meter, events)
+        return stored
 
     async def process(self, meter: str, reading: Reading) -> list[db.StoredEvent]:
         """Review one reading now: run the rules, store and publish what they decide."""

@@ -424,7 +424,9 @@ def mean_power(state: MeterState, start: float, end: float, max_age_s: float) ->
     inside: list[Decimal] = []
     latest: Decimal | None = None
     for t, p in reversed(state.power):   # newest first; samples are appended in time order
-        if t > end:
+        if t >= end and t > start:
+            # read with the interval's end register: it shows the power of the slot that
+            # begins there, not of this interval (a holiday's first slot after a workday's last)
             continue
         if t < start:
             if latest is None and end - t <= max_age_s:
@@ -718,10 +720,10 @@ def consumption_jump(
         ev: dict[str, object] = {
             "register": name, **iv.evidence(), "slot": iso(start_slot), "interval_s": obs.interval_s,
             "median_kwh": median, "factor": th.jump_factor, "limit_kwh": limit, "history_days": days,
-            "min_kwh": th.jump_min_kwh,
+            "min_kwh": th.jump_min_kwh, "register_step": iv.step, "min_display_steps": th.jump_min_display_steps,
             "history": [{"slot": iso(s), "kwh": e} for s, e in past],
         }
-        if iv.delta > limit and iv.delta >= th.jump_min_kwh:
+        if iv.delta > limit and iv.delta >= th.jump_min_kwh and iv.delta > th.jump_min_display_steps * iv.step:
             raise_condition(
                 state, out, "consumption_jump", name, obs.ts,
                 f"meter {obs.meter} used {iv.delta} kWh in the interval from {iso(start_slot)}, more than "
