@@ -108,3 +108,26 @@ def test_the_fault_evidence_carries_the_rule_arithmetic() -> None:
     f.models["m1"].set_fault("demand_over", ON, 100)
     ev = of(f.run(ON, ON + 2 * QUARTER), "demand_over_contract", "raised")[0].evidence
     assert ev["contract_kw"] == D(70) and ev["limit_kw"] == D("73.50") and ev["demand_kw"] == D(100)
+
+
+def test_zero_load_for_a_stage_is_a_stage_change_cleared_two_stages_later() -> None:
+    """stage_change / cycle_change from the model's registers at the stage boundaries (what
+    the billing settlement records hold), with zero_load switched on for one stage."""
+    from datetime import datetime
+
+    from gateway.review.periods import PeriodUse, judge_periods
+    from gateway.review.rules import MeterState
+    from tests.reviewkit import ZONE
+
+    model = MeterModel(21, base_kw=80.0, timezone="Asia/Shanghai", epoch=local_day(0))
+    bounds = [datetime(2026, 9, d, tzinfo=ZONE).timestamp() for d in (1, 11, 21)]
+    bounds += [datetime(2026, 10, d, tzinfo=ZONE).timestamp() for d in (1, 11, 21)]
+    model.set_fault("zero_load", bounds[2])
+    model.clear_fault("zero_load", bounds[3])
+    st, periods, seen = MeterState(), [], []
+    for k in range(1, len(bounds)):
+        used = model.values_at(bounds[k])["energy_import_kwh"] - model.values_at(bounds[k - 1])["energy_import_kwh"]
+        periods.append(PeriodUse("stage", "2026-09" if k < 4 else "2026-10", (k - 1) % 3 + 1, bounds[k - 1],
+                                 bounds[k], used))
+        seen += [(e.type, e.state, e.key, k) for e in judge_periods(st, "m1", periods, bounds[k], TH)]
+    assert seen == [("stage_change", "raised", "mom", 3), ("stage_change", "cleared", "mom", 5)]
