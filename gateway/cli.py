@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--table", choices=["settlements", "stages"], default="settlements",
                      help="settlements: every settlement revision (default); stages: stage consumption per "
                           "register with both ends' qualities and the reconciliation flag")
+    exp.add_argument("--format", choices=["csv", "json"], default="csv",
+                     help="readings only: csv (default) or json (the API's readings document, one line per meter)")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
     return p

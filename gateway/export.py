@@ -4,8 +4,13 @@ No running gateway is needed: the configuration names the store (``data_dir``), 
 opened **read-only** (SQLite ``mode=ro``; WAL lets a running gateway keep writing beside
 it). The columns and rows are those of the API's ``?format=csv`` for the same data
 (``/meters/{id}/readings``, ``/intervals``, ``/settlements``, ``/events``), computed by the
-same functions, so an export and an API download agree. Without ``--meter`` every meter is
+same functions (readings: :mod:`gateway.readings_export`, which also holds the CSV dialect),
+so an export and an API download agree byte for byte. Without ``--meter`` every meter is
 exported (settlements: every meter on a billing plan), one after another.
+
+``--format json`` (readings only) writes JSON Lines: per meter the API's readings document
+(``/meters/{id}/readings`` without ``format=csv``), so ``--meter`` with ``--format json``
+prints exactly the API's body and a newline.
 
 ``--from``/``--to`` take ISO-8601 (a date alone is local midnight, no offset means the
 gateway's timezone); default: the 24 hours before now. ``--cycle YYYY-MM`` picks the
@@ -21,22 +26,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from gateway.errors import ConfigError
-from gateway.model import loads_exact
+from gateway.model import to_json
+from gateway.readings_export import (
+    READING_CSV_COLUMNS,
+    csv_writer,
+    iter_readings,
+    reading_csv_rows,
+    readings_document,
+    select_readings,
+    write_rows,
+)
 from gateway.settings import Settings
 from gateway.slots import zone
 
-READING_CSV = ("seq", "meter", "schedule", "slot", "ts", "quality", "point", "raw", "value", "unit",
-               "point_quality")
 MAX_CYCLES = 24
 
 
@@ -66,18 +76,6 @@ def _now(conn: sqlite3.Connection) -> float:
     return max(time.time(), newest + 1.0)
 
 
-def _writer(out: TextIO) -> Any:
-    return csv.writer(out, lineterminator="\r\n")
-
-
-def _write(w: Any, rows: Iterable[Sequence[object]]) -> int:
-    n = 0
-    for row in rows:
-        w.writerow(["" if v is None else v for v in row])
-        n += 1
-    return n
-
-
 def _meters(settings: Settings, meter: str | None) -> list[str]:
     if meter is None:
         return list(settings.meters)
@@ -87,20 +85,20 @@ def _meters(settings: Settings, meter: str | None) -> list[str]:
 
 
 def export_readings(conn: sqlite3.Connection, meters: list[str], start: float, end: float, out: TextIO) -> int:
-    """Raw readings, one row per point (the API's readings CSV)."""
-    w = _writer(out)
-    w.writerow(READING_CSV)
+    """Raw readings, one row per point: the API's readings CSV (gateway.readings_export), meter after meter."""
+    w = csv_writer(out)
+    w.writerow(READING_CSV_COLUMNS)
+    return sum(write_rows(w, reading_csv_rows(iter_readings(conn, m, start, end))) for m in meters)
+
+
+def export_readings_json(conn: sqlite3.Connection, meters: list[str], start: float, end: float,
+                         out: TextIO) -> int:
+    """Readings as JSON Lines: per meter the API's ``/meters/{id}/readings`` document; how many readings."""
     n = 0
     for m in meters:
-        cur = conn.execute(
-            "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND slot>=? AND slot<? ORDER BY slot, seq",
-            (m, start, end))
-        for (payload,) in cur:
-            d = loads_exact(payload)
-            assert isinstance(d, dict)
-            n += _write(w, ([d["seq"], d["meter"], d.get("schedule"), d["slot"], d["ts"], d["quality"], name,
-                             p.get("raw"), p.get("value"), p.get("unit"), p.get("quality")]
-                            for name, p in (d.get("points") or {}).items()))
+        docs = select_readings(conn, m, start, end)
+        out.write(to_json(readings_document(m, start, end, docs)) + "\n")
+        n += len(docs)
     return n
 
 
@@ -123,13 +121,13 @@ def export_intervals(conn: sqlite3.Connection, settings: Settings, meters: list[
         regs, items = iv.intervals_from_db(conn, settings, ms, start, end, step, now)
         results.append((m, regs, items))
         columns.extend(r for r in regs if r not in columns)
-    w = _writer(out)
+    w = csv_writer(out)
     w.writerow([*iv.CSV_FIXED, *columns])
     n = 0
     for m, regs, items in results:
         for row in iv.csv_rows(m, regs, items):
             by = dict(zip(regs, row[len(iv.CSV_FIXED):], strict=True))
-            n += _write(w, [[*row[: len(iv.CSV_FIXED)], *(by.get(c) for c in columns)]])
+            n += write_rows(w, [[*row[: len(iv.CSV_FIXED)], *(by.get(c) for c in columns)]])
     return n
 
 
@@ -147,7 +145,7 @@ def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: lis
         raise ConfigError(f"--table must be settlements or stages, not {table!r}")
     tz = settings.gateway.timezone
     now = _now(conn)
-    w = _writer(out)
+    w = csv_writer(out)
     w.writerow(view.STAGE_CSV if table == "stages" else view.SETTLEMENT_CSV)
     rows_of = view.stage_csv_rows if table == "stages" else view.settlement_csv_rows
     n = 0
@@ -170,7 +168,7 @@ def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: lis
                 labels.append(next_label(labels[-1]))
         for label in labels:
             doc = view.cycle_view(conn, m, plan, label, tz, now)
-            n += _write(w, rows_of(doc))
+            n += write_rows(w, rows_of(doc))
     return n
 
 
@@ -179,6 +177,8 @@ async def export_csv(args: argparse.Namespace) -> int:
     from gateway.config import load_settings
     from gateway.runtime import STORE_FILE
 
+    if getattr(args, "format", "csv") == "json" and args.what != "readings":
+        raise ConfigError(f"--format json exports readings only; {args.what} are exported as CSV")
     settings = load_settings(args.config)
     tz = settings.gateway.timezone
     db_path = settings.gateway.data_dir / STORE_FILE
@@ -212,13 +212,16 @@ async def export_csv(args: argparse.Namespace) -> int:
             conn.close()
 
     rows = await asyncio.get_running_loop().run_in_executor(None, run)
-    print(f"{rows} rows written" + (f" to {output}" if output is not None else ""), file=sys.stderr)
+    unit = "readings" if args.what == "readings" and getattr(args, "format", None) == "json" else "rows"
+    print(f"{rows} {unit} written" + (f" to {output}" if output is not None else ""), file=sys.stderr)
     return 0
 
 
 def _dispatch(conn: sqlite3.Connection, settings: Settings, args: argparse.Namespace, meters: list[str],
               lo: float, hi: float, out: TextIO) -> int:
     if args.what == "readings":
+        if getattr(args, "format", None) == "json":
+            return export_readings_json(conn, meters, lo, hi, out)
         return export_readings(conn, meters, lo, hi, out)
     if args.what == "intervals":
         return export_intervals(conn, settings, meters, lo, hi, args.step or "15m", out)
@@ -228,4 +231,5 @@ def _dispatch(conn: sqlite3.Connection, settings: Settings, args: argparse.Names
     raise ConfigError(f"cannot export {args.what!r}; choose readings, intervals, settlements or events")
 
 
-__all__ = ["export_csv", "export_intervals", "export_readings", "export_settlements", "open_readonly", "parse_when"]
+__all__ = ["export_csv", "export_intervals", "export_readings", "export_readings_json", "export_settlements",
+           "open_readonly", "parse_when"]

@@ -1,9 +1,10 @@
 """From a driver's raw point results to a :class:`~gateway.model.Reading`.
 
-This is the only place a multiplier is applied. Terminal practice (billing-practice.md §3):
-voltage × PT, current × CT, power/energy/demand × CT × PT, power factor and frequency never —
-and only for points the profile marks ``side: secondary``. ``raw`` always keeps what the
-meter showed. Values outside a physical range are kept as raw but flagged ``invalid``.
+The multiplier is applied here, with the factors of :mod:`gateway.multiplier` (the one place
+the CT×PT rule lives, shared with billing): voltage × PT, current × CT, power/energy/demand ×
+CT × PT, power factor and frequency never — and only for points the profile marks ``side:
+secondary``. ``raw`` always keeps what the meter showed. Values outside a physical range are
+kept as raw but flagged ``invalid``.
 """
 
 from __future__ import annotations
@@ -12,25 +13,12 @@ import math
 from collections.abc import Mapping
 from decimal import Decimal
 from fnmatch import fnmatchcase
-from typing import Literal
 
 from gateway.model import PointResult, PointValue, Quality, Reading, Value
+from gateway.multiplier import profile_factors
 from gateway.settings import MeterSettings, Profile
 
-Scaling = Literal["ctpt", "ct", "pt", "none"]
-
 _ONE = Decimal(1)
-
-
-def scaling_for(point: str) -> Scaling:
-    """Which ratio a canonical point takes when the meter shows secondary values."""
-    if point.startswith(("energy_", "power_kw", "power_kvar", "power_kva")) or point == "demand_max_kw":
-        return "ctpt"
-    if point.startswith("voltage_"):
-        return "pt"
-    if point.startswith("current_"):
-        return "ct"
-    return "none"
 
 
 def select_points(names: list[str] | tuple[str, ...], patterns: tuple[str, ...]) -> list[str]:
@@ -92,15 +80,8 @@ def _tables(profile: Profile, ct: Decimal, pt: Decimal) -> tuple[dict[str, str],
     cached = _TABLES.get(key)
     if cached is not None and cached[0] is profile:  # the entry holds the profile: its id is never reused
         return cached[1], cached[2]
-    units: dict[str, str] = {}
-    factors: dict[str, Decimal] = {}
-    for name, point in profile.points.items():
-        units[name] = point.unit
-        factor = _ONE
-        if point.side == "secondary":
-            kind = scaling_for(name)
-            factor = {"ctpt": ct * pt, "ct": ct, "pt": pt, "none": _ONE}[kind]
-        factors[name] = factor
+    units = {name: point.unit for name, point in profile.points.items()}
+    factors = profile_factors(profile, ct, pt)
     _TABLES[key] = (profile, units, factors)
     return units, factors
 

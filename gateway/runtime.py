@@ -54,6 +54,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.core import Core
 from gateway.heap import freeze_heap, keep_heap_frozen, refreeze_heap
 from gateway.lifecycle import Component, MetricsSource, ReloadStatus
+from gateway.multiplier import audit_ratios
 from gateway.pipeline import ReadingBuilder, select_points
 from gateway.polling import BusWorker, MeterRuntime, ReadingObserver
 from gateway.profiles import compile_meter_plan
@@ -263,34 +264,7 @@ class Gateway:
 
     async def _audit_ratios(self) -> None:
         """Record every CT/PT change against the last run: an audited event, not a rewrite."""
-        assert self.store is not None
-        import sqlite3
-
-        def _read(conn: sqlite3.Connection) -> dict[str, str]:
-            rows = conn.execute("SELECT key, value FROM meta WHERE key LIKE 'ratio:%'").fetchall()
-            return {k[6:]: v for k, v in rows}
-
-        known = await self.store.read(_read)
-        now = self.clock.time()
-        changes: list[tuple[str, str, str]] = []
-        for m in self.settings.meters.values():
-            current = f"ct={m.ct_ratio};pt={m.pt_ratio}"
-            if known.get(m.id) != current:
-                changes.append((m.id, known.get(m.id, ""), current))
-        if not changes:
-            return
-
-        def _write(conn: sqlite3.Connection) -> None:
-            for meter, old, new in changes:
-                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"ratio:{meter}", new))
-                if old:
-                    conn.execute(
-                        "INSERT INTO audit(ts, meter, kind, detail) VALUES (?,?,?,?)",
-                        (now, meter, "ratio_change", f'{{"from":"{old}","to":"{new}"}}'),
-                    )
-                    log.warning("meter %s: CT/PT changed from %s to %s (audited)", meter, old, new)
-
-        await self.store.write(_write)
+        await audit_ratios(self.require_store(), self.settings.meters.values(), self.started_at)
 
     async def _maintenance(self) -> None:
         """Retention and size checks, bounded work each round."""

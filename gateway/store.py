@@ -106,7 +106,7 @@ from typing import Any, Literal, TypeVar
 
 from gateway.aio import wait_event
 from gateway.errors import StoreError
-from gateway.model import Reading, loads_exact, reading_payload, to_json
+from gateway.model import Reading, reading_payload, to_json
 from gateway.settings import StoreSettings
 
 log = logging.getLogger("amr.store")
@@ -746,13 +746,6 @@ class Store:
 
         return await loop.run_in_executor(self._writer, _w)
 
-    async def readings(
-        self, meter: str, start: float, end: float, limit: int = 100_000, schedule: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Readings of one meter with ``start <= slot < end``, oldest first, parsed exactly."""
-        rows = await self.read(_select_readings, meter, start, end, limit, schedule)
-        return [loads_exact(p) for p in rows]  # type: ignore[misc]
-
     async def count(self, kind: str = "reading") -> int:
         """How many messages of a kind are stored."""
         return await self.read(_count_kind, kind)
@@ -929,21 +922,3 @@ def _select_pending(conn: sqlite3.Connection, start: int, limit: int) -> list[Ou
         "SELECT seq, kind, meter, ts, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit)
     )
     return [OutboxRow(*row) for row in cur]
-
-
-def _select_readings(
-    conn: sqlite3.Connection, meter: str, start: float, end: float, limit: int, schedule: str | None
-) -> list[str]:
-    if schedule is None:
-        cur = conn.execute(
-            "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND slot>=? AND slot<? "
-            "ORDER BY slot, seq LIMIT ?",
-            (meter, start, end, limit),
-        )
-    else:
-        cur = conn.execute(
-            "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND slot>=? AND slot<? "
-            "AND schedule=? ORDER BY slot, seq LIMIT ?",
-            (meter, start, end, schedule, limit),
-        )
-    return [row[0] for row in cur]

@@ -14,7 +14,6 @@ on the same address takes over the old runtime's socket (:meth:`ApiServer.bind` 
 
 from __future__ import annotations
 
-import csv
 import hmac
 import io
 import json
@@ -35,6 +34,7 @@ from gateway.errors import TransportError
 from gateway.lifecycle import MetricsSource, ReloadStatus
 from gateway.model import iso_utc, to_json
 from gateway.polling import BusWorker, MeterRuntime
+from gateway.readings_export import READING_CSV_COLUMNS, reading_csv_rows, readings_document, select_readings, write_csv
 from gateway.settings import Settings
 from gateway.sinks.delivery import SinkRunner
 from gateway.sinks.delivery import prometheus_lines as sink_lines
@@ -113,10 +113,7 @@ def json_response(data: object, status: int = 200) -> web.Response:
 def csv_response(columns: Sequence[str], rows: Iterable[Sequence[object]], filename: str) -> web.Response:
     """A CSV download with a header row."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(columns)
-    for row in rows:
-        w.writerow(["" if v is None else v for v in row])
+    write_csv(buf, columns, rows)
     resp = web.Response(text=buf.getvalue(), content_type="text/csv", charset="utf-8")
     resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return resp
@@ -379,49 +376,10 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
         schedule = request.query.get("schedule")
         if schedule is not None and schedule not in gw.settings.schedules:
             raise BadRequest(f"no schedule {schedule!r}; defined: {', '.join(gw.settings.schedules)}")
-        docs = await gw.require_store().readings(meter.id, start, end, limit, schedule)
+        docs = await gw.require_store().read(select_readings, meter.id, start, end, schedule, limit)
         if fmt == "csv":
-            cols = [
-                "seq",
-                "meter",
-                "schedule",
-                "slot",
-                "ts",
-                "quality",
-                "point",
-                "raw",
-                "value",
-                "unit",
-                "point_quality",
-            ]
-
-            def rows() -> Iterable[list[object]]:
-                for d in docs:
-                    for name, p in d.get("points", {}).items():
-                        yield [
-                            d["seq"],
-                            d["meter"],
-                            d.get("schedule"),
-                            d["slot"],
-                            d["ts"],
-                            d["quality"],
-                            name,
-                            p.get("raw"),
-                            p.get("value"),
-                            p.get("unit"),
-                            p.get("quality"),
-                        ]
-
-            return csv_response(cols, rows(), f"{meter.id}-readings.csv")
-        return json_response(
-            {
-                "meter": meter.id,
-                "from": iso_utc(start),
-                "to": iso_utc(end),
-                "count": len(docs),
-                "readings": docs,
-            }
-        )
+            return csv_response(READING_CSV_COLUMNS, reading_csv_rows(docs), f"{meter.id}-readings.csv")
+        return json_response(readings_document(meter.id, start, end, docs))
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(

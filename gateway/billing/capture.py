@@ -42,9 +42,10 @@ How it fits the gateway
   then appended to the outbox as ``amr.settlement.v1`` (MQTT publishes it on
   ``…/meters/{meter}/settlement``), then its ``seq`` is recorded. Rows a crash left
   unpublished are published at the next start.
-* On start it **audits CT/PT changes**: a meter whose configured ratio differs from the one
-  it was last read under gets a ``billing_ratio_change`` record and a reading at the change
-  (see :meth:`BillingCapture._check_ratio`).
+* On start it **reads the meter at a CT/PT change**: a meter whose ratio change the runtime
+  audited (:func:`gateway.multiplier.audit_ratios`) and billing has not kept yet gets a
+  reading at the change, kept as a ``billing_ratio_change`` record (see
+  :meth:`BillingCapture._check_ratio`).
 * On start it **catches up**: every boundary since the meter was first seen on its plan
   whose settlement is absent or ``missing`` (the gateway was down, say) is captured.
 * The observer adds ``reading.extra["billing"]`` to every reading of a meter on a plan:
@@ -85,6 +86,7 @@ from gateway.billing.settlement import (
 )
 from gateway.errors import DeviceException
 from gateway.model import Reading, iso_utc, loads_exact, parse_iso
+from gateway.multiplier import RatioChange, last_audit_at, last_ratio_change, register_factor
 from gateway.profiles import compile_meter_plan
 from gateway.settings import BillingPlan
 from gateway.slots import local_midnight, zone
@@ -182,7 +184,7 @@ class BillingCapture:
         for s in await store.read(db.unpublished):
             await self._publish(s)
         for meter_id, plan in self.plans.items():
-            await self._check_ratio(meter_id, plan, now)
+            await self._check_ratio(meter_id, plan)
         self._tasks.append(asyncio.create_task(self._run(now), name="billing-boundaries"))
         self._tasks.append(asyncio.create_task(self._kpi_loop(), name="billing-kpi"))
 
@@ -197,41 +199,41 @@ class BillingCapture:
         self._captures.clear()
 
     # ------------------------------------------------------------------ CT/PT changes
-    async def _check_ratio(self, meter_id: str, plan: BillingPlan, now: float) -> None:
-        """Audit a CT/PT change: the configuration names a ratio the meter was not last read under.
+    async def _check_ratio(self, meter_id: str, plan: BillingPlan) -> None:
+        """Take the reading at an audited CT/PT change billing has not kept yet.
 
         A ratio change in the configuration is an audited event, never a silent rewrite:
-        the gateway records when it started under the new ratio (``at``), the old and the
-        new ratios, and takes a reading **at the change** (ahead of routine polls on the
-        bus, like a settlement): the last register under the old ratio and the first under
-        the new. Stage consumption is then split there (see
+        :func:`gateway.multiplier.audit_ratios` records it once when the gateway starts under
+        the new ratio (``at``), with the old and new factors; here billing takes a reading
+        **at the change** (ahead of routine polls on the bus, like a settlement): the last
+        register under the old ratio and the first under the new, kept with the change in
+        ``billing_ratio_change``. Stage consumption is then split there (see
         :func:`gateway.billing.settlement.stage_consumption`). Energy between the last
         reading under the old configuration and the change is priced at the old ratio (the
         configuration in force). When the meter does not answer at the change the record
         keeps ``registers: {}`` with the reason, and the stage stays withheld and flagged:
-        a later reading would mix energy of both ratios.
+        a later reading would mix energy of both ratios. The same holds for a change audited
+        at an earlier start that the gateway stopped too soon to read: it is kept without
+        registers rather than read late.
         """
         m = self.gw.meters.get(meter_id)
         if m is None:
             return
         store = self.gw.store
-        last = await store.read(db.last_ratio, meter_id)
-        if last is None or last[0] is None or last[1] is None:
+        change = await store.read(last_ratio_change, meter_id)
+        if change is None or await store.read(db.ratio_change_recorded, meter_id, change.at):
             return
-        old_ct, old_pt = Decimal(last[0]), Decimal(last[1])
-        new_ct, new_pt = m.settings.ct_ratio.factor, m.settings.pt_ratio.factor
-        if (old_ct, old_pt) == (new_ct, new_pt):
-            return
-        log.warning("meter %s: CT/PT changed in the configuration (CT×PT %s → %s); recording the change and "
-                    "reading the meter at it", meter_id, old_ct * old_pt, new_ct * new_pt)
-        t = asyncio.create_task(self._record_ratio_change(m, plan, now, old_ct, old_pt),
-                                name=f"ratio-change-{meter_id}")
+        stale = change.at != await store.read(last_audit_at)
+        log.warning("meter %s: CT/PT changed in the configuration (CT×PT %s → %s); recording the change%s",
+                    meter_id, change.old_multiplier, change.new_multiplier,
+                    " (audited at an earlier start: too late to read the meter at it)" if stale
+                    else " and reading the meter at it")
+        t = asyncio.create_task(self._record_ratio_change(m, plan, change, stale), name=f"ratio-change-{meter_id}")
         self._tasks.append(t)
 
-    async def _record_ratio_change(self, m: MeterRuntime, plan: BillingPlan, at: float, old_ct: Decimal,
-                                   old_pt: Decimal) -> None:
-        old_mult = old_ct * old_pt
-        new_mult = m.settings.multiplier
+    async def _record_ratio_change(self, m: MeterRuntime, plan: BillingPlan, change: RatioChange,
+                                   stale: bool) -> None:
+        at = change.at
         registers: dict[str, dict[str, object]] = {}
         reason: str | None = None
         read_at: float | None = None
@@ -242,25 +244,33 @@ class BillingCapture:
             async with asyncio.timeout(timeout * 40 + 5.0):
                 return await self._read_live(driver, m, plan, at, timeout, self._live_plan(m, plan))
 
-        try:
-            regs, read_at, error = await worker.submit(m, action, priority="settlement", slot=at)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            regs, error = {}, str(exc) or type(exc).__name__
+        regs: dict[str, RegisterValue] = {}
+        error: str | None = None
+        if not stale:
+            try:
+                regs, read_at, error = await worker.submit(m, action, priority="settlement", slot=at)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                regs, error = {}, str(exc) or type(exc).__name__
         for name, r in regs.items():
             if name in NOT_CUMULATIVE:
                 continue
-            point = m.profile.points.get(name)
-            secondary = point is None or point.side == "secondary"
-            registers[name] = {"raw": r.raw, "value_old": r.raw * old_mult if secondary else r.raw,
-                               "value_new": r.raw * new_mult if secondary else r.raw, "unit": r.unit}
-        if not registers:
+            registers[name] = {
+                "raw": r.raw,
+                "value_old": r.raw * register_factor(m.profile, name, change.old_ct, change.old_pt),
+                "value_new": r.raw * register_factor(m.profile, name, change.new_ct, change.new_pt),
+                "unit": r.unit,
+            }
+        if stale:
+            reason = (f"the gateway stopped before the meter was read at the change; a reading now "
+                      f"({iso_utc(self.gw.clock.time())}) would mix energy of both ratios")
+        elif not registers:
             reason = f"the meter could not be read at the change: {error or 'no register'}"
         body: dict[str, Any] = {
             "meter": m.id, "at": iso_utc(at), "at_epoch": Decimal(repr(at)),
-            "old": {"ct": old_ct, "pt": old_pt, "multiplier": old_mult},
-            "new": {"ct": m.settings.ct_ratio.factor, "pt": m.settings.pt_ratio.factor, "multiplier": new_mult},
+            "old": {"ct": change.old_ct, "pt": change.old_pt, "multiplier": change.old_multiplier},
+            "new": {"ct": change.new_ct, "pt": change.new_pt, "multiplier": change.new_multiplier},
             "read_at": None if read_at is None or not registers else iso_utc(read_at),
             "registers": registers, "reason": reason,
         }
@@ -515,16 +525,9 @@ class BillingCapture:
             point = m.profile.points.get(name)
             unit = point.unit if point is not None else ("kvarh" if "kvarh" in name else "kWh")
             stamp = (stamps or {}).get(name)
-            regs[name] = RegisterValue(raw, raw * self._factor(m, name), unit,
+            regs[name] = RegisterValue(raw, raw * _factor(m, name), unit,
                                        at=None if stamp is None else stamp.isoformat(timespec="minutes"))
         return regs
-
-    @staticmethod
-    def _factor(m: MeterRuntime, name: str) -> Decimal:
-        """CT × PT for a register the profile shows on the secondary side, else 1."""
-        point = m.profile.points.get(name)
-        side = point.side if point is not None else "secondary"
-        return m.settings.multiplier if side == "secondary" else Decimal(1)
 
     def _live_plan(self, m: MeterRuntime, plan: BillingPlan) -> tuple[ReadPlan, list[str]] | None:
         if m.id in self._live_plans:
@@ -553,7 +556,7 @@ class BillingCapture:
             if name in v1 and name in v2 and name not in NOT_CUMULATIVE:
                 (r1, _x1, unit), (r2, _x2, _) = v1[name], v2[name]
                 raw = interpolate(r1, t1, r2, t2, b.ts)
-                regs[name] = RegisterValue(raw, raw * self._factor(m, name), unit)
+                regs[name] = RegisterValue(raw, raw * _factor(m, name), unit)
         if not regs:
             return None
         return Draft("estimated", "interpolated", regs, read_at=self.gw.clock.time(),
@@ -656,6 +659,11 @@ class BillingCapture:
                 await store.append_message("kpi", None, clock.time(), {"schema": "amr.kpi.v1", **doc})
             except Exception:
                 log.exception("daily KPI for %s could not be published", day)
+
+
+def _factor(m: MeterRuntime, name: str) -> Decimal:
+    """The factor of a plan register of ``m`` under its configured ratios (gateway.multiplier's rule)."""
+    return register_factor(m.profile, name, m.settings.ct_ratio.factor, m.settings.pt_ratio.factor)
 
 
 def _join(a: str | None, b: str) -> str:

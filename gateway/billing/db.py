@@ -198,6 +198,12 @@ def insert_ratio_change(conn: sqlite3.Connection, meter: str, at: float, body: d
     return int(rid)
 
 
+def ratio_change_recorded(conn: sqlite3.Connection, meter: str, at: float) -> bool:
+    """Whether billing has kept the CT/PT change of ``meter`` audited at ``at``."""
+    return conn.execute("SELECT 1 FROM billing_ratio_change WHERE meter=? AND at=? LIMIT 1",
+                        (meter, at)).fetchone() is not None
+
+
 def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) -> list[dict[str, Any]]:
     """The audited CT/PT changes of a meter with ``lo < at < hi``, oldest first."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='billing_ratio_change'").fetchone() \
@@ -210,32 +216,6 @@ def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) ->
         assert isinstance(doc, dict)
         out.append(doc)
     return out
-
-
-def last_ratio(conn: sqlite3.Connection, meter: str) -> tuple[Any, Any] | None:
-    """(ct, pt) factors the meter was last known under, or None (never read).
-
-    The later of its most recent stored reading and its most recent audited ratio change
-    (a change recorded at a start that no poll followed yet must not be recorded again).
-    """
-    row = conn.execute("SELECT payload, ts FROM outbox WHERE meter=? AND kind='reading' ORDER BY seq DESC LIMIT 1",
-                       (meter,)).fetchone()
-    change = None
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='billing_ratio_change'").fetchone():
-        change = conn.execute("SELECT body, at FROM billing_ratio_change WHERE meter=? ORDER BY at DESC, id DESC "
-                              "LIMIT 1", (meter,)).fetchone()
-    if change is not None and (row is None or float(change[1]) >= float(row[1])):
-        doc = loads_exact(change[0])
-        new = doc.get("new") if isinstance(doc, dict) else None
-        if isinstance(new, dict):
-            return new.get("ct"), new.get("pt")
-    if row is None:
-        return None
-    doc = loads_exact(row[0])
-    mult = doc.get("multiplier") if isinstance(doc, dict) else None
-    if not isinstance(mult, dict):
-        return None
-    return mult.get("ct"), mult.get("pt")
 
 
 def meters_since(conn: sqlite3.Connection) -> dict[tuple[str, str], float]:
@@ -268,8 +248,8 @@ __all__ = [
     "for_meters",
     "insert_if_better",
     "insert_ratio_change",
-    "last_ratio",
     "meters_since",
+    "ratio_change_recorded",
     "ratio_changes",
     "remember_meters",
     "set_seq",

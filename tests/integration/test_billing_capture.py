@@ -12,7 +12,7 @@ HTTP API, the ``amr-gateway export`` process):
   DL/T 645, late for Modbus);
 * interval data over a window with a one-hour outage: ``missing`` slots and one
   ``spans_gap`` interval whose consumption is the register difference across the gap;
-  the export writes the same CSV as the API.
+  the export writes the same CSV as the API, for intervals and for readings.
 """
 
 from __future__ import annotations
@@ -180,6 +180,13 @@ async def test_one_hour_outage_shows_missing_slots_and_a_spans_gap_interval(tmp_
                                          "&to=2026-12-05T13:00:01%2B08:00&schedule=interval")
             views[m + "/readings"] = loads_exact(text)
         status, api_csv = await api_get(gw, f"/api/v1/meters/m1/intervals?{window}&step=15m&format=csv")
+        # readings of a range an hour behind the clock: no poll of it can still be in flight
+        status, readings_csv = await api_get(gw, "/api/v1/meters/m1/readings?from=2026-12-05T10:00:00%2B08:00"
+                                             "&to=2026-12-05T12:00:00%2B08:00&format=csv")
+        assert status == 200, readings_csv
+        status, readings_json = await api_get(gw, "/api/v1/meters/m1/readings?from=2026-12-05T10:00:00%2B08:00"
+                                              "&to=2026-12-05T12:00:00%2B08:00")
+        assert status == 200, readings_json
         status, hourly = await api_get(gw, f"/api/v1/meters/d1/intervals?{window}&step=1h")
         status, kpi = await api_get(gw, "/api/v1/kpi?date=2026-12-05")
     finally:
@@ -220,6 +227,20 @@ async def test_one_hour_outage_shows_missing_slots_and_a_spans_gap_interval(tmp_
     per = {r["meter"]: r for r in kpi_doc["meters"]}
     assert per["m1"]["slots_read_good"] < per["m2"]["slots_read_good"]
     assert per["m1"]["interval_completeness"] < per["m2"]["interval_completeness"]
+
+    exported_readings = await asyncio.to_thread(export, config, "readings", "--meter", "m1", "--from",
+                                                "2026-12-05T10:00:00+08:00", "--to", "2026-12-05T12:00:00+08:00")
+    assert exported_readings == readings_csv                  # the same bytes: one export module
+    reading_rows = list(csv.DictReader(io.StringIO(exported_readings)))
+    qualities = {r["quality"] for r in reading_rows}
+    assert "good" in qualities and qualities - {"good"}, qualities      # the outage is in the range
+    assert len({r["seq"] for r in reading_rows}) >= 4
+    assert all(r["meter"] == "m1" and r["point"] for r in reading_rows)
+    exported_json = await asyncio.to_thread(export, config, "readings", "--meter", "m1", "--format", "json",
+                                            "--from", "2026-12-05T10:00:00+08:00", "--to", "2026-12-05T12:00:00+08:00")
+    assert exported_json == readings_json + "\n"
+    json_doc = loads_exact(exported_json)
+    assert isinstance(json_doc, dict) and json_doc["count"] == len({r["seq"] for r in reading_rows})
 
     exported = await asyncio.to_thread(export, config, "intervals", "--meter", "m1", "--step", "15m",
                                        "--from", "2026-12-05T10:00:00+08:00", "--to", "2026-12-05T13:00:00+08:00")

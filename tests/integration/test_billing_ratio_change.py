@@ -11,7 +11,9 @@ the gateway is restarted with meter ``d1``'s CT changed from 300/5 to 600/5 (CT�
 * stage 2 of ``d1`` = (register at change − start) × 6000 + (end − register at change) ×
   12000 per cumulative register, exactly, with both ends ``meter_frozen``; the stage is
   complete and names the change in its flags; the other meters are untouched;
-* a restart without a further change records nothing new.
+* a restart without a further change records nothing new;
+* a change audited at a start that stopped before billing read the meter is kept once, at
+  the next start, without registers (a reading then would mix energy of both ratios).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.billing.settlement import NOT_CUMULATIVE
 from gateway.config import load_settings_from_text
-from gateway.model import parse_iso
+from gateway.model import loads_exact, parse_iso
+from gateway.multiplier import audit_ratios
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
+from gateway.store import Store
 from tests.billingkit import capture_of
 from tests.servicefixtures import until
 
@@ -122,3 +126,44 @@ async def test_ratio_change_inside_a_stage_splits_consumption_at_the_reading_tak
         assert docs[m]["ratio_changes"] == []
         st = docs[m]["stages"][1]
         assert st["complete"] and st["flags"] == [], (m, st["flags"])
+
+
+async def test_a_change_audited_at_an_earlier_start_is_kept_once_without_a_late_reading(tmp_path: Path) -> None:
+    """The start that audited d1's change stopped before billing read the meter (played here by
+    auditing on the store directly). No meter answers in this test: keeping the change must
+    not need one."""
+    text = rehearsal_config_text(tmp_path, api_port=free_port())
+    before, after = load(text, tmp_path), load(text.replace("ct_ratio: 300/5", "ct_ratio: 600/5"), tmp_path)
+    clock = HoldingClock(TC, 1.0)
+    gw = Gateway(before, clock, enable_sinks=False, enable_api=False)
+    await gw.start()                                  # remembers every meter's ratios
+    await gw.stop()
+    store = await Store.open(gw.store_path, after.store, after.gateway.id)
+    try:
+        (change,) = await audit_ratios(store, after.meters.values(), TC + 60)
+    finally:
+        await store.close()
+    assert (change.meter, change.old_multiplier, change.new_multiplier) == ("d1", 6000, 12000)
+    gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # the next start keeps it
+    await gw.start()
+    try:
+        cap = capture_of(gw)
+        assert await until(lambda: cap.ratio_changes == 1, 30.0)
+    finally:
+        await gw.stop()
+    gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # the one after finds it kept
+    await gw.start()
+    again = capture_of(gw).ratio_changes
+    await gw.stop()
+    assert again == 0
+    conn = sqlite3.connect(gw.store_path)
+    try:
+        rows = conn.execute("SELECT meter, at, body FROM billing_ratio_change").fetchall()
+    finally:
+        conn.close()
+    assert [(m, at) for m, at, _ in rows] == [("d1", TC + 60)]
+    body = loads_exact(rows[0][2])
+    assert isinstance(body, dict)
+    assert body["registers"] == {} and body["read_at"] is None
+    assert "stopped before the meter was read at the change" in body["reason"]
+    assert (body["old"]["multiplier"], body["new"]["multiplier"]) == (6000, 12000)
