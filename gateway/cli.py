@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="readings only: csv (default) or json (the API's readings document, one line per meter)")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
+    add_auth_commands(sub)
     return p
 
 
@@ -139,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
+        "token": cmd_token, "audit": cmd_audit,
     }
     try:
         return commands[args.command](args)
