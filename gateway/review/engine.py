@@ -38,6 +38,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.aio import wait_event
+from gateway.audit import AuditLog
 from gateway.model import Reading, iso_utc
 from gateway.review import db
 from gateway.review.bus import bus_key, fold_bus_failure
@@ -52,6 +53,7 @@ from gateway.review.rules import (
     rated_power_kw,
 )
 from gateway.review.ruleset import evaluate
+from gateway.review.worklist import WorkItem, acknowledge, close, close_cleared, severity
 from gateway.review_thresholds import ReviewThresholds
 
 if TYPE_CHECKING:
@@ -96,6 +98,7 @@ class ReviewEngine:
                  queue_size: int = QUEUE_SIZE, period_source: PeriodSource | None = None) -> None:
         self.gateway = core
         self.period_source = period_source
+        self.audit = AuditLog.in_dir(core.settings.gateway.data_dir)
         self.thresholds = thresholds if thresholds is not None else core.settings.review
         self.queue: deque[tuple[str, Reading]] = deque()
         self.queue_size = queue_size
@@ -363,6 +366,13 @@ class ReviewEngine:
         row = db.StoredEvent(event_id, meter, ev.type, ev.key, ev.state, ev.ts, raised_id, seq, ev.message,
                              dict(ev.evidence))
         await store.write(db.insert_event, row)
+        if ev.state == "cleared" and raised_id is not None:
+            try:
+                await self._rule_closes(raised_id, row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # the event itself is stored and published: never emit it twice
+                log.exception("review: cannot close the worklist item of event %d", raised_id)
         if ev.state == "raised":
             cond = st.active.get((ev.type, ev.key))
             if cond is not None:
@@ -371,6 +381,54 @@ class ReviewEngine:
         log.warning("review event %s %s meter %s%s: %s", ev.type, ev.state, meter,
                     f" [{ev.key}]" if ev.key else "", ev.message)
         return row
+
+    # ------------------------------------------------------------------ worklist
+    async def acknowledge(self, event_id: int, actor: str, note: str | None) -> tuple[db.StoredEvent, WorkItem]:
+        """An operator takes event ``event_id`` (KeyError: no such raised event; WorklistError: not now)."""
+        ev, item = await self._item(event_id)
+        return ev, await self._change(ev, item, acknowledge(item, actor, self.gateway.clock.time(), note),
+                                      actor, "event.acknowledge")
+
+    async def close(self, event_id: int, actor: str, reason: str) -> tuple[db.StoredEvent, WorkItem]:
+        """An operator closes event ``event_id`` with a reason (same errors as :meth:`acknowledge`)."""
+        ev, item = await self._item(event_id)
+        return ev, await self._change(ev, item, close(item, actor, self.gateway.clock.time(), reason),
+                                      actor, "event.close")
+
+    async def _item(self, event_id: int) -> tuple[db.StoredEvent, WorkItem]:
+        found = await self.gateway.store.read(db.get_event, event_id)
+        if found is None or found[0].state != "raised":
+            raise KeyError(event_id)
+        return found
+
+    async def _rule_closes(self, raised_id: int, cleared: db.StoredEvent) -> None:
+        found = await self.gateway.store.read(db.get_event, raised_id)
+        if found is None:
+            return
+        ev, item = found
+        after = close_cleared(item, cleared.ts, cleared.id)
+        if after is not None:
+            await self._change(ev, item, after, "review:rule", "event.close")
+
+    async def _change(self, ev: db.StoredEvent, before: WorkItem, after: WorkItem, actor: str,
+                      action: str) -> WorkItem:
+        """Store, publish (``amr.event_state.v1`` on the meter's event topic) and audit a state change."""
+        store = self.gateway.store
+        await store.write(db.save_work, after)
+        ms = self.gateway.settings.meters.get(ev.meter)
+        body: dict[str, Any] = {
+            "schema": db.EVENT_STATE_SCHEMA, "id": ev.id, "meter": ev.meter,
+            "customer": ms.customer if ms is not None else None, "type": ev.type, "key": ev.key,
+            "severity": severity(ev.type), "worklist": after.doc(), "changed_by": actor,
+        }
+        now = self.gateway.clock.time()
+        await store.append_message("event", ev.meter, now, body)
+        try:
+            await asyncio.to_thread(self.audit.append, actor, action, str(ev.id), before.doc(), after.doc())
+        except Exception:
+            log.exception("review: cannot write %s of event %d to the audit log", action, ev.id)
+        log.info("review: event %d (%s, meter %s) is %s (%s)", ev.id, ev.type, ev.meter, after.state, actor)
+        return after
 
     async def _save(self, force: bool = False) -> None:
         now = time.monotonic()
