@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
@@ -89,6 +90,16 @@ def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterConte
 #: (kind, cycle label, stage index, start, end, kWh): what the billing feature provides
 #: (gateway.billing.periods.period_source), connected by the composition root.
 PeriodSource = Callable[[Any, str, float], list[tuple[str, str, int, float, float, Decimal]]]
+
+
+def evidence_links(meter: str, ts: float) -> dict[str, str]:
+    """API URLs of the readings (the hour before to a quarter after) and the day's intervals around an event."""
+    q = urllib.parse.quote
+    day = 86400.0
+    return {
+        "readings": f"/api/v1/meters/{q(meter)}/readings?from={iso_utc(ts - 3600)}&to={iso_utc(ts + 900)}",
+        "intervals": f"/api/v1/meters/{q(meter)}/intervals?from={iso_utc(ts - day)}&to={iso_utc(ts + 3600)}",
+    }
 
 
 class ReviewEngine:
@@ -348,6 +359,10 @@ class ReviewEngine:
         event_id = self._next_id
         ms = self.gateway.settings.meters.get(meter)
         ms_customer = ms.customer if ms is not None else None   # bus events have none
+        evidence = dict(ev.evidence)
+        if ms is not None:
+            evidence["links"] = evidence_links(meter, ev.ts)
+        ev = RuleEvent(ev.type, ev.state, ev.key, ev.ts, ev.message, evidence, ev.raised_id)
         body: dict[str, Any] = {
             "schema": db.EVENT_SCHEMA,
             "id": event_id,

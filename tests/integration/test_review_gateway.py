@@ -191,6 +191,15 @@ async def test_register_decrease_from_a_real_reading_fed_through_the_engine(runn
     assert ev["key"] == "energy_import_kwh"
     assert ev["evidence"]["before_raw"] == before.raw and ev["evidence"]["after_raw"] == lower
     assert ev["evidence"]["before_value"] == before.value     # × CT × PT, exact
+    # the evidence links the readings and intervals around the event
+    links = ev["evidence"]["links"]
+    assert links["readings"].startswith(f"/api/v1/meters/{meter}/readings?from=")
+    async with aiohttp.ClientSession() as http:
+        for url in (links["readings"], links["intervals"]):
+            status, text = await get(http, f"{r.base}{url}")
+            assert status == 200, (url, text)
+        status, text = await get(http, f"{r.base}{links['readings']}")
+        assert json.loads(text)["readings"], "the reading before the decrease is in the linked window"
 
 
 async def post(http: aiohttp.ClientSession, url: str, token: str, body: object | None = None) -> tuple[int, Any]:
