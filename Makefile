@@ -1,12 +1,16 @@
 # amr-gateway — the two set-up commands of the README, plus lint and bench.
 #   make demo   install everything into .venv and run `amr-gateway demo`
 #   make test   install everything, start mosquitto + victoria-metrics if absent, run every test
+#               (and stop again the services it started)
+#   make deb    dist/amr-gateway_<version>_<arch>.deb (ARCH=arm64 for the ARM boxes)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench services clean
+.PHONY: demo test lint bench services deb clean
+
+ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "amr-gateway needs Python 3.11 or newer")'
@@ -19,10 +23,15 @@ demo: $(STAMP)
 	$(BIN)/amr-gateway demo $(DEMO_ARGS)
 
 services:
-	bash scripts/ensure-services.sh
+	bash scripts/ensure-services.sh start
 
-test: $(STAMP) services
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Starts the services that are not running, runs pytest, then stops what it started (and
+# only that), keeping pytest's exit status.
+test: $(STAMP)
+	@record=$$(mktemp); \
+	bash scripts/ensure-services.sh start "$$record" || { bash scripts/ensure-services.sh stop "$$record"; exit 1; }; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	bash scripts/ensure-services.sh stop "$$record"; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway drivers tests bench
@@ -34,5 +43,8 @@ bench: $(STAMP) services
 	$(BIN)/python -m bench.serial_bus
 	$(BIN)/python -m bench.tcp_fleet
 
+deb: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/build-deb.sh $(ARCH)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
+from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("amr.cli")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (SIGINT) ended a command before it finished (128 + 2, as a shell reports it); run,
+demo and simulate take SIGINT as their normal stop and exit 0."""
 
 
 def parse_clock_start(text: str | None) -> float | None:
@@ -45,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests and docs can inspect it)."""
     p = argparse.ArgumentParser(prog="amr-gateway", description="Meter-data gateway for power utilities.")
     p.add_argument("--version", action="version", version=f"amr-gateway {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="default: the configuration's logging.level, else info")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -144,10 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": cmd_token, "audit": cmd_audit,
     }
     try:
+        check_arguments(parser, args)
         return commands[args.command](args)
     except ConfigError as exc:
         for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
+            # an issue not placed in a file (a bad --cycle, --from, ...) is printed without
+            # the "<config>:" placeholder, which names no file
+            print(f"error: {issue.message if (issue.file, issue.line) == ('<config>', None) else issue}",
+                  file=sys.stderr)
         return EXIT_USAGE
     except AmrError as exc:
         if args.debug:
@@ -155,12 +165,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except OSError as exc:
         if args.debug:
             raise
+        if exc.errno == errno.EADDRINUSE:
+            print(f"error: cannot listen ({exc.strerror}): another program holds that port; stop it or "
+                  "choose another port", file=sys.stderr)
+            return EXIT_RUNTIME
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``| head``): exit quietly, as a shell tool does.
+
+    stdout is pointed at /dev/null so the interpreter's final flush does not fail again.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------- validate
@@ -175,9 +209,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads the configuration."""
     from gateway.config_isolated import load_settings_isolated
+    from gateway.logsetup import apply_levels, levels_applied
 
     settings = load_settings_isolated(args.config)
-    return _run_async(_serve(settings, args.config, load_settings_isolated))
+    apply_levels(settings.logging, args.log_level)
+    return _run_async(_serve(settings, args.config, levels_applied(load_settings_isolated, args.log_level)))
 
 
 async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path], Settings] | None) -> int:
@@ -189,8 +225,14 @@ async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path],
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stop_reason: list[str] = []
+
+    def stop_on(signame: str) -> None:
+        stop_reason.append(signame)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_on, sig.name)
     if path is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     systemd.notify("READY=1")
@@ -215,8 +257,10 @@ async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path],
                 systemd.notify("READY=1")
     finally:
         systemd.notify("STOPPING=1")
+        log.info("stopping: %s", stop_reason[0] if stop_reason else "the main loop ended")
         watchdog.cancel()
         await gw.stop()
+        log.info("stopped")
     return EXIT_OK
 
 
@@ -224,7 +268,7 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
 
 
 # ---------------------------------------------------------------------------- demo

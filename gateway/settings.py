@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from drivers.base import NO_PLAN_OPTIONS, BusParams, PlanOptions, PointDef
+from gateway.logsetup import LoggingSettings
 from gateway.review_thresholds import ReviewThresholds
 
 SchedulePriority = Literal["settlement", "interval", "realtime"]
@@ -199,3 +200,4 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     review: ReviewThresholds = field(default_factory=ReviewThresholds)
     source: Path | None = None
+    logging: LoggingSettings = field(default_factory=LoggingSettings)

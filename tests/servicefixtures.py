@@ -3,7 +3,8 @@
 Two kinds of peer:
 
 * the **shared services** that ``scripts/ensure-services.sh`` starts (mosquitto on
-  127.0.0.1:1883, VictoriaMetrics on 127.0.0.1:8428). The fixtures ``mosquitto`` and
+  127.0.0.1:1883, VictoriaMetrics on 127.0.0.1:8428; ``AMR_TEST_MQTT`` and
+  ``AMR_TEST_INFLUX_URL`` move them, for the script and the tests alike). The fixtures ``mosquitto`` and
   ``victoria_metrics`` check they answer and **fail** the test loudly when they do not
   (never skip: a delivery test that silently does not run proves nothing);
 * **private instances** (:class:`MosquittoProcess`, :class:`VictoriaProcess`) on a free
@@ -47,10 +48,12 @@ from gateway.model import PointValue, Reading
 from gateway.settings import BusSettings
 from gateway.store import Store
 
-MOSQUITTO_HOST = os.environ.get("AMR_TEST_MQTT_HOST", "127.0.0.1")
-MOSQUITTO_PORT = int(os.environ.get("AMR_TEST_MQTT_PORT", "1883"))
-VM_URL = os.environ.get("AMR_TEST_VM_URL", "http://127.0.0.1:8428")
-START_HINT = "run `bash scripts/ensure-services.sh` (as root) or `make services` first"
+# One variable per shared service, read by scripts/ensure-services.sh as well.
+_MQTT_HOST, _, _MQTT_PORT = os.environ.get("AMR_TEST_MQTT", "127.0.0.1:1883").rpartition(":")
+MOSQUITTO_HOST = _MQTT_HOST or "127.0.0.1"
+MOSQUITTO_PORT = int(_MQTT_PORT)
+VM_URL = os.environ.get("AMR_TEST_INFLUX_URL", "http://127.0.0.1:8428").rstrip("/")
+START_HINT = "run `bash scripts/ensure-services.sh start` (as root) or `make services` first"
 
 
 def free_port() -> int:
@@ -525,7 +528,7 @@ async def commit(store: Store, readings: list[Reading]) -> list[int]:
     return [seq for f in futures for seq in await f]
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+def stop_process(proc: subprocess.Popen[Any] | None, sig: int, timeout: float) -> None:
     """Send ``sig`` and wait (bounded); kill what does not stop in time."""
     if proc is None or proc.poll() is not None:
         return

@@ -22,11 +22,12 @@ from gateway.config.review import load_review
 from gateway.config.schedules import load_schedules
 from gateway.config.store import load_store
 from gateway.errors import ConfigError, ConfigIssue
+from gateway.logsetup import load_logging
 from gateway.settings import Settings
 from gateway.yamlpos import MapView, as_text, compose
 
 _TOP_KEYS: Final = ("gateway", "buses", "meters", "schedules", "billing", "mqtt", "influxdb", "api",
-                    "store", "review", "profiles_dir")
+                    "store", "review", "profiles_dir", "logging")
 
 
 def run(ctx: LoadContext, root: yaml.Node, source: Path | None) -> Settings | None:
@@ -57,11 +58,13 @@ def run(ctx: LoadContext, root: yaml.Node, source: Path | None) -> Settings | No
     api = load_api(ctx, top.node("api"))
     store = load_store(ctx, top.node("store"))
     review = load_review(ctx, top.node("review"))
+    logging_settings = load_logging(ctx.issues, top.node("logging"))
     if ctx.issues or ctx.profile_issues or gw is None or review is None:
         return None
     return Settings(gateway=gw, buses={k: v.settings for k, v in buses.items()}, meters=meters,
                     schedules=schedules, profiles=profiles, billing=billing, mqtt=mqtt,
-                    influxdb=influx, api=api, store=store, review=review, source=source)
+                    influxdb=influx, api=api, store=store, review=review, source=source,
+                    logging=logging_settings)
 
 
 def load(text: str, file: str, base_dir: Path, env: Mapping[str, str] | None,

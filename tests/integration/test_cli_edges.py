@@ -1,0 +1,109 @@
+"""The command line at its edges, as a real process: a reader that closes the pipe early
+(``| head``) ends the command quietly with exit 0; a port another program holds is one
+sentence saying what to do, not a raw socket error; a bad argument value found by the
+command itself is not dressed as a configuration file's problem; Ctrl-C ending a command
+early exits 130."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import StoreSettings
+from gateway.store import Store
+from tests.servicefixtures import commit, make_reading
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = """\
+gateway: {{id: g1, timezone: UTC, data_dir: {data}}}
+buses: [{{id: tcp-1, type: tcp, host: 127.0.0.1, port: 1502, protocol: modbus-tcp}}]
+meters: [{{id: m1, customer: C1, bus: tcp-1, address: 1, profile: simulator, schedules: [interval]}}]
+schedules: {{interval: {{every: 15m, points: ["energy_*"]}}}}
+"""
+
+
+def cli(*argv: str, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+    """``amr-gateway ARGV`` from this checkout as a child process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env, stdout=stdout, stderr=stderr)
+
+
+async def test_closed_pipe_ends_export_quietly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    store = await Store.open(data / "amr-gateway.sqlite", StoreSettings(), "g1")
+    try:
+        now = time.time()
+        await commit(store, [make_reading("m1", ts=now - 60 * i) for i in range(2000)])   # ~300 kB of CSV
+    finally:
+        await store.close()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(data=data))
+    proc = cli("export", "readings", "-c", str(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()                  # the reader is gone before the first row is written
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 0, err
+    assert err == "", err
+
+
+def test_simulator_port_in_use_says_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "gateway.yaml"
+        config.write_text(CONFIG.format(data=tmp_path / "data").replace("port: 1502", f"port: {port}"))
+        proc = cli("simulate", "-c", str(config), "--duration", "30", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode == 1, err
+    assert err.startswith("error: cannot listen ("), err
+    assert f"{port}" in err and "another program holds that port; stop it or choose another port" in err, err
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["export", "settlements", "--cycle", "2026-13"], "--cycle: '2026-13' is not a month: write YYYY-MM"),
+    (["export", "readings", "--from", "yesterday"], "--from must be ISO-8601 such as"),
+])
+async def test_argument_errors_carry_no_config_prefix(tmp_path: Path, argv: list[str], message: str) -> None:
+    (tmp_path / "data").mkdir()
+    await (await Store.open(tmp_path / "data" / "amr-gateway.sqlite", StoreSettings(), "g1")).close()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(data=tmp_path / "data"))
+    proc = cli(*argv[:2], "-c", str(config), *argv[2:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _out, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode == 2, err
+    assert err.startswith(f"error: {message}"), err
+    assert "<config>" not in err, err
+
+
+def test_ctrl_c_during_scan_exits_130(tmp_path: Path) -> None:
+    # A TCP listener that accepts and never answers: a Modbus gateway whose meters are all
+    # silent, so the scan is still waiting on its first unit ids when SIGINT comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)
+        port = silent.getsockname()[1]
+        proc = cli("scan", "--tcp", f"127.0.0.1:{port}", "--timeout", "5", "--range", "1-247",
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        conn, _ = silent.accept()              # the scan is connected and has asked (bounded by the timeout)
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            _out, err_bytes = proc.communicate(timeout=30)
+    err = err_bytes.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err

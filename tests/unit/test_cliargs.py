@@ -1,0 +1,66 @@
+"""Command-line values checked before a command starts: a bad address, port or number is a
+usage error naming the option (exit 2), never a traceback, a raw socket error or a message
+dressed as a configuration problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.cli import main
+from gateway.cliargs import BadValue, host_port
+
+
+@pytest.mark.parametrize(("text", "default", "expected"), [
+    ("127.0.0.1:8080", None, ("127.0.0.1", 8080)),
+    ("localhost:1", None, ("localhost", 1)),
+    ("broker.example.net", 1883, ("broker.example.net", 1883)),
+    ("[::1]:502", None, ("::1", 502)),
+    ("::1", 1883, ("::1", 1883)),
+    ("10.0.0.5:65535", None, ("10.0.0.5", 65535)),
+])
+def test_good_addresses(text: str, default: int | None, expected: tuple[str, int]) -> None:
+    assert host_port(text, default) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("127.0.0.1", "must be HOST:PORT"),
+    ("127.0.0.1:99999", "use 1-65535"),
+    ("127.0.0.1:0", "use 1-65535"),
+    ("127.0.0.1:-1", "use 1-65535"),
+    ("127.0.0.1:http", "use 1-65535"),
+    ("999.1.1.1:8080", "'999.1.1.1' is not an IP address"),
+    ("1.2.3:8080", "is not an IP address"),
+    (":8080", "has no host"),
+    ("bad_host!:8080", "is not a host name or IP address"),
+    ("[::1]x", "[IPv6]:PORT"),
+])
+def test_bad_addresses_say_what_to_write(text: str, message: str) -> None:
+    with pytest.raises(BadValue, match=message.replace("[", r"\[").replace("]", r"\]")):
+        host_port(text)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["demo", "--listen", "127.0.0.1"], "argument --listen: must be HOST:PORT such as 127.0.0.1:8080"),
+    (["demo", "--listen", "127.0.0.1:99999"], "argument --listen: port '99999' is not a port number"),
+    (["demo", "--listen", "999.1.1.1:8080"], "argument --listen: '999.1.1.1' is not an IP address"),
+    (["demo", "--mqtt", "127.0.0.1:70000"], "argument --mqtt: port '70000'"),
+    (["demo", "--clock-rate", "-1"], "argument --clock-rate: must be a positive number, not -1"),
+    (["demo", "--duration", "0"], "argument --duration: must be a positive number, not 0"),
+    (["demo", "--clock-rate", "nan"], "argument --clock-rate: must be a positive number, not nan"),
+    (["demo", "--clock-start", "yesterday"], "argument --clock-start: must be ISO-8601"),
+    (["read", "--tcp", "127.0.0.1:99999", "--unit", "1", "--profile", "simulator"], "argument --tcp: port"),
+    (["read", "--tcp", "127.0.0.1:502", "--unit", "1", "--profile", "simulator", "--timeout", "-1"],
+     "argument --timeout: must be a positive number"),
+    (["scan", "--serial", "/dev/null", "--baud", "-9600"], "argument --baud: must be a positive number, not -9600"),
+    (["simulate", "-c", "x.yaml", "--clock-rate", "0"], "argument --clock-rate"),
+    (["export", "intervals", "-c", "x.yaml", "--step", "7m"],
+     "argument --step: must be one of 15m, 30m, 1h, 1d, not '7m'"),
+])
+def test_bad_values_are_usage_errors_naming_the_option(argv: list[str], message: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"amr-gateway: error: {message}" in err, err
+    assert "<config>" not in err and "Traceback" not in err, err
