@@ -70,6 +70,7 @@ PURGE_EVERY_S: Final = 3600.0
 STOP_DRAIN_S: Final = 5.0
 RETRY_KEEP: Final = 1000
 RETRY_EVERY_S: Final = 5.0          # real seconds between retries of events that could not be stored
+PERIODS_EVERY_S: Final = 5.0        # real seconds between looks at the clock for a new hour (period rules)
 
 
 def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterContext:
@@ -109,6 +110,7 @@ class ReviewEngine:
                  queue_size: int = QUEUE_SIZE, period_source: PeriodSource | None = None) -> None:
         self.gateway = core
         self.period_source = period_source
+        self._periods_hour: int | None = None
         self.audit = AuditLog.in_dir(core.settings.gateway.data_dir)
         self.thresholds = thresholds if thresholds is not None else core.settings.review
         self.queue: deque[tuple[str, Reading]] = deque()
@@ -261,15 +263,18 @@ class ReviewEngine:
                 log.warning("review queue drains again (%d readings were not reviewed so far)", self.dropped)
 
     async def _keep(self) -> None:
-        """Save the rule memory, purge old history and retry unstored events, periodically."""
+        """Save the rule memory, purge old history, retry unstored events, judge new periods."""
         while True:
             due = max(self._last_save + SAVE_EVERY_S - time.monotonic(), 0.0)
-            await asyncio.sleep(min(due, RETRY_EVERY_S) if self._retry else due)
+            await asyncio.sleep(min(due, RETRY_EVERY_S, PERIODS_EVERY_S))
             try:
                 if self._retry:
                     await self._retry_events()
                 await self._save()
-                await self.judge_periods()
+                hour = int(self.gateway.clock.time() // 3600)
+                if hour != self._periods_hour:        # stage boundaries fall on hours: judge once per hour
+                    self._periods_hour = hour
+                    await self.judge_periods()
             except asyncio.CancelledError:
                 raise
             except Exception:
