@@ -291,7 +291,7 @@ class ReviewEngine:
             th = self.meter_thresholds.get(meter, self.thresholds)
             if not th.enabled:
                 continue
-            rows = await self.gateway.store.write(source, meter, now)
+            rows = await self.gateway.store.read(source, meter, now)
             periods = [PeriodUse(k, c, i, s, e, kwh) for k, c, i, s, e, kwh in rows  # type: ignore[arg-type]
                        if k in ("stage", "cycle")]
             events = judge_periods(self.state(meter), meter, periods, now, th)
