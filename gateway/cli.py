@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--clock-rate", type=float, default=1.0)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--duration", type=float, help="stop after this many real seconds")
+    sim.add_argument("--fault", action="append", default=[], metavar="METER:FAULT[:AMOUNT]",
+                     help="switch a meter into a fault (backwards, stop, fast, clock_drift, silent, phase_loss, "
+                          "zero_load, reverse, demand_over, low_pf, tariff_mismatch, cover_open, programming, ...)")
 
     exp = sub.add_parser("export", help="intervals / settlements / events / readings from the local store as CSV")
     exp.add_argument("what", choices=["readings", "intervals", "settlements", "events"])
@@ -293,7 +296,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     return _run_async(run_simulator(settings, seed=args.seed, clock_start=parse_clock_start(args.clock_start),
-                                    clock_rate=args.clock_rate, duration=args.duration))
+                                    clock_rate=args.clock_rate, duration=args.duration, faults=args.fault))
 
 
 # ---------------------------------------------------------------------------- read / scan

@@ -359,6 +359,8 @@ def _canonical_2007() -> tuple[DiPoint, ...]:
         _pt("event_programming_count", 0x03300000, "XXXXXX", "", "primary"),
         _pt("event_time_set_count", 0x03300400, "XXXXXX", "", "primary"),
         _pt("event_power_down_count", 0x03110000, "XXXXXX", "", "primary"),
+        _pt("event_meter_clear_count", 0x03300100, "XXXXXX", "", "primary"),
+        _pt("event_demand_clear_count", 0x03300200, "XXXXXX", "", "primary"),
     ]
     return tuple(pts)
 

@@ -48,7 +48,7 @@ import os
 import tty
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -84,6 +84,13 @@ from gateway.clock import Clock, SystemClock
 log = logging.getLogger(__name__)
 
 _NO_DATA = b"\xee"          # fill byte of a value the meter does not have (docs/protocols/dlt645-2007.md §7)
+
+#: Event-counter DI → the model's event stem (drivers.simulation.faults), added to the
+#: spec's starting counts.
+EVENT_COUNT_STEMS: dict[int, str] = {
+    0x03300D00: "cover_open", 0x03300E00: "terminal_cover_open", 0x03300000: "programming",
+    0x03300100: "meter_clear", 0x03300200: "demand_clear", 0x03300400: "time_set",
+}
 
 DEFAULT_EVENTS: dict[int, int] = {
     0x03300D00: 1,   # meter cover opened
@@ -170,8 +177,10 @@ class _SimMeter:
         return self.meter_clock.now()
 
     def meter_time(self) -> datetime:
-        """The meter's own local wall clock (offset and drift applied), naive."""
-        return self.meter_clock.meter_time()
+        """The meter's own local wall clock (offset, drift and a ``clock_drift`` fault applied), naive."""
+        shown = self.meter_clock.meter_time()
+        ahead = self.model.faults.clock_offset_s(self.now())
+        return shown + timedelta(seconds=ahead) if ahead else shown
 
     def set_meter_time(self, local: datetime) -> None:
         """Broadcast time sync: make the meter clock show ``local`` now."""
@@ -222,8 +231,10 @@ class _SimMeter:
         if di3 == 0x02:
             return self._instant(di)
         if di3 == 0x03:
-            if di in spec.events:
-                return encode_value(spec.events[di], "XXXXXX", clip=True)
+            stem = EVENT_COUNT_STEMS.get(di)
+            if di in spec.events or stem is not None:
+                recorded = self.model.events_at(self.now()).get(f"event_{stem}_count", 0) if stem else 0
+                return encode_value(spec.events.get(di, 0) + int(recorded), "XXXXXX", clip=True)
             return None
         if di3 == 0x04:
             return self._param(di)
@@ -382,6 +393,8 @@ class _SimMeter:
     def reply(self, frame: Frame) -> bytes | None:
         """The wire reply of this meter to a request frame addressed to it (None: silent)."""
         spec = self.spec
+        if self.model.faults.is_on("silent", self.now()):
+            return None
         pre = spec.reply_preamble
         c = frame.control
         if spec.protocol == "dlt645-1997":
