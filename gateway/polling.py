@@ -49,6 +49,7 @@ from gateway.errors import (
 )
 from gateway.model import PointResult, Quality, Reading
 from gateway.pipeline import ReadingBuilder
+from gateway.read_latency import LatencyHistogram
 from gateway.settings import PRIORITY_ORDER, BusSettings, MeterSettings, Profile
 
 log = logging.getLogger("amr.poll")
@@ -151,6 +152,8 @@ class BusWorker:
         self.overruns = 0
         self.transactions = 0
         self.poll_lag_max = 0.0
+        #: duration of every transaction (monotonic clock), for ``amr_bus_read_seconds``
+        self.read_latency = LatencyHistogram()
         # An outer deadline around each read guards a shared line against a driver that never
         # returns; a TCP bus of a single meter (whose driver times out each request itself)
         # skips the extra timer on the hot path, which runs thousands of times a second.
@@ -251,6 +254,7 @@ class BusWorker:
         if fut.done():
             return
         driver = self.driver_for(job.meter)
+        began = time.monotonic()
         try:
             await driver.open()
             result = await job.action(driver)
@@ -267,6 +271,7 @@ class BusWorker:
                 fut.set_result(result)
         finally:
             self.transactions += 1
+            self.read_latency.observe(time.monotonic() - began)
 
     async def _reset_driver(self, driver: MeterDriver) -> None:
         try:
@@ -292,6 +297,7 @@ class BusWorker:
         guard = timeout * (2 + plan.request_count) + 1.0
         driver = self.driver_for(meter)
         for attempt in range(attempts):
+            began = time.monotonic()
             try:
                 await driver.open()
                 if self._guarded:
@@ -316,6 +322,7 @@ class BusWorker:
                 failure = exc
             finally:
                 self.transactions += 1
+                self.read_latency.observe(time.monotonic() - began)
             if attempt + 1 < attempts and isinstance(failure, TransportError) and not isinstance(
                 failure, ReadTimeout
             ):

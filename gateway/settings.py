@@ -176,6 +176,7 @@ class ApiSettings:
     port: int = 8080
     token: str | None = None          # resolved from token_file or AMR_API_TOKEN at load
     enabled: bool = True
+    metrics_public_on_loopback: bool = False  # /metrics without a token from 127.0.0.0/8 and ::1
 
 
 @dataclass(frozen=True, slots=True)

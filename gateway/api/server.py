@@ -27,6 +27,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.api.auth import ApiAuth, install_token_routes
 from gateway.api.httplog import HTTP_LOG
+from gateway.api.metrics import metrics_public, metrics_text
 from gateway.api.openapi import build_document
 from gateway.api.params import BadRequest, int_param, output_format, time_range
 from gateway.clock import Clock
@@ -37,7 +38,6 @@ from gateway.polling import BusWorker, MeterRuntime
 from gateway.readings_export import READING_CSV_COLUMNS, reading_csv_rows, readings_document, select_readings, write_csv
 from gateway.settings import Settings
 from gateway.sinks.delivery import SinkRunner
-from gateway.sinks.delivery import prometheus_lines as sink_lines
 from gateway.store import Store
 
 log = logging.getLogger("amr.api")
@@ -202,7 +202,9 @@ class ApiServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await self.auth.check(request, handler, public=request.path in PUBLIC_PATHS)
+        public = request.path in PUBLIC_PATHS or metrics_public(
+            request, self.gateway.settings.api.metrics_public_on_loopback)
+        return await self.auth.check(request, handler, public=public)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -344,9 +346,7 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
         return json_response(readings_document(meter.id, start, end, docs))
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            text="\n".join(prometheus_lines(gw)) + "\n", content_type="text/plain", charset="utf-8"
-        )
+        return web.Response(text=await metrics_text(gw), content_type="text/plain", charset="utf-8")
 
     r.add_get("/api/v1/health", health)
     r.add_get("/api/v1/meters", meters)
@@ -355,66 +355,3 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
     from gateway.api.openapi import core_paths
 
     return core_paths()
-
-
-_PRESSURE_LEVEL = {"ok": 0, "near_cap": 1, "full": 2}
-
-
-def prometheus_lines(gw: GatewayView) -> list[str]:
-    """Prometheus text-format lines for reads, buses, store and sinks."""
-    out = [
-        "# HELP amr_reads_total Meter polls by result.",
-        "# TYPE amr_reads_total counter",
-    ]
-    for m in gw.meters.values():
-        st = m.stats
-        out.append(f'amr_reads_total{{meter="{m.id}",result="ok"}} {st.reads_ok}')
-        out.append(f'amr_reads_total{{meter="{m.id}",result="failed"}} {st.reads_failed}')
-        out.append(f'amr_reads_total{{meter="{m.id}",result="skipped"}} {st.reads_skipped}')
-    out += [
-        "# HELP amr_bus_transactions_total Transactions per bus.",
-        "# TYPE amr_bus_transactions_total counter",
-    ]
-    out += [f'amr_bus_transactions_total{{bus="{w.bus.id}"}} {w.transactions}' for w in gw.workers.values()]
-    out += ["# HELP amr_bus_queue_depth Jobs waiting per bus.", "# TYPE amr_bus_queue_depth gauge"]
-    out += [f'amr_bus_queue_depth{{bus="{w.bus.id}"}} {w.queue_depth()}' for w in gw.workers.values()]
-    out += [
-        "# HELP amr_bus_overruns_total Polls skipped because the previous one was still queued.",
-        "# TYPE amr_bus_overruns_total counter",
-    ]
-    out += [f'amr_bus_overruns_total{{bus="{w.bus.id}"}} {w.overruns}' for w in gw.workers.values()]
-    out += [
-        "# HELP amr_poll_lag_max_seconds Largest delay from slot to poll start.",
-        "# TYPE amr_poll_lag_max_seconds gauge",
-    ]
-    out += [f'amr_poll_lag_max_seconds{{bus="{w.bus.id}"}} {w.poll_lag_max:.6f}' for w in gw.workers.values()]
-    store = gw.store
-    if store is not None:
-        out += [
-            "# HELP amr_store_last_seq Highest committed seq.",
-            "# TYPE amr_store_last_seq counter",
-            f"amr_store_last_seq {store.last_seq}",
-            "# HELP amr_store_size_bytes Local store size on disk.",
-            "# TYPE amr_store_size_bytes gauge",
-            f"amr_store_size_bytes {store.size_bytes}",
-            "# HELP amr_store_pressure 0 ok, 1 near the cap, 2 full.",
-            "# TYPE amr_store_pressure gauge",
-            f"amr_store_pressure {_PRESSURE_LEVEL[store.pressure]}",
-            "# HELP amr_store_pending_readings Readings held in memory, not yet committed.",
-            "# TYPE amr_store_pending_readings gauge",
-            f"amr_store_pending_readings {store.pending_readings}",
-            "# HELP amr_store_dropped_total Readings dropped uncommitted (store.max_pending full), by retention.",
-            "# TYPE amr_store_dropped_total counter",
-            *(f'amr_store_dropped_total{{retention="{k}"}} {v}' for k, v in store.dropped.items()),
-            "# HELP amr_store_free_bytes Free space on the store's filesystem.",
-            "# TYPE amr_store_free_bytes gauge",
-            f"amr_store_free_bytes {store.free_bytes if store.free_bytes is not None else 'NaN'}",
-            "# HELP amr_store_commit_failures_total Failed group commits.",
-            "# TYPE amr_store_commit_failures_total counter",
-            f"amr_store_commit_failures_total {store.commit_failures}",
-        ]
-    for source in gw.metrics_sources():
-        out += source.prometheus_lines()
-    if gw.sinks:
-        out += sink_lines(gw.sinks)
-    return out

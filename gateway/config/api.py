@@ -11,7 +11,8 @@ from gateway.settings import ApiSettings
 from gateway.yamlpos import Invalid, MapView, as_bool, describe, scalar_text
 
 DEFAULT_API_TOKEN_ENV: Final = "AMR_API_TOKEN"
-_API_KEYS: Final = ("listen", "token", "token_env", "token_file", "enabled")
+_API_KEYS: Final = ("listen", "token", "token_env", "token_file", "enabled",
+                        "metrics_public_on_loopback")
 
 
 def _listen(node: yaml.Node) -> tuple[str, int]:
@@ -30,4 +31,6 @@ def load_api(ctx: LoadContext, node: yaml.Node | None) -> ApiSettings:
     host, port = m.get("listen", _listen, (d.host, d.port))
     return ApiSettings(host=host, port=port,
                        token=ctx.secret(m, "token", env_default=DEFAULT_API_TOKEN_ENV),
-                       enabled=m.get("enabled", as_bool, d.enabled))
+                       enabled=m.get("enabled", as_bool, d.enabled),
+                       metrics_public_on_loopback=m.get("metrics_public_on_loopback", as_bool,
+                                                        d.metrics_public_on_loopback))
