@@ -34,6 +34,7 @@ from drivers.modbus.plan import DecodeStep, ReadPlan, ReadRequest, compile_plan
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from drivers.modbus.timing import char_time, t35
 from drivers.modbus.transport import Link, RtuLink, SerialChannel, TcpChannel, TcpLink
+from drivers.modbus.units import unit_bounds
 from gateway.errors import ConfigError, DecodeError, DeviceException
 from gateway.model import PointResult
 
@@ -49,9 +50,10 @@ def parse_unit(address: str, protocol: str) -> int:
     try:
         unit = int(address, 10)
     except (TypeError, ValueError):
-        raise ConfigError(f"Modbus address {address!r} is not a unit id; use a number 1–247") from None
-    top = 255 if protocol == "modbus-tcp" else 247
-    bottom = 0 if protocol == "modbus-tcp" else 1
+        bottom, top = unit_bounds(protocol)
+        raise ConfigError(f"Modbus address {address!r} is not a unit id; use a number "
+                          f"{bottom}–{top}") from None
+    bottom, top = unit_bounds(protocol)
     if not bottom <= unit <= top:
         raise ConfigError(f"Modbus unit id {unit} is out of range; use {bottom}–{top} on {protocol}")
     return unit
