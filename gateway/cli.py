@@ -20,6 +20,7 @@ from gateway import __version__
 from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
+from gateway.profilecheck import add_profile_command, cmd_profile
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="readings only: csv (default) or json (the API's readings document, one line per meter)")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
+    add_profile_command(sub)
     return p
 
 
@@ -142,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
+        "profile": cmd_profile,
     }
     try:
         check_arguments(parser, args)
