@@ -8,12 +8,17 @@ Jobs wait in a priority queue: settlement reads, then interval reads, then realt
 within a priority, the oldest slot first.
 
 A meter that stops answering is retried ``retries`` times for the slot, then its slot is
-recorded as a failed read. On a bus shared with other meters, a meter
-which failed a whole poll (every retry) is *dead*: its slots are recorded as failed
-without touching the wire, and it is probed with a single attempt on an exponential
-backoff (15 s, 30 s, … capped at ``dead_backoff_s``), so it costs the healthy meters
-almost nothing (a few timeouts a minute at most). State changes are logged once ("stopped
-answering" … "answers again"), never every poll.
+recorded as a failed read. On every bus type, a meter which failed a whole poll (every
+retry) is *dead*: its slots are recorded as failed without touching the wire, and it is
+probed with a single attempt on an exponential backoff (15 s, 30 s, … capped at
+``dead_backoff_s``), so it costs the healthy meters almost nothing (a few timeouts a minute
+at most; on TCP, no connection attempts and no share of the connection limit). State
+changes are logged once ("stopped answering" … "answers again"), never every poll.
+
+Every due slot has a row: a slot skipped because the meter is dead, or because the bus ran
+late (the meter's poll of an earlier slot is still queued: an *overrun*), is stored as a
+failed read (quality ``timeout``) whose reason says why, so completeness and intervals
+count it as missing instead of not knowing it was due.
 """
 
 from __future__ import annotations
@@ -149,6 +154,8 @@ class BusWorker:
         key = (meter.id, schedule)
         if key in self._queued:
             self.overruns += 1
+            self._skipped(meter, schedule, slot, f"not polled: bus {self.bus.id} ran late and the meter's poll "
+                          "of an earlier slot was still waiting (overrun)")
             return False
         self._queued.add(key)
         prio = PRIORITY_ORDER[priority] if priority else PRIORITY_ORDER.get(_priority_of(meter, schedule), 1)
@@ -248,14 +255,11 @@ class BusWorker:
         start = self.clock.time()
         lag = start - slot
         self.poll_lag_max = max(self.poll_lag_max, lag)
-        if meter.dead and self.shared and start < meter.next_probe:
-            reason = (
+        if meter.dead and start < meter.next_probe:
+            self._skipped(meter, schedule, slot, (
                 f"not polled: the meter failed {meter.stats.consecutive_failures} polls in a row;"
                 f" next probe at {time.strftime('%H:%M:%S', time.gmtime(meter.next_probe))} UTC"
-            )
-            reading = meter.builder.failed(schedule, slot, start, "timeout", reason, names)
-            meter.stats.reads_skipped += 1
-            self._finish(meter, reading, schedule, ok=False, attempted=False)
+            ), start)
             return
         attempts = 1 if meter.dead else 1 + max(0, self.bus.retries)
         results: dict[str, PointResult] | None = None
@@ -300,6 +304,16 @@ class BusWorker:
         quality: Quality = quality_for(failure)  # type: ignore[assignment]
         reading = meter.builder.failed(schedule, slot, now, quality, str(failure), names)
         self._finish(meter, reading, schedule, ok=False, attempted=True, error=failure)
+
+    def _skipped(self, meter: MeterRuntime, schedule: str, slot: float, reason: str,
+                 now: float | None = None) -> None:
+        """Store a due slot that was not polled as a failed read with ``reason`` (counted as
+        skipped, not as a failed attempt: the meter was not asked)."""
+        names = meter.plans[schedule][1]
+        ts = self.clock.time() if now is None else now
+        reading = meter.builder.failed(schedule, slot, ts, "timeout", reason, names)
+        meter.stats.reads_skipped += 1
+        self._finish(meter, reading, schedule, ok=False, attempted=False)
 
     def _finish(
         self, meter: MeterRuntime, reading: Reading, schedule: str, *, ok: bool, attempted: bool,

@@ -9,7 +9,9 @@ is valid and plans, 2 (with every issue at its file and line) when not.
 The plan is printed by its shape, not by protocol name: a plan with ``requests`` of
 ``function``/``address``/``count``/``points`` (Modbus) is shown as function code, first
 register, register count and the points in each request; a plan with ``steps`` of ``di``
-(DL/T 645) as one data identifier per request. Any other plan shows its request count.
+(DL/T 645) as one data identifier per request; a plan with ``batches`` of object
+attribute descriptors over ``points`` that name their ``oad`` (DL/T 698.45) as one
+request per batch. Any other plan shows its request count.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def describe_check(profile: Profile, protocol: str, plan: Any) -> list[str]:
              f"{len(profile.points)} points"]
     requests = getattr(plan, "requests", None)
     steps = getattr(plan, "steps", None)
+    batches, points = getattr(plan, "batches", None), getattr(plan, "points", None)
     if isinstance(requests, Sequence) and all(_is_register_request(r) for r in requests):
         registers = sum(int(r.count) for r in requests)
         lines.append(f"plan ({protocol}): {len(requests)} requests, {registers} registers per read")
@@ -86,6 +89,17 @@ def describe_check(profile: Profile, protocol: str, plan: Any) -> list[str]:
         for i, s in enumerate(steps, 1):
             dl_rows.append((str(i), f"{int(s.di):08X}", ", ".join(s.names)))
         lines.extend(_table(dl_rows))
+    elif isinstance(batches, Sequence) and isinstance(points, Sequence) \
+            and all(hasattr(p, "oad") and hasattr(p, "name") for p in points):
+        lines.append(f"plan ({protocol}): {len(batches)} requests (object attribute lists)")
+        by_oad: dict[int, list[str]] = {}
+        for p in points:
+            by_oad.setdefault(int(p.oad), []).append(str(p.name))
+        oad_rows: list[tuple[str, ...]] = [("#", "OADs", "points")]
+        for i, batch in enumerate(batches, 1):
+            oad_rows.append((str(i), str(len(batch)), ", ".join(
+                f"{name}@{int(oad):08X}" for oad in batch for name in by_oad.get(int(oad), []))))
+        lines.extend(_table(oad_rows))
     else:
         lines.append(f"plan ({protocol}): {plan.request_count} requests")
     return lines

@@ -20,6 +20,7 @@ from gateway.review_thresholds import ReviewThresholds
 
 SchedulePriority = Literal["settlement", "interval", "realtime"]
 InfluxClient = Literal["builtin", "influxdb-client"]
+MqttProtocol = Literal["5", "3.1.1"]
 """``influxdb.client``: the standard-library writer (default, no influxdb_client import) or
 the official influxdb-client library."""
 PRIORITY_ORDER: dict[str, int] = {"settlement": 0, "interval": 1, "realtime": 2}
@@ -143,6 +144,7 @@ class MqttSettings:
     tls_insecure: bool = False
     inflight: int = 100
     enabled: bool = True
+    protocol: MqttProtocol = "5"      # 3.1.1 cannot tell a denied publish from a delivered one
 
 
 @dataclass(frozen=True, slots=True)

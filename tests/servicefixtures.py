@@ -380,16 +380,31 @@ class Outcomes:
         self.errors.append(error)
 
 
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT control packet: its first header byte and everything after the length."""
+    header = (await reader.readexactly(1))[0]
+    length = 0
+    for shift in range(0, 28, 7):                  # remaining length: at most four bytes
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+    return header, await reader.readexactly(length)
+
+
 class MuteBroker:
     """A local TCP server that plays a broker mosquitto never is: it answers CONNECT with an
-    accepted CONNACK and then reads and ignores everything — no PUBACK, no PINGRESP.
+    accepted CONNACK (MQTT 5 or 3.1.1, as the client asked), acknowledges the first ``acks``
+    PUBLISH packets (by default 1: the sink's birth message, which the sink waits for), and
+    then reads and ignores everything — no PUBACK, no PINGRESP.
 
     ``async with MuteBroker() as broker:`` listens on a free loopback port (``broker.port``);
     ``connections`` counts sessions, ``received`` is set once anything follows the CONNECT.
     On exit every connection is closed and awaited, so no stream is left for the collector.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, acks: int = 1) -> None:
+        self.acks = acks
         self.connections = 0
         self.received = asyncio.Event()
         self.port = 0
@@ -399,9 +414,18 @@ class MuteBroker:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
-        await reader.read(2)                       # CONNECT fixed header (short packet)
-        writer.write(b"\x20\x02\x00\x00")          # CONNACK accepted, then silence
+        _, connect = await _read_packet(reader)
+        level = connect[6]                         # after the protocol name b"\x00\x04MQTT"
+        # CONNACK accepted (MQTT 5 adds an empty property list)
+        writer.write(b"\x20\x03\x00\x00\x00" if level == 5 else b"\x20\x02\x00\x00")
         await writer.drain()
+        for _ in range(self.acks):                 # the birth message first
+            header, publish = await _read_packet(reader)
+            self.received.set()
+            if header & 0xF6 == 0x32:              # PUBLISH at QoS 1: PUBACK it
+                topic_len = int.from_bytes(publish[:2], "big")
+                writer.write(b"\x40\x02" + publish[2 + topic_len:4 + topic_len])
+                await writer.drain()
         while await reader.read(65536):
             self.received.set()
         writer.close()

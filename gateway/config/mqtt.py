@@ -7,11 +7,11 @@ from typing import Final
 import yaml
 
 from gateway.config.context import LoadContext
-from gateway.settings import MqttSettings
-from gateway.yamlpos import Invalid, MapView, as_bool, as_int, as_text, describe
+from gateway.settings import MqttProtocol, MqttSettings
+from gateway.yamlpos import Invalid, MapView, as_bool, as_choice, as_int, as_text, describe
 
 _MQTT_KEYS: Final = ("host", "port", "topic_prefix", "client_id", "keepalive", "username",
-                     "password", "password_env", "password_file", "tls", "inflight", "enabled")
+                     "password", "password_env", "password_file", "tls", "inflight", "enabled", "protocol")
 _TLS_KEYS: Final = ("ca_file", "cert_file", "key_file", "insecure")
 
 
@@ -42,7 +42,17 @@ def load_mqtt(ctx: LoadContext, node: yaml.Node | None) -> MqttSettings | None:
         username=username, password=password, tls=tls, ca_file=ca, cert_file=cert,
         key_file=key, tls_insecure=insecure, inflight=m.get("inflight", as_int(1, 65535),
                                                             d.inflight),
-        enabled=m.get("enabled", as_bool, d.enabled))
+        enabled=m.get("enabled", as_bool, d.enabled),
+        protocol=_protocol(m.get("protocol", as_choice(_PROTOCOLS), str(d.protocol))))
+
+
+_PROTOCOLS: Final = ("5", "3.1.1")
+
+
+def _protocol(text: str) -> MqttProtocol:
+    """``mqtt.protocol``: ``5`` (the default: a PUBACK says whether the broker took the
+    message) or ``3.1.1`` (for old brokers; a denied publish looks delivered)."""
+    return "3.1.1" if text == "3.1.1" else "5"
 
 
 def mqtt_tls(ctx: LoadContext, m: MapView) -> tuple[bool, str | None, str | None, str | None, bool]:

@@ -10,7 +10,9 @@ through the :class:`Reporter` it was opened with:
   single line still too large after splitting): the cursor passes them, they are counted;
 * ``broken(error)`` — the connection or the batch failed with a
   :class:`~gateway.errors.SinkError` whose ``action`` says keep or throttle: everything not
-  yet acknowledged is resent from the durable cursor on the next session.
+  yet acknowledged is resent from the durable cursor on the next session. A peer that
+  answers a write with a refusal it may lift (an MQTT 5 PUBACK ≥ 0x80, such as an ACL
+  denial) breaks the session with :class:`SinkRefusedError`: refused is never delivered.
 
 MQTT streams (one PUBLISH per row, PUBACKs come back asynchronously); InfluxDB batches
 (rows gather into a write of ``batch_size`` lines or ``batch_age`` seconds). Both fit the
@@ -49,6 +51,16 @@ class SinkAuthError(SinkError):
         super().__init__(message, "keep")
 
 
+class SinkRefusedError(SinkError):
+    """The peer answered a write with a refusal that is not final for the data (MQTT 5 PUBACK
+    reason code ≥ 0x80: not authorized, topic name invalid, payload format invalid, …):
+    nothing is delivered, the cursor stays, the session is dropped and retried with backoff,
+    and health shows ``refused`` with the reason until a write goes through again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "keep")
+
+
 class Reporter(Protocol):
     """What a sink tells the runner; called on the event loop's thread only."""
 
@@ -80,7 +92,16 @@ class Sink(Protocol):
     open_proves_access: bool
     """True when a successful :meth:`open` proves the peer takes our writes (MQTT: CONNACK
     accepted the login). False for InfluxDB, where ``/ping`` answers without a token: after
-    ``auth_failed`` or ``throttled`` the sink shows ``connected`` only once a write succeeds."""
+    ``auth_failed`` or ``throttled`` the sink shows ``connected`` only once a write succeeds.
+    After ``refused`` no open proves anything (an MQTT broker accepts the login and still
+    denies the topic): the sink shows ``connected`` again only once its cursor moves."""
+
+    probe_first: bool
+    """True when each session hands over one row and waits for its acknowledgement before
+    filling the window. MQTT: mosquitto 2.0 closes the connection right after a PUBACK that
+    refuses a publish, and if more publishes are then unread on its side the close is a TCP
+    reset that can discard that PUBACK on ours; with one row in flight the refusal (or the
+    first success) is always read. Costs one round trip per session."""
 
     def target(self) -> str:
         """Where the sink delivers to, for health and logs (no secrets)."""

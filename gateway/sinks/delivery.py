@@ -17,7 +17,8 @@ Design constraints
    backoff; a dead or slow peer blocks nothing but itself, and never polling (polling
    only commits to the store).
 5. **Full speed replay**: the window is kept full and the next page is fetched while the
-   current one is sent, so a backlog drains as fast as the peer acknowledges.
+   current one is sent, so a backlog drains as fast as the peer acknowledges. (A sink with
+   ``probe_first`` sends one row and waits for its acknowledgement first, once a session.)
 6. **State changes are logged once** (``mqtt: delivering to …`` / ``… is unreachable``),
    not at every retry; ``state()`` and ``prometheus_lines()`` show the rest.
 
@@ -37,14 +38,17 @@ from gateway.aio import wait_event
 from gateway.clock import Clock, SystemClock
 from gateway.errors import SinkError
 from gateway.settings import Settings
-from gateway.sinks.base import AckTracker, Backoff, Sink, SinkAuthError, redact_credentials
+from gateway.sinks.base import AckTracker, Backoff, Sink, SinkAuthError, SinkRefusedError, redact_credentials
 from gateway.store import Store
 
 log = logging.getLogger("amr.sinks")
 
 __all__ = ["SinkAuthError", "SinkRunner", "build_sinks", "prometheus_lines"]
 
-SinkState = Literal["starting", "connecting", "connected", "disconnected", "throttled", "auth_failed", "stopped"]
+SinkState = Literal["starting", "connecting", "connected", "disconnected", "throttled", "auth_failed", "refused",
+                    "stopped"]
+_NOT_PROVEN_BY_OPEN = ("auth_failed", "throttled", "refused")
+"""States an open alone does not end (see ``Sink.open_proves_access``): a write must succeed."""
 
 MAX_RETRY_AFTER_S = 600.0
 """A peer's Retry-After is honoured up to this many seconds (guards against absurd values)."""
@@ -62,6 +66,7 @@ class _Session:
         self.tracker = tracker
         self.active = True
         self.room = asyncio.Event()
+        self.took_one = False      # the peer acknowledged (or rejected) a row in this session
         self.broken_error: asyncio.Future[SinkError] = asyncio.get_running_loop().create_future()
 
     def delivered(self, seqs: Iterable[int]) -> None:
@@ -240,7 +245,7 @@ class SinkRunner:
         tracker = AckTracker(await self.store.cursor(self.name))
         session = _Session(self, tracker)
         self._session = session
-        if self.status not in ("disconnected", "throttled", "auth_failed"):
+        if self.status not in ("disconnected", *_NOT_PROVEN_BY_OPEN):
             self._set_state("connecting", None)
         try:
             opened = await self._until_stop(self.sink.open(session))
@@ -260,11 +265,11 @@ class SinkRunner:
             return True
         self.sessions += 1
         self.retry_in_s = None
-        if self.sink.open_proves_access or self.status not in ("auth_failed", "throttled"):
+        if self.status not in _NOT_PROVEN_BY_OPEN or (self.sink.open_proves_access and self.status == "auth_failed"):
             self._set_state("connected", None)
         pump = asyncio.create_task(self._pump(session), name=f"sink-{self.name}-pump")
         stop_wait = asyncio.create_task(self._stop.wait(), name=f"sink-{self.name}-stop")
-        delivered_before = self.published + self.rejected
+        cursor_before = tracker.cursor
         waits: set[asyncio.Future[Any]] = {pump, stop_wait, session.broken_error}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -288,7 +293,7 @@ class SinkRunner:
         self.failed += tracker.outstanding
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.sink.close(False), 10.0)
-        if self.published + self.rejected > delivered_before:
+        if tracker.cursor > cursor_before:   # the session made progress: retry soon
             self.backoff.reset()
         if self._stop.is_set():
             return True
@@ -317,6 +322,9 @@ class SinkRunner:
         if isinstance(error, SinkAuthError):
             state: SinkState = "auth_failed"
             delay = max(self.auth_retry_min_s, 2.0 * self.backoff.next())
+        elif isinstance(error, SinkRefusedError):
+            state = "refused"
+            delay = self.backoff.next()
         elif error.action == "throttle":
             state = "throttled"
             delay = (min(MAX_RETRY_AFTER_S, error.retry_after) if error.retry_after is not None
@@ -332,6 +340,7 @@ class SinkRunner:
         """Read pages in seq order (prefetching the next) and keep the window full."""
         store, name, sink = self.store, self.name, self.sink
         window, page = max(1, sink.window), max(1, sink.page)
+        limit = 1 if sink.probe_first else window   # see Sink.probe_first
         tracker = s.tracker
         after = tracker.cursor
         nxt = asyncio.ensure_future(store.pending(name, page, after))
@@ -348,7 +357,10 @@ class SinkRunner:
                 after = rows[-1].seq
                 nxt = asyncio.ensure_future(store.pending(name, page, after))
                 for row in rows:
-                    while tracker.outstanding >= window:
+                    while tracker.outstanding >= limit:
+                        if limit < window and s.took_one:
+                            limit = window
+                            continue
                         s.room.clear()
                         await s.room.wait()
                     tracker.sent(row.seq)
@@ -379,9 +391,12 @@ class SinkRunner:
             self.rejected += counted
         else:
             self.published += counted
-        if self.status != "connected" and counted:
+        if counted:
+            s.took_one = True
+        moved = s.tracker.cursor != before
+        if self.status != "connected" and counted and (moved or self.status != "refused"):
             self._set_state("connected", None)   # the peer took a write: access proven
-        if s.tracker.cursor != before:
+        if moved:
             self._acked_cursor = s.tracker.cursor
             self._ack_event.set()
             self._progress.set()
@@ -407,13 +422,16 @@ class SinkRunner:
         old, self.status, self.since = self.status, state, self.clock.time()
         target = redact_credentials(self.sink.target())
         if state == "connected":
-            if old in ("disconnected", "throttled", "auth_failed"):
+            if old in ("disconnected", *_NOT_PROVEN_BY_OPEN):
                 log.warning("%s: delivering to %s again (backlog %d)", self.name, target,
                             self.backlog())
             else:
                 log.info("%s: delivering to %s", self.name, target)
         elif state == "auth_failed":
             log.error("%s: %s refused our credentials; readings are kept and retried: %s", self.name, target, error)
+        elif state == "refused":
+            log.error("%s: %s refuses our messages; nothing is delivered, readings are kept and retried: %s",
+                      self.name, target, error)
         elif state == "throttled":
             log.warning("%s: %s asks us to slow down; retrying in %.1f s: %s", self.name, target,
                         self.retry_in_s or 0.0, error)
@@ -424,7 +442,8 @@ class SinkRunner:
 
 
 _STATE_CODES: dict[str, int] = {
-    "connected": 1, "starting": 0, "connecting": 0, "disconnected": 0, "throttled": 0, "auth_failed": 0, "stopped": 0,
+    "connected": 1, "starting": 0, "connecting": 0, "disconnected": 0, "throttled": 0, "auth_failed": 0,
+    "refused": 0, "stopped": 0,
 }
 
 

@@ -226,6 +226,7 @@ class InfluxSink:
 
     name = "influxdb"
     open_proves_access = False
+    probe_first = False
 
     def __init__(self, settings: InfluxSettings, gateway_id: str,
                  rendered: Callable[[int], str | None] | None = None) -> None:

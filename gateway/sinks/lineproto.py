@@ -6,14 +6,17 @@ one format per row is all the hot path does.
 
 What a reading becomes (one line per reading)::
 
-    amr_reading,bus=rs485-1,customer=C0001,gateway=sub-east,meter=c0001-main \\
+    amr_reading,bus=rs485-1,customer=C0001,gateway=sub-east,meter=c0001-main,schedule=interval \\
         energy_import_kwh=12345.67,power_kw=88.1,seq=4711i 1767225600123
 
 * **measurement**: :func:`measurement_for` — ``InfluxSettings.measurement`` for readings
   (default ``amr_reading``); other kinds take the same stem with their kind:
   ``amr_settlement``, ``amr_event``, ``amr_kpi``.
-* **tags**: ``gateway``, ``meter``, ``customer``, ``bus`` (those present in the payload;
-  an empty tag is left out, as line protocol requires), sorted by key as InfluxDB prefers.
+* **tags**: ``gateway``, ``meter``, ``customer``, ``bus``, ``schedule`` (those present in
+  the payload; an empty tag is left out, as line protocol requires), sorted by key as
+  InfluxDB prefers. The schedule is a tag because a point is identified by measurement,
+  tags and timestamp: two distinct readings of one meter at the same instant (the realtime
+  and the interval schedule both due) must be two points, not one overwriting the other.
 * **fields**: one float field per *good* point, named after the point, holding ``value``
   (after CT×PT) written with the digits the store committed. Points whose quality is not
   ``good`` are left out: a failed read is not a number, and a string field such as
@@ -21,7 +24,8 @@ What a reading becomes (one line per reading)::
   other Prometheus-style servers. The failure itself is in the store, on MQTT and in the
   API. Non-numeric values (text) are left out for the same reason. ``seq`` is always
   written as an integer field, so every poll leaves a point and consumers can join the
-  TSDB with MQTT on (gateway, seq).
+  TSDB with MQTT on (gateway, seq). A replay writes the identical line again (same tags,
+  timestamp, fields and seq): it rewrites the point with itself, harmlessly.
 * **timestamp**: the read time ``ts`` in milliseconds (write precision ``ms``); the payload
   carries ts to the millisecond, so nothing is lost and a replayed point overwrites itself.
 
@@ -48,8 +52,9 @@ from typing import Final
 
 from gateway.model import Reading, json_number
 
-TAG_KEYS: Final = ("bus", "customer", "gateway", "meter")   # sorted: InfluxDB's preferred order
-_SKIP_GENERIC: Final = frozenset({"schema", "gateway", "seq", "meter", "customer", "bus", "ts", "slot"})
+TAG_KEYS: Final = ("bus", "customer", "gateway", "meter", "schedule")   # sorted: InfluxDB's preferred order
+_SKIP_GENERIC: Final = frozenset({"schema", "gateway", "seq", "meter", "customer", "bus", "schedule", "ts",
+                                  "slot"})
 _MAX_DEPTH: Final = 4
 
 _ESCAPE_MEASUREMENT: Final = str.maketrans(
@@ -207,7 +212,8 @@ def reading_line(measurement_base: str, gateway: str, r: Reading, seq: int) -> s
     the JSON again (the store renders it as it commits; see ``Store.render_on_commit``)."""
     tags = "".join(
         f",{key}={escape_tag_value(v)}"
-        for key, v in (("bus", r.bus), ("customer", r.customer), ("gateway", gateway), ("meter", r.meter)) if v
+        for key, v in (("bus", r.bus), ("customer", r.customer), ("gateway", gateway), ("meter", r.meter),
+                       ("schedule", r.schedule)) if v
     )
     fields: list[str] = []
     for name, p in r.points.items():

@@ -16,6 +16,33 @@ Topics (``{prefix}`` = ``mqtt.topic_prefix``, default ``amr``)::
 The payload is the committed JSON document, byte for byte. In a meter id, the characters
 MQTT reserves in a topic level (``/``, ``+``, ``#``) are replaced by ``_``.
 
+MQTT 5 and refused publishes
+----------------------------
+The sink speaks MQTT 5 unless ``mqtt.protocol: 3.1.1``. Only MQTT 5 lets a broker say that
+it did not take a publish: its PUBACK carries a reason code, and one ≥ 0x80 (0x87 not
+authorized — what mosquitto 2.x answers for a publish its ACL denies —, 0x90 topic name
+invalid, 0x97 quota exceeded, 0x99 payload format invalid, …) means the message went
+nowhere. Such a PUBACK is never delivery: the seq is not reported, the session is dropped
+(:class:`~gateway.sinks.base.SinkRefusedError`; quota exceeded throttles instead), and the
+runner shows ``refused`` with the reason in health, logs it once, and retries from the
+unmoved cursor with backoff; once the broker takes the messages (the ACL fixed) every
+reading goes out in order. Reason codes below 0x80 are delivery (0x10 "no matching
+subscribers" included). Under MQTT 3.1.1 a broker acknowledges a denied publish exactly
+like a delivered one and drops it; nothing on the client can tell.
+
+mosquitto 2.0 (checked with 2.0.11) closes the connection right after such a PUBACK, and
+when more publishes wait unread on its side that close is a TCP reset, which can discard
+the PUBACK before we read it. So every session first waits for the PUBACK of its retained
+``online`` birth message (a refused birth fails :meth:`MqttSink.open` with
+:class:`~gateway.sinks.base.SinkRefusedError`), then sends one reading and waits for its
+PUBACK before it fills the window (``probe_first``): a refusal is always read, at the cost
+of two round trips per session. A refusal in the middle of a full window may still arrive
+as a plain connection loss; the next session's probe then names it.
+
+The broker's ``Receive Maximum`` (CONNACK, MQTT 5; mosquitto's ``max_inflight_messages``,
+20 by default) caps the window for the session: a client that sends more unacknowledged
+QoS 1 messages is disconnected.
+
 How paho meets asyncio
 ----------------------
 * One paho ``Client`` **per connection**: connecting (a blocking socket connect, the TLS
@@ -52,6 +79,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -64,13 +92,21 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import SinkError
 from gateway.settings import MqttSettings
-from gateway.sinks.base import Reporter, SinkAuthError
+from gateway.sinks.base import Reporter, SinkAuthError, SinkRefusedError
 from gateway.store import OutboxRow
 
 log = logging.getLogger("amr.sinks.mqtt")
 
 _AUTH_CODES = frozenset({4, 5, 0x86, 0x87})  # v3.1.1 CONNACK 4/5, v5 reason 0x86/0x87
 _TOPIC_RESERVED = str.maketrans({"/": "_", "+": "_", "#": "_"})
+_QUOTA_EXCEEDED = 0x97
+_REFUSAL_HINTS = {
+    0x87: "check that the broker's ACL lets this client publish under {base}/#",
+    0x90: "check mqtt.topic_prefix and the gateway id",
+    0x95: "the message is larger than the broker's limit (mosquitto: message_size_limit)",
+    0x97: "the broker's quota is exhausted; publishing is slowed down",
+    0x99: "the broker does not accept the payload's format",
+}
 
 
 def topic_level(text: str) -> str:
@@ -86,11 +122,16 @@ class _Connection:
     readable or writable and once a second (keepalive); there is no network thread.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: paho.Client, reporter: Reporter) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: paho.Client, reporter: Reporter,
+                 base: str) -> None:
         self.loop = loop
         self.client = client
         self.reporter = reporter
+        self.base = base
         self.connack: asyncio.Future[tuple[int, str]] = loop.create_future()
+        self.receive_maximum: int | None = None    # the broker's (MQTT 5 CONNACK), if it says
+        self.refusal: str | None = None            # a refused status message, if any
+        self.lost_reason = ""
         self.mids: dict[int, int] = {}              # message id → seq (readings)
         self.control: dict[int, asyncio.Future[None]] = {}   # message id → status publish waiter
         self.closing = False
@@ -104,11 +145,39 @@ class _Connection:
     def on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                    properties: Any) -> None:
         if not self.connack.done():
+            self.receive_maximum = getattr(properties, "ReceiveMaximum", None)
             self.connack.set_result((int(reason.value), str(reason)))
 
     def on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
                    properties: Any) -> None:
-        self._acked.append(mid)     # reported once per read burst, not per message
+        if reason.value < 0x80:         # MQTT 3.1.1: always 0
+            self._acked.append(mid)     # reported once per read burst, not per message
+        else:
+            self._refused(mid, reason)
+
+    def _refused(self, mid: int, reason: ReasonCode) -> None:
+        """A PUBACK ≥ 0x80: the broker did not take the message. It is not delivered; the
+        session breaks so the runner retries from the cursor (see the module docstring)."""
+        seq = self.mids.pop(mid, None)
+        code = int(reason.value)
+        hint = _REFUSAL_HINTS.get(code, "the message is kept and retried").format(base=self.base)
+        what = f"seq {seq}" if seq is not None else f"the status message on {self.base}/status"
+        text = f"the MQTT broker refused {what}: {reason} (reason code 0x{code:02X}); {hint}"
+        if seq is None:
+            # A status message (birth or offline): nothing of ours waits on it, and readings
+            # may still flow. But mosquitto 2.0 closes the connection right after a denied
+            # PUBACK: should the session end now, this is why (see _lost).
+            waiter = self.control.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self.refusal = text
+            log.debug("%s", text)
+            return
+        self.drain_acks()               # what the broker took before this still counts
+        if self.lost:
+            return
+        self.lost = True                # publish nothing more in this session
+        self.reporter.broken(SinkError(text, "throttle") if code == _QUOTA_EXCEEDED else SinkRefusedError(text))
 
     def on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                       properties: Any) -> None:
@@ -228,12 +297,17 @@ class _Connection:
         if self.lost:
             return
         self.lost = True
+        self.lost_reason = reason
         if not self.connack.done():
             self.connack.set_result((-1, reason))
         for waiter in self.control.values():
             if not waiter.done():
                 waiter.set_result(None)
-        if not self.closing:
+        if self.closing:
+            return
+        if self.refusal is not None:
+            self.reporter.broken(SinkRefusedError(f"{self.refusal} (then it closed the connection)"))
+        else:
             self.reporter.broken(SinkError(f"lost the connection to the MQTT broker: {reason}", "keep"))
 
 
@@ -242,6 +316,7 @@ class MqttSink:
 
     name = "mqtt"
     open_proves_access = True
+    probe_first = True
 
     def __init__(self, settings: MqttSettings, gateway_id: str, *, connect_timeout_s: float = 10.0,
                  page: int = 1000) -> None:
@@ -285,10 +360,12 @@ class MqttSink:
 
     def _new_client(self, conn_holder: list[_Connection], reporter: Reporter) -> paho.Client:
         s = self.settings
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
-            protocol=paho.MQTTv311, reconnect_on_failure=False,
-        )
+        if s.protocol == "5":   # clean start, session expiry 0 (no properties): as clean_session
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                 protocol=paho.MQTTv5, reconnect_on_failure=False)
+        else:
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
+                                 protocol=paho.MQTTv311, reconnect_on_failure=False)
         paho_log = logging.getLogger("amr.sinks.paho")
         if paho_log.isEnabledFor(logging.DEBUG):
             # paho logs every connection loss at ERROR; our runner logs state changes once.
@@ -303,7 +380,7 @@ class MqttSink:
             client.tls_set_context(self._ssl_context())
             if s.tls_insecure:
                 client.tls_insecure_set(True)
-        conn = _Connection(asyncio.get_running_loop(), client, reporter)
+        conn = _Connection(asyncio.get_running_loop(), client, reporter, self.base)
         conn_holder.append(conn)
         client.on_connect = conn.on_connect
         client.on_publish = conn.on_publish
@@ -316,7 +393,11 @@ class MqttSink:
         client = self._new_client(holder, reporter)
         conn = holder[0]
         loop = asyncio.get_running_loop()
-        connect = loop.run_in_executor(None, client.connect, s.host, s.port, s.keepalive_s)
+        if s.protocol == "5":
+            do_connect = functools.partial(client.connect, s.host, s.port, s.keepalive_s, clean_start=True)
+        else:
+            do_connect = functools.partial(client.connect, s.host, s.port, s.keepalive_s)
+        connect = loop.run_in_executor(None, do_connect)
         try:
             rc = await asyncio.shield(connect)
         except asyncio.CancelledError:
@@ -348,11 +429,33 @@ class MqttSink:
                 raise SinkAuthError(f"the MQTT broker {s.host}:{s.port} refused the login as "
                                     f"{s.username or '(anonymous)'}: {text}; check mqtt.username and the password")
             raise SinkError(f"the MQTT broker {s.host}:{s.port} refused the connection: {text}", "keep")
+        # The broker's Receive Maximum bounds this session's window (the runner reads it after open).
+        self.window = max(1, min(s.inflight, conn.receive_maximum or s.inflight))
         info = client.publish(self.status_topic, "online", qos=1, retain=True)
-        conn.wrote()
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             await self.close(False)
             raise SinkError(f"cannot publish the birth message: {paho.error_string(info.rc)}", "keep")
+        # Wait for the birth's PUBACK before any reading goes out: a broker that refuses it
+        # (MQTT 5, reason ≥ 0x80) is shown as refused, and mosquitto, which then closes the
+        # connection, finds no reading unread (see MqttSink.probe_first).
+        birth: asyncio.Future[None] = loop.create_future()
+        conn.control[info.mid] = birth
+        conn.wrote()
+        try:
+            await asyncio.wait_for(asyncio.shield(birth), self.connect_timeout_s)
+        except TimeoutError:
+            await self.close(False)
+            raise SinkError(f"the MQTT broker {s.host}:{s.port} did not acknowledge the birth message within "
+                            f"{self.connect_timeout_s:g} s", "keep") from None
+        except asyncio.CancelledError:
+            conn.shut()
+            self._conn = None
+            raise
+        if conn.refusal is not None or conn.lost:
+            error = SinkRefusedError(conn.refusal) if conn.refusal is not None else SinkError(
+                f"lost the connection to the MQTT broker: {conn.lost_reason}", "keep")
+            await self.close(False)
+            raise error
 
     def send(self, row: OutboxRow) -> None:
         """Publish one committed message at QoS 1; its PUBACK reports it delivered."""

@@ -87,6 +87,34 @@ async def test_points_land_with_tags_fields_and_read_time(
     await store.close()
 
 
+async def test_two_readings_of_one_meter_in_one_second_both_survive(
+    tmp_path: Path, victoria_metrics: str, client: InfluxClient
+) -> None:
+    """Issue 16 item 8: the realtime and the interval reading of one meter taken at the same
+    instant are two points (the schedule is a tag), each with its own seq and value."""
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    t = float(int(time.time()) - 300)
+    interval = make_reading("m1", ts=t, kwh="100.5")
+    realtime = make_reading("m1", ts=t, kwh="200.5")
+    realtime.schedule = "realtime"
+    seqs = await commit(store, [interval, realtime])
+    runner = SinkRunner(InfluxSink(influx(victoria_metrics, client), gw), store)
+    await runner.start()
+    try:
+        assert await runner.wait_idle(30), runner.state()
+    finally:
+        await runner.stop()
+    landed = vm_seqs(victoria_metrics, "amr_reading", gw)
+    assert sorted(landed) == sorted(seqs)
+    assert {landed[s]["labels"]["schedule"] for s in seqs} == {"interval", "realtime"}
+    assert {landed[s]["ts_ms"] for s in seqs} == {round(t * 1000)}
+    energy = vm_export(victoria_metrics, f'{{__name__="amr_reading_energy_import_kwh",gateway="{gw}"}}')
+    by_schedule = {s["metric"]["schedule"]: s["values"] for s in energy}
+    assert by_schedule == {"interval": [100.5 * 40], "realtime": [200.5 * 40]}
+    await store.close()
+
+
 async def test_replay_rewrites_points_harmlessly(tmp_path: Path, victoria_metrics: str, client: InfluxClient) -> None:
     gw = f"t-{uuid.uuid4().hex[:8]}"
     store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)

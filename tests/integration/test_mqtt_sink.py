@@ -114,15 +114,17 @@ async def test_live_readings_flow_while_running_and_cursor_follows(tmp_path: Pat
 
 
 async def test_cursor_moves_only_after_puback(tmp_path: Path) -> None:
-    """A broker that takes the connection but never acknowledges: nothing may be acked.
+    """A broker that takes the connection and then stops acknowledging: the cursor moves over
+    what it acknowledged and nothing more.
 
     mosquitto always PUBACKs, so a tiny local TCP server plays the silent broker: it answers
-    CONNECT with CONNACK and then reads and ignores everything.
+    CONNECT with CONNACK, acknowledges the birth message and the first reading (the probe
+    that opens the window), and then reads and ignores everything.
     """
     gw = gateway_id()
     store = await open_store(tmp_path, gw)
-    await commit(store, [make_reading() for _ in range(10)])
-    async with MuteBroker() as broker:
+    seqs = await commit(store, [make_reading() for _ in range(10)])
+    async with MuteBroker(acks=2) as broker:
         sink = MqttSink(MqttSettings(host="127.0.0.1", port=broker.port, inflight=4), gw)
         runner = SinkRunner(sink, store, drain_timeout_s=0.5)
         try:
@@ -130,11 +132,13 @@ async def test_cursor_moves_only_after_puback(tmp_path: Path) -> None:
             await asyncio.wait_for(broker.received.wait(), 10)
             await await_until(lambda: sink._conn is not None and len(sink._conn.mids) == 4, 10,
                               "a full window of unacknowledged publishes")
-            assert await store.cursor("mqtt") == 0
-            assert runner.state()["published"] == 0
+            conn = sink._conn
+            assert conn is not None and sorted(conn.mids.values()) == seqs[1:5]
+            assert runner.state()["published"] == 1
+            assert runner.state()["cursor"] == seqs[0]
         finally:
             await runner.stop()
-    assert await store.cursor("mqtt") == 0
+    assert await store.cursor("mqtt") == seqs[0]
     await store.close()
 
 

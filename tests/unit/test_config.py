@@ -259,6 +259,18 @@ def test_mqtt_tls_files_are_resolved_and_checked(tmp_path: Path) -> None:
     assert mqtt is not None and mqtt.tls and mqtt.ca_file == str(tmp_path / "ca.pem")
 
 
+def test_mqtt_protocol_is_5_by_default_and_3_1_1_on_request(tmp_path: Path) -> None:
+    base = "gateway: {id: gw1}\nbuses: []\nmeters: []\n"
+    default = load_settings_from_text(base + "mqtt: {host: 127.0.0.1}\n", "gw.yaml", tmp_path, env={}).mqtt
+    assert default is not None and default.protocol == "5"
+    for written, expected in (("3.1.1", "3.1.1"), ("5", "5"), ('"5"', "5")):
+        mqtt = load_settings_from_text(base + f"mqtt: {{protocol: {written}}}\n", "gw.yaml", tmp_path, env={}).mqtt
+        assert mqtt is not None and mqtt.protocol == expected
+    with pytest.raises(ConfigError) as info:
+        load_settings_from_text(base + "mqtt: {protocol: 3.1}\n", "gw.yaml", tmp_path, env={})
+    assert "must be one of 5, 3.1.1" in info.value.issues[0].message
+
+
 # --- profile lookup -------------------------------------------------------------------------
 
 

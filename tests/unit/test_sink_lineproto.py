@@ -40,14 +40,29 @@ def reading(meter: str = "m1", customer: str = "C1", bus: str = "b1") -> Reading
 def test_reading_line_has_sorted_tags_good_points_seq_and_ms_timestamp() -> None:
     payload = reading_payload(reading(), "gw-1", 42)
     line = row_line("amr_reading", "reading", "m1", 1_767_225_600.1234, payload, 42)
-    assert line == ("amr_reading,bus=b1,customer=C1,gateway=gw-1,meter=m1 "
+    assert line == ("amr_reading,bus=b1,customer=C1,gateway=gw-1,meter=m1,schedule=interval "
                     "energy_import_kwh=493826.80,power_factor=0.98,seq=42i 1767225600123")
+
+
+def test_readings_of_two_schedules_at_one_instant_are_two_points() -> None:
+    """A point is measurement + tags + timestamp: the schedule tag keeps the realtime and the
+    interval reading of one meter in the same millisecond apart, and each carries its seq."""
+    realtime = reading()
+    realtime.schedule = "realtime"
+    a = row_line("amr_reading", "reading", "m1", realtime.ts, reading_payload(realtime, "g", 7), 7)
+    b = row_line("amr_reading", "reading", "m1", realtime.ts, reading_payload(reading(), "g", 8), 8)
+    key_a, fields_a, ts_a = a.split(" ")
+    key_b, fields_b, ts_b = b.split(" ")
+    assert ts_a == ts_b and key_a != key_b
+    assert key_a.endswith(",schedule=realtime") and key_b.endswith(",schedule=interval")
+    assert fields_a.endswith(",seq=7i") and fields_b.endswith(",seq=8i")
 
 
 def test_special_characters_are_escaped() -> None:
     payload = reading_payload(reading(meter="m 1,a=b", customer="C\\", bus="b\nx"), "g w", 1)
     line = row_line("amr reading,x", "reading", None, 0.0, payload, 1)
-    assert line.startswith("amr\\ reading\\,x,bus=b\\nx,customer=C\\\\,gateway=g\\ w,meter=m\\ 1\\,a\\=b ")
+    assert line.startswith("amr\\ reading\\,x,bus=b\\nx,customer=C\\\\,gateway=g\\ w,meter=m\\ 1\\,a\\=b,"
+                           "schedule=interval ")
 
 
 def test_escape_helpers() -> None:
@@ -127,17 +142,17 @@ _values = st.one_of(
 )
 
 
-@given(meter=_names.filter(bool), customer=_names, bus=_names, gateway=_names,
+@given(meter=_names.filter(bool), customer=_names, bus=_names, gateway=_names, schedule=_names,
        points=st.dictionaries(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True),
                               st.tuples(_values, st.sampled_from(["good", "timeout"])), max_size=6),
        ts=st.floats(0, 4e9), seq=st.integers(1, 10**9))
 def test_the_line_rendered_at_commit_is_the_line_parsed_from_the_payload(
-        meter: str, customer: str, bus: str, gateway: str, points: dict[str, tuple[object, str]],
+        meter: str, customer: str, bus: str, gateway: str, schedule: str, points: dict[str, tuple[object, str]],
         ts: float, seq: int) -> None:
     """The store renders live readings with reading_line; replays are rendered from the
     committed JSON by row_line. Both must write the same text, or a replay would rewrite a
     point differently."""
-    r = Reading(meter=meter, customer=customer, bus=bus, schedule="s", slot=ts - ts % 60, ts=ts,
+    r = Reading(meter=meter, customer=customer, bus=bus, schedule=schedule, slot=ts - ts % 60, ts=ts,
                 points={n: PointValue(v, v, "kWh", q) for n, (v, q) in points.items()})  # type: ignore[arg-type]
     payload = reading_payload(r, gateway, seq)
     assert reading_line("amr_reading", gateway, r, seq) == row_line("amr_reading", "reading", meter, ts, payload, seq)

@@ -4,6 +4,7 @@ independence, resend after a broken session, rejection, graceful stop, metrics, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from gateway.errors import SinkError
 from gateway.settings import GatewaySettings, InfluxSettings, MqttSettings, Settings, StoreSettings
-from gateway.sinks.base import AckTracker, Backoff, Reporter, SinkAuthError
+from gateway.sinks.base import AckTracker, Backoff, Reporter, SinkAuthError, SinkRefusedError
 from gateway.sinks.delivery import SinkRunner, build_sinks, prometheus_lines
 from gateway.store import OutboxRow, Store
 from tests.servicefixtures import await_until, commit, make_reading
@@ -23,6 +24,7 @@ class ScriptedSink:
     """An in-memory peer: acknowledges (or not) on the next loop turn, as told."""
 
     open_proves_access = True
+    probe_first = False
 
     def __init__(self, name: str = "fake", window: int = 8, page: int = 16) -> None:
         self.name = name
@@ -38,6 +40,7 @@ class ScriptedSink:
         self.unacked: list[int] = []
         self.reject: set[int] = set()
         self.break_after: int | None = None
+        self.refuse: str | None = None
 
     def target(self) -> str:
         """A fake target."""
@@ -61,6 +64,10 @@ class ScriptedSink:
             self.break_after = None
             self.unacked.remove(row.seq)                 # this one is never acknowledged
             asyncio.get_running_loop().call_soon(reporter.broken, SinkError("peer went away", "keep"))
+            return
+        if self.refuse is not None:                      # a peer that refuses (MQTT 5 PUBACK ≥ 0x80)
+            self.unacked.remove(row.seq)
+            asyncio.get_running_loop().call_soon(reporter.broken, SinkRefusedError(self.refuse))
             return
         if row.seq in self.reject:
             self.unacked.remove(row.seq)
@@ -138,6 +145,50 @@ async def test_cursor_waits_for_acknowledgement(tmp_path: Path) -> None:
     sink.reporter.delivered([1])
     await await_until(lambda: store.backlog_now("fake") == 17, 10, "the store's cursor at 3")
     assert runner.state()["cursor"] == 3
+    await runner.stop()
+    await store.close()
+
+
+async def test_probe_first_sends_one_row_until_the_peer_acknowledges_one(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    await commit(store, [make_reading() for _ in range(20)])
+    sink = ScriptedSink(window=5)
+    sink.probe_first = True
+    sink.auto_ack = False
+    runner = quick(sink, store, drain_timeout_s=0.1)
+    await runner.start()
+    await await_until(lambda: len(sink.sent) == 1, 10, "the probe")
+    assert await store.cursor("fake") == 0 and sink.sent == [1]
+    assert sink.reporter is not None
+    sink.reporter.delivered([1])
+    await await_until(lambda: len(sink.sent) == 6, 10, "the full window after the probe")
+    assert sink.sent == [1, 2, 3, 4, 5, 6]
+    assert runner._session is not None and runner._session.tracker.outstanding == 5   # a full window
+    await runner.stop()
+    await store.close()
+
+
+async def test_a_refusing_peer_holds_the_cursor_shows_refused_and_logs_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = await open_store(tmp_path)
+    await commit(store, [make_reading() for _ in range(10)])
+    sink = ScriptedSink(window=4)
+    sink.refuse = "denied by the ACL"
+    runner = quick(sink, store)
+    caplog.set_level(logging.INFO, logger="amr.sinks")
+    await runner.start()
+    await await_until(lambda: runner.sessions >= 5, 10, "five refused sessions")
+    state = runner.state()
+    assert state["state"] == "refused" and state["last_error"] == "denied by the ACL"
+    assert state["published"] == 0 and state["cursor"] == 0 and await store.cursor("fake") == 0
+    # Opening does not end "refused" (the broker takes the login and still refuses): one
+    # ERROR line for the whole episode, no "delivering again" in between.
+    assert [r.levelno for r in caplog.records if "refuses" in r.getMessage()] == [logging.ERROR]
+    assert not any("again" in r.getMessage() for r in caplog.records)
+    sink.refuse = None
+    assert await runner.wait_idle(10)
+    assert runner.status == "connected" and runner.published == 10
+    assert len([r for r in caplog.records if "again" in r.getMessage()]) == 1
     await runner.stop()
     await store.close()
 
