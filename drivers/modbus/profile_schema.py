@@ -20,7 +20,9 @@ the value the author meant; ``address_base: 0`` says the number is meant literal
 
 Rules checked here: register types, function codes 3/4, addresses 0–65535 with the value's
 registers inside the map, no two points of one function code sharing a register; ``scale``
-is an exact Decimal from the YAML text (never a binary float). The point names and units are
+is an exact Decimal from the YAML text (never a binary float). ``capacity: {digits: N,
+decimals: M}`` (optional, no default: :mod:`drivers.capacity`) is where a cumulative register
+rolls over. The point names and units are
 checked by the core's rules (:class:`drivers.registry.ProfileRules`).
 """
 
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Final, Literal, cast, get_args
 import yaml
 
 from drivers.base import PlanOptions, PointDef
+from drivers.capacity import parse_capacity
 from drivers.modbus.points import REGISTER_WIDTH, ModbusLimits, RegisterPoint, RegisterType
 from gateway.yamlpos import (
     Invalid,
@@ -55,7 +58,7 @@ TOP_KEYS: Final = ("name", "protocol", "description", "address_base", "limits", 
                    "points")
 _DEFAULT_KEYS: Final = ("function", "type", "word_order", "byte_order", "side", "scale")
 _POINT_KEYS: Final = ("address", "function", "type", "word_order", "byte_order", "scale",
-                      "unit", "side")
+                      "unit", "side", "capacity")
 _LIMIT_KEYS: Final = ("max_registers_per_request", "gap_fill", "pause_between_requests_ms",
                       "one_request_per_point")
 
@@ -194,6 +197,7 @@ def _points(top: MapView, node: yaml.Node, issues: Issues,
             scale=m.get("scale", _scale, d_scale),
             unit=rules.unit(m, name),
             side=cast(Literal["secondary", "primary"], m.get("side", _SIDE, d_side)),
+            capacity=parse_capacity(m),
         )
         if address is None:
             continue

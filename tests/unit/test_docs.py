@@ -23,7 +23,7 @@ from gateway.profiles import CANONICAL_POINTS
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 README = DOCS.parent / "README.md"
 
-# constant name -> the documented prefix of its keys (the section path in configuration.md)
+# constant name -> the documented prefix of its keys (the section path in docs/configuration.md)
 PREFIXES = {
     "_TOP_KEYS": "",
     "GATEWAY_KEYS": "gateway.",
@@ -39,6 +39,7 @@ PREFIXES = {
     "_RETENTION_KEYS": "store.retention.",
     "_REVIEW_KEYS": "review.",
     "_REVIEW_SECTIONS": "review.",  # review.<section>.<key>
+    "_OVERRIDE_KEYS": "review.",  # review.overrides.<customers|meters>.<id> takes review's sections
 }
 LOGGING_KEYS = ("level", "levels")  # gateway/logsetup.py reads them; no constant there
 
