@@ -46,7 +46,7 @@ from drivers.base import ReadPlan
 from drivers.registry import create_driver
 from gateway import __version__
 from gateway.api.routes_billing import install_billing_routes
-from gateway.api.routes_events import install_event_routes
+from gateway.api.routes_events import event_routes
 from gateway.api.server import ApiServer
 from gateway.billing.capture import BillingCapture
 from gateway.billing.periods import period_source
@@ -205,7 +205,7 @@ class Gateway:
         self.billing = BillingCapture(core)
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
-            self.api = ApiServer(self, routes=(install_billing_routes, install_event_routes))
+            self.api = ApiServer(self, routes=(install_billing_routes, event_routes(self.review)))
             self.api.bind(listener)
 
     async def discard(self) -> None:
