@@ -21,6 +21,7 @@ from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
 from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
+from gateway.profilecheck import add_profile_command, cmd_profile
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
     add_auth_commands(sub)
+    add_profile_command(sub)
     return p
 
 
@@ -149,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
-        "token": cmd_token, "audit": cmd_audit,
+        "token": cmd_token, "audit": cmd_audit, "profile": cmd_profile,
     }
     try:
         check_arguments(parser, args)

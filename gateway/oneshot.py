@@ -83,6 +83,11 @@ async def read_once(args: argparse.Namespace) -> int:
         if not address:
             raise ConfigError("give " + " or ".join(
                 f"--{d.address_option} {d.address_metavar} for {d.title}" for d in registry.descriptors()))
+        descriptor = registry.descriptor_for(bus.protocol)
+        try:  # the range validate accepts, so --unit 0 on a serial line fails the same way
+            address = descriptor.parse_address(str(address), bus.protocol, True)
+        except registry.AddressError as exc:
+            raise ConfigError(f"--{descriptor.address_option} {exc}") from None
         meter = MeterSettings(id="cli", customer="", bus="cli", address=str(address), profile=profile.name,
                               ct_ratio=Ratio(), pt_ratio=Ratio(), protocol=bus.protocol)
     return await _read(bus, meter, profile)
