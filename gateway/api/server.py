@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ from gateway.api.httplog import HTTP_LOG
 from gateway.api.openapi import build_document
 from gateway.api.params import BadRequest, int_param, output_format, time_range
 from gateway.clock import Clock
-from gateway.errors import TransportError
+from gateway.errors import ConfigError, TransportError
 from gateway.lifecycle import MetricsSource, ReloadStatus
 from gateway.model import iso_utc, to_json
 from gateway.polling import BusWorker, MeterRuntime
@@ -39,6 +40,7 @@ from gateway.settings import Settings
 from gateway.sinks.delivery import SinkRunner
 from gateway.sinks.delivery import prometheus_lines as sink_lines
 from gateway.store import Store
+from gateway.tls import TlsFileError, server_context
 
 log = logging.getLogger("amr.api")
 
@@ -158,6 +160,12 @@ class ApiServer:
                 "no API token configured (api.token_file or AMR_API_TOKEN); generated one for this run: %s",
                 self.token,
             )
+        self.ssl_context: ssl.SSLContext | None = None
+        if api.tls is not None:
+            try:
+                self.ssl_context = server_context(api.tls)
+            except TlsFileError as exc:     # changed since the configuration was loaded
+                raise ConfigError(f"{exc}; fix the file and start again") from exc
         self._runner: web.AppRunner | None = None
         self._listener: socket.socket | None = None
         self.app = self.build_app()
@@ -203,8 +211,10 @@ class ApiServer:
         assert self._listener is not None
         self._runner = web.AppRunner(self.app, access_log=None, logger=HTTP_LOG)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._listener).start()
-        log.info("API on http://%s:%d", self.host, self.port)
+        await web.SockSite(self._runner, self._listener, ssl_context=self.ssl_context).start()
+        log.info("API on %s://%s:%d%s", "https" if self.ssl_context else "http", self.host, self.port,
+                 " (client certificates required)" if self.gateway.settings.api.tls
+                 and self.gateway.settings.api.tls.client_ca_file else "")
 
     async def stop(self) -> None:
         """Stop serving and close the listener (an inherited socket stays open in its owner)."""
