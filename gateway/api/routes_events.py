@@ -76,7 +76,7 @@ def install_event_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, A
         args = event_query(request, gw.settings.gateway.timezone, gw.clock.time())
         if meter is not None:
             server.meter_or_404(meter)
-        rows = await gw.require_store().read(
+        rows = await server.query(
             db.select_events, args["start"], args["end"], meter, args["types"], args["state"],
             args["after_id"], args["limit"],
         )
