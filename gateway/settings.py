@@ -185,7 +185,7 @@ class ApiSettings:
     token: str | None = None          # resolved from token_file or AMR_API_TOKEN at load
     enabled: bool = True
     tls: ApiTlsSettings | None = None
-    read_connections: int = 3         # the API's own read-only SQLite connections
+    read_connections: int = 2         # the API's own read-only SQLite connections
     query_timeout_s: float = 10.0     # a query running (or waiting) longer is a 503
 
 

@@ -23,6 +23,7 @@ import secrets
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
@@ -36,7 +37,7 @@ from gateway.errors import ConfigError, TransportError
 from gateway.lifecycle import MetricsSource, ReloadStatus
 from gateway.model import iso_utc, to_json
 from gateway.polling import BusWorker, MeterRuntime
-from gateway.readings_export import READING_CSV_COLUMNS, reading_csv_rows, readings_document, select_readings, write_csv
+from gateway.readings_export import readings_csv, readings_json, write_csv
 from gateway.readpool import QueryTimeout, ReadPool
 from gateway.settings import Settings
 from gateway.sinks.delivery import SinkRunner
@@ -426,10 +427,14 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
         schedule = request.query.get("schedule")
         if schedule is not None and schedule not in gw.settings.schedules:
             raise BadRequest(f"no schedule {schedule!r}; defined: {', '.join(gw.settings.schedules)}")
-        docs = await server.query(select_readings, meter.id, start, end, schedule, limit)
+        # selected and rendered on an API read thread: the event loop only sends the bytes
+        render = readings_csv if fmt == "csv" else readings_json
+        body = await server.query(partial(render, schedule=schedule, limit=limit), meter.id, start, end)
         if fmt == "csv":
-            return csv_response(READING_CSV_COLUMNS, reading_csv_rows(docs), f"{meter.id}-readings.csv")
-        return json_response(readings_document(meter.id, start, end, docs))
+            resp = web.Response(body=body, content_type="text/csv", charset="utf-8")
+            resp.headers["Content-Disposition"] = f'attachment; filename="{meter.id}-readings.csv"'
+            return resp
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(
