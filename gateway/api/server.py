@@ -49,6 +49,9 @@ log = logging.getLogger("amr.api")
 
 PUBLIC_PATHS = frozenset({"/api/v1/health"})
 LISTEN_BACKLOG = 128
+SHUTDOWN_S = 2.0
+"""How long a stop lets requests in progress finish (their queries are already stopped);
+aiohttp's default of 60 s let a busy API hold SIGTERM for a minute (issue 16 item 6)."""
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -171,6 +174,7 @@ class ApiServer:
             except TlsFileError as exc:     # changed since the configuration was loaded
                 raise ConfigError(f"{exc}; fix the file and start again") from exc
         self._queries: ReadPool | None = None
+        self._stopped = False
         self._runner: web.AppRunner | None = None
         self._listener: socket.socket | None = None
         self.app = self.build_app()
@@ -216,7 +220,7 @@ class ApiServer:
         self.bind()
         await self._open_queries()
         assert self._listener is not None
-        self._runner = web.AppRunner(self.app, access_log=None, logger=HTTP_LOG)
+        self._runner = web.AppRunner(self.app, access_log=None, logger=HTTP_LOG, shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
         await web.SockSite(self._runner, self._listener, ssl_context=self.ssl_context).start()
         log.info("API on %s://%s:%d%s", "https" if self.ssl_context else "http", self.host, self.port,
@@ -229,6 +233,8 @@ class ApiServer:
         return self._queries
 
     async def _open_queries(self) -> ReadPool:
+        if self._stopped:
+            raise QueryTimeout("the gateway is stopping; ask again once it runs")
         if self._queries is None:
             api = self.gateway.settings.api
             pool = ReadPool(self.gateway.require_store().path, api.read_connections, api.query_timeout_s)
@@ -252,6 +258,7 @@ class ApiServer:
         The read connections close first: running queries are interrupted and waiting ones
         refused (503), so the handlers end at once and stopping never waits for them.
         """
+        self._stopped = True
         if self._queries is not None:
             await self._queries.close()
             self._queries = None

@@ -174,3 +174,6 @@ async def test_stopping_the_api_interrupts_a_query_that_would_never_end(
     await api.stop()
     with pytest.raises(QueryTimeout, match="stopping"):
         await query
+    with pytest.raises(QueryTimeout, match="stopping"):     # and no new connections open
+        await api.query(lambda conn: conn.execute("SELECT 1").fetchone())
+    assert api.queries is None
