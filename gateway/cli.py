@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
 from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
+from gateway.profilecheck import add_profile_command, cmd_profile
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
 
 if TYPE_CHECKING:
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--range", dest="id_range", help="which addresses to probe, in the protocol's syntax "
                       "(unit ids such as 1-247 or 1,5,9; meter addresses as a comma list or a first-last "
                       "range); default: every unit id, or ask the single meter on the line")
+    scan.add_argument("--timezone", help="the meters' local time zone, for their clock offset "
+                      "(default: this machine's), e.g. Asia/Shanghai")
 
     sim = sub.add_parser("simulate", help="serve the meters a configuration describes, simulated")
     sim.add_argument("-c", "--config", required=True, type=Path)
@@ -87,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--clock-rate", type=float, default=1.0)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--duration", type=float, help="stop after this many real seconds")
+    sim.add_argument("--fault", action="append", default=[], metavar="METER:FAULT[:AMOUNT]",
+                     help="switch a meter into a fault (backwards, stop, fast, clock_drift, silent, phase_loss, "
+                          "zero_load, reverse, demand_over, low_pf, tariff_mismatch, cover_open, programming, ...)")
 
     exp = sub.add_parser("export", help="intervals / settlements / events / readings from the local store as CSV")
     exp.add_argument("what", choices=["readings", "intervals", "settlements", "events"])
@@ -103,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="readings only: csv (default) or json (the API's readings document, one line per meter)")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
+    add_auth_commands(sub)
+    add_profile_command(sub)
     return p
 
 
@@ -142,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
+        "token": cmd_token, "audit": cmd_audit, "profile": cmd_profile,
     }
     try:
         check_arguments(parser, args)
@@ -290,7 +300,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     return _run_async(run_simulator(settings, seed=args.seed, clock_start=parse_clock_start(args.clock_start),
-                                    clock_rate=args.clock_rate, duration=args.duration))
+                                    clock_rate=args.clock_rate, duration=args.duration, faults=args.fault))
 
 
 # ---------------------------------------------------------------------------- read / scan

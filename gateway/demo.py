@@ -1,10 +1,11 @@
 """``amr-gateway demo``: the whole gateway on built-in simulated meters, no file needed.
 
-Eight simulated meters on four kinds of bus — Modbus TCP (three meters, two profiles),
+Nine simulated meters on five kinds of bus — Modbus TCP (three meters, two profiles),
 Modbus RTU on a virtual serial line (two meters), DL/T 645-2007 on a virtual serial line
-(two meters) and DL/T 645 over TCP (one) — several with CT/PT ratios, a three-stage
-billing plan, the local store in a temporary folder, the HTTP API on 127.0.0.1:8080, and
-MQTT on localhost:1883 whenever a broker answers (readings spool in the store otherwise).
+(two meters), DL/T 645 over TCP (one) and DL/T 698.45 on a virtual serial line (one) —
+several with CT/PT ratios, a three-stage billing plan, the local store in a temporary
+folder, the HTTP API on 127.0.0.1:8080, and MQTT on localhost:1883 whenever a broker
+answers (readings spool in the store otherwise).
 ``--clock-start``/``--clock-rate`` run simulated time faster so a billing boundary passes
 in seconds.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import sys
 import tempfile
@@ -58,6 +58,13 @@ buses:
     parity: N
     timeout_ms: 800
   - {{id: tcp-dlt645, type: tcp, host: 127.0.0.1, port: {port_dlt645}, protocol: dlt645, timeout_ms: 800}}
+  - id: rs485-dlt698
+    type: serial
+    port: {tty_dlt698}
+    protocol: dlt698
+    baudrate: 9600
+    parity: N
+    timeout_ms: 800
 meters:
   - {{id: c1001-main, customer: C1001, bus: tcp-c1001, address: 1, profile: simulator,
      ct_ratio: 200/5, pt_ratio: 10000/100, schedules: [realtime, interval], billing: three-stage}}
@@ -75,6 +82,8 @@ meters:
      ct_ratio: 150/5, pt_ratio: 10000/100, schedules: [realtime, interval], billing: three-stage}}
   - {{id: c2003-main, customer: C2003, bus: tcp-dlt645, address: "000000000003", profile: dlt645-2007,
      ct_ratio: 400/5, pt_ratio: 35000/100, schedules: [realtime, interval], billing: three-stage}}
+  - {{id: c3001-main, customer: C3001, bus: rs485-dlt698, address: "000039200933", profile: dlt698-3phase,
+     ct_ratio: 200/5, pt_ratio: 10000/100, schedules: [realtime, interval], billing: three-stage}}
 schedules:
   realtime: {{every: 10s, points: ["power_*", "voltage_*", "current_*", "power_factor", "frequency_hz"]}}
   interval: {{every: 15m, points: ["energy_*", "demand_*"]}}
@@ -110,8 +119,20 @@ def demo_config_text(data_dir: Path, *, api_host: str = "127.0.0.1", api_port: i
     return DEMO_CONFIG.format(
         data_dir=data_dir, port_c1001=free_port(), port_c1002=free_port(), port_c1003=free_port(),
         port_dlt645=free_port(), tty_modbus=data_dir / "ttyMODBUS", tty_dlt645=data_dir / "ttyDLT645",
+        tty_dlt698=data_dir / "ttyDLT698",
         mqtt_host=mqtt[0], mqtt_port=mqtt[1], api_host=api_host, api_port=api_port,
     )
+
+
+def demo_token(data_dir: Path) -> str:
+    """A fresh admin token in the demo's token file, for the banner (never logged)."""
+    import time
+
+    from gateway.model import iso_utc
+    from gateway.tokens import Role, TokenFile
+
+    token, _ = TokenFile(data_dir).add("demo", Role.ADMIN, iso_utc(time.time()))
+    return token
 
 
 async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: str, api_port: int,
@@ -125,8 +146,8 @@ async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: st
         data_dir = Path(tempfile.mkdtemp(prefix="amr-demo-"))
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = os.environ.get("AMR_API_TOKEN") or secrets.token_urlsafe(18)
-    env = dict(os.environ, AMR_API_TOKEN=token)
+    token = os.environ.get("AMR_API_TOKEN") or demo_token(data_dir)
+    env = dict(os.environ, AMR_API_TOKEN=token) if "AMR_API_TOKEN" in os.environ else dict(os.environ)
     text = demo_config_text(data_dir, api_host=api_host, api_port=api_port, mqtt=mqtt)
     # kept beside the store so `amr-gateway export -c DATA_DIR/demo-config.yaml` works afterwards
     (data_dir / "demo-config.yaml").write_text(text)

@@ -43,12 +43,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from drivers.base import ReadPlan
-from drivers.registry import create_driver
+from drivers.registry import create_bus_drivers
 from gateway import __version__
 from gateway.api.routes_billing import install_billing_routes
-from gateway.api.routes_events import install_event_routes
+from gateway.api.routes_events import event_routes
 from gateway.api.server import ApiServer
 from gateway.billing.capture import BillingCapture
+from gateway.billing.periods import period_source
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core
 from gateway.heap import freeze_heap, keep_heap_frozen, refreeze_heap
@@ -193,16 +194,19 @@ class Gateway:
             on_bus = [m for m in self.meters.values() if m.settings.bus == bus.id]
             if not on_bus:
                 continue
+            drivers = create_bus_drivers(bus, {m.settings.protocol or bus.protocol for m in on_bus})
             self.workers[bus.id] = BusWorker(
-                bus, create_driver(bus), store, self.clock, shared=len(on_bus) > 1,
-                observers=self.observers, limiter=limiter if bus.type == "tcp" else None,
+                bus, drivers[bus.protocol], store, self.clock, shared=len(on_bus) > 1,
+                observers=self.observers, limiter=limiter if bus.type == "tcp" else None, drivers=drivers,
             )
         self.core = core = Core(s, self.clock, store, self.meters, self.workers, self.observers)
-        self.review = ReviewEngine(core)
+        plans = {m.id: core.settings.billing[m.billing] for m in core.settings.meters.values()
+                 if m.billing is not None and m.billing in core.settings.billing}
+        self.review = ReviewEngine(core, period_source=period_source(plans, core.settings.gateway.timezone))
         self.billing = BillingCapture(core)
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
-            self.api = ApiServer(self, routes=(install_billing_routes, install_event_routes))
+            self.api = ApiServer(self, routes=(install_billing_routes, event_routes(self.review)))
             self.api.bind(listener)
 
     async def discard(self) -> None:

@@ -23,7 +23,7 @@ from gateway.api.server import csv_response, json_response
 from gateway.billing import intervals as iv
 from gateway.billing import kpi as kpi_mod
 from gateway.billing import view
-from gateway.billing.cycles import CycleError, cycle_at, parse_label
+from gateway.billing.cycles import CYCLE_RE, CycleError, cycle_at, parse_label
 from gateway.model import iso_utc
 
 if TYPE_CHECKING:
@@ -54,6 +54,11 @@ def parse_cycle(text: str | None, plan: Any, tz: str, now: float) -> str:
     """``cycle`` query parameter (default: the cycle in progress)."""
     if text is None:
         return cycle_at(plan, now, tz).label
+    shape = CYCLE_RE.match(text.strip())
+    if shape is not None and not MIN_YEAR <= int(shape.group(1)) <= MAX_YEAR:
+        # Checked before parse_label, whose own bounds would call 0001-01 "not a month".
+        raise BadRequest(f"'cycle' must be a month between {MIN_YEAR}-01 and {MAX_YEAR}-12, "
+                         f"such as 2026-11, not {text!r}")
     try:
         year, _ = parse_label(text)
     except CycleError as exc:
@@ -167,6 +172,14 @@ def _revision_props() -> dict[str, Any]:
         "reason": _NSTR,
         "revision": {"type": "integer", "nullable": True},
         "estimated_from": {"type": "array", "items": _obj({"seq": _INT, "ts": _STR})},
+        "flags": {"type": "array", "items": {"type": "string", "enum": ["clock_unverified"]},
+                  "description": "clock_unverified: read while the gateway clock was not synchronized, or with "
+                                 "the meter clock beyond the plan's max_meter_offset (the reason says which)"},
+        "gateway_clock": {"type": "object", "nullable": True, "description": "the gateway clock's state at the "
+                          "read: synchronized (true/false/null = unknown), source (kernel, command, simulated), "
+                          "detail, maxerror_s"},
+        "meter_clock": {**_NSTR, "description": "the meter's clock read with the settlement (meter local time)"},
+        "meter_offset_s": {**_NUM_OR_NULL, "description": "meter clock − gateway clock, seconds"},
         "seq": {"type": "integer", "nullable": True},
         "stored_at": _NSTR,
     }
@@ -188,6 +201,9 @@ def billing_paths() -> dict[str, Any]:
         "complete": {"type": "boolean"},
         "consumption": {"type": "object", "additionalProperties": _NUM_OR_NULL},
         "flags": {"type": "array", "items": _STR},
+        "codes": {"type": "array", "items": {"type": "string", "enum": ["rollover", "negative", "clock_unverified"]},
+                  "description": "machine-readable flags: rollover (counted exactly), negative and "
+                                 "clock_unverified (the stage is not complete)"},
     })
     revision = _obj(_revision_props())
     boundary = _obj({

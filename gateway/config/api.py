@@ -16,7 +16,7 @@ from gateway.yamlpos import Invalid, MapView, as_bool, as_int, as_text, describe
 DEFAULT_API_TOKEN_ENV: Final = "AMR_API_TOKEN"
 _API_KEYS: Final = ("listen", "token", "token_env", "token_file", "enabled", "tls",
                     "read_connections", "query_timeout")
-_TLS_KEYS: Final = ("cert_file", "key_file", "client_ca_file")
+_API_TLS_KEYS: Final = ("cert_file", "key_file", "client_ca_file")
 
 
 def _listen(node: yaml.Node) -> tuple[str, int]:
@@ -33,7 +33,7 @@ def load_tls(ctx: LoadContext, node: yaml.Node | None) -> ApiTlsSettings | None:
     that does not."""
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
         return None
-    m = MapView(ctx.issues, node, "api.tls", _TLS_KEYS)
+    m = MapView(ctx.issues, node, "api.tls", _API_TLS_KEYS)
     if not m.ok:
         return None
     hint = "the path of a PEM file, or remove api.tls to serve plain HTTP"

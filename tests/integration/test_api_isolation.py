@@ -31,7 +31,7 @@ from gateway.config import load_settings_from_text
 from gateway.ports import free_port
 from gateway.readpool import QueryTimeout
 from gateway.runtime import Gateway
-from tests.servicefixtures import commit, make_reading, until
+from tests.servicefixtures import await_until, commit, make_reading
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ async def _readings(port: int) -> tuple[int, dict[str, object]]:
 
 
 async def _wait_thread_event(event: threading.Event) -> None:
-    assert await until(event.is_set, 30), "the held query never started"
+    await await_until(event.is_set, 30, "the held query to start")
 
 
 async def test_delivery_reads_and_commits_while_every_api_connection_is_busy(
@@ -113,7 +113,7 @@ async def test_delivery_reads_and_commits_while_every_api_connection_is_busy(
     http = asyncio.create_task(_readings(port))     # a third API query: waits for a connection
     pool = api.queries
     assert pool is not None
-    assert await until(lambda: pool.waiting == 1, 10), "the HTTP query never reached the pool"
+    await await_until(lambda: pool.waiting == 1, 10, "the HTTP query to wait for a connection")
 
     rows = await store.pending("mqtt", 10_000)     # what a sink does, with the API saturated
     assert [r.seq for r in rows] == list(range(1, ROWS + 1))
@@ -143,9 +143,9 @@ async def test_a_query_past_the_limit_is_a_503_and_the_next_one_works(tmp_path: 
         http = asyncio.create_task(_readings(port))
         pool = api.queries
         assert pool is not None
-        assert await until(lambda: pool.waiting == 1, 10), "the HTTP query never reached the pool"
+        await await_until(lambda: pool.waiting == 1, 10, "the HTTP query to wait for a connection")
         asked = time.monotonic()
-        assert await until(lambda: time.monotonic() > asked + 0.1, 10)    # its deadline has passed
+        await await_until(lambda: time.monotonic() > asked + 0.1, 10, "its deadline to pass")
         held.release.set()
         with pytest.raises(QueryTimeout, match="ran longer"):     # past its own limit too
             await holding
