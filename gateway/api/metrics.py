@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
-from collections.abc import Mapping, Sequence
-from typing import Final, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -94,11 +94,16 @@ def _oldest_ts_after(conn: sqlite3.Connection, seq: int) -> float | None:
     return None if row is None else float(row[0])
 
 
-async def oldest_undelivered_ages(gw: MetricsView) -> dict[str, float]:
+Query = Callable[..., Awaitable[Any]]
+"""Runs ``fn(conn, *args)`` on a read connection: the API's own (``ApiServer.query``), never
+the store reader delivery uses."""
+
+
+async def oldest_undelivered_ages(gw: MetricsView, query: Query) -> dict[str, float]:
     """Sink name → seconds since the ts of its oldest undelivered message (0 with no backlog).
 
     The oldest undelivered message is the first one after the sink's acknowledged cursor
-    (seq order is commit order), found with one indexed seek on the store's reader.
+    (seq order is commit order), found with one primary-key seek through ``query``.
     """
     store = gw.store
     if store is None or not gw.sinks:
@@ -107,7 +112,7 @@ async def oldest_undelivered_ages(gw: MetricsView) -> dict[str, float]:
     ages: dict[str, float] = {}
     for runner in gw.sinks:
         backlog = runner.backlog()
-        ts = None if backlog == 0 else await store.read(_oldest_ts_after, store.last_seq - backlog)
+        ts = None if backlog == 0 else await query(_oldest_ts_after, store.last_seq - backlog)
         ages[runner.name] = 0.0 if ts is None else max(0.0, now - ts)
     return ages
 
@@ -160,9 +165,9 @@ def prometheus_lines(gw: MetricsView, sink_ages: Mapping[str, float] | None = No
     return out
 
 
-async def metrics_text(gw: MetricsView) -> str:
-    """The whole ``/metrics`` body."""
-    ages = await oldest_undelivered_ages(gw)
+async def metrics_text(gw: MetricsView, query: Query) -> str:
+    """The whole ``/metrics`` body (``query``: see :data:`Query`)."""
+    ages = await oldest_undelivered_ages(gw, query)
     return "\n".join(prometheus_lines(gw, ages)) + "\n"
 
 
