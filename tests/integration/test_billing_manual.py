@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +183,10 @@ async def test_manual_reading_fills_a_missed_boundary_and_confirmations_complete
         assert (stage["start_quality"], stage["end_quality"], stage["complete"]) == ("manual", "actual", True)
         assert stage["consumption"][REG] == end["registers"][REG]["value"] - true_b1
         assert stage["consumption"][REG] > 0
+        status, kpi = await call(port, "GET", "/api/v1/kpi?date=2026-12-11", reader)
+        row = {r["meter"]: r for r in kpi["meters"]}["site"]
+        assert (row["settlements_due"], row["settlements_manual"], row["settlements_missing"],
+                row["settlements_captured"]) == (1, 1, 0, 0)
 
         # ---- confirmations of the clock_unverified stage ends
         status, skewed = await call(port, "GET", "/api/v1/meters/skewed/settlements?cycle=2026-12", reader)
