@@ -33,7 +33,8 @@ the capacity — and is then counted exactly and flagged ``rollover``; any other
 flagged ``negative`` and the stage is never ``complete``. A stage one of whose ends is
 ``clock_unverified`` (the gateway clock unsynchronized, or the meter clock off by more than the
 plan's ``max_meter_offset``, at that read) is flagged so and not ``complete`` until an operator
-confirms it (the confirmed version then counts; its flag sentence names who and why). ``codes`` lists such flags
+confirms it (the confirmed version then counts; its flag sentence names who and why); so is a
+stage one of whose ends is an unconfirmed ``estimated`` value. ``codes`` lists such flags
 (:data:`FLAG_CODES`) for programs; ``flags`` explains each in a sentence.
 **Reconciliation**: Σ stage consumption = cycle consumption (end − start of the cycle) per
 register, flagged when a stage is incomplete or the sums disagree.
@@ -309,16 +310,22 @@ def stage_consumption(
                          "confirms it")
     complete = usable and not negative and not unverified and any(v is not None for v in cons.values()) and not any(
         v is None and n in a and n in b for n, v in cons.items())
+    estimated_open = False
     for s, end_name in ((first, "start"), (last, "end")):
         if s is None:
             continue
         if s.quality == "estimated":
-            flags.append(f"the {end_name} settlement is estimated")
+            if s.confirmed is None:
+                estimated_open = True
+                flags.append(f"the {end_name} settlement is estimated; not complete until an operator confirms it")
+            else:
+                flags.append(f"the {end_name} settlement is estimated, confirmed by {s.confirmed.get('by')} at "
+                             f"{s.confirmed.get('at')} ({s.confirmed.get('reason')})")
         for name, q in s.register_qualities().items():
             if name in cons and q != s.quality:
                 flags.append(f"{name} at the {end_name} is a live read ({q}); the meter did not freeze it")
     return StageConsumption(stage, start, end, first.quality if first else None,
-                            last.quality if last else None, cons, complete, tuple(flags),
+                            last.quality if last else None, cons, complete and not estimated_open, tuple(flags),
                             tuple(dict.fromkeys(codes)))
 
 
