@@ -1,9 +1,10 @@
 """Billing routes: interval data, settlements with stage consumption, read-completeness KPIs.
 
 Registered by the composition root (:mod:`gateway.runtime`), which passes
-:func:`install_billing_routes` to :class:`gateway.api.server.ApiServer`. Each route returns JSON
-with exact decimals, or CSV with ``?format=csv``; every bad parameter is a 400 whose body says
-what to change; the OpenAPI entries below are what these handlers do (the API tests fuzz them with schemathesis).
+:func:`billing_routes` (with its settlement-capture component) to
+:class:`gateway.api.server.ApiServer`. Each route returns JSON with exact decimals, or CSV with
+``?format=csv``; every bad parameter is a 400 whose body says what to change; the OpenAPI
+entries below are what these handlers do (the API tests fuzz them with schemathesis).
 
 * ``GET /api/v1/meters/{id}/intervals?from=&to=&step=15m`` — :mod:`gateway.billing.intervals`
 * ``GET /api/v1/meters/{id}/settlements?cycle=YYYY-MM[&table=stages]`` — :mod:`gateway.billing.view`
@@ -37,12 +38,12 @@ from gateway.billing.corrections import (
     confirm_body,
     manual_body,
 )
-from gateway.billing.cycles import CycleError, cycle_at, parse_label
+from gateway.billing.cycles import CYCLE_RE, CycleError, cycle_at, parse_label
 from gateway.model import iso_utc
 from gateway.tokens import Role
 
 if TYPE_CHECKING:
-    from gateway.api.server import ApiServer
+    from gateway.api.server import ApiServer, RouteInstaller
 
 MIN_YEAR: Final = 1971
 MAX_YEAR: Final = 2200
@@ -87,6 +88,11 @@ def parse_cycle(text: str | None, plan: Any, tz: str, now: float) -> str:
     """``cycle`` query parameter (default: the cycle in progress)."""
     if text is None:
         return cycle_at(plan, now, tz).label
+    shape = CYCLE_RE.match(text.strip())
+    if shape is not None and not MIN_YEAR <= int(shape.group(1)) <= MAX_YEAR:
+        # Checked before parse_label, whose own bounds would call 0001-01 "not a month".
+        raise BadRequest(f"'cycle' must be a month between {MIN_YEAR}-01 and {MAX_YEAR}-12, "
+                         f"such as 2026-11, not {text!r}")
     try:
         year, _ = parse_label(text)
     except CycleError as exc:
@@ -96,8 +102,19 @@ def parse_cycle(text: str | None, plan: Any, tz: str, now: float) -> str:
     return text.strip()
 
 
-def install_billing_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, Any]:
-    """Add the three billing routes; returns their OpenAPI ``paths``."""
+def billing_routes(capture: BillingCapture | None) -> RouteInstaller:
+    """The installer of the billing routes; the write routes store through ``capture`` (None: billing
+    is not running, so they answer 404 while the stored settlements can still be read)."""
+
+    def install(server: ApiServer, r: web.UrlDispatcher) -> dict[str, Any]:
+        return install_billing_routes(server, r, capture)
+
+    return install
+
+
+def install_billing_routes(server: ApiServer, r: web.UrlDispatcher,
+                           capture: BillingCapture | None = None) -> dict[str, Any]:
+    """Add the billing routes (three reads, two operator writes); returns their OpenAPI ``paths``."""
     gw = server.gateway
     settings = gw.settings
     tz = settings.gateway.timezone
@@ -163,10 +180,10 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str,
         return json_response(doc)
 
     def _capture() -> BillingCapture:
-        cap = getattr(gw, "billing", None)      # the runtime's billing component
-        if not isinstance(cap, BillingCapture):
-            raise _error(CorrectionError(404, "billing is not running on this gateway"))
-        return cap
+        if capture is None:
+            raise _error(CorrectionError(404, "billing is not running on this gateway (no meter is on a billing "
+                                              "plan)"))
+        return capture
 
     @requires(Role.OPERATOR)
     async def manual_reading(request: web.Request) -> web.Response:
@@ -469,4 +486,4 @@ def _correction_paths(revision: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["billing_paths", "install_billing_routes", "parse_cycle", "parse_day"]
+__all__ = ["billing_paths", "billing_routes", "install_billing_routes", "parse_cycle", "parse_day"]
