@@ -45,7 +45,7 @@ from typing import Any, Final
 from drivers.base import ReadPlan
 from drivers.registry import create_bus_drivers
 from gateway import __version__
-from gateway.api.routes_billing import install_billing_routes
+from gateway.api.routes_billing import billing_routes
 from gateway.api.routes_events import event_routes
 from gateway.api.server import ApiServer
 from gateway.billing.capture import BillingCapture
@@ -206,7 +206,7 @@ class Gateway:
         self.billing = BillingCapture(core)
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
-            self.api = ApiServer(self, routes=(install_billing_routes, event_routes(self.review)))
+            self.api = ApiServer(self, routes=(billing_routes(self.billing), event_routes(self.review)))
             self.api.bind(listener)
 
     async def discard(self) -> None:

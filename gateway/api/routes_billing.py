@@ -1,38 +1,72 @@
 """Billing routes: interval data, settlements with stage consumption, read-completeness KPIs.
 
 Registered by the composition root (:mod:`gateway.runtime`), which passes
-:func:`install_billing_routes` to :class:`gateway.api.server.ApiServer`. Each route returns JSON
-with exact decimals, or CSV with ``?format=csv``; every bad parameter is a 400 whose body says
-what to change; the OpenAPI entries below are what these handlers do (the API tests fuzz them with schemathesis).
+:func:`billing_routes` (with its settlement-capture component) to
+:class:`gateway.api.server.ApiServer`. Each route returns JSON with exact decimals, or CSV with
+``?format=csv``; every bad parameter is a 400 whose body says what to change; the OpenAPI
+entries below are what these handlers do (the API tests fuzz them with schemathesis).
 
 * ``GET /api/v1/meters/{id}/intervals?from=&to=&step=15m`` — :mod:`gateway.billing.intervals`
 * ``GET /api/v1/meters/{id}/settlements?cycle=YYYY-MM[&table=stages]`` — :mod:`gateway.billing.view`
 * ``GET /api/v1/kpi?date=YYYY-MM-DD`` — :mod:`gateway.billing.kpi`
+* ``POST /api/v1/meters/{id}/manual-readings`` and ``POST /api/v1/settlements/{id}/confirm``
+  (operator role, audited) — :mod:`gateway.billing.corrections`
 """
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from gateway.api.auth import audit_write, caller, requires
 from gateway.api.openapi import FORMAT, FROM, METER_ID, TO, error_responses, json_or_csv
 from gateway.api.params import BadRequest, output_format, time_range
 from gateway.api.server import csv_response, json_response
+from gateway.billing import db as billing_db
 from gateway.billing import intervals as iv
 from gateway.billing import kpi as kpi_mod
 from gateway.billing import view
+from gateway.billing.capture import BillingCapture
+from gateway.billing.corrections import (
+    CorrectionError,
+    boundary_of,
+    check_confirm,
+    check_manual,
+    confirm_body,
+    manual_body,
+)
 from gateway.billing.cycles import CYCLE_RE, CycleError, cycle_at, parse_label
 from gateway.model import iso_utc
+from gateway.tokens import Role
 
 if TYPE_CHECKING:
-    from gateway.api.server import ApiServer
+    from gateway.api.server import ApiServer, RouteInstaller
 
 MIN_YEAR: Final = 1971
 MAX_YEAR: Final = 2200
 _LO: Final = 31_536_000.0           # 1971-01-01T00:00:00Z
 _HI: Final = 7_289_654_400.0        # 2201-01-01T00:00:00Z
+MAX_SETTLEMENT_ID: Final = 2**62
+
+
+def _error(exc: CorrectionError) -> web.HTTPException:
+    """The HTTP error of a refused correction (its body says what to send instead)."""
+    kinds: dict[int, type[web.HTTPException]] = {404: web.HTTPNotFound, 409: web.HTTPConflict}
+    return kinds.get(exc.status, web.HTTPBadRequest)(text=json.dumps({"error": str(exc)}),
+                                                     content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> object:
+    """The request's JSON document (400 when it is not JSON)."""
+    if not request.can_read_body:
+        raise BadRequest("send a JSON body (Content-Type: application/json)")
+    try:
+        return await request.json()
+    except ValueError:
+        raise BadRequest("the body is not JSON; send a JSON object") from None
 
 
 def parse_day(text: str | None, tz: str, now: float) -> date:
@@ -68,8 +102,19 @@ def parse_cycle(text: str | None, plan: Any, tz: str, now: float) -> str:
     return text.strip()
 
 
-def install_billing_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, Any]:
-    """Add the three billing routes; returns their OpenAPI ``paths``."""
+def billing_routes(capture: BillingCapture | None) -> RouteInstaller:
+    """The installer of the billing routes; the write routes store through ``capture`` (None: billing
+    is not running, so they answer 404 while the stored settlements can still be read)."""
+
+    def install(server: ApiServer, r: web.UrlDispatcher) -> dict[str, Any]:
+        return install_billing_routes(server, r, capture)
+
+    return install
+
+
+def install_billing_routes(server: ApiServer, r: web.UrlDispatcher,
+                           capture: BillingCapture | None = None) -> dict[str, Any]:
+    """Add the billing routes (three reads, two operator writes); returns their OpenAPI ``paths``."""
     gw = server.gateway
     settings = gw.settings
     tz = settings.gateway.timezone
@@ -134,9 +179,80 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str,
             return csv_response(kpi_mod.CSV_COLUMNS, kpi_mod.csv_rows(doc), f"kpi-{day.isoformat()}.csv")
         return json_response(doc)
 
+    def _capture() -> BillingCapture:
+        if capture is None:
+            raise _error(CorrectionError(404, "billing is not running on this gateway (no meter is on a billing "
+                                              "plan)"))
+        return capture
+
+    @requires(Role.OPERATOR)
+    async def manual_reading(request: web.Request) -> web.Response:
+        meter = server.meter_or_404(request.match_info["id"])
+        plan_name = meter.settings.billing
+        plan = settings.billing.get(plan_name) if plan_name else None
+        if plan is None:
+            raise BadRequest(f"meter {meter.id} is on no billing plan, so it has no settlements to fill; "
+                             "set 'billing' on the meter in the configuration")
+        doc = await _json_body(request)
+        now = gw.clock.time()
+        cap = _capture()
+        try:
+            reading = check_manual(doc, plan, tz, now)
+        except CorrectionError as exc:
+            raise _error(exc) from None
+        b = reading.boundary
+        who = caller(request).actor
+        body = manual_body(meter, plan, reading, who)
+        before = await gw.require_store().read(billing_db.current_at, meter.id, b.ts)
+        done = await cap.store_correction(meter, plan, b, "manual", body, None if before is None else before.id)
+        if done is None:
+            raise _error(CorrectionError(409, "the settlement of this boundary changed while the reading was "
+                                              "entered; look at it again and resend"))
+        previous, row = done
+        after = {"id": row.id, **view.settlement_doc(row)}
+        await audit_write(server.auth, request, "reading.manual", f"{meter.id}@{iso_utc(b.ts)}",
+                          None if previous is None else {"id": previous.id, **view.settlement_doc(previous)}, after)
+        return json_response({"meter": meter.id, "boundary": iso_utc(b.ts), "cycle": b.cycle,
+                              "boundary_index": b.index, **after,
+                              "supersedes": row.body.get("supersedes")}, status=201)
+
+    @requires(Role.OPERATOR)
+    async def confirm(request: web.Request) -> web.Response:
+        try:
+            sid = int(request.match_info["id"])
+        except ValueError:
+            raise BadRequest("the settlement id is a number, as GET /api/v1/meters/{id}/settlements shows it "
+                             "(field id)") from None
+        cap = _capture()
+        s = await gw.require_store().read(billing_db.by_id, sid) if 1 <= sid <= MAX_SETTLEMENT_ID else None
+        if s is None or s.meter not in gw.meters or cap.plans.get(s.meter) is None:
+            raise _error(CorrectionError(404, f"no settlement with id {sid}; GET /api/v1/meters/{{id}}/settlements "
+                                              "lists them with their ids"))
+        try:
+            reason = check_confirm(await _json_body(request))
+        except CorrectionError as exc:
+            raise _error(exc) from None
+        meter = gw.meters[s.meter]
+        plan = cap.plans[s.meter]
+        try:
+            body = confirm_body(s, caller(request).actor, reason, gw.clock.time())
+        except CorrectionError as exc:
+            raise _error(exc) from None
+        done = await cap.store_correction(meter, plan, boundary_of(s), s.quality, body, s.id)
+        if done is None:
+            raise _error(CorrectionError(409, f"settlement {sid} was superseded meanwhile; confirm the current one"))
+        _, row = done
+        after = {"id": row.id, **view.settlement_doc(row)}
+        await audit_write(server.auth, request, "settlement.confirm", f"{s.meter}@{iso_utc(s.boundary)}",
+                          {"id": s.id, **view.settlement_doc(s)}, after)
+        return json_response({"meter": s.meter, "boundary": iso_utc(s.boundary), "cycle": s.cycle,
+                              "boundary_index": s.index, **after, "supersedes": row.body.get("supersedes")})
+
     r.add_get("/api/v1/meters/{id}/intervals", intervals)
     r.add_get("/api/v1/meters/{id}/settlements", settlements)
     r.add_get("/api/v1/kpi", kpi)
+    r.add_post("/api/v1/meters/{id}/manual-readings", manual_reading)
+    r.add_post("/api/v1/settlements/{id}/confirm", confirm)
     return billing_paths()
 
 
@@ -147,7 +263,7 @@ _NUM_OR_NULL: Final = {"type": "number", "nullable": True}
 _NUM: Final = {"type": "number"}
 _RATIO: Final = {"type": "number", "nullable": True, "minimum": 0, "maximum": 1}
 _INT: Final = {"type": "integer"}
-_SETTLEMENT_QUALITY: Final = ["meter_frozen", "actual", "late", "estimated", "missing"]
+_SETTLEMENT_QUALITY: Final = ["meter_frozen", "actual", "manual", "late", "estimated", "missing"]
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -161,8 +277,16 @@ def _revision_props() -> dict[str, Any]:
                                  "from the settlement (e.g. a live read beside the meter's freeze)"},
                      "read_at": _NSTR}, required=["raw", "value", "unit"])
     return {
+        "id": {"type": "integer", "nullable": True, "description": "this version's id (POST "
+               "/api/v1/settlements/{id}/confirm takes it)"},
         "quality": {"type": "string", "nullable": True, "enum": [*_SETTLEMENT_QUALITY, None]},
         "source": _NSTR,
+        "entered_by": {**_NSTR, "description": "manual: the API token's name that entered the reading"},
+        "note": {**_NSTR, "description": "manual: the operator's note"},
+        "confirmed": {"type": "object", "nullable": True, "description": "an operator's confirmation of a "
+                      "clock_unverified or estimated value: by, at, reason"},
+        "supersedes": {"type": "object", "nullable": True, "description": "the version this one replaced: "
+                       "id, quality, seq, revision"},
         "read_at": _NSTR,
         "frozen_at": _NSTR,
         "ct": _NSTR,
@@ -307,7 +431,59 @@ def billing_paths() -> dict[str, Any]:
                 **error_responses(400, 401),
             },
         }},
+        **_correction_paths(revision),
     }
 
 
-__all__ = ["billing_paths", "install_billing_routes", "parse_cycle", "parse_day"]
+def _correction_paths(revision: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI entries of the two operator write routes (manual reading, confirmation)."""
+    result = {**revision, "properties": {**revision["properties"], "meter": _STR, "boundary": _STR,
+                                         "cycle": _STR, "boundary_index": _INT}}
+    conflict = {"description": "The settlement needs no confirmation, or changed meanwhile",
+                "content": {"application/json": {"schema": {"type": "object",
+                                                            "properties": {"error": {"type": "string"}}}}}}
+    return {
+        "/api/v1/meters/{id}/manual-readings": {"post": {
+            "summary": "Enter an on-site reading (补抄) as a settlement of quality manual (operator role, audited)",
+            "description": "registers: register → value as the meter shows it (before CT×PT), only the plan's "
+                           "registers; read_at: when it was read (ISO-8601, not in the future); note: free text; "
+                           "boundary (optional): the plan boundary it settles — without it, the latest boundary "
+                           "at or before read_at (+ the plan's tolerance) when read_at is less than a day after "
+                           "it. Fills a missing boundary; for a boundary that has a value it is a correction: a "
+                           "new version naming the one it supersedes (both stay in the settlements). Who = the "
+                           "token's name.",
+            "parameters": [METER_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["registers", "read_at"],
+                "properties": {
+                    "registers": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+                    "read_at": {"type": "string", "format": "date-time"},
+                    "note": {"type": "string"},
+                    "boundary": {"type": "string", "format": "date-time"},
+                }}}}},
+            "responses": {
+                "201": {"description": "The stored manual settlement",
+                        "content": {"application/json": {"schema": result}}},
+                "409": conflict,
+                **error_responses(400, 401, 403, 404),
+            },
+        }},
+        "/api/v1/settlements/{id}/confirm": {"post": {
+            "summary": "Accept a clock_unverified or estimated settlement with a reason (operator role, audited)",
+            "description": "Stores a new version of the settlement, the same value with confirmed (by, at, reason), "
+                           "naming the one it supersedes; a clock_unverified stage end then counts as complete. "
+                           "409 when the settlement needs no confirmation or is not the current version.",
+            "parameters": [{"name": "id", "in": "path", "required": True,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_SETTLEMENT_ID}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}}}}},
+            "responses": {
+                "200": {"description": "The confirmed version", "content": {"application/json": {"schema": result}}},
+                "409": conflict,
+                **error_responses(400, 401, 403, 404),
+            },
+        }},
+    }
+
+
+__all__ = ["billing_paths", "billing_routes", "install_billing_routes", "parse_cycle", "parse_day"]

@@ -656,38 +656,7 @@ class BillingCapture:
     # ------------------------------------------------------------------ storage
     async def _store(self, m: MeterRuntime, plan: BillingPlan, b: Boundary, d: Draft) -> Settlement | None:
         s = m.settings
-        body: dict[str, Any] = {
-            "schema": SETTLEMENT_SCHEMA,
-            "meter": s.id,
-            "customer": s.customer,
-            "bus": s.bus,
-            "plan": plan.name,
-            "cycle": b.cycle,
-            "stage": b.stage,
-            "boundary_index": b.index,
-            "boundary": iso_utc(b.ts),
-            "quality": d.quality,
-            "source": d.source,
-            "read_at": None if d.read_at is None else iso_utc(d.read_at),
-            "frozen_at": None if d.frozen_at is None else iso_utc(d.frozen_at),
-            "ct": str(s.ct_ratio),
-            "pt": str(s.pt_ratio),
-            "multiplier": s.multiplier,
-            "registers": {n: r.doc() for n, r in d.registers.items()},
-            "reason": d.reason,
-        }
-        caps = {n: c.doc() for n in d.registers if n not in NOT_CUMULATIVE
-                and (c := capacity_of(m.profile.points.get(n))) is not None}
-        if caps:
-            body["capacity"] = caps          # where each register rolls over (stage consumption)
-        if d.estimated_from:
-            body["estimated_from"] = list(d.estimated_from)
-        if d.gateway_clock is not None:
-            body["gateway_clock"] = d.gateway_clock
-            body["meter_clock"] = d.meter_clock
-            body["meter_offset_s"] = d.meter_offset_s
-        if d.flags:
-            body["flags"] = list(d.flags)
+        body = settlement_body(m, plan, b, d)
         store = self.gw.store
         row = await store.write(db.insert_if_better, s.id, plan.name, b.cycle, b.index, b.ts, d.quality,
                                 self.gw.clock.time(), body)
@@ -709,6 +678,31 @@ class BillingCapture:
             datetime.fromtimestamp(b.ts, zone(self.tz)).isoformat(timespec="minutes"), d.quality, d.source, extra,
         )
         return row
+
+    async def store_correction(
+        self, m: MeterRuntime, plan: BillingPlan, b: Boundary, quality: str, body: dict[str, Any],
+        expected: int | None,
+    ) -> tuple[Settlement | None, Settlement] | None:
+        """Store and publish an operator's correction (:mod:`gateway.billing.corrections`) as the new current
+        version of ``m`` at ``b``; None when the current version is no longer ``expected`` (nothing written)."""
+        done = await self.gw.store.write(db.insert_correction, m.id, plan.name, b.cycle, b.index, b.ts, quality,
+                                         self.gw.clock.time(), body, expected)
+        if done is None:
+            return None
+        previous, row = done
+        self.current[(m.id, b.ts)] = _known_of(row)
+        self.stored += 1
+        await self._publish(row)
+        await self._check_stage(m, plan, b)
+        nxt = next_boundary_after(plan, self.tz, b.ts)
+        if (m.id, nxt.ts) in self.current:
+            await self._check_stage(m, plan, nxt)
+        ev = self._wake.get(m.id)
+        if ev is not None:
+            ev.set()            # a capture waiting on this boundary looks at the new version now
+        log.info("settlement %s %s stage %d at %s: %s entered through the API (revision %s)", m.id, b.cycle, b.stage,
+                 iso_utc(b.ts), quality, row.body.get("revision"))
+        return previous, row
 
     async def _check_stage(self, m: MeterRuntime, plan: BillingPlan, b: Boundary) -> None:
         """Raise a ``negative`` review event when the stage ending at ``b`` went down unexplained.
@@ -796,9 +790,51 @@ class BillingCapture:
                 log.exception("daily KPI for %s could not be published", day)
 
 
+def settlement_body(m: MeterRuntime, plan: BillingPlan, b: Boundary, d: Draft) -> dict[str, Any]:
+    """The ``amr.settlement.v1`` document of draft ``d`` for meter ``m`` at boundary ``b`` (no seq, no revision)."""
+    s = m.settings
+    body: dict[str, Any] = {
+        "schema": SETTLEMENT_SCHEMA,
+        "meter": s.id,
+        "customer": s.customer,
+        "bus": s.bus,
+        "plan": plan.name,
+        "cycle": b.cycle,
+        "stage": b.stage,
+        "boundary_index": b.index,
+        "boundary": iso_utc(b.ts),
+        "quality": d.quality,
+        "source": d.source,
+        "read_at": None if d.read_at is None else iso_utc(d.read_at),
+        "frozen_at": None if d.frozen_at is None else iso_utc(d.frozen_at),
+        "ct": str(s.ct_ratio),
+        "pt": str(s.pt_ratio),
+        "multiplier": s.multiplier,
+        "registers": {n: r.doc() for n, r in d.registers.items()},
+        "reason": d.reason,
+    }
+    caps = {n: c.doc() for n in d.registers if n not in NOT_CUMULATIVE
+            and (c := capacity_of(m.profile.points.get(n))) is not None}
+    if caps:
+        body["capacity"] = caps          # where each register rolls over (stage consumption)
+    if d.estimated_from:
+        body["estimated_from"] = list(d.estimated_from)
+    if d.gateway_clock is not None:
+        body["gateway_clock"] = d.gateway_clock
+        body["meter_clock"] = d.meter_clock
+        body["meter_offset_s"] = d.meter_offset_s
+    if d.flags:
+        body["flags"] = list(d.flags)
+    return body
+
+
 def _factor(m: MeterRuntime, name: str) -> Decimal:
     """The factor of a plan register of ``m`` under its configured ratios (gateway.multiplier's rule)."""
     return register_factor(m.profile, name, m.settings.ct_ratio.factor, m.settings.pt_ratio.factor)
+
+
+#: The factor (CT×PT where the profile says secondary) a register's value is the raw value times.
+factor_of = _factor
 
 
 def clock_verdict(d: Draft, state: GatewayClockState, plan: BillingPlan) -> Draft:
@@ -908,4 +944,4 @@ def _neighbours(conn: sqlite3.Connection, meter: str, at: float, registers: list
     return a, b
 
 
-__all__ = ["BillingCapture", "clock_verdict", "interpolate"]
+__all__ = ["BillingCapture", "clock_verdict", "factor_of", "interpolate", "settlement_body"]

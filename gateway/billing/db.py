@@ -25,7 +25,7 @@ Schema (created idempotently)::
       when the gateway first saw the meter on the plan: boundaries after it are caught up
 
 Invariants: rows are never deleted or their values changed; a row only gains its ``seq``
-and, when a strictly better one arrives, its ``superseded_by``. A settlement row is written
+and, when a strictly better one or an operator's correction arrives, its ``superseded_by``. A settlement row is written
 *before* its outbox message; a row whose ``seq`` is still NULL after a crash is published at
 the next start (:func:`unpublished`), so every stored settlement reaches MQTT.
 """
@@ -116,10 +116,55 @@ def insert_if_better(
     previous = _row(cur) if cur is not None else None
     if previous is not None and rank(previous.quality) >= rank(quality):
         return None
+    return _insert_version(conn, previous, meter, plan, cycle, idx, boundary, quality, created, body)
+
+
+def insert_correction(
+    conn: sqlite3.Connection, meter: str, plan: str, cycle: str, idx: int, boundary: float,
+    quality: str, created: float, body: dict[str, Any], expected: int | None,
+) -> tuple[Settlement | None, Settlement] | None:
+    """Store an operator's correction as the new current version, whatever its rank.
+
+    ``expected``: the id of the current row the operator corrected (None: there must be none);
+    None is returned, nothing written, when the current row is another one by now (a capture or
+    another correction came first). Else (the superseded row or None, the new row).
+    """
+    cur = conn.execute(
+        f"SELECT {_COLS} FROM billing_settlement WHERE meter=? AND boundary=? AND superseded_by IS NULL",
+        (meter, boundary),
+    ).fetchone()
+    previous = _row(cur) if cur is not None else None
+    if (None if previous is None else previous.id) != expected:
+        return None
+    return previous, _insert_version(conn, previous, meter, plan, cycle, idx, boundary, quality, created, body)
+
+
+def current_at(conn: sqlite3.Connection, meter: str, boundary: float) -> Settlement | None:
+    """The current settlement of one meter at one boundary, or None."""
+    cur = conn.execute(
+        f"SELECT {_COLS} FROM billing_settlement WHERE meter=? AND boundary=? AND superseded_by IS NULL",
+        (meter, boundary),
+    ).fetchone()
+    return _row(cur) if cur is not None else None
+
+
+def by_id(conn: sqlite3.Connection, settlement_id: int) -> Settlement | None:
+    """One settlement row (current or superseded) by its id, or None."""
+    if not table_exists(conn):
+        return None
+    cur = conn.execute(f"SELECT {_COLS} FROM billing_settlement WHERE id=?", (settlement_id,)).fetchone()
+    return _row(cur) if cur is not None else None
+
+
+def _insert_version(
+    conn: sqlite3.Connection, previous: Settlement | None, meter: str, plan: str, cycle: str, idx: int,
+    boundary: float, quality: str, created: float, body: dict[str, Any],
+) -> Settlement:
+    """Insert ``body`` as the next revision after ``previous`` (marked superseded, its values kept)."""
     revision = 1
     if previous is not None:
         revision = int(previous.body.get("revision", 1)) + 1
-        body = {**body, "supersedes": {"quality": previous.quality, "seq": previous.seq,
+        body = {**body, "supersedes": {"id": previous.id, "quality": previous.quality, "seq": previous.seq,
                                        "revision": previous.body.get("revision", 1)}}
     body = {**body, "revision": revision}
     if previous is not None:   # step aside first: one current row per boundary (unique index)
@@ -242,10 +287,13 @@ def settled_boundaries(conn: sqlite3.Connection, lo: float, hi: float) -> dict[s
 __all__ = [
     "SCHEMA",
     "attach_history",
+    "by_id",
     "create",
+    "current_at",
     "current_since",
     "for_meter",
     "for_meters",
+    "insert_correction",
     "insert_if_better",
     "insert_ratio_change",
     "meters_since",

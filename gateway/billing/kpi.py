@@ -9,9 +9,9 @@ Definitions (docs/billing-rules.md §8, 采集成功率 per day and data type):
 * **interval completeness** = ``complete`` intervals ÷ intervals of the day on the
   meter's shortest energy schedule (see :mod:`gateway.billing.intervals`: both ends good).
 * **settlement completeness** = boundaries of the day whose current settlement is real
-  (``meter_frozen``, ``actual`` or ``late``) ÷ boundaries due that day; ``estimated`` and
-  ``missing`` are counted apart, never as captured. A day without a boundary has none due
-  (ratio ``null``).
+  (``meter_frozen``, ``actual`` or ``late``) ÷ boundaries due that day; ``estimated``, ``manual``
+  (an operator's on-site reading) and ``missing`` are counted apart, never as captured. A day
+  without a boundary has none due (ratio ``null``).
 
 Bus and gateway figures are sums of the meters' counts (not averages of ratios). Runs as
 SQL over the outbox (counts and one slot list per meter), on a ``sqlite3.Connection``, so the
@@ -35,7 +35,7 @@ CAPTURED: Final = frozenset({"meter_frozen", "actual", "late"})
 GRACE_S: Final = 60.0
 COUNT_KEYS: Final = (
     "slots_scheduled", "slots_read_good", "intervals_expected", "intervals_complete",
-    "settlements_due", "settlements_captured", "settlements_estimated", "settlements_missing",
+    "settlements_due", "settlements_captured", "settlements_estimated", "settlements_manual", "settlements_missing",
 )
 
 
@@ -106,6 +106,8 @@ def kpi_for_day(conn: sqlite3.Connection, settings: Settings, day: date, now: fl
                     row["settlements_captured"] += 1
                 elif q == "estimated":
                     row["settlements_estimated"] += 1
+                elif q == "manual":             # entered by an operator: had, but not read by the gateway
+                    row["settlements_manual"] += 1
                 else:
                     row["settlements_missing"] += 1
         meters.append(_with_ratios(row))

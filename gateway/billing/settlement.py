@@ -8,6 +8,8 @@ were obtained (``quality``) and the CT/PT in force. Qualities, best first
 meter_frozen   the meter's own daily freeze (matched by date) or settlement-day
                block; ``frozen_at`` is the meter's freeze time
 actual         a live read within the plan's tolerance after the boundary
+manual         entered by an operator from an on-site reading (补抄): who (``entered_by``),
+               when read (``read_at``) and a ``note``; never shown as ``actual``
 late           a live read after the tolerance; ``read_at`` is the real read time
 estimated      only when the plan allows it: linear between the two nearest good
                readings around the boundary, both named in ``estimated_from``
@@ -15,6 +17,9 @@ missing        nothing yet; the gateway keeps trying
 ============== ===============================================================
 
 A better settlement supersedes a worse one; both stay in the history (never rewritten).
+An operator's correction (a manual reading for a boundary that already has a value, or a
+confirmation of a ``clock_unverified`` or ``estimated`` value, ``confirmed``) is a new
+version too, naming the one it ``supersedes`` (:mod:`gateway.billing.corrections`).
 
 **Stage consumption** per register = value(end) − value(start), where value = register ×
 CT × PT (for registers the meter shows on the secondary side), so it is exactly
@@ -27,8 +32,9 @@ the settlement, from the profile: 10^digits) explains it — end + 10^digits −
 the capacity — and is then counted exactly and flagged ``rollover``; any other decrease is
 flagged ``negative`` and the stage is never ``complete``. A stage one of whose ends is
 ``clock_unverified`` (the gateway clock unsynchronized, or the meter clock off by more than the
-plan's ``max_meter_offset``, at that read) is flagged so and not ``complete`` (an operator
-confirmation, issue 15 item 6, is what will accept it). ``codes`` lists such flags
+plan's ``max_meter_offset``, at that read) is flagged so and not ``complete`` until an operator
+confirms it (the confirmed version then counts; its flag sentence names who and why); so is a
+stage one of whose ends is an unconfirmed ``estimated`` value. ``codes`` lists such flags
 (:data:`FLAG_CODES`) for programs; ``flags`` explains each in a sentence.
 **Reconciliation**: Σ stage consumption = cycle consumption (end − start of the cycle) per
 register, flagged when a stage is incomplete or the sums disagree.
@@ -41,9 +47,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal
 
-SettlementQuality = Literal["meter_frozen", "actual", "late", "estimated", "missing"]
+SettlementQuality = Literal["meter_frozen", "actual", "manual", "late", "estimated", "missing"]
+#: A ``manual`` reading ranks above ``late``: a late live read does not replace what an operator
+#: read on site for the boundary, while the meter's own freeze (``meter_frozen``) still does.
 QUALITY_RANK: Final[dict[str, int]] = {
-    "meter_frozen": 5, "actual": 4, "late": 3, "estimated": 2, "missing": 1,
+    "meter_frozen": 6, "actual": 5, "manual": 4, "late": 3, "estimated": 2, "missing": 1,
 }
 SETTLEMENT_SCHEMA: Final = "amr.settlement.v1"
 
@@ -163,6 +171,16 @@ class Settlement:
         return tuple(str(f) for f in self.body.get("flags") or ())
 
     @property
+    def confirmed(self) -> dict[str, Any] | None:
+        """The operator confirmation of this version (by, at, reason), or None."""
+        c = self.body.get("confirmed")
+        return c if isinstance(c, dict) else None
+
+    def needs_confirmation(self) -> bool:
+        """An unconfirmed ``clock_unverified`` or ``estimated`` value (what an operator may confirm)."""
+        return self.confirmed is None and (self.quality == "estimated" or "clock_unverified" in self.flags)
+
+    @property
     def multiplier(self) -> Decimal | None:
         """CT × PT recorded with the settlement."""
         m = self.body.get("multiplier")
@@ -280,6 +298,10 @@ def stage_consumption(
     unverified = False
     for s, end_name in ((first, "start"), (last, "end")):
         if s is not None and s.quality != "missing" and "clock_unverified" in s.flags:
+            if s.confirmed is not None:
+                flags.append(f"clock_unverified confirmed: the {end_name} settlement was accepted by "
+                             f"{s.confirmed.get('by')} at {s.confirmed.get('at')} ({s.confirmed.get('reason')})")
+                continue
             unverified = True
             codes.append("clock_unverified")
             flags.append(f"clock_unverified: the {end_name} settlement was read while the gateway clock was "
@@ -288,16 +310,22 @@ def stage_consumption(
                          "confirms it")
     complete = usable and not negative and not unverified and any(v is not None for v in cons.values()) and not any(
         v is None and n in a and n in b for n, v in cons.items())
+    estimated_open = False
     for s, end_name in ((first, "start"), (last, "end")):
         if s is None:
             continue
         if s.quality == "estimated":
-            flags.append(f"the {end_name} settlement is estimated")
+            if s.confirmed is None:
+                estimated_open = True
+                flags.append(f"the {end_name} settlement is estimated; not complete until an operator confirms it")
+            else:
+                flags.append(f"the {end_name} settlement is estimated, confirmed by {s.confirmed.get('by')} at "
+                             f"{s.confirmed.get('at')} ({s.confirmed.get('reason')})")
         for name, q in s.register_qualities().items():
             if name in cons and q != s.quality:
                 flags.append(f"{name} at the {end_name} is a live read ({q}); the meter did not freeze it")
     return StageConsumption(stage, start, end, first.quality if first else None,
-                            last.quality if last else None, cons, complete, tuple(flags),
+                            last.quality if last else None, cons, complete and not estimated_open, tuple(flags),
                             tuple(dict.fromkeys(codes)))
 
 

@@ -21,7 +21,7 @@ from gateway.settings import BillingPlan
 
 _BODY_FIELDS: Final = ("quality", "source", "read_at", "frozen_at", "ct", "pt", "multiplier", "registers",
                        "reason", "revision", "estimated_from", "flags", "gateway_clock", "meter_clock",
-                       "meter_offset_s")
+                       "meter_offset_s", "entered_by", "note", "confirmed", "supersedes")
 
 
 def _role(i: int, c: Cycle) -> str:
@@ -34,7 +34,7 @@ def _role(i: int, c: Cycle) -> str:
 
 def settlement_doc(s: Settlement) -> dict[str, Any]:
     """The stored fields of one settlement revision, with its seq."""
-    doc: dict[str, Any] = {k: s.body.get(k) for k in _BODY_FIELDS}
+    doc: dict[str, Any] = {"id": s.id, **{k: s.body.get(k) for k in _BODY_FIELDS}}
     doc["estimated_from"] = s.body.get("estimated_from") or []
     doc["flags"] = s.body.get("flags") or []
     doc["seq"] = s.seq
@@ -76,7 +76,7 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
             item.update(settlement_doc(s))
             item["history"] = [settlement_doc(h) for h in s.history]
         else:
-            item.update(dict.fromkeys(_BODY_FIELDS))
+            item.update(dict.fromkeys(("id", *_BODY_FIELDS)))
             item.update({"registers": {}, "estimated_from": [], "flags": [], "seq": None, "stored_at": None,
                          "history": []})
         items.append(item)

@@ -19,7 +19,7 @@ def _settlement(idx: int, boundary: float, quality: str, regs: dict[str, str], m
 
 
 def test_quality_order() -> None:
-    order = ["meter_frozen", "actual", "late", "estimated", "missing"]
+    order = ["meter_frozen", "actual", "manual", "late", "estimated", "missing"]
     assert [rank(q) for q in order] == sorted((rank(q) for q in order), reverse=True)
 
 
@@ -157,3 +157,47 @@ def test_a_ratio_change_without_a_reading_at_it_stays_withheld_and_flagged() -> 
     # a change outside the stage does not count
     st = stage_consumption(1, 0.0, 10.0, a, b, names, [_change(12.0, "6000", "12000", {"energy_import_kwh": "1"})])
     assert any("no recorded ratio change explains it" in f for f in st.flags)
+
+
+def test_a_correction_supersedes_whatever_its_rank_and_only_the_version_it_names() -> None:
+    conn = sqlite3.connect(":memory:")
+    db.create(conn)
+    frozen = db.insert_if_better(conn, "m1", "p", "2026-12", 0, 100.0, "meter_frozen", 1.0, {"quality": "meter_frozen"})
+    assert frozen is not None
+    # the operator corrected another version than the current one: nothing written
+    assert db.insert_correction(conn, "m1", "p", "2026-12", 0, 100.0, "manual", 2.0, {}, None) is None
+    assert db.insert_correction(conn, "m1", "p", "2026-12", 0, 100.0, "manual", 2.0, {}, frozen.id + 1) is None
+    done = db.insert_correction(conn, "m1", "p", "2026-12", 0, 100.0, "manual", 2.0, {"quality": "manual"}, frozen.id)
+    assert done is not None
+    previous, row = done
+    assert previous is not None and previous.id == frozen.id
+    assert row.body["supersedes"] == {"id": frozen.id, "quality": "meter_frozen", "seq": None, "revision": 1}
+    assert row.body["revision"] == 2
+    # a late live read does not replace a manual one; the meter's own freeze would
+    assert db.insert_if_better(conn, "m1", "p", "2026-12", 0, 100.0, "late", 3.0, {"quality": "late"}) is None
+    head = db.for_meter(conn, "m1", 0, 200)[0]
+    assert head.quality == "manual" and [h.id for h in head.history] == [frozen.id]
+    kept = db.by_id(conn, frozen.id)
+    assert kept is not None and kept.superseded_by == row.id and kept.quality == "meter_frozen"
+
+
+def test_unconfirmed_clock_unverified_or_estimated_ends_keep_a_stage_incomplete_until_confirmed() -> None:
+    regs = ["energy_import_kwh"]
+    a = _settlement(0, 0.0, "actual", {"energy_import_kwh": "100"})
+    b = _settlement(1, 10.0, "actual", {"energy_import_kwh": "110"})
+    b.body["flags"] = ["clock_unverified"]
+    st = stage_consumption(1, 0.0, 10.0, a, b, regs)
+    assert not st.complete and st.codes == ("clock_unverified",) and b.needs_confirmation()
+    b.body["confirmed"] = {"by": "token:ab12cd34 (clerk)", "at": "2026-12-12T01:00:00.000Z", "reason": "checked"}
+    st = stage_consumption(1, 0.0, 10.0, a, b, regs)
+    assert st.complete and st.codes == () and not b.needs_confirmation()
+    assert any(f.startswith("clock_unverified confirmed: the end") and "(clerk)" in f for f in st.flags)
+    assert st.consumption == {"energy_import_kwh": D(10) * 4000}
+
+    e = _settlement(1, 10.0, "estimated", {"energy_import_kwh": "110"})
+    st = stage_consumption(1, 0.0, 10.0, a, e, regs)
+    assert not st.complete and e.needs_confirmation()
+    assert st.consumption == {"energy_import_kwh": D(10) * 4000}          # the value is shown, not final
+    e.body["confirmed"] = {"by": "token:ab12cd34 (clerk)", "at": "2026-12-12T01:00:00.000Z", "reason": "agreed"}
+    assert stage_consumption(1, 0.0, 10.0, a, e, regs).complete
+    assert not _settlement(1, 10.0, "manual", {"energy_import_kwh": "110"}).needs_confirmation()
