@@ -203,7 +203,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher,
         b = reading.boundary
         who = caller(request).actor
         body = manual_body(meter, plan, reading, who)
-        before = await gw.require_store().read(billing_db.current_at, meter.id, b.ts)
+        before = await server.query(billing_db.current_at, meter.id, b.ts)
         done = await cap.store_correction(meter, plan, b, "manual", body, None if before is None else before.id)
         if done is None:
             raise _error(CorrectionError(409, "the settlement of this boundary changed while the reading was "
@@ -224,7 +224,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher,
             raise BadRequest("the settlement id is a number, as GET /api/v1/meters/{id}/settlements shows it "
                              "(field id)") from None
         cap = _capture()
-        s = await gw.require_store().read(billing_db.by_id, sid) if 1 <= sid <= MAX_SETTLEMENT_ID else None
+        s = await server.query(billing_db.by_id, sid) if 1 <= sid <= MAX_SETTLEMENT_ID else None
         if s is None or s.meter not in gw.meters or cap.plans.get(s.meter) is None:
             raise _error(CorrectionError(404, f"no settlement with id {sid}; GET /api/v1/meters/{{id}}/settlements "
                                               "lists them with their ids"))
