@@ -46,7 +46,7 @@ import contextlib
 import logging
 import os
 import tty
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -79,6 +79,7 @@ from drivers.dlt645.values import encode_value
 from drivers.simulation.interface import SimulatedMeter
 from drivers.simulation.meter_clock import SimulatedMeterClock, freeze_days
 from drivers.simulation.model import MeterModel
+from drivers.simulation.stream_serving import ConnectionHandler, connection_handler
 from gateway.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -699,35 +700,8 @@ class Dlt645Simulator:
             with contextlib.suppress(Exception):
                 loop.remove_writer(master)
 
-    def _connection_handler(
-        self, line: _Line
-    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[object, object, None]]:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                self._tasks.add(task)
-            self._writers.add(writer)
-            buf = bytearray()
-            try:
-                while True:
-                    data = await reader.read(4096)
-                    if not data:
-                        break
-                    buf += data
-                    for delay, reply in line.handle(buf):
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                        writer.write(reply)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                self._writers.discard(writer)
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-
-        return handle
+    def _connection_handler(self, line: _Line) -> ConnectionHandler:
+        return connection_handler(line.handle, self._tasks, self._writers)
 
 
 def spec_for(meter: SimulatedMeter) -> SimDlt645Spec:
