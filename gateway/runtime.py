@@ -62,6 +62,7 @@ from gateway.scheduler import Scheduler
 from gateway.settings import Settings
 from gateway.sinks.delivery import SinkRunner, build_sinks, configured_sinks
 from gateway.store import Store
+from gateway.web.console import Console
 
 log = logging.getLogger("amr.runtime")
 
@@ -202,7 +203,9 @@ class Gateway:
         self.billing = BillingCapture(core)
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
-            self.api = ApiServer(self, routes=(install_billing_routes, install_event_routes))
+            console = Console()   # the web console at / (sessions live as long as this API server)
+            self.api = ApiServer(self, routes=(install_billing_routes, install_event_routes, console.install),
+                                 middlewares=(console.middleware,))
             self.api.bind(listener)
 
     async def discard(self) -> None:

@@ -45,6 +45,7 @@ log = logging.getLogger("amr.api")
 PUBLIC_PATHS = frozenset({"/api/v1/health"})
 LISTEN_BACKLOG = 128
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class GatewayView(Protocol):
@@ -145,9 +146,13 @@ def token_matches(given: str, token: str) -> bool:
 class ApiServer:
     """Serves the API on ``api.listen`` inside the gateway's event loop."""
 
-    def __init__(self, gateway: GatewayView, routes: Sequence[RouteInstaller] = ()) -> None:
+    def __init__(self, gateway: GatewayView, routes: Sequence[RouteInstaller] = (),
+                 middlewares: Sequence[Middleware] = ()) -> None:
+        """``middlewares`` run after error handling and before the token check (the web
+        console's session cookie, :mod:`gateway.web.console`)."""
         self.gateway = gateway
         self.routes = tuple(routes)
+        self.middlewares = tuple(middlewares)
         api = gateway.settings.api
         self.host = api.host
         self.port = api.port
@@ -164,7 +169,7 @@ class ApiServer:
 
     def build_app(self) -> web.Application:
         """The aiohttp application with every route and the OpenAPI document."""
-        app = web.Application(middlewares=[self._errors, self._auth])
+        app = web.Application(middlewares=[self._errors, *self.middlewares, self._auth])
         r = app.router
         paths: dict[str, Any] = {}
         paths.update(install_core_routes(self, r))
