@@ -96,6 +96,14 @@ fi
 
 mkdir -p "$STATE_DIR"
 
+# ---------------------------------------------------------------- chromium
+# Not a service: the browser the web console's tests drive (Playwright with Debian's
+# chromium; Playwright's own browser downloads are never used). A missing browser fails
+# those tests, so install it here.
+if [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium
+fi
+
 # ---------------------------------------------------------------- mosquitto
 if listening "$MQTT_HOST" "$MQTT_PORT"; then
     say "mosquitto: already listening on $MQTT_HOST:$MQTT_PORT"

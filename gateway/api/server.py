@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway import __version__
 from gateway.api.httplog import HTTP_LOG
@@ -45,7 +46,6 @@ log = logging.getLogger("amr.api")
 PUBLIC_PATHS = frozenset({"/api/v1/health"})
 LISTEN_BACKLOG = 128
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class GatewayView(Protocol):
