@@ -4,6 +4,8 @@
 #   victoria-metrics at $AMR_TEST_INFLUX_URL  (default http://127.0.0.1:8428; InfluxDB v2
 #                                              write API on /api/v2/write, queryable)
 # tests/servicefixtures.py reads the same two variables, so one setting moves both.
+# It also installs Debian's chromium (when /usr/bin/chromium is missing), the browser the web
+# console's tests drive; that is a package, not a service, so `stop` leaves it installed.
 #
 #   ensure-services.sh start [RECORD]   start whichever does not answer (installing the
 #                                       Debian package first when missing and we are root),

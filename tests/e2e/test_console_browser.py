@@ -50,7 +50,8 @@ def demo(tmp_path: Path) -> Iterator[str]:
     env = dict(os.environ, AMR_API_TOKEN=TOKEN, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "demo", "--listen", f"127.0.0.1:{port}",
-         "--data-dir", str(tmp_path / "data"), "--mqtt", f"127.0.0.1:{free_port()}", "--duration", "300"],
+         "--data-dir", str(tmp_path / "data"), "--mqtt", f"127.0.0.1:{free_port()}", "--duration", "300",
+         "--clock-rate", "10"],   # ten simulated seconds a second: a curve with some points in the test's time
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"

@@ -205,9 +205,11 @@ async function refreshOverview() {
 
 /* ---------------------------------------------------------------- meter page */
 
-function drawCurve(container, readings) {
-  /* The chart's points carry their exact time and value (data-ts, data-value) so the browser
-   * test compares them with the API. A gap (no good power_kw) breaks the line. */
+function drawCurve(container, doc) {
+  /* The whole window of the readings document (the gateway's last 24 h) on the x axis. The
+   * chart's points carry their exact time and value (data-ts, data-value) so the browser test
+   * compares them with the API. A gap (no good power_kw) breaks the line. */
+  const readings = doc.readings || [];
   const W = 960, H = 260, L = 50, R = 10, T = 10, B = 30;
   const pts = [];
   for (const r of readings) {
@@ -221,7 +223,7 @@ function drawCurve(container, readings) {
   svg.appendChild(svgEl("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
   container.replaceChildren(svg);
   if (!good.length) { container.appendChild(el("p", {}, t("meter.no_data"))); return; }
-  const t0 = Math.min(...good.map((p) => p.t)), t1 = Math.max(...good.map((p) => p.t));
+  const t0 = Date.parse(doc.from), t1 = Date.parse(doc.to);
   let v0 = Math.min(0, ...good.map((p) => p.v)), v1 = Math.max(...good.map((p) => p.v));
   if (v1 === v0) { v1 = v0 + 1; }
   const x = (tt) => L + (t1 === t0 ? 0.5 : (tt - t0) / (t1 - t0)) * (W - L - R);
@@ -263,6 +265,7 @@ function drawBars(container, doc) {
   container.replaceChildren(svg);
   if (!items.length || !reg) { container.appendChild(el("p", {}, t("meter.no_data"))); return; }
   const vals = items.map((i) => (i.status === "complete" ? Number(i.consumption[reg]) : null));
+  if (vals.every((v) => v === null)) { container.appendChild(el("p", {}, t("meter.no_data"))); }
   const vmax = Math.max(1e-9, ...vals.filter((v) => v !== null));
   const bw = (W - L - R) / items.length;
   items.forEach((i, k) => {
@@ -291,8 +294,9 @@ async function showMeter(id) {
   const enc = encodeURIComponent(id);
   try {
     const readings = await api(`/api/v1/meters/${enc}/readings?limit=100000`);
-    drawCurve(document.getElementById("curve"), readings.readings);
-    const from = new Date(Date.now() - 7 * 86400000).toISOString();
+    drawCurve(document.getElementById("curve"), readings);
+    // the gateway's time, not the browser's: the readings document ends at the gateway's now
+    const from = new Date(Date.parse(readings.to) - 7 * 86400000).toISOString();
     const intervals = await api(`/api/v1/meters/${enc}/intervals?from=${encodeURIComponent(from)}`);
     drawBars(document.getElementById("bars"), intervals);
   } catch (e) {
