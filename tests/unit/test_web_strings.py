@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from importlib import resources
+from pathlib import Path
 
 from gateway.web.console import load_strings, static_files
 from gateway.web.sessions import SessionStore, csrf_matches
@@ -65,3 +68,15 @@ def test_sessions_are_random_bounded_expiring_and_end_on_sign_out() -> None:
     now[0] += 61.0
     assert store.get(c.id) is None                # expired
     assert store.get(None) is None and store.get("") is None
+
+
+def test_every_console_file_is_in_the_wheels_package_data() -> None:
+    """pyproject's package-data covers every console file, so the wheel carries them (a wheel built
+    with `pip wheel .` held all of them); a new file there must not be left out."""
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["package-data"]["gateway"]
+    names = [f"web/static/{p.name}" for p in (root / "gateway" / "web" / "static").iterdir() if p.is_file()]
+    assert len(names) >= 5
+    for name in names:
+        assert any(fnmatch.fnmatch(name, g) for g in globs), name
+    assert set(static_files()) == {n.rsplit("/", 1)[-1] for n in names}   # and the console serves them all
