@@ -20,7 +20,7 @@ Masters:
   ``loop.add_reader``, a future per request). It waits t3.5 after the reply with a plain
   sleep, with ``asyncio.sleep`` up to a deadline computed from the last byte's arrival
   (asyncio rounds timers up to whole milliseconds), or with a timerfd armed at that deadline
-  (:mod:`drivers.modbus.precise`, µs precision).
+  (:mod:`drivers.transport.precise`, µs precision).
 * ``bare-dlt645``: the same minimal master for DL/T 645-2007 C=11 reads (4 FE preamble,
   reply complete by its length field); the next request goes out as soon as the reply's last
   byte is in (DL/T 645 has no t3.5 rule; the meter's Td ≥ 20 ms is the gap).
@@ -219,7 +219,7 @@ def _resolve_none(fut: asyncio.Future[tuple[bytes, float] | None]) -> None:
 
 
 class DeadlineWaiter(Protocol):
-    """Waits until a ``time.monotonic()`` deadline (e.g. ``drivers.modbus.precise.PreciseTimer``)."""
+    """Waits until a ``time.monotonic()`` deadline (e.g. ``drivers.transport.precise.PreciseTimer``)."""
 
     async def wait_until(self, deadline: float) -> None:
         """Return at ``deadline``."""
@@ -249,7 +249,7 @@ async def bare_modbus_master(
     master = BareMaster(path, baud)
     timer: DeadlineWaiter | None = None
     if mode == "timerfd":
-        from drivers.modbus.precise import PreciseTimer
+        from drivers.transport.precise import PreciseTimer
 
         timer = PreciseTimer()
     silence = t35(baud)

@@ -18,8 +18,8 @@
                              throttle or reject
 
 Messages are sentences that tell the user what to do. Foreign libraries' exceptions are
-translated where the library is imported (pymodbus in ``drivers/modbus``, paho in the
-MQTT sink, influxdb-client in the InfluxDB sink) so nothing above sees them.
+translated where the library is imported (pyserial in ``drivers/transport/serial.py``,
+paho in the MQTT sink, influxdb-client in the InfluxDB sink) so nothing above sees them.
 """
 
 from __future__ import annotations

@@ -37,9 +37,8 @@ DEFAULT_LEVEL: Final = "info"
 PLAIN_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 JOURNAL_FORMAT: Final = "%(name)s: %(message)s"
 
-QUIET_LIBRARIES: Final = {"pymodbus": logging.CRITICAL, "aiohttp.access": logging.WARNING}
-"""Libraries whose own logging would drown the gateway's (pymodbus logs every failure at
-ERROR with frame dumps; the gateway reports the failures itself)."""
+QUIET_LIBRARIES: Final = {"aiohttp.access": logging.WARNING}
+"""Libraries whose own logging would drown the gateway's (aiohttp logs every request)."""
 
 _LOGGER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 

@@ -12,13 +12,15 @@ modules with one job each, which read through the driver's
 * :mod:`drivers.dlt645.records`: settlement-day snapshots and daily freeze records.
 
 Transactions: one at a time per driver (an ``asyncio.Lock``, on top of the bus worker that
-already serialises); stale input is dropped before each request; the reply window is the
+already serialises), on a shared byte pipe (:mod:`drivers.transport`: serial port or TCP
+serial server, stale input drained by the pipe's one rule); the reply window is the
 meter's maximum response delay Td (500 ms) plus the request and expected reply at the bus's
 character time (11 bits per byte at 8E1), never less than the caller's ``timeout``. Frames
 that are our own echo (an RS-485 adapter that hears itself) are ignored; a reply from
 another address or for another DI (a late reply) is skipped and the driver keeps waiting
 for the right one, raising :class:`~gateway.errors.WrongAddressError` /
-:class:`~gateway.errors.FrameError` only if the right one never comes. Long replies
+:class:`~gateway.errors.FrameError` only if the right one never comes
+(:mod:`drivers.dlt645.matching`). Long replies
 (``B1``) are collected with follow-up requests (C = 12, SEQ 1, 2 …) until ``92``.
 
 ``compile_plan``, the plan types and ``nth_previous_settlement`` are re-exported here (the
@@ -43,26 +45,25 @@ from drivers.dlt645.codec import (
     ProtocolName,
     Reply,
     Request,
-    check_reply,
     followup_request,
     normalize_address,
     read_address_request,
     read_request,
-    scan,
     time_sync_request,
     wire_to_address,
 )
+from drivers.dlt645.matching import Dlt645Matcher
 from drivers.dlt645.plan import Dlt645Plan, PointSlot, ReadStep, compile_plan
 from drivers.dlt645.point_reads import read_points
 from drivers.dlt645.records import nth_previous_settlement
-from drivers.dlt645.transport import SerialTransport, TcpTransport, Transport
+from drivers.transport.pipe import BytePipe
+from drivers.transport.serial import serial_pipe
+from drivers.transport.tcp import tcp_pipe
 from gateway.errors import (
-    AmrError,
     ConfigError,
     DeviceException,
     FrameError,
     ReadTimeout,
-    TransportError,
     WrongAddressError,
 )
 from gateway.model import PointResult
@@ -92,7 +93,7 @@ class Dlt645Driver:
         self,
         bus: BusParams,
         *,
-        transport: Transport | None = None,
+        transport: BytePipe | None = None,
         preamble: int = PREAMBLE,
         response_delay: float = TD_MAX,
     ) -> None:
@@ -102,16 +103,15 @@ class Dlt645Driver:
         self.protocol: ProtocolName = "dlt645-1997" if bus.protocol == "dlt645-1997" else "dlt645"
         self.preamble = preamble
         self.response_delay = response_delay
-        self._transport = transport if transport is not None else _make_transport(bus)
         self._lock = asyncio.Lock()
         self._no_block: dict[str, set[int]] = {}
-        self._last_rx = 0.0
         bits = 1 + bus.bytesize + (0 if bus.parity == "N" else 1) + bus.stopbits
         self._char_time = bits / max(1, bus.baudrate)
         if bus.inter_frame_s is not None:
             self._gap = bus.inter_frame_s
         else:
             self._gap = DEFAULT_SERIAL_GAP if bus.type == "serial" else 0.0
+        self._transport = transport if transport is not None else _make_transport(bus, self._gap, self._char_time)
 
     # --- MeterDriver -------------------------------------------------------------------------
 
@@ -182,11 +182,7 @@ class Dlt645Driver:
             )
         req = time_sync_request(local_time)
         async with self._lock:
-            await self._transport.open()
-            await self._pace()
-            self._transport.discard_input()
             await self._transport.send(req.encode(self.preamble))
-            self._last_rx = asyncio.get_running_loop().time() + len(req.data) * self._char_time
 
     async def read_di(
         self, address: str, di: int, timeout: float = 1.0, *, protocol: ProtocolName | None = None
@@ -243,105 +239,33 @@ class Dlt645Driver:
     def _first_byte(self, timeout: float) -> float:
         return timeout if self.bus.type == "tcp" else min(timeout, self.response_delay)
 
-    def _window(self, timeout: float, request_len: int, expect: int | None) -> float:
-        reply_len = 4 + OVERHEAD + 4 + (expect if expect is not None else 200)
-        return self._first_byte(timeout) + TB_MARGIN + (request_len + reply_len) * self._char_time
-
-    async def _pace(self) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self._last_rx + self._gap - loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-
     async def _transact(self, req: Request, timeout: float, expect: int | None, what: str) -> Reply:
-        """Send ``req`` and return its validated reply (the lock is held by the caller)."""
-        t = self._transport
-        try:
-            await t.open()
-            await self._pace()
-            t.discard_input()
-            wire = req.encode(self.preamble)
-            await t.send(wire)
-        except ReadTimeout:
-            raise
-        except TransportError:
-            await t.close()
-            raise
-        loop = asyncio.get_running_loop()
-        window = self._window(timeout, len(wire), expect)
-        sent = loop.time()
-        deadline = sent + window
-        # A meter that is not there costs only the first-byte budget: until a byte arrives
-        # the wait ends after the request's own wire time + Td budget + margin.
-        first_byte_deadline = min(deadline, sent + len(wire) * self._char_time + self._first_byte(timeout) + TB_MARGIN)
-        buf = bytearray()
-        heard = False
-        rejected: list[str] = []
-        skipped: list[AmrError] = []
-        noise = 0
-        try:
-            while loop.time() < deadline:
-                chunk = await t.read_some(deadline if heard else first_byte_deadline)
-                if not chunk:
-                    if heard or loop.time() >= first_byte_deadline:
-                        break
-                    continue
-                heard = True
-                buf += chunk
-                for _ in range(len(buf) + 1):
-                    found = scan(buf)
-                    frame = found.frame
-                    dropped = buf[: found.used - (OVERHEAD + len(frame.data) if frame else 0)]
-                    noise += sum(1 for b in dropped if b != 0xFE)
-                    del buf[: found.used]
-                    rejected += [r for r in found.rejected if r]
-                    if frame is None:
-                        break
-                    if not frame.is_reply:
-                        continue       # our own request echoed by the adapter
-                    try:
-                        reply = check_reply(req, frame)
-                    except (WrongAddressError, FrameError) as exc:
-                        skipped.append(exc)   # a late or foreign reply: keep waiting
-                        continue
-                    self._last_rx = loop.time()
-                    return reply
-        except ReadTimeout:
-            raise
-        except TransportError:
-            await t.close()
-            raise
-        self._last_rx = loop.time()
-        wrong = [e for e in skipped if isinstance(e, WrongAddressError)]
-        if wrong:
-            raise wrong[-1]
-        if skipped:
-            raise skipped[-1]
-        if rejected:
-            raise FrameError(
-                f"meter {req.addr} answered {what} but the reply was corrupted ({rejected[-1]}); "
-                "check wiring, termination, baud rate and parity"
-            )
-        if noise and not buf:
-            raise FrameError(
-                f"{noise} bytes of noise but no valid reply from meter {req.addr} to {what}: several "
-                "meters may have answered at once; otherwise check wiring, termination, baud rate and parity"
-            )
-        partial = f" ({len(buf)} bytes of an incomplete reply arrived)" if buf else ""
-        raise ReadTimeout(
-            f"meter {req.addr} did not answer {what} within {window:.2f} s on {t.describe}{partial}; "
-            "check the meter address, wiring, baud rate and parity"
-        )
+        """Send ``req`` and return its validated reply (the lock is held by the caller).
+
+        A meter that is not there costs only the first-byte budget: the window grows by the
+        expected reply's wire time only once a byte has arrived.
+        """
+        wire = req.encode(self.preamble)
+        reply_len = 4 + OVERHEAD + 4 + (expect if expect is not None else 200)
+        matcher = Dlt645Matcher(req, what, self._transport.describe)
+        await self._transport.exchange(wire, matcher, self._first_byte(timeout) + TB_MARGIN,
+                                       reply_s=reply_len * self._char_time)
+        if matcher.refusal is not None:
+            raise matcher.refusal
+        assert matcher.reply is not None
+        return matcher.reply
 
 
-def _make_transport(bus: BusParams) -> Transport:
+def _make_transport(bus: BusParams, gap: float, char_time: float) -> BytePipe:
+    """The pipe for ``bus``: its serial port, or its TCP serial server (whose line has the
+    bus's character time)."""
     if bus.type == "serial":
         if not bus.port:
             raise ConfigError(f"bus {bus.id}: a serial bus needs 'port'")
-        return SerialTransport(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
+        return serial_pipe(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize, silence_s=gap)
     if not bus.host or not bus.tcp_port:
         raise ConfigError(f"bus {bus.id}: a tcp bus needs 'host' and 'port'")
-    return TcpTransport(bus.host, bus.tcp_port)
+    return tcp_pipe(bus.host, bus.tcp_port, silence_s=gap, char_s=char_time)
 
 
 def create_driver(bus: BusParams) -> Dlt645Driver:

@@ -2,9 +2,9 @@
 
 Entry points: :func:`drivers.modbus.driver.create_driver` (one driver per bus),
 :func:`drivers.modbus.plan.compile_plan` (once per meter and schedule, at configuration
-load) and :mod:`drivers.modbus.decode`. pymodbus is imported only by
-:mod:`drivers.modbus.pymodbus_io` (the reference engine); the default engine is the lean
-one in :mod:`drivers.modbus.transport` (why: see that module's docstring).
+load) and :mod:`drivers.modbus.decode`. Transactions: :mod:`drivers.modbus.link` (RTU and
+MBAP framing on the shared pipes of :mod:`drivers.transport`; why not pymodbus's clients:
+see that module's docstring).
 
 The gateway core reaches this package only through :mod:`drivers.modbus.descriptor` (found
 by :mod:`drivers.registry`). This package module imports nothing itself, so loading the

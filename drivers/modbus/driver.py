@@ -4,15 +4,14 @@
 bus protocols:
 
 ==========================  =====================================================
-``modbus-tcp``              :class:`~drivers.modbus.transport.TcpLink` to host:port
-``modbus-rtu``              :class:`~drivers.modbus.transport.RtuLink` on a serial port,
+``modbus-tcp``              :class:`~drivers.modbus.link.TcpLink` to host:port
+``modbus-rtu``              :class:`~drivers.modbus.link.RtuLink` on a serial pipe,
                             keeping t3.5 (or ``inter_frame_s``) between frames
-``modbus-rtu-over-tcp``     RtuLink over a TCP stream to a serial server (no silence
+``modbus-rtu-over-tcp``     RtuLink over a TCP pipe to a serial server (no silence
                             kept by default: the serial server times its own line)
 ==========================  =====================================================
 
-``engine="pymodbus"`` swaps the lean links for pymodbus's clients
-(:mod:`drivers.modbus.pymodbus_io`, imported only then).
+The pipes underneath are the shared transport layer (:mod:`drivers.transport`).
 
 Result semantics of :meth:`ModbusDriver.read`: every request of the plan is executed in
 order; a DeviceException on one request marks only that request's points ``exception``;
@@ -25,19 +24,19 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from typing import Literal
 
 from drivers.base import BusParams
 from drivers.base import ReadPlan as AnyPlan
 from drivers.modbus.decode import decode_bytes
+from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.modbus.plan import DecodeStep, ReadPlan, ReadRequest, compile_plan
 from drivers.modbus.points import ModbusLimits, RegisterPoint
-from drivers.modbus.timing import char_time, t35
-from drivers.modbus.transport import Link, RtuLink, SerialChannel, TcpChannel, TcpLink
+from drivers.modbus.timing import t35
+from drivers.transport.serial import serial_pipe
+from drivers.transport.tcp import tcp_pipe
 from gateway.errors import ConfigError, DecodeError, DeviceException
 from gateway.model import PointResult
 
-Engine = Literal["lean", "pymodbus"]
 MODBUS_PROTOCOLS = ("modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp")
 
 _PROBE = compile_plan([RegisterPoint(name="probe", function=3, address=0, type="u16")],
@@ -57,13 +56,9 @@ def parse_unit(address: str, protocol: str) -> int:
     return unit
 
 
-def _link_for(bus: BusParams, engine: Engine) -> Link:
+def _link_for(bus: BusParams) -> Link:
     if bus.protocol not in MODBUS_PROTOCOLS:
         raise ConfigError(f"bus {bus.id!r} speaks {bus.protocol}, not Modbus")
-    if engine == "pymodbus":
-        from drivers.modbus.pymodbus_io import PymodbusLink
-
-        return PymodbusLink(bus)
     connect_timeout = max(bus.timeout_s, 1.0)
     if bus.protocol == "modbus-rtu":
         if not bus.port:
@@ -71,25 +66,22 @@ def _link_for(bus: BusParams, engine: Engine) -> Link:
         silence = bus.inter_frame_s
         if silence is None:
             silence = t35(bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
-        channel = SerialChannel(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
-        return RtuLink(bus.port, channel, silence,
-                       char_time(bus.baudrate, bus.parity, bus.stopbits, bus.bytesize))
+        return RtuLink(serial_pipe(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize,
+                                   silence_s=silence))
     if not bus.host or not bus.tcp_port:
         raise ConfigError(f"TCP bus {bus.id!r} needs host and port")
     if bus.protocol == "modbus-rtu-over-tcp":
-        return RtuLink(f"{bus.host}:{bus.tcp_port}",
-                       TcpChannel(bus.host, bus.tcp_port, connect_timeout),
-                       bus.inter_frame_s or 0.0, 0.0)
+        return RtuLink(tcp_pipe(bus.host, bus.tcp_port, connect_timeout, silence_s=bus.inter_frame_s or 0.0),
+                       serial=False)
     return TcpLink(bus.host, bus.tcp_port, connect_timeout, bus.concurrency)
 
 
 class ModbusDriver:
     """A Modbus driver bound to one bus (see module doc)."""
 
-    def __init__(self, bus: BusParams, engine: Engine = "lean") -> None:
+    def __init__(self, bus: BusParams) -> None:
         self.bus = bus
-        self.engine: Engine = engine
-        self.link: Link = _link_for(bus, engine)
+        self.link: Link = _link_for(bus)
 
     async def open(self) -> None:
         """Open the port/socket; safe to call again when already open."""
@@ -154,6 +146,6 @@ def _decode_into(results: dict[str, PointResult], layout: tuple[DecodeStep, ...]
             results[name] = PointResult(None, "invalid", str(exc))
 
 
-def create_driver(bus: BusParams, engine: Engine = "lean") -> ModbusDriver:
+def create_driver(bus: BusParams) -> ModbusDriver:
     """The driver for a Modbus bus (the factory the gateway core calls)."""
-    return ModbusDriver(bus, engine)
+    return ModbusDriver(bus)

@@ -149,3 +149,27 @@ def scan_rtu_reply(buf: bytes | bytearray, unit: int, function: int,
             payload = frame[2:3] if fn == exc_fn else frame[3:-2]
             return "frame", RtuReply(frame[0], fn, payload, i, i + length)
     return ("partial" if partial else "garbage"), None
+
+
+def find_any_read_reply(buf: bytes | bytearray) -> tuple[int, int, int, int] | None:
+    """The first complete, CRC-valid read reply of *any* unit, function 1–4 and length.
+
+    Returns ``(start, end, unit, function)`` or None. Used when :func:`scan_rtu_reply`
+    finds nothing for the request asked: a whole frame answering another request (a late
+    reply) is then skipped, not mistaken for noise.
+    """
+    n = len(buf)
+    for i in range(n - 4):
+        fn = buf[i + 1]
+        if fn & 0x80 and 1 <= fn & 0x7F <= 4:
+            length = 5
+        elif 1 <= fn <= 4:
+            length = 5 + buf[i + 2]
+        else:
+            continue
+        if n - i < length:
+            continue
+        crc = crc16(buf[i:i + length - 2])
+        if buf[i + length - 2] == crc & 0xFF and buf[i + length - 1] == crc >> 8:
+            return i, i + length, buf[i], fn
+    return None

@@ -22,7 +22,7 @@ from drivers.dlt645.driver import Dlt645Driver
 from drivers.dlt645.plan import compile_plan
 from drivers.dlt645.points import DiPoint
 from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
-from drivers.dlt645.transport import SerialTransport
+from drivers.transport.serial import serial_open_error, serial_pipe
 from gateway.errors import DeviceException, FrameError, ReadTimeout, TransportError
 from tests.servicefixtures import dlt645_bus, still_dlt645_simulator
 
@@ -212,9 +212,9 @@ async def test_1997_meter_on_its_own_line(sim: Dlt645Simulator, drivers: dict[st
 
 
 async def test_serial_open_errors_name_port_and_setting() -> None:
-    missing = SerialTransport("/dev/amr-no-such-port", 2400, "E")
+    missing = serial_pipe("/dev/amr-no-such-port", 2400, "E")
     with pytest.raises(TransportError, match="/dev/amr-no-such-port does not exist"):
         await missing.open()
     await missing.close()
-    err = SerialTransport("/dev/ttyS9", 2400, "E")._open_error(termios.error(errno.EINVAL, "Invalid argument"))
+    err = serial_open_error("/dev/ttyS9", termios.error(errno.EINVAL, "Invalid argument"), 2400, "E", 1)
     assert "/dev/ttyS9" in str(err) and "2400 baud 8E1" in str(err) and "EINVAL" in str(err)

@@ -9,6 +9,7 @@ the normal cases in ``tests/integration``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -20,6 +21,7 @@ from drivers.dlt645.driver import Dlt645Driver
 from drivers.dlt645.plan import compile_plan
 from drivers.dlt645.points import DiPoint
 from drivers.dlt645.values import encode_value
+from drivers.transport.pipe import ExchangePipe, Feed, LineTiming, Lost
 from gateway.errors import ConfigError, ReadTimeout, WrongAddressError
 from gateway.settings import BusSettings
 
@@ -29,7 +31,9 @@ Meter = Callable[[Frame], bytes | None]
 
 
 class FakeLine:
-    """A transport whose replies come from ``meter(request)``, delivered on the next loop turn."""
+    """A channel under the real pipe whose "meter" is ``meter(request)``; replies are fed on a
+    later loop turn (after ``delay`` s). A fake by necessity: no real meter sends corrupted or
+    foreign frames on demand."""
 
     def __init__(self, meter: Meter, *, echo: bool = False, delay: float = 0.0) -> None:
         self.meter = meter
@@ -39,59 +43,37 @@ class FakeLine:
         self.opened = 0
         self.overlaps = 0
         self._outstanding = 0
-        self._buf = bytearray()
-        self._event = asyncio.Event()
+        self._feed: Feed | None = None
 
     @property
     def describe(self) -> str:
         return "fake line"
 
-    @property
-    def is_open(self) -> bool:
-        return self.opened > 0
-
-    async def open(self) -> None:
+    async def open(self, feed: Feed, lost: Lost) -> None:
         self.opened += 1
+        self._feed = feed
 
-    async def close(self) -> None:
+    def close(self) -> None:
         pass
 
-    def discard_input(self) -> None:
-        self._buf.clear()
-
-    def _feed(self, data: bytes) -> None:
+    def _deliver(self, data: bytes) -> None:
         self._outstanding -= 1
-        self._buf += data
-        self._event.set()
+        assert self._feed is not None
+        self._feed(data, time.monotonic())
 
-    async def send(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         _, frame = decode(data)
         assert frame is not None
         self.sent.append(frame)
         if self._outstanding:
             self.overlaps += 1
         if self.echo:
-            self._buf += data
+            assert self._feed is not None
+            self._feed(data, time.monotonic())
         reply = self.meter(frame)
         if reply:
             self._outstanding += 1
-            asyncio.get_running_loop().call_later(self.delay, self._feed, reply)
-
-    async def read_some(self, deadline: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        while not self._buf:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return b""
-            self._event.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._event.wait()
-            except TimeoutError:
-                return b""
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
+            asyncio.get_running_loop().call_later(self.delay, self._deliver, reply)
 
     def dis(self) -> list[int]:
         return [int.from_bytes(f.data[:4], "little") for f in self.sent]
@@ -105,7 +87,7 @@ def bus(**kw: object) -> BusSettings:
 
 
 def driver(line: FakeLine, **kw: object) -> Dlt645Driver:
-    return Dlt645Driver(bus(**kw), transport=line, response_delay=0.05)
+    return Dlt645Driver(bus(**kw), transport=ExchangePipe(line, LineTiming()), response_delay=0.05)
 
 
 def reply(di: int, payload: bytes, *, addr: bytes = WIRE, control: int = 0x91, pre: int = 0) -> bytes:

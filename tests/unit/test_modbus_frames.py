@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymodbus.framer.rtu import FramerRTU
 
-from drivers.modbus.frames import crc16, mbap_frame, mbap_header, rtu_frame, scan_rtu_reply
-from drivers.modbus.precise import PreciseTimer
+from drivers.modbus.frames import crc16, find_any_read_reply, mbap_frame, mbap_header, rtu_frame, scan_rtu_reply
+from drivers.transport.precise import PreciseTimer
 
 # Modbus over Serial Line v1.02 / common documentation example: read 10 holding registers.
 REQUEST = bytes.fromhex("01030000000AC5CD")
@@ -46,6 +46,15 @@ def test_scan_skips_leading_garbage_and_reports_bad_crc_as_garbage() -> None:
     bad = REPLY[:-1] + bytes(((REPLY[-1] + 1) & 0xFF,))
     assert scan_rtu_reply(bad, 1, 3, 2)[0] == "garbage"
     assert scan_rtu_reply(b"\xaa\x55\xaa\x55\xaa\x55\xaa\x55\xaa\x55", 1, 3, 2)[0] == "garbage"
+
+
+def test_any_read_reply_finds_a_reply_to_another_request_behind_noise() -> None:
+    late = rtu_frame(1, bytes.fromhex("03080000000100020003"))     # 4 registers, not 2
+    assert scan_rtu_reply(b"\x13" + late, 1, 3, 2)[0] == "garbage"
+    assert find_any_read_reply(b"\x13" + late) == (1, 1 + len(late), 1, 3)
+    assert find_any_read_reply(b"\x13" + rtu_frame(7, bytes((0x84, 2)))) == (1, 6, 7, 0x84)
+    assert find_any_read_reply(late[:-1] + bytes(((late[-1] + 1) & 0xFF,))) is None   # bad CRC
+    assert find_any_read_reply(b"\xaa\x55" * 8) is None
 
 
 def test_scan_returns_a_foreign_unit_frame_for_wrong_address() -> None:

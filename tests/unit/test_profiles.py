@@ -11,6 +11,7 @@ import pytest
 
 import gateway.profiles
 from drivers.dlt645.points import DiPoint
+from drivers.dlt698.catalogue import OadPoint
 from drivers.modbus.points import RegisterPoint
 from drivers.simulation.model import ENERGY_POINTS, MODEL_POINTS
 from gateway.config import SHIPPED_PROFILES_DIR, profile_search_dirs
@@ -46,7 +47,7 @@ def test_every_shipped_profile_loads(path: Path) -> None:
     assert profile.points
     assert profile.source == str(path)
     kinds = {type(p) for p in profile.points.values()}
-    assert kinds == ({RegisterPoint} if profile.protocol == "modbus" else {DiPoint})
+    assert kinds == {{"modbus": RegisterPoint, "dlt645": DiPoint, "dlt698": OadPoint}[profile.protocol]}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -132,7 +133,7 @@ BROKEN: list[tuple[str, str, list[tuple[int, str]]]] = [
      [(1, 'profile: name "other" differs from the file name "p"; make them the same, because meters '
           "name a profile by its file name")]),
     ("unknown_protocol", "protocol: iec62056\npoints: {}\n",
-     [(1, "profile: protocol must be one of modbus, dlt645, not \"iec62056\"")]),
+     [(1, "profile: protocol must be one of modbus, dlt645, dlt698, not \"iec62056\"")]),
     ("no_points", "protocol: modbus\n",
      [(1, 'profile: the required key "points" is missing; add it (a mapping of point name to '
           "register)")]),
@@ -235,7 +236,7 @@ def test_an_installed_wheel_without_config_finds_profiles_in_the_packages(
     monkeypatch.setattr(gateway.profiles, "REPO_PROFILES_DIR", tmp_path / "absent")
     dirs = shipped_profile_dirs()
     assert [d.relative_to(d.parent.parent.parent) for d in dirs] == [
-        Path("drivers/dlt645/profiles"), Path("drivers/modbus/profiles")]
+        Path("drivers/dlt645/profiles"), Path("drivers/dlt698/profiles"), Path("drivers/modbus/profiles")]
     assert available_profiles(dirs) == sorted(p.stem for p in SHIPPED)
     assert find_profile("dlt645-2007", profile_search_dirs(tmp_path)).protocol == "dlt645"
 

@@ -21,18 +21,19 @@ from gateway.errors import ConfigError
 
 
 def test_the_installed_protocols_are_found_in_listing_order() -> None:
-    assert registry.families() == ("modbus", "dlt645")
+    assert registry.families() == ("modbus", "dlt645", "dlt698")
     assert registry.protocol_names() == ("modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "dlt645",
-                                         "dlt645-1997")
-    assert registry.protocol_names("serial") == ("modbus-rtu", "dlt645", "dlt645-1997")
-    assert registry.protocol_names("tcp") == ("modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997")
+                                         "dlt645-1997", "dlt698")
+    assert registry.protocol_names("serial") == ("modbus-rtu", "dlt645", "dlt645-1997", "dlt698")
+    assert registry.protocol_names("tcp") == ("modbus-tcp", "modbus-rtu-over-tcp", "dlt645", "dlt645-1997",
+                                              "dlt698")
 
 
 def test_an_unknown_protocol_is_a_config_error_naming_the_installed_ones() -> None:
     with pytest.raises(ConfigError) as err:
         registry.descriptor_for("iec62056")
     assert str(err.value) == ("<config>: no installed protocol is called 'iec62056'; the installed ones are "
-                              "modbus-rtu, modbus-tcp, modbus-rtu-over-tcp, dlt645, dlt645-1997")
+                              "modbus-rtu, modbus-tcp, modbus-rtu-over-tcp, dlt645, dlt645-1997, dlt698")
     with pytest.raises(ConfigError, match="the installed ones are modbus, dlt645"):
         registry.family("iec62056")
 
@@ -126,6 +127,6 @@ def extra_protocol(tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_new_protocol_package_is_found_without_any_list(extra_protocol: str) -> None:
-    assert registry.families() == ("modbus", "dlt645", "zzfake")
+    assert registry.families() == ("modbus", "dlt645", "dlt698", "zzfake")
     assert registry.protocol_names("tcp")[-1] == extra_protocol
     assert registry.descriptor_for(extra_protocol).title == "Fake"

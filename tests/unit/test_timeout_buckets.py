@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from drivers.modbus.transport import TimeoutBuckets, timeout_buckets
+from drivers.transport.buckets import TimeoutBuckets, timeout_buckets
 
 
 async def test_callbacks_run_once_in_deadline_order_and_never_early() -> None:

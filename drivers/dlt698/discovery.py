@@ -1,0 +1,68 @@
+"""Finding DL/T 698.45 meters on a line: the wildcard read of 4001, and probing addresses.
+
+``amr-gateway scan --protocol dlt698`` uses these through :data:`DISCOVERY`. With exactly
+one meter on a line, a GET of the communication address ``40010200`` to the wildcard
+address (AF 45, SA AA×6, ref §6) makes it answer from its own address. With several, their
+replies collide, so the scan probes a list or range of candidate addresses one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from drivers.base import MeterDriver
+from drivers.discovery import Discovery, Progress
+from drivers.dlt698.driver import Dlt698Driver
+from drivers.dlt698.frame import normalize_address
+from gateway.errors import ConfigError, ReadTimeout
+
+
+def address_range(first: str, last: str, *, limit: int = 10_000) -> Iterator[str]:
+    """Every address from ``first`` to ``last`` inclusive (12-digit decimal numbers)."""
+    a, b = int(normalize_address(first)), int(normalize_address(last))
+    if b < a:
+        raise ConfigError(f"address range {first}-{last} is empty: the first address must come first")
+    if b - a + 1 > limit:
+        raise ConfigError(f"address range {first}-{last} has {b - a + 1} addresses (limit {limit}): "
+                          "narrow the range")
+    for n in range(a, b + 1):
+        yield f"{n:012d}"
+
+
+def candidates(wanted: str) -> list[str]:
+    """The addresses of ``--range``: ``FIRST-LAST``, one address, or ``A,B,C``."""
+    if "," in wanted:
+        return [normalize_address(a.strip()) for a in wanted.split(",")]
+    first, _, last = wanted.partition("-")
+    return list(address_range(first, last or first))
+
+
+async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
+               progress: Progress | None = None) -> list[str]:
+    """Probe the addresses of ``wanted``; without it, ask the single meter of the line."""
+    if not isinstance(driver, Dlt698Driver):
+        raise TypeError(f"the DL/T 698.45 scan needs a Dlt698Driver, not {type(driver).__name__}")
+    todo = candidates(wanted) if wanted else []
+    total = len(todo) if wanted else 1
+    if progress is not None:
+        progress(0, total)
+    if not wanted:
+        try:
+            found = [await driver.read_address(timeout)]
+        except ReadTimeout:
+            found = []
+        if progress is not None:
+            progress(1, 1)
+        return found
+    out: list[str] = []
+    for i, addr in enumerate(todo, start=1):
+        if await driver.probe(addr, timeout):
+            out.append(addr)
+        if progress is not None:
+            progress(i, total)
+    return out
+
+
+DISCOVERY: Final = Discovery(label="address", scan=scan)
+"""The DL/T 698.45 scan, as ``amr-gateway scan`` calls it."""

@@ -1,0 +1,116 @@
+"""Billing with a DL/T 698.45 meter: the settlement at a stage boundary comes from the meter's
+own day freeze (5004, found by its freeze time) and is ``meter_frozen``, unchanged billing code.
+
+Real peers on loopback: a simulated DL/T 698.45 meter on TCP beside a DL/T 645 one, the
+gateway with its SQLite store, on an accelerated clock that holds at the 2026-12-11 00:00
+boundary (as ``test_billing_frozen_registers`` does for DL/T 645 alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
+from drivers.dlt698.simulator import Dlt698Simulator, SimDlt698Spec
+from gateway.billing.capture import BillingCapture
+from gateway.billing.rehearsal import HoldingClock
+from gateway.config import load_settings_from_text
+from gateway.demo import free_port
+from gateway.model import loads_exact, parse_iso
+from gateway.runtime import Gateway
+from tests.billingkit import capture_of
+
+pytestmark = pytest.mark.integration
+
+SH = ZoneInfo("Asia/Shanghai")
+B = datetime(2026, 12, 11, tzinfo=SH).timestamp()
+
+CONFIG = """\
+gateway: {{id: dlt698-billing, timezone: Asia/Shanghai, data_dir: {data}}}
+buses:
+  - {{id: tcp-698, type: tcp, host: 127.0.0.1, port: {p1}, protocol: dlt698, timeout_ms: 500}}
+  - {{id: tcp-645, type: tcp, host: 127.0.0.1, port: {p2}, protocol: dlt645, timeout_ms: 500}}
+meters:
+  - {{id: m698, customer: C1, bus: tcp-698, address: "000039200933", profile: dlt698-3phase, ct_ratio: 300/5,
+     schedules: [interval], billing: plan}}
+  - {{id: m645, customer: C2, bus: tcp-645, address: "000000000032", profile: dlt645-2007, ct_ratio: 100/5,
+     schedules: [interval], billing: plan}}
+schedules:
+  interval: {{every: 15m, points: ["energy_*", "demand_*"]}}
+billing:
+  plan: {{cycle_day: 1, stages: [11, 21], at: "00:00", tolerance: 15m}}
+mqtt: {{enabled: false}}
+influxdb: {{enabled: false}}
+api: {{enabled: false}}
+store: {{synchronous: NORMAL, commit_interval_ms: 20}}
+"""
+
+
+async def until_settled(cap: BillingCapture, meters: tuple[str, ...], real_s: float) -> dict[str, str]:
+    deadline = time.monotonic() + real_s
+    got: dict[str, str] = {}
+    for _ in range(int(real_s / 0.05) + 1):
+        got = {m: k.quality for (m, b), k in cap.current.items() if b == B}
+        if all(got.get(m) not in (None, "missing") for m in meters) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    return got
+
+
+async def test_a_dlt698_meter_settles_from_its_day_freeze(tmp_path: Path) -> None:
+    p1, p2 = free_port(), free_port()
+    text = CONFIG.format(data=tmp_path, p1=p1, p2=p2)
+    (tmp_path / "config.yaml").write_text(text)
+    settings = load_settings_from_text(text, str(tmp_path / "config.yaml"), tmp_path, {})
+    clock = HoldingClock(B - 300, 300.0, [B])
+    sim698 = Dlt698Simulator([SimDlt698Spec("m698", "000039200933", transport="tcp", seed=31, base_kw=900.0,
+                                            multiplier=settings.meters["m698"].multiplier, port=p1)],
+                             clock, "Asia/Shanghai")
+    sim645 = Dlt645Simulator([SimDlt645Spec("m645", "000000000032", transport="tcp", seed=32, base_kw=400.0,
+                                            multiplier=settings.meters["m645"].multiplier, port=p2)],
+                             clock, "Asia/Shanghai")
+    await sim698.start()
+    await sim645.start()
+    gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
+    try:
+        await gw.start()
+        cap = capture_of(gw)
+        got = await until_settled(cap, ("m698", "m645"), 30.0)
+        assert got == {"m698": "meter_frozen", "m645": "meter_frozen"}, got
+    finally:
+        await gw.stop()
+        await sim698.stop()
+        await sim645.stop()
+
+    conn = sqlite3.connect(gw.store_path)
+    try:
+        rows: dict[str, Any] = {m: loads_exact(body) for m, body in conn.execute(
+            "SELECT meter, body FROM billing_settlement WHERE boundary=? AND superseded_by IS NULL", (B,))}
+    finally:
+        conn.close()
+    doc = rows["m698"]
+    assert (doc["quality"], doc["source"]) == ("meter_frozen", "daily_freeze")
+    assert parse_iso(doc["frozen_at"]) == B
+    frozen = sim698.model("m698").frozen_daily(datetime.fromtimestamp(B, SH).date())
+    mult = settings.meters["m698"].multiplier
+    regs = doc["registers"]
+    assert set(regs) == set(settings.billing["plan"].registers)
+    for name, reg in regs.items():
+        want = frozen[name]
+        if name == "demand_max_kw":
+            want = want.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)     # scaler -4 on the meter
+        assert reg["raw"] == want, name
+        assert reg["value"] == want * mult, name
+    assert regs["energy_import_kwh"]["raw"] > 0
+    # the demand's time, meter local, in the same form as the DL/T 645 meter's
+    assert regs["demand_max_kw"]["at"] == rows["m645"]["registers"]["demand_max_kw"]["at"] == "2026-12-01T00:00"
+    assert rows["m645"]["quality"] == "meter_frozen"
