@@ -341,7 +341,7 @@ class Case:
     registers: int = 0
     di: int = 0
     td_s: float = 0.0
-    #: What the issue or reference/serial-timing.md says this master reaches (for the table).
+    #: What the issue or docs/protocols/serial-timing.md says this master reaches (for the table).
     expected: str = ""
 
     @property

@@ -1,6 +1,6 @@
 """The wire's physical limit: character times, silences and read cycles on an RS-485 bus.
 
-Formulas from ``reference/serial-timing.md`` (Modbus over Serial Line v1.02 and
+Formulas from ``docs/protocols/serial-timing.md`` (Modbus over Serial Line v1.02 and
 DL/T 645-2007 §5.3), kept self-contained so the benchmarks do not depend on runtime code::
 
     Tc     = bits_per_char / baud                 (8E1: 11 bits, 8N1: 10)

@@ -14,7 +14,8 @@ this class) and the small Protocols the core talks to are defined here, below bo
 
 Capabilities are small Protocols, one per thing a meter can be asked beyond its points:
 :class:`FreezeRecordReader` (settlement-day and daily freeze records),
-:class:`ClockSetter` (broadcast time sync) and :class:`EventCounterReader`. Reading a
+:class:`ClockSetter` (broadcast time sync), :class:`EventCounterReader` and
+:class:`EventRecordReader` (the meter's event counters and last event records). Reading a
 meter's clock is not a capability of its own: it is the ``meter_clock`` point of a profile. A protocol
 declares which of them it offers in its descriptor (:mod:`drivers.registry`); the core asks
 the registry for a typed view of a driver, never ``hasattr``.
@@ -165,9 +166,42 @@ class ClockSetter(Protocol):
         ...
 
 
+#: The event stems a meter's counters and records are named by (``event_<stem>_count``,
+#: ``event_<stem>_start`` ... as profile points, and in :class:`EventCounterReader`): what the
+#: review's meter-event rule watches (DL/T 645-2007 class 03, DL/T 698.45 event objects).
+EVENT_STEMS: Final = (
+    "cover_open", "terminal_cover_open", "programming", "meter_clear", "demand_clear", "time_set",
+    "voltage_loss_l1", "voltage_loss_l2", "voltage_loss_l3", "current_reversal", "power_down",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A meter's last record of one event: when it began and ended, and the registers it kept."""
+
+    event: str                       # a stem of EVENT_STEMS
+    start: datetime | None           # meter local time, as recorded
+    end: datetime | None             # None while the event lasts (a cover still open)
+    registers: dict[str, Decimal]    # canonical names (energy_import_kwh ...) at the event, as shown
+
+
 class EventCounterReader(Protocol):
-    """Capability: the meter counts events (cover open, programming, clear, clock set ...)."""
+    """Capability: the meter counts events (cover open, programming, clear, clock set ...).
+
+    How the gateway uses it (design rule, billing-practice.md §2): read the counters every
+    cycle; fetch the last record (:class:`EventRecordReader`) only when a counter increased.
+    The review turns each increase into an event carrying that record
+    (``gateway.review.meter_events``).
+    """
 
     async def read_event_counters(self, address: str, timeout: float) -> dict[str, int]:
-        """Event name (``event_*``) → how many times the meter recorded it."""
+        """``event_<stem>_count`` (stems of :data:`EVENT_STEMS` the meter keeps) → how many times."""
+        ...
+
+
+class EventRecordReader(Protocol):
+    """Capability: the meter keeps the last record of each event it counts."""
+
+    async def read_event_record(self, address: str, event: str, timeout: float) -> EventRecord | None:
+        """The last record of ``event`` (a stem of :data:`EVENT_STEMS`), or None when the meter keeps none."""
         ...

@@ -30,6 +30,7 @@ from drivers.base import (
     BusType,
     ClockSetter,
     EventCounterReader,
+    EventRecordReader,
     FreezeRecordReader,
     MeterDriver,
     PlanOptions,
@@ -61,12 +62,14 @@ class Capabilities:
     freeze_records: Callable[[MeterDriver], FreezeRecordReader] | None = None
     clock: Callable[[MeterDriver], ClockSetter] | None = None
     event_counters: Callable[[MeterDriver], EventCounterReader] | None = None
+    event_records: Callable[[MeterDriver], EventRecordReader] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         """The offered capabilities by name (for docs and ``--help``)."""
         offered = [("read_points", True), ("freeze_records", self.freeze_records is not None),
-                   ("clock", self.clock is not None), ("event_counters", self.event_counters is not None)]
+                   ("clock", self.clock is not None), ("event_counters", self.event_counters is not None),
+                   ("event_records", self.event_records is not None)]
         return tuple(n for n, on in offered if on)
 
 
@@ -97,7 +100,7 @@ point-name rules) → (points by name, plan options such as Modbus request limit
 class ProfileRules(Protocol):
     """The core's rules for any profile point, handed to a protocol's point parser.
 
-    The canonical point names and units belong to the gateway (SPEC), not to a protocol;
+    The canonical point names and units belong to the gateway (gateway/profiles.py), not to a protocol;
     the profile loader passes an instance so a parser checks names and units the same way
     for every protocol without importing the core.
     """

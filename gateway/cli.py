@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
 from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--clock-rate", type=float, default=1.0)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--duration", type=float, help="stop after this many real seconds")
+    sim.add_argument("--fault", action="append", default=[], metavar="METER:FAULT[:AMOUNT]",
+                     help="switch a meter into a fault (backwards, stop, fast, clock_drift, silent, phase_loss, "
+                          "zero_load, reverse, demand_over, low_pf, tariff_mismatch, cover_open, programming, ...)")
 
     exp = sub.add_parser("export", help="intervals / settlements / events / readings from the local store as CSV")
     exp.add_argument("what", choices=["readings", "intervals", "settlements", "events"])
@@ -103,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="readings only: csv (default) or json (the API's readings document, one line per meter)")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
+    add_auth_commands(sub)
     return p
 
 
@@ -142,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
+        "token": cmd_token, "audit": cmd_audit,
     }
     try:
         check_arguments(parser, args)
@@ -290,7 +296,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     return _run_async(run_simulator(settings, seed=args.seed, clock_start=parse_clock_start(args.clock_start),
-                                    clock_rate=args.clock_rate, duration=args.duration))
+                                    clock_rate=args.clock_rate, duration=args.duration, faults=args.fault))
 
 
 # ---------------------------------------------------------------------------- read / scan

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import sys
 import tempfile
@@ -114,6 +113,17 @@ def demo_config_text(data_dir: Path, *, api_host: str = "127.0.0.1", api_port: i
     )
 
 
+def demo_token(data_dir: Path) -> str:
+    """A fresh admin token in the demo's token file, for the banner (never logged)."""
+    import time
+
+    from gateway.model import iso_utc
+    from gateway.tokens import Role, TokenFile
+
+    token, _ = TokenFile(data_dir).add("demo", Role.ADMIN, iso_utc(time.time()))
+    return token
+
+
 async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: str, api_port: int,
                    data_dir: Path | None, mqtt: tuple[str, int], duration: float | None) -> int:
     """Start simulators and the gateway; print where to look; run until Ctrl-C or ``duration``."""
@@ -125,8 +135,8 @@ async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: st
         data_dir = Path(tempfile.mkdtemp(prefix="amr-demo-"))
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = os.environ.get("AMR_API_TOKEN") or secrets.token_urlsafe(18)
-    env = dict(os.environ, AMR_API_TOKEN=token)
+    token = os.environ.get("AMR_API_TOKEN") or demo_token(data_dir)
+    env = dict(os.environ, AMR_API_TOKEN=token) if "AMR_API_TOKEN" in os.environ else dict(os.environ)
     text = demo_config_text(data_dir, api_host=api_host, api_port=api_port, mqtt=mqtt)
     # kept beside the store so `amr-gateway export -c DATA_DIR/demo-config.yaml` works afterwards
     (data_dir / "demo-config.yaml").write_text(text)

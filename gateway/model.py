@@ -25,7 +25,6 @@ from json.encoder import encode_basestring
 from typing import Final, Literal
 
 Quality = Literal["good", "timeout", "crc_error", "exception", "invalid"]
-QUALITIES: Final = ("good", "timeout", "crc_error", "exception", "invalid")
 
 Value = Decimal | float | int | str
 

@@ -1,10 +1,10 @@
 """From a driver's raw point results to a :class:`~gateway.model.Reading`.
 
 The multiplier is applied here, with the factors of :mod:`gateway.multiplier` (the one place
-the CT×PT rule lives, shared with billing): voltage × PT, current × CT, power/energy/demand ×
-CT × PT, power factor and frequency never — and only for points the profile marks ``side:
-secondary``. ``raw`` always keeps what the meter showed. Values outside a physical range are
-kept as raw but flagged ``invalid``.
+the CT×PT rule lives, shared with billing; terminal practice: docs/billing-rules.md §3):
+voltage × PT, current × CT, power/energy/demand × CT × PT, power factor and frequency never —
+and only for points the profile marks ``side: secondary``. ``raw`` always keeps what the
+meter showed. Values outside a physical range are kept as raw but flagged ``invalid``.
 """
 
 from __future__ import annotations

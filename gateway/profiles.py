@@ -75,10 +75,10 @@ def _canonical() -> dict[str, str]:
 
 
 CANONICAL_UNITS: Final[dict[str, str]] = _canonical()
-"""Every canonical point name of the SPEC and its unit ("" for timestamps and PF)."""
+"""Every canonical point name of the gateway and its unit ("" for timestamps and PF)."""
 
 CANONICAL_POINTS: Final[tuple[str, ...]] = tuple(CANONICAL_UNITS)
-"""The canonical point names, in SPEC order."""
+"""The canonical point names, in their documented order."""
 
 EXTRA_PREFIXES: Final = ("x_", "event_")
 """Prefixes of non-canonical names a profile may add: vendor extras and meter events."""
@@ -89,7 +89,7 @@ _COMMON_TOP_KEYS: Final = ("name", "protocol", "description", "defaults", "point
 
 
 def is_valid_point_name(name: str) -> bool:
-    """True for a canonical SPEC point name or a vendor extra (``x_*``) / event (``event_*``)."""
+    """True for a canonical point name or a vendor extra (``x_*``) / event (``event_*``)."""
     return name in CANONICAL_UNITS or bool(_EXTRA_RE.match(name))
 
 
@@ -117,7 +117,7 @@ def shipped_profile_dirs() -> list[Path]:
 
     Each protocol package keeps its own (``drivers/<protocol>/profiles/*.yaml``, package
     data of the wheel). A checkout also has ``config/profiles/``, links to those same files,
-    which is searched instead so that messages name the directory the SPEC documents; an
+    which is searched instead so that messages name the directory the README documents; an
     installed wheel has no ``config/`` and searches the packages' directories.
     """
     if REPO_PROFILES_DIR.is_dir():

@@ -49,6 +49,7 @@ from gateway.api.routes_billing import install_billing_routes
 from gateway.api.routes_events import install_event_routes
 from gateway.api.server import ApiServer
 from gateway.billing.capture import BillingCapture
+from gateway.billing.periods import period_source
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core
 from gateway.heap import freeze_heap, keep_heap_frozen, refreeze_heap
@@ -199,7 +200,9 @@ class Gateway:
                 observers=self.observers, limiter=limiter if bus.type == "tcp" else None,
             )
         self.core = core = Core(s, self.clock, store, self.meters, self.workers, self.observers)
-        self.review = ReviewEngine(core)
+        plans = {m.id: core.settings.billing[m.billing] for m in core.settings.meters.values()
+                 if m.billing is not None and m.billing in core.settings.billing}
+        self.review = ReviewEngine(core, period_source=period_source(plans, core.settings.gateway.timezone))
         self.billing = BillingCapture(core)
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:

@@ -49,6 +49,9 @@ class GatewaySettings:
     id: str
     timezone: str = "UTC"
     data_dir: Path = Path("/var/lib/amr-gateway")
+    #: Command whose exit status 0 says the gateway clock is synchronized (GPS / B-code boxes);
+    #: None: the kernel's NTP state (gateway.billing.clockstate).
+    clock_check_command: str | None = None
 
 
 BusSettings = BusParams
@@ -117,6 +120,8 @@ class BillingPlan:
     at: time = time(0, 0)
     tolerance_s: float = 900.0
     allow_estimated: bool = False
+    #: A meter clock further than this from the gateway's at a boundary read: ``clock_unverified``.
+    max_meter_offset_s: float = 300.0
     registers: tuple[str, ...] = (
         "energy_import_kwh", "energy_import_kwh_t1", "energy_import_kwh_t2",
         "energy_import_kwh_t3", "energy_import_kwh_t4",

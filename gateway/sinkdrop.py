@@ -8,8 +8,9 @@ never deliver again holds the store's rows for ever. This is the one way to let 
   store's last seq: what it had not delivered is discarded, it delivers from there on;
 * a sink the configuration no longer names has its cursor removed: it is forgotten.
 
-Either way one ``audit`` row records who, when, which sink and which seqs were given up,
-and retention may then delete those rows. The gateway must be stopped: the command needs
+Either way one ``audit`` row in the store and one entry in the hash-chained audit log
+(:mod:`gateway.audit`, ``sink.drop``) record who, when, which sink and which seqs were given
+up, and retention may then delete those rows. The gateway must be stopped: the command needs
 the store to itself (the lock file every open store holds shared, see
 :func:`gateway.store.lock_path`), or a running gateway would keep its own cursor in memory.
 """
@@ -107,6 +108,7 @@ def _drop(conn: sqlite3.Connection, sink: str, configured: bool, who: str, now: 
 
 def cmd_sink_drop(args: argparse.Namespace) -> int:
     """``amr-gateway sink drop NAME -c FILE``: discard the sink's backlog (module doc)."""
+    from gateway.audit import AuditLog
     from gateway.config import load_settings
     from gateway.runtime import STORE_FILE
     from gateway.sinks.delivery import configured_sinks
@@ -119,6 +121,9 @@ def cmd_sink_drop(args: argparse.Namespace) -> int:
         who = f"uid {os.getuid()}"
     done = drop_sink_backlog(settings.gateway.data_dir / STORE_FILE, args.name, args.name in enabled + disabled,
                              who, time.time())
+    AuditLog.in_dir(settings.gateway.data_dir).append(
+        f"cli:{who}", "sink.drop", done.sink, {"acked_seq": done.from_seq},
+        {"acked_seq": done.to_seq, "action": done.action, "discarded": done.discarded})
     if done.action == "advanced":
         print(f"sink {done.sink}: {done.discarded} undelivered messages discarded (cursor {done.from_seq} -> "
               f"{done.to_seq}); it delivers from there on; audited")

@@ -888,7 +888,7 @@ def _call_with(get: Callable[[], sqlite3.Connection], fn: Callable[..., T], args
 
 
 _DROP_ORDER = ("realtime", "interval", "keep")
-"""Which uncommitted readings go first when memory for them is full (SPEC: realtime
+"""Which uncommitted readings go first when memory for them is full (docs/delivery.md §1: realtime
 samples first, settlement and interval readings last)."""
 
 

@@ -263,34 +263,6 @@ def as_choice(choices: Sequence[str], *, fold_case: bool = False) -> Converter[s
     return convert
 
 
-def as_text_list(node: yaml.Node) -> tuple[str, ...]:
-    """A list of texts; a single text is taken as a list of one."""
-    if isinstance(node, yaml.SequenceNode):
-        out = []
-        for item in node.value:
-            try:
-                out.append(as_text(item))
-            except Invalid as exc:
-                raise Invalid(f"must be a list of names, and item {describe(item)} {exc}") from None
-        return tuple(out)
-    return (as_text(node),)
-
-
-def as_int_list(node: yaml.Node) -> tuple[int, ...]:
-    """A list of whole numbers."""
-    if not isinstance(node, yaml.SequenceNode):
-        raise Invalid(f"must be a list of whole numbers such as [11, 21], not {describe(node)}")
-    out = []
-    for item in node.value:
-        try:
-            out.append(_int_value(item))
-        except Invalid:
-            raise Invalid(
-                f"must be a list of whole numbers such as [11, 21], and {describe(item)} is not one"
-            ) from None
-    return tuple(out)
-
-
 # ---------------------------------------------------------------------------------------
 # mappings
 

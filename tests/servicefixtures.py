@@ -11,7 +11,12 @@ Two kinds of peer:
   loopback port in a temporary directory, for the tests that stop and restart a peer.
 
 Also: :class:`Subscriber` (an independent MQTT consumer, QoS 1, optionally a persistent
-session) and :func:`vm_export` (what the TSDB really holds). Every wait here is bounded.
+session) and :func:`vm_export` (what the TSDB really holds).
+
+**Waiting**: :func:`wait_until` (sync) and :func:`await_until` (async) are the tests' one
+wait helper: poll a condition, bounded in time, and fail naming what was awaited. A test
+waits for the event it needs, never for a guessed duration; a sleep that *is* the scenario
+(time passing on purpose) says so in a comment.
 """
 
 from __future__ import annotations
@@ -30,12 +35,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
@@ -53,6 +58,7 @@ _MQTT_HOST, _, _MQTT_PORT = os.environ.get("AMR_TEST_MQTT", "127.0.0.1:1883").rp
 MOSQUITTO_HOST = _MQTT_HOST or "127.0.0.1"
 MOSQUITTO_PORT = int(_MQTT_PORT)
 VM_URL = os.environ.get("AMR_TEST_INFLUX_URL", "http://127.0.0.1:8428").rstrip("/")
+T = TypeVar("T")
 START_HINT = "run `bash scripts/ensure-services.sh start` (as root) or `make services` first"
 
 
@@ -72,32 +78,43 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def wait_until(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
-    """Wait (bounded) until ``predicate()`` is true, else fail the test naming ``what``."""
+def _timed_out(timeout: float, what: str, detail: Callable[[], object] | None) -> NoReturn:
+    seen = f" (at the deadline: {detail()})" if detail is not None else ""
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}{seen}")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, step: float = 0.05,
+               detail: Callable[[], object] | None = None) -> T:
+    """The tests' one way to wait for something to happen (sync side; see :func:`await_until`).
+
+    Checks ``predicate()`` every ``step`` real seconds for at most ``timeout`` seconds (and
+    once more at the deadline) and returns its first truthy value; otherwise fails the test
+    with "timed out after … waiting for ``what``", plus ``detail()`` — what the test saw —
+    when given. Never a bare sleep: the wait ends as soon as the condition holds.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            _timed_out(timeout, what, detail)
         time.sleep(step)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
-async def until(predicate: Any, timeout: float, step: float = 0.05) -> bool:
-    """Whether ``predicate()`` became true within ``timeout`` real seconds (checked every
-    ``step`` without blocking the event loop, and once more at the end)."""
+async def await_until(predicate: Callable[[], T], timeout: float, what: str, *, step: float = 0.05,
+                      detail: Callable[[], object] | None = None) -> T:
+    """:func:`wait_until` for async tests: the same semantics, and it sleeps without blocking
+    the event loop (so the code under test runs while the test waits)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            _timed_out(timeout, what, detail)
         await asyncio.sleep(step)
-    return bool(predicate())
-
-
-async def await_until(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
-    """Async :func:`wait_until`: waits without blocking the event loop."""
-    if not await until(predicate, timeout, step):
-        pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class StillClock:
@@ -237,14 +254,14 @@ class MosquittoProcess:
             return
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=logf, stderr=logf)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mosquitto exited at start ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
-            if port_open(self.host, self.port, 0.2):
-                return
-            time.sleep(0.05)
-        pytest.fail(f"mosquitto did not listen on {self.port} within {timeout:g} s")
+        proc = self.proc
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"mosquitto exited at start ({proc.returncode}): {self.log.read_text()[-2000:]}")
+            return port_open(self.host, self.port, 0.2)
+
+        wait_until(listening, timeout, f"mosquitto listening on {self.port}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop it gracefully (SIGTERM: it saves its persistence file) and wait."""
@@ -279,14 +296,14 @@ class VictoriaProcess:
                  "-loggerLevel=ERROR", "-search.disableCache"],
                 stdout=logf, stderr=logf,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
                 pytest.fail(f"victoria-metrics exited at start: {self.log.read_text()[-2000:]}")
-            if vm_healthy(self.url):
-                return
-            time.sleep(0.1)
-        pytest.fail(f"victoria-metrics did not answer within {timeout:g} s")
+            return vm_healthy(self.url)
+
+        wait_until(healthy, timeout, f"victoria-metrics answering /health on {self.port}", step=0.1)
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop it gracefully (SIGINT flushes its data) and wait."""
@@ -495,28 +512,15 @@ class Subscriber:
         with self._lock:
             return list(self.messages)
 
-    def wait_for(self, predicate: Any, timeout: float, what: str) -> list[Message]:
-        """Wait (bounded) until ``predicate(messages)`` holds; fail naming ``what`` otherwise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msgs = self.snapshot()
-            if predicate(msgs):
-                return msgs
-            time.sleep(0.05)
+    def received(self, predicate: Callable[[list[Message]], bool]) -> list[Message] | None:
+        """The messages so far when ``predicate(messages)`` holds, else None: the condition
+        to hand :func:`await_until`/:func:`wait_until`, which then return the messages."""
         msgs = self.snapshot()
-        pytest.fail(f"timed out after {timeout:g} s waiting for {what} ({len(msgs)} messages received)")
+        return msgs if predicate(msgs) else None
 
-    async def until(self, predicate: Any, timeout: float, what: str) -> list[Message]:
-        """Like :meth:`wait_for`, for async tests: sleeps without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            msgs = self.snapshot()
-            if predicate(msgs):
-                return msgs
-            await asyncio.sleep(0.05)
-        msgs = self.snapshot()
-        pytest.fail(f"timed out after {timeout:g} s waiting for {what} ({len(msgs)} messages received)")
+    def summary(self) -> str:
+        """How many messages arrived (the ``detail`` of a wait on this subscriber)."""
+        return f"{len(self.snapshot())} messages received on {self.topic}"
 
     def seqs(self, suffix: str = "/reading") -> list[int]:
         """The ``seq`` of every message whose topic ends with ``suffix``, in arrival order
@@ -541,12 +545,7 @@ def make_reading(meter: str = "m1", ts: float | None = None, kwh: str = "1234.5"
 
 
 async def commit(store: Store, readings: list[Reading]) -> list[int]:
-    """Commit readings now and return their seqs.
-
-    ``Store.append_readings`` can leave a batch queued until the next append when it is
-    called just as a group commit finishes (its flush task is still "running"); submitting
-    and flushing explicitly commits at once. Reported to the store's owner.
-    """
+    """Commit readings now (submit each, then flush: no group-commit wait) and return their seqs."""
     futures = [store.submit(r) for r in readings]
     await store.flush()
     return [seq for f in futures for seq in await f]

@@ -1,7 +1,7 @@
 """The DL/T 645 data identifiers amr-gateway knows: value layouts, signs, canonical points.
 
 Why a catalogue of our own: the DI tables of public implementations miss the block DIs,
-the daily-freeze DIs and the settlement-day blocks (``reference/dlt645-2007.md`` §11 #4).
+the daily-freeze DIs and the settlement-day blocks (``docs/protocols/dlt645-2007.md`` §11 #4).
 This module answers three questions for the driver and the simulator:
 
 * what a reply to a DI carries (:func:`describe`): one or more *records*, each a fixed
@@ -37,7 +37,7 @@ DI         daily freeze block (total + 4 tariffs)       canonical point (total o
 05060Ann   reverse active max demand + time             (none)
 ========== ============================================ ===================================
 
-Sources: ``reference/dlt645-2007.md`` §6.5 lists 0506 01…05/08; the demand blocks 0506 09 /
+Sources: ``docs/protocols/dlt645-2007.md`` §6.5 lists 0506 01…05/08; the demand blocks 0506 09 /
 0A (40 bytes each, "日冻结正向/反向有功需量及发生时间总及费率") come from a public terminal
 firmware table (repository not identified) and DL/T 645-2007 Annex A.6's freeze layout
 (kind 09/0A = max demand, as in the timed freeze 0500xxxx). unverified on real meters:
@@ -359,6 +359,8 @@ def _canonical_2007() -> tuple[DiPoint, ...]:
         _pt("event_programming_count", 0x03300000, "XXXXXX", "", "primary"),
         _pt("event_time_set_count", 0x03300400, "XXXXXX", "", "primary"),
         _pt("event_power_down_count", 0x03110000, "XXXXXX", "", "primary"),
+        _pt("event_meter_clear_count", 0x03300100, "XXXXXX", "", "primary"),
+        _pt("event_demand_clear_count", 0x03300200, "XXXXXX", "", "primary"),
     ]
     return tuple(pts)
 

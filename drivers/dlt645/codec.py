@@ -1,6 +1,6 @@
 """DL/T 645-2007 (and -1997 read) frame codec: pure functions, bytes in, frames out.
 
-Frame layout (``reference/dlt645-2007.md`` §2)::
+Frame layout (``docs/protocols/dlt645-2007.md`` §2)::
 
     [FE FE FE FE]  68  A0 A1 A2 A3 A4 A5  68   C    L   DATA[L]   CS   16
      0..4 wake-up  |   address, LSB first  |  ctrl  len  each +33h  |   end

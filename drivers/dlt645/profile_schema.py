@@ -7,6 +7,9 @@ A DL/T 645 profile (``protocol: dlt645``)::
       energy_import_kwh: {di: "00010000", format: XXXXXX.XX, unit: kWh,
                           side: secondary, block: "0001FF00", index: 0}
 
+``capacity: {digits: N, decimals: M}`` (optional) is where a cumulative register rolls over;
+the default is its value format's digits (``XXXXXX.XX`` → 6 and 2; :mod:`drivers.capacity`).
+
 Rules checked here: DIs are quoted hex strings (8 digits for 2007, 4 for 1997), formats are
 DL/T 645 value formats, ``index`` only with a ``block``. Point names and units are checked
 by the core's rules (:class:`drivers.registry.ProfileRules`).
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Final, Literal, cast
 import yaml
 
 from drivers.base import NO_PLAN_OPTIONS, PlanOptions, PointDef
+from drivers.capacity import parse_capacity
 from drivers.dlt645.points import DiPoint
 from drivers.dlt645.values import FORMAT_NAMES, parse_format
 from gateway.yamlpos import Invalid, Issues, MapView, as_choice, as_int, as_text, describe
@@ -30,7 +34,7 @@ if TYPE_CHECKING:
 
 TOP_KEYS: Final = ("name", "protocol", "description", "defaults", "points")
 _DEFAULT_KEYS: Final = ("side",)
-_POINT_KEYS: Final = ("di", "format", "unit", "side", "block", "index")
+_POINT_KEYS: Final = ("di", "format", "unit", "side", "block", "index", "capacity")
 _DI_RE = re.compile(r"^(0[xX])?([0-9A-Fa-f]{8}|[0-9A-Fa-f]{4})$")
 _SIDE = as_choice(("secondary", "primary"))
 
@@ -82,8 +86,9 @@ def _points(top: MapView, node: yaml.Node, issues: Issues,
             m.bad("index", "only applies to a block; add block or remove index")
         unit = rules.unit(m, name)
         side = cast(Literal["secondary", "primary"], m.get("side", _SIDE, d_side))
+        capacity = parse_capacity(m)
         if di is None or fmt is None:
             continue
         out.append((name, DiPoint(name=name, di=di, fmt=fmt, unit=unit, side=side, block=block,
-                                  index=index)))
+                                  index=index, declared_capacity=capacity)))
     return out

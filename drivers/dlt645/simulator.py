@@ -22,6 +22,9 @@ What a simulated meter does (``SimDlt645Spec`` switches the options):
   5-value block whose total is the model's register at the freeze instant and whose tariff
   values are "no data" fill, EE). ``freeze_kinds`` names the blocks (DI1) the meter
   freezes; any other is refused (D1 / 0x02), like a meter model without them;
+  ``freeze_at`` (default 00:00) is the time each freeze record is *stamped* with (050600nn),
+  to play a meter whose freeze is taken at another time of day (a 12:00 freeze offered for a
+  00:00 boundary); the values stay those of local 00:00;
 * settlement-day snapshots (xxxxFF0n, xxxx0n): registers at the n-th previous settlement
   instant of ``settlement_days`` (reported as 04000B01..03);
 * a meter clock (04000101 / 04000102) with a fixed offset and a drift in ppm; a broadcast
@@ -45,7 +48,7 @@ import os
 import tty
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -80,7 +83,14 @@ from gateway.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-_NO_DATA = b"\xee"          # fill byte of a value the meter does not have (dlt645-2007.md §7)
+_NO_DATA = b"\xee"          # fill byte of a value the meter does not have (docs/protocols/dlt645-2007.md §7)
+
+#: Event-counter DI → the model's event stem (drivers.simulation.faults), added to the
+#: spec's starting counts.
+EVENT_COUNT_STEMS: dict[int, str] = {
+    0x03300D00: "cover_open", 0x03300E00: "terminal_cover_open", 0x03300000: "programming",
+    0x03300100: "meter_clear", 0x03300200: "demand_clear", 0x03300400: "time_set",
+}
 
 DEFAULT_EVENTS: dict[int, int] = {
     0x03300D00: 1,   # meter cover opened
@@ -115,6 +125,7 @@ class SimDlt645Spec:
     reply_delay_s: float = 0.0
     freeze_gaps: frozenset[date] = frozenset()
     freeze_kinds: frozenset[int] = frozenset({0x01, 0x02, 0x03, 0x04, 0x09})
+    freeze_at: time = time(0, 0)
     settlement_days: tuple[tuple[int, int], ...] = ((1, 0),)
     clock_offset_s: float = 0.0
     clock_drift_ppm: float = 0.0
@@ -166,8 +177,10 @@ class _SimMeter:
         return self.meter_clock.now()
 
     def meter_time(self) -> datetime:
-        """The meter's own local wall clock (offset and drift applied), naive."""
-        return self.meter_clock.meter_time()
+        """The meter's own local wall clock (offset, drift and a ``clock_drift`` fault applied), naive."""
+        shown = self.meter_clock.meter_time()
+        ahead = self.model.faults.clock_offset_s(self.now())
+        return shown + timedelta(seconds=ahead) if ahead else shown
 
     def set_meter_time(self, local: datetime) -> None:
         """Broadcast time sync: make the meter clock show ``local`` now."""
@@ -218,8 +231,10 @@ class _SimMeter:
         if di3 == 0x02:
             return self._instant(di)
         if di3 == 0x03:
-            if di in spec.events:
-                return encode_value(spec.events[di], "XXXXXX", clip=True)
+            stem = EVENT_COUNT_STEMS.get(di)
+            if di in spec.events or stem is not None:
+                recorded = self.model.events_at(self.now()).get(f"event_{stem}_count", 0) if stem else 0
+                return encode_value(spec.events.get(di, 0) + int(recorded), "XXXXXX", clip=True)
             return None
         if di3 == 0x04:
             return self._param(di)
@@ -307,7 +322,7 @@ class _SimMeter:
             return None
         day = days[n - 1]
         if kind == 0x00:
-            return encode_value(datetime(day.year, day.month, day.day), "YYMMDDhhmm")
+            return encode_value(datetime.combine(day, self.spec.freeze_at), "YYMMDDhhmm")
         if kind not in self.spec.freeze_kinds:
             return None
         frozen = self.model.frozen_daily(day)
@@ -378,6 +393,8 @@ class _SimMeter:
     def reply(self, frame: Frame) -> bytes | None:
         """The wire reply of this meter to a request frame addressed to it (None: silent)."""
         spec = self.spec
+        if self.model.faults.is_on("silent", self.now()):
+            return None
         pre = spec.reply_preamble
         c = frame.control
         if spec.protocol == "dlt645-1997":

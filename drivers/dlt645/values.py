@@ -5,7 +5,7 @@ identifier's format names the digits and where the decimal point goes (``XXXXXX.
 4 bytes, two decimals). Decoding is exact: numbers come back as :class:`~decimal.Decimal`
 (never ``float``), so an energy register is stored with exactly the digits the meter shows.
 
-Rules (``reference/dlt645-2007.md`` §7):
+Rules (``docs/protocols/dlt645-2007.md`` §7):
 
 * bytes are reversed, then read as BCD digits: ``78 56 34 12`` → ``12345678`` →
   ``XXXXXX.XX`` → ``123456.78``;

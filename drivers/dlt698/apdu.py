@@ -1,4 +1,4 @@
-"""DL/T 698.45 APDUs for reading meters: GET requests and responses (``reference`` §3).
+"""DL/T 698.45 APDUs for reading meters: GET requests and responses (``docs/protocols/dlt698-45.md`` §3).
 
 Layouts (after the service tag and form byte; all integers big-endian)::
 

@@ -1,4 +1,4 @@
-"""A-XDR ``Data`` of DL/T 698.45: tagged values, encoded and decoded exactly (``reference`` §4).
+"""A-XDR ``Data`` of DL/T 698.45: tagged values, encoded and decoded exactly (``docs/protocols/dlt698-45.md`` §4).
 
 Each Data on the wire is a type tag and its value; integers are big-endian two's
 complement; variable lengths and element counts take one byte below 0x80, else ``0x80 | k``

@@ -1,6 +1,6 @@
 """The DL/T 698.45 objects amr-gateway reads: canonical point → OAD, scaler, unit.
 
-Sources: ``reference/dlt698-45.md`` §5 (lib catalog, concentrator OAD tables, captures).
+Sources: ``docs/protocols/dlt698-45.md`` §5 (lib catalog, concentrator OAD tables, captures).
 An OAD's index byte picks one element of an array attribute (1-based): energy and demand
 arrays are [total, tariff 1 … k] (``00100201`` = total, ``00100202`` = tariff 1), power and
 power-factor arrays [total, A, B, C], voltage and current [A, B, C].

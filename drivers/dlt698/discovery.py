@@ -2,7 +2,7 @@
 
 ``amr-gateway scan --protocol dlt698`` uses these through :data:`DISCOVERY`. With exactly
 one meter on a line, a GET of the communication address ``40010200`` to the wildcard
-address (AF 45, SA AA×6, ref §6) makes it answer from its own address. With several, their
+address (AF 45, SA AA×6, docs/protocols/dlt698-45.md §6) makes it answer from its own address. With several, their
 replies collide, so the scan probes a list or range of candidate addresses one by one.
 """
 

@@ -281,7 +281,7 @@ class Dlt698Driver:
         return out
 
     async def read_address(self, timeout: float = 1.0) -> str:
-        """The address of the single meter on the line (wildcard read of 40010200, ref §6)."""
+        """The address of the single meter on the line (wildcard read of 40010200, docs/protocols/dlt698-45.md §6)."""
         resp = await self.get(ServerAddress.wildcard(), GetNormal(0, ADDRESS_OAD), timeout)
         if isinstance(resp, GetResponseNormal) and isinstance(resp.result, Data):
             value = resp.result.value

@@ -1,4 +1,4 @@
-"""DL/T 698.45 link frames: pure functions, bytes in, frames out (``reference/dlt698-45.md`` §2).
+"""DL/T 698.45 link frames: pure functions, bytes in, frames out (``docs/protocols/dlt698-45.md`` §2).
 
 Frame layout (n = server address length, 1..16 bytes)::
 
@@ -119,7 +119,7 @@ def encode_length(count: int) -> bytes:
 def parse_length(raw: int) -> tuple[int, bool]:
     """Split an L field value into (count, kilobyte unit?) without judging it.
 
-    Bit 14 set means the count is in kilobytes (``reference`` §2, **medium**: one source).
+    Bit 14 set means the count is in kilobytes (``docs/protocols/dlt698-45.md`` §2, **medium**: one source).
     Bit 15 is reserved. :func:`scan` rejects both (design rule, see README).
     """
     return raw & LENGTH_MASK, bool(raw & LENGTH_UNIT_KB)

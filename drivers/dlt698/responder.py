@@ -17,7 +17,7 @@ Behaviour (a test covers each line):
 
 * frames from a meter, other meters' addresses, group and broadcast addresses get no reply
   (a GET cannot be answered by every meter on a bus at once); a wildcard address that
-  matches gets a reply from the meter's own single address, as in reference frame R1;
+  matches gets a reply from the meter's own single address, as in frame R1 (docs/protocols/dlt698-45.md §7);
 * the client address and the PIID are echoed; a time tag in the request is echoed;
 * GET-Normal/NormalList answer Data or a DAR per OAD; GET-Record selects rows with RSD
   0 (all), 1 (equal), 2 (start ≤ value < end; the interval is not applied), 9 (n-th last;

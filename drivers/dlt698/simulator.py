@@ -9,7 +9,7 @@ time) and its clock from :class:`~drivers.simulation.meter_clock.SimulatedMeterC
 *line* (one pty = an RS-485 bus, or one TCP port = a serial server); each answers only its
 own address; a wildcard request that several meters answer collides (bytes OR-ed).
 
-What a simulated meter holds (``reference/dlt698-45.md`` §5, scalers of the catalogue):
+What a simulated meter holds (``docs/protocols/dlt698-45.md`` §5, scalers of the catalogue):
 
 * energy arrays ``0010``/``0020`` (total + 4 tariffs), combined reactive ``0030``/``0040``
   and quadrants ``0050``–``0080`` (total only: the model has import and export reactive,

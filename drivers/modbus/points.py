@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from drivers.capacity import RegisterCapacity
+
 RegisterType = Literal["u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "bcd16", "bcd32"]
 
 REGISTER_WIDTH: dict[str, int] = {
@@ -33,6 +35,7 @@ class RegisterPoint:
     scale: Decimal = Decimal(1)
     unit: str = ""
     side: Literal["secondary", "primary"] = "primary"
+    capacity: RegisterCapacity | None = None    # where a cumulative register rolls over (drivers.capacity)
 
     @property
     def width(self) -> int:

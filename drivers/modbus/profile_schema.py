@@ -12,7 +12,9 @@ A Modbus profile (``protocol: modbus``)::
 
 Rules checked here: register types, function codes 3/4, addresses 0–65535 with the value's
 registers inside the map, no two points of one function code sharing a register; ``scale``
-is an exact Decimal from the YAML text (never a binary float). The point names and units are
+is an exact Decimal from the YAML text (never a binary float). ``capacity: {digits: N,
+decimals: M}`` (optional, no default: :mod:`drivers.capacity`) is where a cumulative register
+rolls over. The point names and units are
 checked by the core's rules (:class:`drivers.registry.ProfileRules`).
 """
 
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Final, Literal, cast, get_args
 import yaml
 
 from drivers.base import PlanOptions, PointDef
+from drivers.capacity import parse_capacity
 from drivers.modbus.points import REGISTER_WIDTH, ModbusLimits, RegisterPoint, RegisterType
 from gateway.yamlpos import (
     Invalid,
@@ -46,7 +49,7 @@ REGISTER_TYPES: Final[tuple[str, ...]] = get_args(RegisterType)
 TOP_KEYS: Final = ("name", "protocol", "description", "limits", "defaults", "points")
 _DEFAULT_KEYS: Final = ("function", "type", "word_order", "byte_order", "side", "scale")
 _POINT_KEYS: Final = ("address", "function", "type", "word_order", "byte_order", "scale",
-                      "unit", "side")
+                      "unit", "side", "capacity")
 _LIMIT_KEYS: Final = ("max_registers_per_request", "gap_fill", "pause_between_requests_ms",
                       "one_request_per_point")
 
@@ -134,6 +137,7 @@ def _points(top: MapView, node: yaml.Node, issues: Issues,
             scale=m.get("scale", _scale, d_scale),
             unit=rules.unit(m, name),
             side=cast(Literal["secondary", "primary"], m.get("side", _SIDE, d_side)),
+            capacity=parse_capacity(m),
         )
         if address is None:
             continue

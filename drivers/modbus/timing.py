@@ -1,6 +1,6 @@
 """Modbus RTU serial timing: character time, inter-frame silence, the wire's read limit.
 
-From Modbus over Serial Line v1.02 (see ``reference/serial-timing.md``): a character is
+From Modbus over Serial Line v1.02 (see ``docs/protocols/serial-timing.md``): a character is
 start + data bits + parity bit (if any) + stop bits; frames are separated by at least 3.5
 character times of silence (t3.5), with fixed timers above 19200 baud (t1.5 = 750 µs,
 t3.5 = 1.750 ms). The driver keeps t3.5 between frames; the benchmark compares achieved

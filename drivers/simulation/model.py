@@ -17,7 +17,9 @@ i.e. 1e-6 kWh), derived from:
 * a shared industrial two-shift daily shape (:data:`DAILY_SHAPE`, per local hour),
 * a per-meter factor (0.7–1.3 × ``base_kw``), a per-meter shift of the shape by 0–3
   slots and a per-meter noise pattern (±6 %) per slot of the day,
-* 0.7 × on Saturdays and Sundays,
+* 0.7 × on Saturdays and Sundays, and 0.4 × on public holidays when the model is given a
+  holiday calendar (``holidays=CN_HOLIDAYS``: New Year, Spring Festival, Labour Day, National
+  Day; off by default so the registers of existing fixtures stay what they are),
 * ÷ ``multiplier`` (CT × PT): the meter shows secondary values.
 
 Every weekday therefore has the same slot energies, as does every weekend day (days of a
@@ -53,6 +55,8 @@ from decimal import Decimal
 from itertools import accumulate
 from typing import ClassVar, Final
 from zoneinfo import ZoneInfo
+
+from drivers.simulation.faults import FaultSet
 
 SLOT_S: Final = 900
 UNITS_PER_KWH: Final = 10**8          # 1 unit = 1e-8 kWh
@@ -120,6 +124,20 @@ def _unit_interval(h: int) -> float:
     return (h >> 11) / float(1 << 53)
 
 
+#: Chinese public holidays 2025–2028 (the week-long ones as the State Council announced or, for
+#: later years, as they usually fall): (month, day) ranges by year. unverified for 2027–2028.
+CN_HOLIDAYS: Final[frozenset[date]] = frozenset(
+    date(y, m, d0) + timedelta(days=k)
+    for y, spans in {
+        2025: ((1, 1, 1), (1, 28, 8), (5, 1, 5), (10, 1, 8)),
+        2026: ((1, 1, 3), (2, 15, 9), (5, 1, 5), (10, 1, 7)),
+        2027: ((1, 1, 3), (2, 5, 8), (5, 1, 5), (10, 1, 7)),
+        2028: ((1, 1, 3), (1, 25, 8), (5, 1, 5), (10, 1, 7)),
+    }.items()
+    for m, d0, n in spans
+    for k in range(n)
+)
+
 _NOISE_BANKS: Final = 256
 _noise_bank: dict[tuple[int, bool], tuple[float, ...]] = {}
 
@@ -156,20 +174,21 @@ class _ZoneCalendar:
     directions; one calendar serves every meter with the same zone and epoch.
     """
 
-    _cache: ClassVar[dict[tuple[str, date], _ZoneCalendar]] = {}
+    _cache: ClassVar[dict[tuple[str, date, frozenset[date]], _ZoneCalendar]] = {}
 
     @classmethod
-    def get(cls, tz: str, anchor: date) -> _ZoneCalendar:
+    def get(cls, tz: str, anchor: date, holidays: frozenset[date] = frozenset()) -> _ZoneCalendar:
         """Return the shared calendar for ``tz`` anchored at ``anchor``."""
-        key = (tz, anchor)
+        key = (tz, anchor, holidays)
         cal = cls._cache.get(key)
         if cal is None:
-            cal = cls._cache[key] = cls(tz, anchor)
+            cal = cls._cache[key] = cls(tz, anchor, holidays)
         return cal
 
-    def __init__(self, tz: str, anchor: date) -> None:
+    def __init__(self, tz: str, anchor: date, holidays: frozenset[date] = frozenset()) -> None:
         self.zone = ZoneInfo(tz)
         self.anchor = anchor
+        self.holidays = holidays
         self._days: dict[int, _Day] = {}
         # counts[n] = {kind: number of days of that kind in [0, n)} for n >= 0,
         # and {kind: -number in [n, 0)} for n < 0, so C(n) = Σ counts[n][k] × D(k).
@@ -184,7 +203,7 @@ class _ZoneCalendar:
             start = datetime(local.year, local.month, local.day, tzinfo=self.zone).timestamp()
             nxt = local + timedelta(days=1)
             end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.zone).timestamp()
-            weekend = local.weekday() >= 5
+            weekend: bool | str = "holiday" if local in self.holidays else local.weekday() >= 5
             count = round((end - start) / SLOT_S)
             if count == 96:
                 qs = tuple(range(96))
@@ -264,6 +283,7 @@ class MeterModel:
         epoch: float = 1767225600.0,
         ct: Decimal | None = None,
         pt: Decimal | None = None,
+        holidays: frozenset[date] = frozenset(),
     ) -> None:
         multiplier = Decimal(multiplier)
         if ct is None and pt is None:
@@ -287,7 +307,7 @@ class MeterModel:
         self.epoch = float(epoch)
         self._zone = ZoneInfo(timezone)
         anchor = datetime.fromtimestamp(self.epoch, self._zone).date()
-        self._cal = _ZoneCalendar.get(timezone, anchor)
+        self._cal = _ZoneCalendar.get(timezone, anchor, frozenset(holidays))
 
         s = self.seed
         self._factor = 0.7 + 0.6 * _unit_interval(mix64(s, 1))
@@ -315,6 +335,8 @@ class MeterModel:
         self._cached_day: tuple[int, _Day, _DayCurve, tuple[int, ...]] | None = None
         self._month_max: dict[int, int] = {}
         self._origin = self._energy_units(self.epoch)
+        #: faults switched on (tests, demo): see drivers.simulation.faults
+        self.faults = FaultSet()
 
     # --- public API ----------------------------------------------------------------------
 
@@ -322,8 +344,30 @@ class MeterModel:
         """Tariff in force at ``t``: 1 sharp, 2 peak, 3 flat, 4 valley (see TARIFF_TABLE)."""
         return TARIFF_TABLE[datetime.fromtimestamp(t, self._zone).hour]
 
+    def set_fault(self, name: str, t: float, amount: Decimal | float | None = None) -> None:
+        """Switch a fault on at simulated time ``t`` (see :mod:`drivers.simulation.faults`)."""
+        self.faults.set(name, t, self._healthy_at, amount)
+
+    def clear_fault(self, name: str, t: float) -> None:
+        """Switch a fault off at simulated time ``t`` (its event records stay)."""
+        self.faults.clear(name, t, self._healthy_at)
+
+    def events_at(self, t: float) -> dict[str, Decimal | str]:
+        """The meter's event counters and last records at ``t`` (``event_<stem>_count`` …)."""
+        return self.faults.events_at(t, self._zone)
+
     def values_at(self, t: float) -> dict[str, Decimal]:
-        """Every canonical point as the meter shows it (secondary side) at epoch ``t``."""
+        """Every canonical point as the meter shows it (secondary side) at epoch ``t``.
+
+        A pure function of ``t`` while no fault is on; a fault changes it from its start.
+        """
+        out = self._healthy_at(t)
+        if self.faults.on or self.faults.offsets:
+            out = self.faults.apply(t, out)
+        return out
+
+    def _healthy_at(self, t: float) -> dict[str, Decimal]:
+        """The healthy meter's values at ``t`` (no fault applied)."""
         n, day, curve, base = self._day_state(t)
         i = int((t - day.start) // SLOT_S)
         if i >= len(curve.imp):
@@ -400,7 +444,8 @@ class MeterModel:
         if c is not None:
             return c
         weekend = bool(day.kind[0])
-        scale = self._sec_kw * (0.7 if weekend else 1.0) * 0.25 * UNITS_PER_KWH / _STEP
+        level = 0.4 if day.kind[0] == "holiday" else 0.7 if weekend else 1.0
+        scale = self._sec_kw * level * 0.25 * UNITS_PER_KWH / _STEP
         shift = self._shift
         noise = _noise(self._noise_key, weekend)
         shape = DAILY_SHAPE

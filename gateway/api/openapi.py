@@ -16,6 +16,7 @@ def error_responses(*codes: int) -> dict[str, Any]:
     text = {
         400: "Bad parameter (the body says which and why)",
         401: "Missing or wrong bearer token",
+        403: "The token's role is too low for this route (the body names the role needed)",
         404: "Unknown meter",
     }
     return {
@@ -198,7 +199,11 @@ def build_document(paths: dict[str, Any], version: str) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": dict(sorted(paths.items())),
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "A token from `amr-gateway token add`; roles: reader (GET), operator (the "
+                               "write routes), admin (tokens). The configured api.token counts as admin.",
+            }},
             "schemas": {
                 "Error": {
                     "type": "object",

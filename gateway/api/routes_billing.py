@@ -167,6 +167,14 @@ def _revision_props() -> dict[str, Any]:
         "reason": _NSTR,
         "revision": {"type": "integer", "nullable": True},
         "estimated_from": {"type": "array", "items": _obj({"seq": _INT, "ts": _STR})},
+        "flags": {"type": "array", "items": {"type": "string", "enum": ["clock_unverified"]},
+                  "description": "clock_unverified: read while the gateway clock was not synchronized, or with "
+                                 "the meter clock beyond the plan's max_meter_offset (the reason says which)"},
+        "gateway_clock": {"type": "object", "nullable": True, "description": "the gateway clock's state at the "
+                          "read: synchronized (true/false/null = unknown), source (kernel, command, simulated), "
+                          "detail, maxerror_s"},
+        "meter_clock": {**_NSTR, "description": "the meter's clock read with the settlement (meter local time)"},
+        "meter_offset_s": {**_NUM_OR_NULL, "description": "meter clock − gateway clock, seconds"},
         "seq": {"type": "integer", "nullable": True},
         "stored_at": _NSTR,
     }
@@ -188,6 +196,9 @@ def billing_paths() -> dict[str, Any]:
         "complete": {"type": "boolean"},
         "consumption": {"type": "object", "additionalProperties": _NUM_OR_NULL},
         "flags": {"type": "array", "items": _STR},
+        "codes": {"type": "array", "items": {"type": "string", "enum": ["rollover", "negative", "clock_unverified"]},
+                  "description": "machine-readable flags: rollover (counted exactly), negative and "
+                                 "clock_unverified (the stage is not complete)"},
     })
     revision = _obj(_revision_props())
     boundary = _obj({

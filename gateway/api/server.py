@@ -1,4 +1,5 @@
-"""The API server: auth, errors, core routes (health, meters, readings, metrics, OpenAPI).
+"""The API server: auth (:mod:`gateway.api.auth`), errors, core routes (health, meters, readings, metrics,
+OpenAPI).
 
 The server reads the running gateway through :class:`GatewayView` (a Protocol the runtime
 satisfies; the API never imports the runtime). Feature routes (billing: intervals,
@@ -14,11 +15,9 @@ on the same address takes over the old runtime's socket (:meth:`ApiServer.bind` 
 
 from __future__ import annotations
 
-import hmac
 import io
 import json
 import logging
-import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway import __version__
+from gateway.api.auth import ApiAuth, install_token_routes
 from gateway.api.httplog import HTTP_LOG
 from gateway.api.openapi import build_document
 from gateway.api.params import BadRequest, int_param, output_format, time_range
@@ -129,20 +129,6 @@ def error_response(status: int, message: str) -> web.Response:
     )
 
 
-def token_matches(given: str, token: str) -> bool:
-    """Constant-time comparison of a presented token with the configured one.
-
-    Header values arrive decoded with surrogate escapes for bytes that are not UTF-8; they
-    are compared as the bytes the client sent, and anything that cannot be encoded is a
-    wrong token (401), never an error.
-    """
-    try:
-        presented = given.strip().encode("utf-8", "surrogateescape")
-    except UnicodeError:
-        return False
-    return hmac.compare_digest(presented, token.encode())
-
-
 class ApiServer:
     """Serves the API on ``api.listen`` inside the gateway's event loop."""
 
@@ -156,13 +142,7 @@ class ApiServer:
         api = gateway.settings.api
         self.host = api.host
         self.port = api.port
-        self.token = api.token
-        if not self.token:
-            self.token = secrets.token_urlsafe(24)
-            log.warning(
-                "no API token configured (api.token_file or AMR_API_TOKEN); generated one for this run: %s",
-                self.token,
-            )
+        self.auth = ApiAuth.for_settings(gateway.settings)  # token file + api.token (admin); roles
         self._runner: web.AppRunner | None = None
         self._listener: socket.socket | None = None
         self.app = self.build_app()
@@ -173,6 +153,7 @@ class ApiServer:
         r = app.router
         paths: dict[str, Any] = {}
         paths.update(install_core_routes(self, r))
+        paths.update(install_token_routes(self.auth, r))
         for installer in self.routes:
             paths.update(installer(self, r))
         self.openapi = build_document(paths, __version__)
@@ -221,31 +202,12 @@ class ApiServer:
             self._listener = None
 
     def authorized(self, request: web.Request) -> bool:
-        """Whether the request carries the right bearer token (any bytes in it are just wrong)."""
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and bool(given) and token_matches(given, self.token or "")
+        """Whether the request carries an accepted bearer token of any role (any bytes in it are just wrong)."""
+        return self.auth.identify(request) is not None
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
-            return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            resp = error_response(
-                401,
-                "this route needs 'Authorization: Bearer <token>' "
-                "(the token from api.token_file or AMR_API_TOKEN)",
-            )
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return resp
-        if not self.authorized(request):
-            resp = error_response(
-                401, "the bearer token is wrong; use the token from api.token_file or AMR_API_TOKEN"
-            )
-            resp.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-            return resp
-        return await handler(request)
+        return await self.auth.check(request, handler, public=request.path in PUBLIC_PATHS)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -14,9 +14,13 @@ How it fits the gateway
 
   1. meters whose protocol keeps freeze records (the ``freeze_records`` capability of its
      descriptor, :mod:`drivers.registry`; today DL/T 645-2007), boundary at 00:00: the
-     meter's **daily freeze matched by date**
-     (``read_daily_freeze``; the log can have gaps, so never by index) → ``meter_frozen``
-     stamped with the meter's freeze time;
+     meter's **daily freeze found by date**
+     (``read_daily_freeze``; the log can have gaps, so never by index) and used only when
+     its **freeze time** (from the record) is the boundary within the plan's tolerance →
+     ``meter_frozen`` stamped with the meter's freeze time. A freeze taken at another time
+     (12:00 for a 00:00 boundary) is not used: the attempt goes on to 2. and 3., the reason
+     names both times, and a ``freeze_mismatch`` review event is raised once (through
+     ``Core.event_sinks``);
   2. the same meters: the **settlement-day record** whose instant is the boundary
      (上n结算日, n = 1..3) → ``meter_frozen``;
   3. a **live read** of the plan's registers → ``actual`` when it finished within the
@@ -61,18 +65,21 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time
+from datetime import date, datetime, time, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Final
 
 from drivers import registry
 from drivers.base import FreezeRecordReader, MeterDriver, ReadPlan
+from drivers.capacity import capacity_of
 from gateway.billing import db
+from gateway.billing.clockstate import ClockStateSource, GatewayClockState, clock_state_source
 from gateway.billing.cycles import (
     Boundary,
     boundaries_between,
     cycle_at,
+    last_boundary_at_or_before,
     local_date_of,
     next_boundary_after,
 )
@@ -83,7 +90,9 @@ from gateway.billing.settlement import (
     RegisterValue,
     Settlement,
     rank,
+    stage_consumption,
 )
+from gateway.clock import SystemClock
 from gateway.errors import DeviceException
 from gateway.model import Reading, iso_utc, loads_exact, parse_iso
 from gateway.multiplier import RatioChange, last_audit_at, last_ratio_change, register_factor
@@ -164,6 +173,15 @@ class BillingCapture:
         self.attempts = 0
         self.stored = 0
         self.ratio_changes = 0
+        self._mismatches: dict[tuple[str, float], float] = {}     # (meter, boundary) → freeze time seen
+        self._mismatch_raised: set[tuple[str, float]] = set()
+        self.events_raised: list[tuple[str, str, str]] = []       # (meter, type, key), for tests and logs
+        self._negative_raised: set[tuple[str, str, tuple[str, ...]]] = set()
+        self._clock_plans: dict[str, ReadPlan | None] = {}
+        #: Where the gateway clock's state comes from (tests inject their own: the kernel's NTP
+        #: state cannot be set by a test).
+        self.clock_state: ClockStateSource = clock_state_source(
+            core.settings.gateway.clock_check_command, isinstance(core.clock, SystemClock))
         self._stopping = False
         core.observers.append(self.observe)
 
@@ -358,9 +376,38 @@ class BillingCapture:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            await self._raise_freeze_mismatch(m, b)
             return None, str(exc) or type(exc).__name__
+        draft = clock_verdict(draft, await self.clock_state(), plan)
         await self._store(m, plan, b, draft)
+        await self._raise_freeze_mismatch(m, b)
         return draft, ""
+
+    async def _raise_freeze_mismatch(self, m: MeterRuntime, b: Boundary) -> None:
+        """Raise (once per meter and boundary) the ``freeze_mismatch`` event an attempt found."""
+        key = (m.id, b.ts)
+        frozen_at = self._mismatches.pop(key, None)
+        if frozen_at is None or key in self._mismatch_raised:
+            return
+        self._mismatch_raised.add(key)
+        z = zone(self.tz)
+        message = (f"the meter's daily freeze for the {_local(b.ts, z)} boundary was taken at "
+                   f"{_local(frozen_at, z)}: not used as the settlement; the registers were read instead")
+        await self.raise_event(m.id, "freeze_mismatch", iso_utc(b.ts), message,
+                               {"boundary": iso_utc(b.ts), "frozen_at": iso_utc(frozen_at),
+                                "tolerance_s": Decimal(repr(self.plans[m.id].tolerance_s))})
+
+    async def raise_event(self, meter: str, etype: str, key: str, message: str, evidence: dict[str, object]) -> None:
+        """Hand a billing review event to the review engine (``Core.event_sinks``); always logged."""
+        log.warning("billing event %s meter %s [%s]: %s", etype, meter, key, message)
+        for sink in self.gw.event_sinks:
+            try:
+                await sink(meter, etype, key, self.gw.clock.time(), message, evidence)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("billing event %s of meter %s could not be handed to review", etype, meter)
+        self.events_raised.append((meter, etype, key))       # after the sinks: it is stored when listed here
 
     async def _wait(self, meter_id: str, seconds: float, *, wake: bool) -> None:
         """Sleep ``seconds`` of gateway time, or less when the meter's next good poll arrives."""
@@ -399,7 +446,8 @@ class BillingCapture:
         if _frozen_capable(m, self.gw):
             frozen = await self._read_frozen(driver, m, plan, b, timeout, notes)
             if frozen is not None:
-                return await self._complete_frozen(driver, m, plan, b, timeout, frozen)
+                done = await self._complete_frozen(driver, m, plan, b, timeout, frozen)
+                return await self._with_meter_clock(driver, m, timeout, done)
         if frozen_only:
             raise _NotFrozen("; ".join(notes) or "the meter has no frozen value for this boundary")
         regs, now, error = await self._read_live(driver, m, plan, b.ts, timeout, self._live_plan(m, plan))
@@ -407,7 +455,42 @@ class BillingCapture:
             raise DeviceException(0x02, "no requested data", error or "no register could be read")
         quality = "actual" if now - b.ts <= plan.tolerance_s else "late"
         note = "; ".join(notes) if notes else None
-        return Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
+        live = Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
+        return await self._with_meter_clock(driver, m, timeout, live)
+
+    async def _with_meter_clock(self, driver: MeterDriver, m: MeterRuntime, timeout: float, d: Draft) -> Draft:
+        """Read the meter's clock in the same bus job and keep its offset from the gateway's with ``d``.
+
+        Only for profiles that map ``meter_clock``; a meter without one keeps ``meter_offset_s``
+        None (nothing to check). A clock the meter does not give is noted and treated as an
+        offset that cannot be verified (see :func:`clock_verdict`).
+        """
+        if "meter_clock" not in m.profile.points:
+            return d
+        if m.id not in self._clock_plans:
+            bus = self.gw.settings.buses[m.settings.bus]
+            self._clock_plans[m.id] = compile_meter_plan(bus, m.settings, m.profile, ["meter_clock"])
+        compiled = self._clock_plans[m.id]
+        if compiled is None:
+            return d
+        try:
+            results = await driver.read(m.settings.address, compiled, timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return replace(d, meter_clock=None, reason=_join(d.reason, f"meter clock not read: {exc}"),
+                           flags=(*d.flags, "meter_clock_unread"))
+        now = self.gw.clock.time()
+        reading = m.builder.build("settlement", now, now, results)
+        p = reading.points.get("meter_clock")
+        text = None if p is None or p.quality != "good" else str(p.value if p.value is not None else p.raw)
+        at = None if text is None else _meter_time(text, self.tz)
+        if text is None or at is None:
+            why = p.reason if p is not None and p.reason else "no value"
+            return replace(d, reason=_join(d.reason, f"meter clock not read: {why}"),
+                           flags=(*d.flags, "meter_clock_unread"))
+        offset = (Decimal(repr(at)) - Decimal(repr(now))).quantize(Decimal("0.001"))
+        return replace(d, meter_clock=text, meter_offset_s=offset)
 
     async def _read_live(self, driver: MeterDriver, m: MeterRuntime, plan: BillingPlan, slot: float, timeout: float,
                          live: tuple[ReadPlan, list[str]] | None) -> tuple[dict[str, RegisterValue], float, str | None]:
@@ -492,10 +575,17 @@ class BillingCapture:
             except DeviceException as exc:
                 notes.append(f"daily freeze: {exc}")
             else:
-                regs = self._frozen_registers(m, plan, values, stamps)
-                if regs:
-                    return Draft("meter_frozen", "daily_freeze", regs, read_at=self.gw.clock.time(),
-                                 frozen_at=when.timestamp())
+                frozen_at = when.timestamp()
+                if abs(frozen_at - b.ts) > plan.tolerance_s:
+                    # Matched by date only: a freeze taken at another time of day is not this boundary.
+                    notes.append(f"the daily freeze of {day} was taken at {_local(frozen_at, z)}, not at the "
+                                 f"boundary {_local(b.ts, z)} (tolerance {plan.tolerance_s:g} s): not used")
+                    self._mismatches[(m.id, b.ts)] = frozen_at
+                else:
+                    regs = self._frozen_registers(m, plan, values, stamps)
+                    if regs:
+                        return Draft("meter_frozen", "daily_freeze", regs, read_at=self.gw.clock.time(),
+                                     frozen_at=frozen_at)
         for n in range(1, 4):
             try:
                 settled, values = await freezes.read_settlement(addr, n, timeout, tz=z)
@@ -586,8 +676,18 @@ class BillingCapture:
             "registers": {n: r.doc() for n, r in d.registers.items()},
             "reason": d.reason,
         }
+        caps = {n: c.doc() for n in d.registers if n not in NOT_CUMULATIVE
+                and (c := capacity_of(m.profile.points.get(n))) is not None}
+        if caps:
+            body["capacity"] = caps          # where each register rolls over (stage consumption)
         if d.estimated_from:
             body["estimated_from"] = list(d.estimated_from)
+        if d.gateway_clock is not None:
+            body["gateway_clock"] = d.gateway_clock
+            body["meter_clock"] = d.meter_clock
+            body["meter_offset_s"] = d.meter_offset_s
+        if d.flags:
+            body["flags"] = list(d.flags)
         store = self.gw.store
         row = await store.write(db.insert_if_better, s.id, plan.name, b.cycle, b.index, b.ts, d.quality,
                                 self.gw.clock.time(), body)
@@ -596,6 +696,11 @@ class BillingCapture:
         self.current[(s.id, b.ts)] = _known_of(row)
         self.stored += 1
         await self._publish(row)
+        if d.quality != "missing":
+            await self._check_stage(m, plan, b)
+            nxt = next_boundary_after(plan, self.tz, b.ts)
+            if (s.id, nxt.ts) in self.current:          # a catch-up stored an older boundary after a newer one
+                await self._check_stage(m, plan, nxt)
         extra = f", read at {iso_utc(d.read_at)}" if d.quality in ("actual", "late") and d.read_at else ""
         extra += f", frozen at {iso_utc(d.frozen_at)}" if d.frozen_at else ""
         extra += f" ({d.reason})" if d.quality == "missing" and d.reason else ""
@@ -604,6 +709,36 @@ class BillingCapture:
             datetime.fromtimestamp(b.ts, zone(self.tz)).isoformat(timespec="minutes"), d.quality, d.source, extra,
         )
         return row
+
+    async def _check_stage(self, m: MeterRuntime, plan: BillingPlan, b: Boundary) -> None:
+        """Raise a ``negative`` review event when the stage ending at ``b`` went down unexplained.
+
+        Once per meter, stage end and register set; a rollover within the register's capacity is
+        counted (flagged in the stage, :func:`~gateway.billing.settlement.stage_consumption`), not raised.
+        """
+        prev = last_boundary_at_or_before(plan, self.tz, b.ts - 1e-3)
+        if prev.ts >= b.ts:
+            return
+        rows = await self.gw.store.read(db.for_meter, m.id, prev.ts, b.ts)
+        changes = await self.gw.store.read(db.ratio_changes, m.id, prev.ts, b.ts)
+        by_ts = {r.boundary: r for r in rows}
+        st = stage_consumption(b.index if b.index else prev.index + 1, prev.ts, b.ts, by_ts.get(prev.ts),
+                               by_ts.get(b.ts), list(plan.registers), changes)
+        if "negative" not in st.codes:
+            return
+        down = sorted(n for n, v in st.consumption.items() if v is not None and v < 0)
+        key = f"{iso_utc(prev.ts)}/{iso_utc(b.ts)}"
+        if (m.id, key, tuple(down)) in self._negative_raised:
+            return
+        self._negative_raised.add((m.id, key, tuple(down)))
+        z = zone(self.tz)
+        await self.raise_event(
+            m.id, "negative", key,
+            f"stage {_local(prev.ts, z)} → {_local(b.ts, z)}: {', '.join(down)} went down and no rollover "
+            "explains it; the stage is not complete",
+            {"start": iso_utc(prev.ts), "end": iso_utc(b.ts),
+             "consumption": {n: st.consumption[n] for n in down},
+             "flags": [f for f in st.flags if f.startswith("negative")]})
 
     async def _publish(self, row: Settlement) -> None:
         store = self.gw.store
@@ -666,6 +801,50 @@ def _factor(m: MeterRuntime, name: str) -> Decimal:
     return register_factor(m.profile, name, m.settings.ct_ratio.factor, m.settings.pt_ratio.factor)
 
 
+def clock_verdict(d: Draft, state: GatewayClockState, plan: BillingPlan) -> Draft:
+    """``d`` with the gateway clock's state kept and, when it cannot be trusted, ``clock_unverified``.
+
+    A settlement read from the meter (``meter_frozen``, ``actual``, ``late``) is unverified when
+    the gateway clock is not known to be synchronized, or the meter's clock was off from the
+    gateway's by more than ``plan.max_meter_offset_s`` (or could not be read, its profile
+    mapping one). Estimated and missing ones are left as they are. Pure.
+    """
+    if d.quality in ("missing", "estimated"):
+        return d
+    why: list[str] = []
+    if state.synchronized is not True:
+        why.append("the gateway clock is " + ("not synchronized" if state.synchronized is False
+                                               else "of unknown state") + f" ({state.detail})")
+    if d.meter_offset_s is not None and abs(d.meter_offset_s) > Decimal(repr(plan.max_meter_offset_s)):
+        why.append(f"the meter clock is {d.meter_offset_s} s off the gateway's "
+                   f"(the plan allows {plan.max_meter_offset_s:g} s)")
+    if "meter_clock_unread" in d.flags:
+        why.append("the meter clock could not be read")
+    flags = tuple(f for f in d.flags if f != "meter_clock_unread")
+    if why:
+        flags = (*flags, "clock_unverified")
+    reason = d.reason
+    if why:
+        reason = _join(reason, "clock_unverified: " + "; ".join(why))
+    return replace(d, gateway_clock=state.doc(), flags=flags, reason=reason)
+
+
+def _meter_time(text: str, tz: str) -> float | None:
+    """A meter clock reading (ISO-8601; naive means the gateway's zone) as epoch seconds."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=zone(tz))
+    return dt.timestamp()
+
+
+def _local(t: float, z: tzinfo) -> str:
+    """Epoch ``t`` as a local wall time to the minute (what an operator compares)."""
+    return datetime.fromtimestamp(t, z).isoformat(timespec="minutes")
+
+
 def _join(a: str | None, b: str) -> str:
     return b if not a else f"{a}; {b}"
 
@@ -678,7 +857,7 @@ def interpolate(r1: Decimal, t1: float, r2: Decimal, t2: float, at: float) -> De
 
     Rational arithmetic on the exact binary values of the times (``Fraction`` of a float is
     exact), rounded once, half-even, to 4 decimals (the terminal's A14 precision,
-    billing-practice.md §2). Used for ``estimated`` settlements only.
+    docs/billing-rules.md §2). Used for ``estimated`` settlements only.
     """
     frac = (Fraction(at) - Fraction(t1)) / (Fraction(t2) - Fraction(t1))
     exact = Fraction(r1) + (Fraction(r2) - Fraction(r1)) * frac
@@ -729,4 +908,4 @@ def _neighbours(conn: sqlite3.Connection, meter: str, at: float, registers: list
     return a, b
 
 
-__all__ = ["BillingCapture", "interpolate"]
+__all__ = ["BillingCapture", "clock_verdict", "interpolate"]

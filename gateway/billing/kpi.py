@@ -1,6 +1,6 @@
 """Read-completeness KPIs per meter, per bus and for the gateway, for one local day.
 
-Definitions (billing-practice.md §8, 采集成功率 per day and data type):
+Definitions (docs/billing-rules.md §8, 采集成功率 per day and data type):
 
 * **read completeness** = slots read good ÷ slots scheduled, over every schedule of the
   meter, for the slots of the day that have come (a day in progress counts the slots up to

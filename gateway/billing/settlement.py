@@ -22,6 +22,14 @@ CT × PT (for registers the meter shows on the secondary side), so it is exactly
 the ratio changed inside the stage, the audited change record (with the registers read at
 the change) splits it: (at change − start) × old + (end − at change) × new; without such a
 record or reading the consumption is withheld and flagged.
+A decrease of a register is a **rollover** when the register's capacity (``capacity`` in
+the settlement, from the profile: 10^digits) explains it — end + 10^digits − start below half
+the capacity — and is then counted exactly and flagged ``rollover``; any other decrease is
+flagged ``negative`` and the stage is never ``complete``. A stage one of whose ends is
+``clock_unverified`` (the gateway clock unsynchronized, or the meter clock off by more than the
+plan's ``max_meter_offset``, at that read) is flagged so and not ``complete`` (an operator
+confirmation, issue 15 item 6, is what will accept it). ``codes`` lists such flags
+(:data:`FLAG_CODES`) for programs; ``flags`` explains each in a sentence.
 **Reconciliation**: Σ stage consumption = cycle consumption (end − start of the cycle) per
 register, flagged when a stage is incomplete or the sums disagree.
 """
@@ -38,6 +46,9 @@ QUALITY_RANK: Final[dict[str, int]] = {
     "meter_frozen": 5, "actual": 4, "late": 3, "estimated": 2, "missing": 1,
 }
 SETTLEMENT_SCHEMA: Final = "amr.settlement.v1"
+
+#: Machine-readable stage flags (``StageConsumption.codes``).
+FLAG_CODES: Final = ("rollover", "negative", "clock_unverified")
 
 #: Registers that are not cumulative: kept in a settlement, never differenced.
 NOT_CUMULATIVE: Final = frozenset({"demand_max_kw", "demand_max_kw_at"})
@@ -88,6 +99,10 @@ class Draft:
     frozen_at: float | None = None        # meter's freeze time (meter_frozen)
     reason: str | None = None             # missing: why; others: notes
     estimated_from: tuple[dict[str, object], ...] = ()
+    meter_clock: str | None = None        # the meter's clock as read with the settlement (meter local)
+    meter_offset_s: Decimal | None = None  # meter clock − gateway clock at that read
+    gateway_clock: dict[str, object] | None = None   # the gateway clock's state (clockstate.GatewayClockState)
+    flags: tuple[str, ...] = ()           # clock_unverified
 
 
 @dataclass(slots=True)
@@ -122,10 +137,30 @@ class Settlement:
                 out[name] = Decimal(v)
         return out
 
+    def raw_registers(self) -> dict[str, Decimal]:
+        """Register → what the meter showed (before CT×PT), exact."""
+        regs = self.body.get("registers") or {}
+        out: dict[str, Decimal] = {}
+        for name, r in regs.items():
+            v = r.get("raw") if isinstance(r, dict) else None
+            if v is not None:
+                out[name] = Decimal(v)
+        return out
+
+    def capacities(self) -> dict[str, int]:
+        """Register → integer digits it shows before rolling over (recorded from the profile at capture)."""
+        caps = self.body.get("capacity") or {}
+        return {n: int(c["digits"]) for n, c in caps.items() if isinstance(c, dict) and c.get("digits") is not None}
+
     def register_qualities(self) -> dict[str, str]:
         """Registers that carry a quality of their own (see :class:`RegisterValue`)."""
         regs = self.body.get("registers") or {}
         return {n: str(r["quality"]) for n, r in regs.items() if isinstance(r, dict) and r.get("quality")}
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The settlement's own flags (``clock_unverified``)."""
+        return tuple(str(f) for f in self.body.get("flags") or ())
 
     @property
     def multiplier(self) -> Decimal | None:
@@ -146,6 +181,9 @@ class StageConsumption:
     consumption: dict[str, Decimal | None]
     complete: bool
     flags: tuple[str, ...] = ()
+    #: Machine-readable flags (:data:`FLAG_CODES`), each also explained by a sentence in ``flags``
+    #: that starts with the code.
+    codes: tuple[str, ...] = ()
 
 
 def _mult(doc: Any) -> Decimal | None:
@@ -211,21 +249,44 @@ def stage_consumption(
                          f"{_mult(c.get('new'))}): consumption split at the reading taken at the change")
     a = first.registers() if first is not None else {}
     b = last.registers() if last is not None else {}
+    codes: list[str] = []
+    negative = False
     for name in names:
         if usable and name in a and name in b:
+            assert first is not None and last is not None
             d = _split(name, a[name], b[name], inside) if inside else b[name] - a[name]
+            if d is not None and d < 0 and not inside:
+                wrapped = _rollover(name, first, last, d)
+                if wrapped is not None:
+                    d = wrapped
+                    codes.append("rollover")
+                    flags.append(f"rollover: {name} rolled over past its capacity "
+                                 f"({first.raw_registers()[name]} → {last.raw_registers()[name]} on the meter); "
+                                 f"counted as {wrapped}")
             cons[name] = d
             if d is None:
                 flags.append(f"{name}: no reading at the CT/PT change, consumption withheld")
                 continue
             if d < 0:
-                flags.append(f"{name} went down across the stage ({a[name]} → {b[name]})")
+                negative = True
+                codes.append("negative")
+                flags.append(f"negative: {name} went down across the stage ({a[name]} → {b[name]}) and "
+                             "nothing explains it (not a rollover within the register's capacity)")
         elif name in a or name in b:
             cons[name] = None
     one_end = [n for n, v in cons.items() if v is None and usable and not (n in a and n in b)]
     if one_end:
         flags.append("only one end has " + ", ".join(one_end) + " (the other end's source does not carry it)")
-    complete = usable and any(v is not None for v in cons.values()) and not any(
+    unverified = False
+    for s, end_name in ((first, "start"), (last, "end")):
+        if s is not None and s.quality != "missing" and "clock_unverified" in s.flags:
+            unverified = True
+            codes.append("clock_unverified")
+            flags.append(f"clock_unverified: the {end_name} settlement was read while the gateway clock was "
+                         "unsynchronized or the meter clock was off by more than the plan allows "
+                         f"({s.body.get('reason') or 'see the settlement'}); not complete until an operator "
+                         "confirms it")
+    complete = usable and not negative and not unverified and any(v is not None for v in cons.values()) and not any(
         v is None and n in a and n in b for n, v in cons.items())
     for s, end_name in ((first, "start"), (last, "end")):
         if s is None:
@@ -236,7 +297,34 @@ def stage_consumption(
             if name in cons and q != s.quality:
                 flags.append(f"{name} at the {end_name} is a live read ({q}); the meter did not freeze it")
     return StageConsumption(stage, start, end, first.quality if first else None,
-                            last.quality if last else None, cons, complete, tuple(flags))
+                            last.quality if last else None, cons, complete, tuple(flags),
+                            tuple(dict.fromkeys(codes)))
+
+
+def _rollover(name: str, first: Settlement, last: Settlement, d: Decimal) -> Decimal | None:
+    """The stage consumption of ``name`` when its decrease is a rollover, else None.
+
+    A register of ``digits`` integer digits wraps at 10^digits: end + 10^digits − start is
+    the consumption when that is less than half the capacity (a real decrease, a meter reset
+    or a swapped meter, gives a wrapped difference near the capacity and stays ``negative``).
+    Computed on the values after CT×PT: ``d`` + 10^digits × the register's factor (value ÷
+    raw, the same at both ends when the ratios agree), exactly.
+    """
+    digits = last.capacities().get(name, first.capacities().get(name))
+    if digits is None:
+        return None
+    ra, rb = first.raw_registers().get(name), last.raw_registers().get(name)
+    if ra is None or rb is None:
+        return None
+    modulus = Decimal(10) ** digits
+    raw_wrapped = rb - ra + modulus
+    if not 0 <= raw_wrapped < modulus / 2:
+        return None
+    va, vb = first.registers()[name], last.registers()[name]
+    factor = va / ra if ra != 0 else (vb / rb if rb != 0 else None)
+    if factor is None:
+        return None
+    return d + modulus * factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +371,7 @@ def reconcile(stages: list[StageConsumption], total: StageConsumption) -> Reconc
 
 
 __all__ = [
+    "FLAG_CODES",
     "NOT_CUMULATIVE",
     "QUALITY_RANK",
     "SETTLEMENT_SCHEMA",

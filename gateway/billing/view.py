@@ -20,7 +20,8 @@ from gateway.model import iso_utc
 from gateway.settings import BillingPlan
 
 _BODY_FIELDS: Final = ("quality", "source", "read_at", "frozen_at", "ct", "pt", "multiplier", "registers",
-                       "reason", "revision", "estimated_from")
+                       "reason", "revision", "estimated_from", "flags", "gateway_clock", "meter_clock",
+                       "meter_offset_s")
 
 
 def _role(i: int, c: Cycle) -> str:
@@ -35,6 +36,7 @@ def settlement_doc(s: Settlement) -> dict[str, Any]:
     """The stored fields of one settlement revision, with its seq."""
     doc: dict[str, Any] = {k: s.body.get(k) for k in _BODY_FIELDS}
     doc["estimated_from"] = s.body.get("estimated_from") or []
+    doc["flags"] = s.body.get("flags") or []
     doc["seq"] = s.seq
     doc["stored_at"] = iso_utc(s.created)
     return doc
@@ -50,6 +52,7 @@ def _stage_doc(st: StageConsumption) -> dict[str, Any]:
         "complete": st.complete,
         "consumption": dict(st.consumption),
         "flags": list(st.flags),
+        "codes": list(st.codes),
     }
 
 
@@ -74,7 +77,8 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
             item["history"] = [settlement_doc(h) for h in s.history]
         else:
             item.update(dict.fromkeys(_BODY_FIELDS))
-            item.update({"registers": {}, "estimated_from": [], "seq": None, "stored_at": None, "history": []})
+            item.update({"registers": {}, "estimated_from": [], "flags": [], "seq": None, "stored_at": None,
+                         "history": []})
         items.append(item)
     regs = list(plan.registers)
     changes = db.ratio_changes(conn, meter, c.start, c.end) if db.table_exists(conn) else []

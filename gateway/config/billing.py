@@ -15,7 +15,8 @@ from gateway.profiles import is_valid_point_name
 from gateway.settings import BillingPlan
 from gateway.yamlpos import Invalid, MapView, as_bool, as_int, describe, scalar_text, suggest
 
-_BILLING_KEYS: Final = ("cycle_day", "stages", "at", "tolerance", "allow_estimated", "registers")
+_BILLING_KEYS: Final = ("cycle_day", "stages", "at", "tolerance", "allow_estimated", "registers",
+                         "max_meter_offset")
 
 
 def load_billing(ctx: LoadContext, top: MapView) -> dict[str, BillingPlan]:
@@ -30,6 +31,8 @@ def load_billing(ctx: LoadContext, top: MapView) -> dict[str, BillingPlan]:
         out[name] = BillingPlan(name=name, cycle_day=cycle_day, stages=stages, at=at,
                                 tolerance_s=float(tolerance),
                                 allow_estimated=m.get("allow_estimated", as_bool, False),
+                                max_meter_offset_s=float(m.get("max_meter_offset", duration(Decimal(0), DAY_S),
+                                                               Decimal(300))),
                                 **({"registers": registers} if registers else {}))
     return out
 

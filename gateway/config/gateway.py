@@ -1,7 +1,8 @@
-"""The ``gateway`` section: the gateway's id, time zone and data directory."""
+"""The ``gateway`` section: the gateway's id, time zone, data directory and clock check command."""
 
 from __future__ import annotations
 
+import shlex
 import zoneinfo
 from pathlib import Path
 from typing import Final
@@ -13,7 +14,7 @@ from gateway.config.convert import ident
 from gateway.settings import GatewaySettings
 from gateway.yamlpos import Invalid, MapView, as_text, suggest
 
-GATEWAY_KEYS: Final = ("id", "timezone", "data_dir", "profiles_dir")
+GATEWAY_KEYS: Final = ("id", "timezone", "data_dir", "profiles_dir", "clock_check_command")
 
 
 def _timezone(node: yaml.Node) -> str:
@@ -32,4 +33,17 @@ def load_gateway(ctx: LoadContext, m: MapView) -> GatewaySettings | None:
     gid = m.req("id", ident, "the gateway's name, e.g. sub-110kv-east")
     tz = m.get("timezone", _timezone, "UTC")
     data_dir = ctx.path(m, "data_dir") or Path("/var/lib/amr-gateway")
-    return GatewaySettings(id=gid, timezone=tz, data_dir=data_dir) if gid is not None else None
+    check = m.opt("clock_check_command", _command)
+    return GatewaySettings(id=gid, timezone=tz, data_dir=data_dir,
+                           clock_check_command=check) if gid is not None else None
+
+
+def _command(node: yaml.Node) -> str:
+    text = as_text(node).strip()
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise Invalid(f"is not a command line ({exc}); quote it as a shell would") from None
+    if not argv:
+        raise Invalid('must be a command such as "/usr/local/bin/gps-locked" (exit 0 = clock synchronized)')
+    return text

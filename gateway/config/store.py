@@ -40,7 +40,7 @@ def load_store(ctx: LoadContext, node: yaml.Node | None) -> StoreSettings:
     r = MapView(ctx.issues, m.node("retention"), "store retention", _RETENTION_KEYS, line=m.line)
     default_sync: str = d.synchronous
     sync = m.get("synchronous", as_choice(("NORMAL", "FULL"), fold_case=True), default_sync)
-    # commit_interval (a duration) is the bound SPEC promises; commit_interval_ms, its older
+    # commit_interval (a duration) is the promised bound (docs/delivery.md §1); commit_interval_ms, its older
     # spelling in milliseconds, is still read (gateway/store.py says what it does).
     interval = m.opt("commit_interval", duration(Decimal("0.001"), Decimal(60)))
     legacy_ms = m.opt("commit_interval_ms", as_float(1, 60000))

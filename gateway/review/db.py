@@ -14,6 +14,9 @@ Schema (created idempotently, beside the store's own tables)
                  evidence TEXT)            JSON, every number exact
     review_state(meter PRIMARY KEY, ts, state)   per-meter rule memory (last registers…)
     review_interval(meter, slot, seconds, kwh)   interval consumption history (jump rule)
+    review_work(event_id PRIMARY KEY, state,     the worklist item of a raised event
+                acknowledged_by, acknowledged_at, note, closed_by, closed_at, reason,
+                cleared_by_event)           (no row: open; see gateway.review.worklist)
 
 Why publish first, then insert: ``Store.append_message`` commits the outbox row in its own
 transaction. Should the process die between the two, :func:`reconcile` copies the outbox
@@ -30,8 +33,11 @@ from decimal import Decimal
 from typing import Any, Final
 
 from gateway.model import iso_utc, loads_exact, parse_iso, to_json
+from gateway.review.worklist import WorkItem
 
 EVENT_SCHEMA: Final = "amr.event.v1"
+#: a worklist state change (acknowledged, closed), published on the same topic as the event
+EVENT_STATE_SCHEMA: Final = "amr.event_state.v1"
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS review_event (
@@ -57,6 +63,18 @@ CREATE TABLE IF NOT EXISTS review_interval (
     kwh TEXT NOT NULL,
     PRIMARY KEY (meter, slot, seconds)
 );
+CREATE TABLE IF NOT EXISTS review_work (
+    event_id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    acknowledged_by TEXT,
+    acknowledged_at REAL,
+    note TEXT,
+    closed_by TEXT,
+    closed_at REAL,
+    reason TEXT,
+    cleared_by_event INTEGER
+);
+CREATE INDEX IF NOT EXISTS review_work_state ON review_work(state);
 """
 
 CSV_COLUMNS: Final = ("id", "seq", "ts", "meter", "type", "state", "key", "raised_id", "message", "evidence")
@@ -242,3 +260,75 @@ def load_intervals(conn: sqlite3.Connection, since: float) -> list[tuple[str, fl
 def purge_intervals(conn: sqlite3.Connection, before: float) -> int:
     """Drop interval history older than ``before`` (the jump rule never looks that far)."""
     return conn.execute("DELETE FROM review_interval WHERE slot < ?", (before,)).rowcount
+
+
+_WORK_COLS: Final = ("event_id, state, acknowledged_by, acknowledged_at, note, closed_by, closed_at, reason, "
+                     "cleared_by_event")
+
+
+def _work(row: Sequence[Any] | None, event_id: int) -> WorkItem:
+    if row is None:
+        return WorkItem(event_id)
+    return WorkItem(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
+
+
+def get_event(conn: sqlite3.Connection, event_id: int) -> tuple[StoredEvent, WorkItem] | None:
+    """One event and its worklist item (None: no such event)."""
+    if not table_exists(conn):
+        return None
+    row = conn.execute(f"SELECT {_COLS} FROM review_event WHERE id = ?", (event_id,)).fetchone()
+    if row is None:
+        return None
+    work = conn.execute(f"SELECT {_WORK_COLS} FROM review_work WHERE event_id = ?", (event_id,)).fetchone()
+    return _row(row), _work(work, event_id)
+
+
+def save_work(conn: sqlite3.Connection, item: WorkItem) -> None:
+    """Store a worklist item (insert or replace)."""
+    conn.execute(
+        f"INSERT OR REPLACE INTO review_work({_WORK_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+        (item.event_id, item.state, item.acknowledged_by, item.acknowledged_at, item.note, item.closed_by,
+         item.closed_at, item.reason, item.cleared_by_event),
+    )
+
+
+def work_items(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, WorkItem]:
+    """The worklist items of these raised events (open ones included)."""
+    wanted = list(ids)
+    out = {i: WorkItem(i) for i in wanted}
+    if not wanted or not table_exists(conn):
+        return out
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        for row in conn.execute(f"SELECT {_WORK_COLS} FROM review_work WHERE event_id IN "
+                                f"({','.join('?' * len(chunk))})", chunk):
+            out[int(row[0])] = _work(row, int(row[0]))
+    return out
+
+
+def select_worklist(
+    conn: sqlite3.Connection, start: float, end: float, meters: Sequence[str] | None, types: Iterable[str] | None,
+    states: Sequence[str], after_id: int | None, limit: int,
+) -> list[StoredEvent]:
+    """Raised events with ``start <= ts < end`` whose worklist state is in ``states``, by id."""
+    if not table_exists(conn):
+        return []
+    sql = (f"SELECT {', '.join('r.' + c.strip() for c in _COLS.split(','))} FROM review_event r "
+           "LEFT JOIN review_work w ON w.event_id = r.id "
+           "WHERE r.state = 'raised' AND r.ts >= ? AND r.ts < ?")
+    args: list[Any] = [start, end]
+    if meters is not None:
+        sql += f" AND r.meter IN ({','.join('?' * len(meters))})"
+        args += list(meters)
+    tlist = list(types) if types is not None else []
+    if tlist:
+        sql += f" AND r.type IN ({','.join('?' * len(tlist))})"
+        args += tlist
+    sql += f" AND coalesce(w.state, 'open') IN ({','.join('?' * len(states))})"
+    args += list(states)
+    if after_id is not None:
+        sql += " AND r.id > ?"
+        args.append(after_id)
+    sql += " ORDER BY r.id LIMIT ?"
+    args.append(limit)
+    return [_row(r) for r in conn.execute(sql, args)]

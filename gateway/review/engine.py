@@ -32,23 +32,29 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections import deque
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.aio import wait_event
+from gateway.audit import AuditLog
 from gateway.model import Reading, iso_utc
 from gateway.review import db
+from gateway.review.bus import bus_key, fold_bus_failure
+from gateway.review.periods import PeriodUse, judge_periods
 from gateway.review.rules import (
     Condition,
     MeterContext,
     MeterState,
     RuleEvent,
-    evaluate,
     local_second_of_day,
     observe_reading,
     rated_power_kw,
 )
+from gateway.review.ruleset import evaluate
+from gateway.review.worklist import WorkItem, acknowledge, close, close_cleared, severity
 from gateway.review_thresholds import ReviewThresholds
 
 if TYPE_CHECKING:
@@ -64,6 +70,7 @@ PURGE_EVERY_S: Final = 3600.0
 STOP_DRAIN_S: Final = 5.0
 RETRY_KEEP: Final = 1000
 RETRY_EVERY_S: Final = 5.0          # real seconds between retries of events that could not be stored
+PERIODS_EVERY_S: Final = 5.0        # real seconds between looks at the clock for a new hour (period rules)
 
 
 def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterContext:
@@ -80,12 +87,31 @@ def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterConte
     )
 
 
+#: (connection, meter, now) → the meter's completed stages and cycles, oldest first, as
+#: (kind, cycle label, stage index, start, end, kWh): what the billing feature provides
+#: (gateway.billing.periods.period_source), connected by the composition root.
+PeriodSource = Callable[[Any, str, float], list[tuple[str, str, int, float, float, Decimal]]]
+
+
+def evidence_links(meter: str, ts: float) -> dict[str, str]:
+    """API URLs of the readings (the hour before to a quarter after) and the day's intervals around an event."""
+    q = urllib.parse.quote
+    day = 86400.0
+    return {
+        "readings": f"/api/v1/meters/{q(meter)}/readings?from={iso_utc(ts - 3600)}&to={iso_utc(ts + 900)}",
+        "intervals": f"/api/v1/meters/{q(meter)}/intervals?from={iso_utc(ts - day)}&to={iso_utc(ts + 3600)}",
+    }
+
+
 class ReviewEngine:
     """Per-gateway review: observer, queue, rules, event storage and publication."""
 
     def __init__(self, core: Core, thresholds: ReviewThresholds | None = None,
-                 queue_size: int = QUEUE_SIZE) -> None:
+                 queue_size: int = QUEUE_SIZE, period_source: PeriodSource | None = None) -> None:
         self.gateway = core
+        self.period_source = period_source
+        self._periods_hour: int | None = None
+        self.audit = AuditLog.in_dir(core.settings.gateway.data_dir)
         self.thresholds = thresholds if thresholds is not None else core.settings.review
         self.queue: deque[tuple[str, Reading]] = deque()
         self.queue_size = queue_size
@@ -94,14 +120,24 @@ class ReviewEngine:
         self._idle.set()
         self.states: dict[str, MeterState] = {}
         self.contexts: dict[str, MeterContext] = {}
+        #: each meter's thresholds with its customer's and its own overrides applied
+        self.meter_thresholds: dict[str, ReviewThresholds] = {}
+        #: bus id → its meters (for bus_failure), and meter → bus
+        self.buses: dict[str, list[str]] = {}
+        self.bus_of: dict[str, str] = {}
         tz = core.settings.gateway.timezone
         for m in core.settings.meters.values():
-            self.contexts[m.id] = meter_context(m, tz, self.thresholds)
+            th = self.thresholds.for_meter(m.id, m.customer)
+            self.meter_thresholds[m.id] = th
+            self.contexts[m.id] = meter_context(m, tz, th)
+            self.buses.setdefault(m.bus, []).append(m.id)
+            self.bus_of[m.id] = m.bus
         self._tz = tz
         self._next_id = 1
         self._task: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._retry: list[tuple[str, RuleEvent]] = []
+        self._emit_lock = asyncio.Lock()
         self._last_save = 0.0
         self._last_purge = 0.0
         self._started = False
@@ -111,6 +147,7 @@ class ReviewEngine:
         self.processed = 0
         self._full_logged = False
         core.observers.append(self.observe)
+        core.event_sinks.append(self.raise_external)
 
     # ------------------------------------------------------------------ observer
     def observe(self, meter: MeterRuntime, reading: Reading) -> None:
@@ -217,9 +254,8 @@ class ReviewEngine:
             while self.queue:
                 meter, reading = self.queue.popleft()
                 try:
-                    events = self.evaluate(meter, reading)
-                    if events:
-                        await self.emit_all(meter, events)
+                    for who, ev in self.evaluate_all(meter, reading):
+                        await self.emit_all(who, [ev])
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -229,39 +265,73 @@ class ReviewEngine:
                 log.warning("review queue drains again (%d readings were not reviewed so far)", self.dropped)
 
     async def _keep(self) -> None:
-        """Save the rule memory, purge old history and retry unstored events, periodically."""
+        """Save the rule memory, purge old history, retry unstored events, judge new periods."""
         while True:
             due = max(self._last_save + SAVE_EVERY_S - time.monotonic(), 0.0)
-            await asyncio.sleep(min(due, RETRY_EVERY_S) if self._retry else due)
+            await asyncio.sleep(min(due, RETRY_EVERY_S, PERIODS_EVERY_S))
             try:
                 if self._retry:
                     await self._retry_events()
                 await self._save()
+                hour = int(self.gateway.clock.time() // 3600)
+                if hour != self._periods_hour:        # stage boundaries fall on hours: judge once per hour
+                    self._periods_hour = hour
+                    await self.judge_periods()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("review: housekeeping failed; will retry")
 
-    async def process(self, meter: str, reading: Reading) -> list[db.StoredEvent]:
-        """Review one reading now: run the rules, store and publish what they decide."""
-        return await self.emit_all(meter, self.evaluate(meter, reading))
+    async def raise_external(self, meter: str, etype: str, key: str, ts: float, message: str,
+                             evidence: dict[str, object]) -> None:
+        """Store and publish an event another feature decided (billing's ``freeze_mismatch``, ``negative``)."""
+        await self.emit_all(meter, [RuleEvent(etype, "raised", key, ts, message, dict(evidence))])
+
+    async def judge_periods(self) -> list[db.StoredEvent]:
+        """stage_change / cycle_change: judge every meter's newest completed stage and cycle."""
+        source = self.period_source
+        if source is None:
+            return []
+        now = self.gateway.clock.time()
+        stored: list[db.StoredEvent] = []
+        for meter in self.contexts:
+            th = self.meter_thresholds.get(meter, self.thresholds)
+            if not th.enabled:
+                continue
+            rows = await self.gateway.store.read(source, meter, now)
+            periods = [PeriodUse(k, c, i, s, e, kwh) for k, c, i, s, e, kwh in rows  # type: ignore[arg-type]
+                       if k in ("stage", "cycle")]
+            events = judge_periods(self.state(meter), meter, periods, now, th)
+            if events:
+                stored += await self.emit_all(meter, events)
+        return stored
 
     def evaluate(self, meter: str, reading: Reading) -> list[RuleEvent]:
         """Run the rules on one reading against the meter's memory; the events they decide."""
+        return [ev for m, ev in self.evaluate_all(meter, reading) if m == meter]
+
+    def evaluate_all(self, meter: str, reading: Reading) -> list[tuple[str, RuleEvent]]:
+        """Like :meth:`evaluate`, with the bus events it decides: (meter or ``bus:<id>``, event)."""
         ctx = self.contexts.get(meter)
         if ctx is None:
             ctx = MeterContext(tz=self._tz)
+        th = self.meter_thresholds.get(meter, self.thresholds)
         interval_s: float | None = None
         sched = self.gateway.settings.schedules.get(reading.schedule)
         if sched is not None and sched.aligned:
             interval_s = sched.every_s
-        obs = observe_reading(reading, interval_s, self.thresholds.power_point)
-        events, errors = evaluate(self.state(meter), obs, ctx, self.thresholds)
+        obs = observe_reading(reading, interval_s, th.power_point)
+        events, errors = evaluate(self.state(meter), obs, ctx, th)
         self.processed += 1
         for rule, exc in errors:
             self.rule_errors += 1
             log.error("review rule %s failed on meter %s: %s", rule, meter, exc, exc_info=exc)
-        return events
+        bus = self.bus_of.get(meter)
+        if bus is None or not th.enabled:
+            return [(meter, ev) for ev in events]
+        key = bus_key(bus)
+        mine, bus_events = fold_bus_failure(bus, self.state(key), self.buses[bus], self.states, obs, events, th)
+        return [(meter, ev) for ev in mine] + [(key, ev) for ev in bus_events]
 
     async def emit_all(self, meter: str, events: list[RuleEvent]) -> list[db.StoredEvent]:
         """Store and publish events in order; one that cannot be stored yet is kept for a retry."""
@@ -287,17 +357,30 @@ class ReviewEngine:
                 return
 
     async def _emit(self, meter: str, ev: RuleEvent) -> db.StoredEvent:
-        """Publish (outbox) then record (review_event) one event."""
+        """Publish (outbox) then record (review_event) one event, one at a time.
+
+        Serialised: events raised by other features (:meth:`raise_external`) come from their
+        own tasks, and two emits sharing one id would lose one to the ``INSERT OR IGNORE``.
+        """
+        async with self._emit_lock:
+            return await self._emit_one(meter, ev)
+
+    async def _emit_one(self, meter: str, ev: RuleEvent) -> db.StoredEvent:
         store = self.gateway.store
         st = self.state(meter)
         raised_id = ev.raised_id if ev.state == "cleared" else None
         event_id = self._next_id
         ms = self.gateway.settings.meters.get(meter)
+        ms_customer = ms.customer if ms is not None else None   # bus events have none
+        evidence = dict(ev.evidence)
+        if ms is not None:
+            evidence["links"] = evidence_links(meter, ev.ts)
+        ev = RuleEvent(ev.type, ev.state, ev.key, ev.ts, ev.message, evidence, ev.raised_id)
         body: dict[str, Any] = {
             "schema": db.EVENT_SCHEMA,
             "id": event_id,
             "meter": meter,
-            "customer": ms.customer if ms is not None else None,
+            "customer": ms_customer,
             "type": ev.type,
             "state": ev.state,
             "key": ev.key,
@@ -311,6 +394,13 @@ class ReviewEngine:
         row = db.StoredEvent(event_id, meter, ev.type, ev.key, ev.state, ev.ts, raised_id, seq, ev.message,
                              dict(ev.evidence))
         await store.write(db.insert_event, row)
+        if ev.state == "cleared" and raised_id is not None:
+            try:
+                await self._rule_closes(raised_id, row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # the event itself is stored and published: never emit it twice
+                log.exception("review: cannot close the worklist item of event %d", raised_id)
         if ev.state == "raised":
             cond = st.active.get((ev.type, ev.key))
             if cond is not None:
@@ -319,6 +409,54 @@ class ReviewEngine:
         log.warning("review event %s %s meter %s%s: %s", ev.type, ev.state, meter,
                     f" [{ev.key}]" if ev.key else "", ev.message)
         return row
+
+    # ------------------------------------------------------------------ worklist
+    async def acknowledge(self, event_id: int, actor: str, note: str | None) -> tuple[db.StoredEvent, WorkItem]:
+        """An operator takes event ``event_id`` (KeyError: no such raised event; WorklistError: not now)."""
+        ev, item = await self._item(event_id)
+        return ev, await self._change(ev, item, acknowledge(item, actor, self.gateway.clock.time(), note),
+                                      actor, "event.acknowledge")
+
+    async def close(self, event_id: int, actor: str, reason: str) -> tuple[db.StoredEvent, WorkItem]:
+        """An operator closes event ``event_id`` with a reason (same errors as :meth:`acknowledge`)."""
+        ev, item = await self._item(event_id)
+        return ev, await self._change(ev, item, close(item, actor, self.gateway.clock.time(), reason),
+                                      actor, "event.close")
+
+    async def _item(self, event_id: int) -> tuple[db.StoredEvent, WorkItem]:
+        found = await self.gateway.store.read(db.get_event, event_id)
+        if found is None or found[0].state != "raised":
+            raise KeyError(event_id)
+        return found
+
+    async def _rule_closes(self, raised_id: int, cleared: db.StoredEvent) -> None:
+        found = await self.gateway.store.read(db.get_event, raised_id)
+        if found is None:
+            return
+        ev, item = found
+        after = close_cleared(item, cleared.ts, cleared.id)
+        if after is not None:
+            await self._change(ev, item, after, "review:rule", "event.close")
+
+    async def _change(self, ev: db.StoredEvent, before: WorkItem, after: WorkItem, actor: str,
+                      action: str) -> WorkItem:
+        """Store, publish (``amr.event_state.v1`` on the meter's event topic) and audit a state change."""
+        store = self.gateway.store
+        await store.write(db.save_work, after)
+        ms = self.gateway.settings.meters.get(ev.meter)
+        body: dict[str, Any] = {
+            "schema": db.EVENT_STATE_SCHEMA, "id": ev.id, "meter": ev.meter,
+            "customer": ms.customer if ms is not None else None, "type": ev.type, "key": ev.key,
+            "severity": severity(ev.type), "worklist": after.doc(), "changed_by": actor,
+        }
+        now = self.gateway.clock.time()
+        await store.append_message("event", ev.meter, now, body)
+        try:
+            await asyncio.to_thread(self.audit.append, actor, action, str(ev.id), before.doc(), after.doc())
+        except Exception:
+            log.exception("review: cannot write %s of event %d to the audit log", action, ev.id)
+        log.info("review: event %d (%s, meter %s) is %s (%s)", ev.id, ev.type, ev.meter, after.state, actor)
+        return after
 
     async def _save(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -1,7 +1,7 @@
 """Review rules: pure functions from (per-meter state, one reading) to review events.
 
-What a reviewer must be told (SPEC "Review events"), modelled on the Q/GDW 1376.1 ERC
-records a special-transformer terminal raises (billing-practice.md §5):
+What a reviewer must be told, modelled on the Q/GDW 1376.1 ERC
+records a special-transformer terminal raises (docs/billing-rules.md §5):
 
 ==================  ===========  ====================================================
 event               ERC          raised when
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -66,6 +66,22 @@ EVENT_TYPES: Final = (
     "read_failure",
     "read_recovered",
     "phase_loss",
+    "zero_consumption",
+    "reverse_energy",
+    "tariff_sum_mismatch",
+    "demand_over_contract",
+    "low_power_factor",
+    "stage_change",
+    "cycle_change",
+    "cover_open",
+    "terminal_cover_open",
+    "programming",
+    "meter_clear",
+    "demand_clear",
+    "clock_set",
+    "voltage_loss",
+    "current_reversal",
+    "bus_failure",
 )
 #: The event type that clears each condition (all clear with their own type but one).
 CLEAR_TYPE: Final[Mapping[str, str]] = {t: t for t in EVENT_TYPES} | {"read_failure": "read_recovered"}
@@ -112,6 +128,10 @@ class Observation:
     power_kw: Decimal | None = None
     voltages: Mapping[str, Decimal] = field(default_factory=dict)   # phase → V (value)
     meter_clock: str | None = None
+    #: other numeric points the rules read (demand, power factor, event counters), by name
+    values: Mapping[str, Decimal] = field(default_factory=dict)
+    #: event-record points as read (``event_<kind>_start`` …), by name
+    records: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +203,16 @@ class MeterState:
     last_good_ts: float | None = None
     last_good_registers: dict[str, Decimal] = field(default_factory=dict)
     active: dict[tuple[str, str], Condition] = field(default_factory=dict)
+    #: zero_consumption: (ts, judged register value) about once a day, oldest first
+    day_marks: list[tuple[float, Decimal]] = field(default_factory=list)
+    #: reverse_energy: start of the current window (ts, import value, export value)
+    reverse_ref: tuple[float, Decimal, Decimal] | None = None
+    #: low_power_factor: start of the current period (ts, kWh value, kvarh value)
+    pf_ref: tuple[float, Decimal, Decimal] | None = None
+    #: meter events: last counter value per event stem
+    counters: dict[str, Decimal] = field(default_factory=dict)
+    #: a bus's state: meters of a bus failure that ended, not heard from since
+    grace: set[str] = field(default_factory=set)
     dirty: bool = False                 # persisted state changed
 
     def to_doc(self) -> dict[str, object]:
@@ -201,6 +231,10 @@ class MeterState:
             "stopped_unknown_power": self.stopped_unknown_power,
             "last_good_ts": self.last_good_ts,
             "last_good_registers": dict(self.last_good_registers),
+            "day_marks": [[t, v] for t, v in self.day_marks],
+            "reverse_ref": None if self.reverse_ref is None else list(self.reverse_ref),
+            "pf_ref": None if self.pf_ref is None else list(self.pf_ref),
+            "counters": dict(self.counters),
         }
 
     @classmethod
@@ -235,6 +269,20 @@ class MeterState:
         lgr = doc.get("last_good_registers")
         if isinstance(lgr, Mapping):
             st.last_good_registers = {str(k): dec(v) for k, v in lgr.items()}
+        marks = doc.get("day_marks")
+        if isinstance(marks, list):
+            st.day_marks = [(float(dec(m[0])), dec(m[1])) for m in marks if isinstance(m, list) and len(m) == 2]
+
+        def triple(v: object) -> tuple[float, Decimal, Decimal] | None:
+            if isinstance(v, list) and len(v) == 3:
+                return float(dec(v[0])), dec(v[1]), dec(v[2])
+            return None
+
+        st.reverse_ref = triple(doc.get("reverse_ref"))
+        st.pf_ref = triple(doc.get("pf_ref"))
+        counters = doc.get("counters")
+        if isinstance(counters, Mapping):
+            st.counters = {str(k): dec(v) for k, v in counters.items()}
         return st
 
 
@@ -296,6 +344,8 @@ def observe_reading(reading: Reading, interval_s: float | None = None, power_poi
     """The rules' view of a reading: good cumulative registers, power, voltages, clock."""
     registers: dict[str, RegisterValue] = {}
     voltages: dict[str, Decimal] = {}
+    values: dict[str, Decimal] = {}
+    records: dict[str, object] = {}
     power: Decimal | None = None
     clock: str | None = None
     any_good = False
@@ -315,11 +365,23 @@ def observe_reading(reading: Reading, interval_s: float | None = None, power_poi
                 voltages[name[-2:]] = v
         elif name == "meter_clock":
             clock = str(p.raw)
+        elif name.startswith("event_"):
+            if name.endswith("_count"):
+                c = to_decimal(p.value)
+                if c is not None:
+                    values[name] = c
+            else:
+                records[name] = p.value
+        elif name.startswith(("demand_", "power_factor")):
+            d = to_decimal(p.value)
+            if d is not None:
+                values[name] = d
     failed = reading.quality in FAILED_QUALITIES and not any_good
     return Observation(
         meter=reading.meter, ts=reading.ts, slot=reading.slot, schedule=reading.schedule,
         interval_s=interval_s, quality=reading.quality, failed=failed, error=reading.error,
         registers=registers, power_kw=power, voltages=voltages, meter_clock=clock,
+        values=values, records=records,
     )
 
 
@@ -354,7 +416,7 @@ def normal_cycle(
         return
     del state.active[(etype, key)]
     ev = {**evidence, "raised_at": iso(cond.raised_ts), "normal_cycles": cond.normal_cycles}
-    out.append(RuleEvent(CLEAR_TYPE[etype], "cleared", key, ts, message, ev, cond.event_id))
+    out.append(RuleEvent(CLEAR_TYPE.get(etype, etype), "cleared", key, ts, message, ev, cond.event_id))
 
 
 def mean_power(state: MeterState, start: float, end: float, max_age_s: float) -> tuple[Decimal, int] | None:
@@ -362,7 +424,9 @@ def mean_power(state: MeterState, start: float, end: float, max_age_s: float) ->
     inside: list[Decimal] = []
     latest: Decimal | None = None
     for t, p in reversed(state.power):   # newest first; samples are appended in time order
-        if t > end:
+        if t >= end and t > start:
+            # read with the interval's end register: it shows the power of the slot that
+            # begins there, not of this interval (a holiday's first slot after a workday's last)
             continue
         if t < start:
             if latest is None and end - t <= max_age_s:
@@ -656,10 +720,10 @@ def consumption_jump(
         ev: dict[str, object] = {
             "register": name, **iv.evidence(), "slot": iso(start_slot), "interval_s": obs.interval_s,
             "median_kwh": median, "factor": th.jump_factor, "limit_kwh": limit, "history_days": days,
-            "min_kwh": th.jump_min_kwh,
+            "min_kwh": th.jump_min_kwh, "register_step": iv.step, "min_display_steps": th.jump_min_display_steps,
             "history": [{"slot": iso(s), "kwh": e} for s, e in past],
         }
-        if iv.delta > limit and iv.delta >= th.jump_min_kwh:
+        if iv.delta > limit and iv.delta >= th.jump_min_kwh and iv.delta > th.jump_min_display_steps * iv.step:
             raise_condition(
                 state, out, "consumption_jump", name, obs.ts,
                 f"meter {obs.meter} used {iv.delta} kWh in the interval from {iso(start_slot)}, more than "
@@ -788,9 +852,13 @@ RULES: Final[tuple[tuple[str, Rule], ...]] = (
 
 
 def evaluate(
-    state: MeterState, obs: Observation, ctx: MeterContext, th: ReviewThresholds
+    state: MeterState, obs: Observation, ctx: MeterContext, th: ReviewThresholds,
+    rules: Sequence[tuple[str, Rule]] | None = None,
 ) -> tuple[list[RuleEvent], list[tuple[str, Exception]]]:
-    """Run every rule on one observation; returns the events and the rules that failed.
+    """Run ``rules`` (default: the ones here) on one observation; the events and failed rules.
+
+    :mod:`gateway.review.ruleset` passes every rule, including those of the other rule
+    modules (they are built on the helpers here, so this module cannot import them).
 
     A failing rule is reported, never fatal: the others still run and the state still
     advances, so one bug never blinds the rest of the review (nor touches the reading).
@@ -820,7 +888,7 @@ def evaluate(
     if obs.power_kw is not None and (not state.power or state.power[-1][0] <= obs.ts):
         state.power.append((obs.ts, obs.power_kw))
     iv = energy_interval(state, obs, th)
-    for name, rule in RULES:
+    for name, rule in RULES if rules is None else rules:
         try:
             events += rule(state, obs, iv, ctx, th)
         except Exception as exc:

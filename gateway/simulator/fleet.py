@@ -16,9 +16,12 @@ import contextlib
 import logging
 import os
 import zlib
+from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 
 from drivers import registry
+from drivers.simulation.faults import FAULTS
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
 from drivers.simulation.model import MeterModel
 from gateway.aio import wait_event
@@ -127,6 +130,28 @@ class SimulatedFleet:
         """Bring a meter back."""
         await self._owner[meter_id].start_meter(meter_id)
 
+    async def set_fault(self, meter_id: str, name: str, amount: Decimal | float | None = None) -> None:
+        """Switch a fault on now (:mod:`drivers.simulation.faults`; ``silent`` stops the meter)."""
+        if name == "silent":
+            await self.stop_meter(meter_id)
+        self.model(meter_id).set_fault(name, self.clock.time(), amount)
+
+    async def clear_fault(self, meter_id: str, name: str) -> None:
+        """Switch a fault off now (``silent``: the meter answers again)."""
+        self.model(meter_id).clear_fault(name, self.clock.time())
+        if name == "silent":
+            await self.start_meter(meter_id)
+
+    async def apply_faults(self, faults: Sequence[str]) -> None:
+        """Switch on faults given as ``METER:FAULT[:AMOUNT]`` (``amr-gateway simulate --fault``)."""
+        for text in faults:
+            meter, _, rest = text.partition(":")
+            name, _, amount = rest.partition(":")
+            if meter not in self._owner or name not in FAULTS:
+                raise ConfigError(f"--fault {text!r}: give METER:FAULT[:AMOUNT] with a simulated meter and "
+                                  f"one of {', '.join(FAULTS)}")
+            await self.set_fault(meter, name, Decimal(amount) if amount else None)
+
     async def stop(self) -> None:
         """Stop every simulator and remove the serial links."""
         for simulator in self._simulators:
@@ -139,13 +164,14 @@ class SimulatedFleet:
 
 
 async def run_simulator(settings: Settings, *, seed: int, clock_start: float | None, clock_rate: float,
-                        duration: float | None) -> int:
+                        duration: float | None, faults: Sequence[str] = ()) -> int:
     """``amr-gateway simulate``: serve until Ctrl-C or ``duration`` seconds."""
     import signal
 
     clock = ScaledClock(clock_start, clock_rate)
     fleet = SimulatedFleet(settings, clock, seed)
     await fleet.start()
+    await fleet.apply_faults(faults)
     for m in settings.meters.values():
         try:
             where = fleet.endpoint(m.id)

@@ -236,7 +236,6 @@ class InfluxSink:
         self.batch_size = max(1, settings.batch_size)
         self.window = 2 * self.batch_size     # one batch in flight, one filling
         self.page = self.batch_size
-        self._reporter: Reporter | None = None
         self._client: InfluxWriter | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._batch: list[tuple[int, str | None]] = []   # (seq, line); None: not expressible
@@ -259,7 +258,6 @@ class InfluxSink:
         that is where the client library gets imported, off the event loop.
         """
         s = self.settings
-        self._reporter = reporter
         self._batch = []
         self._flush_requested = False
         self._kick = asyncio.Event()

@@ -27,7 +27,7 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.api.server import ApiServer, error_response, token_matches
+from gateway.api.server import ApiServer, error_response
 from gateway.web.sessions import Session, SessionStore, csrf_matches
 
 COOKIE: Final = "amr_session"
@@ -84,10 +84,16 @@ class Console:
     def role_of(self, token: str) -> str | None:
         """The role of ``token`` by the API's own check, or None when the API refuses it.
 
-        The gateway has one configured token today and it counts as ``admin``.
+        :meth:`gateway.api.auth.ApiAuth.identify_token`: a token of the token file with its
+        role, or the configured ``api.token`` (admin).
         """
         assert self._server is not None
-        return "admin" if token_matches(token, self._server.token or "") else None
+        try:
+            presented = token.encode("utf-8", "surrogateescape")
+        except UnicodeError:
+            return None
+        identity = self._server.auth.identify_token(presented)
+        return None if identity is None else identity.role.label
 
     def session_of(self, request: web.Request) -> Session | None:
         """The live session the request's cookie names, or None."""

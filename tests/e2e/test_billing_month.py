@@ -18,10 +18,8 @@ Checked, from the API (what billing pulls) and the outbox (what MQTT publishes):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import time
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +36,7 @@ from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
 from tests.billingkit import capture_of
+from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
 TOKEN = "billing-month-token"
@@ -49,21 +48,14 @@ HOLD_WAIT_S = 30.0      # real seconds a boundary may take to settle on a loaded
 EXPECTED = {"m1": "actual", "m2": "actual", "d1": "meter_frozen", "d2": "meter_frozen"}
 
 
-async def _settled(cap: BillingCapture, t: float, deadline_s: float) -> dict[str, str]:
-    deadline = time.monotonic() + deadline_s
-    got: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        got = {m: k.quality for (m, b), k in cap.current.items() if b == t}
-        if len(got) == len(EXPECTED) and all(q != "missing" for q in got.values()):
-            return got
-        await asyncio.sleep(0.05)
-    return got
+def _qualities(cap: BillingCapture, t: float) -> dict[str, str]:
+    return {m: k.quality for (m, b), k in cap.current.items() if b == t}
 
 
-async def _wait_past(clock: HoldingClock, t: float, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while clock.time() < t and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll of the clock
-        await asyncio.sleep(0.05)
+def _settled(cap: BillingCapture, t: float) -> dict[str, str] | None:
+    """Every meter's settlement quality at boundary ``t`` once none is missing, else None."""
+    got = _qualities(cap, t)
+    return got if len(got) == len(EXPECTED) and all(q != "missing" for q in got.values()) else None
 
 
 def _truth(fleet: SimulatedFleet, meter: str, t: float) -> dict[str, Decimal]:
@@ -86,9 +78,11 @@ async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) 
         await gw.start()
         cap = capture_of(gw)
         for t in holds:
-            await _wait_past(clock, t, 60.0)
+            when = datetime.fromtimestamp(t, SH)
+            await await_until(lambda: clock.time() >= t, 60.0, f"the clock at {when}")  # noqa: B023
             assert clock.holding == t, "the clock must stand at the boundary"
-            got = await _settled(cap, t, HOLD_WAIT_S)
+            got = await await_until(lambda: _settled(cap, t), HOLD_WAIT_S, f"every meter settled at {when}",  # noqa: B023
+                                    detail=lambda: _qualities(cap, t))  # noqa: B023
             assert got == EXPECTED, (datetime.fromtimestamp(t, SH), got)
             if t != holds[-1]:
                 clock.release()

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from gateway.ports import free_port
+from tests.servicefixtures import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,17 +35,18 @@ def test_demo_serves_readings_for_every_meter_and_stops_cleanly(tmp_path: Path) 
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        meters: list[dict[str, object]] = []
-        ready = False
-        while time.monotonic() < deadline and not ready:
-            time.sleep(1)
+        seen: list[dict[str, object]] = []
+
+        def every_meter_read() -> list[dict[str, object]] | None:
             try:
-                meters = get(f"{base}/api/v1/meters", token)["meters"]  # type: ignore[assignment]
+                seen[:] = get(f"{base}/api/v1/meters", token)["meters"]  # type: ignore[index]
             except OSError:
-                continue
-            ready = len(meters) >= 6 and all(m["last_good"] for m in meters)
-        assert ready, meters
+                return None
+            return list(seen) if len(seen) >= 6 and all(m["last_good"] for m in seen) else None
+
+        meters = wait_until(every_meter_read, 60, "a good reading of every demo meter", step=1.0,
+                            detail=lambda: seen)
+        assert len(meters) >= 6 and all(m["last_good"] for m in meters), meters
         health = get(f"{base}/api/v1/health", token)
         assert health["status"] == "up" and health["gateway"] == "demo-gateway"
         assert set(get(f"{base}/api/v1/health")) == {"status", "version"}   # without the token: no details

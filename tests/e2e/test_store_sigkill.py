@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.test_delivery_e2e import GatewayProcess, start_simulator
 from tests.servicefixtures import free_port, stop_process, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.slow
 
 LEAD_S = 20
 """How long after the config is written the slot falls: room for the gateway to start."""

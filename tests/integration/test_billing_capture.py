@@ -27,12 +27,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.billing.rehearsal import HoldingClock
 from gateway.model import loads_exact, parse_iso
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
 from tests.billingkit import SH, api_get, capture_of, export, local, quality, rehearsal_settings, shown
-from tests.servicefixtures import until
+from tests.servicefixtures import await_until
 
 
 def stamp(text: str) -> float:
@@ -51,18 +53,21 @@ async def test_offline_across_a_boundary_missing_then_frozen_by_date_or_late(tmp
         cap = capture_of(gw)
         await fleet.stop_meter("d1")
         await fleet.stop_meter("m2")
-        assert await until(lambda: clock.holding == b, 30.0)
-        assert await until(lambda: {quality(cap, m, b) for m in ("d1", "m2")} == {"missing"}
-                           and quality(cap, "m1", b) == "actual" and quality(cap, "d2", b) == "meter_frozen", 30.0)
+        await await_until(lambda: clock.holding == b, 30.0, "the clock held at the boundary")
+        await await_until(lambda: {quality(cap, m, b) for m in ("d1", "m2")} == {"missing"}
+                          and quality(cap, "m1", b) == "actual" and quality(cap, "d2", b) == "meter_frozen", 30.0,
+                          "the boundary settled: d1 and m2 missing, m1 actual, d2 meter_frozen",
+                          detail=lambda: {m: quality(cap, m, b) for m in ("d1", "m2", "m1", "d2")})
         clock.release()
         clock.set_rate(50_000.0)                       # three days offline, quickly
-        assert await until(lambda: clock.time() >= b + 3 * 86400, 30.0)
+        await await_until(lambda: clock.time() >= b + 3 * 86400, 30.0, "three simulated days offline")
         clock.set_rate(600.0)
         await fleet.start_meter("d1")
         await fleet.start_meter("m2")
         back = clock.time()
-        assert await until(lambda: quality(cap, "d1", b) == "meter_frozen" and quality(cap, "m2", b) == "late",
-                           40.0), (quality(cap, "d1", b), quality(cap, "m2", b))
+        await await_until(lambda: quality(cap, "d1", b) == "meter_frozen" and quality(cap, "m2", b) == "late",
+                          40.0, "d1 meter_frozen and m2 late",
+                          detail=lambda: (quality(cap, "d1", b), quality(cap, "m2", b)))
         status, text = await api_get(gw, "/api/v1/meters/d1/settlements?cycle=2026-12")
         assert status == 200
         d1 = loads_exact(text)
@@ -120,19 +125,20 @@ async def test_gateway_down_across_a_boundary_catches_up_at_start(tmp_path: Path
     try:
         gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
         await gw.start()
-        await until(lambda: clock.time() >= local(2026, 12, 20, 23, 45), 10.0)
+        await await_until(lambda: clock.time() >= local(2026, 12, 20, 23, 45), 30.0, "the clock at Dec 20 23:45")
         await gw.stop()
         assert clock.time() < b
         clock.set_rate(100_000.0)                      # down for a day and a half
-        assert await until(lambda: clock.time() >= b + 1.5 * 86400, 30.0)
+        await await_until(lambda: clock.time() >= b + 1.5 * 86400, 30.0, "a day and a half of downtime")
         clock.set_rate(600.0)
         gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
         await gw.start()
         restarted = clock.time()
         cap = capture_of(gw)
         want = {"d1": "meter_frozen", "d2": "meter_frozen", "m1": "late", "m2": "late"}
-        assert await until(lambda: {m: quality(cap, m, b) for m in want} == want, 40.0), \
-            {m: quality(cap, m, b) for m in want}
+        await await_until(lambda: {m: quality(cap, m, b) for m in want} == want, 40.0,
+                          f"the settlements after the restart: {want}",
+                          detail=lambda: {m: quality(cap, m, b) for m in want})
         await gw.stop()
     finally:
         await fleet.stop()
@@ -154,6 +160,7 @@ async def test_gateway_down_across_a_boundary_catches_up_at_start(tmp_path: Path
         assert stamp(doc["read_at"]) >= restarted
 
 
+@pytest.mark.slow                   # about 10 s of accelerated clock
 async def test_one_hour_outage_shows_missing_slots_and_a_spans_gap_interval(tmp_path: Path) -> None:
     settings, config = rehearsal_settings(tmp_path)
     t0 = local(2026, 12, 5, 9, 50)
@@ -164,13 +171,13 @@ async def test_one_hour_outage_shows_missing_slots_and_a_spans_gap_interval(tmp_
     window = "from=2026-12-05T10:00:00%2B08:00&to=2026-12-05T13:00:00%2B08:00"
     try:
         await gw.start()
-        assert await until(lambda: clock.time() >= local(2026, 12, 5, 10, 50), 30.0)
+        await await_until(lambda: clock.time() >= local(2026, 12, 5, 10, 50), 30.0, "the clock at 10:50")
         await fleet.stop_meter("m1")
         await fleet.stop_meter("d1")
-        assert await until(lambda: clock.time() >= local(2026, 12, 5, 11, 50), 30.0)
+        await await_until(lambda: clock.time() >= local(2026, 12, 5, 11, 50), 30.0, "the clock at 11:50")
         await fleet.start_meter("m1")
         await fleet.start_meter("d1")
-        assert await until(lambda: clock.time() >= local(2026, 12, 5, 13, 5), 30.0)
+        await await_until(lambda: clock.time() >= local(2026, 12, 5, 13, 5), 30.0, "the clock at 13:05")
         views: dict[str, Any] = {}
         for m in ("m1", "d1", "m2"):
             status, text = await api_get(gw, f"/api/v1/meters/{m}/intervals?{window}&step=15m")

@@ -41,7 +41,9 @@ from gateway.polling import MeterRuntime
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
 from tests.billingkit import SH, api_get, capture_of, export, local, quality, rehearsal_settings, shown
-from tests.servicefixtures import until
+from tests.servicefixtures import await_until
+
+pytestmark = pytest.mark.slow      # 12–17 s per case: a boundary and its retries on a real fleet
 
 FLAKY = ("d1", "m2")
 
@@ -106,31 +108,35 @@ async def test_flaky_meter_across_a_boundary_estimated_only_when_allowed(tmp_pat
         await gw.start()
         gw.observers.append(flaky)
         cap = capture_of(gw)
-        assert await until(lambda: clock.time() >= local(2026, 12, 10, 23, 47), 30.0)
+        await await_until(lambda: clock.time() >= local(2026, 12, 10, 23, 47), 30.0, "the clock at Dec 10 23:47")
         for m in FLAKY:
             await fleet.stop_meter(m)
-        assert await until(lambda: clock.holding == b, 30.0)
-        assert await until(lambda: {quality(cap, m, b) for m in FLAKY} == {"missing"}
-                           and quality(cap, "m1", b) == "actual" and quality(cap, "d2", b) == "meter_frozen", 30.0)
+        await await_until(lambda: clock.holding == b, 30.0, "the clock held at the boundary")
+        await await_until(lambda: {quality(cap, m, b) for m in FLAKY} == {"missing"}
+                          and quality(cap, "m1", b) == "actual" and quality(cap, "d2", b) == "meter_frozen", 30.0,
+                          "the boundary settled: the flaky meters missing, m1 actual, d2 meter_frozen",
+                          detail=lambda: {m: quality(cap, m, b) for m in (*FLAKY, "m1", "d2")})
         clock.release()
-        assert await until(lambda: clock.time() >= b + 1800, 30.0)
+        await await_until(lambda: clock.time() >= b + 1800, 30.0, "the clock half an hour past the boundary")
         # Bring them back one simulated second before a poll slot, with the clock held there:
         # nothing else (no settlement retry) can reach the meters before that poll.
         slot = (int(clock.time()) // 900 + 2) * 900
         clock.add_hold(slot - 1)
-        assert await until(lambda: clock.holding == slot - 1, 30.0)
+        await await_until(lambda: clock.holding == slot - 1, 30.0, "the clock held a second before the poll slot")
         armed.update(FLAKY)
         for m in FLAKY:
             await fleet.start_meter(m)
         clock.release()
-        assert await until(lambda: set(answered_after) == set(FLAKY), 30.0), answered_after
+        await await_until(lambda: set(answered_after) == set(FLAKY), 30.0, "every flaky meter answering once",
+                          detail=lambda: answered_after)
         if allow:
-            assert await until(lambda: {quality(cap, m, b) for m in FLAKY} == {"estimated"}, 30.0), \
-                {m: quality(cap, m, b) for m in FLAKY}
+            await await_until(lambda: {quality(cap, m, b) for m in FLAKY} == {"estimated"}, 30.0,
+                              "the flaky meters' settlements estimated",
+                              detail=lambda: {m: quality(cap, m, b) for m in FLAKY})
         else:
             # give the retries that the good poll triggered (and the next ones) time to fail
             last = max(answered_after.values())
-            assert await until(lambda: clock.time() >= last + 2700, 30.0)
+            await await_until(lambda: clock.time() >= last + 2700, 30.0, "45 simulated minutes after the last answer")
             assert {quality(cap, m, b) for m in FLAKY} == {"missing"}
         for m in FLAKY:
             status, text = await api_get(gw, f"/api/v1/meters/{m}/settlements?cycle=2026-12")
@@ -142,8 +148,9 @@ async def test_flaky_meter_across_a_boundary_estimated_only_when_allowed(tmp_pat
 
         for m in FLAKY:                                     # back for good
             await fleet.start_meter(m)
-        assert await until(lambda: quality(cap, "d1", b) == "meter_frozen" and quality(cap, "m2", b) == "late",
-                           40.0), (quality(cap, "d1", b), quality(cap, "m2", b))
+        await await_until(lambda: quality(cap, "d1", b) == "meter_frozen" and quality(cap, "m2", b) == "late",
+                          40.0, "d1 meter_frozen and m2 late",
+                          detail=lambda: (quality(cap, "d1", b), quality(cap, "m2", b)))
         for m in FLAKY:
             status, text = await api_get(gw, f"/api/v1/meters/{m}/settlements?cycle=2026-12")
             docs[m] = loads_exact(text)

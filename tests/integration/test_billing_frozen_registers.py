@@ -15,9 +15,7 @@ store, on an accelerated clock that holds at the 2026-12-11 00:00 boundary:
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -34,6 +32,7 @@ from gateway.model import loads_exact, parse_iso
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from tests.billingkit import capture_of
+from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
 B = datetime(2026, 12, 11, tzinfo=SH).timestamp()
@@ -60,15 +59,10 @@ store: {{synchronous: NORMAL, commit_interval_ms: 20}}
 """
 
 
-async def until_settled(cap: BillingCapture, meters: tuple[str, ...], real_s: float) -> dict[str, str]:
-    deadline = time.monotonic() + real_s
-    got: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        got = {m: k.quality for (m, b), k in cap.current.items() if b == B}
-        if all(got.get(m) not in (None, "missing") for m in meters):
-            break
-        await asyncio.sleep(0.05)
-    return got
+def settled_at_b(cap: BillingCapture, meters: tuple[str, ...]) -> dict[str, str] | None:
+    """Settlement quality per meter at boundary B once none of ``meters`` is still missing."""
+    got = {m: k.quality for (m, b), k in cap.current.items() if b == B}
+    return got if all(got.get(m) not in (None, "missing") for m in meters) else None
 
 
 async def test_frozen_settlement_carries_reactive_and_demand(tmp_path: Path) -> None:
@@ -90,7 +84,8 @@ async def test_frozen_settlement_carries_reactive_and_demand(tmp_path: Path) -> 
     try:
         await gw.start()
         cap = capture_of(gw)
-        got = await until_settled(cap, ("full", "active"), 30.0)
+        got = await await_until(lambda: settled_at_b(cap, ("full", "active")), 30.0, "both meters settled at B",
+                                detail=lambda: {m: k.quality for (m, b), k in cap.current.items() if b == B})
         assert got == {"full": "meter_frozen", "active": "meter_frozen"}, got
     finally:
         await gw.stop()

@@ -19,7 +19,6 @@ Five minutes after each local midnight the gateway publishes the finished day's 
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import uuid
 from datetime import datetime
@@ -28,6 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import pytest
 
 from gateway.billing.kpi import COUNT_KEYS
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
@@ -36,12 +36,15 @@ from gateway.model import loads_exact
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from tests.billingkit import capture_of, quality
 from tests.servicefixtures import (  # noqa: F401  (fixtures)
     Broker,
     Subscriber,
     _mosquitto_fixture,
-    until,
+    await_until,
 )
+
+pytestmark = pytest.mark.slow      # about 30 s: two simulated days, real MQTT
 
 SH = ZoneInfo("Asia/Shanghai")
 TOKEN = "billing-kpi-token"
@@ -77,16 +80,21 @@ async def test_daily_kpi_arrives_on_mqtt_with_the_days_counts(tmp_path: Path, mo
     gw = Gateway(settings, clock)
     try:
         await gw.start()
-        assert await until(lambda: clock.holding == local(11), 30.0)
-        await asyncio.sleep(1.0)                        # the boundary's settlements, on a held clock
+        await await_until(lambda: clock.holding == local(11), 30.0, "the clock held at Dec 11 00:00")
+        cap = capture_of(gw)
+        await await_until(lambda: all(quality(cap, m, local(11)) not in (None, "missing") for m in settings.meters),
+                          30.0, "every meter's settlement of the boundary, on the held clock",
+                          detail=lambda: {m: quality(cap, m, local(11)) for m in settings.meters})
         clock.release()
-        first = await sub.until(lambda ms: len(ms) >= 1, 30.0, "the KPI of Dec 10")     # at 00:05
+        first = await await_until(lambda: sub.received(lambda ms: len(ms) >= 1), 30.0,
+                                  "the KPI of Dec 10", detail=sub.summary)     # at 00:05
         clock.set_rate(3000.0)
-        assert await until(lambda: clock.time() >= local(11, 10), 60.0)
+        await await_until(lambda: clock.time() >= local(11, 10), 60.0, "the clock at Dec 11 10:00")
         await fleet.stop_meter("m2")
-        assert await until(lambda: clock.time() >= local(11, 12), 60.0)
+        await await_until(lambda: clock.time() >= local(11, 12), 60.0, "the clock at Dec 11 12:00")
         await fleet.start_meter("m2")
-        msgs = await sub.until(lambda ms: len(ms) >= 2, 90.0, "the KPI of Dec 11")
+        msgs = await await_until(lambda: sub.received(lambda ms: len(ms) >= 2), 90.0,
+                                 "the KPI of Dec 11", detail=sub.summary)
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http, \
                 http.get(f"http://127.0.0.1:{gw.api.port}/api/v1/kpi?date=2026-12-11") as resp:
             assert resp.status == 200

@@ -37,7 +37,7 @@ from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
 from gateway.store import Store
 from tests.billingkit import capture_of
-from tests.servicefixtures import until
+from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
 B1 = datetime(2026, 12, 11, tzinfo=SH).timestamp()
@@ -68,21 +68,23 @@ async def test_ratio_change_inside_a_stage_splits_consumption_at_the_reading_tak
         await gw.start()
         try:
             cap = capture_of(gw)
-            assert await until(lambda: clock.holding == B1 and settled(cap, B1), 30.0)
+            await await_until(lambda: clock.holding == B1 and settled(cap, B1), 30.0,
+                              "the first boundary held and settled")
             assert cap.ratio_changes == 0
             clock.release()
             clock.set_rate(20_000.0)
-            assert await until(lambda: clock.holding == TC, 30.0)
+            await await_until(lambda: clock.holding == TC, 30.0, "the clock held at the ratio change")
         finally:
             await gw.stop()
         gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # the engineer's new configuration
         await gw.start()
         try:
             cap = capture_of(gw)
-            assert await until(lambda: cap.ratio_changes == 1, 30.0)
+            await await_until(lambda: cap.ratio_changes == 1, 30.0, "the ratio change recorded")
             clock.release()
-            assert await until(lambda: clock.holding == B2 and settled(cap, B2), 40.0), \
-                {m: k.quality for (m, b), k in cap.current.items() if b == B2}
+            await await_until(lambda: clock.holding == B2 and settled(cap, B2), 40.0,
+                              "the second boundary held and settled",
+                              detail=lambda: {m: k.quality for (m, b), k in cap.current.items() if b == B2})
         finally:
             await gw.stop()
         gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # a restart without a change
@@ -148,7 +150,7 @@ async def test_a_change_audited_at_an_earlier_start_is_kept_once_without_a_late_
     await gw.start()
     try:
         cap = capture_of(gw)
-        assert await until(lambda: cap.ratio_changes == 1, 30.0)
+        await await_until(lambda: cap.ratio_changes == 1, 30.0, "the audited ratio change kept by billing")
     finally:
         await gw.stop()
     gw = Gateway(after, clock, enable_sinks=False, enable_api=False)   # the one after finds it kept

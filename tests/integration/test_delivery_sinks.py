@@ -50,7 +50,7 @@ async def test_tsdb_down_does_not_hold_back_mqtt_and_catches_up(tmp_path: Path, 
             await commit(store, [make_reading(f"m{j}", ts=t0 + b * 10 + j * 0.01) for j in range(100)])
         assert await mqtt.wait_idle(30), mqtt.state()
         assert influx.state()["state"] == "disconnected" and influx.state()["backlog"] == 1000
-        await sub.until(lambda m: len(m) >= 1000, 30, "1000 readings on MQTT")
+        await await_until(lambda: len(sub.snapshot()) >= 1000, 30, "1000 readings on MQTT", detail=sub.summary)
         lines = prometheus_lines(runners)
         assert 'amr_sink_backlog{sink="influxdb"} 1000' in lines
         assert 'amr_sink_backlog{sink="mqtt"} 0' in lines

@@ -1,7 +1,7 @@
 """Interoperability: our driver against an independent DL/T 645 meter server.
 
 The peer is the PyPI ``dlt645`` 3.2.0 package's ``MeterServerService`` over TCP on a free
-loopback port (it runs its own threads). Known quirk (reference §11 #7): it compares the
+loopback port (it runs its own threads). Known quirk (docs/protocols/dlt645-2007.md §11 #7): it compares the
 request address with ``set_address`` in the wrong order, so meter 123456789012 is
 configured as ``129078563412`` (the digits as they travel). Its DI table has no block DIs,
 so this also exercises the fallback from blocks to single DIs against a foreign peer.

@@ -173,7 +173,8 @@ async def test_broadcast_time_sync_sets_the_meter_clock(
     sim: Dlt645Simulator, drivers: dict[str, Dlt645Driver]
 ) -> None:
     await drivers["m4"].broadcast_time_sync(datetime(2026, 3, 15, 10, 7, 0))
-    out = await drivers["m4"].read("000000000004", compile_plan([catalogue.CANONICAL_2007[-6]]), 1.0)
+    clock_point = [p for p in catalogue.CANONICAL_2007 if p.name == "meter_clock"]
+    out = await drivers["m4"].read("000000000004", compile_plan(clock_point), 1.0)
     assert out["meter_clock"].raw == "2026-03-15T10:07:00"
 
 

@@ -8,9 +8,7 @@ boundary (as ``test_billing_frozen_registers`` does for DL/T 645 alone).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -28,6 +26,7 @@ from gateway.demo import free_port
 from gateway.model import loads_exact, parse_iso
 from gateway.runtime import Gateway
 from tests.billingkit import capture_of
+from tests.servicefixtures import await_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +54,10 @@ store: {{synchronous: NORMAL, commit_interval_ms: 20}}
 """
 
 
-async def until_settled(cap: BillingCapture, meters: tuple[str, ...], real_s: float) -> dict[str, str]:
-    deadline = time.monotonic() + real_s
-    got: dict[str, str] = {}
-    for _ in range(int(real_s / 0.05) + 1):
-        got = {m: k.quality for (m, b), k in cap.current.items() if b == B}
-        if all(got.get(m) not in (None, "missing") for m in meters) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
-    return got
+def settled_at_b(cap: BillingCapture, meters: tuple[str, ...]) -> dict[str, str] | None:
+    """Settlement quality per meter at boundary B once none of ``meters`` is still missing."""
+    got = {m: k.quality for (m, b), k in cap.current.items() if b == B}
+    return got if all(got.get(m) not in (None, "missing") for m in meters) else None
 
 
 async def test_a_dlt698_meter_settles_from_its_day_freeze(tmp_path: Path) -> None:
@@ -84,7 +78,8 @@ async def test_a_dlt698_meter_settles_from_its_day_freeze(tmp_path: Path) -> Non
     try:
         await gw.start()
         cap = capture_of(gw)
-        got = await until_settled(cap, ("m698", "m645"), 30.0)
+        got = await await_until(lambda: settled_at_b(cap, ("m698", "m645")), 30.0, "both meters settled at B",
+                                detail=lambda: {m: k.quality for (m, b), k in cap.current.items() if b == B})
         assert got == {"m698": "meter_frozen", "m645": "meter_frozen"}, got
     finally:
         await gw.stop()

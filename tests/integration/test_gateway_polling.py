@@ -47,6 +47,8 @@ def stored(db: Path) -> list[dict[str, Any]]:
 
 
 async def run_for(gw: Gateway, clock: ScaledClock, simulated_s: float) -> None:
+    """Let ``simulated_s`` of simulated time pass on purpose (the scenario: the gateway runs
+    for a while); the tests then check what it did in the window the clock really covered."""
     await asyncio.sleep(simulated_s / clock.rate)
 
 

@@ -405,7 +405,7 @@ async def test_the_sink_writes_by_batch_age_not_per_store_commit(server: _Server
         t0 = time.time() - 60
         for i in range(5):
             await commit(store, [make_reading("m1", ts=t0 + i)])
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)         # the scenario: rows arrive spread out, inside one batch age
         assert await runner.wait_idle(20), runner.state()
         writes = [r for r in server.requests if r.method == "POST"]
         assert len(writes) == 1, [w.body for w in writes]

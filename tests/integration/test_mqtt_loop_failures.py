@@ -55,7 +55,7 @@ async def test_a_stop_cancelled_while_waiting_for_the_offline_ack_leaves_nothing
         sock = conn.client.socket()
         assert sock is not None
         closing = asyncio.create_task(sink.close(True))
-        await asyncio.sleep(0.3)                   # inside the 5-s wait for the offline PUBACK
+        await asyncio.sleep(0.3)                   # negative check: inside the 5-s wait for the offline PUBACK
         assert not closing.done()
         closing.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -96,7 +96,7 @@ async def test_a_ping_the_socket_could_not_take_goes_out_when_there_is_room(mosq
         proxy = RefusesOnePing(conn.client._sock)  # type: ignore[attr-defined]
         conn.client._sock = proxy  # type: ignore[attr-defined]
         await await_until(lambda: proxy.refused, 10, "a PINGREQ refused by the socket")
-        await asyncio.sleep(3.5)                   # over three keepalives
+        await asyncio.sleep(3.5)                   # negative check: the session survives three keepalives
         assert reporter.errors == [] and reporter.bad == [], (reporter.errors, reporter.bad)
         sink.send(row(1))
         await await_until(lambda: reporter.ok == [1], 10, "a PUBACK on the kept session")

@@ -57,7 +57,8 @@ async def test_backlog_spooled_while_broker_down_is_replayed_in_order_without_du
             sub = Subscriber(broker.broker, f"amr/{gw}/#", f"sub-{gw}").start()
             # The subscriber may connect before or after the sink: count from its start.
             assert await runner.wait_idle(60), runner.state()
-            await sub.until(lambda m: len(sub.seqs()) >= 5000 - _sent_before(sub), 60, "the whole backlog")
+            await await_until(lambda: len(sub.seqs()) >= 5000 - _sent_before(sub), 60, "the whole backlog",
+                              detail=sub.summary)
         unreachable = [r for r in caplog.records if "is unreachable" in r.getMessage()]
         assert len(unreachable) == 1                    # logged once, not per retry
         seqs = sub.seqs()
@@ -91,7 +92,7 @@ async def test_broker_restarts_during_delivery_persistent_subscriber_sees_every_
             if stop_producing.is_set():
                 return
             await commit(store, [make_reading(f"m{j}", kwh=str(i)) for j in range(10)])
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)               # the scenario: readings keep arriving over time
 
     producer = asyncio.create_task(produce())
     try:
@@ -101,20 +102,25 @@ async def test_broker_restarts_during_delivery_persistent_subscriber_sees_every_
                               "some deliveries")
             await asyncio.to_thread(broker.stop)
             await await_until(lambda: runner.status == "disconnected", 20, "the sink noticing the outage")
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)                # the scenario: the outage lasts a moment, readings still come
             await asyncio.to_thread(broker.start)
             await await_until(lambda: runner.status == "connected", 30, "the sink reconnecting")
         stop_producing.set()
         await producer
         assert await runner.wait_idle(60), runner.state()
         total = store.last_seq
-        await sub.until(lambda m: set(range(1, total + 1)) <= set(sub.seqs()), 60, f"all {total} seqs")
+        await await_until(lambda: set(range(1, total + 1)) <= set(sub.seqs()), 60, f"all {total} seqs",
+                          detail=sub.summary)
         seqs = sub.seqs()
         assert set(seqs) == set(range(1, total + 1))        # nothing lost, nothing invented
         # Duplicates only across a reconnect: the stream goes backwards at most once per session.
         assert backward_jumps(seqs) <= runner.sessions - 1
         assert runner.sessions >= 3
-        assert runner.state()["failed"] >= 0 and runner.state()["backlog"] == 0
+        # A broken session leaves at most one window (inflight=20) unacknowledged; those rows
+        # count as failed and were resent (every seq arrived, above). Nothing was rejected.
+        state = runner.state()
+        assert state["failed"] <= 20 * (runner.sessions - 1), state
+        assert state["rejected"] == 0 and state["backlog"] == 0, state
     finally:
         stop_producing.set()
         await asyncio.gather(producer, return_exceptions=True)
@@ -146,7 +152,7 @@ async def test_restart_of_the_gateway_resumes_from_the_durable_cursor(tmp_path: 
         assert await runner.wait_idle(30)
         await runner.stop()
         await store.close()
-        await sub.until(lambda m: len(sub.seqs()) >= 500, 30, "500 readings")
+        await await_until(lambda: len(sub.seqs()) >= 500, 30, "500 readings", detail=sub.summary)
         assert sub.seqs() == list(range(1, 501))      # graceful restart: no resend at all
     finally:
         sub.stop()

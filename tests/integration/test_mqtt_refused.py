@@ -136,7 +136,8 @@ async def test_denied_publishes_are_not_delivered_and_go_out_once_in_order_after
                           "the runner pausing between sessions")
         acl_broker.allow_writes()
         assert await runner.wait_idle(60), runner.state()
-        msgs = await sub.until(lambda m: len(m) >= len(seqs), 30, f"{len(seqs)} readings")
+        msgs = await await_until(lambda: sub.received(lambda m: len(m) >= len(seqs)), 30, f"{len(seqs)} readings",
+                                 detail=sub.summary)
         assert len(msgs) == len(seqs)
         assert sub.seqs() == seqs                                    # every reading once, in order
         assert [m.json()["points"]["energy_import_kwh"]["raw"] for m in msgs[:2]] == [100, 101]

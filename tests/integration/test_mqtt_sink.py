@@ -58,7 +58,8 @@ async def test_publishes_every_kind_on_its_topic_verbatim_qos1_in_order(tmp_path
         runner = SinkRunner(MqttSink(mqtt_settings(mosquitto), gw), store)
         await runner.start()
         assert await runner.wait_idle(30), runner.state()
-        msgs = await sub.until(lambda m: len([x for x in m if not x.retain]) >= 54, 30, "54 messages")
+        msgs = await await_until(lambda: sub.received(lambda m: len([x for x in m if not x.retain]) >= 54), 30,
+                                 "54 messages", detail=sub.summary)
         rows = {r.seq: r for r in await store.pending("check", 1000, after=0)}
         data = [m for m in msgs if m.topic != f"amr/{gw}/status"]
         assert [m.json()["seq"] for m in data] == sorted(rows)          # published in seq order
@@ -78,8 +79,9 @@ async def test_publishes_every_kind_on_its_topic_verbatim_qos1_in_order(tmp_path
         status = [m for m in msgs if m.topic == f"amr/{gw}/status"]
         assert status and status[-1].payload == b"online"
         await runner.stop()
-        await sub.until(lambda m: any(x.topic.endswith("/status") and x.payload == b"offline" for x in m),
-                        10, "the offline status")
+        await await_until(lambda: sub.received(lambda m: any(x.topic.endswith("/status") and x.payload == b"offline"
+                                                             for x in m)),
+                          10, "the offline status", detail=sub.summary)
         assert runner.state()["state"] == "stopped"
     finally:
         sub.stop()
@@ -87,7 +89,7 @@ async def test_publishes_every_kind_on_its_topic_verbatim_qos1_in_order(tmp_path
     # The retained status a late subscriber sees is "offline" after a graceful stop.
     late = Subscriber(mosquitto, f"amr/{gw}/status", f"late-{gw}").start()
     try:
-        msgs = await late.until(bool, 10, "the retained status")
+        msgs = await await_until(lambda: late.received(bool), 10, "the retained status", detail=late.summary)
         assert msgs[0].retain and msgs[0].payload == b"offline"
     finally:
         late.client.publish(f"amr/{gw}/status", b"", qos=1, retain=True)   # clear the retained message
@@ -104,7 +106,7 @@ async def test_live_readings_flow_while_running_and_cursor_follows(tmp_path: Pat
         for batch in range(10):
             await commit(store, [make_reading(f"m{batch}", kwh=str(i)) for i in range(20)])
         assert await runner.wait_idle(30), runner.state()
-        await sub.until(lambda m: len(m) >= 200, 30, "200 readings")
+        await await_until(lambda: len(sub.snapshot()) >= 200, 30, "200 readings", detail=sub.summary)
         assert sub.seqs() == list(range(1, 201))
         assert await store.cursor("mqtt") == 200
     finally:

@@ -150,11 +150,11 @@ async def test_a_good_reload_takes_over_the_port_without_a_gap_and_clears_the_er
                         answered.append(resp.status)
                 except aiohttp.ClientConnectionError as exc:
                     refused.append(str(exc))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)                       # no pause: ask again at once
 
     poller = asyncio.create_task(poll_health())
     old = site.gw
-    await asyncio.sleep(0.05)
+    await await_until(lambda: answered, 10.0, "the health poller's first answer", detail=lambda: refused)
     new = await reload(old, site.settings(customer="C9"))
     stop.set()
     await poller

@@ -14,7 +14,6 @@ other tests' gateways run without review.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import csv
 import io
@@ -37,6 +36,7 @@ from gateway.ports import free_port
 from gateway.review.engine import ReviewEngine
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from tests.servicefixtures import await_until
 
 RATE = 120.0                                   # a 1-minute slot every 0.5 s
 START = 1_795_939_200.0 + 14 * 60 + 50         # 2026-11-29 16:14:50 +08:00, just before an interval slot
@@ -74,15 +74,6 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         await fleet.stop()
 
 
-async def wait_until(r: Running, what: Any, simulated_s: float) -> bool:
-    """Poll ``what()`` every 0.1 s for at most ``simulated_s`` of simulated time."""
-    for _ in range(int(simulated_s / r.clock.rate / 0.1) + 1):
-        if what():
-            return True
-        await asyncio.sleep(0.1)
-    return bool(what())
-
-
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     async with http.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
         return resp.status, await resp.text()
@@ -98,15 +89,16 @@ def stored_events(db: Path) -> list[tuple[Any, ...]]:
 
 async def test_dead_meter_raises_read_failure_then_read_recovered_listed_by_the_api(running: Running) -> None:
     r = running
-    await asyncio.sleep(2 * 60 / r.clock.rate)
+    await await_until(lambda: r.engine.state(DEAD).last_good_ts is not None, 10 * 60 / RATE,
+                      f"a good reading of {DEAD} within 10 simulated minutes", step=0.1)
     await r.fleet.stop_meter(DEAD)
 
     def opened() -> bool:
         return ("read_failure", "") in r.engine.state(DEAD).active
 
-    assert await wait_until(r, opened, 8 * 60), "no read_failure after 8 simulated minutes of silence"
+    await await_until(opened, 8 * 60 / RATE, "read_failure within 8 simulated minutes of silence", step=0.1)
     await r.fleet.start_meter(DEAD)
-    assert await wait_until(r, lambda: not opened(), 10 * 60), "no read_recovered within 10 simulated minutes"
+    await await_until(lambda: not opened(), 10 * 60 / RATE, "read_recovered within 10 simulated minutes", step=0.1)
     assert await r.engine.drain()
 
     events = stored_events(r.gw.store_path)
@@ -133,7 +125,7 @@ async def test_dead_meter_raises_read_failure_then_read_recovered_listed_by_the_
 
         status, text = await get(http, f"{r.base}/api/v1/events?type=phase_loss")
         assert status == 200 and json.loads(text)["count"] == 0
-        for query, word in (("since=yesterday", "since"), ("type=bogus", "type"), ("state=open", "state"),
+        for query, word in (("since=yesterday", "since"), ("type=bogus", "type"), ("state=bogus", "state"),
                             ("since=2026-11-30&until=2026-11-29", "earlier"), ("format=xml", "format"),
                             ("limit=0", "limit")):
             status, text = await get(http, f"{r.base}/api/v1/events?{query}")
@@ -153,8 +145,11 @@ async def test_dead_meter_raises_read_failure_then_read_recovered_listed_by_the_
             "SELECT payload FROM outbox WHERE kind='event' AND meter=? ORDER BY seq", (DEAD,))]
     finally:
         conn.close()
+    # the two events, and the worklist item of the failure closed by the recovery (its state change)
     assert [(p["schema"], p["type"], p["id"]) for p in payloads] == [
-        ("amr.event.v1", "read_failure", mine[0][0]), ("amr.event.v1", "read_recovered", mine[1][0])]
+        ("amr.event.v1", "read_failure", mine[0][0]), ("amr.event.v1", "read_recovered", mine[1][0]),
+        ("amr.event_state.v1", "read_failure", mine[0][0])]
+    assert payloads[2]["worklist"]["state"] == "closed" and payloads[2]["worklist"]["cleared_by_event"] == mine[1][0]
 
 
 async def test_register_decrease_from_a_real_reading_fed_through_the_engine(running: Running) -> None:
@@ -164,7 +159,7 @@ async def test_register_decrease_from_a_real_reading_fed_through_the_engine(runn
     def baseline() -> bool:
         return "energy_import_kwh" in r.engine.state(meter).registers
 
-    assert await wait_until(r, baseline, 20 * 60), "no interval reading reviewed within 20 simulated minutes"
+    await await_until(baseline, 20 * 60 / RATE, "an interval reading reviewed within 20 simulated minutes", step=0.1)
     assert await r.engine.drain()
     before = r.engine.state(meter).registers["energy_import_kwh"]
     # a reading exactly like the meter's, but the total register 1.00 lower
@@ -188,3 +183,105 @@ async def test_register_decrease_from_a_real_reading_fed_through_the_engine(runn
     assert ev["key"] == "energy_import_kwh"
     assert ev["evidence"]["before_raw"] == before.raw and ev["evidence"]["after_raw"] == lower
     assert ev["evidence"]["before_value"] == before.value     # × CT × PT, exact
+    # the evidence links the readings and intervals around the event
+    links = ev["evidence"]["links"]
+    assert links["readings"].startswith(f"/api/v1/meters/{meter}/readings?from=")
+    async with aiohttp.ClientSession() as http:
+        for url in (links["readings"], links["intervals"]):
+            status, text = await get(http, f"{r.base}{url}")
+            assert status == 200, (url, text)
+        status, text = await get(http, f"{r.base}{links['readings']}")
+        assert json.loads(text)["readings"], "the reading before the decrease is in the linked window"
+
+
+async def post(http: aiohttp.ClientSession, url: str, token: str, body: object | None = None) -> tuple[int, Any]:
+    async with http.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
+        return resp.status, json.loads(await resp.text())
+
+
+async def test_a_reviewer_walks_the_worklist_from_the_api(running: Running) -> None:
+    """List a customer's open events, acknowledge one with a note, see the change published and
+    audited; the condition clearing closes it (rule); the next failure is closed by the operator
+    with a reason. A reader may list but not act."""
+    from gateway.audit import AUDIT_FILE, verify
+    from gateway.tokens import Role
+
+    r = running
+    assert r.gw.api is not None
+    operator, _ = r.gw.api.auth.tokens.add("reviewer-wang", Role.OPERATOR, "2026-11-29T08:00:00Z")
+    reader, _ = r.gw.api.auth.tokens.add("billing-import", Role.READER, "2026-11-29T08:00:00Z")
+
+    def failing() -> bool:
+        return ("read_failure", "") in r.engine.state(DEAD).active
+
+    async def outage() -> None:
+        await r.fleet.stop_meter(DEAD)
+        assert await wait_until(r, failing, 8 * 60), "no read_failure after 8 simulated minutes of silence"
+        assert await r.engine.drain()
+
+    await asyncio.sleep(2 * 60 / r.clock.rate)
+    await outage()
+    async with aiohttp.ClientSession() as http:
+        status, text = await get(http, f"{r.base}/api/v1/events?customer=C1002&state=open&since=2026-11-29")
+        assert status == 200, text
+        listed = json.loads(text)
+        assert [(e["meter"], e["type"], e["worklist"]["state"]) for e in listed["events"]] == [
+            (DEAD, "read_failure", "open")]
+        assert listed["events"][0]["severity"] == "medium" and listed["next_after_id"] is None
+        event_id = listed["events"][0]["id"]
+        status, _ = await get(http, f"{r.base}/api/v1/events?customer=C1002&state=acknowledged&since=2026-11-29")
+        assert status == 200
+        status, doc = await post(http, f"{r.base}/api/v1/events/{event_id}/ack", reader, {"note": "x"})
+        assert status == 403 and "operator" in doc["error"]
+        status, doc = await post(http, f"{r.base}/api/v1/events/{event_id}/ack", operator,
+                                 {"note": "called the site: breaker tripped"})
+        assert status == 200, doc
+        work = doc["worklist"]
+        assert work["state"] == "acknowledged" and work["note"] == "called the site: breaker tripped"
+        assert work["acknowledged_by"].endswith("(reviewer-wang)") and work["acknowledged_at"]
+        status, doc = await post(http, f"{r.base}/api/v1/events/{event_id}/ack", operator, {"note": "again"})
+        assert status == 409 and "already acknowledged" in doc["error"]
+        status, doc = await post(http, f"{r.base}/api/v1/events/999999/ack", operator, {})
+        assert status == 404
+        # the meter answers again: read_recovered closes the item (by the rule)
+        await r.fleet.start_meter(DEAD)
+        assert await wait_until(r, lambda: not failing(), 10 * 60), "no read_recovered within 10 simulated minutes"
+        assert await r.engine.drain()
+        status, text = await get(http, f"{r.base}/api/v1/events?meter={DEAD}&state=closed&since=2026-11-29")
+        closed = json.loads(text)["events"]
+        assert [(e["id"], e["worklist"]["closed_by"], e["worklist"]["reason"]) for e in closed] == [
+            (event_id, "rule", "condition cleared")]
+        status, doc = await post(http, f"{r.base}/api/v1/events/{event_id}/close", operator, {"reason": "late"})
+        assert status == 409
+        # a second outage, closed by the operator with a reason
+        await outage()
+        status, text = await get(http, f"{r.base}/api/v1/events?customer=C1002&state=open,acknowledged"
+                                        "&since=2026-11-29&severity=medium")
+        second = json.loads(text)["events"]
+        assert len(second) == 1 and second[0]["id"] != event_id
+        status, doc = await post(http, f"{r.base}/api/v1/events/{second[0]['id']}/close", operator, {})
+        assert status == 400 and "reason" in doc["error"]
+        status, doc = await post(http, f"{r.base}/api/v1/events/{second[0]['id']}/close", operator,
+                                 {"reason": "modem replaced, meter read on site"})
+        assert status == 200 and doc["worklist"]["state"] == "closed"
+        assert doc["worklist"]["reason"] == "modem replaced, meter read on site"
+
+    # published: the state changes on the meter's event topic (the outbox the MQTT sink sends)
+    conn = sqlite3.connect(r.gw.store_path)
+    try:
+        changes = [json.loads(p) for (p,) in conn.execute(
+            "SELECT payload FROM outbox WHERE kind='event' AND meter=? ORDER BY seq", (DEAD,))]
+    finally:
+        conn.close()
+    states = [(c["id"], c["worklist"]["state"], c["changed_by"].split(" ")[0]) for c in changes
+              if c["schema"] == "amr.event_state.v1"]
+    assert [(i, s) for i, s, _ in states] == [(event_id, "acknowledged"), (event_id, "closed"),
+                                              (second[0]["id"], "closed")]
+    assert states[1][2] == "review:rule" and states[0][2].startswith("token:")
+    # audited: who, what, before and after, in an intact chain
+    audit = r.gw.settings.gateway.data_dir / AUDIT_FILE
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    acts = [(e["action"], e["subject"], e["after"]["state"]) for e in entries if e["action"].startswith("event.")]
+    assert acts == [("event.acknowledge", str(event_id), "acknowledged"), ("event.close", str(event_id), "closed"),
+                    ("event.close", str(second[0]["id"]), "closed")]
+    assert verify(audit).intact

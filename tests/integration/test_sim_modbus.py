@@ -108,7 +108,7 @@ async def test_energy_advances_with_an_accelerated_clock() -> None:
         driver = create_driver(bus_for(sim.endpoint("m")))
         try:
             first = (await driver.read("1", plan, 1.0))["energy_import_kwh"].raw
-            await clock.sleep(3600.0)                 # 0.1 s of real time
+            await clock.sleep(3600.0)                 # the scenario: an hour passes (0.1 s of real time)
             second = (await driver.read("1", plan, 1.0))["energy_import_kwh"].raw
         finally:
             await driver.close()

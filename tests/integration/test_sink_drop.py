@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.audit import AUDIT_FILE, verify
 from gateway.runtime import STORE_FILE
 from gateway.settings import StoreSettings
 from gateway.store import Store
@@ -77,6 +78,12 @@ async def test_sink_drop_discards_the_backlog_audited_and_only_with_the_store_to
     assert [(a["sink"], a["action"], a["from_seq"], a["to_seq"], a["discarded"]) for a in audit] == [
         ("mqtt", "advanced", 2, 5, 3), ("old-sink", "forgotten", 0, None, 5)]
     assert all(a["by"] for a in audit)
+    chained = [json.loads(line) for line in (tmp_path / "data" / AUDIT_FILE).read_text().splitlines()]
+    assert [(e["action"], e["subject"], e["before"], e["after"]) for e in chained] == [
+        ("sink.drop", "mqtt", {"acked_seq": 2}, {"acked_seq": 5, "action": "advanced", "discarded": 3}),
+        ("sink.drop", "old-sink", {"acked_seq": 0}, {"acked_seq": None, "action": "forgotten", "discarded": 5})]
+    assert all(e["actor"].startswith("cli:") for e in chained)
+    assert verify(tmp_path / "data" / AUDIT_FILE).intact
 
     store = await Store.open(db, SETTINGS, "drop-test")   # now retention may let the rows go
     try:

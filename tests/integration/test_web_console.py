@@ -16,6 +16,7 @@ from gateway.billing.rehearsal import rehearsal_config_text
 from gateway.config import load_settings_from_text
 from gateway.ports import free_port
 from gateway.runtime import Gateway
+from gateway.tokens import Role, TokenFile
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +64,7 @@ async def test_sign_in_cookie_csrf_and_sign_out(base: str) -> None:
             assert resp.status == 200
             body = await resp.json()
             cookie = resp.headers["Set-Cookie"]
-        assert body["role"] == "admin" and len(body["csrf"]) >= 40
+        assert body["role"] == "admin" and len(body["csrf"]) >= 40      # api.token counts as admin
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
         assert TOKEN not in cookie
         async with http.get(base + "/console/session") as resp:
@@ -109,3 +110,32 @@ async def test_an_old_cookie_is_refused_after_sign_out(base: str) -> None:
         async with http.get(base + "/api/v1/meters", headers={"Authorization": f"Bearer {TOKEN}"},
                             cookies={"amr_session": sid}) as resp:
             assert resp.status == 200
+
+
+async def test_a_session_has_its_tokens_role(tmp_path: Path) -> None:
+    """A reader token signs in as reader: it reads through the cookie, its writes are refused (403),
+    and revoking the token ends what the session can do at once."""
+    text = rehearsal_config_text(tmp_path, api_port=free_port(), timeout_ms=100)
+    settings = load_settings_from_text(text, "<console-test>", tmp_path, {"AMR_API_TOKEN": TOKEN})
+    tokens = TokenFile(settings.gateway.data_dir)
+    reader, record = tokens.add("console-reader", Role.READER, "2026-12-06T00:00:00Z")
+    gw = Gateway(settings, enable_sinks=False)
+    await gw.start()
+    try:
+        assert gw.api is not None
+        base = f"http://127.0.0.1:{gw.api.port}"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.post(base + "/console/signin", json={"token": reader}) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            assert body["role"] == "reader"
+            async with http.get(base + "/api/v1/meters") as resp:
+                assert resp.status == 200
+            async with http.post(base + "/api/v1/tokens", json={"name": "x", "role": "admin"},
+                                 headers={"X-CSRF-Token": body["csrf"]}) as resp:
+                assert resp.status == 403 and "admin role" in (await resp.json())["error"]
+            tokens.revoke(record.id, "2026-12-06T00:01:00Z")
+            async with http.get(base + "/api/v1/meters") as resp:
+                assert resp.status == 401
+    finally:
+        await gw.stop()

@@ -1,6 +1,6 @@
 """DL/T 698.45 APDUs and values beyond the verified frames: DAR results, TimeTag,
 FollowReport, ERROR-Response, SECURITY wrappers, A-XDR lengths and dates, exact scaling and
-the behaviour chosen for the facts the reference marks medium (frequency's type)."""
+the behaviour chosen for the facts docs/protocols/dlt698-45.md marks medium (frequency's type)."""
 
 from __future__ import annotations
 

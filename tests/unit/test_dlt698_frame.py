@@ -45,7 +45,7 @@ def test_crc_is_x25_with_its_check_value() -> None:
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.binary(min_size=1, max_size=16), st.integers(0, 255), st.integers(0, 3))
 def test_fcs_depends_only_on_the_apdu_when_the_hcs_is_right(sa: bytes, ca: int, kind: int) -> None:
-    # CRC residue: HCS sits inside the FCS coverage (reference §2), so FCS never catches
+    # CRC residue: HCS sits inside the FCS coverage (docs/protocols/dlt698-45.md §2), so FCS never catches
     # a header error that HCS missed: every such request ends D5 1D 16.
     wire = encode_frame(C_REQUEST, ServerAddress(AddressType(kind), sa), ca, GET_TOTAL)
     assert wire.endswith(bytes.fromhex("D5 1D 16"))

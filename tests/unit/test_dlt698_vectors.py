@@ -1,10 +1,10 @@
-"""DL/T 698.45 codec against every verified frame of ``reference/dlt698-45.md`` §7.
+"""DL/T 698.45 codec against every verified frame of ``docs/protocols/dlt698-45.md`` §7.
 
-Each frame decodes to the values the reference documents; each request is rebuilt byte for
+Each frame decodes to the values its source documents; each request is rebuilt byte for
 byte from its meaning (addresses, PIID, OADs, selectors); replies are re-encoded byte for
 byte from their decoded form, and the pure responder reproduces R1's reply from a meter
-state alone. Provenance per frame is in the reference (R1 standard appendix H.3, R2 csdn
-real meter, R3 yingsuda, R4 hplc emulated meter, R5 lib docs, R6 sim, R7 hplc + sim, R8 wenyl).
+state alone. Provenance per frame (sources in docs/protocols/dlt698-45.md §0): R1 standard appendix H.3, R2 csdn
+real meter, R3 yingsuda, R4 hplc emulated meter, R5 lib docs, R6 sim, R7 hplc + sim, R8 wenyl.
 """
 
 from __future__ import annotations

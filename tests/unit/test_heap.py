@@ -49,7 +49,7 @@ async def policy(is_warm: Callable[[], bool], warm_within_s: float, **kw: float)
 async def test_freezes_only_once_every_bus_is_warm() -> None:
     warm = asyncio.Event()
     async with policy(warm.is_set, 60.0, every_s=60.0):
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)               # negative check: ten rounds of checks pass, the buses cold
         assert gc.get_freeze_count() == 0      # not warm yet: nothing frozen
         survivor = Node()
         warm.set()
@@ -64,7 +64,7 @@ async def test_freezes_after_the_cap_when_a_bus_never_answers() -> None:
 
 async def test_objects_made_later_are_frozen_and_still_freed_by_refcount() -> None:
     async with policy(lambda: True, 1.0, every_s=0.05):
-        await asyncio.sleep(0.05)
+        await await_until(gc.get_freeze_count, 2.0, "the first freeze", step=0.01)
         later = Node()
         ref = weakref.ref(later)
         await await_until(lambda: frozen(ref()), 2.0, "a later object frozen by a round")
@@ -74,7 +74,7 @@ async def test_objects_made_later_are_frozen_and_still_freed_by_refcount() -> No
 
 async def test_a_frozen_cycle_is_reclaimed_by_the_full_round() -> None:
     async with policy(lambda: True, 1.0, every_s=0.05, full_every_s=1e9):
-        await asyncio.sleep(0.05)
+        await await_until(gc.get_freeze_count, 2.0, "the first freeze", step=0.01)
         a, b = Node(), Node()
         a.other, b.other = b, a
         ref = weakref.ref(a)

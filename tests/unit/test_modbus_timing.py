@@ -1,4 +1,4 @@
-"""Serial timing formulas against the figures in reference/serial-timing.md."""
+"""Serial timing formulas against the figures in docs/protocols/serial-timing.md."""
 
 from __future__ import annotations
 

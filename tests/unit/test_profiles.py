@@ -140,7 +140,7 @@ BROKEN: list[tuple[str, str, list[tuple[int, str]]]] = [
     ("unknown_point_key", "protocol: modbus\npoints:\n  power_kw: {address: 1, type: f32, "
      "wordorder: little}\n",
      [(3, 'point power_kw: unknown key "wordorder" (did you mean "word_order"?); accepted keys are '
-          "address, byte_order, function, scale, side, type, unit, word_order")]),
+          "address, byte_order, capacity, function, scale, side, type, unit, word_order")]),
     ("bad_limits", "protocol: modbus\nlimits: {max_registers_per_request: 126}\npoints:\n"
      "  power_kw: {address: 1, type: f32}\n",
      [(2, "profile limits: max_registers_per_request must be between 1 and 125, not 126")]),
@@ -220,7 +220,7 @@ def test_canonical_points_match_the_spec_list() -> None:
 
 
 def test_config_profiles_link_to_the_protocol_packages_own_profiles() -> None:
-    """config/profiles/ (the SPEC's place) holds links to drivers/<protocol>/profiles/*.yaml."""
+    """config/profiles/ (the place the README names) holds links to drivers/<protocol>/profiles/*.yaml."""
     repo = SHIPPED_PROFILES_DIR.parent.parent
     packaged = sorted((repo / "drivers").glob("*/profiles/*.yaml"))
     assert {p.name for p in packaged} == {p.name for p in SHIPPED}

@@ -24,7 +24,7 @@ from gateway.config import load_settings_from_text
 from gateway.core import Core
 from gateway.demo import demo_config_text
 from gateway.model import PointValue, Reading
-from gateway.review import rules
+from gateway.review import rules, ruleset
 from gateway.review.engine import ReviewEngine
 from gateway.review.export import export_events
 from gateway.runtime import STORE_FILE
@@ -147,7 +147,7 @@ async def test_a_failing_rule_loses_neither_the_reading_nor_the_other_rules(
     def boom(*args: object) -> list[rules.RuleEvent]:
         raise ZeroDivisionError("a bug in a rule")
 
-    monkeypatch.setattr(rules, "RULES", (("meter_fast", boom), *rules.RULES))
+    monkeypatch.setattr(ruleset, "ALL_RULES", (("meter_fast", boom), *ruleset.ALL_RULES))
     eng = await started(gw)
     r0, r1 = reading(0, "10.00"), reading(1, "9.00")
     eng.observe(runtime(), r0)
@@ -178,3 +178,26 @@ async def test_export_events_writes_csv_for_one_meter_or_all(gw: Core, tmp_path:
     assert await export_events(gw.store.path, None, START + 86400, START + 2 * 86400, io.StringIO()) == 0
     with pytest.raises(FileNotFoundError):
         await export_events(tmp_path / "nope.sqlite", None, None, None, io.StringIO())
+
+
+async def test_period_rules_judge_the_billing_periods_and_store_their_events(gw: Core) -> None:
+    """stage_change from completed stages: the source here is a plain function standing in for
+    the billing feature's (gateway.billing.periods, which reads settlement records the billing
+    capture writes; the live path is the e2e billing month). A stage at a quarter of the one
+    before it raises 环比 once, with both periods in the evidence; the next normal stage clears."""
+    day = 86400.0
+    stages = [("stage", "2026-11", 1, START - 30 * day, START - 20 * day, D(10000)),
+              ("stage", "2026-11", 2, START - 20 * day, START - 10 * day, D(2500))]
+
+    def source(conn: Any, meter: str, now: float) -> list[tuple[str, str, int, float, float, D]]:
+        return list(stages) if meter == METER else []
+
+    eng = await started(gw, period_source=source)
+    stored = await eng.judge_periods()
+    assert [(e.meter, e.type, e.state, e.key) for e in stored] == [(METER, "stage_change", "raised", "mom")]
+    assert stored[0].evidence["ratio"] == D("0.2500") and stored[0].evidence["current"]["kwh"] == D(2500)
+    assert await eng.judge_periods() == []                      # persisting: no duplicate
+    stages.append(("stage", "2026-11", 3, START - 10 * day, START, D(2600)))
+    cleared = await eng.judge_periods()
+    assert [(e.type, e.state, e.raised_id) for e in cleared] == [("stage_change", "cleared", stored[0].id)]
+    await eng.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from drivers.transport.buckets import TimeoutBuckets, timeout_buckets
+from tests.servicefixtures import await_until
 
 
 async def test_callbacks_run_once_in_deadline_order_and_never_early() -> None:
@@ -15,10 +16,8 @@ async def test_callbacks_run_once_in_deadline_order_and_never_early() -> None:
     for name, delay in delays.items():
         deadline = loop.time() + delay
         tb.call_later(delay, lambda n, d: fired.append((n, d, loop.time())), name, deadline)
-    for _ in range(100):                       # bounded: at most 1 s
-        if len(fired) == len(delays):
-            break
-        await asyncio.sleep(0.01)
+    await await_until(lambda: len(fired) == len(delays), 1.0, "every callback fired", step=0.01,
+                      detail=lambda: fired)
     assert sorted(n for n, _, _ in fired) == sorted(delays)
     assert all(at >= deadline for _, deadline, at in fired)
     order = [n for n, _, _ in fired]

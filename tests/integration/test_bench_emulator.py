@@ -49,7 +49,7 @@ METER_DEAD = "000000000003"
 
 
 # ---------------------------------------------------------------------------------------
-# wire formulas against reference/serial-timing.md
+# wire formulas against docs/protocols/serial-timing.md
 # ---------------------------------------------------------------------------------------
 
 
@@ -113,13 +113,14 @@ def modbus_bus() -> Iterator[tuple[BusEmulator, serial.Serial]]:
 @pytest.fixture
 def mb(modbus_bus: tuple[BusEmulator, serial.Serial]) -> tuple[BusEmulator, serial.Serial]:
     emu, port = modbus_bus
-    time.sleep(0.01)  # more than t3.5 after whatever the previous test did
+    time.sleep(0.01)  # the protocol's inter-frame silence: more than t3.5 after the previous test
     port.reset_input_buffer()
     emu.reset()
     return emu, port
 
 
 def _quiet(seconds: float = 0.01) -> None:
+    """Keep the line silent for ``seconds`` (the scenario: an RTU inter-frame gap, > t3.5)."""
     time.sleep(seconds)
 
 
@@ -217,7 +218,7 @@ def test_modbus_gap_inside_a_request_discards_it() -> None:
         with serial.Serial(emu.path, baud, parity="N", timeout=0.3) as port:
             request = modbus_read_request(1, 3, 0, 1)
             port.write(request[:1])
-            time.sleep(0.032)
+            time.sleep(0.032)                 # the scenario: a gap inside the frame
             port.write(request[1:])
             assert port.read(7) == b""
             stats = emu.stop()
