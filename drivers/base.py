@@ -188,7 +188,7 @@ class EventRecord:
 class EventCounterReader(Protocol):
     """Capability: the meter counts events (cover open, programming, clear, clock set ...).
 
-    How the gateway uses it (design rule, billing-practice.md §2): read the counters every
+    How the gateway uses it (design rule, docs/billing-rules.md §2): read the counters every
     cycle; fetch the last record (:class:`EventRecordReader`) only when a counter increased.
     The review turns each increase into an event carrying that record
     (``gateway.review.meter_events``).

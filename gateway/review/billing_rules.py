@@ -1,4 +1,4 @@
-"""Review rules reviewers of large customers apply before billing (billing-practice.md §6).
+"""Review rules reviewers of large customers apply before billing (docs/billing-rules.md §6).
 
 ===================== ==============================================================
 event                 raised when

@@ -216,10 +216,11 @@ async def test_a_reviewer_walks_the_worklist_from_the_api(running: Running) -> N
 
     async def outage() -> None:
         await r.fleet.stop_meter(DEAD)
-        assert await wait_until(r, failing, 8 * 60), "no read_failure after 8 simulated minutes of silence"
+        await await_until(failing, 8 * 60 / RATE, "read_failure within 8 simulated minutes of silence", step=0.1)
         assert await r.engine.drain()
 
-    await asyncio.sleep(2 * 60 / r.clock.rate)
+    await await_until(lambda: r.engine.state(DEAD).last_good_ts is not None, 10 * 60 / RATE,
+                      f"a good reading of {DEAD} within 10 simulated minutes", step=0.1)
     await outage()
     async with aiohttp.ClientSession() as http:
         status, text = await get(http, f"{r.base}/api/v1/events?customer=C1002&state=open&since=2026-11-29")
@@ -245,7 +246,8 @@ async def test_a_reviewer_walks_the_worklist_from_the_api(running: Running) -> N
         assert status == 404
         # the meter answers again: read_recovered closes the item (by the rule)
         await r.fleet.start_meter(DEAD)
-        assert await wait_until(r, lambda: not failing(), 10 * 60), "no read_recovered within 10 simulated minutes"
+        await await_until(lambda: not failing(), 10 * 60 / RATE, "read_recovered within 10 simulated minutes",
+                          step=0.1)
         assert await r.engine.drain()
         status, text = await get(http, f"{r.base}/api/v1/events?meter={DEAD}&state=closed&since=2026-11-29")
         closed = json.loads(text)["events"]
