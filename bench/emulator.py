@@ -25,8 +25,12 @@ uses a real 9600-baud bus. This emulator owns the pty's master side and plays th
   DL/T 645-2007 (Td should be 20..500 ms, §5.3; less is allowed for experiments): C=11
   reads of single DIs and blocks (``0001FF00`` → 5 values), answered with
   :func:`dlt645_value`; a DI it does not know gets the abnormal reply D1 / 0x02;
-  C=13 to ``AAAAAAAAAAAA`` answers the address when one slave is live. Unknown addresses,
-  broadcasts, bad CRCs or checksums, and **dead** slaves get silence.
+  C=13 to ``AAAAAAAAAAAA`` answers the address when one slave is live.
+  DL/T 698.45 (frames end by their length field, as DL/T 645's): GET requests answered by
+  the gateway's own pure meter-side codec (:mod:`drivers.dlt698.responder`) from a state
+  holding :func:`dlt698_energy` as the energy registers ``00100200`` (total + 4 tariffs),
+  DAR 6 for any other OAD; a wildcard address answers when one slave is live. Unknown
+  addresses, broadcasts, bad CRCs or checksums, and **dead** slaves get silence.
 * **Self-report.** :class:`EmulatorStats` carries p50/p99/max of reply-byte release
   lateness, the time the master lost to the emulator's lateness (``lost_fraction``), and
   :meth:`EmulatorStats.trustworthy`, so a run on a busy machine can be discarded. The
@@ -66,7 +70,8 @@ from typing import Any, BinaryIO, Literal
 
 from bench.wire import BITS_8E1, char_time, t15, t35
 
-Protocol = Literal["modbus", "dlt645"]
+Protocol = Literal["modbus", "dlt645", "dlt698"]
+PROTOCOLS: tuple[Protocol, ...] = ("modbus", "dlt645", "dlt698")
 
 #: The emulator process exits by itself after this long, whatever the parent does.
 DEFAULT_MAX_RUN_S = 1800.0
@@ -278,6 +283,34 @@ def dlt645_read_reply(address: str, di: int, preamble: int = 4) -> bytes:
 
 
 # --------------------------------------------------------------------------------------
+# DL/T 698.45 slave model
+# --------------------------------------------------------------------------------------
+
+#: Energy registers a DL/T 698.45 slave holds: ``00100200``, total and tariffs 1-4.
+DLT698_ENERGY_OAD = 0x00100200
+#: The base of the tariff OADs: ``00100201`` is the total, ``00100205`` tariff 4.
+DLT698_ENERGY_TOTAL_OAD = 0x00100201
+
+
+def dlt698_energy(address: str, index: int) -> int:
+    """Return element ``index`` (1 = total, 2..5 = tariffs 1-4) of meter ``address``'s forward
+    active energy, in 0.01 kWh (the register's scaler −2), distinct per meter and tariff."""
+    return _address_seed(address) * 1000 + index
+
+
+def _dlt698_state(address: str) -> Any:
+    """The responder's :class:`drivers.dlt698.responder.MeterState` of slave ``address``."""
+    from datetime import datetime
+
+    from drivers.dlt698.axdr import Data, DataType, array
+    from drivers.dlt698.frame import ServerAddress
+    from drivers.dlt698.responder import MeterState
+
+    energy = array(*(Data(DataType.DOUBLE_LONG_UNSIGNED, dlt698_energy(address, k)) for k in range(1, 6)))
+    return MeterState(ServerAddress.single(address), datetime(2024, 5, 1, 12), {DLT698_ENERGY_OAD: energy})
+
+
+# --------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------
 
@@ -416,7 +449,7 @@ def _norm_slave(protocol: Protocol, slave: int | str) -> str:
         return str(unit)
     text = str(slave).upper()
     if len(text) != 12:
-        raise ValueError(f"a DL/T 645 address has 12 digits, got {slave!r}")
+        raise ValueError(f"a DL/T 645 or 698.45 address has 12 digits, got {slave!r}")
     bytes.fromhex(text)
     return text
 
@@ -431,6 +464,8 @@ class _Engine:
         self.t35 = t35(cfg.baud, cfg.bits_per_char)
         self.t15 = t15(cfg.baud, cfg.bits_per_char)
         self.modbus = cfg.protocol == "modbus"
+        self.dlt698 = cfg.protocol == "dlt698"
+        self.states = {s: _dlt698_state(s) for s in cfg.slaves} if self.dlt698 else {}
         self.live = {s for s in cfg.slaves if s not in cfg.dead}
         self.known = set(cfg.slaves)
         # master → wire
@@ -531,7 +566,9 @@ class _Engine:
                 self.rx_gap = True
             self.rx.append(byte)
             self.rx_wire_end = end
-            if not self.modbus:
+            if self.dlt698:
+                self.dlt698_scan()
+            elif not self.modbus:
                 self.dlt645_scan()
 
     def frame_timer(self) -> float | None:
@@ -647,6 +684,55 @@ class _Engine:
             reply = dlt645_frame(address, (control | 0xC0) & 0xFF, b"\x04", p)
             self.exception_replies += 1
         self.schedule(reply, address, end + self.cfg.td_s)
+
+    def dlt698_scan(self) -> None:
+        """Complete a DL/T 698.45 frame by its length field; answer it through the responder."""
+        from drivers.dlt698.frame import AddressType, scan
+        from drivers.dlt698.responder import respond
+
+        rx = self.rx
+        start = rx.find(0x68)
+        if start < 0:
+            if any(b != 0xFE for b in rx):
+                self.bad_frames += 1
+                rx.clear()
+            return
+        if start:
+            if any(b != 0xFE for b in rx[:start]):
+                self.bad_frames += 1
+            del rx[:start]
+        if len(rx) < 3:
+            return
+        length = (rx[1] | (rx[2] << 8)) & 0x3FFF
+        if len(rx) < length + 2:
+            return  # a length that never completes is dropped by the Tb timer
+        found = scan(rx[: length + 2])
+        del rx[: length + 2]
+        self.requests += 1
+        end = self.rx_wire_end
+        frame = found.frame
+        if self.rx_garbled or frame is None or frame.from_server:
+            self.bad_frames += 1
+            return
+        server = frame.server
+        if server.kind in (AddressType.GROUP, AddressType.BROADCAST):
+            self.broadcasts += 1
+            return
+        if server.kind == AddressType.WILDCARD:
+            if len(self.live) != 1 or len(self.known) != 1:
+                return
+            (address,) = self.live
+        else:
+            address = server.text
+            if address not in self.known:
+                self.unknown_address += 1
+                return
+            if address not in self.live:
+                self.dead_requests += 1
+                return
+        reply = respond(frame, self.states[address], preamble=self.cfg.reply_preamble)
+        if reply is not None:
+            self.schedule(reply, address, end + self.cfg.td_s)
 
     # -- slave side -------------------------------------------------------------------
     def schedule(self, reply: bytes, slave: str, start: float) -> None:
@@ -819,10 +905,10 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class BusEmulator:
     """An emulated RS-485 bus with ``slaves`` on a pty, served by its own process.
 
-    ``protocol`` is ``"modbus"`` (slaves are unit ids 1..247) or ``"dlt645"`` (slaves are
-    12-digit addresses). ``bits_per_char`` is 11 for 8E1 (10 for 8N1). ``td_s`` is the slave
+    ``protocol`` is ``"modbus"`` (slaves are unit ids 1..247), ``"dlt645"`` or ``"dlt698"``
+    (slaves are 12-digit addresses). ``bits_per_char`` is 11 for 8E1 (10 for 8N1). ``td_s`` is the slave
     turnaround after the request's end (after t3.5 for Modbus). ``dead`` slaves exist but never
-    answer. ``reply_preamble`` is the number of ``FE`` bytes in front of DL/T 645 replies.
+    answer. ``reply_preamble`` is the number of ``FE`` bytes in front of DL/T 645/698.45 replies.
     ``realtime`` asks for ``SCHED_FIFO`` priority 1 (falling back to ``nice -10``, then
     normal priority); the granted class is in :attr:`EmulatorStats.scheduling`.
 
@@ -845,8 +931,8 @@ class BusEmulator:
         realtime: bool = True,
     ) -> None:
         """Validate the configuration; nothing starts until :meth:`start`."""
-        if protocol not in ("modbus", "dlt645"):
-            raise ValueError(f"protocol must be 'modbus' or 'dlt645', got {protocol!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         normalised = tuple(_norm_slave(protocol, s) for s in slaves)
         dead_set = frozenset(_norm_slave(protocol, s) for s in dead)
         unknown_dead = dead_set - set(normalised)
@@ -976,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run an emulator on a pty until the duration ends; print its path and statistics."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     ap.add_argument("--serve", metavar="JSON", help=argparse.SUPPRESS)
-    ap.add_argument("--protocol", choices=["modbus", "dlt645"], default="modbus")
+    ap.add_argument("--protocol", choices=list(PROTOCOLS), default="modbus")
     ap.add_argument("--baud", type=int, default=9600)
     ap.add_argument("--bits", type=int, default=BITS_8E1, help="bits per character (11 = 8E1)")
     ap.add_argument("--slaves", default="1-10", help="e.g. 1-10 or 000000000001,000000000002")

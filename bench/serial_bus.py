@@ -3,7 +3,7 @@
 For each case this starts a :class:`bench.emulator.BusEmulator` with 10 meters (8E1 timing,
 pty at parity N) and drives it with the gateway's own stack, in this process:
 ``gateway.polling.BusWorker`` → the real driver from ``drivers.registry`` (Modbus
-RTU lean link, DL/T 645 driver) → ``ReadingBuilder`` → a counting sink in place of the store.
+RTU lean link, DL/T 645 driver, DL/T 698.45 driver) → ``ReadingBuilder`` → a counting sink in place of the store.
 
 The bus is kept saturated: every meter has one poll queued at all times (an observer
 re-queues a meter's poll as soon as its reading is finished), so the worker runs
@@ -30,7 +30,8 @@ shorter than the 11-bit t3.5 the emulator enforces at ≤ 19200 baud). ``--timeo
 Exit status: 0 every target met; 1 a target missed; 2 no target missed but a run was not
 trustworthy (emulator lateness: repeat on a quieter machine).
 
-Run: ``python -m bench.serial_bus`` (≈ 3.5 minutes), ``--quick`` for a smoke run.
+Run: ``python -m bench.serial_bus`` (≈ 5 minutes), ``--quick`` for a smoke run, ``--only TEXT``
+for the cases whose name contains TEXT (``--only dlt698``: the DL/T 698.45 cases).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from bench.baseline import Window
-from bench.emulator import BusEmulator, EmulatorStats, dlt645_value, modbus_register_value
-from bench.wire import dlt645_reads_per_s, modbus_reads_per_s, t35
+from bench.emulator import BusEmulator, EmulatorStats, dlt645_value, dlt698_energy, modbus_register_value
+from bench.wire import dlt645_reads_per_s, dlt698_reads_per_s, modbus_reads_per_s, t35
 from drivers.dlt645.points import DiPoint
+from drivers.dlt698.catalogue import BY_NAME as DLT698_POINTS
+from drivers.dlt698.catalogue import OadPoint
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from drivers.registry import create_driver
 from gateway.clock import SystemClock
@@ -64,6 +67,8 @@ SCHEDULE = "bench"
 N_METERS = 10
 MODBUS_UNITS: tuple[int, ...] = tuple(range(1, N_METERS + 1))
 DLT645_METERS: tuple[str, ...] = tuple(f"{i:012d}" for i in range(1, N_METERS + 1))
+#: DL/T 698.45: forward active energy, total and tariffs 1-4, in one GET-Request-NormalList.
+DLT698_LIST = ("energy_import_kwh", *(f"energy_import_kwh_t{t}" for t in range(1, 5)))
 DI_SINGLE = 0x00010000
 DI_BLOCK = 0x0001FF00
 DEAD_INDEX = N_METERS - 1  # the last meter is the dead one in dead variants
@@ -79,7 +84,7 @@ class SerialCase:
     """One benchmark run of the gateway's bus worker against an emulated bus."""
 
     name: str
-    protocol: Literal["modbus", "dlt645"]
+    protocol: Literal["modbus", "dlt645", "dlt698"]
     baud: int
     registers: int = 0
     block: bool = False
@@ -97,11 +102,13 @@ class SerialCase:
         """Reads per second the wire allows (8E1)."""
         if self.protocol == "modbus":
             return modbus_reads_per_s(self.baud, self.registers, self.td_s)
+        if self.protocol == "dlt698":
+            return dlt698_reads_per_s(self.baud, len(DLT698_LIST), td_s=self.td_s)
         return dlt645_reads_per_s(self.baud, 20 if self.block else 4, self.td_s)
 
 
 def serial_cases(quick: bool = False, full: bool = False) -> list[SerialCase]:
-    """The matrix of issue 6 (targets from its table)."""
+    """The matrix of issue 6 (targets from its table) and the DL/T 698.45 cases of issue 20."""
     cases = [
         SerialCase("modbus 9600 20r Td0", "modbus", 9600, 20, target=0.97),
         SerialCase("modbus 9600 20r Td10", "modbus", 9600, 20, td_s=0.010, target=0.97),
@@ -138,6 +145,18 @@ def serial_cases(quick: bool = False, full: bool = False) -> list[SerialCase]:
             duration_s=60.0,
             warmup_s=0.0,
         ),
+        SerialCase("dlt698 9600 list5 Td20", "dlt698", 9600, td_s=0.020, target=0.98),
+        SerialCase(
+            "dlt698 9600 list5 Td20 1 dead",
+            "dlt698",
+            9600,
+            td_s=0.020,
+            dead=True,
+            target=0.95,
+            reference="dlt698 9600 list5 Td20",
+            duration_s=60.0,
+            warmup_s=0.0,
+        ),
     ]
     if quick:
         cases = [replace(c, duration_s=min(c.duration_s, 4.0), warmup_s=min(c.warmup_s, 0.5)) for c in cases]
@@ -150,6 +169,9 @@ def serial_cases(quick: bool = False, full: bool = False) -> list[SerialCase]:
 
 
 def _profile(case: SerialCase) -> Profile:
+    if case.protocol == "dlt698":
+        oads: dict[str, OadPoint] = {n: DLT698_POINTS[n] for n in DLT698_LIST}
+        return Profile("bench-dlt698", "dlt698", dict(oads))
     if case.protocol == "modbus":
         points: dict[str, RegisterPoint | DiPoint] = {
             f"reg_{a:03d}": RegisterPoint(name=f"reg_{a:03d}", function=3, address=a, type="u32")
@@ -170,18 +192,19 @@ def _profile(case: SerialCase) -> Profile:
 # The reply timeouts a site engineer configures for these lines: 200 ms on a Modbus bus (the
 # issue's reference scenario: "a 0.2 s timeout and 1 retry"), 500 ms on DL/T 645 (the
 # standard's longest turnaround Td). The gateway's own default (1 s) suits unknown lines.
-BENCH_TIMEOUT_S = {"modbus": 0.2, "dlt645": 0.5}
+BENCH_TIMEOUT_S = {"modbus": 0.2, "dlt645": 0.5, "dlt698": 0.5}
+BUS_PROTOCOL = {"modbus": "modbus-rtu", "dlt645": "dlt645", "dlt698": "dlt698"}
 
 
 def _bus(case: SerialCase, path: str, timeout_s: float | None, retries: int | None, gap: float | None) -> BusSettings:
     defaults = BusSettings(id="bench", type="serial", protocol="modbus-rtu")
     # Modbus: the 8E1 t3.5 (the pty forces parity N, the emulated wire is 8E1).
-    # DL/T 645: None keeps the driver's own default pause.
+    # DL/T 645 and 698.45: None keeps the driver's own default pause.
     inter_frame = t35(case.baud) if case.protocol == "modbus" else gap
     return BusSettings(
         id="bench",
         type="serial",
-        protocol="modbus-rtu" if case.protocol == "modbus" else "dlt645",
+        protocol=BUS_PROTOCOL[case.protocol],
         port=path,
         baudrate=case.baud,
         parity="N",
@@ -219,6 +242,8 @@ def _expected_first_value(case: SerialCase, address: str) -> Decimal:
     if case.protocol == "modbus":
         unit = int(address)
         return Decimal((modbus_register_value(unit, 3, 0) << 16) | modbus_register_value(unit, 3, 1))
+    if case.protocol == "dlt698":
+        return Decimal(dlt698_energy(address, 1)).scaleb(-2)
     raw = dlt645_value(address, DI_SINGLE)
     assert raw is not None
     return Decimal(raw[::-1].hex()) / 100
@@ -407,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="run cases whose name contains this text (and their references)")
     ap.add_argument("--timeout", type=float, default=None, help="override the bus timeout_s (default: gateway's)")
     ap.add_argument("--retries", type=int, default=None, help="override the bus retries (default: gateway's)")
-    ap.add_argument("--dlt645-gap", type=float, default=None, help="override inter_frame_s on DL/T 645 buses")
+    ap.add_argument(
+        "--dlt645-gap", type=float, default=None, help="override inter_frame_s on DL/T 645 and 698.45 buses"
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

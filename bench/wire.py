@@ -9,9 +9,12 @@ DL/T 645-2007 §5.3), kept self-contained so the benchmarks do not depend on run
       T_cycle = (13 + 2N)·Tc + 2·t3.5 + Td
     DL/T 645 read (C=11): request p_req + 12 + 4 B, response p_rep + 16 + value bytes
       T_cycle = (request + response)·Tc + Td,   20 ms ≤ Td ≤ 500 ms
+    DL/T 698.45 GET-Request-NormalList of n OADs (6-byte server address):
+      request p + 17 + (5 + 4n) B, response p + 17 + (6 + n·(4 + 1 + v)) B (v: type + value)
+      T_cycle = (request + response)·Tc + Td   (frames carry their length: no silence rule)
 
-A benchmark divides its achieved reads/s by :func:`modbus_reads_per_s` or
-:func:`dlt645_reads_per_s`. The reference table's DL/T 645 figures (4.5 and 3.4 reads/s at
+A benchmark divides its achieved reads/s by :func:`modbus_reads_per_s`,
+:func:`dlt645_reads_per_s` or :func:`dlt698_reads_per_s`. The reference table's DL/T 645 figures (4.5 and 3.4 reads/s at
 2400 baud) assume 4 ``FE`` bytes in front of both the request and the reply.
 """
 
@@ -31,6 +34,18 @@ MODBUS_READ_REQUEST_BYTES = 8
 DLT645_FRAME_OVERHEAD = 12
 #: DL/T 645 data identifier length (2007 edition).
 DLT645_DI_BYTES = 4
+#: DL/T 698.45 frame overhead without preamble, server address and APDU: 68, L (2), C, AF,
+#: CA, HCS (2), FCS (2), 16.
+DLT698_FRAME_OVERHEAD = 11
+#: A 12-digit DL/T 698.45 server address on the wire.
+DLT698_ADDRESS_BYTES = 6
+#: GET-Request-NormalList APDU without its OADs: 05 02, PIID, count, time tag (00).
+DLT698_LIST_REQUEST_FIXED = 5
+#: GET-Response-NormalList APDU without its results: 85 02, PIID, count, follow report (00),
+#: time tag (00).
+DLT698_LIST_RESPONSE_FIXED = 6
+#: One result's fixed part: OAD (4) and the Data/DAR choice (1).
+DLT698_RESULT_FIXED = 5
 
 
 def char_time(baud: int, bits_per_char: int = BITS_8E1) -> float:
@@ -113,3 +128,53 @@ def dlt645_reads_per_s(
 ) -> float:
     """Return the wire limit in reads per second for one bus (see :func:`dlt645_read_cycle`)."""
     return 1.0 / dlt645_read_cycle(baud, value_bytes, td_s, bits_per_char, request_preamble, reply_preamble)
+
+
+def dlt698_list_request_bytes(oads: int, preamble: int = 4, address_bytes: int = DLT698_ADDRESS_BYTES) -> int:
+    """Return a GET-Request-NormalList frame's length for ``oads`` OADs, ``preamble`` × FE included."""
+    return preamble + DLT698_FRAME_OVERHEAD + address_bytes + DLT698_LIST_REQUEST_FIXED + 4 * oads
+
+
+def dlt698_list_response_bytes(
+    oads: int, data_bytes: int = 5, preamble: int = 4, address_bytes: int = DLT698_ADDRESS_BYTES
+) -> int:
+    """Return a GET-Response-NormalList frame's length: ``oads`` results of ``data_bytes`` each.
+
+    ``data_bytes`` is one value's A-XDR Data, type byte included: 5 for a
+    double-long-unsigned energy register.
+    """
+    results = oads * (DLT698_RESULT_FIXED + data_bytes)
+    return preamble + DLT698_FRAME_OVERHEAD + address_bytes + DLT698_LIST_RESPONSE_FIXED + results
+
+
+def dlt698_read_cycle(
+    baud: int,
+    oads: int,
+    data_bytes: int = 5,
+    td_s: float = 0.020,
+    bits_per_char: int = BITS_8E1,
+    request_preamble: int = 4,
+    reply_preamble: int = 4,
+) -> float:
+    """Return the shortest time, in seconds, of one DL/T 698.45 NormalList read of ``oads`` OADs.
+
+    Request and reply on the wire and the meter's turnaround Td (DL/T 698.45 states none; the
+    benchmark uses DL/T 645's 20 ms floor). Frames carry their length, so no silence is owed.
+    """
+    chars = dlt698_list_request_bytes(oads, request_preamble) + dlt698_list_response_bytes(
+        oads, data_bytes, reply_preamble
+    )
+    return chars * char_time(baud, bits_per_char) + td_s
+
+
+def dlt698_reads_per_s(
+    baud: int,
+    oads: int,
+    data_bytes: int = 5,
+    td_s: float = 0.020,
+    bits_per_char: int = BITS_8E1,
+    request_preamble: int = 4,
+    reply_preamble: int = 4,
+) -> float:
+    """Return the wire limit in reads per second for one bus (see :func:`dlt698_read_cycle`)."""
+    return 1.0 / dlt698_read_cycle(baud, oads, data_bytes, td_s, bits_per_char, request_preamble, reply_preamble)

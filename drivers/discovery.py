@@ -5,12 +5,18 @@ addresses are called (``unit id``, ``address``) and a :data:`ScanFunction` that,
 opened driver of that protocol, the user's ``--range`` text (or None) and the per-request
 timeout, returns the addresses that answered, in order. Progress is reported as
 ``progress(done, total)`` as candidates are tried, so the CLI can draw a bar.
+
+A protocol may also offer ``describe``: a first look at one found meter, as
+:class:`MeterFacts` (its clock offset and a first energy reading), which ``scan`` prints
+beside each address. Every field is optional, so a protocol fills what it can read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import tzinfo
+from decimal import Decimal
 
 from drivers.base import MeterDriver
 
@@ -26,8 +32,32 @@ protocol's default search). A malformed ``wanted`` is a ConfigError saying how t
 
 
 @dataclass(frozen=True, slots=True)
+class MeterFacts:
+    """What a scan read of a found meter besides its address; None where it was not read.
+
+    ``clock_offset_s``: the meter's clock minus the gateway's, in seconds (the meter's local
+    time read in the time zone the scan was given); ``energy_import_kwh``: the forward active
+    energy register as the meter shows it (secondary side, no CT×PT); ``problem``: why a
+    fact is missing (the meter's own words), empty when none is.
+    """
+
+    clock_offset_s: float | None = None
+    energy_import_kwh: Decimal | None = None
+    problem: str = ""
+
+
+DescribeFunction = Callable[[MeterDriver, str, float, tzinfo], Awaitable[MeterFacts]]
+"""``describe(driver, address, timeout, tz)``: one found meter's :class:`MeterFacts`.
+
+Never raises for a meter that does not answer or refuses: that goes into ``problem``.
+"""
+
+
+@dataclass(frozen=True, slots=True)
 class Discovery:
-    """A protocol's scan: the name of its meter addresses and how to find the meters."""
+    """A protocol's scan: the name of its meter addresses, how to find the meters, and
+    (optionally) how to take a first look at one of them."""
 
     label: str
     scan: ScanFunction
+    describe: DescribeFunction | None = None

@@ -19,7 +19,7 @@ import functools
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import yaml
@@ -39,6 +39,7 @@ from drivers.base import (
 )
 from drivers.discovery import Discovery
 from drivers.simulation.interface import SimulatorFactory
+from drivers.transport.pipe import BytePipe
 from gateway.errors import ConfigError
 from gateway.yamlpos import Issues, MapView
 
@@ -152,6 +153,10 @@ class ProtocolDescriptor:
       :class:`drivers.discovery.Discovery`.
     * ``simulator``: the factory of its simulated meters (``amr-gateway simulate``, the demo,
       the tests), see :data:`drivers.simulation.interface.SimulatorFactory`.
+    * ``create_driver_on(bus, pipe)``: the driver for one bus on a byte pipe the bus already
+      owns, so its meters can share a serial line with meters of other protocols (a mixed
+      RS-485 bus, :func:`create_bus_drivers`); None when the protocol cannot share a line
+      (its framing needs the line to itself, as Modbus RTU's silences do).
     """
 
     family: str
@@ -169,6 +174,7 @@ class ProtocolDescriptor:
     create_driver: Callable[[BusParams], MeterDriver]
     discovery: Discovery
     simulator: SimulatorFactory
+    create_driver_on: Callable[[BusParams, BytePipe], MeterDriver] | None = None
 
     def variant(self, protocol: str) -> ProtocolVariant:
         """The variant called ``protocol`` (ConfigError when this package does not serve it)."""
@@ -256,6 +262,61 @@ def meter_protocol(bus: BusParams, override: str | None) -> str:
 def create_driver(bus: BusParams) -> MeterDriver:
     """A driver bound to ``bus``, built by the package serving ``bus.protocol``."""
     return descriptor_for(bus.protocol).create_driver(bus)
+
+
+def shares_line(protocol: str) -> bool:
+    """True when meters speaking ``protocol`` can sit on one serial line with meters of other
+    protocols (its package builds a driver on a byte pipe the bus owns)."""
+    return descriptor_for(protocol).create_driver_on is not None
+
+
+def create_bus_drivers(bus: BusParams, protocols: Iterable[str]) -> dict[str, MeterDriver]:
+    """The drivers of one bus, by the protocol of its meters (``protocols``; the bus's own is
+    always there).
+
+    Meters of the bus's own family share the bus's driver, as they always did. When some speak
+    another family (a mixed RS-485 line: DL/T 645 and DL/T 698.45 meters on one pair), the bus
+    opens one byte pipe (:mod:`drivers.transport`) with the bus's line settings, and every
+    protocol gets its own driver on that pipe: each meter is read in its own framing, one
+    transaction at a time, with the one timing of the line. ConfigError when a protocol
+    cannot share a line or the bus is not a serial line.
+    """
+    own = descriptor_for(bus.protocol)
+    wanted = {bus.protocol, *protocols}
+    foreign = sorted(p for p in wanted if descriptor_for(p) is not own)
+    if not foreign:
+        driver = create_driver(bus)
+        return {p: driver for p in wanted}
+    if bus.type != "serial":
+        raise ConfigError(f"bus {bus.id}: meters of {', '.join(foreign)} on a {bus.protocol} bus need a "
+                          "serial line they share; a tcp bus speaks one protocol")
+    refusing = [p for p in sorted(wanted) if not shares_line(p)]
+    if refusing:
+        raise ConfigError(f"bus {bus.id}: {', '.join(refusing)} cannot share a serial line with other "
+                          "protocols; give those meters a bus of their own")
+    pipe = _line_pipe(bus)
+    out: dict[str, MeterDriver] = {}
+    own_driver = _on_pipe(bus, bus.protocol, pipe)
+    for p in sorted(wanted):
+        out[p] = own_driver if descriptor_for(p) is own else _on_pipe(bus, p, pipe)
+    return out
+
+
+def _on_pipe(bus: BusParams, protocol: str, pipe: BytePipe) -> MeterDriver:
+    make = descriptor_for(protocol).create_driver_on
+    assert make is not None
+    return make(replace(bus, protocol=protocol), pipe)
+
+
+def _line_pipe(bus: BusParams) -> BytePipe:
+    """One serial pipe for a line several protocols share: their frames carry their length,
+    so the silence kept between frames is the bus's ``inter_frame_s`` (0 when not given)."""
+    from drivers.transport.serial import serial_pipe
+
+    if not bus.port:
+        raise ConfigError(f"bus {bus.id}: a serial bus needs 'port'")
+    gap = bus.inter_frame_s if bus.inter_frame_s is not None else 0.0
+    return serial_pipe(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize, silence_s=gap)
 
 
 def compile_plan(protocol: str, points: Sequence[PointDef], options: PlanOptions) -> ReadPlan:

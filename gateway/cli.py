@@ -21,6 +21,7 @@ from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
 from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
+from gateway.profilecheck import add_profile_command, cmd_profile
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--range", dest="id_range", help="which addresses to probe, in the protocol's syntax "
                       "(unit ids such as 1-247 or 1,5,9; meter addresses as a comma list or a first-last "
                       "range); default: every unit id, or ask the single meter on the line")
+    scan.add_argument("--timezone", help="the meters' local time zone, for their clock offset "
+                      "(default: this machine's), e.g. Asia/Shanghai")
 
     sim = sub.add_parser("simulate", help="serve the meters a configuration describes, simulated")
     sim.add_argument("-c", "--config", required=True, type=Path)
@@ -108,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
     add_auth_commands(sub)
+    add_profile_command(sub)
     return p
 
 
@@ -147,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
-        "token": cmd_token, "audit": cmd_audit,
+        "token": cmd_token, "audit": cmd_audit, "profile": cmd_profile,
     }
     try:
         check_arguments(parser, args)

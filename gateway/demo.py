@@ -1,10 +1,11 @@
 """``amr-gateway demo``: the whole gateway on built-in simulated meters, no file needed.
 
-Eight simulated meters on four kinds of bus — Modbus TCP (three meters, two profiles),
+Nine simulated meters on five kinds of bus — Modbus TCP (three meters, two profiles),
 Modbus RTU on a virtual serial line (two meters), DL/T 645-2007 on a virtual serial line
-(two meters) and DL/T 645 over TCP (one) — several with CT/PT ratios, a three-stage
-billing plan, the local store in a temporary folder, the HTTP API on 127.0.0.1:8080, and
-MQTT on localhost:1883 whenever a broker answers (readings spool in the store otherwise).
+(two meters), DL/T 645 over TCP (one) and DL/T 698.45 on a virtual serial line (one) —
+several with CT/PT ratios, a three-stage billing plan, the local store in a temporary
+folder, the HTTP API on 127.0.0.1:8080, and MQTT on localhost:1883 whenever a broker
+answers (readings spool in the store otherwise).
 ``--clock-start``/``--clock-rate`` run simulated time faster so a billing boundary passes
 in seconds.
 """
@@ -57,6 +58,13 @@ buses:
     parity: N
     timeout_ms: 800
   - {{id: tcp-dlt645, type: tcp, host: 127.0.0.1, port: {port_dlt645}, protocol: dlt645, timeout_ms: 800}}
+  - id: rs485-dlt698
+    type: serial
+    port: {tty_dlt698}
+    protocol: dlt698
+    baudrate: 9600
+    parity: N
+    timeout_ms: 800
 meters:
   - {{id: c1001-main, customer: C1001, bus: tcp-c1001, address: 1, profile: simulator,
      ct_ratio: 200/5, pt_ratio: 10000/100, schedules: [realtime, interval], billing: three-stage}}
@@ -74,6 +82,8 @@ meters:
      ct_ratio: 150/5, pt_ratio: 10000/100, schedules: [realtime, interval], billing: three-stage}}
   - {{id: c2003-main, customer: C2003, bus: tcp-dlt645, address: "000000000003", profile: dlt645-2007,
      ct_ratio: 400/5, pt_ratio: 35000/100, schedules: [realtime, interval], billing: three-stage}}
+  - {{id: c3001-main, customer: C3001, bus: rs485-dlt698, address: "000039200933", profile: dlt698-3phase,
+     ct_ratio: 200/5, pt_ratio: 10000/100, schedules: [realtime, interval], billing: three-stage}}
 schedules:
   realtime: {{every: 10s, points: ["power_*", "voltage_*", "current_*", "power_factor", "frequency_hz"]}}
   interval: {{every: 15m, points: ["energy_*", "demand_*"]}}
@@ -109,6 +119,7 @@ def demo_config_text(data_dir: Path, *, api_host: str = "127.0.0.1", api_port: i
     return DEMO_CONFIG.format(
         data_dir=data_dir, port_c1001=free_port(), port_c1002=free_port(), port_c1003=free_port(),
         port_dlt645=free_port(), tty_modbus=data_dir / "ttyMODBUS", tty_dlt645=data_dir / "ttyDLT645",
+        tty_dlt698=data_dir / "ttyDLT698",
         mqtt_host=mqtt[0], mqtt_port=mqtt[1], api_host=api_host, api_port=api_port,
     )
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers import registry
+from drivers.discovery import MeterFacts
 from gateway.errors import ConfigError
 from gateway.model import json_number
 from gateway.pipeline import ReadingBuilder
@@ -80,6 +83,11 @@ async def read_once(args: argparse.Namespace) -> int:
         if not address:
             raise ConfigError("give " + " or ".join(
                 f"--{d.address_option} {d.address_metavar} for {d.title}" for d in registry.descriptors()))
+        descriptor = registry.descriptor_for(bus.protocol)
+        try:  # the range validate accepts, so --unit 0 on a serial line fails the same way
+            address = descriptor.parse_address(str(address), bus.protocol, True)
+        except registry.AddressError as exc:
+            raise ConfigError(f"--{descriptor.address_option} {exc}") from None
         meter = MeterSettings(id="cli", customer="", bus="cli", address=str(address), profile=profile.name,
                               ct_ratio=Ratio(), pt_ratio=Ratio(), protocol=bus.protocol)
     return await _read(bus, meter, profile)
@@ -88,7 +96,8 @@ async def read_once(args: argparse.Namespace) -> int:
 async def _read(bus: BusSettings, meter: MeterSettings, profile: Profile) -> int:
     names = list(profile.points)
     plan = compile_meter_plan(bus, meter, profile, names)
-    driver = registry.create_driver(bus)
+    protocol = registry.meter_protocol(bus, meter.protocol)
+    driver = registry.create_bus_drivers(bus, {protocol})[protocol]   # a meter of a mixed bus: its own
     try:
         await driver.open()
         results = await driver.read(meter.address, plan, bus.timeout_s)
@@ -124,21 +133,55 @@ def _progress(done: int, total: int) -> None:
 
 
 async def scan_bus(args: argparse.Namespace) -> int:
-    """Find the meters that answer on a bus (the protocol's own search); print a table."""
+    """Find the meters that answer on a bus (the protocol's own search); print a table.
+
+    Where the protocol can take a first look at a found meter (``Discovery.describe``), the
+    table also shows each meter's clock offset and a first energy reading.
+    """
     bus = bus_from_args(args)
     descriptor = registry.descriptor_for(bus.protocol)
+    discovery = descriptor.discovery
     driver = registry.create_driver(bus)
+    facts: dict[str, MeterFacts] = {}
+    tz = _scan_zone(vars(args).get("timezone"))
     try:
         await driver.open()
-        found = await descriptor.discovery.scan(driver, args.id_range, args.timeout, _progress)
+        found = await discovery.scan(driver, args.id_range, args.timeout, _progress)
+        if discovery.describe is not None:
+            for address in found:
+                facts[address] = await discovery.describe(driver, address, args.timeout, tz)
     finally:
         await driver.close()
-    label = descriptor.discovery.label
+    label = discovery.label
     if not found:
         print(f"no {label} answered", file=sys.stderr)
         return 1
-    print(label)
-    print("-" * max(len(label), 12))
+    if discovery.describe is None:
+        print(label)
+        print("-" * max(len(label), 12))
+        for f in found:
+            print(f)
+        return 0
+    rows = [(label, "clock offset", "energy_import_kwh", "problem")]
     for f in found:
-        print(f)
+        m = facts[f]
+        offset = "-" if m.clock_offset_s is None else f"{m.clock_offset_s:+.0f} s"
+        energy = "-" if m.energy_import_kwh is None else f"{json_number(m.energy_import_kwh)} kWh"
+        rows.append((f, offset, energy, m.problem))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    rows.insert(1, ("-" * widths[0], "-" * widths[1], "-" * widths[2], "-" * widths[3]))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
+
+
+def _scan_zone(name: str | None) -> tzinfo:
+    """``--timezone`` (the meters' local time zone), or this machine's."""
+    if not name:
+        zone = datetime.now().astimezone().tzinfo
+        assert zone is not None
+        return zone
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--timezone {name!r} is not a time zone name; use one such as Asia/Shanghai") from None

@@ -19,6 +19,11 @@ Every due slot has a row: a slot skipped because the meter is dead, or because t
 late (the meter's poll of an earlier slot is still queued: an *overrun*), is stored as a
 failed read (quality ``timeout``) whose reason says why, so completeness and intervals
 count it as missing instead of not knowing it was due.
+
+A serial bus whose meters speak different protocols (DL/T 645 and DL/T 698.45 on one
+RS-485 pair) has one driver per protocol, all on the bus's one byte pipe
+(:func:`drivers.registry.create_bus_drivers`); each job runs on the driver of its meter's
+protocol, still one transaction at a time on the line.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -127,9 +132,12 @@ class BusWorker:
         shared: bool,
         observers: list[ReadingObserver] | None = None,
         limiter: asyncio.Semaphore | None = None,
+        drivers: Mapping[str, MeterDriver] | None = None,
     ) -> None:
         self.bus = bus
         self.driver = driver
+        #: protocol → driver, for meters of a protocol other than the bus's (a mixed line)
+        self.drivers: dict[str, MeterDriver] = dict(drivers) if drivers else {}
         self.sink = sink
         self.clock = clock
         self.shared = shared
@@ -202,10 +210,25 @@ class BusWorker:
                 task.cancel()
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
-            try:
-                await self.driver.close()
-            except Exception:
-                log.debug("closing bus %s failed", self.bus.id, exc_info=True)
+            for driver in self._all_drivers():
+                try:
+                    await driver.close()
+                except Exception:
+                    log.debug("closing bus %s failed", self.bus.id, exc_info=True)
+
+    def driver_for(self, meter: MeterRuntime) -> MeterDriver:
+        """The driver of ``meter``'s protocol (the bus's own unless the meter speaks another)."""
+        protocol = meter.settings.protocol
+        if protocol is None or not self.drivers:
+            return self.driver
+        return self.drivers.get(protocol, self.driver)
+
+    def _all_drivers(self) -> list[MeterDriver]:
+        out = [self.driver]
+        for driver in self.drivers.values():
+            if all(driver is not d for d in out):
+                out.append(driver)
+        return out
 
     async def _run_job(self, job: Job) -> None:
         if self.limiter is not None:
@@ -227,15 +250,16 @@ class BusWorker:
         assert fut is not None and job.action is not None
         if fut.done():
             return
+        driver = self.driver_for(job.meter)
         try:
-            await self.driver.open()
-            result = await job.action(self.driver)
+            await driver.open()
+            result = await job.action(driver)
         except asyncio.CancelledError:
             fut.cancel()
             raise
         except Exception as exc:
             if isinstance(exc, TransportError) and not isinstance(exc, ReadTimeout):
-                await self._reset_driver()
+                await self._reset_driver(driver)
             if not fut.done():
                 fut.set_exception(exc)
         else:
@@ -244,9 +268,9 @@ class BusWorker:
         finally:
             self.transactions += 1
 
-    async def _reset_driver(self) -> None:
+    async def _reset_driver(self, driver: MeterDriver) -> None:
         try:
-            await self.driver.close()
+            await driver.close()
         except Exception:
             log.debug("closing bus %s after a transport error failed", self.bus.id, exc_info=True)
 
@@ -266,19 +290,20 @@ class BusWorker:
         failure: AmrError | None = None
         timeout = self.bus.timeout_s
         guard = timeout * (2 + plan.request_count) + 1.0
+        driver = self.driver_for(meter)
         for attempt in range(attempts):
             try:
-                await self.driver.open()
+                await driver.open()
                 if self._guarded:
                     async with asyncio.timeout(guard):
-                        results = await self.driver.read(meter.settings.address, plan, timeout)
+                        results = await driver.read(meter.settings.address, plan, timeout)
                 else:
-                    results = await self.driver.read(meter.settings.address, plan, timeout)
+                    results = await driver.read(meter.settings.address, plan, timeout)
                 failure = None
                 break
             except TimeoutError:
                 failure = ReadTimeout(f"meter {meter.id} did not finish a read within {guard:.1f} s")
-                await self._reset_driver()
+                await self._reset_driver(driver)
             except DeviceException as exc:
                 failure = exc
                 break  # the meter answered "no": retrying will not change its mind
@@ -286,7 +311,7 @@ class BusWorker:
                 failure = exc
             except TransportError as exc:
                 failure = exc
-                await self._reset_driver()
+                await self._reset_driver(driver)
             except AmrError as exc:
                 failure = exc
             finally:

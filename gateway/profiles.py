@@ -71,6 +71,8 @@ def _canonical() -> dict[str, str]:
         units[f"current_a_l{ph}"] = "A"
     units["frequency_hz"] = "Hz"
     units["meter_clock"] = ""
+    for q in range(1, 5):  # reactive energy per quadrant (SPEC: 5.8.0-8.8.0, for 力调)
+        units[f"energy_q{q}_kvarh"] = "kvarh"
     return units
 
 

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from drivers.base import ReadPlan
-from drivers.registry import create_driver
+from drivers.registry import create_bus_drivers
 from gateway import __version__
 from gateway.api.routes_billing import install_billing_routes
-from gateway.api.routes_events import install_event_routes
+from gateway.api.routes_events import event_routes
 from gateway.api.server import ApiServer
 from gateway.billing.capture import BillingCapture
 from gateway.billing.periods import period_source
@@ -195,9 +195,10 @@ class Gateway:
             on_bus = [m for m in self.meters.values() if m.settings.bus == bus.id]
             if not on_bus:
                 continue
+            drivers = create_bus_drivers(bus, {m.settings.protocol or bus.protocol for m in on_bus})
             self.workers[bus.id] = BusWorker(
-                bus, create_driver(bus), store, self.clock, shared=len(on_bus) > 1,
-                observers=self.observers, limiter=limiter if bus.type == "tcp" else None,
+                bus, drivers[bus.protocol], store, self.clock, shared=len(on_bus) > 1,
+                observers=self.observers, limiter=limiter if bus.type == "tcp" else None, drivers=drivers,
             )
         self.core = core = Core(s, self.clock, store, self.meters, self.workers, self.observers)
         plans = {m.id: core.settings.billing[m.billing] for m in core.settings.meters.values()
@@ -207,7 +208,7 @@ class Gateway:
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
             console = Console()   # the web console at / (sessions live as long as this API server)
-            self.api = ApiServer(self, routes=(install_billing_routes, install_event_routes, console.install),
+            self.api = ApiServer(self, routes=(install_billing_routes, event_routes(self.review), console.install),
                                  middlewares=(console.middleware,))
             self.api.bind(listener)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import yaml
 
@@ -92,10 +92,8 @@ def compose(text: str, issues: Issues) -> yaml.Node | None:
                 raise
             node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = int(mark.line) + 1 if mark is not None else None
-        problem = (exc.problem or exc.context or "invalid YAML").strip()
-        issues.add(line, f"YAML syntax error ({problem}); fix the syntax on this line")
+        line, message = syntax_error_message(exc)
+        issues.add(line, message)
         return None
     except yaml.YAMLError as exc:  # pragma: no cover - PyYAML marks all it can
         issues.add(None, f"YAML syntax error ({exc}); fix the file's syntax")
@@ -104,6 +102,35 @@ def compose(text: str, issues: Issues) -> yaml.Node | None:
         issues.add(1, "the file is empty; write the settings as a YAML mapping")
         return None
     return node
+
+
+_UNCLOSED: Final = {"while parsing a flow sequence": "[", "while parsing a flow mapping": "{",
+                    "while scanning a quoted scalar": "quote"}
+"""PyYAML contexts whose mark is where an unclosed bracket or quote starts."""
+
+
+def syntax_error_message(exc: yaml.MarkedYAMLError) -> tuple[int | None, str]:
+    """The line to report a YAML syntax error at, and the message saying what to fix.
+
+    PyYAML marks a problem where it noticed it (``problem_mark``), which for an unclosed
+    ``[``, ``{`` or quote is wherever the parser gave up, often the end of the file. Its
+    ``context_mark`` is where the unclosed construct started: that line and column are the
+    ones a user has to look at, so they are reported instead.
+    """
+    problem = (exc.problem or exc.context or "invalid YAML").strip()
+    opener = _UNCLOSED.get((exc.context or "").strip())
+    start = exc.context_mark
+    if opener is not None and start is not None:
+        what = f'the "{opener}"' if opener != "quote" else "the quote"
+        found = (f" on line {int(exc.problem_mark.line) + 1}"
+                 if exc.problem_mark is not None else "")
+        return (int(start.line) + 1,
+                f"YAML syntax error: {what} opened at column {int(start.column) + 1} is never "
+                f"closed (the parser stopped{found}: {problem}); close it on this line")
+    mark = exc.problem_mark or exc.context_mark
+    line = int(mark.line) + 1 if mark is not None else None
+    column = f" at column {int(mark.column) + 1}" if mark is not None else ""
+    return line, f"YAML syntax error{column} ({problem}); fix the syntax on this line"
 
 
 def describe(node: yaml.Node) -> str:

@@ -18,6 +18,7 @@ from drivers.dlt645 import profile_schema
 from drivers.dlt645.points import DiPoint
 from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
+from drivers.transport.pipe import BytePipe
 from gateway.clock import Clock
 
 _ADDRESS_RE = re.compile(r"\d{12}")
@@ -58,6 +59,14 @@ def create_driver(bus: BusParams) -> MeterDriver:
     from drivers.dlt645.driver import create_driver as create_dlt645
 
     return create_dlt645(bus)
+
+
+def create_driver_on(bus: BusParams, pipe: BytePipe) -> MeterDriver:
+    """The DL/T 645 driver on a byte pipe its bus owns (a line shared with DL/T 698.45 meters:
+    frames carry their length, replies are matched by address and DI)."""
+    from drivers.dlt645.driver import Dlt645Driver
+
+    return Dlt645Driver(bus, transport=pipe)
 
 
 def _dlt645_driver(driver: MeterDriver) -> FreezeRecordReader:
@@ -112,4 +121,5 @@ DESCRIPTOR = ProtocolDescriptor(
     create_driver=create_driver,
     discovery=Discovery(label="address", scan=scan),
     simulator=serve,
+    create_driver_on=create_driver_on,
 )

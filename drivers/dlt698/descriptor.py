@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import tzinfo
 
 from drivers.base import BusParams, EventCounterReader, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
-from drivers.discovery import Discovery, Progress
+from drivers.discovery import Discovery, MeterFacts, Progress
 from drivers.dlt698 import profile_schema
 from drivers.dlt698.catalogue import OadPoint
 from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
+from drivers.transport.pipe import BytePipe
 from gateway.clock import Clock
 
 _ADDRESS_RE = re.compile(r"\d{12}")
@@ -55,6 +57,14 @@ def create_driver(bus: BusParams) -> MeterDriver:
     return create_dlt698(bus)
 
 
+def create_driver_on(bus: BusParams, pipe: BytePipe) -> MeterDriver:
+    """The DL/T 698.45 driver on a byte pipe its bus owns (a line shared with other protocols:
+    its frames carry their length and its replies are matched by address, client and PIID)."""
+    from drivers.dlt698.driver import Dlt698Driver
+
+    return Dlt698Driver(bus, pipe=pipe)
+
+
 def _events(driver: MeterDriver) -> EventCounterReader:
     from drivers.dlt698.driver import Dlt698Driver
 
@@ -77,6 +87,13 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
     from drivers.dlt698.discovery import DISCOVERY
 
     return await DISCOVERY.scan(driver, wanted, timeout, progress)
+
+
+async def describe(driver: MeterDriver, address: str, timeout: float, tz: tzinfo) -> MeterFacts:
+    """``amr-gateway scan``'s look at a found meter: see :func:`drivers.dlt698.discovery.describe`."""
+    from drivers.dlt698.discovery import describe as describe_dlt698
+
+    return await describe_dlt698(driver, address, timeout, tz)
 
 
 async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> MeterSimulator:
@@ -103,6 +120,7 @@ DESCRIPTOR = ProtocolDescriptor(
     check_profile=check_profile,
     compile_plan=compile_plan,
     create_driver=create_driver,
-    discovery=Discovery(label="address", scan=scan),
+    discovery=Discovery(label="address", scan=scan, describe=describe),
     simulator=serve,
+    create_driver_on=create_driver_on,
 )

@@ -4,18 +4,28 @@
 one meter on a line, a GET of the communication address ``40010200`` to the wildcard
 address (AF 45, SA AA×6, docs/protocols/dlt698-45.md §6) makes it answer from its own address. With several, their
 replies collide, so the scan probes a list or range of candidate addresses one by one.
+:func:`describe` then reads each found meter's clock (4000) and forward active energy
+(0010, total) in one request, for the clock offset and a first energy reading.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import datetime, tzinfo
+from decimal import Decimal
 from typing import Final
 
 from drivers.base import MeterDriver
-from drivers.discovery import Discovery, Progress
+from drivers.discovery import Discovery, MeterFacts, Progress
+from drivers.dlt698.catalogue import BY_NAME
 from drivers.dlt698.driver import Dlt698Driver
 from drivers.dlt698.frame import normalize_address
-from gateway.errors import ConfigError, ReadTimeout
+from drivers.dlt698.plan import compile_plan
+from gateway.errors import AmrError, ConfigError, ReadTimeout
+
+#: One request for both facts: the meter clock and the total forward active energy.
+FACTS_PLAN: Final = compile_plan([BY_NAME["meter_clock"], BY_NAME["energy_import_kwh"]])
 
 
 def address_range(first: str, last: str, *, limit: int = 10_000) -> Iterator[str]:
@@ -64,5 +74,27 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
     return out
 
 
-DISCOVERY: Final = Discovery(label="address", scan=scan)
+async def describe(driver: MeterDriver, address: str, timeout: float, tz: tzinfo) -> MeterFacts:
+    """The clock offset and the forward active energy of the meter at ``address``.
+
+    The meter's clock (local, no zone) is read in ``tz`` and compared with this machine's
+    clock at the reply's arrival; meters show whole seconds, so the offset is rounded to them.
+    """
+    if not isinstance(driver, Dlt698Driver):
+        raise TypeError(f"the DL/T 698.45 scan needs a Dlt698Driver, not {type(driver).__name__}")
+    try:
+        out = await driver.read(address, FACTS_PLAN, timeout)
+    except AmrError as exc:
+        return MeterFacts(problem=str(exc))
+    now = time.time()
+    clock, energy = out["meter_clock"], out["energy_import_kwh"]
+    offset: float | None = None
+    if clock.quality == "good" and isinstance(clock.raw, str):
+        offset = float(round(datetime.fromisoformat(clock.raw).replace(tzinfo=tz).timestamp() - now))
+    kwh = energy.raw if energy.quality == "good" and isinstance(energy.raw, Decimal) else None
+    problems = [f"{name}: {r.reason}" for name, r in out.items() if r.quality != "good"]
+    return MeterFacts(offset, kwh, "; ".join(problems))
+
+
+DISCOVERY: Final = Discovery(label="address", scan=scan, describe=describe)
 """The DL/T 698.45 scan, as ``amr-gateway scan`` calls it."""

@@ -11,6 +11,14 @@ request is a frame to the meter's single address (FE×4 wake-up, client address
   one (null, wrong type, impossible date). A whole request that fails: the first one raises
   (ReadTimeout, FrameError, DeviceException for an ERROR-Response); a later one marks its
   points ``timeout`` / ``crc_error`` / ``exception`` and the read goes on;
+* a meter that refuses NormalList — a DAR for every OAD of a list whose first OAD it gives
+  as a single GET-Request-Normal, an ERROR-Response to the list, or silence to the list while
+  it answers a single GET — is read one OAD per GET-Request-Normal from then on (for the
+  driver's life), logged once per meter. Silence is told from a dead meter without an extra
+  request: after a meter that never answered a list is silent to one, its next read (the bus
+  worker's retry, or a later poll) asks a single GET in its place; silence to that ends the
+  read as a list's would, an answer is followed by the list, and silence to the list then
+  is a refusal;
 * freeze records (:meth:`read_settlement` 5005 by n-th last, :meth:`read_daily_freeze`
   5004 by freeze time — the record is asked for by its time, so a gap in the meter's log
   can never shift a value to the wrong day, and the returned time is the meter's);
@@ -22,7 +30,8 @@ request is a frame to the meter's single address (FE×4 wake-up, client address
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import logging
+from collections.abc import Collection, Sequence
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Final, cast
@@ -40,6 +49,7 @@ from drivers.dlt698.apdu import (
     GetResponseNormal,
     GetResponseNormalList,
     GetResponseRecord,
+    Result,
     SelectLast,
     by_freeze_time,
     encode_request,
@@ -70,6 +80,8 @@ from gateway.errors import (
     quality_for,
 )
 from gateway.model import PointResult, Quality
+
+log = logging.getLogger("amr.dlt698")
 
 CLIENT: Final = 0x00
 PREAMBLE: Final = 4
@@ -107,6 +119,12 @@ class Dlt698Driver:
         #: the address of the meter that sent the last reply (a wildcard read's answer)
         self.last_server = ServerAddress.wildcard()
         self._lock = asyncio.Lock()
+        #: meters (address text) read one OAD per request: they refused NormalList
+        self.singles: set[str] = set()
+        #: meters that answered a NormalList with data on this driver
+        self._lists_ok: set[str] = set()
+        #: meters whose last NormalList went unanswered and that never answered one
+        self._list_silent: set[str] = set()
         bits = 1 + bus.bytesize + (0 if bus.parity == "N" else 1) + bus.stopbits
         self._char_s = bits / max(1, bus.baudrate) if bus.type == "serial" else 0.0
 
@@ -125,18 +143,10 @@ class Dlt698Driver:
         if not isinstance(plan, Dlt698Plan):
             raise ConfigError("the DL/T 698.45 driver needs a plan from drivers.dlt698.plan.compile_plan")
         server = ServerAddress.single(address)
-        got: dict[int, Data | Dar | Exception] = {}
-        for k, batch in enumerate(plan.batches):
-            try:
-                resp = await self.get(server, GetNormalList(0, batch), timeout)
-            except (ReadTimeout, FrameError, DeviceException) as exc:
-                if k == 0:
-                    raise
-                got.update({oad: exc for oad in batch})
-                continue
-            if not isinstance(resp, GetResponseNormalList):
-                raise FrameError(f"meter {server.text} answered a NormalList request with another form")
-            got.update(dict(resp.results))
+        if server.text in self.singles:
+            got = await self._read_singles(server, _oads(plan), timeout)
+        else:
+            got = await self._read_lists(server, plan, timeout)
         out: dict[str, PointResult] = {}
         for p in plan.points:
             r = got.get(p.oad)
@@ -153,6 +163,86 @@ class Dlt698Driver:
                 except DecodeError as exc:
                     out[p.name] = PointResult(None, "invalid", f"OAD {oad_text(p.oad)}: {exc}")
         return out
+
+    async def _read_lists(self, server: ServerAddress, plan: Dlt698Plan,
+                          timeout: float) -> dict[int, Result | Exception]:
+        """Each batch in one NormalList; a refusal of the first falls back to single reads."""
+        got: dict[int, Result | Exception] = {}
+        key = server.text
+        checked = False
+        if key in self._list_silent:
+            # its last list went unanswered and it never answered one: this read asks a single
+            # GET instead (silence ends the read at one request's cost, as a list's would); if
+            # it answers, the list that follows tells whether it refuses lists
+            self._list_silent.discard(key)
+            await self.get(server, GetNormal(0, plan.batches[0][0]), timeout)
+            checked = True
+        for k, batch in enumerate(plan.batches):
+            try:
+                resp = await self.get(server, GetNormalList(0, batch), timeout)
+            except (ReadTimeout, FrameError, DeviceException) as exc:
+                if k > 0:
+                    got.update({oad: exc for oad in batch})
+                    continue
+                if isinstance(exc, ReadTimeout) and key not in self._lists_ok:
+                    if checked:
+                        self._use_singles(key, "was silent to")
+                        return await self._read_singles(server, _oads(plan), timeout)
+                    self._list_silent.add(key)
+                elif isinstance(exc, DeviceException) and await self._refuses_lists(
+                        server, batch[0], timeout, "answered with an ERROR-Response"):
+                    return await self._read_singles(server, _oads(plan), timeout)
+                raise
+            if not isinstance(resp, GetResponseNormalList):
+                raise FrameError(f"meter {server.text} answered a NormalList request with another form")
+            results = dict(resp.results)
+            if k == 0 and server.text not in self._lists_ok:
+                data = any(isinstance(r, Data) for r in results.values())
+                if not data and len(batch) > 1 and await self._refuses_lists(
+                        server, batch[0], timeout, "gave a DAR for every OAD of"):
+                    return await self._read_singles(server, _oads(plan), timeout)
+                self._lists_ok.add(server.text)       # it answered a list in its own right
+            got.update(results)
+        return got
+
+    async def _refuses_lists(self, server: ServerAddress, oad: int, timeout: float, how: str) -> bool:
+        """True, and the meter is read one OAD per request from now on, when a single GET of
+        ``oad`` gives data after it ``how`` a NormalList (a DAR list, an ERROR-Response)."""
+        key = server.text
+        if key in self._lists_ok:
+            return False
+        try:
+            resp = await self.get(server, GetNormal(0, oad), timeout)
+        except (ReadTimeout, FrameError, DeviceException):
+            return False
+        if not isinstance(resp, GetResponseNormal) or not isinstance(resp.result, Data):
+            self._lists_ok.add(key)   # the DARs are the meter's own: it lacks those objects
+            return False
+        self._use_singles(key, how)
+        return True
+
+    def _use_singles(self, key: str, how: str) -> None:
+        self.singles.add(key)
+        log.warning("meter %s on bus %s %s a GET-Request-NormalList but answers single GET-Request-Normal: "
+                    "reading it one OAD per request from now on (slower; a firmware update may add lists)",
+                    key, self.bus.id, how)
+
+    async def _read_singles(self, server: ServerAddress, oads: Sequence[int],
+                            timeout: float) -> dict[int, Result | Exception]:
+        """One GET-Request-Normal per OAD (a meter that refused NormalList)."""
+        got: dict[int, Result | Exception] = {}
+        for k, oad in enumerate(dict.fromkeys(oads)):
+            try:
+                resp = await self.get(server, GetNormal(0, oad), timeout)
+            except (ReadTimeout, FrameError, DeviceException) as exc:
+                if k == 0:
+                    raise
+                got[oad] = exc
+                continue
+            if not isinstance(resp, GetResponseNormal):
+                raise FrameError(f"meter {server.text} answered a GET-Request-Normal with another form")
+            got[oad] = resp.result
+        return got
 
     async def probe(self, address: str, timeout: float) -> bool:
         """True when a meter answers at ``address`` (a read of its communication address)."""
@@ -300,6 +390,10 @@ def _freeze(row: dict[int, Data], tz: tzinfo | None) -> tuple[datetime | None, d
             when = when.replace(tzinfo=tz)
     values = {k: v for k, v in raw.items() if isinstance(v, Decimal)}
     return when, values
+
+
+def _oads(plan: Dlt698Plan) -> list[int]:
+    return [oad for batch in plan.batches for oad in batch]
 
 
 def _describe(req: GetRequest) -> str:

@@ -11,7 +11,11 @@ talks to. A :class:`MeterState` holds what a meter knows:
 * ``unknown_dar``: the DAR for an OAD the meter lacks (6 "object does not exist" by
   default; lib's meter answers 4, real meters are **unverified**: 4 or 6);
 * ``secured``: object identifiers readable only through a SECURITY request: a plain GET of
-  one gets DAR 20 "security mismatch" (the **unverified** behaviour, made explicit).
+  one gets DAR 20 "security mismatch" (the **unverified** behaviour, made explicit);
+* ``lists``: how the meter takes a GET-Request-NormalList: ``answer``; or it refuses it, as
+  some older or simpler meters may (**unverified**: which of these a real one does), with
+  ``dar`` (DAR 3 "read/write denied" for every OAD), ``error`` (ERROR-Response type 2) or
+  ``silent`` (no reply); single GETs are answered in every mode.
 
 Behaviour (a test covers each line):
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from drivers.dlt698.apdu import (
     SECURITY_REQUEST,
@@ -65,6 +70,9 @@ DAR_SECURITY_MISMATCH = 20
 ERROR_UNPARSABLE = 1
 ERROR_UNSUPPORTED = 2
 DUMMY_MAC = b"\x00\x00\x00\x00"
+DAR_DENIED = 3
+
+ListMode = Literal["answer", "dar", "error", "silent"]
 
 Row = Mapping[int, Data]
 
@@ -79,6 +87,7 @@ class MeterState:
     records: dict[int, Sequence[Row]] = field(default_factory=dict)
     unknown_dar: int = 6
     secured: frozenset[int] = frozenset()
+    lists: ListMode = "answer"
 
 
 def _value(state: MeterState, oad: int, secured: bool) -> Result:
@@ -182,6 +191,11 @@ def answer(apdu: bytes, state: MeterState, *, secured: bool = False) -> bytes:
     if isinstance(req, GetNormal):
         resp = GetResponseNormal(piid, req.oad, _value(state, req.oad, secured), time_tag=req.time_tag)
     elif isinstance(req, GetNormalList):
+        if state.lists == "error":
+            return encode_response(ErrorResponse(piid, ERROR_UNSUPPORTED))
+        if state.lists == "dar":
+            return encode_response(GetResponseNormalList(piid, tuple((o, Dar(DAR_DENIED)) for o in req.oads),
+                                                         time_tag=req.time_tag))
         results = tuple((o, _value(state, o, secured)) for o in req.oads)
         resp = GetResponseNormalList(piid, results, time_tag=req.time_tag)
     else:
@@ -196,6 +210,8 @@ def respond(frame: Frame, state: MeterState, *, preamble: int = 0) -> bytes | No
     if frame.server.kind in (AddressType.GROUP, AddressType.BROADCAST):
         return None
     if not frame.server.reaches(state.address):
+        return None
+    if state.lists == "silent" and frame.apdu[:2] == b"\x05\x02":
         return None
     reply = answer(frame.apdu, state)
     return encode_frame(C_RESPONSE, state.address, frame.client, reply, preamble=preamble)

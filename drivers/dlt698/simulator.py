@@ -52,7 +52,7 @@ from drivers.dlt698.catalogue import (
     TARIFF_SUFFIXES,
 )
 from drivers.dlt698.frame import Frame, ServerAddress, scan
-from drivers.dlt698.responder import MeterState, Row, respond
+from drivers.dlt698.responder import ListMode, MeterState, Row, respond
 from drivers.simulation.interface import SimulatedMeter
 from drivers.simulation.meter_clock import SimulatedMeterClock, freeze_days
 from drivers.simulation.model import MeterModel
@@ -87,6 +87,8 @@ class SimDlt698Spec:
     reply_delay_s: float = 0.0
     unknown_dar: int = 6
     secured: frozenset[int] = frozenset()
+    #: how it takes a NormalList: answer, or refuse it with a DAR, an ERROR-Response or silence
+    lists: ListMode = "answer"
     freeze_gaps: frozenset[date] = frozenset()
     clock_offset_s: float = 0.0
     clock_drift_ppm: float = 0.0
@@ -157,7 +159,7 @@ class _SimMeter:
             if table is not None and table.oad >> 16 != 0x3000:
                 regs[(table.oad & 0xFFFF0000) | 0x0400] = Data(LU, count)
         state = MeterState(self.address, self.clock.meter_time(), regs, unknown_dar=self.spec.unknown_dar,
-                           secured=self.spec.secured)
+                           secured=self.spec.secured, lists=self.spec.lists)
         if records:
             state.records = self._records(local)
         return state

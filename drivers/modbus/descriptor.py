@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from drivers.base import BusParams, MeterDriver, PlanOptions, PointDef, ReadPlan
 from drivers.modbus import discovery, profile_schema
 from drivers.modbus.points import ModbusLimits, RegisterPoint
+from drivers.modbus.units import unit_bounds
 from drivers.registry import AddressError, ProfileSchema, ProtocolDescriptor, ProtocolVariant
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
 from gateway.clock import Clock
@@ -23,10 +24,10 @@ _UNIT_RE = re.compile(r"\d{1,3}")
 def parse_address(text: str, protocol: str, plain: bool) -> str:
     """A unit id as decimal text: 1–247 on a serial line, 0–255 over ``modbus-tcp``.
 
-    (0 and 255 address the TCP device itself.) ``plain`` does not matter: a unit id is a
-    number however it is written.
+    (0 and 255 address the TCP device itself; :mod:`drivers.modbus.units` holds the ranges.)
+    ``plain`` does not matter: a unit id is a number however it is written.
     """
-    lo, hi = (0, 255) if protocol == "modbus-tcp" else (1, 247)
+    lo, hi = unit_bounds(protocol)
     if not _UNIT_RE.fullmatch(text) or not lo <= int(text) <= hi:
         raise AddressError(f'must be a Modbus unit id between {lo} and {hi}, not "{text}"')
     return str(int(text))

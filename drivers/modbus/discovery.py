@@ -12,14 +12,19 @@ from typing import Final
 
 from drivers.base import MeterDriver
 from drivers.discovery import Discovery, Progress
+from drivers.modbus.units import SERIAL_UNITS, unit_bounds
 from gateway.errors import AmrError, ConfigError
 
-ALL_UNITS: Final = range(1, 248)
+ALL_UNITS: Final = range(SERIAL_UNITS[0], SERIAL_UNITS[1] + 1)
 """The unicast unit ids of a Modbus serial line (1-247): the default scan."""
 
 
-def unit_range(text: str | None) -> list[int]:
-    """Unit ids from ``1-247`` or ``1,5,9`` (or ranges and single ids mixed); all when None."""
+def unit_range(text: str | None, protocol: str = "modbus-rtu") -> list[int]:
+    """Unit ids from ``1-247`` or ``1,5,9`` (or ranges and single ids mixed); all when None.
+
+    Each id must be one ``protocol`` can address (:func:`drivers.modbus.units.unit_bounds`),
+    the same range ``validate`` and ``read --unit`` accept.
+    """
     if not text:
         return list(ALL_UNITS)
     units: list[int] = []
@@ -29,8 +34,10 @@ def unit_range(text: str | None) -> list[int]:
             lo, hi = int(a), int(b or a)
         except ValueError:
             raise ConfigError(f"--range must look like 1-247 or 1,5,9, not {text!r}") from None
-        if not 0 <= lo <= hi <= 255:
-            raise ConfigError(f"--range {part!r} is outside 0-255")
+        first, last = unit_bounds(protocol)
+        if not first <= lo <= hi <= last:
+            raise ConfigError(f"--range {part!r} is outside {first}-{last}, the unit ids of "
+                              f"{protocol}")
         units.extend(range(lo, hi + 1))
     return units
 
@@ -38,7 +45,9 @@ def unit_range(text: str | None) -> list[int]:
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
                progress: Progress | None = None) -> list[str]:
     """Probe every unit id of ``wanted`` (default 1-247); the ones that answered, in order."""
-    units = unit_range(wanted)
+    # The driver knows its bus's protocol; the scan shape (drivers.discovery) does not pass it.
+    bus = getattr(driver, "bus", None)
+    units = unit_range(wanted, str(getattr(bus, "protocol", "modbus-rtu")))
     found: list[str] = []
     for i, unit in enumerate(units, 1):
         try:

@@ -32,6 +32,7 @@ from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.modbus.plan import DecodeStep, ReadPlan, ReadRequest, compile_plan
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from drivers.modbus.timing import t35
+from drivers.modbus.units import unit_bounds
 from drivers.transport.serial import serial_pipe
 from drivers.transport.tcp import tcp_pipe
 from gateway.errors import ConfigError, DecodeError, DeviceException
@@ -48,9 +49,10 @@ def parse_unit(address: str, protocol: str) -> int:
     try:
         unit = int(address, 10)
     except (TypeError, ValueError):
-        raise ConfigError(f"Modbus address {address!r} is not a unit id; use a number 1–247") from None
-    top = 255 if protocol == "modbus-tcp" else 247
-    bottom = 0 if protocol == "modbus-tcp" else 1
+        bottom, top = unit_bounds(protocol)
+        raise ConfigError(f"Modbus address {address!r} is not a unit id; use a number "
+                          f"{bottom}–{top}") from None
+    bottom, top = unit_bounds(protocol)
     if not bottom <= unit <= top:
         raise ConfigError(f"Modbus unit id {unit} is out of range; use {bottom}–{top} on {protocol}")
     return unit

@@ -10,6 +10,14 @@ A Modbus profile (``protocol: modbus``)::
       energy_import_kwh: {address: 0x101E, unit: kWh}
       voltage_v_l1: {address: 0x2006, scale: 0.1, unit: V}
 
+``address_base`` says how the map numbers its registers: ``0`` (the default: the address
+sent on the wire, as most makers print it in hex), ``1`` (the map counts from 1: the gateway
+subtracts 1) or ``modicon`` (the map writes 4xxxx for holding and 3xxxx for input registers:
+40001 is holding register 0, 30001 input register 0). Without ``address_base``, a decimal
+address that looks like Modicon notation (40001–49999 with function 3, 30001–39999 with
+function 4) is refused with the fix, because taken literally it reads 40000 registers past
+the value the author meant; ``address_base: 0`` says the number is meant literally.
+
 Rules checked here: register types, function codes 3/4, addresses 0–65535 with the value's
 registers inside the map, no two points of one function code sharing a register; ``scale``
 is an exact Decimal from the YAML text (never a binary float). ``capacity: {digits: N,
@@ -46,7 +54,8 @@ if TYPE_CHECKING:
     from drivers.registry import ProfileRules
 
 REGISTER_TYPES: Final[tuple[str, ...]] = get_args(RegisterType)
-TOP_KEYS: Final = ("name", "protocol", "description", "limits", "defaults", "points")
+TOP_KEYS: Final = ("name", "protocol", "description", "address_base", "limits", "defaults",
+                   "points")
 _DEFAULT_KEYS: Final = ("function", "type", "word_order", "byte_order", "side", "scale")
 _POINT_KEYS: Final = ("address", "function", "type", "word_order", "byte_order", "scale",
                       "unit", "side", "capacity")
@@ -78,6 +87,48 @@ def _limits(top: MapView, issues: Issues) -> ModbusLimits:
                                         d.pause_between_requests_ms),
         one_request_per_point=m.get("one_request_per_point", as_bool, d.one_request_per_point),
     )
+
+
+ADDRESS_BASES: Final = ("0", "1", "modicon")
+"""The ways a register map may number its registers (see the module docstring)."""
+
+_MODICON_BASE: Final = {3: 40001, 4: 30001}
+
+
+def _address_base(node: yaml.Node) -> str:
+    text = str(node.value).strip().lower() if isinstance(node, yaml.ScalarNode) else ""
+    if text not in ADDRESS_BASES:
+        raise Invalid(f"must be 0, 1 or modicon, not {describe(node)}")
+    return text
+
+
+def _is_hex(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and str(node.value).strip().lower().startswith("0x")
+
+
+def wire_address(written: int, function: int, base: str | None, hex_written: bool) -> int:
+    """The protocol address of a register written as ``written`` under ``address_base``.
+
+    Raises Invalid with the fix when the number cannot be meant as written: a Modicon-looking
+    decimal number without ``address_base``, or a number outside the declared base's range.
+    """
+    kind = "holding" if function == 3 else "input"
+    modicon = _MODICON_BASE[function]
+    if base == "modicon":
+        if hex_written or not modicon <= written <= modicon + 9998:
+            raise Invalid(f"must be a Modicon {kind} register number {modicon}-{modicon + 9998} "
+                          f"(address_base: modicon, function {function}), not {written}")
+        return written - modicon
+    if base == "1":
+        if written < 1:
+            raise Invalid("must be 1 or more: the profile's address_base is 1")
+        return written - 1
+    if base is None and not hex_written and modicon <= written <= modicon + 9998:
+        raise Invalid(f"{written} looks like Modicon notation ({str(modicon)[0]}xxxx = {kind} "
+                      f"register xxxx-1): write {written - modicon} (or the map's hex address), "
+                      "or set address_base: modicon at the top of the profile; if the meter "
+                      f"really has a register at {written}, set address_base: 0")
+    return written
 
 
 def _address(node: yaml.Node) -> int:
@@ -115,6 +166,7 @@ def _points(top: MapView, node: yaml.Node, issues: Issues,
     d_byte = dm.get("byte_order", _ORDER, "big")
     d_side = dm.get("side", _SIDE, "primary")
     d_scale = dm.get("scale", _scale, Decimal(1))
+    base = top.opt("address_base", _address_base)
     pm = MapView(issues, node, "profile points", None)
     spans: list[tuple[int, int, int, str, int]] = []  # function, start, end, name, line
     out: list[tuple[str, RegisterPoint]] = []
@@ -126,6 +178,14 @@ def _points(top: MapView, node: yaml.Node, issues: Issues,
             continue
         address = m.req("address", _address, "the register address, e.g. 0x101E")
         function = m.get("function", as_int_choice((3, 4)), d_function)
+        if address is not None:
+            anode = m.node("address")
+            try:
+                address = wire_address(address, function, base,
+                                       anode is not None and _is_hex(anode))
+            except Invalid as exc:
+                m.bad("address", str(exc))
+                continue
         rtype = m.get("type", as_choice(REGISTER_TYPES), d_type)
         point = RegisterPoint(
             name=name,

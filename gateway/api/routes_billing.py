@@ -23,7 +23,7 @@ from gateway.api.server import csv_response, json_response
 from gateway.billing import intervals as iv
 from gateway.billing import kpi as kpi_mod
 from gateway.billing import view
-from gateway.billing.cycles import CycleError, cycle_at, parse_label
+from gateway.billing.cycles import CYCLE_RE, CycleError, cycle_at, parse_label
 from gateway.model import iso_utc
 
 if TYPE_CHECKING:
@@ -54,6 +54,11 @@ def parse_cycle(text: str | None, plan: Any, tz: str, now: float) -> str:
     """``cycle`` query parameter (default: the cycle in progress)."""
     if text is None:
         return cycle_at(plan, now, tz).label
+    shape = CYCLE_RE.match(text.strip())
+    if shape is not None and not MIN_YEAR <= int(shape.group(1)) <= MAX_YEAR:
+        # Checked before parse_label, whose own bounds would call 0001-01 "not a month".
+        raise BadRequest(f"'cycle' must be a month between {MIN_YEAR}-01 and {MAX_YEAR}-12, "
+                         f"such as 2026-11, not {text!r}")
     try:
         year, _ = parse_label(text)
     except CycleError as exc:

@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway.api.auth import caller, requires
 from gateway.api.openapi import FORMAT, error_responses, json_or_csv
 from gateway.api.params import MAX_RANGE_DAYS, BadRequest, int_param, output_format, parse_time
-from gateway.api.server import csv_response, json_response
+from gateway.api.server import RouteInstaller, csv_response, json_response
 from gateway.model import iso_utc
 from gateway.review import db
 from gateway.review.engine import ReviewEngine
@@ -93,8 +93,18 @@ def event_query(request: web.Request, tz: str, now: float) -> dict[str, Any]:
     }
 
 
-def install_event_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, Any]:
-    """Add ``GET /api/v1/events`` and return its OpenAPI ``paths`` entry."""
+def event_routes(engine: ReviewEngine | None) -> RouteInstaller:
+    """The installer of the events routes, acting on ``engine`` (None: review is disabled, so
+    the worklist actions answer 404 while the stored events can still be listed)."""
+
+    def install(server: ApiServer, r: web.UrlDispatcher) -> dict[str, Any]:
+        return install_event_routes(server, r, engine)
+
+    return install
+
+
+def install_event_routes(server: ApiServer, r: web.UrlDispatcher, engine: ReviewEngine | None) -> dict[str, Any]:
+    """Add ``GET /api/v1/events`` and the worklist actions; return their OpenAPI ``paths`` entries."""
     gw = server.gateway
 
     async def events(request: web.Request) -> web.Response:
@@ -157,9 +167,8 @@ def install_event_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, A
         return text
 
     def _engine_id(request: web.Request) -> tuple[ReviewEngine, int]:
-        # the runtime's review component (GatewayView does not name features; the runtime has it)
-        engine = getattr(gw, "review", None)
-        if not isinstance(engine, ReviewEngine):
+        """The review engine and the event id a worklist action names (404 when either is missing)."""
+        if engine is None:
             raise _not_found("review is not enabled on this gateway (review: enabled: false)")
         try:
             event_id = int(request.match_info["id"])

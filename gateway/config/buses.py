@@ -46,8 +46,13 @@ class BusRef:
 
 
 def load_buses(ctx: LoadContext, top: MapView) -> dict[str, BusRef]:
-    """The ``buses`` section: bus id → BusRef (invalid and duplicate buses reported)."""
+    """The ``buses`` section: bus id → BusRef (invalid and duplicate buses reported).
+
+    Two serial buses on one device are refused: each bus owns its port and polls it on its
+    own, so two of them would interleave their frames on one line and corrupt both.
+    """
     out: dict[str, BusRef] = {}
+    ports: dict[str, BusRef] = {}  # serial device -> the first bus on it
     if "buses" not in top:
         top.req("buses", as_text, "a list of serial or tcp buses")
     for i, node in enumerate(ctx.seq(top.node("buses"), "buses", "each item starts with - id:")):
@@ -68,7 +73,16 @@ def load_buses(ctx: LoadContext, top: MapView) -> dict[str, BusRef]:
             ctx.issues.add(m.value_line("id"), f'bus id "{bus.id}" is already used on line '
                            f"{out[bus.id].line}; give each bus a unique id")
             continue
+        if bus.port is not None and bus.type == "serial" and bus.port in ports:
+            first = ports[bus.port]
+            m.bad("port", f'{bus.port} is already the port of bus "{first.settings.id}" (line '
+                  f'{first.line}); bus "{first.settings.id}" and bus "{bus.id}" cannot share one '
+                  "serial line: give each bus its own port, or put all the meters of that line "
+                  "on one bus")
+            continue
         out[bus.id] = BusRef(bus, m.value_line("id"))
+        if bus.port is not None and bus.type == "serial":
+            ports[bus.port] = out[bus.id]
     return out
 
 

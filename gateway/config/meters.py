@@ -53,11 +53,35 @@ def parse_ratio(text: str) -> Ratio:
 
 
 def _ratio(node: yaml.Node) -> Ratio:
+    """A ratio node; an inverted one (``5/200``: secondary first) is refused with the fix."""
     try:
-        return parse_ratio(scalar_text(node))
+        ratio = parse_ratio(scalar_text(node))
     except (ValueError, Invalid):
         raise Invalid(f"must be a ratio such as 200/5 or a factor such as 40, not "
                       f"{describe(node)}") from None
+    if ratio.primary < ratio.secondary:
+        raise Invalid(f"{ratio} is inverted: write primary/secondary (the larger number first), "
+                      f"e.g. {ratio.secondary}/{ratio.primary}")
+    return ratio
+
+
+def ratio_without_effect(m: MapView, profile: Profile, ratios: dict[str, Ratio]) -> None:
+    """Refuse ``ct_ratio``/``pt_ratio`` on a meter whose profile reads only primary values.
+
+    The multiplier applies only to points marked ``side: secondary``; on a profile with
+    none, a ratio would be silently ignored, and the operator would believe the readings
+    were scaled. It is an error, not a warning: a wrong belief about billed kWh is worse than
+    a configuration that does not load. A ratio of 1 (``1``, ``5/5``) changes nothing and
+    passes.
+    """
+    if any(point.side == "secondary" for point in profile.points.values()):
+        return
+    for key, ratio in ratios.items():
+        if key in m and ratio.factor != 1:
+            m.bad(key, f'has no effect: profile "{profile.name}" reads primary values (none of '
+                  "its points is marked side: secondary), so the gateway multiplies nothing; "
+                  f"remove {key}, or mark the points the meter shows before the CT/PT as "
+                  "side: secondary in the profile")
 
 
 def load_meters(
@@ -101,6 +125,8 @@ def load_meters(
             m.bad("billing", f'"{plan}" is not a defined billing plan{suggest(plan, billing)}; use '
                   f"one of {quoted_list(billing)}")
         profile = meter_profile(ctx, m, profile_name, protocol, bus, search, profiles)
+        if profile is not None:
+            ratio_without_effect(m, profile, {"ct_ratio": ct, "pt_ratio": pt})
         rated_v = m.opt("rated_voltage_v", positive_decimal)
         rated_a = m.opt("rated_current_a", positive_decimal)
         if mid is not None:
@@ -129,7 +155,11 @@ def load_meters(
 
 
 def meter_protocol(ctx: LoadContext, m: MapView, bus: BusSettings | None) -> str | None:
-    """The meter's protocol: its own ``protocol`` override, which must fit the bus, or the bus's."""
+    """The meter's protocol: its own ``protocol`` override, which must fit the bus, or the bus's.
+
+    An override of another family fits a serial bus when both protocols can share a line
+    (a mixed RS-485 bus, :func:`drivers.registry.create_bus_drivers`).
+    """
     if "protocol" not in m:
         return bus.protocol if bus is not None else None
     allowed = protocols_for(None if bus is None else bus.type)
@@ -137,8 +167,12 @@ def meter_protocol(ctx: LoadContext, m: MapView, bus: BusSettings | None) -> str
     if protocol is None or bus is None:
         return None
     if registry.descriptor_for(protocol) is not registry.descriptor_for(bus.protocol):
+        if bus.type == "serial" and registry.shares_line(protocol) and registry.shares_line(bus.protocol):
+            return protocol
+        sharing = [p for p in registry.protocol_names("serial") if registry.shares_line(p)]
         m.bad("protocol", f'{protocol} does not fit bus "{bus.id}", which speaks {bus.protocol}; '
-              "use a protocol of the same family or move the meter to another bus")
+              "use a protocol of the same family or move the meter to another bus (only a serial "
+              f"bus carries meters of several protocols, and only of {', '.join(sharing) or 'none'})")
         return None
     return protocol
 

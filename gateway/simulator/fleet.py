@@ -2,7 +2,8 @@
 
 The configuration a gateway runs with also describes what to simulate: each TCP bus is
 served on its own loopback port, each serial bus on a pseudo-terminal that is linked at the
-bus's ``port`` path (like ``socat``'s ``link=``), so ``amr-gateway simulate -c F`` and
+bus's ``port`` path (like ``socat``'s ``link=``; a bus whose meters speak several protocols gets
+one pty joining every protocol's simulator, :mod:`drivers.simulation.rs485_hub`), so ``amr-gateway simulate -c F`` and
 ``amr-gateway run -c F`` with the same file rehearse a whole site on one machine. Only
 loopback TCP endpoints are served. Every meter's registers come from a deterministic
 :class:`~drivers.simulation.model.MeterModel` seeded from (seed, meter id), with the meter's
@@ -24,6 +25,7 @@ from drivers import registry
 from drivers.simulation.faults import FAULTS
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
 from drivers.simulation.model import MeterModel
+from drivers.simulation.rs485_hub import Rs485Hub
 from gateway.aio import wait_event
 from gateway.clock import Clock, ScaledClock
 from gateway.errors import ConfigError
@@ -60,6 +62,7 @@ class SimulatedFleet:
         self._simulators: list[MeterSimulator] = []
         self._links: list[Path] = []
         self._owner: dict[str, MeterSimulator] = {}
+        self._hubs: list[Rs485Hub] = []
 
     def _meters_on(self, bus: BusSettings) -> list[MeterSettings]:
         return [m for m in self.settings.meters.values() if m.bus == bus.id]
@@ -98,10 +101,13 @@ class SimulatedFleet:
                 self._owner[meter.id] = simulator
             serial_lines.update(lines.get(family, {}))
         for bus_id, bus in serial_lines.items():
-            first = self._meters_on(bus)[0].id
-            pty = self.endpoint(first)
-            assert isinstance(pty, str)
-            self._link(Path(str(bus.port)), pty, bus_id)
+            ptys = list(dict.fromkeys(str(self.endpoint(m.id)) for m in self._meters_on(bus)))
+            target = ptys[0]
+            if len(ptys) > 1:               # a mixed bus: one pair for every protocol's meters
+                hub = Rs485Hub(ptys)
+                self._hubs.append(hub)
+                target = hub.start()
+            self._link(Path(str(bus.port)), target, bus_id)
 
     def _link(self, link: Path, target: str, bus_id: str) -> None:
         if link.exists() and not link.is_symlink():
@@ -154,6 +160,9 @@ class SimulatedFleet:
 
     async def stop(self) -> None:
         """Stop every simulator and remove the serial links."""
+        for hub in self._hubs:
+            hub.stop()
+        self._hubs.clear()
         for simulator in self._simulators:
             await simulator.stop()
         for link in self._links:

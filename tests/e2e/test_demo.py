@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 
 from gateway.ports import free_port
@@ -56,6 +57,15 @@ def test_demo_serves_readings_for_every_meter_and_stops_cleanly(tmp_path: Path) 
             qualities = [d["quality"] for d in docs["readings"]]  # type: ignore[attr-defined]
             # a loaded CI machine may time out a poll now and then; a value must never be wrong
             assert "good" in qualities and not {"invalid", "crc_error", "exception"} & set(qualities), m["id"]
+        # the DL/T 698.45 meter (issue 20): good voltages and power, value = raw x CT x PT (200/5 x 10000/100)
+        assert "c3001-main" in {m["id"] for m in meters}
+        docs = get(f"{base}/api/v1/meters/c3001-main/readings", token)
+        realtime = [d for d in docs["readings"]  # type: ignore[attr-defined]
+                    if d["quality"] == "good" and "power_kw" in d["points"]]
+        assert realtime, docs
+        points = realtime[-1]["points"]
+        assert 200 < Decimal(str(points["voltage_v_l1"]["raw"])) < 250, points
+        assert Decimal(str(points["power_kw"]["value"])) == Decimal(str(points["power_kw"]["raw"])) * 4000, points
         try:
             get(f"{base}/api/v1/meters")
             raise AssertionError("the meters route must need a token")

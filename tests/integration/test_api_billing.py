@@ -124,6 +124,9 @@ async def test_auth_bad_parameters_and_csv(running: Running) -> None:
         ("/api/v1/meters/m1/intervals?format=xml", "'format'"),
         ("/api/v1/meters/m1/settlements?cycle=2026-13", "YYYY-MM"),
         ("/api/v1/meters/m1/settlements?cycle=Dec", "YYYY-MM"),
+        ("/api/v1/meters/m1/settlements?cycle=0001-01", "'cycle' must be a month between 1971-01 and "
+                                                         "2200-12, such as 2026-11, not '0001-01'"),
+        ("/api/v1/meters/m1/settlements?cycle=9999-01", "between 1971-01 and 2200-12"),
         ("/api/v1/meters/m1/settlements?table=bills&format=csv", "'table'"),
         ("/api/v1/kpi?date=2026-02-30", "YYYY-MM-DD"),
         ("/api/v1/kpi?date=0001-01-01", "between"),

@@ -28,6 +28,7 @@ from bench.emulator import (  # noqa: E402
     dlt645_read_reply,
     dlt645_read_request,
     dlt645_value,
+    dlt698_energy,
     modbus_read_reply,
     modbus_read_request,
     modbus_register_value,
@@ -36,6 +37,8 @@ from bench.emulator import (  # noqa: E402
 from bench.wire import (  # noqa: E402
     char_time,
     dlt645_reads_per_s,
+    dlt698_list_request_bytes,
+    dlt698_list_response_bytes,
     modbus_read_cycle,
     modbus_reads_per_s,
     t35,
@@ -323,6 +326,88 @@ def test_dlt645_garbage_before_frame_is_skipped(dlt: tuple[BusEmulator, serial.S
     _, control, data = _decode_dlt645(port.read(22))
     assert control == 0x91
     assert data[4:] == bytes((0x00, 0x50))  # 50.00 Hz, LSB first
+
+
+# ---------------------------------------------------------------------------------------
+# DL/T 698.45 (answered by the gateway's own pure meter-side codec)
+# ---------------------------------------------------------------------------------------
+
+ENERGY_LIST = tuple(0x00100201 + k for k in range(5))       # total + tariffs 1-4
+
+
+def _dlt698_request(address: str, oads: tuple[int, ...], piid: int = 1) -> bytes:
+    from drivers.dlt698.apdu import GetNormalList, encode_request
+    from drivers.dlt698.frame import C_REQUEST, ServerAddress, encode_frame
+
+    return encode_frame(C_REQUEST, ServerAddress.single(address), 0, encode_request(GetNormalList(piid, oads)),
+                        preamble=4)
+
+
+@pytest.fixture(scope="module")
+def dlt698_bus() -> Iterator[tuple[BusEmulator, serial.Serial]]:
+    meters = [METER_A, METER_B, METER_DEAD]
+    emu = BusEmulator("dlt698", DLT_BAUD, slaves=meters, dead={METER_DEAD}, td_s=0.020)
+    path = emu.start()
+    port = serial.Serial(path, DLT_BAUD, parity="N", timeout=0.4)
+    try:
+        yield emu, port
+    finally:
+        port.close()
+        emu.kill()
+
+
+@pytest.fixture
+def d698(dlt698_bus: tuple[BusEmulator, serial.Serial]) -> tuple[BusEmulator, serial.Serial]:
+    emu, port = dlt698_bus
+    port.reset_input_buffer()
+    emu.reset()
+    return emu, port
+
+
+def test_dlt698_list_read_has_the_wire_formulas_lengths_and_the_emulators_values(
+    d698: tuple[BusEmulator, serial.Serial],
+) -> None:
+    from drivers.dlt698.apdu import GetResponseNormalList, parse_response
+    from drivers.dlt698.frame import scan
+
+    emu, port = d698
+    request = _dlt698_request(METER_B, ENERGY_LIST)
+    assert len(request) == dlt698_list_request_bytes(5)
+    t0 = time.perf_counter()
+    port.write(request)
+    reply = port.read(dlt698_list_response_bytes(5))
+    elapsed = time.perf_counter() - t0
+    assert len(reply) == dlt698_list_response_bytes(5) and reply[:4] == b"\xfe" * 4
+    frame = scan(reply).frame
+    assert frame is not None and frame.server.text == METER_B
+    resp = parse_response(frame.apdu)
+    assert isinstance(resp, GetResponseNormalList)
+    assert [(oad, d.value) for oad, d in resp.results] == [  # type: ignore[union-attr]
+        (oad, dlt698_energy(METER_B, k + 1)) for k, oad in enumerate(ENERGY_LIST)]
+    assert elapsed >= (len(request) + len(reply)) * char_time(DLT_BAUD) + 0.020 - 0.0002
+    assert emu.stats().replies_by_slave == {METER_B: 1}
+
+
+@pytest.mark.parametrize(
+    ("address", "counter"),
+    [("000000000099", "unknown_address"), (METER_DEAD, "dead_requests")],
+    ids=["unknown-address", "dead-meter"],
+)
+def test_dlt698_silence(d698: tuple[BusEmulator, serial.Serial], address: str, counter: str) -> None:
+    emu, port = d698
+    port.write(_dlt698_request(address, ENERGY_LIST))
+    assert port.read(80) == b""
+    stats = emu.stats()
+    assert stats.replies == 0 and getattr(stats, counter) == 1
+
+
+def test_dlt698_bad_fcs_is_a_bad_frame(d698: tuple[BusEmulator, serial.Serial]) -> None:
+    emu, port = d698
+    request = bytearray(_dlt698_request(METER_A, ENERGY_LIST))
+    request[-2] ^= 0xFF
+    port.write(bytes(request))
+    assert port.read(80) == b""
+    assert emu.stats().bad_frames == 1
 
 
 def test_stats_survive_the_process_boundary() -> None:

@@ -8,6 +8,8 @@ bus runs 9600 baud parity N. The driver rides the shared byte pipe (``drivers.tr
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -19,10 +21,11 @@ import pytest
 from drivers import registry
 from drivers.base import BusParams
 from drivers.dlt698.catalogue import BY_NAME, OadPoint
-from drivers.dlt698.discovery import DISCOVERY
+from drivers.dlt698.discovery import DISCOVERY, describe
 from drivers.dlt698.driver import Dlt698Driver
 from drivers.dlt698.plan import compile_plan
 from drivers.dlt698.simulator import Dlt698Simulator, SimDlt698Spec
+from drivers.transport.tcp import tcp_pipe
 from gateway.errors import DeviceException, ReadTimeout
 from gateway.model import PointResult
 from gateway.profiles import load_profile
@@ -45,6 +48,10 @@ SPECS = [
     SimDlt698Spec("m2", "000000000002", transport="pty", line="bus", seed=12, reply_preamble=4),
     SimDlt698Spec("m3", "000000000003", transport="tcp", seed=13, clock_offset_s=90),
     SimDlt698Spec("m4", "201507210143", transport="pty", line="solo", seed=14),
+    # meters that refuse GET-Request-NormalList, each its own way, on one more pty line
+    SimDlt698Spec("r-dar", "000000000101", transport="pty", line="refusers", seed=15, lists="dar"),
+    SimDlt698Spec("r-silent", "000000000102", transport="pty", line="refusers", seed=16, lists="silent"),
+    SimDlt698Spec("r-error", "000000000103", transport="pty", line="refusers", seed=17, lists="error"),
 ]
 
 
@@ -90,11 +97,11 @@ def check_all_points(out: dict[str, PointResult], exp: dict[str, Decimal], clock
             assert raw == clock
         elif name == "demand_max_kw_at":
             assert raw == "2026-03-01T00:00:00"
-        elif name == "x_energy_q1_kvarh":
+        elif name == "energy_q1_kvarh":
             assert raw == exp["energy_import_kvarh"]
-        elif name == "x_energy_q4_kvarh":
+        elif name == "energy_q4_kvarh":
             assert raw == exp["energy_export_kvarh"]
-        elif name in ("x_energy_q2_kvarh", "x_energy_q3_kvarh"):
+        elif name in ("energy_q2_kvarh", "energy_q3_kvarh"):
             assert raw == Decimal("0.00")
         elif name.startswith("event_"):
             assert raw == EVENT_COUNTS[name], name
@@ -189,6 +196,22 @@ async def test_scan_by_wildcard_and_by_range(sim: Dlt698Simulator, driver_for: d
         "000039200933", "000000000002"]
 
 
+async def test_describe_gives_the_clock_offset_and_the_energy(
+    sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]
+) -> None:
+    before = time.time()
+    facts = await describe(driver_for["m3"], "000000000003", 1.0, ZONE)
+    after = time.time()
+    # m3's clock is 90 s ahead of the (still) simulated clock, which stands at NOW
+    assert facts.clock_offset_s is not None
+    assert NOW.timestamp() + 90 - after - 1 <= facts.clock_offset_s <= NOW.timestamp() + 90 - before + 1
+    assert facts.energy_import_kwh == sim.model("m3").values_at(NOW.timestamp())["energy_import_kwh"]
+    assert facts.problem == ""
+    await sim.stop_meter("m3")
+    silent = await describe(driver_for["m3"], "000000000003", 0.2, ZONE)
+    assert (silent.clock_offset_s, silent.energy_import_kwh) == (None, None) and "did not answer" in silent.problem
+
+
 async def test_a_silent_meter_times_out_and_comes_back(
     sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]
 ) -> None:
@@ -223,3 +246,60 @@ async def test_a_dead_meter_on_a_shared_line_leaves_the_other_readable(
         out = await line.read("000000000002", PLAN, 1.0)
         assert {r.quality for r in out.values()} == {"good"}
     assert await line.probe("000000000002", 0.5) and not await line.probe("000039200933", 0.2)
+
+
+@pytest.mark.parametrize("meter_id", ["r-dar", "r-silent", "r-error"])
+async def test_a_meter_that_refuses_normal_lists_is_read_one_oad_per_request_logged_once(
+    sim: Dlt698Simulator, meter_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = next(m.address for m in SPECS if m.id == meter_id)
+    d = Dlt698Driver(bus(sim, meter_id))
+    caplog.set_level(logging.WARNING, logger="amr.dlt698")
+    first: list[bytes] = [b"\x05\x02", b"\x05\x01"]         # the list, the single GET that checks
+    try:
+        if meter_id == "r-silent":
+            # silence to a list is a dead meter's until told apart: the read fails, and the next
+            # read (the bus worker's retry) asks a single GET, then the list again
+            with pytest.raises(ReadTimeout):
+                await d.read(address, PLAN, 0.3)
+            first.append(b"\x05\x02")
+        for _ in range(2):
+            out = await d.read(address, PLAN, 0.3)
+            check_all_points(dict(out), sim.model(meter_id).values_at(NOW.timestamp()), "2026-03-15T10:07:00")
+    finally:
+        await d.close()
+    gets = sim.requests(meter_id)
+    distinct = len({p.oad for p in POINTS})
+    assert [g[:2] for g in gets] == first + [b"\x05\x01"] * (2 * distinct)     # then singles, two reads
+    assert address in d.singles
+    logged = [r.getMessage() for r in caplog.records if address in r.getMessage()]
+    assert len(logged) == 1 and "one OAD per request" in logged[0], logged
+
+
+async def test_a_dead_meter_costs_one_request_per_read(sim: Dlt698Simulator) -> None:
+    endpoint = sim.serves_at("m3")
+    assert isinstance(endpoint, tuple)
+    pipe = tcp_pipe(*endpoint)
+    d = Dlt698Driver(bus(sim, "m3"), pipe=pipe)
+    await sim.stop_meter("m3")
+    try:
+        for _ in range(3):
+            with pytest.raises(ReadTimeout):
+                await d.read("000000000003", PLAN, 0.2)
+    finally:
+        await d.close()
+    assert pipe.stats["requests"] == 3       # a list, a single GET in its place, a list: one per read
+    assert "000000000003" not in d.singles
+
+
+async def test_a_list_of_objects_the_meter_lacks_is_not_a_refusal(
+    sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]
+) -> None:
+    plan = compile_plan([BY_NAME["power_kva"], BY_NAME["event_terminal_cover_open_count"]])
+    line = driver_for["m1"]
+    for _ in range(2):
+        out = await line.read("000039200933", plan, 1.0)
+        assert {r.quality for r in out.values()} == {"exception"}
+    assert "000039200933" not in line.singles
+    gets = sim.requests("m1")
+    assert [g[:2] for g in gets] == [b"\x05\x02", b"\x05\x01", b"\x05\x02"]   # checked once, lists after

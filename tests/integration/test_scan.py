@@ -52,8 +52,10 @@ def test_modbus_unit_range_notation() -> None:
     assert unit_range("1-3,9") == [1, 2, 3, 9]
     with pytest.raises(ConfigError, match="must look like 1-247"):
         unit_range("one")
+    with pytest.raises(ConfigError, match="outside 1-247"):
+        unit_range("240-248")
     with pytest.raises(ConfigError, match="outside 0-255"):
-        unit_range("250-256")
+        unit_range("250-256", "modbus-tcp")
 
 
 async def test_dlt645_scan_probes_a_range_or_asks_the_single_meter() -> None:

@@ -26,3 +26,11 @@ def test_a_short_modbus_case_reads_every_meter_with_the_values_the_emulator_serv
     assert result.wrong_values == 0
     assert result.collisions == 0
     assert len(result.per_meter) == 10, result.per_meter
+
+
+def test_a_short_dlt698_case_reads_every_meter_with_the_values_the_emulator_serves() -> None:
+    case = next(c for c in serial_cases(quick=True) if c.protocol == "dlt698" and not c.dead)
+    result = run_case(replace(case, warmup_s=0.3, duration_s=1.5))
+    assert result.reads >= 5
+    assert result.wrong_values == 0 and result.failed == 0
+    assert result.collisions == 0

@@ -215,8 +215,9 @@ def test_path_like_profile_names_are_never_looked_up(tmp_path: Path) -> None:
 
 
 def test_canonical_points_match_the_spec_list() -> None:
-    assert len(CANONICAL_POINTS) == 28
-    assert CANONICAL_POINTS[0] == "energy_import_kwh" and CANONICAL_POINTS[-1] == "meter_clock"
+    assert len(CANONICAL_POINTS) == 32
+    assert CANONICAL_POINTS[0] == "energy_import_kwh" and CANONICAL_POINTS[-5] == "meter_clock"
+    assert CANONICAL_POINTS[-4:] == tuple(f"energy_q{q}_kvarh" for q in range(1, 5))
 
 
 def test_config_profiles_link_to_the_protocol_packages_own_profiles() -> None:
