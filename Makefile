@@ -1,6 +1,7 @@
 # amr-gateway — the two set-up commands of the README, plus lint and bench.
 #   make demo   install everything into .venv and run `amr-gateway demo`
-#   make test   install everything, start mosquitto + victoria-metrics if absent, run every test
+#   make test   install everything, run `make lint` (ruff, mypy --strict, import-linter: a broken
+#               contract fails CI), start mosquitto + victoria-metrics if absent, run every test
 #               (and stop again the services it started)
 #   make deb    dist/amr-gateway_<version>_<arch>.deb (ARCH=arm64 for the ARM boxes)
 PYTHON ?= python3
@@ -25,9 +26,10 @@ demo: $(STAMP)
 services:
 	bash scripts/ensure-services.sh start
 
-# Starts the services that are not running, runs pytest, then stops what it started (and
+# Lints first (so .ci/run, which runs `make test`, fails on a lint or layer-contract error),
+# starts the services that are not running, runs pytest, then stops what it started (and
 # only that), keeping pytest's exit status.
-test: $(STAMP)
+test: $(STAMP) lint
 	@record=$$(mktemp); \
 	bash scripts/ensure-services.sh start "$$record" || { bash scripts/ensure-services.sh stop "$$record"; exit 1; }; \
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \

@@ -15,11 +15,12 @@ has no cap.
 from __future__ import annotations
 
 import csv
+import io
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, TextIO
 
-from gateway.model import iso_utc, loads_exact
+from gateway.model import iso_utc, loads_exact, to_json
 
 READING_CSV_COLUMNS: Final = ("seq", "meter", "schedule", "slot", "ts", "quality", "point", "raw", "value",
                               "unit", "point_quality")
@@ -43,6 +44,31 @@ def select_readings(conn: sqlite3.Connection, meter: str, start: float, end: flo
                     schedule: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """:func:`iter_readings` as a list (for ``Store.read``, which runs it on the reader thread)."""
     return list(iter_readings(conn, meter, start, end, schedule=schedule, limit=limit))
+
+
+def readings_json(conn: sqlite3.Connection, meter: str, start: float, end: float, *,
+                  schedule: str | None = None, limit: int | None = None) -> bytes:
+    """``to_json(readings_document(...))`` of :func:`iter_readings`, built from the stored
+    payloads verbatim (UTF-8).
+
+    The payloads are the documents the sinks publish, already JSON: joining them skips
+    parsing every number into a Decimal and writing it back, which for a day of readings
+    cost the API's event loop more than all of delivery (issue 16 item 6). The text is the
+    same as the parse-and-render path's.
+    """
+    cur = conn.execute(_SELECT, (meter, start, end, schedule, schedule, -1 if limit is None else limit))
+    payloads = [payload for (payload,) in cur]
+    head = to_json({"meter": meter, "from": iso_utc(start), "to": iso_utc(end), "count": len(payloads)})
+    return "".join((head[:-1], ',"readings":[', ",".join(payloads), "]}")).encode()
+
+
+def readings_csv(conn: sqlite3.Connection, meter: str, start: float, end: float, *,
+                 schedule: str | None = None, limit: int | None = None) -> bytes:
+    """The readings CSV (:data:`READING_CSV_COLUMNS`, :func:`write_csv`) of :func:`iter_readings`, UTF-8."""
+    buf = io.StringIO()
+    docs = iter_readings(conn, meter, start, end, schedule=schedule, limit=limit)
+    write_csv(buf, READING_CSV_COLUMNS, reading_csv_rows(docs))
+    return buf.getvalue().encode()
 
 
 def reading_csv_rows(docs: Iterable[dict[str, Any]]) -> Iterator[list[object]]:
@@ -84,7 +110,9 @@ __all__ = [
     "csv_writer",
     "iter_readings",
     "reading_csv_rows",
+    "readings_csv",
     "readings_document",
+    "readings_json",
     "select_readings",
     "write_csv",
     "write_rows",

@@ -169,13 +169,29 @@ class InfluxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiTlsSettings:
+    """``api.tls``: serve the API over HTTPS with this certificate and key.
+
+    With ``client_ca_file`` every client must present a certificate signed by that CA
+    (mutual TLS); without it any client that trusts the server's certificate may connect.
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ApiSettings:
-    """The ``api`` section: HTTP listen address and bearer token."""
+    """The ``api`` section: listen address, bearer token, TLS and the query limits."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None          # resolved from token_file or AMR_API_TOKEN at load
     enabled: bool = True
+    tls: ApiTlsSettings | None = None
+    read_connections: int = 2         # the API's own read-only SQLite connections
+    query_timeout_s: float = 10.0     # a query running (or waiting) longer is a 503
 
 
 @dataclass(frozen=True, slots=True)

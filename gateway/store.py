@@ -24,8 +24,10 @@ Design constraints (what every other module may rely on)
    order, on one thread with one connection (SQLite allows one writer anyway); the
    readings of a failed commit are retried by the same loop (7 says when any are
    dropped), and a message that cannot be written at all (its payload does not render)
-   is refused alone, never holding back the others. Readers (API, sinks)
-   use a second connection in their own thread, which WAL lets run beside the writer.
+   is refused alone, never holding back the others. Readers (sinks, billing)
+   use a second connection in their own thread, which WAL lets run beside the writer;
+   the API has read connections of its own (:mod:`gateway.readpool`), so delivery never
+   waits behind an API query.
    :meth:`Store.write` runs other modules' transactions (billing, review tables) on the
    same writer thread, so they too are serialised with the commits.
 6. **Bounded delay.** A reading is committed within ``store.commit_interval`` (default

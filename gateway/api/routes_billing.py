@@ -86,7 +86,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str,
             step = iv.check_step(settings, meter.settings, step_text)
         except iv.StepError as exc:
             raise BadRequest(str(exc)) from None
-        regs, items = await gw.require_store().read(
+        regs, items = await server.query(
             iv.intervals_from_db, settings, meter.settings, start, end, step, now)
         if fmt == "csv":
             return csv_response([*iv.CSV_FIXED, *regs], iv.csv_rows(meter.id, regs, items),
@@ -117,7 +117,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str,
             raise BadRequest(f"meter {meter.id} is on no billing plan, so it has no settlements; "
                              "set 'billing' on the meter in the configuration")
         label = parse_cycle(request.query.get("cycle"), plan, tz, now)
-        doc = await gw.require_store().read(view.cycle_view, meter.id, plan, label, tz, now)
+        doc = await server.query(view.cycle_view, meter.id, plan, label, tz, now)
         if fmt == "csv":
             if table == "stages":
                 return csv_response(view.STAGE_CSV, view.stage_csv_rows(doc), f"{meter.id}-{label}-stages.csv")
@@ -129,7 +129,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str,
         fmt = output_format(request)
         now = gw.clock.time()
         day = parse_day(request.query.get("date"), tz, now)
-        doc = await gw.require_store().read(kpi_mod.kpi_for_day, settings, day, now)
+        doc = await server.query(kpi_mod.kpi_for_day, settings, day, now)
         if fmt == "csv":
             return csv_response(kpi_mod.CSV_COLUMNS, kpi_mod.csv_rows(doc), f"kpi-{day.isoformat()}.csv")
         return json_response(doc)

@@ -123,20 +123,19 @@ def install_event_routes(server: ApiServer, r: web.UrlDispatcher, engine: Review
             meters = [m for m in mine if meters is None or m in meters]
             buses = {gw.settings.meters[m].bus for m in mine}
             meters += [f"bus:{b}" for b in sorted(buses)]     # the bus events of its meters' buses
-        store = gw.require_store()
         if args["work_states"] is not None or (meters is not None and len(meters) > 1):
             states = args["work_states"] if args["work_states"] is not None else None
             if states is None:
-                rows = await store.read(_events_of, args, meters)
+                rows = await server.query(_events_of, args, meters)
             else:
-                rows = await store.read(db.select_worklist, args["start"], args["end"], meters, args["types"],
+                rows = await server.query(db.select_worklist, args["start"], args["end"], meters, args["types"],
                                         states, args["after_id"], args["limit"])
         else:
-            rows = await store.read(db.select_events, args["start"], args["end"], meter, args["types"],
+            rows = await server.query(db.select_events, args["start"], args["end"], meter, args["types"],
                                     args["state"], args["after_id"], args["limit"])
         if fmt == "csv":
             return csv_response(db.CSV_COLUMNS, (e.csv_row() for e in rows), "events.csv")
-        items = await store.read(db.work_items, [e.id for e in rows if e.state == "raised"])
+        items = await server.query(db.work_items, [e.id for e in rows if e.state == "raised"])
         docs = []
         for e in rows:
             doc = {**e.to_dict(), "severity": severity(e.type)}

@@ -15,12 +15,15 @@ on the same address takes over the old runtime's socket (:meth:`ApiServer.bind` 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -31,20 +34,26 @@ from gateway.api.httplog import HTTP_LOG
 from gateway.api.openapi import build_document
 from gateway.api.params import BadRequest, int_param, output_format, time_range
 from gateway.clock import Clock
-from gateway.errors import TransportError
+from gateway.errors import ConfigError, TransportError
 from gateway.lifecycle import MetricsSource, ReloadStatus
 from gateway.model import iso_utc, to_json
 from gateway.polling import BusWorker, MeterRuntime
-from gateway.readings_export import READING_CSV_COLUMNS, reading_csv_rows, readings_document, select_readings, write_csv
+from gateway.readings_export import readings_csv, readings_json, write_csv
+from gateway.readpool import QueryTimeout, ReadPool
 from gateway.settings import Settings
 from gateway.sinks.delivery import SinkRunner
 from gateway.sinks.delivery import prometheus_lines as sink_lines
 from gateway.store import Store
+from gateway.tls import TlsFileError, server_context
 
 log = logging.getLogger("amr.api")
 
 PUBLIC_PATHS = frozenset({"/api/v1/health"})
 LISTEN_BACKLOG = 128
+SHUTDOWN_S = 2.0
+"""How long a stop lets requests in progress finish (their queries are already stopped);
+aiohttp's default of 60 s let a busy API hold SIGTERM for a minute (issue 16 item 6)."""
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -143,6 +152,14 @@ class ApiServer:
         self.host = api.host
         self.port = api.port
         self.auth = ApiAuth.for_settings(gateway.settings)  # token file + api.token (admin); roles
+        self.ssl_context: ssl.SSLContext | None = None
+        if api.tls is not None:
+            try:
+                self.ssl_context = server_context(api.tls)
+            except TlsFileError as exc:     # changed since the configuration was loaded
+                raise ConfigError(f"{exc}; fix the file and start again") from exc
+        self._queries: ReadPool | None = None
+        self._stopped = False
         self._runner: web.AppRunner | None = None
         self._listener: socket.socket | None = None
         self.app = self.build_app()
@@ -184,16 +201,53 @@ class ApiServer:
         self.port = int(self._listener.getsockname()[1])
 
     async def start(self) -> None:
-        """Serve on the listener (bound now unless :meth:`bind` ran)."""
+        """Open the API's read connections and serve on the listener (bound now unless
+        :meth:`bind` ran)."""
         self.bind()
+        await self._open_queries()
         assert self._listener is not None
-        self._runner = web.AppRunner(self.app, access_log=None, logger=HTTP_LOG)
+        self._runner = web.AppRunner(self.app, access_log=None, logger=HTTP_LOG, shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._listener).start()
-        log.info("API on http://%s:%d", self.host, self.port)
+        await web.SockSite(self._runner, self._listener, ssl_context=self.ssl_context).start()
+        log.info("API on %s://%s:%d%s", "https" if self.ssl_context else "http", self.host, self.port,
+                 " (client certificates required)" if self.gateway.settings.api.tls
+                 and self.gateway.settings.api.tls.client_ca_file else "")
+
+    @property
+    def queries(self) -> ReadPool | None:
+        """The API's read connections (None before :meth:`start` and after :meth:`stop`)."""
+        return self._queries
+
+    async def _open_queries(self) -> ReadPool:
+        if self._stopped:
+            raise QueryTimeout("the gateway is stopping; ask again once it runs")
+        if self._queries is None:
+            api = self.gateway.settings.api
+            pool = ReadPool(self.gateway.require_store().path, api.read_connections, api.query_timeout_s)
+            await asyncio.to_thread(pool.open)
+            self._queries = pool
+        return self._queries
+
+    async def query(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on one of the API's own read connections to the store.
+
+        Never on the store's reader, which delivery uses: a slow API query cannot delay a
+        sink. Past ``api.query_timeout`` it raises :class:`~gateway.readpool.QueryTimeout`
+        (answered 503).
+        """
+        pool = self._queries if self._queries is not None else await self._open_queries()
+        return await pool.run(fn, *args)
 
     async def stop(self) -> None:
-        """Stop serving and close the listener (an inherited socket stays open in its owner)."""
+        """Stop serving and close the listener (an inherited socket stays open in its owner).
+
+        The read connections close first: running queries are interrupted and waiting ones
+        refused (503), so the handlers end at once and stopping never waits for them.
+        """
+        self._stopped = True
+        if self._queries is not None:
+            await self._queries.close()
+            self._queries = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -215,6 +269,10 @@ class ApiServer:
             return await handler(request)
         except BadRequest:
             raise
+        except QueryTimeout as exc:
+            resp = error_response(503, str(exc))
+            resp.headers["Retry-After"] = "5"
+            return resp
         except web.HTTPException as exc:
             if exc.status >= 400 and exc.content_type != "application/json":
                 return error_response(exc.status, exc.reason)
@@ -343,10 +401,14 @@ def install_core_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str, An
         schedule = request.query.get("schedule")
         if schedule is not None and schedule not in gw.settings.schedules:
             raise BadRequest(f"no schedule {schedule!r}; defined: {', '.join(gw.settings.schedules)}")
-        docs = await gw.require_store().read(select_readings, meter.id, start, end, schedule, limit)
+        # selected and rendered on an API read thread: the event loop only sends the bytes
+        render = readings_csv if fmt == "csv" else readings_json
+        body = await server.query(partial(render, schedule=schedule, limit=limit), meter.id, start, end)
         if fmt == "csv":
-            return csv_response(READING_CSV_COLUMNS, reading_csv_rows(docs), f"{meter.id}-readings.csv")
-        return json_response(readings_document(meter.id, start, end, docs))
+            resp = web.Response(body=body, content_type="text/csv", charset="utf-8")
+            resp.headers["Content-Disposition"] = f'attachment; filename="{meter.id}-readings.csv"'
+            return resp
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(

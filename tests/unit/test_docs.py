@@ -35,6 +35,7 @@ PREFIXES = {
     "_TLS_KEYS": "mqtt.tls.",
     "_INFLUX_KEYS": "influxdb.",
     "_API_KEYS": "api.",
+    "_API_TLS_KEYS": "api.tls.",
     "_STORE_KEYS": "store.",
     "_RETENTION_KEYS": "store.retention.",
     "_REVIEW_KEYS": "review.",

@@ -16,11 +16,13 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.export import export_csv, export_readings
-from gateway.model import PointValue, Reading
+from gateway.model import PointValue, Reading, to_json
 from gateway.readings_export import (
     READING_CSV_COLUMNS,
     reading_csv_rows,
+    readings_csv,
     readings_document,
+    readings_json,
     select_readings,
     write_csv,
 )
@@ -83,6 +85,24 @@ async def test_csv_bytes_one_row_per_point_null_as_empty_cell(tmp_path: Path) ->
         "3,m1,interval,2026-01-01T00:15:00.000Z,2026-01-01T00:15:00.500Z,timeout,energy_import_kwh,,,kWh,timeout\r\n"
         "4,m1,realtime,2026-01-01T00:15:00.000Z,2026-01-01T00:15:00.500Z,good,energy_import_kwh,12.75,510.00,kWh,good\r\n"
     )
+
+
+async def test_the_api_bytes_are_the_parse_and_render_documents(tmp_path: Path) -> None:
+    """The API's readings (JSON joined from the stored payloads, CSV) equal the documents
+    built by parsing and rendering, for every filter."""
+    conn = sqlite3.connect(await stored(tmp_path))
+    try:
+        for meter, end, schedule, limit in [("m1", T0 + 1800, None, None), ("m1", T0 + 3600, "interval", None),
+                                            ("m1", T0 + 3600, None, 2), ("m2", T0 + 60, None, None),
+                                            ("m3", T0 + 60, None, None)]:
+            docs = select_readings(conn, meter, T0, end, schedule=schedule, limit=limit)
+            joined = readings_json(conn, meter, T0, end, schedule=schedule, limit=limit)
+            assert joined.decode() == to_json(readings_document(meter, T0, end, docs))
+            buf = io.StringIO()
+            write_csv(buf, READING_CSV_COLUMNS, reading_csv_rows(docs))
+            assert readings_csv(conn, meter, T0, end, schedule=schedule, limit=limit) == buf.getvalue().encode()
+    finally:
+        conn.close()
 
 
 def test_json_document_names_range_and_count() -> None:
