@@ -63,6 +63,7 @@ from gateway.scheduler import Scheduler
 from gateway.settings import Settings
 from gateway.sinks.delivery import SinkRunner, build_sinks, configured_sinks
 from gateway.store import Store
+from gateway.web.console import Console
 
 log = logging.getLogger("amr.runtime")
 
@@ -206,7 +207,9 @@ class Gateway:
         self.billing = BillingCapture(core)
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
-            self.api = ApiServer(self, routes=(billing_routes(self.billing), event_routes(self.review)))
+            console = Console()   # the web console at / (sessions live as long as this API server)
+            self.api = ApiServer(self, routes=(billing_routes(self.billing), event_routes(self.review), console.install),
+                                 middlewares=(console.middleware,))
             self.api.bind(listener)
 
     async def discard(self) -> None:

@@ -4,6 +4,8 @@
 #   victoria-metrics at $AMR_TEST_INFLUX_URL  (default http://127.0.0.1:8428; InfluxDB v2
 #                                              write API on /api/v2/write, queryable)
 # tests/servicefixtures.py reads the same two variables, so one setting moves both.
+# It also installs Debian's chromium (when /usr/bin/chromium is missing), the browser the web
+# console's tests drive; that is a package, not a service, so `stop` leaves it installed.
 #
 #   ensure-services.sh start [RECORD]   start whichever does not answer (installing the
 #                                       Debian package first when missing and we are root),
@@ -95,6 +97,14 @@ fi
 [ "$ACTION" = start ] || die "usage: $0 [start [RECORD] | stop RECORD]"
 
 mkdir -p "$STATE_DIR"
+
+# ---------------------------------------------------------------- chromium
+# Not a service: the browser the web console's tests drive (Playwright with Debian's
+# chromium; Playwright's own browser downloads are never used). A missing browser fails
+# those tests, so install it here.
+if [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium
+fi
 
 # ---------------------------------------------------------------- mosquitto
 if listening "$MQTT_HOST" "$MQTT_PORT"; then

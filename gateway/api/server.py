@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway import __version__
 from gateway.api.auth import ApiAuth, install_token_routes
@@ -140,9 +141,13 @@ def error_response(status: int, message: str) -> web.Response:
 class ApiServer:
     """Serves the API on ``api.listen`` inside the gateway's event loop."""
 
-    def __init__(self, gateway: GatewayView, routes: Sequence[RouteInstaller] = ()) -> None:
+    def __init__(self, gateway: GatewayView, routes: Sequence[RouteInstaller] = (),
+                 middlewares: Sequence[Middleware] = ()) -> None:
+        """``middlewares`` run after error handling and before the token check (the web
+        console's session cookie, :mod:`gateway.web.console`)."""
         self.gateway = gateway
         self.routes = tuple(routes)
+        self.middlewares = tuple(middlewares)
         api = gateway.settings.api
         self.host = api.host
         self.port = api.port
@@ -161,7 +166,7 @@ class ApiServer:
 
     def build_app(self) -> web.Application:
         """The aiohttp application with every route and the OpenAPI document."""
-        app = web.Application(middlewares=[self._errors, self._auth])
+        app = web.Application(middlewares=[self._errors, *self.middlewares, self._auth])
         r = app.router
         paths: dict[str, Any] = {}
         paths.update(install_core_routes(self, r))
