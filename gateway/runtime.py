@@ -208,8 +208,8 @@ class Gateway:
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
             console = Console()   # the web console at / (sessions live as long as this API server)
-            self.api = ApiServer(self, routes=(billing_routes(self.billing), event_routes(self.review), console.install),
-                                 middlewares=(console.middleware,))
+            routes = (billing_routes(self.billing), event_routes(self.review), console.install)
+            self.api = ApiServer(self, routes=routes, middlewares=(console.middleware,))
             self.api.bind(listener)
 
     async def discard(self) -> None:
