@@ -1,15 +1,16 @@
 """A whole three-stage billing month on an accelerated clock, checked against the simulators.
 
-Real peers on loopback: two Modbus TCP and two DL/T 645 TCP simulated meters (with and
-without CT/PT), SQLite on disk, the HTTP API. The clock runs at 250,000× between boundaries
+Real peers on loopback: two Modbus TCP, two DL/T 645 TCP and one DL/T 698.45 TCP simulated
+meters (with and without CT/PT), SQLite on disk, the HTTP API. The clock runs at 250,000× between boundaries
 and *holds* at each boundary (:class:`gateway.billing.rehearsal.HoldingClock`) until every
 settlement of that boundary is stored, so a Modbus live read sees exactly the register at
-the boundary and the comparison with the simulator can be exact; the DL/T 645 meters give
-their own daily freeze, matched by date.
+the boundary and the comparison with the simulator can be exact; the DL/T 645 and 698.45
+meters give their own daily freeze, stamped with its freeze time.
 
 Checked, from the API (what billing pulls) and the outbox (what MQTT publishes):
 * every boundary of cycle 2026-12 (Dec 1, Dec 11, Dec 21, Jan 1) has a settlement per meter,
-  ``meter_frozen`` (DL/T 645, frozen at the boundary) or ``actual`` (Modbus, read at it);
+  ``meter_frozen`` (DL/T 645 and 698.45, frozen at the boundary) or ``actual`` (Modbus, read at it);
+* the review rules ran on the month's readings and raised nothing for these healthy meters;
 * each stage's consumption per register (total and tariffs) equals the simulator's true
   register difference × CT × PT exactly, and the stages sum to the month (reconciled);
 * every settlement is in the outbox once as ``amr.settlement.v1``;
@@ -45,7 +46,19 @@ BOUNDARIES = [datetime(2026, 12, 1, tzinfo=SH), datetime(2026, 12, 11, tzinfo=SH
 START = datetime(2026, 11, 30, 23, 58, tzinfo=SH).timestamp()
 RATE = 250_000.0
 HOLD_WAIT_S = 30.0      # real seconds a boundary may take to settle on a loaded machine
-EXPECTED = {"m1": "actual", "m2": "actual", "d1": "meter_frozen", "d2": "meter_frozen"}
+EXPECTED = {"m1": "actual", "m2": "actual", "d1": "meter_frozen", "d2": "meter_frozen", "p1": "meter_frozen"}
+
+#: One DL/T 698.45 meter joins the rehearsal (issue 20): billing runs on it unchanged.
+DLT698_BUS = "  - {{id: tcp-p1, type: tcp, host: 127.0.0.1, port: {port}, protocol: dlt698, timeout_ms: 500}}\n"
+DLT698_METER = ('  - {id: p1, customer: C5, bus: tcp-p1, address: "000039200933", profile: dlt698-3phase,'
+                ' ct_ratio: 200/5, pt_ratio: 10000/100, schedules: [interval], billing: plan}\n')
+
+
+def with_dlt698_meter(text: str) -> str:
+    """The rehearsal configuration with the DL/T 698.45 meter added."""
+    text = text.replace("meters:\n", DLT698_BUS.format(port=free_port())
+                        + "meters:\n", 1)
+    return text.replace("schedules:\n", DLT698_METER + "schedules:\n", 1)
 
 
 def _qualities(cap: BillingCapture, t: float) -> dict[str, str]:
@@ -60,14 +73,14 @@ def _settled(cap: BillingCapture, t: float) -> dict[str, str] | None:
 
 def _truth(fleet: SimulatedFleet, meter: str, t: float) -> dict[str, Decimal]:
     model = fleet.model(meter)
-    if meter.startswith("d"):
+    if meter.startswith(("d", "p")):
         return model.frozen_daily(datetime.fromtimestamp(t, SH).date())
     return model.values_at(t)
 
 
 async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) -> None:
     api_port = free_port()
-    text = rehearsal_config_text(tmp_path, api_port=api_port, every="3h")
+    text = with_dlt698_meter(rehearsal_config_text(tmp_path, api_port=api_port, every="3h"))
     settings = load_settings_from_text(text, "<billing-month>", tmp_path, {"AMR_API_TOKEN": TOKEN})
     holds = [b.timestamp() for b in BOUNDARIES]
     clock = HoldingClock(START, RATE, holds)
@@ -93,10 +106,17 @@ async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) 
                 async with http.get(url) as resp:
                     assert resp.status == 200
                     views[meter] = loads_exact(await resp.text())
+            # the review rules ran on every reading of the month, the DL/T 698.45 meter's too,
+            # and a healthy simulated meter of any protocol raised nothing
+            async with http.get(f"http://127.0.0.1:{gw.api.port}/api/v1/events?since=2026-11-30") as resp:
+                assert resp.status == 200
+                events = loads_exact(await resp.text())["events"]
+            assert gw.review is not None and gw.review.processed > 0
     finally:
         await gw.stop()
         await fleet.stop()
 
+    assert [(e["meter"], e["type"]) for e in events] == []
     for meter, view in views.items():
         ms = settings.meters[meter]
         profile = settings.profiles[ms.profile]
@@ -106,7 +126,7 @@ async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) 
         assert [i["ct"] for i in items] == [str(ms.ct_ratio)] * 4
         truths = [_truth(fleet, meter, t) for t in holds]
         for i, t in zip(items, holds, strict=True):
-            stamp = i["frozen_at"] if meter.startswith("d") else i["read_at"]
+            stamp = i["frozen_at"] if meter.startswith(("d", "p")) else i["read_at"]
             assert datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() == t, (meter, i)
         checked = 0
         for k, stage in enumerate(view["stages"]):
