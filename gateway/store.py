@@ -271,6 +271,15 @@ class Store:
                 f"the store {self.path} belongs to gateway {row[0]!r}, not {self.gateway_id!r}; "
                 "point data_dir elsewhere or keep the gateway id"
             )
+        version_row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if version_row is not None and int(version_row[0]) > SCHEMA_VERSION:
+            conn.close()
+            self._release_lock()
+            raise StoreError(
+                f"the store {self.path} has schema version {version_row[0]}, newer than this gateway's "
+                f"{SCHEMA_VERSION}: it was written by a newer amr-gateway; install that version again "
+                "(a downgrade cannot read it), or point data_dir elsewhere"
+            )
         seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         self._last_seq = int(seq_row[0]) if seq_row else 0
         for sink, acked in conn.execute("SELECT sink, acked_seq FROM sink_cursor"):

@@ -108,6 +108,24 @@ async def test_store_of_another_gateway_is_refused(tmp_path: Path) -> None:
         await Store.open(tmp_path / "a.db", FAST, "gw2")
 
 
+async def test_store_of_a_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """A downgrade must not write into a store a newer gateway laid out (schema_version in meta)."""
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    await store.append_readings([make_reading(slot=1.0)])
+    await store.close()
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    before = (tmp_path / "a.db").read_bytes()
+    with pytest.raises(StoreError, match="schema version 99, newer than"):
+        await Store.open(tmp_path / "a.db", FAST, "gw1")
+    assert (tmp_path / "a.db").read_bytes() == before
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    reopened = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    assert [r.seq for r in await reopened.pending("mqtt", 10)] == [1]
+    await reopened.close()
+
+
 async def test_full_disk_keeps_readings_in_memory_and_commits_later(tmp_path: Path) -> None:
     """SQLite's own max_page_count plays a full disk (real SQLITE_FULL, no fake)."""
     store = await Store.open(tmp_path / "a.db", FAST, "gw1")
