@@ -184,14 +184,6 @@ class Dlt645Driver:
         async with self._lock:
             await self._transport.send(req.encode(self.preamble))
 
-    async def read_di(
-        self, address: str, di: int, timeout: float = 1.0, *, protocol: ProtocolName | None = None
-    ) -> bytes:
-        """Read one DI and return its value bytes (after the echoed DI; follow-ups joined)."""
-        addr = normalize_address(address)
-        async with self._lock:
-            return await self._read_payload(addr, di, protocol or self.protocol, timeout, None)
-
     async def read_settlement(
         self, address: str, n: int = 1, timeout: float = 1.0, *, tz: tzinfo | None = None
     ) -> tuple[datetime | None, dict[str, Decimal]]:
