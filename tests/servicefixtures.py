@@ -50,6 +50,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
 from gateway.errors import SinkError
 from gateway.model import PointValue, Reading
+from gateway.ports import free_port
 from gateway.settings import BusSettings
 from gateway.store import Store
 
@@ -60,13 +61,6 @@ MOSQUITTO_PORT = int(_MQTT_PORT)
 VM_URL = os.environ.get("AMR_TEST_INFLUX_URL", "http://127.0.0.1:8428").rstrip("/")
 T = TypeVar("T")
 START_HINT = "run `bash scripts/ensure-services.sh start` (as root) or `make services` first"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -29,19 +28,13 @@ from drivers.modbus.points import ModbusLimits, RegisterPoint
 from drivers.modbus.simulator import ModbusSimulator, SimMeterSpec
 from drivers.simulation.pty_pair import PtyPair, open_pty
 from gateway.errors import FrameError, ReadTimeout, TransportError, WrongAddressError
+from gateway.ports import free_port
 from gateway.settings import BusSettings, Profile
 from tests.servicefixtures import StillClock
 
 pytestmark = pytest.mark.integration
 
 F32_230_5 = [0x4366, 0x8000]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def rp(name: str, address: int, kind: str, scale: str = "1", function: int = 3) -> RegisterPoint:
