@@ -79,7 +79,7 @@ from drivers.dlt645.values import encode_value
 from drivers.simulation.interface import SimulatedMeter
 from drivers.simulation.meter_clock import SimulatedMeterClock, freeze_days
 from drivers.simulation.model import MeterModel
-from drivers.simulation.stream_serving import ConnectionHandler, connection_handler
+from drivers.simulation.stream_serving import ConnectionHandler, close_connections, connection_handler
 from gateway.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -574,21 +574,7 @@ class Dlt645Simulator:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._ptys.clear()
-        for w in list(self._writers):
-            w.close()
-        tasks = {t for t in self._tasks if not t.done()}
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=2.0)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        self._tasks.clear()
-        for server in self._servers:
-            server.close()
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
-        self._servers.clear()
-        self._writers.clear()
+        await close_connections(self._servers, self._writers, self._tasks)
         self._started = False
 
     # --- lookup and control ----------------------------------------------------------------

@@ -57,7 +57,7 @@ from drivers.simulation.interface import SimulatedMeter
 from drivers.simulation.meter_clock import SimulatedMeterClock, freeze_days
 from drivers.simulation.model import MeterModel
 from drivers.simulation.pty_pair import PtyPair, open_pty
-from drivers.simulation.stream_serving import ConnectionHandler, connection_handler
+from drivers.simulation.stream_serving import ConnectionHandler, close_connections, connection_handler
 from gateway.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -299,20 +299,7 @@ class Dlt698Simulator:
                 loop.remove_reader(pty.master)
             pty.close()
         self._ptys.clear()
-        for w in list(self._writers):
-            w.close()
-        tasks = {t for t in self._tasks if not t.done()}
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=2.0)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        self._tasks.clear()
-        for server in self._servers:
-            server.close()
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
-        self._servers.clear()
+        await close_connections(self._servers, self._writers, self._tasks)
         self._started = False
 
     def _meter(self, meter_id: str) -> _SimMeter:

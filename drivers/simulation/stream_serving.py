@@ -52,3 +52,25 @@ def connection_handler(answer: LineAnswer, tasks: set[asyncio.Task[object]],
                 await writer.wait_closed()
 
     return handle
+
+
+async def close_connections(servers: list[asyncio.Server], writers: set[asyncio.StreamWriter],
+                            tasks: set[asyncio.Task[object]]) -> None:
+    """Close what :func:`connection_handler` and ``asyncio.start_server`` opened: the accepted
+    connections, their handlers (cancelled after 2 s) and the listening servers; empties the
+    three collections so the simulator can start again."""
+    for w in list(writers):
+        w.close()
+    pending = {t for t in tasks if not t.done()}
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=2.0)
+        for t in late:
+            t.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+    tasks.clear()
+    for server in servers:
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+    servers.clear()
+    writers.clear()
