@@ -172,6 +172,7 @@ class ClockSetter(Protocol):
 EVENT_STEMS: Final = (
     "cover_open", "terminal_cover_open", "programming", "meter_clear", "demand_clear", "time_set",
     "voltage_loss_l1", "voltage_loss_l2", "voltage_loss_l3", "current_reversal", "power_down",
+    "current_reversal_l1", "current_reversal_l2", "current_reversal_l3",
 )
 
 

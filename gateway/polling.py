@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from drivers import registry
 from drivers.base import MeterDriver, ReadPlan
 from gateway.clock import Clock
 from gateway.errors import (
@@ -47,6 +48,7 @@ from gateway.errors import (
     TransportError,
     quality_for,
 )
+from gateway.event_polling import EventWatch, add_event_records
 from gateway.model import PointResult, Quality, Reading
 from gateway.pipeline import ReadingBuilder
 from gateway.read_latency import LatencyHistogram
@@ -100,6 +102,8 @@ class MeterRuntime:
     stats: MeterStats = field(default_factory=MeterStats)
     next_probe: float = 0.0
     dead: bool = False
+    #: event counters as last seen, records to fetch (gateway.event_polling)
+    events: EventWatch = field(default_factory=EventWatch)
 
     @property
     def id(self) -> str:
@@ -327,6 +331,8 @@ class BusWorker:
                 failure, ReadTimeout
             ):
                 await asyncio.sleep(min(0.5, 0.05 * (2**attempt)))
+        if results is not None:
+            await self._event_records(meter, driver, results, timeout)
         now = self.clock.time()
         if results is not None:
             reading = meter.builder.build(schedule, slot, now, results)
@@ -336,6 +342,20 @@ class BusWorker:
         quality: Quality = quality_for(failure)  # type: ignore[assignment]
         reading = meter.builder.failed(schedule, slot, now, quality, str(failure), names)
         self._finish(meter, reading, schedule, ok=False, attempted=True, error=failure)
+
+    async def _event_records(self, meter: MeterRuntime, driver: MeterDriver, results: dict[str, PointResult],
+                             timeout: float) -> None:
+        """Add the last record of every event counter that rose (gateway.event_polling)."""
+        if not any(n.startswith("event_") for n in results):
+            return
+        view = registry.capabilities(registry.meter_protocol(self.bus, meter.settings.protocol)).event_records
+        if view is None:
+            return
+        began = time.monotonic()
+        try:
+            await add_event_records(meter.events, view(driver), meter.id, meter.settings.address, results, timeout)
+        finally:
+            self.read_latency.observe(time.monotonic() - began)
 
     def _skipped(self, meter: MeterRuntime, schedule: str, slot: float, reason: str,
                  now: float | None = None) -> None:

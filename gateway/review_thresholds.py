@@ -36,6 +36,9 @@ METER_EVENT_KINDS: Final[Mapping[str, str]] = {
     "voltage_loss_l2": "voltage_loss",
     "voltage_loss_l3": "voltage_loss",
     "current_reversal": "current_reversal",
+    "current_reversal_l1": "current_reversal",
+    "current_reversal_l2": "current_reversal",
+    "current_reversal_l3": "current_reversal",
 }
 
 

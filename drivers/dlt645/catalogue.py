@@ -362,6 +362,11 @@ def _canonical_2007() -> tuple[DiPoint, ...]:
         _pt("event_meter_clear_count", 0x03300100, "XXXXXX", "", "primary"),
         _pt("event_demand_clear_count", 0x03300200, "XXXXXX", "", "primary"),
     ]
+    for k in range(3):   # per phase A/B/C: 失压 0301xx00, 潮流反向 030Exx00
+        pts.append(_pt(f"event_voltage_loss_l{k + 1}_count", 0x03010000 | ((k + 1) << 8), "XXXXXX", "", "primary"))
+    for k in range(3):
+        pts.append(_pt(f"event_current_reversal_l{k + 1}_count", 0x030E0000 | ((k + 1) << 8), "XXXXXX", "",
+                       "primary"))
     return tuple(pts)
 
 

@@ -1,7 +1,8 @@
 """The DL/T 645 protocol package's descriptor: what the gateway core may know of DL/T 645.
 
 Found by :mod:`drivers.registry`. DL/T 645-2007 meters (``dlt645``) keep settlement-day and
-daily freeze records the billing capture reads (:class:`~drivers.base.FreezeRecordReader`);
+daily freeze records the billing capture reads (:class:`~drivers.base.FreezeRecordReader`)
+and the last record of each event they count (:class:`~drivers.base.EventRecordReader`);
 the 1997 edition's identifiers for them differ and are not implemented, so ``dlt645-1997``
 does not offer that capability. Both take a broadcast time sync. The driver module is
 imported only when a bus is built or a plan compiled.
@@ -12,7 +13,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from drivers.base import BusParams, ClockSetter, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
+from drivers.base import (
+    BusParams,
+    ClockSetter,
+    EventRecordReader,
+    FreezeRecordReader,
+    MeterDriver,
+    PlanOptions,
+    PointDef,
+    ReadPlan,
+)
 from drivers.discovery import Discovery, Progress
 from drivers.dlt645 import profile_schema
 from drivers.dlt645.points import DiPoint
@@ -77,6 +87,14 @@ def _dlt645_driver(driver: MeterDriver) -> FreezeRecordReader:
     return driver
 
 
+def _event_records(driver: MeterDriver) -> EventRecordReader:
+    from drivers.dlt645.driver import Dlt645Driver
+
+    if not isinstance(driver, Dlt645Driver):
+        raise TypeError(f"not a DL/T 645 driver: {type(driver).__name__}")
+    return driver
+
+
 def _clock(driver: MeterDriver) -> ClockSetter:
     from drivers.dlt645.driver import Dlt645Driver
 
@@ -106,7 +124,8 @@ DESCRIPTOR = ProtocolDescriptor(
     rank=10,
     variants=(
         ProtocolVariant("dlt645", frozenset({"serial", "tcp"}), default_baudrate=2400,
-                        capabilities=Capabilities(freeze_records=_dlt645_driver, clock=_clock)),
+                        capabilities=Capabilities(freeze_records=_dlt645_driver, clock=_clock,
+                                                  event_records=_event_records)),
         ProtocolVariant("dlt645-1997", frozenset({"serial", "tcp"}), default_baudrate=1200,
                         capabilities=Capabilities(clock=_clock)),
     ),

@@ -37,9 +37,9 @@ from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Final
 
-from drivers.base import BusParams
+from drivers.base import BusParams, EventRecord
 from drivers.base import ReadPlan as AnyPlan
-from drivers.dlt645 import records
+from drivers.dlt645 import event_records, records
 from drivers.dlt645.codec import (
     OVERHEAD,
     ProtocolName,
@@ -204,6 +204,23 @@ class Dlt645Driver:
         """
         async with self._lock:
             return await records.read_daily_freeze(self._read_payload, address, day, timeout, tz, points, stamps)
+
+    async def read_event_record(self, address: str, event: str, timeout: float) -> EventRecord | None:
+        """The meter's last record of ``event`` (a stem of :data:`drivers.base.EVENT_STEMS`), or None
+        when it keeps none (DL/T 645-1997, a stem without a layout, or the meter refuses the DI).
+
+        See :mod:`drivers.dlt645.event_records` for the DIs and the fields read.
+        """
+        layout = event_records.LAYOUTS.get(event)
+        if layout is None or self.protocol == "dlt645-1997":
+            return None
+        addr = normalize_address(address)
+        async with self._lock:
+            try:
+                payload = await self._read_payload(addr, layout.di, self.protocol, timeout, None)
+            except DeviceException:
+                return None
+        return event_records.decode_record(event, payload)
 
     # --- internals: transactions -------------------------------------------------------------
 

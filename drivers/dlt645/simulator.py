@@ -53,7 +53,7 @@ from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from drivers.dlt645 import catalogue
+from drivers.dlt645 import catalogue, event_records
 from drivers.dlt645.codec import (
     ABNORMAL,
     BROADCAST,
@@ -91,7 +91,11 @@ _NO_DATA = b"\xee"          # fill byte of a value the meter does not have (docs
 EVENT_COUNT_STEMS: dict[int, str] = {
     0x03300D00: "cover_open", 0x03300E00: "terminal_cover_open", 0x03300000: "programming",
     0x03300100: "meter_clear", 0x03300200: "demand_clear", 0x03300400: "time_set",
+    **{0x03010000 | (k << 8): f"voltage_loss_l{k}" for k in (1, 2, 3)},
+    **{0x030E0000 | (k << 8): f"current_reversal_l{k}" for k in (1, 2, 3)},
 }
+#: Previous-1 event record DI → the model's event stem (layouts: drivers.dlt645.event_records).
+EVENT_RECORD_STEMS: dict[int, str] = {layout.di: stem for stem, layout in event_records.LAYOUTS.items()}
 
 DEFAULT_EVENTS: dict[int, int] = {
     0x03300D00: 1,   # meter cover opened
@@ -232,6 +236,8 @@ class _SimMeter:
         if di3 == 0x02:
             return self._instant(di)
         if di3 == 0x03:
+            if di in EVENT_RECORD_STEMS:
+                return self._event_record(EVENT_RECORD_STEMS[di])
             stem = EVENT_COUNT_STEMS.get(di)
             if di in spec.events or stem is not None:
                 recorded = self.model.events_at(self.now()).get(f"event_{stem}_count", 0) if stem else 0
@@ -242,6 +248,19 @@ class _SimMeter:
         if di3 == 0x05 and di2 == 0x06:
             return self._freeze(b1, di0)
         return None
+
+    def _event_record(self, stem: str) -> bytes | None:
+        """The last record of ``stem`` the model keeps (None: no such event yet: "no data")."""
+        now = self.now()
+        recs = [r for r in self.model.faults.records.get(stem, []) if r.start <= now]
+        if not recs:
+            return None
+        last = recs[-1]
+        at = self.model.values_at(last.start)
+        end = None if last.end is None or last.end > now else self.local_naive(last.end)
+        regs: dict[str, Decimal] = {n: at[n] for n in ("energy_import_kwh", "energy_export_kwh", "demand_max_kw")
+                                    if n in at}
+        return event_records.encode_layout(stem, self.local_naive(last.start), end, regs)
 
     def _enc(self, value: Decimal, fmt: str, di: int, *, wrap: bool = False) -> bytes:
         signed = catalogue.is_signed(di, self.spec.protocol)

@@ -3,7 +3,8 @@
 Found by :mod:`drivers.registry`. 698.45 meters keep settlement-day (5005) and day (5004)
 freeze records read by freeze time, so the variant offers
 :class:`~drivers.base.FreezeRecordReader`; it also counts its events
-(:class:`~drivers.base.EventCounterReader`). The driver module is imported only when a bus
+(:class:`~drivers.base.EventCounterReader`) and keeps their last records
+(:class:`~drivers.base.EventRecordReader`). The driver module is imported only when a bus
 is built or a plan compiled.
 """
 
@@ -13,7 +14,16 @@ import re
 from collections.abc import Sequence
 from datetime import tzinfo
 
-from drivers.base import BusParams, EventCounterReader, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
+from drivers.base import (
+    BusParams,
+    EventCounterReader,
+    EventRecordReader,
+    FreezeRecordReader,
+    MeterDriver,
+    PlanOptions,
+    PointDef,
+    ReadPlan,
+)
 from drivers.discovery import Discovery, MeterFacts, Progress
 from drivers.dlt698 import profile_schema
 from drivers.dlt698.catalogue import OadPoint
@@ -73,6 +83,14 @@ def _events(driver: MeterDriver) -> EventCounterReader:
     return driver
 
 
+def _event_records(driver: MeterDriver) -> EventRecordReader:
+    from drivers.dlt698.driver import Dlt698Driver
+
+    if not isinstance(driver, Dlt698Driver):
+        raise TypeError(f"not a DL/T 698.45 driver: {type(driver).__name__}")
+    return driver
+
+
 def _freezes(driver: MeterDriver) -> FreezeRecordReader:
     from drivers.dlt698.driver import Dlt698Driver
 
@@ -109,7 +127,8 @@ DESCRIPTOR = ProtocolDescriptor(
     rank=20,
     variants=(
         ProtocolVariant("dlt698", frozenset({"serial", "tcp"}), default_baudrate=9600,
-                        capabilities=Capabilities(freeze_records=_freezes, event_counters=_events)),
+                        capabilities=Capabilities(freeze_records=_freezes, event_counters=_events,
+                                                  event_records=_event_records)),
     ),
     default_timeout_ms=1500,
     address_hint="the 12-digit DL/T 698.45 address",

@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import Final, cast
 
 from drivers.base import BusParams, ReadPlan
+from drivers.base import EventRecord as BaseEventRecord
 from drivers.dlt698.apdu import (
     Csd,
     Dar,
@@ -82,6 +83,23 @@ from gateway.errors import (
 from gateway.model import PointResult, Quality
 
 log = logging.getLogger("amr.dlt698")
+
+#: Event stem (drivers.base.EVENT_STEMS) → the DL/T 698.45 event table holding its records.
+STEM_EVENTS: Final[dict[str, str]] = {
+    "cover_open": "cover_open", "terminal_cover_open": "terminal_cover_open", "programming": "programming",
+    "meter_clear": "meter_clear", "time_set": "clock_set", "power_down": "power_down",
+    "voltage_loss_l1": "voltage_loss_a", "voltage_loss_l2": "voltage_loss_b", "voltage_loss_l3": "voltage_loss_c",
+}
+
+
+def _when(text: str | None) -> datetime | None:
+    """A record's start or end as the meter's local time (None: not given, or not a time)."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=None)
+    except ValueError:
+        return None
 
 CLIENT: Final = 0x00
 PREAMBLE: Final = 4
@@ -354,6 +372,23 @@ class Dlt698Driver:
                 break
             out.append(event_record(rows[0]))
         return out
+
+    async def read_event_record(self, address: str, event: str, timeout: float) -> BaseEventRecord | None:
+        """The last record of ``event`` (a stem of :data:`drivers.base.EVENT_STEMS`) as the review
+        carries it, or None when the meter keeps no table for it (:data:`STEM_EVENTS`) or none yet.
+
+        DL/T 698.45 event rows read here hold the number, start and end; no registers.
+        """
+        table = STEM_EVENTS.get(event)
+        if table is None:
+            return None
+        try:
+            got = await self.read_events(address, table, 1, timeout)
+        except DeviceException:
+            return None
+        if not got:
+            return None
+        return BaseEventRecord(event, _when(got[0].start), _when(got[0].end), {})
 
     async def read_event_counters(self, address: str, timeout: float) -> dict[str, int]:
         """Event name (``event_*_count``) → records the meter holds (class 7 attribute 4, one

@@ -51,7 +51,8 @@ from zoneinfo import ZoneInfo
 #: Event-record stems a meter keeps (the ``event_<stem>_count`` points).
 EVENT_STEMS: Final = (
     "cover_open", "terminal_cover_open", "programming", "meter_clear", "demand_clear", "time_set",
-    "voltage_loss_l1", "voltage_loss_l2", "voltage_loss_l3", "current_reversal",
+    "voltage_loss_l1", "voltage_loss_l2", "voltage_loss_l3",
+    "current_reversal_l1", "current_reversal_l2", "current_reversal_l3",
 )
 #: Faults that only add an event record.
 EVENT_FAULTS: Final = (
@@ -64,6 +65,7 @@ _LASTING: Final = ("cover_open", "terminal_cover_open", "current_reversal")
 DEFAULT_AMOUNT: Final[Mapping[str, Decimal]] = {
     "backwards": Decimal(10), "fast": Decimal(3), "clock_drift": Decimal(900), "phase_loss": Decimal(1),
     "demand_over": Decimal(100), "low_pf": Decimal(1), "tariff_mismatch": Decimal("0.50"),
+    "current_reversal": Decimal(1),
 }
 FAULTS: Final = (
     "backwards", "stop", "fast", "clock_drift", "silent", "phase_loss", "zero_load", "reverse",
@@ -148,6 +150,8 @@ class FaultSet:
 
     @staticmethod
     def _stem(name: str, amount: Decimal) -> str | None:
+        if name == "current_reversal":
+            return f"current_reversal_l{int(amount)}"
         if name in EVENT_FAULTS:
             return name
         if name == "phase_loss":

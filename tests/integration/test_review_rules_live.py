@@ -1,0 +1,188 @@
+"""Every review rule through real peers: a fault switched on in the DL/T 645 simulator at run
+time, the running gateway reading it over loopback TCP, the review raising the event with its
+evidence within the rule's window, and clearing it after the fault is switched off.
+
+One simulated DL/T 645-2007 meter (the generic profile; CT 100/5) read every simulated 15
+minutes on an accelerated clock (an hour a second), its thresholds shortened by review
+overrides where a rule's default window is a day (zero_consumption: 2 h after a day of
+history; low_power_factor: 6 h periods; a contract of 600 kW: the fault shows 90 kW × 20).
+Meter event faults also check that the event carries the meter's last record, read by the
+poller through the driver's event-record capability (start, end once over, and the
+registers kept in it). The pure rule-by-rule version with the same faults is
+tests/unit/test_review_faults.py; the demo fleet's cover opening and bus failure are
+tests/integration/test_review_faults_live.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.clock import ScaledClock
+from gateway.config import load_settings_from_text
+from gateway.model import loads_exact
+from gateway.ports import free_port
+from gateway.review.engine import ReviewEngine
+from gateway.runtime import Gateway
+from gateway.simulator.fleet import SimulatedFleet
+from tests.servicefixtures import await_until
+
+RATE = 3600.0                                  # a simulated hour every second
+START = 1_796_227_260.0                        # 2026-12-03 00:01 +08:00, a Thursday
+METER = "m1"
+HOUR = 3600.0
+
+CONFIG = """
+gateway: {{id: live-review, timezone: Asia/Shanghai, data_dir: {data}}}
+buses:
+  - {{id: tcp-dlt645, type: tcp, host: 127.0.0.1, port: {port}, protocol: dlt645, timeout_ms: 800}}
+meters:
+  - {{id: m1, customer: C1, bus: tcp-dlt645, address: "000000000007", profile: dlt645-2007, ct_ratio: 100/5,
+     schedules: [interval]}}
+schedules:
+  interval: {{every: 15m, points: ["energy_*", "demand_max_kw", "power_kw", "voltage_*", "power_factor",
+                                   "meter_clock", "event_*"]}}
+mqtt: {{host: 127.0.0.1, port: {mqtt}}}
+influxdb: {{enabled: false}}
+api: {{listen: "127.0.0.1:{api}"}}
+review:
+  overrides:
+    meters:
+      m1:
+        zero_consumption: {{window: 2h, history_days: 2}}
+        low_power_factor: {{period: 6h, reference: 0.85}}
+        demand_over_contract: {{contract_kw: 600}}
+"""
+
+
+@dataclass
+class Running:
+    gw: Gateway
+    fleet: SimulatedFleet
+    clock: ScaledClock
+    engine: ReviewEngine
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    text = CONFIG.format(data=tmp_path, port=free_port(), api=free_port(), mqtt=free_port())
+    settings = load_settings_from_text(text, "<test>", tmp_path, {"AMR_API_TOKEN": "t"})
+    clock = ScaledClock(START, RATE)
+    fleet = SimulatedFleet(settings, clock, seed=3)
+    await fleet.start()
+    gw = Gateway(settings, clock, enable_sinks=False)
+    try:
+        await gw.start()
+        assert gw.review is not None
+        yield Running(gw, fleet, clock, gw.review)
+    finally:
+        await gw.stop()
+        await fleet.stop()
+
+
+def events(db: Path, meter: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT type, state, key, evidence FROM review_event WHERE meter=? ORDER BY id", (meter,))
+        return [{"type": t, "state": s, "key": k, "evidence": loads_exact(e)} for t, s, k, e in rows]
+    finally:
+        conn.close()
+
+
+def real_s(simulated_s: float) -> float:
+    return simulated_s / RATE + 15.0           # + headroom for a loaded host
+
+
+# fault, amount, event type, its key, simulated history before the fault, raise window, clear window
+CASES: list[tuple[str, float | None, str, str, float, float, float]] = [
+    ("backwards", None, "register_decrease", "energy_import_kwh", HOUR, HOUR, 2 * HOUR),
+    ("stop", None, "meter_stopped", "energy_import_kwh", HOUR, 2 * HOUR, 2 * HOUR),
+    ("fast", None, "meter_fast", "energy_import_kwh", HOUR, 2 * HOUR, 2 * HOUR),
+    ("clock_drift", None, "clock_deviation", "", HOUR, HOUR, 2 * HOUR),
+    ("silent", None, "read_failure", "", HOUR, 2 * HOUR, 2 * HOUR),
+    ("phase_loss", 2, "phase_loss", "l2", HOUR, HOUR, 2 * HOUR),
+    ("zero_load", None, "zero_consumption", "energy_import_kwh", 25 * HOUR, 4 * HOUR, 2 * HOUR),
+    ("reverse", None, "reverse_energy", "", HOUR, 3 * HOUR, 4 * HOUR),
+    ("demand_over", 90, "demand_over_contract", "", HOUR, HOUR, 2 * HOUR),
+    ("low_pf", None, "low_power_factor", "", HOUR, 14 * HOUR, 14 * HOUR),
+    ("tariff_mismatch", None, "tariff_sum_mismatch", "energy_import_kwh", HOUR, HOUR, 2 * HOUR),
+]
+# meter event faults: fault, amount, event type, key (the record's stem)
+EVENT_CASES: list[tuple[str, float | None, str, str]] = [
+    ("cover_open", None, "cover_open", "cover_open"),
+    ("terminal_cover_open", None, "terminal_cover_open", "terminal_cover_open"),
+    ("programming", None, "programming", "programming"),
+    ("meter_clear", None, "meter_clear", "meter_clear"),
+    ("demand_clear", None, "demand_clear", "demand_clear"),
+    ("time_set", None, "clock_set", "time_set"),
+    ("phase_loss", 3, "voltage_loss", "voltage_loss_l3"),
+    ("current_reversal", 2, "current_reversal", "current_reversal_l2"),
+]
+
+
+async def _healthy_for(r: Running, simulated_s: float) -> None:
+    until = START + simulated_s
+    await await_until(lambda: r.clock.time() >= until and r.engine.state(METER).last_good_ts >= until - 900,
+                      real_s(simulated_s), f"{simulated_s / HOUR:g} h of healthy readings")
+
+
+@pytest.mark.parametrize(("fault", "amount", "etype", "key", "history_s", "raise_s", "clear_s"), CASES,
+                         ids=[c[2] for c in CASES])
+async def test_a_simulator_fault_raises_its_event_live_and_recovery_clears_it(
+    running: Running, fault: str, amount: float | None, etype: str, key: str, history_s: float,
+    raise_s: float, clear_s: float,
+) -> None:
+    r = running
+    await _healthy_for(r, history_s)
+    assert [e["type"] for e in events(r.gw.store_path, METER)] == [], "the healthy meter raised an event"
+    await r.fleet.set_fault(METER, fault, amount)
+    await await_until(lambda: (etype, key) in r.engine.state(METER).active, real_s(raise_s), f"{etype} raised")
+    await r.fleet.clear_fault(METER, fault)
+    cleared = "read_recovered" if etype == "read_failure" else etype
+    await await_until(lambda: (etype, key) not in r.engine.state(METER).active, real_s(clear_s),
+                      f"{cleared} after recovery")
+    assert await r.engine.drain()
+    got = [(e["type"], e["state"], e["key"]) for e in events(r.gw.store_path, METER)]
+    assert (etype, "raised", key) in got
+    assert (cleared, "cleared", key) in got
+    assert got.index((etype, "raised", key)) < got.index((cleared, "cleared", key))
+    raised = next(e for e in events(r.gw.store_path, METER) if e["type"] == etype and e["state"] == "raised")
+    assert raised["evidence"], "the event carries its evidence"
+
+
+@pytest.mark.parametrize(("fault", "amount", "etype", "stem"), EVENT_CASES, ids=[c[0] for c in EVENT_CASES])
+async def test_a_meter_event_is_raised_with_its_last_record_read_from_the_meter(
+    running: Running, fault: str, amount: float | None, etype: str, stem: str,
+) -> None:
+    r = running
+    await await_until(lambda: stem in r.engine.state(METER).counters, real_s(HOUR), f"the first {stem} counter")
+    await r.fleet.set_fault(METER, fault, amount)
+    switched_on = r.clock.time()
+    await await_until(lambda: (etype, stem) in r.engine.state(METER).active, real_s(HOUR), f"{etype} raised")
+    await r.fleet.clear_fault(METER, fault)
+    await await_until(lambda: (etype, stem) not in r.engine.state(METER).active, real_s(2 * HOUR),
+                      f"{etype} cleared")
+    assert await r.engine.drain()
+    got = [e for e in events(r.gw.store_path, METER) if e["type"] == etype]
+    assert [(e["state"], e["key"]) for e in got] == [("raised", stem), ("cleared", stem)]
+    ev = got[0]["evidence"]
+    assert ev["counter_after"] == ev["counter_before"] + 1
+    record = ev["record"]
+    assert record.get("start"), f"the {stem} record's start, read from the meter: {record}"
+    start = record["start"]
+    assert isinstance(start, str) and start.startswith("2026-12-0")
+    assert abs(_local_epoch(start) - switched_on) <= 15 * 60 + 60
+    if stem in ("cover_open", "terminal_cover_open", "voltage_loss_l3", "current_reversal_l2"):
+        assert "energy_import_kwh" in record, f"the registers kept in the record: {record}"
+
+
+def _local_epoch(text: str) -> float:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
