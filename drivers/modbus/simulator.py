@@ -85,7 +85,7 @@ def _factor(name: str, ct: Decimal, pt: Decimal) -> Decimal:
         return pt
     if name.startswith("current_"):
         return ct
-    if name.startswith(("power_factor", "frequency")):
+    if name.startswith(("power_factor", "frequency", "event_")):
         return Decimal(1)
     return ct * pt
 
@@ -108,6 +108,8 @@ class SimMeter:
                 factor = Decimal(1) if point.side == "secondary" else _factor(name, spec.ct, spec.pt)
                 by_fc.setdefault(point.function, []).append((point, factor))
         self._points = {fc: sorted(pts, key=lambda x: x[0].address) for fc, pts in by_fc.items()}
+        #: the profile maps event (alarm) counters: serve the model's (faults' records)
+        self._events = any(n.startswith("event_") for n in spec.profile.points)
         self._space = {fc: (pts[0][0].address, max(p.address + p.width for p, _ in pts))
                        for fc, pts in self._points.items()}
 
@@ -120,7 +122,10 @@ class SimMeter:
         space = self._space.get(function)
         if space is None or address < space[0] or address + count > space[1]:
             return 2
-        values = self.model.values_at(self.clock.time())
+        now = self.clock.time()
+        values = self.model.values_at(now)
+        if self._events:
+            values.update((n, v) for n, v in self.model.events_at(now).items() if isinstance(v, Decimal))
         image = [0] * count
         end = address + count
         for point, factor in self._points[function]:

@@ -41,12 +41,15 @@ CONFIG = """
 gateway: {{id: live-review, timezone: Asia/Shanghai, data_dir: {data}}}
 buses:
   - {{id: tcp-dlt645, type: tcp, host: 127.0.0.1, port: {port}, protocol: dlt645, timeout_ms: 800}}
+  - {{id: tcp-modbus, type: tcp, host: 127.0.0.1, port: {mb_port}, protocol: modbus-tcp, timeout_ms: 800}}
 meters:
   - {{id: m1, customer: C1, bus: tcp-dlt645, address: "000000000007", profile: dlt645-2007, ct_ratio: 100/5,
      schedules: [interval]}}
+  - {{id: m2, customer: C2, bus: tcp-modbus, address: 1, profile: simulator, ct_ratio: 100/5, schedules: [alarms]}}
 schedules:
   interval: {{every: 15m, points: ["energy_*", "demand_max_kw", "power_kw", "voltage_*", "power_factor",
                                    "meter_clock", "event_*"]}}
+  alarms: {{every: 15m, points: ["energy_*", "event_*"]}}
 mqtt: {{host: 127.0.0.1, port: {mqtt}}}
 influxdb: {{enabled: false}}
 api: {{listen: "127.0.0.1:{api}"}}
@@ -70,7 +73,7 @@ class Running:
 
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[Running]:
-    text = CONFIG.format(data=tmp_path, port=free_port(), api=free_port(), mqtt=free_port())
+    text = CONFIG.format(data=tmp_path, port=free_port(), mb_port=free_port(), api=free_port(), mqtt=free_port())
     settings = load_settings_from_text(text, "<test>", tmp_path, {"AMR_API_TOKEN": "t"})
     clock = ScaledClock(START, RATE)
     fleet = SimulatedFleet(settings, clock, seed=3)
@@ -179,6 +182,23 @@ async def test_a_meter_event_is_raised_with_its_last_record_read_from_the_meter(
     assert abs(_local_epoch(start) - switched_on) <= 15 * 60 + 60
     if stem in ("cover_open", "terminal_cover_open", "voltage_loss_l3", "current_reversal_l2"):
         assert "energy_import_kwh" in record, f"the registers kept in the record: {record}"
+
+
+async def test_a_modbus_meters_alarm_counter_rising_is_its_event_and_clears(running: Running) -> None:
+    """The Modbus simulator profile's event (alarm) counters: a rise is the event (no record:
+    a Modbus meter keeps none the gateway reads), cleared once no further rise is counted."""
+    r, meter = running, "m2"
+    await await_until(lambda: "cover_open" in r.engine.state(meter).counters, real_s(HOUR), "m2's counters")
+    await r.fleet.set_fault(meter, "cover_open")
+    await await_until(lambda: ("cover_open", "cover_open") in r.engine.state(meter).active, real_s(HOUR),
+                      "cover_open raised on the Modbus meter")
+    await r.fleet.clear_fault(meter, "cover_open")
+    await await_until(lambda: ("cover_open", "cover_open") not in r.engine.state(meter).active, real_s(2 * HOUR),
+                      "cover_open cleared on the Modbus meter")
+    assert await r.engine.drain()
+    got = [e for e in events(r.gw.store_path, meter) if e["type"] == "cover_open"]
+    assert [e["state"] for e in got] == ["raised", "cleared"]
+    assert (got[0]["evidence"]["counter_before"], got[0]["evidence"]["counter_after"]) == (0, 1)
 
 
 def _local_epoch(text: str) -> float:
