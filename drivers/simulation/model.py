@@ -340,6 +340,20 @@ class MeterModel:
 
     # --- public API ----------------------------------------------------------------------
 
+    def use_holidays(self, holidays: frozenset[date]) -> None:
+        """Follow a holiday calendar (0.4 × load on those days) as if given at construction.
+
+        For meters a protocol simulator built before the calendar was chosen (a fleet run
+        with ``holidays=CN_HOLIDAYS``); call it before the meter is read, since every
+        register is recomputed from the epoch with the new calendar.
+        """
+        anchor = datetime.fromtimestamp(self.epoch, self._zone).date()
+        self._cal = _ZoneCalendar.get(self.timezone, anchor, frozenset(holidays))
+        self._curves.clear()
+        self._cached_day = None
+        self._month_max.clear()
+        self._origin = self._energy_units(self.epoch)
+
     def tariff_at(self, t: float) -> int:
         """Tariff in force at ``t``: 1 sharp, 2 peak, 3 flat, 4 valley (see TARIFF_TABLE)."""
         return TARIFF_TABLE[datetime.fromtimestamp(t, self._zone).hour]

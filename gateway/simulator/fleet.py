@@ -18,6 +18,7 @@ import logging
 import os
 import zlib
 from collections.abc import Sequence
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -54,8 +55,11 @@ def base_kw_for(meter: MeterSettings, seed: int) -> float:
 class SimulatedFleet:
     """Starts and stops the simulators for a configuration's buses."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None, seed: int = 1) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None, seed: int = 1,
+                 holidays: frozenset[date] = frozenset()) -> None:
         self.settings = settings
+        #: public holidays the meters' load follows (0.4 × load; empty: none, the default)
+        self.holidays = holidays
         self.clock: Clock = clock if clock is not None else ScaledClock()
         self.seed = seed
         self.tz = settings.gateway.timezone
@@ -100,6 +104,9 @@ class SimulatedFleet:
             for meter in by_family[family]:
                 self._owner[meter.id] = simulator
             serial_lines.update(lines.get(family, {}))
+        if self.holidays:
+            for meter_id in self._owner:
+                self.model(meter_id).use_holidays(self.holidays)
         for bus_id, bus in serial_lines.items():
             ptys = list(dict.fromkeys(str(self.endpoint(m.id)) for m in self._meters_on(bus)))
             target = ptys[0]
