@@ -185,6 +185,19 @@ async def test_event_records(sim: Dlt698Simulator, driver_for: dict[str, Dlt698D
     assert [e.number for e in programming] == [3, 2]
 
 
+async def test_the_last_record_as_the_review_reads_it_by_event_stem(
+    sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]
+) -> None:
+    """EventRecordReader: stems of drivers.base.EVENT_STEMS → the 698.45 tables (time_set is 3016)."""
+    cover = await driver_for["m3"].read_event_record("000000000003", "cover_open", 1.0)
+    assert cover is not None and cover.event == "cover_open"
+    assert (cover.start, cover.end) == (datetime(2026, 3, 14, 8, 0), datetime(2026, 3, 14, 8, 5))
+    assert cover.registers == {}
+    prog = await driver_for["m1"].read_event_record("000039200933", "programming", 1.0)
+    assert prog is not None and prog.start == datetime(2026, 3, 14, 8, 0)
+    assert await driver_for["m1"].read_event_record("000039200933", "current_reversal_l1", 1.0) is None
+
+
 async def test_scan_by_wildcard_and_by_range(sim: Dlt698Simulator, driver_for: dict[str, Dlt698Driver]) -> None:
     assert await DISCOVERY.scan(driver_for["m4"], None, 1.0, None) == ["201507210143"]
     seen: list[tuple[int, int]] = []
