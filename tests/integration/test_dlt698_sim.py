@@ -238,7 +238,7 @@ async def test_a_silent_meter_times_out_and_comes_back(
 
 async def test_the_registry_builds_the_driver_and_plan(sim: Dlt698Simulator) -> None:
     assert "dlt698" in registry.protocol_names("serial") and "dlt698" in registry.protocol_names("tcp")
-    assert registry.capabilities("dlt698").names == ("read_points", "freeze_records", "event_counters")
+    assert registry.capabilities("dlt698").names == ("read_points", "freeze_records", "event_counters", "event_records")
     plan = registry.compile_plan("dlt698", list(PROFILE.points.values()), PROFILE.limits)
     driver = registry.create_driver(bus(sim, "m3"))
     try:
