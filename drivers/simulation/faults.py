@@ -2,7 +2,9 @@
 
 A :class:`FaultSet` belongs to a :class:`~drivers.simulation.model.MeterModel`; while a fault
 is on, :meth:`MeterModel.values_at` shows the healthy model's values changed as below from
-the instant it was switched on (``since``, simulated time). Switching off ends the change:
+the instant it was switched on (``since``, simulated time). Switching off ends the change
+from then on (what the meter showed while the fault was on stays its history: a daily
+freeze taken during a fault is read later as it was):
 registers go on advancing with the healthy load from what they showed then (a stopped
 register resumes where it stood, one that went back stays lower), and the meter's event
 records stay, as a real meter's do.
@@ -111,6 +113,9 @@ class FaultSet:
     #: what a fault that ended left on the registers (a stopped register resumes from where it
     #: stood, one that went back stays lower): register → offset, added from ``since`` on
     offsets: list[tuple[float, dict[str, Decimal]]] = field(default_factory=list)
+    #: faults switched off, with when: what the meter showed while they were on stays its
+    #: history (a daily freeze or an event record taken then is read later as it was)
+    past: list[tuple[Fault, float]] = field(default_factory=list)
 
     def set(self, name: str, t: float, healthy: Callable[[float], dict[str, Decimal]],
             amount: Decimal | float | None = None) -> None:
@@ -142,6 +147,7 @@ class FaultSet:
             delta[fullest] = delta.get(fullest, Decimal(0)) + fault.amount
         if delta:
             self.offsets.append((t, delta))
+        self.past.append((fault, t))
         stem = self._stem(name, fault.amount)
         if stem is not None:
             for rec in self.records.get(stem, []):
@@ -190,6 +196,9 @@ class FaultSet:
     def apply(self, t: float, v: dict[str, Decimal]) -> dict[str, Decimal]:
         """The healthy values ``v`` at ``t`` as the faulty meter shows them."""
         self._offset(t, v)
+        for f, until in self.past:
+            if f.since <= t < until:
+                _APPLY[f.name](f, v)
         for f in self.on.values():
             if t >= f.since:
                 _APPLY[f.name](f, v)

@@ -44,13 +44,13 @@ buses:
   - {{id: tcp-modbus, type: tcp, host: 127.0.0.1, port: {mb_port}, protocol: modbus-tcp, timeout_ms: 800}}
 meters:
   - {{id: m1, customer: C1, bus: tcp-dlt645, address: "000000000007", profile: dlt645-2007, ct_ratio: 100/5,
-     schedules: [interval]}}
+     schedules: [interval]{billing}}}
   - {{id: m2, customer: C2, bus: tcp-modbus, address: 1, profile: simulator, ct_ratio: 100/5, schedules: [alarms]}}
 schedules:
   interval: {{every: 15m, points: ["energy_*", "demand_max_kw", "power_kw", "voltage_*", "power_factor",
                                    "meter_clock", "event_*"]}}
   alarms: {{every: 15m, points: ["energy_*", "event_*"]}}
-mqtt: {{host: 127.0.0.1, port: {mqtt}}}
+{billing_plans}mqtt: {{host: 127.0.0.1, port: {mqtt}}}
 influxdb: {{enabled: false}}
 api: {{listen: "127.0.0.1:{api}"}}
 review:
@@ -71,11 +71,18 @@ class Running:
     engine: ReviewEngine
 
 
+#: daily stages (a boundary every midnight), so stage_change judges a day against the day before
+DAILY = "billing:\n  daily: {cycle_day: 1, stages: [" + ", ".join(str(d) for d in range(2, 29)) + "]}\n"
+
+
 @pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Running]:
-    text = CONFIG.format(data=tmp_path, port=free_port(), mb_port=free_port(), api=free_port(), mqtt=free_port())
+async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    daily = bool(getattr(request, "param", False))
+    rate = 2 * RATE if daily else RATE          # five simulated days in about a minute
+    text = CONFIG.format(data=tmp_path, port=free_port(), mb_port=free_port(), api=free_port(), mqtt=free_port(),
+                         billing=", billing: daily" if daily else "", billing_plans=DAILY if daily else "")
     settings = load_settings_from_text(text, "<test>", tmp_path, {"AMR_API_TOKEN": "t"})
-    clock = ScaledClock(START, RATE)
+    clock = ScaledClock(START, rate)
     fleet = SimulatedFleet(settings, clock, seed=3)
     await fleet.start()
     gw = Gateway(settings, clock, enable_sinks=False)
@@ -203,6 +210,33 @@ async def test_a_modbus_meters_alarm_counter_rising_is_its_event_and_clears(runn
     got = [e for e in events(r.gw.store_path, meter) if e["type"] == "cover_open"]
     assert [e["state"] for e in got] == ["raised", "cleared"]
     assert (got[0]["evidence"]["counter_before"], got[0]["evidence"]["counter_after"]) == (0, 1)
+
+
+@pytest.mark.parametrize("running", [True], indirect=True, ids=["daily-stages"])
+async def test_a_day_of_zero_load_is_a_stage_change_against_the_day_before_cleared_two_stages_later(
+    running: Running,
+) -> None:
+    """stage_change (环比) through the billing settlement records of daily stages: the
+    simulator's zero_load for the whole of Saturday 5 December, judged when that stage
+    closes (against Friday), cleared when a stage is within the band of the one before
+    (Monday against Sunday). Two simulated hours a second here."""
+    r = running
+    day5, day6 = _local_epoch("2026-12-05T00:00:00"), _local_epoch("2026-12-06T00:00:00")
+    def real_s(simulated_s: float) -> float:
+        return simulated_s / (2 * RATE) + 15.0
+
+    await await_until(lambda: r.clock.time() >= day5, real_s(day5 - START), "Saturday 00:00")
+    await r.fleet.set_fault(METER, "zero_load")
+    await await_until(lambda: r.clock.time() >= day6, real_s(day6 - day5), "Sunday 00:00")
+    await r.fleet.clear_fault(METER, "zero_load")
+    await await_until(lambda: ("stage_change", "mom") in r.engine.state(METER).active, real_s(6 * HOUR),
+                      "stage_change raised for Saturday")
+    await await_until(lambda: ("stage_change", "mom") not in r.engine.state(METER).active, real_s(2 * 86400 + 6 * HOUR),
+                      "stage_change cleared two stages later")
+    assert await r.engine.drain()
+    got = [e for e in events(r.gw.store_path, METER) if e["type"] == "stage_change"]
+    assert [(e["state"], e["key"]) for e in got] == [("raised", "mom"), ("cleared", "mom")]
+    assert got[0]["evidence"], "the two stages and their ratio"
 
 
 def _local_epoch(text: str) -> float:
