@@ -55,7 +55,7 @@ from gateway.review.rules import (
 )
 from gateway.review.ruleset import evaluate
 from gateway.review.worklist import WorkItem, acknowledge, close, close_cleared, severity
-from gateway.review_thresholds import ReviewThresholds
+from gateway.review_thresholds import METER_EVENT_KINDS, ReviewThresholds
 
 if TYPE_CHECKING:
     from gateway.core import Core
@@ -196,11 +196,30 @@ class ReviewEngine:
             ctx = self.contexts.get(meter)
             key = local_second_of_day(slot, ctx.tz if ctx else self._tz)
             self.state(meter).history.setdefault(key, []).append((slot, kwh))
+        self._seed_event_watches()
         self._last_save = time.monotonic()
         self._started = True
         self._task = asyncio.create_task(self._run(), name="review-engine")
         self._keeper = asyncio.create_task(self._keep(), name="review-housekeeping")
         log.info("review: %d meters restored, %d conditions open", len(docs), len(open_events))
+
+    def _seed_event_watches(self) -> None:
+        """Hand the poller the event counters the review last saw (gateway.event_polling).
+
+        Without it, a counter that rose while the gateway was down would be the poller's
+        baseline and its record never read, though the review (whose memory survives a
+        restart) raises the rise; and a meter event still open (a cover not closed yet) gets
+        its record read again until it ends, so it can clear.
+        """
+        for meter, st in self.states.items():
+            rt = self.gateway.meters.get(meter)
+            if rt is None:
+                continue
+            for stem, count in st.counters.items():
+                rt.events.counts.setdefault(stem, int(count))
+            for etype, key in st.active:
+                if METER_EVENT_KINDS.get(key) == etype:
+                    rt.events.pending.add(key)
 
     def prometheus_lines(self) -> list[str]:
         """Prometheus lines for the engine's counters (shown on /metrics)."""

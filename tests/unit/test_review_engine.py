@@ -201,3 +201,31 @@ async def test_period_rules_judge_the_billing_periods_and_store_their_events(gw:
     cleared = await eng.judge_periods()
     assert [(e.type, e.state, e.raised_id) for e in cleared] == [("stage_change", "cleared", stored[0].id)]
     await eng.stop()
+
+
+async def test_the_poller_gets_the_event_counters_the_review_last_saw(tmp_path: Path) -> None:
+    """After a restart the poller's baseline is the review's memory, so a counter that rose
+    while the gateway was down has its record read, and an open cover's record is re-read."""
+    from gateway.runtime import build_meters
+
+    g = await open_core(tmp_path)
+    meter = "c2003-main"
+    eng = await started(g)
+    try:
+        st = eng.state(meter)
+        st.counters.update({"cover_open": D(4), "programming": D(7)})
+        st.dirty = True
+        await eng.emit_all(meter, [rules.RuleEvent("cover_open", "raised", "cover_open", START, "opened", {})])
+    finally:
+        await eng.stop()
+        await g.store.close()
+    g = await open_core(tmp_path)
+    g.meters.update(build_meters(g.settings))
+    eng = await started(g)
+    try:
+        watch = g.meters[meter].events
+        assert watch.counts == {"cover_open": 4, "programming": 7}
+        assert watch.pending == {"cover_open"}
+    finally:
+        await eng.stop()
+        await g.store.close()
