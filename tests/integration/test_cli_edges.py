@@ -2,7 +2,8 @@
 (``| head``) ends the command quietly with exit 0; a port another program holds is one
 sentence saying what to do, not a raw socket error; a bad argument value found by the
 command itself is not dressed as a configuration file's problem; Ctrl-C ending a command
-early exits 130."""
+early exits 130, and ``scan`` still prints the meters it had found; ``demo`` removes its
+temporary folder however it ends (its end, SIGTERM, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 
 from gateway.settings import StoreSettings
 from gateway.store import Store
-from tests.servicefixtures import commit, make_reading
+from tests.servicefixtures import commit, make_reading, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +108,46 @@ def test_ctrl_c_during_scan_exits_130(tmp_path: Path) -> None:
     err = err_bytes.decode()
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
+
+
+SIM_CONFIG = """\
+gateway: {{id: g1, timezone: UTC, data_dir: {data}}}
+buses: [{{id: rtu, type: serial, port: {tty}, protocol: modbus-rtu, baudrate: 9600, parity: N}}]
+meters:
+  - {{id: m1, customer: C1, bus: rtu, address: 1, profile: simulator, schedules: [interval]}}
+  - {{id: m2, customer: C1, bus: rtu, address: 2, profile: simulator, schedules: [interval]}}
+schedules: {{interval: {{every: 15m, points: ["energy_*"]}}}}
+"""
+
+
+def test_ctrl_c_during_scan_prints_what_was_found_and_exits_130(tmp_path: Path) -> None:
+    # Units 1 and 2 answer on a simulated RTU line; 3-10 are silent (3 s each), so the scan
+    # is waiting on unit 3 when SIGINT comes, with two meters found.
+    tty = tmp_path / "ttyRTU"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(SIM_CONFIG.format(data=tmp_path / "data", tty=tty))
+    sim = cli("simulate", "-c", str(config), "--duration", "120", stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    try:
+        wait_until(tty.exists, 30, "the simulated line")
+        proc = cli("scan", "--serial", str(tty), "--baud", "9600", "--parity", "N", "--range", "1-10",
+                   "--timeout", "3", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        os.set_blocking(proc.stderr.fileno(), False)
+        progress = bytearray()
+
+        def probed_two() -> bool:
+            chunk = proc.stderr.read() if proc.stderr is not None else None
+            progress.extend(chunk or b"")
+            return b" 2/10" in progress
+        wait_until(probed_two, 30, "units 1 and 2 probed", detail=lambda: bytes(progress))
+        proc.send_signal(signal.SIGINT)
+        out, err_rest = proc.communicate(timeout=30)
+    finally:
+        sim.terminate()
+        sim.wait(30)
+    err = (bytes(progress) + (err_rest or b"")).decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupted: the scan was stopped; 2 unit ids found so far" in err, err
+    assert out.decode().splitlines() == ["unit id", "-" * 12, "1", "2"]
