@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.ports import free_port
 from gateway.settings import StoreSettings
 from gateway.store import Store
 from tests.servicefixtures import commit, make_reading, wait_until
@@ -151,3 +152,33 @@ def test_ctrl_c_during_scan_prints_what_was_found_and_exits_130(tmp_path: Path) 
     assert "Traceback" not in err, err
     assert "interrupted: the scan was stopped; 2 unit ids found so far" in err, err
     assert out.decode().splitlines() == ["unit id", "-" * 12, "1", "2"]
+
+
+@pytest.mark.parametrize("end", ["duration", "SIGTERM", "SIGINT"])
+def test_demo_removes_its_temporary_folder_however_it_ends(tmp_path: Path, end: str) -> None:
+    tmp = tmp_path / "tmp"              # the demo's temporary folder is made under TMPDIR
+    tmp.mkdir()
+    argv = ["demo", "--listen", f"127.0.0.1:{free_port()}", "--mqtt", f"127.0.0.1:{free_port()}"]
+    if end == "duration":
+        argv += ["--duration", "3"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp))
+    env.pop("AMR_API_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    store = None
+    for line in proc.stdout:            # bounded: the banner comes within seconds, then the demo ends or is signalled
+        seen.append(line)
+        if "local store" in line:
+            store = Path(line.split(":", 1)[1].strip())
+        if "Press Ctrl-C to stop." in line:
+            break
+    assert store is not None and store.is_relative_to(tmp), "".join(seen)
+    assert any(tmp.iterdir()), "the demo made no temporary folder"
+    if end != "duration":
+        proc.send_signal(signal.SIGTERM if end == "SIGTERM" else signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert list(tmp.iterdir()) == [], "the demo left its temporary folder behind"
