@@ -80,6 +80,13 @@ async def read_once(args: argparse.Namespace) -> int:
         if not args.profile:
             raise ConfigError("give --profile NAME (e.g. simulator, dlt645-2007, chint-dtsu666)")
         profile = find_profile(args.profile, [Path.cwd() / "profiles", *shipped_profile_dirs()])
+        family = registry.descriptor_for(bus.protocol).family
+        if profile.protocol != family:
+            # said before anything is sent: a DL/T 645 profile read over Modbus cannot work
+            raise ConfigError(
+                f"--profile {profile.name} is a {profile.protocol} profile, but this read speaks "
+                f"{bus.protocol}, which reads {family} profiles; give a {family} profile, or "
+                f"--protocol {profile.protocol} to read the meter with that protocol")
         address = vars(args).get(registry.descriptor_for(bus.protocol).address_option)
         if not address:
             raise ConfigError("give " + " or ".join(

@@ -3,7 +3,8 @@
 sentence saying what to do, not a raw socket error; a bad argument value found by the
 command itself is not dressed as a configuration file's problem; Ctrl-C ending a command
 early exits 130, and ``scan`` still prints the meters it had found; ``demo`` removes its
-temporary folder however it ends (its end, SIGTERM, Ctrl-C)."""
+temporary folder however it ends (its end, SIGTERM, Ctrl-C); `read` with a profile of
+another protocol says so before it sends anything."""
 
 from __future__ import annotations
 
@@ -182,3 +183,21 @@ def test_demo_removes_its_temporary_folder_however_it_ends(tmp_path: Path, end: 
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
     assert list(tmp.iterdir()) == [], "the demo left its temporary folder behind"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tcp", "127.0.0.1:1", "--unit", "1", "--profile", "dlt645-2007"],
+     "error: --profile dlt645-2007 is a dlt645 profile, but this read speaks modbus-tcp, which reads "
+     "modbus profiles; give a modbus profile, or --protocol dlt645"),
+    (["--serial", "/dev/null", "--protocol", "dlt645", "--address", "123456789012", "--profile", "simulator"],
+     "error: --profile simulator is a modbus profile, but this read speaks dlt645, which reads dlt645 "
+     "profiles; give a dlt645 profile, or --protocol modbus"),
+])
+def test_read_with_another_protocols_profile_says_so_before_sending(argv: list[str], message: str) -> None:
+    # port 1 and /dev/null would fail differently (refused, not a tty): the mismatch is found first
+    proc = cli("read", *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode == 2, err
+    assert err.startswith(message), err
+    assert out == b""
