@@ -168,7 +168,7 @@ async def _run_demo_in(data_dir: Path, temporary: bool, stop: asyncio.Event, *, 
     from gateway.runtime import Gateway
     from gateway.simulator.fleet import SimulatedFleet
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    os.makedirs(data_dir, exist_ok=True)
     token = os.environ.get("AMR_API_TOKEN") or demo_token(data_dir)
     env = dict(os.environ, AMR_API_TOKEN=token) if "AMR_API_TOKEN" in os.environ else dict(os.environ)
     text = demo_config_text(data_dir, api_host=api_host, api_port=api_port, mqtt=mqtt)
