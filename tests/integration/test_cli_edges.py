@@ -201,3 +201,24 @@ def test_read_with_another_protocols_profile_says_so_before_sending(argv: list[s
     assert proc.returncode == 2, err
     assert err.startswith(message), err
     assert out == b""
+
+
+def test_demo_banner_export_hint_exports_the_demo_with_a_clock_in_the_past(tmp_path: Path) -> None:
+    # The simulated clock starts months before the wall clock: export's default window (the
+    # 24 h before now) would hold nothing; the hint's --from must reach the demo's data.
+    data = tmp_path / "demo"
+    argv = ["demo", "--listen", f"127.0.0.1:{free_port()}", "--mqtt", f"127.0.0.1:{free_port()}",
+            "--clock-start", "2026-01-05T08:00:00+08:00", "--clock-rate", "120", "--duration", "20",
+            "--data-dir", str(data)]
+    proc = cli(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err.decode()
+    hint = next(line for line in out.decode().splitlines() if line.strip().startswith("export"))
+    command = hint.split(":", 1)[1].split()
+    assert command[:3] == ["amr-gateway", "export", "intervals"], hint
+    assert "--from" in command and command[command.index("--from") + 1].startswith("2026-01-05T08:00:00"), hint
+    export = cli(*command[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rows, export_err = export.communicate(timeout=60)
+    assert export.returncode == 0, export_err.decode()
+    lines = rows.decode().splitlines()
+    assert len(lines) >= 2 and all("c1001-main" in line for line in lines[1:]), rows.decode()[:500]
