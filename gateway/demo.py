@@ -191,6 +191,8 @@ async def _run_demo_in(data_dir: Path, temporary: bool, stop: asyncio.Event, *, 
     # demo clock set in the past would otherwise export nothing
     since = clock.now().astimezone(ZoneInfo(tz)).replace(minute=0, second=0, microsecond=0).isoformat(
         timespec="seconds")
+    export_hint = (f"amr-gateway export intervals -c {data_dir / 'demo-config.yaml'} --meter c1001-main"
+                   f" --from {since}")
     keep = ("\n                    (while the demo runs: its temporary folder is removed when it stops;"
             " --data-dir keeps it)" if temporary else "")
 
@@ -209,7 +211,7 @@ amr-gateway demo is running: {len(settings.meters)} simulated meters on {len(set
   readings        : curl -H 'Authorization: Bearer {token}' {api}/api/v1/meters/c1001-main/readings
   intervals       : curl -H 'Authorization: Bearer {token}' '{api}/api/v1/meters/c1001-main/intervals?step=15m'
   settlements     : curl -H 'Authorization: Bearer {token}' {api}/api/v1/meters/c2001-main/settlements
-  export          : amr-gateway export intervals -c {data_dir / "demo-config.yaml"} --meter c1001-main --from {since}{keep}
+  export          : {export_hint}{keep}
   MQTT            : mosquitto_sub -h {mqtt[0]} -p {mqtt[1]} -t 'amr/#' -v   (spooled while no broker answers)
 Readings are printed below as they are taken (realtime every 10 s, energy every 15 min).
 Press Ctrl-C to stop.
