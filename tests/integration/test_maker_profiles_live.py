@@ -109,6 +109,28 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "energy_export_kwh": Decimal("0.25"), "x_voltage_v_l1_l2": Decimal("398.5"),
          "x_thd_voltage_l1_pct": Decimal("1.75"), "x_thd_current_l1_pct": Decimal("12.5")},
     ),
+    # CHINT DTSU666: FC03, float32 high word first, power in 0.1 W/var, PF in 0.001
+    "chint-dtsu666": (
+        {0x101E: f32(5678.5), 0x2006: f32(2305.0), 0x2012: f32(-15000.0), 0x201C: f32(1234.0),
+         0x202C: f32(980.0)},
+        {"energy_import_kwh": Decimal("5678.5"), "voltage_v_l1": Decimal("230.5"),
+         "power_kw": Decimal("-1.5"), "x_power_kvar_l1": Decimal("0.1234"),
+         "x_power_factor_l1": Decimal("0.98")},
+    ),
+    # Schneider iEM3000: registers - 1 given in hex, FC03, float32 kW/kVA, int64 Wh
+    "schneider-iem3000": (
+        {0x0BD3: f32(231.5), 0x0BF3: f32(12.25), 0x0C03: f32(13.5), 0x0C83: i64(4567890)},
+        {"voltage_v_l1": Decimal("231.5"), "power_kw": Decimal("12.25"), "x_power_kva": Decimal("13.5"),
+         "energy_import_kwh": Decimal("4567.890")},
+    ),
+    # Janitza UMG 96RM: FC03 from 19000, float32 high word first, W/var/VA/Wh/varh scaled to k
+    "janitza-umg96rm": (
+        {19006: f32(400.5), 19034: f32(22500.0), 19044: f32(0.95), 19068: f32(123456.0),
+         19100: f32(7000.0), 19110: f32(2.25)},
+        {"x_voltage_v_l1_l2": Decimal("400.5"), "x_power_kva": Decimal("22.5"),
+         "x_power_factor_l1": Decimal("0.95"), "energy_import_kwh": Decimal("123.456"),
+         "x_energy_kvarh_inductive": Decimal(7), "x_thd_voltage_l1_pct": Decimal("2.25")},
+    ),
 }
 
 
