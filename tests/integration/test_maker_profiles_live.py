@@ -55,6 +55,11 @@ def i32(x: int) -> list[int]:
     return list(struct.unpack(">2H", struct.pack(">i", x)))
 
 
+def i32le(x: int) -> list[int]:
+    """signed 32-bit integer, LOW word first (Carlo Gavazzi)."""
+    return list(reversed(i32(x)))
+
+
 def u32(x: int) -> list[int]:
     """unsigned 32-bit integer, high word first."""
     return list(struct.unpack(">2H", struct.pack(">I", x)))
@@ -130,6 +135,15 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
         {"x_voltage_v_l1_l2": Decimal("400.5"), "x_power_kva": Decimal("22.5"),
          "x_power_factor_l1": Decimal("0.95"), "energy_import_kwh": Decimal("123.456"),
          "x_energy_kvarh_inductive": Decimal(7), "x_thd_voltage_l1_pct": Decimal("2.25")},
+    ),
+    # Carlo Gavazzi EM24 DIN: FC04, INT32 low word first, 0.1 V / 0.1 W / 0.1 kWh, PF INT16
+    "carlo-gavazzi-em24": (
+        {0x06: i32le(4005), 0x28: i32le(-123456), 0x2C: i32le(-12345), 0x32: [0xFC4A],
+         0x3E: i32le(1234567), 0x40: i32le(89), 0x5C: i32le(70000), 0x5E: i32le(1)},
+        {"x_voltage_v_l1_l2": Decimal("400.5"), "power_kw": Decimal("-12.3456"),
+         "power_kvar": Decimal("-1.2345"), "x_power_factor_l1": Decimal("-0.95"),
+         "energy_import_kwh": Decimal("123456.7"), "energy_import_kvarh": Decimal("8.9"),
+         "energy_export_kwh": Decimal(7000), "energy_export_kvarh": Decimal("0.1")},
     ),
 }
 

@@ -24,7 +24,7 @@ EXPECTED = {
     "chint-dtsu666-h": (3, (2166, "f32", "big", Decimal(1)), 3),
     "eastron-sdm120": (4, (0x0048, "f32", "big", Decimal(1)), 3),
     "acrel-adw300": (3, (62, "i32", "big", Decimal("0.01")), 2),
-    "carlo-gavazzi-em24": (4, (0x003E, "i32", "little", Decimal("0.1")), 4),
+    "carlo-gavazzi-em24": (4, (0x003E, "i32", "little", Decimal("0.1")), 2),
     "janitza-umg96rm": (3, (19068, "f32", "big", Decimal("0.001")), 3),
     "schneider-pm5000": (3, (3203, "i64", "big", Decimal("0.001")), 8),
     "abb-b23": (3, (0x5000, "u64", "big", Decimal("0.01")), 5),
