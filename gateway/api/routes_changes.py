@@ -95,7 +95,7 @@ def install_change_routes(server: ApiServer, r: web.UrlDispatcher, capture: Bill
         who = caller(request).actor
         async with lock:
             try:
-                req = check_request(kind, doc, plan, tz, gw.clock.time())
+                req = check_request(kind, doc, plan, tz, gw.clock.time(), meter.profile.points)
                 changes = await server.query(billing_db.all_changes, meter.id)
                 near = await server.query(billing_db.readings_around, meter.id, req.at, plan_registers(plan),
                                           LOOKBACK_ROWS)

@@ -268,10 +268,11 @@ class BillingCapture:
                 "read_at": None, "registers": {}, "explained_by": int(last["id"]),
                 "reason": f"entered by an operator as record {last['id']} at {last.get('at')}",
             }
-            await self.gw.store.write(db.insert_ratio_change, m.id, at, body)
+            rid = await self.gw.store.write(db.insert_ratio_change, m.id, at, body)
             self.ratio_changes += 1
             log.info("meter %s: the configured CT/PT change is the one entered as record %s at %s", m.id,
                      last["id"], last.get("at"))
+            await self._audit_change(m.id, rid, body)
             return
         registers: dict[str, dict[str, object]] = {}
         reason: str | None = None
@@ -316,11 +317,15 @@ class BillingCapture:
         rid = await self.store_change(m.id, at, body)
         (log.warning if reason else log.info)("meter %s: CT/PT change recorded at %s%s", m.id, iso_utc(at),
                                               f" ({reason})" if reason else " with the registers read at it")
+        await self._audit_change(m.id, rid, body)
+
+    async def _audit_change(self, meter: str, rid: int, body: dict[str, Any]) -> None:
+        """The chained audit entry of a CT/PT change the configuration made (actor ``gateway:configuration``)."""
         try:
             await asyncio.to_thread(AuditLog.in_dir(self.gw.settings.gateway.data_dir).append, "gateway:configuration",
-                                    "meter.ratio_change", m.id, None, {"id": rid, **body})
+                                    "meter.ratio_change", meter, None, {"id": rid, **body})
         except Exception:
-            log.exception("meter %s: the CT/PT change could not be written to the audit log", m.id)
+            log.exception("meter %s: the CT/PT change could not be written to the audit log", meter)
 
     async def store_change(self, meter: str, at: float, body: dict[str, Any]) -> int:
         """Keep a dated change (CT/PT change or exchange) and raise its review event; the record's id.

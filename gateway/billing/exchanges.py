@@ -33,6 +33,7 @@ Every problem raises :class:`~gateway.billing.corrections.CorrectionError` with 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -75,8 +76,8 @@ class ChangeRequest:
 
     @property
     def registers(self) -> list[str]:
-        """The registers the request gives."""
-        return list(self.before)
+        """The registers the request gives (the same on both sides)."""
+        return [r for r in self.before if r in self.after]
 
 
 def plan_registers(plan: BillingPlan) -> list[str]:
@@ -84,12 +85,12 @@ def plan_registers(plan: BillingPlan) -> list[str]:
     return [r for r in plan.registers if r not in NOT_CUMULATIVE]
 
 
-def _all_registers(value: object, field: str, accepted: list[str]) -> dict[str, Decimal]:
+def _all_registers(value: object, field: str, accepted: list[str], required: list[str]) -> dict[str, Decimal]:
     if value is None:
         raise _bad(f'"{field}" is required: register → value as the meter shows it, for every register of the '
-                   f"plan ({', '.join(accepted)})")
+                   f"plan ({', '.join(required)})")
     regs = check_registers(value, accepted)
-    missing = [r for r in accepted if r not in regs]
+    missing = [r for r in required if r not in regs]
     if missing:
         raise _bad(f'"{field}" lacks {", ".join(missing)}: give every register of the billing plan, each splits '
                    "the stage")
@@ -110,8 +111,13 @@ def _ratio_text(value: object, field: str) -> str | None:
     return str(value).strip()
 
 
-def check_request(kind: ChangeKind, doc: object, plan: BillingPlan, tz: str, now: float) -> ChangeRequest:
-    """Check the shape of an exchange or ratio-change request body (400 on any problem)."""
+def check_request(kind: ChangeKind, doc: object, plan: BillingPlan, tz: str, now: float,
+                  has: Collection[str] | None = None) -> ChangeRequest:
+    """Check the shape of an exchange or ratio-change request body (400 on any problem).
+
+    Every cumulative register of the plan is required, except those the meter's profile does
+    not read (``has``: its points; None: all required); any plan register is accepted.
+    """
     fields = _EXCHANGE_FIELDS if kind == "exchange" else _RATIO_FIELDS
     if not isinstance(doc, dict):
         example = ('{"at": "2026-12-15T10:30:00+08:00", "old_final": {"energy_import_kwh": 12345.67}, '
@@ -129,13 +135,14 @@ def check_request(kind: ChangeKind, doc: object, plan: BillingPlan, tz: str, now
         raise _bad(f'"at" {doc["at"]} is in the future (the gateway clock says {iso_utc(now)}); enter a change once '
                    "it is made")
     accepted = plan_registers(plan)
+    required = [r for r in accepted if has is None or r in has] or accepted
     ct, pt = _ratio_text(doc.get("ct"), "ct"), _ratio_text(doc.get("pt"), "pt")
     note = doc.get("note")
     if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
         raise _bad(f'"note" must be text of at most {MAX_NOTE} characters')
     if kind == "exchange":
-        before = _all_registers(doc.get("old_final"), "old_final", accepted)
-        after = _all_registers(doc.get("new_initial"), "new_initial", accepted)
+        before = _all_registers(doc.get("old_final"), "old_final", accepted, required)
+        after = _all_registers(doc.get("new_initial"), "new_initial", accepted, required)
         serial = doc.get("new_serial")
         if not isinstance(serial, str) or not serial.strip() or len(serial) > MAX_SERIAL:
             raise _bad(f'"new_serial" is required: the new meter\'s serial number (text, at most {MAX_SERIAL} '
@@ -143,7 +150,7 @@ def check_request(kind: ChangeKind, doc: object, plan: BillingPlan, tz: str, now
         return ChangeRequest(kind, at, before, after, ct, pt, serial.strip(), note)
     if ct is None and pt is None:
         raise _bad('give the new "ct" and/or "pt" ratio (such as "400/5")')
-    regs = _all_registers(doc.get("registers"), "registers", accepted)
+    regs = _all_registers(doc.get("registers"), "registers", accepted, required)
     return ChangeRequest(kind, at, regs, dict(regs), ct, pt, None, note)
 
 

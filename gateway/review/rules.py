@@ -41,9 +41,10 @@ Design constraints
   ratios (the configuration changed at a restart) is the raw difference × the ratio of the
   later reading, never a difference of values under two ratios (a false ``meter_fast``).
 * **Recorded changes.** A meter exchange or a CT/PT change entered with its time
-  (:func:`note_change`) is a barrier: a reading at or after it is not judged against the
-  registers read before it (no ``register_decrease`` from the old meter's final to the new
-  one's initial, no ``meter_fast`` across it); the baselines start again from that reading.
+  (:func:`note_change`) is a barrier: a reading after it is not judged against the
+  registers read at or before it — a reading at the change's instant shows the old state —
+  so no ``register_decrease`` from the old meter's final to the new one's initial, no
+  ``meter_fast`` across it; the baselines start again from that reading.
 * **Rollover.** A register that falls is a rollover, not a decrease, when the register's
   capacity from the profile explains it (``MeterContext.capacities``: the wrapped difference
   below half the capacity, as billing counts it) or it fell from near a configured
@@ -921,9 +922,9 @@ def evaluate(
     if ctx.identity and state.identity != ctx.identity:
         state.identity = ctx.identity
         state.dirty = True
-    if state.change_at is not None and obs.ts >= state.change_at and (
-            (state.registers_ts is not None and state.registers_ts < state.change_at)
-            or (state.energy is not None and state.energy.ts < state.change_at)):
+    if state.change_at is not None and obs.ts > state.change_at and (
+            (state.registers_ts is not None and state.registers_ts <= state.change_at)
+            or (state.energy is not None and state.energy.ts <= state.change_at)):
         # a recorded exchange or CT/PT change lies between the baselines and this reading
         state.registers.clear()
         state.registers_ts = None
@@ -957,8 +958,9 @@ def evaluate(
 def note_change(state: MeterState, at: float) -> None:
     """Record a meter exchange or CT/PT change at ``at``: no register is judged across it.
 
-    The baselines are dropped at the first reading at or after ``at`` (see :func:`evaluate`);
-    a reading before ``at`` arriving late is judged as before. Only the latest change is kept.
+    The baselines are dropped at the first reading after ``at`` (see :func:`evaluate`); a
+    reading at ``at`` shows the meter before the change (the old meter's final registers).
+    Only the latest change is kept.
     """
     if state.change_at is None or at > state.change_at:
         state.change_at = at

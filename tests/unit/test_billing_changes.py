@@ -31,8 +31,8 @@ class _Profile:
 
 @dataclass
 class _Settings:
-    ct_ratio: Ratio = Ratio(D(200), D(5))
-    pt_ratio: Ratio = Ratio(D(1), D(1))
+    ct_ratio: Ratio = field(default_factory=lambda: Ratio(D(200), D(5)))
+    pt_ratio: Ratio = field(default_factory=Ratio)
     address: str = "000000000011"
 
 
@@ -105,7 +105,8 @@ def test_several_changes_in_one_stage_are_summed_segment_by_segment() -> None:
 
 def test_an_operator_record_replaces_the_automatic_one_of_the_same_change() -> None:
     auto = {"id": 7, "kind": "ratio_change", "meter": "m1", "at": iso_utc(T2), "at_epoch": D(repr(T2)),
-            "old": {"ct": D(40), "pt": D(1), "multiplier": D(40)}, "new": {"ct": D(80), "pt": D(1), "multiplier": D(80)},
+            "old": {"ct": D(40), "pt": D(1), "multiplier": D(40)},
+            "new": {"ct": D(80), "pt": D(1), "multiplier": D(80)},
             "registers": {"energy_import_kwh_t1": {"raw": D(130), "value_old": D(5200), "value_new": D(10400)}}}
     entered = _record("ratio_change", {"at": iso_utc(T1), "ct": "400/5",
                                        "registers": {"energy_import_kwh_t1": 120, "energy_import_kwh_t2": 55}},

@@ -44,7 +44,7 @@ def test_a_recorded_exchange_is_no_register_decrease_and_no_meter_fast() -> None
     st = MeterState()
     run(st, obs(0, "98765.40", power="1"))
     run(st, obs(1, "98765.65", power="1"))
-    note_change(st, T0 + 2 * 900)                       # the exchange, recorded at quarter 2's slot
+    note_change(st, T0 + 2 * 900)                       # the exchange, recorded just before quarter 2's read
     assert run(st, obs(2, "0.10", power="1")) == []     # the new meter's register: not a decrease
     assert run(st, obs(3, "0.35", power="1")) == []     # judged against the new meter from here
     assert run(st, obs(4, "50.00", power="1"))[0].type == "meter_fast"   # rules still work afterwards
