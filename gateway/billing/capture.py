@@ -243,6 +243,8 @@ class BillingCapture:
         change = await store.read(last_ratio_change, meter_id)
         if change is None or await store.read(db.ratio_change_recorded, meter_id, change.at):
             return
+        if await self._explained(m, change):
+            return
         stale = change.at != await store.read(last_audit_at)
         log.warning("meter %s: CT/PT changed in the configuration (CT×PT %s → %s); recording the change%s",
                     meter_id, change.old_multiplier, change.new_multiplier,
@@ -251,16 +253,19 @@ class BillingCapture:
         t = asyncio.create_task(self._record_ratio_change(m, plan, change, stale), name=f"ratio-change-{meter_id}")
         self._tasks.append(t)
 
-    async def _record_ratio_change(self, m: MeterRuntime, plan: BillingPlan, change: RatioChange,
-                                   stale: bool) -> None:
+    async def _explained(self, m: MeterRuntime, change: RatioChange) -> bool:
+        """Keep the configuration's record of a change an operator already entered; False if none was.
+
+        An operator who entered the change through the API (with its real time and the registers
+        then) and then reloaded the configuration: the configuration's record names that one
+        (``explained_by``) and is kept for the audit trail, unread and not splitting any stage.
+        """
         at = change.at
         entered = [c for c in db.effective(await self.gw.store.read(db.all_changes, m.id))
                    if float(c.get("at_epoch", 0)) <= at]
         last = entered[-1] if entered else None
         if last is not None and last.get("entered_by") is not None and \
                 Decimal(last["new"]["multiplier"]) == change.new_multiplier:
-            # An operator entered this change through the API with its real time and registers:
-            # keep the configuration's record for the audit trail, naming that one, unread.
             body: dict[str, Any] = {
                 "meter": m.id, "at": iso_utc(at), "at_epoch": Decimal(repr(at)), "kind": "ratio_change",
                 "old": {"ct": change.old_ct, "pt": change.old_pt, "multiplier": change.old_multiplier},
@@ -273,7 +278,12 @@ class BillingCapture:
             log.info("meter %s: the configured CT/PT change is the one entered as record %s at %s", m.id,
                      last["id"], last.get("at"))
             await self._audit_change(m.id, rid, body)
-            return
+            return True
+        return False
+
+    async def _record_ratio_change(self, m: MeterRuntime, plan: BillingPlan, change: RatioChange,
+                                   stale: bool) -> None:
+        at = change.at
         registers: dict[str, dict[str, object]] = {}
         reason: str | None = None
         read_at: float | None = None
@@ -307,7 +317,7 @@ class BillingCapture:
                       f"({iso_utc(self.gw.clock.time())}) would mix energy of both ratios")
         elif not registers:
             reason = f"the meter could not be read at the change: {error or 'no register'}"
-        body = {
+        body: dict[str, Any] = {
             "meter": m.id, "at": iso_utc(at), "at_epoch": Decimal(repr(at)), "kind": "ratio_change",
             "old": {"ct": change.old_ct, "pt": change.old_pt, "multiplier": change.old_multiplier},
             "new": {"ct": change.new_ct, "pt": change.new_pt, "multiplier": change.new_multiplier},

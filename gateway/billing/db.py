@@ -252,9 +252,13 @@ def insert_ratio_change(conn: sqlite3.Connection, meter: str, at: float, body: d
 
 
 def ratio_change_recorded(conn: sqlite3.Connection, meter: str, at: float) -> bool:
-    """Whether billing has kept the CT/PT change of ``meter`` audited at ``at``."""
-    return conn.execute("SELECT 1 FROM billing_ratio_change WHERE meter=? AND at=? LIMIT 1",
-                        (meter, at)).fetchone() is not None
+    """Whether billing has kept the CT/PT change of ``meter`` audited at ``at`` (its own record: one
+    an operator entered for the same instant does not count)."""
+    for (body,) in conn.execute("SELECT body FROM billing_ratio_change WHERE meter=? AND at=?", (meter, at)):
+        doc = loads_exact(body)
+        if isinstance(doc, dict) and doc.get("entered_by") is None:
+            return True
+    return False
 
 
 def all_changes(conn: sqlite3.Connection, meter: str) -> list[dict[str, Any]]:

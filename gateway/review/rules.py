@@ -37,9 +37,10 @@ Design constraints
 * **A failed point is not a value.** Only points with quality ``good`` are judged; a
   failed poll only feeds the read-failure rule.
 * **The ratio in force at each reading.** A reading's register values carry the CT × PT it
-  was taken under (value ÷ raw). An energy interval whose two ends were taken under different
-  ratios (the configuration changed at a restart) is the raw difference × the ratio of the
-  later reading, never a difference of values under two ratios (a false ``meter_fast``).
+  was taken under (value ÷ raw). Values taken under different ratios (the configuration
+  changed at a restart) are never differenced (a false ``meter_fast`` or ``reverse_energy``):
+  the baselines start again from the first reading under the new ratio (:func:`rebase`), and
+  an energy interval whose ends disagree is the raw difference × the later reading's ratio.
 * **Recorded changes.** A meter exchange or a CT/PT change entered with its time
   (:func:`note_change`) is a barrier: a reading after it is not judged against the
   registers read at or before it — a reading at the change's instant shows the old state —
@@ -922,16 +923,13 @@ def evaluate(
     if ctx.identity and state.identity != ctx.identity:
         state.identity = ctx.identity
         state.dirty = True
-    if state.change_at is not None and obs.ts > state.change_at and (
+    if (state.change_at is not None and obs.ts > state.change_at and (
             (state.registers_ts is not None and state.registers_ts <= state.change_at)
-            or (state.energy is not None and state.energy.ts <= state.change_at)):
-        # a recorded exchange or CT/PT change lies between the baselines and this reading
-        state.registers.clear()
-        state.registers_ts = None
-        state.energy = None
-        state.stopped_ref = None
-        state.stopped_expected = _ZERO
-        state.dirty = True
+            or (state.energy is not None and state.energy.ts <= state.change_at))) \
+            or _ratio_changed(state, obs, th):
+        # a recorded exchange or CT/PT change lies between the baselines and this reading, or
+        # the reading was taken under another CT × PT (a restart under a new configured ratio)
+        rebase(state)
     if obs.power_kw is not None and (not state.power or state.power[-1][0] <= obs.ts):
         state.power.append((obs.ts, obs.power_kw))
     iv = energy_interval(state, obs, th)
@@ -953,6 +951,29 @@ def evaluate(
         state.dirty = True
     prune_power(state)
     return events, errors
+
+
+def _ratio_changed(state: MeterState, obs: Observation, th: ReviewThresholds) -> bool:
+    """Whether the judged register's CT × PT differs from the one its baseline was read under."""
+    reg = obs.registers.get(th.energy_register)
+    if reg is None or state.energy is None or obs.ts <= state.energy.ts:
+        return False
+    f_prev, f_now = factor_taken(state.energy.reg), factor_taken(reg)
+    return f_prev is not None and f_now is not None and f_prev != f_now
+
+
+def rebase(state: MeterState) -> None:
+    """Forget every baseline a rule differences against (registers, energy, the reverse-energy,
+    power-factor and zero-consumption windows): they start again from the next reading."""
+    state.registers.clear()
+    state.registers_ts = None
+    state.energy = None
+    state.stopped_ref = None
+    state.stopped_expected = _ZERO
+    state.reverse_ref = None
+    state.pf_ref = None
+    state.day_marks.clear()
+    state.dirty = True
 
 
 def note_change(state: MeterState, at: float) -> None:
