@@ -151,7 +151,7 @@ _REGS: Final = {"type": "object", "additionalProperties": {"type": "number", "mi
                 "description": "register → value as the meter shows it (before CT×PT); every cumulative register "
                                "of the meter's billing plan"}
 _RATIO: Final = {"oneOf": [{"type": "string", "pattern": r"^\s*[0-9.]+\s*(/\s*[0-9.]+\s*)?$"},
-                           {"type": "number", "exclusiveMinimum": 0}],
+                           {"type": "number", "minimum": 1}],
                  "description": 'a ratio such as "400/5" (primary/secondary) or a factor such as 80'}
 
 
