@@ -98,7 +98,7 @@ def install_change_routes(server: ApiServer, r: web.UrlDispatcher, capture: Bill
                 req = check_request(kind, doc, plan, tz, gw.clock.time(), meter.profile.points)
                 changes = await server.query(billing_db.all_changes, meter.id)
                 near = await server.query(billing_db.readings_around, meter.id, req.at, plan_registers(plan),
-                                          LOOKBACK_ROWS)
+                                          LOOKBACK_ROWS, True)
                 body = change_body(req, meter, changes, near, who)
             except CorrectionError as exc:
                 raise _error(exc) from None

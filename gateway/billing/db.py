@@ -294,9 +294,10 @@ NearReading = tuple[float, int, dict[str, tuple[Decimal, Decimal, str]]]
 
 
 def readings_around(conn: sqlite3.Connection, meter: str, at: float, registers: list[str],
-                    lookback: int) -> tuple[NearReading | None, NearReading | None]:
+                    lookback: int, strictly_after: bool = False) -> tuple[NearReading | None, NearReading | None]:
     """The nearest good stored readings of ``meter`` carrying any of ``registers``: at or before
-    ``at`` and at or after it (each None when none is found among ``lookback`` rows)."""
+    ``at`` and at or after it (``strictly_after``: after it), each None when none is found among
+    ``lookback`` rows."""
 
     def first(rows: list[tuple[str]]) -> NearReading | None:
         for (payload,) in rows:
@@ -318,8 +319,8 @@ def readings_around(conn: sqlite3.Connection, meter: str, at: float, registers: 
         "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts<=? "
         "ORDER BY ts DESC LIMIT ?", (meter, at, lookback)).fetchall()
     after = conn.execute(
-        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts>=? "
-        "ORDER BY ts LIMIT ?", (meter, at, lookback)).fetchall()
+        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND "
+        + ("ts>? " if strictly_after else "ts>=? ") + "ORDER BY ts LIMIT ?", (meter, at, lookback)).fetchall()
     return first(before), first(after)
 
 

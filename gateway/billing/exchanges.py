@@ -220,7 +220,7 @@ def _bounds(req: ChangeRequest, near: tuple[NearReading | None, NearReading | No
     if after is not None:
         ts, _, vals = after
         for name, v in req.after.items():
-            if name in vals and v > vals[name][0] and ts > req.at:
+            if name in vals and v > vals[name][0]:
                 raise CorrectionError(409, f'"{new_name}" {name} {v} is higher than the reading recorded after the '
                                            f"change ({vals[name][0]} at {iso_utc(ts)}); check the value read on the "
                                            "meter and the time of the change")

@@ -13,6 +13,9 @@ hash-chained audit log on disk. An accelerated clock holds at the 2026-12-11 00:
   the registers it showed then, and the gateway is restarted under the new ratio: the automatic
   record of that restart names the operator's (``explained_by``), and stage 2 = (at change −
   start) × 6000 + (end − at change) × 12000 per register, exactly, code ``ratio_change``;
+* ``m1`` is swapped at 06:00 as well but entered only at 06:30, after the review raised
+  ``register_decrease`` for the new meter's first readings: the late record closes that event
+  (the reply names it) and stage 2 is priced across the exchange like ``m2``'s;
 * bad requests get their 4xx and change nothing (no record, no audit entry);
 * ``meter_exchange`` and ``ratio_change`` review events are stored and arrive on MQTT; the
   review rules raise no ``register_decrease`` or ``meter_fast`` for either meter;
@@ -59,6 +62,7 @@ pytestmark = pytest.mark.slow      # three held instants, a restart and a simula
 
 B1 = datetime(2026, 12, 11, tzinfo=SH).timestamp()
 TX = datetime(2026, 12, 11, 6, tzinfo=SH).timestamp()
+TX2 = datetime(2026, 12, 11, 6, 30, tzinfo=SH).timestamp()
 B2 = datetime(2026, 12, 12, tzinfo=SH).timestamp()
 AT = iso_utc(TX)
 
@@ -111,7 +115,7 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
     clock = HoldingClock(B1 - 600, 600.0, [B1, TX, B2])
     fleet = SimulatedFleet(before, clock, seed=11)
     await fleet.start()
-    m2, d1 = fleet.model("m2"), fleet.model("d1")
+    m1, m2, d1 = fleet.model("m1"), fleet.model("m2"), fleet.model("d1")
     try:
         gw = Gateway(before, clock)
         await gw.start()
@@ -191,13 +195,34 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
         try:
             cap = capture_of(gw)
             await await_until(lambda: cap.ratio_changes == 1, 30.0, "the configuration's record of the change")
+            # m1's meter is swapped at 06:00 too, but entered only at 06:30, after two polls of the
+            # new meter raised register_decrease: the late record closes it
+            m1_final = {n: m1.values_at(TX)[n] for n in cumulative}
+            healthy = m1.values_at(TX + 1)
+            m1.faults.offsets.append((TX + 1, {n: initial[n] - healthy[n] for n in cumulative}))
+            clock.add_hold(TX2)
+            clock.release()
+            engine = gw.review
+            assert engine is not None
+            await await_until(lambda: clock.holding == TX2, 30.0, "the clock held at 06:30")
+            await await_until(lambda: ("register_decrease", "energy_import_kwh") in engine.state("m1").active, 30.0,
+                              "register_decrease of m1's new meter")
+            decrease = engine.state("m1").active[("register_decrease", "energy_import_kwh")].event_id
+            status, late = await call(api_port, "/api/v1/meters/m1/exchanges", operator, {
+                "at": AT, "new_serial": "m1-new", "old_final": {n: str(v) for n, v in m1_final.items()},
+                "new_initial": {n: str(v) for n, v in initial.items()}})
+            assert status == 201, late
+            closed = late["closed_events"]          # every register's decrease (12 registers)
+            assert decrease in closed and len(closed) == len(cumulative)
             clock.release()
             await await_until(lambda: clock.holding == B2 and settled(cap, B2), 60.0, "B2 held and settled",
                               detail=lambda: {m: k.quality for (m, b), k in cap.current.items() if b == B2})
             assert gw.review is not None
             await gw.review.drain(10.0)
-            msgs = await await_until(lambda: sub.received(lambda ms: {"meter_exchange", "ratio_change"} <= {
-                m.json().get("type") for m in ms}), 30.0, "both change events on MQTT", detail=sub.summary)
+            want = {("m1", "meter_exchange"), ("m2", "meter_exchange"), ("d1", "ratio_change")}
+            msgs = await await_until(lambda: sub.received(lambda ms: want <= {
+                (m.json().get("meter"), m.json().get("type")) for m in ms}), 30.0, "the change events on MQTT",
+                detail=sub.summary)
         finally:
             await gw.stop()
     finally:
@@ -206,10 +231,12 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
 
     conn = sqlite3.connect(gw.store_path)
     try:
-        docs = {m: view.cycle_view(conn, m, plan, "2026-12", "Asia/Shanghai", B2 + 60) for m in ("m2", "d1")}
+        docs = {m: view.cycle_view(conn, m, plan, "2026-12", "Asia/Shanghai", B2 + 60) for m in ("m1", "m2", "d1")}
+        work = dict(conn.execute("SELECT event_id, state FROM review_work").fetchall())
         rows = [(m, loads_exact(b)) for m, b in conn.execute("SELECT meter, body FROM billing_ratio_change "
                                                              "ORDER BY id")]
-        events = conn.execute("SELECT meter, type, state, ts FROM review_event WHERE meter IN ('m2', 'd1')").fetchall()
+        events = conn.execute("SELECT meter, type, state, ts FROM review_event WHERE meter IN ('m1', 'm2', 'd1')"
+                              ).fetchall()
     finally:
         conn.close()
 
@@ -220,6 +247,13 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
         assert st["consumption"][n] == (old_final[n] - r_b1[n]) + (r_b2[n] - initial[n]), n
     assert st["consumption"]["energy_import_kwh"] > 0
     assert docs["m2"]["stages"][0]["codes"] == []
+
+    st = docs["m1"]["stages"][1]
+    assert st["codes"] == ["exchange"] and st["complete"], st
+    for n in cumulative:
+        assert st["consumption"][n] == ((m1_final[n] - m1.values_at(B1)[n]) + (m1.values_at(B2)[n] - initial[n])) \
+            * 4000, n
+    assert all(work[e] == "closed" for e in closed)
 
     d_b1, d_b2 = d1.values_at(B1), d1.values_at(B2)
     st = docs["d1"]["stages"][1]
@@ -233,19 +267,27 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
     assert docs["m2"]["ratio_changes"] == [] and docs["d1"]["exchanges"] == []
 
     assert [(m, b.get("kind"), b.get("explained_by")) for m, b in rows] == [
-        ("m2", "exchange", None), ("d1", "ratio_change", None), ("d1", "ratio_change", rc["id"])]
+        ("m2", "exchange", None), ("d1", "ratio_change", None), ("d1", "ratio_change", rc["id"]),
+        ("m1", "exchange", None)]
     types = {(m, t) for m, t, _, _ in events}
     assert {("m2", "meter_exchange"), ("d1", "ratio_change")} <= types
+    m1_events = [e for e in events if e[0] == "m1"]
+    events = [e for e in events if e[0] != "m1"]
     # nothing judged across the changes
     assert not [e for e in events if e[1] in ("register_decrease", "meter_fast", "reverse_energy",
                                               "tariff_sum_mismatch")], events
+    # m1: only the decreases of the new meter's first readings before the late record (closed above),
+    # nothing after it
+    assert not [e for e in m1_events if e[1] != "meter_exchange" and e[3] > TX2], m1_events
     on_mqtt = {(m.json()["meter"], m.json()["type"]) for m in msgs if m.json().get("type") in
                ("meter_exchange", "ratio_change")}
-    assert on_mqtt == {("m2", "meter_exchange"), ("d1", "ratio_change")}
+    assert on_mqtt == want
 
     entries = [json.loads(line) for line in (tmp_path / AUDIT_FILE).read_text().splitlines()]
     writes = [(e["action"], e["subject"], e["actor"].split(":")[0]) for e in entries
               if e["action"].startswith("meter.")]
     assert writes == [("meter.exchange", "m2", "token"), ("meter.ratio_change", "d1", "token"),
-                      ("meter.ratio_change", "d1", "gateway")]
+                      ("meter.ratio_change", "d1", "gateway"), ("meter.exchange", "m1", "token")]
+    closes = [e for e in entries if e["action"] == "event.close"]
+    assert sorted((int(e["subject"]), e["after"]["state"]) for e in closes) == [(e, "closed") for e in sorted(closed)]
     assert verify(tmp_path / AUDIT_FILE).intact
