@@ -285,8 +285,8 @@ def effective(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) -> list[dict[str, Any]]:
-    """The effective CT/PT changes and exchanges of a meter with ``lo < at < hi``, oldest first."""
-    return [c for c in effective(all_changes(conn, meter)) if lo < float(c.get("at_epoch", 0)) < hi]
+    """The effective CT/PT changes and exchanges of a meter with ``lo <= at < hi``, oldest first."""
+    return [c for c in effective(all_changes(conn, meter)) if lo <= float(c.get("at_epoch", 0)) < hi]
 
 
 #: One good reading's plan registers: (ts, seq, register → (raw, value, unit)).

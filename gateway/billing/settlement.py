@@ -249,7 +249,7 @@ def stage_consumption(
     flags: list[str] = []
     cons: dict[str, Decimal | None] = {}
     names = [r for r in registers if r not in NOT_CUMULATIVE]
-    inside = [c for c in changes if start < float(c.get("at_epoch", 0)) < end]
+    inside = [c for c in changes if _inside(c, start, end)]
     usable = (first is not None and last is not None and first.quality != "missing"
               and last.quality != "missing")
     if first is None or first.quality == "missing":
@@ -336,6 +336,19 @@ def stage_consumption(
     return StageConsumption(stage, start, end, first.quality if first else None,
                             last.quality if last else None, cons, complete and not estimated_open, tuple(flags),
                             tuple(dict.fromkeys(codes)))
+
+
+def _inside(change: dict[str, Any], start: float, end: float) -> bool:
+    """Whether a change splits the stage ``start`` → ``end``.
+
+    Strictly inside it; an operator's record (an exchange or an entered CT/PT change) dated at
+    the stage's start too: a reading at the change's instant shows the old state (the old
+    meter's final registers), so the settlement at that boundary is the old one's.
+    """
+    at = float(change.get("at_epoch", 0))
+    if change.get("entered_by") is not None:
+        return start <= at < end
+    return start < at < end
 
 
 def _rollover(name: str, first: Settlement, last: Settlement, d: Decimal) -> Decimal | None:

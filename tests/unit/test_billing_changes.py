@@ -156,3 +156,19 @@ def test_changes_are_entered_in_order_and_must_agree_with_the_stored_readings() 
         _record("exchange", {"at": iso_utc(T1), "old_final": regs, "new_initial": {**regs, "energy_import_kwh_t1": 1},
                              "new_serial": "b"}, [], 2, (None, after))
     assert exc.value.status == 409 and "higher than the reading recorded after" in str(exc.value)
+
+
+def test_an_exchange_at_a_boundary_belongs_to_the_stage_it_starts() -> None:
+    """The settlement read at the exchange's instant is the old meter's final: the stage that
+    ends there is the old meter's alone, the one that starts there spans the exchange."""
+    regs = {"energy_import_kwh_t1": "150.00", "energy_import_kwh_t2": "60.00"}
+    ex = _record("exchange", {"at": iso_utc(T1), "old_final": regs, "new_initial": {
+        "energy_import_kwh_t1": "1.00", "energy_import_kwh_t2": "2.00"}, "new_serial": "n"}, [], 1)
+    start = _settlement(T0, {"energy_import_kwh_t1": "100.00", "energy_import_kwh_t2": "50.00"}, "40")
+    at_b = _settlement(T1, regs, "40")
+    end = _settlement(T2, {"energy_import_kwh_t1": "3.00", "energy_import_kwh_t2": "2.50"}, "40")
+    before = stage_consumption(1, T0, T1, start, at_b, list(REGS), [ex])
+    after = stage_consumption(2, T1, T2, at_b, end, list(REGS), [ex])
+    assert before.codes == () and before.consumption["energy_import_kwh_t1"] == D(50) * 40
+    assert after.codes == ("exchange",) and after.complete
+    assert after.consumption == {"energy_import_kwh_t1": D(2) * 40, "energy_import_kwh_t2": D("0.50") * 40}
