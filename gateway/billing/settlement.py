@@ -264,7 +264,8 @@ def stage_consumption(
         if not consistent:
             flags.append(f"CT/PT changed within the stage (multiplier {first.multiplier} → {last.multiplier}) "
                          "and no recorded ratio change explains it; the register difference cannot be priced "
-                         "with one ratio")
+                         "with one ratio (a change entered through the API needs the meter's ct_ratio/pt_ratio "
+                         "changed in the configuration before the stage's end boundary too)")
             usable = False
         for c in inside:
             if c.get("kind") == "exchange":
