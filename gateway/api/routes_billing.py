@@ -39,6 +39,7 @@ from gateway.billing.corrections import (
     manual_body,
 )
 from gateway.billing.cycles import CYCLE_RE, CycleError, cycle_at, parse_label
+from gateway.billing.settlement import FLAG_CODES
 from gateway.model import iso_utc
 from gateway.tokens import Role
 
@@ -325,9 +326,11 @@ def billing_paths() -> dict[str, Any]:
         "complete": {"type": "boolean"},
         "consumption": {"type": "object", "additionalProperties": _NUM_OR_NULL},
         "flags": {"type": "array", "items": _STR},
-        "codes": {"type": "array", "items": {"type": "string", "enum": ["rollover", "negative", "clock_unverified"]},
+        "codes": {"type": "array", "items": {"type": "string", "enum": list(FLAG_CODES)},
                   "description": "machine-readable flags: rollover (counted exactly), negative and "
-                                 "clock_unverified (the stage is not complete)"},
+                                 "clock_unverified (the stage is not complete), exchange and ratio_change (a "
+                                 "meter exchange or CT/PT change inside the stage split it, each part priced "
+                                 "with its own CT×PT)"},
     })
     revision = _obj(_revision_props())
     boundary = _obj({
@@ -398,6 +401,15 @@ def billing_paths() -> dict[str, Any]:
                             "value_new": {"type": "number"}, "unit": _STR})},
                     }), "description": "Audited CT/PT changes inside the cycle, with the registers read at "
                         "the change; they split the stage consumption."},
+                    "exchanges": {"type": "array", "items": _obj({
+                        "id": _INT, "at": _STR, "old_serial": _NSTR, "new_serial": _NSTR,
+                        "old": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
+                        "new": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
+                        "registers": {"type": "object", "additionalProperties": _obj({
+                            "raw_old": _NUM, "raw_new": _NUM, "value_old": _NUM, "value_new": _NUM, "unit": _STR})},
+                    }, required=["id", "at", "old", "new", "registers"]),
+                        "description": "Meter exchanges (换表) inside the cycle: the old meter's final and the new "
+                                       "meter's initial registers; they split the stage consumption."},
                     "stages": {"type": "array", "items": stage},
                     "cycle_total": stage,
                     "reconciliation": _obj({

@@ -1,7 +1,7 @@
 """One meter's billing cycle as billing sees it: settlements, stage consumption, reconciliation.
 
-Audited CT/PT changes inside the cycle are listed (``ratio_changes``) and split the stage
-consumption they fall in (:func:`gateway.billing.settlement.stage_consumption`).
+Audited CT/PT changes and meter exchanges inside the cycle are listed (``ratio_changes``,
+``exchanges``) and split the stage consumption they fall in (:func:`gateway.billing.settlement.stage_consumption`).
 
 Shared by ``GET /api/v1/meters/{id}/settlements`` and ``amr-gateway export settlements``, so
 the JSON, the CSV and the export say the same thing.
@@ -94,7 +94,9 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
         "start": iso_utc(c.start),
         "end": iso_utc(c.end),
         "settlements": items,
-        "ratio_changes": [{k: ch.get(k) for k in RATIO_CHANGE_FIELDS} for ch in changes],
+        "ratio_changes": [{k: ch.get(k) for k in RATIO_CHANGE_FIELDS} for ch in changes
+                          if ch.get("kind") != "exchange"],
+        "exchanges": [{k: ch.get(k) for k in EXCHANGE_FIELDS} for ch in changes if ch.get("kind") == "exchange"],
         "stages": [_stage_doc(st) for st in stages],
         "cycle_total": _stage_doc(total),
         "reconciliation": {
@@ -106,8 +108,14 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
     }
 
 
-#: What the view shows of an audited CT/PT change (``billing_ratio_change``).
-RATIO_CHANGE_FIELDS: Final = ("at", "old", "new", "read_at", "registers", "reason")
+#: What the view shows of an audited CT/PT change (``billing_ratio_change``): the configuration's
+#: record at a restart, or one an operator entered (``entered_by``, ``note``, and the automatic
+#: record it ``supersedes``).
+RATIO_CHANGE_FIELDS: Final = ("id", "at", "old", "new", "read_at", "registers", "reason", "entered_by", "note",
+                              "supersedes")
+#: What the view shows of a meter exchange (换表, :mod:`gateway.billing.exchanges`).
+EXCHANGE_FIELDS: Final = ("id", "at", "old", "new", "old_serial", "new_serial", "registers", "entered_by", "note",
+                          "supersedes")
 
 SETTLEMENT_CSV: Final = (
     "meter", "plan", "cycle", "boundary_index", "role", "boundary", "current", "revision", "quality", "source",
