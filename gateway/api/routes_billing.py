@@ -162,7 +162,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher,
             raise BadRequest(f"meter {meter.id} is on no billing plan, so it has no settlements; "
                              "set 'billing' on the meter in the configuration")
         label = parse_cycle(request.query.get("cycle"), plan, tz, now)
-        doc = await server.query(view.cycle_view, meter.id, plan, label, tz, now, meter.settings.customer)
+        doc = await server.query(view.cycle_view, meter.id, plan, label, tz, now, settings)
         if fmt == "csv":
             if table == "stages":
                 return csv_response(view.STAGE_CSV, view.stage_csv_rows(doc), f"{meter.id}-{label}-stages.csv")

@@ -126,8 +126,12 @@ def customer_paths() -> dict[str, Any]:
                      "derived": {"type": "boolean", "description": "made from the meters' customer field (no "
                                  "customers section entry)"},
                      "meters": {"type": "array", "items": member}})
-    demand = {"max_demand_kw": _NUM, "max_demand_at": _NSTR, "demand_source": _NSTR, "reactive_kvarh": _NUM,
-              "power_factor": _NUM}
+    demand = {"max_demand_kw": _NUM, "max_demand_at": _NSTR, "demand_source": _NSTR,
+              "demand_detail": {"type": "object", "nullable": True},
+              "reactive_kvarh": {"type": "object", "nullable": True, "additionalProperties": _NUM,
+                                 "description": "Δ reactive energy per quadrant q1..q4, kvarh after CT×PT"},
+              "power_factor": _NUM, "power_factor_registers": {"type": "array", "items": _STR},
+              "power_factor_kwh": _NUM, "power_factor_kvarh": _NUM}
     stage = {"type": "object", "required": ["stage", "quality", "complete", "consumption", "codes", "flags", "parts"],
              "properties": {
                  "stage": {"oneOf": [{"type": "integer"}, {"type": "string", "enum": ["total"]}]},
@@ -143,9 +147,9 @@ def customer_paths() -> dict[str, Any]:
                      "meter": _STR, "role": _STR, "sign": {"type": "integer"}, "start_quality": _NSTR,
                      "end_quality": _NSTR, "complete": {"type": "boolean", "nullable": True},
                      "codes": {"type": "array", "items": _STR},
-                     "consumption": {"type": "object", "additionalProperties": _NUM}, **demand}}},
+                     "consumption": {"type": "object", "additionalProperties": _NUM},
+                     **{k: {} for k in demand}}}},
                  **demand,
-                 "reactive_register": _NSTR,
              }}
     settlement = {"type": "object", "required": ["id", "customer", "cycle", "stages", "meter_cycles"],
                   "properties": {**customer["properties"], "customer": _STR, "cycle": _STR, "timezone": _STR,

@@ -40,7 +40,8 @@ TARIFF_COLUMNS: Final = (
     "energy_q1_kvarh", "energy_q2_kvarh", "energy_q3_kvarh", "energy_q4_kvarh",
 )
 #: Two-part tariff inputs after the tariff columns (empty until the stage carries them).
-DEMAND_COLUMNS: Final = ("max_demand_kw", "max_demand_at", "demand_source", "reactive_kvarh", "power_factor")
+DEMAND_COLUMNS: Final = ("max_demand_kw", "max_demand_at", "demand_source", "power_factor",
+                          "power_factor_registers", "power_factor_kwh", "power_factor_kvarh")
 
 #: The columns every export starts with, in this order.
 COMMON_COLUMNS: Final = ("csv_version", "customer", "meter", "plan", "cycle")
@@ -102,6 +103,13 @@ def supersedes_cell(sup: object) -> str:
     return ""
 
 
+def _cell(v: object) -> object:
+    """A list (``power_factor_registers``) as ``a+b``; anything else as it is."""
+    if isinstance(v, list | tuple):
+        return "+".join(str(x) for x in v)
+    return v
+
+
 def stage_row(*, customer: str | None, meter: str | None, plan: str | None, cycle: str, record: str,
               role: str | None, sign: int | None, stage: Mapping[str, Any], reconciled: bool | None,
               ends: Sequence[Mapping[str, Any] | None]) -> list[object]:
@@ -130,7 +138,7 @@ def stage_row(*, customer: str | None, meter: str | None, plan: str | None, cycl
         stage.get("end"), stage.get("start_quality"), stage.get("end_quality"), stage.get("quality"),
         stage.get("complete"), reconciled, join(stage.get("codes") or ()), mults, clock, offsets, est, sup,
         *(cons.get(name) for name in TARIFF_COLUMNS),
-        *(stage.get(name) for name in DEMAND_COLUMNS),
+        *(_cell(stage.get(name)) for name in DEMAND_COLUMNS),
         " | ".join(str(f) for f in stage.get("flags") or ()),
     ]
 

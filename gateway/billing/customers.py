@@ -14,13 +14,14 @@ Per stage and for the cycle total:
   without a settlement), ``complete`` only when every part is complete;
 * ``codes`` the union of the parts' flag codes, ``flags`` each part's sentences prefixed by
   its meter;
-* two-part tariff inputs: ``max_demand_kw`` / ``max_demand_at`` / ``demand_source`` from the
+* two-part tariff inputs, under the names of a meter stage (:mod:`gateway.billing.demand`):
+  ``max_demand_kw`` / ``max_demand_at`` / ``demand_source`` / ``demand_detail`` from the
   ``main`` meters' stages (one main: its figure and time; several: the sum, labelled
-  ``sum_of_main_meters``, no time), and ``power_factor`` = P / √(P² + Q²) of the signed sums
-  (P = ``energy_import_kwh``; Q = the parts' ``reactive_kvarh`` when every part has it, else
-  ``energy_import_kvarh``), naming ``reactive_register``. The per-meter figures come from the
-  stage documents when the meter stage carries them (:mod:`gateway.billing.demand`); until
-  then they are ``None``.
+  ``sum_of_main_meters``, no time; None while the meter stages carry none), and
+  ``power_factor`` = P / √(P² + Q²) of the signed sums, P = ``energy_import_kwh``, Q =
+  ``energy_q1_kvarh`` + ``energy_q4_kvarh`` when summed, else ``energy_import_kvarh``, named in
+  ``power_factor_registers`` with ``power_factor_kwh`` / ``power_factor_kvarh``;
+  ``reactive_kvarh`` the signed quadrant sums.
 
 Pure over a ``sqlite3.Connection`` (read pool), shared by the API, the bulk CSV and the MQTT
 customer settlement message (:mod:`gateway.billing.customer_publish`).
@@ -38,6 +39,8 @@ from gateway.billing.settlement import NOT_CUMULATIVE
 from gateway.settings import BillingPlan, CustomerSettings, Settings
 
 CUSTOMER_SETTLEMENT_SCHEMA: Final = "amr.customer_settlement.v1"
+#: A meter stage's two-part tariff fields copied into its part of a customer stage.
+PART_FIELDS: Final = ("max_demand_kw", "max_demand_at", "demand_source", "power_factor", "power_factor_registers")
 PF_PLACES: Final = Decimal("0.0001")
 
 
@@ -131,34 +134,51 @@ def combine_stage(parts: Sequence[tuple[str, str, int, dict[str, Any]]], registe
         "parts": [{"meter": meter, "role": role, "sign": sign, "start_quality": st.get("start_quality"),
                    "end_quality": st.get("end_quality"), "complete": st.get("complete"),
                    "codes": list(st.get("codes") or ()), "consumption": st.get("consumption") or {},
-                   **{k: st.get(k) for k in csvcolumns.DEMAND_COLUMNS}}
+                   **{k: st.get(k) for k in PART_FIELDS}}
                   for meter, role, sign, st in parts],
     }
     doc.update(_demand(parts, cons))
     return doc
 
 
+#: Reactive registers for the power factor of an importing customer, preferred first (as
+#: :mod:`gateway.billing.demand` takes them for one meter): quadrants I + IV, else reactive import.
+PF_REACTIVE_CHOICES: Final[tuple[tuple[str, ...], ...]] = (
+    ("energy_q1_kvarh", "energy_q4_kvarh"),
+    ("energy_import_kvarh",),
+)
+
+
 def _demand(parts: Sequence[tuple[str, str, int, dict[str, Any]]],
             cons: dict[str, Decimal | None]) -> dict[str, Any]:
     """The two-part tariff inputs of a customer stage (see the module docstring)."""
     mains = [st for _, role, _, st in parts if role == "main" and st.get("max_demand_kw") is not None]
-    out: dict[str, Any] = {"max_demand_kw": None, "max_demand_at": None, "demand_source": None}
+    out: dict[str, Any] = {"max_demand_kw": None, "max_demand_at": None, "demand_source": None,
+                           "demand_detail": None}
     if len(mains) == 1:
         out.update({"max_demand_kw": _as_decimal(mains[0]["max_demand_kw"]),
-                    "max_demand_at": mains[0].get("max_demand_at"), "demand_source": mains[0].get("demand_source")})
+                    "max_demand_at": mains[0].get("max_demand_at"), "demand_source": mains[0].get("demand_source"),
+                    "demand_detail": mains[0].get("demand_detail")})
     elif mains:
         out.update({"max_demand_kw": sum((_as_decimal(st["max_demand_kw"]) or Decimal(0) for st in mains),
-                                         Decimal(0)), "demand_source": "sum_of_main_meters"})
-    q: Decimal | None
-    if parts and all(st.get("reactive_kvarh") is not None for _, _, _, st in parts):
-        q = sum((sign * (_as_decimal(st["reactive_kvarh"]) or Decimal(0)) for _, _, sign, st in parts), Decimal(0))
-        register = "reactive_kvarh"
-    else:
-        q = cons.get("energy_import_kvarh")
-        register = "energy_import_kvarh"
-    out["reactive_kvarh"] = q
-    out["reactive_register"] = register if q is not None else None
-    out["power_factor"] = _pf(cons.get("energy_import_kwh"), q)
+                                         Decimal(0)), "demand_source": "sum_of_main_meters",
+                    "demand_detail": {"meters": [m for m, role, _, st in parts
+                                                 if role == "main" and st.get("max_demand_kw") is not None]}})
+    p = cons.get("energy_import_kwh")
+    registers: list[str] = []
+    q: Decimal | None = None
+    for choice in PF_REACTIVE_CHOICES:
+        values = [cons.get(r) for r in choice]
+        if all(v is not None for v in values):
+            q = sum((v for v in values if v is not None), Decimal(0))
+            registers = ["energy_import_kwh", *choice]
+            break
+    quads = {f"q{k}": cons.get(f"energy_q{k}_kvarh") for k in range(1, 5)}
+    out["reactive_kvarh"] = quads if any(v is not None for v in quads.values()) else None
+    out["power_factor"] = _pf(p, q)
+    out["power_factor_registers"] = registers if q is not None and p is not None else []
+    out["power_factor_kwh"] = p if q is not None else None
+    out["power_factor_kvarh"] = q if p is not None else None
     return out
 
 
@@ -178,7 +198,7 @@ def customer_view(conn: sqlite3.Connection, settings: Settings, customer: Custom
         if ms.billing != plan.name:
             flags.append(f"{cm.meter} is not on plan {plan.name} (billing: {ms.billing}); left out of the sum")
             continue
-        cycles.append((cm.meter, cm.role, cm.sign, view.cycle_view(conn, cm.meter, plan, label, tz, now, ms.customer)))
+        cycles.append((cm.meter, cm.role, cm.sign, view.cycle_view(conn, cm.meter, plan, label, tz, now, settings)))
     regs = list(plan.registers)
     n = len(cycles[0][3]["stages"]) if cycles else 0
     stages = [combine_stage([(m, r, s, cv["stages"][k]) for m, r, s, cv in cycles], regs) for k in range(n)]

@@ -17,7 +17,7 @@ from gateway.billing import csvcolumns, db
 from gateway.billing.cycles import Cycle, cycle
 from gateway.billing.settlement import Settlement, StageConsumption, reconcile, stage_consumption
 from gateway.model import iso_utc
-from gateway.settings import BillingPlan
+from gateway.settings import BillingPlan, Settings
 
 _BODY_FIELDS: Final = ("quality", "source", "read_at", "frozen_at", "ct", "pt", "multiplier", "registers",
                        "reason", "revision", "estimated_from", "flags", "gateway_clock", "meter_clock",
@@ -57,11 +57,13 @@ def _stage_doc(st: StageConsumption) -> dict[str, Any]:
 
 
 def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: str, tz: str,
-               now: float, customer: str | None = None) -> dict[str, Any]:
+               now: float, settings: Settings | None = None) -> dict[str, Any]:
     """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation.
 
-    ``customer``: the meter's customer, shown in the document and its CSV rows.
+    With ``settings``, the meter's customer is shown in the document and its CSV rows.
     """
+    ms = settings.meters.get(meter) if settings is not None else None
+    customer = ms.customer if ms is not None else None
     c = cycle(plan, label, tz)
     rows = db.for_meter(conn, meter, c.start, c.end) if db.table_exists(conn) else []
     by_ts = {s.boundary: s for s in rows}

@@ -48,7 +48,9 @@ def test_signed_sum_is_exact_per_tariff() -> None:
     assert doc["complete"] is True and doc["quality"] == "actual"
     assert [p["sign"] for p in doc["parts"]] == [1, 1, -1]
     # power factor of the signed sums: 10000 / sqrt(10000² + 4000.02²)
-    assert doc["power_factor"] == Decimal("0.9285") and doc["reactive_register"] == "energy_import_kvarh"
+    assert doc["power_factor"] == Decimal("0.9285")
+    assert doc["power_factor_registers"] == ["energy_import_kwh", "energy_import_kvarh"]
+    assert (doc["power_factor_kwh"], doc["power_factor_kvarh"]) == (Decimal("10000.000"), Decimal("4000.02"))
 
 
 def test_withheld_part_withholds_the_sum_and_worst_quality_wins() -> None:
@@ -64,6 +66,19 @@ def test_withheld_part_withholds_the_sum_and_worst_quality_wins() -> None:
     # a meter without a tariff register: the customer's figure for it is withheld, never a partial sum
     no_t1 = combine_stage([("a", "main", 1, main), ("b", "sub", 1, _stage({"energy_import_kwh": Decimal(1)}))], REGS)
     assert no_t1["consumption"]["energy_import_kwh_t1"] is None and no_t1["complete"] is False
+
+
+def test_power_factor_prefers_quadrants_one_and_four() -> None:
+    a = _stage({"energy_import_kwh": Decimal(300), "energy_q1_kvarh": Decimal(120), "energy_q4_kvarh": Decimal(40),
+                "energy_import_kvarh": Decimal(999)})
+    b = _stage({"energy_import_kwh": Decimal(100), "energy_q1_kvarh": Decimal(20), "energy_q4_kvarh": Decimal(10),
+                "energy_import_kvarh": Decimal(1)})
+    doc = combine_stage([("a", "main", 1, a), ("b", "deduct", -1, b)],
+                        ("energy_import_kwh", "energy_q1_kvarh", "energy_q4_kvarh", "energy_import_kvarh"))
+    assert doc["power_factor_registers"] == ["energy_import_kwh", "energy_q1_kvarh", "energy_q4_kvarh"]
+    assert doc["power_factor_kvarh"] == Decimal(130)         # (120 + 40) − (20 + 10)
+    assert doc["power_factor"] == Decimal("0.8384")          # 200 / √(200² + 130²)
+    assert doc["reactive_kvarh"] == {"q1": Decimal(100), "q2": None, "q3": None, "q4": Decimal(30)}
 
 
 def test_demand_comes_from_the_main_meters() -> None:
@@ -174,3 +189,12 @@ def test_without_customers_section_one_customer_per_meter_customer(tmp_path: Pat
     s = load_settings_from_text(CONFIG.format(extra=""), "<t>", tmp_path)
     assert sorted(s.customers) == ["C1", "C2", "C3"]
     assert all(c.derived and [m.role for m in c.meters] == ["main"] for c in s.customers.values())
+
+
+def test_every_csv_column_is_documented() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "billing.md").read_text(encoding="utf-8")
+    section = text[text.index("### CSV columns"):]
+    for columns in (csvcolumns.SETTLEMENT_COLUMNS, csvcolumns.STAGE_COLUMNS):
+        positions = [section.find(f"`{c}`", section.find("| 1 | `csv_version`")) for c in columns]
+        assert -1 not in positions, [c for c, p in zip(columns, positions, strict=True) if p == -1]
+    assert len(csvcolumns.STAGE_COLUMNS) == 46 and len(csvcolumns.SETTLEMENT_COLUMNS) == 31
