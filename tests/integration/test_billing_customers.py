@@ -14,11 +14,13 @@ C1 is two-part, ``m1`` main minus ``d2`` deducted (d2 is C4's meter, C4 derived)
   CSV carry ``csv_version`` 2, the same header, and the same customer figures;
 * MQTT ``amr/{gateway}/customers/C1/settlement`` (QoS 1, not retained) arrives with the same
   stage 1 figures as the API;
+* ``amr-gateway export settlements --table customers`` gives the bulk CSV's figures;
 * ``GET /api/v1/kpi?cycle=2026-12``: two boundaries due per meter so far, each on time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
@@ -38,7 +40,7 @@ from gateway.model import loads_exact
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
-from tests.billingkit import capture_of, quality
+from tests.billingkit import capture_of, export, quality
 from tests.servicefixtures import (  # noqa: F401  (fixtures)
     Broker,
     Subscriber,
@@ -72,7 +74,9 @@ async def test_customer_settlement_api_csv_mqtt_and_cycle_kpi(tmp_path: Path, mo
     gw_id = f"cust-{uuid.uuid4().hex[:8]}"
     text = rehearsal_config_text(tmp_path, api_port=free_port()).replace("id: billing-rehearsal", f"id: {gw_id}")
     text += f"mqtt: {{host: {mosquitto.host}, port: {mosquitto.port}, topic_prefix: amr}}\n" + CUSTOMERS
-    settings = load_settings_from_text(text, "<customers-test>", tmp_path, {"AMR_API_TOKEN": TOKEN})
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    settings = load_settings_from_text(text, str(config), tmp_path, {"AMR_API_TOKEN": TOKEN})
     assert sorted(settings.customers) == ["C1", "C2", "C3", "C4"]
 
     sub = Subscriber(mosquitto, f"amr/{gw_id}/customers/+/settlement", f"sub-{gw_id}").start()
@@ -157,6 +161,13 @@ async def test_customer_settlement_api_csv_mqtt_and_cycle_kpi(tmp_path: Path, mo
     assert list(bulk[0]) == list(STAGE_COLUMNS)
     assert {r["customer"] for r in bulk if r["record"] == "customer"} == {"C1", "C2", "C3", "C4"}
     assert [r for r in bulk if r["record"] == "customer" and r["customer"] == "C1" and r["stage"] == "1"] == mine
+
+    # `amr-gateway export settlements --table customers`: the bulk CSV's customer figures, from the store
+    exported = list(csv.DictReader(io.StringIO(await asyncio.to_thread(
+        export, config, "settlements", "--table", "customers", "--cycle", "2026-12"))))
+    assert list(exported[0]) == list(STAGE_COLUMNS)
+    key = ("customer", "record", "meter", "stage", *TARIFF_COLUMNS)
+    assert [[r[k] for k in key] for r in exported] == [[r[k] for k in key] for r in bulk]
 
     # MQTT: the customer topic, QoS 1, not retained, same figures as the API
     c1_msgs = [m for m in msgs if m.json()["customer"] == "C1"]
