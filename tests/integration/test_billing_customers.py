@@ -90,17 +90,27 @@ async def test_customer_settlement_api_csv_mqtt_and_cycle_kpi(tmp_path: Path, mo
         await gw.start()
         cap = capture_of(gw)
         for b in (b1, b2):
-            await await_until(lambda b=b: clock.holding == b, 90.0, f"the clock held at {b}")
-            await await_until(lambda b=b: all(quality(cap, m, b) not in (None, "missing") for m in settings.meters),
-                              30.0, "every meter's settlement of the boundary, on the held clock",
-                              detail=lambda b=b: {m: quality(cap, m, b) for m in settings.meters})
+            def held(b: float = b) -> bool:
+                return clock.holding == b
+
+            def settled(b: float = b) -> bool:
+                return all(quality(cap, m, b) not in (None, "missing") for m in settings.meters)
+
+            def seen(b: float = b) -> dict[str, str | None]:
+                return {m: quality(cap, m, b) for m in settings.meters}
+
+            await await_until(held, 90.0, f"the clock held at {b}")
+            await await_until(settled, 30.0, "every meter's settlement of the boundary, on the held clock",
+                              detail=seen)
             clock.release()
             clock.set_rate(20000.0)
         clock.set_rate(1.0)
 
+        assert gw.api is not None
+        port = gw.api.port
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             async def get(path: str) -> tuple[str, dict[str, str]]:
-                async with http.get(f"http://127.0.0.1:{gw.api.port}{path}") as resp:
+                async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
                     assert resp.status == 200, (path, resp.status, await resp.text())
                     return await resp.text(), dict(resp.headers)
 
@@ -124,6 +134,7 @@ async def test_customer_settlement_api_csv_mqtt_and_cycle_kpi(tmp_path: Path, mo
         await fleet.stop()
         sub.stop()
 
+    assert msgs is not None
     listed = {c["id"]: c for c in docs["/api/v1/customers"]["customers"]}
     assert set(listed) == {"C1", "C2", "C3", "C4"}
     assert [(m["meter"], m["role"], m["sign"]) for m in listed["C1"]["meters"]] == [("m1", "main", 1),

@@ -198,3 +198,22 @@ def test_every_csv_column_is_documented() -> None:
         positions = [section.find(f"`{c}`", section.find("| 1 | `csv_version`")) for c in columns]
         assert -1 not in positions, [c for c, p in zip(columns, positions, strict=True) if p == -1]
     assert len(csvcolumns.STAGE_COLUMNS) == 46 and len(csvcolumns.SETTLEMENT_COLUMNS) == 31
+
+
+def test_success_rate_counts_skipped_polls_as_failures() -> None:
+    from gateway.polling import MeterStats
+
+    assert MeterStats(reads_ok=3, reads_failed=1, reads_skipped=1).success_rate() == 0.6
+    assert MeterStats(reads_skipped=2).success_rate() == 0.0
+    assert MeterStats().success_rate() is None
+
+
+def test_customer_settlement_topic() -> None:
+    from gateway.settings import MqttSettings
+    from gateway.sinks.mqtt import MqttSink
+    from gateway.store import OutboxRow
+
+    sink = MqttSink(MqttSettings(topic_prefix="amr"), "gw1")
+    row = OutboxRow(5, "customer_settlement", None, 0.0, '{"customer": "C0001/a", "stages": []}')
+    assert sink.topic_for(row) == "amr/gw1/customers/C0001_a/settlement"
+    assert sink.topic_for(OutboxRow(6, "settlement", "m1", 0.0, "{}")) == "amr/gw1/meters/m1/settlement"
