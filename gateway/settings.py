@@ -160,6 +160,8 @@ class CustomerSettings:
     tariff: TariffType = "single"
     meters: tuple[CustomerMeter, ...] = ()
     derived: bool = False
+    #: 力调 power-factor class (a name of ``review_thresholds.POWER_FACTOR_CLASSES``), None: not set
+    power_factor_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

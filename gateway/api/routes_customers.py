@@ -122,7 +122,10 @@ def customer_paths() -> dict[str, Any]:
     member = _obj({"meter": _STR, "role": {"type": "string", "enum": ["main", "sub", "deduct"]},
                    "sign": {"type": "integer", "enum": [1, -1]}, "billing": _NSTR})
     customer = _obj({"id": _STR, "name": _NSTR, "contract_capacity_kva": _NUM,
-                     "tariff": {"type": "string", "enum": ["single", "two_part"]}, "plan": _NSTR,
+                     "tariff": {"type": "string", "enum": ["single", "two_part"]},
+                     "power_factor_class": {**_NSTR, "description": "力调 class: industrial_160kva (0.90), "
+                                            "general_100kva (0.85) or agricultural (0.80)"},
+                     "plan": _NSTR,
                      "derived": {"type": "boolean", "description": "made from the meters' customer field (no "
                                  "customers section entry)"},
                      "meters": {"type": "array", "items": member}})

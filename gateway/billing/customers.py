@@ -73,6 +73,7 @@ def customer_doc(settings: Settings, customer: CustomerSettings) -> dict[str, An
         "name": customer.name,
         "contract_capacity_kva": customer.contract_capacity_kva,
         "tariff": customer.tariff,
+        "power_factor_class": customer.power_factor_class,
         "plan": plan.name if plan is not None else None,
         "derived": customer.derived,
         "meters": [{"meter": cm.meter, "role": cm.role, "sign": cm.sign,

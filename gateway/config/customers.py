@@ -21,7 +21,8 @@ Without a ``customers`` section every configuration keeps working: one customer 
 distinct meter ``customer`` field, each meter ``main`` with sign +1. With a section, a meter
 whose ``customer`` names no customer of the section gets such a derived customer too, and a
 warning is logged. A customer's ``contract_capacity_kva`` becomes the ``contract_kw`` of its
-review thresholds (``demand_over_contract``) unless ``review: overrides: customers:`` sets one.
+review thresholds (``demand_over_contract``) and its ``power_factor_class`` the reference of
+``low_power_factor``, unless ``review: overrides: customers:`` sets them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import yaml
 
 from gateway.config.context import LoadContext, peek_text
 from gateway.config.convert import positive_decimal
-from gateway.review_thresholds import ReviewThresholds
+from gateway.review_thresholds import POWER_FACTOR_CLASSES, ReviewThresholds
 from gateway.settings import (
     DEFAULT_SIGN,
     CustomerMeter,
@@ -48,7 +49,7 @@ from gateway.yamlpos import Invalid, MapView, as_choice, as_text, describe, quot
 
 log = logging.getLogger("gateway.config")
 
-CUSTOMER_KEYS: Final = ("id", "name", "contract_capacity_kva", "tariff", "meters")
+CUSTOMER_KEYS: Final = ("id", "name", "contract_capacity_kva", "tariff", "power_factor_class", "meters")
 CUSTOMER_METER_KEYS: Final = ("meter", "role", "sign")
 ROLES: Final = ("main", "sub", "deduct")
 TARIFFS: Final = ("single", "two_part")
@@ -93,6 +94,7 @@ def load_customers(ctx: LoadContext, top: MapView, meters: dict[str, MeterSettin
         name = m.opt("name", as_text)
         capacity = m.opt("contract_capacity_kva", positive_decimal)
         tariff = cast(TariffType, m.get("tariff", as_choice(TARIFFS), "single"))
+        pf_class = m.opt("power_factor_class", as_choice(tuple(POWER_FACTOR_CLASSES)))
         entries = _customer_meters(ctx, m, cid or where, meters, declared_meters, owner)
         listed = m.node("meters")
         if listed is None:
@@ -111,7 +113,7 @@ def load_customers(ctx: LoadContext, top: MapView, meters: dict[str, MeterSettin
             m.bad("meters", f"are on different billing plans ({quoted_list(str(p) for p in plans)}); a customer "
                   "settles on one plan: put its meters on the same 'billing' plan")
         out[cid] = CustomerSettings(id=cid, name=name, contract_capacity_kva=capacity, tariff=tariff,
-                                    meters=tuple(entries))
+                                    meters=tuple(entries), power_factor_class=pf_class)
     _unlisted(ctx, top, meters, out, owner)
     return out
 
@@ -181,21 +183,26 @@ def _unlisted(ctx: LoadContext, top: MapView, meters: dict[str, MeterSettings],
 
 
 def review_with_customers(review: ReviewThresholds, customers: dict[str, CustomerSettings]) -> ReviewThresholds:
-    """``review`` with each customer's contract capacity as its ``contract_kw`` (unless overridden).
+    """``review`` with each customer's contract capacity and power-factor class (unless overridden).
 
     The ``demand_over_contract`` rule compares maximum demand (kW) with the contract capacity
-    (kVA) × factor, as 基本电费 by capacity does; an explicit ``review: overrides: customers:
-    <id>: demand_over_contract: contract_kw`` wins.
+    (kVA) × factor, as 基本电费 by capacity does, and ``low_power_factor`` judges the period
+    power factor against the class's reference (0.90 / 0.85 / 0.80); an explicit ``review:
+    overrides: customers: <id>:`` ``contract_kw`` / ``tariff_class`` / ``reference`` wins.
     """
     table = {k: dict(v) for k, v in review.customer_overrides.items()}
     changed = False
     for c in customers.values():
-        if c.contract_capacity_kva is None:
-            continue
-        entry = table.setdefault(c.id, {})
-        if "contract_kw" not in entry:
-            entry["contract_kw"] = Decimal(c.contract_capacity_kva)
-            changed = True
+        defaults: dict[str, object] = {}
+        if c.contract_capacity_kva is not None:
+            defaults["contract_kw"] = Decimal(c.contract_capacity_kva)
+        if c.power_factor_class is not None:
+            defaults["power_factor_reference"] = POWER_FACTOR_CLASSES[c.power_factor_class]
+        for key, value in defaults.items():
+            entry = table.setdefault(c.id, {})
+            if key not in entry:
+                entry[key] = value
+                changed = True
     return replace(review, customer_overrides=table) if changed else review
 
 

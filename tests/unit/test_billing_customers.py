@@ -169,6 +169,7 @@ def test_customers_section_loads_with_default_signs_and_contract_capacity(tmp_pa
     name: East Plant
     contract_capacity_kva: 800
     tariff: two_part
+    power_factor_class: general_100kva
     meters:
       - {meter: m1, role: main}
       - {meter: m2, role: deduct}
@@ -181,8 +182,11 @@ def test_customers_section_loads_with_default_signs_and_contract_capacity(tmp_pa
     assert (c1.name, c1.contract_capacity_kva, c1.tariff, c1.derived) == ("East Plant", Decimal(800), "two_part", False)
     assert [(m.meter, m.role, m.sign) for m in c1.meters] == [("m1", "main", 1), ("m2", "deduct", -1)]
     assert s.customers["C3"].derived and [m.meter for m in s.customers["C3"].meters] == ["m3"]
+    assert c1.power_factor_class == "general_100kva"
     assert s.review.for_meter("m1", "C1").contract_kw == Decimal(800)
+    assert s.review.for_meter("m1", "C1").power_factor_reference == Decimal("0.85")
     assert s.review.for_meter("m2", "C2").contract_kw is None
+    assert s.review.for_meter("m2", "C2").power_factor_reference is None
 
 
 def test_without_customers_section_one_customer_per_meter_customer(tmp_path: Path) -> None:
