@@ -83,8 +83,9 @@ class MeterStats:
     consecutive_failures: int = 0
 
     def success_rate(self) -> float | None:
-        """Good reads ÷ attempted reads since start (None before the first read)."""
-        total = self.reads_ok + self.reads_failed
+        """Good reads ÷ due polls since start, a skipped poll (dead meter, bus overrun) counting as a failure:
+        a slot that was never read is a slot without data (None before the first due poll)."""
+        total = self.reads_ok + self.reads_failed + self.reads_skipped
         return None if total == 0 else self.reads_ok / total
 
 

@@ -77,6 +77,7 @@ from gateway.audit import AuditLog
 from gateway.billing import db
 from gateway.billing.change_event import event_of
 from gateway.billing.clockstate import ClockStateSource, GatewayClockState, clock_state_source
+from gateway.billing.customer_publish import CustomerPublisher
 from gateway.billing.cycles import (
     Boundary,
     boundaries_between,
@@ -185,6 +186,8 @@ class BillingCapture:
         self.clock_state: ClockStateSource = clock_state_source(
             core.settings.gateway.clock_check_command, isinstance(core.clock, SystemClock))
         self._stopping = False
+        #: Customer settlement messages, recomputed whenever a settlement of one of their meters is published.
+        self.customers = CustomerPublisher(core)
         core.observers.append(self.observe)
 
     # ------------------------------------------------------------------ lifecycle
@@ -792,6 +795,7 @@ class BillingCapture:
         seq = await store.append_message("settlement", row.meter, row.boundary, row.body)
         await store.write(db.set_seq, row.id, seq)
         row.seq = seq
+        await self.customers.settlement_published(row)
 
     # ------------------------------------------------------------------ observer
     def observe(self, m: MeterRuntime, r: Reading) -> None:

@@ -13,11 +13,11 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any, Final
 
-from gateway.billing import db
+from gateway.billing import csvcolumns, db
 from gateway.billing.cycles import Cycle, cycle
 from gateway.billing.settlement import Settlement, StageConsumption, reconcile, stage_consumption
 from gateway.model import iso_utc
-from gateway.settings import BillingPlan
+from gateway.settings import BillingPlan, Settings
 
 _BODY_FIELDS: Final = ("quality", "source", "read_at", "frozen_at", "ct", "pt", "multiplier", "registers",
                        "reason", "revision", "estimated_from", "flags", "gateway_clock", "meter_clock",
@@ -57,8 +57,13 @@ def _stage_doc(st: StageConsumption) -> dict[str, Any]:
 
 
 def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: str, tz: str,
-               now: float) -> dict[str, Any]:
-    """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation."""
+               now: float, settings: Settings | None = None) -> dict[str, Any]:
+    """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation.
+
+    With ``settings``, the meter's customer is shown in the document and its CSV rows.
+    """
+    ms = settings.meters.get(meter) if settings is not None else None
+    customer = ms.customer if ms is not None else None
     c = cycle(plan, label, tz)
     rows = db.for_meter(conn, meter, c.start, c.end) if db.table_exists(conn) else []
     by_ts = {s.boundary: s for s in rows}
@@ -88,6 +93,7 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
     rec = reconcile(stages, total)
     return {
         "meter": meter,
+        "customer": customer,
         "plan": plan.name,
         "cycle": label,
         "timezone": tz,
@@ -117,14 +123,9 @@ RATIO_CHANGE_FIELDS: Final = ("id", "at", "old", "new", "read_at", "registers", 
 EXCHANGE_FIELDS: Final = ("id", "at", "old", "new", "old_serial", "new_serial", "registers", "entered_by", "note",
                           "supersedes")
 
-SETTLEMENT_CSV: Final = (
-    "meter", "plan", "cycle", "boundary_index", "role", "boundary", "current", "revision", "quality", "source",
-    "read_at", "frozen_at", "ct", "pt", "multiplier", "register", "raw", "value", "unit", "seq", "reason",
-)
-STAGE_CSV: Final = (
-    "meter", "plan", "cycle", "stage", "start", "end", "start_quality", "end_quality", "complete", "register",
-    "consumption", "reconciled", "flags",
-)
+#: The settlement and stage CSV columns (``csv_version`` 2, :mod:`gateway.billing.csvcolumns`).
+SETTLEMENT_CSV: Final = csvcolumns.SETTLEMENT_COLUMNS
+STAGE_CSV: Final = csvcolumns.STAGE_COLUMNS
 
 
 def settlement_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
@@ -132,10 +133,17 @@ def settlement_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
     for item in view["settlements"]:
         revisions = [(True, item)] + [(False, h) for h in item["history"]]
         for current, rev in revisions:
-            base = [view["meter"], view["plan"], view["cycle"], item["boundary_index"], item["role"],
-                    item["boundary"], current if item["status"] == "stored" else None, rev.get("revision"),
+            confirmed = rev.get("confirmed")
+            base = [csvcolumns.CSV_VERSION, view.get("customer"), view["meter"], view["plan"], view["cycle"],
+                    item["boundary_index"], item["role"], item["boundary"],
+                    current if item["status"] == "stored" else None, rev.get("id"), rev.get("revision"),
                     rev.get("quality"), rev.get("source"), rev.get("read_at"), rev.get("frozen_at"), rev.get("ct"),
-                    rev.get("pt"), rev.get("multiplier")]
+                    rev.get("pt"), rev.get("multiplier"),
+                    csvcolumns.clock_state(rev.get("gateway_clock")) if item["status"] == "stored" else None,
+                    rev.get("meter_offset_s"), csvcolumns.join(rev.get("flags") or ()),
+                    csvcolumns.estimated_from_cell(rev.get("estimated_from")),
+                    csvcolumns.supersedes_cell(rev.get("supersedes")), rev.get("entered_by"),
+                    confirmed.get("by") if isinstance(confirmed, dict) else None]
             regs = rev.get("registers") or {}
             if not regs:
                 yield [*base, None, None, None, None, rev.get("seq"), rev.get("reason") or item["status"]]
@@ -143,13 +151,22 @@ def settlement_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
                 yield [*base, name, r.get("raw"), r.get("value"), r.get("unit"), rev.get("seq"), rev.get("reason")]
 
 
-def stage_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
-    """One row per register per stage, then the cycle total (stage ``total``)."""
+def stage_csv_rows(view: dict[str, Any], *, role: str | None = None,
+                   sign: int | None = None) -> Iterable[list[object]]:
+    """One row per stage, then the cycle total (stage ``total``), in :data:`STAGE_CSV` order.
+
+    ``role`` / ``sign``: the meter's place in its customer (customer CSV); None for a meter's own.
+    """
     rec = view["reconciliation"]["reconciled"]
-    for st in [*view["stages"], {**view["cycle_total"], "stage": "total"}]:
-        for name, v in st["consumption"].items():
-            yield [view["meter"], view["plan"], view["cycle"], st["stage"], st["start"], st["end"],
-                   st["start_quality"], st["end_quality"], st["complete"], name, v, rec, "; ".join(st["flags"])]
+    items = view["settlements"]
+    last = len(items) - 1
+    rows = [(st, items[st["stage"] - 1], items[st["stage"]]) for st in view["stages"]]
+    rows.append(({**view["cycle_total"], "stage": "total"}, items[0], items[last]))
+    for doc, first, end in rows:
+        st = {**doc, "quality": csvcolumns.worst_quality([doc["start_quality"], doc["end_quality"]])}
+        yield csvcolumns.stage_row(customer=view.get("customer"), meter=view["meter"], plan=view["plan"],
+                                   cycle=view["cycle"], record="meter", role=role, sign=sign, stage=st,
+                                   reconciled=rec, ends=[first, end])
 
 
 __all__ = ["SETTLEMENT_CSV", "STAGE_CSV", "cycle_view", "settlement_csv_rows", "settlement_doc", "stage_csv_rows"]

@@ -10,6 +10,7 @@ Topics (``{prefix}`` = ``mqtt.topic_prefix``, default ``amr``)::
     {prefix}/{gateway}/meters/{meter}/reading   kind reading
     {prefix}/{gateway}/meters/{meter}/settlement
     {prefix}/{gateway}/meters/{meter}/event
+    {prefix}/{gateway}/customers/{customer}/settlement   kind customer_settlement (customer from the payload)
     {prefix}/{gateway}/kpi                      kind kpi (and any gateway-wide message:
                                                 {prefix}/{gateway}/{kind})
 
@@ -80,6 +81,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import socket
 import ssl
@@ -109,6 +111,16 @@ _REFUSAL_HINTS = {
     0x97: "the broker's quota is exhausted; publishing is slowed down",
     0x99: "the broker does not accept the payload's format",
 }
+
+
+def _customer_of(payload: str) -> str | None:
+    """The ``customer`` of a customer settlement message (None when the payload has none)."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    c = doc.get("customer") if isinstance(doc, dict) else None
+    return c if isinstance(c, str) and c else None
 
 
 def topic_level(text: str) -> str:
@@ -350,6 +362,10 @@ class MqttSink:
 
     def topic_for(self, row: OutboxRow) -> str:
         """The topic a committed message is published on."""
+        if row.kind == "customer_settlement":
+            customer = _customer_of(row.payload)
+            if customer is not None:
+                return f"{self.base}/customers/{topic_level(customer)}/settlement"
         if row.meter is not None and row.kind != "kpi":
             return f"{self.base}/meters/{topic_level(row.meter)}/{topic_level(row.kind)}"
         return f"{self.base}/{topic_level(row.kind)}"
