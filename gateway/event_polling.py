@@ -17,8 +17,9 @@ meter's last record is fetched through the protocol's
 
 The first counter seen is a baseline and fetches nothing (the review treats it the same
 way); after a restart the baseline is the review's memory of the counters, handed over at
-the engine's start, so a rise during the downtime still fetches its record. A record that cannot be read (timeout, refused) costs the reading nothing:
-the counter is still reported, and the record is tried again at the next poll.
+the engine's start, so a rise during the downtime still fetches its record. A record that
+cannot be read (timeout, refused) costs the reading nothing: the counter is still reported,
+and the record is tried again at the next poll.
 """
 
 from __future__ import annotations
