@@ -5,7 +5,8 @@ evidence within the rule's window, and clearing it after the fault is switched o
 One simulated DL/T 645-2007 meter (the generic profile; CT 100/5) read every simulated 15
 minutes on an accelerated clock (an hour a second), its thresholds shortened by review
 overrides where a rule's default window is a day (zero_consumption: 2 h after a day of
-history; low_power_factor: 6 h periods; a contract of 600 kW: the fault shows 90 kW × 20).
+history; low_power_factor: 6 h periods). The contract (600 kVA: the fault shows 90 kW × 20)
+and the power-factor class (0.85) are the customer's, from the ``customers:`` section.
 Meter event faults also check that the event carries the meter's last record, read by the
 poller through the driver's event-record capability (start, end once over, and the
 registers kept in it). The pure rule-by-rule version with the same faults is
@@ -18,6 +19,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,9 @@ schedules:
   interval: {{every: 15m, points: ["energy_*", "demand_max_kw", "power_kw", "voltage_*", "power_factor",
                                    "meter_clock", "event_*"]}}
   alarms: {{every: 15m, points: ["energy_*", "event_*"]}}
+customers:
+  - {{id: C1, contract_capacity_kva: 600, power_factor_class: general_100kva, meters: [{{meter: m1, role: main}}]}}
+  - {{id: C2, meters: [{{meter: m2, role: main}}]}}
 {billing_plans}mqtt: {{host: 127.0.0.1, port: {mqtt}}}
 influxdb: {{enabled: false}}
 api: {{listen: "127.0.0.1:{api}"}}
@@ -58,8 +63,7 @@ review:
     meters:
       m1:
         zero_consumption: {{window: 2h, history_days: 2}}
-        low_power_factor: {{period: 6h, reference: 0.85}}
-        demand_over_contract: {{contract_kw: 600}}
+        low_power_factor: {{period: 6h}}
 """
 
 
@@ -167,6 +171,10 @@ async def test_a_simulator_fault_raises_its_event_live_and_recovery_clears_it(
     assert got.index((etype, "raised", key)) < got.index((cleared, "cleared", key))
     raised = next(e for e in events(r.gw.store_path, METER) if e["type"] == etype and e["state"] == "raised")
     assert raised["evidence"], "the event carries its evidence"
+    if etype == "demand_over_contract":          # the customer's contract capacity
+        assert raised["evidence"]["contract_kw"] == 600 and raised["evidence"]["demand_kw"] == 1800
+    if etype == "low_power_factor":              # the customer's power-factor class
+        assert raised["evidence"]["reference"] == Decimal("0.85")
 
 
 @pytest.mark.parametrize(("fault", "amount", "etype", "stem"), EVENT_CASES, ids=[c[0] for c in EVENT_CASES])
