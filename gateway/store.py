@@ -108,12 +108,17 @@ from typing import Any, Literal, TypeVar
 
 from gateway.aio import wait_event
 from gateway.errors import StoreError
-from gateway.model import Reading, reading_payload, to_json
+from gateway.model import Reading, to_json
 from gateway.settings import StoreSettings
+from gateway.storecodec import PAYLOAD_SQL, SHAPE_DDL, Shape, ShapeKey, encode, key_of_spec, register, \
+    shape_from_spec, shape_key, spec_of
+from gateway.storemigrate import migrate
 
 log = logging.getLogger("amr.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: every reading's JSON message in ``outbox.payload``; 2: readings compact against
+``reading_shape`` (:mod:`gateway.storecodec`), converted in place by :mod:`gateway.storemigrate`."""
 RENDERED_KEPT = 4096
 """Rendered rows kept per sink (:meth:`Store.render_on_commit`): four seconds at 1,000
 readings/s, far more than a live sink lags; about 1 MB of InfluxDB lines."""
@@ -133,10 +138,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     slot REAL,
     ts REAL NOT NULL,
     quality TEXT,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    shape INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_meter_kind_slot ON outbox(meter, kind, slot);
 CREATE TABLE IF NOT EXISTS sink_cursor (sink TEXT PRIMARY KEY, acked_seq INTEGER NOT NULL);
+{shape_ddl};
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
@@ -145,6 +152,8 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 """
+
+_SCHEMA = _SCHEMA.replace("{shape_ddl}", SHAPE_DDL)
 
 Pressure = Literal["ok", "near_cap", "full"]
 
@@ -189,7 +198,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+    return register(conn)
 
 
 class Store:
@@ -234,6 +243,9 @@ class Store:
         self.commit_failures = 0
         self.last_error: str | None = None
         self._renderers: dict[str, tuple[Callable[[Reading, int], str], dict[int, str]]] = {}
+        self._shapes: dict[ShapeKey, Shape] = {}
+        """Every reading shape in the store (writer thread only)."""
+        self._next_shape = 1
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -280,6 +292,18 @@ class Store:
                 f"{SCHEMA_VERSION}: it was written by a newer amr-gateway; install that version again "
                 "(a downgrade cannot read it), or point data_dir elsewhere"
             )
+        try:
+            migrate(conn, self.path, log)
+        except sqlite3.Error as exc:
+            conn.close()
+            self._release_lock()
+            raise StoreError(
+                f"cannot convert the local store {self.path} to schema {SCHEMA_VERSION}: {exc}; it resumes where "
+                "it stopped at the next start; check free disk space and the data_dir permissions"
+            ) from exc
+        for shape_id, spec in conn.execute("SELECT id, spec FROM reading_shape"):
+            self._shapes[key_of_spec(spec)] = shape_from_spec(int(shape_id), spec)
+            self._next_shape = max(self._next_shape, int(shape_id) + 1)
         seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         self._last_seq = int(seq_row[0]) if seq_row else 0
         for sink, acked in conn.execute("SELECT sink, acked_seq FROM sink_cursor"):
@@ -566,6 +590,9 @@ class Store:
         rows: list[tuple[Any, ...]] = []
         out: list[list[int] | Exception] = []
         gw = self.gateway_id
+        shapes = self._shapes
+        new_shapes: dict[ShapeKey, Shape] = {}
+        next_shape = self._next_shape
         for item in batch:
             mine: list[tuple[Any, ...]] = []
             try:
@@ -573,12 +600,17 @@ class Store:
                     doc = {"schema": item.body.get("schema", f"amr.{item.kind}.v1"), "gateway": gw, "seq": seq + 1}
                     doc.update({k: v for k, v in item.body.items() if k != "schema"})
                     mine.append((seq + 1, item.kind, item.meter, None, item.retention, None, item.ts,
-                                 item.body.get("quality"), to_json(doc)))
+                                 item.body.get("quality"), to_json(doc), None))
                 else:
                     retention = item.retention
                     for k, r in enumerate(item.readings, start=seq + 1):
+                        key = shape_key(r, gw)
+                        shape = shapes.get(key) or new_shapes.get(key)
+                        if shape is None:
+                            shape = new_shapes[key] = shape_from_spec(next_shape, spec_of(key))
+                            next_shape += 1
                         mine.append((k, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
-                                     reading_payload(r, gw, k)))
+                                     encode(r, shape), shape.id))
             except Exception as exc:
                 log.error("refused a message the store cannot write (%s: %s); the rest commits",
                           type(exc).__name__, exc)
@@ -589,10 +621,13 @@ class Store:
             seq += len(mine)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if new_shapes:
+                conn.executemany("INSERT INTO reading_shape(id, spec) VALUES (?, ?)",
+                                 [(s.id, s.spec) for s in new_shapes.values()])
             if rows:
                 conn.executemany(
-                    "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload, shape)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
             self._write_cursors(cursors)
@@ -607,6 +642,8 @@ class Store:
             what = "readings" if rows else "the sink cursors"
             raise StoreError(f"cannot commit {what} to {self.path}: {exc}; {hint}") from exc
         self._last_seq = seq
+        shapes.update(new_shapes)
+        self._next_shape = next_shape
         for item, seqs in zip(batch, out, strict=True):
             if isinstance(item, _Pending) and not isinstance(seqs, Exception):
                 for r, s in zip(item.readings, seqs, strict=True):
@@ -930,6 +967,6 @@ def _count_kind(conn: sqlite3.Connection, kind: str) -> int:
 
 def _select_pending(conn: sqlite3.Connection, start: int, limit: int) -> list[OutboxRow]:
     cur = conn.execute(
-        "SELECT seq, kind, meter, ts, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit)
+        f"SELECT seq, kind, meter, ts, {PAYLOAD_SQL} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit)
     )
     return [OutboxRow(*row) for row in cur]

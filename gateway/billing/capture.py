@@ -99,6 +99,7 @@ from gateway.multiplier import RatioChange, last_audit_at, last_ratio_change, re
 from gateway.profiles import compile_meter_plan
 from gateway.settings import BillingPlan
 from gateway.slots import local_midnight, zone
+from gateway.storecodec import PAYLOAD_SQL
 
 if TYPE_CHECKING:
     from gateway.core import Core
@@ -933,10 +934,10 @@ def _neighbours(conn: sqlite3.Connection, meter: str, at: float, registers: list
         return None
 
     before = conn.execute(
-        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts<=? "
+        f"SELECT {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts<=? "
         "ORDER BY ts DESC LIMIT ?", (meter, at, ESTIMATE_LOOKBACK_ROWS)).fetchall()
     after = conn.execute(
-        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts>=? "
+        f"SELECT {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts>=? "
         "ORDER BY ts LIMIT ?", (meter, at, ESTIMATE_LOOKBACK_ROWS)).fetchall()
     a, b = first(before), first(after)
     if a is None or b is None:
