@@ -110,8 +110,8 @@ from gateway.aio import wait_event
 from gateway.errors import StoreError
 from gateway.model import Reading, to_json
 from gateway.settings import StoreSettings
-from gateway.storecodec import PAYLOAD_SQL, SHAPE_DDL, Shape, ShapeKey, encode, key_of_spec, register, \
-    shape_from_spec, shape_key, spec_of
+from gateway.storecodec import PAYLOAD_SQL, SHAPE_DDL, Shape, ShapeKey, encode, factors_of, key_of_spec, \
+    marks_of, register, shape_from_spec, shape_key, spec_of
 from gateway.storemigrate import migrate
 
 log = logging.getLogger("amr.store")
@@ -607,7 +607,8 @@ class Store:
                         key = shape_key(r, gw)
                         shape = shapes.get(key) or new_shapes.get(key)
                         if shape is None:
-                            shape = new_shapes[key] = shape_from_spec(next_shape, spec_of(key))
+                            marks = marks_of(r, factors_of(key[5], key[6]))
+                            shape = new_shapes[key] = shape_from_spec(next_shape, spec_of(key, marks))
                             next_shape += 1
                         mine.append((k, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
                                      encode(r, shape), shape.id))

@@ -59,6 +59,7 @@ _PT: Final = "\x1e"    # between points
 _FLD: Final = "\x1f"   # between a point's fields
 _TAIL: Final = "\x1d"  # before the error and the extra members
 _FAILED: Final = "\x1c"  # a failed read: every point null with one quality
+_SAME: Final = "="       # a point's value is its raw value
 _SHAPES_KEPT: Final = 4096
 
 ShapeKey = tuple[str, str, str, str, str, str, str, tuple[str, ...], tuple[str, ...]]
@@ -86,6 +87,9 @@ class Shape:
     """Per point: ``,"unit":…,"quality":"``"""
     factors: dict[str, Decimal]
     """``*``, ``c``, ``p``: CT × PT, CT, PT as the rendered multiplier states them."""
+    marks: tuple[str, ...]
+    """Per point, how its value is usually kept (``=`` same as raw, or a factor mark): the
+    mark of the reading that made the shape; a point that differs says so in its body."""
 
 
 def shape_key(r: Reading, gateway: str) -> ShapeKey:
@@ -95,13 +99,32 @@ def shape_key(r: Reading, gateway: str) -> ShapeKey:
             tuple(p.unit for p in pts.values()))
 
 
-def spec_of(key: ShapeKey) -> str:
+def spec_of(key: ShapeKey, marks: tuple[str, ...]) -> str:
     """The ``reading_shape.spec`` text of a shape (JSON: stable, readable with sqlite3)."""
     gateway, meter, customer, bus, schedule, ct, pt, names, units = key
     return json.dumps({"v": 1, "gateway": gateway, "meter": meter, "customer": customer, "bus": bus,
                        "schedule": schedule, "ct": ct, "pt": pt,
-                       "points": [[n, u] for n, u in zip(names, units, strict=True)]},
+                       "points": [[n, u, m] for n, u, m in zip(names, units, marks, strict=True)]},
                       ensure_ascii=False, separators=(",", ":"))
+
+
+def factors_of(ct_text: str, pt_text: str) -> dict[str, Decimal]:
+    """The factor of each value mark under these CT and PT texts."""
+    ct, pt = Decimal(ct_text), Decimal(pt_text)
+    return {"*": ct * pt, "c": ct, "p": pt}
+
+
+def marks_of(r: Reading, factors: dict[str, Decimal]) -> tuple[str, ...]:
+    """How each point's value of ``r`` relates to its raw value (a shape's default marks)."""
+    out = []
+    for p in r.points.values():
+        if p.value is p.raw:
+            out.append(_SAME)
+            continue
+        raw_text = "null" if p.raw is None else json_number(p.raw)
+        mark = _value_mark(raw_text, json_number(p.value), factors)
+        out.append(mark if mark in factors or mark == _SAME else _SAME)
+    return tuple(out)
 
 
 def key_of_spec(spec: str) -> ShapeKey:
@@ -109,7 +132,7 @@ def key_of_spec(spec: str) -> ShapeKey:
     d = json.loads(spec)
     pts = d["points"]
     return (str(d["gateway"]), str(d["meter"]), str(d["customer"]), str(d["bus"]), str(d["schedule"]),
-            str(d["ct"]), str(d["pt"]), tuple(str(n) for n, _ in pts), tuple(str(u) for _, u in pts))
+            str(d["ct"]), str(d["pt"]), tuple(str(p[0]) for p in pts), tuple(str(p[1]) for p in pts))
 
 
 def shape_from_spec(shape_id: int, spec: str) -> Shape:
@@ -117,8 +140,7 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
     d = json.loads(spec)
     js = encode_basestring
     ct_text, pt_text = str(d["ct"]), str(d["pt"])
-    names = tuple(str(n) for n, _ in d["points"])
-    ct, pt = Decimal(ct_text), Decimal(pt_text)
+    names = tuple(str(p[0]) for p in d["points"])
     return Shape(
         id=shape_id, spec=spec, names=names,
         head=f'{{"schema":"{READING_SCHEMA}","gateway":{js(d["gateway"])},"seq":',
@@ -126,15 +148,16 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
                 f'"schedule":{js(d["schedule"])},"slot":"'),
         multiplier=f',"multiplier":{{"ct":{ct_text},"pt":{pt_text}}},"points":{{',
         openers=tuple(f'"{n}":{{"raw":' for n in names),
-        units=tuple(f',"unit":{js(u)},"quality":"' for _, u in d["points"]),
-        factors={"*": ct * pt, "c": ct, "p": pt},
+        units=tuple(f',"unit":{js(p[1])},"quality":"' for p in d["points"]),
+        factors=factors_of(ct_text, pt_text),
+        marks=tuple(str(p[2]) for p in d["points"]),
     )
 
 
 def _value_mark(raw_text: str, value_text: str, factors: dict[str, Decimal]) -> str:
-    """How a point's value text is kept: empty (same as raw), a factor mark, or itself."""
+    """How a point's value text is kept: ``=`` (same as raw), a factor mark, or itself."""
     if value_text == raw_text:
-        return ""
+        return _SAME
     if raw_text and raw_text[0] != '"' and raw_text not in ("null", "true", "false"):
         try:
             d = Decimal(raw_text)
@@ -144,6 +167,18 @@ def _value_mark(raw_text: str, value_text: str, factors: dict[str, Decimal]) -> 
             if json_number(d * f) == value_text:
                 return mark
     return value_text
+
+
+def _is_product(raw: Decimal, factor: Decimal, value: Decimal) -> bool:
+    """Whether ``value`` is ``Decimal(json_number(raw)) × factor`` digit for digit: the cheap
+    check for the common case (a Decimal raw value, no positive exponent, so its text reads
+    back as the same Decimal)."""
+    if not raw.is_finite():
+        return False
+    exponent = raw.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent > 0:
+        return json_number(Decimal(json_number(raw)) * factor) == json_number(value)
+    return (raw * factor).compare_total(value) == 0
 
 
 def _tail(error_json: str, extra: str) -> str:
@@ -163,14 +198,19 @@ def encode(r: Reading, shape: Shape) -> str:
         return f"{_FAILED}{first.quality}{_tail(err, extra)}"
     out = []
     factors = shape.factors
-    for p in pts:
+    for p, default in zip(pts, shape.marks, strict=True):
         raw = p.raw
         raw_text = "" if raw is None else json_number(raw)
-        if p.value is raw:
+        value = p.value
+        if value is raw:
+            mark = "" if default == _SAME else _SAME
+        elif default != _SAME and isinstance(value, Decimal) and isinstance(raw, Decimal) \
+                and _is_product(raw, factors[default], value):
             mark = ""
         else:
-            value_text = json_number(p.value)
-            mark = _value_mark(raw_text or "null", value_text, factors)
+            mark = _value_mark(raw_text or "null", json_number(value), factors)
+            if mark == default:
+                mark = ""
         if p.reason is not None:
             q = "" if p.quality == "good" else p.quality
             out.append(f"{raw_text}{_FLD}{mark}{_FLD}{q}{_FLD}{encode_basestring(p.reason)}")
@@ -201,15 +241,16 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
         parts = [f'{o}null,"value":null{u}{q}"}}' for o, u in zip(openers, units, strict=True)]
     elif openers:
         factors = shape.factors
-        for o, u, item in zip(openers, units, points.split(_PT), strict=True):
+        for o, u, default, item in zip(openers, units, shape.marks, points.split(_PT), strict=True):
             if _FLD not in item:
                 raw = item or "null"
-                parts.append(f'{o}{raw},"value":{raw}{u}good"}}')
+                value = raw if default == _SAME else json_number(Decimal(raw) * factors[default])
+                parts.append(f'{o}{raw},"value":{value}{u}good"}}')
                 continue
             fields = item.split(_FLD)
             raw = fields[0] or "null"
-            mark = fields[1]
-            if not mark:
+            mark = fields[1] or default
+            if mark == _SAME:
                 value = raw
             elif mark in factors:
                 value = json_number(Decimal(raw) * factors[mark])
@@ -270,7 +311,7 @@ _HEAD_KEYS: Final = ("schema", "gateway", "seq", "meter", "customer", "bus", "sc
                      "quality")
 
 
-def compact_of_payload(payload: str, get_shape: Callable[[ShapeKey], Shape],
+def compact_of_payload(payload: str, get_shape: Callable[[ShapeKey, tuple[str, ...]], Shape],
                        seq: int, slot: float, ts: float, quality: str) -> tuple[Shape, str] | None:
     """The (shape, body) of a schema-1 reading payload, or None when its compact form would
     not render back to exactly ``payload`` (the row is then kept verbatim)."""
@@ -292,12 +333,13 @@ def compact_of_payload(payload: str, get_shape: Callable[[ShapeKey], Shape],
         units = tuple(str(p["unit"]) for p in points.values())
         key: ShapeKey = (str(doc["gateway"]), str(doc["meter"]), str(doc["customer"]), str(doc["bus"]),
                          str(doc["schedule"]), _text(mult["ct"]), _text(mult["pt"]), names, units)
-        shape = get_shape(key)
+        factors = factors_of(key[5], key[6])
+        marks = [_value_mark(_text(p["raw"]), _text(p["value"]), factors) for p in points.values()]
+        shape = get_shape(key, tuple(m if m in factors or m == _SAME else _SAME for m in marks))
         out = []
-        for p in points.values():
+        for p, mark, default in zip(points.values(), marks, shape.marks, strict=True):
             raw_text = _text(p["raw"])
-            mark = _value_mark(raw_text, _text(p["value"]), shape.factors)
-            fields = ["" if raw_text == "null" else raw_text, mark,
+            fields = ["" if raw_text == "null" else raw_text, "" if mark == default else mark,
                       "" if p["quality"] == "good" else str(p["quality"])]
             if "reason" in p:
                 fields.append(_text(p["reason"]))

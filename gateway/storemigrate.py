@@ -74,11 +74,11 @@ def migrate(conn: sqlite3.Connection, path: Path, log: logging.Logger, batch: in
     while True:
         new: dict[ShapeKey, Shape] = {}
 
-        def get(key: ShapeKey) -> Shape:
+        def get(key: ShapeKey, marks: tuple[str, ...]) -> Shape:
             nonlocal next_id
             got = shapes.get(key) or new.get(key)
             if got is None:
-                got = new[key] = shape_from_spec(next_id, spec_of(key))
+                got = new[key] = shape_from_spec(next_id, spec_of(key, marks))
                 next_id += 1
             return got
 

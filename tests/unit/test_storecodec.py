@@ -15,7 +15,8 @@ from decimal import Decimal
 import pytest
 
 from gateway.model import PointValue, Quality, Reading, Value, reading_payload
-from gateway.storecodec import Shape, ShapeKey, compact_of_payload, encode, render, shape_from_spec, shape_key, spec_of
+from gateway.storecodec import Shape, ShapeKey, compact_of_payload, encode, factors_of, marks_of, render, \
+    shape_from_spec, shape_key, spec_of
 
 _QUALITIES: tuple[Quality, ...] = ("timeout", "crc_error", "exception", "invalid")
 
@@ -77,12 +78,15 @@ def test_render_of_encode_is_the_payload_byte_for_byte(seed: int) -> None:
     for k in range(500):
         r = _reading(rng) if k % 50 else _failed(rng.choice(_QUALITIES))
         key = shape_key(r, "gw-1")
-        shape = shapes.setdefault(key, shape_from_spec(len(shapes) + 1, spec_of(key)))
+        if key not in shapes:
+            shapes[key] = shape_from_spec(len(shapes) + 1, spec_of(key, marks_of(r, factors_of(key[5], key[6]))))
+        shape = shapes[key]
         body = encode(r, shape)
         want = reading_payload(r, "gw-1", 1000 + k)
         assert render(shape, 1000 + k, r.slot, r.ts, r.quality, body) == want
         # the migration's conversion of the old stored text gives the same text back
-        got = compact_of_payload(want, lambda kk: shapes.setdefault(kk, shape_from_spec(len(shapes) + 1, spec_of(kk))),
+        got = compact_of_payload(want, lambda kk, mm: shapes.setdefault(kk, shape_from_spec(len(shapes) + 1,
+                                                                                          spec_of(kk, mm))),
                                  1000 + k, r.slot, r.ts, r.quality)
         assert got is not None
         assert render(got[0], 1000 + k, r.slot, r.ts, r.quality, got[1]) == want
@@ -93,10 +97,10 @@ def test_a_good_fifteen_point_reading_is_small() -> None:
     r = Reading(meter="m1", customer="c", bus="b1", schedule="interval", slot=1767225600.0, ts=1767225600.1,
                 points=pts)
     key = shape_key(r, "gw")
-    body = encode(r, shape_from_spec(1, spec_of(key)))
+    body = encode(r, shape_from_spec(1, spec_of(key, ("=",) * 15)))
     assert len(body) < 150 < len(reading_payload(r, "gw", 1))
 
 
 def test_an_unknown_message_layout_is_kept_verbatim() -> None:
-    assert compact_of_payload('{"schema":"amr.reading.v0","x":1}', lambda k: shape_from_spec(1, spec_of(k)),
+    assert compact_of_payload('{"schema":"amr.reading.v0","x":1}', lambda k, m: shape_from_spec(1, spec_of(k, m)),
                               1, 0.0, 0.0, "good") is None
