@@ -13,9 +13,9 @@ verbatim: :data:`gateway.storecodec.PAYLOAD_SQL` passes it through.
 
 The gateway runs this when it opens a schema-1 store (:meth:`gateway.store.Store.open`);
 ``python -m gateway.storemigrate STORE`` runs it alone (the gateway must be stopped: it
-takes the store's lock for itself, as ``amr-gateway sink drop`` does). The freed pages are
+takes the store's lock for itself, as ``amr-gateway sink drop`` does). The freed space is
 handed back to the filesystem with ``VACUUM`` at the end when the disk has room for the
-copy SQLite makes; otherwise the store reuses them for new readings.
+copy SQLite makes; otherwise the store reuses it for new readings.
 """
 
 from __future__ import annotations
@@ -122,19 +122,19 @@ def migrate(conn: sqlite3.Connection, path: Path, log: logging.Logger, batch: in
 
 
 def _compact_file(conn: sqlite3.Connection, path: Path, log: logging.Logger) -> None:
-    """Give the freed pages back to the filesystem (``VACUUM``) when the disk has room for
-    the copy SQLite makes of the live pages; otherwise new readings reuse them."""
+    """Give the space the conversion freed back to the filesystem (``VACUUM``) when the disk
+    has room for the copy SQLite makes (at most the size of the file: the copy holds only the
+    compact rows); otherwise new readings reuse it."""
     with contextlib.suppress(sqlite3.Error):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     try:
-        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
-        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        size = path.stat().st_size
         st = os.statvfs(path.parent)
-    except (sqlite3.Error, OSError):
+    except OSError:
         return
-    live = (pages - free) * page
-    if free * page < 1 << 20 or st.f_bavail * st.f_frsize < 3 * live:
+    if st.f_bavail * st.f_frsize < size:
+        log.warning("not enough free disk space to hand the space the conversion freed in %s back to the "
+                    "filesystem (VACUUM); new readings reuse it", path)
         return
     try:
         conn.execute("VACUUM")
