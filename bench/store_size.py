@@ -182,7 +182,8 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-async def _measure(store_cls: Any, path: Path, meters: int, count: int, warmup: int, ct_meter: bool) -> dict[str, float]:
+async def _measure(store_cls: Any, path: Path, meters: int, count: int, warmup: int,
+                   ct_meter: bool) -> dict[str, float]:
     store = await store_cls.open(path, StoreSettings(), "bench-gw")
     gen = readings(meters, count, ct_meter)
     size0 = 0

@@ -71,16 +71,18 @@ def migrate(conn: sqlite3.Connection, path: Path, log: logging.Logger, batch: in
         log.warning("converting the local store %s to the compact schema %d: %d readings to go (after seq %d); "
                     "a kill is safe, the next start resumes", path, TARGET_VERSION, total, done)
     converted = kept = 0
-    while True:
-        new: dict[ShapeKey, Shape] = {}
+    new: dict[ShapeKey, Shape] = {}
 
-        def get(key: ShapeKey, marks: tuple[str, ...]) -> Shape:
-            nonlocal next_id
-            got = shapes.get(key) or new.get(key)
-            if got is None:
-                got = new[key] = shape_from_spec(next_id, spec_of(key, marks))
-                next_id += 1
-            return got
+    def get(key: ShapeKey, marks: tuple[str, ...]) -> Shape:
+        nonlocal next_id
+        got = shapes.get(key) or new.get(key)
+        if got is None:
+            got = new[key] = shape_from_spec(next_id, spec_of(key, marks))
+            next_id += 1
+        return got
+
+    while True:
+        new.clear()
 
         conn.execute("BEGIN IMMEDIATE")
         try:

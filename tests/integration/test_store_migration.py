@@ -36,7 +36,7 @@ def _old_store(path: Path, count: int) -> list[str]:
                         ts=rows[-1].slot + 60.5, points=failed, quality="timeout", error="no reply"))
     payloads = write_v1_store(path, GW, iter(rows))
     conn = sqlite3.connect(path, isolation_level=None)
-    odd = '{"seq":%d,"schema":"amr.reading.v1","meter":"m0002","points":{}}' % (len(payloads) + 1)
+    odd = f'{{"seq":{len(payloads) + 1},"schema":"amr.reading.v1","meter":"m0002","points":{{}}}}'
     conn.execute("INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload) "
                  "VALUES (?, 'reading', 'm0002', 'interval', 'interval', 0, 0, 'good', ?)", (len(payloads) + 1, odd))
     settlement = to_json({"schema": "amr.settlement.v1", "gateway": GW, "seq": len(payloads) + 2, "meter": "m0001"})
@@ -84,7 +84,7 @@ def test_migration_killed_half_way_resumes_and_loses_nothing(tmp_path: Path) -> 
         assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == len(want)
 
     done = _migrate(db)
-    out, err = done.communicate(timeout=120)
+    _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err.decode()
     assert _meta(db, "schema_version") == "2" and _meta(db, "migrate_seq") is None
 

@@ -15,8 +15,18 @@ from decimal import Decimal
 import pytest
 
 from gateway.model import PointValue, Quality, Reading, Value, reading_payload
-from gateway.storecodec import Shape, ShapeKey, compact_of_payload, encode, factors_of, marks_of, render, \
-    shape_from_spec, shape_key, spec_of
+from gateway.storecodec import (
+    Shape,
+    ShapeKey,
+    compact_of_payload,
+    encode,
+    factors_of,
+    marks_of,
+    render,
+    shape_from_spec,
+    shape_key,
+    spec_of,
+)
 
 _QUALITIES: tuple[Quality, ...] = ("timeout", "crc_error", "exception", "invalid")
 
