@@ -80,20 +80,21 @@ Schema
     reading_shape(id INTEGER PRIMARY KEY, spec TEXT UNIQUE)
                         what repeats from one reading of a meter to the next (names, units,
                         CT/PT), kept once (gateway/storecodec.py)
-
-Schema 2 keeps a reading in about 250 bytes instead of its 2 KB message (docs/sizing.md):
-its point values against its shape, rendered back to exactly the ``amr.reading.v1`` text
-the gateway publishes by :data:`gateway.storecodec.PAYLOAD_SQL`, which every query for a
-reading's message selects instead of ``payload`` (:meth:`pending` does; the connections
-of this class, of the API's read pool and of the exports know the SQL function it calls).
-A store of schema 1 (every reading's JSON) is converted in place when it is opened,
-resumable after a kill (:mod:`gateway.storemigrate`).
     sink_cursor(sink TEXT PRIMARY KEY, acked_seq INTEGER)
                         one row per sink ever declared or registered, until sink drop
                         forgets it
     audit(id INTEGER PRIMARY KEY, ts REAL, meter TEXT, kind TEXT, detail TEXT)
                         changes that matter to billing (ratio_change: CT/PT) and to
                         delivery (sink_drop: a sink's backlog discarded)
+
+Schema 2 keeps a reading in about 250 bytes instead of its 2 KB message (docs/sizing.md):
+its point values against its shape, rendered back to exactly the ``amr.reading.v1`` text
+the gateway publishes by :data:`gateway.storecodec.PAYLOAD_SQL`, which every query for a
+reading's message selects instead of ``payload`` (the connections of this class, of the
+API's read pool and of the exports know the SQL function it calls); :meth:`pending`
+renders them itself, once for all sinks.
+A store of schema 1 (every reading's JSON) is converted in place when it is opened,
+resumable after a kill (:mod:`gateway.storemigrate`).
 
 Beside the database, ``<store>.lock``: every open store holds a shared ``flock`` on it, so
 ``amr-gateway sink drop`` (gateway/sinkdrop.py), which must have the store to itself, can
@@ -124,7 +125,6 @@ from gateway.errors import StoreError
 from gateway.model import Reading, to_json
 from gateway.settings import StoreSettings
 from gateway.storecodec import (
-    PAYLOAD_SQL,
     SHAPE_DDL,
     Shape,
     ShapeKey,
@@ -133,6 +133,7 @@ from gateway.storecodec import (
     key_of_spec,
     marks_of,
     register,
+    render,
     shape_from_spec,
     shape_key,
     spec_of,
@@ -271,6 +272,10 @@ class Store:
         self._shapes: dict[ShapeKey, Shape] = {}
         """Every reading shape in the store (writer thread only)."""
         self._next_shape = 1
+        self._reader_shapes: dict[int, Shape] = {}
+        """Shapes by id, as the reader thread has needed them (reader thread only)."""
+        self._payloads: dict[int, str] = {}
+        """The last readings' messages rendered for a sink, by seq (reader thread only)."""
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -696,7 +701,7 @@ class Store:
         return None if entry is None else entry[1].get(seq)
 
     def _render(self, batch: list[_Item]) -> None:
-        for name, (render, kept) in self._renderers.items():
+        for name, (render_line, kept) in self._renderers.items():
             for p in batch:
                 if isinstance(p, _Message):
                     continue
@@ -705,7 +710,7 @@ class Store:
                     if seq is None:
                         continue
                     try:
-                        kept[seq] = render(r, seq)
+                        kept[seq] = render_line(r, seq)
                     except Exception as exc:   # the sink renders it from the payload instead
                         log.debug("%s: cannot render seq %d at commit: %s", name, seq, exc)
             while len(kept) > RENDERED_KEPT:
@@ -750,7 +755,30 @@ class Store:
         start = self._cursors.get(sink, 0) if after is None else after
         if start >= self._last_seq:
             return []
-        return await self.read(_select_pending, start, limit)
+        return await self.read(self._select_pending, start, limit)
+
+    def _select_pending(self, conn: sqlite3.Connection, start: int, limit: int) -> list[OutboxRow]:
+        """The rows after ``start`` as sinks send them (on the reader thread). A compact
+        reading is rendered once and kept for the next sink that asks (every sink reads the
+        same rows, usually within a second of each other)."""
+        cur = conn.execute("SELECT seq, kind, meter, ts, payload, shape, slot, quality FROM outbox "
+                           "WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit))
+        kept, shapes = self._payloads, self._reader_shapes
+        out = []
+        for seq, kind, meter, ts, stored, shape_id, slot, quality in cur:
+            text = stored
+            if shape_id is not None:
+                text = kept.get(seq)
+                if text is None:
+                    shape = shapes.get(shape_id)
+                    if shape is None:
+                        spec = conn.execute("SELECT spec FROM reading_shape WHERE id=?", (shape_id,)).fetchone()[0]
+                        shape = shapes[shape_id] = shape_from_spec(shape_id, spec)
+                    text = kept[seq] = render(shape, seq, slot, ts, quality, stored)
+            out.append(OutboxRow(seq, kind, meter, ts, text))
+        while len(kept) > RENDERED_KEPT:
+            del kept[next(iter(kept))]
+        return out
 
     async def ack(self, sink: str, upto_seq: int) -> None:
         """Advance the sink's cursor to ``upto_seq``; the writer saves it with its next commit
@@ -990,9 +1018,3 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _count_kind(conn: sqlite3.Connection, kind: str) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox WHERE kind=?", (kind,)).fetchone()[0])
 
-
-def _select_pending(conn: sqlite3.Connection, start: int, limit: int) -> list[OutboxRow]:
-    cur = conn.execute(
-        f"SELECT seq, kind, meter, ts, {PAYLOAD_SQL} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit)
-    )
-    return [OutboxRow(*row) for row in cur]

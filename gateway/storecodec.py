@@ -244,7 +244,7 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
         for o, u, default, item in zip(openers, units, shape.marks, points.split(_PT), strict=True):
             if _FLD not in item:
                 raw = item or "null"
-                value = raw if default == _SAME else json_number(Decimal(raw) * factors[default])
+                value = raw if default == _SAME else format(Decimal(raw) * factors[default], "f")
                 parts.append(f'{o}{raw},"value":{value}{u}good"}}')
                 continue
             fields = item.split(_FLD)
@@ -253,7 +253,7 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
             if mark == _SAME:
                 value = raw
             elif mark in factors:
-                value = json_number(Decimal(raw) * factors[mark])
+                value = format(Decimal(raw) * factors[mark], "f")
             else:
                 value = mark
             q = fields[2] if len(fields) > 2 and fields[2] else "good"
