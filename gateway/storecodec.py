@@ -37,6 +37,7 @@ events, KPIs, readings a migration kept verbatim) through unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable
@@ -264,17 +265,30 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
 
 
 _BY_SPEC: dict[str, Shape] = {}
+_RENDERED: dict[tuple[str, str, int, float, float, str], str] = {}
+_RENDERED_KEPT: Final = 4096
+"""Messages :func:`_udf` keeps (about 5 MB): API clients pulling the same meter-day get the
+text already rendered instead of rendering 1,440 readings each on the API's threads."""
 
 
 def _udf(payload: str, spec: str | None, seq: int, slot: float, ts: float, quality: str) -> str:
     if spec is None:
         return payload
+    key = (spec, payload, seq, slot, ts, quality)
+    text = _RENDERED.get(key)
+    if text is not None:
+        return text
     shape = _BY_SPEC.get(spec)
     if shape is None:
         if len(_BY_SPEC) >= _SHAPES_KEPT:
             _BY_SPEC.clear()
         shape = _BY_SPEC[spec] = shape_from_spec(0, spec)
-    return render(shape, seq, slot, ts, quality, payload)
+    text = render(shape, seq, slot, ts, quality, payload)
+    if len(_RENDERED) >= _RENDERED_KEPT:
+        with contextlib.suppress(KeyError, StopIteration, RuntimeError):   # another thread trimmed it
+            del _RENDERED[next(iter(_RENDERED))]
+    _RENDERED[key] = text
+    return text
 
 
 def register(conn: sqlite3.Connection) -> sqlite3.Connection:
