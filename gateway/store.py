@@ -148,6 +148,9 @@ SCHEMA_VERSION = 2
 RENDERED_KEPT = 4096
 """Rendered rows kept per sink (:meth:`Store.render_on_commit`): four seconds at 1,000
 readings/s, far more than a live sink lags; about 1 MB of InfluxDB lines."""
+PAYLOADS_KEPT = 2048
+"""Reading messages kept once rendered for one sink (:meth:`Store.pending`), for the others:
+two seconds at 1,000 readings/s; a sink further behind renders its own."""
 GROUP_COMMIT_S = 0.02
 """How long the writer gathers appends into one transaction (one fsync for all of them),
 unless ``store.commit_interval`` is shorter."""
@@ -272,8 +275,9 @@ class Store:
         self._shapes: dict[ShapeKey, Shape] = {}
         """Every reading shape in the store (writer thread only)."""
         self._next_shape = 1
-        self._reader_shapes: dict[int, Shape] = {}
-        """Shapes by id, as the reader thread has needed them (reader thread only)."""
+        self._shapes_by_id: dict[int, Shape] = {}
+        """The same shapes by id, for the reader thread (the writer adds a shape once it has
+        committed; the reader loads one it does not find, e.g. written by a migration)."""
         self._payloads: dict[int, str] = {}
         """The last readings' messages rendered for a sink, by seq (reader thread only)."""
 
@@ -332,7 +336,8 @@ class Store:
                 "it stopped at the next start; check free disk space and the data_dir permissions"
             ) from exc
         for shape_id, spec in conn.execute("SELECT id, spec FROM reading_shape"):
-            self._shapes[key_of_spec(spec)] = shape_from_spec(int(shape_id), spec)
+            shape = self._shapes[key_of_spec(spec)] = shape_from_spec(int(shape_id), spec)
+            self._shapes_by_id[shape.id] = shape
             self._next_shape = max(self._next_shape, int(shape_id) + 1)
         seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         self._last_seq = int(seq_row[0]) if seq_row else 0
@@ -674,6 +679,8 @@ class Store:
             raise StoreError(f"cannot commit {what} to {self.path}: {exc}; {hint}") from exc
         self._last_seq = seq
         shapes.update(new_shapes)
+        for shape in new_shapes.values():
+            self._shapes_by_id[shape.id] = shape
         self._next_shape = next_shape
         for item, seqs in zip(batch, out, strict=True):
             if isinstance(item, _Pending) and not isinstance(seqs, Exception):
@@ -763,7 +770,7 @@ class Store:
         same rows, usually within a second of each other)."""
         cur = conn.execute("SELECT seq, kind, meter, ts, payload, shape, slot, quality FROM outbox "
                            "WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit))
-        kept, shapes = self._payloads, self._reader_shapes
+        kept, shapes = self._payloads, self._shapes_by_id
         out = []
         for seq, kind, meter, ts, stored, shape_id, slot, quality in cur:
             text = stored
@@ -776,7 +783,7 @@ class Store:
                         shape = shapes[shape_id] = shape_from_spec(shape_id, spec)
                     text = kept[seq] = render(shape, seq, slot, ts, quality, stored)
             out.append(OutboxRow(seq, kind, meter, ts, text))
-        while len(kept) > RENDERED_KEPT:
+        while len(kept) > PAYLOADS_KEPT:
             del kept[next(iter(kept))]
         return out
 
