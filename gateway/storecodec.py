@@ -62,6 +62,8 @@ _TAIL: Final = "\x1d"  # before the error and the extra members
 _FAILED: Final = "\x1c"  # a failed read: every point null with one quality
 _SAME: Final = "="       # a point's value is its raw value
 _SHAPES_KEPT: Final = 4096
+_ONE: Final = Decimal(1)
+_ONE_TEXT: Final = "1"
 
 ShapeKey = tuple[str, str, str, str, str, str, str, tuple[str, ...], tuple[str, ...]]
 """(gateway, meter, customer, bus, schedule, CT text, PT text, point names, units): what a
@@ -96,8 +98,10 @@ class Shape:
 def shape_key(r: Reading, gateway: str) -> ShapeKey:
     """What makes two readings share a shape."""
     pts = r.points
-    return (gateway, r.meter, r.customer, r.bus, r.schedule, json_number(r.ct), json_number(r.pt), tuple(pts),
-            tuple(p.unit for p in pts.values()))
+    ct, pt = r.ct, r.pt
+    return (gateway, r.meter, r.customer, r.bus, r.schedule,
+            _ONE_TEXT if ct is _ONE else json_number(ct), _ONE_TEXT if pt is _ONE else json_number(pt),
+            tuple(pts), tuple([p.unit for p in pts.values()]))
 
 
 def spec_of(key: ShapeKey, marks: tuple[str, ...]) -> str:
@@ -197,12 +201,19 @@ def encode(r: Reading, shape: Shape) -> str:
     if first is not None and first.quality != "good" and all(
             p.raw is None and p.value is None and p.reason is None and p.quality == first.quality for p in pts):
         return f"{_FAILED}{first.quality}{_tail(err, extra)}"
-    out = []
+    out: list[str] = []
+    append = out.append
     factors = shape.factors
     for p, default in zip(pts, shape.marks, strict=True):
         raw = p.raw
-        raw_text = "" if raw is None else json_number(raw)
         value = p.value
+        if type(raw) is Decimal and raw.is_finite():
+            raw_text = format(raw, "f")
+            if value is raw and default == _SAME and p.quality == "good" and p.reason is None:
+                append(raw_text)     # the usual point, on the hot path: nothing else to say
+                continue
+        else:
+            raw_text = "" if raw is None else json_number(raw)
         if value is raw:
             mark = "" if default == _SAME else _SAME
         elif default != _SAME and isinstance(value, Decimal) and isinstance(raw, Decimal) \
