@@ -167,7 +167,7 @@ def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: lis
             while labels[-1] != last and len(labels) < MAX_CYCLES:
                 labels.append(next_label(labels[-1]))
         for label in labels:
-            doc = view.cycle_view(conn, m, plan, label, tz, now)
+            doc = view.cycle_view(conn, m, plan, label, tz, now, settings)
             n += write_rows(w, rows_of(doc))
     return n
 

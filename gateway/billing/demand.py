@@ -44,7 +44,7 @@ meter only replaces its maximum by a strictly greater one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
@@ -275,6 +275,79 @@ def _minutes(seconds: float) -> int | float:
     return int(m) if m == int(m) else m
 
 
+def _decimal(v: object) -> Decimal | None:
+    if isinstance(v, Decimal):
+        return v
+    if isinstance(v, int | str):
+        try:
+            return Decimal(v)
+        except ArithmeticError:
+            return None
+    return None
+
+
+def meter_figures(body: Mapping[str, Any] | None, tz: str) -> tuple[MeterDemand | None, MeterDemand | None]:
+    """(current register, closed settlement-day record) from a stored settlement body.
+
+    The current register is ``registers.demand_max_kw`` (value after CT×PT, ``at`` meter
+    local); the closed record is ``demand_period`` (:meth:`gateway.billing.capture.BillingCapture`
+    keeps it), whose ``period_end`` is where the current register's period began.
+    """
+    if not body or body.get("quality") == "missing":
+        return None, None
+    closed: MeterDemand | None = None
+    dp = body.get("demand_period")
+    reset: float | None = None
+    if isinstance(dp, Mapping):
+        value = _decimal(dp.get("value"))
+        end = _iso(dp.get("period_end"))
+        if value is not None and end is not None:
+            closed = MeterDemand(value, meter_time(_text(dp.get("at")), tz), "settlement_day",
+                                 _iso(dp.get("period_start")), end)
+            reset = end
+    current: MeterDemand | None = None
+    reg = (body.get("registers") or {}).get(DEMAND_REGISTER)
+    if isinstance(reg, Mapping):
+        value = _decimal(reg.get("value"))
+        if value is not None:
+            current = MeterDemand(value, meter_time(_text(reg.get("at")), tz), "current", reset)
+    return current, closed
+
+
+def _text(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def _iso(v: object) -> float | None:
+    if v is None:
+        return None
+    try:
+        return datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def two_part_inputs(start: float, end: float, end_body: Mapping[str, Any] | None,
+                    consumption: Mapping[str, Decimal | None], tz: str,
+                    computed: Callable[[], Demand] | None) -> dict[str, Any]:
+    """Every :data:`TWO_PART_FIELDS` of the period ``[start, end)`` (stage or cycle).
+
+    Demand: the meter's figures read at ``end`` (``end_body``, the end settlement) when they
+    determine the period's maximum (:func:`meter_demand`), else ``computed()`` (from interval
+    readings; None: not available), labelled ``computed``. Power factor: from ``consumption``
+    (:func:`power_factor_inputs`).
+    """
+    current, closed = meter_figures(end_body, tz)
+    demand = meter_demand(start, end, current, closed)
+    if demand is None:
+        demand = computed() if computed is not None else None
+        if demand is not None and demand.value is None and current is not None:
+            demand = Demand(None, None, None, {**demand.detail, "note": "the meter's demand register does not "
+                                               "determine this period's maximum and "
+                                               + str(demand.detail.get("note") or "no window has both readings")})
+    return {**(demand or NO_DEMAND).doc(), **power_factor_inputs(consumption)}
+
+
 def better_of(candidates: Sequence[Demand | None]) -> Demand | None:
     """The first candidate that has a value (meter before computed, as the caller orders them)."""
     for c in candidates:
@@ -299,9 +372,11 @@ __all__ = [
     "better_of",
     "computed_demand",
     "meter_demand",
+    "meter_figures",
     "meter_time",
     "power_factor",
     "power_factor_inputs",
     "reactive_by_quadrant",
     "sample_slots",
+    "two_part_inputs",
 ]

@@ -10,18 +10,20 @@ the JSON, the CSV and the export say the same thing.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from gateway.billing import db
+from gateway.billing import db, demand
 from gateway.billing.cycles import Cycle, cycle
+from gateway.billing.demand import Demand
+from gateway.billing.intervals import energy_schedules, load_ends
 from gateway.billing.settlement import Settlement, StageConsumption, reconcile, stage_consumption
 from gateway.model import iso_utc
-from gateway.settings import BillingPlan
+from gateway.settings import BillingPlan, Settings
 
 _BODY_FIELDS: Final = ("quality", "source", "read_at", "frozen_at", "ct", "pt", "multiplier", "registers",
                        "reason", "revision", "estimated_from", "flags", "gateway_clock", "meter_clock",
-                       "meter_offset_s", "entered_by", "note", "confirmed", "supersedes")
+                       "meter_offset_s", "entered_by", "note", "confirmed", "supersedes", "demand_period")
 
 
 def _role(i: int, c: Cycle) -> str:
@@ -42,7 +44,7 @@ def settlement_doc(s: Settlement) -> dict[str, Any]:
     return doc
 
 
-def _stage_doc(st: StageConsumption) -> dict[str, Any]:
+def _stage_doc(st: StageConsumption, two_part: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "stage": st.stage,
         "start": iso_utc(st.start),
@@ -53,12 +55,42 @@ def _stage_doc(st: StageConsumption) -> dict[str, Any]:
         "consumption": dict(st.consumption),
         "flags": list(st.flags),
         "codes": list(st.codes),
+        **(two_part or {}),
     }
 
 
+def _computed_demand(conn: sqlite3.Connection, settings: Settings | None, meter: str, plan: BillingPlan,
+                     start: float, end: float, now: float) -> Callable[[], Demand] | None:
+    """How to compute a period's maximum demand from the meter's interval readings (None: no settings)."""
+    if settings is None or meter not in settings.meters:
+        return None
+    ms = settings.meters[meter]
+
+    def compute() -> Demand:
+        scheds, regs, every = energy_schedules(settings, ms)
+        cfg = plan.demand
+        window = cfg.window_s
+        slide = window if cfg.method == "block" else (cfg.slide_s or every or window)
+        stop = min(end, now)
+        if not scheds or demand.PF_ACTIVE not in regs:
+            return Demand(None, None, None, {"method": cfg.method, "note": "the meter has no interval readings of "
+                                             f"{demand.PF_ACTIVE} to compute demand from"})
+        slots = demand.sample_slots(start, stop, window, slide)
+        ends = load_ends(conn, meter, scheds, [demand.PF_ACTIVE], slots, start, stop) if slots else {}
+        samples = {t: e.values[demand.PF_ACTIVE] for t, e in ends.items() if demand.PF_ACTIVE in e.values}
+        return demand.computed_demand(samples, start, stop, window, slide, cfg.method)
+
+    return compute
+
+
 def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: str, tz: str,
-               now: float) -> dict[str, Any]:
-    """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation."""
+               now: float, settings: Settings | None = None) -> dict[str, Any]:
+    """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation.
+
+    Each stage and the cycle total carry the two-part tariff inputs
+    (:data:`gateway.billing.demand.TWO_PART_FIELDS`): maximum demand from the meter's end
+    settlement, else computed from interval readings when ``settings`` is given.
+    """
     c = cycle(plan, label, tz)
     rows = db.for_meter(conn, meter, c.start, c.end) if db.table_exists(conn) else []
     by_ts = {s.boundary: s for s in rows}
@@ -95,8 +127,9 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
         "end": iso_utc(c.end),
         "settlements": items,
         "ratio_changes": [{k: ch.get(k) for k in RATIO_CHANGE_FIELDS} for ch in changes],
-        "stages": [_stage_doc(st) for st in stages],
-        "cycle_total": _stage_doc(total),
+        "stages": [_stage_doc(st, _two_part(conn, settings, meter, plan, tz, now, st, current[st.stage]))
+                   for st in stages],
+        "cycle_total": _stage_doc(total, _two_part(conn, settings, meter, plan, tz, now, total, current[-1])),
         "reconciliation": {
             "reconciled": rec.reconciled,
             "cycle_consumption": rec.cycle_consumption,
@@ -104,6 +137,12 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
             "flags": list(rec.flags),
         },
     }
+
+
+def _two_part(conn: sqlite3.Connection, settings: Settings | None, meter: str, plan: BillingPlan, tz: str,
+              now: float, st: StageConsumption, last: Settlement | None) -> dict[str, Any]:
+    return demand.two_part_inputs(st.start, st.end, None if last is None else last.body, st.consumption, tz,
+                                  _computed_demand(conn, settings, meter, plan, st.start, st.end, now))
 
 
 #: What the view shows of an audited CT/PT change (``billing_ratio_change``).
@@ -116,6 +155,8 @@ SETTLEMENT_CSV: Final = (
 STAGE_CSV: Final = (
     "meter", "plan", "cycle", "stage", "start", "end", "start_quality", "end_quality", "complete", "register",
     "consumption", "reconciled", "flags",
+    # two-part tariff inputs of the stage (gateway.billing.demand), the same on every row of a stage
+    "max_demand_kw", "max_demand_at", "demand_source", "power_factor", "power_factor_registers",
 )
 
 
@@ -141,7 +182,9 @@ def stage_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
     for st in [*view["stages"], {**view["cycle_total"], "stage": "total"}]:
         for name, v in st["consumption"].items():
             yield [view["meter"], view["plan"], view["cycle"], st["stage"], st["start"], st["end"],
-                   st["start_quality"], st["end_quality"], st["complete"], name, v, rec, "; ".join(st["flags"])]
+                   st["start_quality"], st["end_quality"], st["complete"], name, v, rec, "; ".join(st["flags"]),
+                   st.get("max_demand_kw"), st.get("max_demand_at"), st.get("demand_source"),
+                   st.get("power_factor"), "+".join(st.get("power_factor_registers") or [])]
 
 
 __all__ = ["SETTLEMENT_CSV", "STAGE_CSV", "cycle_view", "settlement_csv_rows", "settlement_doc", "stage_csv_rows"]
