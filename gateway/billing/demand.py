@@ -348,6 +348,32 @@ def two_part_inputs(start: float, end: float, end_body: Mapping[str, Any] | None
     return {**(demand or NO_DEMAND).doc(), **power_factor_inputs(consumption)}
 
 
+def cycle_from_stages(cycle: dict[str, Any], stages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The cycle's two-part fields, its demand taken from its stages when the meter's cycle figure is absent.
+
+    A meter that resets its demand at every stage boundary (three settlement days a month
+    for staged settlement, 分次结算) has a record per stage but none for the whole cycle; the
+    cycle's maximum is then the largest stage maximum (the earliest on a tie), ``meter`` when
+    every stage's is. Used only when every stage has a maximum and the cycle's own figure is
+    not the meter's.
+    """
+    if cycle.get("demand_source") == "meter" or not stages:
+        return cycle
+    if any(st.get("max_demand_kw") is None for st in stages):
+        return cycle
+    best = stages[0]
+    for st in stages[1:]:
+        if st["max_demand_kw"] > best["max_demand_kw"]:
+            best = st
+    source = "meter" if all(st.get("demand_source") == "meter" for st in stages) else "computed"
+    return {**cycle, "max_demand_kw": best["max_demand_kw"], "max_demand_at": best["max_demand_at"],
+            "demand_source": source,
+            "demand_detail": {"record": "stages", "stage": best.get("stage"),
+                              "note": "the largest of the stages' maxima (the meter resets its demand at the "
+                                      "stage boundaries)" if source == "meter" else
+                                      "the largest of the stages' maxima"}}
+
+
 def better_of(candidates: Sequence[Demand | None]) -> Demand | None:
     """The first candidate that has a value (meter before computed, as the caller orders them)."""
     for c in candidates:
@@ -371,6 +397,7 @@ __all__ = [
     "MeterDemand",
     "better_of",
     "computed_demand",
+    "cycle_from_stages",
     "meter_demand",
     "meter_figures",
     "meter_time",

@@ -118,6 +118,10 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
               for k in range(1, c.stages + 1)]
     total = stage_consumption(0, c.start, c.end, current[0], current[-1], regs, changes)
     rec = reconcile(stages, total)
+    stage_docs = [_stage_doc(st, _two_part(conn, settings, meter, plan, tz, now, st, current[st.stage]))
+                  for st in stages]
+    cycle_two_part = demand.cycle_from_stages(
+        _two_part(conn, settings, meter, plan, tz, now, total, current[-1]), stage_docs)
     return {
         "meter": meter,
         "plan": plan.name,
@@ -127,9 +131,8 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
         "end": iso_utc(c.end),
         "settlements": items,
         "ratio_changes": [{k: ch.get(k) for k in RATIO_CHANGE_FIELDS} for ch in changes],
-        "stages": [_stage_doc(st, _two_part(conn, settings, meter, plan, tz, now, st, current[st.stage]))
-                   for st in stages],
-        "cycle_total": _stage_doc(total, _two_part(conn, settings, meter, plan, tz, now, total, current[-1])),
+        "stages": stage_docs,
+        "cycle_total": _stage_doc(total, cycle_two_part),
         "reconciliation": {
             "reconciled": rec.reconciled,
             "cycle_consumption": rec.cycle_consumption,
