@@ -153,8 +153,9 @@ def meter_time(text: str | None, tz: str) -> float | None:
     s = str(text).strip()
     if not s:
         return None
-    if s.isdigit():
-        return float(int(s)) if int(s) > 0 else None
+    if s.replace(".", "", 1).isdigit():
+        seconds = float(Decimal(s))
+        return seconds if seconds > 0 else None
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError:

@@ -29,6 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
+from drivers.simulation.model import MeterModel
 from gateway.billing import demand, view
 from gateway.billing.rehearsal import HoldingClock
 from gateway.config import load_settings_from_text
@@ -72,9 +73,9 @@ def frozen_everywhere(gw: Gateway, t: float) -> bool:
     return all((k := cap.current.get((m, t))) is not None and k.quality == "meter_frozen" for m in METERS)
 
 
-def true_pf(sim: Dlt645Simulator, meter: str, lo: float, hi: float, mult: Decimal) -> dict[str, Any]:
+def true_pf(model: MeterModel, lo: float, hi: float, mult: Decimal) -> dict[str, Any]:
     """The simulator's true Δ registers over [lo, hi) × CT × PT and the power factor they give."""
-    a, b = sim.model(meter).values_at(lo), sim.model(meter).values_at(hi)
+    a, b = model.values_at(lo), model.values_at(hi)
     d = {n: (b[n] - a[n]) * mult for n in ("energy_import_kwh", "energy_q1_kvarh", "energy_q2_kvarh",
                                            "energy_q3_kvarh", "energy_q4_kvarh")}
     kwh, kvarh = d["energy_import_kwh"], d["energy_q1_kvarh"] + d["energy_q4_kvarh"]
@@ -132,7 +133,7 @@ async def test_demand_and_power_factor_equal_the_simulators_truth(tmp_path: Path
         periods = [*view_stages(views[m]), views[m]["cycle_total"]]
         spans = [(B[0], B[1]), (B[1], B[2]), (B[2], B[3]), (B[0], B[3])]
         for doc, (lo, hi) in zip(periods, spans, strict=True):
-            truth = true_pf(sim, m, lo, hi, mult)
+            truth = true_pf(sim.model(m), lo, hi, mult)
             assert doc["power_factor_registers"] == ["energy_import_kwh", "energy_q1_kvarh", "energy_q4_kvarh"]
             assert Decimal(str(doc["power_factor_kwh"])) == truth["kwh"], (m, lo)
             assert Decimal(str(doc["power_factor_kvarh"])) == truth["kvarh"], (m, lo)
@@ -193,3 +194,114 @@ def view_stages(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The stage documents of a cycle view."""
     stages: list[dict[str, Any]] = doc["stages"]
     return stages
+
+
+# --- Modbus: the meter's demand register with its time, and demand computed from the gateway's readings
+
+MODBUS_CONFIG = """\
+gateway: {{id: two-part-modbus, timezone: Asia/Shanghai, data_dir: {data}}}
+buses:
+  - {{id: tcp-a, type: tcp, host: 127.0.0.1, port: {pa}, protocol: modbus-tcp, timeout_ms: 500}}
+  - {{id: tcp-b, type: tcp, host: 127.0.0.1, port: {pb}, protocol: modbus-tcp, timeout_ms: 500}}
+  - {{id: tcp-c, type: tcp, host: 127.0.0.1, port: {pc}, protocol: modbus-tcp, timeout_ms: 500}}
+meters:
+  - {{id: register, customer: C1, bus: tcp-a, address: 1, profile: simulator, ct_ratio: 200/5, pt_ratio: 10000/100,
+     schedules: [fine], billing: meter_demand}}
+  - {{id: block, customer: C2, bus: tcp-b, address: 1, profile: simulator, ct_ratio: 100/5,
+     schedules: [fine], billing: block}}
+  - {{id: sliding, customer: C3, bus: tcp-c, address: 1, profile: simulator, ct_ratio: 100/5,
+     schedules: [fine], billing: sliding}}
+schedules:
+  fine: {{every: 5m, points: ["energy_*"]}}
+billing:
+  meter_demand: {{cycle_day: 1, stages: [2], at: "00:00", tolerance: 15m}}
+  block: {{cycle_day: 1, stages: [2], at: "00:00", tolerance: 15m, registers: [{regs}]}}
+  sliding: {{cycle_day: 1, stages: [2], at: "00:00", tolerance: 15m, registers: [{regs}],
+            demand: {{method: sliding, window_minutes: 15, slide_minutes: 5}}}}
+mqtt: {{enabled: false}}
+influxdb: {{enabled: false}}
+api: {{enabled: false}}
+store: {{synchronous: NORMAL, commit_interval_ms: 20}}
+"""
+NO_DEMAND_REGISTERS = ", ".join(("energy_import_kwh", "energy_q1_kvarh", "energy_q2_kvarh", "energy_q3_kvarh",
+                                 "energy_q4_kvarh"))
+D1 = datetime(2026, 12, 1, tzinfo=SH).timestamp()
+D2 = datetime(2026, 12, 2, tzinfo=SH).timestamp()
+STEP = 300.0
+MODBUS_METERS = ("register", "block", "sliding")
+
+
+def true_window_max(model: MeterModel, mult: Decimal, lo: float, hi: float, window: float,
+                    slide: float) -> tuple[Decimal, float]:
+    """The largest window demand from the simulator's true registers at the window ends (earliest wins)."""
+    best: tuple[Decimal, float] | None = None
+    t = lo + window
+    while t <= hi:
+        d = (model.values_at(t)["energy_import_kwh"] - model.values_at(t - window)["energy_import_kwh"]) * mult
+        kw = d * Decimal(3600) / Decimal(int(window))
+        if best is None or kw > best[0]:
+            best = (kw, t)
+        t += slide
+    assert best is not None
+    return best
+
+
+async def test_modbus_demand_from_the_register_and_computed_block_and_sliding(tmp_path: Path) -> None:
+    from gateway.simulator.fleet import SimulatedFleet
+
+    slots = [D1 + k * STEP for k in range(int((D2 - D1) // STEP) + 1)]
+    clock = HoldingClock(D1 - 660, 3000.0, [D1 - 600, *slots])      # held until the gateway has started
+    text = MODBUS_CONFIG.format(data=tmp_path, pa=free_port(), pb=free_port(), pc=free_port(),
+                                regs=NO_DEMAND_REGISTERS)
+    settings = load_settings_from_text(text, str(tmp_path / "config.yaml"), tmp_path, {})
+    fleet = SimulatedFleet(settings, clock, seed=61)
+    await fleet.start()
+    gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
+    seen: set[tuple[str, float]] = set()
+    try:
+        gw.observers.append(lambda m, r: seen.add((m.id, r.slot)) if r.quality == "good" else None)
+        await gw.start()
+        cap = capture_of(gw)
+        await await_until(lambda: clock.holding == D1 - 600, 60.0, "the clock held before the day")
+        clock.release()
+        for t in slots:
+            await await_until(lambda t=t: clock.holding == t, 60.0, f"the clock held at {iso_utc(t)}")
+            await await_until(lambda t=t: all((m, t) in seen for m in MODBUS_METERS), 60.0,
+                              f"every meter read at {iso_utc(t)}", detail=lambda: sorted(seen)[-6:])
+            if t in (D1, D2):
+                await await_until(lambda t=t: all((k := cap.current.get((m, t))) is not None
+                                                  and k.quality == "actual" for m in MODBUS_METERS),
+                                  60.0, f"every meter settled at {iso_utc(t)}")
+            if t != slots[-1]:
+                clock.release()
+    finally:
+        await gw.stop()
+        await fleet.stop()
+
+    conn = sqlite3.connect(gw.store_path)
+    try:
+        docs = {m: view.cycle_view(conn, m, settings.billing[settings.meters[m].billing or ""], "2026-12",
+                                   "Asia/Shanghai", D2, settings)["stages"][0] for m in MODBUS_METERS}
+    finally:
+        conn.close()
+
+    # the meter's own register (simulator profile: demand_max_kw with its time, Unix seconds)
+    model = fleet.model("register")
+    kw, at = model.demand_at(D2)
+    assert at is not None and D1 <= at < D2
+    reg = docs["register"]
+    assert (reg["demand_source"], reg["demand_detail"]) == ("meter", {"record": "current"})
+    assert reg["max_demand_kw"] == kw * settings.meters["register"].multiplier
+    assert reg["max_demand_at"] == iso_utc(at)
+
+    # computed from the 5-minute readings: block (aligned 15 min) and sliding (15 min every 5 min)
+    for m, slide in (("block", 900.0), ("sliding", STEP)):
+        mult = settings.meters[m].multiplier
+        want_kw, want_at = true_window_max(fleet.model(m), mult, D1, D2, 900.0, slide)
+        doc = docs[m]
+        assert doc["demand_source"] == "computed", m
+        assert doc["max_demand_kw"] == want_kw and doc["max_demand_at"] == iso_utc(want_at), m
+        assert doc["demand_detail"]["gaps"] == 0
+        assert doc["demand_detail"]["windows"] == (96 if slide == 900.0 else 286)
+        truth = true_pf(fleet.model(m), D1, D2, mult)
+        assert doc["power_factor"] == truth["pf"] and doc["power_factor_kvarh"] == truth["kvarh"], m
