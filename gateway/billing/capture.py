@@ -634,6 +634,9 @@ class BillingCapture:
                 break
             t = settled.timestamp()
             if t == b.ts:
+                # the record's demand is the closed period's maximum (kept as demand_period), not the
+                # demand register at the boundary: leave it to the live read at the boundary
+                values = {k: v for k, v in values.items() if k != "demand_max_kw"}
                 regs = self._frozen_registers(m, plan, values)
                 if regs:
                     return Draft("meter_frozen", "settlement_day", regs, read_at=self.gw.clock.time(),

@@ -216,7 +216,11 @@ def meter_demand(start: float, end: float, current: MeterDemand | None,
         return None
     if not start <= current.at < end:
         return None
-    return Demand(current.value, current.at, "meter", {"record": current.record})
+    detail: dict[str, Any] = {"record": current.record}
+    if current.period_start is None:
+        detail["note"] = ("the meter does not tell its demand resets: taken as not reset inside the period "
+                          "(a maximum before a reset inside it would be missed)")
+    return Demand(current.value, current.at, "meter", detail)
 
 
 def computed_demand(samples: Mapping[float, Decimal], start: float, end: float, window_s: float,

@@ -290,7 +290,8 @@ async def test_modbus_demand_from_the_register_and_computed_block_and_sliding(tm
     kw, at = model.demand_at(D2)
     assert at is not None and D1 <= at < D2
     reg = docs["register"]
-    assert (reg["demand_source"], reg["demand_detail"]) == ("meter", {"record": "current"})
+    assert (reg["demand_source"], reg["demand_detail"]["record"]) == ("meter", "current")
+    assert "does not tell its demand resets" in reg["demand_detail"]["note"]
     assert reg["max_demand_kw"] == kw * settings.meters["register"].multiplier
     assert reg["max_demand_at"] == iso_utc(at)
 

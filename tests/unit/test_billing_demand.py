@@ -101,6 +101,11 @@ def test_meter_demand_inside_the_stage_counts() -> None:
     assert d == Demand(Decimal("51.2"), S2 + 3600, "meter", {"record": "current"})
 
 
+def test_meter_demand_without_reset_instants_says_what_it_assumes() -> None:
+    d = meter_demand(S2, S3, MeterDemand(Decimal("9"), S2 + 60, "current"), None)
+    assert d is not None and d.value == Decimal(9) and "does not tell its demand resets" in d.detail["note"]
+
+
 def test_meter_demand_before_the_stage_says_nothing_of_it() -> None:
     cur = MeterDemand(Decimal("51.2"), S1 + 3600, "current", period_start=S1)
     assert meter_demand(S2, S3, cur, None) is None
