@@ -224,14 +224,16 @@ def meter_demand(start: float, end: float, current: MeterDemand | None,
 
 
 def computed_demand(samples: Mapping[float, Decimal], start: float, end: float, window_s: float,
-                    slide_s: float, method: str) -> Demand:
+                    slide_s: float, method: str, ratios: Mapping[float, object] | None = None) -> Demand:
     """The maximum demand over ``[start, end)`` from cumulative energy readings (pure, exact).
 
     ``samples``: slot epoch → energy register after CT×PT (kWh) at that slot. Windows of
     ``window_s`` end every ``slide_s`` (block: ``slide_s == window_s``) at ``start + window_s``,
     ``start + window_s + slide_s``, … ≤ ``end``; a window's demand is (E(t) − E(t − window)) ×
     3600 ÷ window_s kW. A window lacking either reading, or whose difference is negative, is a
-    gap. The first window with the largest demand wins; its time is the window's end.
+    gap; so is one whose ends were read under different CT/PT (``ratios``: slot → the ratio in
+    force, when given), whose difference is not consumption. The first window with the largest
+    demand wins; its time is the window's end.
     """
     if window_s <= 0 or slide_s <= 0:
         raise ValueError("window and slide must be positive")
@@ -245,7 +247,7 @@ def computed_demand(samples: Mapping[float, Decimal], start: float, end: float, 
         limit -= 1
         windows += 1
         a, b = samples.get(t - window_s), samples.get(t)
-        if a is None or b is None or b < a:
+        if a is None or b is None or b < a or (ratios is not None and ratios.get(t - window_s) != ratios.get(t)):
             gaps += 1
         else:
             d = _CTX.multiply(b - a, per_hour)

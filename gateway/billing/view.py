@@ -78,7 +78,8 @@ def _computed_demand(conn: sqlite3.Connection, settings: Settings | None, meter:
         slots = demand.sample_slots(start, stop, window, slide)
         ends = load_ends(conn, meter, scheds, [demand.PF_ACTIVE], slots, start, stop) if slots else {}
         samples = {t: e.values[demand.PF_ACTIVE] for t, e in ends.items() if demand.PF_ACTIVE in e.values}
-        return demand.computed_demand(samples, start, stop, window, slide, cfg.method)
+        ratios = {t: e.multiplier for t, e in ends.items()}
+        return demand.computed_demand(samples, start, stop, window, slide, cfg.method, ratios)
 
     return compute
 

@@ -64,6 +64,13 @@ def test_a_window_that_goes_down_is_a_gap() -> None:
     assert d.value == Decimal(4) and d.detail["gaps"] == 1
 
 
+def test_a_window_across_a_ct_change_is_a_gap() -> None:
+    s = series(["2", "9", "3"])
+    ratios = {T0: "200/5", T0 + Q: "200/5", T0 + 2 * Q: "400/5", T0 + 3 * Q: "400/5"}
+    d = computed_demand(s, T0, T0 + 3 * Q, Q, Q, "block", ratios)
+    assert d.value == Decimal(12) and d.at == T0 + 3 * Q and d.detail["gaps"] == 1
+
+
 def test_power_factor_is_exact_to_four_decimals() -> None:
     assert power_factor(Decimal(12000), Decimal(5700)) == Decimal("0.9033")
     assert power_factor(Decimal(3), Decimal(4)) == Decimal("0.6000")
