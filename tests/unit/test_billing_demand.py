@@ -171,3 +171,16 @@ def test_meter_figures_and_two_part_inputs_from_a_settlement_body() -> None:
 ])
 def test_meter_time_reads_local_iso_or_unix_seconds(text: str | None, expected: float | None) -> None:
     assert demand.meter_time(text, "Asia/Shanghai") == expected
+
+
+def test_the_plan_demand_key_is_loaded() -> None:
+    from pathlib import Path
+
+    from gateway.config import load_settings_from_text
+
+    text = ("gateway: {id: gw1}\nbuses: []\nmeters: []\nbilling:\n"
+            "  s: {demand: {method: sliding, window_minutes: 15, slide_minutes: 5}}\n  b: {}\n")
+    settings = load_settings_from_text(text, "gateway.yaml", Path("."), {})
+    s, b = settings.billing["s"].demand, settings.billing["b"].demand
+    assert (s.method, s.window_s, s.slide_s) == ("sliding", 900.0, 300.0)
+    assert (b.method, b.window_s, b.slide_s) == ("block", 900.0, None)
