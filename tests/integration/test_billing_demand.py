@@ -20,6 +20,8 @@ simulator's quadrant registers at the boundaries.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 from datetime import datetime
@@ -181,12 +183,12 @@ async def test_demand_and_power_factor_equal_the_simulators_truth(tmp_path: Path
     cyc = views["staged"]["cycle_total"]
     assert cyc["demand_source"] == "meter" and cyc["demand_detail"]["record"] == "stages"
     assert (Decimal(str(cyc["max_demand_kw"])), cyc["max_demand_at"]) == (best[0] * mult, iso_utc(best[1]))
-    header, *rows = [r.split(",") for r in csv_text.strip().splitlines()]
-    assert header[-5:] == ["max_demand_kw", "max_demand_at", "demand_source", "power_factor",
-                           "power_factor_registers"]
-    stage1 = [r for r in rows if r[3] == "1"]
-    assert stage1 and all(r[-3] == "meter" and r[-1] == "energy_import_kwh+energy_q1_kvarh+energy_q4_kvarh"
-                          for r in stage1)
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    stage1 = [r for r in rows if r["stage"] == "1"]
+    assert len(stage1) == 1 and stage1[0]["demand_source"] == "meter"
+    assert stage1[0]["power_factor_registers"] == "energy_import_kwh+energy_q1_kvarh+energy_q4_kvarh"
+    assert Decimal(stage1[0]["max_demand_kw"]) == Decimal(str(st[0]["max_demand_kw"]))
+    assert stage1[0]["max_demand_at"] == st[0]["max_demand_at"]
     assert set(demand.TWO_PART_FIELDS) <= set(api_doc["stages"][1])
 
 
