@@ -163,13 +163,14 @@ def _old_store_module(rev: str) -> ModuleType | None:
                               capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    path = Path(tempfile.mkdtemp(prefix="amr-store-v1-")) / "store_v1.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("bench_store_v1", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_store_v1"] = mod
-    spec.loader.exec_module(mod)
+    with tempfile.TemporaryDirectory(prefix="amr-store-v1-") as tmp:
+        path = Path(tmp) / "store_v1.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location("bench_store_v1", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["bench_store_v1"] = mod
+        spec.loader.exec_module(mod)
     return mod
 
 
