@@ -183,7 +183,7 @@ def test_canonical_plan_reads_blocks_and_shares_dis() -> None:
     current = next(s for s in plan.steps if s.di == 0x0202FF00)
     assert all(s.signed for s in current.slots)
     assert set(plan.points) == {p.name for p in catalogue.CANONICAL_2007}
-    assert plan.requests == 25          # 17 + clear counters + per-phase 失压 and 潮流反向 (issue 17)
+    assert plan.requests == 29          # 17 + clear counters + Q1..Q4 reactive + per-phase 失压 and 潮流反向 (issue 17)
 
 
 def test_a_lone_block_member_is_read_alone() -> None:
