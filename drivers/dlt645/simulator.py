@@ -278,7 +278,11 @@ class _SimMeter:
         """
         if period == 0:
             now = self.now() if t is None else t
-            return self.model.max_demand(self.last_reset(now), now)
+            value, at = self.model.max_demand(self.last_reset(now), now)
+            over = self.model.faults.on.get("demand_over")      # the review's demand_over fault
+            if over is not None and now >= over.since and over.amount > value:
+                return over.amount, over.since
+            return value, at
         return self.model.max_demand(self.settlement_time(period + 1), self.settlement_time(period))
 
     def _demand_record(self, value: Decimal, at: float | None, di: int) -> bytes:
