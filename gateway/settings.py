@@ -225,3 +225,10 @@ class Settings:
     review: ReviewThresholds = field(default_factory=ReviewThresholds)
     source: Path | None = None
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    #: buses marked ``simulate: true``: the gateway serves their meters with its own simulators
+    #: (gateway/simulated.py), so ``run --clock-start/--clock-rate`` may rehearse on them
+    simulated_buses: frozenset[str] = frozenset()
+
+    def real_meters(self) -> list[str]:
+        """Ids of the meters on buses that are not simulated (real meters), in config order."""
+        return [m.id for m in self.meters.values() if m.bus not in self.simulated_buses]
