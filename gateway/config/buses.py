@@ -87,9 +87,9 @@ def load_buses(ctx: LoadContext, top: MapView) -> dict[str, BusRef]:
             continue
         simulate = m.get("simulate", as_bool, False)
         if simulate and bus.type == "tcp" and bus.host not in SIMULATED_HOSTS:
-            m.bad("simulate", f"needs a loopback host: a simulated bus is served by the gateway itself on "
-                  f"this machine, so its host must be 127.0.0.1, localhost or ::1, not {bus.host}; remove simulate to poll "
-                  "a real meter there")
+            m.bad("simulate", "needs a loopback host: a simulated bus is served by the gateway itself on "
+                  f"this machine, so its host must be 127.0.0.1, localhost or ::1, not {bus.host}; "
+                  "remove simulate to poll a real meter there")
             continue
         out[bus.id] = BusRef(bus, m.value_line("id"), simulate)
         if bus.port is not None and bus.type == "serial":
