@@ -152,3 +152,42 @@ def test_run_refuses_the_clock_options_when_a_meter_is_real(tmp_path: Path) -> N
         assert "simulate: true" in message and "Traceback" not in message
         assert not (tmp_path / "data").exists()          # refused before anything started
         assert not (tmp_path / "ttyRTU").exists()
+
+
+def test_a_rehearsal_reload_keeps_the_rule_and_restarts_changed_simulators(tmp_path: Path) -> None:
+    """SIGHUP during a rehearsal: a file that brings in a real meter is refused (the rehearsal
+    runs on), a file with one more simulated meter is taken and that meter is served."""
+    config, api, text = write_config(tmp_path, d1_simulated=True)
+    err = tmp_path / "stderr"
+    proc = gateway(config, err, "--clock-start", "2026-12-10T23:20:00+08:00", "--clock-rate", "600")
+
+    def last_good(meter: str) -> str | None:
+        doc = get(api, "/api/v1/meters")
+        rows = {m["id"]: m for m in doc["meters"]} if doc else {}
+        return rows[meter]["last_good"] if meter in rows else None
+
+    def reload_state() -> Any:
+        doc = get(api, "/api/v1/health")
+        return doc["reload"] if doc else None
+
+    try:
+        wait_until(lambda: proc.poll() is None and last_good("d1"), 60.0, "d1 read once",
+                   detail=lambda: err.read_text()[-2000:])
+        real = text.replace("protocol: dlt645, timeout_ms: 500, simulate: true}", "protocol: dlt645, timeout_ms: 500}")
+        assert real != text
+        config.write_text(real)                                                     # d1's bus becomes real
+        proc.send_signal(signal.SIGHUP)
+        refused = wait_until(lambda: (r := reload_state()) and r["ok"] is False and r, 30.0, "the reload refused")
+        assert "1 configured meter is real: d1 (bus tcp-d1)" in refused["error"], refused
+        assert proc.poll() is None
+        more = text.replace("meters:\n", "meters:\n  - {id: m3, customer: C4, bus: tcp-m1, address: 2, profile: simulator,"
+                            " schedules: [interval]}\n", 1)
+        config.write_text(more)
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: (r := reload_state()) and r["ok"] is True, 30.0, "the reload taken")
+        wait_until(lambda: last_good("m3"), 60.0, "the new simulated meter m3 read",
+                   detail=lambda: err.read_text()[-2000:])
+    finally:
+        stop_process(proc, signal.SIGTERM, 30)
+    assert proc.returncode == 0, err.read_text()
+    assert "simulating 4 meter(s)" in err.read_text()
