@@ -180,8 +180,8 @@ def test_a_rehearsal_reload_keeps_the_rule_and_restarts_changed_simulators(tmp_p
         refused = wait_until(lambda: (r := reload_state()) and r["ok"] is False and r, 30.0, "the reload refused")
         assert "1 configured meter is real: d1 (bus tcp-d1)" in refused["error"], refused
         assert proc.poll() is None
-        more = text.replace("meters:\n", "meters:\n  - {id: m3, customer: C4, bus: tcp-m1, address: 2, profile: simulator,"
-                            " schedules: [interval]}\n", 1)
+        m3 = "  - {id: m3, customer: C4, bus: tcp-m1, address: 2, profile: simulator, schedules: [interval]}\n"
+        more = text.replace("meters:\n", "meters:\n" + m3, 1)
         config.write_text(more)
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: (r := reload_state()) and r["ok"] is True, 30.0, "the reload taken")
