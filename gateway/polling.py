@@ -337,6 +337,11 @@ class BusWorker:
         reading = meter.builder.failed(schedule, slot, now, quality, str(failure), names)
         self._finish(meter, reading, schedule, ok=False, attempted=True, error=failure)
 
+    def record_skipped(self, meter: MeterRuntime, schedule: str, slot: float, reason: str) -> None:
+        """Store a due slot the scheduler passed over (the gateway fell behind) as a failed read
+        with ``reason``, so every due slot has a row."""
+        self._skipped(meter, schedule, slot, reason)
+
     def _skipped(self, meter: MeterRuntime, schedule: str, slot: float, reason: str,
                  now: float | None = None) -> None:
         """Store a due slot that was not polled as a failed read with ``reason`` (counted as
