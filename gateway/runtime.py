@@ -46,6 +46,8 @@ from drivers.base import ReadPlan
 from drivers.registry import create_bus_drivers
 from gateway import __version__
 from gateway.api.routes_billing import billing_routes
+from gateway.api.routes_changes import change_routes
+from gateway.api.routes_customers import install_customer_routes
 from gateway.api.routes_events import event_routes
 from gateway.api.server import ApiServer
 from gateway.billing.capture import BillingCapture
@@ -208,7 +210,9 @@ class Gateway:
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
             console = Console()   # the web console at / (sessions live as long as this API server)
-            routes = (billing_routes(self.billing), event_routes(self.review), console.install)
+            routes = (billing_routes(self.billing), change_routes(self.billing, self.review),
+                      install_customer_routes, event_routes(self.review),
+                      console.install)
             self.api = ApiServer(self, routes=routes, middlewares=(console.middleware,))
             self.api.bind(listener)
 
