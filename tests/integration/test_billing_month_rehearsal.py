@@ -389,7 +389,7 @@ async def play_month(site: Site) -> None:
         registers = cumulative(site.settings, "c")
         status, doc = await site.call("POST", "/api/v1/meters/c/ratio-changes", site.operator, {
             "at": iso_utc(C_CT_CHANGE), "ct": C_NEW_CT, "registers": {r: str(c_shown[r]) for r in registers},
-            "note": "CT 300/5 → 600/5 after the load grew"})
+            "note": "CTs 300/5 replaced by 600/5 (the old ones ran near saturation)"})
         assert status == 201, doc
         assert doc["supersedes"] is not None, doc
 
