@@ -356,11 +356,15 @@ async def play_month(site: Site) -> None:
         new_initial = site.truth("b", B_EXCHANGE)
         site.ct["b"] = B_NEW["ct"]
         await site.reload()
+        # the clerk enters the exchange once the gateway has taken its own record of the new CTs
+        # (an exchange entered while that record is being taken is not yet seen by it)
+        await await_until(lambda: capture_of(site.gw).ratio_changes == 1, SETTLE_S, "the reload's CT record")
         status, doc = await site.call("POST", "/api/v1/meters/b/exchanges", site.operator, {
             "at": iso_utc(B_EXCHANGE), "old_final": {r: str(old_final[r]) for r in registers},
             "new_initial": {r: str(new_initial[r]) for r in registers}, "new_serial": B_NEW["serial"],
             "ct": B_NEW["ct"], "note": "换表: meter replaced after a failed display; CTs 100/5 → 150/5"})
         assert status == 201, doc
+        assert doc["supersedes"] is not None, doc            # the gateway's own record of the new CTs
 
     c_shown: dict[str, Decimal] = {}
 
@@ -517,6 +521,25 @@ async def test_a_month_of_trouble_settles_exactly(tmp_path: Path) -> None:
     assert [st["codes"] for st in c["stages"]] == [[], [], ["ratio_change"]]
     assert all(st["complete"] for st in c["stages"])
 
+    # ---- K: the two-part tariff inputs from the main meter, equal to the simulator's truth:
+    # every stage's maximum demand (value and time) from the meter's settlement-day record, the
+    # cycle's the largest of them; power factor of Δ active import and Δ(Q1 + Q4)
+    k, k_model, k_mult = views["k"], site.model("k"), BY_ID["k"].multiplier
+    best: tuple[Decimal, float] | None = None
+    for n, stage in enumerate(k["stages"]):
+        kw, when = k_model.max_demand(MIDNIGHT[n], MIDNIGHT[n + 1])
+        assert when is not None
+        assert (stage["demand_source"], stage["demand_detail"]) == ("meter", {"record": "settlement_day"}), n
+        assert (stage["max_demand_kw"], stage["max_demand_at"]) == (shown_demand(kw) * k_mult, iso_utc(when)), n
+        if best is None or shown_demand(kw) > best[0]:
+            best = (shown_demand(kw), when)
+        assert stage["power_factor"] == true_pf(site, "k", MIDNIGHT[n], MIDNIGHT[n + 1]), n
+    assert best is not None
+    assert (k["cycle_total"]["max_demand_kw"], k["cycle_total"]["max_demand_at"]) == (best[0] * k_mult,
+                                                                                      iso_utc(best[1]))
+    assert k["cycle_total"]["power_factor"] == true_pf(site, "k", MIDNIGHT[0], MIDNIGHT[3])
+    assert k["stages"][0]["power_factor_registers"] == ["energy_import_kwh", "energy_q1_kvarh", "energy_q4_kvarh"]
+
     # ---- D: a 12:00 daily freeze is never the 00:00 settlement: at the stage boundaries the
     # registers are read live (exact at the held boundary); at the cycle start and end its
     # settlement-day record (stamped 00:00 on the 1st) is the meter's own, rightly meter_frozen
@@ -565,6 +588,18 @@ async def test_a_month_of_trouble_settles_exactly(tmp_path: Path) -> None:
                 "energy_import_kvarh"} <= both
         assert (doc["quality"], doc["complete"], doc["codes"]) == ("actual", True, []), doc
         assert doc["consumption"]["energy_import_kwh"] > 0
+        # two-part tariff inputs: the main meter's maximum demand and time; the power factor of
+        # the signed sums, P = Δ import, Q = Δ(Q1 + Q4), K's minus S's
+        k_view = views["k"]
+        main = k_view["cycle_total"] if doc is customer["cycle_total"] else k_view["stages"][int(doc["stage"]) - 1]
+        assert (doc["max_demand_kw"], doc["max_demand_at"], doc["demand_source"]) == (
+            main["max_demand_kw"], main["max_demand_at"], "meter"), doc
+        p_kwh = site.consumed("k", "energy_import_kwh", lo, hi) - site.consumed("s", "energy_import_kwh", lo, hi)
+        q_kvarh = sum((site.consumed(m, f"energy_q{q}_kvarh", lo, hi) * sign for m, sign in (("k", 1), ("s", -1))
+                       for q in (1, 4)), Decimal(0))
+        assert (doc["power_factor_kwh"], doc["power_factor_kvarh"]) == (p_kwh, q_kvarh), doc
+        assert doc["power_factor"] == (p_kwh / (p_kwh * p_kwh + q_kvarh * q_kvarh).sqrt()).quantize(Decimal("0.0001"))
+        assert doc["power_factor_registers"] == ["energy_import_kwh", "energy_q1_kvarh", "energy_q4_kvarh"]
     bulk = [r for r in csv.DictReader(io.StringIO(bulk_csv)) if r["customer"] == "K0001" and r["record"] == "customer"]
     assert [r["stage"] for r in bulk] == ["1", "2", "3", "total"] and {r["csv_version"] for r in bulk} == {"2"}
     for row, doc in zip(bulk, periods, strict=True):
