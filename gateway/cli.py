@@ -295,7 +295,11 @@ async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path],
                     continue
                 systemd.notify("RELOADING=1")
                 gw = await reload(gw, new)     # on any failure the running one is returned, still running
-                await simulators.serve(gw.settings)   # restarted only when the simulated buses changed
+                try:                                  # restarted only when the simulated buses changed
+                    await simulators.serve(gw.settings)
+                except (AmrError, OSError) as exc:
+                    log.error("the simulated buses could not be served after the reload: %s; their meters do "
+                              "not answer until a reload fixes it", exc)
                 systemd.notify("READY=1")
     finally:
         systemd.notify("STOPPING=1")
