@@ -358,7 +358,7 @@ async def play_month(site: Site) -> None:
         await site.reload()
         # the clerk enters the exchange once the gateway has taken its own record of the new CTs,
         # which it then supersedes (entered while that record is being taken, neither names the
-        # other: gateway.billing.db.effective still splits the stage once, tests/unit/test_billing_changes)
+        # other: gateway.billing.db.effective still splits the stage once, tests/unit/test_billing_changes.py)
         await await_until(lambda: capture_of(site.gw).ratio_changes == 1, SETTLE_S, "the reload's CT record")
         status, doc = await site.call("POST", "/api/v1/meters/b/exchanges", site.operator, {
             "at": iso_utc(B_EXCHANGE), "old_final": {r: str(old_final[r]) for r in registers},
