@@ -26,6 +26,7 @@ from gateway.profilecheck import add_profile_command, cmd_profile
 from gateway.sinkdrop import add_sink_command, cmd_sink_drop
 
 if TYPE_CHECKING:
+    from gateway.clock import Clock
     from gateway.settings import Settings
 
 log = logging.getLogger("amr.cli")
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway (what systemd starts)")
     run.add_argument("-c", "--config", required=True, type=Path)
+    run.add_argument("--clock-start", help="rehearsal: simulated start time, e.g. 2026-11-30T23:50:00+08:00 "
+                     "(only when every meter's bus is `simulate: true`)")
+    run.add_argument("--clock-rate", type=float, help="rehearsal: simulated seconds per real second, e.g. 600 "
+                     "(only when every meter's bus is `simulate: true`)")
 
     demo = sub.add_parser("demo", help="the whole gateway on built-in simulated meters; no file needed")
     demo.add_argument("--clock-start", help="simulated start time, e.g. 2026-11-30T23:50:00+08:00")
@@ -214,21 +219,50 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads the configuration."""
+    """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads the configuration.
+
+    With ``--clock-start``/``--clock-rate`` (a billing rehearsal) every meter must be
+    simulated (its bus ``simulate: true``): otherwise the run is refused, naming the real
+    meters, and so is a reload that brings one in (gateway/simulated.py).
+    """
     from gateway.config_isolated import load_settings_isolated
     from gateway.logsetup import apply_levels, levels_applied
+    from gateway.simulated import refuse_real_meters
 
     settings = load_settings_isolated(args.config)
+    loader = levels_applied(load_settings_isolated, args.log_level)
+    clock: Clock | None = None
+    if args.clock_start is not None or args.clock_rate is not None:
+        from gateway.clock import ScaledClock
+
+        refuse_real_meters(settings)
+        clock = ScaledClock(parse_clock_start(args.clock_start), args.clock_rate or 1.0)
+        log.info("rehearsal: the clock starts at %s and runs %gx real time; every meter is simulated",
+                 clock.now().isoformat(timespec="seconds"), clock.rate)
+        plain = loader
+
+        def loader(path: Path) -> Settings:
+            new = plain(path)
+            refuse_real_meters(new)
+            return new
     apply_levels(settings.logging, args.log_level)
-    return _run_async(_serve(settings, args.config, levels_applied(load_settings_isolated, args.log_level)))
+    return _run_async(_serve(settings, args.config, loader, clock))
 
 
-async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path], Settings] | None) -> int:
+async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path], Settings] | None,
+                 clock: Clock | None = None) -> int:
     from gateway import systemd
     from gateway.runtime import Gateway, reload
+    from gateway.simulated import SimulatedBuses
 
-    gw = Gateway(settings)
-    await gw.start()
+    gw = Gateway(settings, clock)
+    simulators = SimulatedBuses(gw.clock)
+    await simulators.serve(settings)       # before the first poll, so simulated meters answer it
+    try:
+        await gw.start()
+    except BaseException:
+        await simulators.stop()
+        raise
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -261,12 +295,18 @@ async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path],
                     continue
                 systemd.notify("RELOADING=1")
                 gw = await reload(gw, new)     # on any failure the running one is returned, still running
+                try:                                  # restarted only when the simulated buses changed
+                    await simulators.serve(gw.settings)
+                except (AmrError, OSError) as exc:
+                    log.error("the simulated buses could not be served after the reload: %s; their meters do "
+                              "not answer until a reload fixes it", exc)
                 systemd.notify("READY=1")
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopping: %s", stop_reason[0] if stop_reason else "the main loop ended")
         watchdog.cancel()
         await gw.stop()
+        await simulators.stop()
         log.info("stopped")
     return EXIT_OK
 

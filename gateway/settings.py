@@ -276,3 +276,10 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     #: customer id → customer (the ``customers`` section, or one derived per meter ``customer``)
     customers: dict[str, CustomerSettings] = field(default_factory=dict)
+    #: buses marked ``simulate: true``: the gateway serves their meters with its own simulators
+    #: (gateway/simulated.py), so ``run --clock-start/--clock-rate`` may rehearse on them
+    simulated_buses: frozenset[str] = frozenset()
+
+    def real_meters(self) -> list[str]:
+        """Ids of the meters on buses that are not simulated (real meters), in config order."""
+        return [m.id for m in self.meters.values() if m.bus not in self.simulated_buses]

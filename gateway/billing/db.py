@@ -280,9 +280,37 @@ def all_changes(conn: sqlite3.Connection, meter: str) -> list[dict[str, Any]]:
 
 
 def effective(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The changes that split stages: those no other record stands in for."""
+    """The changes that split stages: those no other record stands in for.
+
+    Besides the records named by ``supersedes`` / ``explained_by``, an automatic record (the
+    configuration's, at a restart: no ``entered_by``) does not split when the latest
+    operator's record at or before it (by time) is of the same new CT × PT: the operator's
+    record is that change, with its real time and registers. Decided here, when reading,
+    so it holds whichever was stored first — an operator may enter the change while the
+    gateway is still reading the meter for its own record, and then neither names the other
+    (both would split the stage: a silently wrong consumption).
+    """
     replaced = {int(c["supersedes"]) for c in changes if c.get("supersedes") is not None}
-    return [c for c in changes if c.get("explained_by") is None and int(c.get("id", 0)) not in replaced]
+    named = [c for c in changes if c.get("explained_by") is None and int(c.get("id", 0)) not in replaced]
+    entered = sorted((c for c in named if c.get("entered_by") is not None),
+                     key=lambda c: (float(c.get("at_epoch", 0)), int(c.get("id", 0))))
+
+    def explained(c: dict[str, Any]) -> bool:
+        if c.get("entered_by") is not None or c.get("kind", "ratio_change") != "ratio_change":
+            return False
+        before = [o for o in entered if float(o.get("at_epoch", 0)) <= float(c.get("at_epoch", 0))]
+        if not before:
+            return False
+        mine = _new_multiplier(c)
+        return mine is not None and _new_multiplier(before[-1]) == mine
+
+    return [c for c in named if not explained(c)]
+
+
+def _new_multiplier(change: dict[str, Any]) -> Decimal | None:
+    new = change.get("new")
+    m = new.get("multiplier") if isinstance(new, dict) else None
+    return None if m is None else Decimal(str(m))
 
 
 def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) -> list[dict[str, Any]]:

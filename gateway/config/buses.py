@@ -16,11 +16,14 @@ from gateway.config.convert import ident
 from gateway.settings import BusSettings
 from gateway.yamlpos import MapView, as_bool, as_choice, as_float, as_int, as_int_choice, as_text
 
+SIMULATED_HOSTS: Final = ("127.0.0.1", "localhost", "::1")
+"""Hosts a ``simulate: true`` TCP bus may name: the gateway serves it on loopback only."""
+
 STANDARD_BAUDRATES: Final = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 """Baud rates a serial bus may use (the standard rates RS-485 meters support)."""
 
 _BUS_COMMON: Final = ("id", "type", "protocol", "timeout_ms", "retries", "inter_frame_ms",
-                      "allow_writes", "concurrency", "dead_backoff_s")
+                      "allow_writes", "concurrency", "dead_backoff_s", "simulate")
 _BUS_KEYS: Final = {
     "serial": (*_BUS_COMMON, "port", "baudrate", "parity", "stopbits", "bytesize"),
     "tcp": (*_BUS_COMMON, "host", "port"),
@@ -39,10 +42,12 @@ def protocols_for(bus_type: str | None) -> tuple[str, ...]:
 
 @dataclass
 class BusRef:
-    """A valid bus and the line of its id (to name the first one when an id is reused)."""
+    """A valid bus, the line of its id (to name the first one when an id is reused), and
+    whether the gateway serves it with its own simulators (``simulate: true``)."""
 
     settings: BusSettings
     line: int | None
+    simulate: bool = False
 
 
 def load_buses(ctx: LoadContext, top: MapView) -> dict[str, BusRef]:
@@ -80,7 +85,13 @@ def load_buses(ctx: LoadContext, top: MapView) -> dict[str, BusRef]:
                   "serial line: give each bus its own port, or put all the meters of that line "
                   "on one bus")
             continue
-        out[bus.id] = BusRef(bus, m.value_line("id"))
+        simulate = m.get("simulate", as_bool, False)
+        if simulate and bus.type == "tcp" and bus.host not in SIMULATED_HOSTS:
+            m.bad("simulate", "needs a loopback host: a simulated bus is served by the gateway itself on "
+                  f"this machine, so its host must be 127.0.0.1, localhost or ::1, not {bus.host}; "
+                  "remove simulate to poll a real meter there")
+            continue
+        out[bus.id] = BusRef(bus, m.value_line("id"), simulate)
         if bus.port is not None and bus.type == "serial":
             ports[bus.port] = out[bus.id]
     return out

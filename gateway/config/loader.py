@@ -76,7 +76,8 @@ def run(ctx: LoadContext, root: yaml.Node, source: Path | None) -> Settings | No
     return Settings(gateway=gw, buses={k: v.settings for k, v in buses.items()}, meters=meters,
                     schedules=schedules, profiles=profiles, billing=billing, mqtt=mqtt,
                     influxdb=influx, api=api, store=store, review=review, source=source,
-                    logging=logging_settings, customers=customers)
+                    logging=logging_settings, customers=customers,
+                    simulated_buses=frozenset(k for k, v in buses.items() if v.simulate))
 
 
 def load(text: str, file: str, base_dir: Path, env: Mapping[str, str] | None,

@@ -11,7 +11,10 @@ reverse_energy        on a consumer meter the export register advanced, over a w
                       ``reverse_window_s``, more than ``reverse_min_kwh`` and more than
                       ``reverse_fraction_of_import`` × the import plus two display steps
 tariff_sum_mismatch   |Σ tariff registers − total| > display step × number of tariffs ×
-                      ``tariff_sum_steps_per_tariff`` (import and export separately)
+                      ``tariff_sum_steps_per_tariff`` (import and export separately); where
+                      the profile states the total's capacity, the difference is taken
+                      modulo it (a 6-digit total that rolled over, or a tariff register
+                      that did, still agrees with its tariffs)
 demand_over_contract  maximum demand > contract capacity × ``demand_contract_factor``
 low_power_factor      a period's ΔkWh ÷ √(ΔkWh² + Δkvarh²) below the customer's reference (a
                       period runs on until ΔkWh is ``low_pf_min_display_steps`` steps)
@@ -24,7 +27,7 @@ functions already resolved (:meth:`ReviewThresholds.for_meter`).
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
 from gateway.review.rules import (
@@ -172,6 +175,10 @@ def tariff_sum_mismatch(
         step = max(_raw_step(r) for r in (total, *present))
         tolerance = step * len(present) * th.tariff_sum_steps_per_tariff
         diff = total.raw - psum
+        modulus = ctx.capacities.get(total_name)
+        if modulus is not None:
+            # the registers wrap at 10^digits: a total past 999999.99 shows Σ tariffs − 10^6
+            diff -= modulus * (diff / modulus).to_integral_value(ROUND_HALF_EVEN)
         ev: dict[str, object] = {
             "register": total_name, "total_raw": total.raw, "tariffs_raw": {
                 total_name + t: p.raw for t, p in zip(_TARIFFS, parts, strict=True) if p is not None},
@@ -179,6 +186,8 @@ def tariff_sum_mismatch(
             "steps_per_tariff": th.tariff_sum_steps_per_tariff, "tolerance_raw": tolerance,
             "arithmetic": "tolerance_raw = register_step_raw × tariffs × steps_per_tariff",
         }
+        if modulus is not None:
+            ev["capacity_raw"] = modulus
         if abs(diff) > tolerance:
             raise_condition(state, out, "tariff_sum_mismatch", total_name, obs.ts,
                             f"meter {obs.meter}: tariff registers sum to {psum}, total {total_name} "

@@ -117,6 +117,24 @@ def test_an_operator_record_replaces_the_automatic_one_of_the_same_change() -> N
     assert ratio_in_force([auto, entered], T1, {"ct": D(1), "pt": D(1), "multiplier": D(1)})["multiplier"] == 80
 
 
+def test_an_operator_record_and_the_automatic_one_stored_unaware_of_each_other_split_once() -> None:
+    """The operator enters the change while the gateway is still reading the meter for its own
+    record of the new configured CT: neither names the other, and only the operator's splits
+    (found by the month rehearsal: both split the stage, a wrong consumption marked complete)."""
+    new = {"ct": D(80), "pt": D(1), "multiplier": D(80)}
+    old = {"ct": D(40), "pt": D(1), "multiplier": D(40)}
+    entered = {"id": 5, "kind": "exchange", "meter": "m1", "at": iso_utc(T1), "at_epoch": D(repr(T1)), "old": old,
+               "new": new, "entered_by": "token:1 (clerk)", "registers": {}}
+    same_time = {"id": 6, "kind": "ratio_change", "meter": "m1", "at": iso_utc(T1), "at_epoch": D(repr(T1)),
+                 "old": old, "new": new, "registers": {}}
+    later = {**same_time, "id": 4, "at": iso_utc(T2), "at_epoch": D(repr(T2))}      # stored first, dated later
+    assert effective([entered, same_time]) == [entered]
+    assert effective([later, entered]) == [entered]
+    other = {**later, "new": {"ct": D(120), "pt": D(1), "multiplier": D(120)}}       # a further change: kept
+    assert effective([entered, other]) == [entered, other]
+    assert effective([same_time]) == [same_time]                                     # alone, it splits
+
+
 @pytest.mark.parametrize(("kind", "doc", "status", "says"), [
     ("exchange", {"at": iso_utc(NOW + 60), "old_final": {}, "new_initial": {}, "new_serial": "x"}, 400, "future"),
     ("exchange", {"at": iso_utc(T1), "old_final": {"energy_import_kwh_t1": 1},

@@ -126,6 +126,24 @@ def test_tariff_sum_mismatch_beyond_resolution_times_tariffs() -> None:
     assert kinds(got) == [("tariff_sum_mismatch", "cleared", "energy_import_kwh")]
 
 
+def test_tariff_sum_is_compared_modulo_the_totals_capacity() -> None:
+    """A 6-digit total that passed 999999.99 shows Σ tariffs − 10^6: no mismatch (found by the
+    month rehearsal, where a meter in service since 2019 showed it at every reading)."""
+    th = ReviewThresholds()
+    ctx = MeterContext(tz=TZ, identity="1|dlt645-2007", capacities={"energy_import_kwh": D(10) ** 6})
+    tariffs = {"energy_import_kwh_t1": "250000.00", "energy_import_kwh_t2": "750000.00",
+               "energy_import_kwh_t3": "999000.00", "energy_import_kwh_t4": "997089.66"}   # Σ 2 996 089.66
+    st = MeterState()
+    events, _ = evaluate(st, obs(0, regs={**tariffs, "energy_import_kwh": "996089.66"}), ctx, th)
+    assert only(events, "tariff_sum_mismatch") == []
+    events, _ = evaluate(st, obs(900, regs={**tariffs, "energy_import_kwh": "996089.71"}), ctx, th)
+    (raised,) = only(events, "tariff_sum_mismatch")             # 0.05 off a multiple of the capacity
+    assert (raised.evidence["difference_raw"], raised.evidence["capacity_raw"]) == (D("0.05"), D(10) ** 6)
+    plain = MeterState()                                         # without the capacity: 3 000 000 apart
+    events, _ = evaluate(plain, obs(0, regs={**tariffs, "energy_import_kwh": "996089.66"}), CTX, th)
+    assert kinds(only(events, "tariff_sum_mismatch")) == [("tariff_sum_mismatch", "raised", "energy_import_kwh")]
+
+
 # ----------------------------------------------------------------------------- demand_over_contract
 def test_demand_over_contract_needs_a_contract_and_clears_below_it() -> None:
     plain = ReviewThresholds()
