@@ -47,6 +47,7 @@ RATE_WINDOW_S: Final = 5.0
 """A bus's requests per second and busy share are measured over at least this long."""
 LATEST_SCAN: Final = 20
 """How many of a meter's newest good readings per schedule :func:`latest_points` looks through."""
+MAX_SCAN: Final = 1000
 MAX_SERIES_POINTS: Final = 8
 POINT_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 DEFAULT_BUCKETS: Final = 600
@@ -237,7 +238,8 @@ def install_data_routes(server: ApiServer, r: web.UrlDispatcher, data: ConsoleDa
 
     async def latest(request: web.Request) -> web.Response:
         m = server.meter_or_404(request.match_info["id"])
-        pts = await server.query(latest_points, m.id, list(m.plans))
+        scan = int_param(request, "scan", LATEST_SCAN, 1, MAX_SCAN)
+        pts = await server.query(latest_points, m.id, list(m.plans), scan)
         return json_response({"meter": m.id, "time": iso_utc(gw.clock.time()), "row": meter_row(m, data.offsets),
                               "billing": m.settings.billing, "points": pts})
 
@@ -291,11 +293,14 @@ def console_paths() -> dict[str, Any]:
         }},
         PREFIX + "/meters/{id}/latest": {"get": {
             "summary": "The newest good value of each point of one meter, with its time",
-            "parameters": [METER_ID],
+            "parameters": [METER_ID, {"name": "scan", "in": "query", "required": False,
+                                      "description": "newest good readings of each schedule looked through",
+                                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_SCAN,
+                                                 "default": LATEST_SCAN}}],
             "responses": {**ok({"type": "object", "required": ["meter", "points"], "properties": {
                 "meter": {"type": "string"}, "time": {"type": "string"}, "row": row,
                 "billing": nstr, "points": {"type": "object", "additionalProperties": {"type": "object"}}}},
-                "Latest values"), **error_responses(401, 404)},
+                "Latest values"), **error_responses(400, 401, 404)},
         }},
         PREFIX + "/meters/{id}/series": {"get": {
             "summary": "Good values of numeric points over a range, downsampled to at most 'buckets' buckets "
