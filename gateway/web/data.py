@@ -172,42 +172,101 @@ def latest_points(conn: sqlite3.Connection, meter: str, schedules: list[str],
     return found
 
 
-_SERIES: Final = ("SELECT ts, json_extract(payload, ?) FROM outbox WHERE meter=? AND kind='reading' "
-                  "AND quality='good' AND slot>=? AND slot<? ORDER BY slot, seq")
+def point_values(conn: sqlite3.Connection, meter: str, points: list[str], start: float, end: float) -> dict[
+        str, list[tuple[float, float]]]:
+    """Per point, (read time, value) of every good reading of ``meter`` (slot in range) that has it as a number.
 
-
-def point_values(conn: sqlite3.Connection, meter: str, point: str, start: float, end: float) -> list[
-        tuple[float, float]]:
-    """(read time, value) of every good reading of ``meter`` with a numeric ``point``, slot in range."""
-    out: list[tuple[float, float]] = []
-    for ts, v in conn.execute(_SERIES, (f'$.points."{point}".value', meter, start, end)):
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out.append((float(ts), float(v)))
-        elif isinstance(v, str):
-            try:
-                out.append((float(ts), float(v)))
-            except ValueError:
+    One pass over the readings for all the points: one ``json_extract`` column per point, which
+    SQLite answers from one parse of each stored payload (its JSON parse cache).
+    """
+    lists: list[list[tuple[float, float]]] = [[] for _ in points]
+    cols = ", ".join(f"json_extract(payload, ?{k + 1})" for k in range(len(points)))
+    n = len(points)
+    sql = (f"SELECT ts, {cols} FROM outbox WHERE meter=?{n + 1} AND kind='reading' AND quality='good' "
+           f"AND slot>=?{n + 2} AND slot<?{n + 3} ORDER BY slot, seq")
+    args = (*(f'$.points."{p}".value' for p in points), meter, start, end)
+    for row in conn.execute(sql, args):
+        ts = row[0]
+        for k in range(n):
+            v = row[k + 1]
+            if v is None:
                 continue
+            if type(v) is not float:
+                if type(v) is int:
+                    v = float(v)
+                elif isinstance(v, str):
+                    try:
+                        v = float(v)
+                    except ValueError:
+                        continue
+                else:
+                    continue
+            lists[k].append((ts, v))
+    return dict(zip(points, lists, strict=True))
+
+
+def bucket_values(conn: sqlite3.Connection, meter: str, points: list[str], start: float, end: float,
+                  buckets: int) -> dict[str, list[Bucket]]:
+    """Per point, the buckets of :func:`gateway.web.downsample.downsample`, aggregated by SQLite.
+
+    The same buckets (index ``min(buckets − 1, ⌊(ts − start) ÷ width⌋)``, read time in range,
+    empty buckets absent) with count, min, max and mean computed in SQL over one parse of each
+    payload, so a year of readings never crosses into Python row by row. The time of a
+    bucket's extreme is known when the bucket holds one value (its read time), else None.
+    """
+    n = len(points)
+    width = (end - start) / buckets
+    inner = ", ".join(f"json_extract(payload, ?{k + 1}) AS v{k}" for k in range(n))
+    outer = ", ".join(f"count(v{k}), min(v{k}), max(v{k}), avg(v{k}), min(CASE WHEN v{k} IS NOT NULL THEN ts END)"
+                      for k in range(n))
+    # MATERIALIZED: each payload is parsed once, not once per aggregate that names its values
+    sql = (f"WITH r AS MATERIALIZED (SELECT min(?{n + 1}, CAST((ts - ?{n + 2}) / ?{n + 3} AS INTEGER)) AS b, ts, "
+           f"{inner} FROM outbox WHERE meter=?{n + 4} AND kind='reading' AND quality='good' AND slot>=?{n + 5} "
+           f"AND slot<?{n + 6} AND ts>=?{n + 5} AND ts<?{n + 6}) SELECT b, {outer} FROM r GROUP BY b ORDER BY b")
+    args = (*(f'$.points."{p}".value' for p in points), buckets - 1, start, width, meter, start, end)
+    out: dict[str, list[Bucket]] = {p: [] for p in points}
+    for row in conn.execute(sql, args):
+        b0 = start + int(row[0]) * width
+        for k, p in enumerate(points):
+            count, lo, hi, avg, first = row[1 + 5 * k: 6 + 5 * k]
+            if not count or not all(isinstance(x, int | float) for x in (lo, hi, avg)):
+                continue            # empty, or a point that is not a number (such as meter_clock)
+            at = float(first) if count == 1 else None
+            out[p].append(Bucket(b0, b0 + width, int(count), float(lo), at, float(hi), at, float(avg)))
     return out
 
 
+def reading_count(conn: sqlite3.Connection, meter: str, start: float, end: float) -> int:
+    """Good readings of ``meter`` with a slot in range (an index lookup: no payload is read)."""
+    row = conn.execute("SELECT count(*) FROM outbox WHERE meter=? AND kind='reading' AND quality='good' "
+                       "AND slot>=? AND slot<?", (meter, start, end)).fetchone()
+    return int(row[0])
+
+
+def series_values(conn: sqlite3.Connection, meter: str, points: list[str], start: float, end: float,
+                  buckets: int) -> dict[str, list[Bucket]]:
+    """Per point, the downsampled buckets of the range: raw points when the readings are few
+    enough (:func:`point_values` + :func:`downsample`), else aggregated in SQL (:func:`bucket_values`)."""
+    if reading_count(conn, meter, start, end) <= buckets:
+        return {p: downsample(v, start, end, buckets) for p, v in point_values(conn, meter, points, start, end).items()}
+    return bucket_values(conn, meter, points, start, end, buckets)
+
+
 def bucket_doc(b: Bucket) -> dict[str, object]:
-    """One bucket as JSON (times ISO-8601 UTC)."""
-    return {"start": iso_utc(b.start), "end": iso_utc(b.end), "count": b.count, "min": b.min,
-            "min_ts": iso_utc(b.min_ts), "max": b.max, "max_ts": iso_utc(b.max_ts), "avg": round(b.avg, 6)}
+    """One bucket as JSON (times ISO-8601 UTC; ``min_ts``/``max_ts`` only when known)."""
+    doc: dict[str, object] = {"start": iso_utc(b.start), "end": iso_utc(b.end), "count": b.count, "min": b.min,
+                              "max": b.max, "avg": round(b.avg, 6)}
+    if b.min_ts is not None and b.max_ts is not None:
+        doc["min_ts"] = iso_utc(b.min_ts)
+        doc["max_ts"] = iso_utc(b.max_ts)
+    return doc
 
 
-def series_doc(conn: sqlite3.Connection, meter: str, points: list[str], start: float, end: float,
-               buckets: int) -> dict[str, Any]:
-    """The series document: per point, its buckets (raw points when few enough)."""
-    series: dict[str, list[dict[str, object]]] = {}
-    raw_counts: dict[str, int] = {}
-    for p in points:
-        values = point_values(conn, meter, p, start, end)
-        raw_counts[p] = len(values)
-        series[p] = [bucket_doc(b) for b in downsample(values, start, end, buckets)]
+def series_doc(meter: str, series: dict[str, list[Bucket]], start: float, end: float, buckets: int) -> dict[str, Any]:
+    """The series document: per point, its buckets and how many values they hold."""
     return {"meter": meter, "from": iso_utc(start), "to": iso_utc(end), "buckets": buckets,
-            "points": raw_counts, "series": series}
+            "points": {p: sum(b.count for b in v) for p, v in series.items()},
+            "series": {p: [bucket_doc(b) for b in v] for p, v in series.items()}}
 
 
 def parse_points(text: str | None) -> list[str]:
@@ -248,8 +307,8 @@ def install_data_routes(server: ApiServer, r: web.UrlDispatcher, data: ConsoleDa
         points = parse_points(request.query.get("points"))
         start, end = time_range(request, gw.settings.gateway.timezone, gw.clock.time() + 1)
         buckets = int_param(request, "buckets", DEFAULT_BUCKETS, 1, MAX_BUCKETS)
-        doc = await server.query(series_doc, m.id, points, start, end, buckets)
-        return json_response(doc)
+        got = await server.query(series_values, m.id, points, start, end, buckets)
+        return json_response(series_doc(m.id, got, start, end, buckets))
 
     r.add_get(PREFIX + "/overview", overview)
     r.add_get(PREFIX + "/meters/{id}/latest", latest)
@@ -322,4 +381,4 @@ def console_paths() -> dict[str, Any]:
 
 
 __all__ = ["CLOCK_REFRESH_S", "ConsoleData", "console_paths", "install_data_routes", "latest_points",
-           "meter_row", "parse_points", "point_values", "series_doc"]
+           "meter_row", "parse_points", "point_values", "series_doc", "series_values"]

@@ -27,9 +27,9 @@ class Bucket:
     end: float
     count: int
     min: float
-    min_ts: float
+    min_ts: float | None      # when the minimum was read (None: not known, see gateway.web.data)
     max: float
-    max_ts: float
+    max_ts: float | None
     avg: float
 
 

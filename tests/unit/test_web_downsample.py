@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import random
+import sqlite3
+from decimal import Decimal
 
 import pytest
 
 from gateway.api.params import BadRequest
-from gateway.web.data import parse_points
+from gateway.model import to_json
+from gateway.web.data import parse_points, point_values, series_doc, series_values
 from gateway.web.downsample import downsample
 
 YEAR_S = 365 * 86400.0
@@ -59,3 +62,44 @@ def test_points_parameter() -> None:
     for bad in ("", "a,b,c,d,e,f,g,h,i", "power kw", "Power", "x;drop"):
         with pytest.raises(BadRequest):
             parse_points(bad)
+
+
+def _outbox(rows: list[tuple[float, dict[str, object]]]) -> sqlite3.Connection:
+    """An in-memory outbox of good readings of meter m (the columns the series queries read)."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, meter TEXT, "
+                 "schedule TEXT, retention TEXT NOT NULL, slot REAL, ts REAL NOT NULL, quality TEXT, "
+                 "payload TEXT NOT NULL)")
+    conn.executemany("INSERT INTO outbox(kind, meter, schedule, retention, slot, ts, quality, payload) "
+                     "VALUES ('reading', 'm', 'realtime', 'interval', ?, ?, 'good', ?)",
+                     [(t, t + 0.4, to_json({"meter": "m", "points": pts})) for t, pts in rows])
+    return conn
+
+
+def test_the_store_query_gives_the_same_buckets_as_downsample_and_raw_points_when_few() -> None:
+    rows: list[tuple[float, dict[str, object]]] = []
+    for t, v in year_of_quarter_hours()[:20_000]:
+        pts: dict[str, object] = {"power_kw": {"value": Decimal(repr(round(v, 3))), "unit": "kW"}}
+        if int(t) % 7200 == 0:
+            pts["power_kw_l1"] = {"value": Decimal(repr(round(v / 3, 3))), "unit": "kW"}
+        pts["meter_clock"] = {"raw": "2026-12-01T00:00:00", "value": "2026-12-01T00:00:00"}
+        rows.append((t, pts))
+    conn = _outbox(rows)
+    end = 20_000 * STEP_S
+    got = series_values(conn, "m", ["power_kw", "power_kw_l1", "meter_clock"], 0.0, end, 480)
+    exact = point_values(conn, "m", ["power_kw", "power_kw_l1"], 0.0, end)
+    assert len(exact["power_kw"]) == 20_000 and len(exact["power_kw_l1"]) == 2_500
+    for p in ("power_kw", "power_kw_l1"):
+        want = downsample(exact[p], 0.0, end, 480)
+        assert len(got[p]) == len(want) <= 480
+        for a, b in zip(got[p], want, strict=True):
+            assert (a.start, a.count, a.min, a.max) == (b.start, b.count, b.min, b.max)
+            assert a.avg == pytest.approx(b.avg)
+    assert got["meter_clock"] == []                     # not a number: no buckets, no error
+    # few readings: every point is its own bucket at its read time, with its exact value
+    few = series_values(conn, "m", ["power_kw"], 0.0, 10 * STEP_S, 480)["power_kw"]
+    assert [(b.min_ts, b.min) for b in few] == [(t + 0.4, float(round(v, 3)))
+                                                for t, v in year_of_quarter_hours()[:10]]
+    doc = series_doc("m", {"power_kw": few}, 0.0, 10 * STEP_S, 480)
+    assert doc["points"] == {"power_kw": 10}
+    assert doc["series"]["power_kw"][0]["min_ts"] == "1970-01-01T00:00:00.400Z"

@@ -288,7 +288,8 @@ function drawSeries(container, doc, names, label) {
   const legend = el("div", { class: "legend" });
   present.forEach((n, i) => {
     const items = doc.series[n];
-    const mid = (b) => (b.count === 1 ? Date.parse(b.start) : (Date.parse(b.start) + Date.parse(b.end)) / 2);
+    const at = (b) => b.min_ts || b.start;     // a single value's own read time
+    const mid = (b) => (b.count === 1 ? Date.parse(at(b)) : (Date.parse(b.start) + Date.parse(b.end)) / 2);
     const steps = items.slice(1).map((b, k) => mid(b) - mid(items[k])).sort((a, b) => a - b);
     const step = steps.length ? steps[Math.floor(steps.length / 2)] : 0;
     let seg = [], band = [];
@@ -314,8 +315,8 @@ function drawSeries(container, doc, names, label) {
     if (i === 0) {
       for (const b of items) {
         if (b.count === 1) {
-          svg.appendChild(svgEl("circle", { class: "pt", cx: x(Date.parse(b.start)).toFixed(1), cy: y(b.min).toFixed(1),
-            r: 2, "data-ts": b.start, "data-value": String(b.min) }));
+          svg.appendChild(svgEl("circle", { class: "pt", cx: x(Date.parse(at(b))).toFixed(1), cy: y(b.min).toFixed(1),
+            r: 2, "data-ts": at(b), "data-value": String(b.min) }));
         } else {
           svg.appendChild(svgEl("rect", { class: "bucket", x: x(Date.parse(b.start)).toFixed(1), y: y(b.max).toFixed(1),
             width: Math.max(0.5, x(Date.parse(b.end)) - x(Date.parse(b.start))).toFixed(1),
@@ -448,17 +449,17 @@ async function showMeter(id) {
     const days = state.rangeDays;
     const q = days === 1 ? "" : `&from=${encodeURIComponent(new Date(to - days * 86400000).toISOString())}` +
       `&to=${encodeURIComponent(new Date(to).toISOString())}`;
-    const series = await api(`/api/v1/console/meters/${enc}/series?points=${PHASES.join(",")}&buckets=${CHART_W}${q}`);
-    document.getElementById("curve-title").textContent = t("meter.curve_days", { days: days });
-    drawSeries(document.getElementById("curve"), series, PHASES, t("meter.curve"));
     const from = new Date(to - 7 * 86400000).toISOString();
-    const [intervals, events] = await Promise.all([
+    // the page's other requests at once: the gateway answers them on its read connections in parallel
+    const [series, intervals, events, stages] = await Promise.all([
+      api(`/api/v1/console/meters/${enc}/series?points=${PHASES.join(",")}&buckets=${CHART_W}${q}`),
       api(`/api/v1/meters/${enc}/intervals?from=${encodeURIComponent(from)}`),
-      api(`/api/v1/events?meter=${enc}`)]);
+      api(`/api/v1/events?meter=${enc}`),
+      latest.billing ? api(`/api/v1/meters/${enc}/settlements`) : Promise.resolve(null)]);
+    document.getElementById("curve-title").textContent = days === 1 ? t("meter.curve") : t("meter.curve_days", { days: days });
+    drawSeries(document.getElementById("curve"), series, PHASES, t("meter.curve"));
     drawBars(document.getElementById("bars"), intervals);
     eventsTable(document.querySelector("#meter-events tbody"), events.events);
-    let stages = null;
-    if (latest.billing) { stages = await api(`/api/v1/meters/${enc}/settlements`); }
     document.getElementById("meter-cycle").textContent = stages ? stages.cycle : "—";
     stagesTable(document.querySelector("#stages tbody"), stages);
   } catch (e) {
