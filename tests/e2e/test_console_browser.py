@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, Route, expect, sync_playwright
+from playwright.sync_api import Page, Route, ViewportSize, expect, sync_playwright
 
 from gateway.ports import free_port
 from tests.servicefixtures import wait_until
@@ -36,6 +36,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TOKEN = "console-browser-token"
+DOCS_PICTURES = ("overview", "meter")      # the pictures the README shows (the rest stay in the test's dir)
 
 
 def get(url: str, token: str | None = TOKEN) -> dict[str, object]:
@@ -82,11 +83,11 @@ def demo(tmp_path: Path, data_dir: Path) -> Iterator[str]:
 
 
 def keep(shots: Path, page: Page, name: str) -> Path:
-    """A full-page screenshot into ``shots`` (and ``$AMR_CONSOLE_SCREENSHOTS`` when set)."""
+    """A full-page screenshot into ``shots`` (and ``$AMR_CONSOLE_SCREENSHOTS`` when set, for the README's pictures)."""
     path = shots / f"console-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     target = os.environ.get("AMR_CONSOLE_SCREENSHOTS")
-    if target:
+    if target and name in DOCS_PICTURES:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(target) / path.name)
     return path
@@ -271,7 +272,9 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            for viewport, suffix in (({"width": 1280, "height": 800}, ""), ({"width": 820, "height": 1180}, "-tablet")):
+            sizes: list[tuple[ViewportSize, str]] = [({"width": 1280, "height": 800}, ""),
+                                                     ({"width": 820, "height": 1180}, "-tablet")]
+            for viewport, suffix in sizes:
                 for lang in ("en", "zh-CN"):
                     context = browser.new_context(locale="en-US" if lang == "en" else "zh-CN", viewport=viewport)
                     page = context.new_page()
@@ -337,8 +340,9 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
         finally:
             browser.close()
     assert foreign == [], f"the console asked another origin: {foreign}"
-    item = next(e for e in get(f"{base}/api/v1/events?meter={meter['id']}")["events"]  # type: ignore[union-attr]
-                if e["id"] == EVENT_ID)
+    listed = get(f"{base}/api/v1/events?meter={meter['id']}")["events"]
+    assert isinstance(listed, list)
+    item = next(e for e in listed if e["id"] == EVENT_ID)
     assert item["worklist"]["state"] == "closed" and item["worklist"]["note"] == "clock checked on site"
     audit = [json.loads(line) for line in (data_dir / "audit.jsonl").read_text("utf-8").splitlines()]
     mine = [a for a in audit if a.get("subject") == str(EVENT_ID)]
