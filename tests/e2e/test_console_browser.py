@@ -82,12 +82,12 @@ def demo(tmp_path: Path, data_dir: Path) -> Iterator[str]:
     assert "Traceback" not in out
 
 
-def keep(shots: Path, page: Page, name: str) -> Path:
+def keep(shots: Path, page: Page, name: str, docs: bool = True) -> Path:
     """A full-page screenshot into ``shots`` (and ``$AMR_CONSOLE_SCREENSHOTS`` when set, for the README's pictures)."""
     path = shots / f"console-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     target = os.environ.get("AMR_CONSOLE_SCREENSHOTS")
-    if target and name in DOCS_PICTURES:
+    if target and docs and name in DOCS_PICTURES:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(target) / path.name)
     return path
@@ -294,7 +294,7 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
                         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
                         assert overflow <= 1, (name, viewport, overflow)
                         if lang == "en" or name in ("overview", "meter"):
-                            keep(shots, page, f"{name}{suffix}" + ("" if lang == "en" else "-zh"))
+                            keep(shots, page, f"{name}{suffix}" + ("" if lang == "en" else "-zh"), docs=False)
                     context.close()
 
             # a reader: the worklist shows the event with its evidence and chart, and no buttons
@@ -348,3 +348,38 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
     mine = [a for a in audit if a.get("subject") == str(EVENT_ID)]
     assert [a["action"] for a in mine] == ["event.acknowledge", "event.close"], mine
     assert all("console-operator" in a["actor"] for a in mine)
+
+
+@pytest.mark.skip(reason="enable when GET /api/v1/customers/{id}/settlements is on main (billing-customers); "
+                         "the page is built against the route as docs/api.md and the spec name it")
+def test_customer_page_shows_the_customers_settlement(demo: str, tmp_path: Path) -> None:
+    """The customer page shows the customer settlement's stage and cycle consumption per tariff,
+    its cycle and maximum demand, with no error, and its CSV download answers CSV."""
+    base = demo
+    customers = get(f"{base}/api/v1/customers")
+    listed = customers.get("customers")
+    assert isinstance(listed, list) and listed
+    first = listed[0]
+    cid = str(first["id"] if isinstance(first, dict) else first)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800}).new_page()
+            page.set_default_timeout(20_000)
+            page.goto(base + "/")
+            page.fill("#token", TOKEN)
+            page.click("#signin-form button[type=submit]")
+            page.wait_for_selector("#overview-page:not([hidden])")
+            page.goto(f"{base}/#/customer/{cid}")
+            page.wait_for_selector("#customer-meters tbody tr[data-meter]")
+            page.wait_for_load_state("networkidle")
+            assert page.locator("#customer-error").inner_text() == ""
+            assert page.locator("#customer-tariffs tbody tr").count() >= 1
+            assert page.locator("#customer-tariffs tbody td[colspan]").count() == 0
+            assert page.locator("#customer-info dd").first.inner_text() != "—"       # the cycle
+            href = page.locator("#customer-csv").get_attribute("href")
+            got = page.evaluate(f"fetch({json.dumps(href)}).then(r => [r.status, r.headers.get('content-type')])")
+            assert got[0] == 200 and "text/csv" in got[1]
+            keep(tmp_path, page, "customer-settlement")
+        finally:
+            browser.close()

@@ -103,3 +103,27 @@ def test_the_store_query_gives_the_same_buckets_as_downsample_and_raw_points_whe
     doc = series_doc("m", {"power_kw": few}, 0.0, 10 * STEP_S, 480)
     assert doc["points"] == {"power_kw": 10}
     assert doc["series"]["power_kw"][0]["min_ts"] == "1970-01-01T00:00:00.400Z"
+
+
+def test_the_overview_keeps_each_meters_clock_offset_from_its_meter_clock_point() -> None:
+    from typing import Any, cast
+
+    from gateway.model import PointValue, Reading
+    from gateway.web.data import ConsoleData
+
+    data = ConsoleData()
+    data.tz = "Asia/Shanghai"
+    at = 1_796_054_400.0                                   # 2026-12-01T00:00:00+08:00
+    meter = cast(Any, None)                                # observe() reads only the reading
+
+    def reading(clock: str, quality: str = "good") -> Reading:
+        return Reading("m1", "C1", "b1", "realtime", at, at, {"meter_clock": PointValue(clock, clock, "")},
+                       quality=quality)  # type: ignore[arg-type]
+
+    data.observe(meter, reading("2026-12-01T00:07:00"))        # local time, 420 s ahead
+    assert data.offsets["m1"] == (420.0, at)
+    data.observe(meter, reading("2026-11-30T15:59:30Z"))       # with its offset: 30 s behind
+    assert data.offsets["m1"][0] == -30.0
+    data.observe(meter, reading("not a time"))                 # kept as it was
+    data.observe(meter, reading("2026-12-01T01:00:00", quality="timeout"))
+    assert data.offsets["m1"][0] == -30.0
