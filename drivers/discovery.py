@@ -4,7 +4,9 @@ Each protocol package's ``discovery`` module offers a :class:`Discovery`: what i
 addresses are called (``unit id``, ``address``) and a :data:`ScanFunction` that, given an
 opened driver of that protocol, the user's ``--range`` text (or None) and the per-request
 timeout, returns the addresses that answered, in order. Progress is reported as
-``progress(done, total)`` as candidates are tried, so the CLI can draw a bar.
+``progress(done, total)`` as candidates are tried, so the CLI can draw a bar, and each
+address that answers is handed to ``found(address)`` as soon as it does, so a scan the user
+stops with Ctrl-C can still print the meters it had found.
 
 A protocol may also offer ``describe``: a first look at one found meter, as
 :class:`MeterFacts` (its clock offset and a first energy reading), which ``scan`` prints
@@ -17,18 +19,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import tzinfo
 from decimal import Decimal
+from typing import Protocol
 
 from drivers.base import MeterDriver
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called as candidates are tried."""
 
-ScanFunction = Callable[[MeterDriver, str | None, float, Progress | None], Awaitable[list[str]]]
-"""``scan(driver, wanted, timeout, progress)``: the addresses that answered, in order.
+Found = Callable[[str], None]
+"""``found(address)``: called as soon as a candidate answers (before the scan ends)."""
 
-``wanted`` is the user's ``--range`` text in the protocol's own notation (None: the
-protocol's default search). A malformed ``wanted`` is a ConfigError saying how to write it.
-"""
+
+class ScanFunction(Protocol):
+    """``scan(driver, wanted, timeout, progress, found)``: the addresses that answered, in order.
+
+    ``wanted`` is the user's ``--range`` text in the protocol's own notation (None: the
+    protocol's default search). A malformed ``wanted`` is a ConfigError saying how to write it.
+    ``found`` (optional) hears of each answering address as the scan goes, in the same order.
+    """
+
+    def __call__(self, driver: MeterDriver, wanted: str | None, timeout: float,
+                 progress: Progress | None = None, found: Found | None = None) -> Awaitable[list[str]]:
+        """Run the scan; see the class."""
 
 
 @dataclass(frozen=True, slots=True)

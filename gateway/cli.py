@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.authcli import add_auth_commands, cmd_audit, cmd_token
+from gateway.changescli import add_meter_command, cmd_meter
 from gateway.cliargs import check_arguments
 from gateway.errors import AmrError, ConfigError
 from gateway.logsetup import setup_logging
@@ -103,14 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--to", dest="end", help="end, ISO-8601 (default: now)")
     exp.add_argument("--step", default="15m", help="interval step: 15m, 30m, 1h, 1d")
     exp.add_argument("--cycle", help="billing cycle YYYY-MM (settlements)")
-    exp.add_argument("--table", choices=["settlements", "stages"], default="settlements",
+    exp.add_argument("--table", choices=["settlements", "stages", "customers"], default="settlements",
                      help="settlements: every settlement revision (default); stages: stage consumption per "
-                          "register with both ends' qualities and the reconciliation flag")
+                          "stage with both ends' qualities and the reconciliation flag; customers: every "
+                          "customer's settlement (as GET /api/v1/settlements)")
     exp.add_argument("--format", choices=["csv", "json"], default="csv",
                      help="readings only: csv (default) or json (the API's readings document, one line per meter)")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_sink_command(sub)
     add_auth_commands(sub)
+    add_meter_command(sub)
     add_profile_command(sub)
     return p
 
@@ -151,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "demo": cmd_demo, "validate": cmd_validate, "read": cmd_read,
         "scan": cmd_scan, "simulate": cmd_simulate, "export": cmd_export, "sink": cmd_sink_drop,
-        "token": cmd_token, "audit": cmd_audit, "profile": cmd_profile,
+        "token": cmd_token, "audit": cmd_audit, "profile": cmd_profile, "meter": cmd_meter,
     }
     try:
         check_arguments(parser, args)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -137,15 +138,37 @@ def demo_token(data_dir: Path) -> str:
 
 async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: str, api_port: int,
                    data_dir: Path | None, mqtt: tuple[str, int], duration: float | None) -> int:
-    """Start simulators and the gateway; print where to look; run until Ctrl-C or ``duration``."""
+    """Start simulators and the gateway; print where to look; run until Ctrl-C, SIGTERM or
+    ``duration``. Without ``data_dir`` the demo works in a temporary folder that it removes
+    when it stops, however it stops."""
+    temporary = data_dir is None
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="amr-demo-"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):      # from here on a signal stops the demo cleanly
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _run_demo_in(data_dir.resolve(), temporary, stop, clock_start=clock_start,
+                                  clock_rate=clock_rate, api_host=api_host, api_port=api_port,
+                                  mqtt=mqtt, duration=duration)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if temporary:
+            # the demo's own folder (store, token file, config): nothing of it outlives the demo
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def _run_demo_in(data_dir: Path, temporary: bool, stop: asyncio.Event, *, clock_start: float | None,
+                       clock_rate: float, api_host: str, api_port: int, mqtt: tuple[str, int],
+                       duration: float | None) -> int:
+    """The demo in ``data_dir`` until ``stop`` is set or ``duration`` real seconds pass."""
     from gateway.config import load_settings_from_text
     from gateway.runtime import Gateway
     from gateway.simulator.fleet import SimulatedFleet
 
-    if data_dir is None:
-        data_dir = Path(tempfile.mkdtemp(prefix="amr-demo-"))
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    os.makedirs(data_dir, exist_ok=True)
     token = os.environ.get("AMR_API_TOKEN") or demo_token(data_dir)
     env = dict(os.environ, AMR_API_TOKEN=token) if "AMR_API_TOKEN" in os.environ else dict(os.environ)
     text = demo_config_text(data_dir, api_host=api_host, api_port=api_port, mqtt=mqtt)
@@ -164,6 +187,15 @@ async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: st
     api = f"http://{api_host}:{gw.api.port if gw.api else api_port}"
     tz = settings.gateway.timezone
 
+    # --from the simulated start: export's default window ends at the wall clock's "now", so a
+    # demo clock set in the past would otherwise export nothing
+    since = clock.now().astimezone(ZoneInfo(tz)).replace(minute=0, second=0, microsecond=0).isoformat(
+        timespec="seconds")
+    export_hint = (f"amr-gateway export intervals -c {data_dir / 'demo-config.yaml'} --meter c1001-main"
+                   f" --from {since}")
+    keep = ("\n                    (while the demo runs: its temporary folder is removed when it stops;"
+            " --data-dir keeps it)" if temporary else "")
+
     def show(_meter: MeterRuntime, reading: Reading) -> None:
         print(reading_line(reading, tz), flush=True)
 
@@ -179,17 +211,13 @@ amr-gateway demo is running: {len(settings.meters)} simulated meters on {len(set
   readings        : curl -H 'Authorization: Bearer {token}' {api}/api/v1/meters/c1001-main/readings
   intervals       : curl -H 'Authorization: Bearer {token}' '{api}/api/v1/meters/c1001-main/intervals?step=15m'
   settlements     : curl -H 'Authorization: Bearer {token}' {api}/api/v1/meters/c2001-main/settlements
-  export          : amr-gateway export intervals -c {data_dir / "demo-config.yaml"} --meter c1001-main
+  export          : {export_hint}{keep}
   MQTT            : mosquitto_sub -h {mqtt[0]} -p {mqtt[1]} -t 'amr/#' -v   (spooled while no broker answers)
 Readings are printed below as they are taken (realtime every 10 s, energy every 15 min).
 Press Ctrl-C to stop.
 """,
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         if duration is not None:
             await wait_event(stop, duration)

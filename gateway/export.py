@@ -15,9 +15,11 @@ prints exactly the API's body and a newline.
 ``--from``/``--to`` take ISO-8601 (a date alone is local midnight, no offset means the
 gateway's timezone); default: the 24 hours before now. ``--cycle YYYY-MM`` picks the
 settlement cycle (default: every cycle that overlaps the time range); ``--table stages`` writes
-the stage consumption per register instead of the settlement revisions (both ends' qualities,
-completeness, the reconciliation flag and the stage's flags: the API's
-``/settlements?format=csv&table=stages``). "Now" is the later of
+the stage consumption, one row per stage with the tariff columns, instead of the settlement
+revisions (both ends' qualities, completeness, the reconciliation flag and the stage's flags:
+the API's ``/settlements?format=csv&table=stages``); ``--table customers`` writes every
+customer's settlement, the API's ``GET /api/v1/settlements`` for billing import (columns:
+:mod:`gateway.billing.csvcolumns`, ``csv_version`` 2). "Now" is the later of
 the wall clock and the newest stored message, so a store written on an accelerated demo
 clock exports whole.
 """
@@ -31,7 +33,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from gateway.errors import ConfigError
 from gateway.model import to_json
@@ -136,17 +138,18 @@ def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: lis
     """Settlements with history, or (``table="stages"``) stage consumption, for a cycle or the cycles in range.
 
     The rows are the API's ``/meters/{id}/settlements?format=csv`` (``&table=stages``) for the
-    same meter and cycle, from the same :func:`gateway.billing.view.cycle_view`.
+    same meter and cycle, from the same :func:`gateway.billing.view.cycle_view`; ``table="customers"``
+    writes every customer's settlement as ``GET /api/v1/settlements`` does (``meters`` not used).
     """
     from gateway.billing import view
     from gateway.billing.cycles import CycleError, cycle_at, next_label, parse_label
 
-    if table not in ("settlements", "stages"):
-        raise ConfigError(f"--table must be settlements or stages, not {table!r}")
+    if table not in ("settlements", "stages", "customers"):
+        raise ConfigError(f"--table must be settlements, stages or customers, not {table!r}")
     tz = settings.gateway.timezone
     now = _now(conn)
     w = csv_writer(out)
-    w.writerow(view.STAGE_CSV if table == "stages" else view.SETTLEMENT_CSV)
+    w.writerow(view.SETTLEMENT_CSV if table == "settlements" else view.STAGE_CSV)
     rows_of = view.stage_csv_rows if table == "stages" else view.settlement_csv_rows
     n = 0
     if cycle_label is not None:
@@ -154,6 +157,8 @@ def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: lis
             parse_label(cycle_label)
         except CycleError as exc:
             raise ConfigError(f"--cycle: {exc}") from None
+    if table == "customers":
+        return _export_customers(conn, settings, start, end, cycle_label, now, w)
     for m in meters:
         ms = settings.meters[m]
         plan = settings.billing.get(ms.billing) if ms.billing else None
@@ -167,9 +172,31 @@ def export_settlements(conn: sqlite3.Connection, settings: Settings, meters: lis
             while labels[-1] != last and len(labels) < MAX_CYCLES:
                 labels.append(next_label(labels[-1]))
         for label in labels:
-            doc = view.cycle_view(conn, m, plan, label, tz, now)
+            doc = view.cycle_view(conn, m, plan, label, tz, now, settings)
             n += write_rows(w, rows_of(doc))
     return n
+
+
+def _export_customers(conn: sqlite3.Connection, settings: Settings, start: float, end: float,
+                      cycle_label: str | None, now: float, w: Any) -> int:
+    """Every customer's settlement (the API's ``GET /api/v1/settlements`` CSV) for a cycle or the cycles in range."""
+    from gateway.billing.customers import customer_csv_rows, customer_plan, customer_view, customers_of
+    from gateway.billing.cycles import cycle_at, next_label
+
+    tz = settings.gateway.timezone
+    chosen = [(c, p) for c in customers_of(settings).values() if (p := customer_plan(settings, c)) is not None]
+    if not chosen:
+        return 0
+    if cycle_label is not None:
+        labels = [cycle_label]
+    else:
+        plan = chosen[0][1]
+        labels = [cycle_at(plan, start, tz).label]
+        last = cycle_at(plan, max(start, end - 1e-3), tz).label
+        while labels[-1] != last and len(labels) < MAX_CYCLES:
+            labels.append(next_label(labels[-1]))
+    return sum(write_rows(w, customer_csv_rows(customer_view(conn, settings, c, label, now)))
+               for label in labels for c, _ in chosen)
 
 
 async def export_csv(args: argparse.Namespace) -> int:

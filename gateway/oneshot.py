@@ -7,6 +7,7 @@ multiplier pipeline), so what ``read`` prints is what ``run`` would store.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from datetime import datetime, tzinfo
@@ -79,6 +80,13 @@ async def read_once(args: argparse.Namespace) -> int:
         if not args.profile:
             raise ConfigError("give --profile NAME (e.g. simulator, dlt645-2007, chint-dtsu666)")
         profile = find_profile(args.profile, [Path.cwd() / "profiles", *shipped_profile_dirs()])
+        family = registry.descriptor_for(bus.protocol).family
+        if profile.protocol != family:
+            # said before anything is sent: a DL/T 645 profile read over Modbus cannot work
+            raise ConfigError(
+                f"--profile {profile.name} is a {profile.protocol} profile, but this read speaks "
+                f"{bus.protocol}, which reads {family} profiles; give a {family} profile, or "
+                f"--protocol {profile.protocol} to read the meter with that protocol")
         address = vars(args).get(registry.descriptor_for(bus.protocol).address_option)
         if not address:
             raise ConfigError("give " + " or ".join(
@@ -136,35 +144,52 @@ async def scan_bus(args: argparse.Namespace) -> int:
     """Find the meters that answer on a bus (the protocol's own search); print a table.
 
     Where the protocol can take a first look at a found meter (``Discovery.describe``), the
-    table also shows each meter's clock offset and a first energy reading.
+    table also shows each meter's clock offset and a first energy reading. Stopped with
+    Ctrl-C, the scan prints the meters found so far (and says it was interrupted) before the
+    command exits 130, so a long scan of a busy line is not lost.
     """
     bus = bus_from_args(args)
     descriptor = registry.descriptor_for(bus.protocol)
     discovery = descriptor.discovery
     driver = registry.create_driver(bus)
     facts: dict[str, MeterFacts] = {}
+    so_far: list[str] = []
     tz = _scan_zone(vars(args).get("timezone"))
     try:
         await driver.open()
-        found = await discovery.scan(driver, args.id_range, args.timeout, _progress)
+        found = await discovery.scan(driver, args.id_range, args.timeout, _progress, so_far.append)
         if discovery.describe is not None:
             for address in found:
                 facts[address] = await discovery.describe(driver, address, args.timeout, tz)
+    except asyncio.CancelledError:
+        # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt (exit 130)
+        sys.stderr.write("\n")
+        print(f"interrupted: the scan was stopped; {len(so_far)} {discovery.label}"
+              f"{'' if len(so_far) == 1 else 's'} found so far", file=sys.stderr)
+        if so_far:
+            _print_found(discovery.label, so_far, facts, discovery.describe is not None)
+        sys.stdout.flush()
+        raise
     finally:
         await driver.close()
-    label = discovery.label
     if not found:
-        print(f"no {label} answered", file=sys.stderr)
+        print(f"no {discovery.label} answered", file=sys.stderr)
         return 1
-    if discovery.describe is None:
+    _print_found(discovery.label, found, facts, discovery.describe is not None)
+    return 0
+
+
+def _print_found(label: str, found: list[str], facts: dict[str, MeterFacts], described: bool) -> None:
+    """The scan's table: one address per line, with the facts read of each where described."""
+    if not described:
         print(label)
         print("-" * max(len(label), 12))
         for f in found:
             print(f)
-        return 0
+        return
     rows = [(label, "clock offset", "energy_import_kwh", "problem")]
     for f in found:
-        m = facts[f]
+        m = facts.get(f, MeterFacts(problem="not looked at (scan interrupted)"))
         offset = "-" if m.clock_offset_s is None else f"{m.clock_offset_s:+.0f} s"
         energy = "-" if m.energy_import_kwh is None else f"{json_number(m.energy_import_kwh)} kWh"
         rows.append((f, offset, energy, m.problem))
@@ -172,7 +197,6 @@ async def scan_bus(args: argparse.Namespace) -> int:
     rows.insert(1, ("-" * widths[0], "-" * widths[1], "-" * widths[2], "-" * widths[3]))
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return 0
 
 
 def _scan_zone(name: str | None) -> tzinfo:

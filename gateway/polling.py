@@ -83,8 +83,9 @@ class MeterStats:
     consecutive_failures: int = 0
 
     def success_rate(self) -> float | None:
-        """Good reads ÷ attempted reads since start (None before the first read)."""
-        total = self.reads_ok + self.reads_failed
+        """Good reads ÷ due polls since start, a skipped poll (dead meter, bus overrun) counting as a failure:
+        a slot that was never read is a slot without data (None before the first due poll)."""
+        total = self.reads_ok + self.reads_failed + self.reads_skipped
         return None if total == 0 else self.reads_ok / total
 
 
@@ -158,6 +159,9 @@ class BusWorker:
         # returns; a TCP bus of a single meter (whose driver times out each request itself)
         # skips the extra timer on the hot path, which runs thousands of times a second.
         self._guarded = bus.type == "serial" or shared
+        #: the bus's link as the last transactions showed it: None (no answer yet), True (a
+        #: meter answered), False (the port or connection failed); logged once per change
+        self.link_up: bool | None = None
 
     # -------------------------------------------------------------- enqueue
     def poll(self, meter: MeterRuntime, schedule: str, slot: float, priority: str | None = None) -> bool:
@@ -264,14 +268,36 @@ class BusWorker:
         except Exception as exc:
             if isinstance(exc, TransportError) and not isinstance(exc, ReadTimeout):
                 await self._reset_driver(driver)
+            self._track_link(exc)
             if not fut.done():
                 fut.set_exception(exc)
         else:
+            self._track_link(None)
             if not fut.done():
                 fut.set_result(result)
         finally:
             self.transactions += 1
             self.read_latency.observe(time.monotonic() - began)
+
+    def _track_link(self, failure: BaseException | None) -> None:
+        """Follow the bus's link and log one line when it goes down and one when it is back.
+
+        Down: the port could not be opened or the connection broke (a transport error other
+        than a timeout or a garbled frame). Up: a meter answered (a reading, or a Modbus
+        exception reply). A silent meter or a bad frame says nothing about the link itself, so
+        it changes nothing; the first answer after start is not logged (start has its line).
+        """
+        if failure is None or isinstance(failure, DeviceException):
+            up = True
+        elif isinstance(failure, TransportError) and not isinstance(failure, ReadTimeout):
+            up = False
+        else:
+            return
+        was, self.link_up = self.link_up, up
+        if up and was is False:
+            log.warning("bus %s is up again: meters answer", self.bus.id)
+        elif not up and was is not False:
+            log.warning("bus %s is down: %s; its meters are retried", self.bus.id, failure)
 
     async def _reset_driver(self, driver: MeterDriver) -> None:
         try:
@@ -323,10 +349,12 @@ class BusWorker:
             finally:
                 self.transactions += 1
                 self.read_latency.observe(time.monotonic() - began)
+            self._track_link(failure)
             if attempt + 1 < attempts and isinstance(failure, TransportError) and not isinstance(
                 failure, ReadTimeout
             ):
                 await asyncio.sleep(min(0.5, 0.05 * (2**attempt)))
+        self._track_link(failure)    # the outcome (a read or a refusal ends the loop early)
         now = self.clock.time()
         if results is not None:
             reading = meter.builder.build(schedule, slot, now, results)
@@ -336,6 +364,11 @@ class BusWorker:
         quality: Quality = quality_for(failure)  # type: ignore[assignment]
         reading = meter.builder.failed(schedule, slot, now, quality, str(failure), names)
         self._finish(meter, reading, schedule, ok=False, attempted=True, error=failure)
+
+    def record_skipped(self, meter: MeterRuntime, schedule: str, slot: float, reason: str) -> None:
+        """Store a due slot the scheduler passed over (the gateway fell behind) as a failed read
+        with ``reason``, so every due slot has a row."""
+        self._skipped(meter, schedule, slot, reason)
 
     def _skipped(self, meter: MeterRuntime, schedule: str, slot: float, reason: str,
                  now: float | None = None) -> None:

@@ -46,6 +46,8 @@ from drivers.base import ReadPlan
 from drivers.registry import create_bus_drivers
 from gateway import __version__
 from gateway.api.routes_billing import billing_routes
+from gateway.api.routes_changes import change_routes
+from gateway.api.routes_customers import install_customer_routes
 from gateway.api.routes_events import event_routes
 from gateway.api.server import ApiServer
 from gateway.billing.capture import BillingCapture
@@ -211,7 +213,9 @@ class Gateway:
             # clock's state by the billing capture's own check and keeps meter clock offsets
             console = Console(clock_state=self.billing.clock_state)
             self.observers.append(console.data.observe)
-            routes = (billing_routes(self.billing), event_routes(self.review), console.install)
+            routes = (billing_routes(self.billing), change_routes(self.billing, self.review),
+                      install_customer_routes, event_routes(self.review),
+                      console.install)
             self.api = ApiServer(self, routes=routes, middlewares=(console.middleware,))
             self.api.bind(listener)
 

@@ -131,6 +131,39 @@ class BillingPlan:
     )
 
 
+CustomerRole = Literal["main", "sub", "deduct"]
+TariffType = Literal["single", "two_part"]
+#: The sign a role takes when ``sign`` is not written: main and sub add, deduct subtracts.
+DEFAULT_SIGN: dict[str, int] = {"main": 1, "sub": 1, "deduct": -1}
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerMeter:
+    """One meter of a customer (户号) with its role and the sign its consumption takes in the bill."""
+
+    meter: str
+    role: CustomerRole = "main"
+    sign: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSettings:
+    """A customer (户号): who is billed, on which tariff, for the signed sum of which meters.
+
+    ``derived`` is True for a customer the loader made from the meters' ``customer`` fields
+    (a configuration without a ``customers`` section, or a meter no customer lists).
+    """
+
+    id: str
+    name: str | None = None
+    contract_capacity_kva: Decimal | None = None
+    tariff: TariffType = "single"
+    meters: tuple[CustomerMeter, ...] = ()
+    derived: bool = False
+    #: 力调 power-factor class (a name of ``review_thresholds.POWER_FACTOR_CLASSES``), None: not set
+    power_factor_class: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class MqttSettings:
     """The ``mqtt`` section (a sink)."""
@@ -225,3 +258,5 @@ class Settings:
     review: ReviewThresholds = field(default_factory=ReviewThresholds)
     source: Path | None = None
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    #: customer id → customer (the ``customers`` section, or one derived per meter ``customer``)
+    customers: dict[str, CustomerSettings] = field(default_factory=dict)

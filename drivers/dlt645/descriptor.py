@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from drivers.base import BusParams, ClockSetter, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
-from drivers.discovery import Discovery, Progress
+from drivers.discovery import Discovery, Found, Progress
 from drivers.dlt645 import profile_schema
 from drivers.dlt645.points import DiPoint
 from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
@@ -86,11 +86,11 @@ def _clock(driver: MeterDriver) -> ClockSetter:
 
 
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
-               progress: Progress | None = None) -> list[str]:
+               progress: Progress | None = None, found: Found | None = None) -> list[str]:
     """``amr-gateway scan``: see :data:`drivers.dlt645.discovery.DISCOVERY` (imported when used)."""
     from drivers.dlt645.discovery import DISCOVERY
 
-    return await DISCOVERY.scan(driver, wanted, timeout, progress)
+    return await DISCOVERY.scan(driver, wanted, timeout, progress, found)
 
 
 async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> MeterSimulator:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from drivers.base import MeterDriver
-from drivers.discovery import Discovery, Progress
+from drivers.discovery import Discovery, Found, Progress
 from drivers.dlt645.codec import normalize_address
 from drivers.dlt645.driver import Dlt645Driver
 from gateway.errors import ConfigError, ReadTimeout
@@ -36,23 +36,26 @@ async def probe_addresses(
     addresses: Iterable[str],
     timeout: float,
     progress: Callable[[int, int], None] | None = None,
+    found: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Probe each address in turn; return those that answered (normalised, in order).
 
     ``progress(done, total)`` is called after each probe (and once with ``done = 0``)
-    so a CLI can draw a progress bar.
+    so a CLI can draw a progress bar; ``found(address)`` as soon as one answers.
     """
     todo = [normalize_address(a) for a in addresses]
-    found: list[str] = []
+    answered: list[str] = []
     total = len(todo)
     if progress is not None:
         progress(0, total)
     for i, addr in enumerate(todo, start=1):
         if await driver.probe(addr, timeout):
-            found.append(addr)
+            answered.append(addr)
+            if found is not None:
+                found(addr)
         if progress is not None:
             progress(i, total)
-    return found
+    return answered
 
 
 def address_range(first: str, last: str, *, limit: int = 10_000) -> Iterator[str]:
@@ -82,7 +85,7 @@ def candidates(wanted: str) -> list[str]:
 
 
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
-               progress: Progress | None = None) -> list[str]:
+               progress: Progress | None = None, found: Found | None = None) -> list[str]:
     """Probe the addresses of ``wanted``; without it, ask the single meter of the line.
 
     ``driver`` must be a :class:`~drivers.dlt645.driver.Dlt645Driver` (the one the bus's
@@ -91,10 +94,12 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
     if not isinstance(driver, Dlt645Driver):
         raise TypeError(f"the DL/T 645 scan needs a Dlt645Driver, not {type(driver).__name__}")
     if wanted:
-        return await probe_addresses(driver, candidates(wanted), timeout, progress)
+        return await probe_addresses(driver, candidates(wanted), timeout, progress, found)
     if progress is not None:
         progress(0, 1)
     single = await find_single_meter(driver, timeout)
+    if single and found is not None:
+        found(single)
     if progress is not None:
         progress(1, 1)
     return [single] if single else []

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import tzinfo
 
 from drivers.base import BusParams, EventCounterReader, FreezeRecordReader, MeterDriver, PlanOptions, PointDef, ReadPlan
-from drivers.discovery import Discovery, MeterFacts, Progress
+from drivers.discovery import Discovery, Found, MeterFacts, Progress
 from drivers.dlt698 import profile_schema
 from drivers.dlt698.catalogue import OadPoint
 from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
@@ -82,11 +82,11 @@ def _freezes(driver: MeterDriver) -> FreezeRecordReader:
 
 
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
-               progress: Progress | None = None) -> list[str]:
+               progress: Progress | None = None, found: Found | None = None) -> list[str]:
     """``amr-gateway scan``: see :data:`drivers.dlt698.discovery.DISCOVERY`."""
     from drivers.dlt698.discovery import DISCOVERY
 
-    return await DISCOVERY.scan(driver, wanted, timeout, progress)
+    return await DISCOVERY.scan(driver, wanted, timeout, progress, found)
 
 
 async def describe(driver: MeterDriver, address: str, timeout: float, tz: tzinfo) -> MeterFacts:

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Final
 
 from drivers.base import MeterDriver
-from drivers.discovery import Discovery, MeterFacts, Progress
+from drivers.discovery import Discovery, Found, MeterFacts, Progress
 from drivers.dlt698.catalogue import BY_NAME
 from drivers.dlt698.driver import Dlt698Driver
 from drivers.dlt698.frame import normalize_address
@@ -49,8 +49,11 @@ def candidates(wanted: str) -> list[str]:
 
 
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
-               progress: Progress | None = None) -> list[str]:
-    """Probe the addresses of ``wanted``; without it, ask the single meter of the line."""
+               progress: Progress | None = None, found: Found | None = None) -> list[str]:
+    """Probe the addresses of ``wanted``; without it, ask the single meter of the line.
+
+    ``found(address)`` hears of each answering meter at once (a stopped scan keeps them).
+    """
     if not isinstance(driver, Dlt698Driver):
         raise TypeError(f"the DL/T 698.45 scan needs a Dlt698Driver, not {type(driver).__name__}")
     todo = candidates(wanted) if wanted else []
@@ -59,16 +62,20 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
         progress(0, total)
     if not wanted:
         try:
-            found = [await driver.read_address(timeout)]
+            single = [await driver.read_address(timeout)]
         except ReadTimeout:
-            found = []
+            single = []
+        if single and found is not None:
+            found(single[0])
         if progress is not None:
             progress(1, 1)
-        return found
+        return single
     out: list[str] = []
     for i, addr in enumerate(todo, start=1):
         if await driver.probe(addr, timeout):
             out.append(addr)
+            if found is not None:
+                found(addr)
         if progress is not None:
             progress(i, total)
     return out

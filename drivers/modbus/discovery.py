@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 from drivers.base import MeterDriver
-from drivers.discovery import Discovery, Progress
+from drivers.discovery import Discovery, Found, Progress
 from drivers.modbus.units import SERIAL_UNITS, unit_bounds
 from gateway.errors import AmrError, ConfigError
 
@@ -43,21 +43,26 @@ def unit_range(text: str | None, protocol: str = "modbus-rtu") -> list[int]:
 
 
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
-               progress: Progress | None = None) -> list[str]:
-    """Probe every unit id of ``wanted`` (default 1-247); the ones that answered, in order."""
+               progress: Progress | None = None, found: Found | None = None) -> list[str]:
+    """Probe every unit id of ``wanted`` (default 1-247); the ones that answered, in order.
+
+    ``found(unit)`` hears of each answering unit at once (a stopped scan keeps them).
+    """
     # The driver knows its bus's protocol; the scan shape (drivers.discovery) does not pass it.
     bus = getattr(driver, "bus", None)
     units = unit_range(wanted, str(getattr(bus, "protocol", "modbus-rtu")))
-    found: list[str] = []
+    answered: list[str] = []
     for i, unit in enumerate(units, 1):
         try:
             if await driver.probe(str(unit), timeout):
-                found.append(str(unit))
+                answered.append(str(unit))
+                if found is not None:
+                    found(str(unit))
         except AmrError:
             pass
         if progress is not None:
             progress(i, len(units))
-    return found
+    return answered
 
 
 DISCOVERY: Final = Discovery(label="unit id", scan=scan)

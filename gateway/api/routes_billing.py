@@ -39,6 +39,7 @@ from gateway.billing.corrections import (
     manual_body,
 )
 from gateway.billing.cycles import CYCLE_RE, CycleError, cycle_at, parse_label
+from gateway.billing.settlement import FLAG_CODES
 from gateway.model import iso_utc
 from gateway.tokens import Role
 
@@ -162,7 +163,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher,
             raise BadRequest(f"meter {meter.id} is on no billing plan, so it has no settlements; "
                              "set 'billing' on the meter in the configuration")
         label = parse_cycle(request.query.get("cycle"), plan, tz, now)
-        doc = await server.query(view.cycle_view, meter.id, plan, label, tz, now)
+        doc = await server.query(view.cycle_view, meter.id, plan, label, tz, now, settings)
         if fmt == "csv":
             if table == "stages":
                 return csv_response(view.STAGE_CSV, view.stage_csv_rows(doc), f"{meter.id}-{label}-stages.csv")
@@ -173,6 +174,14 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher,
     async def kpi(request: web.Request) -> web.Response:
         fmt = output_format(request)
         now = gw.clock.time()
+        if "cycle" in request.query:
+            if "date" in request.query:
+                raise BadRequest("give either 'date' (a day's KPIs) or 'cycle' (a billing cycle's), not both")
+            label = parse_cycle(request.query["cycle"], None, tz, now)
+            cdoc = await server.query(kpi_mod.kpi_for_cycle, settings, label, now)
+            if fmt == "csv":
+                return csv_response(kpi_mod.CYCLE_CSV_COLUMNS, kpi_mod.cycle_csv_rows(cdoc), f"kpi-{label}.csv")
+            return json_response(cdoc)
         day = parse_day(request.query.get("date"), tz, now)
         doc = await server.query(kpi_mod.kpi_for_day, settings, day, now)
         if fmt == "csv":
@@ -325,9 +334,11 @@ def billing_paths() -> dict[str, Any]:
         "complete": {"type": "boolean"},
         "consumption": {"type": "object", "additionalProperties": _NUM_OR_NULL},
         "flags": {"type": "array", "items": _STR},
-        "codes": {"type": "array", "items": {"type": "string", "enum": ["rollover", "negative", "clock_unverified"]},
+        "codes": {"type": "array", "items": {"type": "string", "enum": list(FLAG_CODES)},
                   "description": "machine-readable flags: rollover (counted exactly), negative and "
-                                 "clock_unverified (the stage is not complete)"},
+                                 "clock_unverified (the stage is not complete), exchange and ratio_change (a "
+                                 "meter exchange or CT/PT change inside the stage split it, each part priced "
+                                 "with its own CT×PT)"},
     })
     revision = _obj(_revision_props())
     boundary = _obj({
@@ -339,10 +350,21 @@ def billing_paths() -> dict[str, Any]:
         "history": {"type": "array", "items": revision},
     })
     counts = {k: _INT for k in kpi_mod.COUNT_KEYS}
-    ratios = {k: _RATIO for k in ("read_completeness", "interval_completeness", "settlement_completeness")}
+    ratios = {k: _RATIO for k in ("read_completeness", "interval_completeness", "settlement_completeness",
+                                  "on_time_rate")}
     kpi_meter = _obj({"meter": _STR, "bus": _STR, "customer": _STR, **counts, **ratios})
     kpi_bus = _obj({"bus": _STR, "meters": _INT, **counts, **ratios})
+    kpi_customer = _obj({"customer": _STR, "meters": _INT, **counts, **ratios})
     kpi_gw = _obj({"meters": _INT, **counts, **ratios})
+    s_counts = {k: _INT for k in kpi_mod.SETTLEMENT_KEYS}
+    s_ratios = {"settlement_completeness": _RATIO, "on_time_rate": _RATIO}
+    kpi_cycle = _obj({
+        "cycle": _STR, "timezone": _STR,
+        "meters": {"type": "array", "items": _obj({"meter": _STR, "bus": _STR, "customer": _STR, "plan": _STR,
+                                                   **s_counts, **s_ratios})},
+        "customers": {"type": "array", "items": _obj({"customer": _STR, "meters": _INT, **s_counts, **s_ratios})},
+        "gateway": _obj({"meters": _INT, **s_counts, **s_ratios}),
+    })
     fmt_csv = "; CSV with ?format=csv"
     return {
         "/api/v1/meters/{id}/intervals": {"get": {
@@ -398,6 +420,15 @@ def billing_paths() -> dict[str, Any]:
                             "value_new": {"type": "number"}, "unit": _STR})},
                     }), "description": "Audited CT/PT changes inside the cycle, with the registers read at "
                         "the change; they split the stage consumption."},
+                    "exchanges": {"type": "array", "items": _obj({
+                        "id": _INT, "at": _STR, "old_serial": _NSTR, "new_serial": _NSTR,
+                        "old": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
+                        "new": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
+                        "registers": {"type": "object", "additionalProperties": _obj({
+                            "raw_old": _NUM, "raw_new": _NUM, "value_old": _NUM, "value_new": _NUM, "unit": _STR})},
+                    }, required=["id", "at", "old", "new", "registers"]),
+                        "description": "Meter exchanges (换表) inside the cycle: the old meter's final and the new "
+                                       "meter's initial registers; they split the stage consumption."},
                     "stages": {"type": "array", "items": stage},
                     "cycle_total": stage,
                     "reconciliation": _obj({
@@ -411,23 +442,32 @@ def billing_paths() -> dict[str, Any]:
             },
         }},
         "/api/v1/kpi": {"get": {
-            "summary": "Read completeness per meter, per bus and for the gateway for one local day",
+            "summary": "Read completeness and on-time rate per meter, bus, customer and gateway, for one local day "
+                       "or (cycle=) one billing cycle",
             "description": "read_completeness = slots read good ÷ slots scheduled (so far, for today); "
                            "interval_completeness = complete intervals ÷ intervals; settlement_completeness = "
-                           "boundaries with a real settlement ÷ boundaries due (null when none)" + fmt_csv + ".",
+                           "boundaries with a real settlement (meter_frozen, actual, late) ÷ boundaries due (null "
+                           "when none); on_time_rate = boundaries meter_frozen or actual (within the tolerance) ÷ "
+                           "boundaries due; late, manual, estimated and missing counted apart. With cycle=YYYY-MM: "
+                           "the settlement counts of every boundary of that cycle that has come, per meter, "
+                           "customer and gateway" + fmt_csv + ".",
             "parameters": [
                 FORMAT,
                 {"name": "date", "in": "query", "required": False,
                  "description": "YYYY-MM-DD in the gateway's timezone (default: today).",
                  "schema": {"type": "string", "format": "date"}},
+                {"name": "cycle", "in": "query", "required": False,
+                 "description": "YYYY-MM: settlement KPIs of that billing cycle instead of a day (not with date).",
+                 "schema": {"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])$"}},
             ],
             "responses": {
-                **json_or_csv(_obj({
+                **json_or_csv({"oneOf": [_obj({
                     "date": _STR, "timezone": _STR,
                     "meters": {"type": "array", "items": kpi_meter},
                     "buses": {"type": "array", "items": kpi_bus},
+                    "customers": {"type": "array", "items": kpi_customer},
                     "gateway": kpi_gw,
-                }), "KPI"),
+                }), kpi_cycle]}, "KPI"),
                 **error_responses(400, 401),
             },
         }},

@@ -73,8 +73,11 @@ from typing import TYPE_CHECKING, Any, Final
 from drivers import registry
 from drivers.base import FreezeRecordReader, MeterDriver, ReadPlan
 from drivers.capacity import capacity_of
+from gateway.audit import AuditLog
 from gateway.billing import db
+from gateway.billing.change_event import event_of
 from gateway.billing.clockstate import ClockStateSource, GatewayClockState, clock_state_source
+from gateway.billing.customer_publish import CustomerPublisher
 from gateway.billing.cycles import (
     Boundary,
     boundaries_between,
@@ -94,7 +97,7 @@ from gateway.billing.settlement import (
 )
 from gateway.clock import SystemClock
 from gateway.errors import DeviceException
-from gateway.model import Reading, iso_utc, loads_exact, parse_iso
+from gateway.model import Reading, iso_utc
 from gateway.multiplier import RatioChange, last_audit_at, last_ratio_change, register_factor
 from gateway.profiles import compile_meter_plan
 from gateway.settings import BillingPlan
@@ -183,6 +186,8 @@ class BillingCapture:
         self.clock_state: ClockStateSource = clock_state_source(
             core.settings.gateway.clock_check_command, isinstance(core.clock, SystemClock))
         self._stopping = False
+        #: Customer settlement messages, recomputed whenever a settlement of one of their meters is published.
+        self.customers = CustomerPublisher(core)
         core.observers.append(self.observe)
 
     # ------------------------------------------------------------------ lifecycle
@@ -241,6 +246,8 @@ class BillingCapture:
         change = await store.read(last_ratio_change, meter_id)
         if change is None or await store.read(db.ratio_change_recorded, meter_id, change.at):
             return
+        if await self._explained(m, change):
+            return
         stale = change.at != await store.read(last_audit_at)
         log.warning("meter %s: CT/PT changed in the configuration (CT×PT %s → %s); recording the change%s",
                     meter_id, change.old_multiplier, change.new_multiplier,
@@ -248,6 +255,34 @@ class BillingCapture:
                     else " and reading the meter at it")
         t = asyncio.create_task(self._record_ratio_change(m, plan, change, stale), name=f"ratio-change-{meter_id}")
         self._tasks.append(t)
+
+    async def _explained(self, m: MeterRuntime, change: RatioChange) -> bool:
+        """Keep the configuration's record of a change an operator already entered; False if none was.
+
+        An operator who entered the change through the API (with its real time and the registers
+        then) and then reloaded the configuration: the configuration's record names that one
+        (``explained_by``) and is kept for the audit trail, unread and not splitting any stage.
+        """
+        at = change.at
+        entered = [c for c in db.effective(await self.gw.store.read(db.all_changes, m.id))
+                   if float(c.get("at_epoch", 0)) <= at]
+        last = entered[-1] if entered else None
+        if last is not None and last.get("entered_by") is not None and \
+                Decimal(last["new"]["multiplier"]) == change.new_multiplier:
+            body: dict[str, Any] = {
+                "meter": m.id, "at": iso_utc(at), "at_epoch": Decimal(repr(at)), "kind": "ratio_change",
+                "old": {"ct": change.old_ct, "pt": change.old_pt, "multiplier": change.old_multiplier},
+                "new": {"ct": change.new_ct, "pt": change.new_pt, "multiplier": change.new_multiplier},
+                "read_at": None, "registers": {}, "explained_by": int(last["id"]),
+                "reason": f"entered by an operator as record {last['id']} at {last.get('at')}",
+            }
+            rid = await self.gw.store.write(db.insert_ratio_change, m.id, at, body)
+            self.ratio_changes += 1
+            log.info("meter %s: the configured CT/PT change is the one entered as record %s at %s", m.id,
+                     last["id"], last.get("at"))
+            await self._audit_change(m.id, rid, body)
+            return True
+        return False
 
     async def _record_ratio_change(self, m: MeterRuntime, plan: BillingPlan, change: RatioChange,
                                    stale: bool) -> None:
@@ -286,16 +321,37 @@ class BillingCapture:
         elif not registers:
             reason = f"the meter could not be read at the change: {error or 'no register'}"
         body: dict[str, Any] = {
-            "meter": m.id, "at": iso_utc(at), "at_epoch": Decimal(repr(at)),
+            "meter": m.id, "at": iso_utc(at), "at_epoch": Decimal(repr(at)), "kind": "ratio_change",
             "old": {"ct": change.old_ct, "pt": change.old_pt, "multiplier": change.old_multiplier},
             "new": {"ct": change.new_ct, "pt": change.new_pt, "multiplier": change.new_multiplier},
             "read_at": None if read_at is None or not registers else iso_utc(read_at),
             "registers": registers, "reason": reason,
         }
-        await self.gw.store.write(db.insert_ratio_change, m.id, at, body)
-        self.ratio_changes += 1
+        rid = await self.store_change(m.id, at, body)
         (log.warning if reason else log.info)("meter %s: CT/PT change recorded at %s%s", m.id, iso_utc(at),
                                               f" ({reason})" if reason else " with the registers read at it")
+        await self._audit_change(m.id, rid, body)
+
+    async def _audit_change(self, meter: str, rid: int, body: dict[str, Any]) -> None:
+        """The chained audit entry of a CT/PT change the configuration made (actor ``gateway:configuration``)."""
+        try:
+            await asyncio.to_thread(AuditLog.in_dir(self.gw.settings.gateway.data_dir).append, "gateway:configuration",
+                                    "meter.ratio_change", meter, None, {"id": rid, **body})
+        except Exception:
+            log.exception("meter %s: the CT/PT change could not be written to the audit log", meter)
+
+    async def store_change(self, meter: str, at: float, body: dict[str, Any]) -> int:
+        """Keep a dated change (CT/PT change or exchange) and raise its review event; the record's id.
+
+        The one writer of ``billing_ratio_change`` rows, for the automatic record at a start
+        under a changed ratio and for what an operator enters through the API; the event
+        (``ratio_change`` / ``meter_exchange``) is stored and published by the review engine.
+        """
+        rid = await self.gw.store.write(db.insert_ratio_change, meter, at, body)
+        self.ratio_changes += 1
+        etype, key, message, evidence = event_of(body, rid)
+        await self.raise_event(meter, etype, key, message, evidence)
+        return rid
 
     # ------------------------------------------------------------------ boundaries
     async def _run(self, started: float) -> None:
@@ -739,6 +795,7 @@ class BillingCapture:
         seq = await store.append_message("settlement", row.meter, row.boundary, row.body)
         await store.write(db.set_seq, row.id, seq)
         row.seq = seq
+        await self.customers.settlement_published(row)
 
     # ------------------------------------------------------------------ observer
     def observe(self, m: MeterRuntime, r: Reading) -> None:
@@ -915,30 +972,7 @@ def _neighbours(conn: sqlite3.Connection, meter: str, at: float, registers: list
         tuple[float, int, dict[str, tuple[Decimal, Decimal, str]]],
         tuple[float, int, dict[str, tuple[Decimal, Decimal, str]]]] | None:
     """The nearest good readings carrying plan registers before and after ``at``."""
-
-    def first(rows: list[tuple[str]]) -> tuple[float, int, dict[str, tuple[Decimal, Decimal, str]]] | None:
-        for (payload,) in rows:
-            doc = loads_exact(payload)
-            if not isinstance(doc, dict):
-                continue
-            pts = doc.get("points") or {}
-            vals: dict[str, tuple[Decimal, Decimal, str]] = {}
-            for name in registers:
-                p = pts.get(name)
-                if isinstance(p, dict) and p.get("quality") == "good" and isinstance(p.get("raw"), Decimal) \
-                        and isinstance(p.get("value"), Decimal):
-                    vals[name] = (p["raw"], p["value"], str(p.get("unit", "")))
-            if vals:
-                return parse_iso(str(doc["ts"])), int(doc["seq"]), vals
-        return None
-
-    before = conn.execute(
-        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts<=? "
-        "ORDER BY ts DESC LIMIT ?", (meter, at, ESTIMATE_LOOKBACK_ROWS)).fetchall()
-    after = conn.execute(
-        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts>=? "
-        "ORDER BY ts LIMIT ?", (meter, at, ESTIMATE_LOOKBACK_ROWS)).fetchall()
-    a, b = first(before), first(after)
+    a, b = db.readings_around(conn, meter, at, registers, ESTIMATE_LOOKBACK_ROWS)
     if a is None or b is None:
         return None
     return a, b

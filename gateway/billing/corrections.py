@@ -100,6 +100,16 @@ def _registers(value: object, accepted: list[str]) -> dict[str, Decimal]:
     return out
 
 
+def check_time(value: object, name: str, tz: str) -> float:
+    """An ISO-8601 request field as epoch seconds (400 naming the field; naive means the gateway's zone)."""
+    return _time(value, name, tz)
+
+
+def check_registers(value: object, accepted: list[str]) -> dict[str, Decimal]:
+    """A request's register → value object as exact Decimals (400 naming what is accepted)."""
+    return _registers(value, accepted)
+
+
 def check_manual(doc: object, plan: BillingPlan, tz: str, now: float) -> ManualReading:
     """Check a manual-reading request body (registers, read_at, note, optional boundary)."""
     if not isinstance(doc, dict):
@@ -179,5 +189,5 @@ def boundary_of(s: Settlement) -> Boundary:
     return Boundary(s.cycle, s.index, s.boundary)
 
 
-__all__ = ["DEFAULT_WINDOW_S", "CorrectionError", "ManualReading", "boundary_of", "check_confirm", "check_manual",
-           "confirm_body", "manual_body"]
+__all__ = ["DEFAULT_WINDOW_S", "MAX_NOTE", "CorrectionError", "ManualReading", "boundary_of", "check_confirm",
+           "check_manual", "check_registers", "check_time", "confirm_body", "manual_body"]

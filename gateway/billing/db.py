@@ -18,9 +18,16 @@ Schema (created idempotently)::
         superseded_by INTEGER)               id of the better settlement; NULL for the current one
       unique (meter, boundary) where superseded_by IS NULL: one current settlement per boundary
     billing_ratio_change(id INTEGER PRIMARY KEY, meter TEXT, at REAL, body TEXT)
-      an audited CT/PT change (see gateway.billing.capture): when the gateway started under the
-      new ratio, old and new ratios, and the registers read at the change (raw, and value
-      under each ratio); registers {} when the meter could not be read then
+      a dated change of what the meter's registers are priced with: ``kind`` ratio_change (a
+      CT/PT change, taken automatically when the gateway starts under a new configured ratio —
+      see gateway.billing.capture — or entered by an operator) or exchange (换表, see
+      gateway.billing.exchanges): when, old and new ratios, and per register the value under
+      the old ratio (``value_old``: at the change, or the old meter's final register) and under
+      the new one (``value_new``: at the change, or the new meter's initial register);
+      registers {} when the meter could not be read then. An operator's record of the same
+      change as an automatic one names it (``supersedes``: its id), and an automatic record of
+      a change an operator already entered names that one (``explained_by``); such a named
+      record stays, but only the other one splits stages (:func:`ratio_changes`)
     billing_meter(meter TEXT, plan TEXT, since REAL, PRIMARY KEY (meter, plan))
       when the gateway first saw the meter on the plan: boundaries after it are caught up
 
@@ -34,10 +41,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from gateway.billing.settlement import Settlement, rank
-from gateway.model import loads_exact, to_json
+from gateway.model import loads_exact, parse_iso, to_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS billing_settlement (
@@ -244,23 +252,76 @@ def insert_ratio_change(conn: sqlite3.Connection, meter: str, at: float, body: d
 
 
 def ratio_change_recorded(conn: sqlite3.Connection, meter: str, at: float) -> bool:
-    """Whether billing has kept the CT/PT change of ``meter`` audited at ``at``."""
-    return conn.execute("SELECT 1 FROM billing_ratio_change WHERE meter=? AND at=? LIMIT 1",
-                        (meter, at)).fetchone() is not None
+    """Whether billing has kept the CT/PT change of ``meter`` audited at ``at`` (its own record: one
+    an operator entered for the same instant does not count)."""
+    for (body,) in conn.execute("SELECT body FROM billing_ratio_change WHERE meter=? AND at=?", (meter, at)):
+        doc = loads_exact(body)
+        if isinstance(doc, dict) and doc.get("entered_by") is None:
+            return True
+    return False
 
 
-def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) -> list[dict[str, Any]]:
-    """The audited CT/PT changes of a meter with ``lo < at < hi``, oldest first."""
+def all_changes(conn: sqlite3.Connection, meter: str) -> list[dict[str, Any]]:
+    """Every recorded change of a meter (CT/PT changes and exchanges, with ``id``), oldest first.
+
+    Includes the records another one stands in for (``supersedes`` / ``explained_by``).
+    """
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='billing_ratio_change'").fetchone() \
             is None:
         return []
     out: list[dict[str, Any]] = []
-    for (body,) in conn.execute("SELECT body FROM billing_ratio_change WHERE meter=? AND at>? AND at<? "
-                                "ORDER BY at, id", (meter, lo, hi)):
+    for rid, body in conn.execute("SELECT id, body FROM billing_ratio_change WHERE meter=? ORDER BY at, id",
+                                  (meter,)):
         doc = loads_exact(body)
         assert isinstance(doc, dict)
-        out.append(doc)
+        out.append({**doc, "id": int(rid)})
     return out
+
+
+def effective(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The changes that split stages: those no other record stands in for."""
+    replaced = {int(c["supersedes"]) for c in changes if c.get("supersedes") is not None}
+    return [c for c in changes if c.get("explained_by") is None and int(c.get("id", 0)) not in replaced]
+
+
+def ratio_changes(conn: sqlite3.Connection, meter: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """The effective CT/PT changes and exchanges of a meter with ``lo <= at < hi``, oldest first."""
+    return [c for c in effective(all_changes(conn, meter)) if lo <= float(c.get("at_epoch", 0)) < hi]
+
+
+#: One good reading's plan registers: (ts, seq, register → (raw, value, unit)).
+NearReading = tuple[float, int, dict[str, tuple[Decimal, Decimal, str]]]
+
+
+def readings_around(conn: sqlite3.Connection, meter: str, at: float, registers: list[str],
+                    lookback: int, strictly_after: bool = False) -> tuple[NearReading | None, NearReading | None]:
+    """The nearest good stored readings of ``meter`` carrying any of ``registers``: at or before
+    ``at`` and at or after it (``strictly_after``: after it), each None when none is found among
+    ``lookback`` rows."""
+
+    def first(rows: list[tuple[str]]) -> NearReading | None:
+        for (payload,) in rows:
+            doc = loads_exact(payload)
+            if not isinstance(doc, dict):
+                continue
+            pts = doc.get("points") or {}
+            vals: dict[str, tuple[Decimal, Decimal, str]] = {}
+            for name in registers:
+                p = pts.get(name)
+                if isinstance(p, dict) and p.get("quality") == "good" and isinstance(p.get("raw"), Decimal) \
+                        and isinstance(p.get("value"), Decimal):
+                    vals[name] = (p["raw"], p["value"], str(p.get("unit", "")))
+            if vals:
+                return parse_iso(str(doc["ts"])), int(doc["seq"]), vals
+        return None
+
+    before = conn.execute(
+        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts<=? "
+        "ORDER BY ts DESC LIMIT ?", (meter, at, lookback)).fetchall()
+    after = conn.execute(
+        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND "
+        + ("ts>? " if strictly_after else "ts>=? ") + "ORDER BY ts LIMIT ?", (meter, at, lookback)).fetchall()
+    return first(before), first(after)
 
 
 def meters_since(conn: sqlite3.Connection) -> dict[tuple[str, str], float]:
@@ -286,11 +347,13 @@ def settled_boundaries(conn: sqlite3.Connection, lo: float, hi: float) -> dict[s
 
 __all__ = [
     "SCHEMA",
+    "all_changes",
     "attach_history",
     "by_id",
     "create",
     "current_at",
     "current_since",
+    "effective",
     "for_meter",
     "for_meters",
     "insert_correction",
@@ -299,6 +362,7 @@ __all__ = [
     "meters_since",
     "ratio_change_recorded",
     "ratio_changes",
+    "readings_around",
     "remember_meters",
     "set_seq",
     "settled_boundaries",

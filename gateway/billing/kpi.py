@@ -31,11 +31,19 @@ from gateway.settings import Settings
 from gateway.slots import slots_between, zone
 
 CAPTURED: Final = frozenset({"meter_frozen", "actual", "late"})
+#: Obtained at the boundary within the plan's tolerance (抄表准时): the meter's freeze or a live read.
+ON_TIME: Final = frozenset({"meter_frozen", "actual"})
 #: A slot younger than this is still being read (retries, commit): not counted yet.
 GRACE_S: Final = 60.0
 COUNT_KEYS: Final = (
     "slots_scheduled", "slots_read_good", "intervals_expected", "intervals_complete",
     "settlements_due", "settlements_captured", "settlements_estimated", "settlements_manual", "settlements_missing",
+    "settlements_on_time", "settlements_late",
+)
+#: The settlement counts (the cycle KPI has only these).
+SETTLEMENT_KEYS: Final = (
+    "settlements_due", "settlements_captured", "settlements_on_time", "settlements_late", "settlements_manual",
+    "settlements_estimated", "settlements_missing",
 )
 
 
@@ -56,7 +64,44 @@ def _with_ratios(row: dict[str, Any]) -> dict[str, Any]:
     row["read_completeness"] = ratio(row["slots_read_good"], row["slots_scheduled"])
     row["interval_completeness"] = ratio(row["intervals_complete"], row["intervals_expected"])
     row["settlement_completeness"] = ratio(row["settlements_captured"], row["settlements_due"])
+    row["on_time_rate"] = ratio(row["settlements_on_time"], row["settlements_due"])
     return row
+
+
+def count_boundary(row: dict[str, Any], quality: str | None) -> None:
+    """Count one due boundary whose current settlement has ``quality`` (None: no settlement)."""
+    row["settlements_due"] += 1
+    if quality in CAPTURED:
+        row["settlements_captured"] += 1
+    if quality in ON_TIME:
+        row["settlements_on_time"] += 1
+    elif quality == "late":
+        row["settlements_late"] += 1
+    elif quality == "estimated":
+        row["settlements_estimated"] += 1
+    elif quality == "manual":               # entered by an operator: had, but not read by the gateway
+        row["settlements_manual"] += 1
+    elif quality not in CAPTURED:
+        row["settlements_missing"] += 1
+
+
+def _by_customer(settings: Settings, meters: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Each customer's counts: the sums over its meters (any role)."""
+    from gateway.billing.customers import customers_of
+
+    by_meter = {row["meter"]: row for row in meters}
+    out: list[dict[str, Any]] = []
+    for c in customers_of(settings).values():
+        row: dict[str, Any] = {"customer": c.id, "meters": 0, **dict.fromkeys(keys, 0)}
+        for cm in c.meters:
+            m = by_meter.get(cm.meter)
+            if m is None:
+                continue
+            row["meters"] += 1
+            for k in keys:
+                row[k] += m[k]
+        out.append(row)
+    return out
 
 
 def kpi_for_day(conn: sqlite3.Connection, settings: Settings, day: date, now: float) -> dict[str, Any]:
@@ -99,17 +144,8 @@ def kpi_for_day(conn: sqlite3.Connection, settings: Settings, day: date, now: fl
         if plan is not None:
             due_b = [b.ts for b in boundaries_between(plan, tz, lo - 1e-6, min(hi - 1e-6, now))]
             have = dict(settled.get(m.id, []))
-            row["settlements_due"] = len(due_b)
             for t in due_b:
-                q = have.get(t)
-                if q in CAPTURED:
-                    row["settlements_captured"] += 1
-                elif q == "estimated":
-                    row["settlements_estimated"] += 1
-                elif q == "manual":             # entered by an operator: had, but not read by the gateway
-                    row["settlements_manual"] += 1
-                else:
-                    row["settlements_missing"] += 1
+                count_boundary(row, have.get(t))
         meters.append(_with_ratios(row))
     buses: dict[str, dict[str, Any]] = {}
     total: dict[str, Any] = {"meters": 0, **dict.fromkeys(COUNT_KEYS, 0)}
@@ -125,27 +161,85 @@ def kpi_for_day(conn: sqlite3.Connection, settings: Settings, day: date, now: fl
         "timezone": tz,
         "meters": meters,
         "buses": [_with_ratios(b) for b in buses.values()],
+        "customers": [_with_ratios(c) for c in _by_customer(settings, meters, COUNT_KEYS)],
         "gateway": _with_ratios(total),
+    }
+
+
+def _settlement_ratios(row: dict[str, Any]) -> dict[str, Any]:
+    row["settlement_completeness"] = ratio(row["settlements_captured"], row["settlements_due"])
+    row["on_time_rate"] = ratio(row["settlements_on_time"], row["settlements_due"])
+    return row
+
+
+def kpi_for_cycle(conn: sqlite3.Connection, settings: Settings, label: str, now: float) -> dict[str, Any]:
+    """Settlement KPIs of billing cycle ``label`` (YYYY-MM) as of ``now``: per meter, customer and gateway.
+
+    Due: every boundary of the meter's plan's cycle ``label`` (start, stage boundaries and end)
+    at or before ``now``. Meters on no billing plan are left out.
+    """
+    from gateway.billing.cycles import cycle
+
+    tz = settings.gateway.timezone
+    meters: list[dict[str, Any]] = []
+    for m in settings.meters.values():
+        plan = settings.billing.get(m.billing) if m.billing else None
+        if plan is None:
+            continue
+        c = cycle(plan, label, tz)
+        row: dict[str, Any] = {"meter": m.id, "bus": m.bus, "customer": m.customer, "plan": plan.name,
+                               **dict.fromkeys(SETTLEMENT_KEYS, 0)}
+        settled = dict(db.settled_boundaries(conn, c.start, c.end + 1e-3).get(m.id, [])) \
+            if db.table_exists(conn) else {}
+        for t in c.boundaries:
+            if t <= now:
+                count_boundary(row, settled.get(t))
+        meters.append(_settlement_ratios(row))
+    total: dict[str, Any] = {"meters": len(meters), **dict.fromkeys(SETTLEMENT_KEYS, 0)}
+    for row in meters:
+        for k in SETTLEMENT_KEYS:
+            total[k] += row[k]
+    return {
+        "cycle": label,
+        "timezone": tz,
+        "meters": meters,
+        "customers": [_settlement_ratios(c) for c in _by_customer(settings, meters, SETTLEMENT_KEYS)],
+        "gateway": _settlement_ratios(total),
     }
 
 
 CSV_COLUMNS: Final = (
     "date", "scope", "id", "bus", "meters", *COUNT_KEYS,
-    "read_completeness", "interval_completeness", "settlement_completeness",
+    "read_completeness", "interval_completeness", "settlement_completeness", "on_time_rate",
 )
+CYCLE_CSV_COLUMNS: Final = ("cycle", "scope", "id", "meters", *SETTLEMENT_KEYS, "settlement_completeness",
+                            "on_time_rate")
 
 
 def csv_rows(doc: dict[str, Any]) -> list[list[object]]:
-    """One row per meter, per bus and one for the gateway."""
+    """One row per meter, per bus, per customer and one for the gateway."""
     out: list[list[object]] = []
-    rest = (*COUNT_KEYS, "read_completeness", "interval_completeness", "settlement_completeness")
+    rest = (*COUNT_KEYS, "read_completeness", "interval_completeness", "settlement_completeness", "on_time_rate")
     for m in doc["meters"]:
         out.append([doc["date"], "meter", m["meter"], m["bus"], 1, *(m[k] for k in rest)])
     for b in doc["buses"]:
         out.append([doc["date"], "bus", b["bus"], b["bus"], b["meters"], *(b[k] for k in rest)])
+    for c in doc.get("customers") or ():
+        out.append([doc["date"], "customer", c["customer"], None, c["meters"], *(c[k] for k in rest)])
     g = doc["gateway"]
     out.append([doc["date"], "gateway", None, None, g["meters"], *(g[k] for k in rest)])
     return out
 
 
-__all__ = ["CSV_COLUMNS", "csv_rows", "day_bounds", "kpi_for_day", "ratio"]
+def cycle_csv_rows(doc: dict[str, Any]) -> list[list[object]]:
+    """One row per meter, per customer and one for the gateway (:data:`CYCLE_CSV_COLUMNS`)."""
+    rest = (*SETTLEMENT_KEYS, "settlement_completeness", "on_time_rate")
+    out: list[list[object]] = [[doc["cycle"], "meter", m["meter"], 1, *(m[k] for k in rest)] for m in doc["meters"]]
+    out.extend([doc["cycle"], "customer", c["customer"], c["meters"], *(c[k] for k in rest)] for c in doc["customers"])
+    g = doc["gateway"]
+    out.append([doc["cycle"], "gateway", None, g["meters"], *(g[k] for k in rest)])
+    return out
+
+
+__all__ = ["CSV_COLUMNS", "CYCLE_CSV_COLUMNS", "ON_TIME", "SETTLEMENT_KEYS", "count_boundary", "csv_rows",
+           "cycle_csv_rows", "day_bounds", "kpi_for_cycle", "kpi_for_day", "ratio"]

@@ -26,7 +26,11 @@ CT × PT (for registers the meter shows on the secondary side), so it is exactly
 (end − start) × CT × PT in Decimal arithmetic. Both ends' qualities travel with it. When
 the ratio changed inside the stage, the audited change record (with the registers read at
 the change) splits it: (at change − start) × old + (end − at change) × new; without such a
-record or reading the consumption is withheld and flagged.
+record or reading the consumption is withheld and flagged. A **meter exchange** (换表,
+:mod:`gateway.billing.exchanges`) is the same kind of record (``kind: exchange``): the old
+meter's final registers under the old ratio and the new meter's initial registers under the new
+one, so a stage spanning it is (old final − start) × old + (end − new initial) × new; each such
+record inside a stage adds its code (``exchange`` or ``ratio_change``) to the stage.
 A decrease of a register is a **rollover** when the register's capacity (``capacity`` in
 the settlement, from the profile: 10^digits) explains it — end + 10^digits − start below half
 the capacity — and is then counted exactly and flagged ``rollover``; any other decrease is
@@ -56,7 +60,7 @@ QUALITY_RANK: Final[dict[str, int]] = {
 SETTLEMENT_SCHEMA: Final = "amr.settlement.v1"
 
 #: Machine-readable stage flags (``StageConsumption.codes``).
-FLAG_CODES: Final = ("rollover", "negative", "clock_unverified")
+FLAG_CODES: Final = ("rollover", "negative", "clock_unverified", "exchange", "ratio_change")
 
 #: Registers that are not cumulative: kept in a settlement, never differenced.
 NOT_CUMULATIVE: Final = frozenset({"demand_max_kw", "demand_max_kw_at"})
@@ -245,7 +249,7 @@ def stage_consumption(
     flags: list[str] = []
     cons: dict[str, Decimal | None] = {}
     names = [r for r in registers if r not in NOT_CUMULATIVE]
-    inside = [c for c in changes if start < float(c.get("at_epoch", 0)) < end]
+    inside = [c for c in changes if _inside(c, start, end)]
     usable = (first is not None and last is not None and first.quality != "missing"
               and last.quality != "missing")
     if first is None or first.quality == "missing":
@@ -260,14 +264,20 @@ def stage_consumption(
         if not consistent:
             flags.append(f"CT/PT changed within the stage (multiplier {first.multiplier} → {last.multiplier}) "
                          "and no recorded ratio change explains it; the register difference cannot be priced "
-                         "with one ratio")
+                         "with one ratio (a change entered through the API needs the meter's ct_ratio/pt_ratio "
+                         "changed in the configuration before the stage's end boundary too)")
             usable = False
         for c in inside:
-            flags.append(f"CT/PT changed at {c.get('at')} (multiplier {_mult(c.get('old'))} → "
-                         f"{_mult(c.get('new'))}): consumption split at the reading taken at the change")
+            if c.get("kind") == "exchange":
+                flags.append(f"exchange: meter exchanged at {c.get('at')} (new serial {c.get('new_serial')}, "
+                             f"multiplier {_mult(c.get('old'))} → {_mult(c.get('new'))}): consumption = (old final "
+                             "− start) × old multiplier + (end − new initial) × new multiplier")
+            else:
+                flags.append(f"ratio_change: CT/PT changed at {c.get('at')} (multiplier {_mult(c.get('old'))} → "
+                             f"{_mult(c.get('new'))}): consumption split at the reading taken at the change")
     a = first.registers() if first is not None else {}
     b = last.registers() if last is not None else {}
-    codes: list[str] = []
+    codes: list[str] = [str(c.get("kind") or "ratio_change") for c in inside]
     negative = False
     for name in names:
         if usable and name in a and name in b:
@@ -327,6 +337,19 @@ def stage_consumption(
     return StageConsumption(stage, start, end, first.quality if first else None,
                             last.quality if last else None, cons, complete and not estimated_open, tuple(flags),
                             tuple(dict.fromkeys(codes)))
+
+
+def _inside(change: dict[str, Any], start: float, end: float) -> bool:
+    """Whether a change splits the stage ``start`` → ``end``.
+
+    Strictly inside it; an operator's record (an exchange or an entered CT/PT change) dated at
+    the stage's start too: a reading at the change's instant shows the old state (the old
+    meter's final registers), so the settlement at that boundary is the old one's.
+    """
+    at = float(change.get("at_epoch", 0))
+    if change.get("entered_by") is not None:
+        return start <= at < end
+    return start < at < end
 
 
 def _rollover(name: str, first: Settlement, last: Settlement, d: Decimal) -> Decimal | None:

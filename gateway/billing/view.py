@@ -1,7 +1,7 @@
 """One meter's billing cycle as billing sees it: settlements, stage consumption, reconciliation.
 
-Audited CT/PT changes inside the cycle are listed (``ratio_changes``) and split the stage
-consumption they fall in (:func:`gateway.billing.settlement.stage_consumption`).
+Audited CT/PT changes and meter exchanges inside the cycle are listed (``ratio_changes``,
+``exchanges``) and split the stage consumption they fall in (:func:`gateway.billing.settlement.stage_consumption`).
 
 Shared by ``GET /api/v1/meters/{id}/settlements`` and ``amr-gateway export settlements``, so
 the JSON, the CSV and the export say the same thing.
@@ -13,11 +13,11 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any, Final
 
-from gateway.billing import db
+from gateway.billing import csvcolumns, db
 from gateway.billing.cycles import Cycle, cycle
 from gateway.billing.settlement import Settlement, StageConsumption, reconcile, stage_consumption
 from gateway.model import iso_utc
-from gateway.settings import BillingPlan
+from gateway.settings import BillingPlan, Settings
 
 _BODY_FIELDS: Final = ("quality", "source", "read_at", "frozen_at", "ct", "pt", "multiplier", "registers",
                        "reason", "revision", "estimated_from", "flags", "gateway_clock", "meter_clock",
@@ -57,8 +57,13 @@ def _stage_doc(st: StageConsumption) -> dict[str, Any]:
 
 
 def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: str, tz: str,
-               now: float) -> dict[str, Any]:
-    """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation."""
+               now: float, settings: Settings | None = None) -> dict[str, Any]:
+    """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation.
+
+    With ``settings``, the meter's customer is shown in the document and its CSV rows.
+    """
+    ms = settings.meters.get(meter) if settings is not None else None
+    customer = ms.customer if ms is not None else None
     c = cycle(plan, label, tz)
     rows = db.for_meter(conn, meter, c.start, c.end) if db.table_exists(conn) else []
     by_ts = {s.boundary: s for s in rows}
@@ -88,13 +93,16 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
     rec = reconcile(stages, total)
     return {
         "meter": meter,
+        "customer": customer,
         "plan": plan.name,
         "cycle": label,
         "timezone": tz,
         "start": iso_utc(c.start),
         "end": iso_utc(c.end),
         "settlements": items,
-        "ratio_changes": [{k: ch.get(k) for k in RATIO_CHANGE_FIELDS} for ch in changes],
+        "ratio_changes": [{k: ch.get(k) for k in RATIO_CHANGE_FIELDS} for ch in changes
+                          if ch.get("kind") != "exchange"],
+        "exchanges": [{k: ch.get(k) for k in EXCHANGE_FIELDS} for ch in changes if ch.get("kind") == "exchange"],
         "stages": [_stage_doc(st) for st in stages],
         "cycle_total": _stage_doc(total),
         "reconciliation": {
@@ -106,17 +114,18 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
     }
 
 
-#: What the view shows of an audited CT/PT change (``billing_ratio_change``).
-RATIO_CHANGE_FIELDS: Final = ("at", "old", "new", "read_at", "registers", "reason")
+#: What the view shows of an audited CT/PT change (``billing_ratio_change``): the configuration's
+#: record at a restart, or one an operator entered (``entered_by``, ``note``, and the automatic
+#: record it ``supersedes``).
+RATIO_CHANGE_FIELDS: Final = ("id", "at", "old", "new", "read_at", "registers", "reason", "entered_by", "note",
+                              "supersedes")
+#: What the view shows of a meter exchange (换表, :mod:`gateway.billing.exchanges`).
+EXCHANGE_FIELDS: Final = ("id", "at", "old", "new", "old_serial", "new_serial", "registers", "entered_by", "note",
+                          "supersedes")
 
-SETTLEMENT_CSV: Final = (
-    "meter", "plan", "cycle", "boundary_index", "role", "boundary", "current", "revision", "quality", "source",
-    "read_at", "frozen_at", "ct", "pt", "multiplier", "register", "raw", "value", "unit", "seq", "reason",
-)
-STAGE_CSV: Final = (
-    "meter", "plan", "cycle", "stage", "start", "end", "start_quality", "end_quality", "complete", "register",
-    "consumption", "reconciled", "flags",
-)
+#: The settlement and stage CSV columns (``csv_version`` 2, :mod:`gateway.billing.csvcolumns`).
+SETTLEMENT_CSV: Final = csvcolumns.SETTLEMENT_COLUMNS
+STAGE_CSV: Final = csvcolumns.STAGE_COLUMNS
 
 
 def settlement_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
@@ -124,10 +133,17 @@ def settlement_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
     for item in view["settlements"]:
         revisions = [(True, item)] + [(False, h) for h in item["history"]]
         for current, rev in revisions:
-            base = [view["meter"], view["plan"], view["cycle"], item["boundary_index"], item["role"],
-                    item["boundary"], current if item["status"] == "stored" else None, rev.get("revision"),
+            confirmed = rev.get("confirmed")
+            base = [csvcolumns.CSV_VERSION, view.get("customer"), view["meter"], view["plan"], view["cycle"],
+                    item["boundary_index"], item["role"], item["boundary"],
+                    current if item["status"] == "stored" else None, rev.get("id"), rev.get("revision"),
                     rev.get("quality"), rev.get("source"), rev.get("read_at"), rev.get("frozen_at"), rev.get("ct"),
-                    rev.get("pt"), rev.get("multiplier")]
+                    rev.get("pt"), rev.get("multiplier"),
+                    csvcolumns.clock_state(rev.get("gateway_clock")) if item["status"] == "stored" else None,
+                    rev.get("meter_offset_s"), csvcolumns.join(rev.get("flags") or ()),
+                    csvcolumns.estimated_from_cell(rev.get("estimated_from")),
+                    csvcolumns.supersedes_cell(rev.get("supersedes")), rev.get("entered_by"),
+                    confirmed.get("by") if isinstance(confirmed, dict) else None]
             regs = rev.get("registers") or {}
             if not regs:
                 yield [*base, None, None, None, None, rev.get("seq"), rev.get("reason") or item["status"]]
@@ -135,13 +151,22 @@ def settlement_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
                 yield [*base, name, r.get("raw"), r.get("value"), r.get("unit"), rev.get("seq"), rev.get("reason")]
 
 
-def stage_csv_rows(view: dict[str, Any]) -> Iterable[list[object]]:
-    """One row per register per stage, then the cycle total (stage ``total``)."""
+def stage_csv_rows(view: dict[str, Any], *, role: str | None = None,
+                   sign: int | None = None) -> Iterable[list[object]]:
+    """One row per stage, then the cycle total (stage ``total``), in :data:`STAGE_CSV` order.
+
+    ``role`` / ``sign``: the meter's place in its customer (customer CSV); None for a meter's own.
+    """
     rec = view["reconciliation"]["reconciled"]
-    for st in [*view["stages"], {**view["cycle_total"], "stage": "total"}]:
-        for name, v in st["consumption"].items():
-            yield [view["meter"], view["plan"], view["cycle"], st["stage"], st["start"], st["end"],
-                   st["start_quality"], st["end_quality"], st["complete"], name, v, rec, "; ".join(st["flags"])]
+    items = view["settlements"]
+    last = len(items) - 1
+    rows = [(st, items[st["stage"] - 1], items[st["stage"]]) for st in view["stages"]]
+    rows.append(({**view["cycle_total"], "stage": "total"}, items[0], items[last]))
+    for doc, first, end in rows:
+        st = {**doc, "quality": csvcolumns.worst_quality([doc["start_quality"], doc["end_quality"]])}
+        yield csvcolumns.stage_row(customer=view.get("customer"), meter=view["meter"], plan=view["plan"],
+                                   cycle=view["cycle"], record="meter", role=role, sign=sign, stage=st,
+                                   reconciled=rec, ends=[first, end])
 
 
 __all__ = ["SETTLEMENT_CSV", "STAGE_CSV", "cycle_view", "settlement_csv_rows", "settlement_doc", "stage_csv_rows"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,8 @@ import yaml
 from gateway.config.api import load_api
 from gateway.config.billing import load_billing
 from gateway.config.buses import load_buses
-from gateway.config.context import LoadContext
+from gateway.config.context import LoadContext, peek_text
+from gateway.config.customers import load_customers, review_with_customers, unknown_override_customers
 from gateway.config.gateway import GATEWAY_KEYS, load_gateway
 from gateway.config.influxdb import load_influxdb
 from gateway.config.meters import load_meters
@@ -26,8 +28,10 @@ from gateway.logsetup import load_logging
 from gateway.settings import Settings
 from gateway.yamlpos import MapView, as_text, compose
 
+log = logging.getLogger("gateway.config")
+
 _TOP_KEYS: Final = ("gateway", "buses", "meters", "schedules", "billing", "mqtt", "influxdb", "api",
-                    "store", "review", "profiles_dir", "logging")
+                    "store", "review", "profiles_dir", "logging", "customers")
 
 
 def run(ctx: LoadContext, root: yaml.Node, source: Path | None) -> Settings | None:
@@ -58,13 +62,21 @@ def run(ctx: LoadContext, root: yaml.Node, source: Path | None) -> Settings | No
     api = load_api(ctx, top.node("api"))
     store = load_store(ctx, top.node("store"))
     review = load_review(ctx, top.node("review"))
+    listed = top.node("meters")
+    declared = {t for node in (listed.value if isinstance(listed, yaml.SequenceNode) else [])
+                if (t := peek_text(node, "id"))}
+    customers = load_customers(ctx, top, meters, declared)
+    if review is not None:
+        for sentence in unknown_override_customers(review, customers):
+            log.warning("%s", sentence)
+        review = review_with_customers(review, customers)
     logging_settings = load_logging(ctx.issues, top.node("logging"))
     if ctx.issues or ctx.profile_issues or gw is None or review is None:
         return None
     return Settings(gateway=gw, buses={k: v.settings for k, v in buses.items()}, meters=meters,
                     schedules=schedules, profiles=profiles, billing=billing, mqtt=mqtt,
                     influxdb=influx, api=api, store=store, review=review, source=source,
-                    logging=logging_settings)
+                    logging=logging_settings, customers=customers)
 
 
 def load(text: str, file: str, base_dir: Path, env: Mapping[str, str] | None,

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
+from drivers.capacity import capacity_of
 from gateway.aio import wait_event
 from gateway.audit import AuditLog
 from gateway.model import Reading, iso_utc
@@ -60,7 +61,7 @@ from gateway.review_thresholds import ReviewThresholds
 if TYPE_CHECKING:
     from gateway.core import Core
     from gateway.polling import MeterRuntime
-    from gateway.settings import MeterSettings
+    from gateway.settings import MeterSettings, Profile
 
 log = logging.getLogger("amr.review")
 
@@ -73,8 +74,14 @@ RETRY_EVERY_S: Final = 5.0          # real seconds between retries of events tha
 PERIODS_EVERY_S: Final = 5.0        # real seconds between looks at the clock for a new hour (period rules)
 
 
-def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterContext:
-    """What the rules need to know about a configured meter (rated power, nominal voltage)."""
+def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds, profile: Profile | None = None) -> MeterContext:
+    """What the rules need to know about a configured meter (rated power, nominal voltage, and the
+    capacity of each cumulative register its ``profile`` states, where it rolls over)."""
+    capacities: dict[str, Decimal] = {}
+    for name, point in (profile.points.items() if profile is not None else ()):
+        cap = capacity_of(point)
+        if cap is not None:
+            capacities[name] = cap.modulus
     nominal: Decimal | None = None
     if m.rated_voltage_v is not None:
         phase_v = m.rated_voltage_v if th.rated_voltage_is == "phase" else m.rated_voltage_v / Decimal(3).sqrt()
@@ -84,6 +91,7 @@ def meter_context(m: MeterSettings, tz: str, th: ReviewThresholds) -> MeterConte
         identity=f"{m.address}|{m.profile}",
         rated_kw=rated_power_kw(m.rated_voltage_v, m.rated_current_a, m.multiplier, th.rated_voltage_is),
         nominal_v=nominal,
+        capacities=capacities,
     )
 
 
@@ -129,7 +137,8 @@ class ReviewEngine:
         for m in core.settings.meters.values():
             th = self.thresholds.for_meter(m.id, m.customer)
             self.meter_thresholds[m.id] = th
-            self.contexts[m.id] = meter_context(m, tz, th)
+            runtime = core.meters.get(m.id)
+            self.contexts[m.id] = meter_context(m, tz, th, runtime.profile if runtime is not None else None)
             self.buses.setdefault(m.bus, []).append(m.id)
             self.bus_of[m.id] = m.bus
         self._tz = tz

@@ -36,6 +36,20 @@ Design constraints
   times (ISO-8601 UTC), and the thresholds that decided.
 * **A failed point is not a value.** Only points with quality ``good`` are judged; a
   failed poll only feeds the read-failure rule.
+* **The ratio in force at each reading.** A reading's register values carry the CT × PT it
+  was taken under (value ÷ raw). Values taken under different ratios (the configuration
+  changed at a restart) are never differenced (a false ``meter_fast`` or ``reverse_energy``):
+  the baselines start again from the first reading under the new ratio (:func:`rebase`), and
+  an energy interval whose ends disagree is the raw difference × the later reading's ratio.
+* **Recorded changes.** A meter exchange or a CT/PT change entered with its time
+  (:func:`note_change`) is a barrier: a reading after it is not judged against the
+  registers read at or before it — a reading at the change's instant shows the old state —
+  so no ``register_decrease`` from the old meter's final to the new one's initial, no
+  ``meter_fast`` across it; the baselines start again from that reading.
+* **Rollover.** A register that falls is a rollover, not a decrease, when the register's
+  capacity from the profile explains it (``MeterContext.capacities``: the wrapped difference
+  below half the capacity, as billing counts it) or it fell from near a configured
+  ``rollover_at`` maximum.
 """
 
 from __future__ import annotations
@@ -142,6 +156,8 @@ class MeterContext:
     identity: str = ""                  # address|profile: a change is a meter swap
     rated_kw: Decimal | None = None     # primary-side rated power (already × CT × PT)
     nominal_v: Decimal | None = None    # primary-side nominal phase voltage (× PT)
+    #: register → raw value at which it starts again at zero (10^digits, from the profile)
+    capacities: Mapping[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +229,8 @@ class MeterState:
     counters: dict[str, Decimal] = field(default_factory=dict)
     #: a bus's state: meters of a bus failure that ended, not heard from since
     grace: set[str] = field(default_factory=set)
+    #: the latest recorded meter exchange or CT/PT change (:func:`note_change`)
+    change_at: float | None = None
     dirty: bool = False                 # persisted state changed
 
     def to_doc(self) -> dict[str, object]:
@@ -235,6 +253,7 @@ class MeterState:
             "reverse_ref": None if self.reverse_ref is None else list(self.reverse_ref),
             "pf_ref": None if self.pf_ref is None else list(self.pf_ref),
             "counters": dict(self.counters),
+            "change_at": self.change_at,
         }
 
     @classmethod
@@ -283,6 +302,8 @@ class MeterState:
         counters = doc.get("counters")
         if isinstance(counters, Mapping):
             st.counters = {str(k): dec(v) for k, v in counters.items()}
+        ca = doc.get("change_at")
+        st.change_at = None if ca is None else float(dec(ca))
         return st
 
 
@@ -438,21 +459,38 @@ def mean_power(state: MeterState, start: float, end: float, max_age_s: float) ->
     return None if latest is None else (latest, 1)
 
 
+def factor_taken(reg: RegisterValue) -> Decimal | None:
+    """The CT × PT a register value was taken under (value ÷ raw); None for a raw zero."""
+    return reg.value / reg.raw if reg.raw != 0 else None
+
+
 def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -> EnergyInterval | None:
-    """The interval from the last judged-register value to this reading's, if both exist."""
+    """The interval from the last judged-register value to this reading's, if both exist.
+
+    Under the ratio in force at each reading: when the two ends were taken under different
+    CT × PT, ΔE is the raw difference × the later reading's factor.
+    """
     reg = obs.registers.get(th.energy_register)
     prev = state.energy
     if reg is None or prev is None or obs.ts <= prev.ts:
         return None
     adjacent = obs.interval_s is not None and abs(obs.slot - prev.slot - obs.interval_s) < 1e-6
+    delta = reg.value - prev.reg.value
+    f_prev, f_now = factor_taken(prev.reg), factor_taken(reg)
+    if f_now is not None and f_prev is not None and f_prev != f_now:
+        delta = (reg.raw - prev.reg.raw) * f_now
     return EnergyInterval(
-        start=prev, end=EnergyPoint(obs.ts, obs.slot, reg), delta=reg.value - prev.reg.value,
+        start=prev, end=EnergyPoint(obs.ts, obs.slot, reg), delta=delta,
         seconds=Decimal(repr(round(obs.ts - prev.ts, 3))), adjacent=adjacent, step=reg.step,
     )
 
 
-def _is_rollover(prev: Decimal, new: Decimal, th: ReviewThresholds) -> Decimal | None:
-    """The maximum a fall wrapped at, when it is a configured rollover."""
+def _is_rollover(prev: Decimal, new: Decimal, th: ReviewThresholds, modulus: Decimal | None = None) -> Decimal | None:
+    """The maximum a fall wrapped at, when it is a rollover: within the register's capacity
+    (``modulus`` = 10^digits; new + modulus − prev below half of it, billing's rule), or from
+    near a configured ``rollover_at`` maximum to near zero."""
+    if modulus is not None and _ZERO <= new + modulus - prev < modulus / 2:
+        return modulus
     for top in th.rollover_at:
         margin = top * th.rollover_window
         if prev <= top and prev >= top - margin and _ZERO <= new <= margin:
@@ -536,7 +574,7 @@ def register_decrease(
             continue
         fall = prev.raw - reg.raw
         if fall > th.decrease_tolerance:
-            top = _is_rollover(prev.raw, reg.raw, th)
+            top = _is_rollover(prev.raw, reg.raw, th, ctx.capacities.get(name))
             if top is not None:
                 continue
             raise_condition(
@@ -885,6 +923,13 @@ def evaluate(
     if ctx.identity and state.identity != ctx.identity:
         state.identity = ctx.identity
         state.dirty = True
+    if (state.change_at is not None and obs.ts > state.change_at and (
+            (state.registers_ts is not None and state.registers_ts <= state.change_at)
+            or (state.energy is not None and state.energy.ts <= state.change_at))) \
+            or _ratio_changed(state, obs, th):
+        # a recorded exchange or CT/PT change lies between the baselines and this reading, or
+        # the reading was taken under another CT × PT (a restart under a new configured ratio)
+        rebase(state)
     if obs.power_kw is not None and (not state.power or state.power[-1][0] <= obs.ts):
         state.power.append((obs.ts, obs.power_kw))
     iv = energy_interval(state, obs, th)
@@ -906,6 +951,41 @@ def evaluate(
         state.dirty = True
     prune_power(state)
     return events, errors
+
+
+def _ratio_changed(state: MeterState, obs: Observation, th: ReviewThresholds) -> bool:
+    """Whether the judged register's CT × PT differs from the one its baseline was read under."""
+    reg = obs.registers.get(th.energy_register)
+    if reg is None or state.energy is None or obs.ts <= state.energy.ts:
+        return False
+    f_prev, f_now = factor_taken(state.energy.reg), factor_taken(reg)
+    return f_prev is not None and f_now is not None and f_prev != f_now
+
+
+def rebase(state: MeterState) -> None:
+    """Forget every baseline a rule differences against (registers, energy, the reverse-energy,
+    power-factor and zero-consumption windows): they start again from the next reading."""
+    state.registers.clear()
+    state.registers_ts = None
+    state.energy = None
+    state.stopped_ref = None
+    state.stopped_expected = _ZERO
+    state.reverse_ref = None
+    state.pf_ref = None
+    state.day_marks.clear()
+    state.dirty = True
+
+
+def note_change(state: MeterState, at: float) -> None:
+    """Record a meter exchange or CT/PT change at ``at``: no register is judged across it.
+
+    The baselines are dropped at the first reading after ``at`` (see :func:`evaluate`); a
+    reading at ``at`` shows the meter before the change (the old meter's final registers).
+    Only the latest change is kept.
+    """
+    if state.change_at is None or at > state.change_at:
+        state.change_at = at
+        state.dirty = True
 
 
 def prune_power(state: MeterState) -> None:

@@ -10,6 +10,7 @@ Topics (``{prefix}`` = ``mqtt.topic_prefix``, default ``amr``)::
     {prefix}/{gateway}/meters/{meter}/reading   kind reading
     {prefix}/{gateway}/meters/{meter}/settlement
     {prefix}/{gateway}/meters/{meter}/event
+    {prefix}/{gateway}/customers/{customer}/settlement   kind customer_settlement (customer from the payload)
     {prefix}/{gateway}/kpi                      kind kpi (and any gateway-wide message:
                                                 {prefix}/{gateway}/{kind})
 
@@ -80,6 +81,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import socket
 import ssl
@@ -100,6 +102,8 @@ log = logging.getLogger("amr.sinks.mqtt")
 _AUTH_CODES = frozenset({4, 5, 0x86, 0x87})  # v3.1.1 CONNACK 4/5, v5 reason 0x86/0x87
 _TOPIC_RESERVED = str.maketrans({"/": "_", "+": "_", "#": "_"})
 _QUOTA_EXCEEDED = 0x97
+_SESSION_TAKEN_OVER = 0x8E
+"""MQTT 5 DISCONNECT reason: another client connected with the same client id."""
 _REFUSAL_HINTS = {
     0x87: "check that the broker's ACL lets this client publish under {base}/#",
     0x90: "check mqtt.topic_prefix and the gateway id",
@@ -107,6 +111,16 @@ _REFUSAL_HINTS = {
     0x97: "the broker's quota is exhausted; publishing is slowed down",
     0x99: "the broker does not accept the payload's format",
 }
+
+
+def _customer_of(payload: str) -> str | None:
+    """The ``customer`` of a customer settlement message (None when the payload has none)."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    c = doc.get("customer") if isinstance(doc, dict) else None
+    return c if isinstance(c, str) and c else None
 
 
 def topic_level(text: str) -> str:
@@ -123,9 +137,10 @@ class _Connection:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client: paho.Client, reporter: Reporter,
-                 base: str) -> None:
+                 base: str, client_id: str = "") -> None:
         self.loop = loop
         self.client = client
+        self.client_id = client_id
         self.reporter = reporter
         self.base = base
         self.connack: asyncio.Future[tuple[int, str]] = loop.create_future()
@@ -182,8 +197,17 @@ class _Connection:
     def on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                       properties: Any) -> None:
         text = str(reason)
-        if text == "Unspecified error":   # what paho says for a dropped socket
-            text = "the broker closed the connection or the network failed"
+        if int(getattr(reason, "value", 0)) == _SESSION_TAKEN_OVER:
+            # not a network failure: two clients take turns evicting each other
+            text = (f"another client connected with our client id {self.client_id!r}, so the broker "
+                    "dropped this session (session taken over, reason code 0x8E); give every "
+                    "gateway its own mqtt.client_id (two gateways with one id evict each other)")
+        elif text == "Unspecified error":   # what paho says for a dropped socket
+            # mosquitto 2.0 evicts the older of two clients with one id by closing its socket
+            # without a reason, so a clash looks like this too: say so, with our id
+            text = ("the broker closed the connection or the network failed (if this repeats while "
+                    f"the broker is up, another client may be using our client id {self.client_id!r}: "
+                    "give every gateway its own mqtt.client_id)")
         self._lost(text)
 
     def on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -338,6 +362,10 @@ class MqttSink:
 
     def topic_for(self, row: OutboxRow) -> str:
         """The topic a committed message is published on."""
+        if row.kind == "customer_settlement":
+            customer = _customer_of(row.payload)
+            if customer is not None:
+                return f"{self.base}/customers/{topic_level(customer)}/settlement"
         if row.meter is not None and row.kind != "kpi":
             return f"{self.base}/meters/{topic_level(row.meter)}/{topic_level(row.kind)}"
         return f"{self.base}/{topic_level(row.kind)}"
@@ -380,7 +408,7 @@ class MqttSink:
             client.tls_set_context(self._ssl_context())
             if s.tls_insecure:
                 client.tls_insecure_set(True)
-        conn = _Connection(asyncio.get_running_loop(), client, reporter, self.base)
+        conn = _Connection(asyncio.get_running_loop(), client, reporter, self.base, self.client_id)
         conn_holder.append(conn)
         client.on_connect = conn.on_connect
         client.on_publish = conn.on_publish

@@ -91,7 +91,7 @@ async def get(r: Running, path: str, headers: dict[str, str] | None = None) -> t
 
 
 def concrete(path: str) -> str:
-    return path.replace("{id}", "m1")
+    return path.replace("/customers/{id}", "/customers/C1").replace("{id}", "m1")
 
 
 async def test_auth_bad_parameters_and_csv(running: Running) -> None:
@@ -146,7 +146,7 @@ async def test_auth_bad_parameters_and_csv(running: Running) -> None:
     csv_routes = {
         "/api/v1/meters/m1/intervals?from=2026-12-01T00:00:00%2B08:00&format=csv": "status",
         "/api/v1/meters/d1/settlements?cycle=2026-12&format=csv": "quality",
-        "/api/v1/meters/d1/settlements?cycle=2026-12&format=csv&table=stages": "consumption",
+        "/api/v1/meters/d1/settlements?cycle=2026-12&format=csv&table=stages": "energy_import_kwh_t4",
         "/api/v1/kpi?date=2026-12-01&format=csv": "read_completeness",
         "/api/v1/meters?format=csv": "last_good",
         "/api/v1/meters/m1/readings?format=csv": "point_quality",

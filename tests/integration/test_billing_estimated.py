@@ -221,10 +221,10 @@ async def test_flaky_meter_across_a_boundary_estimated_only_when_allowed(tmp_pat
                                        "--cycle", "2026-12")
     assert exported == stages_csv
     rows = list(csv.DictReader(io.StringIO(exported)))
-    assert rows and set(rows[0]) >= {"stage", "register", "consumption", "start_quality", "end_quality",
+    assert rows and set(rows[0]) >= {"csv_version", "stage", "energy_import_kwh", "start_quality", "end_quality",
                                      "reconciled", "flags"}
-    stage1 = {r["register"]: r for r in rows if r["stage"] == "1"}
-    assert stage1["energy_import_kwh"]["end_quality"] == "meter_frozen"
-    assert stage1["energy_import_kwh"]["start_quality"] == ""     # the gateway first saw d1 on Dec 10
-    assert {r["stage"] for r in rows} == {"1", "2"}        # stage 3 and the total have no settlement yet
+    stage1 = next(r for r in rows if r["stage"] == "1")    # csv_version 2: one row per stage, tariff columns
+    assert stage1["end_quality"] == "meter_frozen"
+    assert stage1["start_quality"] == ""     # the gateway first saw d1 on Dec 10
+    assert [r["stage"] for r in rows] == ["1", "2", "3", "total"]
     assert {r["reconciled"] for r in rows} == {"False"}

@@ -11,6 +11,8 @@ the gateway is restarted with meter ``d1``'s CT changed from 300/5 to 600/5 (CT�
 * stage 2 of ``d1`` = (register at change − start) × 6000 + (end − register at change) ×
   12000 per cumulative register, exactly, with both ends ``meter_frozen``; the stage is
   complete and names the change in its flags; the other meters are untouched;
+* the change is a ``ratio_change`` review event and a ``meter.ratio_change`` entry of the
+  chained audit log (actor ``gateway:configuration``);
 * a restart without a further change records nothing new;
 * a change audited at a start that stopped before billing read the meter is kept once, at
   the next start, without registers (a reading then would mix energy of both ratios).
@@ -18,18 +20,20 @@ the gateway is restarted with meter ``d1``'s CT changed from 300/5 to 600/5 (CT�
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from gateway.audit import AUDIT_FILE, verify
 from gateway.billing import view
 from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.billing.settlement import NOT_CUMULATIVE
 from gateway.config import load_settings_from_text
-from gateway.model import loads_exact, parse_iso
+from gateway.model import iso_utc, loads_exact, parse_iso
 from gateway.multiplier import audit_ratios
 from gateway.ports import free_port
 from gateway.runtime import Gateway
@@ -100,9 +104,18 @@ async def test_ratio_change_inside_a_stage_splits_consumption_at_the_reading_tak
         plan = after.billing["plan"]
         docs = {m: view.cycle_view(conn, m, plan, "2026-12", "Asia/Shanghai", B2 + 60) for m in after.meters}
         n_changes = conn.execute("SELECT count(*) FROM billing_ratio_change").fetchone()[0]
+        events = conn.execute("SELECT meter, type, key FROM review_event WHERE type IN "
+                              "('ratio_change', 'meter_fast', 'reverse_energy')").fetchall()
     finally:
         conn.close()
     assert n_changes == 1
+    # the change is a review event and an entry of the chained audit log, made by the configuration
+    assert events == [("d1", "ratio_change", iso_utc(TC))]
+    entries = [json.loads(line) for line in (tmp_path / AUDIT_FILE).read_text().splitlines()]
+    (entry,) = [e for e in entries if e["action"] == "meter.ratio_change"]
+    assert (entry["actor"], entry["subject"]) == ("gateway:configuration", "d1")
+    assert entry["after"]["new"]["multiplier"] == 12000 and entry["after"]["registers"]
+    assert verify(tmp_path / AUDIT_FILE).intact
 
     d1 = docs["d1"]
     (change,) = d1["ratio_changes"]

@@ -12,6 +12,9 @@ twice on one data directory, on accelerated clocks held at the 2026-12-11 and 20
 * ``wide`` uses a profile that claims 8 digits for the same meter: the decrease is then not
   a rollover the capacity explains — flagged ``negative``, not complete, and the review engine
   stores a ``negative`` event.
+
+The review rules see the same two readings a day apart: ``register_decrease`` for ``wide``
+only (``wrap``'s fall is a rollover within the capacity its profile states).
 """
 
 from __future__ import annotations
@@ -131,8 +134,12 @@ async def test_rollover_is_counted_exactly_and_an_unexplained_decrease_is_negati
         wrap = view.cycle_view(conn, "wrap", plan, "2026-12", "Asia/Shanghai", B2)
         wide = view.cycle_view(conn, "wide", plan, "2026-12", "Asia/Shanghai", B2)
         stored = conn.execute("SELECT meter, type, state, evidence FROM review_event WHERE type='negative'").fetchall()
+        decreases = conn.execute("SELECT DISTINCT meter FROM review_event WHERE type='register_decrease'").fetchall()
     finally:
         conn.close()
+    # the review rules agree: wrap's fall is a rollover within its profile's capacity (not a
+    # register_decrease); wide's profile claims 8 digits, so there it is a decrease
+    assert decreases == [("wide",)]
 
     w = wrap["stages"][1]
     assert (w["start"], w["end"]) == ("2026-12-10T16:00:00.000Z", "2026-12-11T16:00:00.000Z")

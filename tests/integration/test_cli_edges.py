@@ -2,7 +2,9 @@
 (``| head``) ends the command quietly with exit 0; a port another program holds is one
 sentence saying what to do, not a raw socket error; a bad argument value found by the
 command itself is not dressed as a configuration file's problem; Ctrl-C ending a command
-early exits 130."""
+early exits 130, and ``scan`` still prints the meters it had found; ``demo`` removes its
+temporary folder however it ends (its end, SIGTERM, Ctrl-C); `read` with a profile of
+another protocol says so before it sends anything."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.ports import free_port
 from gateway.settings import StoreSettings
 from gateway.store import Store
-from tests.servicefixtures import commit, make_reading
+from tests.servicefixtures import commit, make_reading, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +110,115 @@ def test_ctrl_c_during_scan_exits_130(tmp_path: Path) -> None:
     err = err_bytes.decode()
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
+
+
+SIM_CONFIG = """\
+gateway: {{id: g1, timezone: UTC, data_dir: {data}}}
+buses: [{{id: rtu, type: serial, port: {tty}, protocol: modbus-rtu, baudrate: 9600, parity: N}}]
+meters:
+  - {{id: m1, customer: C1, bus: rtu, address: 1, profile: simulator, schedules: [interval]}}
+  - {{id: m2, customer: C1, bus: rtu, address: 2, profile: simulator, schedules: [interval]}}
+schedules: {{interval: {{every: 15m, points: ["energy_*"]}}}}
+"""
+
+
+def test_ctrl_c_during_scan_prints_what_was_found_and_exits_130(tmp_path: Path) -> None:
+    # Units 1 and 2 answer on a simulated RTU line; 3-10 are silent (3 s each), so the scan
+    # is waiting on unit 3 when SIGINT comes, with two meters found.
+    tty = tmp_path / "ttyRTU"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(SIM_CONFIG.format(data=tmp_path / "data", tty=tty))
+    sim = cli("simulate", "-c", str(config), "--duration", "120", stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    try:
+        wait_until(tty.exists, 30, "the simulated line")
+        proc = cli("scan", "--serial", str(tty), "--baud", "9600", "--parity", "N", "--range", "1-10",
+                   "--timeout", "3", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        os.set_blocking(proc.stderr.fileno(), False)
+        progress = bytearray()
+
+        def probed_two() -> bool:
+            chunk = proc.stderr.read() if proc.stderr is not None else None
+            progress.extend(chunk or b"")
+            return b" 2/10" in progress
+        wait_until(probed_two, 30, "units 1 and 2 probed", detail=lambda: bytes(progress))
+        proc.send_signal(signal.SIGINT)
+        out, err_rest = proc.communicate(timeout=30)
+    finally:
+        sim.terminate()
+        sim.wait(30)
+    err = (bytes(progress) + (err_rest or b"")).decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupted: the scan was stopped; 2 unit ids found so far" in err, err
+    assert out.decode().splitlines() == ["unit id", "-" * 12, "1", "2"]
+
+
+@pytest.mark.parametrize("end", ["duration", "SIGTERM", "SIGINT"])
+def test_demo_removes_its_temporary_folder_however_it_ends(tmp_path: Path, end: str) -> None:
+    tmp = tmp_path / "tmp"              # the demo's temporary folder is made under TMPDIR
+    tmp.mkdir()
+    argv = ["demo", "--listen", f"127.0.0.1:{free_port()}", "--mqtt", f"127.0.0.1:{free_port()}"]
+    if end == "duration":
+        argv += ["--duration", "3"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp))
+    env.pop("AMR_API_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    store = None
+    for line in proc.stdout:            # bounded: the banner comes within seconds, then the demo ends or is signalled
+        seen.append(line)
+        if "local store" in line:
+            store = Path(line.split(":", 1)[1].strip())
+        if "Press Ctrl-C to stop." in line:
+            break
+    assert store is not None and store.is_relative_to(tmp), "".join(seen)
+    assert any(tmp.iterdir()), "the demo made no temporary folder"
+    if end != "duration":
+        proc.send_signal(signal.SIGTERM if end == "SIGTERM" else signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert list(tmp.iterdir()) == [], "the demo left its temporary folder behind"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tcp", "127.0.0.1:1", "--unit", "1", "--profile", "dlt645-2007"],
+     "error: --profile dlt645-2007 is a dlt645 profile, but this read speaks modbus-tcp, which reads "
+     "modbus profiles; give a modbus profile, or --protocol dlt645"),
+    (["--serial", "/dev/null", "--protocol", "dlt645", "--address", "123456789012", "--profile", "simulator"],
+     "error: --profile simulator is a modbus profile, but this read speaks dlt645, which reads dlt645 "
+     "profiles; give a dlt645 profile, or --protocol modbus"),
+])
+def test_read_with_another_protocols_profile_says_so_before_sending(argv: list[str], message: str) -> None:
+    # port 1 and /dev/null would fail differently (refused, not a tty): the mismatch is found first
+    proc = cli("read", *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode == 2, err
+    assert err.startswith(message), err
+    assert out == b""
+
+
+def test_demo_banner_export_hint_exports_the_demo_with_a_clock_in_the_past(tmp_path: Path) -> None:
+    # The simulated clock starts months before the wall clock: export's default window (the
+    # 24 h before now) would hold nothing; the hint's --from must reach the demo's data.
+    data = tmp_path / "demo"
+    argv = ["demo", "--listen", f"127.0.0.1:{free_port()}", "--mqtt", f"127.0.0.1:{free_port()}",
+            "--clock-start", "2026-01-05T08:00:00+08:00", "--clock-rate", "120", "--duration", "20",
+            "--data-dir", str(data)]
+    proc = cli(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err.decode()
+    hint = next(line for line in out.decode().splitlines() if line.strip().startswith("export"))
+    command = hint.split(":", 1)[1].split()
+    assert command[:3] == ["amr-gateway", "export", "intervals"], hint
+    assert "--from" in command and command[command.index("--from") + 1].startswith("2026-01-05T08:00:00"), hint
+    export = cli(*command[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rows, export_err = export.communicate(timeout=60)
+    assert export.returncode == 0, export_err.decode()
+    lines = rows.decode().splitlines()
+    assert len(lines) >= 2 and all("c1001-main" in line for line in lines[1:]), rows.decode()[:500]

@@ -61,6 +61,8 @@ async def test_backlog_spooled_while_broker_down_is_replayed_in_order_without_du
                               detail=sub.summary)
         unreachable = [r for r in caplog.records if "is unreachable" in r.getMessage()]
         assert len(unreachable) == 1                    # logged once, not per retry
+        back = [r for r in caplog.records if "again (backlog" in r.getMessage()]
+        assert len(back) == 1                           # and one line when it is delivering again
         seqs = sub.seqs()
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))   # in order, no duplicates
         assert seqs[-1] == 5000

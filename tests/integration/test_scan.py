@@ -37,12 +37,14 @@ async def test_modbus_scan_finds_the_units_on_a_line_in_order_with_progress() ->
         driver = create_modbus(BusSettings(id="l", type="serial", protocol="modbus-rtu", port=port,
                                            parity="N", timeout_s=0.2, retries=0))
         seen: list[tuple[int, int]] = []
+        heard: list[str] = []
         await driver.open()
         try:
-            found = await MODBUS_DISCOVERY.scan(driver, "1-3,5", 0.2, lambda d, t: seen.append((d, t)))
+            found = await MODBUS_DISCOVERY.scan(driver, "1-3,5", 0.2, lambda d, t: seen.append((d, t)),
+                                                heard.append)
         finally:
             await driver.close()
-    assert found == ["2", "5"]
+    assert found == heard == ["2", "5"]         # each one heard of as it answered
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert MODBUS_DISCOVERY.label == "unit id"
 
@@ -64,9 +66,10 @@ async def test_dlt645_scan_probes_a_range_or_asks_the_single_meter() -> None:
     specs.append(SimDlt645Spec(id="alone", address="000000000042", transport="pty", line="own"))
     async with Dlt645Simulator(specs, StillClock(T, TZ), TZ) as sim:
         shared = create_dlt645(dlt645_bus(sim, "m1", timeout_s=0.3, retries=0))
+        heard: list[str] = []
         await shared.open()
         try:
-            found = await DLT645_DISCOVERY.scan(shared, "123456789010-123456789013", 0.3, None)
+            found = await DLT645_DISCOVERY.scan(shared, "123456789010-123456789013", 0.3, None, heard.append)
         finally:
             await shared.close()
         alone = create_dlt645(dlt645_bus(sim, "alone", timeout_s=0.3, retries=0))
@@ -76,7 +79,7 @@ async def test_dlt645_scan_probes_a_range_or_asks_the_single_meter() -> None:
             single = await DLT645_DISCOVERY.scan(alone, None, 0.3, lambda d, t: seen.append((d, t)))
         finally:
             await alone.close()
-    assert found == ["123456789011", "123456789013"]
+    assert found == heard == ["123456789011", "123456789013"]
     assert single == ["000000000042"]
     assert seen == [(0, 1), (1, 1)]
     assert DLT645_DISCOVERY.label == "address"

@@ -119,7 +119,7 @@ def test_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     ("- a\n- b\n", 1, "the configuration must be a mapping of keys to values, not a list"),
     ("gateway: {id: x}\nbuses: []\nmeters: []\nmeter: []\n", 4,
      'the configuration: unknown key "meter" (did you mean "meters"?); accepted keys are api, billing, '
-     "buses, gateway, influxdb, logging, meters, mqtt, profiles_dir, review, schedules, store"),
+     "buses, customers, gateway, influxdb, logging, meters, mqtt, profiles_dir, review, schedules, store"),
 ])
 def test_whole_file_problems(text: str, line: int, message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -41,6 +41,8 @@ PREFIXES = {
     "_REVIEW_KEYS": "review.",
     "_REVIEW_SECTIONS": "review.",  # review.<section>.<key>
     "_OVERRIDE_KEYS": "review.",  # review.overrides.<customers|meters>.<id> takes review's sections
+    "CUSTOMER_KEYS": "customers[].",
+    "CUSTOMER_METER_KEYS": "customers[].meters[].",
 }
 LOGGING_KEYS = ("level", "levels")  # gateway/logsetup.py reads them; no constant there
 
