@@ -292,7 +292,11 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
                             assert shown == [], (name, shown)
                         # nothing wider than the window: the page works at this size
                         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-                        assert overflow <= 1, (name, viewport, overflow)
+                        wide = page.evaluate("[...document.querySelectorAll('main *')].filter(e => e.offsetParent "
+                                             "&& e.getBoundingClientRect().right > innerWidth + 1).slice(0, 5)"
+                                             ".map(e => e.tagName + '#' + e.id + '.' + e.className + ': ' "
+                                             "+ e.textContent.slice(0, 80))")
+                        assert overflow <= 1, (name, viewport, overflow, wide)
                         if lang == "en" or name in ("overview", "meter"):
                             keep(shots, page, f"{name}{suffix}" + ("" if lang == "en" else "-zh"), docs=False)
                     context.close()
@@ -350,36 +354,53 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
     assert all("console-operator" in a["actor"] for a in mine)
 
 
-@pytest.mark.skip(reason="enable when GET /api/v1/customers/{id}/settlements is on main (billing-customers); "
-                         "the page is built against the route as docs/api.md and the spec name it")
 def test_customer_page_shows_the_customers_settlement(demo: str, tmp_path: Path) -> None:
-    """The customer page shows the customer settlement's stage and cycle consumption per tariff,
-    its cycle and maximum demand, with no error, and its CSV download answers CSV."""
+    """The customer page shows the customer settlement of ``GET /api/v1/customers/{id}/settlements``:
+    its meters with their roles, a row per stage and one for the cycle with quality and status
+    (consumption per tariff where both ends are settled), the cycle, no error; the CSV download
+    answers the customer CSV."""
     base = demo
-    customers = get(f"{base}/api/v1/customers")
-    listed = customers.get("customers")
-    assert isinstance(listed, list) and listed
-    first = listed[0]
-    cid = str(first["id"] if isinstance(first, dict) else first)
+    listed = get(f"{base}/api/v1/customers")["customers"]
+    assert isinstance(listed, list)
+    customer = next(c for c in listed if c["plan"])
+    cid = str(customer["id"])
+    doc = get(f"{base}/api/v1/customers/{cid}/settlements")
+    stages = doc["stages"]
+    assert isinstance(stages, list) and stages
+    foreign: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800}).new_page()
+            def only_the_gateway(route: Route) -> None:
+                if route.request.url.startswith(base + "/"):
+                    route.continue_()
+                else:
+                    foreign.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_the_gateway)
             page.set_default_timeout(20_000)
             page.goto(base + "/")
             page.fill("#token", TOKEN)
             page.click("#signin-form button[type=submit]")
             page.wait_for_selector("#overview-page:not([hidden])")
             page.goto(f"{base}/#/customer/{cid}")
-            page.wait_for_selector("#customer-meters tbody tr[data-meter]")
+            page.wait_for_selector("#customer-tariffs tbody tr[data-stage]")
             page.wait_for_load_state("networkidle")
             assert page.locator("#customer-error").inner_text() == ""
-            assert page.locator("#customer-tariffs tbody tr").count() >= 1
-            assert page.locator("#customer-tariffs tbody td[colspan]").count() == 0
-            assert page.locator("#customer-info dd").first.inner_text() != "—"       # the cycle
+            shown_meters = page.locator("#customer-meters tbody tr").evaluate_all("rs => rs.map(r => r.dataset.meter)")
+            assert shown_meters == [m["meter"] for m in customer["meters"]]
+            assert "main" in page.locator("#customer-meters tbody").inner_text()
+            shown_stages = page.locator("#customer-tariffs tbody tr").evaluate_all(
+                "rs => [...new Set(rs.map(r => r.dataset.stage))]")
+            assert shown_stages == [str(st["stage"]) for st in stages] + ["total"]
+            assert page.locator("#customer-info dd").first.inner_text() == doc["cycle"]
             href = page.locator("#customer-csv").get_attribute("href")
-            got = page.evaluate(f"fetch({json.dumps(href)}).then(r => [r.status, r.headers.get('content-type')])")
-            assert got[0] == 200 and "text/csv" in got[1]
-            keep(tmp_path, page, "customer-settlement")
+            got = page.evaluate(f"fetch({json.dumps(href)}).then(r => r.text().then(b => [r.status, "
+                                "r.headers.get('content-type'), b.split('\\n')[0]]))")
+            assert got[0] == 200 and "text/csv" in got[1] and "customer" in got[2]
+            keep(tmp_path, page, "customer-settlement", docs=False)
         finally:
             browser.close()
+    assert foreign == []

@@ -475,7 +475,8 @@ async function showCustomer(id) {
   const err = document.getElementById("customer-error");
   err.textContent = "";
   const enc = encodeURIComponent(id);
-  const meters = (await api("/api/v1/meters")).meters.filter((m) => m.customer === id);
+  const every = (await api("/api/v1/meters")).meters;
+  const meters = every.filter((m) => m.customer === id);
   const tbody = document.querySelector("#customer-meters tbody");
   tbody.replaceChildren();
   const info = document.getElementById("customer-info");
@@ -488,31 +489,40 @@ async function showCustomer(id) {
     err.textContent = e.status === 404 ? t("customer.unavailable") : e.message;
   }
   const roles = {};
-  for (const p of (doc && doc.meters) || []) { roles[p.meter || p.id] = p.role || p.sign; }
-  for (const m of meters) {
+  for (const p of (doc && doc.meters) || []) { roles[p.meter] = p; }
+  const members = doc && doc.meters ? doc.meters.map((p) => every.find((m) => m.id === p.meter) || { id: p.meter })
+    : meters;
+  for (const m of members) {
     const a = el("a", { href: "#/meter/" + encodeURIComponent(m.id) }, m.id);
-    tbody.appendChild(row([a, tk("role.meter.", roles[m.id] || "main"), m.bus, fmtTime(m.last_good)], { "data-meter": m.id }));
+    const r = roles[m.id];
+    tbody.appendChild(row([a, r ? tk("role.meter.", r.role) + (r.sign < 0 ? " (−)" : "") : "—", m.bus || "—",
+      fmtTime(m.last_good)], { "data-meter": m.id }));
   }
   const cycle = doc ? doc.cycle : null;
   const csv = document.getElementById("customer-csv");
   csv.href = `/api/v1/customers/${enc}/settlements?format=csv${cycle ? "&cycle=" + encodeURIComponent(cycle) : ""}`;
   csv.setAttribute("download", `${id}-${cycle || "cycle"}.csv`);
-  const total = doc ? (doc.cycle_total || doc.total || {}) : {};
-  const demand = doc ? (doc.demand || total.demand || {}) : {};
+  const total = (doc && doc.cycle_total) || {};
+  const cap = doc ? doc.contract_capacity_kva : null;
   dl(info, [
     ["customer.cycle", cycle || "—"],
-    ["customer.max_demand", demand.max_kw !== undefined ? `${demand.max_kw} kW` : "—"],
-    ["customer.max_demand_at", demand.at ? fmtTime(demand.at) : "—"],
-    ["customer.contract", doc && doc.contract_kw !== undefined && doc.contract_kw !== null ? `${doc.contract_kw} kW` : "—"],
-    ["customer.pf", doc && doc.power_factor !== undefined ? fmtNum(doc.power_factor) : (total.power_factor !== undefined ? fmtNum(total.power_factor) : "—")],
+    ["customer.max_demand", total.max_demand_kw !== undefined && total.max_demand_kw !== null ? `${total.max_demand_kw} kW` : "—"],
+    ["customer.max_demand_at", total.max_demand_at ? fmtTime(total.max_demand_at) : "—"],
+    ["customer.contract", cap !== undefined && cap !== null ? `${cap} kVA` : "—"],
+    ["customer.demand_ratio", cap && total.max_demand_kw ? fmtRate(Number(total.max_demand_kw) / Number(cap)) : "—"],
+    ["customer.pf", total.power_factor !== undefined && total.power_factor !== null ? fmtNum(total.power_factor) : "—"],
   ]);
   const stages = (doc && doc.stages) || [];
-  for (const st of [...stages, ...(doc && doc.cycle_total ? [Object.assign({ stage: t("customer.cycle_total") }, doc.cycle_total)] : [])]) {
-    for (const [reg, v] of Object.entries(st.consumption || {})) {
-      tariffs.appendChild(row([st.stage, reg, fmtNum(v), tk("sq.", st.quality || (st.complete ? "complete" : ""))]));
+  for (const st of [...stages, ...(doc && doc.cycle_total ? [doc.cycle_total] : [])]) {
+    const label = st.stage === "total" ? t("customer.cycle_total") : st.stage;
+    const cons = Object.entries(st.consumption || {});
+    // a stage without consumption yet (an end not settled) still shows its quality and status
+    for (const [reg, v] of cons.length ? cons : [["—", null]]) {
+      tariffs.appendChild(row([label, reg, fmtNum(v), tk("sq.", st.quality),
+        st.complete ? t("stage.complete") : t("stage.incomplete")], { "data-stage": String(st.stage) }));
     }
   }
-  if (!tariffs.children.length) { tariffs.appendChild(el("tr")).appendChild(el("td", { colspan: 4 }, t("stage.none"))); }
+  if (!tariffs.children.length) { tariffs.appendChild(el("tr")).appendChild(el("td", { colspan: 5 }, t("stage.none"))); }
 }
 
 /* ---------------------------------------------------------------- worklist */
@@ -601,7 +611,7 @@ async function act(id, action, body) {
 /* ---------------------------------------------------------------- KPIs */
 
 const KPI_RATIOS = ["read_completeness", "on_time_rate", "interval_completeness", "settlement_completeness"];
-const KPI_COUNTS = { read_completeness: ["slots_read_good", "slots_scheduled"], on_time_rate: ["slots_on_time", "slots_scheduled"],
+const KPI_COUNTS = { read_completeness: ["slots_read_good", "slots_scheduled"], on_time_rate: ["settlements_on_time", "settlements_due"],
   interval_completeness: ["intervals_complete", "intervals_expected"], settlement_completeness: ["settlements_captured", "settlements_due"] };
 
 function sumRows(rows, key) {
@@ -640,7 +650,9 @@ async function showKpi() {
     const today = await api("/api/v1/kpi");
     document.getElementById("kpi-date").textContent = today.date;
     kpiTable(document.getElementById("kpi-today-bus"), sumRows(today.meters, "bus"));
-    kpiTable(document.getElementById("kpi-today-customer"), sumRows(today.meters, "customer"));
+    // customers as the customers section defines them (every meter of the customer, any role)
+    const customerRows = (d) => (d.customers || d.meters);
+    kpiTable(document.getElementById("kpi-today-customer"), sumRows(customerRows(today), "customer"));
     // this cycle: the days from the cycle's start (a billing meter's cycle; else the month) to today
     let start = today.date.slice(0, 8) + "01";
     const billed = state.meters.find((m) => m.billing) || (await api("/api/v1/meters")).meters.find((m) => m.billing);
@@ -657,7 +669,7 @@ async function showKpi() {
     const docs = [today, ...(await Promise.all(days.map((d) => api("/api/v1/kpi?date=" + d))))];
     const all = docs.flatMap((d) => d.meters);
     kpiTable(document.getElementById("kpi-cycle-bus"), sumRows(all, "bus"));
-    kpiTable(document.getElementById("kpi-cycle-customer"), sumRows(all, "customer"));
+    kpiTable(document.getElementById("kpi-cycle-customer"), sumRows(docs.flatMap(customerRows), "customer"));
   } catch (e) { err.textContent = e.message; }
 }
 
