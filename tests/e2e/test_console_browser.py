@@ -404,3 +404,52 @@ def test_customer_page_shows_the_customers_settlement(demo: str, tmp_path: Path)
         finally:
             browser.close()
     assert foreign == []
+
+
+def test_the_overview_pages_sorts_and_filters_a_thousand_meters(demo: str) -> None:
+    """With 1,000 meters (the overview's answer replaced by one of 1,000 made-up rows, in the
+    route's own shape), the table shows 50 a page, pages, sorts on any column and filters."""
+    base = demo
+    real = get(f"{base}/api/v1/console/overview")
+    rows = [{"id": f"m{i:04d}", "customer": f"C{(i - 1) // 4 + 1:04d}", "bus": f"tcp-{(i - 1) // 100:02d}",
+             "billing": None, "last_good": "2026-12-06T04:00:00.000Z", "last_quality": "good", "last_error": None,
+             "success_rate": round(((i * 7919) % 1000) / 1000, 3), "failures": 0, "answering": True,
+             "clock_offset_s": float((i * 37) % 200 - 100)} for i in range(1, 1001)]
+    body = json.dumps({**real, "meters": rows})
+    top = max(rows, key=lambda r: float(str(r["success_rate"])))["id"]
+
+    def overview(route: Route) -> None:
+        if route.request.url.startswith(base + "/api/v1/console/overview"):
+            route.fulfill(status=200, content_type="application/json", body=body)
+        elif route.request.url.startswith(base + "/"):
+            route.continue_()
+        else:
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800}).new_page()
+            page.route("**/*", overview)
+            page.set_default_timeout(20_000)
+            page.goto(base + "/")
+            page.fill("#token", TOKEN)
+            page.click("#signin-form button[type=submit]")
+            expect(page.locator("#page")).to_have_text("Page 1 of 20 (1000 meters)")
+            expect(page.locator("#meters tbody tr")).to_have_count(50)
+            assert page.locator("#meters tbody tr").first.get_attribute("data-meter") == "m0001"
+            page.click("#next")
+            expect(page.locator("#page")).to_have_text("Page 2 of 20 (1000 meters)")
+            assert page.locator("#meters tbody tr").first.get_attribute("data-meter") == "m0051"
+            page.click("#meters th[data-sort=success_rate]")
+            page.click("#meters th[data-sort=success_rate]")          # descending, from its first page
+            expect(page.locator("#page")).to_have_text("Page 1 of 20 (1000 meters)")
+            assert page.locator("#meters tbody tr").first.get_attribute("data-meter") == top
+            page.fill("#filter", "m09")
+            expect(page.locator("#page")).to_have_text("Page 1 of 2 (100 meters)")
+            shown = page.locator("#meters tbody tr").evaluate_all("rs => rs.map(r => r.dataset.meter)")
+            assert len(shown) == 50 and all(m.startswith("m09") for m in shown)
+            page.fill("#filter", "tcp-03")                             # by bus
+            expect(page.locator("#page")).to_have_text("Page 1 of 2 (100 meters)")
+        finally:
+            browser.close()

@@ -709,6 +709,7 @@ async function start() {
       if (state.sortKey === th.dataset.sort) { state.sortDir = -state.sortDir; } else {
         state.sortKey = th.dataset.sort; state.sortDir = 1;
       }
+      state.page = 0;           // a new order starts at its first page
       renderMeters();
     });
   }
