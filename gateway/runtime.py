@@ -209,7 +209,10 @@ class Gateway:
         self.billing = BillingCapture(core)
         self.components = [self.review, self.billing]
         if self.enable_api and s.api.enabled:
-            console = Console()   # the web console at / (sessions live as long as this API server)
+            # the web console at / (sessions live as long as this API server); it shows the gateway
+            # clock's state by the billing capture's own check and keeps meter clock offsets
+            console = Console(clock_state=self.billing.clock_state)
+            self.observers.append(console.data.observe)
             routes = (billing_routes(self.billing), change_routes(self.billing, self.review),
                       install_customer_routes, event_routes(self.review),
                       console.install)

@@ -28,6 +28,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.api.server import ApiServer, error_response
+from gateway.billing.clockstate import ClockStateSource
+from gateway.web.data import ConsoleData, install_data_routes
 from gateway.web.sessions import Session, SessionStore, csrf_matches
 
 COOKIE: Final = "amr_session"
@@ -76,8 +78,11 @@ class Console:
     a route installer and :meth:`middleware` as a middleware to :class:`ApiServer`.
     """
 
-    def __init__(self, sessions: SessionStore | None = None) -> None:
+    def __init__(self, sessions: SessionStore | None = None, clock_state: ClockStateSource | None = None) -> None:
         self.sessions = sessions if sessions is not None else SessionStore()
+        #: the data routes' state; the composition root adds :meth:`ConsoleData.observe` to the
+        #: reading observers (meter clock offsets) and passes the billing capture's clock check
+        self.data = ConsoleData(clock_state)
         self._server: ApiServer | None = None
         self._files = static_files()
 
@@ -102,7 +107,9 @@ class Console:
     def install(self, server: ApiServer, r: web.UrlDispatcher) -> dict[str, Any]:
         """Add the console's routes (a :data:`gateway.api.server.RouteInstaller`).
 
-        They are not part of the JSON API, so they add nothing to the OpenAPI document.
+        The page, its files and sign-in are not part of the JSON API and add nothing to the
+        OpenAPI document; the data routes under ``/api/v1/console/`` (:mod:`gateway.web.data`)
+        are API routes and return their entries.
         """
         self._server = server
         r.add_get("/", self.index)
@@ -110,7 +117,7 @@ class Console:
         r.add_get(CONSOLE_PREFIX + "session", self.session_info)
         r.add_post(CONSOLE_PREFIX + "signin", self.signin)
         r.add_post(CONSOLE_PREFIX + "signout", self.signout)
-        return {}
+        return install_data_routes(server, r, self.data)
 
     async def index(self, request: web.Request) -> web.Response:
         """The console page."""

@@ -139,3 +139,35 @@ async def test_a_session_has_its_tokens_role(tmp_path: Path) -> None:
                 assert resp.status == 401
     finally:
         await gw.stop()
+
+
+async def test_console_data_routes_answer_the_overview_latest_values_and_series(base: str) -> None:
+    """The overview lists every configured meter with customer and bus and every bus with its
+    meters (no meter answers here: their simulators are not started, so nothing is 'up'); the
+    latest and series routes answer for a meter and refuse bad parameters and unknown meters."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        async with http.get(base + "/api/v1/console/overview") as resp:
+            assert resp.status == 200
+            doc = await resp.json()
+        assert {m["id"]: (m["customer"], m["bus"]) for m in doc["meters"]} == {
+            "m1": ("C1", "tcp-m1"), "m2": ("C2", "tcp-m2"), "d1": ("C3", "tcp-d1"), "d2": ("C4", "tcp-d2")}
+        assert {b["id"]: b["meters"] for b in doc["buses"]} == {"tcp-m1": 1, "tcp-m2": 1, "tcp-d1": 1, "tcp-d2": 1}
+        assert all(b["state"] != "up" for b in doc["buses"])
+        assert doc["timezone"] == "Asia/Shanghai" and doc["time"].endswith("Z")
+        async with http.get(base + "/api/v1/console/meters/m1/latest") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["points"] == {}           # nothing read yet: nothing made up
+        async with http.get(base + "/api/v1/console/meters/m1/series?points=power_kw,power_kw_l1") as resp:
+            assert resp.status == 200
+            series = await resp.json()
+            assert series["series"] == {"power_kw": [], "power_kw_l1": []} and series["buckets"] == 600
+        for bad in ("series?points=DROP%20TABLE", "series?buckets=0", "series?buckets=5000",
+                    "series?from=2026-12-02&to=2026-12-01", "latest?scan=0"):
+            async with http.get(base + "/api/v1/console/meters/m1/" + bad) as resp:
+                assert resp.status == 400, bad
+                assert (await resp.json())["error"]
+        async with http.get(base + "/api/v1/console/meters/nope/series") as resp:
+            assert resp.status == 404
+    async with aiohttp.ClientSession() as http, http.get(base + "/api/v1/console/overview") as resp:
+        assert resp.status == 401

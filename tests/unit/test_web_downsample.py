@@ -1,0 +1,129 @@
+"""The console's server-side downsampling keeps every bucket's extremes and bounds the point count."""
+
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+from decimal import Decimal
+
+import pytest
+
+from gateway.api.params import BadRequest
+from gateway.model import to_json
+from gateway.web.data import parse_points, point_values, series_doc, series_values
+from gateway.web.downsample import downsample
+
+YEAR_S = 365 * 86400.0
+STEP_S = 900.0
+
+
+def year_of_quarter_hours(seed: int = 7) -> list[tuple[float, float]]:
+    rnd = random.Random(seed)
+    return [(i * STEP_S, 50 + 40 * math.sin(i / 96 * 2 * math.pi) + rnd.uniform(-5, 5))
+            for i in range(int(YEAR_S // STEP_S))]
+
+
+def test_a_year_of_15_minute_data_becomes_at_most_the_chart_width_and_keeps_each_buckets_min_and_max() -> None:
+    pts = year_of_quarter_hours()
+    pts[12_345] = (pts[12_345][0], 999.0)          # one spike, one dip: never averaged away
+    pts[23_456] = (pts[23_456][0], -123.0)
+    out = downsample(pts, 0.0, YEAR_S, 960)
+    assert len(pts) == 35_040 and 900 <= len(out) <= 960
+    assert sum(b.count for b in out) == len(pts)
+    assert max(b.max for b in out) == 999.0 and min(b.min for b in out) == -123.0
+    spike = next(b for b in out if b.max == 999.0)
+    assert spike.max_ts == pts[12_345][0] and spike.start <= spike.max_ts < spike.end
+    for b in out:                                   # each bucket's figures are those of its own points
+        own = [v for t, v in pts if b.start <= t < b.end]
+        assert (b.count, b.min, b.max) == (len(own), min(own), max(own))
+        assert b.avg == pytest.approx(sum(own) / len(own))
+
+
+def test_few_points_are_returned_raw_and_an_empty_bucket_stays_a_gap() -> None:
+    pts = [(0.0, 1.5), (900.0, 2.5), (1800.0, 0.25)]
+    raw = downsample(pts, 0.0, 3600.0, 10)
+    assert [(b.start, b.count, b.min, b.max, b.avg) for b in raw] == [
+        (0.0, 1, 1.5, 1.5, 1.5), (900.0, 1, 2.5, 2.5, 2.5), (1800.0, 1, 0.25, 0.25, 0.25)]
+    # many points with a day missing in the middle: no bucket covers the missing day
+    dense = [(float(t), 1.0) for t in range(0, 86400, 60)] + [(float(t), 2.0) for t in range(2 * 86400, 3 * 86400, 60)]
+    out = downsample(dense, 0.0, 3 * 86400.0, 30)
+    assert len(out) == 20
+    assert not any(86400.0 <= b.start < 2 * 86400.0 for b in out)
+    # points outside the range are not counted
+    assert sum(b.count for b in downsample(dense, 0.0, 86400.0, 30)) == 1440
+    with pytest.raises(ValueError):
+        downsample(dense, 0.0, 1.0, 0)
+
+
+def test_points_parameter() -> None:
+    assert parse_points(None) == ["power_kw"]
+    assert parse_points("power_kw, power_kw_l1,power_kw") == ["power_kw", "power_kw_l1"]
+    for bad in ("", "a,b,c,d,e,f,g,h,i", "power kw", "Power", "x;drop"):
+        with pytest.raises(BadRequest):
+            parse_points(bad)
+
+
+def _outbox(rows: list[tuple[float, dict[str, object]]]) -> sqlite3.Connection:
+    """An in-memory outbox of good readings of meter m (the columns the series queries read)."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, meter TEXT, "
+                 "schedule TEXT, retention TEXT NOT NULL, slot REAL, ts REAL NOT NULL, quality TEXT, "
+                 "payload TEXT NOT NULL)")
+    conn.executemany("INSERT INTO outbox(kind, meter, schedule, retention, slot, ts, quality, payload) "
+                     "VALUES ('reading', 'm', 'realtime', 'interval', ?, ?, 'good', ?)",
+                     [(t, t + 0.4, to_json({"meter": "m", "points": pts})) for t, pts in rows])
+    return conn
+
+
+def test_the_store_query_gives_the_same_buckets_as_downsample_and_raw_points_when_few() -> None:
+    rows: list[tuple[float, dict[str, object]]] = []
+    for t, v in year_of_quarter_hours()[:20_000]:
+        pts: dict[str, object] = {"power_kw": {"value": Decimal(repr(round(v, 3))), "unit": "kW"}}
+        if int(t) % 7200 == 0:
+            pts["power_kw_l1"] = {"value": Decimal(repr(round(v / 3, 3))), "unit": "kW"}
+        pts["meter_clock"] = {"raw": "2026-12-01T00:00:00", "value": "2026-12-01T00:00:00"}
+        rows.append((t, pts))
+    conn = _outbox(rows)
+    end = 20_000 * STEP_S
+    got = series_values(conn, "m", ["power_kw", "power_kw_l1", "meter_clock"], 0.0, end, 480)
+    exact = point_values(conn, "m", ["power_kw", "power_kw_l1"], 0.0, end)
+    assert len(exact["power_kw"]) == 20_000 and len(exact["power_kw_l1"]) == 2_500
+    for p in ("power_kw", "power_kw_l1"):
+        want = downsample(exact[p], 0.0, end, 480)
+        assert len(got[p]) == len(want) <= 480
+        for a, b in zip(got[p], want, strict=True):
+            assert (a.start, a.count, a.min, a.max) == (b.start, b.count, b.min, b.max)
+            assert a.avg == pytest.approx(b.avg)
+    assert got["meter_clock"] == []                     # not a number: no buckets, no error
+    # few readings: every point is its own bucket at its read time, with its exact value
+    few = series_values(conn, "m", ["power_kw"], 0.0, 10 * STEP_S, 480)["power_kw"]
+    assert [(b.min_ts, b.min) for b in few] == [(t + 0.4, float(round(v, 3)))
+                                                for t, v in year_of_quarter_hours()[:10]]
+    doc = series_doc("m", {"power_kw": few}, 0.0, 10 * STEP_S, 480)
+    assert doc["points"] == {"power_kw": 10}
+    assert doc["series"]["power_kw"][0]["min_ts"] == "1970-01-01T00:00:00.400Z"
+
+
+def test_the_overview_keeps_each_meters_clock_offset_from_its_meter_clock_point() -> None:
+    from typing import Any, cast
+
+    from gateway.model import PointValue, Reading
+    from gateway.web.data import ConsoleData
+
+    data = ConsoleData()
+    data.tz = "Asia/Shanghai"
+    at = 1_796_054_400.0                                   # 2026-12-01T00:00:00+08:00
+    meter = cast(Any, None)                                # observe() reads only the reading
+
+    def reading(clock: str, quality: str = "good") -> Reading:
+        return Reading("m1", "C1", "b1", "realtime", at, at, {"meter_clock": PointValue(clock, clock, "")},
+                       quality=quality)  # type: ignore[arg-type]
+
+    data.observe(meter, reading("2026-12-01T00:07:00"))        # local time, 420 s ahead
+    assert data.offsets["m1"] == (420.0, at)
+    data.observe(meter, reading("2026-11-30T15:59:30Z"))       # with its offset: 30 s behind
+    assert data.offsets["m1"][0] == -30.0
+    data.observe(meter, reading("not a time"))                 # kept as it was
+    data.observe(meter, reading("2026-12-01T01:00:00", quality="timeout"))
+    assert data.offsets["m1"][0] == -30.0
