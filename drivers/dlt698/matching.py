@@ -21,7 +21,8 @@ frames or noise → FrameError; nothing or an incomplete frame → ReadTimeout.
 from __future__ import annotations
 
 from drivers.dlt698.apdu import ERROR_RESPONSE, GET_RESPONSE, SECURITY_RESPONSE
-from drivers.dlt698.frame import FUNC_USER_DATA, PREAMBLE_BYTE, AddressType, Frame, ServerAddress, scan
+from drivers.dlt698.frame import FUNC_USER_DATA, AddressType, Frame, ServerAddress, scan
+from drivers.framing import PREAMBLE_BYTE
 from drivers.transport.pipe import MORE, Cut
 from gateway.errors import AmrError, FrameError, ReadTimeout, WrongAddressError
 
