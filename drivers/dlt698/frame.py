@@ -58,6 +58,7 @@ from enum import IntEnum
 from typing import Final
 
 from drivers import framing
+from drivers.crc import reflected_crc16, reflected_table
 from drivers.framing import END, PREAMBLE_BYTE, START, add33, sub33
 from gateway.errors import ConfigError, FrameError
 
@@ -83,25 +84,12 @@ C_RESPONSE: Final = DIR_SERVER | PRM | FUNC_USER_DATA  # C3
 # --- CRC ------------------------------------------------------------------------------------
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE: Final = _crc_table()
+_CRC_TABLE: Final = reflected_table(0x8408)
 
 
 def crc16(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/X-25 (PPP FCS-16) used for HCS and FCS: ``crc16(b"123456789") == 0x906E``."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFF
+    return reflected_crc16(data, _CRC_TABLE) ^ 0xFFFF
 
 
 # --- length field ---------------------------------------------------------------------------
