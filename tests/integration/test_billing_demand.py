@@ -38,6 +38,7 @@ from gateway.config import load_settings_from_text
 from gateway.model import iso_utc, loads_exact
 from gateway.ports import free_port
 from gateway.runtime import Gateway
+from gateway.storecodec import register
 from tests.billingkit import TOKEN, api_get, capture_of
 from tests.servicefixtures import await_until
 
@@ -120,7 +121,7 @@ async def test_demand_and_power_factor_equal_the_simulators_truth(tmp_path: Path
         await gw.stop()
         await sim.stop()
 
-    conn = sqlite3.connect(gw.store_path)
+    conn = register(sqlite3.connect(gw.store_path))   # load_ends renders compact readings
     try:
         views = {m: loads_exact(json.dumps(view.cycle_view(conn, m, plan, "2026-12", "Asia/Shanghai", B[-1], settings),
                                            default=str)) for m in METERS}
@@ -280,7 +281,7 @@ async def test_modbus_demand_from_the_register_and_computed_block_and_sliding(tm
         await gw.stop()
         await fleet.stop()
 
-    conn = sqlite3.connect(gw.store_path)
+    conn = register(sqlite3.connect(gw.store_path))   # load_ends renders compact readings
     try:
         docs = {m: view.cycle_view(conn, m, settings.billing[settings.meters[m].billing or ""], "2026-12",
                                    "Asia/Shanghai", D2, settings)["stages"][0] for m in MODBUS_METERS}
