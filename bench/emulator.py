@@ -607,11 +607,7 @@ class _Engine:
             self.broadcasts += 1
             return
         key = str(unit)
-        if key not in self.known:
-            self.unknown_address += 1
-            return
-        if key not in self.live:
-            self.dead_requests += 1
+        if not self.answers(key):
             return
         reply = _modbus_answer(frame, True)
         if reply is not None:
@@ -666,11 +662,7 @@ class _Engine:
                     end + self.cfg.td_s,
                 )
             return
-        if address not in self.known:
-            self.unknown_address += 1
-            return
-        if address not in self.live:
-            self.dead_requests += 1
+        if not self.answers(address):
             return
         p = self.cfg.reply_preamble
         if control == 0x11 and len(data) >= 4:
@@ -724,15 +716,23 @@ class _Engine:
             (address,) = self.live
         else:
             address = server.text
-            if address not in self.known:
-                self.unknown_address += 1
-                return
-            if address not in self.live:
-                self.dead_requests += 1
+            if not self.answers(address):
                 return
         reply = respond(frame, self.states[address], preamble=self.cfg.reply_preamble)
         if reply is not None:
             self.schedule(reply, address, end + self.cfg.td_s)
+
+    def answers(self, slave: str) -> bool:
+        """True when a request addressed to ``slave`` gets a reply: the slave is on the bus
+        and alive. Otherwise the bus stays silent and the reason is counted
+        (``unknown_address`` or ``dead_requests``), the same for every protocol."""
+        if slave not in self.known:
+            self.unknown_address += 1
+            return False
+        if slave not in self.live:
+            self.dead_requests += 1
+            return False
+        return True
 
     # -- slave side -------------------------------------------------------------------
     def schedule(self, reply: bytes, slave: str, start: float) -> None:

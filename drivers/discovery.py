@@ -15,13 +15,14 @@ beside each address. Every field is optional, so a protocol fills what it can re
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from decimal import Decimal
 from typing import Protocol
 
 from drivers.base import MeterDriver
+from gateway.errors import ReadTimeout
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called as candidates are tried."""
@@ -73,3 +74,47 @@ class Discovery:
     label: str
     scan: ScanFunction
     describe: DescribeFunction | None = None
+
+
+async def probe_each(probe: Callable[[str, float], Awaitable[bool]], addresses: Sequence[str], timeout: float,
+                     progress: Progress | None = None, found: Found | None = None) -> list[str]:
+    """Probe ``addresses`` one by one with the driver's ``probe(address, timeout)``; those
+    that answered, in order.
+
+    The DL/T protocols' scan of a list or range: several meters on one line would collide
+    on a wildcard request, so each candidate is asked alone. ``progress(0, total)`` comes
+    first, then once per probe; ``found`` hears of each answering address at once.
+    """
+    total = len(addresses)
+    if progress is not None:
+        progress(0, total)
+    answered: list[str] = []
+    for i, address in enumerate(addresses, start=1):
+        if await probe(address, timeout):
+            answered.append(address)
+            if found is not None:
+                found(address)
+        if progress is not None:
+            progress(i, total)
+    return answered
+
+
+async def ask_single(read_address: Callable[[float], Awaitable[str]], timeout: float,
+                     progress: Progress | None = None, found: Found | None = None) -> list[str]:
+    """The address of the single meter on the line, as a list (empty when none answers).
+
+    The DL/T protocols' scan without a range: one wildcard request that only a meter alone
+    on its line can answer (several collide: the driver raises FrameError, and the user
+    should give a range). Progress is one step.
+    """
+    if progress is not None:
+        progress(0, 1)
+    try:
+        single = await read_address(timeout)
+    except ReadTimeout:
+        single = ""
+    if single and found is not None:
+        found(single)
+    if progress is not None:
+        progress(1, 1)
+    return [single] if single else []

@@ -3,23 +3,29 @@ zone, and how they look at settlements (capture state, the API, the export CLI).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import aiohttp
 
 from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import rehearsal_config_text
+from gateway.clock import Clock
 from gateway.config import load_settings_from_text
+from gateway.model import loads_exact
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
+from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
 TOKEN = "billing-test-token"
@@ -45,6 +51,39 @@ def rehearsal_settings(tmp: Path, **options: Any) -> tuple[Settings, Path]:
     return load_settings_from_text(text, str(path), tmp, {"AMR_API_TOKEN": TOKEN}), path
 
 
+class Service(Protocol):
+    """Anything started and stopped around a gateway run (a meter simulator)."""
+
+    async def start(self) -> object:
+        """Start serving."""
+        ...
+
+    async def stop(self) -> object:
+        """Stop serving."""
+        ...
+
+
+@contextlib.asynccontextmanager
+async def gateway_with(settings: Settings, clock: Clock, *services: Service) -> AsyncIterator[Gateway]:
+    """Start ``services`` (the simulated meters), then a gateway on ``clock`` without sinks
+    or API; stop the gateway and then the services however the block ends. The gateway
+    stays readable after the block (its ``store_path``)."""
+    started: list[Service] = []
+    try:
+        for service in services:
+            await service.start()
+            started.append(service)
+        gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
+        try:
+            await gw.start()
+            yield gw
+        finally:
+            await gw.stop()
+    finally:
+        for service in started:
+            await service.stop()
+
+
 def capture_of(gw: Gateway) -> BillingCapture:
     """The gateway's settlement-capture component."""
     assert gw.billing is not None
@@ -55,6 +94,41 @@ def quality(cap: BillingCapture, meter: str, t: float) -> str | None:
     """The current settlement quality of ``meter`` at boundary ``t`` (None: none yet)."""
     k = cap.current.get((meter, t))
     return None if k is None else k.quality
+
+
+def qualities_at(cap: BillingCapture, boundary: float) -> dict[str, str]:
+    """The current settlement quality of every meter captured at ``boundary``."""
+    return {m: k.quality for (m, b), k in cap.current.items() if b == boundary}
+
+
+def settled_at(cap: BillingCapture, boundary: float, meters: tuple[str, ...]) -> dict[str, str] | None:
+    """:func:`qualities_at` once none of ``meters`` is still without a settlement (or
+    ``missing``) at ``boundary``; None before (a predicate for ``await_until``)."""
+    got = qualities_at(cap, boundary)
+    return got if all(got.get(m) not in (None, "missing") for m in meters) else None
+
+
+async def await_settled(cap: BillingCapture, boundary: float, meters: tuple[str, ...],
+                        timeout: float = 30.0) -> dict[str, str]:
+    """Wait (bounded) until every one of ``meters`` is settled at ``boundary``; the
+    qualities then. On timeout the failure shows the qualities captured so far."""
+    got = await await_until(lambda: settled_at(cap, boundary, meters), timeout,
+                            f"{', '.join(meters)} settled at {boundary}",
+                            detail=lambda: qualities_at(cap, boundary))
+    assert got is not None
+    return got
+
+
+def settlement_bodies(store_path: Path, boundary: float) -> dict[str, Any]:
+    """The current (not superseded) settlement document of every meter at ``boundary``,
+    read from the gateway's SQLite store after it stopped."""
+    conn = sqlite3.connect(store_path)
+    try:
+        return {m: loads_exact(body) for m, body in conn.execute(
+            "SELECT meter, body FROM billing_settlement WHERE boundary=? AND superseded_by IS NULL",
+            (boundary,))}
+    finally:
+        conn.close()
 
 
 async def api_get(gw: Gateway, path: str) -> tuple[int, str]:

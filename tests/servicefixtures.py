@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -60,6 +61,9 @@ MOSQUITTO_HOST = _MQTT_HOST or "127.0.0.1"
 MOSQUITTO_PORT = int(_MQTT_PORT)
 VM_URL = os.environ.get("AMR_TEST_INFLUX_URL", "http://127.0.0.1:8428").rstrip("/")
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
+#: ``amr-gateway`` from this checkout (run with :func:`cli_env`).
+CLI = (sys.executable, "-m", "gateway.cli")
 START_HINT = "run `bash scripts/ensure-services.sh start` (as root) or `make services` first"
 
 
@@ -555,3 +559,40 @@ def stop_process(proc: subprocess.Popen[Any] | None, sig: int, timeout: float) -
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for :data:`CLI` processes: this one, with the checkout importable."""
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``amr-gateway ARGS`` as a process (bounded by ``timeout``): its exit code and output."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env=cli_env(), check=False)
+
+
+@contextlib.contextmanager
+def simulating(config: Path, duration_s: int = 90, ready_s: float = 30.0) -> Iterator[subprocess.Popen[str]]:
+    """``amr-gateway simulate -c CONFIG`` as a real peer for the CLI tests: yields the process
+    once it says it is simulating (fails with its output if it does not within ``ready_s``),
+    and terminates it however the block ends. ``duration_s`` bounds it should a test hang."""
+    proc = subprocess.Popen([*CLI, "simulate", "-c", str(config), "--duration", str(duration_s)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
+    assert proc.stdout is not None
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + ready_s
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "simulating" in line:
+                break
+        assert any("simulating" in ln for ln in lines), "".join(lines)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        proc.stdout.close()

@@ -57,13 +57,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from drivers import framing
+from drivers.framing import END, PREAMBLE_BYTE, START, add33, sub33
 from gateway.errors import ConfigError, DeviceException, FrameError, WrongAddressError
 
 ProtocolName = Literal["dlt645", "dlt645-1997"]
 
-START: Final = 0x68
-END: Final = 0x16
-PREAMBLE_BYTE: Final = 0xFE
 MAX_DATA_LEN: Final = 200
 HEADER_LEN: Final = 10          # 68 A0..A5 68 C L
 OVERHEAD: Final = 12            # header + CS + 16
@@ -149,14 +148,6 @@ def checksum(data: bytes) -> int:
     return sum(data) & 0xFF
 
 
-def _add33(data: bytes) -> bytes:
-    return bytes((b + 0x33) & 0xFF for b in data)
-
-
-def _sub33(data: bytes) -> bytes:
-    return bytes((b - 0x33) & 0xFF for b in data)
-
-
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One decoded frame: wire address, control byte and DATA with 0x33 removed."""
@@ -209,70 +200,41 @@ def encode_frame(address: bytes, control: int, data: bytes, *, preamble: int = 4
         raise ValueError(f"DATA is at most {MAX_DATA_LEN} bytes, got {len(data)}")
     if not 0 <= control <= 0xFF:
         raise ValueError("the control byte is 0..255")
-    body = bytes([START, *address, START, control, len(data)]) + _add33(data)
+    body = bytes([START, *address, START, control, len(data)]) + add33(data)
     return bytes([PREAMBLE_BYTE] * preamble) + body + bytes([checksum(body), END])
 
 
-@dataclass(frozen=True, slots=True)
-class Scan:
-    """What :func:`scan` found: bytes to drop, a frame (or None: need more), rejections."""
-
-    used: int
-    frame: Frame | None
-    rejected: tuple[str, ...] = ()
+#: What :func:`scan` found: bytes to drop, a frame (or None: need more), rejections.
+Scan = framing.Scan
 
 
-def _complete_at(buf: bytes, s: int) -> tuple[Frame | None, str | None, bool]:
-    """Examine a candidate frame at ``s``: (frame, rejection reason, complete?)."""
+def _examine(buf: bytes, s: int) -> framing.Candidate[Frame]:
+    """Examine a candidate frame at ``s`` (the cases are in the module docstring)."""
     n = len(buf)
     if n < s + HEADER_LEN:
-        return None, None, False
+        return framing.Candidate(None)
     if buf[s + 7] != START:
-        return None, "", True  # not a header: silent resync (a 68 inside garbage)
+        return framing.Candidate(None, "")  # not a header: silent resync (a 68 inside garbage)
     length = buf[s + 9]
     if length > MAX_DATA_LEN:
-        return None, f"frame header claims L={length} (> {MAX_DATA_LEN})", True
+        return framing.Candidate(None, f"frame header claims L={length} (> {MAX_DATA_LEN})")
     end = s + OVERHEAD + length
     if n < end:
-        return None, None, False
+        return framing.Candidate(None)
     if checksum(buf[s : end - 2]) != buf[end - 2]:
-        return None, (
+        return framing.Candidate(None, (
             f"bad checksum {buf[end - 2]:02X} (expected {checksum(buf[s:end - 2]):02X}) "
             f"in a frame from {wire_to_address(bytes(buf[s + 1 : s + 7]))}"
-        ), True
+        ))
     if buf[end - 1] != END:
-        return None, f"bad end byte {buf[end - 1]:02X} (expected 16)", True
-    frame = Frame(bytes(buf[s + 1 : s + 7]), buf[s + 8], _sub33(bytes(buf[s + 10 : end - 2])))
-    return frame, None, True
+        return framing.Candidate(None, f"bad end byte {buf[end - 1]:02X} (expected 16)")
+    frame = Frame(bytes(buf[s + 1 : s + 7]), buf[s + 8], sub33(bytes(buf[s + 10 : end - 2])))
+    return framing.Candidate(frame, None, end)
 
 
-def scan(buffer: bytes | bytearray) -> Scan:
+def scan(buffer: bytes | bytearray) -> Scan[Frame]:
     """Find the first valid frame in ``buffer`` (see the module docstring for the cases)."""
-    buf = bytes(buffer)
-    rejected: list[str] = []
-    pos = 0
-    while True:
-        s = buf.find(START, pos)
-        if s < 0:
-            return Scan(len(buf), None, tuple(rejected))
-        frame, reason, complete = _complete_at(buf, s)
-        if frame is not None:
-            return Scan(s + OVERHEAD + len(frame.data), frame, tuple(rejected))
-        if complete:
-            if reason:
-                rejected.append(reason)
-            pos = s + 1
-            continue
-        # Incomplete candidate at s: wait for more, unless a complete valid frame follows
-        # (then the header at s was noise that happened to look like one).
-        t = buf.find(START, s + 1)
-        while t >= 0:
-            later, _, _ = _complete_at(buf, t)
-            if later is not None:
-                rejected.append(f"incomplete frame header at offset {s} skipped")
-                return Scan(t + OVERHEAD + len(later.data), later, tuple(rejected))
-            t = buf.find(START, t + 1)
-        return Scan(s, None, tuple(rejected))
+    return framing.scan_buffer(buffer, _examine, skipped="incomplete frame header")
 
 
 def decode(buffer: bytes | bytearray) -> tuple[int, Frame | None]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from drivers.base import MeterDriver
-from drivers.discovery import Discovery, Found, Progress
+from drivers.discovery import Discovery, Found, Progress, ask_single, probe_each
 from drivers.dlt645.codec import normalize_address
 from drivers.dlt645.driver import Dlt645Driver
 from gateway.errors import ConfigError, ReadTimeout
@@ -43,19 +43,7 @@ async def probe_addresses(
     ``progress(done, total)`` is called after each probe (and once with ``done = 0``)
     so a CLI can draw a progress bar; ``found(address)`` as soon as one answers.
     """
-    todo = [normalize_address(a) for a in addresses]
-    answered: list[str] = []
-    total = len(todo)
-    if progress is not None:
-        progress(0, total)
-    for i, addr in enumerate(todo, start=1):
-        if await driver.probe(addr, timeout):
-            answered.append(addr)
-            if found is not None:
-                found(addr)
-        if progress is not None:
-            progress(i, total)
-    return answered
+    return await probe_each(driver.probe, [normalize_address(a) for a in addresses], timeout, progress, found)
 
 
 def address_range(first: str, last: str, *, limit: int = 10_000) -> Iterator[str]:
@@ -95,14 +83,7 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
         raise TypeError(f"the DL/T 645 scan needs a Dlt645Driver, not {type(driver).__name__}")
     if wanted:
         return await probe_addresses(driver, candidates(wanted), timeout, progress, found)
-    if progress is not None:
-        progress(0, 1)
-    single = await find_single_meter(driver, timeout)
-    if single and found is not None:
-        found(single)
-    if progress is not None:
-        progress(1, 1)
-    return [single] if single else []
+    return await ask_single(driver.read_address, timeout, progress, found)
 
 
 DISCOVERY: Final = Discovery(label="address", scan=scan)

@@ -21,63 +21,41 @@ reply (the meter refused) *is* the reply: it is kept as :attr:`Dlt645Matcher.ref
 
 from __future__ import annotations
 
-from drivers.dlt645.codec import OVERHEAD, Reply, Request, check_reply, scan
-from drivers.transport.pipe import MORE, Cut
-from gateway.errors import AmrError, DeviceException, FrameError, ReadTimeout, WrongAddressError
+from drivers.dlt645.codec import Frame, Reply, Request, check_reply, scan
+from drivers.framedreply import FramedReplyMatcher
+from drivers.framing import Scan
+from gateway.errors import DeviceException
 
-_PREAMBLE_BYTE = 0xFE
 
+class Dlt645Matcher(FramedReplyMatcher[Frame]):
+    """The reply to ``request`` in a receive buffer (see module doc); one per exchange.
 
-class Dlt645Matcher:
-    """The reply to ``request`` in a receive buffer (see module doc); one per exchange."""
+    The scanning, skipping and the errors of silence are
+    :class:`~drivers.framedreply.FramedReplyMatcher`'s, shared with DL/T 698.45.
+    """
 
     def __init__(self, request: Request, what: str, where: str) -> None:
+        super().__init__(what, where)
         self.request = request
-        self.what = what
-        self.where = where
         self.reply: Reply | None = None
         self.refusal: DeviceException | None = None
-        self.rejected: list[str] = []
-        self.skipped: list[AmrError] = []
-        self.noise = 0
 
-    def __call__(self, buf: bytearray) -> Cut:
-        """Skip what is not the reply; ``reply`` once its frame is whole."""
-        found = scan(buf)
-        frame = found.frame
-        start = found.used - (OVERHEAD + len(frame.data) if frame is not None else 0)
-        self.noise += sum(1 for b in buf[:start] if b != _PREAMBLE_BYTE)
-        self.rejected += [r for r in found.rejected if r]
-        if frame is None:
-            return Cut("skip", 0, found.used) if found.used else MORE
-        if not frame.is_reply:
-            return Cut("skip", 0, found.used)          # our own request, echoed by the adapter
+    @property
+    def asked(self) -> str:
+        """The address of the meter asked, as written."""
+        return self.request.addr
+
+    def scan(self, buf: bytearray) -> Scan[Frame]:
+        """The first valid DL/T 645 frame in ``buf``."""
+        return scan(buf)
+
+    def from_meter(self, frame: Frame) -> bool:
+        """D7 of the control byte: a meter-to-master frame."""
+        return frame.is_reply
+
+    def accept(self, frame: Frame) -> None:
+        """Check the reply against the request; an abnormal reply is kept as ``refusal``."""
         try:
             self.reply = check_reply(self.request, frame)
         except DeviceException as exc:
             self.refusal = exc
-        except (WrongAddressError, FrameError) as exc:
-            self.skipped.append(exc)                   # a late or foreign reply: keep waiting
-            return Cut("skip", 0, found.used, str(exc))
-        return Cut("reply", start, found.used)
-
-    def expired(self, pending: bytes, waited: float) -> Exception:
-        """What the silence means, given what was dropped while waiting."""
-        wrong = [e for e in self.skipped if isinstance(e, WrongAddressError)]
-        if wrong:
-            return wrong[-1]
-        if self.skipped:
-            return self.skipped[-1]
-        addr = self.request.addr
-        if self.rejected:
-            return FrameError(
-                f"meter {addr} answered {self.what} but the reply was corrupted ({self.rejected[-1]}); "
-                "check wiring, termination, baud rate and parity")
-        if self.noise and not pending:
-            return FrameError(
-                f"{self.noise} bytes of noise but no valid reply from meter {addr} to {self.what}: several "
-                "meters may have answered at once; otherwise check wiring, termination, baud rate and parity")
-        partial = f" ({len(pending)} bytes of an incomplete reply arrived)" if pending else ""
-        return ReadTimeout(
-            f"meter {addr} did not answer {self.what} within {waited:.2f} s on {self.where}{partial}; "
-            "check the meter address, wiring, baud rate and parity")

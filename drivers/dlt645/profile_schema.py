@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final, Literal, cast
+from typing import TYPE_CHECKING, Final
 
 import yaml
 
@@ -27,7 +27,8 @@ from drivers.base import NO_PLAN_OPTIONS, PlanOptions, PointDef
 from drivers.capacity import parse_capacity
 from drivers.dlt645.points import DiPoint
 from drivers.dlt645.values import FORMAT_NAMES, parse_format
-from gateway.yamlpos import Invalid, Issues, MapView, as_choice, as_int, as_text, describe
+from drivers.profile_points import default_side, point_maps, point_side, quoted_hex
+from gateway.yamlpos import Invalid, Issues, MapView, as_int, as_text, describe
 
 if TYPE_CHECKING:
     from drivers.registry import ProfileRules
@@ -36,7 +37,6 @@ TOP_KEYS: Final = ("name", "protocol", "description", "defaults", "points")
 _DEFAULT_KEYS: Final = ("side",)
 _POINT_KEYS: Final = ("di", "format", "unit", "side", "block", "index", "capacity")
 _DI_RE = re.compile(r"^(0[xX])?([0-9A-Fa-f]{8}|[0-9A-Fa-f]{4})$")
-_SIDE = as_choice(("secondary", "primary"))
 
 
 def parse_points(top: MapView, node: yaml.Node, issues: Issues,
@@ -46,14 +46,8 @@ def parse_points(top: MapView, node: yaml.Node, issues: Issues,
 
 
 def _di(node: yaml.Node) -> int:
-    if not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str"):
-        raise Invalid(f'must be a quoted hex string such as "00010000", not {describe(node)} '
-                      "(unquoted, YAML may read it as a number)")
-    text = str(node.value).strip()
-    if not _DI_RE.match(text):
-        raise Invalid(f'must be 8 hex digits (DL/T 645-2007) or 4 (DL/T 645-1997) such as '
-                      f'"00010000", not {describe(node)}')
-    return int(text, 16)
+    return quoted_hex(node, _DI_RE, 'a quoted hex string such as "00010000"',
+                      '8 hex digits (DL/T 645-2007) or 4 (DL/T 645-1997) such as "00010000"')
 
 
 def _fmt(node: yaml.Node) -> str:
@@ -68,16 +62,9 @@ def _fmt(node: yaml.Node) -> str:
 
 def _points(top: MapView, node: yaml.Node, issues: Issues,
             rules: ProfileRules) -> Iterable[tuple[str, DiPoint]]:
-    dm = MapView(issues, top.node("defaults"), "profile defaults", _DEFAULT_KEYS)
-    d_side = dm.get("side", _SIDE, "secondary")
-    pm = MapView(issues, node, "profile points", None)
+    d_side = default_side(top, issues, _DEFAULT_KEYS, "secondary")
     out: list[tuple[str, DiPoint]] = []
-    for name, value in pm.values.items():
-        if not rules.point_name_ok(issues, pm.keys[name], name):
-            continue
-        m = MapView(issues, value, f"point {name}", _POINT_KEYS)
-        if not m.ok:
-            continue
+    for name, m in point_maps(node, issues, rules, _POINT_KEYS):
         di = m.req("di", _di, 'the data identifier, e.g. "00010000"')
         fmt = m.req("format", _fmt, "the value format, e.g. XXXXXX.XX")
         block = m.opt("block", _di)
@@ -85,7 +72,7 @@ def _points(top: MapView, node: yaml.Node, issues: Issues,
         if "index" in m and "block" not in m:
             m.bad("index", "only applies to a block; add block or remove index")
         unit = rules.unit(m, name)
-        side = cast(Literal["secondary", "primary"], m.get("side", _SIDE, d_side))
+        side = point_side(m, d_side)
         capacity = parse_capacity(m)
         if di is None or fmt is None:
             continue

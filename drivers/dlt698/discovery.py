@@ -17,12 +17,12 @@ from decimal import Decimal
 from typing import Final
 
 from drivers.base import MeterDriver
-from drivers.discovery import Discovery, Found, MeterFacts, Progress
+from drivers.discovery import Discovery, Found, MeterFacts, Progress, ask_single, probe_each
 from drivers.dlt698.catalogue import BY_NAME
 from drivers.dlt698.driver import Dlt698Driver
 from drivers.dlt698.frame import normalize_address
 from drivers.dlt698.plan import compile_plan
-from gateway.errors import AmrError, ConfigError, ReadTimeout
+from gateway.errors import AmrError, ConfigError
 
 #: One request for both facts: the meter clock and the total forward active energy.
 FACTS_PLAN: Final = compile_plan([BY_NAME["meter_clock"], BY_NAME["energy_import_kwh"]])
@@ -56,29 +56,9 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
     """
     if not isinstance(driver, Dlt698Driver):
         raise TypeError(f"the DL/T 698.45 scan needs a Dlt698Driver, not {type(driver).__name__}")
-    todo = candidates(wanted) if wanted else []
-    total = len(todo) if wanted else 1
-    if progress is not None:
-        progress(0, total)
-    if not wanted:
-        try:
-            single = [await driver.read_address(timeout)]
-        except ReadTimeout:
-            single = []
-        if single and found is not None:
-            found(single[0])
-        if progress is not None:
-            progress(1, 1)
-        return single
-    out: list[str] = []
-    for i, addr in enumerate(todo, start=1):
-        if await driver.probe(addr, timeout):
-            out.append(addr)
-            if found is not None:
-                found(addr)
-        if progress is not None:
-            progress(i, total)
-    return out
+    if wanted:
+        return await probe_each(driver.probe, candidates(wanted), timeout, progress, found)
+    return await ask_single(driver.read_address, timeout, progress, found)
 
 
 async def describe(driver: MeterDriver, address: str, timeout: float, tz: tzinfo) -> MeterFacts:

@@ -57,11 +57,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
 
+from drivers import framing
+from drivers.crc import reflected_crc16, reflected_table
+from drivers.framing import END, PREAMBLE_BYTE, START, add33, sub33
 from gateway.errors import ConfigError, FrameError
-
-START: Final = 0x68
-END: Final = 0x16
-PREAMBLE_BYTE: Final = 0xFE
 
 LENGTH_MASK: Final = 0x3FFF
 LENGTH_UNIT_KB: Final = 0x4000
@@ -85,25 +84,12 @@ C_RESPONSE: Final = DIR_SERVER | PRM | FUNC_USER_DATA  # C3
 # --- CRC ------------------------------------------------------------------------------------
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE: Final = _crc_table()
+_CRC_TABLE: Final = reflected_table(0x8408)
 
 
 def crc16(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/X-25 (PPP FCS-16) used for HCS and FCS: ``crc16(b"123456789") == 0x906E``."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFF
+    return reflected_crc16(data, _CRC_TABLE) ^ 0xFFFF
 
 
 # --- length field ---------------------------------------------------------------------------
@@ -316,14 +302,6 @@ class Frame:
                             preamble=preamble, fragment=self.fragment)
 
 
-def _add33(data: bytes) -> bytes:
-    return bytes((b + 0x33) & 0xFF for b in data)
-
-
-def _sub33(data: bytes) -> bytes:
-    return bytes((b - 0x33) & 0xFF for b in data)
-
-
 def encode_frame(
     control: int,
     server: ServerAddress,
@@ -348,7 +326,7 @@ def encode_frame(
         raise ValueError("a SPLIT frame needs its fragment header")
     user = (fragment.encode() if fragment is not None else b"") + apdu
     if control & SC:
-        user = _add33(user)
+        user = add33(user)
     length = 2 + 1 + 1 + len(server.wire) + 1 + 2 + len(user) + 2
     head = encode_length(length) + bytes([control, server.af]) + server.wire + bytes([client])
     head += crc16(head).to_bytes(2, "little")
@@ -356,26 +334,13 @@ def encode_frame(
     return bytes([PREAMBLE_BYTE] * preamble + [START]) + body + crc16(body).to_bytes(2, "little") + bytes([END])
 
 
-@dataclass(frozen=True, slots=True)
-class Scan:
-    """What :func:`scan` found: bytes to drop, a frame (or None: need more), rejections."""
-
-    used: int
-    frame: Frame | None
-    rejected: tuple[str, ...] = field(default=())
+#: What :func:`scan` found: bytes to drop, a frame (or None: need more), rejections.
+Scan = framing.Scan
+_Candidate = framing.Candidate
+_WAIT: Final[framing.Candidate[Frame]] = framing.Candidate(None)
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    frame: Frame | None
-    reason: str | None     # set (maybe "") when the candidate is known not to be a frame
-    end: int = 0           # one past the end byte, when ``frame`` is set
-
-
-_WAIT: Final = _Candidate(None, None)
-
-
-def _examine(buf: bytes, s: int) -> _Candidate:
+def _examine(buf: bytes, s: int) -> framing.Candidate[Frame]:
     """Examine a candidate frame whose 68 is at ``s``."""
     have = len(buf) - s
     if have < 5:
@@ -410,7 +375,7 @@ def _examine(buf: bytes, s: int) -> _Candidate:
     server = ServerAddress(kind, bytes(buf[s + 5 : s + 5 + n]), logical)
     user = bytes(buf[s + 8 + n : s + raw_len - 1])
     if control & SC:
-        user = _sub33(user)
+        user = sub33(user)
     fragment = None
     if control & SPLIT:
         if len(user) < 2:
@@ -420,32 +385,9 @@ def _examine(buf: bytes, s: int) -> _Candidate:
     return _Candidate(Frame(control, server, buf[s + 5 + n], user, fragment), None, s + raw_len + 2)
 
 
-def scan(buffer: bytes | bytearray) -> Scan:
+def scan(buffer: bytes | bytearray) -> Scan[Frame]:
     """Find the first valid frame in ``buffer`` (see the module docstring for the cases)."""
-    buf = bytes(buffer)
-    rejected: list[str] = []
-    pos = 0
-    while True:
-        s = buf.find(START, pos)
-        if s < 0:
-            return Scan(len(buf), None, tuple(rejected))
-        cand = _examine(buf, s)
-        if cand.frame is not None:
-            return Scan(cand.end, cand.frame, tuple(rejected))
-        if cand.reason is not None:
-            rejected.append(cand.reason)
-            pos = s + 1
-            continue
-        # Incomplete at s: wait for more, unless a complete valid frame follows (then the
-        # candidate at s was cut short or was noise that looked like a header).
-        t = buf.find(START, s + 1)
-        while t >= 0:
-            later = _examine(buf, t)
-            if later.frame is not None:
-                rejected.append(f"incomplete frame at offset {s} skipped")
-                return Scan(later.end, later.frame, tuple(rejected))
-            t = buf.find(START, t + 1)
-        return Scan(s, None, tuple(rejected))
+    return framing.scan_buffer(buffer, _examine, skipped="incomplete frame")
 
 
 def decode(buffer: bytes | bytearray) -> tuple[int, Frame | None]:

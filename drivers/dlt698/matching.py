@@ -21,24 +21,45 @@ frames or noise → FrameError; nothing or an incomplete frame → ReadTimeout.
 from __future__ import annotations
 
 from drivers.dlt698.apdu import ERROR_RESPONSE, GET_RESPONSE, SECURITY_RESPONSE
-from drivers.dlt698.frame import FUNC_USER_DATA, PREAMBLE_BYTE, AddressType, Frame, ServerAddress, scan
-from drivers.transport.pipe import MORE, Cut
-from gateway.errors import AmrError, FrameError, ReadTimeout, WrongAddressError
+from drivers.dlt698.frame import FUNC_USER_DATA, AddressType, Frame, ServerAddress, scan
+from drivers.framedreply import FramedReplyMatcher
+from drivers.framing import Scan
+from gateway.errors import FrameError, WrongAddressError
 
 
-class Dlt698Matcher:
-    """The reply to one request in a receive buffer (see module doc); one per exchange."""
+class Dlt698Matcher(FramedReplyMatcher[Frame]):
+    """The reply to one request in a receive buffer (see module doc); one per exchange.
+
+    The scanning, skipping and the errors of silence are
+    :class:`~drivers.framedreply.FramedReplyMatcher`'s, shared with DL/T 645.
+    """
+
+    timeout_hint = "check the meter address, wiring, baud rate (698.45 meters: usually 9600 8E1) and parity"
 
     def __init__(self, server: ServerAddress, client: int, piid: int, what: str, where: str) -> None:
+        super().__init__(what, where)
         self.server = server
         self.client = client
         self.piid = piid & 0x3F
-        self.what = what
-        self.where = where
         self.frame: Frame | None = None
-        self.rejected: list[str] = []
-        self.skipped: list[AmrError] = []
-        self.noise = 0
+
+    @property
+    def asked(self) -> str:
+        """The address of the meter asked, as written."""
+        return self.server.text
+
+    def scan(self, buf: bytearray) -> Scan[Frame]:
+        """The first valid DL/T 698.45 frame in ``buf``."""
+        return scan(buf)
+
+    def from_meter(self, frame: Frame) -> bool:
+        """DIR of the control byte: a server-to-client frame."""
+        return frame.from_server
+
+    def accept(self, frame: Frame) -> None:
+        """Check the frame answers this request (:meth:`check`) and keep it as the reply."""
+        self.check(frame)
+        self.frame = frame
 
     def check(self, frame: Frame) -> None:
         """Raise unless ``frame`` answers this request (WrongAddressError or FrameError)."""
@@ -62,43 +83,3 @@ class Dlt698Matcher:
         if piid_at is not None and len(apdu) > piid_at and apdu[piid_at] & 0x3F != self.piid:
             raise FrameError(f"meter {frame.server.text} answered request number "
                              f"{apdu[piid_at] & 0x3F} but {self.piid} was sent: a late reply")
-
-    def __call__(self, buf: bytearray) -> Cut:
-        """Skip what is not the reply; ``reply`` once its frame is whole."""
-        found = scan(buf)
-        frame = found.frame
-        start = found.used - (len(frame.encode()) if frame is not None else 0)
-        self.noise += sum(1 for b in buf[:start] if b != PREAMBLE_BYTE)
-        self.rejected += [r for r in found.rejected if r]
-        if frame is None:
-            return Cut("skip", 0, found.used) if found.used else MORE
-        if not frame.from_server:
-            return Cut("skip", 0, found.used)          # our own request, echoed by the adapter
-        try:
-            self.check(frame)
-        except (WrongAddressError, FrameError) as exc:
-            self.skipped.append(exc)                   # a late or foreign reply: keep waiting
-            return Cut("skip", 0, found.used, str(exc))
-        self.frame = frame
-        return Cut("reply", start, found.used)
-
-    def expired(self, pending: bytes, waited: float) -> Exception:
-        """What the silence means, given what was dropped while waiting."""
-        wrong = [e for e in self.skipped if isinstance(e, WrongAddressError)]
-        if wrong:
-            return wrong[-1]
-        if self.skipped:
-            return self.skipped[-1]
-        addr = self.server.text
-        if self.rejected:
-            return FrameError(
-                f"meter {addr} answered {self.what} but the reply was corrupted ({self.rejected[-1]}); "
-                "check wiring, termination, baud rate and parity")
-        if self.noise and not pending:
-            return FrameError(
-                f"{self.noise} bytes of noise but no valid reply from meter {addr} to {self.what}: several "
-                "meters may have answered at once; otherwise check wiring, termination, baud rate and parity")
-        partial = f" ({len(pending)} bytes of an incomplete reply arrived)" if pending else ""
-        return ReadTimeout(
-            f"meter {addr} did not answer {self.what} within {waited:.2f} s on {self.where}{partial}; "
-            "check the meter address, wiring, baud rate (698.45 meters: usually 9600 8E1) and parity")

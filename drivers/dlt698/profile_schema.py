@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final, Literal, cast
+from typing import TYPE_CHECKING, Final
 
 import yaml
 
 from drivers.base import NO_PLAN_OPTIONS, PlanOptions, PointDef
 from drivers.dlt698.catalogue import CANONICAL, OadPoint
-from gateway.yamlpos import Invalid, Issues, MapView, as_choice, as_int, describe
+from drivers.profile_points import default_side, point_maps, point_side, quoted_hex
+from gateway.yamlpos import Issues, MapView, as_int
 
 if TYPE_CHECKING:
     from drivers.registry import ProfileRules
@@ -34,7 +35,6 @@ TOP_KEYS: Final = ("name", "protocol", "description", "defaults", "points")
 _DEFAULT_KEYS: Final = ("side",)
 _POINT_KEYS: Final = ("oad", "scaler", "unit", "side", "field")
 _OAD_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
-_SIDE = as_choice(("secondary", "primary"))
 _TYPES: Final = {(p.oad, p.field): p.types for p in CANONICAL}
 
 
@@ -45,32 +45,20 @@ def parse_points(top: MapView, node: yaml.Node, issues: Issues,
 
 
 def _oad(node: yaml.Node) -> int:
-    if not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str"):
-        raise Invalid(f'must be a quoted OAD of 8 hex digits such as "00100201", not {describe(node)} '
-                      "(unquoted, YAML may read it as a number)")
-    text = str(node.value).strip()
-    if not _OAD_RE.match(text):
-        raise Invalid(f'must be 8 hex digits (OI, attribute, index) such as "00100201", not "{text}"')
-    return int(text, 16)
+    return quoted_hex(node, _OAD_RE, 'a quoted OAD of 8 hex digits such as "00100201"',
+                      '8 hex digits (OI, attribute, index) such as "00100201"')
 
 
 def _points(top: MapView, node: yaml.Node, issues: Issues,
             rules: ProfileRules) -> Iterable[tuple[str, OadPoint]]:
-    dm = MapView(issues, top.node("defaults"), "profile defaults", _DEFAULT_KEYS)
-    d_side = dm.get("side", _SIDE, "secondary")
-    pm = MapView(issues, node, "profile points", None)
+    d_side = default_side(top, issues, _DEFAULT_KEYS, "secondary")
     out: list[tuple[str, OadPoint]] = []
-    for name, value in pm.values.items():
-        if not rules.point_name_ok(issues, pm.keys[name], name):
-            continue
-        m = MapView(issues, value, f"point {name}", _POINT_KEYS)
-        if not m.ok:
-            continue
+    for name, m in point_maps(node, issues, rules, _POINT_KEYS):
         oad = m.req("oad", _oad, 'the OAD, e.g. "00100201"')
         scaler = m.opt("scaler", as_int(-20, 20))
         field = m.opt("field", as_int(0, 15))
         unit = rules.unit(m, name)
-        side = cast(Literal["secondary", "primary"], m.get("side", _SIDE, d_side))
+        side = point_side(m, d_side)
         if oad is None:
             continue
         out.append((name, OadPoint(name=name, oad=oad, scaler=scaler, unit=unit,

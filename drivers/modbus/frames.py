@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from drivers.crc import reflected_crc16, reflected_table
+
 _MBAP: Final = struct.Struct(">HHHB")
 MBAP_LEN: Final = 7
 
@@ -51,26 +53,12 @@ EXCEPTION_ADVICE: Final[dict[int, str]] = {
 }
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_TABLE: Final = _crc_table()
+_TABLE: Final = reflected_table(0xA001)
 
 
 def crc16(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF) of ``data``."""
-    crc = 0xFFFF
-    table = _TABLE
-    for b in data:
-        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
-    return crc
+    return reflected_crc16(data, _TABLE)
 
 
 def rtu_frame(unit: int, pdu: bytes) -> bytes:

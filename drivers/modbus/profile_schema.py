@@ -37,6 +37,7 @@ import yaml
 from drivers.base import PlanOptions, PointDef
 from drivers.capacity import parse_capacity
 from drivers.modbus.points import REGISTER_WIDTH, ModbusLimits, RegisterPoint, RegisterType
+from drivers.profile_points import point_maps
 from gateway.yamlpos import (
     Invalid,
     Issues,
@@ -167,15 +168,9 @@ def _points(top: MapView, node: yaml.Node, issues: Issues,
     d_side = dm.get("side", _SIDE, "primary")
     d_scale = dm.get("scale", _scale, Decimal(1))
     base = top.opt("address_base", _address_base)
-    pm = MapView(issues, node, "profile points", None)
     spans: list[tuple[int, int, int, str, int]] = []  # function, start, end, name, line
     out: list[tuple[str, RegisterPoint]] = []
-    for name, value in pm.values.items():
-        if not rules.point_name_ok(issues, pm.keys[name], name):
-            continue
-        m = MapView(issues, value, f"point {name}", _POINT_KEYS)
-        if not m.ok:
-            continue
+    for name, m in point_maps(node, issues, rules, _POINT_KEYS):
         address = m.req("address", _address, "the register address, e.g. 0x101E")
         function = m.get("function", as_int_choice((3, 4)), d_function)
         if address is not None:

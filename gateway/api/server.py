@@ -21,7 +21,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -31,18 +31,16 @@ from aiohttp.typedefs import Middleware
 from gateway import __version__
 from gateway.api.auth import ApiAuth, install_token_routes
 from gateway.api.httplog import HTTP_LOG
-from gateway.api.metrics import metrics_public, metrics_text
+from gateway.api.metrics import MetricsView, metrics_public, metrics_text
 from gateway.api.openapi import build_document
 from gateway.api.params import BadRequest, int_param, output_format, time_range
-from gateway.clock import Clock
 from gateway.errors import ConfigError, TransportError
-from gateway.lifecycle import MetricsSource, ReloadStatus
+from gateway.lifecycle import ReloadStatus
 from gateway.model import iso_utc, to_json
-from gateway.polling import BusWorker, MeterRuntime
+from gateway.polling import MeterRuntime
 from gateway.readings_export import readings_csv, readings_json, write_csv
 from gateway.readpool import QueryTimeout, ReadPool
 from gateway.settings import Settings
-from gateway.sinks.delivery import SinkRunner
 from gateway.store import Store
 from gateway.tls import TlsFileError, server_context
 
@@ -57,32 +55,14 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class GatewayView(Protocol):
-    """What the API reads of one running gateway (:class:`gateway.runtime.Gateway` is one)."""
+class GatewayView(MetricsView, Protocol):
+    """What the API reads of one running gateway (:class:`gateway.runtime.Gateway` is one):
+    what ``/metrics`` reads (:class:`~gateway.api.metrics.MetricsView`: clock, store, meters,
+    workers, sinks, metrics sources) and the rest below."""
 
     @property
     def settings(self) -> Settings:
         """The settings the runtime was built from."""
-
-    @property
-    def clock(self) -> Clock:
-        """The gateway's clock."""
-
-    @property
-    def store(self) -> Store | None:
-        """The open store (None before it opened)."""
-
-    @property
-    def meters(self) -> Mapping[str, MeterRuntime]:
-        """Every configured meter with its statistics."""
-
-    @property
-    def workers(self) -> Mapping[str, BusWorker]:
-        """One worker per bus."""
-
-    @property
-    def sinks(self) -> Sequence[SinkRunner]:
-        """The delivery runners (empty when sinks are off)."""
 
     @property
     def started_at(self) -> float:
@@ -91,9 +71,6 @@ class GatewayView(Protocol):
     @property
     def reload_status(self) -> ReloadStatus:
         """What the last reload did (a failure keeps the previous configuration running)."""
-
-    def metrics_sources(self) -> Sequence[MetricsSource]:
-        """Components that add lines to ``/metrics`` (review, ...)."""
 
     def require_store(self) -> Store:
         """The open store (raises before it opened)."""

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import serial
@@ -49,6 +50,42 @@ DLT_BAUD = 9600
 METER_A = "123456789012"
 METER_B = "000000000002"
 METER_DEAD = "000000000003"
+
+Bus = tuple[BusEmulator, serial.Serial]
+
+
+def _bus(protocol: Literal["modbus", "dlt645", "dlt698"], baud: int, slaves: list[int] | list[str],
+         dead: set[int] | set[str], *, td_s: float = 0.0, timeout: float) -> Iterator[Bus]:
+    """An emulator process on a pty and a plain pyserial port on it at parity N (the body of
+    the module-scoped bus fixtures); both are closed when the module is done."""
+    emu = BusEmulator(protocol, baud, slaves=slaves, dead=dead, td_s=td_s)
+    path = emu.start()
+    port = serial.Serial(path, baud, parity="N", timeout=timeout)
+    try:
+        yield emu, port
+    finally:
+        port.close()
+        emu.kill()
+
+
+def _silent(bus: Bus, frame: bytes, counter: str, *, window: int = 64) -> EmulatorStats:
+    """Send ``frame``; the bus must stay silent (nothing within the read timeout), no reply
+    counted, and ``counter`` (why it stayed silent) counted once. The stats, for more checks."""
+    emu, port = bus
+    port.write(frame)
+    assert port.read(window) == b""
+    stats = emu.stats()
+    assert stats.replies == 0
+    assert getattr(stats, counter) == 1
+    return stats
+
+
+def _fresh(bus: Bus) -> Bus:
+    """The shared bus for one test: nothing left in the input buffer, counters at zero."""
+    emu, port = bus
+    port.reset_input_buffer()
+    emu.reset()
+    return emu, port
 
 
 # ---------------------------------------------------------------------------------------
@@ -102,24 +139,14 @@ def test_codec_helpers_agree_with_known_vectors() -> None:
 
 
 @pytest.fixture(scope="module")
-def modbus_bus() -> Iterator[tuple[BusEmulator, serial.Serial]]:
-    emu = BusEmulator("modbus", MODBUS_BAUD, slaves=[1, 2, 3], dead={3})
-    path = emu.start()
-    port = serial.Serial(path, MODBUS_BAUD, parity="N", timeout=0.3)
-    try:
-        yield emu, port
-    finally:
-        port.close()
-        emu.kill()
+def modbus_bus() -> Iterator[Bus]:
+    yield from _bus("modbus", MODBUS_BAUD, [1, 2, 3], {3}, timeout=0.3)
 
 
 @pytest.fixture
-def mb(modbus_bus: tuple[BusEmulator, serial.Serial]) -> tuple[BusEmulator, serial.Serial]:
-    emu, port = modbus_bus
+def mb(modbus_bus: Bus) -> Bus:
     time.sleep(0.01)  # the protocol's inter-frame silence: more than t3.5 after the previous test
-    port.reset_input_buffer()
-    emu.reset()
-    return emu, port
+    return _fresh(modbus_bus)
 
 
 def _quiet(seconds: float = 0.01) -> None:
@@ -127,7 +154,7 @@ def _quiet(seconds: float = 0.01) -> None:
     time.sleep(seconds)
 
 
-def test_modbus_fc3_reply_is_correct_and_takes_the_wire_time(mb: tuple[BusEmulator, serial.Serial]) -> None:
+def test_modbus_fc3_reply_is_correct_and_takes_the_wire_time(mb: Bus) -> None:
     emu, port = mb
     t0 = time.perf_counter()
     port.write(modbus_read_request(1, 3, 100, 20))
@@ -145,7 +172,7 @@ def test_modbus_fc3_reply_is_correct_and_takes_the_wire_time(mb: tuple[BusEmulat
     assert stats.lateness.max < 0.02  # sanity; trustworthiness is judged by the benchmarks
 
 
-def test_modbus_fc4_and_exceptions(mb: tuple[BusEmulator, serial.Serial]) -> None:
+def test_modbus_fc4_and_exceptions(mb: Bus) -> None:
     emu, port = mb
     port.write(modbus_read_request(2, 4, 0, 2))
     reply = port.read(9)
@@ -170,18 +197,12 @@ def test_modbus_fc4_and_exceptions(mb: tuple[BusEmulator, serial.Serial]) -> Non
     ],
     ids=["unknown-address", "dead-slave", "bad-crc", "broadcast"],
 )
-def test_modbus_silence(mb: tuple[BusEmulator, serial.Serial], frame: bytes, counter: str) -> None:
-    emu, port = mb
-    port.write(frame)
-    assert port.read(64) == b""
-    stats = emu.stats()
-    assert stats.replies == 0
-    assert stats.requests == 1
-    assert getattr(stats, counter) == 1
+def test_modbus_silence(mb: Bus, frame: bytes, counter: str) -> None:
+    assert _silent(mb, frame, counter).requests == 1
 
 
 def test_modbus_t35_violation_is_counted_only_when_the_master_is_too_quick(
-    mb: tuple[BusEmulator, serial.Serial],
+    mb: Bus,
 ) -> None:
     emu, port = mb
     request = modbus_read_request(1, 3, 0, 2)
@@ -199,7 +220,7 @@ def test_modbus_t35_violation_is_counted_only_when_the_master_is_too_quick(
     assert stats.silence_after_reply.max >= 0.02
 
 
-def test_modbus_collision_when_master_talks_over_a_reply(mb: tuple[BusEmulator, serial.Serial]) -> None:
+def test_modbus_collision_when_master_talks_over_a_reply(mb: Bus) -> None:
     emu, port = mb
     port.write(modbus_read_request(1, 3, 0, 60))  # 125-byte reply: ~72 ms at 19200
     first = port.read(5)  # the reply is on the wire now
@@ -235,24 +256,13 @@ def test_modbus_gap_inside_a_request_discards_it() -> None:
 
 
 @pytest.fixture(scope="module")
-def dlt_bus() -> Iterator[tuple[BusEmulator, serial.Serial]]:
-    meters = [METER_A, METER_B, METER_DEAD]
-    emu = BusEmulator("dlt645", DLT_BAUD, slaves=meters, dead={METER_DEAD}, td_s=0.020)
-    path = emu.start()
-    port = serial.Serial(path, DLT_BAUD, parity="N", timeout=0.4)
-    try:
-        yield emu, port
-    finally:
-        port.close()
-        emu.kill()
+def dlt_bus() -> Iterator[Bus]:
+    yield from _bus("dlt645", DLT_BAUD, [METER_A, METER_B, METER_DEAD], {METER_DEAD}, td_s=0.020, timeout=0.4)
 
 
 @pytest.fixture
-def dlt(dlt_bus: tuple[BusEmulator, serial.Serial]) -> tuple[BusEmulator, serial.Serial]:
-    emu, port = dlt_bus
-    port.reset_input_buffer()
-    emu.reset()
-    return emu, port
+def dlt(dlt_bus: Bus) -> Bus:
+    return _fresh(dlt_bus)
 
 
 def _decode_dlt645(frame: bytes) -> tuple[str, int, bytes]:
@@ -265,7 +275,7 @@ def _decode_dlt645(frame: bytes) -> tuple[str, int, bytes]:
     return address, body[8], data
 
 
-def test_dlt645_single_read(dlt: tuple[BusEmulator, serial.Serial]) -> None:
+def test_dlt645_single_read(dlt: Bus) -> None:
     emu, port = dlt
     t0 = time.perf_counter()
     port.write(dlt645_read_request(METER_A, 0x00010000))
@@ -281,7 +291,7 @@ def test_dlt645_single_read(dlt: tuple[BusEmulator, serial.Serial]) -> None:
     assert emu.stats().replies_by_slave == {METER_A: 1}
 
 
-def test_dlt645_block_read_returns_five_values(dlt: tuple[BusEmulator, serial.Serial]) -> None:
+def test_dlt645_block_read_returns_five_values(dlt: Bus) -> None:
     _, port = dlt
     port.write(dlt645_read_request(METER_B, 0x0001FF00))
     reply = port.read(40)
@@ -293,7 +303,7 @@ def test_dlt645_block_read_returns_five_values(dlt: tuple[BusEmulator, serial.Se
         assert values[4 * tariff : 4 * tariff + 4] == dlt645_value(METER_B, 0x00010000 | tariff << 8)
 
 
-def test_dlt645_unknown_di_gets_abnormal_reply(dlt: tuple[BusEmulator, serial.Serial]) -> None:
+def test_dlt645_unknown_di_gets_abnormal_reply(dlt: Bus) -> None:
     emu, port = dlt
     port.write(dlt645_read_request(METER_A, 0x0999FF00))
     _, control, data = _decode_dlt645(port.read(17))
@@ -311,16 +321,11 @@ def test_dlt645_unknown_di_gets_abnormal_reply(dlt: tuple[BusEmulator, serial.Se
     ],
     ids=["unknown-address", "dead-meter", "bad-checksum", "broadcast"],
 )
-def test_dlt645_silence(dlt: tuple[BusEmulator, serial.Serial], frame: bytes, counter: str) -> None:
-    emu, port = dlt
-    port.write(frame)
-    assert port.read(64) == b""
-    stats = emu.stats()
-    assert stats.replies == 0
-    assert getattr(stats, counter) == 1
+def test_dlt645_silence(dlt: Bus, frame: bytes, counter: str) -> None:
+    _silent(dlt, frame, counter)
 
 
-def test_dlt645_garbage_before_frame_is_skipped(dlt: tuple[BusEmulator, serial.Serial]) -> None:
+def test_dlt645_garbage_before_frame_is_skipped(dlt: Bus) -> None:
     _, port = dlt
     port.write(b"\x00\x68\x01" + dlt645_read_request(METER_A, 0x02800002))
     _, control, data = _decode_dlt645(port.read(22))
@@ -344,28 +349,17 @@ def _dlt698_request(address: str, oads: tuple[int, ...], piid: int = 1) -> bytes
 
 
 @pytest.fixture(scope="module")
-def dlt698_bus() -> Iterator[tuple[BusEmulator, serial.Serial]]:
-    meters = [METER_A, METER_B, METER_DEAD]
-    emu = BusEmulator("dlt698", DLT_BAUD, slaves=meters, dead={METER_DEAD}, td_s=0.020)
-    path = emu.start()
-    port = serial.Serial(path, DLT_BAUD, parity="N", timeout=0.4)
-    try:
-        yield emu, port
-    finally:
-        port.close()
-        emu.kill()
+def dlt698_bus() -> Iterator[Bus]:
+    yield from _bus("dlt698", DLT_BAUD, [METER_A, METER_B, METER_DEAD], {METER_DEAD}, td_s=0.020, timeout=0.4)
 
 
 @pytest.fixture
-def d698(dlt698_bus: tuple[BusEmulator, serial.Serial]) -> tuple[BusEmulator, serial.Serial]:
-    emu, port = dlt698_bus
-    port.reset_input_buffer()
-    emu.reset()
-    return emu, port
+def d698(dlt698_bus: Bus) -> Bus:
+    return _fresh(dlt698_bus)
 
 
 def test_dlt698_list_read_has_the_wire_formulas_lengths_and_the_emulators_values(
-    d698: tuple[BusEmulator, serial.Serial],
+    d698: Bus,
 ) -> None:
     from drivers.dlt698.apdu import GetResponseNormalList, parse_response
     from drivers.dlt698.frame import scan
@@ -393,21 +387,14 @@ def test_dlt698_list_read_has_the_wire_formulas_lengths_and_the_emulators_values
     [("000000000099", "unknown_address"), (METER_DEAD, "dead_requests")],
     ids=["unknown-address", "dead-meter"],
 )
-def test_dlt698_silence(d698: tuple[BusEmulator, serial.Serial], address: str, counter: str) -> None:
-    emu, port = d698
-    port.write(_dlt698_request(address, ENERGY_LIST))
-    assert port.read(80) == b""
-    stats = emu.stats()
-    assert stats.replies == 0 and getattr(stats, counter) == 1
+def test_dlt698_silence(d698: Bus, address: str, counter: str) -> None:
+    _silent(d698, _dlt698_request(address, ENERGY_LIST), counter, window=80)
 
 
-def test_dlt698_bad_fcs_is_a_bad_frame(d698: tuple[BusEmulator, serial.Serial]) -> None:
-    emu, port = d698
+def test_dlt698_bad_fcs_is_a_bad_frame(d698: Bus) -> None:
     request = bytearray(_dlt698_request(METER_A, ENERGY_LIST))
     request[-2] ^= 0xFF
-    port.write(bytes(request))
-    assert port.read(80) == b""
-    assert emu.stats().bad_frames == 1
+    _silent(d698, bytes(request), "bad_frames", window=80)
 
 
 def test_stats_survive_the_process_boundary() -> None:

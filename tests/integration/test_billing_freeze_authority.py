@@ -11,9 +11,7 @@ review event (stored and published by the review engine) names both times too.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from datetime import datetime
 from datetime import time as clock_time
 from pathlib import Path
@@ -21,13 +19,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
-from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock
 from gateway.config import load_settings_from_text
 from gateway.model import loads_exact, parse_iso
 from gateway.ports import free_port
-from gateway.runtime import Gateway
-from tests.billingkit import capture_of
+from tests.billingkit import await_settled, capture_of, gateway_with
+from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
 B = datetime(2026, 12, 11, tzinfo=SH).timestamp()
@@ -54,18 +51,6 @@ store: {{synchronous: NORMAL, commit_interval_ms: 20}}
 """
 
 
-async def until_settled(cap: BillingCapture, meters: tuple[str, ...], real_s: float) -> dict[str, str]:
-    """Poll the capture's state (bounded in time) until every meter has a non-missing settlement at B."""
-    deadline = time.monotonic() + real_s
-    got: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        got = {m: k.quality for (m, b), k in cap.current.items() if b == B}
-        if all(got.get(m) not in (None, "missing") for m in meters) and cap.events_raised:
-            break
-        await asyncio.sleep(0.05)
-    return got
-
-
 async def test_a_noon_freeze_is_not_the_midnight_settlement(tmp_path: Path) -> None:
     p1, p2 = free_port(), free_port()
     text = CONFIG.format(data=tmp_path, p1=p1, p2=p2)
@@ -77,18 +62,13 @@ async def test_a_noon_freeze_is_not_the_midnight_settlement(tmp_path: Path) -> N
         SimDlt645Spec("midnight", "000000000042", transport="tcp", seed=42, base_kw=50.0, port=p2),
     ]
     sim = Dlt645Simulator(specs, clock, "Asia/Shanghai")
-    await sim.start()
-    gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
-    try:
-        await gw.start()
+    async with gateway_with(settings, clock, sim) as gw:
         cap = capture_of(gw)
-        got = await until_settled(cap, ("noon", "midnight"), 30.0)
+        got = await await_settled(cap, B, ("noon", "midnight"))
         assert got == {"noon": "actual", "midnight": "meter_frozen"}, got
+        await await_until(lambda: cap.events_raised, 10.0, "the freeze_mismatch billing event")
         assert gw.review is not None
         assert await gw.review.drain(10.0)
-    finally:
-        await gw.stop()
-        await sim.stop()
 
     conn = sqlite3.connect(gw.store_path)
     try:

@@ -17,22 +17,17 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
-from gateway.billing.capture import BillingCapture
 from gateway.billing.db import for_meter
 from gateway.billing.rehearsal import HoldingClock
 from gateway.billing.settlement import stage_consumption
 from gateway.config import load_settings_from_text
-from gateway.model import loads_exact, parse_iso
+from gateway.model import parse_iso
 from gateway.ports import free_port
-from gateway.runtime import Gateway
-from tests.billingkit import capture_of
-from tests.servicefixtures import await_until
+from tests.billingkit import await_settled, capture_of, gateway_with, settlement_bodies, shown
 
 SH = ZoneInfo("Asia/Shanghai")
 B = datetime(2026, 12, 11, tzinfo=SH).timestamp()
@@ -60,12 +55,6 @@ store: {{synchronous: NORMAL, commit_interval_ms: 20}}
 """
 
 
-def settled_at_b(cap: BillingCapture, meters: tuple[str, ...]) -> dict[str, str] | None:
-    """Settlement quality per meter at boundary B once none of ``meters`` is still missing."""
-    got = {m: k.quality for (m, b), k in cap.current.items() if b == B}
-    return got if all(got.get(m) not in (None, "missing") for m in meters) else None
-
-
 async def test_frozen_settlement_carries_reactive_and_demand(tmp_path: Path) -> None:
     p1, p2 = free_port(), free_port()
     text = CONFIG.format(data=tmp_path, p1=p1, p2=p2)
@@ -80,22 +69,13 @@ async def test_frozen_settlement_carries_reactive_and_demand(tmp_path: Path) -> 
                       freeze_kinds=frozenset({0x01, 0x02})),
     ]
     sim = Dlt645Simulator(specs, clock, "Asia/Shanghai")
-    await sim.start()
-    gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
-    try:
-        await gw.start()
-        cap = capture_of(gw)
-        got = await await_until(lambda: settled_at_b(cap, ("full", "active")), 30.0, "both meters settled at B",
-                                detail=lambda: {m: k.quality for (m, b), k in cap.current.items() if b == B})
+    async with gateway_with(settings, clock, sim) as gw:
+        got = await await_settled(capture_of(gw), B, ("full", "active"))
         assert got == {"full": "meter_frozen", "active": "meter_frozen"}, got
-    finally:
-        await gw.stop()
-        await sim.stop()
 
+    rows = settlement_bodies(gw.store_path, B)
     conn = sqlite3.connect(gw.store_path)
     try:
-        rows: dict[str, Any] = {m: loads_exact(body) for m, body in conn.execute(
-            "SELECT meter, body FROM billing_settlement WHERE boundary=? AND superseded_by IS NULL", (B,))}
         full_rows = for_meter(conn, "full", B, B)
         active_rows = for_meter(conn, "active", B, B)
     finally:
@@ -111,9 +91,7 @@ async def test_frozen_settlement_carries_reactive_and_demand(tmp_path: Path) -> 
         assert parse_iso(doc["frozen_at"]) == B
         assert set(regs) == set(settings.billing["plan"].registers), set(regs) ^ set(settings.billing["plan"].registers)
         for name, reg in regs.items():
-            want = frozen[name]
-            if name == "demand_max_kw":
-                want = want.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)   # XX.XXXX on the meter
+            want = shown(name, frozen[name])                         # demand: XX.XXXX on the meter
             assert reg["raw"] == want, (m, name)
             assert reg["value"] == want * mult, (m, name)
         _kw, true_at = sim.demand(m, 0, B)                         # when the meter's maximum occurred

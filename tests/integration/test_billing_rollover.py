@@ -19,9 +19,7 @@ only (``wrap``'s fall is a rollover within the capacity its profile states).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -29,14 +27,13 @@ from zoneinfo import ZoneInfo
 
 from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
 from gateway.billing import view
-from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock
 from gateway.config import load_settings_from_text
 from gateway.model import loads_exact
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
-from tests.billingkit import capture_of
+from tests.billingkit import await_settled, capture_of, gateway_with
 from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -73,18 +70,6 @@ points:
 """
 
 
-async def until_settled(cap: BillingCapture, boundary: float, meters: tuple[str, ...], real_s: float) -> dict[str, str]:
-    """Poll the capture's state (bounded in time) until every meter has a non-missing settlement at ``boundary``."""
-    deadline = time.monotonic() + real_s
-    got: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        got = {m: k.quality for (m, b), k in cap.current.items() if b == boundary}
-        if all(got.get(m) not in (None, "missing") for m in meters):
-            break
-        await asyncio.sleep(0.05)
-    return got
-
-
 async def run_at(settings: Settings, boundary: float, p1: int, p2: int,
                  events_due: int) -> tuple[Gateway, Dlt645Simulator, list[tuple[str, str, str]]]:
     """One gateway run on a clock held at ``boundary``, against fresh simulators of the two meters,
@@ -94,19 +79,13 @@ async def run_at(settings: Settings, boundary: float, p1: int, p2: int,
     specs = [SimDlt645Spec(m, addr, transport="tcp", seed=33, base_kw=80000.0, multiplier=mult, port=port)
              for m, addr, port in (("wrap", "000000000051", p1), ("wide", "000000000052", p2))]
     sim = Dlt645Simulator(specs, clock, "Asia/Shanghai")
-    await sim.start()
-    gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
-    try:
-        await gw.start()
+    async with gateway_with(settings, clock, sim) as gw:
         cap = capture_of(gw)
-        got = await until_settled(cap, boundary, ("wrap", "wide"), 30.0)
+        got = await await_settled(cap, boundary, ("wrap", "wide"))
         assert got == {"wrap": "meter_frozen", "wide": "meter_frozen"}, got
         await await_until(lambda: len(cap.events_raised) >= events_due, 10.0, f"{events_due} billing event(s)")
         assert gw.review is not None and await gw.review.drain(10.0)
         events = list(cap.events_raised)
-    finally:
-        await gw.stop()
-        await sim.stop()
     return gw, sim, events
 
 

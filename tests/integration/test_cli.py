@@ -7,19 +7,13 @@ them exactly as on site.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.ports import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "gateway.cli"]
+from tests.servicefixtures import REPO, run_cli, simulating
 
 
 def write_config(tmp: Path) -> Path:
@@ -45,34 +39,14 @@ api: {{listen: "127.0.0.1:{free_port()}", token: cli-test-token}}
     return cfg
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
+run = run_cli
 
 
 @pytest.fixture
 def simulated_site(tmp_path: Path) -> Iterator[Path]:
     cfg = write_config(tmp_path)
-    proc = subprocess.Popen([*CLI, "simulate", "-c", str(cfg), "--duration", "90"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "simulating" in line:
-            break
-    assert any("simulating" in ln for ln in lines), "".join(lines)
-    try:
+    with simulating(cfg):
         yield cfg
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        proc.stdout.close()
 
 
 def test_validate_example_and_broken(tmp_path: Path) -> None:

@@ -8,25 +8,19 @@ boundary (as ``test_billing_frozen_registers`` does for DL/T 645 alone).
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from drivers.dlt645.simulator import Dlt645Simulator, SimDlt645Spec
 from drivers.dlt698.simulator import Dlt698Simulator, SimDlt698Spec
-from gateway.billing.capture import BillingCapture
 from gateway.billing.rehearsal import HoldingClock
 from gateway.config import load_settings_from_text
-from gateway.demo import free_port
-from gateway.model import loads_exact, parse_iso
-from gateway.runtime import Gateway
-from tests.billingkit import capture_of
-from tests.servicefixtures import await_until
+from gateway.model import parse_iso
+from gateway.ports import free_port
+from tests.billingkit import await_settled, capture_of, gateway_with, settlement_bodies, shown
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +48,6 @@ store: {{synchronous: NORMAL, commit_interval_ms: 20}}
 """
 
 
-def settled_at_b(cap: BillingCapture, meters: tuple[str, ...]) -> dict[str, str] | None:
-    """Settlement quality per meter at boundary B once none of ``meters`` is still missing."""
-    got = {m: k.quality for (m, b), k in cap.current.items() if b == B}
-    return got if all(got.get(m) not in (None, "missing") for m in meters) else None
-
-
 async def test_a_dlt698_meter_settles_from_its_day_freeze(tmp_path: Path) -> None:
     p1, p2 = free_port(), free_port()
     text = CONFIG.format(data=tmp_path, p1=p1, p2=p2)
@@ -72,26 +60,11 @@ async def test_a_dlt698_meter_settles_from_its_day_freeze(tmp_path: Path) -> Non
     sim645 = Dlt645Simulator([SimDlt645Spec("m645", "000000000032", transport="tcp", seed=32, base_kw=400.0,
                                             multiplier=settings.meters["m645"].multiplier, port=p2)],
                              clock, "Asia/Shanghai")
-    await sim698.start()
-    await sim645.start()
-    gw = Gateway(settings, clock, enable_sinks=False, enable_api=False)
-    try:
-        await gw.start()
-        cap = capture_of(gw)
-        got = await await_until(lambda: settled_at_b(cap, ("m698", "m645")), 30.0, "both meters settled at B",
-                                detail=lambda: {m: k.quality for (m, b), k in cap.current.items() if b == B})
+    async with gateway_with(settings, clock, sim698, sim645) as gw:
+        got = await await_settled(capture_of(gw), B, ("m698", "m645"))
         assert got == {"m698": "meter_frozen", "m645": "meter_frozen"}, got
-    finally:
-        await gw.stop()
-        await sim698.stop()
-        await sim645.stop()
 
-    conn = sqlite3.connect(gw.store_path)
-    try:
-        rows: dict[str, Any] = {m: loads_exact(body) for m, body in conn.execute(
-            "SELECT meter, body FROM billing_settlement WHERE boundary=? AND superseded_by IS NULL", (B,))}
-    finally:
-        conn.close()
+    rows = settlement_bodies(gw.store_path, B)
     doc = rows["m698"]
     assert (doc["quality"], doc["source"]) == ("meter_frozen", "daily_freeze")
     assert parse_iso(doc["frozen_at"]) == B
@@ -100,9 +73,7 @@ async def test_a_dlt698_meter_settles_from_its_day_freeze(tmp_path: Path) -> Non
     regs = doc["registers"]
     assert set(regs) == set(settings.billing["plan"].registers)
     for name, reg in regs.items():
-        want = frozen[name]
-        if name == "demand_max_kw":
-            want = want.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)     # scaler -4 on the meter
+        want = shown(name, frozen[name])                         # demand: scaler -4 on the meter
         assert reg["raw"] == want, name
         assert reg["value"] == want * mult, name
     assert regs["energy_import_kwh"]["raw"] > 0

@@ -9,10 +9,7 @@ a wrong scaler or register fails.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -22,13 +19,12 @@ import pytest
 
 from drivers.simulation.model import MeterModel
 from gateway.config import load_settings
-from gateway.demo import free_port
+from gateway.ports import free_port
 from gateway.simulator.fleet import base_kw_for, meter_seed
+from tests.servicefixtures import run_cli, simulating
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "gateway.cli"]
 TZ = "Asia/Shanghai"
 SEED = 1                      # `simulate`'s default --seed
 
@@ -51,35 +47,15 @@ schedules:
     return cfg
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
+run = run_cli
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     port = free_port()
     cfg = write_config(tmp_path, port)
-    proc = subprocess.Popen([*CLI, "simulate", "-c", str(cfg), "--duration", "90"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "simulating" in line:
-            break
-    assert any("simulating" in ln for ln in lines), "".join(lines)
-    try:
+    with simulating(cfg):
         yield cfg, port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        proc.stdout.close()
 
 
 ROW = re.compile(r"^(\d{12})\s+([+-]\d+) s\s+(\d+\.\d{2}) kWh\s*$")

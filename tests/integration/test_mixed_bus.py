@@ -11,10 +11,6 @@ meters are the real ones. Values are checked against each meter's model.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -29,12 +25,10 @@ from gateway.config import load_settings_from_text
 from gateway.model import Reading
 from gateway.polling import MeterRuntime
 from gateway.runtime import Gateway
-from tests.servicefixtures import await_until
+from tests.servicefixtures import await_until, run_cli, simulating
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "gateway.cli"]
 TZ = "Asia/Shanghai"
 START = 1_795_939_200.0 + 8 * 3600 + 50   # 2026-11-28 16:00:50 +08:00, just before a slot
 RATE = 30.0                              # a 1-minute slot every 2 s
@@ -117,29 +111,10 @@ def test_simulate_serves_a_mixed_bus_and_read_reads_each_meter_in_its_protocol(t
     and ``amr-gateway read`` reads each through the line's pipe in its own protocol."""
     cfg = tmp_path / "site.yaml"
     cfg.write_text(config(tmp_path, str(tmp_path / "ttyMIXED")).replace("api: {enabled: false}\n", ""))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([*CLI, "simulate", "-c", str(cfg), "--duration", "60"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    try:
-        lines = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "simulating" in line:
-                break
-        assert any("simulating" in ln for ln in lines), "".join(lines)
+    with simulating(cfg, duration_s=60):
         for meter_id, point in (("m645", "energy_import_kwh_t4"), ("m698", "energy_q4_kvarh")):
-            res = subprocess.run([*CLI, "read", "-c", str(cfg), "--meter", meter_id], cwd=REPO, env=env,
-                                 capture_output=True, text=True, timeout=60, check=False)
+            res = run_cli("read", "-c", str(cfg), "--meter", meter_id)
             assert res.returncode == 0, (meter_id, res.stdout, res.stderr)
             rows = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.strip()}
             assert rows[point].rstrip().endswith("good"), (meter_id, rows[point])
             assert rows["voltage_v_l1"].rstrip().endswith("good"), (meter_id, res.stdout)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        proc.stdout.close()

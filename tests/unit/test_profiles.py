@@ -152,6 +152,10 @@ BROKEN: list[tuple[str, str, list[tuple[int, str]]]] = [
      "XXXXXX.XX}\n",
      [(3, 'point energy_import_kwh: di must be a quoted hex string such as "00010000", not '
           '"00010000" (unquoted, YAML may read it as a number)')]),
+    ("short_quoted_di", "protocol: dlt645\npoints:\n  energy_import_kwh: {di: \"0001000\", format: "
+     "XXXXXX.XX}\n",
+     [(3, 'point energy_import_kwh: di must be 8 hex digits (DL/T 645-2007) or 4 (DL/T 645-1997) '
+          'such as "00010000", not "0001000"')]),
     ("bad_format_and_index", "protocol: dlt645\npoints:\n  power_kw:\n    di: \"02030000\"\n"
      "    format: XX.XXXXX\n    index: 1\n",
      [(5, "point power_kw: format must be a DL/T 645 value format, one of XXXXXX.XX, XX.XXXX, XXX.X, "
