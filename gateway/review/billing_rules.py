@@ -44,12 +44,22 @@ from gateway.review_thresholds import ReviewThresholds
 _ZERO: Final = Decimal(0)
 _DAY_S: Final = 86400.0
 _TARIFFS: Final = ("_t1", "_t2", "_t3", "_t4")
+_TARIFF_NAMES: Final = tuple((total, tuple(total + t for t in _TARIFFS))
+                             for total in ("energy_import_kwh", "energy_export_kwh"))
+_STEPS: dict[int, Decimal] = {}
 
 
 def _raw_step(reg: RegisterValue) -> Decimal:
     """One display step of the register as shown (0.01 for XXXXXX.XX)."""
     exponent = reg.raw.as_tuple().exponent
-    return Decimal(1).scaleb(exponent) if isinstance(exponent, int) else Decimal("0.01")
+    if not isinstance(exponent, int):
+        return Decimal("0.01")
+    step = _STEPS.get(exponent)
+    if step is None:
+        step = Decimal(1).scaleb(exponent)
+        if len(_STEPS) < 64:
+            _STEPS[exponent] = step
+    return step
 
 
 def _secs(a: float, b: float) -> Decimal:
@@ -160,30 +170,40 @@ def reverse_energy(
 def tariff_sum_mismatch(
     state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
 ) -> list[RuleEvent]:
-    """Σ tariff registers differs from the total by more than rounding explains."""
+    """Σ tariff registers differs from the total by more than rounding explains.
+
+    Runs on every reading, so the evidence is built only when an event may come of it
+    (a mismatch, or a raised condition counting normal readings).
+    """
     out: list[RuleEvent] = []
-    for total_name in ("energy_import_kwh", "energy_export_kwh"):
-        total = obs.registers.get(total_name)
-        parts = [obs.registers.get(total_name + t) for t in _TARIFFS]
+    registers = obs.registers
+    for total_name, tariff_names in _TARIFF_NAMES:
+        total = registers.get(total_name)
+        if total is None:
+            continue
+        parts = [registers.get(n) for n in tariff_names]
         present = [p for p in parts if p is not None]
-        if total is None or not present:
+        if not present:
             continue
         psum = sum((p.raw for p in present), _ZERO)
         step = max(_raw_step(r) for r in (total, *present))
         tolerance = step * len(present) * th.tariff_sum_steps_per_tariff
         diff = total.raw - psum
+        mismatch = abs(diff) > tolerance
+        if not mismatch and not is_raised(state, "tariff_sum_mismatch", total_name):
+            continue
         ev: dict[str, object] = {
             "register": total_name, "total_raw": total.raw, "tariffs_raw": {
-                total_name + t: p.raw for t, p in zip(_TARIFFS, parts, strict=True) if p is not None},
+                n: p.raw for n, p in zip(tariff_names, parts, strict=True) if p is not None},
             "sum_raw": psum, "difference_raw": diff, "register_step_raw": step, "tariffs": len(present),
             "steps_per_tariff": th.tariff_sum_steps_per_tariff, "tolerance_raw": tolerance,
             "arithmetic": "tolerance_raw = register_step_raw × tariffs × steps_per_tariff",
         }
-        if abs(diff) > tolerance:
+        if mismatch:
             raise_condition(state, out, "tariff_sum_mismatch", total_name, obs.ts,
                             f"meter {obs.meter}: tariff registers sum to {psum}, total {total_name} "
                             f"shows {total.raw} (difference {diff}, tolerance {tolerance})", ev)
-        elif is_raised(state, "tariff_sum_mismatch", total_name):
+        else:
             normal_cycle(state, out, "tariff_sum_mismatch", total_name, obs.ts, th.clear_after_normal_cycles,
                          f"meter {obs.meter}'s tariff registers add up to {total_name} again", ev)
     return out
