@@ -66,15 +66,11 @@ How paho meets asyncio
   session like a dropped link (the runner resends from the cursor) instead of spinning on a
   readable socket; a stop cancelled while it waits for the ``offline`` PUBACK still closes
   the socket and stops the tick.
-* :meth:`MqttSink.send` calls ``Client.publish`` and records message id → seq. Once the
-  loop owns the socket, paho only queues what it sends and calls
-  ``on_socket_register_write`` once per burst; the loop then writes the burst (every row
-  the runner handed over in that turn, a PINGREQ) with one ``send``, the QoS 1 PUBLISH
-  packets joined (``_coalesce``), instead of one system call per message. The window
-  (``mqtt.inflight``, enforced by the runner) bounds what paho holds, so paho's own
-  inflight limit is off (0): paho then never holds a message back, and never walks every
-  in-flight message on each PUBACK looking for held ones (what it does whenever a limit
-  is set).
+* :meth:`MqttSink.send` calls ``Client.publish``, which writes at once while the socket
+  takes it, and records message id → seq; the window (``mqtt.inflight``, enforced by the
+  runner) bounds what paho holds, so paho's own inflight limit is off (0): paho then never
+  queues, and never walks every in-flight message on each PUBACK looking for queued ones
+  (what it does whenever a limit is set).
 * The publisher connects with a clean session: after a reconnect the broker holds nothing
   for us, and everything unacknowledged is published again from the store (at-least-once,
   duplicates only across the reconnect; consumers deduplicate on (gateway, seq)).
@@ -158,7 +154,6 @@ class _Connection:
         self._acked: list[int] = []
         self._fd: int | None = None
         self._writing = False
-        self._flush_due = False
         self._misc: asyncio.TimerHandle | None = None
 
     # paho's callbacks (on the loop's thread, inside loop_read / loop_write / loop_misc)
@@ -233,17 +228,12 @@ class _Connection:
             return
         self._fd = sock.fileno()
         self.loop.add_reader(self._fd, self._readable)
-        # From now on paho queues what it sends and tells us (once per burst); _flush writes
-        # the burst with one send (see the module docstring: "one write per burst").
-        self.client.on_socket_register_write = self._register_write
         self.wrote()
         self._misc = self.loop.call_later(1.0, self._tick)
 
     def detach(self) -> None:
         """Stop watching the socket (it is being closed) and stop the tick."""
         fd, self._fd = self._fd, None
-        # paho writes inline again (a DISCONNECT on the way out goes before the socket closes)
-        self.client.on_socket_register_write = None
         if fd is not None:
             self.loop.remove_reader(fd)
             if self._writing:
@@ -255,27 +245,9 @@ class _Connection:
 
     def wrote(self) -> None:
         """After publishing: paho wrote what the socket took; watch for room for the rest."""
-        if self._fd is not None and not self._writing and not self._flush_due and self.client.want_write():
+        if self._fd is not None and not self._writing and self.client.want_write():
             self._writing = True
             self.loop.add_writer(self._fd, self._writable)
-
-    def _register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        """paho queued a packet: write the burst once the current callback is done."""
-        if not self._flush_due:
-            self._flush_due = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Write everything paho queued in this burst: QoS 1 PUBLISH packets joined, one send."""
-        self._flush_due = False
-        if self._fd is None:
-            return
-        try:
-            _coalesce(self.client)
-            self.client.loop_write()
-            self.wrote()                   # what the socket did not take waits for room
-        except Exception as exc:
-            self._failed("writing", exc)
 
     def _readable(self) -> None:
         client = self.client
@@ -548,46 +520,6 @@ class MqttSink:
                         await asyncio.wait_for(waiter, 5.0)
         finally:   # also when cancelled during that wait: nothing of the session may stay on the loop
             conn.shut()
-
-
-_PUBLISH = 0x30
-
-
-def _coalesce(client: paho.Client) -> None:
-    """Join the QoS 1 PUBLISH packets waiting in paho's queue into one, so one ``send`` writes
-    a burst (at 1,000 readings/s a send per message was ≈ 6 % of the gateway's CPU).
-
-    Only whole, unstarted QoS 1 PUBLISH packets are joined: paho uses a queued packet's
-    ``info``/``mid`` only for QoS 0 (on_publish after the write) and DISCONNECT, and tracks
-    QoS 1 messages by their PUBACK, so the joined packet behaves as its parts did; a
-    partially written packet (``pos`` > 0) and every other packet type stay as they are.
-    paho 2.x keeps the queue in ``Client._out_packet``; without it nothing is joined.
-    """
-    queue = getattr(client, "_out_packet", None)
-    if queue is None or len(queue) < 2:
-        return
-    out: list[Any] = []
-    run: list[Any] = []
-
-    def close_run() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            data = b"".join(bytes(p["packet"]) for p in run)
-            out.append({"command": run[0]["command"], "mid": run[-1]["mid"], "qos": 1, "pos": 0,
-                        "to_process": len(data), "packet": data, "info": run[-1]["info"]})
-        run.clear()
-
-    for p in queue:
-        if p["command"] & 0xF0 == _PUBLISH and p["qos"] == 1 and p["pos"] == 0:
-            run.append(p)
-        else:
-            close_run()
-            out.append(p)
-    close_run()
-    if len(out) < len(queue):
-        queue.clear()
-        queue.extend(out)
 
 
 def _dispose(client: paho.Client) -> None:
