@@ -582,6 +582,14 @@ for exp in sys.argv[1].split(","):
     elif name == "uvloop":           # the gateway's asyncio.run uses uvloop's event loop
         import asyncio, uvloop
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif name == "cprofile":         # cProfile of the event-loop thread, dumped to ARG at exit (pstats)
+        import atexit, cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+        def dump(path=arg or "/tmp/amr-gateway.prof"):
+            prof.disable()
+            prof.dump_stats(path)
+        atexit.register(dump)
     elif name == "no-review":        # the review engine takes no reading (its observer does nothing)
         from gateway.review.engine import ReviewEngine
         ReviewEngine.observe = lambda self, meter, reading: None
@@ -591,7 +599,8 @@ from gateway.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "no-review", "uvloop")
+EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "no-review", "uvloop",
+               "cprofile:FILE")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:
