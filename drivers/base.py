@@ -145,9 +145,14 @@ class FreezeRecordReader(Protocol):
     """Capability: the meter keeps freeze records (settlement-day and daily) to read back."""
 
     async def read_settlement(
-        self, address: str, n: int = 1, timeout: float = 1.0, *, tz: tzinfo | None = None
+        self, address: str, n: int = 1, timeout: float = 1.0, *, tz: tzinfo | None = None,
+        stamps: dict[str, datetime] | None = None,
     ) -> tuple[datetime | None, dict[str, Decimal]]:
-        """The registers frozen at the n-th previous settlement day, with that instant."""
+        """The registers frozen at the n-th previous settlement day, with that instant.
+
+        ``stamps`` (when given) receives times that go with values: the period's maximum-demand
+        time (``demand_max_kw``) and the start of the period it is over (``demand_period_start``).
+        """
         ...
 
     async def read_daily_freeze(

@@ -48,6 +48,7 @@ from gateway.readings_export import (
 )
 from gateway.settings import Settings
 from gateway.slots import zone
+from gateway.storecodec import register
 
 MAX_CYCLES = 24
 
@@ -69,7 +70,7 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise ConfigError(f"no local store at {path}; check data_dir in the configuration "
                           "(the gateway creates the store when it first runs)")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    return register(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0))   # renders compact readings
 
 
 def _now(conn: sqlite3.Connection) -> float:

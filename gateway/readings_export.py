@@ -21,12 +21,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, TextIO
 
 from gateway.model import iso_utc, loads_exact, to_json
+from gateway.storecodec import PAYLOAD_SQL
 
 READING_CSV_COLUMNS: Final = ("seq", "meter", "schedule", "slot", "ts", "quality", "point", "raw", "value",
                               "unit", "point_quality")
 """The columns of the readings CSV: the reading's fields, then one point's."""
 
-_SELECT: Final = ("SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND slot>=? AND slot<? "
+_SELECT: Final = (f"SELECT {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND slot>=? AND slot<? "
                   "AND (? IS NULL OR schedule=?) ORDER BY slot, seq LIMIT ?")
 
 

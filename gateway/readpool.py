@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import AmrError
+from gateway.storecodec import register
 
 T = TypeVar("T")
 
@@ -62,7 +63,7 @@ class ReadPool:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
         conn.execute("PRAGMA query_only=1")     # the writer has set WAL mode; never write here
-        return conn
+        return register(conn)                   # readings are rendered from the compact store
 
     def open(self) -> None:
         """Open the connections (the store must exist: the store opens it first)."""

@@ -111,6 +111,19 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DemandSettings:
+    """A plan's ``demand`` key: how maximum demand is computed where the meter gives none.
+
+    ``method`` ``block``: aligned windows of ``window_s``; ``sliding``: windows of ``window_s``
+    ending every ``slide_s`` (None: the meter's shortest energy read interval).
+    """
+
+    method: Literal["block", "sliding"] = "block"
+    window_s: float = 900.0
+    slide_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BillingPlan:
     """A billing plan: cycle start day, stage boundary days, boundary time, tolerance."""
 
@@ -128,7 +141,10 @@ class BillingPlan:
         "energy_export_kwh", "energy_export_kwh_t1", "energy_export_kwh_t2",
         "energy_export_kwh_t3", "energy_export_kwh_t4",
         "energy_import_kvarh", "energy_export_kvarh", "demand_max_kw",
+        "energy_q1_kvarh", "energy_q2_kvarh", "energy_q3_kvarh", "energy_q4_kvarh",
     )
+    #: Maximum demand computed from interval readings (two-part tariff, gateway.billing.demand).
+    demand: DemandSettings = DemandSettings()
 
 
 CustomerRole = Literal["main", "sub", "deduct"]

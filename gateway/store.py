@@ -73,14 +73,28 @@ Schema
            slot REAL,           readings: aligned slot (UTC epoch s)
            ts REAL,             read/creation time (UTC epoch s)
            quality TEXT,        readings: overall quality
-           payload TEXT)        the JSON document sinks publish, verbatim, seq inside
+           payload TEXT,        settlements, events, KPIs: the JSON document sinks publish,
+                                verbatim, seq inside; readings: the compact body
+           shape INTEGER)       readings: their reading_shape (NULL: payload is the JSON)
         index outbox_meter_kind_slot(meter, kind, slot)
+    reading_shape(id INTEGER PRIMARY KEY, spec TEXT UNIQUE)
+                        what repeats from one reading of a meter to the next (names, units,
+                        CT/PT), kept once (gateway/storecodec.py)
     sink_cursor(sink TEXT PRIMARY KEY, acked_seq INTEGER)
                         one row per sink ever declared or registered, until sink drop
                         forgets it
     audit(id INTEGER PRIMARY KEY, ts REAL, meter TEXT, kind TEXT, detail TEXT)
                         changes that matter to billing (ratio_change: CT/PT) and to
                         delivery (sink_drop: a sink's backlog discarded)
+
+Schema 2 keeps a reading in about 250 bytes instead of its 2 KB message (docs/sizing.md):
+its point values against its shape, rendered back to exactly the ``amr.reading.v1`` text
+the gateway publishes by :data:`gateway.storecodec.PAYLOAD_SQL`, which every query for a
+reading's message selects instead of ``payload`` (the connections of this class, of the
+API's read pool and of the exports know the SQL function it calls); :meth:`pending`
+renders them itself, once for all sinks.
+A store of schema 1 (every reading's JSON) is converted in place when it is opened,
+resumable after a kill (:mod:`gateway.storemigrate`).
 
 Beside the database, ``<store>.lock``: every open store holds a shared ``flock`` on it, so
 ``amr-gateway sink drop`` (gateway/sinkdrop.py), which must have the store to itself, can
@@ -108,15 +122,35 @@ from typing import Any, Literal, TypeVar
 
 from gateway.aio import wait_event
 from gateway.errors import StoreError
-from gateway.model import Reading, reading_payload, to_json
+from gateway.model import Reading, to_json
 from gateway.settings import StoreSettings
+from gateway.storecodec import (
+    SHAPE_DDL,
+    Shape,
+    ShapeKey,
+    encode,
+    factors_of,
+    key_of_spec,
+    marks_of,
+    register,
+    render,
+    shape_from_spec,
+    shape_key,
+    spec_of,
+)
+from gateway.storemigrate import migrate
 
 log = logging.getLogger("amr.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: every reading's JSON message in ``outbox.payload``; 2: readings compact against
+``reading_shape`` (:mod:`gateway.storecodec`), converted in place by :mod:`gateway.storemigrate`."""
 RENDERED_KEPT = 4096
 """Rendered rows kept per sink (:meth:`Store.render_on_commit`): four seconds at 1,000
 readings/s, far more than a live sink lags; about 1 MB of InfluxDB lines."""
+PAYLOADS_KEPT = 2048
+"""Reading messages kept once rendered for one sink (:meth:`Store.pending`), for the others:
+two seconds at 1,000 readings/s; a sink further behind renders its own."""
 GROUP_COMMIT_S = 0.02
 """How long the writer gathers appends into one transaction (one fsync for all of them),
 unless ``store.commit_interval`` is shorter."""
@@ -133,10 +167,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     slot REAL,
     ts REAL NOT NULL,
     quality TEXT,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    shape INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_meter_kind_slot ON outbox(meter, kind, slot);
 CREATE TABLE IF NOT EXISTS sink_cursor (sink TEXT PRIMARY KEY, acked_seq INTEGER NOT NULL);
+{shape_ddl};
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
@@ -145,6 +181,8 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 """
+
+_SCHEMA = _SCHEMA.replace("{shape_ddl}", SHAPE_DDL)
 
 Pressure = Literal["ok", "near_cap", "full"]
 
@@ -189,7 +227,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+    return register(conn)
 
 
 class Store:
@@ -234,6 +272,14 @@ class Store:
         self.commit_failures = 0
         self.last_error: str | None = None
         self._renderers: dict[str, tuple[Callable[[Reading, int], str], dict[int, str]]] = {}
+        self._shapes: dict[ShapeKey, Shape] = {}
+        """Every reading shape in the store (writer thread only)."""
+        self._next_shape = 1
+        self._shapes_by_id: dict[int, Shape] = {}
+        """The same shapes by id, for the reader thread (the writer adds a shape once it has
+        committed; the reader loads one it does not find, e.g. written by a migration)."""
+        self._payloads: dict[int, str] = {}
+        """The last readings' messages rendered for a sink, by seq (reader thread only)."""
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -280,6 +326,19 @@ class Store:
                 f"{SCHEMA_VERSION}: it was written by a newer amr-gateway; install that version again "
                 "(a downgrade cannot read it), or point data_dir elsewhere"
             )
+        try:
+            migrate(conn, self.path, log)
+        except sqlite3.Error as exc:
+            conn.close()
+            self._release_lock()
+            raise StoreError(
+                f"cannot convert the local store {self.path} to schema {SCHEMA_VERSION}: {exc}; it resumes where "
+                "it stopped at the next start; check free disk space and the data_dir permissions"
+            ) from exc
+        for shape_id, spec in conn.execute("SELECT id, spec FROM reading_shape"):
+            shape = self._shapes[key_of_spec(spec)] = shape_from_spec(int(shape_id), spec)
+            self._shapes_by_id[shape.id] = shape
+            self._next_shape = max(self._next_shape, int(shape_id) + 1)
         seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         self._last_seq = int(seq_row[0]) if seq_row else 0
         for sink, acked in conn.execute("SELECT sink, acked_seq FROM sink_cursor"):
@@ -566,6 +625,9 @@ class Store:
         rows: list[tuple[Any, ...]] = []
         out: list[list[int] | Exception] = []
         gw = self.gateway_id
+        shapes = self._shapes
+        new_shapes: dict[ShapeKey, Shape] = {}
+        next_shape = self._next_shape
         for item in batch:
             mine: list[tuple[Any, ...]] = []
             try:
@@ -573,12 +635,18 @@ class Store:
                     doc = {"schema": item.body.get("schema", f"amr.{item.kind}.v1"), "gateway": gw, "seq": seq + 1}
                     doc.update({k: v for k, v in item.body.items() if k != "schema"})
                     mine.append((seq + 1, item.kind, item.meter, None, item.retention, None, item.ts,
-                                 item.body.get("quality"), to_json(doc)))
+                                 item.body.get("quality"), to_json(doc), None))
                 else:
                     retention = item.retention
                     for k, r in enumerate(item.readings, start=seq + 1):
+                        key = shape_key(r, gw)
+                        shape = shapes.get(key) or new_shapes.get(key)
+                        if shape is None:
+                            marks = marks_of(r, factors_of(key[5], key[6]))
+                            shape = new_shapes[key] = shape_from_spec(next_shape, spec_of(key, marks))
+                            next_shape += 1
                         mine.append((k, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
-                                     reading_payload(r, gw, k)))
+                                     encode(r, shape), shape.id))
             except Exception as exc:
                 log.error("refused a message the store cannot write (%s: %s); the rest commits",
                           type(exc).__name__, exc)
@@ -589,10 +657,13 @@ class Store:
             seq += len(mine)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if new_shapes:
+                conn.executemany("INSERT INTO reading_shape(id, spec) VALUES (?, ?)",
+                                 [(s.id, s.spec) for s in new_shapes.values()])
             if rows:
                 conn.executemany(
-                    "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload, shape)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
             self._write_cursors(cursors)
@@ -607,6 +678,10 @@ class Store:
             what = "readings" if rows else "the sink cursors"
             raise StoreError(f"cannot commit {what} to {self.path}: {exc}; {hint}") from exc
         self._last_seq = seq
+        shapes.update(new_shapes)
+        for shape in new_shapes.values():
+            self._shapes_by_id[shape.id] = shape
+        self._next_shape = next_shape
         for item, seqs in zip(batch, out, strict=True):
             if isinstance(item, _Pending) and not isinstance(seqs, Exception):
                 for r, s in zip(item.readings, seqs, strict=True):
@@ -633,7 +708,7 @@ class Store:
         return None if entry is None else entry[1].get(seq)
 
     def _render(self, batch: list[_Item]) -> None:
-        for name, (render, kept) in self._renderers.items():
+        for name, (render_line, kept) in self._renderers.items():
             for p in batch:
                 if isinstance(p, _Message):
                     continue
@@ -642,7 +717,7 @@ class Store:
                     if seq is None:
                         continue
                     try:
-                        kept[seq] = render(r, seq)
+                        kept[seq] = render_line(r, seq)
                     except Exception as exc:   # the sink renders it from the payload instead
                         log.debug("%s: cannot render seq %d at commit: %s", name, seq, exc)
             while len(kept) > RENDERED_KEPT:
@@ -687,7 +762,30 @@ class Store:
         start = self._cursors.get(sink, 0) if after is None else after
         if start >= self._last_seq:
             return []
-        return await self.read(_select_pending, start, limit)
+        return await self.read(self._select_pending, start, limit)
+
+    def _select_pending(self, conn: sqlite3.Connection, start: int, limit: int) -> list[OutboxRow]:
+        """The rows after ``start`` as sinks send them (on the reader thread). A compact
+        reading is rendered once and kept for the next sink that asks (every sink reads the
+        same rows, usually within a second of each other)."""
+        cur = conn.execute("SELECT seq, kind, meter, ts, payload, shape, slot, quality FROM outbox "
+                           "WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit))
+        kept, shapes = self._payloads, self._shapes_by_id
+        out = []
+        for seq, kind, meter, ts, stored, shape_id, slot, quality in cur:
+            text = stored
+            if shape_id is not None:
+                text = kept.get(seq)
+                if text is None:
+                    shape = shapes.get(shape_id)
+                    if shape is None:
+                        spec = conn.execute("SELECT spec FROM reading_shape WHERE id=?", (shape_id,)).fetchone()[0]
+                        shape = shapes[shape_id] = shape_from_spec(shape_id, spec)
+                    text = kept[seq] = render(shape, seq, slot, ts, quality, stored)
+            out.append(OutboxRow(seq, kind, meter, ts, text))
+        while len(kept) > PAYLOADS_KEPT:
+            del kept[next(iter(kept))]
+        return out
 
     async def ack(self, sink: str, upto_seq: int) -> None:
         """Advance the sink's cursor to ``upto_seq``; the writer saves it with its next commit
@@ -927,9 +1025,3 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _count_kind(conn: sqlite3.Connection, kind: str) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox WHERE kind=?", (kind,)).fetchone()[0])
 
-
-def _select_pending(conn: sqlite3.Connection, start: int, limit: int) -> list[OutboxRow]:
-    cur = conn.execute(
-        "SELECT seq, kind, meter, ts, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit)
-    )
-    return [OutboxRow(*row) for row in cur]

@@ -30,7 +30,7 @@ DI         daily freeze block (total + 4 tariffs)       canonical point (total o
 050602nn   reverse active energy                        ``energy_export_kwh`` (+ tariffs)
 050603nn   combined reactive 1, signed                  ``energy_import_kvarh``
 050604nn   combined reactive 2, signed                  ``energy_export_kvarh``
-050605nn … quadrant I … IV reactive                     (none)
+050605nn … quadrant I … IV reactive                     ``energy_q1_kvarh`` … ``energy_q4_kvarh``
 050608nn
 050609nn   forward active max demand + time,            ``demand_max_kw`` + ``demand_max_kw_at``
            5 × (XX.XXXX + YYMMDDhhmm)
@@ -265,11 +265,21 @@ SETTLEMENT_BLOCKS: Final[dict[int, str]] = {
     0x0001FF00: "energy_import_kwh",
     0x0002FF00: "energy_export_kwh",
 }
-#: Single reactive registers read for a settlement-day snapshot: DI (DI0 = 0) → point.
+#: Single reactive registers read for a settlement-day snapshot: DI (DI0 = 0) → point
+#: (combined reactive 1 / 2, signed; quadrant I … IV reactive totals, 0005…0008).
 SETTLEMENT_SINGLES: Final[dict[int, str]] = {
     0x00030000: "energy_import_kvarh",
     0x00040000: "energy_export_kvarh",
+    0x00050000: "energy_q1_kvarh",
+    0x00060000: "energy_q2_kvarh",
+    0x00070000: "energy_q3_kvarh",
+    0x00080000: "energy_q4_kvarh",
 }
+#: Maximum demand read for a settlement-day snapshot: DI (DI0 = 0; 0101000n = the n-th previous
+#: settlement period's forward active maximum demand, XX.XXXX kW + YYMMDDhhmm) → (value point,
+#: time point). The current register (0101 0000) is reset at each settlement instant, so the
+#: closed period's maximum is only in this record.
+SETTLEMENT_DEMAND: Final[dict[int, tuple[str, str]]] = {0x01010000: ("demand_max_kw", "demand_max_kw_at")}
 
 TARIFF_SUFFIXES: Final = ("", "_t1", "_t2", "_t3", "_t4")
 
@@ -292,8 +302,12 @@ def daily_freeze_energy_di(n: int, kind: int = 1) -> int:
 
 #: Daily-freeze energy blocks: kind (DI1) → point prefix.
 DAILY_FREEZE_BLOCKS: Final[dict[int, str]] = {1: "energy_import_kwh", 2: "energy_export_kwh"}
-#: Daily-freeze reactive blocks (combined reactive 1 / 2, signed): kind → point (the total).
-DAILY_FREEZE_REACTIVE: Final[dict[int, str]] = {3: "energy_import_kvarh", 4: "energy_export_kvarh"}
+#: Daily-freeze reactive blocks (combined reactive 1 / 2, signed; quadrant I … IV): kind → point
+#: (the total).
+DAILY_FREEZE_REACTIVE: Final[dict[int, str]] = {
+    3: "energy_import_kvarh", 4: "energy_export_kvarh",
+    5: "energy_q1_kvarh", 6: "energy_q2_kvarh", 7: "energy_q3_kvarh", 8: "energy_q4_kvarh",
+}
 #: Daily-freeze maximum-demand blocks: kind → what it holds.
 DAILY_FREEZE_DEMAND_KINDS: Final[dict[int, str]] = {
     0x09: "forward active maximum demand and time", 0x0A: "reverse active maximum demand and time",
@@ -337,6 +351,8 @@ def _canonical_2007() -> tuple[DiPoint, ...]:
     pts += [
         _pt("energy_import_kvarh", 0x00030000, "XXXXXX.XX", "kvarh", block=0x0003FF00, index=0),
         _pt("energy_export_kvarh", 0x00040000, "XXXXXX.XX", "kvarh", block=0x0004FF00, index=0),
+        *(_pt(f"energy_q{q}_kvarh", (4 + q) << 16, "XXXXXX.XX", "kvarh", block=((4 + q) << 16) | 0xFF00, index=0)
+          for q in range(1, 5)),
         _pt("demand_max_kw", 0x01010000, "XX.XXXX", "kW"),
         _pt("demand_max_kw_at", 0x01010000, "YYMMDDhhmm", "", "primary"),
         _pt("power_kw", 0x02030000, "XX.XXXX", "kW", block=0x0203FF00, index=0),

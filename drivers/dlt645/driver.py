@@ -185,14 +185,17 @@ class Dlt645Driver:
             await self._transport.send(req.encode(self.preamble))
 
     async def read_settlement(
-        self, address: str, n: int = 1, timeout: float = 1.0, *, tz: tzinfo | None = None
+        self, address: str, n: int = 1, timeout: float = 1.0, *, tz: tzinfo | None = None,
+        stamps: dict[str, datetime] | None = None,
     ) -> tuple[datetime | None, dict[str, Decimal]]:
         """The registers frozen at the n-th previous settlement day (上n结算日, DI0 = n).
 
-        Returns (settlement instant, {point: value}): see :func:`drivers.dlt645.records.read_settlement`.
+        Returns (settlement instant, {point: value}): see :func:`drivers.dlt645.records.read_settlement`
+        (``stamps`` receives the settlement period's maximum-demand time and period start).
         """
         async with self._lock:
-            return await records.read_settlement(self._read_payload, self._no_block, address, n, timeout, tz)
+            return await records.read_settlement(self._read_payload, self._no_block, address, n, timeout, tz,
+                                                 stamps)
 
     async def read_daily_freeze(
         self, address: str, day: date, timeout: float = 1.0, *, tz: tzinfo | None = None,

@@ -51,14 +51,21 @@ def nth_previous_settlement(now: datetime, days: Sequence[tuple[int, int]], n: i
 
 
 async def read_settlement(
-    read: ReadPayload, refused: RefusedBlocks, address: str, n: int, timeout: float, tz: tzinfo | None
+    read: ReadPayload, refused: RefusedBlocks, address: str, n: int, timeout: float, tz: tzinfo | None,
+    stamps: dict[str, datetime] | None = None,
 ) -> tuple[datetime | None, dict[str, Decimal]]:
     """The registers frozen at the n-th previous settlement day (上n结算日, DI0 = n).
 
     Returns (settlement instant, {point: value}); the instant is computed from the
     meter's clock and its settlement days (04000B01–03) and is None when the meter does
     not tell them. Points: ``energy_import_kwh`` (+ ``_t1``..``_t4``), ``energy_export_kwh``
-    (+ tariffs) and, when supported, ``energy_import_kvarh``/``energy_export_kvarh``.
+    (+ tariffs) and, when supported, ``energy_import_kvarh``/``energy_export_kvarh``, the
+    quadrant reactive totals ``energy_q1_kvarh``..``energy_q4_kvarh`` (0005000n…0008000n)
+    and the settlement period's forward active maximum demand ``demand_max_kw``
+    (0101000n, XX.XXXX + YYMMDDhhmm). When ``stamps`` is given it receives the demand's time
+    (meter local) as ``stamps["demand_max_kw"]`` and ``stamps["demand_max_kw_at"]``, and the
+    start of the period that maximum is over (the (n+1)-th previous settlement instant) as
+    ``stamps["demand_period_start"]``.
     """
     if not 1 <= n <= 12:
         raise ValueError("settlement snapshots go back 1..12")
@@ -73,14 +80,29 @@ async def read_settlement(
     for di, name in catalogue.SETTLEMENT_SINGLES.items():
         try:
             payload = await read(addr, di | n, "dlt645", timeout, 4)
-            values[name] = decode_number(payload[:4], "XXXXXX.XX", signed=True)
+            values[name] = decode_number(payload[:4], "XXXXXX.XX", signed=catalogue.is_signed(di))
         except (DeviceException, DecodeError):
             continue
+    demand_at: datetime | None = None
+    for di, (name, _at_name) in catalogue.SETTLEMENT_DEMAND.items():
+        try:
+            payload = await read(addr, di | n, "dlt645", timeout, 8)
+            values[name] = decode_number(payload[:3], "XX.XXXX")
+        except (DeviceException, DecodeError):
+            continue
+        with contextlib.suppress(DecodeError):
+            demand_at = decode_datetime(payload[3:8], "YYMMDDhhmm")
     if not values:
         raise refusal or DeviceException(
             NO_REQUESTED_DATA, "no requested data", f"meter {addr} has no settlement-day data"
         )
-    when = await _settlement_instant(read, addr, n, timeout)
+    when, before = await _settlement_instants(read, addr, n, timeout)
+    if stamps is not None:
+        for name, at_name in catalogue.SETTLEMENT_DEMAND.values():
+            if name in values and demand_at is not None:
+                stamps[name] = stamps[at_name] = demand_at
+            if name in values and before is not None:
+                stamps["demand_period_start"] = before
     if when is not None and tz is not None:
         when = when.replace(tzinfo=tz)
     return when, values
@@ -170,6 +192,32 @@ async def _energy_block(
     if not out and refusal is not None:
         raise refusal
     return out
+
+
+async def _settlement_instants(read: ReadPayload, addr: str, n: int,
+                               timeout: float) -> tuple[datetime | None, datetime | None]:
+    """The n-th and (n+1)-th previous settlement instants by the meter's clock and settlement days.
+
+    (None, None) when the meter does not tell them; the (n+1)-th is where the n-th settlement
+    period (its demand record) began.
+    """
+    days: list[tuple[int, int]] = []
+    for di in catalogue.SETTLEMENT_DAY_DIS:
+        try:
+            days.append(decode_ddhh((await read(addr, di, "dlt645", timeout, 2))[:2]))
+        except (DeviceException, DecodeError):
+            continue
+    if not days:
+        return None, None
+    try:
+        dpay = await read(addr, 0x04000101, "dlt645", timeout, 4)
+        tpay = await read(addr, 0x04000102, "dlt645", timeout, 3)
+        d = decode_datetime(dpay[:4], "YYMMDDWW")
+        t = decode_time(tpay[:3])
+    except (DeviceException, DecodeError):
+        return None, None
+    now = datetime.combine(d.date(), t)
+    return nth_previous_settlement(now, days, n), nth_previous_settlement(now, days, n + 1)
 
 
 async def _settlement_instant(read: ReadPayload, addr: str, n: int, timeout: float) -> datetime | None:

@@ -34,9 +34,17 @@ What a simulated meter does (``SimDlt645Spec`` switches the options):
 * :meth:`Dlt645Simulator.stop_meter` / :meth:`Dlt645Simulator.start_meter` take one meter
   off the line and back (it stays silent meanwhile; its registers keep running).
 
-Not modelled: the time of maximum demand (reported as the start of the local month), per
-phase reactive power and per-tariff reactive energy (refused), byte timing (a pty passes
-bytes instantly; ``reply_delay_s`` delays whole replies).
+* forward active maximum demand with its time (01010000 current, 0101000n / 0101FF0n the
+  n-th previous settlement period's record): the meter resets its demand at each settlement
+  instant, so the current register is ``model.max_demand(last settlement, now)`` and the
+  record n ``model.max_demand(settlement n+1, settlement n)``, the time being the end of the
+  first 15-minute window that reached it (:meth:`_SimMeter.demand`); quadrant I … IV
+  reactive energy totals (0005…0008 0000, at settlement days 0005000n…, daily freezes
+  050605nn…050608nn).
+
+Not modelled: per-phase reactive power, per-tariff reactive energy and demand (refused or
+"no data" fill), byte timing (a pty passes bytes instantly; ``reply_delay_s`` delays whole
+replies).
 """
 
 from __future__ import annotations
@@ -125,7 +133,7 @@ class SimDlt645Spec:
     max_data_len: int = 200
     reply_delay_s: float = 0.0
     freeze_gaps: frozenset[date] = frozenset()
-    freeze_kinds: frozenset[int] = frozenset({0x01, 0x02, 0x03, 0x04, 0x09})
+    freeze_kinds: frozenset[int] = frozenset({0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09})
     freeze_at: time = time(0, 0)
     settlement_days: tuple[tuple[int, int], ...] = ((1, 0),)
     clock_offset_s: float = 0.0
@@ -223,12 +231,7 @@ class _SimMeter:
         if di3 == 0x00:
             return self._energy(di2, b1, di0)
         if di3 == 0x01:
-            if di == 0x01010000:
-                v = self.model.values_at(self.now())["demand_max_kw"]
-                start = self.local_naive(self.now()).replace(day=1, hour=0, minute=0, second=0,
-                                                             microsecond=0)
-                return self._enc(v, "XX.XXXX", di) + encode_value(start, "YYMMDDhhmm")
-            return None
+            return self._demand(di2, b1, di0)
         if di3 == 0x02:
             return self._instant(di)
         if di3 == 0x03:
@@ -242,6 +245,36 @@ class _SimMeter:
         if di3 == 0x05 and di2 == 0x06:
             return self._freeze(b1, di0)
         return None
+
+    def last_reset(self, t: float) -> float:
+        """The meter's demand reset (settlement instant) at or before ``t`` (true simulated clock)."""
+        return self.epoch_of(nth_previous_settlement(self.local_naive(t), self.spec.settlement_days, 1))
+
+    def demand(self, period: int, t: float | None = None) -> tuple[Decimal, float | None]:
+        """The forward active maximum demand (kW, secondary) and its time (window end, epoch).
+
+        ``period`` 0: the current register at ``t`` (default now), the maximum since the last
+        settlement instant (the meter resets its demand there); n ≥ 1: the record of the n-th
+        previous settlement period, the maximum over [settlement n+1, settlement n).
+        """
+        if period == 0:
+            now = self.now() if t is None else t
+            return self.model.max_demand(self.last_reset(now), now)
+        return self.model.max_demand(self.settlement_time(period + 1), self.settlement_time(period))
+
+    def _demand_record(self, value: Decimal, at: float | None, di: int) -> bytes:
+        """XX.XXXX + YYMMDDhhmm (the time all zeros while there is no maximum yet)."""
+        when = bytes(5) if at is None else encode_value(self.local_naive(at), "YYMMDDhhmm")
+        return self._enc(value, "XX.XXXX", di) + when
+
+    def _demand(self, kind: int, tariff: int, period: int) -> bytes | None:
+        """0101 xx nn: forward active maximum demand and time, current (nn = 0) or 上nn结算日."""
+        if kind != 0x01 or period > 12 or tariff not in (0x00, 0xFF):
+            return None
+        di = 0x01000000 | (kind << 16) | (tariff << 8) | period
+        value, at = self.demand(period)
+        record = self._demand_record(value, at, di)
+        return record if tariff == 0x00 else record + _NO_DATA * (len(record) * 4)
 
     def _enc(self, value: Decimal, fmt: str, di: int, *, wrap: bool = False) -> bytes:
         signed = catalogue.is_signed(di, self.spec.protocol)
@@ -260,6 +293,8 @@ class _SimMeter:
             return [v["energy_import_kvarh"]]
         if kind == 0x04:
             return [v["energy_export_kvarh"]]
+        if 0x05 <= kind <= 0x08:
+            return [v[f"energy_q{kind - 4}_kvarh"]]
         return None
 
     def _energy(self, kind: int, tariff: int, period: int) -> bytes | None:
@@ -336,9 +371,8 @@ class _SimMeter:
             total = self._enc(frozen[catalogue.DAILY_FREEZE_REACTIVE[kind]], "XXXXXX.XX", di, wrap=True)
             return total + _NO_DATA * 16                       # the model keeps no per-tariff reactive
         if kind in catalogue.DAILY_FREEZE_DEMAND:
-            name, _at = catalogue.DAILY_FREEZE_DEMAND[kind]
-            month = datetime(day.year, day.month, 1)            # as 01010000: the month's start
-            record = self._enc(frozen[name], "XX.XXXX", di) + encode_value(month, "YYMMDDhhmm")
+            value, at = self.demand(0, self.model.local_midnight(day))     # as 01010000 at the freeze
+            record = self._demand_record(value, at, di)
             return record + _NO_DATA * (len(record) * 4)
         return None
 
@@ -610,6 +644,14 @@ class Dlt645Simulator:
     def meter_time(self, meter_id: str) -> datetime:
         """The meter's own clock (local, naive) right now."""
         return self._meter(meter_id).meter_time()
+
+    def demand(self, meter_id: str, period: int = 0, t: float | None = None) -> tuple[Decimal, float | None]:
+        """The TRUE maximum demand of ``meter_id`` (kW secondary, unrounded) and its time (epoch).
+
+        ``period`` 0: the current register at ``t`` (default now); n: the n-th previous
+        settlement period's record (see ``_SimMeter.demand``).
+        """
+        return self._meter(meter_id).demand(period, t)
 
     def freeze_days(self, meter_id: str) -> list[date]:
         """Days that have a daily freeze record on ``meter_id``, newest first."""

@@ -302,8 +302,12 @@ class Dlt698Driver:
     # --- freezes (FreezeRecordReader) ---------------------------------------------------------
 
     async def read_settlement(self, address: str, n: int = 1, timeout: float = 1.0, *,
-                              tz: tzinfo | None = None) -> tuple[datetime | None, dict[str, Decimal]]:
-        """The registers of the n-th last settlement-day freeze (5005) and its freeze time."""
+                              tz: tzinfo | None = None,
+                              stamps: dict[str, datetime] | None = None) -> tuple[datetime | None, dict[str, Decimal]]:
+        """The registers of the n-th last settlement-day freeze (5005) and its freeze time.
+
+        ``stamps`` is accepted for the FreezeRecordReader interface; no demand time is read here.
+        """
         if not 1 <= n <= 255:
             raise ValueError("settlement freezes go back 1..255")
         req = GetRecord(0, FREEZES["settlement"], SelectLast(n), tuple(Csd(c) for c in FREEZE_COLUMNS))

@@ -12,8 +12,8 @@ own address; a wildcard request that several meters answer collides (bytes OR-ed
 What a simulated meter holds (``docs/protocols/dlt698-45.md`` §5, scalers of the catalogue):
 
 * energy arrays ``0010``/``0020`` (total + 4 tariffs), combined reactive ``0030``/``0040``
-  and quadrants ``0050``–``0080`` (total only: the model has import and export reactive,
-  taken as quadrant I and IV, II and III are 0), max demand ``1010`` (total, stamped the start
+  and quadrants ``0050``–``0080`` (total only: the model's quadrant I … IV registers), max
+  demand ``1010`` (total, stamped the start
   of the local month), voltages, currents, powers (total + phases for active), power
   factor, frequency (long-unsigned), clock ``4000``, address ``4001``, event counts
   (attribute 4);
@@ -132,10 +132,10 @@ class _SimMeter:
             0x00200200: _ints(DLU, [v["energy_export_kwh" + s] for s in TARIFF_SUFFIXES], -2),
             0x00300200: _ints(DL, [v["energy_import_kvarh"]], -2),
             0x00400200: _ints(DL, [v["energy_export_kvarh"]], -2),
-            0x00500200: _ints(DLU, [v["energy_import_kvarh"]], -2),
-            0x00600200: _ints(DLU, [Decimal(0)], -2),
-            0x00700200: _ints(DLU, [Decimal(0)], -2),
-            0x00800200: _ints(DLU, [v["energy_export_kvarh"]], -2),
+            0x00500200: _ints(DLU, [v["energy_q1_kvarh"]], -2),
+            0x00600200: _ints(DLU, [v["energy_q2_kvarh"]], -2),
+            0x00700200: _ints(DLU, [v["energy_q3_kvarh"]], -2),
+            0x00800200: _ints(DLU, [v["energy_q4_kvarh"]], -2),
             0x10100200: array(structure(Data(DLU, _raw(v["demand_max_kw"], -4)), date_time_s(month_start))),
         }
         return regs

@@ -85,8 +85,8 @@ def _factor(name: str, ct: Decimal, pt: Decimal) -> Decimal:
         return pt
     if name.startswith("current_"):
         return ct
-    if name.startswith(("power_factor", "frequency")):
-        return Decimal(1)
+    if name.startswith(("power_factor", "frequency")) or name.endswith("_at"):
+        return Decimal(1)           # ratios and times (demand_max_kw_at) are never multiplied
     return ct * pt
 
 
@@ -110,6 +110,16 @@ class SimMeter:
         self._points = {fc: sorted(pts, key=lambda x: x[0].address) for fc, pts in by_fc.items()}
         self._space = {fc: (pts[0][0].address, max(p.address + p.width for p, _ in pts))
                        for fc, pts in self._points.items()}
+        self._demand_time = "demand_max_kw_at" in spec.profile.points
+        self._demand_slot: tuple[int, Decimal] | None = None
+
+    def _demand_at(self, t: float) -> Decimal:
+        """When ``demand_max_kw`` was reached, Unix seconds (0: none yet); cached per 15-minute slot."""
+        slot = int(t // 900)
+        if self._demand_slot is None or self._demand_slot[0] != slot:
+            _kw, at = self.model.demand_at(t)
+            self._demand_slot = (slot, Decimal(0 if at is None else int(at)))
+        return self._demand_slot[1]
 
     def registers(self, function: int, address: int, count: int) -> list[int] | int:
         """The register image for a read, or a Modbus exception code."""
@@ -120,7 +130,10 @@ class SimMeter:
         space = self._space.get(function)
         if space is None or address < space[0] or address + count > space[1]:
             return 2
-        values = self.model.values_at(self.clock.time())
+        now = self.clock.time()
+        values = self.model.values_at(now)
+        if self._demand_time:
+            values["demand_max_kw_at"] = self._demand_at(now)
         image = [0] * count
         end = address + count
         for point, factor in self._points[function]:

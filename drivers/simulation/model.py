@@ -43,7 +43,17 @@ Instantaneous values: ``power_kw`` is the running slot's average net power (exac
 reactive net power, ``power_factor`` = cos φ; voltages are 220 V nominal (57.7 V secondary
 when ``pt > 1``) ± 1.5 % per slot, currents follow from P / (U × PF), frequency 50 Hz ±
 0.05. ``demand_max_kw`` is the highest 15-minute import demand in completed slots since
-the start of the local calendar month.
+the start of the local calendar month; :meth:`MeterModel.demand_at` gives it with its time
+(the end of the first slot that reached it) and :meth:`MeterModel.max_demand` the same over
+any period (a settlement-day demand record).
+
+Reactive energy by quadrant (``energy_q1_kvarh`` … ``energy_q4_kvarh``, for the power-factor
+adjustment): outside the valley hours the load is lagging with the meter's tan φ (import
+reactive → Q1, export → Q2); in the valley hours (tariff 4) capacitor banks over-compensate,
+leading with a per-meter 5–15 % (import → Q4, export → Q3). Each is a display register
+quantised down to 0.01 kvarh from seeded initial values. The combined reactive registers
+``energy_import_kvarh`` / ``energy_export_kvarh`` keep their own definition (all import /
+export reactive at tan φ) so existing fixtures keep their values.
 """
 
 from __future__ import annotations
@@ -89,6 +99,7 @@ ENERGY_POINTS: Final[tuple[str, ...]] = (
     *(f"{base}{suffix}" for base in ("energy_import_kwh", "energy_export_kwh")
       for suffix in ("", "_t1", "_t2", "_t3", "_t4")),
     "energy_import_kvarh", "energy_export_kvarh",
+    "energy_q1_kvarh", "energy_q2_kvarh", "energy_q3_kvarh", "energy_q4_kvarh",
 )
 
 #: Every point :meth:`MeterModel.values_at` returns.
@@ -331,6 +342,10 @@ class MeterModel:
             (mix64(s, 20) % 1_000_000) * _DISPLAY,
             (mix64(s, 21) % 100_000) * _DISPLAY,
         )
+        #: Quadrant reactive registers Q1..Q4 at ``epoch`` (units), and the leading tan φ (in
+        #: hundredths, 5..15) of the valley hours, when capacitor banks over-compensate.
+        self._quad_init = tuple((mix64(s, 22 + k) % 200_000) * _DISPLAY for k in range(4))
+        self._cap_pct = 5 + mix64(s, 8) % 11
         self._curves: dict[tuple[object, ...], _DayCurve] = {}
         self._cached_day: tuple[int, _Day, _DayCurve, tuple[int, ...]] | None = None
         self._month_max: dict[int, int] = {}
@@ -384,11 +399,14 @@ class MeterModel:
         out: dict[str, Decimal] = {}
         total_imp = total_exp = 0
         raw_imp = raw_exp = 0
+        val_imp = val_exp = 0
         for k in range(4):
             ui = init[k] + base[k] + pre[k] - origin[k] + (p_imp if k == tk else 0)
             ue = init[4 + k] + base[4 + k] + pre[4 + k] - origin[4 + k] + (p_exp if k == tk else 0)
             raw_imp += ui - init[k]
             raw_exp += ue - init[4 + k]
+            if k == 3:
+                val_imp, val_exp = ui - init[k], ue - init[4 + k]
             qi = ui // _DISPLAY
             qe = ue // _DISPLAY
             total_imp += qi
@@ -400,6 +418,13 @@ class MeterModel:
         tan = self._tan_pct
         out["energy_import_kvarh"] = _kwh(self._qinit[0] + raw_imp * tan // 100)
         out["energy_export_kvarh"] = _kwh(self._qinit[1] + raw_exp * tan // 100)
+        # Quadrants: outside the valley hours the load is lagging (import → Q1, export → Q2),
+        # in the valley hours leading (import → Q4, export → Q3); see the module docstring.
+        cap, quad = self._cap_pct, self._quad_init
+        out["energy_q1_kvarh"] = _kwh(quad[0] + (raw_imp - val_imp) * tan // 100)
+        out["energy_q2_kvarh"] = _kwh(quad[1] + (raw_exp - val_exp) * tan // 100)
+        out["energy_q3_kvarh"] = _kwh(quad[2] + val_exp * cap // 100)
+        out["energy_q4_kvarh"] = _kwh(quad[3] + val_imp * cap // 100)
         out["demand_max_kw"] = Decimal(4 * self._demand_units(n, day, curve, i)).scaleb(-8)
 
         net = e_imp - e_exp
@@ -426,6 +451,50 @@ class MeterModel:
         f = 50 + 0.1 * (_unit_interval(mix64(s, slot, 9)) - 0.5)
         out["frequency_hz"] = Decimal(repr(round(f, 2)))
         return out
+
+    def max_demand(self, lo: float, hi: float) -> tuple[Decimal, float | None]:
+        """The highest 15-minute import demand (kW, secondary) over the slots inside ``[lo, hi)``.
+
+        Returns (kW, epoch of the end of the first slot that reached it); (0, None) when no
+        slot lies wholly inside. A later slot replaces the maximum only when strictly greater
+        (as a meter does), so the time is the *first* occurrence. This is the meter's true
+        demand of a period: a DL/T 645 simulator's current register is
+        ``max_demand(last reset, now)`` and its settlement-day record
+        ``max_demand(previous reset, reset)``.
+        """
+        best = 0
+        best_end: float | None = None
+        if hi <= lo:
+            return Decimal(0), None
+        first = self._cal.index_of(lo)
+        last = self._cal.index_of(max(lo, hi - 1e-6))
+        for n in range(first, last + 1):
+            day = self._cal.day(n)
+            curve = self._curve(day)
+            count = len(curve.imp)
+            i0 = 0 if lo <= day.start else -int(-(lo - day.start) // SLOT_S)      # first slot starting >= lo
+            i1 = count if hi >= day.end else int((hi - day.start) // SLOT_S)       # slots ending <= hi
+            if i0 >= i1:
+                continue
+            if i0 == 0 and i1 == count:
+                top = curve.day_max
+                if top <= best:
+                    continue
+                idx = curve.imp.index(top)
+            else:
+                part = curve.imp[i0:i1]
+                top = max(part)
+                if top <= best:
+                    continue
+                idx = i0 + part.index(top)
+            best, best_end = top, day.start + (idx + 1) * SLOT_S
+        return Decimal(4 * best).scaleb(-8), best_end
+
+    def demand_at(self, t: float) -> tuple[Decimal, float | None]:
+        """``demand_max_kw`` of :meth:`values_at` (since the local month start) with its time."""
+        lt = datetime.fromtimestamp(t, self._zone)
+        month = datetime(lt.year, lt.month, 1, tzinfo=self._zone).timestamp()
+        return self.max_demand(month, t)
 
     def frozen_daily(self, day: date) -> dict[str, Decimal]:
         """The registers a meter freezes at local 00:00 of ``day`` (DL/T 645 daily freeze)."""

@@ -313,8 +313,34 @@ def _revision_props() -> dict[str, Any]:
                           "detail, maxerror_s"},
         "meter_clock": {**_NSTR, "description": "the meter's clock read with the settlement (meter local time)"},
         "meter_offset_s": {**_NUM_OR_NULL, "description": "meter clock − gateway clock, seconds"},
+        "demand_period": {"type": "object", "nullable": True, "description": "the meter's last closed demand "
+                          "period read with the settlement (DL/T 645 settlement-day record 0101 0001): raw, "
+                          "value (kW after CT×PT), unit, at (when the maximum occurred, meter local), "
+                          "period_start, period_end (UTC), record"},
         "seq": {"type": "integer", "nullable": True},
         "stored_at": _NSTR,
+    }
+
+
+def _two_part_props() -> dict[str, Any]:
+    """Stage / cycle fields of the two-part tariff (gateway.billing.demand.TWO_PART_FIELDS)."""
+    quadrants = {q: {**_NUM_OR_NULL, "description": f"quadrant {q[1]} reactive energy of the period, kvarh "
+                     "after CT×PT"} for q in ("q1", "q2", "q3", "q4")}
+    return {
+        "max_demand_kw": {**_NUM_OR_NULL, "description": "maximum demand of the period, kW after CT×PT"},
+        "max_demand_at": {**_NSTR, "description": "when it occurred: the end of its demand window (UTC)"},
+        "demand_source": {"type": "string", "nullable": True, "enum": ["meter", "computed", None],
+                          "description": "meter: the meter's demand register or settlement-day record; "
+                                         "computed: from the gateway's interval readings (plan's demand key)"},
+        "demand_detail": {"type": "object", "description": "meter: record (current, settlement_day); computed: "
+                          "method, window_minutes, slide_minutes, windows, gaps; note"},
+        "reactive_kvarh": _obj(quadrants),
+        "power_factor": {**_NUM_OR_NULL, "description": "cos φ = ΔkWh ÷ √(ΔkWh² + Δkvarh²), 4 decimals"},
+        "power_factor_registers": {"type": "array", "items": _STR, "description": "the registers used, active "
+                                   "first: energy_import_kwh with energy_q1_kvarh + energy_q4_kvarh, or with "
+                                   "energy_import_kvarh when the meter has no quadrant registers"},
+        "power_factor_kwh": {**_NUM_OR_NULL, "description": "ΔkWh used"},
+        "power_factor_kvarh": {**_NUM_OR_NULL, "description": "Δkvarh used (sum of the reactive registers)"},
     }
 
 
@@ -339,6 +365,7 @@ def billing_paths() -> dict[str, Any]:
                                  "clock_unverified (the stage is not complete), exchange and ratio_change (a "
                                  "meter exchange or CT/PT change inside the stage split it, each part priced "
                                  "with its own CT×PT)"},
+        **_two_part_props(),
     })
     revision = _obj(_revision_props())
     boundary = _obj({

@@ -503,6 +503,7 @@ class BillingCapture:
             frozen = await self._read_frozen(driver, m, plan, b, timeout, notes)
             if frozen is not None:
                 done = await self._complete_frozen(driver, m, plan, b, timeout, frozen)
+                done = await self._with_demand_period(driver, m, plan, timeout, done)
                 return await self._with_meter_clock(driver, m, timeout, done)
         if frozen_only:
             raise _NotFrozen("; ".join(notes) or "the meter has no frozen value for this boundary")
@@ -512,7 +513,44 @@ class BillingCapture:
         quality = "actual" if now - b.ts <= plan.tolerance_s else "late"
         note = "; ".join(notes) if notes else None
         live = Draft(quality, "live_read", regs, read_at=now, reason=note)  # type: ignore[arg-type]
+        live = await self._with_demand_period(driver, m, plan, timeout, live)
         return await self._with_meter_clock(driver, m, timeout, live)
+
+    async def _with_demand_period(self, driver: MeterDriver, m: MeterRuntime, plan: BillingPlan, timeout: float,
+                                  d: Draft) -> Draft:
+        """Keep the meter's last closed demand period (上1结算日 maximum demand and time) with ``d``.
+
+        A meter resets its maximum demand at its settlement instant, so at a boundary that is
+        (or follows) one, the current register reads 0 or only the new period; the closed
+        period's maximum is in the settlement-day record (DL/T 645 0101 0001). Kept as the
+        settlement's ``demand_period`` with the period's start and end, for
+        :func:`gateway.billing.demand.meter_demand`. Only for plans billing ``demand_max_kw``
+        on meters that keep settlement records; a refusal is noted, never fatal.
+        """
+        view = _freeze_records(m, self.gw)
+        if view is None or "demand_max_kw" not in plan.registers:
+            return d
+        z = zone(self.tz)
+        stamps: dict[str, datetime] = {}
+        try:
+            settled, values = await view(driver).read_settlement(m.settings.address, 1, timeout, tz=z, stamps=stamps)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return replace(d, reason=_join(d.reason, f"settlement-day demand record not read: {exc}"))
+        raw = values.get("demand_max_kw")
+        if settled is None or raw is None:
+            return d
+        at = stamps.get("demand_max_kw")
+        begun = stamps.get("demand_period_start")
+        record: dict[str, object] = {
+            "raw": raw, "value": raw * _factor(m, "demand_max_kw"), "unit": "kW",
+            "at": None if at is None else at.isoformat(timespec="minutes"),
+            "period_start": None if begun is None else iso_utc(begun.replace(tzinfo=z).timestamp()),
+            "period_end": iso_utc(settled.timestamp()),
+            "record": "settlement_day",
+        }
+        return replace(d, demand_period=record)
 
     async def _with_meter_clock(self, driver: MeterDriver, m: MeterRuntime, timeout: float, d: Draft) -> Draft:
         """Read the meter's clock in the same bus job and keep its offset from the gateway's with ``d``.
@@ -652,6 +690,9 @@ class BillingCapture:
                 break
             t = settled.timestamp()
             if t == b.ts:
+                # the record's demand is the closed period's maximum (kept as demand_period), not the
+                # demand register at the boundary: leave it to the live read at the boundary
+                values = {k: v for k, v in values.items() if k != "demand_max_kw"}
                 regs = self._frozen_registers(m, plan, values)
                 if regs:
                     return Draft("meter_frozen", "settlement_day", regs, read_at=self.gw.clock.time(),
@@ -882,6 +923,8 @@ def settlement_body(m: MeterRuntime, plan: BillingPlan, b: Boundary, d: Draft) -
         body["meter_offset_s"] = d.meter_offset_s
     if d.flags:
         body["flags"] = list(d.flags)
+    if d.demand_period is not None:
+        body["demand_period"] = d.demand_period
     return body
 
 

@@ -46,6 +46,7 @@ from typing import Any
 
 from gateway.billing.settlement import Settlement, rank
 from gateway.model import loads_exact, parse_iso, to_json
+from gateway.storecodec import PAYLOAD_SQL
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS billing_settlement (
@@ -316,10 +317,10 @@ def readings_around(conn: sqlite3.Connection, meter: str, at: float, registers: 
         return None
 
     before = conn.execute(
-        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts<=? "
+        f"SELECT {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND ts<=? "
         "ORDER BY ts DESC LIMIT ?", (meter, at, lookback)).fetchall()
     after = conn.execute(
-        "SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND "
+        f"SELECT {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND quality='good' AND "
         + ("ts>? " if strictly_after else "ts>=? ") + "ORDER BY ts LIMIT ?", (meter, at, lookback)).fetchall()
     return first(before), first(after)
 

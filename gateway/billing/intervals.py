@@ -35,6 +35,7 @@ from gateway.model import iso_utc, loads_exact, parse_iso
 from gateway.pipeline import select_points
 from gateway.settings import MeterSettings, Settings
 from gateway.slots import format_duration, next_slot, slot_at_or_before, slots_between
+from gateway.storecodec import PAYLOAD_SQL
 
 IntervalStatus = Literal["complete", "missing", "spans_gap"]
 STEPS: Final[dict[str, float]] = {"15m": 900.0, "30m": 1800.0, "1h": 3600.0, "1d": 86400.0}
@@ -202,7 +203,7 @@ def load_ends(
     if not schedules or not wanted:
         return out
     cur = conn.execute(
-        f"SELECT slot, payload FROM outbox WHERE meter=? AND kind='reading' AND slot>=? AND slot<=? "
+        f"SELECT slot, {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND slot>=? AND slot<=? "
         f"AND quality='good' AND schedule IN ({_sched_clause(schedules)}) ORDER BY slot, seq LIMIT ?",
         (meter, lo, hi, *schedules, MAX_READINGS),
     )
@@ -223,7 +224,7 @@ def load_before(
     if not schedules:
         return None
     cur = conn.execute(
-        f"SELECT slot, payload FROM outbox WHERE meter=? AND kind='reading' AND slot<=? "
+        f"SELECT slot, {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND slot<=? "
         f"AND quality='good' AND schedule IN ({_sched_clause(schedules)}) ORDER BY slot DESC, seq LIMIT ?",
         (meter, at, *schedules, LOOKBACK_ROWS),
     )

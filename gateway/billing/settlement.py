@@ -115,6 +115,9 @@ class Draft:
     meter_offset_s: Decimal | None = None  # meter clock − gateway clock at that read
     gateway_clock: dict[str, object] | None = None   # the gateway clock's state (clockstate.GatewayClockState)
     flags: tuple[str, ...] = ()           # clock_unverified
+    #: the meter's last closed demand period (settlement-day record: value, at, period_start/end),
+    #: read with the settlement for the two-part tariff (gateway.billing.demand)
+    demand_period: dict[str, object] | None = None
 
 
 @dataclass(slots=True)

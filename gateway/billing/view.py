@@ -10,18 +10,20 @@ the JSON, the CSV and the export say the same thing.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from gateway.billing import csvcolumns, db
+from gateway.billing import csvcolumns, db, demand
 from gateway.billing.cycles import Cycle, cycle
+from gateway.billing.demand import Demand
+from gateway.billing.intervals import energy_schedules, load_ends
 from gateway.billing.settlement import Settlement, StageConsumption, reconcile, stage_consumption
 from gateway.model import iso_utc
 from gateway.settings import BillingPlan, Settings
 
 _BODY_FIELDS: Final = ("quality", "source", "read_at", "frozen_at", "ct", "pt", "multiplier", "registers",
                        "reason", "revision", "estimated_from", "flags", "gateway_clock", "meter_clock",
-                       "meter_offset_s", "entered_by", "note", "confirmed", "supersedes")
+                       "meter_offset_s", "entered_by", "note", "confirmed", "supersedes", "demand_period")
 
 
 def _role(i: int, c: Cycle) -> str:
@@ -42,7 +44,7 @@ def settlement_doc(s: Settlement) -> dict[str, Any]:
     return doc
 
 
-def _stage_doc(st: StageConsumption) -> dict[str, Any]:
+def _stage_doc(st: StageConsumption, two_part: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "stage": st.stage,
         "start": iso_utc(st.start),
@@ -53,13 +55,42 @@ def _stage_doc(st: StageConsumption) -> dict[str, Any]:
         "consumption": dict(st.consumption),
         "flags": list(st.flags),
         "codes": list(st.codes),
+        **(two_part or {}),
     }
+
+
+def _computed_demand(conn: sqlite3.Connection, settings: Settings | None, meter: str, plan: BillingPlan,
+                     start: float, end: float, now: float) -> Callable[[], Demand] | None:
+    """How to compute a period's maximum demand from the meter's interval readings (None: no settings)."""
+    if settings is None or meter not in settings.meters:
+        return None
+    ms = settings.meters[meter]
+
+    def compute() -> Demand:
+        scheds, regs, every = energy_schedules(settings, ms)
+        cfg = plan.demand
+        window = cfg.window_s
+        slide = window if cfg.method == "block" else (cfg.slide_s or every or window)
+        stop = min(end, now)
+        if not scheds or demand.PF_ACTIVE not in regs:
+            return Demand(None, None, None, {"method": cfg.method, "note": "the meter has no interval readings of "
+                                             f"{demand.PF_ACTIVE} to compute demand from"})
+        slots = demand.sample_slots(start, stop, window, slide)
+        ends = load_ends(conn, meter, scheds, [demand.PF_ACTIVE], slots, start, stop) if slots else {}
+        samples = {t: e.values[demand.PF_ACTIVE] for t, e in ends.items() if demand.PF_ACTIVE in e.values}
+        ratios = {t: e.multiplier for t, e in ends.items()}
+        return demand.computed_demand(samples, start, stop, window, slide, cfg.method, ratios)
+
+    return compute
 
 
 def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: str, tz: str,
                now: float, settings: Settings | None = None) -> dict[str, Any]:
     """The whole cycle ``label`` of one meter: every boundary, every stage, reconciliation.
 
+    Each stage and the cycle total carry the two-part tariff inputs
+    (:data:`gateway.billing.demand.TWO_PART_FIELDS`): maximum demand from the meter's end
+    settlement, else computed from interval readings when ``settings`` is given.
     With ``settings``, the meter's customer is shown in the document and its CSV rows.
     """
     ms = settings.meters.get(meter) if settings is not None else None
@@ -91,6 +122,10 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
               for k in range(1, c.stages + 1)]
     total = stage_consumption(0, c.start, c.end, current[0], current[-1], regs, changes)
     rec = reconcile(stages, total)
+    stage_docs = [_stage_doc(st, _two_part(conn, settings, meter, plan, tz, now, st, current[st.stage]))
+                  for st in stages]
+    cycle_two_part = demand.cycle_from_stages(
+        _two_part(conn, settings, meter, plan, tz, now, total, current[-1]), stage_docs)
     return {
         "meter": meter,
         "customer": customer,
@@ -103,8 +138,8 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
         "ratio_changes": [{k: ch.get(k) for k in RATIO_CHANGE_FIELDS} for ch in changes
                           if ch.get("kind") != "exchange"],
         "exchanges": [{k: ch.get(k) for k in EXCHANGE_FIELDS} for ch in changes if ch.get("kind") == "exchange"],
-        "stages": [_stage_doc(st) for st in stages],
-        "cycle_total": _stage_doc(total),
+        "stages": stage_docs,
+        "cycle_total": _stage_doc(total, cycle_two_part),
         "reconciliation": {
             "reconciled": rec.reconciled,
             "cycle_consumption": rec.cycle_consumption,
@@ -112,6 +147,12 @@ def cycle_view(conn: sqlite3.Connection, meter: str, plan: BillingPlan, label: s
             "flags": list(rec.flags),
         },
     }
+
+
+def _two_part(conn: sqlite3.Connection, settings: Settings | None, meter: str, plan: BillingPlan, tz: str,
+              now: float, st: StageConsumption, last: Settlement | None) -> dict[str, Any]:
+    return demand.two_part_inputs(st.start, st.end, None if last is None else last.body, st.consumption, tz,
+                                  _computed_demand(conn, settings, meter, plan, st.start, st.end, now))
 
 
 #: What the view shows of an audited CT/PT change (``billing_ratio_change``): the configuration's

@@ -12,11 +12,13 @@ import yaml
 from gateway.config.context import LoadContext
 from gateway.config.convert import DAY_S, duration
 from gateway.profiles import is_valid_point_name
-from gateway.settings import BillingPlan
-from gateway.yamlpos import Invalid, MapView, as_bool, as_int, describe, scalar_text, suggest
+from gateway.settings import BillingPlan, DemandSettings
+from gateway.yamlpos import Invalid, MapView, as_bool, as_choice, as_int, describe, scalar_text, suggest
 
 _BILLING_KEYS: Final = ("cycle_day", "stages", "at", "tolerance", "allow_estimated", "registers",
-                         "max_meter_offset")
+                         "max_meter_offset", "demand")
+#: A plan's ``demand`` mapping: how maximum demand is computed where the meter gives none.
+_DEMAND_KEYS: Final = ("method", "window_minutes", "slide_minutes")
 
 
 def load_billing(ctx: LoadContext, top: MapView) -> dict[str, BillingPlan]:
@@ -33,8 +35,30 @@ def load_billing(ctx: LoadContext, top: MapView) -> dict[str, BillingPlan]:
                                 allow_estimated=m.get("allow_estimated", as_bool, False),
                                 max_meter_offset_s=float(m.get("max_meter_offset", duration(Decimal(0), DAY_S),
                                                                Decimal(300))),
+                                demand=billing_demand(ctx, m),
                                 **({"registers": registers} if registers else {}))
     return out
+
+
+def billing_demand(ctx: LoadContext, m: MapView) -> DemandSettings:
+    """A plan's ``demand``: ``{method: block|sliding, window_minutes: 15, slide_minutes: 1}``.
+
+    ``window_minutes`` must divide a day (windows stay aligned to the day's boundaries);
+    ``slide_minutes`` (sliding only) must divide the window; without it the meter's energy
+    read interval is the slide.
+    """
+    d = MapView(ctx.issues, m.node("demand"), f"{m.where} demand", _DEMAND_KEYS)
+    method = d.get("method", as_choice(("block", "sliding")), "block")
+    window = d.get("window_minutes", as_int(1, 60), 15)
+    slide = d.opt("slide_minutes", as_int(1, 60))
+    if 1440 % window:
+        d.bad("window_minutes", f"must divide a day (1, 5, 15, 30, 60 …) so windows stay aligned, not {window}")
+    if slide is not None and (method != "sliding" or window % slide):
+        d.bad("slide_minutes", "applies to method: sliding only and must divide window_minutes "
+              f"({window}), not {slide}")
+        slide = None
+    return DemandSettings("sliding" if method == "sliding" else "block", float(window * 60),
+                          None if slide is None else float(slide * 60))
 
 
 def billing_stages(ctx: LoadContext, m: MapView, cycle_day: int) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ from gateway.model import loads_exact
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from gateway.storecodec import PAYLOAD_SQL, register
 from tests.billingkit import capture_of
 from tests.servicefixtures import await_until
 
@@ -147,12 +148,12 @@ async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) 
         assert month == sum(s["consumption"]["energy_import_kwh"] for s in view["stages"])
         assert month > 0
 
-    conn = sqlite3.connect(gw.store_path)
+    conn = register(sqlite3.connect(gw.store_path))
     try:
         published = [json.loads(p) for (p,) in conn.execute(
             "SELECT payload FROM outbox WHERE kind='settlement' ORDER BY seq")]
         readings: list[Any] = [loads_exact(p) for (p,) in conn.execute(
-            "SELECT payload FROM outbox WHERE kind='reading' AND meter='m1' AND quality='good' ORDER BY seq")]
+            f"SELECT {PAYLOAD_SQL} FROM outbox WHERE kind='reading' AND meter='m1' AND quality='good' ORDER BY seq")]
     finally:
         conn.close()
     assert len(published) == 4 * len(EXPECTED)

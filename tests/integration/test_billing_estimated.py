@@ -40,6 +40,7 @@ from gateway.model import Reading, loads_exact, parse_iso
 from gateway.polling import MeterRuntime
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from gateway.storecodec import PAYLOAD_SQL, register
 from tests.billingkit import SH, api_get, capture_of, export, local, quality, rehearsal_settings, shown
 from tests.servicefixtures import await_until
 
@@ -63,9 +64,9 @@ def silence(fleet: SimulatedFleet, meter_id: str) -> None:
 
 
 def good_readings(path: Path, meter: str) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(path)
+    conn = register(sqlite3.connect(path))
     try:
-        rows = conn.execute("SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' "
+        rows = conn.execute(f"SELECT {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND quality='good' "
                             "ORDER BY ts", (meter,)).fetchall()
     finally:
         conn.close()

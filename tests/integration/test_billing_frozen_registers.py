@@ -36,7 +36,8 @@ from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
 B = datetime(2026, 12, 11, tzinfo=SH).timestamp()
-REACTIVE_AND_DEMAND = ("energy_import_kvarh", "energy_export_kvarh", "demand_max_kw")
+REACTIVE_AND_DEMAND = ("energy_import_kvarh", "energy_export_kvarh", "demand_max_kw", "energy_q1_kvarh",
+                       "energy_q2_kvarh", "energy_q3_kvarh", "energy_q4_kvarh")
 
 CONFIG = """\
 gateway: {{id: frozen-registers, timezone: Asia/Shanghai, data_dir: {data}}}
@@ -115,7 +116,9 @@ async def test_frozen_settlement_carries_reactive_and_demand(tmp_path: Path) -> 
                 want = want.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)   # XX.XXXX on the meter
             assert reg["raw"] == want, (m, name)
             assert reg["value"] == want * mult, (m, name)
-        assert regs["demand_max_kw"]["at"] == "2026-12-01T00:00"      # the demand time (YYMMDDhhmm, meter local)
+        _kw, true_at = sim.demand(m, 0, B)                         # when the meter's maximum occurred
+        assert true_at is not None
+        assert regs["demand_max_kw"]["at"] == datetime.fromtimestamp(true_at, SH).strftime("%Y-%m-%dT%H:%M")
         assert regs["energy_import_kvarh"]["raw"] > 0
 
     full = rows["full"]["registers"]
@@ -128,7 +131,8 @@ async def test_frozen_settlement_carries_reactive_and_demand(tmp_path: Path) -> 
         assert parse_iso(active[name]["read_at"]) == B          # the clock held at the boundary
     assert not any("quality" in active[n] for n in active if n not in REACTIVE_AND_DEMAND)
     reason = rows["active"]["reason"]
-    assert "freeze has no energy_import_kvarh, energy_export_kvarh, demand_max_kw" in reason
+    assert ("freeze has no energy_import_kvarh, energy_export_kvarh, demand_max_kw, energy_q1_kvarh, "
+            "energy_q2_kvarh, energy_q3_kvarh, energy_q4_kvarh") in reason
     assert "live read at the boundary" in reason
 
     # Stage consumption: the flag names the registers that are not the meter's freeze

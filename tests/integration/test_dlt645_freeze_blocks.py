@@ -68,16 +68,22 @@ async def test_daily_freeze_carries_reactive_and_max_demand(sim: Dlt645Simulator
                                                       stamps=stamps)
         assert when == datetime(day.year, day.month, day.day)
         frozen = model.values_at(model.local_midnight(day))
-        for name in ("energy_import_kvarh", "energy_export_kvarh", "energy_import_kwh", "energy_export_kwh_t4"):
+        for name in ("energy_import_kvarh", "energy_export_kvarh", "energy_import_kwh", "energy_export_kwh_t4",
+                     "energy_q1_kvarh", "energy_q4_kvarh"):
             assert values[name] == frozen[name], (day, name)
         assert values["demand_max_kw"] == shown(frozen["demand_max_kw"], "0.0001"), day
-        assert stamps["demand_max_kw"] == datetime(day.year, day.month, 1)      # the simulator's demand time
+        true_kw, true_at = sim.demand("full", 0, model.local_midnight(day))     # the meter's own maximum
+        assert values["demand_max_kw"] == shown(true_kw, "0.0001"), day
+        if true_at is None:                    # a settlement day: the register was just reset
+            assert values["demand_max_kw"] == 0 and "demand_max_kw" not in stamps
+            continue
+        assert stamps["demand_max_kw"] == datetime.fromtimestamp(true_at, ZONE).replace(tzinfo=None)
         assert stamps["demand_max_kw_at"] == stamps["demand_max_kw"]
         seen_demand = seen_demand or values["demand_max_kw"] > 0
     assert seen_demand                       # not only month starts (where the maximum is still 0)
     asked = {di for _, di in sim.requests("full") if di is not None}
     n = sim.freeze_days("full").index(DAYS[0]) + 1
-    for kind in (0x01, 0x02, 0x03, 0x04, 0x09):
+    for kind in (0x01, 0x02, 0x03, 0x04, 0x05, 0x08, 0x09):
         assert catalogue.daily_freeze_energy_di(n, kind) in asked, hex(kind)
 
 
@@ -117,4 +123,5 @@ def test_catalogue_describes_the_freeze_blocks() -> None:
     assert catalogue.is_signed(0x05060301) and not catalogue.is_signed(0x05060901)
     assert catalogue.daily_freeze_kinds(["energy_import_kvarh"]) == (0x01, 0x03)
     assert catalogue.daily_freeze_kinds(["demand_max_kw", "energy_export_kwh_t1"]) == (0x01, 0x02, 0x09)
-    assert catalogue.daily_freeze_kinds(None) == (0x01, 0x02, 0x03, 0x04, 0x09)
+    assert catalogue.daily_freeze_kinds(None) == (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09)
+    assert catalogue.daily_freeze_kinds(["energy_q4_kvarh"]) == (0x01, 0x08)

@@ -107,5 +107,9 @@ async def test_a_dlt698_meter_settles_from_its_day_freeze(tmp_path: Path) -> Non
         assert reg["value"] == want * mult, name
     assert regs["energy_import_kwh"]["raw"] > 0
     # the demand's time, meter local, in the same form as the DL/T 645 meter's
-    assert regs["demand_max_kw"]["at"] == rows["m645"]["registers"]["demand_max_kw"]["at"] == "2026-12-01T00:00"
+    assert regs["demand_max_kw"]["at"] == "2026-12-01T00:00"      # the DL/T 698.45 simulator stamps the month start
+    _kw, true_at = sim645.demand("m645", 0, B)                     # the DL/T 645 one: its true time, meter local
+    assert true_at is not None
+    assert rows["m645"]["registers"]["demand_max_kw"]["at"] == datetime.fromtimestamp(true_at, SH).strftime(
+        "%Y-%m-%dT%H:%M")
     assert rows["m645"]["quality"] == "meter_frozen"

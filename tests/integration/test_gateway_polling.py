@@ -28,6 +28,7 @@ from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
 from gateway.slots import next_slot
+from gateway.storecodec import PAYLOAD_SQL, register
 
 RATE = 120.0  # simulated seconds per real second: a 1-minute slot every 0.5 s
 START = 1_795_939_200.0 + 8 * 3600 + 50  # 2026-11-28 16:00:50 +08:00, just before a slot
@@ -39,9 +40,10 @@ def settings_for(tmp: Path) -> Settings:
 
 
 def stored(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(db)
+    conn = register(sqlite3.connect(db))
     try:
-        return [json.loads(p) for (p,) in conn.execute("SELECT payload FROM outbox WHERE kind='reading' ORDER BY seq")]
+        return [json.loads(p) for (p,) in conn.execute(
+            f"SELECT {PAYLOAD_SQL} FROM outbox WHERE kind='reading' ORDER BY seq")]
     finally:
         conn.close()
 

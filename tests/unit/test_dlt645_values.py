@@ -183,7 +183,7 @@ def test_canonical_plan_reads_blocks_and_shares_dis() -> None:
     current = next(s for s in plan.steps if s.di == 0x0202FF00)
     assert all(s.signed for s in current.slots)
     assert set(plan.points) == {p.name for p in catalogue.CANONICAL_2007}
-    assert plan.requests == 19          # 17 + the meter-clear and demand-clear counters (issue 17)
+    assert plan.requests == 23          # 17 + the meter-clear and demand-clear counters (issue 17) + Q1..Q4 reactive
 
 
 def test_a_lone_block_member_is_read_alone() -> None:

@@ -31,6 +31,7 @@ PREFIXES = {
     "_METER_KEYS": "meters[].",
     "_SCHEDULE_KEYS": "schedules.<name>.",
     "_BILLING_KEYS": "billing.<plan>.",
+    "_DEMAND_KEYS": "billing.<plan>.demand.",
     "_MQTT_KEYS": "mqtt.",
     "_TLS_KEYS": "mqtt.tls.",
     "_INFLUX_KEYS": "influxdb.",

@@ -28,6 +28,7 @@ from gateway.readings_export import (
 )
 from gateway.settings import StoreSettings
 from gateway.store import Store
+from gateway.storecodec import register
 
 FAST = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01)
 T0 = 1_767_225_600.0          # 2026-01-01T00:00:00Z
@@ -56,7 +57,7 @@ async def stored(tmp_path: Path) -> Path:
 
 
 async def test_select_filters_meter_range_and_schedule_oldest_first(tmp_path: Path) -> None:
-    conn = sqlite3.connect(await stored(tmp_path))
+    conn = register(sqlite3.connect(await stored(tmp_path)))
     try:
         every = select_readings(conn, "m1", T0, T0 + 1800)
         interval = select_readings(conn, "m1", T0, T0 + 1800, schedule="interval")
@@ -70,7 +71,7 @@ async def test_select_filters_meter_range_and_schedule_oldest_first(tmp_path: Pa
 
 
 async def test_csv_bytes_one_row_per_point_null_as_empty_cell(tmp_path: Path) -> None:
-    conn = sqlite3.connect(await stored(tmp_path))
+    conn = register(sqlite3.connect(await stored(tmp_path)))
     try:
         buf = io.StringIO()
         n = write_csv(buf, READING_CSV_COLUMNS, reading_csv_rows(select_readings(conn, "m1", T0, T0 + 1000)))
@@ -90,7 +91,7 @@ async def test_csv_bytes_one_row_per_point_null_as_empty_cell(tmp_path: Path) ->
 async def test_the_api_bytes_are_the_parse_and_render_documents(tmp_path: Path) -> None:
     """The API's readings (JSON joined from the stored payloads, CSV) equal the documents
     built by parsing and rendering, for every filter."""
-    conn = sqlite3.connect(await stored(tmp_path))
+    conn = register(sqlite3.connect(await stored(tmp_path)))
     try:
         for meter, end, schedule, limit in [("m1", T0 + 1800, None, None), ("m1", T0 + 3600, "interval", None),
                                             ("m1", T0 + 3600, None, 2), ("m2", T0 + 60, None, None),

@@ -1,0 +1,380 @@
+"""The compact form of a stored reading (store schema 2) and the ``amr.reading.v1`` text
+rendered back from it, byte for byte.
+
+Why: the store used to keep every reading as its full JSON message, about 2 KB for a
+15-point profile — 2.9 MB per meter-day at 1-minute realtime (issue 16 item 10). Nearly
+all of that text repeats from one reading of a meter to the next: the gateway, meter,
+customer, bus and schedule names, the CT/PT factors, every point's name, unit and
+``"quality":"good"``. A *shape* (table ``reading_shape``, one row per distinct
+combination, a few per meter) keeps that text once; a reading keeps only its shape's id
+(``outbox.shape``) and, in ``outbox.payload``, the JSON text of each point's value.
+
+The body (``outbox.payload`` of a reading whose ``shape`` is set), in the shape's point order::
+
+    point[\\x1e point ...][\\x1d error_json \\x1d extra]      or      \\x1c quality[\\x1d error_json \\x1d extra]
+
+* ``point`` = ``raw[\\x1f value[\\x1f quality[\\x1f reason_json]]]`` with trailing empty fields
+  left out. ``raw`` is the JSON text of the raw value (empty for ``null``). ``value`` is
+  empty when its text equals ``raw``'s, ``*`` / ``c`` / ``p`` when it is
+  ``Decimal(raw) × CT × PT`` / ``× CT`` / ``× PT`` with the shape's factors (checked when it
+  is encoded: the text must come out the same), otherwise the JSON text itself. ``quality``
+  is empty for ``good``.
+* ``\\x1c quality``: every point is null with that quality and no reason (a failed read).
+* ``error_json`` is the reading's ``error`` as JSON text (empty: none); ``extra`` the text
+  of its extra members (``"billing":{…}``), exactly as :func:`gateway.model.reading_payload`
+  writes them.
+
+The separators are control characters, which JSON text never holds unescaped, so no value
+needs escaping. The time stamps, ``seq`` and the overall quality are the row's own columns.
+:func:`render` gives the same text as :func:`gateway.model.reading_payload` for the same
+reading (tests/unit/test_storecodec.py checks it over many generated readings).
+
+Every SQLite connection that reads reading payloads registers :func:`register` (the store's
+own connections and the API's read pool do) and selects :data:`PAYLOAD_SQL` instead of the
+``payload`` column: it renders a compact row and passes any other row (settlements,
+events, KPIs, readings a migration kept verbatim) through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from json.encoder import encode_basestring
+from typing import Any, Final
+
+from gateway.model import READING_SCHEMA, Reading, iso_utc, json_number, to_json
+
+PAYLOAD_SQL: Final = ("amr_payload(outbox.payload, (SELECT spec FROM reading_shape WHERE id=outbox.shape), "
+                      "outbox.seq, outbox.slot, outbox.ts, outbox.quality)")
+"""The published JSON text of an outbox row, for a ``SELECT … FROM outbox``: what
+``payload`` held verbatim before schema 2. Needs :func:`register` on the connection."""
+
+SHAPE_DDL: Final = "CREATE TABLE IF NOT EXISTS reading_shape (id INTEGER PRIMARY KEY, spec TEXT NOT NULL UNIQUE)"
+"""The shapes: everything of a reading that repeats from one reading of a meter to the next."""
+
+_PT: Final = "\x1e"    # between points
+_FLD: Final = "\x1f"   # between a point's fields
+_TAIL: Final = "\x1d"  # before the error and the extra members
+_FAILED: Final = "\x1c"  # a failed read: every point null with one quality
+_SAME: Final = "="       # a point's value is its raw value
+_SHAPES_KEPT: Final = 4096
+_ONE: Final = Decimal(1)
+_ONE_TEXT: Final = "1"
+
+ShapeKey = tuple[str, str, str, str, str, str, str, tuple[str, ...], tuple[str, ...]]
+"""(gateway, meter, customer, bus, schedule, CT text, PT text, point names, units): what a
+shape holds. The factors are kept as the text the message states them with (``1`` and
+``1.0`` are equal Decimals but different text)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A reading shape with the text fragments :func:`render` joins values into."""
+
+    id: int
+    spec: str
+    names: tuple[str, ...]
+    head: str
+    """``{"schema":…,"gateway":…,"seq":``"""
+    middle: str
+    """``,"meter":…,"schedule":…,"slot":"``"""
+    multiplier: str
+    """``,"multiplier":{"ct":…,"pt":…},"points":{``"""
+    openers: tuple[str, ...]
+    """Per point: ``"name":{"raw":``"""
+    units: tuple[str, ...]
+    """Per point: ``,"unit":…,"quality":"``"""
+    factors: dict[str, Decimal]
+    """``*``, ``c``, ``p``: CT × PT, CT, PT as the rendered multiplier states them."""
+    marks: tuple[str, ...]
+    """Per point, how its value is usually kept (``=`` same as raw, or a factor mark): the
+    mark of the reading that made the shape; a point that differs says so in its body."""
+
+
+def shape_key(r: Reading, gateway: str) -> ShapeKey:
+    """What makes two readings share a shape."""
+    pts = r.points
+    ct, pt = r.ct, r.pt
+    return (gateway, r.meter, r.customer, r.bus, r.schedule,
+            _ONE_TEXT if ct is _ONE else json_number(ct), _ONE_TEXT if pt is _ONE else json_number(pt),
+            tuple(pts), tuple([p.unit for p in pts.values()]))
+
+
+def spec_of(key: ShapeKey, marks: tuple[str, ...]) -> str:
+    """The ``reading_shape.spec`` text of a shape (JSON: stable, readable with sqlite3)."""
+    gateway, meter, customer, bus, schedule, ct, pt, names, units = key
+    return json.dumps({"v": 1, "gateway": gateway, "meter": meter, "customer": customer, "bus": bus,
+                       "schedule": schedule, "ct": ct, "pt": pt,
+                       "points": [[n, u, m] for n, u, m in zip(names, units, marks, strict=True)]},
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def factors_of(ct_text: str, pt_text: str) -> dict[str, Decimal]:
+    """The factor of each value mark under these CT and PT texts."""
+    ct, pt = Decimal(ct_text), Decimal(pt_text)
+    return {"*": ct * pt, "c": ct, "p": pt}
+
+
+def marks_of(r: Reading, factors: dict[str, Decimal]) -> tuple[str, ...]:
+    """How each point's value of ``r`` relates to its raw value (a shape's default marks)."""
+    out = []
+    for p in r.points.values():
+        if p.value is p.raw:
+            out.append(_SAME)
+            continue
+        raw_text = "null" if p.raw is None else json_number(p.raw)
+        mark = _value_mark(raw_text, json_number(p.value), factors)
+        out.append(mark if mark in factors or mark == _SAME else _SAME)
+    return tuple(out)
+
+
+def key_of_spec(spec: str) -> ShapeKey:
+    """The :data:`ShapeKey` a stored spec was made from."""
+    d = json.loads(spec)
+    pts = d["points"]
+    return (str(d["gateway"]), str(d["meter"]), str(d["customer"]), str(d["bus"]), str(d["schedule"]),
+            str(d["ct"]), str(d["pt"]), tuple(str(p[0]) for p in pts), tuple(str(p[1]) for p in pts))
+
+
+def shape_from_spec(shape_id: int, spec: str) -> Shape:
+    """Build the rendering fragments of a stored shape."""
+    d = json.loads(spec)
+    js = encode_basestring
+    ct_text, pt_text = str(d["ct"]), str(d["pt"])
+    names = tuple(str(p[0]) for p in d["points"])
+    return Shape(
+        id=shape_id, spec=spec, names=names,
+        head=f'{{"schema":"{READING_SCHEMA}","gateway":{js(d["gateway"])},"seq":',
+        middle=(f',"meter":{js(d["meter"])},"customer":{js(d["customer"])},"bus":{js(d["bus"])},'
+                f'"schedule":{js(d["schedule"])},"slot":"'),
+        multiplier=f',"multiplier":{{"ct":{ct_text},"pt":{pt_text}}},"points":{{',
+        openers=tuple(f'"{n}":{{"raw":' for n in names),
+        units=tuple(f',"unit":{js(p[1])},"quality":"' for p in d["points"]),
+        factors=factors_of(ct_text, pt_text),
+        marks=tuple(str(p[2]) for p in d["points"]),
+    )
+
+
+def _value_mark(raw_text: str, value_text: str, factors: dict[str, Decimal]) -> str:
+    """How a point's value text is kept: ``=`` (same as raw), a factor mark, or itself."""
+    if value_text == raw_text:
+        return _SAME
+    if raw_text and raw_text[0] != '"' and raw_text not in ("null", "true", "false"):
+        try:
+            d = Decimal(raw_text)
+        except InvalidOperation:
+            return value_text
+        for mark, f in factors.items():
+            if json_number(d * f) == value_text:
+                return mark
+    return value_text
+
+
+def _is_product(raw: Decimal, factor: Decimal, value: Decimal) -> bool:
+    """Whether ``value`` is ``Decimal(json_number(raw)) × factor`` digit for digit: the cheap
+    check for the common case (a Decimal raw value, no positive exponent, so its text reads
+    back as the same Decimal)."""
+    if not raw.is_finite():
+        return False
+    exponent = raw.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent > 0:
+        return json_number(Decimal(json_number(raw)) * factor) == json_number(value)
+    return (raw * factor).compare_total(value) == 0
+
+
+def _tail(error_json: str, extra: str) -> str:
+    return "" if not error_json and not extra else f"{_TAIL}{error_json}{_TAIL}{extra}"
+
+
+def encode(r: Reading, shape: Shape) -> str:
+    """The compact body of ``r`` (whose :func:`shape_key` is ``shape``'s)."""
+    err = "" if r.error is None else encode_basestring(r.error)
+    extra = ""
+    if r.extra:
+        extra = ",".join(f"{encode_basestring(k)}:{to_json(v)}" for k, v in r.extra.items())
+    pts = r.points.values()
+    first = next(iter(pts), None)
+    if first is not None and first.quality != "good" and all(
+            p.raw is None and p.value is None and p.reason is None and p.quality == first.quality for p in pts):
+        return f"{_FAILED}{first.quality}{_tail(err, extra)}"
+    out: list[str] = []
+    append = out.append
+    factors = shape.factors
+    for p, default in zip(pts, shape.marks, strict=True):
+        raw = p.raw
+        value = p.value
+        if type(raw) is Decimal and raw.is_finite():
+            raw_text = format(raw, "f")
+            if value is raw and default == _SAME and p.quality == "good" and p.reason is None:
+                append(raw_text)     # the usual point, on the hot path: nothing else to say
+                continue
+        else:
+            raw_text = "" if raw is None else json_number(raw)
+        if value is raw:
+            mark = "" if default == _SAME else _SAME
+        elif default != _SAME and isinstance(value, Decimal) and isinstance(raw, Decimal) \
+                and _is_product(raw, factors[default], value):
+            mark = ""
+        else:
+            mark = _value_mark(raw_text or "null", json_number(value), factors)
+            if mark == default:
+                mark = ""
+        if p.reason is not None:
+            q = "" if p.quality == "good" else p.quality
+            out.append(f"{raw_text}{_FLD}{mark}{_FLD}{q}{_FLD}{encode_basestring(p.reason)}")
+        elif p.quality != "good":
+            out.append(f"{raw_text}{_FLD}{mark}{_FLD}{p.quality}")
+        elif mark:
+            out.append(f"{raw_text}{_FLD}{mark}")
+        else:
+            out.append(raw_text)
+    return _PT.join(out) + _tail(err, extra)
+
+
+def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: str) -> str:
+    """The ``amr.reading.v1`` text of a compact row: :func:`gateway.model.reading_payload`'s."""
+    points, _, tail = body.partition(_TAIL)
+    err = ""
+    extra = ""
+    if tail:
+        err_json, _, extra_text = tail.partition(_TAIL)
+        if err_json:
+            err = ',"error":' + err_json
+        if extra_text:
+            extra = "," + extra_text
+    openers, units = shape.openers, shape.units
+    parts: list[str] = []
+    if points.startswith(_FAILED):
+        q = points[1:]
+        parts = [f'{o}null,"value":null{u}{q}"}}' for o, u in zip(openers, units, strict=True)]
+    elif openers:
+        factors = shape.factors
+        for o, u, default, item in zip(openers, units, shape.marks, points.split(_PT), strict=True):
+            if _FLD not in item:
+                raw = item or "null"
+                value = raw if default == _SAME else format(Decimal(raw) * factors[default], "f")
+                parts.append(f'{o}{raw},"value":{value}{u}good"}}')
+                continue
+            fields = item.split(_FLD)
+            raw = fields[0] or "null"
+            mark = fields[1] or default
+            if mark == _SAME:
+                value = raw
+            elif mark in factors:
+                value = format(Decimal(raw) * factors[mark], "f")
+            else:
+                value = mark
+            q = fields[2] if len(fields) > 2 and fields[2] else "good"
+            reason = f',"reason":{fields[3]}' if len(fields) > 3 else ""
+            parts.append(f'{o}{raw},"value":{value}{u}{q}"{reason}}}')
+    return (f'{shape.head}{seq}{shape.middle}{iso_utc(slot)}","ts":"{iso_utc(ts)}","quality":"{quality}"'
+            f'{err}{shape.multiplier}{",".join(parts)}}}{extra}}}')
+
+
+_BY_SPEC: dict[str, Shape] = {}
+_RENDERED: dict[tuple[str, str, int, float, float, str], str] = {}
+_RENDERED_KEPT: Final = 4096
+"""Messages :func:`_udf` keeps (about 5 MB): API clients pulling the same meter-day get the
+text already rendered instead of rendering 1,440 readings each on the API's threads."""
+
+
+def _udf(payload: str, spec: str | None, seq: int, slot: float, ts: float, quality: str) -> str:
+    if spec is None:
+        return payload
+    key = (spec, payload, seq, slot, ts, quality)
+    text = _RENDERED.get(key)
+    if text is not None:
+        return text
+    shape = _BY_SPEC.get(spec)
+    if shape is None:
+        if len(_BY_SPEC) >= _SHAPES_KEPT:
+            _BY_SPEC.clear()
+        shape = _BY_SPEC[spec] = shape_from_spec(0, spec)
+    text = render(shape, seq, slot, ts, quality, payload)
+    if len(_RENDERED) >= _RENDERED_KEPT:
+        with contextlib.suppress(KeyError, StopIteration, RuntimeError):   # another thread trimmed it
+            del _RENDERED[next(iter(_RENDERED))]
+    _RENDERED[key] = text
+    return text
+
+
+def register(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """Teach ``conn`` the ``amr_payload`` function :data:`PAYLOAD_SQL` calls; returns ``conn``."""
+    conn.create_function("amr_payload", 6, _udf, deterministic=True)
+    return conn
+
+
+# ---------------------------------------------------------------------- migration (schema 1)
+class _Num(str):
+    """A JSON number kept as the exact text it was written with."""
+
+
+def _text(v: Any) -> str:
+    """The JSON text a parsed value was written with (numbers verbatim)."""
+    if isinstance(v, _Num):
+        return str.__str__(v)
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        return encode_basestring(v)
+    if isinstance(v, list):
+        return "[" + ",".join(_text(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{encode_basestring(k)}:{_text(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"unexpected JSON value {v!r}")
+
+
+_HEAD_KEYS: Final = ("schema", "gateway", "seq", "meter", "customer", "bus", "schedule", "slot", "ts",
+                     "quality")
+
+
+def compact_of_payload(payload: str, get_shape: Callable[[ShapeKey, tuple[str, ...]], Shape],
+                       seq: int, slot: float, ts: float, quality: str) -> tuple[Shape, str] | None:
+    """The (shape, body) of a schema-1 reading payload, or None when its compact form would
+    not render back to exactly ``payload`` (the row is then kept verbatim)."""
+    try:
+        doc = json.loads(payload, parse_float=_Num, parse_int=_Num)
+        if not isinstance(doc, dict) or list(doc)[:len(_HEAD_KEYS)] != list(_HEAD_KEYS):
+            return None
+        rest = list(doc)[len(_HEAD_KEYS):]
+        err: str | None = None
+        if rest and rest[0] == "error":
+            err = doc["error"]
+            rest = rest[1:]
+        if rest[:2] != ["multiplier", "points"]:
+            return None
+        mult, points = doc["multiplier"], doc["points"]
+        if not isinstance(points, dict) or not isinstance(mult, dict) or list(mult) != ["ct", "pt"]:
+            return None
+        names = tuple(points)
+        units = tuple(str(p["unit"]) for p in points.values())
+        key: ShapeKey = (str(doc["gateway"]), str(doc["meter"]), str(doc["customer"]), str(doc["bus"]),
+                         str(doc["schedule"]), _text(mult["ct"]), _text(mult["pt"]), names, units)
+        factors = factors_of(key[5], key[6])
+        marks = [_value_mark(_text(p["raw"]), _text(p["value"]), factors) for p in points.values()]
+        shape = get_shape(key, tuple(m if m in factors or m == _SAME else _SAME for m in marks))
+        out = []
+        for p, mark, default in zip(points.values(), marks, shape.marks, strict=True):
+            raw_text = _text(p["raw"])
+            fields = ["" if raw_text == "null" else raw_text, "" if mark == default else mark,
+                      "" if p["quality"] == "good" else str(p["quality"])]
+            if "reason" in p:
+                fields.append(_text(p["reason"]))
+            while len(fields) > 1 and not fields[-1]:
+                fields.pop()
+            out.append(_FLD.join(fields))
+        extra = ",".join(f"{encode_basestring(k)}:{_text(doc[k])}" for k in rest[2:])
+        body = _PT.join(out) + _tail("" if err is None else _text(err), extra)
+        if render(shape, seq, slot, ts, quality, body) != payload:
+            return None
+        return shape, body
+    except (ValueError, TypeError, KeyError, AttributeError, InvalidOperation):
+        return None
