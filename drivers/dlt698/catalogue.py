@@ -130,7 +130,11 @@ FREEZES: Final[dict[str, int]] = {
 }
 #: Columns read from a freeze record: freeze time, then the energy/demand arrays.
 FREEZE_COLUMNS: Final[tuple[int, ...]] = (
-    FREEZE_TIME_OAD, 0x00100200, 0x00200200, 0x00300200, 0x00400200, 0x10100200,
+    FREEZE_TIME_OAD, 0x00100200, 0x00200200, 0x00300200, 0x00400200,
+    # quadrant I … IV reactive (the period power factor's registers); a meter whose freeze
+    # does not carry them answers null and they are read live at the boundary
+    0x00500200, 0x00600200, 0x00700200, 0x00800200,
+    0x10100200,
 )
 
 
