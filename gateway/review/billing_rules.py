@@ -186,11 +186,14 @@ def tariff_sum_mismatch(
         if not present:
             continue
         psum = sum((p.raw for p in present), _ZERO)
+        diff = total.raw - psum
+        raised = is_raised(state, "tariff_sum_mismatch", total_name)
+        if not diff and not raised and th.tariff_sum_steps_per_tariff >= 0:
+            continue            # the parts add up exactly: within any tolerance, no step needed
         step = max(_raw_step(r) for r in (total, *present))
         tolerance = step * len(present) * th.tariff_sum_steps_per_tariff
-        diff = total.raw - psum
         mismatch = abs(diff) > tolerance
-        if not mismatch and not is_raised(state, "tariff_sum_mismatch", total_name):
+        if not mismatch and not raised:
             continue
         ev: dict[str, object] = {
             "register": total_name, "total_raw": total.raw, "tariffs_raw": {
