@@ -150,8 +150,10 @@ def reading_payload(r: Reading, gateway: str, seq: int) -> str:
     parts = []
     for name, p in r.points.items():
         reason = "" if p.reason is None else ',"reason":' + _json_str(p.reason)
+        raw = json_number(p.raw)
+        value = raw if p.value is p.raw else json_number(p.value)   # no multiplier: the same object
         parts.append(
-            f'"{name}":{{"raw":{json_number(p.raw)},"value":{json_number(p.value)},'
+            f'"{name}":{{"raw":{raw},"value":{value},'
             f'"unit":{_json_str(p.unit)},"quality":"{p.quality}"{reason}}}'
         )
     extra = ""

@@ -55,12 +55,8 @@ def _range_rule(name: str) -> _RangeRule:
     return rule
 
 
-def _range_problem(name: str, value: Value) -> str | None:
-    if isinstance(value, str):
-        return None
-    rule = _range_rule(name)
-    if rule is None:
-        return None
+def _out_of_range(rule: tuple[float, float, str], value: Decimal | float | int) -> str | None:
+    """Why ``value`` breaks ``rule``, or None when it is plausible."""
     lo, hi, what = rule
     if lo <= float(value) <= hi:
         return None
@@ -71,25 +67,27 @@ def _range_problem(name: str, value: Value) -> str | None:
     return f"{value} is outside the physical range {lo:g}..{hi:g}"
 
 
-_TABLES: dict[tuple[int, Decimal, Decimal], tuple[Profile, dict[str, str], dict[str, Decimal]]] = {}
+_PointEntry = tuple[str, Decimal, _RangeRule]   # unit, multiplier, plausibility rule
+_TABLES: dict[tuple[int, Decimal, Decimal], tuple[Profile, dict[str, _PointEntry]]] = {}
 
 
-def _tables(profile: Profile, ct: Decimal, pt: Decimal) -> tuple[dict[str, str], dict[str, Decimal]]:
-    """Units and multiplier per point, shared by every meter with the same profile and ratios."""
+def _tables(profile: Profile, ct: Decimal, pt: Decimal) -> dict[str, _PointEntry]:
+    """Unit, multiplier and range rule per point, worked out once and shared by every meter
+    with the same profile and ratios (``build`` runs for every reading)."""
     key = (id(profile), ct, pt)
     cached = _TABLES.get(key)
     if cached is not None and cached[0] is profile:  # the entry holds the profile: its id is never reused
-        return cached[1], cached[2]
-    units = {name: point.unit for name, point in profile.points.items()}
+        return cached[1]
     factors = profile_factors(profile, ct, pt)
-    _TABLES[key] = (profile, units, factors)
-    return units, factors
+    table = {name: (point.unit, factors.get(name, _ONE), _range_rule(name)) for name, point in profile.points.items()}
+    _TABLES[key] = (profile, table)
+    return table
 
 
 class ReadingBuilder:
     """Builds readings for one meter: multipliers and units resolved once, at load."""
 
-    __slots__ = ("_factors", "_units", "bus", "ct", "customer", "meter", "pt")
+    __slots__ = ("_table", "bus", "ct", "customer", "meter", "pt")
 
     def __init__(self, meter: MeterSettings, profile: Profile) -> None:
         self.meter = meter.id
@@ -97,7 +95,7 @@ class ReadingBuilder:
         self.bus = meter.bus
         self.ct = meter.ct_ratio.factor
         self.pt = meter.pt_ratio.factor
-        self._units, self._factors = _tables(profile, self.ct, self.pt)
+        self._table = _tables(profile, self.ct, self.pt)
 
     def build(
         self, schedule: str, slot: float, ts: float, results: Mapping[str, PointResult]
@@ -106,8 +104,10 @@ class ReadingBuilder:
         points: dict[str, PointValue] = {}
         overall: Quality = "good"
         error: str | None = None
+        table = self._table
         for name, res in results.items():
-            unit = self._units.get(name, "")
+            entry = table.get(name)
+            unit, factor, rule = entry if entry is not None else ("", _ONE, _range_rule(name))
             raw = res.raw
             if res.quality != "good" or raw is None:
                 quality: Quality = res.quality if res.quality != "good" else "invalid"
@@ -117,10 +117,12 @@ class ReadingBuilder:
                     error = f"{name}: {res.reason}" if res.reason else name
                 continue
             value: Value = raw
-            factor = self._factors.get(name, _ONE)
-            if factor != _ONE and not isinstance(raw, str):
+            if isinstance(raw, str):
+                points[name] = PointValue(raw, value, unit)
+                continue
+            if factor != _ONE:
                 value = raw * factor if isinstance(raw, Decimal) else Decimal(repr(raw)) * factor
-            problem = _range_problem(name, raw)
+            problem = None if rule is None else _out_of_range(rule, raw)
             if problem is not None:
                 points[name] = PointValue(raw, value, unit, "invalid", problem)
                 if overall == "good":
@@ -135,7 +137,8 @@ class ReadingBuilder:
     def failed(self, schedule: str, slot: float, ts: float, quality: Quality, reason: str,
                points: list[str]) -> Reading:
         """A failed read, recorded as a failed read: every point null with the reason."""
-        pts = {n: PointValue(None, None, self._units.get(n, ""), quality, None) for n in points}
+        table = self._table
+        pts = {n: PointValue(None, None, table[n][0] if n in table else "", quality, None) for n in points}
         return Reading(
             meter=self.meter, customer=self.customer, bus=self.bus, schedule=schedule, slot=slot,
             ts=ts, points=pts, quality=quality, error=reason, ct=self.ct, pt=self.pt,

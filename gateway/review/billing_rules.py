@@ -47,12 +47,22 @@ from gateway.review_thresholds import ReviewThresholds
 _ZERO: Final = Decimal(0)
 _DAY_S: Final = 86400.0
 _TARIFFS: Final = ("_t1", "_t2", "_t3", "_t4")
+_TARIFF_NAMES: Final = tuple((total, tuple(total + t for t in _TARIFFS))
+                             for total in ("energy_import_kwh", "energy_export_kwh"))
+_STEPS: dict[int, Decimal] = {}
 
 
 def _raw_step(reg: RegisterValue) -> Decimal:
     """One display step of the register as shown (0.01 for XXXXXX.XX)."""
     exponent = reg.raw.as_tuple().exponent
-    return Decimal(1).scaleb(exponent) if isinstance(exponent, int) else Decimal("0.01")
+    if not isinstance(exponent, int):
+        return Decimal("0.01")
+    step = _STEPS.get(exponent)
+    if step is None:
+        step = Decimal(1).scaleb(exponent)
+        if len(_STEPS) < 64:
+            _STEPS[exponent] = step
+    return step
 
 
 def _secs(a: float, b: float) -> Decimal:
@@ -163,36 +173,49 @@ def reverse_energy(
 def tariff_sum_mismatch(
     state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
 ) -> list[RuleEvent]:
-    """Σ tariff registers differs from the total by more than rounding explains."""
+    """Σ tariff registers differs from the total by more than rounding explains.
+
+    Runs on every reading, so the evidence is built only when an event may come of it
+    (a mismatch, or a raised condition counting normal readings).
+    """
     out: list[RuleEvent] = []
-    for total_name in ("energy_import_kwh", "energy_export_kwh"):
-        total = obs.registers.get(total_name)
-        parts = [obs.registers.get(total_name + t) for t in _TARIFFS]
+    registers = obs.registers
+    for total_name, tariff_names in _TARIFF_NAMES:
+        total = registers.get(total_name)
+        if total is None:
+            continue
+        parts = [registers.get(n) for n in tariff_names]
         present = [p for p in parts if p is not None]
-        if total is None or not present:
+        if not present:
             continue
         psum = sum((p.raw for p in present), _ZERO)
+        diff = total.raw - psum
+        raised = is_raised(state, "tariff_sum_mismatch", total_name)
+        if not diff and not raised and th.tariff_sum_steps_per_tariff >= 0:
+            continue            # the parts add up exactly: within any tolerance, no step needed
         step = max(_raw_step(r) for r in (total, *present))
         tolerance = step * len(present) * th.tariff_sum_steps_per_tariff
-        diff = total.raw - psum
         modulus = ctx.capacities.get(total_name)
         if modulus is not None:
             # the registers wrap at 10^digits: a total past 999999.99 shows Σ tariffs − 10^6
             diff -= modulus * (diff / modulus).to_integral_value(ROUND_HALF_EVEN)
+        mismatch = abs(diff) > tolerance
+        if not mismatch and not raised:
+            continue
         ev: dict[str, object] = {
             "register": total_name, "total_raw": total.raw, "tariffs_raw": {
-                total_name + t: p.raw for t, p in zip(_TARIFFS, parts, strict=True) if p is not None},
+                n: p.raw for n, p in zip(tariff_names, parts, strict=True) if p is not None},
             "sum_raw": psum, "difference_raw": diff, "register_step_raw": step, "tariffs": len(present),
             "steps_per_tariff": th.tariff_sum_steps_per_tariff, "tolerance_raw": tolerance,
             "arithmetic": "tolerance_raw = register_step_raw × tariffs × steps_per_tariff",
         }
         if modulus is not None:
             ev["capacity_raw"] = modulus
-        if abs(diff) > tolerance:
+        if mismatch:
             raise_condition(state, out, "tariff_sum_mismatch", total_name, obs.ts,
                             f"meter {obs.meter}: tariff registers sum to {psum}, total {total_name} "
                             f"shows {total.raw} (difference {diff}, tolerance {tolerance})", ev)
-        elif is_raised(state, "tariff_sum_mismatch", total_name):
+        else:
             normal_cycle(state, out, "tariff_sum_mismatch", total_name, obs.ts, th.clear_after_normal_cycles,
                          f"meter {obs.meter}'s tariff registers add up to {total_name} again", ev)
     return out

@@ -1,0 +1,180 @@
+"""CPU per reading of each in-process step of the gateway's pipeline, without sockets or threads.
+
+``bench/tcp_fleet.py`` measures the whole gateway against the bare loop, but on a shared
+2-core box two runs of one build differ by ±20 %, which hides a change of a few per cent.
+This bench times the per-reading steps alone, in one thread, on the same readings every
+run, so two source trees can be compared within a few per cent:
+
+* **decode + build**: the Modbus reply bytes (``amr-gateway simulate``'s own register
+  image for the bench's point set) decoded into point results (``_decode_into``) and
+  turned into a :class:`~gateway.model.Reading` (``ReadingBuilder.build``);
+* **review**: ``observe_reading`` and every per-reading rule (``gateway.review.ruleset``)
+  against each meter's memory, as the review engine runs them;
+* **payload**: the ``amr.reading.v1`` JSON document as the store makes it: with the
+  compact store (``gateway/storecodec.py``) the row encoded at commit and rendered back at
+  delivery (``encode`` + ``render``), in an older tree ``reading_payload`` at commit;
+* **line**: the InfluxDB line rendered at commit (``reading_line``).
+
+It also prints checksums of what the steps produced (the review's events, every payload,
+every line): two trees that only differ in speed print the same ones.
+
+The store (SQLite), the sinks' sockets, the transport and asyncio are not in it: those are
+in ``tcp_fleet.py``'s figures only. Compare trees by putting each first on ``PYTHONPATH``::
+
+    PYTHONPATH=/tmp/old python -m bench.pipeline_parts      # the tree to compare against
+    PYTHONPATH=. python -m bench.pipeline_parts
+
+Run from the repository root. Prints one line per step: µs of process CPU per reading
+(the best of ``--repeat`` passes, each over ``--meters`` × ``--slots`` readings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from drivers.modbus.driver import _decode_into
+from drivers.modbus.plan import DecodeStep, ReadPlan
+from drivers.modbus.simulator import SimMeter, SimMeterSpec, _pdu_reply
+from gateway.clock import SystemClock
+from gateway.config import load_settings_from_text
+from gateway.model import PointResult, Reading, reading_payload
+from gateway.review.engine import meter_context
+from gateway.review.rules import MeterState, RuleEvent, observe_reading
+from gateway.review.ruleset import evaluate
+from gateway.settings import ScheduleSettings
+from gateway.sinks.lineproto import reading_line
+
+POINTS = '["energy_import_kwh*", "power_kw", "voltage_*"]'   # bench/tcp_fleet.py's point set
+
+
+class _Clock(SystemClock):
+    """The simulator's clock, set by the bench."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+
+    def time(self) -> float:
+        """The instant the bench set."""
+        return self.t
+
+
+def _config(meters: int) -> str:
+    lines = ["gateway: {id: parts, timezone: UTC, data_dir: /tmp/amr-bench-parts}", "buses:"]
+    lines += [f"  - {{id: b{i}, type: tcp, host: 127.0.0.1, port: {10000 + i}, protocol: modbus-tcp}}"
+              for i in range(1, meters + 1)]
+    lines.append("meters:")
+    lines += [f"  - {{id: m{i}, customer: C{i}, bus: b{i}, address: 1, profile: simulator, schedules: [s]}}"
+              for i in range(1, meters + 1)]
+    lines.append(f"schedules:\n  s: {{every: 1s, points: {POINTS}}}")
+    return "\n".join(lines) + "\n"
+
+
+def payload_maker(gateway: str) -> tuple[str, Callable[[Reading, int], str]]:
+    """How this tree turns a committed reading into its message text, and that function."""
+    import gateway as package
+
+    spec = importlib.util.find_spec("gateway.storecodec")
+    # an editable install's finder may answer from another tree: only this tree's module counts
+    if spec is None or not any(str(spec.origin).startswith(p) for p in package.__path__):
+        return "reading_payload", lambda r, seq: reading_payload(r, gateway, seq)
+    codec: Any = importlib.import_module("gateway.storecodec")
+    shapes: dict[Any, Any] = {}
+
+    def make(r: Reading, seq: int) -> str:
+        key = codec.shape_key(r, gateway)
+        shape = shapes.get(key)
+        if shape is None:
+            marks = codec.marks_of(r, codec.factors_of(key[5], key[6]))
+            shape = shapes[key] = codec.shape_from_spec(len(shapes) + 1, codec.spec_of(key, marks))
+        text: str = codec.render(shape, seq, r.slot, r.ts, r.quality, codec.encode(r, shape))
+        return text
+
+    return "storecodec encode + render", make
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time each step; print µs of CPU per reading."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--meters", type=int, default=50)
+    ap.add_argument("--slots", type=int, default=300, help="1-s slots per meter (the review keeps state)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    from gateway.runtime import build_meters
+
+    settings = load_settings_from_text(_config(args.meters))
+    runtimes = build_meters(settings)
+    sched: ScheduleSettings = settings.schedules["s"]
+    clock = _Clock()
+    t0 = 1_796_000_000.0
+    # the replies every meter gives at every slot, computed once (not timed)
+    replies: list[list[tuple[str, float, list[tuple[tuple[DecodeStep, ...], bytes]]]]] = []
+    for n, rt in enumerate(runtimes.values()):
+        plan, _names = rt.plans["s"]
+        assert isinstance(plan, ReadPlan)
+        sim = SimMeter(SimMeterSpec(rt.id, "modbus-tcp", 1, rt.profile, seed=n), clock, "UTC")
+        per_slot = []
+        for k in range(args.slots):
+            clock.t = t0 + k
+            parts = []
+            for req in plan.requests:
+                reply = _pdu_reply(sim, req.pdu)
+                parts.append((req.layout, reply[2:]))
+            per_slot.append((rt.id, clock.t, parts))
+        replies.append(per_slot)
+    best: dict[str, float] = {}
+    readings_n = args.meters * args.slots
+    for _ in range(args.repeat):
+        states = {rt.id: MeterState() for rt in runtimes.values()}
+        contexts = {m.id: meter_context(m, "UTC", settings.review.for_meter(m.id, m.customer),
+                                        runtimes[m.id].profile) for m in settings.meters.values()}
+        th = {m.id: settings.review.for_meter(m.id, m.customer) for m in settings.meters.values()}
+        readings: list[Reading] = []
+        c = time.process_time()
+        for per_slot in replies:
+            for meter_id, slot, parts in per_slot:
+                results: dict[str, PointResult] = {}
+                for layout, data in parts:
+                    _decode_into(results, layout, data)
+                readings.append(runtimes[meter_id].builder.build("s", slot, slot + 0.004, results))
+        steps = {"decode + build": time.process_time() - c}
+        events: list[RuleEvent] = []
+        c = time.process_time()
+        for r in readings:
+            obs = observe_reading(r, sched.every_s, th[r.meter].power_point)
+            got, errors = evaluate(states[r.meter], obs, contexts[r.meter], th[r.meter])
+            assert not errors, errors
+            events += got
+        steps["review"] = time.process_time() - c
+        how, make = payload_maker("parts")
+        c = time.process_time()
+        payloads = [make(r, seq) for seq, r in enumerate(readings)]
+        steps["payload"] = time.process_time() - c
+        c = time.process_time()
+        lines = [reading_line("amr_reading", "parts", r, seq) for seq, r in enumerate(readings)]
+        steps["line"] = time.process_time() - c
+        # what the steps produced, so two trees can be shown to agree (not timed)
+        digest = (len(events), zlib.crc32("\n".join(payloads).encode()), zlib.crc32("\n".join(lines).encode()),
+                  zlib.crc32(repr([(e.type, e.state, e.key, e.ts) for e in events]).encode()))
+        for step, v in steps.items():
+            best[step] = min(best.get(step, v), v)
+    total = 0.0
+    for name, v in best.items():
+        us = 1e6 * v / readings_n
+        total += us
+        print(f"{name:<16} {us:7.2f} µs/reading")
+    print(f"{'total':<16} {total:7.2f} µs/reading  ({readings_n:,} readings, best of {args.repeat})")
+    print(f"payload by {how}")
+    print(f"output: {digest[0]} review events (crc32 {digest[3]:08x}), payloads crc32 {digest[1]:08x}, "
+          f"lines crc32 {digest[2]:08x}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
