@@ -222,22 +222,8 @@ async def _settlement_instants(read: ReadPayload, addr: str, n: int,
 
 async def _settlement_instant(read: ReadPayload, addr: str, n: int, timeout: float) -> datetime | None:
     """The n-th previous settlement instant by the meter's clock and settlement days (None: unknown)."""
-    days: list[tuple[int, int]] = []
-    for di in catalogue.SETTLEMENT_DAY_DIS:
-        try:
-            days.append(decode_ddhh((await read(addr, di, "dlt645", timeout, 2))[:2]))
-        except (DeviceException, DecodeError):
-            continue
-    if not days:
-        return None
-    try:
-        dpay = await read(addr, 0x04000101, "dlt645", timeout, 4)
-        tpay = await read(addr, 0x04000102, "dlt645", timeout, 3)
-        d = decode_datetime(dpay[:4], "YYMMDDWW")
-        t = decode_time(tpay[:3])
-    except (DeviceException, DecodeError):
-        return None
-    return nth_previous_settlement(datetime.combine(d.date(), t), days, n)
+    instant, _began = await _settlement_instants(read, addr, n, timeout)
+    return instant
 
 
 async def _freeze_time(read: ReadPayload, addr: str, n: int, timeout: float) -> datetime | None:

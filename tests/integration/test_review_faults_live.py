@@ -10,35 +10,21 @@ line answers again. Real peers: simulators on a pty and loopback TCP, SQLite on 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.clock import ScaledClock
 from gateway.config import load_settings_from_text
 from gateway.demo import demo_config_text
-from gateway.model import loads_exact
 from gateway.ports import free_port
-from gateway.review.engine import ReviewEngine
-from gateway.runtime import Gateway
-from gateway.simulator.fleet import SimulatedFleet
+from tests.reviewlive import Running, running_review, stored_events
 from tests.servicefixtures import await_until
 
 RATE = 120.0                                   # a simulated minute every 0.5 s
 START = 1_795_939_200.0 + 14 * 60 + 50         # 2026-11-29 16:14:50 +08:00
 EVENTS_SCHEDULE = '  events: {every: 1m, points: ["event_*"]}\n'
-
-
-@dataclass
-class Running:
-    gw: Gateway
-    fleet: SimulatedFleet
-    clock: ScaledClock
-    engine: ReviewEngine
 
 
 @pytest.fixture
@@ -51,25 +37,11 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         text = f"{head}{{id: {meter},{tail}"
     settings = load_settings_from_text(text, "<test>", tmp_path, {"AMR_API_TOKEN": "t"})
     clock = ScaledClock(START, RATE)
-    fleet = SimulatedFleet(settings, clock, seed=7)
-    await fleet.start()
-    gw = Gateway(settings, clock, enable_sinks=False)
-    try:
-        await gw.start()
-        assert gw.review is not None
-        yield Running(gw, fleet, clock, gw.review)
-    finally:
-        await gw.stop()
-        await fleet.stop()
+    async with running_review(settings, clock, 7) as running:
+        yield running
 
 
-def events(db: Path, meter: str) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute("SELECT type, state, key, evidence FROM review_event WHERE meter=? ORDER BY id", (meter,))
-        return [{"type": t, "state": s, "key": k, "evidence": loads_exact(e)} for t, s, k, e in rows]
-    finally:
-        conn.close()
+events = stored_events
 
 
 def real_s(simulated_s: float) -> float:

@@ -16,22 +16,16 @@ tests/integration/test_review_faults_live.py.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.clock import ScaledClock
 from gateway.config import load_settings_from_text
-from gateway.model import loads_exact
 from gateway.ports import free_port
-from gateway.review.engine import ReviewEngine
-from gateway.runtime import Gateway
-from gateway.simulator.fleet import SimulatedFleet
+from tests.reviewlive import Running, running_review, stored_events
 from tests.servicefixtures import await_until
 
 RATE = 3600.0                                  # a simulated hour every second
@@ -67,14 +61,6 @@ review:
 """
 
 
-@dataclass
-class Running:
-    gw: Gateway
-    fleet: SimulatedFleet
-    clock: ScaledClock
-    engine: ReviewEngine
-
-
 #: daily stages (a boundary every midnight), so stage_change judges a day against the day before
 DAILY = "billing:\n  daily: {cycle_day: 1, stages: [" + ", ".join(str(d) for d in range(2, 29)) + "]}\n"
 
@@ -87,25 +73,11 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
                          billing=", billing: daily" if daily else "", billing_plans=DAILY if daily else "")
     settings = load_settings_from_text(text, "<test>", tmp_path, {"AMR_API_TOKEN": "t"})
     clock = ScaledClock(START, rate)
-    fleet = SimulatedFleet(settings, clock, seed=3)
-    await fleet.start()
-    gw = Gateway(settings, clock, enable_sinks=False)
-    try:
-        await gw.start()
-        assert gw.review is not None
-        yield Running(gw, fleet, clock, gw.review)
-    finally:
-        await gw.stop()
-        await fleet.stop()
+    async with running_review(settings, clock, 3) as running:
+        yield running
 
 
-def events(db: Path, meter: str) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute("SELECT type, state, key, evidence FROM review_event WHERE meter=? ORDER BY id", (meter,))
-        return [{"type": t, "state": s, "key": k, "evidence": loads_exact(e)} for t, s, k, e in rows]
-    finally:
-        conn.close()
+events = stored_events
 
 
 def real_s(simulated_s: float) -> float:
