@@ -35,6 +35,7 @@ from gateway.billing.clockstate import ClockStateSource, GatewayClockState
 from gateway.model import Reading, iso_utc, loads_exact
 from gateway.polling import MeterRuntime
 from gateway.review.rules import parse_meter_clock
+from gateway.storecodec import PAYLOAD_SQL
 from gateway.web.downsample import MAX_BUCKETS, Bucket, downsample
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def meter_row(m: MeterRuntime, offsets: dict[str, tuple[float, float]]) -> dict[
     }
 
 
-_LATEST: Final = ("SELECT payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' "
+_LATEST: Final = (f"SELECT {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' AND quality='good' "
                   "AND schedule=? ORDER BY slot DESC, seq DESC LIMIT ?")
 
 
@@ -180,10 +181,12 @@ def point_values(conn: sqlite3.Connection, meter: str, points: list[str], start:
     SQLite answers from one parse of each stored payload (its JSON parse cache).
     """
     lists: list[list[tuple[float, float]]] = [[] for _ in points]
-    cols = ", ".join(f"json_extract(payload, ?{k + 1})" for k in range(len(points)))
+    cols = ", ".join(f"json_extract(doc, ?{k + 1})" for k in range(len(points)))
     n = len(points)
-    sql = (f"SELECT ts, {cols} FROM outbox WHERE meter=?{n + 1} AND kind='reading' AND quality='good' "
-           f"AND slot>=?{n + 2} AND slot<?{n + 3} ORDER BY slot, seq")
+    # the published text of each reading, rendered once per row (the store keeps values only)
+    sql = (f"WITH d AS MATERIALIZED (SELECT ts, slot, seq, {PAYLOAD_SQL} AS doc FROM outbox "
+           f"WHERE meter=?{n + 1} AND kind='reading' AND quality='good' AND slot>=?{n + 2} AND slot<?{n + 3}) "
+           f"SELECT ts, {cols} FROM d ORDER BY slot, seq")
     args = (*(f'$.points."{p}".value' for p in points), meter, start, end)
     for row in conn.execute(sql, args):
         ts = row[0]
@@ -216,13 +219,16 @@ def bucket_values(conn: sqlite3.Connection, meter: str, points: list[str], start
     """
     n = len(points)
     width = (end - start) / buckets
-    inner = ", ".join(f"json_extract(payload, ?{k + 1}) AS v{k}" for k in range(n))
+    inner = ", ".join(f"json_extract(doc, ?{k + 1}) AS v{k}" for k in range(n))
     outer = ", ".join(f"count(v{k}), min(v{k}), max(v{k}), avg(v{k}), min(CASE WHEN v{k} IS NOT NULL THEN ts END)"
                       for k in range(n))
     # MATERIALIZED: each payload is parsed once, not once per aggregate that names its values
-    sql = (f"WITH r AS MATERIALIZED (SELECT min(?{n + 1}, CAST((ts - ?{n + 2}) / ?{n + 3} AS INTEGER)) AS b, ts, "
-           f"{inner} FROM outbox WHERE meter=?{n + 4} AND kind='reading' AND quality='good' AND slot>=?{n + 5} "
-           f"AND slot<?{n + 6} AND ts>=?{n + 5} AND ts<?{n + 6}) SELECT b, {outer} FROM r GROUP BY b ORDER BY b")
+    # (and the published text of each reading is rendered once: the store keeps values only)
+    sql = (f"WITH d AS MATERIALIZED (SELECT ts, {PAYLOAD_SQL} AS doc FROM outbox WHERE meter=?{n + 4} "
+           f"AND kind='reading' AND quality='good' AND slot>=?{n + 5} AND slot<?{n + 6} AND ts>=?{n + 5} "
+           f"AND ts<?{n + 6}), "
+           f"r AS MATERIALIZED (SELECT min(?{n + 1}, CAST((ts - ?{n + 2}) / ?{n + 3} AS INTEGER)) AS b, ts, "
+           f"{inner} FROM d) SELECT b, {outer} FROM r GROUP BY b ORDER BY b")
     args = (*(f'$.points."{p}".value' for p in points), buckets - 1, start, width, meter, start, end)
     out: dict[str, list[Bucket]] = {p: [] for p in points}
     for row in conn.execute(sql, args):

@@ -6,13 +6,18 @@ import math
 import random
 import sqlite3
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from gateway.api.params import BadRequest
-from gateway.model import to_json
+from gateway.model import PointValue, Reading
+from gateway.settings import StoreSettings
+from gateway.store import Store
+from gateway.storecodec import register
 from gateway.web.data import parse_points, point_values, series_doc, series_values
 from gateway.web.downsample import downsample
+from tests.servicefixtures import commit
 
 YEAR_S = 365 * 86400.0
 STEP_S = 900.0
@@ -64,27 +69,30 @@ def test_points_parameter() -> None:
             parse_points(bad)
 
 
-def _outbox(rows: list[tuple[float, dict[str, object]]]) -> sqlite3.Connection:
-    """An in-memory outbox of good readings of meter m (the columns the series queries read)."""
-    conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, meter TEXT, "
-                 "schedule TEXT, retention TEXT NOT NULL, slot REAL, ts REAL NOT NULL, quality TEXT, "
-                 "payload TEXT NOT NULL)")
-    conn.executemany("INSERT INTO outbox(kind, meter, schedule, retention, slot, ts, quality, payload) "
-                     "VALUES ('reading', 'm', 'realtime', 'interval', ?, ?, 'good', ?)",
-                     [(t, t + 0.4, to_json({"meter": "m", "points": pts})) for t, pts in rows])
-    return conn
+async def _outbox(tmp_path: Path, rows: list[tuple[float, dict[str, PointValue]]]) -> sqlite3.Connection:
+    """A real store (SQLite on disk, the gateway's own schema and codec) holding good readings
+    of meter m, opened as the API's read pool opens it."""
+    db = tmp_path / "amr.sqlite"
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01), "gw")
+    try:
+        await commit(store, [Reading(meter="m", customer="C", bus="b", schedule="realtime", slot=t, ts=t + 0.4,
+                                     points=pts) for t, pts in rows])
+    finally:
+        await store.close()
+    return register(sqlite3.connect(db))
 
 
-def test_the_store_query_gives_the_same_buckets_as_downsample_and_raw_points_when_few() -> None:
-    rows: list[tuple[float, dict[str, object]]] = []
+async def test_the_store_query_gives_the_same_buckets_as_downsample_and_raw_points_when_few(tmp_path: Path) -> None:
+    rows: list[tuple[float, dict[str, PointValue]]] = []
     for t, v in year_of_quarter_hours()[:20_000]:
-        pts: dict[str, object] = {"power_kw": {"value": Decimal(repr(round(v, 3))), "unit": "kW"}}
+        kw = Decimal(repr(round(v, 3)))
+        pts = {"power_kw": PointValue(kw, kw, "kW")}
         if int(t) % 7200 == 0:
-            pts["power_kw_l1"] = {"value": Decimal(repr(round(v / 3, 3))), "unit": "kW"}
-        pts["meter_clock"] = {"raw": "2026-12-01T00:00:00", "value": "2026-12-01T00:00:00"}
+            third = Decimal(repr(round(v / 3, 3)))
+            pts["power_kw_l1"] = PointValue(third, third, "kW")
+        pts["meter_clock"] = PointValue("2026-12-01T00:00:00", "2026-12-01T00:00:00", "")
         rows.append((t, pts))
-    conn = _outbox(rows)
+    conn = await _outbox(tmp_path, rows)
     end = 20_000 * STEP_S
     got = series_values(conn, "m", ["power_kw", "power_kw_l1", "meter_clock"], 0.0, end, 480)
     exact = point_values(conn, "m", ["power_kw", "power_kw_l1"], 0.0, end)
