@@ -49,6 +49,7 @@ from gateway.model import iso_utc
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
+from gateway.storecodec import PAYLOAD_SQL, register
 
 TOKEN = "console-bench-token"
 YEAR_S = 365 * 86400
@@ -77,10 +78,12 @@ def config_text(data_dir: Path, meters: int, buses: int, api_port: int) -> str:
 
 def add_year(db: Path, meter: str, now: float) -> int:
     """A year of 15-minute readings of ``meter`` ending now, copied from its newest reading."""
-    conn = sqlite3.connect(db, timeout=30)
+    conn = register(sqlite3.connect(db, timeout=30))
     try:
-        row = conn.execute("SELECT schedule, payload FROM outbox WHERE meter=? AND kind='reading' AND quality='good' "
-                           "ORDER BY seq DESC LIMIT 1", (meter,)).fetchone()
+        # the published text of the newest reading (the store keeps values only); the copies
+        # are inserted as full documents without a shape, which the store passes through as is
+        row = conn.execute(f"SELECT schedule, {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' "
+                           "AND quality='good' ORDER BY seq DESC LIMIT 1", (meter,)).fetchone()
         assert row is not None, f"{meter} has no good reading to copy"
         schedule, payload = row
         doc = json.loads(payload)
