@@ -10,6 +10,14 @@ from typing import Any
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
+# Scalar schemas the route modules build their documents from (one definition each, so
+# "number" means the same thing in every module and a nullable one says so by name).
+STRING: dict[str, Any] = {"type": "string"}
+NULLABLE_STRING: dict[str, Any] = {"type": "string", "nullable": True}
+NUMBER: dict[str, Any] = {"type": "number"}
+NULLABLE_NUMBER: dict[str, Any] = {"type": "number", "nullable": True}
+INTEGER: dict[str, Any] = {"type": "integer"}
+
 
 def error_responses(*codes: int) -> dict[str, Any]:
     """Standard error responses for the given status codes."""

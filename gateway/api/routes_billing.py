@@ -22,7 +22,19 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from gateway.api.auth import audit_write, caller, requires
-from gateway.api.openapi import FORMAT, FROM, METER_ID, TO, error_responses, json_or_csv
+from gateway.api.openapi import (
+    FORMAT,
+    FROM,
+    INTEGER,
+    METER_ID,
+    NULLABLE_NUMBER,
+    NULLABLE_STRING,
+    NUMBER,
+    STRING,
+    TO,
+    error_responses,
+    json_or_csv,
+)
 from gateway.api.params import BadRequest, output_format, time_range
 from gateway.api.server import csv_response, json_response
 from gateway.billing import db as billing_db
@@ -266,12 +278,7 @@ def install_billing_routes(server: ApiServer, r: web.UrlDispatcher,
 
 
 # ---------------------------------------------------------------------------- OpenAPI
-_STR: Final = {"type": "string"}
-_NSTR: Final = {"type": "string", "nullable": True}
-_NUM_OR_NULL: Final = {"type": "number", "nullable": True}
-_NUM: Final = {"type": "number"}
 _RATIO: Final = {"type": "number", "nullable": True, "minimum": 0, "maximum": 1}
-_INT: Final = {"type": "integer"}
 _SETTLEMENT_QUALITY: Final = ["meter_frozen", "actual", "manual", "late", "estimated", "missing"]
 
 
@@ -280,86 +287,87 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
 
 
 def _revision_props() -> dict[str, Any]:
-    register = _obj({"raw": {"type": "number"}, "value": {"type": "number"}, "unit": _STR,
-                     "at": {**_NSTR, "description": "maximum demand: when it occurred (meter local time)"},
-                     "quality": {**_NSTR, "description": "only when this register was obtained differently "
+    register = _obj({"raw": {"type": "number"}, "value": {"type": "number"}, "unit": STRING,
+                     "at": {**NULLABLE_STRING, "description": "maximum demand: when it occurred (meter local time)"},
+                     "quality": {**NULLABLE_STRING, "description": "only when this register was obtained differently "
                                  "from the settlement (e.g. a live read beside the meter's freeze)"},
-                     "read_at": _NSTR}, required=["raw", "value", "unit"])
+                     "read_at": NULLABLE_STRING}, required=["raw", "value", "unit"])
     return {
         "id": {"type": "integer", "nullable": True, "description": "this version's id (POST "
                "/api/v1/settlements/{id}/confirm takes it)"},
         "quality": {"type": "string", "nullable": True, "enum": [*_SETTLEMENT_QUALITY, None]},
-        "source": _NSTR,
-        "entered_by": {**_NSTR, "description": "manual: the API token's name that entered the reading"},
-        "note": {**_NSTR, "description": "manual: the operator's note"},
+        "source": NULLABLE_STRING,
+        "entered_by": {**NULLABLE_STRING, "description": "manual: the API token's name that entered the reading"},
+        "note": {**NULLABLE_STRING, "description": "manual: the operator's note"},
         "confirmed": {"type": "object", "nullable": True, "description": "an operator's confirmation of a "
                       "clock_unverified or estimated value: by, at, reason"},
         "supersedes": {"type": "object", "nullable": True, "description": "the version this one replaced: "
                        "id, quality, seq, revision"},
-        "read_at": _NSTR,
-        "frozen_at": _NSTR,
-        "ct": _NSTR,
-        "pt": _NSTR,
-        "multiplier": _NUM_OR_NULL,
+        "read_at": NULLABLE_STRING,
+        "frozen_at": NULLABLE_STRING,
+        "ct": NULLABLE_STRING,
+        "pt": NULLABLE_STRING,
+        "multiplier": NULLABLE_NUMBER,
         "registers": {"type": "object", "additionalProperties": register},
-        "reason": _NSTR,
+        "reason": NULLABLE_STRING,
         "revision": {"type": "integer", "nullable": True},
-        "estimated_from": {"type": "array", "items": _obj({"seq": _INT, "ts": _STR})},
+        "estimated_from": {"type": "array", "items": _obj({"seq": INTEGER, "ts": STRING})},
         "flags": {"type": "array", "items": {"type": "string", "enum": ["clock_unverified"]},
                   "description": "clock_unverified: read while the gateway clock was not synchronized, or with "
                                  "the meter clock beyond the plan's max_meter_offset (the reason says which)"},
         "gateway_clock": {"type": "object", "nullable": True, "description": "the gateway clock's state at the "
                           "read: synchronized (true/false/null = unknown), source (kernel, command, simulated), "
                           "detail, maxerror_s"},
-        "meter_clock": {**_NSTR, "description": "the meter's clock read with the settlement (meter local time)"},
-        "meter_offset_s": {**_NUM_OR_NULL, "description": "meter clock − gateway clock, seconds"},
+        "meter_clock": {**NULLABLE_STRING,
+                        "description": "the meter's clock read with the settlement (meter local time)"},
+        "meter_offset_s": {**NULLABLE_NUMBER, "description": "meter clock − gateway clock, seconds"},
         "demand_period": {"type": "object", "nullable": True, "description": "the meter's last closed demand "
                           "period read with the settlement (DL/T 645 settlement-day record 0101 0001): raw, "
                           "value (kW after CT×PT), unit, at (when the maximum occurred, meter local), "
                           "period_start, period_end (UTC), record"},
         "seq": {"type": "integer", "nullable": True},
-        "stored_at": _NSTR,
+        "stored_at": NULLABLE_STRING,
     }
 
 
 def _two_part_props() -> dict[str, Any]:
     """Stage / cycle fields of the two-part tariff (gateway.billing.demand.TWO_PART_FIELDS)."""
-    quadrants = {q: {**_NUM_OR_NULL, "description": f"quadrant {q[1]} reactive energy of the period, kvarh "
+    quadrants = {q: {**NULLABLE_NUMBER, "description": f"quadrant {q[1]} reactive energy of the period, kvarh "
                      "after CT×PT"} for q in ("q1", "q2", "q3", "q4")}
     return {
-        "max_demand_kw": {**_NUM_OR_NULL, "description": "maximum demand of the period, kW after CT×PT"},
-        "max_demand_at": {**_NSTR, "description": "when it occurred: the end of its demand window (UTC)"},
+        "max_demand_kw": {**NULLABLE_NUMBER, "description": "maximum demand of the period, kW after CT×PT"},
+        "max_demand_at": {**NULLABLE_STRING, "description": "when it occurred: the end of its demand window (UTC)"},
         "demand_source": {"type": "string", "nullable": True, "enum": ["meter", "computed", None],
                           "description": "meter: the meter's demand register or settlement-day record; "
                                          "computed: from the gateway's interval readings (plan's demand key)"},
         "demand_detail": {"type": "object", "description": "meter: record (current, settlement_day); computed: "
                           "method, window_minutes, slide_minutes, windows, gaps; note"},
         "reactive_kvarh": _obj(quadrants),
-        "power_factor": {**_NUM_OR_NULL, "description": "cos φ = ΔkWh ÷ √(ΔkWh² + Δkvarh²), 4 decimals"},
-        "power_factor_registers": {"type": "array", "items": _STR, "description": "the registers used, active "
+        "power_factor": {**NULLABLE_NUMBER, "description": "cos φ = ΔkWh ÷ √(ΔkWh² + Δkvarh²), 4 decimals"},
+        "power_factor_registers": {"type": "array", "items": STRING, "description": "the registers used, active "
                                    "first: energy_import_kwh with energy_q1_kvarh + energy_q4_kvarh, or with "
                                    "energy_import_kvarh when the meter has no quadrant registers"},
-        "power_factor_kwh": {**_NUM_OR_NULL, "description": "ΔkWh used"},
-        "power_factor_kvarh": {**_NUM_OR_NULL, "description": "Δkvarh used (sum of the reactive registers)"},
+        "power_factor_kwh": {**NULLABLE_NUMBER, "description": "ΔkWh used"},
+        "power_factor_kvarh": {**NULLABLE_NUMBER, "description": "Δkvarh used (sum of the reactive registers)"},
     }
 
 
 def billing_paths() -> dict[str, Any]:
     """OpenAPI ``paths`` of the billing routes."""
     interval = _obj({
-        "start": _STR, "end": _STR,
+        "start": STRING, "end": STRING,
         "status": {"type": "string", "enum": ["complete", "missing", "spans_gap"]},
-        "span_start": _NSTR,
-        "consumption": {"type": "object", "additionalProperties": _NUM_OR_NULL},
-        "note": _NSTR,
+        "span_start": NULLABLE_STRING,
+        "consumption": {"type": "object", "additionalProperties": NULLABLE_NUMBER},
+        "note": NULLABLE_STRING,
     })
     stage = _obj({
-        "stage": _INT, "start": _STR, "end": _STR,
+        "stage": INTEGER, "start": STRING, "end": STRING,
         "start_quality": {"type": "string", "nullable": True, "enum": [*_SETTLEMENT_QUALITY, None]},
         "end_quality": {"type": "string", "nullable": True, "enum": [*_SETTLEMENT_QUALITY, None]},
         "complete": {"type": "boolean"},
-        "consumption": {"type": "object", "additionalProperties": _NUM_OR_NULL},
-        "flags": {"type": "array", "items": _STR},
+        "consumption": {"type": "object", "additionalProperties": NULLABLE_NUMBER},
+        "flags": {"type": "array", "items": STRING},
         "codes": {"type": "array", "items": {"type": "string", "enum": list(FLAG_CODES)},
                   "description": "machine-readable flags: rollover (counted exactly), negative and "
                                  "clock_unverified (the stage is not complete), exchange and ratio_change (a "
@@ -369,28 +377,28 @@ def billing_paths() -> dict[str, Any]:
     })
     revision = _obj(_revision_props())
     boundary = _obj({
-        "boundary_index": _INT,
+        "boundary_index": INTEGER,
         "role": {"type": "string", "enum": ["cycle_start", "stage_start", "cycle_end"]},
-        "boundary": _STR,
+        "boundary": STRING,
         "status": {"type": "string", "enum": ["stored", "pending", "none"]},
         **_revision_props(),
         "history": {"type": "array", "items": revision},
     })
-    counts = {k: _INT for k in kpi_mod.COUNT_KEYS}
+    counts = {k: INTEGER for k in kpi_mod.COUNT_KEYS}
     ratios = {k: _RATIO for k in ("read_completeness", "interval_completeness", "settlement_completeness",
                                   "on_time_rate")}
-    kpi_meter = _obj({"meter": _STR, "bus": _STR, "customer": _STR, **counts, **ratios})
-    kpi_bus = _obj({"bus": _STR, "meters": _INT, **counts, **ratios})
-    kpi_customer = _obj({"customer": _STR, "meters": _INT, **counts, **ratios})
-    kpi_gw = _obj({"meters": _INT, **counts, **ratios})
-    s_counts = {k: _INT for k in kpi_mod.SETTLEMENT_KEYS}
+    kpi_meter = _obj({"meter": STRING, "bus": STRING, "customer": STRING, **counts, **ratios})
+    kpi_bus = _obj({"bus": STRING, "meters": INTEGER, **counts, **ratios})
+    kpi_customer = _obj({"customer": STRING, "meters": INTEGER, **counts, **ratios})
+    kpi_gw = _obj({"meters": INTEGER, **counts, **ratios})
+    s_counts = {k: INTEGER for k in kpi_mod.SETTLEMENT_KEYS}
     s_ratios = {"settlement_completeness": _RATIO, "on_time_rate": _RATIO}
     kpi_cycle = _obj({
-        "cycle": _STR, "timezone": _STR,
-        "meters": {"type": "array", "items": _obj({"meter": _STR, "bus": _STR, "customer": _STR, "plan": _STR,
+        "cycle": STRING, "timezone": STRING,
+        "meters": {"type": "array", "items": _obj({"meter": STRING, "bus": STRING, "customer": STRING, "plan": STRING,
                                                    **s_counts, **s_ratios})},
-        "customers": {"type": "array", "items": _obj({"customer": _STR, "meters": _INT, **s_counts, **s_ratios})},
-        "gateway": _obj({"meters": _INT, **s_counts, **s_ratios}),
+        "customers": {"type": "array", "items": _obj({"customer": STRING, "meters": INTEGER, **s_counts, **s_ratios})},
+        "gateway": _obj({"meters": INTEGER, **s_counts, **s_ratios}),
     })
     fmt_csv = "; CSV with ?format=csv"
     return {
@@ -408,10 +416,10 @@ def billing_paths() -> dict[str, Any]:
             ],
             "responses": {
                 **json_or_csv(_obj({
-                    "meter": _STR, "from": _STR, "to": _STR, "step": _STR, "timezone": _STR,
-                    "registers": {"type": "array", "items": _STR},
-                    "count": _INT,
-                    "counts": _obj({"complete": _INT, "missing": _INT, "spans_gap": _INT}),
+                    "meter": STRING, "from": STRING, "to": STRING, "step": STRING, "timezone": STRING,
+                    "registers": {"type": "array", "items": STRING},
+                    "count": INTEGER,
+                    "counts": _obj({"complete": INTEGER, "missing": INTEGER, "spans_gap": INTEGER}),
                     "intervals": {"type": "array", "items": interval},
                 }), "Intervals"),
                 **error_responses(400, 401, 404),
@@ -436,23 +444,25 @@ def billing_paths() -> dict[str, Any]:
             ],
             "responses": {
                 **json_or_csv(_obj({
-                    "meter": _STR, "plan": _STR, "cycle": _STR, "timezone": _STR, "start": _STR, "end": _STR,
+                    "meter": STRING, "plan": STRING, "cycle": STRING, "timezone": STRING, "start": STRING,
+                    "end": STRING,
                     "settlements": {"type": "array", "items": boundary},
                     "ratio_changes": {"type": "array", "items": _obj({
-                        "at": _STR, "read_at": _NSTR, "reason": _NSTR,
-                        "old": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
-                        "new": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
+                        "at": STRING, "read_at": NULLABLE_STRING, "reason": NULLABLE_STRING,
+                        "old": _obj({"ct": NUMBER, "pt": NUMBER, "multiplier": NUMBER}),
+                        "new": _obj({"ct": NUMBER, "pt": NUMBER, "multiplier": NUMBER}),
                         "registers": {"type": "object", "additionalProperties": _obj({
                             "raw": {"type": "number"}, "value_old": {"type": "number"},
-                            "value_new": {"type": "number"}, "unit": _STR})},
+                            "value_new": {"type": "number"}, "unit": STRING})},
                     }), "description": "Audited CT/PT changes inside the cycle, with the registers read at "
                         "the change; they split the stage consumption."},
                     "exchanges": {"type": "array", "items": _obj({
-                        "id": _INT, "at": _STR, "old_serial": _NSTR, "new_serial": _NSTR,
-                        "old": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
-                        "new": _obj({"ct": _NUM, "pt": _NUM, "multiplier": _NUM}),
+                        "id": INTEGER, "at": STRING, "old_serial": NULLABLE_STRING, "new_serial": NULLABLE_STRING,
+                        "old": _obj({"ct": NUMBER, "pt": NUMBER, "multiplier": NUMBER}),
+                        "new": _obj({"ct": NUMBER, "pt": NUMBER, "multiplier": NUMBER}),
                         "registers": {"type": "object", "additionalProperties": _obj({
-                            "raw_old": _NUM, "raw_new": _NUM, "value_old": _NUM, "value_new": _NUM, "unit": _STR})},
+                            "raw_old": NUMBER, "raw_new": NUMBER, "value_old": NUMBER, "value_new": NUMBER,
+                            "unit": STRING})},
                     }, required=["id", "at", "old", "new", "registers"]),
                         "description": "Meter exchanges (换表) inside the cycle: the old meter's final and the new "
                                        "meter's initial registers; they split the stage consumption."},
@@ -460,9 +470,9 @@ def billing_paths() -> dict[str, Any]:
                     "cycle_total": stage,
                     "reconciliation": _obj({
                         "reconciled": {"type": "boolean"},
-                        "cycle_consumption": {"type": "object", "additionalProperties": _NUM_OR_NULL},
-                        "stage_sum": {"type": "object", "additionalProperties": _NUM_OR_NULL},
-                        "flags": {"type": "array", "items": _STR},
+                        "cycle_consumption": {"type": "object", "additionalProperties": NULLABLE_NUMBER},
+                        "stage_sum": {"type": "object", "additionalProperties": NULLABLE_NUMBER},
+                        "flags": {"type": "array", "items": STRING},
                     }),
                 }), "Settlements"),
                 **error_responses(400, 401, 404),
@@ -489,7 +499,7 @@ def billing_paths() -> dict[str, Any]:
             ],
             "responses": {
                 **json_or_csv({"oneOf": [_obj({
-                    "date": _STR, "timezone": _STR,
+                    "date": STRING, "timezone": STRING,
                     "meters": {"type": "array", "items": kpi_meter},
                     "buses": {"type": "array", "items": kpi_bus},
                     "customers": {"type": "array", "items": kpi_customer},
@@ -504,8 +514,8 @@ def billing_paths() -> dict[str, Any]:
 
 def _correction_paths(revision: dict[str, Any]) -> dict[str, Any]:
     """OpenAPI entries of the two operator write routes (manual reading, confirmation)."""
-    result = {**revision, "properties": {**revision["properties"], "meter": _STR, "boundary": _STR,
-                                         "cycle": _STR, "boundary_index": _INT}}
+    result = {**revision, "properties": {**revision["properties"], "meter": STRING, "boundary": STRING,
+                                         "cycle": STRING, "boundary_index": INTEGER}}
     conflict = {"description": "The settlement needs no confirmation, or changed meanwhile",
                 "content": {"application/json": {"schema": {"type": "object",
                                                             "properties": {"error": {"type": "string"}}}}}}

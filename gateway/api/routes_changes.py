@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from gateway.api.auth import audit_write, caller, requires
-from gateway.api.openapi import METER_ID, error_responses
+from gateway.api.openapi import METER_ID, NULLABLE_STRING, NUMBER, STRING, error_responses
 from gateway.api.params import BadRequest
 from gateway.api.server import json_response
 from gateway.billing import db as billing_db
@@ -144,9 +144,6 @@ def install_change_routes(server: ApiServer, r: web.UrlDispatcher, capture: Bill
 
 
 # ---------------------------------------------------------------------------- OpenAPI
-_STR: Final = {"type": "string"}
-_NSTR: Final = {"type": "string", "nullable": True}
-_NUM: Final = {"type": "number"}
 _REGS: Final = {"type": "object", "additionalProperties": {"type": "number", "minimum": 0},
                 "description": "register → value as the meter shows it (before CT×PT); every cumulative register "
                                "of the meter's billing plan"}
@@ -158,18 +155,20 @@ _RATIO: Final = {"oneOf": [{"type": "string", "pattern": r"^\s*[0-9.]+\s*(/\s*[0
 def change_paths() -> dict[str, Any]:
     """OpenAPI ``paths`` of the change routes."""
     side = {"type": "object", "required": ["ct", "pt", "multiplier"],
-            "properties": {"ct": _NUM, "pt": _NUM, "multiplier": _NUM, "ct_ratio": _NSTR, "pt_ratio": _NSTR}}
+            "properties": {"ct": NUMBER, "pt": NUMBER, "multiplier": NUMBER, "ct_ratio": NULLABLE_STRING,
+                           "pt_ratio": NULLABLE_STRING}}
     record = {"type": "object", "required": ["id", "kind", "meter", "at", "old", "new", "registers"], "properties": {
         "id": {"type": "integer"},
         "kind": {"type": "string", "enum": ["exchange", "ratio_change"]},
-        "meter": _STR, "at": _STR, "at_epoch": _NUM, "read_at": _NSTR, "reason": _NSTR,
+        "meter": STRING, "at": STRING, "at_epoch": NUMBER, "read_at": NULLABLE_STRING, "reason": NULLABLE_STRING,
         "old": side, "new": side,
         "registers": {"type": "object", "additionalProperties": {"type": "object", "properties": {
-            "raw": _NUM, "raw_old": _NUM, "raw_new": _NUM, "value_old": _NUM, "value_new": _NUM, "unit": _STR}},
+            "raw": NUMBER, "raw_old": NUMBER, "raw_new": NUMBER, "value_old": NUMBER, "value_new": NUMBER,
+            "unit": STRING}},
             "description": "per register: value_old (under the old ratio: at the change, or the old meter's "
                            "final) and value_new (under the new one: at the change, or the new meter's initial)"},
-        "entered_by": _STR, "note": _NSTR,
-        "old_serial": _NSTR, "new_serial": _NSTR,
+        "entered_by": STRING, "note": NULLABLE_STRING,
+        "old_serial": NULLABLE_STRING, "new_serial": NULLABLE_STRING,
         "supersedes": {"type": "integer", "nullable": True,
                        "description": "the automatic record of the same CT/PT change (taken at a restart) this "
                                       "one replaces"},
@@ -194,7 +193,7 @@ def change_paths() -> dict[str, Any]:
                 "type": "object", "required": ["at", "old_final", "new_initial", "new_serial"],
                 "properties": {"at": {"type": "string", "format": "date-time"}, "old_final": _REGS,
                                "new_initial": _REGS, "new_serial": {"type": "string", "maxLength": 64},
-                               "ct": _RATIO, "pt": _RATIO, "note": _STR}}}}},
+                               "ct": _RATIO, "pt": _RATIO, "note": STRING}}}}},
             "responses": {"201": created, "409": conflict, **error_responses(400, 401, 403, 404)},
         }},
         "/api/v1/meters/{id}/ratio-changes": {"post": {
@@ -207,7 +206,7 @@ def change_paths() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["at", "registers"],
                 "properties": {"at": {"type": "string", "format": "date-time"}, "ct": _RATIO, "pt": _RATIO,
-                               "registers": _REGS, "note": _STR}}}}},
+                               "registers": _REGS, "note": STRING}}}}},
             "responses": {"201": created, "409": conflict, **error_responses(400, 401, 403, 404)},
         }},
     }

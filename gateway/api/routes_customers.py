@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
-from gateway.api.openapi import FORMAT, error_responses, json_or_csv
+from gateway.api.openapi import FORMAT, NULLABLE_NUMBER, NULLABLE_STRING, STRING, error_responses, json_or_csv
 from gateway.api.params import BadRequest, output_format
 from gateway.api.routes_billing import parse_cycle
 from gateway.api.server import csv_response, json_response
@@ -107,9 +107,6 @@ def install_customer_routes(server: ApiServer, r: web.UrlDispatcher) -> dict[str
 
 
 # ---------------------------------------------------------------------------- OpenAPI
-_STR: Final = {"type": "string"}
-_NSTR: Final = {"type": "string", "nullable": True}
-_NUM: Final = {"type": "number", "nullable": True}
 _CYCLE: Final = {"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])$"}
 
 
@@ -119,48 +116,48 @@ def _obj(props: dict[str, Any]) -> dict[str, Any]:
 
 def customer_paths() -> dict[str, Any]:
     """OpenAPI ``paths`` of the customer routes."""
-    member = _obj({"meter": _STR, "role": {"type": "string", "enum": ["main", "sub", "deduct"]},
-                   "sign": {"type": "integer", "enum": [1, -1]}, "billing": _NSTR})
-    customer = _obj({"id": _STR, "name": _NSTR, "contract_capacity_kva": _NUM,
+    member = _obj({"meter": STRING, "role": {"type": "string", "enum": ["main", "sub", "deduct"]},
+                   "sign": {"type": "integer", "enum": [1, -1]}, "billing": NULLABLE_STRING})
+    customer = _obj({"id": STRING, "name": NULLABLE_STRING, "contract_capacity_kva": NULLABLE_NUMBER,
                      "tariff": {"type": "string", "enum": ["single", "two_part"]},
-                     "power_factor_class": {**_NSTR, "description": "力调 class: industrial_160kva (0.90), "
+                     "power_factor_class": {**NULLABLE_STRING, "description": "力调 class: industrial_160kva (0.90), "
                                             "general_100kva (0.85) or agricultural (0.80)"},
-                     "plan": _NSTR,
+                     "plan": NULLABLE_STRING,
                      "derived": {"type": "boolean", "description": "made from the meters' customer field (no "
                                  "customers section entry)"},
                      "meters": {"type": "array", "items": member}})
-    demand = {"max_demand_kw": _NUM, "max_demand_at": _NSTR, "demand_source": _NSTR,
+    demand = {"max_demand_kw": NULLABLE_NUMBER, "max_demand_at": NULLABLE_STRING, "demand_source": NULLABLE_STRING,
               "demand_detail": {"type": "object", "nullable": True},
-              "reactive_kvarh": {"type": "object", "nullable": True, "additionalProperties": _NUM,
+              "reactive_kvarh": {"type": "object", "nullable": True, "additionalProperties": NULLABLE_NUMBER,
                                  "description": "Δ reactive energy per quadrant q1..q4, kvarh after CT×PT"},
-              "power_factor": _NUM, "power_factor_registers": {"type": "array", "items": _STR},
-              "power_factor_kwh": _NUM, "power_factor_kvarh": _NUM}
+              "power_factor": NULLABLE_NUMBER, "power_factor_registers": {"type": "array", "items": STRING},
+              "power_factor_kwh": NULLABLE_NUMBER, "power_factor_kvarh": NULLABLE_NUMBER}
     stage = {"type": "object", "required": ["stage", "quality", "complete", "consumption", "codes", "flags", "parts"],
              "properties": {
                  "stage": {"oneOf": [{"type": "integer"}, {"type": "string", "enum": ["total"]}]},
-                 "start": _NSTR, "end": _NSTR,
+                 "start": NULLABLE_STRING, "end": NULLABLE_STRING,
                  "quality": {"type": "string", "description": "the worst quality of every part's start and end"},
                  "complete": {"type": "boolean"},
-                 "consumption": {"type": "object", "additionalProperties": _NUM,
+                 "consumption": {"type": "object", "additionalProperties": NULLABLE_NUMBER,
                                  "description": "register → Σ sign × the meters' stage consumption (after CT×PT); "
                                                 "null when a part's value is withheld"},
-                 "codes": {"type": "array", "items": _STR},
-                 "flags": {"type": "array", "items": _STR},
+                 "codes": {"type": "array", "items": STRING},
+                 "flags": {"type": "array", "items": STRING},
                  "parts": {"type": "array", "items": {"type": "object", "properties": {
-                     "meter": _STR, "role": _STR, "sign": {"type": "integer"}, "start_quality": _NSTR,
-                     "end_quality": _NSTR, "complete": {"type": "boolean", "nullable": True},
-                     "codes": {"type": "array", "items": _STR},
-                     "consumption": {"type": "object", "additionalProperties": _NUM},
+                     "meter": STRING, "role": STRING, "sign": {"type": "integer"}, "start_quality": NULLABLE_STRING,
+                     "end_quality": NULLABLE_STRING, "complete": {"type": "boolean", "nullable": True},
+                     "codes": {"type": "array", "items": STRING},
+                     "consumption": {"type": "object", "additionalProperties": NULLABLE_NUMBER},
                      **{k: {} for k in demand}}}},
                  **demand,
              }}
     settlement = {"type": "object", "required": ["id", "customer", "cycle", "stages", "meter_cycles"],
-                  "properties": {**customer["properties"], "customer": _STR, "cycle": _STR, "timezone": _STR,
-                                 "start": _NSTR, "end": _NSTR,
+                  "properties": {**customer["properties"], "customer": STRING, "cycle": STRING, "timezone": STRING,
+                                 "start": NULLABLE_STRING, "end": NULLABLE_STRING,
                                  "stages": {"type": "array", "items": stage},
                                  "cycle_total": {**stage, "nullable": True},
                                  "reconciled": {"type": "boolean"},
-                                 "flags": {"type": "array", "items": _STR},
+                                 "flags": {"type": "array", "items": STRING},
                                  "meter_cycles": {"type": "array", "items": {"type": "object"},
                                                   "description": "each meter's cycle, as GET "
                                                                  "/api/v1/meters/{id}/settlements gives it"}}}
@@ -183,7 +180,7 @@ def customer_paths() -> dict[str, Any]:
             "description": "Per stage and for the cycle: Σ sign × stage consumption per register (main + sub − "
                            "deduct), the worst quality of its parts, flags, maximum demand and power factor, and each "
                            "meter's own cycle. ?format=csv gives the customer CSV." + csv_note,
-            "parameters": [{"name": "id", "in": "path", "required": True, "schema": _STR}, FORMAT, cycle_param],
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": STRING}, FORMAT, cycle_param],
             "responses": {**json_or_csv(settlement, "Customer settlement"), **error_responses(400, 401, 404)},
         }},
         "/api/v1/settlements": {"get": {
@@ -200,7 +197,7 @@ def customer_paths() -> dict[str, Any]:
                 "200": {"description": "Settlements of every customer",
                         "content": {"text/csv": {"schema": {"type": "string"}},
                                     "application/json": {"schema": _obj({
-                                        "cycle": _STR, "count": {"type": "integer"},
+                                        "cycle": STRING, "count": {"type": "integer"},
                                         "customers": {"type": "array", "items": settlement}})}}},
                 **error_responses(400, 401),
             },
