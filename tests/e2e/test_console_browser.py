@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, Route, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 
 from gateway.ports import free_port
 from tests.servicefixtures import wait_until
@@ -93,22 +93,41 @@ def keep(shots: Path, page: Page, name: str, docs: bool = True) -> Path:
     return path
 
 
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+
+
+class GatewayOrigin:
+    """Pages that may only reach the gateway: any request to another origin is aborted and
+    recorded in ``foreign`` (the console must work on a LAN without the internet)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.foreign: list[str] = []
+
+    def route(self, route: Route) -> None:
+        """Let the gateway's own requests through; abort and record the rest."""
+        url = route.request.url
+        if url == self.base or url.startswith(self.base + "/"):
+            route.continue_()
+        else:
+            self.foreign.append(url)
+            route.abort()
+
+    def page(self, browser: Browser, locale: str = "en-US", viewport: ViewportSize = DESKTOP) -> Page:
+        """A page in a new browser context, confined to the gateway (close its ``context``)."""
+        page = browser.new_context(locale=locale, viewport=viewport).new_page()
+        page.route("**/*", self.route)
+        page.set_default_timeout(20_000)
+        return page
+
+
 def test_sign_in_overview_meter_curve_and_sign_out(demo: str, tmp_path: Path) -> None:
     assert Path(CHROMIUM).exists(), (
         f"{CHROMIUM} is missing: run scripts/ensure-services.sh (as root) or `apt-get install -y chromium`")
     base = demo
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    foreign: list[str] = []
-
-    def only_the_gateway(route: Route) -> None:
-        url = route.request.url
-        if url == base or url.startswith(base + "/"):
-            route.continue_()
-        else:
-            foreign.append(url)
-            route.abort()
-
+    origin = GatewayOrigin(base)
     api_meters = get(f"{base}/api/v1/meters")["meters"]
     assert isinstance(api_meters, list)
     ids = sorted(str(m["id"]) for m in api_meters)
@@ -116,10 +135,8 @@ def test_sign_in_overview_meter_curve_and_sign_out(demo: str, tmp_path: Path) ->
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800})
-            page = context.new_page()
-            page.route("**/*", only_the_gateway)
-            page.set_default_timeout(20_000)
+            page = origin.page(browser)
+            context = page.context
 
             # sign in (the page follows the browser's language: English here)
             page.goto(base + "/")
@@ -191,7 +208,7 @@ def test_sign_in_overview_meter_curve_and_sign_out(demo: str, tmp_path: Path) ->
             context.close()
         finally:
             browser.close()
-    assert foreign == [], f"the console asked another origin: {foreign}"
+    assert origin.foreign == [], f"the console asked another origin: {origin.foreign}"
 
 
 # ------------------------------------------------------------------ every page, roles, worklist
@@ -252,15 +269,7 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
     health = get(f"{base}/api/v1/health")
     at = datetime.fromisoformat(str(health["time"]).replace("Z", "+00:00")).timestamp() - 60
     stored_event(data_dir, meter["id"], at)
-    foreign: list[str] = []
-
-    def only_the_gateway(route: Route) -> None:
-        url = route.request.url
-        if url == base or url.startswith(base + "/"):
-            route.continue_()
-        else:
-            foreign.append(url)
-            route.abort()
+    origin = GatewayOrigin(base)
 
     def sign_in(page: Page, token: str) -> None:
         page.goto(base + "/")
@@ -272,14 +281,12 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            sizes: list[tuple[ViewportSize, str]] = [({"width": 1280, "height": 800}, ""),
+            sizes: list[tuple[ViewportSize, str]] = [(DESKTOP, ""),
                                                      ({"width": 820, "height": 1180}, "-tablet")]
             for viewport, suffix in sizes:
                 for lang in ("en", "zh-CN"):
-                    context = browser.new_context(locale="en-US" if lang == "en" else "zh-CN", viewport=viewport)
-                    page = context.new_page()
-                    page.route("**/*", only_the_gateway)
-                    page.set_default_timeout(20_000)
+                    page = origin.page(browser, "en-US" if lang == "en" else "zh-CN", viewport)
+                    context = page.context
                     sign_in(page, reader)
                     for name, frag in PAGES.items():
                         page.goto(base + "/" + frag.format(meter=meter["id"], customer=meter["customer"]))
@@ -302,10 +309,8 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
                     context.close()
 
             # a reader: the worklist shows the event with its evidence and chart, and no buttons
-            context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800})
-            page = context.new_page()
-            page.route("**/*", only_the_gateway)
-            page.set_default_timeout(20_000)
+            page = origin.page(browser)
+            context = page.context
             sign_in(page, reader)
             page.goto(base + "/#/worklist")
             card = page.locator(f"article.event[data-event='{EVENT_ID}']")
@@ -320,10 +325,8 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
             context.close()
 
             # an operator acknowledges with a note, then closes with a reason
-            context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800})
-            page = context.new_page()
-            page.route("**/*", only_the_gateway)
-            page.set_default_timeout(20_000)
+            page = origin.page(browser)
+            context = page.context
             sign_in(page, operator)
             page.goto(base + "/#/worklist")
             card = page.locator(f"article.event[data-event='{EVENT_ID}']")
@@ -343,7 +346,7 @@ def test_every_page_in_both_languages_roles_and_the_worklist(demo: str, data_dir
             context.close()
         finally:
             browser.close()
-    assert foreign == [], f"the console asked another origin: {foreign}"
+    assert origin.foreign == [], f"the console asked another origin: {origin.foreign}"
     listed = get(f"{base}/api/v1/events?meter={meter['id']}")["events"]
     assert isinstance(listed, list)
     item = next(e for e in listed if e["id"] == EVENT_ID)
@@ -367,20 +370,11 @@ def test_customer_page_shows_the_customers_settlement(demo: str, tmp_path: Path)
     doc = get(f"{base}/api/v1/customers/{cid}/settlements")
     stages = doc["stages"]
     assert isinstance(stages, list) and stages
-    foreign: list[str] = []
+    origin = GatewayOrigin(base)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800}).new_page()
-            def only_the_gateway(route: Route) -> None:
-                if route.request.url.startswith(base + "/"):
-                    route.continue_()
-                else:
-                    foreign.append(route.request.url)
-                    route.abort()
-
-            page.route("**/*", only_the_gateway)
-            page.set_default_timeout(20_000)
+            page = origin.page(browser)
             page.goto(base + "/")
             page.fill("#token", TOKEN)
             page.click("#signin-form button[type=submit]")
@@ -403,7 +397,7 @@ def test_customer_page_shows_the_customers_settlement(demo: str, tmp_path: Path)
             keep(tmp_path, page, "customer-settlement", docs=False)
         finally:
             browser.close()
-    assert foreign == []
+    assert origin.foreign == []
 
 
 def test_the_overview_pages_sorts_and_filters_a_thousand_meters(demo: str) -> None:
