@@ -322,6 +322,10 @@ class _Connection:
             self._flush_due = True
             self.loop.call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Write what :meth:`publish` queued now (see :meth:`_flush`)."""
+        self._flush()
+
     def _flush(self) -> None:
         """Write what :meth:`publish` queued: one ``send`` for everything, the rest when the
         socket has room. Never while paho has bytes of its own half written (its packets and
@@ -718,7 +722,11 @@ class MqttSink:
                                            "keep"))
 
     def flush(self) -> None:
-        """Nothing is buffered here: every message goes out as it is sent."""
+        """Write the readings framed in this pass of the loop now (they would go out at its
+        end anyway); nothing else is buffered here."""
+        conn = self._conn
+        if conn is not None and conn.pending_bytes:
+            conn.flush()
 
     async def close(self, graceful: bool) -> None:
         """Disconnect; on a graceful stop publish the retained ``offline`` first (bounded wait)."""
