@@ -24,7 +24,8 @@ Design constraints (what every other module may rely on)
    order, on one thread with one connection (SQLite allows one writer anyway); the
    readings of a failed commit are retried by the same loop (7 says when any are
    dropped), and a message that cannot be written at all (its payload does not render)
-   is refused alone, never holding back the others. Readers (sinks, billing)
+   is refused alone, never holding back the others. Readers (billing, and sinks further
+   behind than the last :data:`TAIL_KEPT` committed rows, which are served from memory)
    use a second connection in their own thread, which WAL lets run beside the writer;
    the API has read connections of its own (:mod:`gateway.readpool`), so delivery never
    waits behind an API query.
