@@ -19,6 +19,7 @@ them. They are in the OpenAPI document (:func:`console_paths`).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import time
@@ -35,7 +36,7 @@ from gateway.billing.clockstate import ClockStateSource, GatewayClockState
 from gateway.model import Reading, iso_utc, loads_exact
 from gateway.polling import MeterRuntime
 from gateway.review.rules import parse_meter_clock
-from gateway.storecodec import PAYLOAD_SQL
+from gateway.storecodec import PAYLOAD_SQL, points_sql
 from gateway.web.downsample import MAX_BUCKETS, Bucket, downsample
 
 if TYPE_CHECKING:
@@ -178,16 +179,17 @@ def point_values(conn: sqlite3.Connection, meter: str, points: list[str], start:
     """Per point, (read time, value) of every good reading of ``meter`` (slot in range) that has it as a number.
 
     One pass over the readings for all the points: one ``json_extract`` column per point, which
-    SQLite answers from one parse of each stored payload (its JSON parse cache).
+    SQLite answers from one parse of each row's requested values (its JSON parse cache), taken
+    from the compact row without rendering the whole message (:func:`gateway.storecodec.points_sql`).
     """
     lists: list[list[tuple[float, float]]] = [[] for _ in points]
     cols = ", ".join(f"json_extract(doc, ?{k + 1})" for k in range(len(points)))
     n = len(points)
-    # the published text of each reading, rendered once per row (the store keeps values only)
-    sql = (f"WITH d AS MATERIALIZED (SELECT ts, slot, seq, {PAYLOAD_SQL} AS doc FROM outbox "
+    # the requested values of each reading, taken from its compact row once (points_sql)
+    sql = (f"WITH d AS MATERIALIZED (SELECT ts, slot, seq, {points_sql(f'?{n + 4}')} AS doc FROM outbox "
            f"WHERE meter=?{n + 1} AND kind='reading' AND quality='good' AND slot>=?{n + 2} AND slot<?{n + 3}) "
            f"SELECT ts, {cols} FROM d ORDER BY slot, seq")
-    args = (*(f'$.points."{p}".value' for p in points), meter, start, end)
+    args = (*(f'$.points."{p}".value' for p in points), meter, start, end, json.dumps(points))
     for row in conn.execute(sql, args):
         ts = row[0]
         for k in range(n):
@@ -214,7 +216,8 @@ def bucket_values(conn: sqlite3.Connection, meter: str, points: list[str], start
 
     The same buckets (index ``min(buckets − 1, ⌊(ts − start) ÷ width⌋)``, read time in range,
     empty buckets absent) with count, min, max and mean computed in SQL over one parse of each
-    payload, so a year of readings never crosses into Python row by row. The time of a
+    row's requested values (:func:`gateway.storecodec.points_sql`: a few numbers, not the
+    whole message), so a year of readings never crosses into Python as messages. The time of a
     bucket's extreme is known when the bucket holds one value (its read time), else None.
     """
     n = len(points)
@@ -222,14 +225,15 @@ def bucket_values(conn: sqlite3.Connection, meter: str, points: list[str], start
     inner = ", ".join(f"json_extract(doc, ?{k + 1}) AS v{k}" for k in range(n))
     outer = ", ".join(f"count(v{k}), min(v{k}), max(v{k}), avg(v{k}), min(CASE WHEN v{k} IS NOT NULL THEN ts END)"
                       for k in range(n))
-    # MATERIALIZED: each payload is parsed once, not once per aggregate that names its values
-    # (and the published text of each reading is rendered once: the store keeps values only)
-    sql = (f"WITH d AS MATERIALIZED (SELECT ts, {PAYLOAD_SQL} AS doc FROM outbox WHERE meter=?{n + 4} "
+    # MATERIALIZED: the requested values of each reading are taken from its compact row once
+    # (points_sql), and parsed once, not once per aggregate that names them
+    sql = (f"WITH d AS MATERIALIZED (SELECT ts, {points_sql(f'?{n + 7}')} AS doc FROM outbox WHERE meter=?{n + 4} "
            f"AND kind='reading' AND quality='good' AND slot>=?{n + 5} AND slot<?{n + 6} AND ts>=?{n + 5} "
            f"AND ts<?{n + 6}), "
            f"r AS MATERIALIZED (SELECT min(?{n + 1}, CAST((ts - ?{n + 2}) / ?{n + 3} AS INTEGER)) AS b, ts, "
            f"{inner} FROM d) SELECT b, {outer} FROM r GROUP BY b ORDER BY b")
-    args = (*(f'$.points."{p}".value' for p in points), buckets - 1, start, width, meter, start, end)
+    args = (*(f'$.points."{p}".value' for p in points), buckets - 1, start, width, meter, start, end,
+            json.dumps(points))
     out: dict[str, list[Bucket]] = {p: [] for p in points}
     for row in conn.execute(sql, args):
         b0 = start + int(row[0]) * width
