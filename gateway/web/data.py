@@ -7,7 +7,8 @@ them. They are in the OpenAPI document (:func:`console_paths`).
 * ``GET /api/v1/console/overview`` — everything the overview page shows in one answer, from
   memory only (no store query), so it stays fast with thousands of meters: the meters (as
   ``/api/v1/meters`` plus the meter clock's last offset), the buses (state, requests per
-  second, failed reads, the share of the wire's time the bus was busy) and the gateway
+  second, failed reads, the wire limit of a serial line and the share of it in use
+  (:func:`bus_wire_limit`), the share of time the bus was busy) and the gateway
   clock's state (NTP or the configured check, refreshed in the background at most every
   :data:`CLOCK_REFRESH_S`).
 * ``GET /api/v1/console/meters/{id}/latest`` — the newest good value of every point of a
@@ -23,12 +24,14 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from drivers import registry
+from drivers.base import BusParams, ReadPlan
 from gateway.api.openapi import FROM, METER_ID, TO, error_responses
 from gateway.api.params import BadRequest, int_param, time_range
 from gateway.api.server import json_response
@@ -77,6 +80,7 @@ class ConsoleData:
         self._clock: GatewayClockState | None = None
         self._clock_at = -1e18
         self._clock_task: asyncio.Task[None] | None = None
+        self._limits: dict[str, tuple[tuple[tuple[str, int, float], ...], float | None]] = {}
 
     def observe(self, meter: MeterRuntime, reading: Reading) -> None:
         """A reading observer: keep the meter clock's offset when the reading carries ``meter_clock``."""
@@ -101,13 +105,26 @@ class ConsoleData:
         except Exception as exc:   # a broken check is shown as "could not tell", never a crash
             self._clock = GatewayClockState(None, "error", str(exc))
 
+    def wire_limit(self, bus: BusParams, meters: list[MeterRuntime], every: dict[str, float]) -> float | None:
+        """:func:`bus_wire_limit` of the bus's meters' plans, each weighted by how often its
+        schedule runs (``every``: schedule → seconds); kept until the meters or plans change."""
+        mix = tuple((registry.meter_protocol(bus, m.settings.protocol), plan, 1.0 / every[sched])
+                    for m in meters for sched, (plan, _) in m.plans.items() if every.get(sched, 0) > 0)
+        key = tuple((proto, id(plan), per_s) for proto, plan, per_s in mix)
+        have = self._limits.get(bus.id)
+        if have is None or have[0] != key:
+            have = self._limits[bus.id] = (key, bus_wire_limit(bus, mix))
+        return have[1]
+
     def bus_rows(self, server: ApiServer) -> list[dict[str, object]]:
-        """Each bus: state, meters, requests/s, failed reads, busy share of the wire, queue, overruns."""
+        """Each bus: state, meters, requests/s, failed reads, its wire limit and the share of it
+        in use, the share of time in transactions, queue, overruns."""
         gw = server.gateway
         now = self._mono()
         by_bus: dict[str, list[MeterRuntime]] = {}
         for m in gw.meters.values():
             by_bus.setdefault(m.settings.bus, []).append(m)
+        every = {name: sc.every_s for name, sc in gw.settings.schedules.items()}
         rows: list[dict[str, object]] = []
         for bus_id, w in gw.workers.items():
             meters = by_bus.get(bus_id, [])
@@ -126,13 +143,38 @@ class ConsoleData:
             read = sum(1 for m in meters if m.stats.last_read_ts is not None)
             state = ("idle" if read == 0 else "down" if meters and dead == len(meters)
                      else "degraded" if dead else "up")
+            limit = self.wire_limit(w.bus, meters, every)
             rows.append({
                 "id": bus_id, "type": w.bus.type, "state": state, "meters": len(meters),
                 "answering": len(meters) - dead, "requests_per_s": prev.rate,
                 "failures": sum(m.stats.reads_failed for m in meters),
-                "wire_ratio": prev.busy, "queue": w.queue_depth(), "overruns": w.overruns,
+                "wire_limit_per_s": None if limit is None else round(limit, 2),
+                "wire_ratio": None if limit is None or prev.rate is None else round(prev.rate / limit, 3),
+                "busy_share": prev.busy, "queue": w.queue_depth(), "overruns": w.overruns,
             })
         return rows
+
+
+def bus_wire_limit(bus: BusParams, mix: Iterable[tuple[str, ReadPlan, float]]) -> float | None:
+    """The most reads per second the serial line ``bus`` can carry with its mix of reads.
+
+    ``mix`` holds each (protocol, plan, executions per second) the bus's meters poll: a read
+    of ``plan`` occupies the line at least :func:`drivers.registry.wire_time` seconds (its
+    requests and replies at the line's baud rate and framing, the silences and turnaround
+    its protocol owes), so the bus's reads, in this mix, cannot come faster than the total
+    rate over the total wire time: Σ rate ÷ Σ (rate × time). None on a TCP bus, for a bus
+    with nothing to poll, or when a protocol cannot time its plans.
+    """
+    if bus.type != "serial":
+        return None
+    rate = busy = 0.0
+    for protocol, plan, per_s in mix:
+        t = registry.wire_time(protocol, bus, plan)
+        if t is None:
+            return None
+        rate += per_s
+        busy += per_s * t
+    return None if busy <= 0 else rate / busy
 
 
 def meter_row(m: MeterRuntime, offsets: dict[str, tuple[float, float]]) -> dict[str, object]:
@@ -344,7 +386,11 @@ def console_paths() -> dict[str, Any]:
         "state": {"type": "string", "enum": ["idle", "up", "degraded", "down"]},
         "meters": {"type": "integer"}, "answering": {"type": "integer"},
         "requests_per_s": num, "failures": {"type": "integer"},
-        "wire_ratio": {**num, "description": "share of the time the bus spent in transactions (0–1; per "
+        "wire_limit_per_s": {**num, "description": "the most reads per second the serial line can carry with "
+                                                   "its meters' plans (baud rate, framing, protocol, request and "
+                                                   "reply sizes); null on TCP"},
+        "wire_ratio": {**num, "description": "requests_per_s ÷ wire_limit_per_s; null on TCP"},
+        "busy_share": {**num, "description": "share of the time the bus spent in transactions (0–1; per "
                                              "concurrent slot on TCP)"},
         "queue": {"type": "integer"}, "overruns": {"type": "integer"}}}
 
@@ -390,5 +436,5 @@ def console_paths() -> dict[str, Any]:
     }
 
 
-__all__ = ["CLOCK_REFRESH_S", "ConsoleData", "console_paths", "install_data_routes", "latest_points",
+__all__ = ["CLOCK_REFRESH_S", "ConsoleData", "bus_wire_limit", "console_paths", "install_data_routes", "latest_points",
            "meter_row", "parse_points", "point_values", "series_doc", "series_values"]
