@@ -156,8 +156,9 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
     "socomec-diris-a40": (
         {0xC550: u32(909104), 0xC552: u32(40476), 0xC558: u32(23355), 0xC55E: u32(5001),
          0xC560: u32(94016), 0xC568: i32(4672), 0xC56A: i32(-4171), 0xC56C: u32(6263),
-         0xC56E: i32(-745), 0xC570: i32(1641), 0xC65C: u32(7476757), 0xC65E: u32(4688014),
-         0xC662: u32(25), 0xC664: u32(146047), 0xC950: [25], 0xC956: [123]},
+         0xC56E: i32(-745), 0xC570: i32(1641), 0xC652: u32(7476757), 0xC654: u32(4688014),
+         0xC658: u32(25), 0xC65A: u32(146047), 0xC65C: u32(7000001), 0xC950: [25],
+         0xC956: [123]},
         {"x_hour_meter_h": Decimal("9091.04"), "x_voltage_v_l1_l2": Decimal("404.76"),
          "voltage_v_l1": Decimal("233.55"), "frequency_hz": Decimal("50.01"),
          "current_a_l1": Decimal("94.016"), "power_kw": Decimal("46.72"),
@@ -165,6 +166,7 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "power_factor": Decimal("-0.745"), "power_kw_l1": Decimal("16.41"),
          "energy_import_kwh": Decimal(7476757), "energy_import_kvarh": Decimal(4688014),
          "energy_export_kwh": Decimal(25), "energy_export_kvarh": Decimal(146047),
+         "x_energy_partial_import_kwh": Decimal(7000001),
          "x_thd_voltage_l1_l2_pct": Decimal("2.5"), "x_thd_current_l1_pct": Decimal("12.3")},
     ),
 }
