@@ -120,11 +120,15 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "energy_export_kwh": Decimal("0.25"), "x_voltage_v_l1_l2": Decimal("398.5"),
          "x_thd_voltage_l1_pct": Decimal("1.75"), "x_thd_current_l1_pct": Decimal("12.5")},
     ),
-    # CHINT DTSU666: FC03, float32 high word first, power in 0.1 W/var, PF in 0.001
+    # CHINT DTSU666 (manual ZTY0.464.1002): FC03, float32 high word first, voltages in
+    # 0.1 V, power in 0.1 W/var, PF in 0.001, energies in kWh/kvarh, UrAt in 0.1
     "chint-dtsu666": (
-        {0x101E: f32(5678.5), 0x2006: f32(2305.0), 0x2012: f32(-15000.0), 0x201C: f32(1234.0),
-         0x202C: f32(980.0)},
-        {"energy_import_kwh": Decimal("5678.5"), "voltage_v_l1": Decimal("230.5"),
+        {0x0007: [105], 0x101E: f32(5678.5), 0x1032: f32(321.25), 0x1050: f32(12.5),
+         0x2000: f32(4001.0), 0x2006: f32(2305.0), 0x2012: f32(-15000.0),
+         0x201C: f32(1234.0), 0x202C: f32(980.0)},
+        {"x_pt_ratio": Decimal("10.5"), "energy_import_kwh": Decimal("5678.5"),
+         "energy_q1_kvarh": Decimal("321.25"), "energy_q4_kvarh": Decimal("12.5"),
+         "x_voltage_v_l1_l2": Decimal("400.1"), "voltage_v_l1": Decimal("230.5"),
          "power_kw": Decimal("-1.5"), "x_power_kvar_l1": Decimal("0.1234"),
          "x_power_factor_l1": Decimal("0.98")},
     ),
