@@ -7,6 +7,11 @@ profile's whole plan from it over Modbus TCP. Each expected value is worked out 
 from the map (not from the profile), so a wrong address, type, word order, scale or
 address base in a profile fails here. Every other register of the plan reads zero, and
 each point of the profile must come back "good".
+
+Two mutations show that the expected values pin the encoding: the same registers served
+one address higher (a map numbered from 1 read as if from 0) or with the words of every
+multi-register value in reverse order (low word first instead of high word first) must
+change every expected point the mutation touches.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import struct
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from pymodbus.server import ModbusTcpServer
@@ -114,11 +120,15 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "energy_export_kwh": Decimal("0.25"), "x_voltage_v_l1_l2": Decimal("398.5"),
          "x_thd_voltage_l1_pct": Decimal("1.75"), "x_thd_current_l1_pct": Decimal("12.5")},
     ),
-    # CHINT DTSU666: FC03, float32 high word first, power in 0.1 W/var, PF in 0.001
+    # CHINT DTSU666 (manual ZTY0.464.1002): FC03, float32 high word first, voltages in
+    # 0.1 V, power in 0.1 W/var, PF in 0.001, energies in kWh/kvarh, UrAt in 0.1
     "chint-dtsu666": (
-        {0x101E: f32(5678.5), 0x2006: f32(2305.0), 0x2012: f32(-15000.0), 0x201C: f32(1234.0),
-         0x202C: f32(980.0)},
-        {"energy_import_kwh": Decimal("5678.5"), "voltage_v_l1": Decimal("230.5"),
+        {0x0007: [105], 0x101E: f32(5678.5), 0x1032: f32(321.25), 0x1050: f32(12.5),
+         0x2000: f32(4001.0), 0x2006: f32(2305.0), 0x2012: f32(-15000.0),
+         0x201C: f32(1234.0), 0x202C: f32(980.0)},
+        {"x_pt_ratio": Decimal("10.5"), "energy_import_kwh": Decimal("5678.5"),
+         "energy_q1_kvarh": Decimal("321.25"), "energy_q4_kvarh": Decimal("12.5"),
+         "x_voltage_v_l1_l2": Decimal("400.1"), "voltage_v_l1": Decimal("230.5"),
          "power_kw": Decimal("-1.5"), "x_power_kvar_l1": Decimal("0.1234"),
          "x_power_factor_l1": Decimal("0.98")},
     ),
@@ -145,6 +155,24 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "energy_import_kwh": Decimal("123456.7"), "energy_import_kvarh": Decimal("8.9"),
          "energy_export_kwh": Decimal(7000), "energy_export_kvarh": Decimal("0.1")},
     ),
+    # Socomec DIRIS A-40: FC03 from 0xC550, 32-bit integers high word first, V/100, mA,
+    # 10 W / 10 var / 10 VA, PF 0.001 (signed), energies in kWh, one-word THD in 0.1 %
+    "socomec-diris-a40": (
+        {0xC550: u32(909104), 0xC552: u32(40476), 0xC558: u32(23355), 0xC55E: u32(5001),
+         0xC560: u32(94016), 0xC568: i32(4672), 0xC56A: i32(-4171), 0xC56C: u32(6263),
+         0xC56E: i32(-745), 0xC570: i32(1641), 0xC652: u32(7476757), 0xC654: u32(4688014),
+         0xC658: u32(25), 0xC65A: u32(146047), 0xC65C: u32(7000001), 0xC950: [25],
+         0xC956: [123]},
+        {"x_hour_meter_h": Decimal("9091.04"), "x_voltage_v_l1_l2": Decimal("404.76"),
+         "voltage_v_l1": Decimal("233.55"), "frequency_hz": Decimal("50.01"),
+         "current_a_l1": Decimal("94.016"), "power_kw": Decimal("46.72"),
+         "power_kvar": Decimal("-41.71"), "x_power_kva": Decimal("62.63"),
+         "power_factor": Decimal("-0.745"), "power_kw_l1": Decimal("16.41"),
+         "energy_import_kwh": Decimal(7476757), "energy_import_kvarh": Decimal(4688014),
+         "energy_export_kwh": Decimal(25), "energy_export_kvarh": Decimal(146047),
+         "x_energy_partial_import_kwh": Decimal(7000001),
+         "x_thd_voltage_l1_l2_pct": Decimal("2.5"), "x_thd_current_l1_pct": Decimal("12.3")},
+    ),
 }
 
 
@@ -160,11 +188,10 @@ async def serving(blocks: list[SimData]) -> AsyncIterator[int]:
         await server.shutdown()  # type: ignore[no-untyped-call]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-async def test_profile_reads_the_makers_encoding_from_a_pymodbus_server(name: str) -> None:
+async def read_profile_from(name: str, registers: dict[int, list[int]]) -> dict[str, Any]:
+    """Serve *registers* (every other register of the plan zero) and read the profile's plan."""
     profile = load_profile(SHIPPED_PROFILES_DIR / f"{name}.yaml")
     _, plan = plan_profile(profile)
-    registers, expected = CASES[name]
     blocks: list[SimData] = []
     for request in plan.requests:
         values = [0] * request.count
@@ -173,18 +200,45 @@ async def test_profile_reads_the_makers_encoding_from_a_pymodbus_server(name: st
                 if request.address <= address + i < request.address + request.count:
                     values[address + i - request.address] = word
         blocks.append(SimData(request.address, values=values, datatype=DataType.REGISTERS))
-    placed = {a for r in plan.requests for a in range(r.address, r.address + r.count)}
-    assert all(a + i in placed for a, w in registers.items() for i in range(len(w))), \
-        "a register of the case lies outside the profile's plan"
     async with serving(blocks) as port:
         driver = create_driver(BusSettings(id="lan", type="tcp", protocol="modbus-tcp",
                                            host="127.0.0.1", tcp_port=port, timeout_s=2.0))
         try:
-            result = await driver.read("1", plan, 2.0)
+            result: dict[str, Any] = await driver.read("1", plan, 2.0)
         finally:
             await driver.close()
+    assert set(result) == set(profile.points)
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_profile_reads_the_makers_encoding_from_a_pymodbus_server(name: str) -> None:
+    registers, expected = CASES[name]
+    _, plan = plan_profile(load_profile(SHIPPED_PROFILES_DIR / f"{name}.yaml"))
+    placed = {a for r in plan.requests for a in range(r.address, r.address + r.count)}
+    assert all(a + i in placed for a, w in registers.items() for i in range(len(w))), \
+        "a register of the case lies outside the profile's plan"
+    result = await read_profile_from(name, registers)
     bad = {k: (r.quality, r.reason) for k, r in result.items() if r.quality != "good"}
     assert not bad
-    assert set(result) == set(profile.points)
     got = {point: result[point].raw for point in expected}
     assert got == expected
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_an_address_one_off_changes_every_expected_point(name: str) -> None:
+    registers, expected = CASES[name]
+    result = await read_profile_from(name, {a + 1: w for a, w in registers.items()})
+    same = {p for p in expected if result[p].quality == "good" and result[p].raw == expected[p]}
+    assert not same, f"read the same one register off: {sorted(same)}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_swapped_words_change_every_multi_register_point(name: str) -> None:
+    registers, expected = CASES[name]
+    profile = load_profile(SHIPPED_PROFILES_DIR / f"{name}.yaml")
+    multi = {p for p in expected if profile.points[p].width > 1}  # type: ignore[union-attr]
+    assert multi, "the case has no multi-register value to swap"
+    result = await read_profile_from(name, {a: list(reversed(w)) for a, w in registers.items()})
+    same = {p for p in multi if result[p].quality == "good" and result[p].raw == expected[p]}
+    assert not same, f"read the same with the words swapped: {sorted(same)}"

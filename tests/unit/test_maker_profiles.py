@@ -1,7 +1,8 @@
 """The profiles written from makers' public register maps: each loads, plans, and says its source.
 
 CHINT DTSU666-H, Eastron SDM120, Acrel ADW300, Carlo Gavazzi EM24, Janitza UMG 96RM,
-Schneider PM5xxx and ABB B23/B24 (Siemens PAC3200 has tariff-1 energies only: its own test).
+Schneider PM5xxx, ABB B23/B24 and Socomec DIRIS A-40 (Siemens PAC3200 has tariff-1
+energies only: its own test).
 Each header names the maker's document and its version (or that no public source states
 it) and marks what is unconfirmed; the points checked here are the ones billing and the
 review rules read, at the addresses and encodings the headers cite.
@@ -28,6 +29,7 @@ EXPECTED = {
     "janitza-umg96rm": (3, (19068, "f32", "big", Decimal("0.001")), 3),
     "schneider-pm5000": (3, (3203, "i64", "big", Decimal("0.001")), 8),
     "abb-b23": (3, (0x5000, "u64", "big", Decimal("0.01")), 5),
+    "socomec-diris-a40": (3, (0xC652, "u32", "big", Decimal(1)), 3),
 }
 
 
