@@ -91,8 +91,9 @@ Schema 2 keeps a reading in about 250 bytes instead of its 2 KB message (docs/si
 its point values against its shape, rendered back to exactly the ``amr.reading.v1`` text
 the gateway publishes by :data:`gateway.storecodec.PAYLOAD_SQL`, which every query for a
 reading's message selects instead of ``payload`` (the connections of this class, of the
-API's read pool and of the exports know the SQL function it calls); :meth:`pending`
-renders them itself, once for all sinks.
+API's read pool and of the exports know the SQL function it calls); the rows
+:meth:`pending` hands to sinks render it themselves, only when a sink asks
+(:class:`OutboxRow`).
 A store of schema 1 (every reading's JSON) is converted in place when it is opened,
 resumable after a kill (:mod:`gateway.storemigrate`).
 
@@ -145,12 +146,10 @@ log = logging.getLogger("amr.store")
 SCHEMA_VERSION = 2
 """1: every reading's JSON message in ``outbox.payload``; 2: readings compact against
 ``reading_shape`` (:mod:`gateway.storecodec`), converted in place by :mod:`gateway.storemigrate`."""
-RENDERED_KEPT = 4096
-"""Rendered rows kept per sink (:meth:`Store.render_on_commit`): four seconds at 1,000
-readings/s, far more than a live sink lags; about 1 MB of InfluxDB lines."""
-PAYLOADS_KEPT = 2048
-"""Reading messages kept once rendered for one sink (:meth:`Store.pending`), for the others:
-two seconds at 1,000 readings/s; a sink further behind renders its own."""
+TAIL_KEPT = 4096
+"""Committed rows kept in memory (:meth:`Store.pending` serves a sink that keeps up from them
+instead of reading them back from SQLite): four seconds at 1,000 readings/s, far more than
+a live sink lags; about 1.5 MB (compact rows: the message is rendered when a sink asks)."""
 GROUP_COMMIT_S = 0.02
 """How long the writer gathers appends into one transaction (one fsync for all of them),
 unless ``store.commit_interval`` is shorter."""
@@ -187,15 +186,45 @@ _SCHEMA = _SCHEMA.replace("{shape_ddl}", SHAPE_DDL)
 Pressure = Literal["ok", "near_cap", "full"]
 
 
-@dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One committed message as a sink sees it."""
+    """One committed message as a sink sees it.
 
-    seq: int
-    kind: str
-    meter: str | None
-    ts: float
-    payload: str
+    A compact reading (store schema 2) keeps its stored form (:attr:`shape`, :attr:`body`)
+    and renders its ``amr.reading.v1`` text only when a sink asks for :attr:`payload`
+    (MQTT); a sink that writes another format from the values (the InfluxDB line,
+    :func:`gateway.sinks.lineproto.compact_line`) never renders the JSON at all. The text is
+    not kept on the row: the store's tail holds thousands of rows, and each sink asks once.
+    """
+
+    __slots__ = ("body", "kind", "meter", "quality", "seq", "shape", "slot", "text", "ts")
+
+    def __init__(self, seq: int, kind: str, meter: str | None, ts: float, payload: str | None = None, *,
+                 shape: Shape | None = None, body: str = "", slot: float = 0.0, quality: str = "good") -> None:
+        self.seq = seq
+        self.kind = kind
+        self.meter = meter
+        self.ts = ts
+        self.text = payload
+        """The message text as stored (settlements, events, KPIs, verbatim readings), else None."""
+        self.shape = shape
+        """A compact reading's shape (then :attr:`body`, :attr:`slot` and :attr:`quality` hold the rest)."""
+        self.body = body
+        self.slot = slot
+        self.quality = quality
+
+    @property
+    def payload(self) -> str:
+        """The JSON document sinks publish (rendered now for a compact reading)."""
+        text = self.text
+        if text is not None:
+            return text
+        shape = self.shape
+        if shape is None:
+            raise StoreError(f"outbox row {self.seq} has neither a payload nor a shape")
+        return render(shape, self.seq, self.slot, self.ts, self.quality, self.body)
+
+    def __repr__(self) -> str:
+        return f"OutboxRow(seq={self.seq}, kind={self.kind!r}, meter={self.meter!r}, ts={self.ts})"
 
 
 @dataclass(slots=True)
@@ -271,15 +300,17 @@ class Store:
         self._shedding = False
         self.commit_failures = 0
         self.last_error: str | None = None
-        self._renderers: dict[str, tuple[Callable[[Reading, int], str], dict[int, str]]] = {}
         self._shapes: dict[ShapeKey, Shape] = {}
         """Every reading shape in the store (writer thread only)."""
         self._next_shape = 1
         self._shapes_by_id: dict[int, Shape] = {}
         """The same shapes by id, for the reader thread (the writer adds a shape once it has
         committed; the reader loads one it does not find, e.g. written by a migration)."""
-        self._payloads: dict[int, str] = {}
-        """The last readings' messages rendered for a sink, by seq (reader thread only)."""
+        self._tail: list[OutboxRow] = []
+        """The last committed rows, contiguous in seq, oldest first: written by the writer
+        thread right after each COMMIT (before :attr:`last_seq` moves), read by sinks on the
+        loop (:meth:`pending`). Trimmed by replacing the list, never in place, so a reader
+        holding the old list still sees contiguous rows."""
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -677,51 +708,21 @@ class Store:
             )
             what = "readings" if rows else "the sink cursors"
             raise StoreError(f"cannot commit {what} to {self.path}: {exc}; {hint}") from exc
-        self._last_seq = seq
         shapes.update(new_shapes)
+        by_id = self._shapes_by_id
         for shape in new_shapes.values():
-            self._shapes_by_id[shape.id] = shape
+            by_id[shape.id] = shape
         self._next_shape = next_shape
+        self._extend_tail([
+            OutboxRow(k, kind, meter, ts, stored, slot=slot or 0.0, quality=quality or "good") if shape_id is None
+            else OutboxRow(k, kind, meter, ts, shape=by_id[shape_id], body=stored, slot=slot, quality=quality)
+            for k, kind, meter, _schedule, _retention, slot, ts, quality, stored, shape_id in rows])
+        self._last_seq = seq      # after the tail: a sink that sees the new seq finds its row there
         for item, seqs in zip(batch, out, strict=True):
             if isinstance(item, _Pending) and not isinstance(seqs, Exception):
                 for r, s in zip(item.readings, seqs, strict=True):
                     r.seq = s
-        if self._renderers:
-            self._render(batch)
         return out
-
-    # ------------------------------------------------------------------ rendered rows
-    def render_on_commit(self, sink: str, render: Callable[[Reading, int], str]) -> None:
-        """Render every committed reading for ``sink`` as it commits (on the writer thread,
-        which holds the reading anyway) and keep the last :data:`RENDERED_KEPT` of them.
-
-        A sink that must turn rows into its own format (InfluxDB lines) then takes the text
-        from :meth:`rendered` instead of parsing the committed JSON again; a row that is no
-        longer kept (a replay, a restart) is rendered from its payload as before, and both
-        give the same text.
-        """
-        self._renderers[sink] = (render, {})
-
-    def rendered(self, sink: str, seq: int) -> str | None:
-        """The text rendered for ``sink`` when ``seq`` committed, while it is kept."""
-        entry = self._renderers.get(sink)
-        return None if entry is None else entry[1].get(seq)
-
-    def _render(self, batch: list[_Item]) -> None:
-        for name, (render_line, kept) in self._renderers.items():
-            for p in batch:
-                if isinstance(p, _Message):
-                    continue
-                for r in p.readings:
-                    seq = r.seq
-                    if seq is None:
-                        continue
-                    try:
-                        kept[seq] = render_line(r, seq)
-                    except Exception as exc:   # the sink renders it from the payload instead
-                        log.debug("%s: cannot render seq %d at commit: %s", name, seq, exc)
-            while len(kept) > RENDERED_KEPT:
-                del kept[next(iter(kept))]
 
     # ------------------------------------------------------------------ sinks
     def register_sink(self, sink: str) -> None:
@@ -758,33 +759,49 @@ class Store:
         self._declared = True
 
     async def pending(self, sink: str, limit: int, after: int | None = None) -> list[OutboxRow]:
-        """Committed messages after the sink's cursor (or ``after``), in seq order."""
+        """Committed messages after the sink's cursor (or ``after``), in seq order.
+
+        A sink that keeps up gets them from the rows just committed (:data:`TAIL_KEPT` are
+        kept), without a query or a thread hand-off; one further behind (a replay, a
+        restart) reads them from SQLite on the reader thread. Both give the same rows."""
         start = self._cursors.get(sink, 0) if after is None else after
         if start >= self._last_seq:
             return []
+        tail = self._tail
+        if tail:
+            i = start + 1 - tail[0].seq
+            if 0 <= i < len(tail):
+                return tail[i:i + max(1, limit)]
         return await self.read(self._select_pending, start, limit)
 
+    def _extend_tail(self, rows: list[OutboxRow]) -> None:
+        """Keep the rows a commit just made (writer thread, after COMMIT)."""
+        tail = self._tail
+        if tail and rows and rows[0].seq != tail[-1].seq + 1:
+            tail = []                 # never a gap: the tail starts again
+        if len(tail) + len(rows) > 2 * TAIL_KEPT:
+            self._tail = (tail + rows)[-TAIL_KEPT:]
+        elif tail is self._tail:
+            tail.extend(rows)
+        else:
+            self._tail = tail + rows
+
     def _select_pending(self, conn: sqlite3.Connection, start: int, limit: int) -> list[OutboxRow]:
-        """The rows after ``start`` as sinks send them (on the reader thread). A compact
-        reading is rendered once and kept for the next sink that asks (every sink reads the
-        same rows, usually within a second of each other)."""
+        """The rows after ``start`` as sinks send them (on the reader thread); a compact
+        reading's message is rendered when a sink asks for it (:attr:`OutboxRow.payload`)."""
         cur = conn.execute("SELECT seq, kind, meter, ts, payload, shape, slot, quality FROM outbox "
                            "WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit))
-        kept, shapes = self._payloads, self._shapes_by_id
+        shapes = self._shapes_by_id
         out = []
         for seq, kind, meter, ts, stored, shape_id, slot, quality in cur:
-            text = stored
-            if shape_id is not None:
-                text = kept.get(seq)
-                if text is None:
-                    shape = shapes.get(shape_id)
-                    if shape is None:
-                        spec = conn.execute("SELECT spec FROM reading_shape WHERE id=?", (shape_id,)).fetchone()[0]
-                        shape = shapes[shape_id] = shape_from_spec(shape_id, spec)
-                    text = kept[seq] = render(shape, seq, slot, ts, quality, stored)
-            out.append(OutboxRow(seq, kind, meter, ts, text))
-        while len(kept) > PAYLOADS_KEPT:
-            del kept[next(iter(kept))]
+            if shape_id is None:
+                out.append(OutboxRow(seq, kind, meter, ts, stored))
+                continue
+            shape = shapes.get(shape_id)
+            if shape is None:
+                spec = conn.execute("SELECT spec FROM reading_shape WHERE id=?", (shape_id,)).fetchone()[0]
+                shape = shapes[shape_id] = shape_from_spec(shape_id, spec)
+            out.append(OutboxRow(seq, kind, meter, ts, shape=shape, body=stored, slot=slot, quality=quality))
         return out
 
     async def ack(self, sink: str, upto_seq: int) -> None:
@@ -920,6 +937,7 @@ class Store:
             _rollback(conn)
             raise
         if n:
+            self._tail = []           # it may hold rows just deleted: sinks read SQLite until it refills
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n

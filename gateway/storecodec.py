@@ -93,6 +93,9 @@ class Shape:
     marks: tuple[str, ...]
     """Per point, how its value is usually kept (``=`` same as raw, or a factor mark): the
     mark of the reading that made the shape; a point that differs says so in its body."""
+    tags: tuple[tuple[str, str], ...] = ()
+    """``(bus, …), (customer, …), (gateway, …), (meter, …), (schedule, …)``, sorted by key:
+    what an InfluxDB line of such a reading is tagged with (:mod:`gateway.sinks.lineproto`)."""
 
 
 def shape_key(r: Reading, gateway: str) -> ShapeKey:
@@ -156,6 +159,7 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
         units=tuple(f',"unit":{js(p[1])},"quality":"' for p in d["points"]),
         factors=factors_of(ct_text, pt_text),
         marks=tuple(str(p[2]) for p in d["points"]),
+        tags=tuple((k, str(d[k])) for k in ("bus", "customer", "gateway", "meter", "schedule")),
     )
 
 
@@ -273,6 +277,40 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
             parts.append(f'{o}{raw},"value":{value}{u}{q}"{reason}}}')
     return (f'{shape.head}{seq}{shape.middle}{iso_utc(slot)}","ts":"{iso_utc(ts)}","quality":"{quality}"'
             f'{err}{shape.multiplier}{",".join(parts)}}}{extra}}}')
+
+
+def good_values(shape: Shape, body: str) -> list[str | None]:
+    """Per point of a compact row, in the shape's order: the JSON text :func:`render` writes
+    as its ``"value"`` when the point's quality is ``good`` and the value is not null, else
+    None — without writing the rest of the message (an InfluxDB line needs no more)."""
+    points = body.partition(_TAIL)[0]
+    if points.startswith(_FAILED) or not shape.openers:
+        return [None] * len(shape.openers)
+    factors = shape.factors
+    out: list[str | None] = []
+    append = out.append
+    for default, item in zip(shape.marks, points.split(_PT), strict=True):
+        if _FLD not in item:
+            if not item:
+                append(None)
+            elif default == _SAME:
+                append(item)
+            else:
+                append(format(Decimal(item) * factors[default], "f"))
+            continue
+        fields = item.split(_FLD)
+        if len(fields) > 2 and fields[2]:
+            append(None)            # its quality is not good
+            continue
+        raw = fields[0]
+        mark = fields[1] or default
+        if mark == _SAME:
+            append(raw or None)
+        elif mark in factors:
+            append(format(Decimal(raw) * factors[mark], "f"))
+        else:
+            append(None if mark == "null" else mark)
+    return out
 
 
 _BY_SPEC: dict[str, Shape] = {}

@@ -497,10 +497,6 @@ def build_sinks(settings: Settings, store: Store, clock: Clock | None = None) ->
         SinkRunner(MqttSink(settings.mqtt, gw), store, clock, group=group)
     if settings.influxdb is not None and settings.influxdb.enabled:
         from gateway.sinks.influx import InfluxSink
-        from gateway.sinks.lineproto import reading_line
 
-        measurement = settings.influxdb.measurement
-        store.render_on_commit("influxdb", lambda r, seq: reading_line(measurement, gw, r, seq))
-        SinkRunner(InfluxSink(settings.influxdb, gw, lambda seq: store.rendered("influxdb", seq)), store, clock,
-                   group=group)
+        SinkRunner(InfluxSink(settings.influxdb, gw), store, clock, group=group)
     return list(group)

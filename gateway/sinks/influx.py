@@ -18,7 +18,9 @@ Errors become :class:`~gateway.errors.SinkError` here (:func:`classify`).
 Batching: rows gather into a batch that is written when it holds ``batch_size`` lines or
 its first row is ``batch_age`` seconds old, whichever comes first; one write is in flight
 at a time (seq order per sink), while the next batch fills. Each row becomes its line as it
-is handed over (a few microseconds on the loop, spread out), so the writer thread only
+is handed over (a few microseconds on the loop, spread out; a compact reading's line is
+made from its stored values, :func:`~gateway.sinks.lineproto.compact_line`, never from
+its JSON message), so the writer thread only
 joins and sends: a thousand-line batch formatted on that thread would hold the GIL in 5 ms
 slices against the loop and the MQTT thread just when readings arrive. The write runs
 synchronously on one private thread: it never blocks the event loop, costs one thread for
@@ -53,7 +55,6 @@ import http.client
 import json
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -63,7 +64,7 @@ from gateway.errors import SinkError
 from gateway.settings import InfluxSettings
 from gateway.sinks.base import Reporter, SinkAuthError
 from gateway.sinks.influx_http import HttpWriter, InfluxHTTPError
-from gateway.sinks.lineproto import LineError, row_line
+from gateway.sinks.lineproto import LineError, compact_line, row_line
 from gateway.store import OutboxRow
 
 log = logging.getLogger("amr.sinks.influx")
@@ -228,11 +229,9 @@ class InfluxSink:
     open_proves_access = False
     probe_first = False
 
-    def __init__(self, settings: InfluxSettings, gateway_id: str,
-                 rendered: Callable[[int], str | None] | None = None) -> None:
+    def __init__(self, settings: InfluxSettings, gateway_id: str) -> None:
         self.settings = settings
         self.gateway_id = gateway_id
-        self._rendered = rendered   # seq → the line the store rendered at commit, if kept
         self.batch_size = max(1, settings.batch_size)
         self.window = 2 * self.batch_size     # one batch in flight, one filling
         self.page = self.batch_size
@@ -276,12 +275,15 @@ class InfluxSink:
         if not self._batch:
             self._first_at = time.monotonic()
             self._kick.set()
-        line = self._rendered(row.seq) if self._rendered is not None else None
-        if line is None:
-            try:
+        line = None
+        shape = row.shape
+        try:
+            if shape is not None:      # a compact reading: its line straight from the stored values
+                line = compact_line(self.settings.measurement, shape, row.seq, row.ts, row.body)
+            else:
                 line = row_line(self.settings.measurement, row.kind, row.meter, row.ts, row.payload, row.seq)
-            except LineError as exc:
-                self._bad_reason = f"cannot express the committed message as line protocol: {exc}"
+        except (LineError, ValueError, ArithmeticError) as exc:
+            self._bad_reason = f"cannot express the committed message as line protocol: {exc}"
         self._batch.append((row.seq, line))
         if len(self._batch) >= self.batch_size:
             self._kick.set()

@@ -51,6 +51,7 @@ from decimal import Decimal
 from typing import Final
 
 from gateway.model import Reading, json_number
+from gateway.storecodec import Shape, good_values
 
 TAG_KEYS: Final = ("bus", "customer", "gateway", "meter", "schedule")   # sorted: InfluxDB's preferred order
 _SKIP_GENERIC: Final = frozenset({"schema", "gateway", "seq", "meter", "customer", "bus", "schedule", "ts",
@@ -209,7 +210,7 @@ def row_line(measurement_base: str, kind: str, meter: str | None, ts: float, pay
 def reading_line(measurement_base: str, gateway: str, r: Reading, seq: int) -> str:
     """The line :func:`row_line` makes of ``reading_payload(r, gateway, seq)``, from the
     reading itself: the same text, character for character, without writing and parsing
-    the JSON again (the store renders it as it commits; see ``Store.render_on_commit``)."""
+    the JSON again (the reference :func:`compact_line` is held to in the tests)."""
     tags = "".join(
         f",{key}={escape_tag_value(v)}"
         for key, v in (("bus", r.bus), ("customer", r.customer), ("gateway", gateway), ("meter", r.meter),
@@ -225,3 +226,29 @@ def reading_line(measurement_base: str, gateway: str, r: Reading, seq: int) -> s
             fields.append(f"{escape_key(name)}={text}")
     fields.append(f"seq={seq}i")
     return f"{escape_measurement(measurement_base)}{tags} {','.join(fields)} {round(r.ts * 1000)}"
+
+
+_shape_parts: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+
+
+def compact_line(measurement_base: str, shape: Shape, seq: int, ts: float, body: str) -> str:
+    """The line :func:`row_line` makes of a compact stored reading's message, from its stored
+    values (:mod:`gateway.storecodec`): the same text, character for character, without
+    rendering the JSON message and parsing it again. The measurement, tags and field keys
+    are joined once per shape and kept (bounded)."""
+    parts = _shape_parts.get((measurement_base, shape.spec))
+    if parts is None:
+        if len(_shape_parts) >= _CACHE_LIMIT:
+            _shape_parts.clear()
+        tags = "".join(f",{k}={escape_tag_value(v)}" for k, v in shape.tags if v)
+        parts = _shape_parts[(measurement_base, shape.spec)] = (
+            f"{escape_measurement(measurement_base)}{tags} ", tuple(f"{escape_key(n)}=" for n in shape.names))
+    head, keys = parts
+    fields = []
+    for key, value in zip(keys, good_values(shape, body), strict=True):
+        if value is not None:
+            text = number_text(value)
+            if text is not None:
+                fields.append(key + text)
+    fields.append(f"seq={seq}i")
+    return f"{head}{','.join(fields)} {round(ts * 1000)}"

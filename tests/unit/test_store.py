@@ -173,28 +173,38 @@ async def test_appends_during_a_commit_are_committed_too(tmp_path: Path) -> None
     await store.close()
 
 
-async def test_rows_rendered_at_commit_are_kept_per_seq_within_a_bound(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sink's renderer sees each committed reading with its seq; the store keeps the last
-    RENDERED_KEPT texts, and a reading the renderer cannot render is simply not kept (the
-    sink renders it from the payload)."""
-    monkeypatch.setattr(store_module, "RENDERED_KEPT", 5)
+async def test_sinks_that_keep_up_read_the_committed_tail_and_get_what_sqlite_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pending() serves recent rows from memory (no query) and older ones from SQLite; both
+    give the same rows with the same messages, a message and readings interleaved, and a
+    sink further behind than the tail keeps reads them from SQLite."""
+    monkeypatch.setattr(store_module, "TAIL_KEPT", 8)
     store = await Store.open(tmp_path / "amr.sqlite", FAST, "gw")
+    queries = 0
+    real_read = store.read
 
-    def render(r: Reading, seq: int) -> str:
-        if r.meter == "bad":
-            raise ValueError("cannot")
-        return f"{r.meter}#{seq}"
+    async def counting_read(fn, *args):  # type: ignore[no-untyped-def]
+        nonlocal queries
+        queries += 1
+        return await real_read(fn, *args)
 
-    store.render_on_commit("influxdb", render)
+    monkeypatch.setattr(store, "read", counting_read)
     try:
-        seqs = await store.append_readings([make_reading("m1"), make_reading("bad"), make_reading("m3")])
-        assert [store.rendered("influxdb", s) for s in seqs] == [f"m1#{seqs[0]}", None, f"m3#{seqs[2]}"]
-        assert store.rendered("mqtt", seqs[0]) is None                   # only the sink that asked
-        more = await store.append_readings([make_reading(f"n{i}") for i in range(6)])
-        assert store.rendered("influxdb", seqs[0]) is None               # aged out: only 5 kept
-        assert [store.rendered("influxdb", s) for s in more[-5:]] == [f"n{i}#{s}" for i, s in
-                                                                      zip(range(1, 6), more[-5:], strict=True)]
+        await store.append_readings([make_reading(f"m{i}", kwh=f"{i}.5") for i in range(5)])
+        await store.append_message("event", "m1", 1.0, {"type": "x", "n": Decimal("1.50")})
+        await store.append_readings([make_reading(f"n{i}", kwh=f"{i}.25") for i in range(20)])
+        assert store.last_seq == 26
+        from_tail = await store.pending("mqtt", 5, after=20)
+        assert queries == 0
+        assert [r.seq for r in from_tail] == [21, 22, 23, 24, 25]
+        old = await store.pending("mqtt", 30, after=0)      # older than the tail keeps: SQLite
+        assert queries == 1
+        assert [r.seq for r in old] == list(range(1, 27))
+        sql = {r.seq: (r.kind, r.meter, r.ts, r.payload) for r in await real_read(store._select_pending, 0, 100)}
+        assert {r.seq: (r.kind, r.meter, r.ts, r.payload) for r in old} == sql
+        assert [(r.kind, r.meter, r.ts, r.payload) for r in from_tail] == [sql[s] for s in range(21, 26)]
+        assert loads_exact(sql[6][3])["type"] == "x" and loads_exact(sql[21][3])["seq"] == 21
+        assert await store.pending("mqtt", 5, after=26) == []
     finally:
         await store.close()
 

@@ -19,6 +19,7 @@ import pytest
 
 from gateway.model import PointValue, Quality, Reading, Value, reading_payload
 from gateway.settings import StoreSettings
+from gateway.sinks.lineproto import compact_line, reading_line, row_line
 from gateway.store import Store
 from gateway.storecodec import (
     PAYLOAD_SQL,
@@ -110,6 +111,28 @@ def test_render_of_encode_is_the_payload_byte_for_byte(seed: int) -> None:
                                  1000 + k, r.slot, r.ts, r.quality)
         assert got is not None
         assert render(got[0], 1000 + k, r.slot, r.ts, r.quality, got[1]) == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_line_of_a_compact_row_is_the_line_of_its_message(seed: int) -> None:
+    """The InfluxDB sink writes a compact row's line from its stored values (compact_line);
+    it must be the line row_line makes of the rendered message, character for character."""
+    rng = random.Random(100 + seed)
+    shapes: dict[ShapeKey, Shape] = {}
+    fields = 0
+    for k in range(500):
+        r = _reading(rng) if k % 50 else _failed(rng.choice(_QUALITIES))
+        key = shape_key(r, "gw 1")
+        if key not in shapes:
+            shapes[key] = shape_from_spec(len(shapes) + 1, spec_of(key, marks_of(r, factors_of(key[5], key[6]))))
+        shape = shapes[key]
+        body = encode(r, shape)
+        want = row_line("amr reading", "reading", r.meter, r.ts, render(shape, 7 + k, r.slot, r.ts, r.quality, body),
+                        7 + k)
+        assert compact_line("amr reading", shape, 7 + k, r.ts, body) == want
+        assert reading_line("amr reading", "gw 1", r, 7 + k) == want
+        fields += want.count("=")
+    assert fields > 2000          # the readings had numeric fields to write, not only seq
 
 
 def test_a_good_fifteen_point_reading_is_small() -> None:
