@@ -110,15 +110,19 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "power_kw": Decimal("-1.5"), "power_kw_l1": Decimal(25),
          "frequency_hz": Decimal("50.02"), "power_factor": Decimal("-0.9")},
     ),
-    # Eastron SDM630 (v2, MCT): FC04, float32 high word first, W/var/VA scaled to k
+    # Eastron SDM630 (v2, MCT): FC04, float32 high word first, W/var/VA scaled to k; demand
+    # registers in W/VA/A
     "eastron-sdm630": (
         {0x0000: f32(229.5), 0x0034: f32(-3000.0), 0x0038: f32(3500.0), 0x003C: f32(750.0),
-         0x0048: f32(1234.5), 0x004A: f32(0.25), 0x00C8: f32(398.5), 0x00EA: f32(1.75),
-         0x00F0: f32(12.5)},
+         0x0048: f32(1234.5), 0x004A: f32(0.25), 0x0054: f32(4100.0), 0x0056: f32(12345.0),
+         0x0066: f32(15250.0), 0x00C8: f32(398.5), 0x00EA: f32(1.75), 0x00F0: f32(12.5),
+         0x0108: f32(31.5)},
         {"voltage_v_l1": Decimal("229.5"), "power_kw": Decimal(-3), "x_power_kva": Decimal("3.5"),
          "power_kvar": Decimal("0.75"), "energy_import_kwh": Decimal("1234.5"),
          "energy_export_kwh": Decimal("0.25"), "x_voltage_v_l1_l2": Decimal("398.5"),
-         "x_thd_voltage_l1_pct": Decimal("1.75"), "x_thd_current_l1_pct": Decimal("12.5")},
+         "x_thd_voltage_l1_pct": Decimal("1.75"), "x_thd_current_l1_pct": Decimal("12.5"),
+         "x_demand_kw": Decimal("4.1"), "demand_max_kw": Decimal("12.345"),
+         "x_demand_max_kva": Decimal("15.25"), "x_demand_max_current_a_l1": Decimal("31.5")},
     ),
     # CHINT DTSU666 (manual ZTY0.464.1002): FC03, float32 high word first, voltages in
     # 0.1 V, power in 0.1 W/var, PF in 0.001, energies in kWh/kvarh, UrAt in 0.1
