@@ -77,13 +77,16 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
     "siemens-pac3200": (
         {1: f32(230.5), 7: f32(399.25), 13: f32(12.5), 43: f32(2.75), 55: f32(49.98),
          63: f32(9000.0), 65: f32(8500.0), 67: f32(-1250.0), 69: f32(0.875),
-         801: f64(12345678.5), 809: f64(2500.0), 817: f64(4000.0)},
+         223: f32(1.5), 801: f64(12345678.5), 805: f64(987654.25), 809: f64(2500.0),
+         813: f64(125.0), 817: f64(4000.0), 837: f64(64000.0)},
         {"voltage_v_l1": Decimal("230.5"), "x_voltage_v_l1_l2": Decimal("399.25"),
          "current_a_l1": Decimal("12.5"), "x_thd_voltage_l1_pct": Decimal("2.75"),
          "frequency_hz": Decimal("49.98"), "x_power_kva": Decimal(9),
          "power_kw": Decimal("8.5"), "power_kvar": Decimal("-1.25"),
          "power_factor": Decimal("0.875"), "energy_import_kwh_t1": Decimal("12345.6785"),
-         "energy_export_kwh_t1": Decimal("2.5"), "x_energy_import_kvarh_t1": Decimal(4)},
+         "energy_export_kwh_t1": Decimal("2.5"), "x_energy_import_kvarh_t1": Decimal(4),
+         "energy_import_kwh_t2": Decimal("987.65425"), "energy_export_kwh_t2": Decimal("0.125"),
+         "x_energy_kvah_t2": Decimal(64), "x_current_a_n": Decimal("1.5")},
     ),
     # Schneider PM5xxx: registers numbered from 1 (register 3028 is wire address 3027),
     # FC03, float32 in kW, int64 energies in Wh
