@@ -169,6 +169,16 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "energy_import_kwh": Decimal("123456.7"), "energy_import_kvarh": Decimal("8.9"),
          "energy_export_kwh": Decimal(7000), "energy_export_kvarh": Decimal("0.1")},
     ),
+    # Acrel ADL400 classic layout: FC03, u32 energies x 0.01 kWh high word first, u16
+    # voltages x 0.1 V, i32 power in W, i16 PF x 0.001 (secondary values: raw before CT/PT)
+    "acrel-adl400": (
+        {0x000A: u32(1234567), 0x0061: [2305], 0x0077: [4998], 0x0078: [4001],
+         0x016A: i32(-1500), 0x017A: i32(2500), 0x017F: [0xFC7C]},
+        {"energy_import_kwh": Decimal("12345.67"), "voltage_v_l1": Decimal("230.5"),
+         "frequency_hz": Decimal("49.98"), "x_voltage_v_l1_l2": Decimal("400.1"),
+         "power_kw": Decimal("-1.5"), "x_power_kva": Decimal("2.5"),
+         "power_factor": Decimal("-0.9")},
+    ),
     # Socomec DIRIS A-40: FC03 from 0xC550, 32-bit integers high word first, V/100, mA,
     # 10 W / 10 var / 10 VA, PF 0.001 (signed), energies in kWh, one-word THD in 0.1 %
     "socomec-diris-a40": (
