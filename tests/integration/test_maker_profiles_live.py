@@ -77,13 +77,16 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
     "siemens-pac3200": (
         {1: f32(230.5), 7: f32(399.25), 13: f32(12.5), 43: f32(2.75), 55: f32(49.98),
          63: f32(9000.0), 65: f32(8500.0), 67: f32(-1250.0), 69: f32(0.875),
-         801: f64(12345678.5), 809: f64(2500.0), 817: f64(4000.0)},
+         223: f32(1.5), 801: f64(12345678.5), 805: f64(987654.25), 809: f64(2500.0),
+         813: f64(125.0), 817: f64(4000.0), 837: f64(64000.0)},
         {"voltage_v_l1": Decimal("230.5"), "x_voltage_v_l1_l2": Decimal("399.25"),
          "current_a_l1": Decimal("12.5"), "x_thd_voltage_l1_pct": Decimal("2.75"),
          "frequency_hz": Decimal("49.98"), "x_power_kva": Decimal(9),
          "power_kw": Decimal("8.5"), "power_kvar": Decimal("-1.25"),
          "power_factor": Decimal("0.875"), "energy_import_kwh_t1": Decimal("12345.6785"),
-         "energy_export_kwh_t1": Decimal("2.5"), "x_energy_import_kvarh_t1": Decimal(4)},
+         "energy_export_kwh_t1": Decimal("2.5"), "x_energy_import_kvarh_t1": Decimal(4),
+         "energy_import_kwh_t2": Decimal("987.65425"), "energy_export_kwh_t2": Decimal("0.125"),
+         "x_energy_kvah_t2": Decimal(64), "x_current_a_n": Decimal("1.5")},
     ),
     # Schneider PM5xxx: registers numbered from 1 (register 3028 is wire address 3027),
     # FC03, float32 in kW, int64 energies in Wh
@@ -91,34 +94,46 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
         {2999: f32(101.5), 3019: f32(400.5), 3027: f32(231.25), 3059: f32(65.5),
          3067: f32(-12.25), 3075: f32(70.0), 3109: f32(50.0),
          3203: i64(987654321), 3207: i64(1500), 3219: i64(123456), 3223: i64(7),
-         3769: f32(88.25), 21329: f32(3.5)},
+         3769: f32(88.25), 4195: i64(1000001), 4207: i64(42), 21329: f32(3.5)},
         {"current_a_l1": Decimal("101.5"), "x_voltage_v_l1_l2": Decimal("400.5"),
          "voltage_v_l1": Decimal("231.25"), "power_kw": Decimal("65.5"),
          "power_kvar": Decimal("-12.25"), "x_power_kva": Decimal(70),
          "frequency_hz": Decimal(50), "energy_import_kwh": Decimal("987654.321"),
          "energy_export_kwh": Decimal("1.5"), "energy_import_kvarh": Decimal("123.456"),
          "energy_export_kvarh": Decimal("0.007"), "demand_max_kw": Decimal("88.25"),
+         "energy_import_kwh_t1": Decimal("1000.001"), "energy_import_kwh_t4": Decimal("0.042"),
          "x_thd_voltage_l1_pct": Decimal("3.5")},
     ),
-    # ABB B23/B24: FC03, u64 energies x 0.01 kWh, u32 voltage x 0.1 V, u32 current
-    # x 0.01 A, i32 power x 0.01 W, u16 frequency x 0.01 Hz, i16 PF x 0.001
+    # ABB B23/B24: FC03, u64 energies x 0.01 kWh/kvarh, u32 voltage x 0.1 V, u32 current
+    # x 0.01 A, i32 power x 0.01 W/var, u32 x 0.01 VA, u16 frequency x 0.01 Hz, i16 PF
+    # x 0.001 (the Q/S/L-L/In values are the A43/A44 manual's worked example)
     "abb-b23": (
-        {0x5000: u64(1234567890), 0x5004: u64(4200), 0x5B00: u32(2305), 0x5B0C: u32(1250),
-         0x5B14: i32(-150000), 0x5B16: i32(2500000), 0x5B2C: [5002], 0x5B3A: [0xFC7C]},
+        {0x5000: u64(1234567890), 0x5004: u64(4200), 0x500C: u64(98765), 0x5010: u64(1),
+         0x5B00: u32(2305), 0x5B06: u32(4042), 0x5B0C: u32(1250), 0x5B12: u32(134),
+         0x5B14: i32(-150000), 0x5B16: i32(2500000), 0x5B1C: i32(30017), 0x5B20: i32(-12214),
+         0x5B24: u32(140739), 0x5B2C: [5002], 0x5B3A: [0xFC7C]},
         {"energy_import_kwh": Decimal("12345678.90"), "energy_export_kwh": Decimal(42),
          "voltage_v_l1": Decimal("230.5"), "current_a_l1": Decimal("12.5"),
          "power_kw": Decimal("-1.5"), "power_kw_l1": Decimal(25),
-         "frequency_hz": Decimal("50.02"), "power_factor": Decimal("-0.9")},
+         "frequency_hz": Decimal("50.02"), "power_factor": Decimal("-0.9"),
+         "energy_import_kvarh": Decimal("987.65"), "energy_export_kvarh": Decimal("0.01"),
+         "x_voltage_v_l1_l2": Decimal("404.2"), "x_current_a_n": Decimal("1.34"),
+         "power_kvar": Decimal("0.30017"), "x_power_kvar_l2": Decimal("-0.12214"),
+         "x_power_kva": Decimal("1.40739")},
     ),
-    # Eastron SDM630 (v2, MCT): FC04, float32 high word first, W/var/VA scaled to k
+    # Eastron SDM630 (v2, MCT): FC04, float32 high word first, W/var/VA scaled to k; demand
+    # registers in W/VA/A
     "eastron-sdm630": (
         {0x0000: f32(229.5), 0x0034: f32(-3000.0), 0x0038: f32(3500.0), 0x003C: f32(750.0),
-         0x0048: f32(1234.5), 0x004A: f32(0.25), 0x00C8: f32(398.5), 0x00EA: f32(1.75),
-         0x00F0: f32(12.5)},
+         0x0048: f32(1234.5), 0x004A: f32(0.25), 0x0054: f32(4100.0), 0x0056: f32(12345.0),
+         0x0066: f32(15250.0), 0x00C8: f32(398.5), 0x00EA: f32(1.75), 0x00F0: f32(12.5),
+         0x0108: f32(31.5)},
         {"voltage_v_l1": Decimal("229.5"), "power_kw": Decimal(-3), "x_power_kva": Decimal("3.5"),
          "power_kvar": Decimal("0.75"), "energy_import_kwh": Decimal("1234.5"),
          "energy_export_kwh": Decimal("0.25"), "x_voltage_v_l1_l2": Decimal("398.5"),
-         "x_thd_voltage_l1_pct": Decimal("1.75"), "x_thd_current_l1_pct": Decimal("12.5")},
+         "x_thd_voltage_l1_pct": Decimal("1.75"), "x_thd_current_l1_pct": Decimal("12.5"),
+         "x_demand_kw": Decimal("4.1"), "demand_max_kw": Decimal("12.345"),
+         "x_demand_max_kva": Decimal("15.25"), "x_demand_max_current_a_l1": Decimal("31.5")},
     ),
     # CHINT DTSU666 (manual ZTY0.464.1002): FC03, float32 high word first, voltages in
     # 0.1 V, power in 0.1 W/var, PF in 0.001, energies in kWh/kvarh, UrAt in 0.1
@@ -154,6 +169,16 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "power_kvar": Decimal("-1.2345"), "x_power_factor_l1": Decimal("-0.95"),
          "energy_import_kwh": Decimal("123456.7"), "energy_import_kvarh": Decimal("8.9"),
          "energy_export_kwh": Decimal(7000), "energy_export_kvarh": Decimal("0.1")},
+    ),
+    # Acrel ADL400 classic layout: FC03, u32 energies x 0.01 kWh high word first, u16
+    # voltages x 0.1 V, i32 power in W, i16 PF x 0.001 (secondary values: raw before CT/PT)
+    "acrel-adl400": (
+        {0x000A: u32(1234567), 0x0061: [2305], 0x0077: [4998], 0x0078: [4001],
+         0x016A: i32(-1500), 0x017A: i32(2500), 0x017F: [0xFC7C]},
+        {"energy_import_kwh": Decimal("12345.67"), "voltage_v_l1": Decimal("230.5"),
+         "frequency_hz": Decimal("49.98"), "x_voltage_v_l1_l2": Decimal("400.1"),
+         "power_kw": Decimal("-1.5"), "x_power_kva": Decimal("2.5"),
+         "power_factor": Decimal("-0.9")},
     ),
     # Socomec DIRIS A-40: FC03 from 0xC550, 32-bit integers high word first, V/100, mA,
     # 10 W / 10 var / 10 VA, PF 0.001 (signed), energies in kWh, one-word THD in 0.1 %
