@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
@@ -162,6 +163,14 @@ def test_sign_in_overview_meter_curve_and_sign_out(demo: str, tmp_path: Path) ->
             assert first.inner_text() != "—"
             assert page.locator("#meters tbody td.q-good").count() >= 1
             assert page.locator("#store dd").count() >= 4                 # authenticated health
+            # buses: a serial line shows its wire limit (the API's figure), a TCP bus has none
+            buses = cast(list[dict[str, Any]], get(f"{base}/api/v1/console/overview")["buses"])
+            serial = next(b for b in buses if b["type"] == "serial")
+            tcp = next(b for b in buses if b["type"] == "tcp")
+            assert serial["wire_limit_per_s"] > 0 and tcp["wire_limit_per_s"] is None and tcp["wire_ratio"] is None
+            limit_cell = page.locator(f"#buses tbody tr[data-bus='{serial['id']}'] td").nth(5)
+            assert float(limit_cell.inner_text()) == pytest.approx(serial["wire_limit_per_s"], abs=0.051)
+            expect(page.locator(f"#buses tbody tr[data-bus='{tcp['id']}'] td").nth(5)).to_have_text("—")
             # live: polling every 5 s brings a newer last good read without a reload
             before = first.inner_text()
             expect(first).not_to_have_text(before, timeout=40_000)
