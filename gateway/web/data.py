@@ -80,7 +80,7 @@ class ConsoleData:
         self._clock: GatewayClockState | None = None
         self._clock_at = -1e18
         self._clock_task: asyncio.Task[None] | None = None
-        self._limits: dict[str, tuple[tuple[tuple[str, int, float], ...], float | None]] = {}
+        self._limits: dict[str, tuple[tuple[BusParams, tuple[tuple[str, ReadPlan, float], ...]], float | None]] = {}
 
     def observe(self, meter: MeterRuntime, reading: Reading) -> None:
         """A reading observer: keep the meter clock's offset when the reading carries ``meter_clock``."""
@@ -110,10 +110,9 @@ class ConsoleData:
         schedule runs (``every``: schedule → seconds); kept until the meters or plans change."""
         mix = tuple((registry.meter_protocol(bus, m.settings.protocol), plan, 1.0 / every[sched])
                     for m in meters for sched, (plan, _) in m.plans.items() if every.get(sched, 0) > 0)
-        key = tuple((proto, id(plan), per_s) for proto, plan, per_s in mix)
         have = self._limits.get(bus.id)
-        if have is None or have[0] != key:
-            have = self._limits[bus.id] = (key, bus_wire_limit(bus, mix))
+        if have is None or have[0] != (bus, mix):      # the same plan objects compare by identity: cheap
+            have = self._limits[bus.id] = ((bus, mix), bus_wire_limit(bus, mix))
         return have[1]
 
     def bus_rows(self, server: ApiServer) -> list[dict[str, object]]:
