@@ -7,7 +7,8 @@ dependencies are in the root), ``systemctl enable --now`` with the shipped examp
 configuration; the unit is active (``Type=notify``: the gateway said READY), the gateway
 answers health on the example's port, and ``journalctl -u amr-gateway`` carries its start
 line at priority info and its warnings at priority warning, each without a timestamp of its
-own; ``systemctl reload`` reloads; a killed gateway is restarted as ``Restart=on-failure``
+own; ``systemctl reload`` reloads, or refuses a broken configuration at priority error and
+keeps running; a killed gateway is restarted as ``Restart=on-failure``
 says; an upgrade to the next release stops the running service and starts the new version;
 ``systemctl stop`` logs the stop with its reason. Needs root; the first run builds the root
 (about two minutes, needs Debian's mirror), later runs take about half a minute.
@@ -161,6 +162,24 @@ def test_unit_under_systemd(built: Built, next_release: NextRelease, container: 
     wait_until(lambda: ("6", "amr.runtime: configuration reloaded") in gateway_lines(inside, pid), 30,
                "the reload line", step=0.5, detail=lambda: gateway_lines(inside, pid))
     assert show(inside, "MainPID")["MainPID"] == pid
+
+    # a broken configuration is refused at reload, at priority error on every line of the
+    # message; the running one stays
+    assert inside("cp", "-p", "/etc/amr-gateway/config.yaml", "/root/config.yaml").returncode == 0
+    assert inside("sh", "-c", "printf 'buses: [\\n' >>/etc/amr-gateway/config.yaml").returncode == 0
+    seen = len(gateway_lines(inside, pid))
+    assert inside("systemctl", "reload", UNIT).returncode == 0
+
+    def not_info() -> list[tuple[str, str]]:
+        """The lines since the reload that are not info, once there are two (the message and its error)."""
+        lines = [line for line in gateway_lines(inside, pid)[seen:] if line[0] != "6"]
+        return lines if len(lines) > 1 else []
+
+    refused = wait_until(not_info, 30, "the refused reload", step=0.5, detail=lambda: gateway_lines(inside, pid)[seen:])
+    assert refused[0] == ("3", "amr.cli: reload refused, the running configuration stays:"), refused
+    assert {p for p, _ in refused} == {"3"}, refused               # the error itself too, not at info
+    assert inside("cp", "-p", "/root/config.yaml", "/etc/amr-gateway/config.yaml").returncode == 0
+    assert show(inside, "ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": pid}
 
     # a gateway that dies is started again (Restart=on-failure, RestartSec=5s)
     assert inside("systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", UNIT).returncode == 0
