@@ -31,7 +31,7 @@ import pytest
 from tests.packaging.conftest import REPO, Built, NextRelease
 from tests.servicefixtures import stop_process, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
 ROOTFS_SCRIPT = REPO / "packaging" / "container-rootfs.sh"
 UNIT = "amr-gateway.service"
@@ -58,7 +58,7 @@ def _container(built: Built, next_release: NextRelease, tmp_path: Path) -> Itera
     """A booted Debian 12 with systemd as PID 1 and both packages under /mnt/deb (read-only);
     yields a function that runs a command inside as root. Powered off afterwards."""
     assert os.geteuid() == 0, "booting a container needs root: run the suite as root (CI does)"
-    proc = subprocess.run(["bash", str(ROOTFS_SCRIPT)], capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(["bash", str(ROOTFS_SCRIPT)], capture_output=True, text=True, timeout=420, check=False)
     assert proc.returncode == 0, proc.stderr
     rootfs = proc.stdout.strip().splitlines()[-1]
     debs = tmp_path / "debs"
