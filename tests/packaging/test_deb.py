@@ -184,6 +184,7 @@ def test_install_run_upgrade_downgrade_remove_purge(built: Built, next_release: 
     (VENV / "left-by-the-old-version").write_text("")
     proc = run(*APT_GET, *KEEP_CONFIG, "install", str(next_release.deb), env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "already a member" not in proc.stderr, proc.stderr     # postinst adds amr to dialout once
     assert run("dpkg-query", "-W", "-f=${Version}", "amr-gateway").stdout == next_release.version
     assert CONFIG.read_text() == edited                      # the edit is kept, without a question
     assert Path(f"{CONFIG}.dpkg-dist").read_text() == next_release.example   # the new example beside it
