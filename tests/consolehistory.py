@@ -1,6 +1,6 @@
 """A week of history for the demo's store, so the console's pictures show curves and bars.
 
-The README's pictures of the console (``docs/img/console-*.png``, refreshed by running
+The README's pictures of the console (``docs/img/console-overview.png`` and ``console-meter.png``, refreshed by running
 tests/e2e/test_console_browser.py with ``AMR_CONSOLE_SCREENSHOTS=docs/img``) were taken
 seconds after the demo started: a meter page with a few points and no interval bars. Before
 such a run, :func:`seed_demo_history` fills the demo's data folder with the readings the
