@@ -2,7 +2,8 @@
 (``| head``) ends the command quietly with exit 0; a port another program holds is one
 sentence saying what to do, not a raw socket error; a bad argument value found by the
 command itself is not dressed as a configuration file's problem; Ctrl-C ending a command
-early exits 130, and ``scan`` still prints the meters it had found; ``demo`` removes its
+early exits 130, and ``scan`` still prints the meters it had found (and a bad ``--range`` is
+said before the port is opened); ``demo`` removes its
 temporary folder however it ends (its end, SIGTERM, Ctrl-C); `read` with a profile of
 another protocol says so before it sends anything."""
 
@@ -110,6 +111,28 @@ def test_ctrl_c_during_scan_exits_130(tmp_path: Path) -> None:
     err = err_bytes.decode()
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--serial", "/dev/amr-no-such-port", "--range", "0-5"],
+     "error: --range '0-5' is outside 1-247, the unit ids of modbus-rtu"),
+    (["--serial", "/dev/amr-no-such-port", "--range", "-5"], "error: --range must look like 1-247 or 1,5,9"),
+    (["--tcp", "127.0.0.1:1", "--range", "0-256"],
+     "error: --range '0-256' is outside 0-255, the unit ids of modbus-tcp"),
+    (["--serial", "/dev/amr-no-such-port", "--protocol", "dlt645", "--range", "12x"],
+     "error: DL/T 645 address '12x' is not valid"),
+    (["--serial", "/dev/amr-no-such-port", "--protocol", "dlt698", "--range", "5-1"],
+     "error: address range 5-1 is empty"),
+])
+def test_scan_range_is_checked_before_the_bus_is_opened(argv: list[str], message: str) -> None:
+    # a port that does not exist and a TCP port nothing listens on would fail differently
+    # (exit 1, naming the port): the range is found wrong first
+    proc = cli("scan", *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode == 2, err
+    assert err.startswith(message), err
+    assert "amr-no-such-port" not in err and "connection refused" not in err and out == b"", err
 
 
 SIM_CONFIG = """\
