@@ -208,6 +208,25 @@ def test_demo_removes_its_temporary_folder_however_it_ends(tmp_path: Path, end: 
     assert list(tmp.iterdir()) == [], "the demo left its temporary folder behind"
 
 
+def test_demo_listen_on_a_held_port_says_so_starts_nothing_and_cleans_up(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp))
+        proc = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--listen", f"127.0.0.1:{port}",
+                               "--mqtt", f"127.0.0.1:{free_port()}", "--duration", "30"],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: the demo's API cannot listen on 127.0.0.1:{port}: another program holds that port (another "
+        "gateway or demo?); stop it, or give another port in --listen"), proc.stderr
+    assert "simulated on" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr  # nothing started
+    assert list(tmp.iterdir()) == [], "the demo left its temporary folder behind"
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--tcp", "127.0.0.1:1", "--unit", "1", "--profile", "dlt645-2007"],
      "error: --profile dlt645-2007 is a dlt645 profile, but this read speaks modbus-tcp, which reads "
