@@ -178,6 +178,27 @@ def test_ctrl_c_during_scan_prints_what_was_found_and_exits_130(tmp_path: Path) 
     assert out.decode().splitlines() == ["unit id", "-" * 12, "1", "2"]
 
 
+def test_simulate_warns_that_a_pty_may_refuse_parity_e(tmp_path: Path) -> None:
+    # Linux pseudo-terminals refuse PARENB with EINVAL on some kernels (seen here on a second
+    # open), so a simulated line with the Modbus default parity E is warned of at start.
+    lines = {}
+    for parity in ("E", "N"):
+        config = tmp_path / f"gateway-{parity}.yaml"
+        config.write_text(SIM_CONFIG.format(data=tmp_path / "data", tty=tmp_path / f"tty{parity}")
+                          .replace("parity: N", f"parity: {parity}"))
+        proc = cli("simulate", "-c", str(config), "--duration", "1", stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        lines[parity] = [line for line in err.decode().splitlines() if "WARNING" in line]
+    assert len(lines["E"]) == 1, lines
+    assert lines["E"][0].endswith(
+        f"bus rtu: parity E on a simulated line: a pseudo-terminal may refuse even or odd parity (EINVAL) when "
+        f"the gateway or `amr-gateway read` opens {tmp_path / 'ttyE'}; set parity: N on this bus while it is "
+        "simulated"), lines
+    assert lines["N"] == [], lines
+
+
 @pytest.mark.parametrize("end", ["duration", "SIGTERM", "SIGINT"])
 def test_demo_removes_its_temporary_folder_however_it_ends(tmp_path: Path, end: str) -> None:
     tmp = tmp_path / "tmp"              # the demo's temporary folder is made under TMPDIR
