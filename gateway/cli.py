@@ -255,14 +255,6 @@ async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path],
     from gateway.runtime import Gateway, reload
     from gateway.simulated import SimulatedBuses
 
-    gw = Gateway(settings, clock)
-    simulators = SimulatedBuses(gw.clock)
-    await simulators.serve(settings)       # before the first poll, so simulated meters answer it
-    try:
-        await gw.start()
-    except BaseException:
-        await simulators.stop()
-        raise
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -272,10 +264,20 @@ async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path],
         stop_reason.append(signame)
         stop.set()
 
+    # Before the start: a SIGTERM or SIGHUP that comes while the gateway starts (its "started"
+    # line already written, say) is acted on once it runs, instead of killing the process.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_on, sig.name)
     if path is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    gw = Gateway(settings, clock)
+    simulators = SimulatedBuses(gw.clock)
+    await simulators.serve(settings)       # before the first poll, so simulated meters answer it
+    try:
+        await gw.start()
+    except BaseException:
+        await simulators.stop()
+        raise
     systemd.notify("READY=1")
     watchdog = asyncio.create_task(systemd.watchdog_loop(), name="watchdog")
     try:
