@@ -107,12 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--meter", help="one meter (default: all)")
     exp.add_argument("--from", dest="start", help="start, ISO-8601 (default: 24 h before --to)")
     exp.add_argument("--to", dest="end", help="end, ISO-8601 (default: now)")
-    exp.add_argument("--step", default="15m", help="interval step: 15m, 30m, 1h, 1d")
+    exp.add_argument("--step", help="intervals: the step, 15m (default), 30m, 1h or 1d")
     exp.add_argument("--cycle", help="billing cycle YYYY-MM (settlements)")
-    exp.add_argument("--table", choices=["settlements", "stages", "customers"], default="settlements",
-                     help="settlements: every settlement revision (default); stages: stage consumption per "
-                          "stage with both ends' qualities and the reconciliation flag; customers: every "
-                          "customer's settlement (as GET /api/v1/settlements)")
+    exp.add_argument("--table", choices=["settlements", "stages", "customers"],
+                     help="settlements only. settlements: every settlement revision (default); stages: stage "
+                          "consumption per stage with both ends' qualities and the reconciliation flag; "
+                          "customers: every customer's settlement (as GET /api/v1/settlements)")
     exp.add_argument("--format", choices=["csv", "json"], default="csv",
                      help="readings only: csv (default) or json (the API's readings document, one line per meter)")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
