@@ -64,8 +64,10 @@ def test_journal_lines_carry_priorities_and_no_timestamp(tmp_path: Path) -> None
     assert any(line.startswith("<6>amr.runtime: amr-gateway ") and "started" in line for line in lines), lines
     assert "<6>amr.cli: stopping: SIGTERM" in lines, lines
     assert lines.index("<6>amr.cli: stopping: SIGTERM") < lines.index("<6>amr.cli: stopped"), lines
-    assert lines.count("<6>amr.runtime: configuration reloaded") == 1, lines
-    assert lines.index("<6>amr.runtime: configuration reloaded") < lines.index("<6>amr.cli: stopping: SIGTERM")
+    reloaded = [i for i, line in enumerate(lines) if line.startswith("<6>amr.runtime: configuration reloaded")]
+    assert len(reloaded) == 1 and lines[reloaded[0]].endswith(": 0 buses, 0 meters"), lines
+    assert reloaded[0] < lines.index("<6>amr.cli: stopping: SIGTERM"), lines
+    assert sum(" started: " in line for line in lines) == 1, lines   # a reload is not announced as a start
     assert not any("amr.api:" in line for line in lines), lines   # the section's level for amr.api: warning
 
 
