@@ -55,6 +55,11 @@ def test_bad_addresses_say_what_to_write(text: str, message: str) -> None:
     (["read", "--tcp", "127.0.0.1:502", "--unit", "1", "--profile", "simulator", "--timeout", "-1"],
      "argument --timeout: must be a positive number"),
     (["scan", "--serial", "/dev/null", "--baud", "-9600"], "argument --baud: must be a positive number, not -9600"),
+    (["scan", "--serial", "/dev/null", "--baud", "12345"],
+     "argument --baud: must be a standard rate (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, "
+     "115200), not 12345"),
+    (["read", "--serial", "/dev/null", "--baud", "7", "--unit", "1", "--profile", "simulator"],
+     "argument --baud: must be a standard rate"),
     (["simulate", "-c", "x.yaml", "--clock-rate", "0"], "argument --clock-rate"),
     (["export", "intervals", "-c", "x.yaml", "--step", "7m"],
      "argument --step: must be one of 15m, 30m, 1h, 1d, not '7m'"),
