@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -246,6 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             refuse_real_meters(new)
             return new
     apply_levels(settings.logging, args.log_level)
+    # the first line of a run (the "started" line comes once it polls and serves: ready)
+    log.info("amr-gateway %s starting: configuration %s, pid %d", __version__, args.config, os.getpid())
     return _run_async(_serve(settings, args.config, loader, clock))
 
 

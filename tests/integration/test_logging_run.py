@@ -61,7 +61,9 @@ def test_journal_lines_carry_priorities_and_no_timestamp(tmp_path: Path) -> None
     lines = run_until_started_then_sigterm(tmp_path, journal=True)
     assert lines and all(re.match(r"^<[0-7]>", line) for line in lines), lines
     assert not any(re.search(r"\d\d:\d\d:\d\d", line.split(": ", 1)[0]) for line in lines), lines
-    assert any(line.startswith("<6>amr.runtime: amr-gateway ") and "started" in line for line in lines), lines
+    assert lines[0].startswith("<6>amr.cli: amr-gateway ") and " starting: configuration " in lines[0], lines
+    started = [i for i, line in enumerate(lines) if line.startswith("<6>amr.runtime: amr-gateway ")]
+    assert len(started) == 1 and " started: 0 buses, 0 meters, store " in lines[started[0]], lines
     assert "<6>amr.cli: stopping: SIGTERM" in lines, lines
     assert lines.index("<6>amr.cli: stopping: SIGTERM") < lines.index("<6>amr.cli: stopped"), lines
     reloaded = [i for i, line in enumerate(lines) if line.startswith("<6>amr.runtime: configuration reloaded")]
