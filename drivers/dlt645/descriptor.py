@@ -134,6 +134,14 @@ def _clock(driver: MeterDriver) -> ClockSetter:
     return driver
 
 
+def check_range(wanted: str, protocol: str) -> None:
+    """``amr-gateway scan --range``, checked before the bus opens: see
+    :func:`drivers.dlt645.discovery.check_range`."""
+    from drivers.dlt645.discovery import check_range as check
+
+    check(wanted, protocol)
+
+
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
                progress: Progress | None = None, found: Found | None = None) -> list[str]:
     """``amr-gateway scan``: see :data:`drivers.dlt645.discovery.DISCOVERY` (imported when used)."""
@@ -169,7 +177,7 @@ DESCRIPTOR = ProtocolDescriptor(
     check_profile=check_profile,
     compile_plan=compile_plan,
     create_driver=create_driver,
-    discovery=Discovery(label="address", scan=scan),
+    discovery=Discovery(label="address", scan=scan, check=check_range),
     simulator=serve,
     create_driver_on=create_driver_on,
     wire_time=wire_time,

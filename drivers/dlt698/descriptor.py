@@ -141,6 +141,14 @@ def _freezes(driver: MeterDriver) -> FreezeRecordReader:
     return driver
 
 
+def check_range(wanted: str, protocol: str) -> None:
+    """``amr-gateway scan --range``, checked before the bus opens: see
+    :func:`drivers.dlt698.discovery.check_range`."""
+    from drivers.dlt698.discovery import check_range as check
+
+    check(wanted, protocol)
+
+
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
                progress: Progress | None = None, found: Found | None = None) -> list[str]:
     """``amr-gateway scan``: see :data:`drivers.dlt698.discovery.DISCOVERY`."""
@@ -181,7 +189,7 @@ DESCRIPTOR = ProtocolDescriptor(
     check_profile=check_profile,
     compile_plan=compile_plan,
     create_driver=create_driver,
-    discovery=Discovery(label="address", scan=scan, describe=describe),
+    discovery=Discovery(label="address", scan=scan, describe=describe, check=check_range),
     simulator=serve,
     create_driver_on=create_driver_on,
     wire_time=wire_time,
