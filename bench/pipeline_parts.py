@@ -13,29 +13,44 @@ run, so two source trees can be compared within a few per cent:
 * **payload**: the ``amr.reading.v1`` JSON document as the store makes it: with the
   compact store (``gateway/storecodec.py``) the row encoded at commit and rendered back at
   delivery (``encode`` + ``render``), in an older tree ``reading_payload`` at commit;
-* **line**: the InfluxDB line rendered at commit (``reading_line``).
+* **line**: the InfluxDB line: from the stored values where the tree has
+  ``lineproto.compact_line`` (what its InfluxDB sink does), else rendered at commit from the
+  reading (``reading_line``, the older trees).
 
 It also prints checksums of what the steps produced (the review's events, every payload,
 every line): two trees that only differ in speed print the same ones.
 
-The store (SQLite), the sinks' sockets, the transport and asyncio are not in it: those are
-in ``tcp_fleet.py``'s figures only. Compare trees by putting each first on ``PYTHONPATH``::
+With ``--store N`` a further step, **store + sinks**, runs the same readings through a real
+:class:`~gateway.store.Store` on disk (``synchronous=NORMAL``, so the disk's fsync time does
+not swamp the figure), 20 readings per commit as the group window gathers them at 1,000
+readings/s, and after each commit two sinks read what is new (``pending``), one taking
+each message's text and topic bytes as the MQTT sink does, the other each row's InfluxDB
+line as that tree's InfluxDB sink does, and acknowledge it; the best of ``N`` passes. It
+counts the store's threads as well (process CPU). The sinks' sockets, the transport and
+polling are not in any step: those are in ``tcp_fleet.py``'s figures only.
 
-    PYTHONPATH=/tmp/old python -m bench.pipeline_parts      # the tree to compare against
-    PYTHONPATH=. python -m bench.pipeline_parts
+Compare trees by putting each first on ``PYTHONPATH`` and running this file as a script
+from a folder that holds no ``gateway/`` (``python -m`` from the repository root puts the
+root first on ``sys.path``, so every tree would be the root's own)::
 
-Run from the repository root. Prints one line per step: µs of process CPU per reading
-(the best of ``--repeat`` passes, each over ``--meters`` × ``--slots`` readings).
+    cd /tmp && PYTHONPATH=/tmp/old python /path/to/bench/pipeline_parts.py --store 3   # another tree
+    cd /tmp && PYTHONPATH=/path/to/repo python /path/to/bench/pipeline_parts.py --store 3
+
+Alone, ``python -m bench.pipeline_parts`` from the repository root. Prints one line per
+step: µs of process CPU per reading (the best of ``--repeat`` passes, each over ``--meters`` × ``--slots`` readings).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
+import tempfile
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from drivers.modbus.driver import _decode_into
@@ -47,8 +62,12 @@ from gateway.model import PointResult, Reading, reading_payload
 from gateway.review.engine import meter_context
 from gateway.review.rules import MeterState, RuleEvent, observe_reading
 from gateway.review.ruleset import evaluate
-from gateway.settings import ScheduleSettings
-from gateway.sinks.lineproto import reading_line
+from gateway.settings import ScheduleSettings, StoreSettings
+from gateway.sinks.lineproto import reading_line, row_line
+from gateway.store import Store
+
+GROUP = 20
+"""Readings per commit in the store step: what the 20-ms group window gathers at 1,000/s."""
 
 POINTS = '["energy_import_kwh*", "power_kw", "voltage_*"]'   # bench/tcp_fleet.py's point set
 
@@ -76,8 +95,9 @@ def _config(meters: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def payload_maker(gateway: str) -> tuple[str, Callable[[Reading, int], str]]:
-    """How this tree turns a committed reading into its message text, and that function."""
+def payload_maker(gateway: str, stored: list[Any]) -> tuple[str, Callable[[Reading, int], str]]:
+    """How this tree turns a committed reading into its message text, and that function
+    (which appends each compact row's (shape, body) to ``stored``, for the line step)."""
     import gateway as package
 
     spec = importlib.util.find_spec("gateway.storecodec")
@@ -86,6 +106,7 @@ def payload_maker(gateway: str) -> tuple[str, Callable[[Reading, int], str]]:
         return "reading_payload", lambda r, seq: reading_payload(r, gateway, seq)
     codec: Any = importlib.import_module("gateway.storecodec")
     shapes: dict[Any, Any] = {}
+    keep = stored.append
 
     def make(r: Reading, seq: int) -> str:
         key = codec.shape_key(r, gateway)
@@ -93,10 +114,69 @@ def payload_maker(gateway: str) -> tuple[str, Callable[[Reading, int], str]]:
         if shape is None:
             marks = codec.marks_of(r, codec.factors_of(key[5], key[6]))
             shape = shapes[key] = codec.shape_from_spec(len(shapes) + 1, codec.spec_of(key, marks))
-        text: str = codec.render(shape, seq, r.slot, r.ts, r.quality, codec.encode(r, shape))
+        body = codec.encode(r, shape)
+        keep((shape, body))
+        text: str = codec.render(shape, seq, r.slot, r.ts, r.quality, body)
         return text
 
     return "storecodec encode + render", make
+
+
+def line_maker(stored: list[Any]) -> tuple[str, Callable[[Reading, int], str]]:
+    """How this tree's InfluxDB sink makes a reading's line: from the stored values
+    (``compact_line``) where it can, else from the reading at commit (``reading_line``)."""
+    lineproto: Any = importlib.import_module("gateway.sinks.lineproto")
+    compact = getattr(lineproto, "compact_line", None)
+    if compact is None or len(stored) == 0:
+        return "reading_line", lambda r, seq: reading_line("amr_reading", "parts", r, seq)
+
+    def make(r: Reading, seq: int) -> str:
+        shape, body = stored[seq]
+        text: str = compact("amr_reading", shape, seq, r.ts, body)
+        return text
+
+    return "compact_line", make
+
+
+async def _store_pass(readings: list[Reading], folder: str) -> tuple[float, int]:
+    """One pass of the store step: CPU seconds, and a checksum of what the sinks took."""
+    store = await Store.open(Path(folder) / f"parts-{time.monotonic_ns()}.sqlite",
+                             StoreSettings(synchronous="NORMAL"), "parts")
+    lineproto: Any = importlib.import_module("gateway.sinks.lineproto")
+    compact = getattr(lineproto, "compact_line", None)
+    old: Any = store
+    at_commit = compact is None and hasattr(old, "render_on_commit")
+    if at_commit:   # the older trees: the InfluxDB line rendered on the writer thread at commit
+        old.render_on_commit("influxdb", lambda r, seq: reading_line("amr_reading", "parts", r, seq))
+    crc = 0
+    after = {"mqtt": 0, "influxdb": 0}
+    c = time.process_time()
+    for k in range(0, len(readings), GROUP):
+        for r in readings[k:k + GROUP]:
+            store.submit_nowait(r, "realtime")
+        await store.flush()
+        for sink in ("mqtt", "influxdb"):
+            rows = await store.pending(sink, 1000, after[sink])
+            if not rows:
+                continue
+            for row in rows:
+                if sink == "mqtt":
+                    data = f"amr/parts/meters/{row.meter}/{row.kind}".encode() + row.payload.encode()
+                else:
+                    line = old.rendered(sink, row.seq) if at_commit else None
+                    shape = getattr(row, "shape", None)
+                    if line is None and shape is not None and compact is not None:
+                        line = compact("amr_reading", shape, row.seq, row.ts, row.body)
+                    if line is None:
+                        line = row_line("amr_reading", row.kind, row.meter, row.ts, row.payload, row.seq)
+                    data = line.encode()
+                crc = zlib.crc32(data, crc)
+            after[sink] = rows[-1].seq
+            await store.ack(sink, after[sink])
+    await store.flush()
+    spent = time.process_time() - c
+    await store.close()
+    return spent, crc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meters", type=int, default=50)
     ap.add_argument("--slots", type=int, default=300, help="1-s slots per meter (the review keeps state)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--store", type=int, default=0, metavar="N",
+                    help="also time the store + sinks step, best of N passes (each ≈ 15,000 commits of rows)")
     args = ap.parse_args(argv)
     from gateway.runtime import build_meters
 
@@ -152,27 +234,35 @@ def main(argv: list[str] | None = None) -> int:
             assert not errors, errors
             events += got
         steps["review"] = time.process_time() - c
-        how, make = payload_maker("parts")
+        stored: list[Any] = []
+        how, make = payload_maker("parts", stored)
         c = time.process_time()
         payloads = [make(r, seq) for seq, r in enumerate(readings)]
         steps["payload"] = time.process_time() - c
+        line_how, make_line = line_maker(stored)
         c = time.process_time()
-        lines = [reading_line("amr_reading", "parts", r, seq) for seq, r in enumerate(readings)]
+        lines = [make_line(r, seq) for seq, r in enumerate(readings)]
         steps["line"] = time.process_time() - c
         # what the steps produced, so two trees can be shown to agree (not timed)
         digest = (len(events), zlib.crc32("\n".join(payloads).encode()), zlib.crc32("\n".join(lines).encode()),
                   zlib.crc32(repr([(e.type, e.state, e.key, e.ts) for e in events]).encode()))
         for step, v in steps.items():
             best[step] = min(best.get(step, v), v)
+    store_crc = None
+    if args.store:
+        with tempfile.TemporaryDirectory(prefix="amr-parts-") as folder:
+            for _ in range(args.store):
+                spent, store_crc = asyncio.run(_store_pass(readings, folder))
+                best["store + sinks"] = min(best.get("store + sinks", spent), spent)
     total = 0.0
     for name, v in best.items():
         us = 1e6 * v / readings_n
         total += us
         print(f"{name:<16} {us:7.2f} µs/reading")
     print(f"{'total':<16} {total:7.2f} µs/reading  ({readings_n:,} readings, best of {args.repeat})")
-    print(f"payload by {how}")
+    print(f"payload by {how}, line by {line_how}")
     print(f"output: {digest[0]} review events (crc32 {digest[3]:08x}), payloads crc32 {digest[1]:08x}, "
-          f"lines crc32 {digest[2]:08x}")
+          f"lines crc32 {digest[2]:08x}" + ("" if store_crc is None else f", sinks took crc32 {store_crc:08x}"))
     return 0
 
 

@@ -369,6 +369,9 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+    dup: bool = False
+    """The broker's DUP flag: a QoS 1 redelivery *by the broker* (e.g. of what was in flight
+    to a persistent subscriber when it restarted), not a resend by the publisher."""
 
     def json(self) -> Any:
         """The payload parsed as JSON."""
@@ -490,7 +493,7 @@ class Subscriber:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
+            self.messages.append(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup)))
 
     def start(self, timeout: float = 10.0) -> Subscriber:
         """Connect, subscribe, and wait (bounded) for the SUBACK."""
@@ -520,11 +523,13 @@ class Subscriber:
         """How many messages arrived (the ``detail`` of a wait on this subscriber)."""
         return f"{len(self.snapshot())} messages received on {self.topic}"
 
-    def seqs(self, suffix: str = "/reading") -> list[int]:
+    def seqs(self, suffix: str = "/reading", *, broker_redeliveries: bool = True) -> list[int]:
         """The ``seq`` of every message whose topic ends with ``suffix``, in arrival order
-        (status messages and retained copies left out)."""
+        (status messages and retained copies left out; with ``broker_redeliveries=False``
+        also the broker's own DUP redeliveries, to see what the publisher sent)."""
         return [m.json()["seq"] for m in self.snapshot()
-                if m.topic.endswith(suffix) and not m.topic.endswith("/status") and not m.retain]
+                if m.topic.endswith(suffix) and not m.topic.endswith("/status") and not m.retain
+                and (broker_redeliveries or not m.dup)]
 
 
 # --------------------------------------------------------------------------- readings

@@ -361,8 +361,42 @@ def is_cumulative_register(name: str) -> bool:
     return name.startswith(("energy_import_", "energy_export_"))
 
 
+_REGISTER, _POWER, _VOLTAGE, _CLOCK, _EVENT_COUNT, _EVENT_RECORD, _VALUE, _OTHER = range(8)
+_KINDS: dict[str, dict[str, tuple[int, str]]] = {}
+"""power point → point name → (what the rules read it as, its key): worked out once per name
+instead of a string test per point of every reading."""
+
+
+def _kind_of(name: str, power_point: str) -> tuple[int, str]:
+    """How :func:`observe_reading` takes a point of this name (and the key it files it under)."""
+    table = _KINDS.setdefault(power_point, {})
+    kind = table.get(name)
+    if kind is None:
+        if is_cumulative_register(name):
+            kind = (_REGISTER, name)
+        elif name == power_point:
+            kind = (_POWER, name)
+        elif name.startswith("voltage_v_l") and name[-2:] in PHASES:
+            kind = (_VOLTAGE, name[-2:])
+        elif name == "meter_clock":
+            kind = (_CLOCK, name)
+        elif name.startswith("event_"):
+            kind = (_EVENT_COUNT if name.endswith("_count") else _EVENT_RECORD, name)
+        elif name.startswith(("demand_", "power_factor")):
+            kind = (_VALUE, name)
+        else:
+            kind = (_OTHER, name)
+        if len(table) >= 4096:     # bounded: point names come from profiles, a few hundred at most
+            table.clear()
+        table[name] = kind
+    return kind
+
+
 def observe_reading(reading: Reading, interval_s: float | None = None, power_point: str = "power_kw") -> Observation:
-    """The rules' view of a reading: good cumulative registers, power, voltages, clock."""
+    """The rules' view of a reading: good cumulative registers, power, voltages, clock.
+
+    Each point name's role is looked up once (:func:`_kind_of`), and a finite Decimal value
+    (what the drivers return) is taken as it is, without :func:`to_decimal`'s type tests."""
     registers: dict[str, RegisterValue] = {}
     voltages: dict[str, Decimal] = {}
     values: dict[str, Decimal] = {}
@@ -370,33 +404,35 @@ def observe_reading(reading: Reading, interval_s: float | None = None, power_poi
     power: Decimal | None = None
     clock: str | None = None
     any_good = False
+    table = _KINDS.get(power_point) or {}
+    dec = Decimal
     for name, p in reading.points.items():
-        if p.quality != "good" or p.raw is None:
+        raw = p.raw
+        if p.quality != "good" or raw is None:
             continue
         any_good = True
-        if is_cumulative_register(name):
-            raw, value = to_decimal(p.raw), to_decimal(p.value)
-            if raw is not None and value is not None:
-                registers[name] = RegisterValue(raw, value)
-        elif name == power_point:
-            power = to_decimal(p.value)
-        elif name.startswith("voltage_v_l") and name[-2:] in PHASES:
-            v = to_decimal(p.value)
-            if v is not None:
-                voltages[name[-2:]] = v
-        elif name == "meter_clock":
-            clock = str(p.raw)
-        elif name.startswith("event_"):
-            if name.endswith("_count"):
-                c = to_decimal(p.value)
-                if c is not None:
-                    values[name] = c
-            else:
-                records[name] = p.value
-        elif name.startswith(("demand_", "power_factor")):
-            d = to_decimal(p.value)
-            if d is not None:
-                values[name] = d
+        kind, key = table.get(name) or _kind_of(name, power_point)
+        if kind == _OTHER:
+            continue
+        v = p.value
+        if kind == _EVENT_RECORD:
+            records[key] = v
+            continue
+        if kind == _CLOCK:
+            clock = str(raw)
+            continue
+        d = v if type(v) is dec and v.is_finite() else to_decimal(v)
+        if kind == _REGISTER:
+            r = raw if type(raw) is dec and raw.is_finite() else to_decimal(raw)
+            if r is not None and d is not None:
+                registers[key] = RegisterValue(r, d)
+        elif kind == _POWER:
+            power = d
+        elif d is not None:
+            if kind == _VOLTAGE:
+                voltages[key] = d
+            else:               # event counters, demand, power factor
+                values[key] = d
     failed = reading.quality in FAILED_QUALITIES and not any_good
     return Observation(
         meter=reading.meter, ts=reading.ts, slot=reading.slot, schedule=reading.schedule,

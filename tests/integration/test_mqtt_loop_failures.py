@@ -107,8 +107,10 @@ async def test_a_ping_the_socket_could_not_take_goes_out_when_there_is_room(mosq
 async def test_a_failure_inside_paho_breaks_the_session_instead_of_leaving_it_stuck(mosquitto: Broker) -> None:
     """Injected (no peer makes paho raise): ``loop_read`` raises once. The session must be
     reported broken — the runner then resends from the cursor on a new one — rather than the
-    error vanishing into asyncio's callback log while the sink waits for PUBACKs forever."""
-    sink = sink_for(mosquitto.host, mosquitto.port)
+    error vanishing into asyncio's callback log while the sink waits for PUBACKs forever.
+    A reading's PUBACK is read by the sink itself (plain sockets), so what reaches paho here
+    is the PINGRESP of a 1-s keepalive."""
+    sink = sink_for(mosquitto.host, mosquitto.port, keepalive_s=1)
     reporter = Outcomes()
     await sink.open(reporter)
     try:
@@ -119,7 +121,7 @@ async def test_a_failure_inside_paho_breaks_the_session_instead_of_leaving_it_st
             raise RuntimeError("paho failed (injected)")
 
         conn.client.loop_read = broken_read  # type: ignore[method-assign]
-        sink.send(row(1))                          # its PUBACK makes the socket readable
+        sink.send(row(1))
         await await_until(lambda: reporter.errors, 10, "the session reported broken")
         assert "failed while reading" in str(reporter.errors[0])
         assert reporter.bad == []

@@ -115,8 +115,12 @@ async def test_broker_restarts_during_delivery_persistent_subscriber_sees_every_
                           detail=sub.summary)
         seqs = sub.seqs()
         assert set(seqs) == set(range(1, total + 1))        # nothing lost, nothing invented
-        # Duplicates only across a reconnect: the stream goes backwards at most once per session.
-        assert backward_jumps(seqs) <= runner.sessions - 1
+        # Duplicates only across a reconnect: what the gateway sent goes backwards at most once
+        # per session. The broker's own redelivery (DUP) of what was in flight to this
+        # persistent subscriber when it stopped is the broker's at-least-once, not a resend
+        # of ours, and may add one step per restart; it is counted apart.
+        assert backward_jumps(sub.seqs(broker_redeliveries=False)) <= runner.sessions - 1
+        assert backward_jumps(seqs) <= 2 * (runner.sessions - 1)
         assert runner.sessions >= 3
         # A broken session leaves at most one window (inflight=20) unacknowledged; those rows
         # count as failed and were resent (every seq arrived, above). Nothing was rejected.
