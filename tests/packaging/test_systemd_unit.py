@@ -160,7 +160,8 @@ def test_unit_under_systemd(built: Built, next_release: NextRelease, container: 
     # systemctl reload: SIGHUP, the same process reloads its configuration
     proc = inside("systemctl", "reload", UNIT)
     assert proc.returncode == 0, proc.stderr + inside("systemctl", "status", "--no-pager", UNIT).stdout
-    wait_until(lambda: ("6", "amr.runtime: configuration reloaded") in gateway_lines(inside, pid), 30,
+    wait_until(lambda: [m for p, m in gateway_lines(inside, pid)
+                        if p == "6" and m.startswith("amr.runtime: configuration reloaded: ")], 30,
                "the reload line", step=0.5, detail=lambda: gateway_lines(inside, pid))
     assert show(inside, "MainPID")["MainPID"] == pid
 
