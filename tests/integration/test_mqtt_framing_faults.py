@@ -1,0 +1,192 @@
+"""The MQTT sink's own PUBLISH framing (plain sockets) under faults, against a real mosquitto.
+
+Since the sink frames its readings' QoS 1 PUBLISH packets itself and settles their PUBACKs
+itself (paho keeps the session, keepalive and status messages), these check what paho used
+to guarantee for it: the broker's flow control (``max_inflight_messages``, announced as
+Receive Maximum in an MQTT 5 CONNACK), a socket that takes nothing for a while (a stopped
+broker: partial writes, ``EAGAIN``, a keepalive due in between), and an ACL that denies one
+meter's topic in the middle of a full window. Each test runs a private mosquitto on a free
+loopback port with its own configuration; the subscriber is an independent paho client.
+
+What must hold every time: every committed seq reaches the subscriber, in order within a
+session; the cursor never passes a seq the broker did not acknowledge with success; and
+when the peer is healthy again, committed equals delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gateway.model import PointValue, Reading
+from gateway.settings import MqttProtocol, MqttSettings, StoreSettings
+from gateway.sinks.base import Backoff
+from gateway.sinks.delivery import SinkRunner
+from gateway.sinks.mqtt import MqttSink
+from gateway.store import Store
+from tests.servicefixtures import MosquittoProcess, Subscriber, await_until, commit, make_reading
+
+pytestmark = pytest.mark.integration
+
+FAST = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01)
+
+
+def runner_for(broker: MosquittoProcess, gw: str, store: Store, *, inflight: int = 100,
+               protocol: MqttProtocol = "5", keepalive_s: int = 30) -> tuple[SinkRunner, MqttSink]:
+    """A runner with a short reconnect backoff (fault tests stay fast) and its sink."""
+    sink = MqttSink(MqttSettings(host=broker.host, port=broker.port, inflight=inflight, protocol=protocol,
+                                 keepalive_s=keepalive_s), gw)
+    return SinkRunner(sink, store, backoff=Backoff(base=0.05, cap=0.5)), sink
+
+
+def backward_jumps(seqs: list[int]) -> int:
+    """How often the received seq went backwards (each is a resend after a reconnect)."""
+    return sum(1 for a, b in itertools.pairwise(seqs) if b <= a)
+
+
+def wide_reading(meter: str, k: int, points: int = 120) -> Reading:
+    """A reading of ``points`` points (about 8 KB of JSON): a window of them is far more
+    than loopback socket buffers hold, so a stopped broker leaves a PUBLISH half written."""
+    pts = {f"register_{i:03d}_kwh": PointValue(Decimal(k * 1000 + i), Decimal(k * 1000 + i), "kWh")
+           for i in range(points)}
+    r = make_reading(meter, kwh=str(k))
+    r.points = pts
+    return r
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_the_brokers_inflight_limit_loses_nothing(tmp_path: Path, protocol: MqttProtocol) -> None:
+    """mosquitto with ``max_inflight_messages 2``: under MQTT 5 it announces Receive Maximum 2
+    and the sink's window shrinks to it; under 3.1.1 it announces nothing. Either way every
+    reading of a 3,000-reading backlog (window 100 configured) reaches the subscriber once,
+    in order, in one session, and the cursor ends at the last seq."""
+    broker = MosquittoProcess(tmp_path / "broker", extra_conf="max_inflight_messages 2\n")
+    broker.start()
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
+    runner, sink = runner_for(broker, gw, store, inflight=100, protocol=protocol)
+    try:
+        for i in range(6):
+            await commit(store, [make_reading(f"m{j}", kwh=str(i)) for j in range(500)])
+        await runner.start()
+        assert await runner.wait_idle(60), runner.state()
+        await await_until(lambda: len(sub.seqs()) >= 3000, 30, "the whole backlog", detail=sub.summary)
+        assert sub.seqs() == list(range(1, 3001))
+        assert store.cursor_now("mqtt") == store.last_seq == 3000
+        state = runner.state()
+        assert runner.sessions == 1 and state["failed"] == 0 and state["rejected"] == 0, state
+        if protocol == "5":
+            assert sink.window == 2          # the CONNACK's Receive Maximum, not mqtt.inflight
+        sub.stop()
+    finally:
+        await runner.stop()
+        await store.close()
+        broker.stop()
+
+
+async def test_a_stopped_broker_leaves_a_packet_half_written_and_nothing_breaks(tmp_path: Path) -> None:
+    """The broker stops reading (SIGSTOP) while a window of ~9 KB readings goes out: the
+    socket takes part of the bytes and refuses the rest (``EAGAIN``), so a PUBLISH is left
+    half written, and paho's keepalive PINGREQ comes due in the pause (keepalive 4 s). When
+    the broker runs again the rest follows in the same session: had any other bytes (the
+    PINGREQ) cut into the half written packet, mosquitto would have dropped the connection
+    as malformed. Every seq arrives once, in order, and only PUBACKed seqs ever count: the
+    cursor does not move while the broker is stopped."""
+    broker = MosquittoProcess(tmp_path / "broker", extra_conf="max_inflight_messages 0\n")   # no Receive Maximum
+    broker.start()
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
+    runner, sink = runner_for(broker, gw, store, inflight=1000, keepalive_s=4)
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    loop = asyncio.get_running_loop()
+    try:
+        await runner.start()
+        await await_until(lambda: runner.status == "connected", 20, "the sink connecting")
+        connected_at = loop.time()                 # paho's PINGREQ is due 4 s after its birth message
+        await commit(store, [wide_reading("m0", 0)])
+        await await_until(lambda: store.cursor_now("mqtt") == 1, 20, "the probe reading delivered")
+        conn = sink._conn
+        assert conn is not None
+        await asyncio.sleep(max(0.0, connected_at + 2.0 - loop.time()))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for k in range(1, 4):
+                await commit(store, [wide_reading(f"m{j}", k) for j in range(500)])
+            await await_until(lambda: conn.pending_bytes > 0, 20,
+                              "bytes the socket refused while the broker is stopped")
+            cursor = store.cursor_now("mqtt")
+            await asyncio.sleep(max(0.5, connected_at + 4.5 - loop.time()))   # past the PINGREQ's due time
+            assert store.cursor_now("mqtt") == cursor    # nothing counts without its PUBACK
+            assert conn.pending_bytes > 0 and sink._conn is conn and not conn.lost
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await runner.wait_idle(60), runner.state()
+        total = store.last_seq
+        assert total == 1501
+        await await_until(lambda: len(sub.seqs()) >= total, 60, f"all {total} seqs", detail=sub.summary)
+        assert sub.seqs() == list(range(1, total + 1))
+        assert runner.sessions == 1, runner.state()
+        assert store.cursor_now("mqtt") == total
+        await asyncio.sleep(1.5)                   # the PINGREQ that waited goes out and is answered
+        assert sink._conn is conn and not conn.lost, runner.state()
+        sub.stop()
+    finally:
+        if broker.proc is not None and broker.proc.poll() is None:
+            os.kill(pid, signal.SIGCONT)
+        await runner.stop()
+        await store.close()
+        broker.stop()
+
+
+async def test_a_broker_that_takes_nothing_for_a_keepalive_is_dropped_and_everything_resent(
+        tmp_path: Path) -> None:
+    """The broker stays stopped longer than the keepalive with bytes waiting: the session is
+    dropped (the sink's own rule while its bytes wait, as paho's PINGREQ cannot go out) and,
+    once the broker runs again, everything is resent from the cursor: every seq arrives, in
+    order within each session, and committed equals delivered."""
+    broker = MosquittoProcess(tmp_path / "broker", extra_conf="max_inflight_messages 0\n")
+    broker.start()
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
+    runner, _ = runner_for(broker, gw, store, inflight=1000, keepalive_s=1)
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    try:
+        await runner.start()
+        await await_until(lambda: runner.status == "connected", 20, "the sink connecting")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for k in range(3):
+                await commit(store, [wide_reading(f"m{j}", k) for j in range(500)])
+            await await_until(lambda: runner.sessions >= 1 and runner.status != "connected", 20,
+                              "the sink dropping a broker that takes nothing", detail=runner.state)
+            cursor = store.cursor_now("mqtt")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await runner.wait_idle(60), runner.state()
+        total = store.last_seq
+        await await_until(lambda: set(range(1, total + 1)) <= set(sub.seqs()), 60, f"all {total} seqs",
+                          detail=sub.summary)
+        seqs = sub.seqs()
+        assert set(seqs) == set(range(1, total + 1))
+        assert backward_jumps(seqs) <= runner.sessions - 1
+        assert store.cursor_now("mqtt") == total
+        assert cursor < total
+        sub.stop()
+    finally:
+        if broker.proc is not None and broker.proc.poll() is None:
+            os.kill(pid, signal.SIGCONT)
+        await runner.stop()
+        await store.close()
+        broker.stop()
