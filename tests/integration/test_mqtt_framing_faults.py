@@ -190,3 +190,110 @@ async def test_a_broker_that_takes_nothing_for_a_keepalive_is_dropped_and_everyt
         await runner.stop()
         await store.close()
         broker.stop()
+
+
+DENY_ONE_METER = ("topic read #\n"
+                  "topic write amr/+/status\n"
+                  "topic write amr/+/meters/+/reading\n"
+                  "topic deny amr/+/meters/bad/reading\n")
+
+
+async def test_a_denied_reading_in_the_middle_of_a_full_window_holds_the_cursor(tmp_path: Path) -> None:
+    """The ACL denies one meter's topic only (mosquitto 2.0 ``topic deny``): the probe reading
+    goes through, the window fills with 1,000 readings and the denied one (seq 301) sits in
+    its middle. mosquitto answers it 0x87 and closes the connection. The cursor must stop
+    right before it, whatever the broker acknowledged after it, and stay there through every
+    retry; every seq below it reached the subscriber. Once the ACL allows the topic (SIGHUP
+    reload), every seq arrives and committed equals delivered."""
+    acl = tmp_path / "acl"
+    acl.write_text(DENY_ONE_METER)
+    broker = MosquittoProcess(tmp_path / "broker", extra_conf=f"acl_file {acl}\nmax_inflight_messages 0\n")
+    broker.start()
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
+    sink = MqttSink(MqttSettings(host=broker.host, port=broker.port, inflight=1000), gw)
+    runner = SinkRunner(sink, store, backoff=Backoff(base=0.3, cap=0.6))
+    readings = [make_reading("bad" if i == 300 else f"m{i % 7}", kwh=str(i)) for i in range(1000)]
+    try:
+        seqs = await commit(store, readings)
+        assert seqs == list(range(1, 1001))
+        await runner.start()
+        await await_until(lambda: runner.sessions >= 3 and runner.status == "refused", 30,
+                          "a few sessions refused at the denied reading", detail=runner.state)
+        assert store.cursor_now("mqtt") == 300, runner.state()
+        assert "refused seq 301" in (runner.last_error or ""), runner.state()
+        got = await await_until(lambda: sub.received(lambda m: len(m) >= 300) and sub.seqs(), 20,
+                                "the readings before the denied one", detail=sub.summary)
+        assert set(range(1, 301)) <= set(got) and 301 not in got
+        assert store.cursor_now("mqtt") == 300          # still: no later PUBACK moved it
+        acl.write_text(DENY_ONE_METER.replace("topic deny", "topic write"))
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)
+        assert await runner.wait_idle(60), runner.state()
+        await await_until(lambda: set(range(1, 1001)) <= set(sub.seqs()), 30, "every seq", detail=sub.summary)
+        assert store.cursor_now("mqtt") == 1000 and runner.status == "connected"
+        assert backward_jumps(sub.seqs()) <= runner.sessions - 1
+        sub.stop()
+    finally:
+        await runner.stop()
+        await store.close()
+        broker.stop()
+
+
+async def test_a_broker_killed_with_a_publish_half_written_loses_nothing(tmp_path: Path) -> None:
+    """The broker is stopped with a PUBLISH half written, then killed (SIGKILL: the socket is
+    reset under the pending bytes) and started again on the same port. The half-written
+    bytes belong to the dead session only: the new session starts with a clean CONNECT
+    (mosquitto would refuse anything else) and resends from the cursor. Nothing counted as
+    delivered before the kill was missing at the subscriber, and in the end every seq
+    arrives and committed equals delivered. The restarted broker first denies publishing
+    (its ACL) until the subscriber has subscribed again, so what the gateway resends cannot
+    reach a broker with nobody subscribed."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\n")
+    broker = MosquittoProcess(tmp_path / "broker", extra_conf=f"acl_file {acl}\nmax_inflight_messages 0\n")
+    broker.start()
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
+    runner, sink = runner_for(broker, gw, store, inflight=1000)
+    assert broker.proc is not None
+    try:
+        await runner.start()
+        await commit(store, [wide_reading(f"m{j}", 0) for j in range(50)])
+        await await_until(lambda: store.cursor_now("mqtt") == 50 and len(sub.seqs()) >= 50, 20,
+                          "the first readings delivered and received", detail=sub.summary)
+        os.kill(broker.proc.pid, signal.SIGSTOP)
+        for k in range(1, 4):
+            await commit(store, [wide_reading(f"m{j}", k) for j in range(500)])
+        conn = sink._conn     # the sink's framing buffer is what is under test
+        await await_until(lambda: conn is not None and conn.pending_bytes > 0, 20, "bytes waiting for the socket")
+        counted = store.cursor_now("mqtt")
+        received = set(sub.seqs())
+        assert set(range(1, counted + 1)) <= received      # counted only with the broker's PUBACK
+        broker.proc.kill()
+        broker.proc.wait(10)
+        broker.proc = None
+        acl.write_text("topic read #\n")                   # publishing denied until the subscriber is back
+        sub._subscribed.clear()
+        broker.start()
+        await await_until(sub._subscribed.is_set, 20, "the subscriber subscribed again")
+        await await_until(lambda: runner.status == "refused", 20, "the gateway refused by the ACL meanwhile",
+                          detail=runner.state)
+        assert store.cursor_now("mqtt") == counted
+        acl.write_text("topic readwrite #\n")
+        broker.proc.send_signal(signal.SIGHUP)               # type: ignore[union-attr]
+        assert await runner.wait_idle(60), runner.state()
+        total = store.last_seq
+        await await_until(lambda: set(range(1, total + 1)) <= set(sub.seqs()), 60, f"all {total} seqs",
+                          detail=sub.summary)
+        assert store.cursor_now("mqtt") == total and runner.sessions >= 2
+        assert backward_jumps(sub.seqs()) <= runner.sessions - 1
+        sub.stop()
+    finally:
+        if broker.proc is not None and broker.proc.poll() is None:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        await runner.stop()
+        await store.close()
+        broker.stop()
