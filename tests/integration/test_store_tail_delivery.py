@@ -74,9 +74,12 @@ def odd_reading(rng: random.Random, ts: float) -> Reading:
 
 
 def as_sqlite_gives(row: OutboxRow) -> tuple[object, ...]:
-    """What a sink can see of a row: its identity, its message, and its InfluxDB line."""
-    line = (compact_line(MEASUREMENT, row.shape, row.seq, row.ts, row.body) if row.shape is not None
-            else row_line(MEASUREMENT, row.kind, row.meter, row.ts, row.payload, row.seq))
+    """What a sink can see of a row: its identity, its message, and its InfluxDB line (the
+    InfluxDB sink's: from the stored values for a compact reading, which must be the line of
+    its message)."""
+    line = row_line(MEASUREMENT, row.kind, row.meter, row.ts, row.payload, row.seq)
+    if row.shape is not None:
+        assert compact_line(MEASUREMENT, row.shape, row.seq, row.ts, row.body) == line
     return row.seq, row.kind, row.meter, row.ts, row.payload, line
 
 
