@@ -92,7 +92,9 @@ async def test_the_brokers_inflight_limit_loses_nothing(tmp_path: Path, protocol
         broker.stop()
 
 
-async def test_a_stopped_broker_leaves_a_packet_half_written_and_nothing_breaks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_stopped_broker_leaves_a_packet_half_written_and_nothing_breaks(tmp_path: Path,
+                                                                                protocol: MqttProtocol) -> None:
     """The broker stops reading (SIGSTOP) while a window of ~9 KB readings goes out: the
     socket takes part of the bytes and refuses the rest (``EAGAIN``), so a PUBLISH is left
     half written, and paho's keepalive PINGREQ comes due in the pause (keepalive 4 s). When
@@ -105,7 +107,7 @@ async def test_a_stopped_broker_leaves_a_packet_half_written_and_nothing_breaks(
     gw = f"t-{uuid.uuid4().hex[:8]}"
     store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
     sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
-    runner, sink = runner_for(broker, gw, store, inflight=1000, keepalive_s=4)
+    runner, sink = runner_for(broker, gw, store, inflight=1000, keepalive_s=4, protocol=protocol)
     assert broker.proc is not None
     pid = broker.proc.pid
     loop = asyncio.get_running_loop()
@@ -294,6 +296,62 @@ async def test_a_broker_killed_with_a_publish_half_written_loses_nothing(tmp_pat
     finally:
         if broker.proc is not None and broker.proc.poll() is None:
             os.kill(broker.proc.pid, signal.SIGCONT)
+        await runner.stop()
+        await store.close()
+        broker.stop()
+
+
+async def test_a_stop_with_a_publish_half_written_counts_only_what_was_acknowledged(tmp_path: Path) -> None:
+    """The gateway stops (graceful) while the broker is stopped and a PUBLISH is half
+    written: the drain waits its bounded time, the connection is closed without a
+    DISCONNECT or an ``offline`` publish cut into the half-written bytes, and the stop
+    returns. The saved cursor covers only what the broker acknowledged (all of it reached
+    the subscriber); the broker, running again, publishes the will (``offline``), and a
+    new runner delivers the rest from the cursor."""
+    broker = MosquittoProcess(tmp_path / "broker", extra_conf="max_inflight_messages 0\n")
+    broker.start()
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    sub = Subscriber(broker.broker, f"amr/{gw}/#", f"sub-{gw}").start()
+    runner, sink = runner_for(broker, gw, store, inflight=1000)
+    runner.drain_timeout_s = 1.0
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    loop = asyncio.get_running_loop()
+    try:
+        await runner.start()
+        await commit(store, [wide_reading(f"m{j}", 0) for j in range(20)])
+        await await_until(lambda: store.cursor_now("mqtt") == 20, 20, "the first readings delivered")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for k in range(1, 4):
+                await commit(store, [wide_reading(f"m{j}", k) for j in range(500)])
+            conn = sink._conn
+            await await_until(lambda: conn is not None and conn.pending_bytes > 0, 20, "bytes waiting for the socket")
+            t = loop.time()
+            await runner.stop()
+            assert loop.time() - t < 10.0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        saved = await store.cursor("mqtt")
+        assert 20 <= saved < store.last_seq
+        await await_until(lambda: [m.payload for m in sub.snapshot() if m.topic.endswith("/status")][-1:]
+                          == [b"offline"], 20, "the will published by the broker", detail=sub.summary)
+        assert set(range(1, saved + 1)) <= set(sub.seqs())
+        again, _ = runner_for(broker, gw, store, inflight=1000)
+        await again.start()
+        try:
+            assert await again.wait_idle(60), again.state()
+        finally:
+            await again.stop()
+        total = store.last_seq
+        await await_until(lambda: set(range(1, total + 1)) <= set(sub.seqs()), 60, f"all {total} seqs",
+                          detail=sub.summary)
+        assert await store.cursor("mqtt") == total
+        sub.stop()
+    finally:
+        if broker.proc is not None and broker.proc.poll() is None:
+            os.kill(pid, signal.SIGCONT)
         await runner.stop()
         await store.close()
         broker.stop()
