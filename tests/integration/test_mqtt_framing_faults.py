@@ -355,3 +355,39 @@ async def test_a_stop_with_a_publish_half_written_counts_only_what_was_acknowled
         await runner.stop()
         await store.close()
         broker.stop()
+
+
+async def test_a_reading_over_the_brokers_message_size_limit_is_refused_with_its_reason(tmp_path: Path) -> None:
+    """mosquitto's ``message_size_limit``: a PUBLISH whose payload is larger is answered (MQTT
+    5) with PUBACK 0x95 (packet too large), a code paho has no PUBACK name for. It is a
+    refusal like any code >= 0x80: the cursor stays before it, health says ``refused`` with
+    the code and the setting to change (not an unreachable broker or a client failure), and
+    once the broker's limit is raised (reload) every reading arrives in order."""
+    broker = MosquittoProcess(tmp_path / "broker", extra_conf="message_size_limit 4096\n")
+    broker.start()
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
+    runner, _ = runner_for(broker, gw, store)
+    try:
+        await commit(store, [make_reading("m1", kwh="1")])
+        await commit(store, [wide_reading("m2", 2)])            # about 9 KB of JSON
+        await commit(store, [make_reading("m3", kwh="3")])
+        await runner.start()
+        await await_until(lambda: runner.sessions >= 2 and runner.status == "refused", 30,
+                          "the oversized reading refused", detail=runner.state)
+        error = runner.last_error or ""
+        assert "refused seq 2" in error and "0x95" in error and "message_size_limit" in error, error
+        assert store.cursor_now("mqtt") == 1
+        await await_until(lambda: sub.seqs() == [1], 10, "the reading before it", detail=sub.summary)
+        broker.conf.write_text(broker.conf.read_text().replace("message_size_limit 4096", "message_size_limit 0"))
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)                  # mosquitto reloads the limit
+        assert await runner.wait_idle(60), runner.state()
+        await await_until(lambda: len(sub.seqs()) >= 3, 30, "every reading", detail=sub.summary)
+        assert sub.seqs() == [1, 2, 3] and store.cursor_now("mqtt") == 3
+        sub.stop()
+    finally:
+        await runner.stop()
+        await store.close()
+        broker.stop()
