@@ -7,7 +7,8 @@ What runs (in this process, loopback only):
   the gateway's own simulator, 100 unit ids each), every meter read every 60 s;
 * once every meter has answered, one year of 15-minute readings (35,040, ``power_kw`` and the
   registers, copied from the meter's real newest reading) is added to the store for meter
-  ``m0001`` — as the store holds them, through a second SQLite connection;
+  ``m0001`` — committed through the gateway's own store, so they are kept as the gateway
+  keeps every reading (compact rows: values against the meter's reading shape);
 * then, over HTTP with a bearer token, measured side by side in the same run:
 
   - ``GET /api/v1/console/overview`` (the overview page's data: 1,000 meter rows, the buses,
@@ -39,17 +40,20 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from gateway.config import load_settings_from_text
-from gateway.model import iso_utc
+from gateway.model import PointValue, Reading, iso_utc, json_number, loads_exact, parse_iso
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
-from gateway.storecodec import PAYLOAD_SQL, register
+from gateway.store import Store
+from gateway.storecodec import PAYLOAD_SQL
 
 TOKEN = "console-bench-token"
 YEAR_S = 365 * 86400
@@ -76,30 +80,51 @@ def config_text(data_dir: Path, meters: int, buses: int, api_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_year(db: Path, meter: str, now: float) -> int:
-    """A year of 15-minute readings of ``meter`` ending now, copied from its newest reading."""
-    conn = register(sqlite3.connect(db, timeout=30))
-    try:
-        # the published text of the newest reading (the store keeps values only); the copies
-        # are inserted as full documents without a shape, which the store passes through as is
-        row = conn.execute(f"SELECT schedule, {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' "
-                           "AND quality='good' ORDER BY seq DESC LIMIT 1", (meter,)).fetchone()
-        assert row is not None, f"{meter} has no good reading to copy"
-        schedule, payload = row
-        doc = json.loads(payload)
-        first = (int(now) // STEP_S) * STEP_S - YEAR_S
-        rows = []
-        for k in range(YEAR_S // STEP_S):
+def _newest(conn: sqlite3.Connection, meter: str) -> str:
+    """The published text of ``meter``'s newest good reading (on the store's reader connection)."""
+    row = conn.execute(f"SELECT {PAYLOAD_SQL} FROM outbox WHERE meter=? AND kind='reading' "
+                       "AND quality='good' ORDER BY seq DESC LIMIT 1", (meter,)).fetchone()
+    assert row is not None, f"{meter} has no good reading to copy"
+    return str(row[0])
+
+
+def reading_of(payload: str) -> Reading:
+    """The :class:`Reading` a published ``amr.reading.v1`` text was made from (values exact)."""
+    doc = loads_exact(payload)
+    assert isinstance(doc, dict)
+    points: dict[str, PointValue] = {}
+    for name, p in doc["points"].items():
+        raw, value = p["raw"], p["value"]
+        same = json_number(raw) == json_number(value)
+        points[name] = PointValue(raw, raw if same else value, p["unit"], p["quality"], p.get("reason"))
+    extra = {k: v for k, v in doc.items() if k not in _MESSAGE_KEYS}
+    return Reading(meter=doc["meter"], customer=doc["customer"], bus=doc["bus"], schedule=doc["schedule"],
+                   slot=parse_iso(doc["slot"]), ts=parse_iso(doc["ts"]), points=points, quality=doc["quality"],
+                   error=doc.get("error"), ct=doc["multiplier"]["ct"], pt=doc["multiplier"]["pt"], extra=extra)
+
+
+_MESSAGE_KEYS = {"schema", "gateway", "seq", "meter", "customer", "bus", "schedule", "slot", "ts", "quality",
+                 "error", "multiplier", "points"}
+
+
+async def add_year(store: Store, meter: str, now: float) -> int:
+    """A year of 15-minute readings of ``meter`` ending now, copied from its newest reading with
+    ``power_kw`` varied, committed through the store as the gateway commits a reading (its
+    compact codec: values against the meter's reading shape)."""
+    newest = reading_of(await store.read(_newest, meter))
+    first = (int(now) // STEP_S) * STEP_S - YEAR_S
+    n = YEAR_S // STEP_S
+    for start in range(0, n, 2000):
+        chunk = []
+        for k in range(start, min(n, start + 2000)):
             slot = float(first + k * STEP_S)
-            doc["slot"] = doc["ts"] = iso_utc(slot)
-            doc["points"]["power_kw"]["value"] = round(50 + 30 * ((k % 96) / 96) + (k % 7), 3)
-            rows.append(("reading", meter, schedule, "interval", slot, slot, "good", json.dumps(doc)))
-        with conn:
-            conn.executemany("INSERT INTO outbox(kind, meter, schedule, retention, slot, ts, quality, payload) "
-                             "VALUES (?,?,?,?,?,?,?,?)", rows)
-        return len(rows)
-    finally:
-        conn.close()
+            kw = Decimal(f"{50 + 30 * ((k % 96) / 96) + (k % 7):.3f}")
+            points = dict(newest.points)
+            p = points["power_kw"]
+            points["power_kw"] = PointValue(kw, kw, p.unit, p.quality, p.reason)
+            chunk.append(replace(newest, slot=slot, ts=slot, points=points, seq=None))
+        await store.append_readings(chunk, "interval")
+    return n
 
 
 async def timed(session: aiohttp.ClientSession, url: str) -> tuple[float, int, int]:
@@ -139,7 +164,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{answered}/{args.meters} meters answered", flush=True)
             assert gw.store is not None
             t0 = time.perf_counter()
-            out["year_rows"] = await asyncio.to_thread(add_year, gw.store.path, "m0001", gw.clock.time())
+            out["year_rows"] = await add_year(gw.store, "m0001", gw.clock.time())
             print(f"added {out['year_rows']} readings to m0001 in {time.perf_counter() - t0:.1f} s", flush=True)
             base = f"http://127.0.0.1:{gw.api.port if gw.api else port}"
             headers = {"Authorization": f"Bearer {TOKEN}"}

@@ -59,6 +59,11 @@ class MeterFacts:
     problem: str = ""
 
 
+RangeCheck = Callable[[str, str], None]
+"""``check(wanted, protocol)``: raises ConfigError when ``wanted`` (the user's ``--range``) is
+not a range the protocol's scan of a ``protocol`` bus accepts; ``scan`` runs it before it
+opens the bus, so a bad range is reported as such, not as whatever the port says."""
+
 DescribeFunction = Callable[[MeterDriver, str, float, tzinfo], Awaitable[MeterFacts]]
 """``describe(driver, address, timeout, tz)``: one found meter's :class:`MeterFacts`.
 
@@ -68,12 +73,14 @@ Never raises for a meter that does not answer or refuses: that goes into ``probl
 
 @dataclass(frozen=True, slots=True)
 class Discovery:
-    """A protocol's scan: the name of its meter addresses, how to find the meters, and
-    (optionally) how to take a first look at one of them."""
+    """A protocol's scan: the name of its meter addresses, how to find the meters,
+    (optionally) how to take a first look at one of them, and how to check a ``--range``
+    before the bus is opened."""
 
     label: str
     scan: ScanFunction
     describe: DescribeFunction | None = None
+    check: RangeCheck | None = None
 
 
 async def probe_each(probe: Callable[[str, float], Awaitable[bool]], addresses: Sequence[str], timeout: float,

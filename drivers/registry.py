@@ -157,6 +157,11 @@ class ProtocolDescriptor:
       owns, so its meters can share a serial line with meters of other protocols (a mixed
       RS-485 bus, :func:`create_bus_drivers`); None when the protocol cannot share a line
       (its framing needs the line to itself, as Modbus RTU's silences do).
+    * ``wire_time(bus, plan)``: the least time, in seconds, one execution of ``plan`` (this
+      protocol's own) occupies the serial line ``bus`` — every request and reply on the wire
+      at the bus's framing, plus the silences and the meter turnaround the protocol owes —
+      so the core can tell how far a bus is from its physical limit (:func:`wire_time`);
+      None when the protocol cannot say.
     """
 
     family: str
@@ -175,6 +180,7 @@ class ProtocolDescriptor:
     discovery: Discovery
     simulator: SimulatorFactory
     create_driver_on: Callable[[BusParams, BytePipe], MeterDriver] | None = None
+    wire_time: Callable[[BusParams, ReadPlan], float] | None = None
 
     def variant(self, protocol: str) -> ProtocolVariant:
         """The variant called ``protocol`` (ConfigError when this package does not serve it)."""
@@ -322,6 +328,17 @@ def _line_pipe(bus: BusParams) -> BytePipe:
 def compile_plan(protocol: str, points: Sequence[PointDef], options: PlanOptions) -> ReadPlan:
     """The read plan of ``points`` for a meter speaking ``protocol`` (pure; at load)."""
     return descriptor_for(protocol).compile_plan(points, options, protocol)
+
+
+def wire_time(protocol: str, bus: BusParams, plan: ReadPlan) -> float | None:
+    """The least seconds one execution of ``plan`` (compiled for ``protocol``) occupies the
+    serial line ``bus``: its requests and replies at the line's baud rate and framing (data
+    bits, parity, stop bits), the silences and turnaround the protocol owes. None on a TCP
+    bus (no wire of the gateway's to fill) or when the protocol's package cannot say."""
+    if bus.type != "serial":
+        return None
+    fn = descriptor_for(protocol).wire_time
+    return None if fn is None else fn(replace(bus, protocol=protocol), plan)
 
 
 def capabilities(protocol: str) -> Capabilities:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -107,12 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--meter", help="one meter (default: all)")
     exp.add_argument("--from", dest="start", help="start, ISO-8601 (default: 24 h before --to)")
     exp.add_argument("--to", dest="end", help="end, ISO-8601 (default: now)")
-    exp.add_argument("--step", default="15m", help="interval step: 15m, 30m, 1h, 1d")
+    exp.add_argument("--step", help="intervals: the step, 15m (default), 30m, 1h or 1d")
     exp.add_argument("--cycle", help="billing cycle YYYY-MM (settlements)")
-    exp.add_argument("--table", choices=["settlements", "stages", "customers"], default="settlements",
-                     help="settlements: every settlement revision (default); stages: stage consumption per "
-                          "stage with both ends' qualities and the reconciliation flag; customers: every "
-                          "customer's settlement (as GET /api/v1/settlements)")
+    exp.add_argument("--table", choices=["settlements", "stages", "customers"],
+                     help="settlements only. settlements: every settlement revision (default); stages: stage "
+                          "consumption per stage with both ends' qualities and the reconciliation flag; "
+                          "customers: every customer's settlement (as GET /api/v1/settlements)")
     exp.add_argument("--format", choices=["csv", "json"], default="csv",
                      help="readings only: csv (default) or json (the API's readings document, one line per meter)")
     exp.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
@@ -246,6 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             refuse_real_meters(new)
             return new
     apply_levels(settings.logging, args.log_level)
+    # the first line of a run (the "started" line comes once it polls and serves: ready)
+    log.info("amr-gateway %s starting: configuration %s, pid %d", __version__, args.config, os.getpid())
     return _run_async(_serve(settings, args.config, loader, clock))
 
 
@@ -255,14 +258,6 @@ async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path],
     from gateway.runtime import Gateway, reload
     from gateway.simulated import SimulatedBuses
 
-    gw = Gateway(settings, clock)
-    simulators = SimulatedBuses(gw.clock)
-    await simulators.serve(settings)       # before the first poll, so simulated meters answer it
-    try:
-        await gw.start()
-    except BaseException:
-        await simulators.stop()
-        raise
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -272,10 +267,20 @@ async def _serve(settings: Settings, path: Path | None, loader: Callable[[Path],
         stop_reason.append(signame)
         stop.set()
 
+    # Before the start: a SIGTERM or SIGHUP that comes while the gateway starts (its "started"
+    # line already written, say) is acted on once it runs, instead of killing the process.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_on, sig.name)
     if path is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    gw = Gateway(settings, clock)
+    simulators = SimulatedBuses(gw.clock)
+    await simulators.serve(settings)       # before the first poll, so simulated meters answer it
+    try:
+        await gw.start()
+    except BaseException:
+        await simulators.stop()
+        raise
     systemd.notify("READY=1")
     watchdog = asyncio.create_task(systemd.watchdog_loop(), name="watchdog")
     try:

@@ -97,6 +97,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
                 check_positive(float(number))
             except BadValue as exc:
                 parser.error(f"argument {option}: {exc}")
+    if isinstance(given.get("baud"), int) and given["baud"] > 0:
+        from gateway.config.buses import STANDARD_BAUDRATES  # the rates a bus's baudrate may have
+
+        if given["baud"] not in STANDARD_BAUDRATES:
+            parser.error(f"argument --baud: must be a standard rate ({', '.join(map(str, STANDARD_BAUDRATES))}), "
+                         f"not {given['baud']}")
     if given.get("command") == "export" and given.get("step") is not None:
         from gateway.billing.intervals import STEPS
 

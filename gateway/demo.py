@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from datetime import datetime
@@ -26,7 +27,8 @@ from zoneinfo import ZoneInfo
 
 from gateway.aio import wait_event
 from gateway.clock import ScaledClock
-from gateway.ports import free_port
+from gateway.errors import TransportError
+from gateway.ports import free_port, listen_problem
 
 if TYPE_CHECKING:
     from gateway.model import Reading
@@ -160,6 +162,16 @@ async def run_demo(*, clock_start: float | None, clock_rate: float, api_host: st
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def _bind_api(host: str, port: int) -> socket.socket:
+    """The API's listening socket on ``--listen``, or a TransportError saying what to change."""
+    from gateway.api.server import bind_listener
+
+    try:
+        return bind_listener(host, port)
+    except OSError as exc:
+        raise TransportError(f"the demo's API {listen_problem(host, port, exc, '--listen')}") from exc
+
+
 async def _run_demo_in(data_dir: Path, temporary: bool, stop: asyncio.Event, *, clock_start: float | None,
                        clock_rate: float, api_host: str, api_port: int, mqtt: tuple[str, int],
                        duration: float | None) -> int:
@@ -176,14 +188,19 @@ async def _run_demo_in(data_dir: Path, temporary: bool, stop: asyncio.Event, *, 
     (data_dir / "demo-config.yaml").write_text(text)
     settings = load_settings_from_text(text, "<demo>", data_dir, env)
     clock = ScaledClock(clock_start, clock_rate)
-    fleet = SimulatedFleet(settings, clock, seed=7)
-    await fleet.start()
-    gw = Gateway(settings, clock)
+    listener = _bind_api(api_host, api_port)     # before anything starts: a taken port is said at once
     try:
-        await gw.start()
-    except BaseException:
-        await fleet.stop()
-        raise
+        fleet = SimulatedFleet(settings, clock, seed=7)
+        await fleet.start()
+        gw = Gateway(settings, clock)
+        try:
+            await gw.prepare(listener=listener)  # the API serves a duplicate of it
+            await gw.start()
+        except BaseException:
+            await fleet.stop()
+            raise
+    finally:
+        listener.close()
     api = f"http://{api_host}:{gw.api.port if gw.api else api_port}"
     tz = settings.gateway.timezone
 

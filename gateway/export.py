@@ -200,19 +200,46 @@ def _export_customers(conn: sqlite3.Connection, settings: Settings, start: float
                for label in labels for c, _ in chosen)
 
 
+#: option → the one ``export`` kind it applies to (given with another, it would be ignored)
+_ONLY_FOR = {"step": ("--step", "intervals"), "cycle": ("--cycle", "settlements"),
+             "table": ("--table", "settlements")}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The options' own problems, before the configuration or the store is opened (so a bad
+    ``--cycle`` is said as such even where no store exists yet, and no CSV header or output
+    file is written first): an option of another kind of export (``--step`` on readings,
+    which would be ignored), ``--format json`` on anything but readings, a ``--cycle`` that is
+    not a month."""
+    from gateway.billing.cycles import CycleError, parse_label
+
+    given = vars(args)
+    for name, (option, kind) in _ONLY_FOR.items():
+        if given.get(name) is not None and args.what != kind:
+            raise ConfigError(f"{option} applies to export {kind} only, not to export {args.what}")
+    if given.get("format", "csv") == "json" and args.what != "readings":
+        raise ConfigError(f"--format json exports readings only; {args.what} are exported as CSV")
+    if given.get("cycle") is not None:
+        try:
+            parse_label(given["cycle"])
+        except CycleError as exc:
+            raise ConfigError(f"--cycle: {exc}") from None
+
+
 async def export_csv(args: argparse.Namespace) -> int:
     """Entry point of ``amr-gateway export`` (see the module docstring); returns the exit code."""
     from gateway.config import load_settings
     from gateway.runtime import STORE_FILE
 
-    if getattr(args, "format", "csv") == "json" and args.what != "readings":
-        raise ConfigError(f"--format json exports readings only; {args.what} are exported as CSV")
+    check_options(args)
     settings = load_settings(args.config)
     tz = settings.gateway.timezone
     db_path = settings.gateway.data_dir / STORE_FILE
     meters = _meters(settings, args.meter)
     end = parse_when(args.end, "--to", tz) if args.end else None
     start = parse_when(args.start, "--from", tz) if args.start else None
+    if start is not None and end is not None and start >= end:
+        raise ConfigError("--from must be earlier than --to")
     output: Path | None = args.output
 
     if args.what == "events":
@@ -259,5 +286,5 @@ def _dispatch(conn: sqlite3.Connection, settings: Settings, args: argparse.Names
     raise ConfigError(f"cannot export {args.what!r}; choose readings, intervals, settlements or events")
 
 
-__all__ = ["export_csv", "export_intervals", "export_readings", "export_readings_json", "export_settlements",
-           "open_readonly", "parse_when"]
+__all__ = ["check_options", "export_csv", "export_intervals", "export_readings", "export_readings_json",
+           "export_settlements", "open_readonly", "parse_when"]

@@ -42,6 +42,18 @@ QUIET_LIBRARIES: Final = {"aiohttp.access": logging.WARNING}
 
 _LOGGER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
+GATEWAY_LOGGERS: Final = (
+    "amr.api", "amr.api.auth", "amr.api.changes", "amr.api.http", "amr.audit", "amr.billing", "amr.cli",
+    "amr.config", "amr.demo", "amr.dlt698", "amr.heap", "amr.multiplier", "amr.poll", "amr.review",
+    "amr.runtime", "amr.scheduler", "amr.sim", "amr.simulated", "amr.sinks", "amr.sinks.influx",
+    "amr.sinks.mqtt", "amr.sinks.paho", "amr.store", "amr.transport",
+)
+"""The gateway's own ``amr.*`` loggers (a unit test holds this to the sources), so that a
+``logging: levels:`` entry naming none of them (``amr.pol``) is warned of: its level would
+change nothing."""
+
+_log = logging.getLogger("amr.config")
+
 
 @dataclass(frozen=True)
 class LoggingSettings:
@@ -176,11 +188,29 @@ def load_logging(issues: Issues, node: yaml.Node | None) -> LoggingSettings:
         level_of = lv.convert(name, as_choice(LEVELS, fold_case=True))
         if level_of is not None:
             levels[name] = level_of
+            unknown = unknown_logger(name)
+            if unknown is not None:
+                _log.warning("%s:%s: logging levels: %s", issues.file, lv.key_line(name), unknown)
     return LoggingSettings(level=level, levels=levels)
+
+
+def unknown_logger(name: str) -> str | None:
+    """Why a level for logger ``name`` would change nothing (None when it names a logger of
+    the gateway, a parent of some, or a library's; a child of one never logs). Only ``amr``-names are judged: the
+    gateway cannot know every library's loggers (``pymodbus``, ``aiohttp.access``)."""
+    if name != "amr" and not name.startswith("amr."):
+        return None
+    if any(known == name or known.startswith(name + ".") for known in GATEWAY_LOGGERS):   # it, or a parent
+        return None
+    from gateway.yamlpos import suggest
+
+    return (f'"{name}" is no logger of the gateway, so its level changes nothing{suggest(name, GATEWAY_LOGGERS)}; '
+            f"the gateway's loggers: {', '.join(GATEWAY_LOGGERS)}")
 
 
 __all__ = [
     "DEFAULT_LEVEL",
+    "GATEWAY_LOGGERS",
     "LEVELS",
     "HasLogging",
     "JournalFormatter",
@@ -192,4 +222,5 @@ __all__ = [
     "setup_logging",
     "syslog_priority",
     "under_journal",
+    "unknown_logger",
 ]

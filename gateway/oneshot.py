@@ -151,6 +151,8 @@ async def scan_bus(args: argparse.Namespace) -> int:
     bus = bus_from_args(args)
     descriptor = registry.descriptor_for(bus.protocol)
     discovery = descriptor.discovery
+    if args.id_range and discovery.check is not None:
+        discovery.check(args.id_range, bus.protocol)     # a bad --range is said before the port opens
     driver = registry.create_driver(bus)
     facts: dict[str, MeterFacts] = {}
     so_far: list[str] = []

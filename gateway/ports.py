@@ -1,4 +1,5 @@
-"""A free loopback TCP port, for the simulators of the demo and of billing rehearsals.
+"""A free loopback TCP port, for the simulators of the demo and of billing rehearsals; and
+what to tell the user when a port cannot be listened on (:func:`listen_problem`).
 
 It lives in the core so that a feature (``gateway.billing.rehearsal``) can pick ports
 without importing the demo, which sits at the top of the layers.
@@ -13,6 +14,7 @@ handed out twice by one process.
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
 from pathlib import Path
@@ -54,4 +56,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
-__all__ = ["free_port"]
+def listen_problem(host: str, port: int, exc: OSError, setting: str) -> str:
+    """One sentence on why ``host:port`` cannot be listened on and what to change.
+
+    ``setting`` is where the user gave the address (``api.listen``, ``--listen``). The
+    socket module's own text ("Address already in use (while attempting to bind on address
+    ...)") says what happened but not what to do; this says both.
+    """
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return (f"cannot listen on {where}: the host name {host!r} does not resolve; give an address of this "
+                f"machine in {setting}, e.g. 127.0.0.1:{port} (0.0.0.0:{port} for every interface)")
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: another program holds that port (another gateway or demo?); "
+                f"stop it, or give another port in {setting}")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {where}: {host} is not an address of this machine; give one of its "
+                f"addresses in {setting}, e.g. 127.0.0.1:{port} (0.0.0.0:{port} for every interface)")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"cannot listen on {where}: permission denied (ports below 1024 need privileges); give a "
+                f"port above 1023 in {setting}")
+    return f"cannot listen on {where} ({exc.strerror or exc}); check {setting}"
+
+
+__all__ = ["free_port", "listen_problem"]

@@ -228,8 +228,9 @@ class Gateway:
         self.stopped.set()
 
     # ------------------------------------------------------------------ run
-    async def start(self) -> None:
-        """Build (unless :meth:`prepare` ran) and start every part."""
+    async def start(self, *, announce: bool = True) -> None:
+        """Build (unless :meth:`prepare` ran) and start every part; then log the start line
+        (unless ``announce`` is false: a reload logs its own single line instead)."""
         self.started_at = self.clock.time()
         await self.prepare()
         self._owns_store = True          # from here on, this runtime's stop closes the store
@@ -258,8 +259,9 @@ class Gateway:
         longest = max((sc.every_s for sc in s.schedules.values()), default=60.0)
         self._spawn(keep_heap_frozen(lambda: all(w.transactions for w in workers), 2 * longest + 5),
                     "heap")
-        log.info("amr-gateway %s started: %d buses, %d meters, store %s",
-                 __version__, len(self.workers), len(self.meters), self.store_path)
+        if announce:
+            log.info("amr-gateway %s started: %d buses, %d meters, store %s",
+                     __version__, len(self.workers), len(self.meters), self.store_path)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -370,7 +372,7 @@ async def reload(current: Gateway, settings: Settings) -> Gateway:
     await current.stop(close_store=False)
     refreeze_heap()          # the old runtime's frozen cycles are garbage now: collect them once
     try:
-        await new.start()
+        await new.start(announce=False)
     except Exception as exc:
         log.exception("the reloaded configuration failed to start; starting the previous one again")
         await new.stop(close_store=False)
@@ -381,5 +383,5 @@ async def reload(current: Gateway, settings: Settings) -> Gateway:
         status.failed(now, f"reload failed at start, the previous configuration runs again: {exc}")
         return back
     status.succeeded(now)
-    log.info("configuration reloaded")
+    log.info("configuration reloaded: %d buses, %d meters", len(new.workers), len(new.meters))
     return new

@@ -109,6 +109,11 @@ _UNCLOSED: Final = {"while parsing a flow sequence": "[", "while parsing a flow 
 """PyYAML contexts whose mark is where an unclosed bracket or quote starts."""
 
 
+_INDENTATION: Final = ("<block end>", "mapping values are not allowed here", "did not find expected key",
+                       "did not find expected '-' indicator")
+"""PyYAML problems that, outside brackets, mean a line indented one way or the other too far."""
+
+
 def syntax_error_message(exc: yaml.MarkedYAMLError) -> tuple[int | None, str]:
     """The line to report a YAML syntax error at, and the message saying what to fix.
 
@@ -130,6 +135,13 @@ def syntax_error_message(exc: yaml.MarkedYAMLError) -> tuple[int | None, str]:
     mark = exc.problem_mark or exc.context_mark
     line = int(mark.line) + 1 if mark is not None else None
     column = f" at column {int(mark.column) + 1}" if mark is not None else ""
+    if "'\\t'" in problem:
+        return line, (f"YAML syntax error{column}: a tab character; YAML indents with spaces only, "
+                      "replace the tab with spaces")
+    if any(sign in problem for sign in _INDENTATION):
+        return line, (f"YAML syntax error{column} ({problem}); check this line's indentation: the keys "
+                      "of one mapping start in the same column as the key above them, and a value "
+                      "holding \": \" needs quotes")
     return line, f"YAML syntax error{column} ({problem}); fix the syntax on this line"
 
 

@@ -30,6 +30,7 @@ from drivers.registry import AddressError, Capabilities, ProfileSchema, Protocol
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
 from drivers.transport.pipe import BytePipe
 from gateway.clock import Clock
+from gateway.errors import ConfigError
 
 _ADDRESS_RE = re.compile(r"\d{12}")
 
@@ -79,6 +80,36 @@ def create_driver_on(bus: BusParams, pipe: BytePipe) -> MeterDriver:
     return Dlt645Driver(bus, transport=pipe)
 
 
+TD_MIN_S = 0.020
+"""The shortest turnaround a DL/T 645 meter may take (§5.3: 20 ms ≤ Td ≤ 500 ms)."""
+REPLY_PREAMBLE = 4
+"""``FE`` bytes counted in front of a reply (meters send 0–4; the reference figures count 4)."""
+
+
+def wire_time(bus: BusParams, plan: ReadPlan) -> float:
+    """Seconds one execution of a DL/T 645 plan occupies a serial line at the least (registry's
+    ``wire_time``): per step its read request and its normal reply (the echoed DI and the
+    value bytes the step expects) as the codec frames them, at the line's character time,
+    the 20 ms turnaround and the bus's ``inter_frame_s``; block steps counted as answered."""
+    from drivers.dlt645.codec import di_bytes, encode_frame, encode_read
+    from drivers.dlt645.driver import DEFAULT_SERIAL_GAP, PREAMBLE
+    from drivers.dlt645.plan import Dlt645Plan
+    from drivers.transport.serial import char_bits
+
+    if not isinstance(plan, Dlt645Plan):
+        raise ConfigError(f"bus {bus.id}: a DL/T 645 bus cannot time a {type(plan).__name__}")
+    tc = char_bits(bus.parity, bus.stopbits, bus.bytesize) / bus.baudrate
+    gap = DEFAULT_SERIAL_GAP if bus.inter_frame_s is None else bus.inter_frame_s
+    total = 0.0
+    for step in plan.steps:
+        request = len(encode_read("000000000001", step.di, preamble=PREAMBLE, protocol=plan.protocol))
+        value = step.expect if step.expect is not None else max(s.offset + s.fmt.size for s in step.slots)
+        reply = len(encode_frame(bytes(6), 0x91, di_bytes(step.di, plan.protocol) + bytes(value),
+                                 preamble=REPLY_PREAMBLE))
+        total += (request + reply) * tc + TD_MIN_S + gap
+    return total
+
+
 def _dlt645_driver(driver: MeterDriver) -> FreezeRecordReader:
     from drivers.dlt645.driver import Dlt645Driver
 
@@ -101,6 +132,14 @@ def _clock(driver: MeterDriver) -> ClockSetter:
     if not isinstance(driver, Dlt645Driver):
         raise TypeError(f"not a DL/T 645 driver: {type(driver).__name__}")
     return driver
+
+
+def check_range(wanted: str, protocol: str) -> None:
+    """``amr-gateway scan --range``, checked before the bus opens: see
+    :func:`drivers.dlt645.discovery.check_range`."""
+    from drivers.dlt645.discovery import check_range as check
+
+    check(wanted, protocol)
 
 
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
@@ -138,7 +177,8 @@ DESCRIPTOR = ProtocolDescriptor(
     check_profile=check_profile,
     compile_plan=compile_plan,
     create_driver=create_driver,
-    discovery=Discovery(label="address", scan=scan),
+    discovery=Discovery(label="address", scan=scan, check=check_range),
     simulator=serve,
     create_driver_on=create_driver_on,
+    wire_time=wire_time,
 )

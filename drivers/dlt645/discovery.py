@@ -86,5 +86,11 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
     return await ask_single(driver.read_address, timeout, progress, found)
 
 
-DISCOVERY: Final = Discovery(label="address", scan=scan)
+def check_range(wanted: str, protocol: str) -> None:
+    """Raise ConfigError when ``wanted`` is not a list or range of addresses (before the bus opens)."""
+    del protocol                      # every variant writes its addresses alike
+    [normalize_address(a) for a in candidates(wanted)]
+
+
+DISCOVERY: Final = Discovery(label="address", scan=scan, check=check_range)
 """The DL/T 645 scan, as ``amr-gateway scan`` calls it."""

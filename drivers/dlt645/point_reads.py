@@ -100,6 +100,10 @@ def extract(di: int, slot: PointSlot, payload: bytes, clock_time: time | None) -
             f"the reply to DI {di:08X} has {len(payload)} value bytes; {slot.name} needs bytes "
             f"{slot.offset}..{slot.offset + slot.fmt.size - 1} (the meter has fewer values)",
         )
+    if slot.fmt.kind == "datetime" and not any(chunk):
+        # A demand record's time reads 00 00 00 00 00 while the meter has recorded no maximum
+        # since its demand reset (the value is 0 then): a real state, not a bad reply.
+        return PointResult(None, "good", "the meter has recorded no time for this value yet (all zeros)")
     try:
         if slot.fmt.kind == "date" and clock_time is not None:
             dt = datetime.combine(decode_datetime(chunk, slot.fmt).date(), clock_time)

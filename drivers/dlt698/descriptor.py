@@ -31,6 +31,7 @@ from drivers.registry import AddressError, Capabilities, ProfileSchema, Protocol
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
 from drivers.transport.pipe import BytePipe
 from gateway.clock import Clock
+from gateway.errors import ConfigError
 
 _ADDRESS_RE = re.compile(r"\d{12}")
 
@@ -75,6 +76,47 @@ def create_driver_on(bus: BusParams, pipe: BytePipe) -> MeterDriver:
     return Dlt698Driver(bus, pipe=pipe)
 
 
+TD_MIN_S = 0.020
+"""The meter turnaround counted per request (DL/T 698.45 states none; DL/T 645's 20 ms floor)."""
+REPLY_PREAMBLE = 4
+"""``FE`` bytes counted in front of a reply."""
+DATA_BYTES = 5
+"""A result's Data when its type has no fixed size: a double-long-unsigned (type + 4 bytes)."""
+
+
+def wire_time(bus: BusParams, plan: ReadPlan) -> float:
+    """Seconds one execution of a DL/T 698.45 plan occupies a serial line at the least
+    (registry's ``wire_time``): per batch its GET-Request-NormalList as the driver frames it
+    (6-byte server address) and a GET-Response-NormalList with one Data per OAD (the size of
+    the point's first accepted fixed-size type, else :data:`DATA_BYTES`), at the line's
+    character time, the turnaround :data:`TD_MIN_S` and the bus's ``inter_frame_s``."""
+    from drivers.dlt698.apdu import GetNormalList, encode_request
+    from drivers.dlt698.axdr import INTEGER_TYPES, encode_count
+    from drivers.dlt698.driver import CLIENT, PREAMBLE
+    from drivers.dlt698.frame import C_REQUEST, C_RESPONSE, ServerAddress, encode_frame
+    from drivers.dlt698.plan import Dlt698Plan
+    from drivers.transport.serial import char_bits
+
+    if not isinstance(plan, Dlt698Plan):
+        raise ConfigError(f"bus {bus.id}: a DL/T 698.45 bus cannot time a {type(plan).__name__}")
+    data: dict[int, int] = {}
+    for p in plan.points:
+        fixed = INTEGER_TYPES.get(p.types[0]) if p.types else None
+        data.setdefault(p.oad, DATA_BYTES if fixed is None else 1 + fixed[0])
+    tc = char_bits(bus.parity, bus.stopbits, bus.bytesize) / bus.baudrate
+    gap = 0.0 if bus.inter_frame_s is None else bus.inter_frame_s
+    server = ServerAddress.single("000000000001")
+    total = 0.0
+    for batch in plan.batches:
+        request = len(encode_frame(C_REQUEST, server, CLIENT, encode_request(GetNormalList(0, batch)),
+                                   preamble=PREAMBLE))
+        # 85 02 PIID count, per OAD: OAD (4), Data choice (1), Data; follow report, time tag
+        apdu = 3 + len(encode_count(len(batch))) + sum(5 + data[o] for o in batch) + 2
+        reply = len(encode_frame(C_RESPONSE, server, CLIENT, bytes(apdu), preamble=REPLY_PREAMBLE))
+        total += (request + reply) * tc + TD_MIN_S + gap
+    return total
+
+
 def _events(driver: MeterDriver) -> EventCounterReader:
     from drivers.dlt698.driver import Dlt698Driver
 
@@ -97,6 +139,14 @@ def _freezes(driver: MeterDriver) -> FreezeRecordReader:
     if not isinstance(driver, Dlt698Driver):
         raise TypeError(f"not a DL/T 698.45 driver: {type(driver).__name__}")
     return driver
+
+
+def check_range(wanted: str, protocol: str) -> None:
+    """``amr-gateway scan --range``, checked before the bus opens: see
+    :func:`drivers.dlt698.discovery.check_range`."""
+    from drivers.dlt698.discovery import check_range as check
+
+    check(wanted, protocol)
 
 
 async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
@@ -139,7 +189,8 @@ DESCRIPTOR = ProtocolDescriptor(
     check_profile=check_profile,
     compile_plan=compile_plan,
     create_driver=create_driver,
-    discovery=Discovery(label="address", scan=scan, describe=describe),
+    discovery=Discovery(label="address", scan=scan, describe=describe, check=check_range),
     simulator=serve,
     create_driver_on=create_driver_on,
+    wire_time=wire_time,
 )

@@ -83,5 +83,11 @@ async def describe(driver: MeterDriver, address: str, timeout: float, tz: tzinfo
     return MeterFacts(offset, kwh, "; ".join(problems))
 
 
-DISCOVERY: Final = Discovery(label="address", scan=scan, describe=describe)
+def check_range(wanted: str, protocol: str) -> None:
+    """Raise ConfigError when ``wanted`` is not a list or range of addresses (before the bus opens)."""
+    del protocol                      # every variant writes its addresses alike
+    candidates(wanted)
+
+
+DISCOVERY: Final = Discovery(label="address", scan=scan, describe=describe, check=check_range)
 """The DL/T 698.45 scan, as ``amr-gateway scan`` calls it."""

@@ -17,6 +17,7 @@ from drivers.modbus.units import unit_bounds
 from drivers.registry import AddressError, ProfileSchema, ProtocolDescriptor, ProtocolVariant
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
 from gateway.clock import Clock
+from gateway.errors import ConfigError
 
 _UNIT_RE = re.compile(r"\d{1,3}")
 
@@ -54,6 +55,19 @@ def create_driver(bus: BusParams) -> MeterDriver:
     return create_modbus(bus)
 
 
+def wire_time(bus: BusParams, plan: ReadPlan) -> float:
+    """Seconds one execution of a Modbus plan occupies an RTU line at the least (registry's
+    ``wire_time``): per request 8 bytes out, 5 + 2N back, a t3.5 silence (or the bus's
+    ``inter_frame_s``) after each, no turnaround, and the plan's pause between requests."""
+    from drivers.modbus.plan import ReadPlan as ModbusPlan
+    from drivers.modbus.timing import plan_cycle_s
+
+    if not isinstance(plan, ModbusPlan):
+        raise ConfigError(f"bus {bus.id}: a Modbus bus cannot time a {type(plan).__name__}")
+    return plan_cycle_s(bus.baudrate, bus.parity, bus.stopbits, bus.bytesize, [r.count for r in plan.requests],
+                        bus.inter_frame_s, plan.pause_between_requests_s)
+
+
 async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -> MeterSimulator:
     """Simulated Modbus meters (see :func:`drivers.modbus.simulator.serve`)."""
     from drivers.modbus.simulator import serve as serve_modbus
@@ -81,4 +95,5 @@ DESCRIPTOR = ProtocolDescriptor(
     create_driver=create_driver,
     discovery=discovery.DISCOVERY,
     simulator=serve,
+    wire_time=wire_time,
 )

@@ -65,5 +65,10 @@ async def scan(driver: MeterDriver, wanted: str | None, timeout: float,
     return answered
 
 
-DISCOVERY: Final = Discovery(label="unit id", scan=scan)
+def check_range(wanted: str, protocol: str) -> None:
+    """Raise ConfigError when ``wanted`` is not a unit-id range of ``protocol`` (before the bus opens)."""
+    unit_range(wanted, protocol)
+
+
+DISCOVERY: Final = Discovery(label="unit id", scan=scan, check=check_range)
 """The Modbus scan, as ``amr-gateway scan`` calls it."""

@@ -9,6 +9,7 @@ reads per second with :func:`wire_limit_reads_per_s`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 Parity = Literal["N", "E", "O"]
@@ -58,3 +59,13 @@ def wire_limit_reads_per_s(baud: int, parity: Parity | str, regs: int, td: float
                            stopbits: int = 1) -> float:
     """The physical limit of reads per second on one bus (see :func:`read_cycle_s`)."""
     return 1.0 / read_cycle_s(baud, parity, regs, td, stopbits)
+
+
+def plan_cycle_s(baud: int, parity: Parity | str, stopbits: int, bytesize: int, registers: Sequence[int],
+                 silence_s: float | None = None, pause_s: float = 0.0) -> float:
+    """Seconds one execution of a read plan occupies an RTU line at the least: FC03/04 reads of
+    ``registers`` registers each (:func:`read_cycle_s` with no turnaround), ``silence_s``
+    instead of t3.5 when the bus sets one, and the plan's pause between its requests."""
+    tc = char_time(baud, parity, stopbits, bytesize)
+    gap = t35(baud, parity, stopbits, bytesize) if silence_s is None else silence_s
+    return sum((13 + 2 * n) * tc + 2 * gap for n in registers) + pause_s * max(0, len(registers) - 1)

@@ -103,7 +103,7 @@ def parse_cycle(text: str | None, plan: Any, tz: str, now: float) -> str:
         return cycle_at(plan, now, tz).label
     shape = CYCLE_RE.match(text.strip())
     if shape is not None and not MIN_YEAR <= int(shape.group(1)) <= MAX_YEAR:
-        # Checked before parse_label, whose own bounds would call 0001-01 "not a month".
+        # Checked before parse_label, whose own bounds (1900-9998) are wider than the API's.
         raise BadRequest(f"'cycle' must be a month between {MIN_YEAR}-01 and {MAX_YEAR}-12, "
                          f"such as 2026-11, not {text!r}")
     try:

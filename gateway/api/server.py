@@ -38,6 +38,7 @@ from gateway.errors import ConfigError, TransportError
 from gateway.lifecycle import ReloadStatus
 from gateway.model import iso_utc, to_json
 from gateway.polling import MeterRuntime
+from gateway.ports import listen_problem
 from gateway.readings_export import readings_csv, readings_json, write_csv
 from gateway.readpool import QueryTimeout, ReadPool
 from gateway.settings import Settings
@@ -171,10 +172,7 @@ class ApiServer:
         try:
             self._listener = inherited.dup() if inherited is not None else bind_listener(self.host, self.port)
         except OSError as exc:
-            raise TransportError(
-                f"the API cannot listen on {self.host}:{self.port} ({exc.strerror or exc}): stop what holds "
-                "the port or change api.listen"
-            ) from exc
+            raise TransportError(f"the API {listen_problem(self.host, self.port, exc, 'api.listen')}") from exc
         self.port = int(self._listener.getsockname()[1])
 
     async def start(self) -> None:

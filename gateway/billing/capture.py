@@ -597,7 +597,8 @@ class BillingCapture:
         now = self.gw.clock.time()
         reading = m.builder.build("settlement", slot, now, results)
         at_point = reading.points.get("demand_max_kw_at")
-        demand_at = str(at_point.raw) if at_point is not None and at_point.quality == "good" else None
+        demand_at = (str(at_point.raw) if at_point is not None and at_point.quality == "good"
+                     and at_point.raw is not None else None)
         regs: dict[str, RegisterValue] = {}
         for name, p in reading.points.items():
             if name not in plan.registers:

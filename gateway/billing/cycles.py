@@ -102,8 +102,11 @@ def parse_label(label: str) -> tuple[int, int]:
     if m is None:
         raise CycleError(f"a billing cycle is written YYYY-MM, such as 2026-11, not {label!r}")
     year, month = int(m.group(1)), int(m.group(2))
-    if not 1 <= month <= 12 or not 1900 <= year <= 9998:
+    if not 1 <= month <= 12:
         raise CycleError(f"{label!r} is not a month: write YYYY-MM with a month from 01 to 12")
+    if not 1900 <= year <= 9998:
+        raise CycleError(f"{label!r} is not a billing cycle: the year must be between 1900 and 9998, "
+                         "such as 2026-11")
     return year, month
 
 

@@ -7,6 +7,7 @@ packages' descriptors (:mod:`drivers.registry`); this module names no protocol.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Final, Literal, cast
 
@@ -54,7 +55,8 @@ def load_buses(ctx: LoadContext, top: MapView) -> dict[str, BusRef]:
     """The ``buses`` section: bus id → BusRef (invalid and duplicate buses reported).
 
     Two serial buses on one device are refused: each bus owns its port and polls it on its
-    own, so two of them would interleave their frames on one line and corrupt both.
+    own, so two of them would interleave their frames on one line and corrupt both. Two names
+    of one device (a ``/dev/serial/by-id`` link and the ``/dev/ttyUSB0`` it points at) are one.
     """
     out: dict[str, BusRef] = {}
     ports: dict[str, BusRef] = {}  # serial device -> the first bus on it
@@ -78,23 +80,38 @@ def load_buses(ctx: LoadContext, top: MapView) -> dict[str, BusRef]:
             ctx.issues.add(m.value_line("id"), f'bus id "{bus.id}" is already used on line '
                            f"{out[bus.id].line}; give each bus a unique id")
             continue
-        if bus.port is not None and bus.type == "serial" and bus.port in ports:
-            first = ports[bus.port]
-            m.bad("port", f'{bus.port} is already the port of bus "{first.settings.id}" (line '
+        simulate = m.get("simulate", as_bool, False)
+        device = serial_device(bus.port, simulate) if bus.type == "serial" and bus.port is not None else None
+        if device is not None and device in ports:
+            first = ports[device]
+            if first.settings.port == bus.port:
+                same = "is already the port of bus"
+            elif first.settings.port == device:
+                same = f"is a link to {device}, the port of bus"
+            else:
+                same = f"names the same device ({device}) as {first.settings.port}, the port of bus"
+            m.bad("port", f'{bus.port} {same} "{first.settings.id}" (line '
                   f'{first.line}); bus "{first.settings.id}" and bus "{bus.id}" cannot share one '
                   "serial line: give each bus its own port, or put all the meters of that line "
                   "on one bus")
             continue
-        simulate = m.get("simulate", as_bool, False)
         if simulate and bus.type == "tcp" and bus.host not in SIMULATED_HOSTS:
             m.bad("simulate", "needs a loopback host: a simulated bus is served by the gateway itself on "
                   f"this machine, so its host must be 127.0.0.1, localhost or ::1, not {bus.host}; "
                   "remove simulate to poll a real meter there")
             continue
         out[bus.id] = BusRef(bus, m.value_line("id"), simulate)
-        if bus.port is not None and bus.type == "serial":
-            ports[bus.port] = out[bus.id]
+        if device is not None:
+            ports[device] = out[bus.id]
     return out
+
+
+def serial_device(port: str, simulate: bool) -> str:
+    """The device a serial bus's ``port`` names: links followed (``/dev/serial/by-id/…`` and
+    ``/dev/ttyUSB0`` are one adapter), nothing opened. A simulated bus's port is the link the
+    simulator makes to its own pseudo-terminal, so it is taken as written: a link left by an
+    earlier run may point at a terminal another simulated bus's old link points at too."""
+    return port if simulate else os.path.realpath(port)
 
 
 def load_bus(ctx: LoadContext, m: MapView) -> BusSettings | None:

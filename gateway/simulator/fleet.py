@@ -115,6 +115,10 @@ class SimulatedFleet:
                 self._hubs.append(hub)
                 target = hub.start()
             self._link(Path(str(bus.port)), target, bus_id)
+            if bus.parity != "N":
+                log.warning("bus %s: parity %s on a simulated line: a pseudo-terminal may refuse even or odd "
+                            "parity (EINVAL) when the gateway or `amr-gateway read` opens %s; set parity: N on "
+                            "this bus while it is simulated", bus_id, bus.parity, bus.port)
 
     def _link(self, link: Path, target: str, bus_id: str) -> None:
         if link.exists() and not link.is_symlink():

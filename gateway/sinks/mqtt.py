@@ -755,12 +755,17 @@ and, at a graceful stop, ``offline`` (2) through paho."""
 
 
 def _puback_reason(code: int) -> ReasonCode:
-    """paho's reason-code object for a PUBACK code (one paho has no name for: 0x80, said so)."""
-    try:
-        return ReasonCode(PacketTypes.PUBACK, identifier=code)
-    except KeyError:
-        log.debug("PUBACK reason code 0x%02X is not one paho knows; taken as 0x80", code)
-        return ReasonCode(PacketTypes.PUBACK, identifier=0x80)
+    """paho's reason-code object for a PUBACK code. paho raises ValueError for a code it has
+    no PUBACK name for, such as 0x95 (packet too large: mosquitto's answer to a payload over
+    ``message_size_limit``): then the code as paho names it in a DISCONNECT, which keeps its
+    value for the health text and hint; a code unknown there too is 0x80, said so."""
+    for packet_type in (PacketTypes.PUBACK, PacketTypes.DISCONNECT):
+        try:
+            return ReasonCode(packet_type, identifier=code)
+        except (KeyError, ValueError):
+            continue
+    log.debug("PUBACK reason code 0x%02X is not one paho knows; taken as 0x80", code)
+    return ReasonCode(PacketTypes.PUBACK, identifier=0x80)
 
 
 def _remaining_length(n: int) -> bytes:

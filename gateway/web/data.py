@@ -7,7 +7,8 @@ them. They are in the OpenAPI document (:func:`console_paths`).
 * ``GET /api/v1/console/overview`` — everything the overview page shows in one answer, from
   memory only (no store query), so it stays fast with thousands of meters: the meters (as
   ``/api/v1/meters`` plus the meter clock's last offset), the buses (state, requests per
-  second, failed reads, the share of the wire's time the bus was busy) and the gateway
+  second, failed reads, the wire limit of a serial line and the share of it in use
+  (:func:`bus_wire_limit`), the share of time the bus was busy) and the gateway
   clock's state (NTP or the configured check, refreshed in the background at most every
   :data:`CLOCK_REFRESH_S`).
 * ``GET /api/v1/console/meters/{id}/latest`` — the newest good value of every point of a
@@ -19,15 +20,18 @@ them. They are in the OpenAPI document (:func:`console_paths`).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from drivers import registry
+from drivers.base import BusParams, ReadPlan
 from gateway.api.openapi import FROM, METER_ID, TO, error_responses
 from gateway.api.params import BadRequest, int_param, time_range
 from gateway.api.server import json_response
@@ -35,7 +39,7 @@ from gateway.billing.clockstate import ClockStateSource, GatewayClockState
 from gateway.model import Reading, iso_utc, loads_exact
 from gateway.polling import MeterRuntime
 from gateway.review.rules import parse_meter_clock
-from gateway.storecodec import PAYLOAD_SQL
+from gateway.storecodec import PAYLOAD_SQL, points_sql
 from gateway.web.downsample import MAX_BUCKETS, Bucket, downsample
 
 if TYPE_CHECKING:
@@ -76,6 +80,7 @@ class ConsoleData:
         self._clock: GatewayClockState | None = None
         self._clock_at = -1e18
         self._clock_task: asyncio.Task[None] | None = None
+        self._limits: dict[str, tuple[tuple[BusParams, tuple[tuple[str, ReadPlan, float], ...]], float | None]] = {}
 
     def observe(self, meter: MeterRuntime, reading: Reading) -> None:
         """A reading observer: keep the meter clock's offset when the reading carries ``meter_clock``."""
@@ -100,13 +105,25 @@ class ConsoleData:
         except Exception as exc:   # a broken check is shown as "could not tell", never a crash
             self._clock = GatewayClockState(None, "error", str(exc))
 
+    def wire_limit(self, bus: BusParams, meters: list[MeterRuntime], every: dict[str, float]) -> float | None:
+        """:func:`bus_wire_limit` of the bus's meters' plans, each weighted by how often its
+        schedule runs (``every``: schedule → seconds); kept until the meters or plans change."""
+        mix = tuple((registry.meter_protocol(bus, m.settings.protocol), plan, 1.0 / every[sched])
+                    for m in meters for sched, (plan, _) in m.plans.items() if every.get(sched, 0) > 0)
+        have = self._limits.get(bus.id)
+        if have is None or have[0] != (bus, mix):      # the same plan objects compare by identity: cheap
+            have = self._limits[bus.id] = ((bus, mix), bus_wire_limit(bus, mix))
+        return have[1]
+
     def bus_rows(self, server: ApiServer) -> list[dict[str, object]]:
-        """Each bus: state, meters, requests/s, failed reads, busy share of the wire, queue, overruns."""
+        """Each bus: state, meters, requests/s, failed reads, its wire limit and the share of it
+        in use, the share of time in transactions, queue, overruns."""
         gw = server.gateway
         now = self._mono()
         by_bus: dict[str, list[MeterRuntime]] = {}
         for m in gw.meters.values():
             by_bus.setdefault(m.settings.bus, []).append(m)
+        every = {name: sc.every_s for name, sc in gw.settings.schedules.items()}
         rows: list[dict[str, object]] = []
         for bus_id, w in gw.workers.items():
             meters = by_bus.get(bus_id, [])
@@ -125,13 +142,38 @@ class ConsoleData:
             read = sum(1 for m in meters if m.stats.last_read_ts is not None)
             state = ("idle" if read == 0 else "down" if meters and dead == len(meters)
                      else "degraded" if dead else "up")
+            limit = self.wire_limit(w.bus, meters, every)
             rows.append({
                 "id": bus_id, "type": w.bus.type, "state": state, "meters": len(meters),
                 "answering": len(meters) - dead, "requests_per_s": prev.rate,
                 "failures": sum(m.stats.reads_failed for m in meters),
-                "wire_ratio": prev.busy, "queue": w.queue_depth(), "overruns": w.overruns,
+                "wire_limit_per_s": None if limit is None else round(limit, 2),
+                "wire_ratio": None if limit is None or prev.rate is None else round(prev.rate / limit, 3),
+                "busy_share": prev.busy, "queue": w.queue_depth(), "overruns": w.overruns,
             })
         return rows
+
+
+def bus_wire_limit(bus: BusParams, mix: Iterable[tuple[str, ReadPlan, float]]) -> float | None:
+    """The most reads per second the serial line ``bus`` can carry with its mix of reads.
+
+    ``mix`` holds each (protocol, plan, executions per second) the bus's meters poll: a read
+    of ``plan`` occupies the line at least :func:`drivers.registry.wire_time` seconds (its
+    requests and replies at the line's baud rate and framing, the silences and turnaround
+    its protocol owes), so the bus's reads, in this mix, cannot come faster than the total
+    rate over the total wire time: Σ rate ÷ Σ (rate × time). None on a TCP bus, for a bus
+    with nothing to poll, or when a protocol cannot time its plans.
+    """
+    if bus.type != "serial":
+        return None
+    rate = busy = 0.0
+    for protocol, plan, per_s in mix:
+        t = registry.wire_time(protocol, bus, plan)
+        if t is None:
+            return None
+        rate += per_s
+        busy += per_s * t
+    return None if busy <= 0 else rate / busy
 
 
 def meter_row(m: MeterRuntime, offsets: dict[str, tuple[float, float]]) -> dict[str, object]:
@@ -178,16 +220,17 @@ def point_values(conn: sqlite3.Connection, meter: str, points: list[str], start:
     """Per point, (read time, value) of every good reading of ``meter`` (slot in range) that has it as a number.
 
     One pass over the readings for all the points: one ``json_extract`` column per point, which
-    SQLite answers from one parse of each stored payload (its JSON parse cache).
+    SQLite answers from one parse of each row's requested values (its JSON parse cache), taken
+    from the compact row without rendering the whole message (:func:`gateway.storecodec.points_sql`).
     """
     lists: list[list[tuple[float, float]]] = [[] for _ in points]
     cols = ", ".join(f"json_extract(doc, ?{k + 1})" for k in range(len(points)))
     n = len(points)
-    # the published text of each reading, rendered once per row (the store keeps values only)
-    sql = (f"WITH d AS MATERIALIZED (SELECT ts, slot, seq, {PAYLOAD_SQL} AS doc FROM outbox "
+    # the requested values of each reading, taken from its compact row once (points_sql)
+    sql = (f"WITH d AS MATERIALIZED (SELECT ts, slot, seq, {points_sql(f'?{n + 4}')} AS doc FROM outbox "
            f"WHERE meter=?{n + 1} AND kind='reading' AND quality='good' AND slot>=?{n + 2} AND slot<?{n + 3}) "
            f"SELECT ts, {cols} FROM d ORDER BY slot, seq")
-    args = (*(f'$.points."{p}".value' for p in points), meter, start, end)
+    args = (*(f'$.points."{p}".value' for p in points), meter, start, end, json.dumps(points))
     for row in conn.execute(sql, args):
         ts = row[0]
         for k in range(n):
@@ -214,7 +257,8 @@ def bucket_values(conn: sqlite3.Connection, meter: str, points: list[str], start
 
     The same buckets (index ``min(buckets − 1, ⌊(ts − start) ÷ width⌋)``, read time in range,
     empty buckets absent) with count, min, max and mean computed in SQL over one parse of each
-    payload, so a year of readings never crosses into Python row by row. The time of a
+    row's requested values (:func:`gateway.storecodec.points_sql`: a few numbers, not the
+    whole message), so a year of readings never crosses into Python as messages. The time of a
     bucket's extreme is known when the bucket holds one value (its read time), else None.
     """
     n = len(points)
@@ -222,14 +266,15 @@ def bucket_values(conn: sqlite3.Connection, meter: str, points: list[str], start
     inner = ", ".join(f"json_extract(doc, ?{k + 1}) AS v{k}" for k in range(n))
     outer = ", ".join(f"count(v{k}), min(v{k}), max(v{k}), avg(v{k}), min(CASE WHEN v{k} IS NOT NULL THEN ts END)"
                       for k in range(n))
-    # MATERIALIZED: each payload is parsed once, not once per aggregate that names its values
-    # (and the published text of each reading is rendered once: the store keeps values only)
-    sql = (f"WITH d AS MATERIALIZED (SELECT ts, {PAYLOAD_SQL} AS doc FROM outbox WHERE meter=?{n + 4} "
+    # MATERIALIZED: the requested values of each reading are taken from its compact row once
+    # (points_sql), and parsed once, not once per aggregate that names them
+    sql = (f"WITH d AS MATERIALIZED (SELECT ts, {points_sql(f'?{n + 7}')} AS doc FROM outbox WHERE meter=?{n + 4} "
            f"AND kind='reading' AND quality='good' AND slot>=?{n + 5} AND slot<?{n + 6} AND ts>=?{n + 5} "
            f"AND ts<?{n + 6}), "
            f"r AS MATERIALIZED (SELECT min(?{n + 1}, CAST((ts - ?{n + 2}) / ?{n + 3} AS INTEGER)) AS b, ts, "
            f"{inner} FROM d) SELECT b, {outer} FROM r GROUP BY b ORDER BY b")
-    args = (*(f'$.points."{p}".value' for p in points), buckets - 1, start, width, meter, start, end)
+    args = (*(f'$.points."{p}".value' for p in points), buckets - 1, start, width, meter, start, end,
+            json.dumps(points))
     out: dict[str, list[Bucket]] = {p: [] for p in points}
     for row in conn.execute(sql, args):
         b0 = start + int(row[0]) * width
@@ -340,7 +385,11 @@ def console_paths() -> dict[str, Any]:
         "state": {"type": "string", "enum": ["idle", "up", "degraded", "down"]},
         "meters": {"type": "integer"}, "answering": {"type": "integer"},
         "requests_per_s": num, "failures": {"type": "integer"},
-        "wire_ratio": {**num, "description": "share of the time the bus spent in transactions (0–1; per "
+        "wire_limit_per_s": {**num, "description": "the most reads per second the serial line can carry with "
+                                                   "its meters' plans (baud rate, framing, protocol, request and "
+                                                   "reply sizes); null on TCP"},
+        "wire_ratio": {**num, "description": "requests_per_s ÷ wire_limit_per_s; null on TCP"},
+        "busy_share": {**num, "description": "share of the time the bus spent in transactions (0–1; per "
                                              "concurrent slot on TCP)"},
         "queue": {"type": "integer"}, "overruns": {"type": "integer"}}}
 
@@ -386,5 +435,5 @@ def console_paths() -> dict[str, Any]:
     }
 
 
-__all__ = ["CLOCK_REFRESH_S", "ConsoleData", "console_paths", "install_data_routes", "latest_points",
+__all__ = ["CLOCK_REFRESH_S", "ConsoleData", "bus_wire_limit", "console_paths", "install_data_routes", "latest_points",
            "meter_row", "parse_points", "point_values", "series_doc", "series_values"]

@@ -6,11 +6,12 @@ downloads are never used. A missing browser fails the test (it is not skipped). 
 the page makes is routed through the test, which fails on any that leaves the gateway's
 origin. Screenshots go to the test's temporary directory (and also to
 ``$AMR_CONSOLE_SCREENSHOTS`` when set: ``AMR_CONSOLE_SCREENSHOTS=docs/img`` refreshes the
-README's pictures).
+README's pictures, from a demo whose store first gets a week of history).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -22,11 +23,13 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 
 from gateway.ports import free_port
+from tests.consolehistory import seed_demo_history
 from tests.servicefixtures import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,7 +56,14 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def demo(tmp_path: Path, data_dir: Path) -> Iterator[str]:
-    """A running ``amr-gateway demo`` (real time, simulated meters) whose meters have all answered."""
+    """A running ``amr-gateway demo`` (real time, simulated meters) whose meters have all answered.
+
+    When the run refreshes the README's pictures (``$AMR_CONSOLE_SCREENSHOTS``), the demo's
+    store first gets the past week of its meters' readings (:mod:`tests.consolehistory`,
+    ≈ 10 s), so the meter page shows a day's curve and a week of interval bars."""
+    if os.environ.get("AMR_CONSOLE_SCREENSHOTS"):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(seed_demo_history(data_dir, days=7))
     port = free_port()
     env = dict(os.environ, AMR_API_TOKEN=TOKEN, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
@@ -162,6 +172,14 @@ def test_sign_in_overview_meter_curve_and_sign_out(demo: str, tmp_path: Path) ->
             assert first.inner_text() != "—"
             assert page.locator("#meters tbody td.q-good").count() >= 1
             assert page.locator("#store dd").count() >= 4                 # authenticated health
+            # buses: a serial line shows its wire limit (the API's figure), a TCP bus has none
+            buses = cast(list[dict[str, Any]], get(f"{base}/api/v1/console/overview")["buses"])
+            serial = next(b for b in buses if b["type"] == "serial")
+            tcp = next(b for b in buses if b["type"] == "tcp")
+            assert serial["wire_limit_per_s"] > 0 and tcp["wire_limit_per_s"] is None and tcp["wire_ratio"] is None
+            limit_cell = page.locator(f"#buses tbody tr[data-bus='{serial['id']}'] td").nth(5)
+            assert float(limit_cell.inner_text()) == pytest.approx(serial["wire_limit_per_s"], abs=0.051)
+            expect(page.locator(f"#buses tbody tr[data-bus='{tcp['id']}'] td").nth(5)).to_have_text("—")
             # live: polling every 5 s brings a newer last good read without a reload
             before = first.inner_text()
             expect(first).not_to_have_text(before, timeout=40_000)
@@ -172,6 +190,10 @@ def test_sign_in_overview_meter_curve_and_sign_out(demo: str, tmp_path: Path) ->
             expect(page.locator("#meters tbody tr")).to_have_count(sum(1 for m in ids if ids[0] in m))
             assert ids[0] in str(page.locator("#meters tbody tr").first.get_attribute("data-meter"))
             page.fill("#filter", "")
+            # a bus's requests/s, and its share of the wire limit, once two samples are 5 s apart
+            cells = page.locator(f"#buses tbody tr[data-bus='{serial['id']}'] td")
+            expect(cells.nth(3)).not_to_have_text("—", timeout=20_000)
+            assert cells.nth(6).inner_text().endswith("%") and cells.nth(7).inner_text().endswith("%")
             keep(shots, page, "overview")
 
             # meter page: a meter with power_kw readings draws its curve; the points are the API's

@@ -52,7 +52,13 @@ def test_demo_serves_readings_for_every_meter_and_stops_cleanly(tmp_path: Path) 
         assert health["status"] == "up" and health["gateway"] == "demo-gateway"
         assert set(get(f"{base}/api/v1/health")) == {"status", "version"}   # without the token: no details
         for m in meters:
-            docs = get(f"{base}/api/v1/meters/{m['id']}/readings", token)
+            # last_good is set when the meter answers; its reading is committed a moment later
+            # (the store's commit interval, longer on a loaded machine): wait for the stored row
+            def stored(meter_id: str = str(m["id"])) -> dict[str, object] | None:
+                found = get(f"{base}/api/v1/meters/{meter_id}/readings", token)
+                return found if found["count"] else None
+
+            docs = wait_until(stored, 20, f"a stored reading of {m['id']}", step=0.5)
             assert docs["count"], m["id"]
             qualities = [d["quality"] for d in docs["readings"]]  # type: ignore[attr-defined]
             # a loaded CI machine may time out a poll now and then; a value must never be wrong

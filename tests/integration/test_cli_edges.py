@@ -2,7 +2,8 @@
 (``| head``) ends the command quietly with exit 0; a port another program holds is one
 sentence saying what to do, not a raw socket error; a bad argument value found by the
 command itself is not dressed as a configuration file's problem; Ctrl-C ending a command
-early exits 130, and ``scan`` still prints the meters it had found; ``demo`` removes its
+early exits 130, and ``scan`` still prints the meters it had found (and a bad ``--range`` is
+said before the port is opened); ``demo`` removes its
 temporary folder however it ends (its end, SIGTERM, Ctrl-C); `read` with a profile of
 another protocol says so before it sends anything."""
 
@@ -112,6 +113,28 @@ def test_ctrl_c_during_scan_exits_130(tmp_path: Path) -> None:
     assert "Traceback" not in err, err
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--serial", "/dev/amr-no-such-port", "--range", "0-5"],
+     "error: --range '0-5' is outside 1-247, the unit ids of modbus-rtu"),
+    (["--serial", "/dev/amr-no-such-port", "--range", "-5"], "error: --range must look like 1-247 or 1,5,9"),
+    (["--tcp", "127.0.0.1:1", "--range", "0-256"],
+     "error: --range '0-256' is outside 0-255, the unit ids of modbus-tcp"),
+    (["--serial", "/dev/amr-no-such-port", "--protocol", "dlt645", "--range", "12x"],
+     "error: DL/T 645 address '12x' is not valid"),
+    (["--serial", "/dev/amr-no-such-port", "--protocol", "dlt698", "--range", "5-1"],
+     "error: address range 5-1 is empty"),
+])
+def test_scan_range_is_checked_before_the_bus_is_opened(argv: list[str], message: str) -> None:
+    # a port that does not exist and a TCP port nothing listens on would fail differently
+    # (exit 1, naming the port): the range is found wrong first
+    proc = cli("scan", *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode == 2, err
+    assert err.startswith(message), err
+    assert "amr-no-such-port" not in err and "connection refused" not in err and out == b"", err
+
+
 SIM_CONFIG = """\
 gateway: {{id: g1, timezone: UTC, data_dir: {data}}}
 buses: [{{id: rtu, type: serial, port: {tty}, protocol: modbus-rtu, baudrate: 9600, parity: N}}]
@@ -155,6 +178,27 @@ def test_ctrl_c_during_scan_prints_what_was_found_and_exits_130(tmp_path: Path) 
     assert out.decode().splitlines() == ["unit id", "-" * 12, "1", "2"]
 
 
+def test_simulate_warns_that_a_pty_may_refuse_parity_e(tmp_path: Path) -> None:
+    # Linux pseudo-terminals refuse PARENB with EINVAL on some kernels (seen here on a second
+    # open), so a simulated line with the Modbus default parity E is warned of at start.
+    lines = {}
+    for parity in ("E", "N"):
+        config = tmp_path / f"gateway-{parity}.yaml"
+        config.write_text(SIM_CONFIG.format(data=tmp_path / "data", tty=tmp_path / f"tty{parity}")
+                          .replace("parity: N", f"parity: {parity}"))
+        proc = cli("simulate", "-c", str(config), "--duration", "1", stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        lines[parity] = [line for line in err.decode().splitlines() if "WARNING" in line]
+    assert len(lines["E"]) == 1, lines
+    assert lines["E"][0].endswith(
+        f"bus rtu: parity E on a simulated line: a pseudo-terminal may refuse even or odd parity (EINVAL) when "
+        f"the gateway or `amr-gateway read` opens {tmp_path / 'ttyE'}; set parity: N on this bus while it is "
+        "simulated"), lines
+    assert lines["N"] == [], lines
+
+
 @pytest.mark.parametrize("end", ["duration", "SIGTERM", "SIGINT"])
 def test_demo_removes_its_temporary_folder_however_it_ends(tmp_path: Path, end: str) -> None:
     tmp = tmp_path / "tmp"              # the demo's temporary folder is made under TMPDIR
@@ -182,6 +226,25 @@ def test_demo_removes_its_temporary_folder_however_it_ends(tmp_path: Path, end: 
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
+    assert list(tmp.iterdir()) == [], "the demo left its temporary folder behind"
+
+
+def test_demo_listen_on_a_held_port_says_so_starts_nothing_and_cleans_up(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp))
+        proc = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--listen", f"127.0.0.1:{port}",
+                               "--mqtt", f"127.0.0.1:{free_port()}", "--duration", "30"],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: the demo's API cannot listen on 127.0.0.1:{port}: another program holds that port (another "
+        "gateway or demo?); stop it, or give another port in --listen"), proc.stderr
+    assert "simulated on" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr  # nothing started
     assert list(tmp.iterdir()) == [], "the demo left its temporary folder behind"
 
 

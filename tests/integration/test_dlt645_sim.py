@@ -219,3 +219,4 @@ async def test_serial_open_errors_name_port_and_setting() -> None:
     await missing.close()
     err = serial_open_error("/dev/ttyS9", termios.error(errno.EINVAL, "Invalid argument"), 2400, "E", 1)
     assert "/dev/ttyS9" in str(err) and "2400 baud 8E1" in str(err) and "EINVAL" in str(err)
+    assert "check the bus settings (a pseudo-terminal accepts parity N only)" in str(err)  # the hint

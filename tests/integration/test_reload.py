@@ -227,6 +227,7 @@ def test_sighup_with_an_api_port_in_use_keeps_the_process_serving(tmp_path: Path
         assert proc.poll() is None                          # the process did not exit
         doc = http_health(api_port)
         assert doc is not None and doc["status"] == "degraded" and str(busy) in doc["reload"]["error"]
+        assert "another program holds that port" in doc["reload"]["error"], doc["reload"]
     finally:
         stop_process(proc, signal.SIGTERM, 20.0)
     assert proc.returncode == 0

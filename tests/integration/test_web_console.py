@@ -154,6 +154,9 @@ async def test_console_data_routes_answer_the_overview_latest_values_and_series(
             "m1": ("C1", "tcp-m1"), "m2": ("C2", "tcp-m2"), "d1": ("C3", "tcp-d1"), "d2": ("C4", "tcp-d2")}
         assert {b["id"]: b["meters"] for b in doc["buses"]} == {"tcp-m1": 1, "tcp-m2": 1, "tcp-d1": 1, "tcp-d2": 1}
         assert all(b["state"] != "up" for b in doc["buses"])
+        # TCP buses: no wire of the gateway's to fill, so no wire limit and no share of it
+        assert all(b["wire_limit_per_s"] is None and b["wire_ratio"] is None and "busy_share" in b
+                   for b in doc["buses"])
         assert doc["timezone"] == "Asia/Shanghai" and doc["time"].endswith("Z")
         async with http.get(base + "/api/v1/console/meters/m1/latest") as resp:
             assert resp.status == 200

@@ -1,5 +1,6 @@
 """Builds what users install, once per test session: the Debian package (``make deb``'s
-script) and, inside it, the project's wheel with every dependency's wheel.
+script) and, inside it, the project's wheel with every dependency's wheel; and, for the
+upgrade test, the package of a later release built from a copy of the checkout.
 
 Built outside the checkout (a session temp dir), so nothing here is satisfied by the
 working tree. Building downloads the dependencies' wheels from the package index (as
@@ -9,6 +10,8 @@ working tree. Building downloads the dependencies' wheels from the package index
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,3 +47,45 @@ def _built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     version = deb.name.split("_")[1]
     assert list(wheels.glob(f"amr_gateway-{version}-*.whl")), sorted(p.name for p in wheels.iterdir())
     return Built(deb=deb, wheels=wheels, version=version)
+
+
+@dataclass(frozen=True)
+class NextRelease:
+    """The package of a later release: a higher version whose example configuration changed."""
+
+    deb: Path
+    version: str
+    example: str          # its /etc/amr-gateway/config.yaml as shipped
+
+
+def next_version(version: str) -> str:
+    """The version after ``version`` (its last release number plus one: 0.1.0 -> 0.1.1)."""
+    release = re.match(r"\d+(?:\.\d+)*", version)
+    assert release, version
+    *head, last = release.group().split(".")
+    return ".".join([*head, str(int(last) + 1)])
+
+
+@pytest.fixture(name="next_release", scope="session")
+def _next_release(built: Built, tmp_path_factory: pytest.TempPathFactory) -> NextRelease:
+    """``scripts/build-deb.sh`` run in a copy of this checkout as the next release would be:
+    ``AMR_DEB_VERSION`` one higher, and a line added to the example configuration (so the
+    conffile changed between the two packages, the case in which dpkg would ask the operator).
+    The dependencies' wheels come from ``built`` (``AMR_DEB_WHEELS_FROM``): no index, seconds."""
+    out = tmp_path_factory.mktemp("next-release")
+    tree = out / "tree"
+    shutil.copytree(REPO, tree, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "node_modules"))
+    version = next_version(built.version)
+    example_path = tree / "config" / "gateway.example.yaml"
+    example = example_path.read_text() + f"# (amr-gateway {version}: the example configuration gained this line)\n"
+    example_path.write_text(example)
+    env = dict(os.environ, PYTHON=sys.executable, BUILD_DIR=str(out / "build"), DIST_DIR=str(out / "dist"),
+               AMR_DEB_VERSION=version, AMR_DEB_WHEELS_FROM=str(built.deb))
+    proc = subprocess.run(["bash", str(tree / "scripts" / "build-deb.sh")], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, f"build-deb.sh failed:\n{proc.stderr[-3000:]}"
+    deb = Path(proc.stdout.strip().splitlines()[-1])
+    deb = deb if deb.is_absolute() else tree / deb
+    assert deb.parent == out / "dist" and deb.name.startswith(f"amr-gateway_{version}_"), deb
+    return NextRelease(deb=deb, version=version, example=example)

@@ -4,8 +4,11 @@ without them the test fails, never skips: CI's machine has both).
 Install with apt from the built file, check what postinst set up, ``systemd-analyze
 verify`` the installed unit, run the unit's ``ExecStart`` as user ``amr`` against a
 simulated meter on loopback until a reading is good, stop it with SIGTERM, upgrade to
-a later version (keeps the configuration and data), remove (keeps them), purge (nothing
-left). A lock serialises runs of this test on a shared machine.
+the next release's package (a higher version, its example configuration changed: the
+edited configuration, the store and its readings, the user are kept, the venv runs the
+new version, without a question from dpkg), downgrade back the same way, remove (keeps
+configuration and data), purge (nothing left). A lock serialises runs of this test on a
+shared machine.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import grp
 import json
 import os
 import pwd
-import re
 import shlex
 import signal
 import subprocess
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import REPO, Built
+from tests.packaging.conftest import REPO, Built, NextRelease
 from tests.servicefixtures import free_port, stop_process, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]
@@ -41,6 +43,9 @@ LEFT_BY_PURGE = (UNIT, CONFIG, CONFIG.parent, STATE, VENV, LAUNCHER, Path("/usr/
 LOCK = Path("/tmp/amr-gateway-deb-test.lock")
 APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
 APT_GET = ("apt-get", "-o", "DPkg::Lock::Timeout=120", "-y", "-q")   # waits for another apt or dpkg run
+# What docs/install.md tells an operator who upgrades unattended: keep an edited conffile
+# without asking (confold), take the package's one where it was not edited (confdef).
+KEEP_CONFIG = ("-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold")
 
 LOOPBACK_CONFIG = """\
 # Written by tests/packaging/test_deb.py: one simulated meter on loopback, no delivery.
@@ -97,19 +102,6 @@ def _machine() -> Iterator[None]:
                 run("dpkg", "--purge", "amr-gateway")
 
 
-def repackaged(deb: Path, version: str, workdir: Path) -> Path:
-    """The same package under another Debian version (to install over it as an upgrade)."""
-    root = workdir / "root"
-    workdir.mkdir(parents=True)
-    subprocess.run(["dpkg-deb", "-R", str(deb), str(root)], check=True, timeout=120)
-    control = root / "DEBIAN" / "control"
-    control.write_text(re.sub(r"(?m)^Version: .*$", f"Version: {version}", control.read_text()))
-    out = workdir / f"amr-gateway_{version}.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)],
-                   check=True, timeout=120, capture_output=True)
-    return out
-
-
 def api_meters(port: int) -> list[dict[str, object]]:
     """The running gateway's /api/v1/meters ([] while it does not answer yet)."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/meters",
@@ -122,7 +114,16 @@ def api_meters(port: int) -> list[dict[str, object]]:
         return []
 
 
-def test_install_run_upgrade_remove_purge(built: Built, machine: None, tmp_path: Path) -> None:
+def readings_csv(config: Path = CONFIG) -> str:
+    """Every reading in the installed gateway's store, as the installed command exports them."""
+    proc = run(*as_amr(LAUNCHER.as_posix(), "export", "readings", "-c", str(config), "--format", "csv"),
+               env={"PATH": "/usr/bin:/bin", "AMR_API_TOKEN": "deb-test"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_install_run_upgrade_downgrade_remove_purge(built: Built, next_release: NextRelease, machine: None,
+                                                    tmp_path: Path) -> None:
     deb = str(built.deb)
     proc = run(*APT_GET, "install", deb, env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -176,18 +177,31 @@ def test_install_run_upgrade_remove_purge(built: Built, machine: None, tmp_path:
     store_files = {p.name: p.stat().st_uid for p in STATE.iterdir()}
     assert store_files and set(store_files.values()) == {amr.pw_uid}, store_files
 
-    # an upgrade (the same files as a later Debian version: old prerm upgrade, new postinst
-    # configure) keeps the edited configuration and the data, and rebuilds the venv
+    # the next release over it: a real upgrade (old prerm upgrade, new postinst configure)
     edited = CONFIG.read_text()
-    newer = repackaged(built.deb, f"{built.version}+upgrade1", tmp_path / "upgrade")
+    readings = readings_csv()
+    assert len(readings.splitlines()) > 1, readings         # a header and the readings taken above
     (VENV / "left-by-the-old-version").write_text("")
-    proc = run(*APT_GET, "install", str(newer), env=APT_ENV)
+    proc = run(*APT_GET, *KEEP_CONFIG, "install", str(next_release.deb), env=APT_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert run("dpkg-query", "-W", "-f=${Version}", "amr-gateway").stdout == f"{built.version}+upgrade1"
-    assert CONFIG.read_text() == edited
+    assert "already a member" not in proc.stderr, proc.stderr     # postinst adds amr to dialout once
+    assert run("dpkg-query", "-W", "-f=${Version}", "amr-gateway").stdout == next_release.version
+    assert CONFIG.read_text() == edited                      # the edit is kept, without a question
+    assert Path(f"{CONFIG}.dpkg-dist").read_text() == next_release.example   # the new example beside it
+    assert CONFIG.stat().st_gid == amr.pw_gid and CONFIG.stat().st_mode & 0o007 == 0
     assert {p.name for p in STATE.iterdir()} >= set(store_files)
     assert not (VENV / "left-by-the-old-version").exists()
+    assert run(LAUNCHER.as_posix(), "--version").stdout.strip() == f"amr-gateway {next_release.version}"
+    assert pwd.getpwnam("amr").pw_uid == amr.pw_uid and "amr" in grp.getgrnam("dialout").gr_mem
+    assert readings_csv() == readings                        # the new version reads the old store
+
+    # and back: a downgrade keeps them the same way
+    proc = run(*APT_GET, *KEEP_CONFIG, "--allow-downgrades", "install", deb, env=APT_ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run("dpkg-query", "-W", "-f=${Version}", "amr-gateway").stdout == built.version
+    assert CONFIG.read_text() == edited
     assert run(LAUNCHER.as_posix(), "--version").stdout.strip() == f"amr-gateway {built.version}"
+    assert readings_csv() == readings
 
     # remove keeps configuration and data
     proc = run(*APT_GET, "remove", "amr-gateway", env=APT_ENV)

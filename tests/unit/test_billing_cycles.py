@@ -91,3 +91,15 @@ def test_labels() -> None:
     for bad in ("2026-13", "2026-1", "26-11", "2026/11", ""):
         with pytest.raises(CycleError):
             parse_label(bad)
+
+
+@pytest.mark.parametrize(("label", "message"), [
+    ("2026-13", "'2026-13' is not a month: write YYYY-MM with a month from 01 to 12"),
+    ("2026-00", "'2026-00' is not a month: write YYYY-MM with a month from 01 to 12"),
+    ("0001-01", "'0001-01' is not a billing cycle: the year must be between 1900 and 9998, such as 2026-11"),
+    ("9999-12", "'9999-12' is not a billing cycle: the year must be between 1900 and 9998, such as 2026-11"),
+])
+def test_a_bad_label_names_what_is_wrong_the_month_or_the_year(label: str, message: str) -> None:
+    with pytest.raises(CycleError) as err:
+        parse_label(label)
+    assert str(err.value) == message

@@ -1,8 +1,11 @@
 """Command-line values checked before a command starts: a bad address, port or number is a
 usage error naming the option (exit 2), never a traceback, a raw socket error or a message
-dressed as a configuration problem."""
+dressed as a configuration problem; an export option that does not apply to the export asked
+for, or a bad --cycle, is said before the store is looked at."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +55,11 @@ def test_bad_addresses_say_what_to_write(text: str, message: str) -> None:
     (["read", "--tcp", "127.0.0.1:502", "--unit", "1", "--profile", "simulator", "--timeout", "-1"],
      "argument --timeout: must be a positive number"),
     (["scan", "--serial", "/dev/null", "--baud", "-9600"], "argument --baud: must be a positive number, not -9600"),
+    (["scan", "--serial", "/dev/null", "--baud", "12345"],
+     "argument --baud: must be a standard rate (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, "
+     "115200), not 12345"),
+    (["read", "--serial", "/dev/null", "--baud", "7", "--unit", "1", "--profile", "simulator"],
+     "argument --baud: must be a standard rate"),
     (["simulate", "-c", "x.yaml", "--clock-rate", "0"], "argument --clock-rate"),
     (["export", "intervals", "-c", "x.yaml", "--step", "7m"],
      "argument --step: must be one of 15m, 30m, 1h, 1d, not '7m'"),
@@ -64,3 +72,31 @@ def test_bad_values_are_usage_errors_naming_the_option(argv: list[str], message:
     err = capsys.readouterr().err
     assert f"amr-gateway: error: {message}" in err, err
     assert "<config>" not in err and "Traceback" not in err, err
+
+
+EXPORT_CONFIG = """\
+gateway: {{id: g1, timezone: UTC, data_dir: {data}}}
+buses: [{{id: tcp-1, type: tcp, host: 127.0.0.1, port: 1502, protocol: modbus-tcp}}]
+meters: [{{id: m1, customer: C1, bus: tcp-1, address: 1, profile: simulator}}]
+schedules: {{interval: {{every: 15m}}}}
+"""
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["settlements", "--cycle", "2026-13"], "--cycle: '2026-13' is not a month: write YYYY-MM"),
+    (["settlements", "--cycle", "0001-01"], "--cycle: '0001-01' is not a billing cycle: the year must be between"),
+    (["readings", "--cycle", "2026-01"], "--cycle applies to export settlements only, not to export readings"),
+    (["readings", "--step", "1h"], "--step applies to export intervals only, not to export readings"),
+    (["intervals", "--table", "stages"], "--table applies to export settlements only, not to export intervals"),
+    (["intervals", "--from", "2026-02-01", "--to", "2026-01-01"], "--from must be earlier than --to"),
+    (["intervals", "--format", "json"], "--format json exports readings only; intervals are exported as CSV"),
+])
+def test_export_option_errors_come_before_the_store_is_looked_at(
+        tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(EXPORT_CONFIG.format(data=tmp_path / "no-store-here"))     # no store: not reached
+    output = tmp_path / "out.csv"
+    assert main(["export", argv[0], "-c", str(config), "-o", str(output), *argv[1:]]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {message}") and "no local store" not in captured.err, captured.err
+    assert captured.out == "" and not output.exists()

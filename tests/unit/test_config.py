@@ -375,3 +375,25 @@ def test_influxdb_client_bad_value_names_its_line_and_the_choices() -> None:
         (7, 'influxdb: client must be one of builtin, influxdb-client, not "influxdb_client" '
             '(did you mean "influxdb-client"?)'),
     ]
+
+
+def test_two_names_of_one_serial_device_are_one_port(tmp_path: Path) -> None:
+    # a /dev/serial/by-id link and the ttyUSB it points at: one adapter, one RS-485 line
+    device = tmp_path / "ttyUSB0"
+    device.touch()
+    by_id = tmp_path / "usb-FTDI_FT232R_A10K1234-if00-port0"
+    by_id.symlink_to(device)
+    text = (f"gateway: {{id: g1}}\nbuses:\n"
+            f"  - {{id: rs485-1, type: serial, port: {device}, protocol: modbus-rtu}}\n"
+            f"  - {{id: rs485-2, type: serial, port: {by_id}, protocol: dlt645}}\n"
+            "meters: []\nschedules: {interval: {every: 15m}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings_from_text(text, name="g.yaml", env={})
+    assert [(i.line, i.message) for i in err.value.issues] == [
+        (4, f'bus "rs485-2": port {by_id} is a link to {device}, the port of bus "rs485-1" '
+            '(line 3); bus "rs485-1" and bus "rs485-2" cannot share one serial line: give each bus its own '
+            "port, or put all the meters of that line on one bus")]
+    # simulated buses are taken as written: their links are the simulator's own
+    simulated = text.replace("protocol: modbus-rtu}", "protocol: modbus-rtu, simulate: true}").replace(
+        "protocol: dlt645}", "protocol: dlt645, simulate: true}")
+    assert set(load_settings_from_text(simulated, name="g.yaml", env={}).buses) == {"rs485-1", "rs485-2"}

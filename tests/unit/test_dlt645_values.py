@@ -233,3 +233,19 @@ def test_address_range() -> None:
         list(address_range("5", "3"))
     with pytest.raises(ConfigError, match="narrow"):
         list(address_range("1", "999999"))
+
+
+def test_a_demand_record_without_a_maximum_yet_is_a_null_time_not_a_bad_reply() -> None:
+    """After its demand reset a meter answers 01010000 with 00.0000 and time 00 00 00 00 00."""
+    from drivers.dlt645.point_reads import extract
+
+    demand = next(s for s in compile_plan(catalogue.CANONICAL_2007).steps if s.di == 0x01010000)
+    value_slot, time_slot = demand.slots
+    reset = bytes(8)
+    assert extract(demand.di, value_slot, reset, None).raw == Decimal("0.0000")
+    at = extract(demand.di, time_slot, reset, None)
+    assert (at.raw, at.quality) == (None, "good")
+    recorded = bytes.fromhex("00 50 12") + bytes.fromhex("30 14 05 12 26")      # 12.5000 kW at 26-12-05 14:30
+    assert extract(demand.di, time_slot, recorded, None).raw == "2026-12-05T14:30"
+    broken = bytes.fromhex("00 50 12") + bytes.fromhex("30 14 05 13 26")        # month 13
+    assert extract(demand.di, time_slot, broken, None).quality == "invalid"

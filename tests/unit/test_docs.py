@@ -110,3 +110,24 @@ def test_every_profile_key_and_canonical_point_is_in_the_profile_reference() -> 
 def test_each_operator_page_exists_and_the_readme_links_it(page: str) -> None:
     assert (DOCS / page).is_file()
     assert f"docs/{page}" in README.read_text(encoding="utf-8")
+
+
+def metric_families() -> set[str]:
+    """Every Prometheus family name the gateway writes: the ``# TYPE`` lines of the sources
+    and the ``("amr_…", …)`` family tables of the modules that write ``prometheus_lines``."""
+    names: set[str] = set()
+    for path in (DOCS.parent / "gateway").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if "def prometheus_lines" not in text and "# TYPE" not in text:
+            continue
+        names |= set(re.findall(r"# TYPE (amr_[a-z0-9_]+)", text))
+        names |= set(re.findall(r'\(\s*"(amr_[a-z0-9_]+)",', text))
+    return names
+
+
+def test_every_metric_family_is_in_the_api_page() -> None:
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    names = metric_families()
+    assert len(names) >= 20 and "amr_bus_read_seconds" in names and "amr_sink_backlog" in names
+    missing = sorted(n for n in names if not re.search(rf"`{n}(_bucket)?[`{{]", text))
+    assert missing == [], f"docs/api.md (GET /metrics) lacks these metrics: {missing}"

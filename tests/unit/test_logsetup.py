@@ -1,11 +1,13 @@
 """gateway.logsetup: journal lines (``<N>`` priority, no timestamp) when stderr is the journal
-stream systemd names, one timestamp otherwise; the ``logging`` section's checks and levels."""
+stream systemd names, one timestamp otherwise; the ``logging`` section's checks and levels,
+and a warning for a level set on an ``amr`` logger the gateway does not have."""
 
 from __future__ import annotations
 
 import io
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from gateway.config import load_settings_from_text
 from gateway.errors import ConfigError
 from gateway.logsetup import (
+    GATEWAY_LOGGERS,
     JournalFormatter,
     LoggingSettings,
     apply_levels,
@@ -93,3 +96,25 @@ def test_section_errors_name_the_line() -> None:
     assert any(line == 8 and "amr.poll must be one of" in msg for line, msg in got), got
     assert any(line == 9 and "is not a logger name" in msg for line, msg in got), got
     assert any(line == 10 and 'unknown key "colour"' in msg for line, msg in got), got
+
+
+def test_the_gateway_logger_list_is_the_sources_amr_loggers() -> None:
+    root = Path(__file__).resolve().parents[2]
+    named = set()
+    for path in [*(root / "gateway").rglob("*.py"), *(root / "drivers").rglob("*.py")]:
+        named |= set(re.findall(r'getLogger\("(amr(?:\.[a-z0-9_]+)*)"\)', path.read_text(encoding="utf-8")))
+    assert len(named) > 15
+    assert named == set(GATEWAY_LOGGERS)
+
+
+def test_a_level_for_a_logger_the_gateway_does_not_have_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    text = BASE + ("logging:\n  levels:\n    amr.pol: debug\n    amr.poll.detail: debug\n    amr.sinks: debug\n"
+                   "    amr: warning\n    pymodbus: info\n")
+    with caplog.at_level(logging.WARNING, logger="amr.config"):
+        settings = load_settings_from_text(text, name="g.yaml", env={})
+    assert set(settings.logging.levels) == {"amr.pol", "amr.poll.detail", "amr.sinks", "amr", "pymodbus"}  # still valid
+    warned = [r.getMessage() for r in caplog.records if "logging levels" in r.getMessage()]
+    assert len(warned) == 2, warned
+    assert warned[0].startswith('g.yaml:7: logging levels: "amr.pol" is no logger of the gateway, so its level '
+                                'changes nothing (did you mean "amr.poll"?); the gateway\'s loggers: amr.api, '), warned
+    assert warned[1].startswith('g.yaml:8: logging levels: "amr.poll.detail" is no logger of the gateway'), warned

@@ -1,6 +1,6 @@
 """The MQTT sink frames readings' PUBLISH packets and reads their PUBACKs itself (plain sockets).
 
-What mosquitto makes of it is in the integration tests of the MQTT sink (refusals, outages, loop failures);
+What mosquitto makes of it is in the integration tests (the test_mqtt files under tests/integration);
 here the bytes: a PUBLISH as MQTT 3.1.1 and 5 define it, whatever the remaining length's
 size, and PUBACKs however the socket splits them, with the reason-code rule of MQTT 5 (below
 0x80 delivered, 0x80 and above never). No peer is needed: the bytes are checked against

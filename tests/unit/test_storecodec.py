@@ -9,25 +9,35 @@ payload.
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from gateway.model import PointValue, Quality, Reading, Value, reading_payload
+from gateway.settings import StoreSettings
 from gateway.sinks.lineproto import compact_line, reading_line, row_line
+from gateway.store import Store
 from gateway.storecodec import (
+    PAYLOAD_SQL,
     Shape,
     ShapeKey,
     compact_of_payload,
     encode,
     factors_of,
     marks_of,
+    point_values_json,
+    points_sql,
+    register,
     render,
     shape_from_spec,
     shape_key,
     spec_of,
 )
+from tests.servicefixtures import commit
 
 _QUALITIES: tuple[Quality, ...] = ("timeout", "crc_error", "exception", "invalid")
 
@@ -137,3 +147,45 @@ def test_a_good_fifteen_point_reading_is_small() -> None:
 def test_an_unknown_message_layout_is_kept_verbatim() -> None:
     assert compact_of_payload('{"schema":"amr.reading.v0","x":1}', lambda k, m: shape_from_spec(1, spec_of(k, m)),
                               1, 0.0, 0.0, "good") is None
+
+
+async def test_a_few_values_read_in_sql_are_those_of_the_published_message(tmp_path: Path) -> None:
+    """``points_sql`` (the series' way: the requested values of a compact row, no whole
+    message) gives, through ``json_extract``, the same SQL value — type and value — as the
+    message :data:`PAYLOAD_SQL` renders, for every row of a real store: compact readings of
+    every kind the generator makes (CT/PT marks, explicit values, strings, failed points and
+    reads), and a message a migration kept verbatim (``shape`` NULL)."""
+    rng = random.Random(11)
+    readings = [_reading(rng) if k % 40 else _failed(rng.choice(_QUALITIES)) for k in range(600)]
+    db = tmp_path / "amr.sqlite"
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01), "gw-1")
+    try:
+        await commit(store, readings)
+    finally:
+        await store.close()
+    conn = register(sqlite3.connect(db))
+    try:
+        verbatim = reading_payload(readings[1], "gw-1", 10_000)
+        conn.execute("INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload, shape) "
+                     "VALUES (10000, 'reading', 'm1', 'interval', 'interval', 0, 0, 'good', ?, NULL)", (verbatim,))
+        names = ["power_kw", "énergie", "energy_import_kwh", "voltage_l1", "absent_point", "frequency_hz"]
+        paths = [f'$.points."{n}".value' for n in names]
+        cols = ", ".join(f"typeof(json_extract(a, '{p}')), json_extract(a, '{p}'), "
+                         f"typeof(json_extract(b, '{p}')), json_extract(b, '{p}')" for p in paths)
+        rows = conn.execute(f"WITH d AS (SELECT {PAYLOAD_SQL} AS a, {points_sql('?1')} AS b FROM outbox "
+                            f"WHERE kind='reading') SELECT {cols} FROM d", (json.dumps(names),)).fetchall()
+        assert len(rows) == 601
+        seen: set[str] = set()
+        for row in rows:
+            for k in range(0, len(row), 4):
+                assert row[k:k + 2] == row[k + 2:k + 4]
+                seen.add(str(row[k]))
+        assert seen >= {"real", "integer", "text", "null"}           # every kind of value was compared
+        # only what was asked for is given, one value per requested point the shape has
+        spec = conn.execute("SELECT spec FROM reading_shape LIMIT 1").fetchone()[0]
+        body = conn.execute("SELECT payload FROM outbox WHERE shape=1 LIMIT 1").fetchone()[0]
+        doc = json.loads(point_values_json(body, spec, json.dumps(["absent_point", *names])))
+        assert set(doc["points"]) <= set(names) - {"absent_point"}
+        assert all(list(v) == ["value"] for v in doc["points"].values())
+    finally:
+        conn.close()

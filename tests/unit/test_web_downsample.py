@@ -14,7 +14,7 @@ from gateway.api.params import BadRequest
 from gateway.model import PointValue, Reading
 from gateway.settings import StoreSettings
 from gateway.store import Store
-from gateway.storecodec import register
+from gateway.storecodec import register, render, shape_from_spec
 from gateway.web.data import parse_points, point_values, series_doc, series_values
 from gateway.web.downsample import downsample
 from tests.servicefixtures import commit
@@ -135,3 +135,55 @@ def test_the_overview_keeps_each_meters_clock_offset_from_its_meter_clock_point(
     data.observe(meter, reading("not a time"))                 # kept as it was
     data.observe(meter, reading("2026-12-01T01:00:00", quality="timeout"))
     assert data.offsets["m1"][0] == -30.0
+
+
+async def test_the_series_equals_what_rendering_each_whole_message_gives(tmp_path: Path) -> None:
+    """The series reads each row's requested values straight from the compact row
+    (``points_sql``); before, it rendered each row's whole published message and
+    ``json_extract``-ed from that. Both ways over the same real store, raw points (few
+    readings) and SQL buckets (many) alike: the same buckets, bit for bit. The store holds
+    values scaled by CT × PT (kept as a mark), a value that is not (kept as itself), a string
+    point, points missing from some readings, and failed reads."""
+    rnd = random.Random(5)
+    ct = Decimal("40")
+    rows: list[Reading] = []
+    raw_kw: list[Decimal] = []
+    for k in range(3000):
+        t = k * STEP_S
+        raw = Decimal(f"{rnd.uniform(0, 5):.4f}")
+        raw_kw.append(raw)
+        pts = {"power_kw": PointValue(raw, raw * ct, "kW"),
+               "power_kw_l1": PointValue(raw / 3, Decimal(f"{rnd.uniform(0, 90):.2f}"), "kW"),
+               "meter_clock": PointValue("2026-12-01T00:00:00", "2026-12-01T00:00:00", "")}
+        if k % 5:
+            pts["power_kw_l2"] = PointValue(k % 40, k % 40, "kW")       # ints, on most readings only
+        rows.append(Reading(meter="m", customer="C", bus="b", schedule="interval", slot=t, ts=t + 0.4,
+                            points=pts, ct=ct))
+        if k % 97 == 0:
+            failed = {n: PointValue(None, None, "kW", "timeout") for n in pts}
+            rows.append(Reading(meter="m", customer="C", bus="b", schedule="interval", slot=t, ts=t + 0.9,
+                                points=failed, quality="timeout", ct=ct))
+    db = tmp_path / "amr.sqlite"
+    store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01), "gw")
+    try:
+        await commit(store, rows)
+    finally:
+        await store.close()
+
+    def whole_message(payload: str, spec: str, names: str) -> str:   # the old way: the whole text
+        return render(shape_from_spec(0, spec), 0, 0.0, 0.0, "good", payload)
+
+    conn = register(sqlite3.connect(db))
+    old = register(sqlite3.connect(db))
+    old.create_function("amr_points", 3, whole_message, deterministic=True)
+    names = ["power_kw", "power_kw_l1", "power_kw_l2", "meter_clock", "no_such_point"]
+    for start, end, buckets in ((0.0, 3000 * STEP_S, 480), (0.0, 3000 * STEP_S, 1), (100 * STEP_S, 400 * STEP_S, 600)):
+        new_way = series_values(conn, "m", names, start, end, buckets)
+        old_way = series_values(old, "m", names, start, end, buckets)
+        assert new_way == old_way
+        assert len(new_way["power_kw"]) == min(buckets, int((end - start) // STEP_S))
+        assert new_way["meter_clock"] == new_way["no_such_point"] == []
+    exact = point_values(conn, "m", names, 0.0, 3000 * STEP_S)
+    assert exact == point_values(old, "m", names, 0.0, 3000 * STEP_S)
+    assert len(exact["power_kw"]) == 3000 and len(exact["power_kw_l2"]) == 2400
+    assert exact["power_kw"][1] == (STEP_S + 0.4, float(raw_kw[1] * ct))

@@ -248,7 +248,8 @@ function renderOverview(o) {
   tbody.replaceChildren();
   for (const b of o.buses) {
     tbody.appendChild(row([b.id, tk("bus.state.", b.state), `${b.answering}/${b.meters}`, fmtNum(b.requests_per_s, 1),
-      b.failures, fmtRate(b.wire_ratio), b.queue, b.overruns], { "data-bus": b.id }));
+      b.failures, fmtNum(b.wire_limit_per_s, 1), fmtRate(b.wire_ratio), fmtRate(b.busy_share), b.queue, b.overruns],
+    { "data-bus": b.id }));
   }
 }
 
