@@ -46,6 +46,16 @@ def runner_for(broker: MosquittoProcess, gw: str, store: Store, *, inflight: int
     return SinkRunner(sink, store, backoff=Backoff(base=0.05, cap=0.5)), sink
 
 
+async def release(broker: MosquittoProcess, runner: SinkRunner, store: Store) -> None:
+    """A test's end, passed or failed: the broker resumed if a test stopped it (SIGSTOP), the
+    sink stopped, the store closed, the broker stopped."""
+    if broker.proc is not None and broker.proc.poll() is None:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    await runner.stop()
+    await store.close()
+    broker.stop()
+
+
 def backward_jumps(seqs: list[int]) -> int:
     """How often the received seq went backwards (each is a resend after a reconnect)."""
     return sum(1 for a, b in itertools.pairwise(seqs) if b <= a)
@@ -87,9 +97,7 @@ async def test_the_brokers_inflight_limit_loses_nothing(tmp_path: Path, protocol
             assert sink.window == 2          # the CONNACK's Receive Maximum, not mqtt.inflight
         sub.stop()
     finally:
-        await runner.stop()
-        await store.close()
-        broker.stop()
+        await release(broker, runner, store)
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
@@ -143,11 +151,7 @@ async def test_a_stopped_broker_leaves_a_packet_half_written_and_nothing_breaks(
         assert sink._conn is conn and not conn.lost, runner.state()
         sub.stop()
     finally:
-        if broker.proc is not None and broker.proc.poll() is None:
-            os.kill(pid, signal.SIGCONT)
-        await runner.stop()
-        await store.close()
-        broker.stop()
+        await release(broker, runner, store)
 
 
 async def test_a_broker_that_takes_nothing_for_a_keepalive_is_dropped_and_everything_resent(
@@ -187,11 +191,7 @@ async def test_a_broker_that_takes_nothing_for_a_keepalive_is_dropped_and_everyt
         assert cursor < total
         sub.stop()
     finally:
-        if broker.proc is not None and broker.proc.poll() is None:
-            os.kill(pid, signal.SIGCONT)
-        await runner.stop()
-        await store.close()
-        broker.stop()
+        await release(broker, runner, store)
 
 
 DENY_ONE_METER = ("topic read #\n"
@@ -238,9 +238,7 @@ async def test_a_denied_reading_in_the_middle_of_a_full_window_holds_the_cursor(
         assert backward_jumps(sub.seqs()) <= runner.sessions - 1
         sub.stop()
     finally:
-        await runner.stop()
-        await store.close()
-        broker.stop()
+        await release(broker, runner, store)
 
 
 async def test_a_broker_killed_with_a_publish_half_written_loses_nothing(tmp_path: Path) -> None:
@@ -294,11 +292,7 @@ async def test_a_broker_killed_with_a_publish_half_written_loses_nothing(tmp_pat
         assert backward_jumps(sub.seqs()) <= runner.sessions - 1
         sub.stop()
     finally:
-        if broker.proc is not None and broker.proc.poll() is None:
-            os.kill(broker.proc.pid, signal.SIGCONT)
-        await runner.stop()
-        await store.close()
-        broker.stop()
+        await release(broker, runner, store)
 
 
 async def test_a_stop_with_a_publish_half_written_counts_only_what_was_acknowledged(tmp_path: Path) -> None:
@@ -350,11 +344,7 @@ async def test_a_stop_with_a_publish_half_written_counts_only_what_was_acknowled
         assert await store.cursor("mqtt") == total
         sub.stop()
     finally:
-        if broker.proc is not None and broker.proc.poll() is None:
-            os.kill(pid, signal.SIGCONT)
-        await runner.stop()
-        await store.close()
-        broker.stop()
+        await release(broker, runner, store)
 
 
 async def test_a_reading_over_the_brokers_message_size_limit_is_refused_with_its_reason(tmp_path: Path) -> None:
@@ -388,6 +378,4 @@ async def test_a_reading_over_the_brokers_message_size_limit_is_refused_with_its
         assert sub.seqs() == [1, 2, 3] and store.cursor_now("mqtt") == 3
         sub.stop()
     finally:
-        await runner.stop()
-        await store.close()
-        broker.stop()
+        await release(broker, runner, store)
