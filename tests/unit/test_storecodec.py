@@ -92,16 +92,21 @@ def _failed(q: Quality) -> Reading:
                    points=pts, quality=q, error="power_kw: timeout")
 
 
+def shape_of(r: Reading, gateway: str, shapes: dict[ShapeKey, Shape]) -> Shape:
+    """The shape ``r`` is stored against, made the first time its key is met (as the store does)."""
+    key = shape_key(r, gateway)
+    if key not in shapes:
+        shapes[key] = shape_from_spec(len(shapes) + 1, spec_of(key, marks_of(r, factors_of(key[5], key[6]))))
+    return shapes[key]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_render_of_encode_is_the_payload_byte_for_byte(seed: int) -> None:
     rng = random.Random(seed)
     shapes: dict[ShapeKey, Shape] = {}
     for k in range(500):
         r = _reading(rng) if k % 50 else _failed(rng.choice(_QUALITIES))
-        key = shape_key(r, "gw-1")
-        if key not in shapes:
-            shapes[key] = shape_from_spec(len(shapes) + 1, spec_of(key, marks_of(r, factors_of(key[5], key[6]))))
-        shape = shapes[key]
+        shape = shape_of(r, "gw-1", shapes)
         body = encode(r, shape)
         want = reading_payload(r, "gw-1", 1000 + k)
         assert render(shape, 1000 + k, r.slot, r.ts, r.quality, body) == want
@@ -122,10 +127,7 @@ def test_the_line_of_a_compact_row_is_the_line_of_its_message(seed: int) -> None
     fields = 0
     for k in range(500):
         r = _reading(rng) if k % 50 else _failed(rng.choice(_QUALITIES))
-        key = shape_key(r, "gw 1")
-        if key not in shapes:
-            shapes[key] = shape_from_spec(len(shapes) + 1, spec_of(key, marks_of(r, factors_of(key[5], key[6]))))
-        shape = shapes[key]
+        shape = shape_of(r, "gw 1", shapes)
         body = encode(r, shape)
         want = row_line("amr reading", "reading", r.meter, r.ts, render(shape, 7 + k, r.slot, r.ts, r.quality, body),
                         7 + k)
