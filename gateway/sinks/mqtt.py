@@ -99,7 +99,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -159,6 +159,7 @@ class _Connection:
         self.base = base
         self.connack: asyncio.Future[tuple[int, str]] = loop.create_future()
         self.receive_maximum: int | None = None    # the broker's (MQTT 5 CONNACK), if it says
+        self.maximum_packet_size: int | None = None  # likewise: a larger packet ends the session
         self.refusal: str | None = None            # a refused status message, if any
         self.lost_reason = ""
         self.mids: dict[int, int] = {}              # message id → seq (readings)
@@ -185,6 +186,7 @@ class _Connection:
                    properties: Any) -> None:
         if not self.connack.done():
             self.receive_maximum = getattr(properties, "ReceiveMaximum", None)
+            self.maximum_packet_size = getattr(properties, "MaximumPacketSize", None)
             self.connack.set_result((int(reason.value), str(reason)))
 
     def on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
@@ -700,6 +702,9 @@ class MqttSink:
         conn = self._conn
         if conn is None or conn.lost:
             return   # the session is broken; the runner resends from the cursor
+        payload = row.payload.encode()     # rendered here, once (a compact row keeps no text)
+        if conn.maximum_packet_size is not None and self._too_large(conn, row, payload):
+            return
         if conn.fast:
             key = (row.meter, row.kind)
             topic = self._topics.get(key)
@@ -710,9 +715,9 @@ class MqttSink:
                     if len(self._topics) >= 65536:
                         self._topics.clear()
                     self._topics[key] = topic
-            conn.publish(topic, row.payload.encode(), row.seq)
+            conn.publish(topic, payload, row.seq)
             return
-        info = conn.client.publish(self.topic_for(row), row.payload, qos=1, retain=False)
+        info = conn.client.publish(self.topic_for(row), payload, qos=1, retain=False)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             conn.mids[info.mid] = row.seq
             conn.wrote()
@@ -720,6 +725,30 @@ class MqttSink:
             conn.lost = True
             conn.reporter.broken(SinkError(f"cannot publish to the MQTT broker: {paho.error_string(info.rc)}",
                                            "keep"))
+
+    def _too_large(self, conn: _Connection, row: OutboxRow, payload: bytes) -> bool:
+        """True, and the session refused, when ``row``'s PUBLISH exceeds the Maximum Packet
+        Size the broker announced in its CONNACK (MQTT 5).
+
+        A broker drops the connection on such a packet (mosquitto: "packet too large")
+        without a PUBACK, so sending it would only reconnect in a loop while every reading
+        behind it waits; refusing it here keeps the cursor before it, shows ``refused`` in
+        health with the setting to change, and the runner retries with backoff.
+        """
+        limit = conn.maximum_packet_size
+        assert limit is not None
+        if len(payload) + _LONGEST_PUBLISH_HEAD <= limit:
+            return False                # the common case: far below, no topic built
+        size = publish_packet_size(len(self.topic_for(row).encode()), len(payload), len(conn._props))
+        if size <= limit:
+            return False
+        conn.drain_acks()               # what the broker took before this still counts
+        conn.lost = True                # publish nothing more in this session
+        conn.reporter.broken(SinkRefusedError(
+            f"the MQTT broker's maximum packet size is {limit} bytes and seq {row.seq} needs {size}; "
+            "it is kept and retried: raise the broker's limit (mosquitto: max_packet_size) or read "
+            "fewer points per reading on this meter's schedule"))
+        return True
 
     def flush(self) -> None:
         """Write the readings framed in this pass of the loop now (they would go out at its
@@ -766,6 +795,17 @@ def _puback_reason(code: int) -> ReasonCode:
             continue
     log.debug("PUBACK reason code 0x%02X is not one paho knows; taken as 0x80", code)
     return ReasonCode(PacketTypes.PUBACK, identifier=0x80)
+
+
+_LONGEST_PUBLISH_HEAD: Final = 1 + 4 + 2 + 65535 + 2 + 1
+"""A PUBLISH's bytes besides its payload at most: fixed header, a topic of MQTT's longest, packet id, no properties."""
+
+
+def publish_packet_size(topic_bytes: int, payload_bytes: int, properties_bytes: int) -> int:
+    """The whole size of a QoS 1 PUBLISH (fixed header, topic with its length, packet id,
+    properties, payload): what a broker's Maximum Packet Size is compared with."""
+    n = 2 + topic_bytes + 2 + properties_bytes + payload_bytes
+    return 1 + len(_remaining_length(n)) + n
 
 
 def _remaining_length(n: int) -> bytes:

@@ -379,3 +379,43 @@ async def test_a_reading_over_the_brokers_message_size_limit_is_refused_with_its
         sub.stop()
     finally:
         await release(broker, runner, store)
+
+
+async def test_a_reading_over_the_brokers_maximum_packet_size_is_refused_not_sent(tmp_path: Path) -> None:
+    """mosquitto's ``max_packet_size``, announced in the MQTT 5 CONNACK: a broker drops the
+    connection on a larger PUBLISH without a PUBACK, so sending it would reconnect in a loop
+    while everything behind it waits. The sink refuses it before sending: health says
+    ``refused`` naming the limit and the setting, the cursor stays before it, and once the
+    broker's limit is raised (restart) every reading arrives, in order."""
+    broker = MosquittoProcess(tmp_path / "broker", extra_conf="max_packet_size 4096\n")
+    broker.start()
+    gw = f"t-{uuid.uuid4().hex[:8]}"
+    store = await Store.open(tmp_path / "amr.sqlite", FAST, gw)
+    sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
+    runner, _ = runner_for(broker, gw, store)
+    try:
+        await commit(store, [make_reading("m1", kwh="1")])
+        await commit(store, [wide_reading("m2", 2)])            # about 9 KB of JSON
+        await commit(store, [make_reading("m3", kwh="3")])
+        await runner.start()
+        await await_until(lambda: runner.sessions >= 2 and runner.status == "refused", 30,
+                          "the oversized reading refused", detail=runner.state)
+        error = runner.last_error or ""
+        assert "maximum packet size is 4096 bytes and seq 2" in error and "max_packet_size" in error, error
+        assert store.cursor_now("mqtt") == 1
+        await await_until(lambda: sub.seqs() == [1], 10, "the reading before it", detail=sub.summary)
+        assert "lost the connection" not in error
+        sub.stop()
+        broker.stop()
+        broker.conf.write_text(broker.conf.read_text().replace("max_packet_size 4096", "max_packet_size 65536"))
+        broker.start()
+        sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub2-{gw}").start()
+        await asyncio.sleep(0.5)                                # the subscriber is in before the replay
+        assert await runner.wait_idle(60), runner.state()
+        await await_until(lambda: store.cursor_now("mqtt") == 3, 30, "every reading acknowledged",
+                          detail=runner.state)
+        await await_until(lambda: 2 in sub.seqs() and 3 in sub.seqs(), 10, "the rest", detail=sub.summary)
+        assert [s for s in sub.seqs() if s >= 2] == [2, 3]
+        sub.stop()
+    finally:
+        await release(broker, runner, store)
