@@ -93,7 +93,9 @@ async def read_once(args: argparse.Namespace) -> int:
                 f"--{d.address_option} {d.address_metavar} for {d.title}" for d in registry.descriptors()))
         descriptor = registry.descriptor_for(bus.protocol)
         try:  # the range validate accepts, so --unit 0 on a serial line fails the same way
-            address = descriptor.parse_address(str(address), bus.protocol, True)
+            # plain=False: a command-line argument is text as typed, not a YAML scalar that
+            # lost its leading zeros (000000000001 is a valid DL/T 645 address here)
+            address = descriptor.parse_address(str(address), bus.protocol, False)
         except registry.AddressError as exc:
             raise ConfigError(f"--{descriptor.address_option} {exc}") from None
         meter = MeterSettings(id="cli", customer="", bus="cli", address=str(address), profile=profile.name,

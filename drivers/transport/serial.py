@@ -46,8 +46,9 @@ def serial_open_error(port: str, exc: BaseException, baudrate: int, parity: str,
     text = str(exc)
     setting = line_name(port, baudrate, parity, stopbits, bytesize).split(" ", 1)[1]
     if code == errno.ENOENT or "No such file" in text:
-        return TransportError(f"serial port {port} does not exist; check `port:` of the bus "
-                              "(ls /dev/ttyS* /dev/ttyUSB*)")
+        return TransportError(f"serial port {port} does not exist; check the port's name (`port:` of "
+                              "the bus, or --serial of read/scan; ls /dev/ttyS* /dev/ttyUSB* "
+                              "/dev/serial/by-id/)")
     if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
         return TransportError(f"permission denied opening serial port {port}; add the gateway's "
                               "user to the dialout group")

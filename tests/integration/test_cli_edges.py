@@ -285,3 +285,17 @@ def test_demo_banner_export_hint_exports_the_demo_with_a_clock_in_the_past(tmp_p
     assert export.returncode == 0, export_err.decode()
     lines = rows.decode().splitlines()
     assert len(lines) >= 2 and all("c1001-main" in line for line in lines[1:]), rows.decode()[:500]
+
+
+def test_read_of_a_missing_serial_port_names_the_option_and_takes_an_address_with_leading_zeros(
+        tmp_path: Path) -> None:
+    """An ad hoc read's address is text as typed (not YAML: 000000000001 needs no quotes), and
+    a serial port that does not exist is named with where it came from (--serial too)."""
+    missing = tmp_path / "ttyUSB9"
+    proc = cli("read", "--serial", str(missing), "--protocol", "dlt645", "--address", "000000000001",
+               "--profile", "dlt645-2007", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err_bytes = proc.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert proc.returncode != 0 and out == b"", err
+    assert "must be quoted" not in err, err
+    assert f"serial port {missing} does not exist" in err and "--serial" in err, err
