@@ -94,3 +94,26 @@ def test_a_bus_limit_weighs_its_plans_by_how_often_they_run_and_tcp_has_none() -
     tcp = BusParams(id="t1", type="tcp", protocol="modbus-tcp", host="127.0.0.1", tcp_port=502)
     assert bus_wire_limit(tcp, [("modbus-tcp", modbus(20), 1.0)]) is None
     assert registry.wire_time("modbus-tcp", tcp, modbus(20)) is None
+
+
+def test_the_consoles_cached_limit_follows_a_reload() -> None:
+    """The overview keeps each bus's limit until its meters' plans or line change: a reload
+    that compiles new plans, or a new baud rate, gives the new limit (never the old one)."""
+    from types import SimpleNamespace
+
+    from gateway.web.data import ConsoleData
+
+    def meter(plan: ReadPlan) -> object:        # the two fields wire_limit reads of a MeterRuntime
+        return SimpleNamespace(settings=SimpleNamespace(protocol=None), plans={"realtime": (plan, None)})
+
+    data = ConsoleData()
+    every = {"realtime": 1.0}
+    bus = serial("modbus-rtu", 9600)
+    first = data.wire_limit(bus, [meter(modbus(20))], every)  # type: ignore[list-item]
+    assert first == pytest.approx(1 / 0.06875)
+    reloaded = data.wire_limit(bus, [meter(modbus(2))], every)  # type: ignore[list-item]
+    assert reloaded == pytest.approx(limit("modbus-rtu", bus, modbus(2))) and reloaded > first
+    faster = serial("modbus-rtu", 19200)
+    plan = modbus(20)
+    assert data.wire_limit(faster, [meter(plan)], every) == pytest.approx(  # type: ignore[list-item]
+        limit("modbus-rtu", faster, plan))
