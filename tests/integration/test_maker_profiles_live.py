@@ -161,14 +161,20 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "x_power_factor_l1": Decimal("0.95"), "energy_import_kwh": Decimal("123.456"),
          "x_energy_kvarh_inductive": Decimal(7), "x_thd_voltage_l1_pct": Decimal("2.25")},
     ),
-    # Carlo Gavazzi EM24 DIN: FC04, INT32 low word first, 0.1 V / 0.1 W / 0.1 kWh, PF INT16
+    # Carlo Gavazzi EM24 DIN: FC04, INT32 low word first, 0.1 V / 0.1 W / 0.1 kWh, PF INT16;
+    # demand (PFA/PFB/X protocol, Table 2.3-1): W*10, VA*10, A*1000
     "carlo-gavazzi-em24": (
         {0x06: i32le(4005), 0x28: i32le(-123456), 0x2C: i32le(-12345), 0x32: [0xFC4A],
-         0x3E: i32le(1234567), 0x40: i32le(89), 0x5C: i32le(70000), 0x5E: i32le(1)},
+         0x3E: i32le(1234567), 0x40: i32le(89), 0x5C: i32le(70000), 0x5E: i32le(1),
+         0x2E: i32le(123450), 0x30: i32le(150001), 0x38: i32le(250005), 0x3A: i32le(300000),
+         0x3C: i32le(45678)},
         {"x_voltage_v_l1_l2": Decimal("400.5"), "power_kw": Decimal("-12.3456"),
          "power_kvar": Decimal("-1.2345"), "x_power_factor_l1": Decimal("-0.95"),
          "energy_import_kwh": Decimal("123456.7"), "energy_import_kvarh": Decimal("8.9"),
-         "energy_export_kwh": Decimal(7000), "energy_export_kvarh": Decimal("0.1")},
+         "energy_export_kwh": Decimal(7000), "energy_export_kvarh": Decimal("0.1"),
+         "x_demand_kw": Decimal("12.345"), "x_demand_kva": Decimal("15.0001"),
+         "demand_max_kw": Decimal("25.0005"), "x_demand_max_kva": Decimal(30),
+         "x_demand_max_current_a": Decimal("45.678")},
     ),
     # Acrel ADL400 classic layout: FC03, u32 energies x 0.01 kWh high word first, u16
     # voltages x 0.1 V, i32 power in W, i16 PF x 0.001 (secondary values: raw before CT/PT)
