@@ -153,13 +153,18 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
         {"voltage_v_l1": Decimal("231.5"), "power_kw": Decimal("12.25"), "x_power_kva": Decimal("13.5"),
          "energy_import_kwh": Decimal("4567.890")},
     ),
-    # Janitza UMG 96RM: FC03 from 19000, float32 high word first, W/var/VA/Wh/varh scaled to k
+    # Janitza UMG 96RM: FC03 from 19000, float32 high word first, W/var/VA/Wh/varh scaled to k;
+    # mean values (2500-2530) and max of mean values (3496-3510), float32, A / W / var / VA
     "janitza-umg96rm": (
         {19006: f32(400.5), 19034: f32(22500.0), 19044: f32(0.95), 19068: f32(123456.0),
-         19100: f32(7000.0), 19110: f32(2.25)},
+         19100: f32(7000.0), 19110: f32(2.25), 2500: f32(64.5), 2514: f32(45500.0),
+         2522: f32(-12500.0), 2530: f32(50250.0), 3496: f32(80.25), 3510: f32(61000.0)},
         {"x_voltage_v_l1_l2": Decimal("400.5"), "x_power_kva": Decimal("22.5"),
          "x_power_factor_l1": Decimal("0.95"), "energy_import_kwh": Decimal("123.456"),
-         "x_energy_kvarh_inductive": Decimal(7), "x_thd_voltage_l1_pct": Decimal("2.25")},
+         "x_energy_kvarh_inductive": Decimal(7), "x_thd_voltage_l1_pct": Decimal("2.25"),
+         "x_demand_current_a_l1": Decimal("64.5"), "x_demand_kw": Decimal("45.5"),
+         "x_demand_kvar": Decimal("-12.5"), "x_demand_kva": Decimal("50.25"),
+         "x_demand_max_current_a_l1": Decimal("80.25"), "demand_max_kw": Decimal(61)},
     ),
     # Carlo Gavazzi EM24 DIN: FC04, INT32 low word first, 0.1 V / 0.1 W / 0.1 kWh, PF INT16;
     # demand (PFA/PFB/X protocol, Table 2.3-1): W*10, VA*10, A*1000
