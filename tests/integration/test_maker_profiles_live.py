@@ -106,12 +106,14 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
     ),
     # ABB B23/B24: FC03, u64 energies x 0.01 kWh/kvarh, u32 voltage x 0.1 V, u32 current
     # x 0.01 A, i32 power x 0.01 W/var, u32 x 0.01 VA, u16 frequency x 0.01 Hz, i16 PF
-    # x 0.001 (the Q/S/L-L/In values are the A43/A44 manual's worked example)
+    # x 0.001 (the Q/S/L-L/In values are the A43/A44 manual's worked example); tariff 1/2
+    # import u64 x 0.01 kWh
     "abb-b23": (
         {0x5000: u64(1234567890), 0x5004: u64(4200), 0x500C: u64(98765), 0x5010: u64(1),
          0x5B00: u32(2305), 0x5B06: u32(4042), 0x5B0C: u32(1250), 0x5B12: u32(134),
          0x5B14: i32(-150000), 0x5B16: i32(2500000), 0x5B1C: i32(30017), 0x5B20: i32(-12214),
-         0x5B24: u32(140739), 0x5B2C: [5002], 0x5B3A: [0xFC7C]},
+         0x5B24: u32(140739), 0x5B2C: [5002], 0x5B3A: [0xFC7C], 0x5170: u64(7654321),
+         0x5174: u64(100001)},
         {"energy_import_kwh": Decimal("12345678.90"), "energy_export_kwh": Decimal(42),
          "voltage_v_l1": Decimal("230.5"), "current_a_l1": Decimal("12.5"),
          "power_kw": Decimal("-1.5"), "power_kw_l1": Decimal(25),
@@ -119,7 +121,8 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "energy_import_kvarh": Decimal("987.65"), "energy_export_kvarh": Decimal("0.01"),
          "x_voltage_v_l1_l2": Decimal("404.2"), "x_current_a_n": Decimal("1.34"),
          "power_kvar": Decimal("0.30017"), "x_power_kvar_l2": Decimal("-0.12214"),
-         "x_power_kva": Decimal("1.40739")},
+         "x_power_kva": Decimal("1.40739"), "energy_import_kwh_t1": Decimal("76543.21"),
+         "energy_import_kwh_t2": Decimal("1000.01")},
     ),
     # Eastron SDM630 (v2, MCT): FC04, float32 high word first, W/var/VA scaled to k; demand
     # registers in W/VA/A
@@ -147,28 +150,42 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "power_kw": Decimal("-1.5"), "x_power_kvar_l1": Decimal("0.1234"),
          "x_power_factor_l1": Decimal("0.98")},
     ),
-    # Schneider iEM3000: registers - 1 given in hex, FC03, float32 kW/kVA, int64 Wh
+    # Schneider iEM3000: registers - 1 given in hex, FC03, float32 kW/kVA, int64 Wh (also the
+    # rate 1/2 energies, registers 4196/4200)
     "schneider-iem3000": (
-        {0x0BD3: f32(231.5), 0x0BF3: f32(12.25), 0x0C03: f32(13.5), 0x0C83: i64(4567890)},
+        {0x0BD3: f32(231.5), 0x0BF3: f32(12.25), 0x0C03: f32(13.5), 0x0C83: i64(4567890),
+         0x1063: i64(1234567), 0x1067: i64(89)},
         {"voltage_v_l1": Decimal("231.5"), "power_kw": Decimal("12.25"), "x_power_kva": Decimal("13.5"),
-         "energy_import_kwh": Decimal("4567.890")},
+         "energy_import_kwh": Decimal("4567.890"), "energy_import_kwh_t1": Decimal("1234.567"),
+         "energy_import_kwh_t2": Decimal("0.089")},
     ),
-    # Janitza UMG 96RM: FC03 from 19000, float32 high word first, W/var/VA/Wh/varh scaled to k
+    # Janitza UMG 96RM: FC03 from 19000, float32 high word first, W/var/VA/Wh/varh scaled to k;
+    # mean values (2500-2530) and max of mean values (3496-3510), float32, A / W / var / VA
     "janitza-umg96rm": (
         {19006: f32(400.5), 19034: f32(22500.0), 19044: f32(0.95), 19068: f32(123456.0),
-         19100: f32(7000.0), 19110: f32(2.25)},
+         19100: f32(7000.0), 19110: f32(2.25), 2500: f32(64.5), 2514: f32(45500.0),
+         2522: f32(-12500.0), 2530: f32(50250.0), 3496: f32(80.25), 3510: f32(61000.0)},
         {"x_voltage_v_l1_l2": Decimal("400.5"), "x_power_kva": Decimal("22.5"),
          "x_power_factor_l1": Decimal("0.95"), "energy_import_kwh": Decimal("123.456"),
-         "x_energy_kvarh_inductive": Decimal(7), "x_thd_voltage_l1_pct": Decimal("2.25")},
+         "x_energy_kvarh_inductive": Decimal(7), "x_thd_voltage_l1_pct": Decimal("2.25"),
+         "x_demand_current_a_l1": Decimal("64.5"), "x_demand_kw": Decimal("45.5"),
+         "x_demand_kvar": Decimal("-12.5"), "x_demand_kva": Decimal("50.25"),
+         "x_demand_max_current_a_l1": Decimal("80.25"), "demand_max_kw": Decimal(61)},
     ),
-    # Carlo Gavazzi EM24 DIN: FC04, INT32 low word first, 0.1 V / 0.1 W / 0.1 kWh, PF INT16
+    # Carlo Gavazzi EM24 DIN: FC04, INT32 low word first, 0.1 V / 0.1 W / 0.1 kWh, PF INT16;
+    # demand (PFA/PFB/X protocol, Table 2.3-1): W*10, VA*10, A*1000
     "carlo-gavazzi-em24": (
         {0x06: i32le(4005), 0x28: i32le(-123456), 0x2C: i32le(-12345), 0x32: [0xFC4A],
-         0x3E: i32le(1234567), 0x40: i32le(89), 0x5C: i32le(70000), 0x5E: i32le(1)},
+         0x3E: i32le(1234567), 0x40: i32le(89), 0x5C: i32le(70000), 0x5E: i32le(1),
+         0x2E: i32le(123450), 0x30: i32le(150001), 0x38: i32le(250005), 0x3A: i32le(300000),
+         0x3C: i32le(45678)},
         {"x_voltage_v_l1_l2": Decimal("400.5"), "power_kw": Decimal("-12.3456"),
          "power_kvar": Decimal("-1.2345"), "x_power_factor_l1": Decimal("-0.95"),
          "energy_import_kwh": Decimal("123456.7"), "energy_import_kvarh": Decimal("8.9"),
-         "energy_export_kwh": Decimal(7000), "energy_export_kvarh": Decimal("0.1")},
+         "energy_export_kwh": Decimal(7000), "energy_export_kvarh": Decimal("0.1"),
+         "x_demand_kw": Decimal("12.345"), "x_demand_kva": Decimal("15.0001"),
+         "demand_max_kw": Decimal("25.0005"), "x_demand_max_kva": Decimal(30),
+         "x_demand_max_current_a": Decimal("45.678")},
     ),
     # Acrel ADL400 classic layout: FC03, u32 energies x 0.01 kWh high word first, u16
     # voltages x 0.1 V, i32 power in W, i16 PF x 0.001 (secondary values: raw before CT/PT)

@@ -26,9 +26,9 @@ EXPECTED = {
     "eastron-sdm120": (4, (0x0048, "f32", "big", Decimal(1)), 3),
     "acrel-adw300": (3, (62, "i32", "big", Decimal("0.01")), 2),
     "carlo-gavazzi-em24": (4, (0x003E, "i32", "little", Decimal("0.1")), 2),
-    "janitza-umg96rm": (3, (19068, "f32", "big", Decimal("0.001")), 3),
+    "janitza-umg96rm": (3, (19068, "f32", "big", Decimal("0.001")), 5),
     "schneider-pm5000": (3, (3203, "i64", "big", Decimal("0.001")), 9),
-    "abb-b23": (3, (0x5000, "u64", "big", Decimal("0.01")), 4),
+    "abb-b23": (3, (0x5000, "u64", "big", Decimal("0.01")), 5),
     "socomec-diris-a40": (3, (0xC652, "u32", "big", Decimal(1)), 3),
 }
 
