@@ -347,6 +347,21 @@ async def test_a_stop_with_a_publish_half_written_counts_only_what_was_acknowled
         await release(broker, runner, store)
 
 
+async def oversized_refused(runner: SinkRunner, store: Store, sub: Subscriber) -> str:
+    """Commits a small reading, one of about 9 KB and another small one, starts the sink and
+    waits until the big one (seq 2) is refused: the first is delivered, the cursor stays
+    before the refused one. Returns the sink's error (the refusal's text)."""
+    await commit(store, [make_reading("m1", kwh="1")])
+    await commit(store, [wide_reading("m2", 2)])
+    await commit(store, [make_reading("m3", kwh="3")])
+    await runner.start()
+    await await_until(lambda: runner.sessions >= 2 and runner.status == "refused", 30,
+                      "the oversized reading refused", detail=runner.state)
+    assert store.cursor_now("mqtt") == 1
+    await await_until(lambda: sub.seqs() == [1], 10, "the reading before it", detail=sub.summary)
+    return runner.last_error or ""
+
+
 async def test_a_reading_over_the_brokers_message_size_limit_is_refused_with_its_reason(tmp_path: Path) -> None:
     """mosquitto's ``message_size_limit``: a PUBLISH whose payload is larger is answered (MQTT
     5) with PUBACK 0x95 (packet too large), a code paho has no PUBACK name for. It is a
@@ -360,16 +375,8 @@ async def test_a_reading_over_the_brokers_message_size_limit_is_refused_with_its
     sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
     runner, _ = runner_for(broker, gw, store)
     try:
-        await commit(store, [make_reading("m1", kwh="1")])
-        await commit(store, [wide_reading("m2", 2)])            # about 9 KB of JSON
-        await commit(store, [make_reading("m3", kwh="3")])
-        await runner.start()
-        await await_until(lambda: runner.sessions >= 2 and runner.status == "refused", 30,
-                          "the oversized reading refused", detail=runner.state)
-        error = runner.last_error or ""
+        error = await oversized_refused(runner, store, sub)
         assert "refused seq 2" in error and "0x95" in error and "message_size_limit" in error, error
-        assert store.cursor_now("mqtt") == 1
-        await await_until(lambda: sub.seqs() == [1], 10, "the reading before it", detail=sub.summary)
         broker.conf.write_text(broker.conf.read_text().replace("message_size_limit 4096", "message_size_limit 0"))
         assert broker.proc is not None
         broker.proc.send_signal(signal.SIGHUP)                  # mosquitto reloads the limit
@@ -394,16 +401,8 @@ async def test_a_reading_over_the_brokers_maximum_packet_size_is_refused_not_sen
     sub = Subscriber(broker.broker, f"amr/{gw}/meters/+/reading", f"sub-{gw}").start()
     runner, _ = runner_for(broker, gw, store)
     try:
-        await commit(store, [make_reading("m1", kwh="1")])
-        await commit(store, [wide_reading("m2", 2)])            # about 9 KB of JSON
-        await commit(store, [make_reading("m3", kwh="3")])
-        await runner.start()
-        await await_until(lambda: runner.sessions >= 2 and runner.status == "refused", 30,
-                          "the oversized reading refused", detail=runner.state)
-        error = runner.last_error or ""
+        error = await oversized_refused(runner, store, sub)
         assert "maximum packet size is 4096 bytes and seq 2" in error and "max_packet_size" in error, error
-        assert store.cursor_now("mqtt") == 1
-        await await_until(lambda: sub.seqs() == [1], 10, "the reading before it", detail=sub.summary)
         assert "lost the connection" not in error
         sub.stop()
         broker.stop()
