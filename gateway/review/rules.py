@@ -110,7 +110,10 @@ POWER_SAMPLES_KEPT: Final = 256
 
 
 # ----------------------------------------------------------------------------- inputs
-@dataclass(frozen=True, slots=True)
+# Not frozen: built for every reading (five registers, one observation, one interval at
+# 1,000 readings/s), and a frozen dataclass's __init__ sets each field through
+# object.__setattr__, about three times the cost. Rules only read them; never mutate one.
+@dataclass(slots=True)
 class RegisterValue:
     """One cumulative register as read: ``raw`` as displayed, ``value`` after CT × PT."""
 
@@ -126,7 +129,7 @@ class RegisterValue:
         return unit * factor
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)      # not frozen: see RegisterValue
 class Observation:
     """What the rules need from one reading (built by :func:`observe_reading`)."""
 
@@ -307,7 +310,7 @@ class MeterState:
         return st
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)      # not frozen: see RegisterValue
 class EnergyInterval:
     """Two consecutive good values of the judged register, and what lies between."""
 
