@@ -33,6 +33,8 @@ from gateway.review.rules import (
 from gateway.review_thresholds import METER_EVENT_KINDS, ReviewThresholds
 
 _NO_END = ("", "0", "None", "000000000000")
+#: each event kind's counter point, named once rather than formatted for every reading
+_COUNT_POINT: dict[str, str] = {stem: f"event_{stem}_count" for stem in METER_EVENT_KINDS}
 
 
 def _record(obs: Observation, stem: str) -> dict[str, object]:
@@ -43,10 +45,14 @@ def _record(obs: Observation, stem: str) -> dict[str, object]:
 def meter_events(
     state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
 ) -> list[RuleEvent]:
-    """Raise on every event counter increase, with the meter's last record of that event."""
+    """Raise on every event counter increase, with the meter's last record of that event.
+
+    Runs on every reading, so the record and evidence are built only when an event may come
+    of it (the counter rose, or it is unchanged while its condition is raised)."""
     out: list[RuleEvent] = []
+    values = obs.values
     for stem in th.meter_event_kinds:
-        count = obs.values.get(f"event_{stem}_count")
+        count = values.get(_COUNT_POINT.get(stem) or f"event_{stem}_count")
         if count is None:
             continue
         etype = METER_EVENT_KINDS[stem]
@@ -54,9 +60,11 @@ def meter_events(
         if before != count:
             state.counters[stem] = count
             state.dirty = True
-        record = _record(obs, stem)
         if before is None or count < before:
             continue
+        if count == before and not is_raised(state, etype, stem):
+            continue            # unchanged and nothing raised: neither branch below acts
+        record = _record(obs, stem)
         ev: dict[str, object] = {
             "event": stem, "counter_before": before, "counter_after": count, "increase": count - before,
             "read_at": iso(obs.ts), "record": record,
