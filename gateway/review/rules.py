@@ -123,10 +123,26 @@ class RegisterValue:
     @property
     def step(self) -> Decimal:
         """One display step of the register in value units (0.01 kWh raw × CT × PT, say)."""
-        exponent = self.raw.as_tuple().exponent
-        unit = Decimal(1).scaleb(exponent) if isinstance(exponent, int) else Decimal("0.01")
-        factor = self.value / self.raw if self.raw != 0 else Decimal(1)
-        return unit * factor
+        return display_step(self.raw, self.value / self.raw if self.raw != 0 else None)
+
+
+_UNITS: dict[int, Decimal] = {}
+"""exponent → one unit in the last place (``Decimal(1).scaleb(exponent)``), made once per exponent."""
+
+
+def display_step(raw: Decimal, factor: Decimal | None) -> Decimal:
+    """One display step of a register read as ``raw`` and taken under CT × PT ``factor``
+    (``value / raw``, None for a raw zero: counted as 1), in value units."""
+    exponent = raw.as_tuple().exponent
+    if isinstance(exponent, int):
+        unit = _UNITS.get(exponent)
+        if unit is None:
+            unit = Decimal(1).scaleb(exponent)
+            if len(_UNITS) < 256:       # bounded: registers show a handful of decimals
+                _UNITS[exponent] = unit
+    else:
+        unit = Decimal("0.01")
+    return unit * (factor if factor is not None else Decimal(1))
 
 
 @dataclass(slots=True)      # not frozen: see RegisterValue
@@ -520,7 +536,7 @@ def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -
         delta = (reg.raw - prev.reg.raw) * f_now
     return EnergyInterval(
         start=prev, end=EnergyPoint(obs.ts, obs.slot, reg), delta=delta,
-        seconds=Decimal(repr(round(obs.ts - prev.ts, 3))), adjacent=adjacent, step=reg.step,
+        seconds=Decimal(repr(round(obs.ts - prev.ts, 3))), adjacent=adjacent, step=display_step(reg.raw, f_now),
     )
 
 
