@@ -214,11 +214,16 @@ class _Connection:
             self.refusal = text
             log.debug("%s", text)
             return
-        self.drain_acks()               # what the broker took before this still counts
+        self.refuse(SinkError(text, "throttle") if code == _QUOTA_EXCEEDED else SinkRefusedError(text))
+
+    def refuse(self, error: SinkError) -> None:
+        """The broker did not (or would not) take a reading: what it took before still counts,
+        nothing more is published in this session, and the runner hears why once."""
+        self.drain_acks()
         if self.lost:
             return
-        self.lost = True                # publish nothing more in this session
-        self.reporter.broken(SinkError(text, "throttle") if code == _QUOTA_EXCEEDED else SinkRefusedError(text))
+        self.lost = True
+        self.reporter.broken(error)
 
     def on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                       properties: Any) -> None:
@@ -742,9 +747,7 @@ class MqttSink:
         size = publish_packet_size(len(self.topic_for(row).encode()), len(payload), len(conn._props))
         if size <= limit:
             return False
-        conn.drain_acks()               # what the broker took before this still counts
-        conn.lost = True                # publish nothing more in this session
-        conn.reporter.broken(SinkRefusedError(
+        conn.refuse(SinkRefusedError(
             f"the MQTT broker's maximum packet size is {limit} bytes and seq {row.seq} needs {size}; "
             "it is kept and retried: raise the broker's limit (mosquitto: max_packet_size) or read "
             "fewer points per reading on this meter's schedule"))
