@@ -213,6 +213,15 @@ class OutboxRow:
         self.slot = slot
         self.quality = quality
 
+    @classmethod
+    def stored(cls, seq: int, kind: str, meter: str | None, ts: float, stored: str, shape: Shape | None,
+               slot: float | None, quality: str | None) -> OutboxRow:
+        """The row of an outbox record as stored: its message text when ``shape`` is None,
+        else a compact reading (``stored`` is then its body)."""
+        if shape is None:
+            return cls(seq, kind, meter, ts, stored, slot=slot or 0.0, quality=quality or "good")
+        return cls(seq, kind, meter, ts, shape=shape, body=stored, slot=slot or 0.0, quality=quality or "good")
+
     @property
     def payload(self) -> str:
         """The JSON document sinks publish (rendered now for a compact reading)."""
@@ -715,8 +724,7 @@ class Store:
             by_id[shape.id] = shape
         self._next_shape = next_shape
         self._extend_tail([
-            OutboxRow(k, kind, meter, ts, stored, slot=slot or 0.0, quality=quality or "good") if shape_id is None
-            else OutboxRow(k, kind, meter, ts, shape=by_id[shape_id], body=stored, slot=slot, quality=quality)
+            OutboxRow.stored(k, kind, meter, ts, stored, None if shape_id is None else by_id[shape_id], slot, quality)
             for k, kind, meter, _schedule, _retention, slot, ts, quality, stored, shape_id in rows])
         self._last_seq = seq      # after the tail: a sink that sees the new seq finds its row there
         for item, seqs in zip(batch, out, strict=True):
@@ -795,14 +803,11 @@ class Store:
         shapes = self._shapes_by_id
         out = []
         for seq, kind, meter, ts, stored, shape_id, slot, quality in cur:
-            if shape_id is None:
-                out.append(OutboxRow(seq, kind, meter, ts, stored))
-                continue
-            shape = shapes.get(shape_id)
-            if shape is None:
+            shape = None if shape_id is None else shapes.get(shape_id)
+            if shape is None and shape_id is not None:
                 spec = conn.execute("SELECT spec FROM reading_shape WHERE id=?", (shape_id,)).fetchone()[0]
                 shape = shapes[shape_id] = shape_from_spec(shape_id, spec)
-            out.append(OutboxRow(seq, kind, meter, ts, shape=shape, body=stored, slot=slot, quality=quality))
+            out.append(OutboxRow.stored(seq, kind, meter, ts, stored, shape, slot, quality))
         return out
 
     async def ack(self, sink: str, upto_seq: int) -> None:
