@@ -298,18 +298,12 @@ def good_values(shape: Shape, body: str) -> list[str | None]:
             else:
                 append(format(Decimal(item) * factors[default], "f"))
             continue
-        fields = item.split(_FLD)
+        fields = item.split(_FLD, 3)
         if len(fields) > 2 and fields[2]:
             append(None)            # its quality is not good
             continue
-        raw = fields[0]
-        mark = fields[1] or default
-        if mark == _SAME:
-            append(raw or None)
-        elif mark in factors:
-            append(format(Decimal(raw) * factors[mark], "f"))
-        else:
-            append(None if mark == "null" else mark)
+        text = value_text(item, default, factors)
+        append(None if text == "null" else text)
     return out
 
 
