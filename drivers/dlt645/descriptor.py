@@ -94,11 +94,11 @@ def wire_time(bus: BusParams, plan: ReadPlan) -> float:
     from drivers.dlt645.codec import di_bytes, encode_frame, encode_read
     from drivers.dlt645.driver import DEFAULT_SERIAL_GAP, PREAMBLE
     from drivers.dlt645.plan import Dlt645Plan
-    from drivers.transport.serial import char_bits
+    from drivers.transport.serial import char_time
 
     if not isinstance(plan, Dlt645Plan):
         raise ConfigError(f"bus {bus.id}: a DL/T 645 bus cannot time a {type(plan).__name__}")
-    tc = char_bits(bus.parity, bus.stopbits, bus.bytesize) / bus.baudrate
+    tc = char_time(bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
     gap = DEFAULT_SERIAL_GAP if bus.inter_frame_s is None else bus.inter_frame_s
     total = 0.0
     for step in plan.steps:

@@ -95,7 +95,7 @@ def wire_time(bus: BusParams, plan: ReadPlan) -> float:
     from drivers.dlt698.driver import CLIENT, PREAMBLE
     from drivers.dlt698.frame import C_REQUEST, C_RESPONSE, ServerAddress, encode_frame
     from drivers.dlt698.plan import Dlt698Plan
-    from drivers.transport.serial import char_bits
+    from drivers.transport.serial import char_time
 
     if not isinstance(plan, Dlt698Plan):
         raise ConfigError(f"bus {bus.id}: a DL/T 698.45 bus cannot time a {type(plan).__name__}")
@@ -103,7 +103,7 @@ def wire_time(bus: BusParams, plan: ReadPlan) -> float:
     for p in plan.points:
         fixed = INTEGER_TYPES.get(p.types[0]) if p.types else None
         data.setdefault(p.oad, DATA_BYTES if fixed is None else 1 + fixed[0])
-    tc = char_bits(bus.parity, bus.stopbits, bus.bytesize) / bus.baudrate
+    tc = char_time(bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
     gap = 0.0 if bus.inter_frame_s is None else bus.inter_frame_s
     server = ServerAddress.single("000000000001")
     total = 0.0

@@ -31,6 +31,11 @@ def char_bits(parity: str = "E", stopbits: float = 1, bytesize: int = 8) -> floa
     return 1 + bytesize + (0 if parity == "N" else 1) + stopbits
 
 
+def char_time(baudrate: int, parity: str = "E", stopbits: float = 1, bytesize: int = 8) -> float:
+    """Seconds one character takes on the line (start, data, parity and stop bits at ``baudrate``)."""
+    return char_bits(parity, stopbits, bytesize) / max(1, baudrate)
+
+
 def line_name(port: str, baudrate: int, parity: str, stopbits: float, bytesize: int) -> str:
     """``/dev/ttyS1 2400 8E1`` (how messages name a serial line)."""
     stop = int(stopbits) if float(stopbits).is_integer() else stopbits
@@ -162,7 +167,6 @@ def serial_pipe(port: str, baudrate: int, parity: str = "E", stopbits: float = 1
     The character time comes from the settings; stale bytes are drained after the line has
     been quiet for the silence time (at least 2 ms).
     """
-    char_s = char_bits(parity, stopbits, bytesize) / max(1, baudrate)
-    timing = LineTiming(char_s=char_s, silence_s=silence_s, turnaround_s=turnaround_s,
-                        drain_quiet_s=max(silence_s, 0.002))
+    timing = LineTiming(char_s=char_time(baudrate, parity, stopbits, bytesize), silence_s=silence_s,
+                        turnaround_s=turnaround_s, drain_quiet_s=max(silence_s, 0.002))
     return ExchangePipe(SerialChannel(port, baudrate, parity, stopbits, bytesize), timing)
