@@ -23,7 +23,7 @@ from gateway.profiles import load_profile
 # name -> (function, energy_import_kwh (address, type, word order, scale), requests)
 EXPECTED = {
     "chint-dtsu666-h": (3, (2166, "f32", "big", Decimal(1)), 3),
-    "eastron-sdm120": (4, (0x0048, "f32", "big", Decimal(1)), 3),
+    "eastron-sdm120": (4, (0x0048, "f32", "big", Decimal(1)), 7),
     "acrel-adw300": (3, (62, "i32", "big", Decimal("0.01")), 2),
     "carlo-gavazzi-em24": (4, (0x003E, "i32", "little", Decimal("0.1")), 2),
     "janitza-umg96rm": (3, (19068, "f32", "big", Decimal("0.001")), 5),
