@@ -151,10 +151,10 @@ CASES: dict[str, tuple[dict[int, list[int]], dict[str, Decimal]]] = {
          "x_power_factor_l1": Decimal("0.98")},
     ),
     # Schneider iEM3000: registers - 1 given in hex, FC03, float32 kW/kVA, int64 Wh (also the
-    # rate 1/2 energies, registers 4196/4200); rate 3/4 as float32 Wh (registers 45124/45126)
+    # rate 1-4 energies, registers 4196/4200/4204/4208)
     "schneider-iem3000": (
         {0x0BD3: f32(231.5), 0x0BF3: f32(12.25), 0x0C03: f32(13.5), 0x0C83: i64(4567890),
-         0x1063: i64(1234567), 0x1067: i64(89), 0xB043: f32(7654321.0), 0xB045: f32(250.0)},
+         0x1063: i64(1234567), 0x1067: i64(89), 0x106B: i64(7654321), 0x106F: i64(250)},
         {"voltage_v_l1": Decimal("231.5"), "power_kw": Decimal("12.25"), "x_power_kva": Decimal("13.5"),
          "energy_import_kwh": Decimal("4567.890"), "energy_import_kwh_t1": Decimal("1234.567"),
          "energy_import_kwh_t2": Decimal("0.089"), "energy_import_kwh_t3": Decimal("7654.321"),
