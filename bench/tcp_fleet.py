@@ -590,6 +590,8 @@ for exp in sys.argv[1].split(","):
             prof.disable()
             prof.dump_stats(path)
         atexit.register(dump)
+    elif name == "gc-threshold":     # gc.set_threshold(ARG): the young generation's threshold (default 700)
+        gc.set_threshold(int(arg), *gc.get_threshold()[1:])
     elif name == "no-review":        # the review engine takes no reading (its observer does nothing)
         from gateway.review.engine import ReviewEngine
         ReviewEngine.observe = lambda self, meter, reading: None
@@ -599,8 +601,8 @@ from gateway.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "no-review", "uvloop",
-               "cprofile:FILE")
+EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "gc-threshold:N", "no-review",
+               "uvloop", "cprofile:FILE")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:

@@ -51,6 +51,7 @@ from gateway.errors import (
 from gateway.event_polling import EventWatch, add_event_records
 from gateway.model import PointResult, Quality, Reading
 from gateway.pipeline import ReadingBuilder
+from gateway.poll_limit import PollLimit
 from gateway.read_latency import LatencyHistogram
 from gateway.settings import PRIORITY_ORDER, BusSettings, MeterSettings, Profile
 
@@ -137,7 +138,7 @@ class BusWorker:
         *,
         shared: bool,
         observers: list[ReadingObserver] | None = None,
-        limiter: asyncio.Semaphore | None = None,
+        limiter: PollLimit | None = None,
         drivers: Mapping[str, MeterDriver] | None = None,
     ) -> None:
         self.bus = bus
@@ -242,11 +243,16 @@ class BusWorker:
         return out
 
     async def _run_job(self, job: Job) -> None:
-        if self.limiter is not None:
-            async with self.limiter:
-                await self._dispatch(job)
-        else:
+        limit = self.limiter
+        if limit is None:
             await self._dispatch(job)
+            return
+        if not limit.try_take():
+            await limit.take()
+        try:
+            await self._dispatch(job)
+        finally:
+            limit.give()
 
     async def _dispatch(self, job: Job) -> None:
         if job.action is not None:

@@ -58,6 +58,7 @@ from gateway.heap import freeze_heap, keep_heap_frozen, refreeze_heap
 from gateway.lifecycle import Component, MetricsSource, ReloadStatus
 from gateway.multiplier import audit_ratios
 from gateway.pipeline import ReadingBuilder, select_points
+from gateway.poll_limit import PollLimit
 from gateway.polling import BusWorker, MeterRuntime, ReadingObserver
 from gateway.profiles import compile_meter_plan
 from gateway.review.engine import ReviewEngine
@@ -192,7 +193,7 @@ class Gateway:
         tcp_buses = sum(1 for b in s.buses.values() if b.type == "tcp")
         if tcp_buses > 200:
             raise_open_file_limit(tcp_buses * 2 + 256)
-        limiter = asyncio.Semaphore(TCP_CONCURRENCY_LIMIT)
+        limiter = PollLimit(TCP_CONCURRENCY_LIMIT)
         for bus in s.buses.values():
             on_bus = [m for m in self.meters.values() if m.settings.bus == bus.id]
             if not on_bus:
