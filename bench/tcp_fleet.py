@@ -592,6 +592,24 @@ for exp in sys.argv[1].split(","):
         atexit.register(dump)
     elif name == "gc-threshold":     # gc.set_threshold(ARG): the young generation's threshold (default 700)
         gc.set_threshold(int(arg), *gc.get_threshold()[1:])
+    elif name == "gc-time":          # every 10 s, the collector's passes and seconds so far, per generation, to ARG
+        import time
+        spent, began = [0.0, 0.0, 0.0], [0.0]
+        passes = [0, 0, 0]
+        def timed(phase, info):
+            if phase == "start":
+                began[0] = time.perf_counter()
+            else:
+                spent[info["generation"]] += time.perf_counter() - began[0]
+                passes[info["generation"]] += 1
+        gc.callbacks.append(timed)
+        def report(path=arg or "/tmp/amr-gateway-gc.txt"):
+            with open(path, "a") as f:
+                print(f"{time.time():.1f} passes {passes} seconds {[round(s, 4) for s in spent]}", file=f)
+            t = threading.Timer(10.0, report)
+            t.daemon = True
+            t.start()
+        report()
     elif name == "no-review":        # the review engine takes no reading (its observer does nothing)
         from gateway.review.engine import ReviewEngine
         ReviewEngine.observe = lambda self, meter, reading: None
@@ -601,8 +619,8 @@ from gateway.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "gc-threshold:N", "no-review",
-               "uvloop", "cprofile:FILE")
+EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "gc-threshold:N", "gc-time:FILE",
+               "no-review", "uvloop", "cprofile:FILE")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:

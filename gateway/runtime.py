@@ -54,7 +54,7 @@ from gateway.billing.capture import BillingCapture
 from gateway.billing.periods import period_source
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core
-from gateway.heap import freeze_heap, keep_heap_frozen, refreeze_heap
+from gateway.heap import freeze_heap, keep_heap_frozen, refreeze_heap, spare_young_collections
 from gateway.lifecycle import Component, MetricsSource, ReloadStatus
 from gateway.multiplier import audit_ratios
 from gateway.pipeline import ReadingBuilder, select_points
@@ -255,6 +255,7 @@ class Gateway:
             await self.api.start()
         # Everything built so far lives as long as the process: out of the collector's sight
         # now, and again once the connections exist (gateway/heap.py).
+        spare_young_collections()
         freeze_heap()
         workers = list(self.workers.values())
         longest = max((sc.every_s for sc in s.schedules.values()), default=60.0)
