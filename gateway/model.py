@@ -70,6 +70,20 @@ class Reading:
     seq: int | None = None
 
 
+#: How the ``error`` of a failed reading starts when the gateway passed the meter's slot over
+#: itself, without asking the meter: its scheduler fell behind (the process was suspended or
+#: starved, or the clock stepped forward), or the bus still held the meter's poll of an earlier
+#: slot (an overrun). The row keeps completeness honest but is no failed poll of the meter.
+NOT_POLLED_SCHEDULE: Final = "not polled: schedule "
+NOT_POLLED_BUS: Final = "not polled: bus "
+
+
+def passed_over(error: str | None) -> bool:
+    """Whether a failed reading's ``error`` says the gateway passed its slot over (see
+    :data:`NOT_POLLED_SCHEDULE`); a dead meter's slot skipped until its next probe is not."""
+    return error is not None and error.startswith((NOT_POLLED_SCHEDULE, NOT_POLLED_BUS))
+
+
 _ISO_SECONDS: dict[int, str] = {}  # whole epoch second -> "YYYY-MM-DDTHH:MM:SS" (bounded below)
 
 

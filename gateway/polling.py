@@ -49,7 +49,7 @@ from gateway.errors import (
     quality_for,
 )
 from gateway.event_polling import EventWatch, add_event_records
-from gateway.model import PointResult, Quality, Reading
+from gateway.model import NOT_POLLED_BUS, PointResult, Quality, Reading
 from gateway.pipeline import ReadingBuilder
 from gateway.poll_limit import PollLimit
 from gateway.read_latency import LatencyHistogram
@@ -174,7 +174,7 @@ class BusWorker:
         key = (meter.id, schedule)
         if key in self._queued:
             self.overruns += 1
-            self._skipped(meter, schedule, slot, f"not polled: bus {self.bus.id} ran late and the meter's poll "
+            self._skipped(meter, schedule, slot, f"{NOT_POLLED_BUS}{self.bus.id} ran late and the meter's poll "
                           "of an earlier slot was still waiting (overrun)")
             return False
         self._queued.add(key)

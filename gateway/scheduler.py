@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 
 from gateway.clock import Clock
+from gateway.model import NOT_POLLED_SCHEDULE
 from gateway.polling import BusWorker, MeterRuntime
 from gateway.settings import ScheduleSettings
 from gateway.slots import next_slot
@@ -117,7 +118,7 @@ class Scheduler:
         Returns how many slots were passed over. Only the first
         :data:`MAX_RECORDED_GAP_SLOTS` get rows; the rest are counted and named in the log.
         """
-        reason = (f"not polled: schedule {sched.name} fell behind (the gateway was suspended or starved, or "
+        reason = (f"{NOT_POLLED_SCHEDULE}{sched.name} fell behind (the gateway was suspended or starved, or "
                   "its clock stepped forward) and resumed at the current slot")
         slots: list[float] = []
         s = first

@@ -18,10 +18,11 @@ from zoneinfo import ZoneInfo
 import aiohttp
 
 from gateway.billing.capture import BillingCapture
-from gateway.billing.rehearsal import rehearsal_config_text
+from gateway.billing.rehearsal import HoldingClock, rehearsal_config_text
 from gateway.clock import Clock
 from gateway.config import load_settings_from_text
-from gateway.model import loads_exact
+from gateway.model import Reading, iso_utc, loads_exact
+from gateway.polling import MeterRuntime
 from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.settings import Settings
@@ -82,6 +83,53 @@ async def gateway_with(settings: Settings, clock: Clock, *services: Service) -> 
     finally:
         for service in started:
             await service.stop()
+
+
+class SlotSteps:
+    """Runs a :class:`HoldingClock` slot by slot: held at every poll slot until each meter's
+    reading of that slot is in, then on to the next.
+
+    On an accelerated clock a read takes simulated time (at 20,000x, a 50 ms stall of a loaded
+    host is 1,000 simulated seconds, more than a 15-minute slot): registers sampled early in
+    one read and late in the next, stamped when each read ended, make a rule that relates
+    energy to time (``meter_fast``) see what no meter did. Held, a read samples and is stamped
+    at its slot's instant, whatever the host's load; the wait is on the readings themselves.
+    """
+
+    def __init__(self, clock: HoldingClock, meters: tuple[str, ...], every_s: float = 900.0) -> None:
+        self.clock = clock
+        self.meters = meters
+        self.every_s = every_s
+        self.read: set[tuple[str, float]] = set()
+
+    def watch(self, gw: Gateway) -> None:
+        """Count the readings of ``gw`` (call it for every gateway started on the clock)."""
+        gw.observers.append(self._seen)
+
+    def _seen(self, meter: MeterRuntime, reading: Reading) -> None:
+        self.read.add((meter.id, reading.slot))
+
+    async def read_at(self, slot: float, timeout: float = 30.0) -> None:
+        """Wait (bounded) until every meter's reading of ``slot`` is in."""
+        await await_until(lambda: all((m, slot) in self.read for m in self.meters), timeout,
+                          f"every meter read at the slot {iso_utc(slot)}",
+                          detail=lambda: sorted(m for m in self.meters if (m, slot) not in self.read))
+
+    async def run_to(self, target: float, timeout: float = 30.0) -> None:
+        """From where the clock is, run it slot by slot to ``target``: returns held there with
+        every meter's reading of ``target`` in (a hold the clock stands at is released at once:
+        its readings are the caller's business)."""
+        while True:
+            held = self.clock.holding
+            if held is None:
+                held = await await_until(lambda: self.clock.holding, timeout, "the clock held at a slot")
+                assert held is not None
+                await self.read_at(held, timeout)
+            if held >= target:
+                assert held == target, (iso_utc(held), iso_utc(target))
+                return
+            self.clock.add_hold(min(held + self.every_s, target))
+            self.clock.release()
 
 
 def capture_of(gw: Gateway) -> BillingCapture:

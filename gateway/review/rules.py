@@ -63,7 +63,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Final, Literal
 from zoneinfo import ZoneInfo
 
-from gateway.model import iso_utc
+from gateway.model import iso_utc, passed_over
 from gateway.review_thresholds import ReviewThresholds
 
 if TYPE_CHECKING:
@@ -560,8 +560,15 @@ Rule = Callable[[MeterState, Observation, EnergyInterval | None, MeterContext, R
 def read_failure(
     state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
 ) -> list[RuleEvent]:
-    """ERC31: raise after N consecutive failed polls; ``read_recovered`` at the first answer."""
+    """ERC31: raise after N consecutive failed polls; ``read_recovered`` at the first answer.
+
+    A slot the gateway passed over itself (its scheduler fell behind, or an overrun on a late
+    bus: :func:`gateway.model.passed_over`) is no poll of the meter: it neither counts nor
+    answers (after a suspension or a clock step forward every meter would fail at once).
+    """
     out: list[RuleEvent] = []
+    if obs.failed and passed_over(obs.error):
+        return out
     if obs.failed:
         state.failures += 1
         state.last_error = obs.error

@@ -3,7 +3,9 @@
 Real peers on loopback: two Modbus TCP and two DL/T 645 TCP simulators, the gateway's SQLite
 store, its HTTP API with an operator and a reader token, the session's mosquitto, and the
 hash-chained audit log on disk. An accelerated clock holds at the 2026-12-11 00:00 boundary, at
-06:00 that day (the changes) and at the 12-12 00:00 boundary (stage 2 is that one day):
+06:00 that day (the changes) and at the 12-12 00:00 boundary (stage 2 is that one day), and
+in between at every 15-minute poll slot until all four meters' readings of it are in (so each
+register is sampled at the instant its reading is stamped, however loaded the host):
 
 * ``m2`` (Modbus) is exchanged at 06:00 through the CLI (``amr-gateway meter exchange``, which
   posts to the API): the simulator then shows the new meter's registers (its initial values plus
@@ -51,7 +53,7 @@ from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.simulator.fleet import SimulatedFleet
 from gateway.tokens import Role, TokenFile
-from tests.billingkit import SH, capture_of
+from tests.billingkit import SH, SlotSteps, capture_of
 from tests.servicefixtures import (  # noqa: F401  (fixtures)
     Broker,
     Subscriber,
@@ -114,20 +116,21 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
     reader, _ = tokens.add("dashboard", Role.READER, "2026-12-01T00:00:00Z")
     sub = Subscriber(mosquitto, f"amr/{gw_id}/meters/+/event", f"sub-{gw_id}").start()
     clock = HoldingClock(B1 - 600, 600.0, [B1, TX, B2])
+    steps = SlotSteps(clock, ("m1", "m2", "d1", "d2"))     # every read sampled and stamped at its slot
     fleet = SimulatedFleet(before, clock, seed=11)
     await fleet.start()
     m1, m2, d1 = fleet.model("m1"), fleet.model("m2"), fleet.model("d1")
     try:
         gw = Gateway(before, clock)
+        steps.watch(gw)
         await gw.start()
         try:
             assert gw.api is not None and gw.api.port == api_port
             cap = capture_of(gw)
-            await await_until(lambda: clock.holding == B1 and settled(cap, B1), 30.0, "B1 held and settled")
-            clock.release()
+            await steps.run_to(B1)
+            await await_until(lambda: settled(cap, B1), 30.0, "B1 settled")
             clock.set_rate(20_000.0)
-            await await_until(lambda: clock.holding == TX, 30.0, "the clock held at the changes")
-            await asyncio.sleep(0.5)          # the 06:00 polls (the old meter's final) go first
+            await steps.run_to(TX)            # the 06:00 polls (the old meter's final) go first
             old_final = {n: m2.values_at(TX)[n] for n in cumulative}
             at_change = {n: d1.values_at(TX)[n] for n in cumulative}
             # the new meter's registers: tariffs that sum to the total, nothing exported yet
@@ -192,6 +195,7 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
         finally:
             await gw.stop()
         gw = Gateway(after, clock)             # the engineer's new configuration, still at 06:00
+        steps.watch(gw)
         await gw.start()
         try:
             cap = capture_of(gw)
@@ -201,11 +205,9 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
             m1_final = {n: m1.values_at(TX)[n] for n in cumulative}
             healthy = m1.values_at(TX + 1)
             m1.faults.offsets.append((TX + 1, {n: initial[n] - healthy[n] for n in cumulative}))
-            clock.add_hold(TX2)
-            clock.release()
             engine = gw.review
             assert engine is not None
-            await await_until(lambda: clock.holding == TX2, 30.0, "the clock held at 06:30")
+            await steps.run_to(TX2)
             await await_until(lambda: ("register_decrease", "energy_import_kwh") in engine.state("m1").active, 30.0,
                               "register_decrease of m1's new meter")
             decrease = engine.state("m1").active[("register_decrease", "energy_import_kwh")].event_id
@@ -216,8 +218,8 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
             closed = late["closed_events"]          # every register's decrease the review rules watch (12)
             watched = [n for n in cumulative if is_cumulative_register(n)]     # not the quadrant registers
             assert decrease in closed and len(closed) == len(watched) == 12
-            clock.release()
-            await await_until(lambda: clock.holding == B2 and settled(cap, B2), 60.0, "B2 held and settled",
+            await steps.run_to(B2)
+            await await_until(lambda: settled(cap, B2), 60.0, "B2 settled",
                               detail=lambda: {m: k.quality for (m, b), k in cap.current.items() if b == B2})
             assert gw.review is not None
             await gw.review.drain(10.0)

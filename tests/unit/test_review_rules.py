@@ -7,13 +7,14 @@ duplicates), clears after the configured normal cycles, and respects its thresho
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal as D
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.model import PointValue, Reading, loads_exact, to_json
+from gateway.model import NOT_POLLED_BUS, NOT_POLLED_SCHEDULE, PointValue, Reading, loads_exact, passed_over, to_json
 from gateway.review import rules
 from gateway.review.rules import (
     MeterContext,
@@ -295,6 +296,34 @@ def test_read_failure_after_n_polls_and_read_recovered() -> None:
     assert kinds(ev) == [("read_recovered", "cleared", "")]
     assert ev[0].raised_id == 41 and ev[0].evidence["failed_polls"] == 4
     assert run(st, obs(6, failed=True)) == []                # counting starts afresh
+
+
+def test_slots_the_gateway_passed_over_are_no_failed_polls_of_the_meter() -> None:
+    """The scheduler fell behind (suspended, starved, clock stepped forward) or the bus still had
+    the meter's earlier poll queued: the meter was not asked, so those rows neither count
+    towards read_failure nor answer for the meter; a dead meter skipped until its next probe
+    still counts (it did fail)."""
+    def skipped(k: int, error: str) -> Observation:
+        return replace(obs(k, failed=True), error=error)
+
+    gap = f"{NOT_POLLED_SCHEDULE}interval fell behind (the gateway was suspended or starved)"
+    overrun = f"{NOT_POLLED_BUS}rs485 ran late and the meter's poll of an earlier slot was still waiting (overrun)"
+    assert passed_over(gap) and passed_over(overrun) and not passed_over("no reply") and not passed_over(None)
+    st = MeterState()
+    run(st, obs(0, energy="10.00"))
+    for k in range(1, 7):                                  # a whole process stall: six slots passed over
+        assert run(st, skipped(k, gap)) == []
+    assert run(st, skipped(7, overrun)) == [] and st.failures == 0
+    assert run(st, obs(8, failed=True)) == [] and run(st, obs(9, failed=True)) == []
+    assert run(st, skipped(10, gap)) == []                 # neither counts nor answers
+    ev = run(st, obs(11, failed=True))
+    assert kinds(ev) == [("read_failure", "raised", "")] and ev[0].evidence["failed_polls"] == 3
+    dead = MeterState()
+    run(dead, obs(0, energy="10.00"))
+    run(dead, obs(1, failed=True))
+    run(dead, obs(2, failed=True))
+    ev = run(dead, skipped(3, "not polled: the meter failed 2 polls in a row; next probe at 00:47:00 UTC"))
+    assert kinds(ev) == [("read_failure", "raised", "")]
 
 
 def test_a_partly_answered_poll_is_not_a_read_failure() -> None:
