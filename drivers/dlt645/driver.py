@@ -57,7 +57,7 @@ from drivers.dlt645.plan import Dlt645Plan, PointSlot, ReadStep, compile_plan
 from drivers.dlt645.point_reads import read_points
 from drivers.dlt645.records import nth_previous_settlement
 from drivers.transport.pipe import BytePipe
-from drivers.transport.serial import serial_pipe
+from drivers.transport.serial import char_time, serial_pipe
 from drivers.transport.tcp import tcp_pipe
 from gateway.errors import (
     ConfigError,
@@ -105,8 +105,7 @@ class Dlt645Driver:
         self.response_delay = response_delay
         self._lock = asyncio.Lock()
         self._no_block: dict[str, set[int]] = {}
-        bits = 1 + bus.bytesize + (0 if bus.parity == "N" else 1) + bus.stopbits
-        self._char_time = bits / max(1, bus.baudrate)
+        self._char_time = char_time(bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
         if bus.inter_frame_s is not None:
             self._gap = bus.inter_frame_s
         else:
@@ -268,7 +267,7 @@ class Dlt645Driver:
         return matcher.reply
 
 
-def _make_transport(bus: BusParams, gap: float, char_time: float) -> BytePipe:
+def _make_transport(bus: BusParams, gap: float, char_s: float) -> BytePipe:
     """The pipe for ``bus``: its serial port, or its TCP serial server (whose line has the
     bus's character time)."""
     if bus.type == "serial":
@@ -277,7 +276,7 @@ def _make_transport(bus: BusParams, gap: float, char_time: float) -> BytePipe:
         return serial_pipe(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize, silence_s=gap)
     if not bus.host or not bus.tcp_port:
         raise ConfigError(f"bus {bus.id}: a tcp bus needs 'host' and 'port'")
-    return tcp_pipe(bus.host, bus.tcp_port, silence_s=gap, char_s=char_time)
+    return tcp_pipe(bus.host, bus.tcp_port, silence_s=gap, char_s=char_s)
 
 
 def create_driver(bus: BusParams) -> Dlt645Driver:
