@@ -25,8 +25,12 @@
 # qemu-user-static and binfmt-support when they are missing and registers the entry; where
 # that cannot be done (no binfmt_misc in the kernel, a container that may not mount it) it
 # fails saying so, also when the root is already cached: without the entry nothing in it
-# runs. That root is cached next to this machine's, its name the same plus -<arch>; building
-# it runs debootstrap's second stage emulated (tens of minutes on a small machine, once).
+# runs. That root is cached next to this machine's, its name keyed the same way plus -<arch>;
+# building it runs debootstrap's second stage emulated (about five minutes, once). qemu
+# cannot clone() into a new mount namespace (EINVAL), which systemd 252 does to hand a
+# unit its credentials: the units that load credentials (sysusers, tmpfiles-setup, sysctl...)
+# would fail at every boot, so in an emulated root they load none (a drop-in each,
+# LoadCredential= emptied; nothing passes them any). amr-gateway's unit loads none.
 set -euo pipefail
 
 SUITE=bookworm
@@ -35,7 +39,9 @@ CACHE=${AMR_ROOTFS_CACHE:-/var/cache/amr-gateway-test}
 MIRROR=${AMR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 HOST_ARCH=$(dpkg --print-architecture)
 ARCH=${1:-$HOST_ARCH}
-NAME=$SUITE-$(printf '%s %s' "$SUITE" "$PACKAGES" | sha256sum | cut -c1-12)
+EMULATED=
+[ "$ARCH" = "$HOST_ARCH" ] || EMULATED=" emulated: LoadCredential= emptied"   # changes the name too
+NAME=$SUITE-$(printf '%s %s%s' "$SUITE" "$PACKAGES" "$EMULATED" | sha256sum | cut -c1-12)
 [ "$ARCH" = amd64 ] || NAME=$NAME-$ARCH       # amd64's name predates the others': caches stay valid
 ROOT=$CACHE/$NAME
 
@@ -71,7 +77,7 @@ emulation() {
     grep -q '^flags: .*F' "$entry" \
         || die "qemu-$QEMU is registered in binfmt_misc without the F (fix-binary) flag ($(grep '^flags' "$entry")), so a container cannot find qemu: register it with F, as Debian 12's qemu-user-static does ('update-binfmts --disable qemu-$QEMU', then '--enable' with that package's entry)"
 }
-[ "$ARCH" = "$HOST_ARCH" ] || emulation
+[ -z "$EMULATED" ] || emulation
 
 # The cached root is complete once renamed into place (below).
 if [ -x "$ROOT/lib/systemd/systemd" ]; then
@@ -97,18 +103,25 @@ if [ ! -x "$ROOT/lib/systemd/systemd" ]; then
     TMP=$CACHE/$NAME.partial
     rm -rf "$TMP"
     NICE=0
-    if [ "$ARCH" = "$HOST_ARCH" ]; then
+    if [ -z "$EMULATED" ]; then
         printf 'container-rootfs: debootstrap %s from %s into %s (about two minutes, once)\n' "$SUITE" "$MIRROR" "$ROOT" >&2
     else
         # The second stage runs the root's own programs, emulated: niced, it leaves the cores to others.
         NICE=19
-        printf 'container-rootfs: debootstrap %s for %s (emulated) from %s into %s (tens of minutes, once)\n' "$SUITE" "$ARCH" "$MIRROR" "$ROOT" >&2
+        printf 'container-rootfs: debootstrap %s for %s (emulated) from %s into %s (about five minutes, once)\n' "$SUITE" "$ARCH" "$MIRROR" "$ROOT" >&2
     fi
     nice -n "$NICE" debootstrap --arch="$ARCH" --variant=minbase --include="$PACKAGES" "$SUITE" "$TMP" "$MIRROR" >"$CACHE/$NAME.log" 2>&1 \
         || die "debootstrap failed (its log: $CACHE/$NAME.log); the mirror $MIRROR must be reachable (AMR_DEBIAN_MIRROR names another)"
     # No console login, no timers or apt jobs during a test: only what a boot needs.
     rm -f "$TMP"/etc/systemd/system/getty.target.wants/* "$TMP"/etc/systemd/system/timers.target.wants/*
     echo amr-test >"$TMP/etc/hostname"
+    if [ -n "$EMULATED" ]; then
+        for unit in $(grep -l '^LoadCredential=' "$TMP"/lib/systemd/system/*.service); do
+            mkdir -p "$TMP/etc/systemd/system/${unit##*/}.d"
+            printf '[Service]\n# qemu user-mode emulation cannot set up credentials (container-rootfs.sh)\nLoadCredential=\n' \
+                >"$TMP/etc/systemd/system/${unit##*/}.d/emulated.conf"
+        done
+    fi
     mv "$TMP" "$ROOT"
 fi
 echo "$ROOT"
