@@ -10,6 +10,7 @@ working tree. Building downloads the dependencies' wheels from the package index
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -31,22 +32,44 @@ class Built:
     version: str
 
 
-@pytest.fixture(name="built", scope="session")
-def _built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """``scripts/build-deb.sh`` for this machine's architecture, into a temp dir."""
-    out = tmp_path_factory.mktemp("deb")
-    env = dict(os.environ, PYTHON=sys.executable, BUILD_DIR=str(out / "build"), DIST_DIR=str(out / "dist"))
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "build-deb.sh")], cwd=REPO, env=env,
+def host_arch() -> str:
+    """This machine's Debian architecture (the package ``make deb`` builds by default); from its
+    machine type where there is no dpkg, so that collecting the tests never needs one."""
+    try:
+        return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        machine = platform.machine()
+        return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def build_deb(out: Path, *args: str, tree: Path = REPO, **env: str) -> Path:
+    """``scripts/build-deb.sh *args`` of ``tree`` into ``out``/dist (building in ``out``/build),
+    with ``env`` added to the environment; the package's path."""
+    full = dict(os.environ, PYTHON=sys.executable, BUILD_DIR=str(out / "build"), DIST_DIR=str(out / "dist"), **env)
+    proc = subprocess.run(["bash", str(tree / "scripts" / "build-deb.sh"), *args], cwd=tree, env=full,
                           capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, f"build-deb.sh failed:\n{proc.stderr[-3000:]}"
     deb = Path(proc.stdout.strip().splitlines()[-1])
-    deb = deb if deb.is_absolute() else REPO / deb
+    deb = deb if deb.is_absolute() else tree / deb
     assert deb.is_file() and deb.parent == out / "dist", deb
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
+    return deb
+
+
+def build_package(out: Path, arch: str) -> Built:
+    """The package for ``arch`` (amd64 or arm64: the wheels for that machine), built in ``out``."""
+    deb = build_deb(out, arch)
     wheels = out / "build" / arch / "root" / "usr" / "lib" / "amr-gateway" / "wheels"
     version = deb.name.split("_")[1]
+    assert deb.name == f"amr-gateway_{version}_{arch}.deb", deb
     assert list(wheels.glob(f"amr_gateway-{version}-*.whl")), sorted(p.name for p in wheels.iterdir())
     return Built(deb=deb, wheels=wheels, version=version)
+
+
+@pytest.fixture(name="built", scope="session")
+def _built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """``scripts/build-deb.sh`` for this machine's architecture, into a temp dir."""
+    return build_package(tmp_path_factory.mktemp("deb"), host_arch())
 
 
 @dataclass(frozen=True)
@@ -66,13 +89,12 @@ def next_version(version: str) -> str:
     return ".".join([*head, str(int(last) + 1)])
 
 
-@pytest.fixture(name="next_release", scope="session")
-def _next_release(built: Built, tmp_path_factory: pytest.TempPathFactory) -> NextRelease:
+def build_next_release(built: Built, out: Path) -> NextRelease:
     """``scripts/build-deb.sh`` run in a copy of this checkout as the next release would be:
     ``AMR_DEB_VERSION`` one higher, and a line added to the example configuration (so the
     conffile changed between the two packages, the case in which dpkg would ask the operator).
-    The dependencies' wheels come from ``built`` (``AMR_DEB_WHEELS_FROM``): no index, seconds."""
-    out = tmp_path_factory.mktemp("next-release")
+    The dependencies' wheels come from ``built`` (``AMR_DEB_WHEELS_FROM``), as does the
+    architecture: no index, seconds."""
     tree = out / "tree"
     shutil.copytree(REPO, tree, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "node_modules"))
@@ -80,12 +102,13 @@ def _next_release(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Nex
     example_path = tree / "config" / "gateway.example.yaml"
     example = example_path.read_text() + f"# (amr-gateway {version}: the example configuration gained this line)\n"
     example_path.write_text(example)
-    env = dict(os.environ, PYTHON=sys.executable, BUILD_DIR=str(out / "build"), DIST_DIR=str(out / "dist"),
-               AMR_DEB_VERSION=version, AMR_DEB_WHEELS_FROM=str(built.deb))
-    proc = subprocess.run(["bash", str(tree / "scripts" / "build-deb.sh")], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=240, check=False)
-    assert proc.returncode == 0, f"build-deb.sh failed:\n{proc.stderr[-3000:]}"
-    deb = Path(proc.stdout.strip().splitlines()[-1])
-    deb = deb if deb.is_absolute() else tree / deb
-    assert deb.parent == out / "dist" and deb.name.startswith(f"amr-gateway_{version}_"), deb
+    arch = built.deb.stem.rsplit("_", 1)[1]
+    deb = build_deb(out, arch, tree=tree, AMR_DEB_VERSION=version, AMR_DEB_WHEELS_FROM=str(built.deb))
+    assert deb.name == f"amr-gateway_{version}_{arch}.deb", deb
     return NextRelease(deb=deb, version=version, example=example)
+
+
+@pytest.fixture(name="next_release", scope="session")
+def _next_release(built: Built, tmp_path_factory: pytest.TempPathFactory) -> NextRelease:
+    """The next release of this machine's package (:func:`build_next_release`)."""
+    return build_next_release(built, tmp_path_factory.mktemp("next-release"))

@@ -1,7 +1,8 @@
 """``make deb ARCH=arm64``: the package for the ARM boxes carries only pure-Python wheels
 and CPython 3.11 aarch64 wheels, the same distributions as this machine's package, and
 pip can install amr-gateway from them alone for an aarch64 Debian 12 (resolved here with
-``--dry-run``: nothing aarch64 runs on this machine)."""
+``--dry-run``, in a second; ``test_systemd_unit.py``'s ``[arm64]`` case installs and runs
+the package in an emulated arm64 Debian 12)."""
 
 from __future__ import annotations
 
