@@ -349,3 +349,29 @@ async def test_a_reading_that_cannot_be_written_is_refused_alone(tmp_path: Path)
         assert store.pending_readings == 0 and store.last_error is None
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 16, 21, 63, 64, 65, 150])
+async def test_a_commit_of_any_size_stores_every_row_once_in_order(tmp_path: Path, n: int) -> None:
+    """A commit's rows go in with multi-row INSERTs of 64, 16, 4 and 1 rows: whatever the
+    count, SQLite holds each reading once, at its seq, with its own values."""
+    db = tmp_path / "amr.sqlite"
+    store = await Store.open(db, FAST, "gw")
+    try:
+        readings = [make_reading(f"m{i}", slot=1_767_225_600.0 + i, kwh=f"{i}.5") for i in range(n)]
+        assert await store.append_readings(readings) == list(range(1, n + 1))
+    finally:
+        await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT seq, meter, slot FROM outbox WHERE kind = 'reading' ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    assert rows == [(i + 1, f"m{i}", 1_767_225_600.0 + i) for i in range(n)]
+    store = await Store.open(db, FAST, "gw")
+    try:
+        got = await store.pending("mqtt", 1000, after=0)
+        assert [loads_exact(r.payload)["points"]["energy_import_kwh"]["raw"] for r in got] == \
+            [Decimal(f"{i}.5") for i in range(n)]
+    finally:
+        await store.close()
