@@ -45,11 +45,12 @@ def spare_young_collections() -> None:
     and collects the young generation past 700. Every reading's objects (its points, the
     store's row, the sinks' and the review's records) live for a few tens of milliseconds,
     long enough to be counted and not to be freed before the next pass, so at 1,000 readings/s
-    the default collected the young generation about 50 times a second, and the middle one
-    every tenth time, walking objects that reference counting frees moments later anyway:
-    about 3 % of a core, 6 % of the gateway's CPU (``bench/tcp_fleet.py --experiment
-    gc-time``). A larger threshold lets most of them die first; it delays only the reclaiming
-    of reference cycles, by at most that many objects.
+    the default collected the young generation about 5 times a second and the middle one
+    about every other second, walking objects that reference counting frees moments later
+    anyway: 0.29 s in the collector out of 10 s, about 3 % of a core and 6 % of the
+    gateway's CPU (``bench/tcp_fleet.py --experiment gc-time``; 0.016 s at this threshold).
+    A larger threshold lets most of them die first; it delays only the reclaiming of
+    reference cycles, by at most that many objects.
     """
     gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
