@@ -1037,11 +1037,15 @@ def _resolve(waiters: list[asyncio.Future[bool]], ok: bool) -> None:
             w.set_result(ok)
 
 
-_OUTBOX_INSERT = "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload, shape) VALUES "
-_OUTBOX_ROW = "(?,?,?,?,?,?,?,?,?,?)"
 #: rows per INSERT statement, largest first: a commit's rows go in as few statements as these
 #: sizes allow (20 rows: one of 16 and one of 4), each statement text cached by SQLite
 _INSERT_CHUNKS = (64, 16, 4, 1)
+#: the INSERT of each chunk size, written once
+_OUTBOX_INSERTS = tuple(
+    (size, "INSERT INTO outbox(seq, kind, meter, schedule, retention, slot, ts, quality, payload, shape) VALUES "
+     + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * size))
+    for size in _INSERT_CHUNKS
+)
 
 
 def _insert_outbox(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -1054,8 +1058,7 @@ def _insert_outbox(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
     limit (999 before SQLite 3.32).
     """
     at = 0
-    for size in _INSERT_CHUNKS:
-        sql = _OUTBOX_INSERT + ",".join([_OUTBOX_ROW] * size)
+    for size, sql in _OUTBOX_INSERTS:
         while len(rows) - at >= size:
             conn.execute(sql, [v for row in rows[at:at + size] for v in row])
             at += size
