@@ -601,3 +601,28 @@ def simulating(config: Path, duration_s: int = 90, ready_s: float = 30.0) -> Ite
         proc.terminate()
         proc.wait(timeout=15)
         proc.stdout.close()
+
+
+def sink_drop_site(cfg: Path, gateway_id: str, data_dir: Path, sink_yaml: str) -> Path:
+    """Write a one-meter site configuration at ``cfg`` whose only sink is ``sink_yaml`` (a
+    top-level line such as ``mqtt: {host: 127.0.0.1, enabled: false}``): what
+    ``amr-gateway sink drop`` reads to find the store and the configured sinks."""
+    cfg.write_text(f"""\
+gateway: {{id: {gateway_id}, timezone: UTC, data_dir: {data_dir}}}
+buses:
+  - {{id: lan, type: tcp, host: 127.0.0.1, port: 1502, protocol: modbus-tcp}}
+meters:
+  - {{id: m1, customer: C1, bus: lan, address: 1, profile: simulator}}
+schedules:
+  quarter: {{every: 15m}}
+{sink_yaml}
+""")
+    return cfg
+
+
+def run_sink_drop(cfg: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``amr-gateway sink drop NAME -c CFG`` as a user runs it: a process of its own on the
+    checkout's code; its exit status and output are the caller's to check."""
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "sink", "drop", name, "-c", str(cfg)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)

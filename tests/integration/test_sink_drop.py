@@ -4,10 +4,7 @@ user runs it (a real process on a real store), audited, and refused while the st
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,34 +13,17 @@ from gateway.audit import AUDIT_FILE, verify
 from gateway.runtime import STORE_FILE
 from gateway.settings import StoreSettings
 from gateway.store import Store
-from tests.servicefixtures import make_reading
+from tests.servicefixtures import make_reading, run_sink_drop, sink_drop_site
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 SETTINGS = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01, retention_interval_days=1)
 
 
 def write_config(tmp: Path) -> Path:
     """A site whose configuration names one sink, MQTT, disabled."""
-    cfg = tmp / "site.yaml"
-    cfg.write_text(f"""\
-gateway: {{id: drop-test, timezone: UTC, data_dir: {tmp / 'data'}}}
-buses:
-  - {{id: lan, type: tcp, host: 127.0.0.1, port: 1502, protocol: modbus-tcp}}
-meters:
-  - {{id: m1, customer: C1, bus: lan, address: 1, profile: simulator}}
-schedules:
-  quarter: {{every: 15m}}
-mqtt: {{host: 127.0.0.1, port: 1883, enabled: false}}
-""")
-    return cfg
-
-
-def sink_drop(cfg: Path, name: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "sink", "drop", name, "-c", str(cfg)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
+    return sink_drop_site(tmp / "site.yaml", "drop-test", tmp / "data",
+                          "mqtt: {host: 127.0.0.1, port: 1883, enabled: false}")
 
 
 async def test_sink_drop_discards_the_backlog_audited_and_only_with_the_store_to_itself(tmp_path: Path) -> None:
@@ -57,16 +37,16 @@ async def test_sink_drop_discards_the_backlog_audited_and_only_with_the_store_to
     await store.append_readings([make_reading(ts=float(i)) for i in range(5)])
     await store.ack("mqtt", 2)
 
-    busy = sink_drop(cfg, "mqtt")                      # the store is open here: refused, nothing changed
+    busy = run_sink_drop(cfg, "mqtt")                      # the store is open here: refused, nothing changed
     assert busy.returncode == 1 and "stop the gateway first" in busy.stderr, busy.stderr
     await store.close()
 
-    done = sink_drop(cfg, "mqtt")
+    done = run_sink_drop(cfg, "mqtt")
     assert done.returncode == 0, done.stderr
     assert "3 undelivered messages discarded (cursor 2 -> 5)" in done.stdout
-    forgotten = sink_drop(cfg, "old-sink")             # no longer configured: forgotten
+    forgotten = run_sink_drop(cfg, "old-sink")             # no longer configured: forgotten
     assert forgotten.returncode == 0 and "forgotten" in forgotten.stdout, forgotten.stderr
-    unknown = sink_drop(cfg, "influxdb")
+    unknown = run_sink_drop(cfg, "influxdb")
     assert unknown.returncode == 2 and "no sink 'influxdb'" in unknown.stderr, unknown.stderr
 
     conn = sqlite3.connect(db)

@@ -14,10 +14,7 @@ order: committed equals delivered.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from decimal import Decimal
@@ -41,13 +38,14 @@ from tests.servicefixtures import (
     await_until,
     commit,
     make_reading,
+    run_sink_drop,
+    sink_drop_site,
     vm_export,
     vm_seqs,
 )
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 SETTINGS = StoreSettings(synchronous="NORMAL", commit_interval_s=0.01, retention_realtime_days=1)
 MEASUREMENT = "amr_reading"
 
@@ -171,21 +169,9 @@ async def test_every_committed_seq_goes_to_each_sink_once_in_order_tail_or_sqlit
         await store.close()
 
     # `amr-gateway sink drop influxdb`: its 20 undelivered rows go, audited; then it delivers anew
-    cfg = tmp_path / "site.yaml"
-    cfg.write_text(f"""\
-gateway: {{id: {gw}, timezone: UTC, data_dir: {path.parent}}}
-buses:
-  - {{id: lan, type: tcp, host: 127.0.0.1, port: 1502, protocol: modbus-tcp}}
-meters:
-  - {{id: m1, customer: C1, bus: lan, address: 1, profile: simulator}}
-schedules:
-  quarter: {{every: 15m}}
-influxdb: {{url: "http://127.0.0.1:1", enabled: false}}
-""")
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "gateway.cli", "sink", "drop", "influxdb", "-c", str(cfg)],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-        check=False)
+    cfg = sink_drop_site(tmp_path / "site.yaml", gw, path.parent,
+                         'influxdb: {url: "http://127.0.0.1:1", enabled: false}')
+    done = await asyncio.to_thread(run_sink_drop, cfg, "influxdb")
     assert done.returncode == 0, done.stdout + done.stderr
     store = await Store.open(path, SETTINGS, gw)
     try:
