@@ -24,12 +24,36 @@ def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def local_midnight(t: float, tz: str) -> float:
-    """Epoch seconds of 00:00 local time of the day containing ``t``."""
+def _midnight(t: float, tz: str) -> float:
     z = zone(tz)
     local = datetime.fromtimestamp(t, z)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return midnight.timestamp()
+
+
+_DAYS: dict[str, tuple[float, float]] = {}
+"""tz → the local day last asked for, as (its midnight, the next midnight): every schedule
+asks at every slot (128 schedules × 1 slot a second in the TCP fleet bench), and a
+``datetime`` in a ``ZoneInfo`` costs more than the rest of the slot arithmetic."""
+
+
+def local_day(t: float, tz: str) -> tuple[float, float]:
+    """Epoch seconds of 00:00 local time of the day containing ``t``, and of the day after
+    (23, 24 or 25 hours later across a DST change)."""
+    day = _DAYS.get(tz)
+    if day is not None and day[0] <= t < day[1]:
+        return day
+    midnight = _midnight(t, tz)
+    day = (midnight, _midnight(midnight + 86400 + 3600 * 3, tz))
+    if len(_DAYS) >= 64:       # bounded like zone(): timezone names come from the configuration
+        _DAYS.clear()
+    _DAYS[tz] = day            # one tuple, replaced whole: safe to read from other threads
+    return day
+
+
+def local_midnight(t: float, tz: str) -> float:
+    """Epoch seconds of 00:00 local time of the day containing ``t``."""
+    return local_day(t, tz)[0]
 
 
 def slot_at_or_before(t: float, every_s: float, tz: str, offset_s: float = 0.0) -> float:
@@ -46,10 +70,9 @@ def slot_at_or_before(t: float, every_s: float, tz: str, offset_s: float = 0.0) 
 
 def next_slot(t: float, every_s: float, tz: str, offset_s: float = 0.0) -> float:
     """The first aligned slot strictly after ``t``."""
-    day = local_midnight(t, tz)
+    day, next_day = local_day(t, tz)
     k = math.floor((t - day - offset_s + _EPS) / every_s) + 1
     candidate = day + offset_s + k * every_s
-    next_day = local_midnight(day + 86400 + 3600 * 3, tz)
     if candidate >= next_day:
         return next_day + offset_s
     return candidate

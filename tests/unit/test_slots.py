@@ -6,7 +6,18 @@ import itertools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from gateway.slots import next_slot, parse_duration, slot_at_or_before, slots_between
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.slots import (
+    _midnight,
+    local_day,
+    local_midnight,
+    next_slot,
+    parse_duration,
+    slot_at_or_before,
+    slots_between,
+)
 
 SH = "Asia/Shanghai"
 
@@ -58,3 +69,21 @@ def test_fractional_offset_never_repeats_a_slot() -> None:
         seen.append(t)
     assert all(b > a for a, b in itertools.pairwise(seen))
     assert abs(seen[-1] - seen[0] - 199.0) < 1e-6
+
+
+ZONES_WITH_ODD_DAYS = ("Asia/Shanghai", "Europe/Berlin", "America/Santiago", "America/Havana", "Asia/Beirut",
+                       "Australia/Lord_Howe", "Pacific/Apia", "UTC")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(ZONES_WITH_ODD_DAYS),
+                          st.floats(min_value=1.0e9, max_value=2.2e9, allow_nan=False)), min_size=1, max_size=40))
+def test_the_remembered_day_is_the_day_computed_afresh(queries: list[tuple[str, float]]) -> None:
+    """local_day remembers the last day per zone (every schedule asks at every slot); in any
+    order of questions, across DST days (23/25 h, Lord Howe's half hour, Santiago's and
+    Havana's changes at midnight, Apia's skipped day), it answers what the computation does."""
+    for tz, t in queries:
+        for probe in (t, t + 3600.0, t - 86400.0, t + 86400.0):
+            fresh = (_midnight(probe, tz), _midnight(_midnight(probe, tz) + 86400 + 3 * 3600, tz))
+            assert local_day(probe, tz) == fresh
+            assert local_midnight(probe, tz) == fresh[0]
