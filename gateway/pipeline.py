@@ -164,10 +164,9 @@ class ReadingBuilder:
                     overall, error = "invalid", f"{name}: {problem}"
                 continue
             points[name] = PointValue(raw, value, unit)
-        return Reading(
-            meter=self.meter, customer=self.customer, bus=self.bus, schedule=schedule, slot=slot,
-            ts=ts, points=points, quality=overall, error=error, ct=self.ct, pt=self.pt,
-        )
+        # by position: a dataclass's __init__ takes keywords at about twice the cost
+        return Reading(self.meter, self.customer, self.bus, schedule, slot, ts, points, overall, error,
+                       self.ct, self.pt)
 
     def failed(self, schedule: str, slot: float, ts: float, quality: Quality, reason: str,
                points: list[str]) -> Reading:
