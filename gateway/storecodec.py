@@ -259,7 +259,7 @@ def _plain_body(r: Reading) -> str | None:
     is cheaper than :func:`encode`'s per-point questions."""
     if r.error is not None or r.extra:
         return None
-    out = []
+    out: list[str] = []
     append = out.append
     for p in r.points.values():
         raw = p.raw
