@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from json.encoder import encode_basestring
+from operator import attrgetter
 from typing import Any, Final
 
 from gateway.model import READING_SCHEMA, Reading, iso_utc, json_number, to_json
@@ -64,6 +66,10 @@ _SAME: Final = "="       # a point's value is its raw value
 _SHAPES_KEPT: Final = 4096
 _ONE: Final = Decimal(1)
 _ONE_TEXT: Final = "1"
+_PLAIN_POINTS: Final = re.compile(r"-?[0-9]++(?:\.[0-9]++)?+(?:\x1e-?[0-9]++(?:\.[0-9]++)?+)*+")
+"""A body whose every point is a plain decimal number, good, without reason or tail: the
+usual reading. Possessive (``++``, ``?+``, ``*+``): this language never needs backtracking,
+and without it the one match over a whole body costs as much as a match per point."""
 
 ShapeKey = tuple[str, str, str, str, str, str, str, tuple[str, ...], tuple[str, ...]]
 """(gateway, meter, customer, bus, schedule, CT text, PT text, point names, units): what a
@@ -96,6 +102,36 @@ class Shape:
     tags: tuple[tuple[str, str], ...] = ()
     """``(bus, …), (customer, …), (gateway, …), (meter, …), (schedule, …)``, sorted by key:
     what an InfluxDB line of such a reading is tagged with (:mod:`gateway.sinks.lineproto`)."""
+    scaled: tuple[tuple[int, Decimal], ...] | None = None
+    """(index, factor) of each point whose usual value is its raw value × a factor; None
+    (the default) when the fast paths for plain bodies (:func:`plain_values`) may not be
+    taken, e.g. a mark that is no factor's."""
+    plain_parts: tuple[str, ...] | None = None
+    """The message of a plain body (:func:`plain_values`) in pieces, with an empty gap at
+    1, 3, 5, 7 for seq, slot, ts and quality and, from :data:`_PLAIN_FIRST` on, every 5th
+    for a point's raw text and 2 later its value's, which :func:`render` fills in and joins
+    (a join of a list is cheaper than a template or an f-string per point). None: the
+    general path."""
+
+
+_FACTOR_TEXTS: dict[int, tuple[Decimal, str]] = {}
+"""id(factor) → (factor, its JSON text): a meter's readings all carry its builder's own CT
+and PT Decimals, so the text is written once per meter, not per reading. The entry holds
+the factor, so its id cannot be reused while it is kept; equal Decimals are not merged
+(``1`` and ``1.0`` are equal but are written differently)."""
+_unit_of: Final = attrgetter("unit")
+
+
+def _factor_text(factor: Decimal) -> str:
+    """``json_number(factor)``, remembered for this very object (see :data:`_FACTOR_TEXTS`)."""
+    got = _FACTOR_TEXTS.get(id(factor))
+    if got is not None and got[0] is factor:
+        return got[1]
+    text = json_number(factor)
+    if len(_FACTOR_TEXTS) >= _SHAPES_KEPT:
+        _FACTOR_TEXTS.clear()
+    _FACTOR_TEXTS[id(factor)] = (factor, text)
+    return text
 
 
 def shape_key(r: Reading, gateway: str) -> ShapeKey:
@@ -103,8 +139,8 @@ def shape_key(r: Reading, gateway: str) -> ShapeKey:
     pts = r.points
     ct, pt = r.ct, r.pt
     return (gateway, r.meter, r.customer, r.bus, r.schedule,
-            _ONE_TEXT if ct is _ONE else json_number(ct), _ONE_TEXT if pt is _ONE else json_number(pt),
-            tuple(pts), tuple([p.unit for p in pts.values()]))
+            _ONE_TEXT if ct is _ONE else _factor_text(ct), _ONE_TEXT if pt is _ONE else _factor_text(pt),
+            tuple(pts), tuple(map(_unit_of, pts.values())))
 
 
 def spec_of(key: ShapeKey, marks: tuple[str, ...]) -> str:
@@ -149,18 +185,40 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
     js = encode_basestring
     ct_text, pt_text = str(d["ct"]), str(d["pt"])
     names = tuple(str(p[0]) for p in d["points"])
+    factors = factors_of(ct_text, pt_text)
+    marks = tuple(str(p[2]) for p in d["points"])
+    head = f'{{"schema":"{READING_SCHEMA}","gateway":{js(d["gateway"])},"seq":'
+    middle = (f',"meter":{js(d["meter"])},"customer":{js(d["customer"])},"bus":{js(d["bus"])},'
+              f'"schedule":{js(d["schedule"])},"slot":"')
+    multiplier = f',"multiplier":{{"ct":{ct_text},"pt":{pt_text}}},"points":{{'
+    openers = tuple(f'"{n}":{{"raw":' for n in names)
+    units = tuple(f',"unit":{js(p[1])},"quality":"' for p in d["points"])
+    scaled: tuple[tuple[int, Decimal], ...] | None = None
+    plain = None
+    if all(m == _SAME or m in factors for m in marks):
+        scaled = tuple((k, factors[m]) for k, m in enumerate(marks) if m != _SAME)
+        plain = _plain_parts(head, middle, multiplier, openers, units)
     return Shape(
-        id=shape_id, spec=spec, names=names,
-        head=f'{{"schema":"{READING_SCHEMA}","gateway":{js(d["gateway"])},"seq":',
-        middle=(f',"meter":{js(d["meter"])},"customer":{js(d["customer"])},"bus":{js(d["bus"])},'
-                f'"schedule":{js(d["schedule"])},"slot":"'),
-        multiplier=f',"multiplier":{{"ct":{ct_text},"pt":{pt_text}}},"points":{{',
-        openers=tuple(f'"{n}":{{"raw":' for n in names),
-        units=tuple(f',"unit":{js(p[1])},"quality":"' for p in d["points"]),
-        factors=factors_of(ct_text, pt_text),
-        marks=tuple(str(p[2]) for p in d["points"]),
+        id=shape_id, spec=spec, names=names, head=head, middle=middle, multiplier=multiplier,
+        openers=openers, units=units, factors=factors, marks=marks,
         tags=tuple((k, str(d[k])) for k in ("bus", "customer", "gateway", "meter", "schedule")),
+        scaled=scaled, plain_parts=plain,
     )
+
+
+_PLAIN_FIRST: Final = 10
+"""Where the first point's raw text sits in :attr:`Shape.plain_parts` (then every 5th)."""
+
+
+def _plain_parts(head: str, middle: str, multiplier: str, openers: tuple[str, ...],
+                 units: tuple[str, ...]) -> tuple[str, ...]:
+    """:attr:`Shape.plain_parts`: the text of a plain body's message with a gap ("") for
+    seq, slot, ts and quality and for each point's raw and value text."""
+    parts = [head, "", middle, "", '","ts":"', "", '","quality":"', "", '"' + multiplier]
+    last = len(openers) - 1
+    for k, (o, u) in enumerate(zip(openers, units, strict=True)):
+        parts += [o, "", ',"value":', "", f'{u}good"}}' + ("," if k < last else "}}")]
+    return tuple(parts)
 
 
 def _value_mark(raw_text: str, value_text: str, factors: dict[str, Decimal]) -> str:
@@ -194,8 +252,32 @@ def _tail(error_json: str, extra: str) -> str:
     return "" if not error_json and not extra else f"{_TAIL}{error_json}{_TAIL}{extra}"
 
 
+def _plain_body(r: Reading) -> str | None:
+    """The body of a reading whose every point is a good finite Decimal with its raw value
+    as value and no reason (under a shape whose every mark is ``=``), without error or extra
+    members — the usual reading — else None. One pass that gives up at the first other point
+    is cheaper than :func:`encode`'s per-point questions."""
+    if r.error is not None or r.extra:
+        return None
+    out: list[str] = []
+    append = out.append
+    for p in r.points.values():
+        raw = p.raw
+        if type(raw) is not Decimal or p.value is not raw or p.quality != "good" or p.reason is not None \
+                or not raw.is_finite():
+            return None
+        append(str(raw))
+    body = _PT.join(out)
+    # str() is format(raw, "f") but for an exponent (four times cheaper); any exponent: the long way
+    return None if "E" in body or "e" in body else body
+
+
 def encode(r: Reading, shape: Shape) -> str:
     """The compact body of ``r`` (whose :func:`shape_key` is ``shape``'s)."""
+    if shape.scaled == () and len(r.points) == len(shape.marks):     # every mark "="
+        body = _plain_body(r)
+        if body is not None:
+            return body
     err = "" if r.error is None else encode_basestring(r.error)
     extra = ""
     if r.extra:
@@ -212,7 +294,9 @@ def encode(r: Reading, shape: Shape) -> str:
         raw = p.raw
         value = p.value
         if type(raw) is Decimal and raw.is_finite():
-            raw_text = format(raw, "f")
+            raw_text = str(raw)             # format(raw, "f")'s text unless it has an exponent,
+            if "E" in raw_text or "e" in raw_text:   # and four times cheaper
+                raw_text = format(raw, "f")
             if value is raw and default == _SAME and p.quality == "good" and p.reason is None:
                 append(raw_text)     # the usual point, on the hot path: nothing else to say
                 continue
@@ -239,8 +323,43 @@ def encode(r: Reading, shape: Shape) -> str:
     return _PT.join(out) + _tail(err, extra)
 
 
+def _plain_items(shape: Shape, body: str) -> list[str] | None:
+    """The raw text of each point of a plain body (every point a good plain decimal number
+    whose value is its raw value or the shape's usual product, no error, no extra members),
+    else None: the usual reading, which the fast paths of :func:`render` and
+    :func:`plain_values` write without looking at each point's fields."""
+    if shape.scaled is None or _PLAIN_POINTS.fullmatch(body) is None:
+        return None
+    items = body.split(_PT)
+    return items if len(items) == len(shape.names) else None
+
+
+def plain_values(shape: Shape, body: str) -> list[str] | None:
+    """What :func:`good_values` gives for a plain body (see :func:`_plain_items`), each a
+    plain decimal number (``-?[0-9]+(\\.[0-9]+)?``); None for any other body."""
+    items = _plain_items(shape, body)
+    if items is not None and shape.scaled:
+        for k, factor in shape.scaled:
+            items[k] = format(Decimal(items[k]) * factor, "f")
+    return items
+
+
 def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: str) -> str:
     """The ``amr.reading.v1`` text of a compact row: :func:`gateway.model.reading_payload`'s."""
+    plain = shape.plain_parts
+    if plain is not None:
+        items = _plain_items(shape, body)
+        if items is not None:
+            out = list(plain)
+            out[1] = str(seq)
+            out[3] = iso_utc(slot)
+            out[5] = iso_utc(ts)
+            out[7] = quality
+            out[_PLAIN_FIRST::5] = items
+            out[_PLAIN_FIRST + 2::5] = items
+            for k, factor in shape.scaled or ():
+                out[_PLAIN_FIRST + 2 + 5 * k] = format(Decimal(items[k]) * factor, "f")
+            return "".join(out)
     points, _, tail = body.partition(_TAIL)
     err = ""
     extra = ""

@@ -29,7 +29,7 @@ from drivers.base import BusParams
 from drivers.base import ReadPlan as AnyPlan
 from drivers.modbus.decode import decode_bytes
 from drivers.modbus.link import Link, RtuLink, TcpLink
-from drivers.modbus.plan import DecodeStep, ReadPlan, ReadRequest, compile_plan
+from drivers.modbus.plan import DecodeLayout, DecodeStep, ReadPlan, ReadRequest, compile_plan
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from drivers.modbus.timing import t35
 from drivers.modbus.units import unit_bounds
@@ -135,8 +135,16 @@ class ModbusDriver:
 
 
 def _decode_into(results: dict[str, PointResult], layout: tuple[DecodeStep, ...], data: bytes) -> None:
-    """Decode every point of a request's reply into ``results`` (plain integers inline)."""
+    """Decode every point of a request's reply into ``results`` (plain integers inline; a
+    layout of nothing but integers, :class:`~drivers.modbus.plan.DecodeLayout`, at once)."""
     size = len(data)
+    if isinstance(layout, DecodeLayout):
+        ints = layout.ints
+        if ints is not None and ints.size <= size:
+            # scale × n is Decimal(n) × scale exactly (an int operand is converted exactly)
+            for (name, scale), n in zip(layout.int_steps, ints.unpack_from(data), strict=True):
+                results[name] = PointResult(Decimal(n) if scale is None else scale * n)
+            return
     for name, start, end, signed, scale, point in layout:
         if signed is not None and end <= size:
             value = Decimal(int.from_bytes(data[start:end], "big", signed=signed))

@@ -20,9 +20,11 @@ Each planned point records its register offset inside its request's reply.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from gateway.errors import ConfigError
@@ -32,6 +34,50 @@ READ_FUNCTIONS = (3, 4)
 MAX_REGISTERS = 125
 #: (name, first byte, end byte, signed or None, scale or None, point): see ``ReadRequest.layout``
 DecodeStep = tuple[str, int, int, bool | None, Decimal | None, RegisterPoint]
+_INT_CODES: dict[tuple[bool, int], str] = {(False, 2): "H", (True, 2): "h", (False, 4): "I", (True, 4): "i",
+                                           (False, 8): "Q", (True, 8): "q"}
+
+
+class DecodeLayout(tuple[DecodeStep, ...]):
+    """A request's decode steps (still the tuple of :data:`DecodeStep` it always was) and,
+    when every step is a plain big-endian integer and no two overlap, one :class:`struct.Struct`
+    that unpacks them all from the reply at once (:attr:`ints`, with :attr:`int_steps`:
+    (name, scale or None) per integer, in order).
+
+    Why: the usual profile reads nothing but integers × scale, and one ``unpack_from`` per
+    request costs less than a slice and an ``int.from_bytes`` per point.
+    """
+
+    ints: struct.Struct | None
+    int_steps: tuple[tuple[str, Decimal | None], ...]
+
+    def __new__(cls, steps: Iterable[DecodeStep]) -> DecodeLayout:
+        """The layout of ``steps`` with its integer struct, when it can have one."""
+        self = super().__new__(cls, steps)
+        self.ints, self.int_steps = _int_struct(self)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its steps (a Struct does not pickle); the struct is made again."""
+        return (DecodeLayout, (tuple(self),))
+
+
+def _int_struct(steps: tuple[DecodeStep, ...]) -> tuple[struct.Struct | None, tuple[tuple[str, Decimal | None], ...]]:
+    """The struct unpacking every step at once, and (name, scale) per field; (None, ()) when a
+    step is no plain integer or overlaps the one before (then each step is decoded alone)."""
+    fmt = [">"]
+    at = 0
+    for _name, start, end, signed, _scale, _point in steps:
+        code = None if signed is None else _INT_CODES.get((signed, end - start))
+        if code is None or start < at:
+            return None, ()
+        if start > at:
+            fmt.append(f"{start - at}x")
+        fmt.append(code)
+        at = end
+    if not steps:
+        return None, ()
+    return struct.Struct("".join(fmt)), tuple((name, scale) for name, _s, _e, _g, scale, _p in steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +102,8 @@ class ReadRequest:
     points: tuple[PlannedPoint, ...]
     pdu: bytes
     #: per point: (name, first byte, end byte, signed for a plain big-endian integer else
-    #: None, scale or None when 1, point) — the decoder's table, built once per plan
+    #: None, scale or None when 1, point) — the decoder's table, built once per plan (a
+    #: :class:`DecodeLayout` when compiled here)
     layout: tuple[DecodeStep, ...] = ()
 
     @property
@@ -104,7 +151,7 @@ def decode_step(pp: PlannedPoint) -> DecodeStep:
 def _request(function: int, address: int, count: int, points: list[RegisterPoint]) -> ReadRequest:
     planned = tuple(PlannedPoint(p, p.address - address) for p in points)
     pdu = bytes((function, address >> 8, address & 0xFF, count >> 8, count & 0xFF))
-    return ReadRequest(function, address, count, planned, pdu, tuple(decode_step(pp) for pp in planned))
+    return ReadRequest(function, address, count, planned, pdu, DecodeLayout(decode_step(pp) for pp in planned))
 
 
 def _check(points: Sequence[RegisterPoint], limits: ModbusLimits) -> None:

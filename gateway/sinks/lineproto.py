@@ -51,7 +51,7 @@ from decimal import Decimal
 from typing import Final
 
 from gateway.model import Reading, json_number
-from gateway.storecodec import Shape, good_values
+from gateway.storecodec import Shape, good_values, plain_values
 
 TAG_KEYS: Final = ("bus", "customer", "gateway", "meter", "schedule")   # sorted: InfluxDB's preferred order
 _SKIP_GENERIC: Final = frozenset({"schema", "gateway", "seq", "meter", "customer", "bus", "schedule", "ts",
@@ -122,6 +122,11 @@ def number_text(raw: str) -> str | None:
     Plain decimals are passed through digit for digit (exactly what was committed);
     exponent forms go through ``float``.
     """
+    # the usual text, a plain decimal, tested without the regex: isdecimal() is the regex's
+    # \d (Unicode category Nd) on every character; anything else takes the regex as before
+    whole, dot, frac = (raw[1:] if raw[:1] == "-" else raw).partition(".")
+    if whole.isdecimal() and (not dot or frac.isdecimal()):
+        return raw
     if _PLAIN_NUMBER.fullmatch(raw):
         return raw
     try:
@@ -228,7 +233,26 @@ def reading_line(measurement_base: str, gateway: str, r: Reading, seq: int) -> s
     return f"{escape_measurement(measurement_base)}{tags} {','.join(fields)} {round(r.ts * 1000)}"
 
 
-_shape_parts: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+_shape_parts: dict[tuple[str, str], tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _line_parts(measurement_base: str, shape: Shape) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The measurement and tags, each field's ``key=``, and the fields of a plain body
+    (:func:`~gateway.storecodec.plain_values`) in pieces, the measurement and tags first,
+    with a gap ("") after each ``key=`` for its value: a shape's parts of its lines,
+    joined once and kept (bounded)."""
+    parts = _shape_parts.get((measurement_base, shape.spec))
+    if parts is None:
+        if len(_shape_parts) >= _CACHE_LIMIT:
+            _shape_parts.clear()
+        tags = "".join(f",{k}={escape_tag_value(v)}" for k, v in shape.tags if v)
+        head = f"{escape_measurement(measurement_base)}{tags} "
+        keys = tuple(f"{escape_key(n)}=" for n in shape.names)
+        plain: list[str] = []
+        for k, key in enumerate(keys):
+            plain += [(head if k == 0 else ",") + key, ""]
+        parts = _shape_parts[(measurement_base, shape.spec)] = (head, keys, tuple(plain))
+    return parts
 
 
 def compact_line(measurement_base: str, shape: Shape, seq: int, ts: float, body: str) -> str:
@@ -236,14 +260,14 @@ def compact_line(measurement_base: str, shape: Shape, seq: int, ts: float, body:
     values (:mod:`gateway.storecodec`): the same text, character for character, without
     rendering the JSON message and parsing it again. The measurement, tags and field keys
     are joined once per shape and kept (bounded)."""
-    parts = _shape_parts.get((measurement_base, shape.spec))
-    if parts is None:
-        if len(_shape_parts) >= _CACHE_LIMIT:
-            _shape_parts.clear()
-        tags = "".join(f",{k}={escape_tag_value(v)}" for k, v in shape.tags if v)
-        parts = _shape_parts[(measurement_base, shape.spec)] = (
-            f"{escape_measurement(measurement_base)}{tags} ", tuple(f"{escape_key(n)}=" for n in shape.names))
-    head, keys = parts
+    head, keys, pieces = _line_parts(measurement_base, shape)
+    plain = plain_values(shape, body)
+    if plain is not None:
+        # the usual reading: every point good and a plain decimal, which number_text
+        # passes through as it is, so the values go straight into the gaps of the pieces
+        out = list(pieces)
+        out[1::2] = plain
+        return "".join(out) + f",seq={seq}i {round(ts * 1000)}"
     fields = []
     for key, value in zip(keys, good_values(shape, body), strict=True):
         if value is not None:

@@ -143,3 +143,66 @@ def test_the_drivers_inline_integer_decoding_equals_decode_bytes() -> None:
                 except Exception as exc:
                     want = PointResult(None, "invalid", str(exc))
                 assert got[pp.point.name] == want, pp.point
+
+
+_INT_KINDS: list[RegisterType] = ["u16", "i16", "u32", "i32", "u64", "i64"]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(_INT_KINDS), st.integers(0, 3),
+                          st.sampled_from(["1", "0.01", "0.000001", "2.5", "1E+1"])), min_size=1, max_size=8),
+       st.binary(min_size=64, max_size=64), st.integers(0, 6))
+def test_a_request_of_plain_integers_is_unpacked_at_once_as_each_point_decodes(
+        spec: list[tuple[RegisterType, int, str]], noise: bytes, short: int) -> None:
+    """A request of nothing but big-endian integers (gaps between them read through) gets
+    one struct for all of them: it gives each point exactly decode_bytes's Decimal (value
+    and exponent), in the plan's order; a reply too short for it is decoded point by point,
+    with the same results as before."""
+    from decimal import Decimal
+
+    from drivers.modbus.decode import decode_bytes
+    from drivers.modbus.driver import _decode_into
+    from drivers.modbus.plan import DecodeLayout
+    from gateway.model import PointResult
+
+    points = []
+    addr = 0
+    for i, (kind, gap, scale) in enumerate(spec):
+        addr += gap
+        points.append(RegisterPoint(f"p{i}", 3, addr, kind, scale=Decimal(scale)))
+        addr += REGISTER_WIDTH[kind]
+    plan = compile_plan(points, ModbusLimits(max_registers_per_request=125, gap_fill=10))
+    for request in plan.requests:
+        assert isinstance(request.layout, DecodeLayout) and request.layout.ints is not None
+        data = (noise * 8)[:2 * request.count - (short if short < 2 * request.count else 0)]
+        got: dict[str, PointResult] = {}
+        _decode_into(got, request.layout, data)
+        assert list(got) == [pp.point.name for pp in request.points]
+        for pp in request.points:
+            chunk = data[2 * pp.offset: 2 * (pp.offset + pp.point.width)]
+            try:
+                want = PointResult(decode_bytes(pp.point, chunk))
+            except Exception as exc:  # a short reply: the point is invalid, as before
+                want = PointResult(None, "invalid", str(exc))
+            assert repr(got[pp.point.name]) == repr(want)
+
+
+def test_a_layout_that_is_not_all_plain_integers_is_decoded_point_by_point() -> None:
+    """Overlapping points, a float or a swapped word order: no struct (each step alone);
+    a layout pickles as its steps and gets its struct back."""
+    import pickle
+
+    from drivers.modbus.plan import DecodeLayout
+
+    overlap = compile_plan([pt("a", 0, "u32"), pt("b", 1, "u16")], ModbusLimits())
+    flt = compile_plan([pt("a", 0, "u32"), pt("b", 2, "f32")], ModbusLimits())
+    swapped = compile_plan([RegisterPoint("a", 3, 0, "u32", word_order="little")], ModbusLimits())
+    for plan in (overlap, flt, swapped):
+        layout = plan.requests[0].layout
+        assert isinstance(layout, DecodeLayout) and layout.ints is None
+    plain = compile_plan([pt("a", 0, "u32"), pt("b", 4, "i16")], ModbusLimits())
+    again = pickle.loads(pickle.dumps(plain))
+    assert again == plain
+    layout = again.requests[0].layout
+    assert isinstance(layout, DecodeLayout) and layout.ints is not None
+    assert layout.ints.format == ">I4xh"     # the 2 registers between them read through

@@ -16,10 +16,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.model import PointValue, Quality, Reading, Value, reading_payload
 from gateway.settings import StoreSettings
-from gateway.sinks.lineproto import compact_line, reading_line, row_line
+from gateway.sinks.lineproto import compact_line, number_text, reading_line, row_line
 from gateway.store import Store
 from gateway.storecodec import (
     PAYLOAD_SQL,
@@ -28,7 +30,9 @@ from gateway.storecodec import (
     compact_of_payload,
     encode,
     factors_of,
+    good_values,
     marks_of,
+    plain_values,
     point_values_json,
     points_sql,
     register,
@@ -135,6 +139,62 @@ def test_the_line_of_a_compact_row_is_the_line_of_its_message(seed: int) -> None
         assert reading_line("amr reading", "gw 1", r, 7 + k) == want
         fields += want.count("=")
     assert fields > 2000          # the readings had numeric fields to write, not only seq
+
+
+_plain_raws = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False, places=None),
+    st.integers(-10**6, 10**12).map(lambda n: Decimal(n).scaleb(-3)),
+    st.integers(-10**20, 10**20),
+)
+
+
+@settings(max_examples=300)
+@given(raws=st.lists(_plain_raws, min_size=1, max_size=9),
+       scaled=st.lists(st.booleans(), min_size=9, max_size=9),
+       ct=st.sampled_from([Decimal(1), Decimal("40"), Decimal("1.0"), Decimal("100.5"), Decimal("2E+1")]),
+       pt=st.sampled_from([Decimal(1), Decimal("100"), Decimal("0.5")]),
+       seq=st.integers(1, 10**9), ts=st.floats(0, 4e9))
+def test_a_plain_reading_takes_the_fast_paths_and_writes_the_same_text(
+        raws: list[Decimal | int], scaled: list[bool], ct: Decimal, pt: Decimal, seq: int, ts: float) -> None:
+    """Every point good, a number and its value raw or raw × CT/PT (the usual reading):
+    render and compact_line write it from the shape's pieces (plain_values), and the text
+    must be the general path's — the message reading_payload writes and the line row_line
+    parses out of it — character for character, whatever the digits and exponents."""
+    points: dict[str, PointValue] = {}
+    for k, raw in enumerate(raws):
+        value: Value = raw * ct * pt if scaled[k] and isinstance(raw, Decimal) else raw
+        points[f"p{k}"] = PointValue(raw, value, "kWh" if k % 2 else "V")
+    r = Reading(meter="m 1", customer="c", bus="b1", schedule="interval", slot=ts - ts % 60, ts=ts,
+                points=points, ct=ct, pt=pt)
+    shape = shape_of(r, "gw", {})
+    body = encode(r, shape)
+    message = render(shape, seq, r.slot, r.ts, r.quality, body)
+    assert message == reading_payload(r, "gw", seq)
+    line = compact_line("amr_reading", shape, seq, r.ts, body)
+    assert line == row_line("amr_reading", "reading", r.meter, r.ts, message, seq)
+    assert line == reading_line("amr_reading", "gw", r, seq)
+    if "\x1f" not in body:      # every value its raw or the shape's usual product: the fast path
+        assert plain_values(shape, body) is not None
+
+
+_shape_for_bodies = shape_from_spec(1, spec_of(("gw", "m1", "c", "b1", "s", "40", "0.5", ("a", "b", "c"),
+                                                ("kWh", "V", "")), ("=", "*", "p")))
+
+
+@settings(max_examples=500)
+@given(st.lists(st.one_of(st.from_regex(r"-?[0-9]{1,4}(\.[0-9]{1,3})?", fullmatch=True),
+                          st.text(alphabet="0123456789.-eE+٣\x1e\x1f\x1d\x1cn", max_size=6)),
+                min_size=0, max_size=4))
+def test_plain_values_are_the_good_values_of_any_body_they_accept(items: list[str]) -> None:
+    """plain_values answers only for bodies whose every value number_text passes through
+    unchanged, and then gives exactly good_values' values: any other body (a field, a
+    tail, a failed read, an empty or odd number, a count that is not the shape's) is None."""
+    body = "\x1e".join(items)
+    plain = plain_values(_shape_for_bodies, body)
+    if plain is None:
+        return
+    assert plain == good_values(_shape_for_bodies, body)
+    assert all(v is not None and number_text(v) == v for v in plain)
 
 
 def test_a_good_fifteen_point_reading_is_small() -> None:
