@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from json.encoder import encode_basestring
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 from gateway.model import READING_SCHEMA, Reading, iso_utc, json_number, to_json
 
@@ -70,6 +70,8 @@ _PLAIN_POINTS: Final = re.compile(r"-?[0-9]++(?:\.[0-9]++)?+(?:\x1e-?[0-9]++(?:\
 """A body whose every point is a plain decimal number, good, without reason or tail: the
 usual reading. Possessive (``++``, ``?+``, ``*+``): this language never needs backtracking,
 and without it the one match over a whole body costs as much as a match per point."""
+
+_P = TypeVar("_P", str, tuple[str, ...])
 
 ShapeKey = tuple[str, str, str, str, str, str, str, tuple[str, ...], tuple[str, ...]]
 """(gateway, meter, customer, bus, schedule, CT text, PT text, point names, units): what a
@@ -179,20 +181,36 @@ def key_of_spec(spec: str) -> ShapeKey:
             str(d["ct"]), str(d["pt"]), tuple(str(p[0]) for p in pts), tuple(str(p[1]) for p in pts))
 
 
+_SHARED: dict[Any, Any] = {}
+"""Equal pieces of different shapes, kept once: the meters of one profile have the same
+point names, units, marks and text pieces, and a thousand shapes holding their own copies
+took a megabyte or more of the gateway's resident memory (the TCP fleet bench's 80 MB)."""
+
+
+def _shared(piece: _P) -> _P:
+    """The one kept object equal to ``piece`` (a string or a tuple of them)."""
+    got = _SHARED.get(piece)
+    if got is None:
+        if len(_SHARED) >= 16 * _SHAPES_KEPT:    # bounded; a cleared entry is only shared less
+            _SHARED.clear()
+        got = _SHARED[piece] = piece
+    return cast(_P, got)
+
+
 def shape_from_spec(shape_id: int, spec: str) -> Shape:
     """Build the rendering fragments of a stored shape."""
     d = json.loads(spec)
     js = encode_basestring
     ct_text, pt_text = str(d["ct"]), str(d["pt"])
-    names = tuple(str(p[0]) for p in d["points"])
+    names = _shared(tuple(_shared(str(p[0])) for p in d["points"]))
     factors = factors_of(ct_text, pt_text)
-    marks = tuple(str(p[2]) for p in d["points"])
-    head = f'{{"schema":"{READING_SCHEMA}","gateway":{js(d["gateway"])},"seq":'
+    marks = _shared(tuple(_shared(str(p[2])) for p in d["points"]))
+    head = _shared(f'{{"schema":"{READING_SCHEMA}","gateway":{js(d["gateway"])},"seq":')
     middle = (f',"meter":{js(d["meter"])},"customer":{js(d["customer"])},"bus":{js(d["bus"])},'
               f'"schedule":{js(d["schedule"])},"slot":"')
-    multiplier = f',"multiplier":{{"ct":{ct_text},"pt":{pt_text}}},"points":{{'
-    openers = tuple(f'"{n}":{{"raw":' for n in names)
-    units = tuple(f',"unit":{js(p[1])},"quality":"' for p in d["points"])
+    multiplier = _shared(f',"multiplier":{{"ct":{ct_text},"pt":{pt_text}}},"points":{{')
+    openers = _shared(tuple(_shared(f'"{n}":{{"raw":') for n in names))
+    units = _shared(tuple(_shared(f',"unit":{js(p[1])},"quality":"') for p in d["points"]))
     scaled: tuple[tuple[int, Decimal], ...] | None = None
     plain = None
     if all(m == _SAME or m in factors for m in marks):
@@ -201,7 +219,7 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
     return Shape(
         id=shape_id, spec=spec, names=names, head=head, middle=middle, multiplier=multiplier,
         openers=openers, units=units, factors=factors, marks=marks,
-        tags=tuple((k, str(d[k])) for k in ("bus", "customer", "gateway", "meter", "schedule")),
+        tags=tuple((k, _shared(str(d[k]))) for k in ("bus", "customer", "gateway", "meter", "schedule")),
         scaled=scaled, plain_parts=plain,
     )
 
@@ -217,7 +235,7 @@ def _plain_parts(head: str, middle: str, multiplier: str, openers: tuple[str, ..
     parts = [head, "", middle, "", '","ts":"', "", '","quality":"', "", '"' + multiplier]
     last = len(openers) - 1
     for k, (o, u) in enumerate(zip(openers, units, strict=True)):
-        parts += [o, "", ',"value":', "", f'{u}good"}}' + ("," if k < last else "}}")]
+        parts += [o, "", ',"value":', "", _shared(f'{u}good"}}' + ("," if k < last else "}}"))]
     return tuple(parts)
 
 

@@ -251,3 +251,19 @@ async def test_a_few_values_read_in_sql_are_those_of_the_published_message(tmp_p
         assert all(list(v) == ["value"] for v in doc["points"].values())
     finally:
         conn.close()
+
+
+def test_shapes_of_meters_with_one_profile_share_their_pieces() -> None:
+    """A thousand meters of one profile keep one copy of the point names, marks and text
+    pieces (they were a megabyte or more of the gateway's memory), and each its own meter."""
+    def spec(meter: str) -> str:
+        return json.dumps({"v": 1, "gateway": "g", "meter": meter, "customer": "c", "bus": f"bus-{meter}",
+                           "schedule": "s", "ct": "1", "pt": "1",
+                           "points": [["energy_import_kwh", "kWh", "="], ["power_kw", "kW", "="]]})
+    a, b = shape_from_spec(1, spec("m1")), shape_from_spec(2, spec("m2"))
+    assert a.names is b.names and a.marks is b.marks and a.openers is b.openers and a.units is b.units
+    assert a.head is b.head and a.multiplier is b.multiplier
+    assert a.plain_parts is not None and b.plain_parts is not None
+    assert all(x is y for x, y in zip(a.plain_parts[9:], b.plain_parts[9:], strict=True))
+    assert '"meter":"m1"' in a.middle and '"meter":"m2"' in b.middle
+    assert dict(a.tags)["meter"] == "m1" and dict(b.tags)["meter"] == "m2"
