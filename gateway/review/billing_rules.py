@@ -184,11 +184,15 @@ def tariff_sum_mismatch(
         total = registers.get(total_name)
         if total is None:
             continue
-        parts = [registers.get(n) for n in tariff_names]
-        present = [p for p in parts if p is not None]
+        present: list[RegisterValue] = []
+        psum = _ZERO
+        for n in tariff_names:          # Σ in tariff order from 0, as sum() adds
+            p = registers.get(n)
+            if p is not None:
+                present.append(p)
+                psum = psum + p.raw
         if not present:
             continue
-        psum = sum((p.raw for p in present), _ZERO)
         diff = total.raw - psum
         raised = is_raised(state, "tariff_sum_mismatch", total_name)
         if not diff and not raised and th.tariff_sum_steps_per_tariff >= 0:
@@ -204,7 +208,7 @@ def tariff_sum_mismatch(
             continue
         ev: dict[str, object] = {
             "register": total_name, "total_raw": total.raw, "tariffs_raw": {
-                n: p.raw for n, p in zip(tariff_names, parts, strict=True) if p is not None},
+                n: p.raw for n in tariff_names if (p := registers.get(n)) is not None},
             "sum_raw": psum, "difference_raw": diff, "register_step_raw": step, "tariffs": len(present),
             "steps_per_tariff": th.tariff_sum_steps_per_tariff, "tolerance_raw": tolerance,
             "arithmetic": "tolerance_raw = register_step_raw × tariffs × steps_per_tariff",

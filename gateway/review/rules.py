@@ -105,6 +105,8 @@ PHASES: Final = ("l1", "l2", "l3")
 QUARTER_S: Final = 900
 _ZERO: Final = Decimal(0)
 _HOUR: Final = Decimal(3600)
+_NOT_YET: Final = Decimal("sNaN")
+"""RegisterValue._factor not yet worked out (compared by identity only: no factor is a NaN)."""
 _DAY_S: Final = 86400
 POWER_SAMPLES_KEPT: Final = 256
 
@@ -119,11 +121,15 @@ class RegisterValue:
 
     raw: Decimal
     value: Decimal
+    #: value ÷ raw once worked out (:func:`factor_taken`; :data:`_NOT_YET` before): the judged
+    #: register's is asked for at its reading and again at the next, where it is the baseline.
+    #: Not part of the value (no repr, no comparison).
+    _factor: Decimal | None = field(default=_NOT_YET, init=False, repr=False, compare=False)
 
     @property
     def step(self) -> Decimal:
         """One display step of the register in value units (0.01 kWh raw × CT × PT, say)."""
-        return display_step(self.raw, self.value / self.raw if self.raw != 0 else None)
+        return display_step(self.raw, factor_taken(self))
 
 
 _UNITS: dict[int, Decimal] = {}
@@ -515,8 +521,14 @@ def mean_power(state: MeterState, start: float, end: float, max_age_s: float) ->
 
 
 def factor_taken(reg: RegisterValue) -> Decimal | None:
-    """The CT × PT a register value was taken under (value ÷ raw); None for a raw zero."""
-    return reg.value / reg.raw if reg.raw != 0 else None
+    """The CT × PT a register value was taken under (value ÷ raw); None for a raw zero.
+
+    Worked out once per register value: the judged register's factor is needed for the
+    ratio check and the interval at its reading and again as the next reading's baseline."""
+    f = reg._factor
+    if f is _NOT_YET:
+        f = reg._factor = reg.value / reg.raw if reg.raw != 0 else None
+    return f
 
 
 def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -> EnergyInterval | None:
@@ -536,8 +548,26 @@ def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -
         delta = (reg.raw - prev.reg.raw) * f_now
     return EnergyInterval(
         start=prev, end=EnergyPoint(obs.ts, obs.slot, reg), delta=delta,
-        seconds=Decimal(repr(round(obs.ts - prev.ts, 3))), adjacent=adjacent, step=display_step(reg.raw, f_now),
+        seconds=seconds_between(prev.ts, obs.ts), adjacent=adjacent, step=display_step(reg.raw, f_now),
     )
+
+
+_SECONDS: dict[float, Decimal] = {}
+"""rounded seconds → their Decimal: a meter polled every period gives a handful of lengths."""
+
+
+def seconds_between(start: float, end: float) -> Decimal:
+    """``end − start`` to the millisecond as an exact Decimal (``Decimal(repr(round(…, 3)))``),
+    made once per length: every energy interval has one, and the repr is the costly part."""
+    s = round(end - start, 3)
+    d = _SECONDS.get(s)
+    if d is None:
+        d = Decimal(repr(s))
+        if s > 0:                       # not -0.0, which a dict would take for 0.0
+            if len(_SECONDS) >= 4096:   # bounded: jittered read times give many lengths
+                _SECONDS.clear()
+            _SECONDS[s] = d
+    return d
 
 
 def _is_rollover(prev: Decimal, new: Decimal, th: ReviewThresholds, modulus: Decimal | None = None) -> Decimal | None:
@@ -629,13 +659,21 @@ def register_decrease(
     out: list[RuleEvent] = []
     if state.registers_ts is not None and obs.ts < state.registers_ts:
         return out  # an older reading arriving late: no judgement, no baseline change
+    before_regs = state.registers
+    active = state.active
+    tolerance = th.decrease_tolerance
+    # A register at or above its last value has fallen by ≤ 0 (the rounded difference keeps
+    # that sign), which no tolerance ≥ 0 exceeds: one comparison instead of a subtraction.
+    compare_only = tolerance >= 0
     for name, reg in obs.registers.items():
-        prev = state.registers.get(name)
-        key_cond = state.active.get(("register_decrease", name))
+        prev = before_regs.get(name)
         if prev is None:
             continue
-        fall = prev.raw - reg.raw
-        if fall > th.decrease_tolerance:
+        key_cond = active.get(("register_decrease", name)) if active else None
+        if compare_only and reg.raw >= prev.raw:
+            if key_cond is None:
+                continue
+        elif (fall := prev.raw - reg.raw) > tolerance:
             top = _is_rollover(prev.raw, reg.raw, th, ctx.capacities.get(name))
             if top is not None:
                 continue
@@ -655,7 +693,8 @@ def register_decrease(
                     "rollover_at": list(th.rollover_at),
                 },
             )
-        elif key_cond is not None:
+            continue
+        if key_cond is not None:
             before = key_cond.evidence.get("before_raw")
             back = isinstance(before, Decimal) and reg.raw >= before
             needed = 1 if back else th.clear_after_normal_cycles
@@ -699,8 +738,10 @@ def meter_stopped(
     state.dirty = True
     window_s = th.stopped_window_quarters * QUARTER_S
     unchanged_s = obs.slot - ref.slot
+    if unchanged_s + 1e-6 < window_s:
+        return out              # not unchanged for the window yet (the threshold is not needed)
     min_kwh = max(th.stopped_min_expected_kwh, iv.step * th.stopped_min_display_steps)
-    if unchanged_s + 1e-6 >= window_s and state.stopped_expected >= min_kwh:
+    if state.stopped_expected >= min_kwh:
         evidence: dict[str, object] = {
             "register": name,
             "register_value": iv.end.reg.value,
@@ -734,8 +775,13 @@ def meter_fast(
     if iv is None or iv.delta < 0 or iv.seconds <= 0:
         return out
     name = th.energy_register
-    adj = max(iv.delta - iv.step, _ZERO)
     raised = is_raised(state, "meter_fast", name)
+    if not raised and ctx.rated_kw is None and iv.delta <= iv.step and th.fast_min_expected_kwh > 0:
+        # Nothing left once the display step is taken off (adj = 0), so the ratio below is 0
+        # (expected ≥ the positive minimum, never 0): not fast, nothing raised to count. At
+        # a poll a second the register moves a step at most, so this is most readings.
+        return out
+    adj = max(iv.delta - iv.step, _ZERO)
     if ctx.rated_kw is not None:
         limit = ctx.rated_kw * th.fast_rated_margin * iv.seconds / _HOUR
         fast = adj > limit
@@ -903,13 +949,16 @@ def phase_loss(
     v = obs.voltages
     if len(v) != len(PHASES):
         return out
-    if not any(("phase_loss", ph) in state.active for ph in PHASES):
+    active = state.active
+    if not active or (("phase_loss", "l1") not in active and ("phase_loss", "l2") not in active
+                      and ("phase_loss", "l3") not in active):
         # The common case, decided once instead of per phase: every reference (the nominal,
         # or the mean of two phases) is at most the highest phase, so when the lowest phase
         # clears the loss fraction of that bound no phase is lost, and with nothing raised
         # there is no normal cycle to count either.
-        bound = ctx.nominal_v if ctx.nominal_v is not None else max(v.values())
-        if min(v.values()) >= th.phase_loss_fraction * bound:
+        volts = v.values()
+        bound = ctx.nominal_v if ctx.nominal_v is not None else max(volts)
+        if min(volts) >= th.phase_loss_fraction * bound:
             return out
     for ph in PHASES:
         others = [v[o] for o in PHASES if o != ph]
@@ -1007,7 +1056,8 @@ def evaluate(
         state.dirty = True
     reg = obs.registers.get(th.energy_register)
     if reg is not None and (state.energy is None or obs.ts > state.energy.ts):
-        state.energy = EnergyPoint(obs.ts, obs.slot, reg)
+        # the interval's end is this very point (no rule changes an EnergyPoint): not made twice
+        state.energy = iv.end if iv is not None and iv.end.reg is reg else EnergyPoint(obs.ts, obs.slot, reg)
         if state.stopped_ref is None:
             state.stopped_ref = state.energy
         state.dirty = True
