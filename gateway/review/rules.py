@@ -136,19 +136,30 @@ _UNITS: dict[int, Decimal] = {}
 """exponent → one unit in the last place (``Decimal(1).scaleb(exponent)``), made once per exponent."""
 
 
+_LAST_UNIT: list[Decimal] = [Decimal("0.01")]
+"""The unit display_step gave last: registers mostly show one number of decimals, and
+``same_quantum`` tells a raw of that exponent without ``as_tuple`` copying its digits."""
+_ONE: Final = Decimal(1)
+
+
 def display_step(raw: Decimal, factor: Decimal | None) -> Decimal:
     """One display step of a register read as ``raw`` and taken under CT × PT ``factor``
     (``value / raw``, None for a raw zero: counted as 1), in value units."""
-    exponent = raw.as_tuple().exponent
-    if isinstance(exponent, int):
-        unit = _UNITS.get(exponent)
-        if unit is None:
-            unit = Decimal(1).scaleb(exponent)
-            if len(_UNITS) < 256:       # bounded: registers show a handful of decimals
-                _UNITS[exponent] = unit
-    else:
-        unit = Decimal("0.01")
-    return unit * (factor if factor is not None else Decimal(1))
+    unit = _LAST_UNIT[0]
+    if not raw.same_quantum(unit):      # another exponent (or not finite: never the same)
+        exponent = raw.as_tuple().exponent
+        if isinstance(exponent, int):
+            known = _UNITS.get(exponent)
+            if known is None:
+                known = Decimal(1).scaleb(exponent)
+                if len(_UNITS) < 256:       # bounded: registers show a handful of decimals
+                    _UNITS[exponent] = known
+            unit = known
+            if known.same_quantum(raw):     # (a unit the context had to clamp is not kept)
+                _LAST_UNIT[0] = known
+        else:
+            unit = Decimal("0.01")
+    return unit * (factor if factor is not None else _ONE)
 
 
 @dataclass(slots=True)      # not frozen: see RegisterValue
@@ -433,37 +444,37 @@ def observe_reading(reading: Reading, interval_s: float | None = None, power_poi
     dec = Decimal
     for name, p in reading.points.items():
         raw = p.raw
-        if p.quality != "good" or raw is None:
+        if raw is None or p.quality != "good":
             continue
         any_good = True
         kind, key = table.get(name) or _kind_of(name, power_point)
-        if kind == _OTHER:
-            continue
-        v = p.value
-        if kind == _EVENT_RECORD:
-            records[key] = v
-            continue
-        if kind == _CLOCK:
-            clock = str(raw)
-            continue
-        d = v if type(v) is dec and v.is_finite() else to_decimal(v)
-        if kind == _REGISTER:
+        if kind == _REGISTER:           # the most points of a reading: tested first
+            v = p.value
+            d = v if type(v) is dec and v.is_finite() else to_decimal(v)
             r = raw if type(raw) is dec and raw.is_finite() else to_decimal(raw)
             if r is not None and d is not None:
                 registers[key] = RegisterValue(r, d)
-        elif kind == _POWER:
-            power = d
-        elif d is not None:
-            if kind == _VOLTAGE:
-                voltages[key] = d
-            else:               # event counters, demand, power factor
-                values[key] = d
+        elif kind == _OTHER:
+            continue
+        elif kind == _EVENT_RECORD:
+            records[key] = p.value
+        elif kind == _CLOCK:
+            clock = str(raw)
+        else:
+            v = p.value
+            d = v if type(v) is dec and v.is_finite() else to_decimal(v)
+            if kind == _POWER:
+                power = d
+            elif d is not None:
+                if kind == _VOLTAGE:
+                    voltages[key] = d
+                else:               # event counters, demand, power factor
+                    values[key] = d
     failed = reading.quality in FAILED_QUALITIES and not any_good
+    # positional: a keyword call of the 14 fields costs about twice as much, once per reading
     return Observation(
-        meter=reading.meter, ts=reading.ts, slot=reading.slot, schedule=reading.schedule,
-        interval_s=interval_s, quality=reading.quality, failed=failed, error=reading.error,
-        registers=registers, power_kw=power, voltages=voltages, meter_clock=clock,
-        values=values, records=records,
+        reading.meter, reading.ts, reading.slot, reading.schedule, interval_s, reading.quality, failed,
+        reading.error, registers, power, voltages, clock, values, records,
     )
 
 
@@ -546,10 +557,9 @@ def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -
     f_prev, f_now = factor_taken(prev.reg), factor_taken(reg)
     if f_now is not None and f_prev is not None and f_prev != f_now:
         delta = (reg.raw - prev.reg.raw) * f_now
-    return EnergyInterval(
-        start=prev, end=EnergyPoint(obs.ts, obs.slot, reg), delta=delta,
-        seconds=seconds_between(prev.ts, obs.ts), adjacent=adjacent, step=display_step(reg.raw, f_now),
-    )
+    # positional (start, end, delta, seconds, adjacent, step): made for every reading
+    return EnergyInterval(prev, EnergyPoint(obs.ts, obs.slot, reg), delta, seconds_between(prev.ts, obs.ts),
+                          adjacent, display_step(reg.raw, f_now))
 
 
 _SECONDS: dict[float, Decimal] = {}
