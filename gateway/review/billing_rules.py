@@ -92,7 +92,7 @@ def zero_consumption(
     if iv is None or iv.delta < 0:
         return out
     if iv.delta > 0:
-        if is_raised(state, "zero_consumption", name):
+        if ("zero_consumption", name) in state.active:      # is_raised, inline (hot)
             normal_cycle(state, out, "zero_consumption", name, obs.ts, 1,
                          f"meter {obs.meter} consumes again ({iv.delta} kWh since {iso(iv.start.ts)})",
                          {"register": name, **iv.evidence()})
@@ -180,23 +180,25 @@ def tariff_sum_mismatch(
     """
     out: list[RuleEvent] = []
     registers = obs.registers
+    active = state.active
     for total_name, tariff_names in _TARIFF_NAMES:
         total = registers.get(total_name)
         if total is None:
             continue
-        present: list[RegisterValue] = []
         psum = _ZERO
+        tariffs = 0
         for n in tariff_names:          # Σ in tariff order from 0, as sum() adds
             p = registers.get(n)
             if p is not None:
-                present.append(p)
                 psum = psum + p.raw
-        if not present:
+                tariffs += 1
+        if not tariffs:
             continue
         diff = total.raw - psum
-        raised = is_raised(state, "tariff_sum_mismatch", total_name)
+        raised = ("tariff_sum_mismatch", total_name) in active      # is_raised, inline: every reading
         if not diff and not raised and th.tariff_sum_steps_per_tariff >= 0:
             continue            # the parts add up exactly: within any tolerance, no step needed
+        present = [p for n in tariff_names if (p := registers.get(n)) is not None]
         step = max(_raw_step(r) for r in (total, *present))
         tolerance = step * len(present) * th.tariff_sum_steps_per_tariff
         modulus = ctx.capacities.get(total_name)

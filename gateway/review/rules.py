@@ -442,6 +442,7 @@ def observe_reading(reading: Reading, interval_s: float | None = None, power_poi
     any_good = False
     table = _KINDS.get(power_point) or {}
     dec = Decimal
+    new = object.__new__
     for name, p in reading.points.items():
         raw = p.raw
         if raw is None or p.quality != "good":
@@ -453,7 +454,13 @@ def observe_reading(reading: Reading, interval_s: float | None = None, power_poi
             d = v if type(v) is dec and v.is_finite() else to_decimal(v)
             r = raw if type(raw) is dec and raw.is_finite() else to_decimal(raw)
             if r is not None and d is not None:
-                registers[key] = RegisterValue(r, d)
+                # RegisterValue(r, d) without the call of its Python __init__ (half the cost of a
+                # register, five a reading): every field of it is set here (test_review_observe)
+                rv = new(RegisterValue)
+                rv.raw = r
+                rv.value = d
+                rv._factor = _NOT_YET
+                registers[key] = rv
         elif kind == _OTHER:
             continue
         elif kind == _EVENT_RECORD:
@@ -548,8 +555,11 @@ def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -
     Under the ratio in force at each reading: when the two ends were taken under different
     CT × PT, ΔE is the raw difference × the later reading's factor.
     """
-    reg = obs.registers.get(th.energy_register)
-    prev = state.energy
+    return _interval(state.energy, obs.registers.get(th.energy_register), obs)
+
+
+def _interval(prev: EnergyPoint | None, reg: RegisterValue | None, obs: Observation) -> EnergyInterval | None:
+    """:func:`energy_interval` from the baseline ``prev`` to the judged register ``reg`` of ``obs``."""
     if reg is None or prev is None or obs.ts <= prev.ts:
         return None
     adjacent = obs.interval_s is not None and abs(obs.slot - prev.slot - obs.interval_s) < 1e-6
@@ -563,21 +573,33 @@ def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -
 
 
 _SECONDS: dict[float, Decimal] = {}
-"""rounded seconds → their Decimal: a meter polled every period gives a handful of lengths."""
+"""seconds, as subtracted and as rounded to the millisecond → that length as a Decimal: a meter
+polled every period gives a handful of lengths (and read times a fixed delay after their
+slots give one difference, whose round() is then not needed either)."""
 
 
 def seconds_between(start: float, end: float) -> Decimal:
     """``end − start`` to the millisecond as an exact Decimal (``Decimal(repr(round(…, 3)))``),
-    made once per length: every energy interval has one, and the repr is the costly part."""
-    s = round(end - start, 3)
+    made once per length: every energy interval has one, and round and repr are the costly part."""
+    x = end - start
+    d = _SECONDS.get(x)
+    if d is not None:
+        return d
+    s = round(x, 3)
     d = _SECONDS.get(s)
     if d is None:
         d = Decimal(repr(s))
         if s > 0:                       # not -0.0, which a dict would take for 0.0
-            if len(_SECONDS) >= 4096:   # bounded: jittered read times give many lengths
-                _SECONDS.clear()
-            _SECONDS[s] = d
+            _keep_seconds(s, d)
+    if x > 0:
+        _keep_seconds(x, d)
     return d
+
+
+def _keep_seconds(key: float, d: Decimal) -> None:
+    if len(_SECONDS) >= 4096:           # bounded: jittered read times give many differences
+        _SECONDS.clear()
+    _SECONDS[key] = d
 
 
 def _is_rollover(prev: Decimal, new: Decimal, th: ReviewThresholds, modulus: Decimal | None = None) -> Decimal | None:
@@ -729,7 +751,7 @@ def meter_stopped(
         state.stopped_expected = _ZERO
         state.stopped_unknown_power = False
         state.dirty = True
-        if is_raised(state, "meter_stopped", name):
+        if ("meter_stopped", name) in state.active:     # is_raised, inline (hot)
             normal_cycle(
                 state, out, "meter_stopped", name, obs.ts, th.clear_after_normal_cycles,
                 f"{name} of meter {obs.meter} advances again ({iv.end.reg.value})",
@@ -785,7 +807,7 @@ def meter_fast(
     if iv is None or iv.delta < 0 or iv.seconds <= 0:
         return out
     name = th.energy_register
-    raised = is_raised(state, "meter_fast", name)
+    raised = ("meter_fast", name) in state.active        # is_raised, inline: every reading
     if not raised and ctx.rated_kw is None and iv.delta <= iv.step and th.fast_min_expected_kwh > 0:
         # Nothing left once the display step is taken off (adj = 0), so the ratio below is 0
         # (expected ≥ the positive minimum, never 0): not fast, nothing raised to count. At
@@ -1044,16 +1066,17 @@ def evaluate(
     if ctx.identity and state.identity != ctx.identity:
         state.identity = ctx.identity
         state.dirty = True
+    reg = obs.registers.get(th.energy_register)     # the judged register (rules never change obs)
     if (state.change_at is not None and obs.ts > state.change_at and (
             (state.registers_ts is not None and state.registers_ts <= state.change_at)
             or (state.energy is not None and state.energy.ts <= state.change_at))) \
-            or _ratio_changed(state, obs, th):
+            or _ratio_changed(state.energy, reg, obs.ts):
         # a recorded exchange or CT/PT change lies between the baselines and this reading, or
         # the reading was taken under another CT × PT (a restart under a new configured ratio)
         rebase(state)
     if obs.power_kw is not None and (not state.power or state.power[-1][0] <= obs.ts):
         state.power.append((obs.ts, obs.power_kw))
-    iv = energy_interval(state, obs, th)
+    iv = _interval(state.energy, reg, obs)
     for name, rule in RULES if rules is None else rules:
         try:
             events += rule(state, obs, iv, ctx, th)
@@ -1064,7 +1087,6 @@ def evaluate(
         state.registers.update(obs.registers)
         state.registers_ts = obs.ts
         state.dirty = True
-    reg = obs.registers.get(th.energy_register)
     if reg is not None and (state.energy is None or obs.ts > state.energy.ts):
         # the interval's end is this very point (no rule changes an EnergyPoint): not made twice
         state.energy = iv.end if iv is not None and iv.end.reg is reg else EnergyPoint(obs.ts, obs.slot, reg)
@@ -1075,12 +1097,12 @@ def evaluate(
     return events, errors
 
 
-def _ratio_changed(state: MeterState, obs: Observation, th: ReviewThresholds) -> bool:
-    """Whether the judged register's CT × PT differs from the one its baseline was read under."""
-    reg = obs.registers.get(th.energy_register)
-    if reg is None or state.energy is None or obs.ts <= state.energy.ts:
+def _ratio_changed(energy: EnergyPoint | None, reg: RegisterValue | None, ts: float) -> bool:
+    """Whether the judged register ``reg``, read at ``ts``, was taken under another CT × PT
+    than its baseline ``energy`` was."""
+    if reg is None or energy is None or ts <= energy.ts:
         return False
-    f_prev, f_now = factor_taken(state.energy.reg), factor_taken(reg)
+    f_prev, f_now = factor_taken(energy.reg), factor_taken(reg)
     return f_prev is not None and f_now is not None and f_prev != f_now
 
 
