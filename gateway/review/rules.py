@@ -564,7 +564,12 @@ def _interval(prev: EnergyPoint | None, reg: RegisterValue | None, obs: Observat
         return None
     adjacent = obs.interval_s is not None and abs(obs.slot - prev.slot - obs.interval_s) < 1e-6
     delta = reg.value - prev.reg.value
-    f_prev, f_now = factor_taken(prev.reg), factor_taken(reg)
+    f_prev = prev.reg._factor           # factor_taken, its cache read here first
+    if f_prev is _NOT_YET:
+        f_prev = factor_taken(prev.reg)
+    f_now = reg._factor
+    if f_now is _NOT_YET:
+        f_now = factor_taken(reg)
     if f_now is not None and f_prev is not None and f_prev != f_now:
         delta = (reg.raw - prev.reg.raw) * f_now
     # positional (start, end, delta, seconds, adjacent, step): made for every reading
@@ -670,7 +675,10 @@ def read_failure(
     state.first_failure_ts = None
     if obs.registers:
         state.last_good_ts = obs.ts
-        state.last_good_registers = {k: v.value for k, v in obs.registers.items()}
+        last: dict[str, Decimal] = {}
+        for k, v in obs.registers.items():     # (a loop: a comprehension is a call more, every reading)
+            last[k] = v.value
+        state.last_good_registers = last
         state.dirty = True
     elif obs.quality == "good":
         state.last_good_ts = obs.ts
@@ -1102,7 +1110,13 @@ def _ratio_changed(energy: EnergyPoint | None, reg: RegisterValue | None, ts: fl
     than its baseline ``energy`` was."""
     if reg is None or energy is None or ts <= energy.ts:
         return False
-    f_prev, f_now = factor_taken(energy.reg), factor_taken(reg)
+    # factor_taken, its cache read here first: twice a reading
+    f_prev = energy.reg._factor
+    if f_prev is _NOT_YET:
+        f_prev = factor_taken(energy.reg)
+    f_now = reg._factor
+    if f_now is _NOT_YET:
+        f_now = factor_taken(reg)
     return f_prev is not None and f_now is not None and f_prev != f_now
 
 
