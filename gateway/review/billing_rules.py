@@ -92,7 +92,7 @@ def zero_consumption(
     if iv is None or iv.delta < 0:
         return out
     if iv.delta > 0:
-        if is_raised(state, "zero_consumption", name):
+        if ("zero_consumption", name) in state.active:      # is_raised, inline (hot)
             normal_cycle(state, out, "zero_consumption", name, obs.ts, 1,
                          f"meter {obs.meter} consumes again ({iv.delta} kWh since {iso(iv.start.ts)})",
                          {"register": name, **iv.evidence()})
@@ -180,19 +180,25 @@ def tariff_sum_mismatch(
     """
     out: list[RuleEvent] = []
     registers = obs.registers
+    active = state.active
     for total_name, tariff_names in _TARIFF_NAMES:
         total = registers.get(total_name)
         if total is None:
             continue
-        parts = [registers.get(n) for n in tariff_names]
-        present = [p for p in parts if p is not None]
-        if not present:
+        psum = _ZERO
+        tariffs = 0
+        for n in tariff_names:          # Σ in tariff order from 0, as sum() adds
+            p = registers.get(n)
+            if p is not None:
+                psum = psum + p.raw
+                tariffs += 1
+        if not tariffs:
             continue
-        psum = sum((p.raw for p in present), _ZERO)
         diff = total.raw - psum
-        raised = is_raised(state, "tariff_sum_mismatch", total_name)
+        raised = ("tariff_sum_mismatch", total_name) in active      # is_raised, inline: every reading
         if not diff and not raised and th.tariff_sum_steps_per_tariff >= 0:
             continue            # the parts add up exactly: within any tolerance, no step needed
+        present = [p for n in tariff_names if (p := registers.get(n)) is not None]
         step = max(_raw_step(r) for r in (total, *present))
         tolerance = step * len(present) * th.tariff_sum_steps_per_tariff
         modulus = ctx.capacities.get(total_name)
@@ -204,7 +210,7 @@ def tariff_sum_mismatch(
             continue
         ev: dict[str, object] = {
             "register": total_name, "total_raw": total.raw, "tariffs_raw": {
-                n: p.raw for n, p in zip(tariff_names, parts, strict=True) if p is not None},
+                n: p.raw for n in tariff_names if (p := registers.get(n)) is not None},
             "sum_raw": psum, "difference_raw": diff, "register_step_raw": step, "tariffs": len(present),
             "steps_per_tariff": th.tariff_sum_steps_per_tariff, "tolerance_raw": tolerance,
             "arithmetic": "tolerance_raw = register_step_raw × tariffs × steps_per_tariff",

@@ -141,6 +141,8 @@ class ReviewEngine:
             self.contexts[m.id] = meter_context(m, tz, th, runtime.profile if runtime is not None else None)
             self.buses.setdefault(m.bus, []).append(m.id)
             self.bus_of[m.id] = m.bus
+        #: bus id → its state's key (bus_key), made once rather than for every reading
+        self._bus_keys: dict[str, str] = {b: bus_key(b) for b in self.buses}
         self._tz = tz
         self._next_id = 1
         self._task: asyncio.Task[None] | None = None
@@ -357,8 +359,10 @@ class ReviewEngine:
         bus = self.bus_of.get(meter)
         if bus is None or not th.enabled:
             return [(meter, ev) for ev in events]
-        key = bus_key(bus)
+        key = self._bus_keys.get(bus) or bus_key(bus)
         mine, bus_events = fold_bus_failure(bus, self.state(key), self.buses[bus], self.states, obs, events, th)
+        if not bus_events:          # nearly every reading: no second list to make and join
+            return [(meter, ev) for ev in mine]
         return [(meter, ev) for ev in mine] + [(key, ev) for ev in bus_events]
 
     async def emit_all(self, meter: str, events: list[RuleEvent]) -> list[db.StoredEvent]:

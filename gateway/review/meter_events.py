@@ -51,6 +51,8 @@ def meter_events(
     of it (the counter rose, or it is unchanged while its condition is raised)."""
     out: list[RuleEvent] = []
     values = obs.values
+    if not values:
+        return out              # no counter read (no numeric value at all): nothing to compare
     for stem in th.meter_event_kinds:
         count = values.get(_COUNT_POINT.get(stem) or f"event_{stem}_count")
         if count is None:

@@ -105,6 +105,8 @@ PHASES: Final = ("l1", "l2", "l3")
 QUARTER_S: Final = 900
 _ZERO: Final = Decimal(0)
 _HOUR: Final = Decimal(3600)
+_NOT_YET: Final = Decimal("sNaN")
+"""RegisterValue._factor not yet worked out (compared by identity only: no factor is a NaN)."""
 _DAY_S: Final = 86400
 POWER_SAMPLES_KEPT: Final = 256
 
@@ -119,30 +121,45 @@ class RegisterValue:
 
     raw: Decimal
     value: Decimal
+    #: value ÷ raw once worked out (:func:`factor_taken`; :data:`_NOT_YET` before): the judged
+    #: register's is asked for at its reading and again at the next, where it is the baseline.
+    #: Not part of the value (no repr, no comparison).
+    _factor: Decimal | None = field(default=_NOT_YET, init=False, repr=False, compare=False)
 
     @property
     def step(self) -> Decimal:
         """One display step of the register in value units (0.01 kWh raw × CT × PT, say)."""
-        return display_step(self.raw, self.value / self.raw if self.raw != 0 else None)
+        return display_step(self.raw, factor_taken(self))
 
 
 _UNITS: dict[int, Decimal] = {}
 """exponent → one unit in the last place (``Decimal(1).scaleb(exponent)``), made once per exponent."""
 
 
+_LAST_UNIT: list[Decimal] = [Decimal("0.01")]
+"""The unit display_step gave last: registers mostly show one number of decimals, and
+``same_quantum`` tells a raw of that exponent without ``as_tuple`` copying its digits."""
+_ONE: Final = Decimal(1)
+
+
 def display_step(raw: Decimal, factor: Decimal | None) -> Decimal:
     """One display step of a register read as ``raw`` and taken under CT × PT ``factor``
     (``value / raw``, None for a raw zero: counted as 1), in value units."""
-    exponent = raw.as_tuple().exponent
-    if isinstance(exponent, int):
-        unit = _UNITS.get(exponent)
-        if unit is None:
-            unit = Decimal(1).scaleb(exponent)
-            if len(_UNITS) < 256:       # bounded: registers show a handful of decimals
-                _UNITS[exponent] = unit
-    else:
-        unit = Decimal("0.01")
-    return unit * (factor if factor is not None else Decimal(1))
+    unit = _LAST_UNIT[0]
+    if not raw.same_quantum(unit):      # another exponent (or not finite: never the same)
+        exponent = raw.as_tuple().exponent
+        if isinstance(exponent, int):
+            known = _UNITS.get(exponent)
+            if known is None:
+                known = Decimal(1).scaleb(exponent)
+                if len(_UNITS) < 256:       # bounded: registers show a handful of decimals
+                    _UNITS[exponent] = known
+            unit = known
+            if known.same_quantum(raw):     # (a unit the context had to clamp is not kept)
+                _LAST_UNIT[0] = known
+        else:
+            unit = Decimal("0.01")
+    return unit * (factor if factor is not None else _ONE)
 
 
 @dataclass(slots=True)      # not frozen: see RegisterValue
@@ -425,39 +442,46 @@ def observe_reading(reading: Reading, interval_s: float | None = None, power_poi
     any_good = False
     table = _KINDS.get(power_point) or {}
     dec = Decimal
+    new = object.__new__
     for name, p in reading.points.items():
         raw = p.raw
-        if p.quality != "good" or raw is None:
+        if raw is None or p.quality != "good":
             continue
         any_good = True
         kind, key = table.get(name) or _kind_of(name, power_point)
-        if kind == _OTHER:
-            continue
-        v = p.value
-        if kind == _EVENT_RECORD:
-            records[key] = v
-            continue
-        if kind == _CLOCK:
-            clock = str(raw)
-            continue
-        d = v if type(v) is dec and v.is_finite() else to_decimal(v)
-        if kind == _REGISTER:
+        if kind == _REGISTER:           # the most points of a reading: tested first
+            v = p.value
+            d = v if type(v) is dec and v.is_finite() else to_decimal(v)
             r = raw if type(raw) is dec and raw.is_finite() else to_decimal(raw)
             if r is not None and d is not None:
-                registers[key] = RegisterValue(r, d)
-        elif kind == _POWER:
-            power = d
-        elif d is not None:
-            if kind == _VOLTAGE:
-                voltages[key] = d
-            else:               # event counters, demand, power factor
-                values[key] = d
+                # RegisterValue(r, d) without the call of its Python __init__ (half the cost of a
+                # register, five a reading): every field of it is set here (test_review_observe)
+                rv = new(RegisterValue)
+                rv.raw = r
+                rv.value = d
+                rv._factor = _NOT_YET
+                registers[key] = rv
+        elif kind == _OTHER:
+            continue
+        elif kind == _EVENT_RECORD:
+            records[key] = p.value
+        elif kind == _CLOCK:
+            clock = str(raw)
+        else:
+            v = p.value
+            d = v if type(v) is dec and v.is_finite() else to_decimal(v)
+            if kind == _POWER:
+                power = d
+            elif d is not None:
+                if kind == _VOLTAGE:
+                    voltages[key] = d
+                else:               # event counters, demand, power factor
+                    values[key] = d
     failed = reading.quality in FAILED_QUALITIES and not any_good
+    # positional: a keyword call of the 14 fields costs about twice as much, once per reading
     return Observation(
-        meter=reading.meter, ts=reading.ts, slot=reading.slot, schedule=reading.schedule,
-        interval_s=interval_s, quality=reading.quality, failed=failed, error=reading.error,
-        registers=registers, power_kw=power, voltages=voltages, meter_clock=clock,
-        values=values, records=records,
+        reading.meter, reading.ts, reading.slot, reading.schedule, interval_s, reading.quality, failed,
+        reading.error, registers, power, voltages, clock, values, records,
     )
 
 
@@ -515,8 +539,14 @@ def mean_power(state: MeterState, start: float, end: float, max_age_s: float) ->
 
 
 def factor_taken(reg: RegisterValue) -> Decimal | None:
-    """The CT × PT a register value was taken under (value ÷ raw); None for a raw zero."""
-    return reg.value / reg.raw if reg.raw != 0 else None
+    """The CT × PT a register value was taken under (value ÷ raw); None for a raw zero.
+
+    Worked out once per register value: the judged register's factor is needed for the
+    ratio check and the interval at its reading and again as the next reading's baseline."""
+    f = reg._factor
+    if f is _NOT_YET:
+        f = reg._factor = reg.value / reg.raw if reg.raw != 0 else None
+    return f
 
 
 def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -> EnergyInterval | None:
@@ -525,19 +555,56 @@ def energy_interval(state: MeterState, obs: Observation, th: ReviewThresholds) -
     Under the ratio in force at each reading: when the two ends were taken under different
     CT × PT, ΔE is the raw difference × the later reading's factor.
     """
-    reg = obs.registers.get(th.energy_register)
-    prev = state.energy
+    return _interval(state.energy, obs.registers.get(th.energy_register), obs)
+
+
+def _interval(prev: EnergyPoint | None, reg: RegisterValue | None, obs: Observation) -> EnergyInterval | None:
+    """:func:`energy_interval` from the baseline ``prev`` to the judged register ``reg`` of ``obs``."""
     if reg is None or prev is None or obs.ts <= prev.ts:
         return None
     adjacent = obs.interval_s is not None and abs(obs.slot - prev.slot - obs.interval_s) < 1e-6
     delta = reg.value - prev.reg.value
-    f_prev, f_now = factor_taken(prev.reg), factor_taken(reg)
+    f_prev = prev.reg._factor           # factor_taken, its cache read here first
+    if f_prev is _NOT_YET:
+        f_prev = factor_taken(prev.reg)
+    f_now = reg._factor
+    if f_now is _NOT_YET:
+        f_now = factor_taken(reg)
     if f_now is not None and f_prev is not None and f_prev != f_now:
         delta = (reg.raw - prev.reg.raw) * f_now
-    return EnergyInterval(
-        start=prev, end=EnergyPoint(obs.ts, obs.slot, reg), delta=delta,
-        seconds=Decimal(repr(round(obs.ts - prev.ts, 3))), adjacent=adjacent, step=display_step(reg.raw, f_now),
-    )
+    # positional (start, end, delta, seconds, adjacent, step): made for every reading
+    return EnergyInterval(prev, EnergyPoint(obs.ts, obs.slot, reg), delta, seconds_between(prev.ts, obs.ts),
+                          adjacent, display_step(reg.raw, f_now))
+
+
+_SECONDS: dict[float, Decimal] = {}
+"""seconds, as subtracted and as rounded to the millisecond → that length as a Decimal: a meter
+polled every period gives a handful of lengths (and read times a fixed delay after their
+slots give one difference, whose round() is then not needed either)."""
+
+
+def seconds_between(start: float, end: float) -> Decimal:
+    """``end − start`` to the millisecond as an exact Decimal (``Decimal(repr(round(…, 3)))``),
+    made once per length: every energy interval has one, and round and repr are the costly part."""
+    x = end - start
+    d = _SECONDS.get(x)
+    if d is not None:
+        return d
+    s = round(x, 3)
+    d = _SECONDS.get(s)
+    if d is None:
+        d = Decimal(repr(s))
+        if s > 0:                       # not -0.0, which a dict would take for 0.0
+            _keep_seconds(s, d)
+    if x > 0:
+        _keep_seconds(x, d)
+    return d
+
+
+def _keep_seconds(key: float, d: Decimal) -> None:
+    if len(_SECONDS) >= 4096:           # bounded: jittered read times give many differences
+        _SECONDS.clear()
+    _SECONDS[key] = d
 
 
 def _is_rollover(prev: Decimal, new: Decimal, th: ReviewThresholds, modulus: Decimal | None = None) -> Decimal | None:
@@ -608,7 +675,10 @@ def read_failure(
     state.first_failure_ts = None
     if obs.registers:
         state.last_good_ts = obs.ts
-        state.last_good_registers = {k: v.value for k, v in obs.registers.items()}
+        last: dict[str, Decimal] = {}
+        for k, v in obs.registers.items():     # (a loop: a comprehension is a call more, every reading)
+            last[k] = v.value
+        state.last_good_registers = last
         state.dirty = True
     elif obs.quality == "good":
         state.last_good_ts = obs.ts
@@ -629,13 +699,21 @@ def register_decrease(
     out: list[RuleEvent] = []
     if state.registers_ts is not None and obs.ts < state.registers_ts:
         return out  # an older reading arriving late: no judgement, no baseline change
+    before_regs = state.registers
+    active = state.active
+    tolerance = th.decrease_tolerance
+    # A register at or above its last value has fallen by ≤ 0 (the rounded difference keeps
+    # that sign), which no tolerance ≥ 0 exceeds: one comparison instead of a subtraction.
+    compare_only = tolerance >= 0
     for name, reg in obs.registers.items():
-        prev = state.registers.get(name)
-        key_cond = state.active.get(("register_decrease", name))
+        prev = before_regs.get(name)
         if prev is None:
             continue
-        fall = prev.raw - reg.raw
-        if fall > th.decrease_tolerance:
+        key_cond = active.get(("register_decrease", name)) if active else None
+        if compare_only and reg.raw >= prev.raw:
+            if key_cond is None:
+                continue
+        elif (fall := prev.raw - reg.raw) > tolerance:
             top = _is_rollover(prev.raw, reg.raw, th, ctx.capacities.get(name))
             if top is not None:
                 continue
@@ -655,7 +733,8 @@ def register_decrease(
                     "rollover_at": list(th.rollover_at),
                 },
             )
-        elif key_cond is not None:
+            continue
+        if key_cond is not None:
             before = key_cond.evidence.get("before_raw")
             back = isinstance(before, Decimal) and reg.raw >= before
             needed = 1 if back else th.clear_after_normal_cycles
@@ -680,7 +759,7 @@ def meter_stopped(
         state.stopped_expected = _ZERO
         state.stopped_unknown_power = False
         state.dirty = True
-        if is_raised(state, "meter_stopped", name):
+        if ("meter_stopped", name) in state.active:     # is_raised, inline (hot)
             normal_cycle(
                 state, out, "meter_stopped", name, obs.ts, th.clear_after_normal_cycles,
                 f"{name} of meter {obs.meter} advances again ({iv.end.reg.value})",
@@ -699,8 +778,10 @@ def meter_stopped(
     state.dirty = True
     window_s = th.stopped_window_quarters * QUARTER_S
     unchanged_s = obs.slot - ref.slot
+    if unchanged_s + 1e-6 < window_s:
+        return out              # not unchanged for the window yet (the threshold is not needed)
     min_kwh = max(th.stopped_min_expected_kwh, iv.step * th.stopped_min_display_steps)
-    if unchanged_s + 1e-6 >= window_s and state.stopped_expected >= min_kwh:
+    if state.stopped_expected >= min_kwh:
         evidence: dict[str, object] = {
             "register": name,
             "register_value": iv.end.reg.value,
@@ -734,8 +815,13 @@ def meter_fast(
     if iv is None or iv.delta < 0 or iv.seconds <= 0:
         return out
     name = th.energy_register
+    raised = ("meter_fast", name) in state.active        # is_raised, inline: every reading
+    if not raised and ctx.rated_kw is None and iv.delta <= iv.step and th.fast_min_expected_kwh > 0:
+        # Nothing left once the display step is taken off (adj = 0), so the ratio below is 0
+        # (expected ≥ the positive minimum, never 0): not fast, nothing raised to count. At
+        # a poll a second the register moves a step at most, so this is most readings.
+        return out
     adj = max(iv.delta - iv.step, _ZERO)
-    raised = is_raised(state, "meter_fast", name)
     if ctx.rated_kw is not None:
         limit = ctx.rated_kw * th.fast_rated_margin * iv.seconds / _HOUR
         fast = adj > limit
@@ -903,13 +989,16 @@ def phase_loss(
     v = obs.voltages
     if len(v) != len(PHASES):
         return out
-    if not any(("phase_loss", ph) in state.active for ph in PHASES):
+    active = state.active
+    if not active or (("phase_loss", "l1") not in active and ("phase_loss", "l2") not in active
+                      and ("phase_loss", "l3") not in active):
         # The common case, decided once instead of per phase: every reference (the nominal,
         # or the mean of two phases) is at most the highest phase, so when the lowest phase
         # clears the loss fraction of that bound no phase is lost, and with nothing raised
         # there is no normal cycle to count either.
-        bound = ctx.nominal_v if ctx.nominal_v is not None else max(v.values())
-        if min(v.values()) >= th.phase_loss_fraction * bound:
+        volts = v.values()
+        bound = ctx.nominal_v if ctx.nominal_v is not None else max(volts)
+        if min(volts) >= th.phase_loss_fraction * bound:
             return out
     for ph in PHASES:
         others = [v[o] for o in PHASES if o != ph]
@@ -985,16 +1074,17 @@ def evaluate(
     if ctx.identity and state.identity != ctx.identity:
         state.identity = ctx.identity
         state.dirty = True
+    reg = obs.registers.get(th.energy_register)     # the judged register (rules never change obs)
     if (state.change_at is not None and obs.ts > state.change_at and (
             (state.registers_ts is not None and state.registers_ts <= state.change_at)
             or (state.energy is not None and state.energy.ts <= state.change_at))) \
-            or _ratio_changed(state, obs, th):
+            or _ratio_changed(state.energy, reg, obs.ts):
         # a recorded exchange or CT/PT change lies between the baselines and this reading, or
         # the reading was taken under another CT × PT (a restart under a new configured ratio)
         rebase(state)
     if obs.power_kw is not None and (not state.power or state.power[-1][0] <= obs.ts):
         state.power.append((obs.ts, obs.power_kw))
-    iv = energy_interval(state, obs, th)
+    iv = _interval(state.energy, reg, obs)
     for name, rule in RULES if rules is None else rules:
         try:
             events += rule(state, obs, iv, ctx, th)
@@ -1005,9 +1095,9 @@ def evaluate(
         state.registers.update(obs.registers)
         state.registers_ts = obs.ts
         state.dirty = True
-    reg = obs.registers.get(th.energy_register)
     if reg is not None and (state.energy is None or obs.ts > state.energy.ts):
-        state.energy = EnergyPoint(obs.ts, obs.slot, reg)
+        # the interval's end is this very point (no rule changes an EnergyPoint): not made twice
+        state.energy = iv.end if iv is not None and iv.end.reg is reg else EnergyPoint(obs.ts, obs.slot, reg)
         if state.stopped_ref is None:
             state.stopped_ref = state.energy
         state.dirty = True
@@ -1015,12 +1105,18 @@ def evaluate(
     return events, errors
 
 
-def _ratio_changed(state: MeterState, obs: Observation, th: ReviewThresholds) -> bool:
-    """Whether the judged register's CT × PT differs from the one its baseline was read under."""
-    reg = obs.registers.get(th.energy_register)
-    if reg is None or state.energy is None or obs.ts <= state.energy.ts:
+def _ratio_changed(energy: EnergyPoint | None, reg: RegisterValue | None, ts: float) -> bool:
+    """Whether the judged register ``reg``, read at ``ts``, was taken under another CT × PT
+    than its baseline ``energy`` was."""
+    if reg is None or energy is None or ts <= energy.ts:
         return False
-    f_prev, f_now = factor_taken(state.energy.reg), factor_taken(reg)
+    # factor_taken, its cache read here first: twice a reading
+    f_prev = energy.reg._factor
+    if f_prev is _NOT_YET:
+        f_prev = factor_taken(energy.reg)
+    f_now = reg._factor
+    if f_now is _NOT_YET:
+        f_now = factor_taken(reg)
     return f_prev is not None and f_now is not None and f_prev != f_now
 
 

@@ -24,8 +24,57 @@ ALL_RULES: Final[tuple[tuple[str, Rule], ...]] = (
 )
 
 
+def idle_rules(th: ReviewThresholds, interval_s: float | None) -> frozenset[str]:
+    """The rules that return at their first test, touching nothing, for every reading under
+    these thresholds and schedule period: each one's own first test, on configuration only.
+
+    * ``demand_over_contract`` without ``contract_kw``;
+    * ``low_power_factor`` without ``power_factor_reference``;
+    * ``clock_deviation`` with ``clock_threshold_s`` 0 (disabled);
+    * ``reverse_energy`` on a meter that is not a consumer's;
+    * ``meter_events`` with no ``meter_event_kinds`` to watch;
+    * ``consumption_jump`` for a reading of no aligned schedule (``interval_s`` None) or of
+      one shorter than ``jump_min_interval_s``.
+    """
+    idle = set()
+    if th.contract_kw is None:
+        idle.add("demand_over_contract")
+    if th.power_factor_reference is None:
+        idle.add("low_power_factor")
+    if th.clock_threshold_s == 0:
+        idle.add("clock_deviation")
+    if not th.consumer:
+        idle.add("reverse_energy")
+    if not th.meter_event_kinds:
+        idle.add("meter_events")
+    if interval_s is None or interval_s < th.jump_min_interval_s:
+        idle.add("consumption_jump")
+    return frozenset(idle)
+
+
+_PLANS: dict[tuple[int, float | None], tuple[ReviewThresholds, tuple[tuple[str, Rule], ...]]] = {}
+"""(id of the thresholds, schedule period) → (those thresholds, the rules to run): worked out
+once per meter and schedule instead of calling rules that cannot act on every reading. The
+thresholds are kept in the entry, so their id names them for as long as the entry lives."""
+
+
+def rules_for(th: ReviewThresholds, interval_s: float | None) -> tuple[tuple[str, Rule], ...]:
+    """:data:`ALL_RULES` in order, without the :func:`idle_rules` of ``th`` and ``interval_s``."""
+    key = (id(th), interval_s)
+    plan = _PLANS.get(key)
+    if plan is not None and plan[0] is th:
+        return plan[1]
+    idle = idle_rules(th, interval_s)
+    chosen = tuple(r for r in ALL_RULES if r[0] not in idle)
+    if len(_PLANS) >= 4096:         # bounded: a reload makes new thresholds for every meter
+        _PLANS.clear()
+    _PLANS[key] = (th, chosen)
+    return chosen
+
+
 def evaluate(
     state: MeterState, obs: Observation, ctx: MeterContext, th: ReviewThresholds
 ) -> tuple[list[RuleEvent], list[tuple[str, Exception]]]:
-    """Run every rule (:func:`gateway.review.rules.evaluate` with :data:`ALL_RULES`)."""
-    return rules.evaluate(state, obs, ctx, th, ALL_RULES)
+    """Run every rule (:func:`gateway.review.rules.evaluate` with :data:`ALL_RULES`), but those
+    that cannot act on a reading under ``th`` (:func:`rules_for`): same events, same state."""
+    return rules.evaluate(state, obs, ctx, th, rules_for(th, obs.interval_s))

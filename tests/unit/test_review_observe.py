@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from decimal import Decimal
 
 from gateway.model import PointValue, Reading
-from gateway.review.rules import RegisterValue, observe_reading
+from gateway.review.rules import RegisterValue, factor_taken, observe_reading
 
 
 def _reading(points: dict[str, PointValue], quality: str = "good") -> Reading:
@@ -51,3 +52,16 @@ def test_a_read_with_no_good_point_is_failed_only_for_a_failed_quality() -> None
     assert observe_reading(_reading(pts, "timeout")).failed
     assert not observe_reading(_reading(pts, "invalid")).failed
     assert not observe_reading(_reading({"power_kw": PointValue(Decimal(1), Decimal(1), "kW")}, "timeout")).failed
+
+
+def test_an_observed_register_is_a_whole_register_value() -> None:
+    """observe_reading makes its RegisterValues without calling their __init__: every field is
+    set (the factor too, not yet worked out), as RegisterValue(raw, value) sets it."""
+    d = Decimal
+    obs = observe_reading(_reading({"energy_import_kwh": PointValue(d("12.50"), d("500.0"), "kWh")}))
+    got = obs.registers["energy_import_kwh"]
+    made = RegisterValue(d("12.50"), d("500.0"))
+    assert type(got) is RegisterValue
+    for f in fields(RegisterValue):
+        assert repr(getattr(got, f.name)) == repr(getattr(made, f.name)), f.name
+    assert factor_taken(got) == d(40) and got.step == made.step == d("0.4")

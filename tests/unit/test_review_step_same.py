@@ -11,7 +11,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.review.rules import RegisterValue, display_step, factor_taken
+from gateway.review.rules import RegisterValue, display_step, factor_taken, seconds_between
 
 
 def reference_step(raw: Decimal, value: Decimal) -> Decimal:
@@ -39,3 +39,23 @@ def test_display_step_is_the_old_step(raw: Decimal, factor: Decimal, value: Deci
     got_interval = display_step(raw, factor_taken(RegisterValue(raw, v)))
     for got in (got_property, got_interval):
         assert (got, got.as_tuple()) == (want, want.as_tuple())
+
+
+_LENGTHS = st.one_of(
+    st.sampled_from([0.0, -0.0, 1.0, 900.0, 0.0004, 0.0005, 0.0015, -0.0004, 1.0004999, 899.9996, -1.0]),
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=st.one_of(st.just(1_796_000_000.004), st.floats(min_value=-1e10, max_value=2e9, allow_nan=False)),
+       length=_LENGTHS)
+def test_seconds_between_is_the_old_seconds(start: float, length: float) -> None:
+    """The interval length from its cache (by difference, then by rounded difference) is the
+    Decimal(repr(round(end − start, 3))) energy_interval made every time, sign and exponent
+    included, the first time and from the cache."""
+    end = start + length
+    want = Decimal(repr(round(end - start, 3)))
+    for _ in range(2):
+        got = seconds_between(start, end)
+        assert (str(got), got.as_tuple()) == (str(want), want.as_tuple())
