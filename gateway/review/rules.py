@@ -159,7 +159,9 @@ def display_step(raw: Decimal, factor: Decimal | None) -> Decimal:
                 _LAST_UNIT[0] = known
         else:
             unit = Decimal("0.01")
-    return unit * (factor if factor is not None else _ONE)
+    if factor is None or factor is _ONE:
+        return unit                     # unit × 1: the unit itself, exponent included
+    return unit * factor
 
 
 @dataclass(slots=True)      # not frozen: see RegisterValue
@@ -452,7 +454,8 @@ def observe_reading(reading: Reading, interval_s: float | None = None, power_poi
         if kind == _REGISTER:           # the most points of a reading: tested first
             v = p.value
             d = v if type(v) is dec and v.is_finite() else to_decimal(v)
-            r = raw if type(raw) is dec and raw.is_finite() else to_decimal(raw)
+            # a CT × PT of 1 keeps the raw itself as the value: judged once
+            r = d if raw is v else raw if type(raw) is dec and raw.is_finite() else to_decimal(raw)
             if r is not None and d is not None:
                 # RegisterValue(r, d) without the call of its Python __init__ (half the cost of a
                 # register, five a reading): every field of it is set here (test_review_observe)
@@ -545,7 +548,14 @@ def factor_taken(reg: RegisterValue) -> Decimal | None:
     ratio check and the interval at its reading and again as the next reading's baseline."""
     f = reg._factor
     if f is _NOT_YET:
-        f = reg._factor = reg.value / reg.raw if reg.raw != 0 else None
+        raw = reg.raw
+        if raw == 0:
+            f = None
+        elif reg.value is raw and raw.is_finite():
+            f = _ONE                    # x ÷ x: exactly 1, exponent 0 (a CT × PT of 1 keeps the raw)
+        else:
+            f = reg.value / raw
+        reg._factor = f
     return f
 
 

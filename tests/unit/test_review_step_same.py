@@ -29,16 +29,19 @@ _FACTOR = st.sampled_from([Decimal(1), Decimal("1.0"), Decimal(40), Decimal("0.5
 
 
 @settings(max_examples=400, deadline=None)
-@given(raw=_RAW, factor=_FACTOR, value=st.one_of(st.none(), _DECIMALS))
-def test_display_step_is_the_old_step(raw: Decimal, factor: Decimal, value: Decimal | None) -> None:
+@given(raw=_RAW, factor=_FACTOR, value=st.one_of(st.none(), st.just("raw"), _DECIMALS))
+def test_display_step_is_the_old_step(raw: Decimal, factor: Decimal, value: Decimal | str | None) -> None:
     """The step energy_interval now computes from the factor it already has, and the step
-    property, are the old property's Decimal (value, sign and exponent) for any register."""
-    v = raw * factor if value is None else value
+    property, are the old property's Decimal (value, sign and exponent) for any register,
+    also one whose value is its raw itself (a CT × PT of 1: the factor is taken as 1)."""
+    v = raw * factor if value is None else raw if value == "raw" else value
+    assert isinstance(v, Decimal)
     want = reference_step(raw, v)
     got_property = RegisterValue(raw, v).step
     got_interval = display_step(raw, factor_taken(RegisterValue(raw, v)))
     for got in (got_property, got_interval):
         assert (got, got.as_tuple()) == (want, want.as_tuple())
+    assert repr(factor_taken(RegisterValue(raw, v))) == repr(v / raw if raw != 0 else None)
 
 
 _LENGTHS = st.one_of(
