@@ -152,7 +152,10 @@ class BusWorker:
         self.limiter = limiter
         self._heap: list[Job] = []
         self._order = itertools.count()
-        self._wakeup = asyncio.Event()
+        #: what :meth:`run` awaits while the queue is empty; resolved by :meth:`_wake`. A bare
+        #: future, not an asyncio.Event: every poll of every meter wakes its bus, and the
+        #: Event's wait/set/clear cost more than the rest of queueing the poll.
+        self._idle: asyncio.Future[None] | None = None
         self._queued: set[tuple[str, str]] = set()
         self._inflight: set[asyncio.Task[None]] = set()
         self.overruns = 0
@@ -180,7 +183,7 @@ class BusWorker:
         self._queued.add(key)
         prio = PRIORITY_ORDER[priority] if priority else PRIORITY_ORDER.get(_priority_of(meter, schedule), 1)
         heapq.heappush(self._heap, Job(prio, slot, next(self._order), meter, schedule))
-        self._wakeup.set()
+        self._wake()
         return True
 
     def submit(
@@ -192,8 +195,14 @@ class BusWorker:
         job = Job(PRIORITY_ORDER[priority], slot if slot is not None else self.clock.time(),
                   next(self._order), meter, None, action, fut)
         heapq.heappush(self._heap, job)
-        self._wakeup.set()
+        self._wake()
         return fut
+
+    def _wake(self) -> None:
+        """Let :meth:`run` take the job just queued."""
+        waiter, self._idle = self._idle, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def queue_depth(self) -> int:
         """Jobs waiting (not running)."""
@@ -203,11 +212,12 @@ class BusWorker:
     async def run(self) -> None:
         """Serve the queue forever (cancel to stop); the driver is closed on the way out."""
         concurrency = max(1, self.bus.concurrency)
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 while not self._heap:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                    waiter = self._idle = loop.create_future()
+                    await waiter
                 job = heapq.heappop(self._heap)
                 if concurrency == 1:
                     await self._run_job(job)
