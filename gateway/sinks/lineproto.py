@@ -127,6 +127,12 @@ def number_text(raw: str) -> str | None:
     whole, dot, frac = (raw[1:] if raw[:1] == "-" else raw).partition(".")
     if whole.isdecimal() and (not dot or frac.isdecimal()):
         return raw
+    return number_text_by_regex(raw)
+
+
+def number_text_by_regex(raw: str) -> str | None:
+    """:func:`number_text` without its fast test of a plain decimal: the regex for every
+    text (what it was before that test; its tests hold the two to the same answers)."""
     if _PLAIN_NUMBER.fullmatch(raw):
         return raw
     try:
