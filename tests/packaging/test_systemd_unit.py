@@ -238,8 +238,12 @@ def test_unit_under_systemd(release: Release, container: Container) -> None:
     assert inside("systemctl", "reload", UNIT).returncode == 0
 
     def not_info() -> list[tuple[str, str]]:
-        """The lines since the reload that are not info, once there are two (the message and its error)."""
-        lines = [line for line in gateway_lines(inside, pid)[seen:] if line[0] != "6"]
+        """The lines since the reload that are not info, once there are two (the message and its
+        error). Not the poller's link-state lines: the example's serial bus, whose port this
+        container lacks, says "bus … is down" (a warning) once after the reload before, and
+        that line may land here (a full suite run on a slow host saw it do so)."""
+        lines = [line for line in gateway_lines(inside, pid)[seen:]
+                 if line[0] != "6" and not line[1].startswith("amr.poll: bus ")]
         return lines if len(lines) > 1 else []
 
     refused = wait_until(not_info, inside.within(30), "the refused reload", step=0.5,
