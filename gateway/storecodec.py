@@ -358,7 +358,7 @@ def plain_values(shape: Shape, body: str) -> list[str] | None:
     items = _plain_items(shape, body)
     if items is not None and shape.scaled:
         for k, factor in shape.scaled:
-            items[k] = format(Decimal(items[k]) * factor, "f")
+            items[k] = multiplied_text(items[k], factor)
     return items
 
 
@@ -376,7 +376,7 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
             out[_PLAIN_FIRST::5] = items
             out[_PLAIN_FIRST + 2::5] = items
             for k, factor in shape.scaled or ():
-                out[_PLAIN_FIRST + 2 + 5 * k] = format(Decimal(items[k]) * factor, "f")
+                out[_PLAIN_FIRST + 2 + 5 * k] = multiplied_text(items[k], factor)
             return "".join(out)
     points, _, tail = body.partition(_TAIL)
     err = ""
@@ -397,7 +397,7 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
         for o, u, default, item in zip(openers, units, shape.marks, points.split(_PT), strict=True):
             if _FLD not in item:
                 raw = item or "null"
-                value = raw if default == _SAME else format(Decimal(raw) * factors[default], "f")
+                value = raw if default == _SAME else multiplied_text(raw, factors[default])
                 parts.append(f'{o}{raw},"value":{value}{u}good"}}')
                 continue
             fields = item.split(_FLD)
@@ -406,7 +406,7 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
             if mark == _SAME:
                 value = raw
             elif mark in factors:
-                value = format(Decimal(raw) * factors[mark], "f")
+                value = multiplied_text(raw, factors[mark])
             else:
                 value = mark
             q = fields[2] if len(fields) > 2 and fields[2] else "good"
@@ -433,7 +433,7 @@ def good_values(shape: Shape, body: str) -> list[str | None]:
             elif default == _SAME:
                 append(item)
             else:
-                append(format(Decimal(item) * factors[default], "f"))
+                append(multiplied_text(item, factors[default]))
             continue
         fields = item.split(_FLD, 3)
         if len(fields) > 2 and fields[2]:
@@ -596,19 +596,25 @@ def _pick(spec: str, names_json: str) -> _Pick:
     return got
 
 
+def multiplied_text(raw: str, factor: Decimal) -> str:
+    """The value text of a point kept as its raw text and a factor mark: raw × factor in
+    plain notation, as :func:`render` writes every multiplied value."""
+    return format(Decimal(raw) * factor, "f")
+
+
 def value_text(item: str, default: str, factors: dict[str, Decimal]) -> str:
     """The JSON text of a point's ``value`` from its field of a compact body (not a failed
     read's), as :func:`render` writes it."""
     if _FLD not in item:
         raw = item or "null"
-        return raw if default == _SAME else format(Decimal(raw) * factors[default], "f")
+        return raw if default == _SAME else multiplied_text(raw, factors[default])
     fields = item.split(_FLD, 2)
     raw = fields[0] or "null"
     mark = fields[1] or default
     if mark == _SAME:
         return raw
     if mark in factors:
-        return format(Decimal(raw) * factors[mark], "f")
+        return multiplied_text(raw, factors[mark])
     return mark
 
 
