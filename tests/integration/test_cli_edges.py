@@ -9,12 +9,14 @@ another protocol says so before it sends anything."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,10 +37,29 @@ schedules: {{interval: {{every: 15m, points: ["energy_*"]}}}}
 """
 
 
+@contextlib.contextmanager
+def _sigint_heard() -> Iterator[None]:
+    """SIGINT not ignored while a child starts, so the child has it at its default, as a
+    command typed at a terminal does. A suite started in the background by a shell without
+    job control (``cmd &``) ignores SIGINT, every child inherits that, and the Ctrl-C tests
+    below then see a scan that never hears its Ctrl-C (a full suite run started that way
+    failed them twice). A handler, unlike "ignore", is not inherited across exec."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def cli(*argv: str, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
     """``amr-gateway ARGV`` from this checkout as a child process."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env, stdout=stdout, stderr=stderr)
+    with _sigint_heard():
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env, stdout=stdout,
+                                stderr=stderr)
 
 
 async def test_closed_pipe_ends_export_quietly(tmp_path: Path) -> None:
