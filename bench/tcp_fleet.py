@@ -610,6 +610,31 @@ for exp in sys.argv[1].split(","):
             t.daemon = True
             t.start()
         report()
+    elif name == "review-time":      # the review's steps in place: thread CPU µs per call, to stderr at exit
+        import atexit, time
+        from gateway.review import engine, rules, ruleset
+        spent = {}
+        def timed(owner, attr, label):
+            fn = getattr(owner, attr)
+            clock = time.thread_time_ns
+            def wrapper(*a, **k):
+                t = clock()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    c = spent.setdefault(label, [0, 0])
+                    c[0] += clock() - t
+                    c[1] += 1
+            setattr(owner, attr, wrapper)
+        timed(engine.ReviewEngine, "observe", "engine.observe")
+        timed(engine.ReviewEngine, "evaluate_all", "engine.evaluate_all")
+        timed(engine, "observe_reading", "rules.observe_reading")
+        timed(engine, "evaluate", "ruleset.evaluate")
+        timed(engine, "fold_bus_failure", "bus.fold_bus_failure")
+        def report():
+            for label, (ns, n) in sorted(spent.items()):
+                print(f"review-time {label}: {n} calls, {ns / max(n, 1) / 1000:.2f} µs each", file=sys.stderr)
+        atexit.register(report)
     elif name == "no-review":        # the review engine takes no reading (its observer does nothing)
         from gateway.review.engine import ReviewEngine
         ReviewEngine.observe = lambda self, meter, reading: None
@@ -620,7 +645,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "gc-threshold:N", "gc-time:FILE",
-               "no-review", "uvloop", "cprofile:FILE")
+               "no-review", "review-time", "uvloop", "cprofile:FILE")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:
