@@ -8,6 +8,7 @@ window between outbox and table, the bounded queue, a failing rule, and the CSV 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sqlite3
@@ -24,7 +25,7 @@ from gateway.config import load_settings_from_text
 from gateway.core import Core
 from gateway.demo import demo_config_text
 from gateway.model import PointValue, Reading
-from gateway.review import rules, ruleset
+from gateway.review import engine, rules, ruleset
 from gateway.review.engine import ReviewEngine
 from gateway.review.export import export_events
 from gateway.runtime import STORE_FILE
@@ -139,6 +140,26 @@ async def test_the_observer_never_blocks_or_raises_when_the_queue_is_full(gw: Co
         eng.observe(runtime(), reading(k, "1.00"))
     assert len(eng.queue) == 2 and eng.dropped == 3
     assert eng.observe in gw.observers
+
+
+async def test_readings_wait_for_the_batch_window_but_a_drain_does_not(
+    gw: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "BATCH_S", 30.0)   # far longer than anything below waits
+    eng = await started(gw)
+    await asyncio.sleep(0.05)                      # the engine waits for its first reading
+    for k in range(3):
+        eng.observe(runtime(), reading(k, f"{10 - k}.00"))
+        await asyncio.sleep(0.05)
+    assert eng.processed == 0 and len(eng.queue) == 3      # gathered, not reviewed one by one
+    assert await eng.drain(timeout=5.0)                   # does not wait out the window
+    assert eng.processed == 3 and not eng.queue
+    eng.observe(runtime(), reading(3, "5.00"))
+    await asyncio.sleep(0.05)
+    assert eng.processed == 3                             # the next batch waits its window again
+    await eng.stop()                                      # stop reviews what is queued
+    assert eng.processed == 4
+    assert [r[0] for r in rows(gw, "SELECT state FROM review_event WHERE type='register_decrease'")] == ["raised"]
 
 
 async def test_a_failing_rule_loses_neither_the_reading_nor_the_other_rules(
