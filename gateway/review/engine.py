@@ -286,9 +286,9 @@ class ReviewEngine:
         :meth:`drain` is waiting) and then runs everything queued by then in one go: at 1,000
         readings a second one wake-up per 50 readings instead of one per reading, and the
         rules' code and tables stay hot in the CPU's caches through the batch instead of
-        being evicted by polling between two readings. This took about 10 µs of CPU off each
-        reading of ``bench/tcp_fleet.py`` case a (a third of what the review cost in place);
-        an event is raised that much later, which no reviewer sees.
+        being evicted by polling between two readings. This took 6–10 µs of CPU off each
+        reading of ``bench/tcp_fleet.py`` case a, where the review cost about 33 µs a reading
+        in place (bench/README.md); an event is raised up to that window later.
         """
         while True:
             if not self.queue:
