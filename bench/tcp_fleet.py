@@ -610,7 +610,7 @@ for exp in sys.argv[1].split(","):
             t.daemon = True
             t.start()
         report()
-    elif name == "review-time":      # the review's (and build's) steps in place: thread CPU µs per call, at exit
+    elif name == "review-time":      # the review, build and sink steps in place: thread CPU µs per call, at exit
         # (each timed call adds two clock reads, ~0.4 µs: an outer figure includes its inner timers)
         import atexit, time
         from gateway.review import engine, rules, ruleset
@@ -642,6 +642,12 @@ for exp in sys.argv[1].split(","):
         timed(pipeline.ReadingBuilder, "build", "pipeline.build")
         timed(polling.BusWorker, "_finish", "polling._finish (observers, store queue)")
         timed(store.Store, "submit_nowait", "store.submit_nowait")
+        from gateway.sinks import delivery, influx, mqtt
+        timed(mqtt.MqttSink, "send", "mqtt.send (render, frame)")
+        timed(mqtt._Connection, "_take", "mqtt._take (PUBACKs)")
+        timed(mqtt._Connection, "_flush", "mqtt._flush (send)")
+        timed(delivery.SinkRunner, "_acked", "delivery._acked")
+        timed(influx.InfluxSink, "send", "influx.send")
         def report():
             for label, (ns, n) in sorted(spent.items()):
                 print(f"review-time {label}: {n} calls, {ns / max(n, 1) / 1000:.2f} µs each", file=sys.stderr)
