@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from fnmatch import fnmatchcase
 
+from gateway.identity_memo import IdentityMemo
 from gateway.model import PointResult, PointValue, Quality, Reading, Value
 from gateway.multiplier import profile_factors
 from gateway.settings import MeterSettings, Profile
@@ -73,8 +74,9 @@ _FastEntry = tuple[str, Decimal | None, _Bounds]
 """unit, multiplier (None when it equals 1), and the rule's bounds as exact Decimals (the
 upper one None when infinite; None without a rule): what ``build`` needs for a good
 Decimal, the usual point."""
-_TABLES: dict[tuple[int, Decimal, Decimal],
-              tuple[Profile, dict[str, _PointEntry], dict[str, _FastEntry]]] = {}
+_TABLES: IdentityMemo[Profile, tuple[dict[str, _PointEntry], dict[str, _FastEntry]]] = IdentityMemo()
+"""(profile, CT, PT) → the build tables of :func:`_tables`; bounded, so the profiles a reload
+replaced are not kept alive."""
 
 
 def _bounds(rule: _RangeRule) -> _Bounds:
@@ -90,16 +92,14 @@ def _tables(profile: Profile, ct: Decimal, pt: Decimal) -> tuple[dict[str, _Poin
     """Unit, multiplier and range rule per point, worked out once and shared by every meter
     with the same profile and ratios (``build`` runs for every reading), and the same for
     ``build``'s path for a good Decimal (:data:`_FastEntry`)."""
-    key = (id(profile), ct, pt)
-    cached = _TABLES.get(key)
-    if cached is not None and cached[0] is profile:  # the entry holds the profile: its id is never reused
-        return cached[1], cached[2]
+    cached = _TABLES.get(profile, (ct, pt))
+    if cached is not None:
+        return cached
     factors = profile_factors(profile, ct, pt)
     table = {name: (point.unit, factors.get(name, _ONE), _range_rule(name)) for name, point in profile.points.items()}
     fast = {name: (unit, None if factor == _ONE else factor, _bounds(rule))
             for name, (unit, factor, rule) in table.items()}
-    _TABLES[key] = (profile, table, fast)
-    return table, fast
+    return _TABLES.put(profile, (table, fast), (ct, pt))
 
 
 class ReadingBuilder:

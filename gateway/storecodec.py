@@ -48,6 +48,7 @@ from json.encoder import encode_basestring
 from operator import attrgetter
 from typing import Any, Final, TypeVar, cast
 
+from gateway.identity_memo import IdentityMemo
 from gateway.model import READING_SCHEMA, Reading, iso_utc, json_number, to_json
 
 PAYLOAD_SQL: Final = ("amr_payload(outbox.payload, (SELECT spec FROM reading_shape WHERE id=outbox.shape), "
@@ -116,24 +117,17 @@ class Shape:
     general path."""
 
 
-_FACTOR_TEXTS: dict[int, tuple[Decimal, str]] = {}
-"""id(factor) → (factor, its JSON text): a meter's readings all carry its builder's own CT
-and PT Decimals, so the text is written once per meter, not per reading. The entry holds
-the factor, so its id cannot be reused while it is kept; equal Decimals are not merged
-(``1`` and ``1.0`` are equal but are written differently)."""
+_FACTOR_TEXTS: IdentityMemo[Decimal, str] = IdentityMemo(_SHAPES_KEPT)
+"""factor → its JSON text: a meter's readings all carry its builder's own CT and PT
+Decimals, so the text is written once per meter, not per reading; equal Decimals are not
+merged (``1`` and ``1.0`` are equal but are written differently)."""
 _unit_of: Final = attrgetter("unit")
 
 
 def _factor_text(factor: Decimal) -> str:
     """``json_number(factor)``, remembered for this very object (see :data:`_FACTOR_TEXTS`)."""
-    got = _FACTOR_TEXTS.get(id(factor))
-    if got is not None and got[0] is factor:
-        return got[1]
-    text = json_number(factor)
-    if len(_FACTOR_TEXTS) >= _SHAPES_KEPT:
-        _FACTOR_TEXTS.clear()
-    _FACTOR_TEXTS[id(factor)] = (factor, text)
-    return text
+    got = _FACTOR_TEXTS.get(factor)
+    return got if got is not None else _FACTOR_TEXTS.put(factor, json_number(factor))
 
 
 def shape_key(r: Reading, gateway: str) -> ShapeKey:

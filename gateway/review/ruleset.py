@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from gateway.identity_memo import IdentityMemo
 from gateway.review import billing_rules, meter_events, rules
 from gateway.review.rules import MeterContext, MeterState, Observation, Rule, RuleEvent
 from gateway.review_thresholds import ReviewThresholds
@@ -52,24 +53,19 @@ def idle_rules(th: ReviewThresholds, interval_s: float | None) -> frozenset[str]
     return frozenset(idle)
 
 
-_PLANS: dict[tuple[int, float | None], tuple[ReviewThresholds, tuple[tuple[str, Rule], ...]]] = {}
-"""(id of the thresholds, schedule period) → (those thresholds, the rules to run): worked out
-once per meter and schedule instead of calling rules that cannot act on every reading. The
-thresholds are kept in the entry, so their id names them for as long as the entry lives."""
+_PLANS: IdentityMemo[ReviewThresholds, tuple[tuple[str, Rule], ...]] = IdentityMemo()
+"""(thresholds, schedule period) → the rules to run: worked out once per meter and schedule
+instead of calling rules that cannot act on every reading (bounded: a reload makes new
+thresholds for every meter)."""
 
 
 def rules_for(th: ReviewThresholds, interval_s: float | None) -> tuple[tuple[str, Rule], ...]:
     """:data:`ALL_RULES` in order, without the :func:`idle_rules` of ``th`` and ``interval_s``."""
-    key = (id(th), interval_s)
-    plan = _PLANS.get(key)
-    if plan is not None and plan[0] is th:
-        return plan[1]
+    plan = _PLANS.get(th, interval_s)
+    if plan is not None:
+        return plan
     idle = idle_rules(th, interval_s)
-    chosen = tuple(r for r in ALL_RULES if r[0] not in idle)
-    if len(_PLANS) >= 4096:         # bounded: a reload makes new thresholds for every meter
-        _PLANS.clear()
-    _PLANS[key] = (th, chosen)
-    return chosen
+    return _PLANS.put(th, tuple(r for r in ALL_RULES if r[0] not in idle), interval_s)
 
 
 def evaluate(
