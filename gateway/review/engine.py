@@ -128,7 +128,7 @@ class ReviewEngine:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._hurry = asyncio.Event()        # drain() waits: no batch window
+        self._hurry = asyncio.Event()        # a drain() waits for readings queued: no batch window
         self.states: dict[str, MeterState] = {}
         self.contexts: dict[str, MeterContext] = {}
         #: each meter's thresholds with its customer's and its own overrides applied
@@ -268,7 +268,8 @@ class ReviewEngine:
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued reading has been reviewed (False on timeout)."""
-        self._hurry.set()
+        if not self._idle.is_set():       # readings are queued (observe clears it): skip the window
+            self._hurry.set()
         return await wait_event(self._idle, timeout)
 
     def state(self, meter: str) -> MeterState:

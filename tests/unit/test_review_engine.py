@@ -154,9 +154,10 @@ async def test_readings_wait_for_the_batch_window_but_a_drain_does_not(
     assert eng.processed == 0 and len(eng.queue) == 3      # gathered, not reviewed one by one
     assert await eng.drain(timeout=5.0)                   # does not wait out the window
     assert eng.processed == 3 and not eng.queue
+    assert await eng.drain(timeout=5.0)                   # nothing queued: returns at once...
     eng.observe(runtime(), reading(3, "5.00"))
     await asyncio.sleep(0.05)
-    assert eng.processed == 3                             # the next batch waits its window again
+    assert eng.processed == 3                             # ...and the next batch waits its window again
     await eng.stop()                                      # stop reviews what is queued
     assert eng.processed == 4
     assert [r[0] for r in rows(gw, "SELECT state FROM review_event WHERE type='register_decrease'")] == ["raised"]
