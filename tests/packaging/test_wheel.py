@@ -1,7 +1,7 @@
 """The wheel as a user installs it: a fresh venv in a temp dir, outside the checkout, from
 the wheels the Debian package carries (``--no-index``): ``validate`` accepts every shipped
 example configuration (profiles found inside the installed package, not in the checkout),
-and ``demo`` runs and prints good readings.
+and ``demo`` runs, prints good readings and serves the web console's packaged files.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -64,10 +65,11 @@ def test_validate_accepts_every_shipped_example(venv: Path, example: Path, tmp_p
     assert proc.stdout.startswith("OK:"), proc.stdout
 
 
-def test_demo_prints_good_readings(venv: Path, tmp_path: Path) -> None:
+def test_demo_prints_good_readings_and_serves_the_console(venv: Path, tmp_path: Path) -> None:
     env = dict(clean_env(), AMR_API_TOKEN="wheel-test")
+    api = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        [str(venv / "bin" / "amr-gateway"), "demo", "--listen", f"127.0.0.1:{free_port()}",
+        [str(venv / "bin" / "amr-gateway"), "demo", "--listen", api,
          "--data-dir", str(tmp_path / "demo"), "--mqtt", f"127.0.0.1:{free_port()}", "--duration", "90"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -79,6 +81,14 @@ def test_demo_prints_good_readings(venv: Path, tmp_path: Path) -> None:
         wait_until(lambda: any(" good  power_kw=" in line for line in lines) or proc.poll() is not None,
                    60, "a good reading on the demo's console")
         assert proc.poll() is None, "".join(lines)
+        # the console as the installed package serves it: the page and every packaged file,
+        # byte for byte what the checkout has (a file left out of the wheel is a 404)
+        static = REPO / "gateway" / "web" / "static"
+        with urllib.request.urlopen(f"http://{api}/", timeout=10) as resp:
+            assert resp.read() == (static / "index.html").read_bytes()
+        for f in sorted(static.iterdir()):
+            with urllib.request.urlopen(f"http://{api}/console/static/{f.name}", timeout=10) as resp:
+                assert resp.read() == f.read_bytes(), f.name
     finally:
         stop_process(proc, signal.SIGINT, 30)
         reader.join(10)
