@@ -174,6 +174,10 @@ class TaggedTcpPipe(asyncio.Protocol):
         self._sem = asyncio.Semaphore(max(1, concurrency)) if concurrency > 1 else None
         self._connecting: asyncio.Lock | None = None
         self._timeouts: TimeoutBuckets | None = None
+        #: the loop the connection runs on, kept at connect: Python 3.11's
+        #: ``asyncio.get_running_loop()`` makes a ``getpid`` system call each time, and an
+        #: exchange runs thousands of times a second
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty = False
         self._last_rx = 0.0
         self._late_logged = False
@@ -189,6 +193,7 @@ class TaggedTcpPipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport (called by asyncio)."""
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         self._buf.clear()
         self._dirty = False
 
@@ -331,7 +336,7 @@ class TaggedTcpPipe(asyncio.Protocol):
             transport = self._transport
             if transport is None:
                 raise TransportError(f"connection to {self.describe} closed at once; it will be reopened")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
         self._pending[tag] = (fut, matcher)
         self.stats["requests"] += 1
