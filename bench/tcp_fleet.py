@@ -151,6 +151,8 @@ class Result:
     arrived: int = 0
     cpu_s: float = 0.0
     loop_cpu_s: float = 0.0
+    sys_s: float = 0.0          # the gateway process's kernel time in the window
+    base_sys_share: float = 0.0  # the bare loop's kernel time ÷ its CPU
     cpu_per_1000: float = 0.0
     rss_mb: float = 0.0
     hwm_mb: float = 0.0
@@ -251,6 +253,13 @@ def proc_cpu_s(pid: int) -> float:
         text = f.read()
     fields = text[text.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def proc_sys_s(pid: int) -> float:
+    """stime of a process alone, seconds (field 15 of /proc/PID/stat): its kernel share."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    return int(text[text.rindex(")") + 2:].split()[12]) / HZ
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -775,9 +784,9 @@ class Bench:
         t0, _ = window_bounds(r.interval_s, a.phases, time.time() + r.warmup_s)
         t1 = t0 + r.window_s
         sleep_until(t0)
-        c0, s0, m0 = tree_cpu_s(gw.pid), proc_cpu_s(self.sim.pid), thread_cpu_s(gw.pid)
+        c0, s0, m0, k0 = tree_cpu_s(gw.pid), proc_cpu_s(self.sim.pid), thread_cpu_s(gw.pid), proc_sys_s(gw.pid)
         sleep_until(t1)
-        c1, s1, m1 = tree_cpu_s(gw.pid), proc_cpu_s(self.sim.pid), thread_cpu_s(gw.pid)
+        c1, s1, m1, k1 = tree_cpu_s(gw.pid), proc_cpu_s(self.sim.pid), thread_cpu_s(gw.pid), proc_sys_s(gw.pid)
         res.rss_mb = proc_status_kb(gw.pid, "VmRSS") / 1024
         res.hwm_mb = proc_status_kb(gw.pid, "VmHWM") / 1024
         res.nofile_soft = proc_nofile(gw.pid)
@@ -804,6 +813,7 @@ class Bench:
         self.procs.stop(gw, 60.0)
         res.cpu_s = c1 - c0
         res.loop_cpu_s = m1 - m0
+        res.sys_s = k1 - k0
         res.sim_cpu_s = s1 - s0
         # the store: what was committed with a slot in the window
         db = run_dir / "data" / "amr-gateway.sqlite"
@@ -834,6 +844,8 @@ class Bench:
                 "--warmup", str(min(r.warmup_s, max(3.0, r.interval_s + 1))), "--window", str(r.window_s)]
         for pdu in self.pdus:
             argv += ["--pdu", pdu]
+        if self.args.baseline_prime_malloc:
+            argv.append("--prime-malloc")
         log = run_dir / "baseline.log"
         p = self.procs.start(argv, log)
         try:
@@ -850,6 +862,7 @@ class Bench:
         res.base_cpu_per_1000 = 1000 * b["cpu_s"] / b["reads"] if b["reads"] else math.inf
         res.base_rss_mb, res.base_hwm_mb = b["rss_kb"] / 1024, b["hwm_kb"] / 1024
         res.base_p99_ms = b["lat_p99_ms"]
+        res.base_sys_share = b.get("sys_s", 0.0) / b["cpu_s"] if b["cpu_s"] else 0.0
         res.ratio = res.cpu_per_1000 / res.base_cpu_per_1000 if res.base_cpu_per_1000 else math.inf
 
     @staticmethod
@@ -895,7 +908,8 @@ def detail(res: Result) -> str:
             f"overruns {res.overruns}, gateway up in {res.start_s:.1f} s, open-file limit {res.nofile_soft:,}; "
             f"{sinks}; baseline {res.base_reads:,} reads ({res.base_failed} failed); event loop "
             f"{100 * res.loop_cpu_s / res.cpu_s if res.cpu_s else 0:.0f} % of the gateway's CPU (the rest: "
-            f"store, InfluxDB and executor threads)"
+            f"store, InfluxDB and executor threads); in the kernel: gateway "
+            f"{100 * res.sys_s / res.cpu_s if res.cpu_s else 0:.0f} %, bare loop {100 * res.base_sys_share:.0f} %"
             + (f"\n    MISSED: {'; '.join(res.misses)}" if res.misses else ""))
 
 
@@ -946,6 +960,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of gateway patches to measure a proposal, not for targets: "
                          f"{', '.join(EXPERIMENTS)}")
     ap.add_argument("--no-baseline", action="store_true", help="skip the bare-loop baseline runs")
+    ap.add_argument("--baseline-prime-malloc", action="store_true",
+                    help="the bare loop frees a 1 MiB block first, so its receive buffers come from the heap "
+                         "as the gateway's do (fleet_baseline.prime_malloc)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, stores)")
     ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args(argv)
@@ -978,7 +995,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"phases: meters spread over {args.phases} schedule offsets per interval; store "
               f"commit_interval_ms={args.commit_ms or f'default ({DEFAULT_COMMIT_MS:g})'}, "
               f"synchronous={args.synchronous or 'default (FULL)'}; "
-              f"influxdb.client={args.influx_client or 'default'}")
+              f"influxdb.client={args.influx_client or 'default'}; bare loop "
+              f"{'with --prime-malloc' if args.baseline_prime_malloc else 'as it starts (no --prime-malloc)'}")
         print("p50/p99 = slot → arrival at a QoS 1 subscriber; done p99 = reading ts − slot; lag max = "
               "amr_poll_lag_max_seconds (ms, since start);\n"
               "sim CPU = the simulator's share of one core in the window\n")
