@@ -889,18 +889,32 @@ def local_second_of_day(t: float, tz: str) -> int:
     return lt.hour * 3600 + lt.minute * 60 + lt.second
 
 
+JUMP_READ_TOLERANCE: Final = 0.25
+"""How far from its slot, as a share of the schedule period, each read of an interval judged
+by :func:`consumption_jump` may have been taken (a quarter: under four minutes on a 15-minute
+schedule, where a healthy bus reads within seconds). Two such reads span 0.5–1.5 periods,
+shifted by at most a quarter, which the jump factor (3 by default) absorbs; a later read is
+not judged and not kept as the slot's history."""
+
+
 def consumption_jump(
     state: MeterState, obs: Observation, iv: EnergyInterval | None, ctx: MeterContext, th: ReviewThresholds
 ) -> list[RuleEvent]:
     """An interval's consumption > k × the median of the same local slot over N days.
 
     Only whole, adjacent intervals (one schedule period between slots) are judged and kept
-    as history, so a gap never looks like a jump.
+    as history, so a gap never looks like a jump; and only those whose two reads were taken
+    close to their slots (:data:`JUMP_READ_TOLERANCE`): a read taken late, on a bus that fell
+    behind, carries the consumption up to when it was taken, not up to its slot, so its
+    interval is neither that slot's length nor that time of day's consumption.
     """
     out: list[RuleEvent] = []
     if iv is None or not iv.adjacent or iv.delta < 0 or obs.interval_s is None:
         return out
     if obs.interval_s < th.jump_min_interval_s:
+        return out
+    near = JUMP_READ_TOLERANCE * obs.interval_s
+    if abs(iv.start.ts - iv.start.slot) > near or abs(iv.end.ts - iv.end.slot) > near:
         return out
     name = th.energy_register
     start_slot = iv.start.slot

@@ -237,6 +237,31 @@ def test_consumption_jump_needs_history_and_adjacent_slots() -> None:
     assert run(st, obs(0, energy="5100", slot=at + 1800)) == []   # a gap (30 min): not an interval
 
 
+def test_consumption_jump_skips_an_interval_whose_read_came_late() -> None:
+    """Adjacent slots, but the second read taken two periods after its slot (a bus that fell
+    behind): its register holds three periods of consumption, which is not the slot's."""
+    def history() -> MeterState:
+        st = MeterState()
+        for day, kwh in enumerate([D(10), D(12), D(11)]):
+            assert jump_day(st, day, kwh, D(1000) + day * 100) == []
+        return st
+
+    at = T0 + 3 * 86400 + 10 * 3600
+    st = history()
+    run(st, obs(0, energy="2000", slot=at))
+    kept = {k: list(v) for k, v in st.history.items()}
+    assert run(st, obs(0, energy="2036", slot=at + 900, ts_offset=1800.5)) == []   # 36 > 3 × 11, read 30 min late
+    assert {k: list(v) for k, v in st.history.items()} == kept                      # not kept as the slot's history
+    st = history()
+    run(st, obs(0, energy="2000", slot=at))
+    ev = run(st, obs(0, energy="2036", slot=at + 900, ts_offset=200.5))             # within a quarter period: judged
+    assert kinds(ev) == [("consumption_jump", "raised", "energy_import_kwh")]
+    st = history()
+    run(st, obs(0, energy="2000", slot=at, ts_offset=1350.5))                        # both reads 1.5 periods late:
+    assert run(st, obs(0, energy="2036", slot=at + 900, ts_offset=1350.5)) == []    # one period apart, but another
+    assert {k: list(v) for k, v in st.history.items()} == kept                      # time of day than the slot's
+
+
 # ----------------------------------------------------------------------------- clock_deviation
 def clock_at(slot: float, offset_s: float) -> str:
     from datetime import datetime
