@@ -130,10 +130,10 @@ def prime_malloc() -> None:
     asyncio's socket transport receives with ``recv(256 KiB)``: a block above glibc's initial
     mmap threshold (128 KiB), so each receive maps memory, shrinks it to the reply's size
     (``mremap``) and unmaps it when freed, three system calls per reply. glibc raises the
-    threshold to the size of a mapped block that is freed whole; the gateway frees such
-    blocks while it starts (SQLite, its configuration), so its receives come from the heap,
-    and this loop's did not. Freeing one 1 MiB block puts this loop in the same state; what
-    it changes is measured in bench/README.md ("The bare loop's kernel time").
+    threshold to the size of a mapped block that is freed whole; something in the gateway's
+    start-up frees such a block (which step was not traced), so its receives come from the
+    heap, and this loop's did not. Freeing one 1 MiB block puts this loop in the same state;
+    what it changes is measured in bench/README.md ("The bare loop's kernel time").
     """
     block = bytearray(1 << 20)
     del block

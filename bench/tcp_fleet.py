@@ -247,19 +247,23 @@ class Procs:
             self.stop(p, 15.0)
 
 
+def stat_fields(path: str) -> list[str]:
+    """The fields of a ``/proc/…/stat`` file after the command name, from field 3 (state)
+    on: field N of proc(5) is index N − 3 (the name, in parentheses, may hold spaces)."""
+    with open(path) as f:
+        text = f.read()
+    return text[text.rindex(")") + 2:].split()
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process, seconds (fields 14 and 15 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    fields = text[text.rindex(")") + 2:].split()
+    fields = stat_fields(f"/proc/{pid}/stat")
     return (int(fields[11]) + int(fields[12])) / HZ
 
 
 def proc_sys_s(pid: int) -> float:
     """stime of a process alone, seconds (field 15 of /proc/PID/stat): its kernel share."""
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    return int(text[text.rindex(")") + 2:].split()[12]) / HZ
+    return int(stat_fields(f"/proc/{pid}/stat")[12]) / HZ
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -270,12 +274,9 @@ def tree_cpu_s(pid: int) -> float:
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{entry}/stat") as f:
-                text = f.read()
-                parents[int(entry)] = int(text[text.rindex(")") + 2:].split()[1])
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    fields = text[text.rindex(")") + 2:].split()
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parents[int(entry)] = int(stat_fields(f"/proc/{entry}/stat")[1])
+    fields = stat_fields(f"/proc/{pid}/stat")
     total = sum(int(x) for x in fields[11:15]) / HZ
     todo, seen = [pid], {pid}
     while todo:
@@ -291,9 +292,7 @@ def tree_cpu_s(pid: int) -> float:
 
 def thread_cpu_s(pid: int) -> float:
     """utime + stime of a process's main thread (its event loop), from /proc/PID/task/PID/stat."""
-    with open(f"/proc/{pid}/task/{pid}/stat") as f:
-        text = f.read()
-    fields = text[text.rindex(")") + 2:].split()
+    fields = stat_fields(f"/proc/{pid}/task/{pid}/stat")
     return (int(fields[11]) + int(fields[12])) / HZ
 
 
@@ -862,7 +861,7 @@ class Bench:
         res.base_cpu_per_1000 = 1000 * b["cpu_s"] / b["reads"] if b["reads"] else math.inf
         res.base_rss_mb, res.base_hwm_mb = b["rss_kb"] / 1024, b["hwm_kb"] / 1024
         res.base_p99_ms = b["lat_p99_ms"]
-        res.base_sys_share = b.get("sys_s", 0.0) / b["cpu_s"] if b["cpu_s"] else 0.0
+        res.base_sys_share = b["sys_s"] / b["cpu_s"] if b["cpu_s"] else 0.0
         res.ratio = res.cpu_per_1000 / res.base_cpu_per_1000 if res.base_cpu_per_1000 else math.inf
 
     @staticmethod
