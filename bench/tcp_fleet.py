@@ -764,7 +764,7 @@ class Bench:
         write_config(cfg, gateway_id=self.gateway_id, data_dir=run_dir / "data", meters=r.meters,
                      interval=r.interval_s, phases=a.phases, port_base=self.port_base, units=self.units,
                      api_port=self.api_port,
-                     sinks=True, commit_ms=a.commit_ms, synchronous=a.synchronous,
+                     sinks=not a.no_sinks, commit_ms=a.commit_ms, synchronous=a.synchronous,
                      influx_client=a.influx_client)
         log = run_dir / "gateway.log"
         t = time.monotonic()
@@ -959,6 +959,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of gateway patches to measure a proposal, not for targets: "
                          f"{', '.join(EXPERIMENTS)}")
     ap.add_argument("--no-baseline", action="store_true", help="skip the bare-loop baseline runs")
+    ap.add_argument("--no-sinks", action="store_true",
+                    help="no MQTT or InfluxDB sink (what polling, the store and the review cost alone; "
+                         "not a target run)")
     ap.add_argument("--baseline-prime-malloc", action="store_true",
                     help="the bare loop frees a 1 MiB block first, so its receive buffers come from the heap "
                          "as the gateway's do (fleet_baseline.prime_malloc)")
