@@ -23,7 +23,7 @@ the registry for a typed view of a driver, never ``hasattr``.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
@@ -138,6 +138,25 @@ class MeterDriver(Protocol):
 
     async def probe(self, address: str, timeout: float) -> bool:
         """Return True when something answers at ``address`` (used by ``scan``)."""
+        ...
+
+
+#: how a :class:`ChainedReader` reports a read: the results, or the error it failed with; both
+#: None when the read could not go on without waiting (then it is the caller's to repeat)
+ReadDone = Callable[["dict[str, PointResult] | None", "Exception | None"], None]
+
+
+class ChainedReader(Protocol):
+    """Capability: a read driven by the connection's own callbacks, no task per request.
+
+    At a thousand meters a second the task wake-ups between a plan's requests cost more
+    than decoding the replies; a driver that can chain its requests offers this beside
+    :meth:`MeterDriver.read`, which stays the general way.
+    """
+
+    def start_read(self, address: str, plan: ReadPlan, timeout: float, done: ReadDone) -> bool:
+        """Start reading ``plan`` at ``address``; False (nothing sent) when it cannot start at
+        once. Once started, ``done`` is called exactly once (reply, error, timeout or close)."""
         ...
 
 

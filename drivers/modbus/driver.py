@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from drivers.base import BusParams
+from drivers.base import BusParams, ReadDone
 from drivers.base import ReadPlan as AnyPlan
 from drivers.modbus.decode import decode_bytes
 from drivers.modbus.link import Link, RtuLink, TcpLink
@@ -111,12 +111,25 @@ class ModbusDriver:
             try:
                 data = await transact(unit, request, timeout)
             except DeviceException as exc:
-                reason = str(exc)
-                for pp in request.points:
-                    results[pp.point.name] = PointResult(None, "exception", reason)
+                _refused(results, request, exc)
                 continue
             _decode_into(results, request.layout, data)
         return results
+
+    def start_read(self, address: str, plan: AnyPlan, timeout: float, done: ReadDone) -> bool:
+        """Start :meth:`read` driven by the connection's callbacks (no task wakes up between
+        requests); False when it cannot start at once: read the usual way then.
+
+        Only Modbus TCP on an open, clean connection with one request in flight, and a plan
+        without pauses between requests. ``done`` gets the results, or the error :meth:`read`
+        would raise; or neither, when the connection could not take the next request without
+        waiting (closed, or bytes to drain): then the whole read is the caller's to repeat.
+        """
+        link = self.link
+        if not isinstance(link, TcpLink) or not isinstance(plan, ReadPlan) or plan.pause_between_requests_s \
+                or not plan.requests:
+            return False
+        return _ChainedRead(link, parse_unit(address, self.bus.protocol), plan.requests, timeout, done).start()
 
     async def probe(self, address: str, timeout: float) -> bool:
         """True when something answers at ``address`` (an exception reply counts as an answer).
@@ -132,6 +145,58 @@ class ModbusDriver:
         except (ReadTimeout, FrameError):
             return False
         return True
+
+
+class _ChainedRead:
+    """One :meth:`ModbusDriver.start_read`: each reply decoded and the next request sent from
+    the reply's callback, with :meth:`ModbusDriver.read`'s result semantics."""
+
+    __slots__ = ("done", "index", "link", "requests", "results", "timeout", "unit")
+
+    def __init__(self, link: TcpLink, unit: int, requests: tuple[ReadRequest, ...], timeout: float,
+                 done: ReadDone) -> None:
+        self.link = link
+        self.unit = unit
+        self.requests = requests
+        self.timeout = timeout
+        self.done = done
+        self.index = 0
+        self.results: dict[str, PointResult] = {}
+
+    def start(self) -> bool:
+        """Send the first request; False when the connection cannot take it now."""
+        return self.link.send_now(self.unit, self.requests[0], self.timeout, self.reply)
+
+    def reply(self, outcome: bytes | Exception) -> None:
+        """One request's outcome: decode it, then send the next request or report the read."""
+        if not isinstance(outcome, bytes | DeviceException):
+            self.done(None, outcome)
+            return
+        try:
+            request = self.requests[self.index]
+            if isinstance(outcome, bytes):
+                _decode_into(self.results, request.layout, outcome)
+            else:
+                _refused(self.results, request, outcome)
+            self.index += 1
+            sent = self.index < len(self.requests) and self.link.send_now(
+                self.unit, self.requests[self.index], self.timeout, self.reply)
+        except Exception as exc:        # a decoding bug must still end the read (the caller's to raise)
+            self.done(None, exc)
+            return
+        if sent:
+            return
+        if self.index < len(self.requests):
+            self.done(None, None)        # the connection cannot take the next request now
+        else:
+            self.done(self.results, None)
+
+
+def _refused(results: dict[str, PointResult], request: ReadRequest, exc: DeviceException) -> None:
+    """The meter refused ``request``: its points are ``exception``, the others stand."""
+    reason = str(exc)
+    for pp in request.points:
+        results[pp.point.name] = PointResult(None, "exception", reason)
 
 
 def _decode_into(results: dict[str, PointResult], layout: tuple[DecodeStep, ...], data: bytes) -> None:

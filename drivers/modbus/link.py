@@ -44,7 +44,7 @@ from drivers.modbus.frames import (
 )
 from drivers.modbus.plan import ReadRequest
 from drivers.transport.pipe import GARBAGE, MORE, BytePipe, Cut
-from drivers.transport.tcp import TaggedTcpPipe
+from drivers.transport.tcp import ReplyCallback, TaggedTcpPipe
 from gateway.errors import DeviceException, FrameError, ReadTimeout, WrongAddressError
 
 _FRAME_CACHE_MAX = 4096
@@ -257,10 +257,25 @@ class TcpLink:
         which counts at thousands of meters. Matchers hold no state and are reused.
         """
         self._tid = tid = (self._tid + 1) & 0xFFFF
+        return self.pipe.exchange(tid, mbap_frame(tid, unit, request.pdu), self._matcher(unit, request), timeout)
+
+    def send_now(self, unit: int, request: ReadRequest, timeout: float, on_reply: ReplyCallback) -> bool:
+        """Send one request at once, its outcome to ``on_reply`` (the register bytes or the
+        error :meth:`transact` would raise); False when the connection cannot take it without
+        waiting (see :meth:`~drivers.transport.tcp.TaggedTcpPipe.send_now`)."""
+        tid = (self._tid + 1) & 0xFFFF
+        if not self.pipe.send_now(tid, mbap_frame(tid, unit, request.pdu), self._matcher(unit, request), timeout,
+                                  on_reply):
+            return False
+        self._tid = tid
+        return True
+
+    def _matcher(self, unit: int, request: ReadRequest) -> TcpMatcher:
+        """The (stateless, reused) check of ``request``'s reply from ``unit``."""
         key = (unit, request.pdu)
         matcher = self._matchers.get(key)
         if matcher is None:
             if len(self._matchers) > _FRAME_CACHE_MAX:
                 self._matchers.clear()
             matcher = self._matchers[key] = TcpMatcher(unit, request.function, request.count, self.where)
-        return self.pipe.exchange(tid, mbap_frame(tid, unit, request.pdu), matcher, timeout)
+        return matcher

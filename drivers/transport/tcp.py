@@ -11,7 +11,9 @@ and a tagged stream (Modbus TCP: replies matched by transaction id, several in f
   handed to the exchange waiting for that tag and to no other; a frame for a tag nobody
   waits for (a late reply) is dropped and counted. Up to ``concurrency`` exchanges are in
   flight (pipelining through a Modbus gateway). Timeouts share one loop timer per 10 ms
-  across every connection (:mod:`drivers.transport.buckets`).
+  across every connection (:mod:`drivers.transport.buckets`). Beside the awaitable
+  :meth:`~TaggedTcpPipe.exchange`, :meth:`~TaggedTcpPipe.send_now` is its callback form, for
+  a reader that sends a plan's requests back to back from the connection's own callbacks.
 
 The drain rule on a tagged stream: when an exchange times out while an incomplete frame
 sits in the receive buffer and no other exchange is in flight, the bytes are dropped and
@@ -155,7 +157,50 @@ class TaggedMatcher(Protocol):
         ...
 
 
-_Pending = tuple[asyncio.Future[bytes], TaggedMatcher]
+#: what a callback exchange (:meth:`TaggedTcpPipe.send_now`) hands its caller: the checked
+#: payload of the reply, or the error the exchange ended with
+ReplyCallback = Callable[["bytes | Exception"], None]
+
+
+def _ignore(outcome: bytes | Exception) -> None:
+    """The callback of a waiter that has had its outcome."""
+
+
+class _CallbackWaiter:
+    """The pending entry of a :meth:`TaggedTcpPipe.send_now` exchange.
+
+    It answers to what the pipe asks of an exchange's future (``done``, ``set_result``,
+    ``set_exception``), so replies, timeouts and failures reach both kinds of exchange by one
+    path; its outcome is handed to the callback only once the pipe has settled its state
+    (:meth:`TaggedTcpPipe._settle`), so the callback may send the next request at once.
+    """
+
+    __slots__ = ("_done", "_pipe", "callback", "outcome")
+
+    def __init__(self, pipe: TaggedTcpPipe, callback: ReplyCallback) -> None:
+        self._pipe = pipe
+        self._done = False
+        self.callback = callback
+        self.outcome: bytes | Exception = b""
+
+    def done(self) -> bool:
+        """True once the exchange has its outcome."""
+        return self._done
+
+    def set_result(self, payload: bytes) -> None:
+        """The reply's checked payload."""
+        self._done = True
+        self.outcome = payload
+        self._pipe._settled.append(self)
+
+    def set_exception(self, exc: Exception) -> None:
+        """The error the exchange ended with."""
+        self._done = True
+        self.outcome = exc
+        self._pipe._settled.append(self)
+
+
+_Pending = tuple["asyncio.Future[bytes] | _CallbackWaiter", TaggedMatcher]
 
 
 class TaggedTcpPipe(asyncio.Protocol):
@@ -178,6 +223,8 @@ class TaggedTcpPipe(asyncio.Protocol):
         #: ``asyncio.get_running_loop()`` makes a ``getpid`` system call each time, and an
         #: exchange runs thousands of times a second
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: callback exchanges whose outcome is known, handed over by :meth:`_settle`
+        self._settled: list[_CallbackWaiter] = []
         self._dirty = False
         self._last_rx = 0.0
         self._late_logged = False
@@ -201,6 +248,8 @@ class TaggedTcpPipe(asyncio.Protocol):
         """Fail every pending exchange; the next one reconnects (called by asyncio)."""
         self._transport = None
         self._fail_all(TransportError(f"connection to {self.describe} closed; it will be reopened"))
+        if self._settled:
+            self._settle()
 
     def data_received(self, data: bytes) -> None:
         """Cut the stream into frames and hand each to its exchange (called by asyncio)."""
@@ -225,6 +274,8 @@ class TaggedTcpPipe(asyncio.Protocol):
             del buf[:pos]
         if buf and not self._pending:
             self._dirty = True                   # the start of a frame nobody waits for
+        if self._settled:
+            self._settle()
 
     # internals -----------------------------------------------------------------------------------
     def _reset(self, exc: Exception) -> None:
@@ -236,12 +287,27 @@ class TaggedTcpPipe(asyncio.Protocol):
         self._transport = None
         self._buf.clear()
         self._dirty = False
+        if self._settled:
+            self._settle()
 
     def _fail_all(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
         for fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(exc)
+
+    def _settle(self) -> None:
+        """Hand callback exchanges their outcome, now that the pipe's state is consistent."""
+        settled, self._settled = self._settled, []
+        for waiter in settled:
+            # the waiter stays referenced by its timeout until that fires: it lets go of the
+            # callback (and whatever the caller keeps behind it) and the outcome now
+            callback, outcome = waiter.callback, waiter.outcome
+            waiter.callback, waiter.outcome = _ignore, b""
+            try:
+                callback(outcome)
+            except Exception:                    # never into asyncio's protocol callbacks
+                log.exception("%s: a reply callback failed", self.describe)
 
     def _dispatch(self, tag: int, frame: bytes) -> None:
         entry = self._pending.pop(tag, None)
@@ -261,7 +327,7 @@ class TaggedTcpPipe(asyncio.Protocol):
         except Exception as exc:                 # the matcher's verdict goes to its caller
             fut.set_exception(exc)
 
-    def _expire(self, tag: int, timeout: float, waiter: asyncio.Future[bytes]) -> None:
+    def _expire(self, tag: int, timeout: float, waiter: asyncio.Future[bytes] | _CallbackWaiter) -> None:
         entry = self._pending.get(tag)
         if entry is None or entry[0] is not waiter:   # answered (or the tag was reused since)
             return
@@ -275,6 +341,8 @@ class TaggedTcpPipe(asyncio.Protocol):
             self._buf.clear()           # the start of a reply that never ended: drop it,
             self._dirty = True          # and drain its late rest before the next request
         fut.set_exception(matcher.expired(pending, timeout))
+        if self._settled:
+            self._settle()
 
     async def _drain(self) -> None:
         """Wait until the stream has been quiet for ``drain_quiet_s``, then drop what arrived."""
@@ -310,6 +378,8 @@ class TaggedTcpPipe(asyncio.Protocol):
         if transport is not None:
             transport.close()
         self._fail_all(TransportError(f"connection to {self.describe} was closed"))
+        if self._settled:
+            self._settle()
 
     def exchange(self, tag: int, request: bytes, matcher: TaggedMatcher,
                  timeout: float) -> Coroutine[Any, Any, bytes]:
@@ -321,6 +391,33 @@ class TaggedTcpPipe(asyncio.Protocol):
         if self._sem is not None:
             return self._exchange_in_slot(tag, request, matcher, timeout)
         return self._exchange(tag, request, matcher, timeout)
+
+    def send_now(self, tag: int, request: bytes, matcher: TaggedMatcher, timeout: float,
+                 on_reply: ReplyCallback) -> bool:
+        """Send ``request`` at once and hand its outcome to ``on_reply``; False (nothing sent)
+        unless the connection is up, clean and idle.
+
+        The callback form of :meth:`exchange`, for a reader that runs its requests back to back
+        from the connection's own callbacks: no task wakes up between a reply and the next
+        request. ``on_reply`` gets the checked payload or the error (the same ones
+        :meth:`exchange` raises), once, from the protocol's callbacks or a timer, after the
+        pipe has settled its state, so it may call ``send_now`` again. Whatever needs waiting
+        (connecting, draining a dirty stream, a slot of a pipelined connection) is left to
+        :meth:`exchange`: then this returns False.
+        """
+        transport = self._transport
+        loop = self._loop
+        if transport is None or loop is None or self._dirty or self._pending or self._sem is not None:
+            return False
+        waiter = _CallbackWaiter(self, on_reply)
+        self._pending[tag] = (waiter, matcher)
+        self.stats["requests"] += 1
+        transport.write(request)
+        buckets = self._timeouts
+        if buckets is None:
+            buckets = self._timeouts = timeout_buckets(loop)
+        buckets.call_later(timeout, self._expire, tag, timeout, waiter)
+        return True
 
     async def _exchange_in_slot(self, tag: int, request: bytes, matcher: TaggedMatcher, timeout: float) -> bytes:
         assert self._sem is not None

@@ -467,3 +467,58 @@ async def test_a_truncated_tcp_reply_then_a_timeout_does_not_poison_the_next_rea
         server.close()
         await server.wait_closed()
     assert len(requests) == 4
+
+
+# --- chained reads (ModbusDriver.start_read) ----------------------------------------------
+
+
+async def _chained(driver: ModbusDriver, unit: str, plan: ReadPlan) -> tuple[Any, Exception | None] | None:
+    """``start_read``'s report, or None when it would not start."""
+    done: asyncio.Future[tuple[Any, Exception | None]] = asyncio.get_running_loop().create_future()
+    if not driver.start_read(unit, plan, 1.0, lambda results, error: done.set_result((results, error))):
+        return None
+    return await asyncio.wait_for(done, 5)
+
+
+async def test_chained_read_of_pymodbus_server_equals_read_and_starts_only_when_connected() -> None:
+    """Against pymodbus's server: a chained read gives exactly what ``read`` gives, the refused
+    request included; it does not start before the connection is open (``read`` connects)."""
+    plan = compile_plan([*GOOD, rp("missing", 500, "u16"), rp("power_factor", 6, "f32")], ModbusLimits())
+    assert len(plan.requests) == 2
+    async with pymodbus_tcp() as port:
+        driver = create_driver(tcp_bus(port))
+        try:
+            assert await _chained(driver, "1", plan) is None          # not connected yet
+            general = await driver.read("1", plan, 1.0)
+            for _ in range(3):
+                got = await _chained(driver, "1", plan)
+                assert got is not None and got[1] is None
+                assert got[0] == general
+            assert general["missing"].quality == "exception" and general["power_factor"].quality == "invalid"
+            assert general["energy_import_kwh"].raw == Decimal("1234.56")
+        finally:
+            await driver.close()
+        assert await _chained(driver, "1", plan) is None              # closed
+
+
+@pytest.mark.parametrize(("fault", "error"), [("wrong_unit", WrongAddressError), ("silent", ReadTimeout)])
+async def test_chained_read_reports_the_error_read_raises_then_recovers(
+        sim_specs: list[SimMeterSpec], fault: str, error: type[Exception]) -> None:
+    """A meter that answers for another unit, or not at all: the chained read reports the same
+    error class ``read`` raises, and the next read (either way) gets the meter's values."""
+    async with ModbusSimulator(sim_specs, StillClock(1.77e9)) as sim:
+        driver = _driver_for(sim, "tcp")
+        try:
+            expected = await driver.read("1", sim_plan(), 1.0)
+            sim.set_fault("tcp", fault)  # type: ignore[arg-type]
+            with pytest.raises(error):
+                await driver.read("1", sim_plan(), 0.2)
+            got = await _chained(driver, "1", sim_plan())
+            assert got is not None and got[0] is None and isinstance(got[1], error)
+            sim.set_fault("tcp", None)
+            await asyncio.sleep(0.05)                 # past the drain of a late reply
+            assert await driver.read("1", sim_plan(), 1.0) == expected
+            got = await _chained(driver, "1", sim_plan())
+            assert got == (expected, None)
+        finally:
+            await driver.close()

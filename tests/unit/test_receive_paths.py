@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from drivers.dlt645.codec import Request, address_to_wire, di_bytes, encode_frame, read_request
@@ -182,6 +182,9 @@ class ScriptedTcpTransport(asyncio.Transport):
         self.script = script
         self.writes = writes
         self.closed = False
+        #: chunks scripted so far, and handed to the protocol so far
+        self.scheduled = 0
+        self.delivered = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         tid = struct.unpack_from(">H", bytes(data))[0]
@@ -189,10 +192,12 @@ class ScriptedTcpTransport(asyncio.Transport):
         self.writes.append(tid)
         chunks = self.script[n](tid) if n < len(self.script) else []
         loop = asyncio.get_running_loop()
+        self.scheduled += len(chunks)
         for chunk in chunks:
             loop.call_soon(self._deliver, chunk)
 
     def _deliver(self, chunk: bytes) -> None:
+        self.delivered += 1
         if not self.closed:
             self.proto.data_received(chunk)
 
@@ -290,6 +295,111 @@ def test_modbus_tcp_receive_path_matches_by_transaction_id(case: TcpCase) -> Non
         await link.close()
 
     asyncio.run(run())
+
+
+async def _transact(link: TcpLink, unit: int, request: ReadRequest) -> bytes | type[Exception]:
+    """One exchange by ``transact``: the payload, or the class of the error it ended with."""
+    try:
+        return await link.transact(unit, request, TIMEOUT)
+    except AmrError as exc:
+        return type(exc)
+
+
+def _outcome(outcome: bytes | Exception) -> bytes | type[Exception]:
+    return type(outcome) if isinstance(outcome, Exception) else outcome
+
+
+@PROPS
+@given(tcp_case())
+def test_modbus_tcp_callback_exchange_ends_as_transact_does(case: TcpCase) -> None:
+    """``send_now`` (what a chained read sends with) gets exactly the outcome ``transact`` gets
+    from the same bytes. The next request, sent from within its callback as a chained read
+    sends it, is refused (False, nothing written) exactly while the stream is closed or has
+    bytes to drain (then ``transact`` drains first), and never gets another frame's payload:
+    when every byte of the first answer had arrived by then, it gets its own reply.
+
+    Bytes that arrive only after the next request went out (the callback sends it before the
+    rest of the scripted chunks come in) may spoil it: stray bytes end it with an error (it
+    is retried), and a stray frame carrying its very transaction id is its reply as far as
+    any Modbus TCP master can tell. So the example leaves out a stray frame with the *next*
+    id (a real peer's late reply carries an earlier one)."""
+    unit, function, count, data, parts, trailer, sizes = case
+    assume(all(d != 1 for kind, d, _ in parts if kind in ("late", "late_short")))
+    follow = bytes(range(2 * count))
+    request = read_of(function, count)
+
+    def stream_for(tid: int) -> bytes:
+        out = b""
+        for kind, d, pdu in parts:
+            if kind in ("late", "late_short"):
+                out += adu((tid + d) & 0xFFFF, unit, pdu)
+            elif kind == "wrong_unit":
+                out += adu(tid, (unit + 1) & 0xFF, pdu)
+            elif kind == "bad_header":
+                out += struct.pack(">HHHB", tid, 7, 3, unit) + b"\x03\x00"
+            else:
+                out += adu(tid, unit, pdu)
+        if trailer == "noise":
+            out += b"\xff" * 9
+        elif trailer == "short":
+            out += adu(tid, unit, bytes((function, 2 * count)) + data)[:-1]
+        return out
+
+    async def one(chained: bool) -> bytes | type[Exception]:
+        link = TcpLink("scripted", 502, 1.0)
+        writes: list[int] = []
+        script: list[Callable[[int], list[bytes]]] = [
+            lambda tid: chunked(stream_for(tid), sizes),
+            lambda tid: [adu(tid, unit, bytes((function, 2 * count)) + follow)],
+        ]
+        wire: list[ScriptedTcpTransport] = []
+
+        def attach() -> None:
+            wire.append(ScriptedTcpTransport(link.pipe, script, writes))
+            link.pipe.connection_made(wire[-1])
+
+        attach()
+        if not chained:
+            got = await _transact(link, unit, request)
+            if link.pipe._transport is None:  # the stream was reset: reconnect as open() would
+                attach()
+            second = await _transact(link, unit, request)
+            assert second == follow, "the next exchange did not get its own reply"
+            await link.close()
+            return got
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[bytes | Exception] = loop.create_future()
+        then: asyncio.Future[bytes | Exception] = loop.create_future()
+        sent_from_callback: list[bool] = []
+        all_in: list[bool] = []
+
+        def on_first(outcome: bytes | Exception) -> None:
+            first.set_result(outcome)
+            all_in.append(wire[0].delivered == wire[0].scheduled)
+            clean = link.pipe._transport is not None and not link.pipe._dirty
+            sent = link.send_now(unit, request, TIMEOUT, then.set_result)
+            sent_from_callback.append(sent)
+            assert sent == clean, f"send_now said {sent} on a {'clean' if clean else 'dirty or closed'} stream"
+            if not sent:
+                assert len(writes) == 1, "a refused send_now wrote to the stream"
+
+        assert link.send_now(unit, request, TIMEOUT, on_first), "a clean idle connection refused a request"
+        got = _outcome(await first)
+        if sent_from_callback == [True]:
+            second = _outcome(await then)
+        else:
+            if link.pipe._transport is None:
+                attach()
+            second = await _transact(link, unit, request)
+        if all_in == [True]:
+            assert second == follow, "the next exchange did not get its own reply"
+        else:
+            assert second == follow or (isinstance(second, type) and issubclass(second, AmrError)), \
+                "the next exchange got another frame's payload"
+        await link.close()
+        return got
+
+    assert asyncio.run(one(True)) == asyncio.run(one(False))
 
 
 # --- DL/T 645 ----------------------------------------------------------------------------------
