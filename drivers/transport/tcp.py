@@ -409,7 +409,12 @@ class TaggedTcpPipe(asyncio.Protocol):
         loop = self._loop
         if transport is None or loop is None or self._dirty or self._pending or self._sem is not None:
             return False
-        waiter = _CallbackWaiter(self, on_reply)
+        self._send(transport, loop, tag, request, matcher, timeout, _CallbackWaiter(self, on_reply))
+        return True
+
+    def _send(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, tag: int, request: bytes,
+              matcher: TaggedMatcher, timeout: float, waiter: asyncio.Future[bytes] | _CallbackWaiter) -> None:
+        """Put ``waiter`` in for ``tag``, write the request, start its timeout."""
         self._pending[tag] = (waiter, matcher)
         self.stats["requests"] += 1
         transport.write(request)
@@ -417,7 +422,6 @@ class TaggedTcpPipe(asyncio.Protocol):
         if buckets is None:
             buckets = self._timeouts = timeout_buckets(loop)
         buckets.call_later(timeout, self._expire, tag, timeout, waiter)
-        return True
 
     async def _exchange_in_slot(self, tag: int, request: bytes, matcher: TaggedMatcher, timeout: float) -> bytes:
         assert self._sem is not None
@@ -435,13 +439,7 @@ class TaggedTcpPipe(asyncio.Protocol):
                 raise TransportError(f"connection to {self.describe} closed at once; it will be reopened")
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
-        self._pending[tag] = (fut, matcher)
-        self.stats["requests"] += 1
-        transport.write(request)
-        buckets = self._timeouts
-        if buckets is None:
-            buckets = self._timeouts = timeout_buckets(loop)
-        buckets.call_later(timeout, self._expire, tag, timeout, fut)
+        self._send(transport, loop, tag, request, matcher, timeout, fut)
         try:
             return await fut
         finally:

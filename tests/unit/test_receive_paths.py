@@ -245,28 +245,34 @@ def tcp_case(draw: st.DrawFn) -> TcpCase:
     return unit, function, count, data, parts, trailer, draw(cuts)
 
 
+def tcp_stream(case: TcpCase, tid: int) -> bytes:
+    """What the peer sends in answer to request ``tid``: the case's parts, then its trailer."""
+    unit, function, count, data, parts, trailer, _sizes = case
+    out = b""
+    for kind, d, pdu in parts:
+        if kind in ("late", "late_short"):
+            out += adu((tid + d) & 0xFFFF, unit, pdu)
+        elif kind == "wrong_unit":
+            out += adu(tid, (unit + 1) & 0xFF, pdu)
+        elif kind == "bad_header":
+            out += struct.pack(">HHHB", tid, 7, 3, unit) + b"\x03\x00"
+        else:                                # right, long: this request's id
+            out += adu(tid, unit, pdu)
+    if trailer == "noise":
+        out += b"\xff" * 9
+    elif trailer == "short":
+        out += adu(tid, unit, bytes((function, 2 * count)) + data)[:-1]
+    return out
+
+
 @PROPS
 @given(tcp_case())
 def test_modbus_tcp_receive_path_matches_by_transaction_id(case: TcpCase) -> None:
-    unit, function, count, data, parts, trailer, sizes = case
+    unit, function, count, data, parts, _trailer, sizes = case
     follow = bytes(range(2 * count))
 
     def stream_for(tid: int) -> bytes:
-        out = b""
-        for kind, d, pdu in parts:
-            if kind in ("late", "late_short"):
-                out += adu((tid + d) & 0xFFFF, unit, pdu)
-            elif kind == "wrong_unit":
-                out += adu(tid, (unit + 1) & 0xFF, pdu)
-            elif kind == "bad_header":
-                out += struct.pack(">HHHB", tid, 7, 3, unit) + b"\x03\x00"
-            else:                                # right, long: this request's id
-                out += adu(tid, unit, pdu)
-        if trailer == "noise":
-            out += b"\xff" * 9
-        elif trailer == "short":
-            out += adu(tid, unit, bytes((function, 2 * count)) + data)[:-1]
-        return out
+        return tcp_stream(case, tid)
 
     async def run() -> None:
         link = TcpLink("scripted", 502, 1.0)
@@ -323,27 +329,13 @@ def test_modbus_tcp_callback_exchange_ends_as_transact_does(case: TcpCase) -> No
     is retried), and a stray frame carrying its very transaction id is its reply as far as
     any Modbus TCP master can tell. So the example leaves out a stray frame with the *next*
     id (a real peer's late reply carries an earlier one)."""
-    unit, function, count, data, parts, trailer, sizes = case
+    unit, function, count, _data, parts, _trailer, sizes = case
     assume(all(d != 1 for kind, d, _ in parts if kind in ("late", "late_short")))
     follow = bytes(range(2 * count))
     request = read_of(function, count)
 
     def stream_for(tid: int) -> bytes:
-        out = b""
-        for kind, d, pdu in parts:
-            if kind in ("late", "late_short"):
-                out += adu((tid + d) & 0xFFFF, unit, pdu)
-            elif kind == "wrong_unit":
-                out += adu(tid, (unit + 1) & 0xFF, pdu)
-            elif kind == "bad_header":
-                out += struct.pack(">HHHB", tid, 7, 3, unit) + b"\x03\x00"
-            else:
-                out += adu(tid, unit, pdu)
-        if trailer == "noise":
-            out += b"\xff" * 9
-        elif trailer == "short":
-            out += adu(tid, unit, bytes((function, 2 * count)) + data)[:-1]
-        return out
+        return tcp_stream(case, tid)
 
     async def one(chained: bool) -> bytes | type[Exception]:
         link = TcpLink("scripted", 502, 1.0)
