@@ -183,7 +183,8 @@ class BusWorker:
         start_read = getattr(driver, "start_read", None)
         self._start_read: Callable[..., bool] | None = (
             start_read if bus.type == "tcp" and not shared and max(1, bus.concurrency) == 1 else None)
-        #: (meter, schedule) → its poll may be chained (the bus's own driver, no event counters to follow up)
+        #: (meter, schedule) → its poll may be chained (the bus's own driver, and no event
+        #: counters whose records the protocol could be asked for: _event_records)
         self._chainable: dict[tuple[str, str], bool] = {}
 
     # -------------------------------------------------------------- enqueue
@@ -217,8 +218,9 @@ class BusWorker:
         plan, names = meter.plans[schedule]
         chainable = self._chainable.get(key)
         if chainable is None:
-            chainable = self._chainable[key] = self.driver_for(meter) is self.driver and not any(
-                n.startswith("event_") for n in names)
+            chainable = self._chainable[key] = self.driver_for(meter) is self.driver and not (
+                any(n.startswith("event_") for n in names) and registry.capabilities(
+                    registry.meter_protocol(self.bus, meter.settings.protocol)).event_records is not None)
         if not chainable:
             return False
         limit = self.limiter

@@ -193,10 +193,22 @@ async def test_stopping_the_bus_during_a_chained_read_stores_nothing_and_gives_b
 
 @pytest.mark.parametrize("rig", [(1, None, "[energy_import_kwh, event_cover_open_count]")], indirect=True,
                          ids=["event-counter"])
-async def test_a_plan_with_event_counters_stays_on_the_bus_task(rig: Rig) -> None:
-    """A counter that rose sends the bus back to the meter for the event's record, which a
-    chained read does not do: such a plan is always polled by the bus's task."""
+async def test_event_counters_of_a_protocol_without_event_records_are_chained(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A counter that rose sends the bus back to the meter for the event's record, which only
+    the bus's task does; Modbus keeps no records to read (its counters are only values), so
+    such a plan is chained on Modbus, and goes to the task once the protocol offers records."""
     for k in (0, 1, 2):
         await rig.poll(k)
-    assert [slot for slot, _ in rig.by_task] == [T0, T0 + 60, T0 + 120]
-    assert rig.meter.stats.reads_ok == 3
+    assert [slot for slot, _ in rig.by_task] == [T0]
+    assert [r["points"]["event_cover_open_count"]["quality"] for r in await rig.rows()] == ["good"] * 3
+
+    from dataclasses import replace
+
+    from drivers import registry
+    modbus = registry.capabilities("modbus-tcp")
+    with_records = replace(modbus, event_records=lambda driver: driver)  # type: ignore[arg-type,return-value]
+    monkeypatch.setattr(registry, "capabilities", lambda protocol: with_records)
+    rig.worker._chainable.clear()
+    await rig.poll(3)
+    assert [slot for slot, _ in rig.by_task] == [T0, T0 + 180]
