@@ -43,7 +43,6 @@ from gateway.clock import Clock
 from gateway.errors import (
     AmrError,
     DeviceException,
-    FrameError,
     ReadTimeout,
     TransportError,
     quality_for,
@@ -429,45 +428,18 @@ class BusWorker:
         timeout = self.bus.timeout_s
         guard = timeout * (2 + plan.request_count) + 1.0
         driver = self.driver_for(meter)
-        first = 0
-        if prior is not None:
-            first, failure = 1, prior
-            if isinstance(prior, TransportError) and not isinstance(prior, ReadTimeout):
+        for attempt in range(attempts):
+            if attempt == 0 and prior is not None:
+                failure = prior          # the chained read's attempt, counted where it ran
+            else:
+                results, failure = await self._attempt(meter, driver, plan, timeout, guard)
+                if failure is None or isinstance(failure, DeviceException):
+                    break  # a read, or the meter answered "no": retrying will not change its mind
+            lost = isinstance(failure, TransportError) and not isinstance(failure, ReadTimeout)
+            if lost:
                 await self._reset_driver(driver)
             self._track_link(failure)
-            if attempts > 1 and isinstance(failure, TransportError) and not isinstance(failure, ReadTimeout):
-                await asyncio.sleep(0.05)
-        for attempt in range(first, attempts):
-            began = time.monotonic()
-            try:
-                await driver.open()
-                if self._guarded:
-                    async with asyncio.timeout(guard):
-                        results = await driver.read(meter.settings.address, plan, timeout)
-                else:
-                    results = await driver.read(meter.settings.address, plan, timeout)
-                failure = None
-                break
-            except TimeoutError:
-                failure = ReadTimeout(f"meter {meter.id} did not finish a read within {guard:.1f} s")
-                await self._reset_driver(driver)
-            except DeviceException as exc:
-                failure = exc
-                break  # the meter answered "no": retrying will not change its mind
-            except (ReadTimeout, FrameError) as exc:
-                failure = exc
-            except TransportError as exc:
-                failure = exc
-                await self._reset_driver(driver)
-            except AmrError as exc:
-                failure = exc
-            finally:
-                self.transactions += 1
-                self.read_latency.observe(time.monotonic() - began)
-            self._track_link(failure)
-            if attempt + 1 < attempts and isinstance(failure, TransportError) and not isinstance(
-                failure, ReadTimeout
-            ):
+            if lost and attempt + 1 < attempts:
                 await asyncio.sleep(min(0.5, 0.05 * (2**attempt)))
         self._track_link(failure)    # the outcome (a read or a refusal ends the loop early)
         if results is not None:
@@ -481,6 +453,25 @@ class BusWorker:
         quality: Quality = quality_for(failure)  # type: ignore[assignment]
         reading = meter.builder.failed(schedule, slot, now, quality, str(failure), names)
         self._finish(meter, reading, schedule, ok=False, attempted=True, error=failure)
+
+    async def _attempt(self, meter: MeterRuntime, driver: MeterDriver, plan: ReadPlan, timeout: float,
+                       guard: float) -> tuple[dict[str, PointResult] | None, AmrError | None]:
+        """One try at reading ``plan``: its results, or why it failed (counted and timed)."""
+        began = time.monotonic()
+        try:
+            await driver.open()
+            if self._guarded:
+                async with asyncio.timeout(guard):
+                    return await driver.read(meter.settings.address, plan, timeout), None
+            return await driver.read(meter.settings.address, plan, timeout), None
+        except TimeoutError:
+            await self._reset_driver(driver)
+            return None, ReadTimeout(f"meter {meter.id} did not finish a read within {guard:.1f} s")
+        except AmrError as exc:
+            return None, exc
+        finally:
+            self.transactions += 1
+            self.read_latency.observe(time.monotonic() - began)
 
     async def _event_records(self, meter: MeterRuntime, driver: MeterDriver, results: dict[str, PointResult],
                              timeout: float) -> None:
