@@ -28,6 +28,7 @@ import drivers
 from drivers.base import (
     BusParams,
     BusType,
+    ChainedReader,
     ClockSetter,
     EventCounterReader,
     EventRecordReader,
@@ -64,13 +65,15 @@ class Capabilities:
     clock: Callable[[MeterDriver], ClockSetter] | None = None
     event_counters: Callable[[MeterDriver], EventCounterReader] | None = None
     event_records: Callable[[MeterDriver], EventRecordReader] | None = None
+    chained_reads: Callable[[MeterDriver], ChainedReader] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         """The offered capabilities by name (for docs and ``--help``)."""
         offered = [("read_points", True), ("freeze_records", self.freeze_records is not None),
                    ("clock", self.clock is not None), ("event_counters", self.event_counters is not None),
-                   ("event_records", self.event_records is not None)]
+                   ("event_records", self.event_records is not None),
+                   ("chained_reads", self.chained_reads is not None)]
         return tuple(n for n, on in offered if on)
 
 

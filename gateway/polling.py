@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from drivers import registry
-from drivers.base import MeterDriver, ReadPlan
+from drivers.base import ChainedReader, MeterDriver, ReadPlan
 from gateway.clock import Clock
 from gateway.errors import (
     AmrError,
@@ -179,12 +179,11 @@ class BusWorker:
         #: finds the bus idle starts there at once, without waking this bus's task or a task per
         #: request, which at a thousand meters a second cost more than the rest of the reading.
         #: Whatever needs waiting (connecting, retrying, draining, event records) is the task's.
-        start_read = getattr(driver, "start_read", None)
-        self._start_read: Callable[..., bool] | None = (
-            start_read if bus.type == "tcp" and not shared and max(1, bus.concurrency) == 1 else None)
-        #: (meter, schedule) → its poll may be chained (the bus's own driver, and no event
-        #: counters whose records the protocol could be asked for: _event_records)
-        self._chainable: dict[tuple[str, str], bool] = {}
+        self._chains = bus.type == "tcp" and not shared and max(1, bus.concurrency) == 1
+        #: (meter, schedule) → the reader that chains its poll, or None: the protocol offers
+        #: none (registry capability ``chained_reads``), the meter has a driver of its own, or
+        #: it has event counters whose records the protocol could be asked for (_event_records)
+        self._chained_by: dict[tuple[str, str], ChainedReader | None] = {}
 
     # -------------------------------------------------------------- enqueue
     def poll(self, meter: MeterRuntime, schedule: str, slot: float, priority: str | None = None) -> bool:
@@ -195,8 +194,7 @@ class BusWorker:
             self._skipped(meter, schedule, slot, f"{NOT_POLLED_BUS}{self.bus.id} ran late and the meter's poll "
                           "of an earlier slot was still waiting (overrun)")
             return False
-        if self._start_read is not None and not self._busy and not self._heap and \
-                self._start_chained(meter, schedule, slot):
+        if self._chains and not self._busy and not self._heap and self._start_chained(meter, schedule, slot):
             return True
         self._queue(meter, schedule, slot, priority)
         return True
@@ -215,22 +213,20 @@ class BusWorker:
             return False
         key = (meter.id, schedule)
         plan, names = meter.plans[schedule]
-        chainable = self._chainable.get(key)
-        if chainable is None:
-            chainable = self._chainable[key] = self.driver_for(meter) is self.driver and not (
-                any(n.startswith("event_") for n in names) and registry.capabilities(
-                    registry.meter_protocol(self.bus, meter.settings.protocol)).event_records is not None)
-        if not chainable:
+        try:
+            reader = self._chained_by[key]
+        except KeyError:
+            reader = self._chained_by[key] = self._chained_reader(meter, names)
+        if reader is None:
             return False
         limit = self.limiter
         if limit is not None and not limit.try_take():
             return False
-        assert self._start_read is not None
         start = self.clock.time()
         began = time.monotonic()
         try:
-            started = self._start_read(meter.settings.address, plan, self.bus.timeout_s,
-                                       _ChainedPoll(self, meter, schedule, slot, began).done)
+            started = reader.start_read(meter.settings.address, plan, self.bus.timeout_s,
+                                        _ChainedPoll(self, meter, schedule, slot, began).done)
         except Exception:                # e.g. a bad address: the job raises it the usual way
             started = False
         if not started:
@@ -240,6 +236,15 @@ class BusWorker:
         self.poll_lag_max = max(self.poll_lag_max, start - slot)
         self._busy = True
         return True
+
+    def _chained_reader(self, meter: MeterRuntime, names: list[str]) -> ChainedReader | None:
+        """The bus driver as a chained reader of ``meter``'s plan of ``names``, if it may be one."""
+        caps = registry.capabilities(registry.meter_protocol(self.bus, meter.settings.protocol))
+        if caps.chained_reads is None or self.driver_for(meter) is not self.driver:
+            return None
+        if caps.event_records is not None and any(n.startswith("event_") for n in names):
+            return None
+        return caps.chained_reads(self.driver)
 
     def _chained_done(self, meter: MeterRuntime, schedule: str, slot: float, began: float,
                       results: dict[str, PointResult] | None, error: Exception | None) -> None:

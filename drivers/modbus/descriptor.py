@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from drivers.base import BusParams, MeterDriver, PlanOptions, PointDef, ReadPlan
+from drivers.base import BusParams, ChainedReader, MeterDriver, PlanOptions, PointDef, ReadPlan
 from drivers.modbus import discovery, profile_schema
 from drivers.modbus.points import ModbusLimits, RegisterPoint
 from drivers.modbus.units import unit_bounds
-from drivers.registry import AddressError, ProfileSchema, ProtocolDescriptor, ProtocolVariant
+from drivers.registry import AddressError, Capabilities, ProfileSchema, ProtocolDescriptor, ProtocolVariant
 from drivers.simulation.interface import MeterSimulator, SimulatedMeter
 from gateway.clock import Clock
 from gateway.errors import ConfigError
@@ -75,13 +75,23 @@ async def serve(meters: Sequence[SimulatedMeter], clock: Clock, timezone: str) -
     return await serve_modbus(meters, clock, timezone)
 
 
+def _chained_reads(driver: MeterDriver) -> ChainedReader:
+    """A Modbus TCP bus's driver as a :class:`~drivers.base.ChainedReader`."""
+    from drivers.modbus.driver import ModbusDriver
+
+    if not isinstance(driver, ModbusDriver):
+        raise TypeError(f"not a Modbus driver: {type(driver).__name__}")
+    return driver
+
+
 DESCRIPTOR = ProtocolDescriptor(
     family="modbus",
     title="Modbus",
     rank=0,
     variants=(
         ProtocolVariant("modbus-rtu", frozenset({"serial"}), default_baudrate=9600),
-        ProtocolVariant("modbus-tcp", frozenset({"tcp"}), default_tcp_port=502, concurrent=True),
+        ProtocolVariant("modbus-tcp", frozenset({"tcp"}), default_tcp_port=502, concurrent=True,
+                        capabilities=Capabilities(chained_reads=_chained_reads)),
         ProtocolVariant("modbus-rtu-over-tcp", frozenset({"tcp"})),
     ),
     default_timeout_ms=1000,

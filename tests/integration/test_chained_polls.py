@@ -209,6 +209,6 @@ async def test_event_counters_of_a_protocol_without_event_records_are_chained(
     modbus = registry.capabilities("modbus-tcp")
     with_records = replace(modbus, event_records=lambda driver: driver)  # type: ignore[arg-type,return-value]
     monkeypatch.setattr(registry, "capabilities", lambda protocol: with_records)
-    rig.worker._chainable.clear()
+    rig.worker._chained_by.clear()
     await rig.poll(3)
     assert [slot for slot, _ in rig.by_task] == [T0, T0 + 180]

@@ -49,7 +49,8 @@ def test_variant_defaults_come_from_the_descriptors() -> None:
 
 
 def test_capabilities_are_declared_per_protocol() -> None:
-    assert registry.capabilities("modbus-tcp").names == ("read_points",)
+    assert registry.capabilities("modbus-tcp").names == ("read_points", "chained_reads")
+    assert registry.capabilities("modbus-rtu-over-tcp").names == ("read_points",)
     assert registry.capabilities("dlt645").names == ("read_points", "freeze_records", "clock", "event_records")
     assert registry.capabilities("dlt698").names == ("read_points", "freeze_records", "event_counters", "event_records")
     assert registry.capabilities("dlt645-1997").names == ("read_points", "clock")
