@@ -85,19 +85,34 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, step: f
                detail: Callable[[], object] | None = None) -> T:
     """The tests' one way to wait for something to happen (sync side; see :func:`await_until`).
 
-    Checks ``predicate()`` every ``step`` real seconds for at most ``timeout`` seconds (and
-    once more at the deadline) and returns its first truthy value; otherwise fails the test
-    with "timed out after … waiting for ``what``", plus ``detail()`` — what the test saw —
-    when given. Never a bare sleep: the wait ends as soon as the condition holds.
+    Checks ``predicate()`` for at most ``timeout`` seconds (and once more at the deadline)
+    and returns its first truthy value; otherwise fails the test with "timed out after …
+    waiting for ``what``", plus ``detail()`` — what the test saw — when given. Never a bare
+    sleep: the wait ends as soon as the condition holds. The checks come every ``step`` real
+    seconds, the first few sooner (:func:`check_delays`): most waits are over within
+    milliseconds, and a suite of hundreds of them should not pay a whole step for each.
     """
     deadline = time.monotonic() + timeout
-    while True:
+    for delay in check_delays(step):
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
             _timed_out(timeout, what, detail)
-        time.sleep(step)
+        time.sleep(delay)
+    raise AssertionError("unreachable: check_delays never ends")
+
+
+def check_delays(step: float) -> Iterator[float]:
+    """The pauses between a wait's checks: ``step``/16, doubling up to ``step``, then
+    ``step`` for ever (a predicate that costs something, such as a command in a container,
+    is called only four times more than at a fixed ``step``)."""
+    delay = step / 16
+    while delay < step:
+        yield delay
+        delay *= 2
+    while True:
+        yield step
 
 
 async def await_until(predicate: Callable[[], T], timeout: float, what: str, *, step: float = 0.05,
@@ -106,13 +121,14 @@ async def await_until(predicate: Callable[[], T], timeout: float, what: str, *, 
     the event loop (so the code under test runs while the test waits)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
+    for delay in check_delays(step):
         value = predicate()
         if value:
             return value
         if loop.time() >= deadline:
             _timed_out(timeout, what, detail)
-        await asyncio.sleep(step)
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable: check_delays never ends")
 
 
 class StillClock:
