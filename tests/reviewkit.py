@@ -71,6 +71,7 @@ class Fleet:
     customers: dict[str, str] = field(default_factory=dict)
     states: dict[str, MeterState] = field(default_factory=dict)
     events: list[tuple[str, RuleEvent]] = field(default_factory=list)
+    _per_meter: dict[str, tuple[ReviewThresholds, MeterContext]] = field(default_factory=dict)
 
     def poll(self, t: float, silent: Iterable[str] = ()) -> list[tuple[str, RuleEvent]]:
         """Read every meter once at slot ``t`` (``silent`` ones fail); the events decided."""
@@ -84,10 +85,10 @@ class Fleet:
                     reading = failed_reading(meter, t, bus=bus, customer=customer)
                 else:
                     reading = reading_from_model(meter, model, t, bus=bus, customer=customer)
-                th = self.thresholds.for_meter(meter, customer)
+                th, ctx = self._judged_by(meter, customer)
                 obs = observe_reading(reading, QUARTER, th.power_point)
                 st = self.states.setdefault(meter, MeterState())
-                events, errors = evaluate(st, obs, MeterContext(tz=TZ, identity=f"{meter}|sim"), th)
+                events, errors = evaluate(st, obs, ctx, th)
                 assert not errors, errors
                 key = bus_key(bus)
                 mine, bus_events = fold_bus_failure(bus, self.states.setdefault(key, MeterState()), meters,
@@ -95,6 +96,15 @@ class Fleet:
                 out += [(meter, e) for e in mine] + [(key, e) for e in bus_events]
         self.events += out
         return out
+
+    def _judged_by(self, meter: str, customer: str) -> tuple[ReviewThresholds, MeterContext]:
+        """The meter's thresholds (its customer's and its own overrides applied) and context,
+        made once per meter as the engine makes them at start."""
+        got = self._per_meter.get(meter)
+        if got is None:
+            got = self._per_meter[meter] = (self.thresholds.for_meter(meter, customer),
+                                            MeterContext(tz=TZ, identity=f"{meter}|sim"))
+        return got
 
     def run(self, start: float, end: float, step: float = QUARTER) -> list[tuple[str, RuleEvent]]:
         """Poll every ``step`` from ``start`` (inclusive) to ``end`` (exclusive)."""

@@ -927,26 +927,33 @@ def consumption_jump(
     if days >= th.jump_min_history_days:
         median = statistics.median([e for _, e in past])
         limit = th.jump_factor * median
-        ev: dict[str, object] = {
-            "register": name, **iv.evidence(), "slot": iso(start_slot), "interval_s": obs.interval_s,
-            "median_kwh": median, "factor": th.jump_factor, "limit_kwh": limit, "history_days": days,
-            "min_kwh": th.jump_min_kwh, "register_step": iv.step, "min_display_steps": th.jump_min_display_steps,
-            "history": [{"slot": iso(s), "kwh": e} for s, e in past],
-        }
-        if iv.delta > limit and iv.delta >= th.jump_min_kwh and iv.delta > th.jump_min_display_steps * iv.step:
+        jumped = iv.delta > limit and iv.delta >= th.jump_min_kwh and iv.delta > th.jump_min_display_steps * iv.step
+        if jumped:
             raise_condition(
                 state, out, "consumption_jump", name, obs.ts,
                 f"meter {obs.meter} used {iv.delta} kWh in the interval from {iso(start_slot)}, more than "
                 f"{th.jump_factor} × the median {median} kWh of that slot over {days} days",
-                ev,
+                _jump_evidence(obs, iv, th, median, limit, days, past),
             )
-        else:
+        elif ("consumption_jump", name) in state.active:   # else no clear to count: no evidence to build
             normal_cycle(state, out, "consumption_jump", name, obs.ts, th.clear_after_normal_cycles,
-                         f"meter {obs.meter}'s consumption is back within its history", ev)
+                         f"meter {obs.meter}'s consumption is back within its history",
+                         _jump_evidence(obs, iv, th, median, limit, days, past))
     if not any(s == start_slot for s, _ in hist):
         hist.append((start_slot, iv.delta))
         state.new_intervals.append((start_slot, float(obs.interval_s), iv.delta))
     return out
+
+
+def _jump_evidence(obs: Observation, iv: EnergyInterval, th: ReviewThresholds, median: Decimal, limit: Decimal,
+                   days: int, past: list[tuple[float, Decimal]]) -> dict[str, object]:
+    """What a consumption_jump event shows: the interval, the median of the slot's history, the limit."""
+    return {
+        "register": th.energy_register, **iv.evidence(), "slot": iso(iv.start.slot), "interval_s": obs.interval_s,
+        "median_kwh": median, "factor": th.jump_factor, "limit_kwh": limit, "history_days": days,
+        "min_kwh": th.jump_min_kwh, "register_step": iv.step, "min_display_steps": th.jump_min_display_steps,
+        "history": [{"slot": iso(s), "kwh": e} for s, e in past],
+    }
 
 
 def parse_meter_clock(text: str, tz: str) -> float | None:
