@@ -208,9 +208,14 @@ async def test_exchange_and_ct_change_mid_stage_are_priced_per_part_evented_and_
             engine = gw.review
             assert engine is not None
             await steps.run_to(TX2)
-            await await_until(lambda: ("register_decrease", "energy_import_kwh") in engine.state("m1").active, 30.0,
-                              "register_decrease of m1's new meter")
-            decrease = engine.state("m1").active[("register_decrease", "energy_import_kwh")].event_id
+
+            def stored_decrease() -> int | None:
+                """The id of m1's raised register_decrease once the engine has stored it, else None."""
+                cond = engine.state("m1").active.get(("register_decrease", "energy_import_kwh"))
+                return None if cond is None else cond.event_id
+
+            # raised in the engine's state first, stored (and given its id) a moment later: wait for both
+            decrease = await await_until(stored_decrease, 30.0, "register_decrease of m1's new meter, stored")
             status, late = await call(api_port, "/api/v1/meters/m1/exchanges", operator, {
                 "at": AT, "new_serial": "m1-new", "old_final": {n: str(v) for n, v in m1_final.items()},
                 "new_initial": {n: str(v) for n, v in initial.items()}})
