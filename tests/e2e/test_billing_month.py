@@ -1,11 +1,15 @@
 """A whole three-stage billing month on an accelerated clock, checked against the simulators.
 
 Real peers on loopback: two Modbus TCP, two DL/T 645 TCP and one DL/T 698.45 TCP simulated
-meters (with and without CT/PT), SQLite on disk, the HTTP API. The clock runs at 250,000× between boundaries
-and *holds* at each boundary (:class:`gateway.billing.rehearsal.HoldingClock`) until every
-settlement of that boundary is stored, so a Modbus live read sees exactly the register at
-the boundary and the comparison with the simulator can be exact; the DL/T 645 and 698.45
-meters give their own daily freeze, stamped with its freeze time.
+meters (with and without CT/PT), SQLite on disk, the HTTP API. The clock runs at 2,500,000×
+between slots and *holds* at every 3-hour slot (:class:`gateway.billing.rehearsal.HoldingClock`, stepped
+by :class:`tests.billingkit.SlotSteps`) until every meter's reading of it is in, and at each
+boundary until every settlement of it is stored, so a Modbus live read sees exactly the
+register at the boundary and the comparison with the simulator can be exact; the DL/T 645 and
+698.45 meters give their own daily freeze, stamped with its freeze time. Held, every register
+of a reading is sampled at its slot's instant, however loaded the host: free-running at
+250,000×, a read that a busy host stretched to 20 ms sampled its import and export registers
+5,000 simulated seconds apart, and the review saw a healthy meter export what it never did.
 
 Checked, from the API (what billing pulls) and the outbox (what MQTT publishes):
 * every boundary of cycle 2026-12 (Dec 1, Dec 11, Dec 21, Jan 1) has a settlement per meter,
@@ -37,7 +41,7 @@ from gateway.ports import free_port
 from gateway.runtime import Gateway
 from gateway.simulator.fleet import SimulatedFleet
 from gateway.storecodec import PAYLOAD_SQL, register
-from tests.billingkit import capture_of
+from tests.billingkit import SlotSteps, capture_of
 from tests.servicefixtures import await_until
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -45,7 +49,8 @@ TOKEN = "billing-month-token"
 BOUNDARIES = [datetime(2026, 12, 1, tzinfo=SH), datetime(2026, 12, 11, tzinfo=SH),
               datetime(2026, 12, 21, tzinfo=SH), datetime(2027, 1, 1, tzinfo=SH)]
 START = datetime(2026, 11, 30, 23, 58, tzinfo=SH).timestamp()
-RATE = 250_000.0
+RATE = 2_500_000.0
+EVERY_S = 3 * 3600.0    # the rehearsal's interval schedule here (every="3h")
 HOLD_WAIT_S = 30.0      # real seconds a boundary may take to settle on a loaded machine
 EXPECTED = {"m1": "actual", "m2": "actual", "d1": "meter_frozen", "d2": "meter_frozen", "p1": "meter_frozen"}
 
@@ -84,22 +89,22 @@ async def test_three_stage_month_matches_the_simulators_exactly(tmp_path: Path) 
     text = with_dlt698_meter(rehearsal_config_text(tmp_path, api_port=api_port, every="3h"))
     settings = load_settings_from_text(text, "<billing-month>", tmp_path, {"AMR_API_TOKEN": TOKEN})
     holds = [b.timestamp() for b in BOUNDARIES]
-    clock = HoldingClock(START, RATE, holds)
+    clock = HoldingClock(START, RATE, holds[:1])
+    steps = SlotSteps(clock, tuple(EXPECTED), every_s=EVERY_S)
     fleet = SimulatedFleet(settings, clock, seed=11)
     await fleet.start()
     gw = Gateway(settings, clock, enable_sinks=False)
+    steps.watch(gw)
     try:
         await gw.start()
         cap = capture_of(gw)
         for t in holds:
             when = datetime.fromtimestamp(t, SH)
-            await await_until(lambda: clock.time() >= t, 60.0, f"the clock at {when}")  # noqa: B023
+            await steps.run_to(t, HOLD_WAIT_S)
             assert clock.holding == t, "the clock must stand at the boundary"
             got = await await_until(lambda: _settled(cap, t), HOLD_WAIT_S, f"every meter settled at {when}",  # noqa: B023
                                     detail=lambda: _qualities(cap, t))  # noqa: B023
             assert got == EXPECTED, (datetime.fromtimestamp(t, SH), got)
-            if t != holds[-1]:
-                clock.release()
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             views: dict[str, Any] = {}
             for meter in EXPECTED:

@@ -4,9 +4,12 @@ trouble of issue 15 at once, and every number checked against the simulators' tr
 Real peers on loopback: simulated DL/T 645 and Modbus TCP meters, the gateway with its SQLite
 store, its HTTP API (operator and reader tokens from the token file), the hash-chained audit
 log on disk, and ``amr-gateway audit verify`` as a process. The clock
-(:class:`gateway.billing.rehearsal.HoldingClock`) runs at 120,000× and *holds* at every
+(:class:`gateway.billing.rehearsal.HoldingClock`) runs at 480,000× and *holds* at every
 boundary and at every instant where the test plays a fitter, an engineer or a clerk, so a
-live read sees exactly the register at that instant and the comparison can be exact. The
+live read sees exactly the register at that instant and the comparison can be exact; and at
+every slot of the 6-hour schedule until each meter's reading of it is in, so no reading's
+registers are sampled minutes apart on a loaded host (the review would then see troubles no
+meter had). The
 truth is each simulator's model: per physical meter and CT × PT in force, its register
 difference × that multiplier (:meth:`Site.consumed`).
 
@@ -80,7 +83,7 @@ from tests.billingkit import SH, capture_of, quality
 from tests.servicefixtures import await_until
 
 REPO = Path(__file__).resolve().parents[2]
-RATE = 120_000.0
+RATE = 480_000.0
 SETTLE_S = 30.0            # real seconds a held instant may take to settle on a loaded machine
 CYCLE = "2026-12"
 DAYS = [date(2026, 12, 1), date(2026, 12, 11), date(2026, 12, 21), date(2027, 1, 1)]
@@ -102,6 +105,10 @@ B_NEW = {"ct": "150/5", "serial": "3412009876"}
 C_CT_CHANGE = at(date(2026, 12, 26), 14)         # meter C's CTs swapped: 300/5 → 600/5
 C_RELOAD = C_CT_CHANGE + 3600                    # the engineer edits the configuration an hour later
 C_NEW_CT = "600/5"
+#: the 6-hour schedule's slots after the first boundary (the gateway starts held there: its first slot is the next)
+SLOTS = frozenset(MIDNIGHT[0] + k * 6 * 3600.0 for k in range(1, int((MIDNIGHT[-1] - MIDNIGHT[0]) // (6 * 3600)) + 1))
+#: every instant the clock holds at: the boundaries, the troubles, and every slot of the 6-hour schedule
+HOLDS = sorted({*MIDNIGHT, *MORNING, F_OFF, F_BACK, B_EXCHANGE, C_CT_CHANGE, C_RELOAD, *SLOTS})
 
 CONFIG = """\
 gateway: {{id: month-rehearsal, timezone: Asia/Shanghai, data_dir: {data},
@@ -203,8 +210,7 @@ class Site:
         tokens = TokenFile(tmp)
         self.operator, _ = tokens.add("billing-clerk", Role.OPERATOR, "2026-11-30T00:00:00Z")
         self.reader, _ = tokens.add("billing-import", Role.READER, "2026-11-30T00:00:00Z")
-        holds = {*MIDNIGHT, *MORNING, F_OFF, F_BACK, B_EXCHANGE, C_CT_CHANGE, C_RELOAD}
-        self.clock = HoldingClock(START, RATE, holds)
+        self.clock = HoldingClock(START, RATE, HOLDS)
         self.dlt645 = Dlt645Simulator([self.dlt645_spec(m) for m in METERS if m.protocol == "dlt645"
                                        and m.id != "c"], self.clock, "Asia/Shanghai")
         self.c_meter = Dlt645Simulator([self.dlt645_spec(BY_ID["c"])], self.clock, "Asia/Shanghai")
@@ -214,7 +220,14 @@ class Site:
         self.b_meter = ModbusSimulator([self.modbus_spec(BY_ID["b"])], self.clock, "Asia/Shanghai")
         #: meter → [(from, model, multiplier)]: which physical meter and CT × PT counted when
         self.segments: dict[str, list[tuple[float, MeterModel, Decimal]]] = {}
-        self.gw = Gateway(self.settings, self.clock, enable_sinks=False)
+        #: (meter, slot) of every reading the gateway made, good or not (a skipped slot too)
+        self.read: set[tuple[str, float]] = set()
+        self.gw = self.watched(Gateway(self.settings, self.clock, enable_sinks=False))
+
+    def watched(self, gw: Gateway) -> Gateway:
+        """``gw``, its readings noted in :attr:`read`."""
+        gw.observers.append(lambda meter, reading: self.read.add((meter.id, reading.slot)))
+        return gw
 
     def configure(self) -> Settings:
         """Write the configuration file with the CT ratios in force and load it."""
@@ -275,7 +288,7 @@ class Site:
         """Reload the gateway with the configuration file as it is now (an engineer's edit)."""
         self.settings = self.configure()
         before = self.gw
-        self.gw = await reload(self.gw, self.settings)
+        self.gw = self.watched(await reload(self.gw, self.settings))
         assert self.gw is not before and self.gw.settings is self.settings, self.gw.reload_status
 
     async def call(self, method: str, path: str, token: str | None = None, body: object = None) -> tuple[int, Any]:
@@ -403,11 +416,14 @@ async def play_month(site: Site) -> None:
     actions[B_EXCHANGE] = b_exchanged
     actions[C_CT_CHANGE] = c_ct_changed
     actions[C_RELOAD] = c_configured
-    holds = sorted({*MIDNIGHT, *MORNING, F_OFF, F_BACK, B_EXCHANGE, C_CT_CHANGE, C_RELOAD})
-    for t in holds:
+    for t in HOLDS:
         when = datetime.fromtimestamp(t, SH)
         await await_until(lambda: clock.holding == t, 60.0, f"the clock held at {when}",  # noqa: B023
                           detail=lambda: datetime.fromtimestamp(clock.time(), SH))
+        if t in SLOTS:       # every register of a reading sampled at its slot's instant, however loaded the host
+            await await_until(lambda: all((m.id, t) in site.read for m in METERS), SETTLE_S,  # noqa: B023
+                              f"every meter read at {when}",
+                              detail=lambda: [m.id for m in METERS if (m.id, t) not in site.read])  # noqa: B023
         cap = capture_of(site.gw)
         for meter in due_at(t):
             want_missing = meter == "f" and t == F_MISSED
@@ -420,7 +436,7 @@ async def play_month(site: Site) -> None:
             (site.tmp / "synced").unlink()       # the gateway loses its time source until E's boundary
         if t == E_UNSYNCED:
             (site.tmp / "synced").touch()
-        if t != holds[-1]:
+        if t != HOLDS[-1]:
             clock.release()
 
 
