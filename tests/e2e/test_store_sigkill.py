@@ -24,7 +24,7 @@ from tests.servicefixtures import free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.slow
 
-LEAD_S = 20
+LEAD_S = 10
 """How long after the config is written the slot falls: room for the gateway to start."""
 TOKEN = "sigkill-token"
 

@@ -253,7 +253,7 @@ async def test_modbus_demand_from_the_register_and_computed_block_and_sliding(tm
     from gateway.simulator.fleet import SimulatedFleet
 
     slots = [D1 + k * STEP for k in range(int((D2 - D1) // STEP) + 1)]
-    clock = HoldingClock(D1 - 660, 3000.0, [D1 - 600, *slots])      # held until the gateway has started
+    clock = HoldingClock(D1 - 660, 30_000.0, [D1 - 600, *slots])    # held until the gateway has started
     text = MODBUS_CONFIG.format(data=tmp_path, pa=free_port(), pb=free_port(), pc=free_port(),
                                 regs=NO_DEMAND_REGISTERS)
     settings = load_settings_from_text(text, str(tmp_path / "config.yaml"), tmp_path, {})

@@ -2,9 +2,11 @@
 
 The gateway polls a simulated Modbus TCP meter every simulated second; the simulator is
 stopped (every poll then fails to connect) for many polls and started again on the same
-port. The log must hold exactly one "bus … is down" line and one "bus … is up again" line,
-whatever the number of failed polls in between (and the first answer after start is not a
-change worth a line: start has its own).
+port. The silent meter is probed every 2 simulated seconds (``dead_backoff_s``), not backed
+off to the default minute, so the polls fail and recover within a few real seconds. The log
+must hold exactly one "bus … is down" line and one "bus … is up again" line, whatever the
+number of failed polls in between (and the first answer after start is not a change worth a
+line: start has its own).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ TZ = "UTC"
 CONFIG = """\
 gateway: {{id: link-test, timezone: UTC, data_dir: {data}}}
 buses: [{{id: lan, type: tcp, host: 127.0.0.1, port: {port}, protocol: modbus-tcp, timeout_ms: 300,
-          retries: 0}}]
+          retries: 0, dead_backoff_s: 2}}]
 meters: [{{id: m1, customer: C1, bus: lan, address: 1, profile: simulator, schedules: [rt]}}]
 schedules: {{rt: {{every: 1s, points: ["voltage_*"]}}}}
 """

@@ -292,7 +292,7 @@ def test_demo_banner_export_hint_exports_the_demo_with_a_clock_in_the_past(tmp_p
     # 24 h before now) would hold nothing; the hint's --from must reach the demo's data.
     data = tmp_path / "demo"
     argv = ["demo", "--listen", f"127.0.0.1:{free_port()}", "--mqtt", f"127.0.0.1:{free_port()}",
-            "--clock-start", "2026-01-05T08:00:00+08:00", "--clock-rate", "120", "--duration", "20",
+            "--clock-start", "2026-01-05T08:00:00+08:00", "--clock-rate", "900", "--duration", "6",
             "--data-dir", str(data)]
     proc = cli(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=90)
