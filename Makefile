@@ -29,10 +29,13 @@ services:
 # Lints first (so .ci/run, which runs `make test`, fails on a lint or layer-contract error),
 # starts the services that are not running, runs pytest, then stops what it started (and
 # only that), keeping pytest's exit status.
+# Workers for the suite (pytest-xdist): most of a test's time is waiting for a peer or a simulated
+# clock, so more workers than cores; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 4
 test: $(STAMP) lint
 	@record=$$(mktemp); \
 	bash scripts/ensure-services.sh start "$$record" || { bash scripts/ensure-services.sh stop "$$record"; exit 1; }; \
-	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); status=$$?; \
 	bash scripts/ensure-services.sh stop "$$record"; exit $$status
 
 lint: $(STAMP)

@@ -47,6 +47,18 @@ ROOT=$CACHE/$NAME
 
 die() { printf 'container-rootfs: %s\n' "$*" >&2; exit 1; }
 
+# Installs Debian packages, one caller of this script at a time: the amd64 and the arm64 roots
+# may be built at once (the test suite's parallel workers), and DPkg::Lock::Timeout is
+# documented for dpkg's lock, not for the lock `apt-get update` takes on the package lists.
+apt_install() {
+    (
+        flock 8
+        apt-get -o DPkg::Lock::Timeout=120 update -qq || die "apt-get update failed; check the network and /etc/apt/sources.list"
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
+            "$@" >/dev/null || die "apt-get install $* failed"
+    ) 8>/run/lock/amr-gateway-test-apt.lock || exit 1
+}
+
 case "$ARCH" in
     amd64) QEMU=x86_64 ;;
     arm64) QEMU=aarch64 ;;
@@ -66,9 +78,7 @@ emulation() {
         [ "$(id -u)" = 0 ] || die "running $ARCH programs needs qemu-$QEMU in binfmt_misc: as root, 'apt-get install qemu-user-static binfmt-support'"
         if [ "$(dpkg-query -W -f='${Status}\n' qemu-user-static binfmt-support 2>/dev/null | grep -c 'install ok installed')" != 2 ]; then
             printf 'container-rootfs: installing qemu-user-static binfmt-support (to run %s programs)\n' "$ARCH" >&2
-            apt-get -o DPkg::Lock::Timeout=120 update -qq || die "apt-get update failed; check the network and /etc/apt/sources.list"
-            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
-                qemu-user-static binfmt-support >/dev/null || die "apt-get install qemu-user-static binfmt-support failed"
+            apt_install qemu-user-static binfmt-support
         fi
         update-binfmts --enable "qemu-$QEMU" >/dev/null 2>&1 || true
         [ -e "$entry" ] || die "qemu-user-static and binfmt-support are installed but qemu-$QEMU is not registered in binfmt_misc: 'update-binfmts --enable qemu-$QEMU' (as root) says why"
@@ -91,9 +101,7 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 if [ ${#missing[@]} -gt 0 ]; then
     printf 'container-rootfs: installing %s\n' "${missing[*]}" >&2
-    apt-get -o DPkg::Lock::Timeout=120 update -qq || die "apt-get update failed; check the network and /etc/apt/sources.list"
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+    apt_install "${missing[@]}"
 fi
 
 mkdir -p "$CACHE"

@@ -39,9 +39,11 @@ def kind_of(path: Path) -> tuple[str | None, bool]:
     return KIND_BY_DIRECTORY.get(top), top in SLOW_DIRECTORIES
 
 
+@pytest.hookimpl(tryfirst=True)     # before pytest-xdist reads the xdist_group markers given here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test with its directory's kind; fail collection on one without a kind or
-    with a marker of the other kind."""
+    with a marker of the other kind. Then order and group them for parallel runs
+    (:func:`order_for_workers`)."""
     wrong: list[str] = []
     for item in items:
         kind, slow = kind_of(item.path)
@@ -58,6 +60,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if wrong:
         raise pytest.UsageError("tests without exactly one kind (unit or integration); move them:\n  "
                                 + "\n  ".join(wrong))
+    order_for_workers(items)
+
+
+#: The longest test of the suite (an emulated arm64 Debian booted under systemd-nspawn), started first.
+FIRST = "tests/packaging/test_systemd_unit.py::test_unit_under_systemd[arm64]"
+#: Modules whose tests share a module fixture that starts a peer (the bench's bus emulators,
+#: the independent DL/T 645 server): one worker runs each such module, so it starts once.
+SHARED_FIXTURE_MODULES = ("tests/integration/test_bench_emulator.py",
+                          "tests/integration/test_dlt645_interop.py")
+
+
+def order_for_workers(items: list[pytest.Item]) -> None:
+    """The slow modules first and the rest after, each module's tests together and in their
+    own order; the modules of :data:`SHARED_FIXTURE_MODULES` each an ``xdist_group``.
+
+    ``make test`` runs the suite on several pytest-xdist workers (``--dist loadgroup``), which
+    take tests in this order as they become free. Most of the suite's time is waiting (for a
+    simulated day, a broker, a container's boot), not computing, so the run takes about as
+    long as its longest chain: started first, the slow tests run beside the many short ones
+    instead of after them. Tests that change the machine itself serialise on their own locks
+    (the Debian package test on a lock file, apt on dpkg's), and what the packaging tests
+    share is built once per run (tests/packaging/conftest.py). In a run without workers the
+    order changes nothing a test sees.
+    """
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if module in SHARED_FIXTURE_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=lambda item: (item.nodeid != FIRST, item.path not in slow_modules))
 
 
 @pytest.fixture(autouse=True)

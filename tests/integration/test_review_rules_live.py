@@ -29,6 +29,8 @@ from gateway.ports import free_port
 from tests.reviewlive import Running, running_review, stored_events
 from tests.servicefixtures import await_until
 
+pytestmark = pytest.mark.slow                  # about two minutes in all: simulated days at an hour a second
+
 RATE = 3600.0                                  # a simulated hour every second
 START = 1_796_227_260.0                        # 2026-12-03 00:01 +08:00, a Thursday
 METER = "m1"

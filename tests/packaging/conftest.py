@@ -9,14 +9,18 @@ working tree. Building downloads the dependencies' wheels from the package index
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import platform
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -66,10 +70,47 @@ def build_package(out: Path, arch: str) -> Built:
     return Built(deb=deb, wheels=wheels, version=version)
 
 
+T = TypeVar("T")
+
+
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
+    """``build(directory)`` once per test run, however many pytest-xdist workers ask for it.
+
+    The first worker to ask builds into ``name`` under the run's shared temporary directory
+    while holding a lock there; the others wait for it and unpickle what it returned (the
+    paths it built). A failed build leaves nothing behind, so each asker then tries, and
+    fails, for itself. Without workers this is ``build`` into a session temp dir.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out, done = shared / name, shared / f"{name}.pickle"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            made: T = pickle.loads(done.read_bytes())
+            return made
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        made = build(out)
+        done.write_bytes(pickle.dumps(made))
+        return made
+
+
+def built_for(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Built:
+    """The package for ``arch``, built once per test run (:func:`once_per_run`)."""
+    return once_per_run(tmp_path_factory, f"deb-{arch}", lambda out: build_package(out, arch))
+
+
+def next_release_for(tmp_path_factory: pytest.TempPathFactory, built: Built) -> NextRelease:
+    """The next release of ``built`` (its architecture), built once per test run."""
+    arch = built.deb.stem.rsplit("_", 1)[1]
+    return once_per_run(tmp_path_factory, f"next-release-{arch}", lambda out: build_next_release(built, out))
+
+
 @pytest.fixture(name="built", scope="session")
 def _built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """``scripts/build-deb.sh`` for this machine's architecture, into a temp dir."""
-    return build_package(tmp_path_factory.mktemp("deb"), host_arch())
+    return built_for(tmp_path_factory, host_arch())
 
 
 @dataclass(frozen=True)
@@ -111,4 +152,4 @@ def build_next_release(built: Built, out: Path) -> NextRelease:
 @pytest.fixture(name="next_release", scope="session")
 def _next_release(built: Built, tmp_path_factory: pytest.TempPathFactory) -> NextRelease:
     """The next release of this machine's package (:func:`build_next_release`)."""
-    return build_next_release(built, tmp_path_factory.mktemp("next-release"))
+    return next_release_for(tmp_path_factory, built)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import REPO, Built, NextRelease, build_next_release, build_package, host_arch
+from tests.packaging.conftest import REPO, Built, NextRelease, built_for, host_arch, next_release_for
 from tests.servicefixtures import stop_process, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -94,8 +94,8 @@ def _release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     arch: str = request.param
     if arch == HOST:
         return Release(arch, request.getfixturevalue("built"), request.getfixturevalue("next_release"))
-    built = build_package(tmp_path_factory.mktemp(f"deb-{arch}"), arch)
-    return Release(arch, built, build_next_release(built, tmp_path_factory.mktemp(f"next-release-{arch}")))
+    built = built_for(tmp_path_factory, arch)
+    return Release(arch, built, next_release_for(tmp_path_factory, built))
 
 
 def init_of(nspawn: int) -> int:

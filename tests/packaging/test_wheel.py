@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import REPO, Built
+from tests.packaging.conftest import REPO, Built, once_per_run
 from tests.servicefixtures import free_port, stop_process, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]
@@ -31,10 +31,14 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("PIP_")}
 
 
-@pytest.fixture(name="venv", scope="module")
+@pytest.fixture(name="venv", scope="session")
 def _venv(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with the wheel and its dependencies installed offline."""
-    root = tmp_path_factory.mktemp("wheel-venv")
+    """A fresh venv with the wheel and its dependencies installed offline (once per run)."""
+    return once_per_run(tmp_path_factory, "wheel-venv", lambda root: make_venv(built, root))
+
+
+def make_venv(built: Built, root: Path) -> Path:
+    """A venv in ``root`` with ``built``'s wheel installed from its wheels alone."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=clean_env())
     proc = subprocess.run(
