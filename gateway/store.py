@@ -291,6 +291,8 @@ class Store:
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
         self._flush_waiters: list[asyncio.Future[bool]] = []
+        #: a commit round is on the writer thread: what it took from the queue is not committed yet
+        self._committing = False
         self._writer_task: asyncio.Task[None] | None = None
         self._new_data = asyncio.Event()
         self._cursors: dict[str, int] = {}
@@ -541,7 +543,7 @@ class Store:
         """
         if self._writer_task is None or self._writer_task.done():
             return not self._has_work()
-        if not self._has_work():
+        if not self._has_work() and not self._committing:
             return True
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._flush_waiters.append(fut)
@@ -590,6 +592,7 @@ class Store:
         waiters, self._flush_waiters = self._flush_waiters, []
         cursors = dict(self._dirty_cursors)
         loop = asyncio.get_running_loop()
+        self._committing = True       # a flush() now waits for this round (the loop resolves it after)
         try:
             seqs = await loop.run_in_executor(self._writer, self._commit_batch, batch, cursors)
         except StoreError as exc:
@@ -605,6 +608,8 @@ class Store:
             self._queue[:0] = batch      # broken mid-commit (not by the data): nothing is dropped
             _resolve(waiters, False)
             raise
+        finally:
+            self._committing = False
         for sink, acked in cursors.items():
             if self._dirty_cursors.get(sink) == acked:
                 del self._dirty_cursors[sink]

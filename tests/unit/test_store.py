@@ -279,6 +279,29 @@ async def test_a_flush_asked_for_during_the_commit_that_covers_it_returns(tmp_pa
         await store.close()
 
 
+async def test_a_flush_waits_for_the_commit_already_on_the_writer_thread(tmp_path: Path) -> None:
+    """A reading the writer has taken from the queue is not committed until its round ends:
+    a flush asked for meanwhile waits for that round. It once saw an empty queue and returned
+    at once, and a chained poll's test read the store before its three readings were in."""
+    store = await Store.open(tmp_path / "a.db", FAST, "gw1")
+    try:
+        gate = threading.Event()
+        held = asyncio.ensure_future(store.write(lambda conn: gate.wait(10)))
+        store.submit_nowait(make_reading())
+        await await_until(lambda: store._writer._work_queue.qsize() > 0 and not store._queue, 5,
+                          "the reading's commit taken from the queue, behind the held writer")
+        flushed = asyncio.ensure_future(store.flush())
+        await asyncio.sleep(0.05)         # negative check: the commit is held, so must the flush be
+        assert not flushed.done()
+        gate.set()
+        await held
+        assert await asyncio.wait_for(flushed, 5) is True
+        assert await store.read(lambda c: c.execute("SELECT seq FROM outbox").fetchall()) == [(1,)]
+    finally:
+        gate.set()
+        await store.close()
+
+
 async def old_rows(db: Path, n: int) -> Store:
     """A store at ``db`` holding ``n`` interval readings already past a 1-day retention."""
     store = await Store.open(db, StoreSettings(synchronous="NORMAL", commit_interval_s=0.01,
