@@ -234,15 +234,17 @@ def test_modbus_collision_when_master_talks_over_a_reply(mb: Bus) -> None:
 
 
 def test_modbus_gap_inside_a_request_discards_it() -> None:
-    # At 1200 bd Tc = 9.2 ms, t1.5 = 13.8 ms, t3.5 = 32.1 ms. The first byte ends on the
-    # wire 9.2 ms after it is written, so writing the rest 32 ms later leaves a ~23 ms gap.
-    baud = 1200
+    # At 300 bd Tc = 36.7 ms, t1.5 = 55.0 ms, t3.5 = 128.3 ms. The first byte ends on the
+    # wire 36.7 ms after it is written, so writing the rest 107 ms later leaves a ~70 ms gap:
+    # inside the frame for any delay of this process up to 58 ms (at 1200 bd the margin was
+    # 9 ms, and a loaded run's test process overslept it: two frames, no gap).
+    baud = 300
     with BusEmulator("modbus", baud, slaves=[1]) as emu:
         assert emu.path is not None
-        with serial.Serial(emu.path, baud, parity="N", timeout=0.3) as port:
+        with serial.Serial(emu.path, baud, parity="N", timeout=0.8) as port:   # 8 bytes take 0.29 s on this wire
             request = modbus_read_request(1, 3, 0, 1)
             port.write(request[:1])
-            time.sleep(0.032)                 # the scenario: a gap inside the frame
+            time.sleep(0.107)                 # the scenario: a gap inside the frame
             port.write(request[1:])
             assert port.read(7) == b""
             stats = emu.stop()
