@@ -42,7 +42,9 @@ def stamp(text: str) -> float:
 
 
 async def test_offline_across_a_boundary_missing_then_frozen_by_date_or_late(tmp_path: Path) -> None:
-    settings, config = rehearsal_settings(tmp_path)
+    # 2 s to answer, not the rehearsal's 0.5 s: in a loaded parallel run the healthy m1 once
+    # answered late at the held boundary and stood missing beside the two offline meters
+    settings, config = rehearsal_settings(tmp_path, timeout_ms=2000)
     b = local(2026, 12, 11)
     clock = HoldingClock(local(2026, 12, 10, 23, 59), 600.0, [b])
     fleet = SimulatedFleet(settings, clock, seed=5)

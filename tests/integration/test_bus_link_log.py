@@ -56,6 +56,7 @@ async def test_bus_down_and_up_are_one_line_each(tmp_path: Path, caplog: pytest.
             except BaseException:
                 await gw.stop()
                 raise
+        stopped = False
         try:
             # the simulator is gone: every poll fails to connect
             await await_until(lambda: gw.meters["m1"].stats.reads_failed >= 4, 30,
@@ -66,8 +67,13 @@ async def test_bus_down_and_up_are_one_line_each(tmp_path: Path, caplog: pytest.
                 await await_until(lambda: gw.meters["m1"].stats.reads_ok > ok_before, 60,
                                   "a good read after the simulator is back",
                                   detail=lambda: gw.meters["m1"].stats)
+                # stopped while the meter still answers: a poll between the simulator's end and
+                # the gateway's would log a third change, which is not the test's scenario
+                await gw.stop()
+                stopped = True
         finally:
-            await gw.stop()
+            if not stopped:
+                await gw.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "amr.poll" and "bus lan" in r.getMessage()]
     down = [m for m in lines if m.startswith("bus lan is down:")]
     up = [m for m in lines if m == "bus lan is up again: meters answer"]
