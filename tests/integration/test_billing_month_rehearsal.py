@@ -79,7 +79,7 @@ from gateway.ports import free_port
 from gateway.runtime import Gateway, reload
 from gateway.settings import Settings
 from gateway.tokens import Role, TokenFile
-from tests.billingkit import SH, capture_of, quality
+from tests.billingkit import SH, SlotSteps, capture_of, quality
 from tests.servicefixtures import await_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,14 +220,10 @@ class Site:
         self.b_meter = ModbusSimulator([self.modbus_spec(BY_ID["b"])], self.clock, "Asia/Shanghai")
         #: meter → [(from, model, multiplier)]: which physical meter and CT × PT counted when
         self.segments: dict[str, list[tuple[float, MeterModel, Decimal]]] = {}
-        #: (meter, slot) of every reading the gateway made, good or not (a skipped slot too)
-        self.read: set[tuple[str, float]] = set()
-        self.gw = self.watched(Gateway(self.settings, self.clock, enable_sinks=False))
-
-    def watched(self, gw: Gateway) -> Gateway:
-        """``gw``, its readings noted in :attr:`read`."""
-        gw.observers.append(lambda meter, reading: self.read.add((meter.id, reading.slot)))
-        return gw
+        #: every meter's readings (good or not, a skipped slot too), to wait at each slot for all of them
+        self.slots = SlotSteps(self.clock, tuple(m.id for m in METERS), every_s=6 * 3600.0)
+        self.gw = Gateway(self.settings, self.clock, enable_sinks=False)
+        self.slots.watch(self.gw)
 
     def configure(self) -> Settings:
         """Write the configuration file with the CT ratios in force and load it."""
@@ -288,7 +284,8 @@ class Site:
         """Reload the gateway with the configuration file as it is now (an engineer's edit)."""
         self.settings = self.configure()
         before = self.gw
-        self.gw = self.watched(await reload(self.gw, self.settings))
+        self.gw = await reload(self.gw, self.settings)
+        self.slots.watch(self.gw)
         assert self.gw is not before and self.gw.settings is self.settings, self.gw.reload_status
 
     async def call(self, method: str, path: str, token: str | None = None, body: object = None) -> tuple[int, Any]:
@@ -421,9 +418,7 @@ async def play_month(site: Site) -> None:
         await await_until(lambda: clock.holding == t, 60.0, f"the clock held at {when}",  # noqa: B023
                           detail=lambda: datetime.fromtimestamp(clock.time(), SH))
         if t in SLOTS:       # every register of a reading sampled at its slot's instant, however loaded the host
-            await await_until(lambda: all((m.id, t) in site.read for m in METERS), SETTLE_S,  # noqa: B023
-                              f"every meter read at {when}",
-                              detail=lambda: [m.id for m in METERS if (m.id, t) not in site.read])  # noqa: B023
+            await site.slots.read_at(t, SETTLE_S)
         cap = capture_of(site.gw)
         for meter in due_at(t):
             want_missing = meter == "f" and t == F_MISSED
