@@ -26,12 +26,13 @@ demo: $(STAMP)
 services:
 	bash scripts/ensure-services.sh start
 
-# Lints first (so .ci/run, which runs `make test`, fails on a lint or layer-contract error),
-# starts the services that are not running, runs pytest, then stops what it started (and
-# only that), keeping pytest's exit status.
 # Workers for the suite (pytest-xdist): most of a test's time is waiting for a peer or a simulated
 # clock, so more workers than cores; PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 4
+
+# Lints first (so .ci/run, which runs `make test`, fails on a lint or layer-contract error),
+# starts the services that are not running, runs pytest, then stops what it started (and
+# only that), keeping pytest's exit status.
 test: $(STAMP) lint
 	@record=$$(mktemp); \
 	bash scripts/ensure-services.sh start "$$record" || { bash scripts/ensure-services.sh stop "$$record"; exit 1; }; \

@@ -78,8 +78,9 @@ def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Cal
 
     The first worker to ask builds into ``name`` under the run's shared temporary directory
     while holding a lock there; the others wait for it and unpickle what it returned (the
-    paths it built). A failed build leaves nothing behind, so each asker then tries, and
-    fails, for itself. Without workers this is ``build`` into a session temp dir.
+    paths it built). A failed build records no result, so each later asker clears what it
+    left and tries, and fails, for itself. Without workers this is ``build`` into a session
+    temp dir.
     """
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
