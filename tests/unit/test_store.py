@@ -55,6 +55,35 @@ async def test_seq_never_reused_after_purge(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_a_new_store_uses_the_page_size_and_an_older_store_keeps_its_own(tmp_path: Path) -> None:
+    """New stores are made with PAGE_SIZE (fewer bytes written per reading's index entry); a
+    store made with SQLite's default 4096 keeps it and its readings, and takes new ones."""
+    def page_size(db: Path) -> int:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    store = await Store.open(tmp_path / "new.db", FAST, "gw1")
+    await store.append_readings([make_reading()])
+    await store.close()
+    assert store_module.PAGE_SIZE != 4096
+    assert page_size(tmp_path / "new.db") == store_module.PAGE_SIZE
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:      # what an earlier release left: a 4096-byte WAL store
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t(a)")
+    store = await Store.open(old, FAST, "gw1")
+    assert await store.append_readings([make_reading(slot=0.0), make_reading(slot=900.0)]) == [1, 2]
+    await store.close()
+    store = await Store.open(old, FAST, "gw1")
+    assert await store.append_readings([make_reading(slot=1800.0)]) == [3]
+    rows = await store.read(lambda c: c.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    await store.close()
+    assert rows == 3
+    assert page_size(old) == 4096
+
+
 async def test_payload_is_exact_and_contains_seq(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "a.db", FAST, "gw1")
     await store.append_readings([make_reading(kwh="98765.43")])
