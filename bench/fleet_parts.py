@@ -1,0 +1,182 @@
+"""What each part of the gateway costs in case a, against the bare loop, in one sitting.
+
+``tcp_fleet.py`` runs one gateway and then one bare loop per invocation; on this shared
+2-core box a run moves by ±10 % against the next, which hides a part that costs 5 %. Here
+one simulator (from a folder ``tcp_fleet.py --keep`` left) serves round after round of:
+
+* ``bare`` — ``bench/fleet_baseline.py --prime-malloc``, the bare loop of the CPU target;
+* ``full`` — the real gateway with the kept configuration (store, MQTT, InfluxDB, review);
+* ``noreview`` — the same, its review engine taking no reading;
+* ``nosinks`` — no ``mqtt:`` and no ``influxdb:`` section (``nosinks-noreview``: both);
+  ``nomqtt``, ``noinflux`` — without one of them;
+* ``pollonly`` — no sinks, no review, and the store's ``submit_nowait`` a no-op: polling,
+  decoding and building the reading only;
+
+each variant in turn, the same warm-up and window, CPU of the whole process (every thread)
+per 1,000 readings finished in the window; the mean of each, and its ratio to the bare
+loop's mean, at the end. A variant may name a source tree first (``/tmp/old:full``), which
+the gateway then imports instead of this one (``PYTHONPATH``)::
+
+    python -m bench.tcp_fleet --only a --keep --no-baseline     # prints "kept /tmp/amr-bench-tcp-…"
+    python -m bench.fleet_parts /tmp/amr-bench-tcp-… --rounds 3 --variants bare,full,noreview,nosinks-noreview,pollonly
+
+Differences of a part are differences of these means; the variants patch the gateway in
+its own process (a wrapper that imports it, patches and runs the CLI), so they are
+measurements, not configurations to run. Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PDUS = ("030000000a", "03001a0002", "0300270003")      # tcp_fleet.py's plan for case a
+
+COUNTER = r'''
+import os, threading, time
+from gateway import polling
+_done = [0]
+_finish = polling.BusWorker._finish
+def _counted(self, *a, **k):
+    _done[0] += 1
+    return _finish(self, *a, **k)
+polling.BusWorker._finish = _counted
+def _dump():
+    while True:
+        time.sleep(0.5)
+        with open(os.environ["FLEET_PARTS_COUNT"] + ".tmp", "w") as f:
+            f.write(str(_done[0]))
+        os.replace(os.environ["FLEET_PARTS_COUNT"] + ".tmp", os.environ["FLEET_PARTS_COUNT"])
+threading.Thread(target=_dump, daemon=True).start()
+'''
+NO_REVIEW = "from gateway.review.engine import ReviewEngine\nReviewEngine.observe = lambda self, m, r: None\n"
+NO_STORE = "from gateway.store import Store\nStore.submit_nowait = lambda self, r, retention='interval': None\n"
+RUN_CLI = "import sys\nfrom gateway.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def variant_config(base: str, name: str) -> str:
+    """The kept configuration as variant ``name`` runs it."""
+    if "nosinks" in name or "nomqtt" in name or name == "pollonly":
+        base = re.sub(r"\nmqtt:.*?(?=\n\S)", "", base, flags=re.S)
+    if "nosinks" in name or "noinflux" in name or name == "pollonly":
+        base = re.sub(r"\ninfluxdb:.*?(?=\n\S)", "", base, flags=re.S)
+    return base
+
+
+def variant_code(name: str) -> str:
+    """The wrapper the gateway of variant ``name`` runs in."""
+    code = COUNTER
+    if "noreview" in name or name == "pollonly":
+        code += NO_REVIEW
+    if name == "pollonly":
+        code += NO_STORE
+    return code + RUN_CLI
+
+
+def process_ticks(pid: int) -> int:
+    """utime + stime of a process, every thread, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def read_count(path: Path) -> int:
+    """Readings the gateway finished so far (0 before its first report)."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def run_bare(args: argparse.Namespace) -> tuple[float, str]:
+    """One bare-loop window: CPU-s per 1,000 reads, and a note."""
+    argv = [sys.executable, "-m", "bench.fleet_baseline", "--meters", str(args.meters), "--port-base",
+            str(args.port_base), "--interval", "1", "--phases", "128", "--prime-malloc",
+            "--warmup", str(args.warmup), "--window", str(args.window)]
+    for pdu in PDUS:
+        argv += ["--pdu", pdu]
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True)
+    d = json.loads(out.stdout.strip().splitlines()[-1])
+    return d["cpu_s"] / d["reads"] * 1000, f"{d['reads']} reads, {d['failed']} failed"
+
+
+def run_gateway(args: argparse.Namespace, work: Path, base_config: str, variant: str) -> tuple[float, str]:
+    """One gateway window of ``[TREE:]NAME``: CPU-s per 1,000 readings, and a note."""
+    tree, _, name = variant.rpartition(":")
+    config = work / f"gw-{name}.yaml"
+    config.write_text(variant_config(base_config, name))
+    subprocess.run(["rm", "-rf", str(work / "data")], check=True)
+    count = work / "count"
+    count.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=tree or str(REPO), FLEET_PARTS_COUNT=str(count))
+    with open(work / "gateway.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", variant_code(name), "--log-level", "warning", "run",
+                                 "-c", str(config)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(args.warmup)
+        if proc.poll() is not None:
+            raise SystemExit(f"{variant}: the gateway exited; see {work / 'gateway.log'}")
+        t0, c0 = process_ticks(proc.pid), read_count(count)
+        time.sleep(args.window)
+        t1, c1 = process_ticks(proc.pid), read_count(count)
+        hwm = next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                   if line.startswith("VmHWM"))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = max(c1 - c0, 1)
+    tick = os.sysconf("SC_CLK_TCK")
+    return (t1 - t0) / tick / done * 1000, f"{done} readings, peak RSS {int(hwm) // 1024} MB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds, print each window, then the means and their ratios to the bare loop."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("keep", type=Path, help="a folder `python -m bench.tcp_fleet --only a --keep` left")
+    ap.add_argument("--variants", default="bare,full,noreview,nosinks-noreview,pollonly")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=float, default=8.0)
+    ap.add_argument("--window", type=float, default=15.0)
+    ap.add_argument("--meters", type=int, default=1000)
+    ap.add_argument("--port-base", type=int, default=10000)
+    args = ap.parse_args(argv)
+    kept = sorted(args.keep.glob("run*/gw.yaml"))
+    if not kept or not (args.keep / "sim.yaml").exists():
+        raise SystemExit(f"{args.keep} holds no sim.yaml and run*/gw.yaml: give a folder tcp_fleet.py --keep left")
+    variants = args.variants.split(",")
+    with tempfile.TemporaryDirectory(prefix="amr-fleet-parts-") as folder:
+        work = Path(folder)
+        base_config = re.sub(r"data_dir: [^}]*", f"data_dir: {work / 'data'}", kept[0].read_text(), count=1)
+        with open(work / "simulator.log", "w") as log:
+            sim = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--log-level", "warning", "simulate",
+                                    "-c", str(args.keep / "sim.yaml")], cwd=work, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(3)
+            results: dict[str, list[float]] = {v: [] for v in variants}
+            for rnd in range(1, args.rounds + 1):
+                for v in variants:
+                    per, note = run_bare(args) if v == "bare" else run_gateway(args, work, base_config, v)
+                    results[v].append(per)
+                    print(f"round {rnd} {v}: {per:.3f} CPU-s per 1,000 ({note})", flush=True)
+        finally:
+            sim.send_signal(signal.SIGKILL)
+            sim.wait()
+    bare = results.get("bare")
+    bare_mean = sum(bare) / len(bare) if bare else None
+    for v, xs in results.items():
+        mean = sum(xs) / len(xs)
+        ratio = f"  {mean / bare_mean:.2f} × bare" if bare_mean else ""
+        print(f"{v:32s} mean {mean:.3f}  ({' '.join(f'{x:.3f}' for x in xs)}){ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
