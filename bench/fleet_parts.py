@@ -20,9 +20,11 @@ the gateway then imports instead of this one (``PYTHONPATH``)::
     python -m bench.tcp_fleet --only a --keep --no-baseline     # prints "kept /tmp/amr-bench-tcp-…"
     python -m bench.fleet_parts /tmp/amr-bench-tcp-… --rounds 3 --variants bare,full,noreview,nosinks-noreview,pollonly
 
-Differences of a part are differences of these means; the variants patch the gateway in
-its own process (a wrapper that imports it, patches and runs the CLI), so they are
-measurements, not configurations to run. Run from the repository root.
+Differences of a part are differences of these means. The variants patch the gateway in its
+own process with ``tcp_fleet.py``'s experiment wrapper (``no-review``, ``no-store``, and
+``count`` for the readings finished), so they are measurements, not configurations to run.
+The bare loop sends the request PDUs the kept configuration compiles to (``plan_pdus``), to
+its ports. Run from the repository root.
 """
 
 from __future__ import annotations
@@ -38,29 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-PDUS = ("030000000a", "03001a0002", "0300270003")      # tcp_fleet.py's plan for case a
+from bench.tcp_fleet import gateway_argv, plan_pdus, proc_cpu_s, proc_status_kb
 
-COUNTER = r'''
-import os, threading, time
-from gateway import polling
-_done = [0]
-_finish = polling.BusWorker._finish
-def _counted(self, *a, **k):
-    _done[0] += 1
-    return _finish(self, *a, **k)
-polling.BusWorker._finish = _counted
-def _dump():
-    while True:
-        time.sleep(0.5)
-        with open(os.environ["FLEET_PARTS_COUNT"] + ".tmp", "w") as f:
-            f.write(str(_done[0]))
-        os.replace(os.environ["FLEET_PARTS_COUNT"] + ".tmp", os.environ["FLEET_PARTS_COUNT"])
-threading.Thread(target=_dump, daemon=True).start()
-'''
-NO_REVIEW = "from gateway.review.engine import ReviewEngine\nReviewEngine.observe = lambda self, m, r: None\n"
-NO_STORE = "from gateway.store import Store\nStore.submit_nowait = lambda self, r, retention='interval': None\n"
-RUN_CLI = "import sys\nfrom gateway.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def variant_config(base: str, name: str) -> str:
@@ -72,20 +54,14 @@ def variant_config(base: str, name: str) -> str:
     return base
 
 
-def variant_code(name: str) -> str:
-    """The wrapper the gateway of variant ``name`` runs in."""
-    code = COUNTER
+def variant_experiments(name: str, count: Path) -> str:
+    """The ``tcp_fleet.py`` experiments (gateway patches) variant ``name`` runs under."""
+    patches = [f"count:{count}"]
     if "noreview" in name or name == "pollonly":
-        code += NO_REVIEW
+        patches.append("no-review")
     if name == "pollonly":
-        code += NO_STORE
-    return code + RUN_CLI
-
-
-def process_ticks(pid: int) -> int:
-    """utime + stime of a process, every thread, in clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+        patches.append("no-store")
+    return ",".join(patches)
 
 
 def read_count(path: Path) -> int:
@@ -96,12 +72,20 @@ def read_count(path: Path) -> int:
         return 0
 
 
-def run_bare(args: argparse.Namespace) -> tuple[float, str]:
+def first_port(config: str) -> int:
+    """The port of the kept configuration's first bus (meter 1's), for the bare loop."""
+    found = re.search(r"\bport: (\d+)", config)
+    if found is None:
+        raise SystemExit("the kept gw.yaml names no bus port")
+    return int(found.group(1))
+
+
+def run_bare(args: argparse.Namespace, port_base: int, pdus: list[str]) -> tuple[float, str]:
     """One bare-loop window: CPU-s per 1,000 reads, and a note."""
     argv = [sys.executable, "-m", "bench.fleet_baseline", "--meters", str(args.meters), "--port-base",
-            str(args.port_base), "--interval", "1", "--phases", "128", "--prime-malloc",
+            str(port_base), "--interval", "1", "--phases", "128", "--prime-malloc",
             "--warmup", str(args.warmup), "--window", str(args.window)]
-    for pdu in PDUS:
+    for pdu in pdus:
         argv += ["--pdu", pdu]
     out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True)
     d = json.loads(out.stdout.strip().splitlines()[-1])
@@ -116,25 +100,23 @@ def run_gateway(args: argparse.Namespace, work: Path, base_config: str, variant:
     subprocess.run(["rm", "-rf", str(work / "data")], check=True)
     count = work / "count"
     count.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=tree or str(REPO), FLEET_PARTS_COUNT=str(count))
+    env = dict(os.environ, PYTHONPATH=tree or str(REPO))
+    argv = [*gateway_argv(variant_experiments(name, count)), "--log-level", "warning", "run", "-c", str(config)]
     with open(work / "gateway.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", variant_code(name), "--log-level", "warning", "run",
-                                 "-c", str(config)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         time.sleep(args.warmup)
         if proc.poll() is not None:
             raise SystemExit(f"{variant}: the gateway exited; see {work / 'gateway.log'}")
-        t0, c0 = process_ticks(proc.pid), read_count(count)
+        t0, c0 = proc_cpu_s(proc.pid), read_count(count)
         time.sleep(args.window)
-        t1, c1 = process_ticks(proc.pid), read_count(count)
-        hwm = next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                   if line.startswith("VmHWM"))
+        t1, c1 = proc_cpu_s(proc.pid), read_count(count)
+        hwm = proc_status_kb(proc.pid, "VmHWM")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     done = max(c1 - c0, 1)
-    tick = os.sysconf("SC_CLK_TCK")
-    return (t1 - t0) / tick / done * 1000, f"{done} readings, peak RSS {int(hwm) // 1024} MB"
+    return (t1 - t0) / done * 1000, f"{done} readings, peak RSS {hwm // 1024} MB"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=8.0)
     ap.add_argument("--window", type=float, default=15.0)
-    ap.add_argument("--meters", type=int, default=1000)
-    ap.add_argument("--port-base", type=int, default=10000)
+    ap.add_argument("--meters", type=int, default=1000, help="the kept case's meters (case a: 1,000)")
     args = ap.parse_args(argv)
     kept = sorted(args.keep.glob("run*/gw.yaml"))
     if not kept or not (args.keep / "sim.yaml").exists():
@@ -155,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="amr-fleet-parts-") as folder:
         work = Path(folder)
         base_config = re.sub(r"data_dir: [^}]*", f"data_dir: {work / 'data'}", kept[0].read_text(), count=1)
+        pdus = plan_pdus(kept[0])
+        port_base = first_port(base_config) - 1
         with open(work / "simulator.log", "w") as log:
             sim = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--log-level", "warning", "simulate",
                                     "-c", str(args.keep / "sim.yaml")], cwd=work, stdout=log, stderr=subprocess.STDOUT)
@@ -163,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, list[float]] = {v: [] for v in variants}
             for rnd in range(1, args.rounds + 1):
                 for v in variants:
-                    per, note = run_bare(args) if v == "bare" else run_gateway(args, work, base_config, v)
+                    if v == "bare":
+                        per, note = run_bare(args, port_base, pdus)
+                    else:
+                        per, note = run_gateway(args, work, base_config, v)
                     results[v].append(per)
                     print(f"round {rnd} {v}: {per:.3f} CPU-s per 1,000 ({note})", flush=True)
         finally:

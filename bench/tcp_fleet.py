@@ -663,6 +663,25 @@ for exp in sys.argv[1].split(","):
     elif name == "no-review":        # the review engine takes no reading (its observer does nothing)
         from gateway.review.engine import ReviewEngine
         ReviewEngine.observe = lambda self, meter, reading: None
+    elif name == "no-store":         # readings are not stored (nor sent): polling, decoding and building only
+        from gateway.store import Store
+        Store.submit_nowait = lambda self, reading, retention="interval": None
+    elif name == "count":            # polls finished so far, written to ARG every 0.5 s (no store needed)
+        import os, time
+        from gateway import polling
+        finished = [0]
+        finish = polling.BusWorker._finish
+        def counted(self, *a, **k):
+            finished[0] += 1
+            return finish(self, *a, **k)
+        polling.BusWorker._finish = counted
+        def dump(path=arg):
+            while True:
+                time.sleep(0.5)
+                with open(path + ".tmp", "w") as f:
+                    f.write(str(finished[0]))
+                os.replace(path + ".tmp", path)
+        threading.Thread(target=dump, daemon=True).start()
     else:
         raise SystemExit("unknown experiment " + name)
 from gateway.cli import main
@@ -670,7 +689,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "gc-threshold:N", "gc-time:FILE",
-               "no-review", "review-time", "uvloop", "cprofile:FILE")
+               "no-review", "no-store", "count:FILE", "review-time", "uvloop", "cprofile:FILE")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:
