@@ -40,8 +40,8 @@ class PollLimit:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.give()          # the permit reached us as we were cancelled: pass it on
-            else:
-                self._waiters.remove(fut)
+            elif fut in self._waiters:
+                self._waiters.remove(fut)   # give() may already have dropped it (it skips cancelled futures)
             raise
 
     def give(self) -> None:

@@ -54,6 +54,22 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_a_handed_over_permit_is_n
     assert limit.free == 1 and limit.try_take()
 
 
+async def test_a_waiter_cancelled_just_before_a_give_ends_cancelled_and_the_permit_stays() -> None:
+    # A stop cancels every bus at once: a waiter's future is cancelled at once, and a permit
+    # given back before its task runs skips (and drops) it. The task must still end cancelled
+    # (it once raised ValueError from its own clean-up: a failed task, logged for every bus).
+    limit = PollLimit(1)
+    assert limit.try_take()
+    waiter = asyncio.create_task(limit.take())
+    await asyncio.sleep(0)
+    assert limit.waiting() == 1
+    waiter.cancel()
+    limit.give()
+    done = await asyncio.gather(waiter, return_exceptions=True)
+    assert isinstance(done[0], asyncio.CancelledError)
+    assert limit.free == 1 and limit.waiting() == 0 and limit.try_take()
+
+
 def test_a_limit_needs_a_permit() -> None:
     with pytest.raises(ValueError, match="at least one permit"):
         PollLimit(0)
