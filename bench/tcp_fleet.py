@@ -587,6 +587,18 @@ for exp in sys.argv[1].split(","):
             print(f"gc census: {sum(kinds.values())} objects in generation 2, frozen {gc.get_freeze_count()}: "
                   + ", ".join(f"{k} {n}" for k, n in kinds.most_common(25)), file=sys.stderr, flush=True)
         threading.Timer(float(arg or 40), census).start()
+    elif name == "tracemalloc":      # ARG s after start: live Python memory by allocating line and by file
+        import tracemalloc
+        tracemalloc.start(1)
+        def sizes():
+            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            now, peak = tracemalloc.get_traced_memory()
+            out = [f"tracemalloc: {now / 2**20:.1f} MB live, peak {peak / 2**20:.1f} MB"]
+            for key in ("filename", "lineno"):
+                for st in snap.statistics(key)[:25]:
+                    out.append(f"  {st.size / 2**20:7.2f} MB {st.count:9d} blocks  {st.traceback[0]}")
+            print("\\n".join(out), file=sys.stderr, flush=True)
+        threading.Timer(float(arg or 40), sizes).start()
     elif name == "uvloop":           # the gateway's asyncio.run uses uvloop's event loop
         import asyncio, uvloop
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -688,7 +700,8 @@ from gateway.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "review-save:S", "gc-threshold:N", "gc-time:FILE",
+EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "tracemalloc:S", "review-save:S", "gc-threshold:N",
+               "gc-time:FILE",
                "no-review", "no-store", "count:FILE", "review-time", "uvloop", "cprofile:FILE")
 
 

@@ -138,6 +138,7 @@ from gateway.storecodec import (
     render,
     shape_from_spec,
     shape_key,
+    shared_key,
     spec_of,
 )
 from gateway.storemigrate import migrate
@@ -389,7 +390,7 @@ class Store:
                 "it stopped at the next start; check free disk space and the data_dir permissions"
             ) from exc
         for shape_id, spec in conn.execute("SELECT id, spec FROM reading_shape"):
-            shape = self._shapes[key_of_spec(spec)] = shape_from_spec(int(shape_id), spec)
+            shape = self._shapes[shared_key(key_of_spec(spec))] = shape_from_spec(int(shape_id), spec)
             self._shapes_by_id[shape.id] = shape
             self._next_shape = max(self._next_shape, int(shape_id) + 1)
         seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
@@ -699,7 +700,7 @@ class Store:
                         shape = shapes.get(key) or new_shapes.get(key)
                         if shape is None:
                             marks = marks_of(r, factors_of(key[5], key[6]))
-                            shape = new_shapes[key] = shape_from_spec(next_shape, spec_of(key, marks))
+                            shape = new_shapes[shared_key(key)] = shape_from_spec(next_shape, spec_of(key, marks))
                             next_shape += 1
                         mine.append((k, "reading", r.meter, r.schedule, retention, r.slot, r.ts, r.quality,
                                      encode(r, shape), shape.id))
@@ -715,7 +716,7 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             if new_shapes:
                 conn.executemany("INSERT INTO reading_shape(id, spec) VALUES (?, ?)",
-                                 [(s.id, s.spec) for s in new_shapes.values()])
+                                 [(s.id, spec_of(k, s.marks)) for k, s in new_shapes.items()])
             if rows:
                 _insert_outbox(conn, rows)
             self._write_cursors(cursors)

@@ -42,7 +42,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from json.encoder import encode_basestring
 from operator import attrgetter
@@ -85,7 +85,6 @@ class Shape:
     """A reading shape with the text fragments :func:`render` joins values into."""
 
     id: int
-    spec: str
     names: tuple[str, ...]
     head: str
     """``{"schema":…,"gateway":…,"seq":``"""
@@ -115,6 +114,10 @@ class Shape:
     for a point's raw text and 2 later its value's, which :func:`render` fills in and joins
     (a join of a list is cheaper than a template or an f-string per point). None: the
     general path."""
+    sink_memo: list[Any] = field(default_factory=list, compare=False, repr=False)
+    """What a sink works out once for this shape and keeps with it (the InfluxDB line's
+    measurement, tags and keys: :mod:`gateway.sinks.lineproto`), so it lives exactly as long
+    as the shape instead of in a cache keyed by the shape's text."""
 
 
 _FACTOR_TEXTS: IdentityMemo[Decimal, str] = IdentityMemo(_SHAPES_KEPT)
@@ -148,10 +151,43 @@ def spec_of(key: ShapeKey, marks: tuple[str, ...]) -> str:
                       ensure_ascii=False, separators=(",", ":"))
 
 
+_FACTORS: dict[tuple[str, str], dict[str, Decimal]] = {}
+
+
 def factors_of(ct_text: str, pt_text: str) -> dict[str, Decimal]:
-    """The factor of each value mark under these CT and PT texts."""
-    ct, pt = Decimal(ct_text), Decimal(pt_text)
-    return {"*": ct * pt, "c": ct, "p": pt}
+    """The factor of each value mark under these CT and PT texts: one dict for each pair of
+    texts, shared by every shape under them (a site has a handful of CT/PT ratios and
+    thousands of meters), so callers must not change it."""
+    got = _FACTORS.get((ct_text, pt_text))
+    if got is None:
+        if len(_FACTORS) >= _SHAPES_KEPT:     # bounded; a cleared pair is only shared less
+            _FACTORS.clear()
+        ct, pt = Decimal(ct_text), Decimal(pt_text)
+        got = _FACTORS[(ct_text, pt_text)] = {"*": ct * pt, "c": ct, "p": pt}
+    return got
+
+
+_SCALED: dict[tuple[str, str, tuple[str, ...]], tuple[tuple[int, Decimal], ...]] = {}
+
+
+def _scaled_of(ct_text: str, pt_text: str, marks: tuple[str, ...],
+               factors: dict[str, Decimal]) -> tuple[tuple[int, Decimal], ...]:
+    """:attr:`Shape.scaled` for these factor texts and marks, one tuple shared by every
+    shape with them (keyed by the texts, not by the factors: ``1`` and ``1.0`` are equal
+    Decimals that scale to different text)."""
+    key = (ct_text, pt_text, marks)
+    got = _SCALED.get(key)
+    if got is None:
+        if len(_SCALED) >= _SHAPES_KEPT:
+            _SCALED.clear()
+        got = _SCALED[key] = tuple((k, factors[m]) for k, m in enumerate(marks) if m != _SAME)
+    return got
+
+
+def shared_key(key: ShapeKey) -> ShapeKey:
+    """``key`` with its point names and units shared with every other kept key that has the
+    same (a store keeps one key per shape, and the meters of a profile all have the same)."""
+    return (*key[:7], _shared(key[7]), _shared(key[8]))
 
 
 def marks_of(r: Reading, factors: dict[str, Decimal]) -> tuple[str, ...]:
@@ -208,14 +244,27 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
     scaled: tuple[tuple[int, Decimal], ...] | None = None
     plain = None
     if all(m == _SAME or m in factors for m in marks):
-        scaled = tuple((k, factors[m]) for k, m in enumerate(marks) if m != _SAME)
+        scaled = _scaled_of(ct_text, pt_text, marks, factors)
         plain = _plain_parts(head, middle, multiplier, openers, units)
     return Shape(
-        id=shape_id, spec=spec, names=names, head=head, middle=middle, multiplier=multiplier,
+        id=shape_id, names=names, head=head, middle=middle, multiplier=multiplier,
         openers=openers, units=units, factors=factors, marks=marks,
-        tags=tuple((k, _shared(str(d[k]))) for k in ("bus", "customer", "gateway", "meter", "schedule")),
+        tags=tuple(_shared_pair(k, str(d[k])) if k in _COMMON_TAGS else (k, str(d[k]))
+                   for k in ("bus", "customer", "gateway", "meter", "schedule")),
         scaled=scaled, plain_parts=plain,
     )
+
+
+_COMMON_TAGS: Final = frozenset({"gateway", "schedule"})
+"""Tags whose (key, value) pair most shapes share (the bus, customer and meter are each
+shape's own: sharing them would only fill :data:`_SHARED`)."""
+
+
+
+def _shared_pair(key: str, value: str) -> tuple[str, str]:
+    """The one kept ``(key, value)`` tuple equal to this one (see :data:`_COMMON_TAGS`)."""
+    pair = (key, value)
+    return cast(tuple[str, str], _SHARED.setdefault(pair, pair))
 
 
 _PLAIN_FIRST: Final = 10
@@ -226,7 +275,7 @@ def _plain_parts(head: str, middle: str, multiplier: str, openers: tuple[str, ..
                  units: tuple[str, ...]) -> tuple[str, ...]:
     """:attr:`Shape.plain_parts`: the text of a plain body's message with a gap ("") for
     seq, slot, ts and quality and for each point's raw and value text."""
-    parts = [head, "", middle, "", '","ts":"', "", '","quality":"', "", '"' + multiplier]
+    parts = [head, "", middle, "", '","ts":"', "", '","quality":"', "", _shared('"' + multiplier)]
     last = len(openers) - 1
     for k, (o, u) in enumerate(zip(openers, units, strict=True)):
         parts += [o, "", ',"value":', "", _shared(f'{u}good"}}' + ("," if k < last else "}}"))]

@@ -105,7 +105,7 @@ def migrate(conn: sqlite3.Connection, path: Path, log: logging.Logger, batch: in
                 updates.append((body, shape.id, seq))
             if new:
                 conn.executemany("INSERT INTO reading_shape(id, spec) VALUES (?, ?)",
-                                 [(s.id, s.spec) for s in new.values()])
+                                 [(s.id, spec_of(k, s.marks)) for k, s in new.items()])
             conn.executemany("UPDATE outbox SET payload=?, shape=? WHERE seq=?", updates)
             done = int(rows[-1][0])
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (PROGRESS_KEY, str(done)))

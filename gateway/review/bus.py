@@ -36,8 +36,10 @@ def fold_bus_failure(
     """(the meter's events to emit, the bus's events to emit) after one reading of ``obs.meter``."""
     bus_events: list[RuleEvent] = []
     raised = ("bus_failure", "") in bus_state.active
+    grace = bus_state.grace
     if not obs.failed:
-        bus_state.grace.discard(obs.meter)
+        if grace:
+            grace.discard(obs.meter)
         if raised:
             cond = bus_state.active[("bus_failure", "")]
             normal_cycle(bus_state, bus_events, "bus_failure", "", obs.ts, 1,
@@ -49,14 +51,16 @@ def fold_bus_failure(
                 if m != obs.meter and st is not None and st.failures > 0:
                     st.failures = 0
                     st.first_failure_ts = None
+                    if bus_state.grace is None:
+                        bus_state.grace = set()
                     bus_state.grace.add(m)
         return events, bus_events
     mine = [e for e in events if e.type == "read_failure" and e.state == "raised"]
-    if obs.meter in bus_state.grace:
+    if grace and obs.meter in grace:
         if (obs.error or "").startswith("not polled"):       # skipped by the poller, not tried
             states[obs.meter].active.pop(("read_failure", ""), None)
             return [e for e in events if e not in mine], bus_events
-        bus_state.grace.discard(obs.meter)
+        grace.discard(obs.meter)
     if not mine or len(meters) < th.bus_failure_min_meters:
         return events, bus_events
     failing = [m for m in meters if (st := states.get(m)) is not None and st.failures > 0]

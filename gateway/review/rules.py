@@ -55,7 +55,6 @@ Design constraints
 from __future__ import annotations
 
 import statistics
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -246,7 +245,9 @@ class MeterState:
     stopped_ref: EnergyPoint | None = None
     stopped_expected: Decimal = _ZERO
     stopped_unknown_power: bool = False
-    power: deque[tuple[float, Decimal]] = field(default_factory=lambda: deque(maxlen=POWER_SAMPLES_KEPT))
+    #: (ts, kW) samples since the last energy value, oldest first, at most POWER_SAMPLES_KEPT
+    #: (a list: a deque costs 740 bytes even when empty, and most meters keep one or two)
+    power: list[tuple[float, Decimal]] = field(default_factory=list)
     #: local second-of-day of an interval's start → [(interval start slot, kWh)], oldest first
     history: dict[int, list[tuple[float, Decimal]]] = field(default_factory=dict)
     #: new (slot, seconds, kWh) intervals the engine has not persisted yet
@@ -265,8 +266,9 @@ class MeterState:
     pf_ref: tuple[float, Decimal, Decimal] | None = None
     #: meter events: last counter value per event stem
     counters: dict[str, Decimal] = field(default_factory=dict)
-    #: a bus's state: meters of a bus failure that ended, not heard from since
-    grace: set[str] = field(default_factory=set)
+    #: a bus's state: meters of a bus failure that ended, not heard from since (None: none;
+    #: only a bus's state ever holds any, so a meter's state carries no empty set)
+    grace: set[str] | None = None
     #: the latest recorded meter exchange or CT/PT change (:func:`note_change`)
     change_at: float | None = None
     dirty: bool = False                 # persisted state changed
@@ -1113,8 +1115,11 @@ def evaluate(
         # a recorded exchange or CT/PT change lies between the baselines and this reading, or
         # the reading was taken under another CT × PT (a restart under a new configured ratio)
         rebase(state)
-    if obs.power_kw is not None and (not state.power or state.power[-1][0] <= obs.ts):
-        state.power.append((obs.ts, obs.power_kw))
+    power = state.power
+    if obs.power_kw is not None and (not power or power[-1][0] <= obs.ts):
+        power.append((obs.ts, obs.power_kw))
+        if len(power) > POWER_SAMPLES_KEPT:
+            del power[0]
     iv = _interval(state.energy, reg, obs)
     for name, rule in RULES if rules is None else rules:
         try:
@@ -1188,8 +1193,11 @@ def prune_power(state: MeterState) -> None:
         return
     since = state.energy.ts
     power = state.power
-    while len(power) > 1 and power[1][0] <= since:
-        power.popleft()
+    drop = 0
+    while drop + 1 < len(power) and power[drop + 1][0] <= since:
+        drop += 1
+    if drop:
+        del power[:drop]
 
 
 def rated_power_kw(

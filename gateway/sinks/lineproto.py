@@ -72,6 +72,8 @@ class LineError(ValueError):
 
 
 _CACHE_LIMIT: Final = 65_536
+_MEMO_PER_SHAPE: Final = 8
+"""Measurements whose line parts a shape keeps (one per InfluxDB sink; beyond, worked out each time)."""
 _escaped_keys: dict[str, str] = {}
 _escaped_measurements: dict[str, str] = {}
 
@@ -85,7 +87,10 @@ def _escape_cached(text: str, table: dict[int, str], cache: dict[str, str]) -> s
         pass
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()            # bounded: a churn of one-off names cannot grow it for ever
-    escaped = cache[text] = text.translate(table)
+    escaped = text.translate(table)
+    if escaped == text:
+        escaped = text           # the usual name needs no escape: keep no second copy of it
+    cache[text] = escaped
     return escaped
 
 
@@ -239,26 +244,54 @@ def reading_line(measurement_base: str, gateway: str, r: Reading, seq: int) -> s
     return f"{escape_measurement(measurement_base)}{tags} {','.join(fields)} {round(r.ts * 1000)}"
 
 
-_shape_parts: dict[tuple[str, str], tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
-
-
 def _line_parts(measurement_base: str, shape: Shape) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """The measurement and tags, each field's ``key=``, and the fields of a plain body
     (:func:`~gateway.storecodec.plain_values`) in pieces, the measurement and tags first,
     with a gap ("") after each ``key=`` for its value: a shape's parts of its lines,
-    joined once and kept (bounded)."""
-    parts = _shape_parts.get((measurement_base, shape.spec))
-    if parts is None:
-        if len(_shape_parts) >= _CACHE_LIMIT:
-            _shape_parts.clear()
-        tags = "".join(f",{k}={escape_tag_value(v)}" for k, v in shape.tags if v)
-        head = f"{escape_measurement(measurement_base)}{tags} "
-        keys = tuple(f"{escape_key(n)}=" for n in shape.names)
-        plain: list[str] = []
-        for k, key in enumerate(keys):
-            plain += [(head if k == 0 else ",") + key, ""]
-        parts = _shape_parts[(measurement_base, shape.spec)] = (head, keys, tuple(plain))
-    return parts
+    joined once and kept with the shape (``Shape.sink_memo``: a ``(measurement, parts)``
+    pair for each InfluxDB sink's measurement; a pair is only ever appended, whole, so a
+    sink on another thread never sees one half-made)."""
+    memo = shape.sink_memo
+    for base, parts in memo:
+        if base == measurement_base:
+            return parts  # type: ignore[no-any-return]   # sink_memo is list[Any]
+    tags = "".join(f",{k}={escape_tag_value(v)}" for k, v in shape.tags if v)
+    head = f"{escape_measurement(measurement_base)}{tags} "
+    keys = _field_keys(shape.names)
+    plain: list[str] = [head + keys[0], ""] if keys else []
+    plain += _later_pieces(keys)
+    made = (head, keys, tuple(plain))
+    if len(memo) < _MEMO_PER_SHAPE:
+        memo.append((measurement_base, made))
+    return made
+
+
+_keys_of_names: dict[tuple[str, ...], tuple[str, ...]] = {}
+_pieces_of_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _field_keys(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Each point's ``key=``: one tuple for every shape with these point names (the meters of
+    a profile share them; 10,000 meters' own copies took 7 MB)."""
+    keys = _keys_of_names.get(names)
+    if keys is None:
+        if len(_keys_of_names) >= _CACHE_LIMIT:
+            _keys_of_names.clear()
+        keys = _keys_of_names[names] = tuple(f"{escape_key(n)}=" for n in names)
+    return keys
+
+
+def _later_pieces(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """``,key=`` and a gap for every field after the first: shared like :func:`_field_keys`."""
+    pieces = _pieces_of_keys.get(keys)
+    if pieces is None:
+        if len(_pieces_of_keys) >= _CACHE_LIMIT:
+            _pieces_of_keys.clear()
+        later: list[str] = []
+        for key in keys[1:]:
+            later += ["," + key, ""]
+        pieces = _pieces_of_keys[keys] = tuple(later)
+    return pieces
 
 
 def compact_line(measurement_base: str, shape: Shape, seq: int, ts: float, body: str) -> str:
