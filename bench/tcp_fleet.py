@@ -595,7 +595,7 @@ for exp in sys.argv[1].split(","):
             now, peak = tracemalloc.get_traced_memory()
             out = [f"tracemalloc: {now / 2**20:.1f} MB live, peak {peak / 2**20:.1f} MB"]
             for key in ("filename", "lineno"):
-                for st in snap.statistics(key)[:25]:
+                for st in snap.statistics(key)[:25 if key == "filename" else 70]:
                     out.append(f"  {st.size / 2**20:7.2f} MB {st.count:9d} blocks  {st.traceback[0]}")
             print("\\n".join(out), file=sys.stderr, flush=True)
         threading.Timer(float(arg or 40), sizes).start()

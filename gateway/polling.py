@@ -145,7 +145,7 @@ class BusWorker:
         self.bus = bus
         self.driver = driver
         #: protocol → driver, for meters of a protocol other than the bus's (a mixed line)
-        self.drivers: dict[str, MeterDriver] = dict(drivers) if drivers else {}
+        self.drivers: dict[str, MeterDriver] = {p: d for p, d in (drivers or {}).items() if d is not driver}
         self.sink = sink
         self.clock = clock
         self.shared = shared
@@ -157,8 +157,10 @@ class BusWorker:
         #: future, not an asyncio.Event: every poll of every meter wakes its bus, and the
         #: Event's wait/set/clear cost more than the rest of queueing the poll.
         self._idle: asyncio.Future[None] | None = None
-        self._queued: set[tuple[str, str]] = set()
-        self._inflight: set[asyncio.Task[None]] = set()
+        #: (meter, schedule) of each queued job; a dict used as a set: an empty set costs 216
+        #: bytes, an empty dict 64, on each of 10,000 single-meter TCP buses
+        self._queued: dict[tuple[str, str], None] = {}
+        self._inflight: dict[asyncio.Task[None], None] = {}
         self.overruns = 0
         self.transactions = 0
         self.poll_lag_max = 0.0
@@ -201,7 +203,7 @@ class BusWorker:
 
     def _queue(self, meter: MeterRuntime, schedule: str, slot: float, priority: str | None,
                prior: AmrError | None = None) -> None:
-        self._queued.add((meter.id, schedule))
+        self._queued[(meter.id, schedule)] = None
         prio = PRIORITY_ORDER[priority] if priority else PRIORITY_ORDER.get(_priority_of(meter, schedule), 1)
         heapq.heappush(self._heap, Job(prio, slot, next(self._order), meter, schedule, prior=prior))
         self._wake()
@@ -310,10 +312,10 @@ class BusWorker:
                         self._busy = False
                 else:
                     while len(self._inflight) >= concurrency:
-                        await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
                     task = asyncio.create_task(self._run_job(job), name=f"bus-{self.bus.id}-job")
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                    self._inflight[task] = None
+                    task.add_done_callback(self._job_done)
         finally:
             self._stopping = True
             for task in list(self._inflight):
@@ -325,6 +327,9 @@ class BusWorker:
                     await driver.close()
                 except Exception:
                     log.debug("closing bus %s failed", self.bus.id, exc_info=True)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
 
     def driver_for(self, meter: MeterRuntime) -> MeterDriver:
         """The driver of ``meter``'s protocol (the bus's own unless the meter speaks another)."""
@@ -357,7 +362,7 @@ class BusWorker:
             await self._run_action(job)
         else:
             assert job.schedule is not None
-            self._queued.discard((job.meter.id, job.schedule))
+            self._queued.pop((job.meter.id, job.schedule), None)
             await self._poll(job.meter, job.schedule, job.slot, job.prior)
 
     async def _run_action(self, job: Job) -> None:

@@ -26,6 +26,11 @@ the official influxdb-client library."""
 PRIORITY_ORDER: dict[str, int] = {"settlement": 0, "interval": 1, "realtime": 2}
 
 
+_RATIO_FACTORS: dict[tuple[str, str], Decimal] = {}
+"""(primary text, secondary text) → its factor (keyed by text: 200/5 and 200.0/5 give the
+equal but differently written factors 40 and 40.0)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Ratio:
     """A CT or PT ratio such as ``200/5`` (factor 40) or ``10000/100`` (factor 100)."""
@@ -35,8 +40,16 @@ class Ratio:
 
     @property
     def factor(self) -> Decimal:
-        """primary ÷ secondary, exact."""
-        return self.primary / self.secondary
+        """primary ÷ secondary, exact: one Decimal object for every ratio written alike, so
+        10,000 meters on a handful of CTs keep a handful of factors (the store recognises
+        a factor's text by the object: gateway.storecodec._FACTOR_TEXTS)."""
+        key = (str(self.primary), str(self.secondary))
+        got = _RATIO_FACTORS.get(key)
+        if got is None:
+            if len(_RATIO_FACTORS) >= 4096:      # bounded; a cleared ratio is only shared less
+                _RATIO_FACTORS.clear()
+            got = _RATIO_FACTORS[key] = self.primary / self.secondary
+        return got
 
     def __str__(self) -> str:
         return f"{self.primary}/{self.secondary}"

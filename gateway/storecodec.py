@@ -110,9 +110,10 @@ class Shape:
     taken, e.g. a mark that is no factor's."""
     plain_parts: tuple[str, ...] | None = None
     """The message of a plain body (:func:`plain_values`) in pieces, with an empty gap at
-    1, 3, 5, 7 for seq, slot, ts and quality and, from :data:`_PLAIN_FIRST` on, every 5th
-    for a point's raw text and 2 later its value's, which :func:`render` fills in and joins
-    (a join of a list is cheaper than a template or an f-string per point). None: the
+    1, 2, 3, 5, 7 for seq, :attr:`middle`, slot, ts and quality and, from :data:`_PLAIN_FIRST`
+    on, every 5th for a point's raw text and 2 later its value's, which :func:`render` fills
+    in and joins (a join of a list is cheaper than a template or an f-string per point).
+    Without the meter's own text, so the meters of a profile share one tuple. None: the
     general path."""
     sink_memo: list[Any] = field(default_factory=list, compare=False, repr=False)
     """What a sink works out once for this shape and keeps with it (the InfluxDB line's
@@ -245,7 +246,7 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
     plain = None
     if all(m == _SAME or m in factors for m in marks):
         scaled = _scaled_of(ct_text, pt_text, marks, factors)
-        plain = _plain_parts(head, middle, multiplier, openers, units)
+        plain = _plain_parts(head, multiplier, openers, units)
     return Shape(
         id=shape_id, names=names, head=head, middle=middle, multiplier=multiplier,
         openers=openers, units=units, factors=factors, marks=marks,
@@ -271,15 +272,14 @@ _PLAIN_FIRST: Final = 10
 """Where the first point's raw text sits in :attr:`Shape.plain_parts` (then every 5th)."""
 
 
-def _plain_parts(head: str, middle: str, multiplier: str, openers: tuple[str, ...],
-                 units: tuple[str, ...]) -> tuple[str, ...]:
+def _plain_parts(head: str, multiplier: str, openers: tuple[str, ...], units: tuple[str, ...]) -> tuple[str, ...]:
     """:attr:`Shape.plain_parts`: the text of a plain body's message with a gap ("") for
-    seq, slot, ts and quality and for each point's raw and value text."""
-    parts = [head, "", middle, "", '","ts":"', "", '","quality":"', "", _shared('"' + multiplier)]
+    seq, the meter's middle, slot, ts and quality and for each point's raw and value text."""
+    parts = [head, "", "", "", '","ts":"', "", '","quality":"', "", _shared('"' + multiplier)]
     last = len(openers) - 1
     for k, (o, u) in enumerate(zip(openers, units, strict=True)):
         parts += [o, "", ',"value":', "", _shared(f'{u}good"}}' + ("," if k < last else "}}"))]
-    return tuple(parts)
+    return _shared(tuple(parts))
 
 
 def _value_mark(raw_text: str, value_text: str, factors: dict[str, Decimal]) -> str:
@@ -413,6 +413,7 @@ def render(shape: Shape, seq: int, slot: float, ts: float, quality: str, body: s
         if items is not None:
             out = list(plain)
             out[1] = str(seq)
+            out[2] = shape.middle
             out[3] = iso_utc(slot)
             out[5] = iso_utc(ts)
             out[7] = quality

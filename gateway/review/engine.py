@@ -20,8 +20,9 @@ How it fits the gateway
   schema ``amr.event.v1``: the MQTT sink publishes it on ``amr/{gw}/meters/{meter}/event``)
   and then recorded in ``review_event`` (see :mod:`gateway.review.db` for why that order).
 * Rule memory that matters across a restart (last register values, the stop reference,
-  conditions still raised, interval history) is saved in the review tables every few
-  seconds and on stop, and restored at start — so a register that went down while the
+  conditions still raised, interval history) is saved in the review tables about once a
+  minute per meter (a slice of the meters every second, so a big fleet's save never holds
+  the store for long) and on stop, and restored at start — so a register that went down while the
   gateway was restarting is still caught, and a condition raised before a restart is not
   raised twice.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import urllib.parse
 from collections import deque
@@ -68,7 +70,15 @@ log = logging.getLogger("amr.review")
 QUEUE_SIZE: Final = 10_000
 #: seconds the review gathers readings before it runs them (see :meth:`ReviewEngine._run`)
 BATCH_S: Final = 0.05
-SAVE_EVERY_S: Final = 60.0         # real seconds between state saves (each save serialises every dirty meter)
+#: real seconds between two saves of one meter's state: the save rolls round the meters, a
+#: slice every SAVE_TICK_S, rather than serialising every dirty meter at once
+SAVE_EVERY_S: Final = 60.0
+#: meters whose state one transaction saves: 10,000 meters' documents in one go held the
+#: store's writer (and, serialising them, the event loop) for most of a second, and every
+#: reading committed meanwhile waited — once a minute, case b's p99 of 800 ms (bench/README.md)
+SAVE_CHUNK: Final = 500
+#: real seconds between two slices of the rolling state save (:meth:`ReviewEngine._save`)
+SAVE_TICK_S: Final = 1.0
 PURGE_EVERY_S: Final = 3600.0
 STOP_DRAIN_S: Final = 5.0
 RETRY_KEEP: Final = 1000
@@ -153,6 +163,7 @@ class ReviewEngine:
         self._retry: list[tuple[str, RuleEvent]] = []
         self._emit_lock = asyncio.Lock()
         self._last_save = 0.0
+        self._save_cursor = 0
         self._last_purge = 0.0
         self._started = False
         self.dropped = 0
@@ -314,8 +325,7 @@ class ReviewEngine:
     async def _keep(self) -> None:
         """Save the rule memory, purge old history, retry unstored events, judge new periods."""
         while True:
-            due = max(self._last_save + SAVE_EVERY_S - time.monotonic(), 0.0)
-            await asyncio.sleep(min(due, RETRY_EVERY_S, PERIODS_EVERY_S))
+            await asyncio.sleep(min(SAVE_TICK_S, RETRY_EVERY_S, PERIODS_EVERY_S))
             try:
                 if self._retry:
                     await self._retry_events()
@@ -377,7 +387,14 @@ class ReviewEngine:
         if bus is None or not th.enabled:
             return [(meter, ev) for ev in events]
         key = self._bus_keys.get(bus) or bus_key(bus)
-        mine, bus_events = fold_bus_failure(bus, self.state(key), self.buses[bus], self.states, obs, events, th)
+        bus_state = self.states.get(key)
+        if bus_state is None:
+            if not obs.failed:
+                # a bus with no state has no raised failure and no meter in grace: nothing to
+                # fold, and no state made (a fleet of single-meter TCP buses keeps none)
+                return [(meter, ev) for ev in events]
+            bus_state = self.state(key)
+        mine, bus_events = fold_bus_failure(bus, bus_state, self.buses[bus], self.states, obs, events, th)
         if not bus_events:          # nearly every reading: no second list to make and join
             return [(meter, ev) for ev in mine]
         return [(meter, ev) for ev in mine] + [(key, ev) for ev in bus_events]
@@ -507,23 +524,46 @@ class ReviewEngine:
         log.info("review: event %d (%s, meter %s) is %s (%s)", ev.id, ev.type, ev.meter, after.state, actor)
         return after
 
+    def _due_for_save(self, force: bool, now: float) -> list[tuple[str, MeterState]]:
+        """The meters whose turn it is (all with ``force``): each tick takes the share of the
+        meters that the time since the last tick is of :data:`SAVE_EVERY_S`, round the list,
+        so every meter is saved about once per period and no tick takes them all at once."""
+        share = 1.0 if force else (now - self._last_save) / SAVE_EVERY_S
+        self._last_save = now
+        names = list(self.states)
+        n = len(names)
+        count = min(n, math.ceil(n * share))
+        start = self._save_cursor % n if n else 0
+        self._save_cursor = start + count
+        turn = names[start:start + count] + names[:max(0, start + count - n)]
+        states = self.states
+        return [(meter, st) for meter in turn if (st := states[meter]).dirty or st.new_intervals]
+
     async def _save(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_save < SAVE_EVERY_S - 0.1:  # 0.1: the loop's timer may fire early
-            return
-        self._last_save = now
-        docs: dict[str, dict[str, object]] = {}
-        intervals: list[tuple[str, float, float, Decimal]] = []
-        for meter, st in self.states.items():
-            if st.dirty:
-                docs[meter] = st.to_doc()
-                st.dirty = False
-            if st.new_intervals:
-                intervals += [(meter, s, secs, kwh) for s, secs, kwh in st.new_intervals]
-                st.new_intervals.clear()
         store = self.gateway.store
-        if docs or intervals:
-            await store.write(db.save_states, self.gateway.clock.time(), docs, intervals)
+        due = self._due_for_save(force, now)
+        for first in range(0, len(due), SAVE_CHUNK):
+            chunk = due[first:first + SAVE_CHUNK]
+            docs: dict[str, dict[str, object]] = {}
+            intervals: list[tuple[str, float, float, Decimal]] = []
+            taken: list[tuple[MeterState, bool, list[tuple[float, float, Decimal]]]] = []
+            for meter, st in chunk:
+                was_dirty, new = st.dirty, st.new_intervals
+                if was_dirty:
+                    docs[meter] = st.to_doc()
+                    st.dirty = False
+                if new:
+                    intervals += [(meter, s, secs, kwh) for s, secs, kwh in new]
+                    st.new_intervals = []
+                taken.append((st, was_dirty, new))
+            try:
+                await store.write(db.save_states, self.gateway.clock.time(), docs, intervals)
+            except BaseException:
+                for st, was_dirty, new in taken:    # not saved: the next save takes them again
+                    st.dirty = st.dirty or was_dirty
+                    st.new_intervals[:0] = new
+                raise
         if force or now - self._last_purge >= PURGE_EVERY_S:
             self._last_purge = now
             horizon = self.gateway.clock.time() - (self.thresholds.jump_history_days + 2) * 86400

@@ -251,3 +251,77 @@ async def test_the_poller_gets_the_event_counters_the_review_last_saw(tmp_path: 
     finally:
         await eng.stop()
         await g.store.close()
+
+
+async def test_a_bus_keeps_no_review_state_until_a_reading_on_it_fails(gw: Core) -> None:
+    # 10,000 single-meter TCP buses each kept an empty bus state (≈ 8 MB): good readings need none
+    eng = await started(gw)
+    bus_state_key = eng._bus_keys["tcp-c1002"]
+    eng.observe(runtime(), reading(0, "100.00"))
+    eng.observe(runtime(), reading(1, "100.50"))
+    assert await eng.drain()
+    assert METER in eng.states and bus_state_key not in eng.states
+    failed = Reading(METER, "C1002", "tcp-c1002", "interval", START + 1800, START + 1800.4, {
+        "energy_import_kwh": PointValue(None, None, "kWh", "timeout"),
+    }, quality="timeout", error="no answer")
+    eng.observe(runtime(), failed)
+    assert await eng.drain()
+    assert bus_state_key in eng.states
+    await eng.stop()
+
+
+async def test_states_are_saved_a_chunk_at_a_time_and_a_failed_chunk_is_taken_again(
+        gw: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one transaction per SAVE_CHUNK meters, so a big fleet's save never holds the writer long
+    monkeypatch.setattr(engine, "SAVE_CHUNK", 2)
+    meters = ["c1001-main", "c1002-main", "c1003-sub", "c1004-main", "c1005-sub"]
+    eng = await started(gw)
+    for m in meters:
+        eng.observe(runtime(m), reading(0, "100.00", meter=m))
+    assert await eng.drain()
+    real_write = gw.store.write
+    calls: list[int] = []
+
+    async def write(fn: Any, *args: Any) -> Any:
+        if fn is engine.db.save_states:
+            calls.append(len(args[1]))
+            if len(calls) == 2:
+                raise OSError("disk full (test)")
+        return await real_write(fn, *args)
+
+    monkeypatch.setattr(gw.store, "write", write)
+    with pytest.raises(OSError):
+        await eng._save(force=True)
+    assert calls == [2, 2]                     # the second chunk failed: the save stopped there
+    assert sum(eng.states[m].dirty for m in meters) == 3      # its two meters, and the one after
+    await eng._save(force=True)
+    assert calls == [2, 2, 2, 1]
+    monkeypatch.setattr(gw.store, "write", real_write)
+    await eng.stop()
+    saved = {r[0] for r in rows(gw, "SELECT meter FROM review_state")}
+    assert saved >= set(meters)
+
+
+async def test_the_save_rolls_round_the_meters_a_slice_per_tick(gw: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    # each tick saves the share of the meters that the time since the last tick is of
+    # SAVE_EVERY_S: a big fleet's states are written a slice at a time, each about once a period
+    eng = await started(gw)
+    meters = ["c1001-main", "c1002-main", "c1003-sub", "c1004-main", "c1005-sub"]
+    for m in meters:
+        eng.observe(runtime(m), reading(0, "100.00", meter=m))
+    assert await eng.drain()
+    clock = [1000.0]
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    eng._last_save = clock[0]
+    saved: list[str] = []
+    for _ in range(5):
+        clock[0] += engine.SAVE_EVERY_S / 5            # a fifth of the period: a fifth of the meters
+        due = eng._due_for_save(False, clock[0])
+        assert len(due) <= 1
+        for meter, st in due:
+            saved.append(meter)
+            st.dirty = False
+            st.new_intervals.clear()
+    assert sorted(saved) == sorted(meters)             # every meter once in one period
+    assert eng._due_for_save(True, clock[0]) == []     # nothing dirty left
+    await eng.stop()

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.model import PointValue, Quality, Reading, Value, reading_payload
-from gateway.settings import StoreSettings
+from gateway.settings import Ratio, StoreSettings
 from gateway.sinks.lineproto import compact_line, number_text, reading_line, row_line
 from gateway.store import Store
 from gateway.storecodec import (
@@ -137,6 +137,10 @@ def test_the_line_of_a_compact_row_is_the_line_of_its_message(seed: int) -> None
                         7 + k)
         assert compact_line("amr reading", shape, 7 + k, r.ts, body) == want
         assert reading_line("amr reading", "gw 1", r, 7 + k) == want
+        # a second InfluxDB sink with its own measurement, on the same (memoised) shape
+        other = row_line("amr2", "reading", r.meter, r.ts, render(shape, 7 + k, r.slot, r.ts, r.quality, body), 7 + k)
+        assert compact_line("amr2", shape, 7 + k, r.ts, body) == other
+        assert compact_line("amr reading", shape, 7 + k, r.ts, body) == want
         fields += want.count("=")
     assert fields > 2000          # the readings had numeric fields to write, not only seq
 
@@ -264,6 +268,18 @@ def test_shapes_of_meters_with_one_profile_share_their_pieces() -> None:
     assert a.names is b.names and a.marks is b.marks and a.openers is b.openers and a.units is b.units
     assert a.head is b.head and a.multiplier is b.multiplier
     assert a.plain_parts is not None and b.plain_parts is not None
-    assert all(x is y for x, y in zip(a.plain_parts[9:], b.plain_parts[9:], strict=True))
+    assert a.plain_parts is b.plain_parts                 # the meter's own text is a gap (middle)
+    assert a.factors is b.factors and a.scaled is b.scaled
     assert '"meter":"m1"' in a.middle and '"meter":"m2"' in b.middle
     assert dict(a.tags)["meter"] == "m1" and dict(b.tags)["meter"] == "m2"
+    assert a.tags[2] is b.tags[2]                         # (gateway, g): one pair for all
+
+
+def test_equal_factors_written_differently_keep_their_own_text() -> None:
+    """Shared factors are keyed by their text: CT 40 and CT 40.0 are equal Decimals, but a
+    reading under each states its own (and its values scale to their own digits)."""
+    assert factors_of("40", "1") is factors_of("40", "1")
+    assert str(factors_of("40", "1")["c"]) == "40" and str(factors_of("40.0", "1")["c"]) == "40.0"
+    assert str(Ratio(Decimal(200), Decimal(5)).factor) == "40"
+    assert str(Ratio(Decimal("200.0"), Decimal(5)).factor) == "40.0"
+    assert Ratio(Decimal(200), Decimal(5)).factor is Ratio(Decimal(200), Decimal(5)).factor
