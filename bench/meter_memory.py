@@ -16,7 +16,9 @@ the bytes each part holds per meter (what it allocated and still holds, by trace
   (:func:`~gateway.sinks.lineproto.compact_line`).
 
 The readings themselves are built before the first part and not counted. Run from the
-repository root: ``python -m bench.meter_memory --meters 2000``.
+repository root: ``python -m bench.meter_memory --meters 2000``; for another source tree, put
+it first on ``PYTHONPATH`` and run this file as a script from a folder with no ``gateway/``
+(as ``bench/pipeline_parts.py`` says).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     base = _held()
     shapes: dict[Any, Any] = {}
     kept["shapes"] = shapes
+    shared = getattr(storecodec, "shared_key", lambda key: key)     # (a tree before f6e6323 has none)
     bodies = []
     for r in readings[-args.meters:]:
         key = storecodec.shape_key(r, "bench")
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if shape is None:
             marks = storecodec.marks_of(r, storecodec.factors_of(key[5], key[6]))
             spec = storecodec.spec_of(key, marks)
-            shape = shapes[storecodec.shared_key(key)] = storecodec.shape_from_spec(len(shapes) + 1, spec)
+            shape = shapes[shared(key)] = storecodec.shape_from_spec(len(shapes) + 1, spec)
         bodies.append((shape, storecodec.encode(r, shape), r.ts))
     spent["store shapes"] = _held() - base - sum(len(b) + 49 for _s, b, _t in bodies) - 8 * len(bodies)
 
