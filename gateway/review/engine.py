@@ -164,6 +164,7 @@ class ReviewEngine:
         self._emit_lock = asyncio.Lock()
         self._last_save = 0.0
         self._save_cursor = 0
+        self._last_retry = 0.0
         self._last_purge = 0.0
         self._started = False
         self.dropped = 0
@@ -327,7 +328,8 @@ class ReviewEngine:
         while True:
             await asyncio.sleep(min(SAVE_TICK_S, RETRY_EVERY_S, PERIODS_EVERY_S))
             try:
-                if self._retry:
+                if self._retry and time.monotonic() - self._last_retry >= RETRY_EVERY_S - 0.1:
+                    self._last_retry = time.monotonic()      # (0.1: the loop's timer may fire early)
                     await self._retry_events()
                 await self._save()
                 hour = int(self.gateway.clock.time() // 3600)
