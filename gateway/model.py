@@ -190,7 +190,29 @@ def reading_payload(r: Reading, gateway: str, seq: int) -> str:
 
 
 def to_json(v: object) -> str:
-    """Serialise plain data to JSON with every Decimal written as an exact JSON number."""
+    """Serialise plain data to JSON with every Decimal written as an exact JSON number.
+
+    The exact built-in types go first, by identity of their type (a review state's document,
+    ≈ 45 values, is written for every meter once a minute, 10,000 meters at a large site);
+    anything else (subclasses included) takes :func:`_to_json_any`, with the same result."""
+    t = type(v)
+    if t is str:
+        return _json_str(v)  # type: ignore[arg-type]
+    if t is Decimal:
+        return format(v, "f") if v.is_finite() else "null"  # type: ignore[attr-defined]
+    if t is dict:
+        return "{" + ",".join([_json_str(k if type(k) is str else str(k)) + ":" + to_json(x)
+                               for k, x in v.items()]) + "}"  # type: ignore[attr-defined]
+    if t is list or t is tuple:
+        return "[" + ",".join([to_json(x) for x in v]) + "]"  # type: ignore[attr-defined]
+    if v is None:
+        return "null"
+    return _to_json_any(v)
+
+
+def _to_json_any(v: object) -> str:
+    """:func:`to_json` of any value, by ``isinstance`` (subclasses of dict, list, tuple, the
+    numbers, and anything else as the JSON string of its ``str``)."""
     if isinstance(v, dict):
         return "{" + ",".join(f"{_json_str(str(k))}:{to_json(x)}" for k, x in v.items()) + "}"
     if isinstance(v, list | tuple):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from datetime import UTC, datetime
 
-from gateway.model import iso_utc, parse_iso
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.model import _to_json_any, iso_utc, loads_exact, parse_iso, to_json
 
 
 def reference(epoch: float) -> str:
@@ -36,3 +40,33 @@ def test_json_strings_are_escaped_exactly_as_json_dumps() -> None:
     for text in ["m1", 'a"b', "back\\slash", "ünï ₤", "\n\t\x01", "\u2028 😀", "x" * 100, ""]:
         assert _json_str(text) == json.dumps(text, ensure_ascii=False)
         assert _json_str(text) == json.dumps(text, ensure_ascii=False)   # cached the same
+
+
+class _Name(str):
+    """A str subclass (an enum's value, say): written as its str, like any other value."""
+
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**20, 10**20), st.text(max_size=8),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True), st.text(max_size=4).map(_Name),
+)
+_documents = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(st.text(max_size=6), inner, max_size=4),
+        st.dictionaries(st.text(max_size=6), inner, max_size=4).map(OrderedDict),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400)
+@given(doc=_documents)
+def test_to_json_by_type_is_the_general_path_text_for_text(doc: object) -> None:
+    """to_json takes the exact built-in types first; every value, subclasses and non-finite
+    numbers included, must come out as the general (isinstance) path writes it, and parse."""
+    text = to_json(doc)
+    assert text == _to_json_any(doc)
+    loads_exact(text)
