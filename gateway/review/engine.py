@@ -391,9 +391,11 @@ class ReviewEngine:
         key = self._bus_keys.get(bus) or bus_key(bus)
         bus_state = self.states.get(key)
         if bus_state is None:
-            if not obs.failed:
+            meters = self.buses.get(bus, ())
+            if not obs.failed or len(meters) < th.bus_failure_min_meters:
                 # a bus with no state has no raised failure and no meter in grace: nothing to
-                # fold, and no state made (a fleet of single-meter TCP buses keeps none)
+                # fold unless a failure could make one, and no state made (a fleet of
+                # single-meter TCP buses keeps none, even through a network outage)
                 return [(meter, ev) for ev in events]
             bus_state = self.state(key)
         mine, bus_events = fold_bus_failure(bus, bus_state, self.buses[bus], self.states, obs, events, th)
@@ -536,7 +538,7 @@ class ReviewEngine:
         n = len(names)
         count = min(n, math.ceil(n * share))
         start = self._save_cursor % n if n else 0
-        self._save_cursor = start + count
+        self._save_cursor = (start + count) % n if n else 0
         turn = names[start:start + count] + names[:max(0, start + count - n)]
         states = self.states
         return [(meter, st) for meter in turn if (st := states[meter]).dirty or st.new_intervals]

@@ -101,6 +101,11 @@ async def test_daily_kpi_arrives_on_mqtt_with_the_days_counts(tmp_path: Path, mo
         await healthy.run_to(local(11, 12))
         await fleet.start_meter("m2")
         await healthy.run_to(local(12))
+        # Dec 11's last interval ends at Dec 12 00:00: every meter's reading of that slot (m2's
+        # too) must be read and committed before the KPI goes out, 10 ms later at this rate
+        # (observers see a reading before its commit: under a loaded suite it once came after)
+        await every_meter.read_at(local(12))
+        assert await gw.store.flush()
         clock.release()                                 # on to Dec 12 00:05, when the KPI of Dec 11 goes out
         msgs = await await_until(lambda: sub.received(lambda ms: len(ms) >= 2), 30.0,
                                  "the KPI of Dec 11", detail=sub.summary)

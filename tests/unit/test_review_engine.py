@@ -253,20 +253,29 @@ async def test_the_poller_gets_the_event_counters_the_review_last_saw(tmp_path: 
         await g.store.close()
 
 
-async def test_a_bus_keeps_no_review_state_until_a_reading_on_it_fails(gw: Core) -> None:
-    # 10,000 single-meter TCP buses each kept an empty bus state (≈ 8 MB): good readings need none
-    eng = await started(gw)
-    bus_state_key = eng._bus_keys["tcp-c1002"]
-    eng.observe(runtime(), reading(0, "100.00"))
-    eng.observe(runtime(), reading(1, "100.50"))
-    assert await eng.drain()
-    assert METER in eng.states and bus_state_key not in eng.states
-    failed = Reading(METER, "C1002", "tcp-c1002", "interval", START + 1800, START + 1800.4, {
+def failed_reading(k: int, meter: str, bus: str) -> Reading:
+    slot = START + 900 * k
+    return Reading(meter, "C", bus, "interval", slot, slot + 0.4, {
         "energy_import_kwh": PointValue(None, None, "kWh", "timeout"),
     }, quality="timeout", error="no answer")
-    eng.observe(runtime(), failed)
+
+
+async def test_a_bus_keeps_no_review_state_until_a_reading_on_it_fails(gw: Core) -> None:
+    # 10,000 single-meter TCP buses each kept an empty bus state (≈ 8 MB): good readings need
+    # none, nor does a failure on a bus with fewer meters than a bus failure needs (2)
+    eng = await started(gw)
+    tcp, rs485 = eng._bus_keys["tcp-c1002"], eng._bus_keys["rs485-modbus"]
+    eng.observe(runtime(), reading(0, "100.00"))
+    eng.observe(runtime(), reading(1, "100.50"))
+    eng.observe(runtime("c1004-main"), reading(1, "100.50", meter="c1004-main"))
     assert await eng.drain()
-    assert bus_state_key in eng.states
+    assert METER in eng.states and tcp not in eng.states and rs485 not in eng.states
+    eng.observe(runtime(), failed_reading(2, METER, "tcp-c1002"))
+    assert await eng.drain()
+    assert tcp not in eng.states                         # one meter: never a bus failure
+    eng.observe(runtime("c1004-main"), failed_reading(2, "c1004-main", "rs485-modbus"))
+    assert await eng.drain()
+    assert rs485 in eng.states                           # two meters: the failure is folded
     await eng.stop()
 
 
@@ -324,4 +333,16 @@ async def test_the_save_rolls_round_the_meters_a_slice_per_tick(gw: Core, monkey
             st.new_intervals.clear()
     assert sorted(saved) == sorted(meters)             # every meter once in one period
     assert eng._due_for_save(True, clock[0]) == []     # nothing dirty left
+    # the cursor stays within the list: a state added after a wrap moves no meter's turn
+    for m in meters:
+        eng.states[m].dirty = True
+
+    def turn(share: float) -> list[str]:
+        clock[0] += share * engine.SAVE_EVERY_S
+        return [m for m, _ in eng._due_for_save(False, clock[0])]
+
+    assert turn(0.6) == meters[:3]
+    assert turn(0.6) == [*meters[3:], meters[0]]       # round the end of the list
+    eng.states["late-meter"] = rules.MeterState(dirty=True)
+    assert turn(1 / 6) == [meters[1]]                  # on from where it stopped, not from 0
     await eng.stop()
