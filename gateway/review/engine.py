@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import urllib.parse
 from collections import deque
@@ -164,6 +163,7 @@ class ReviewEngine:
         self._emit_lock = asyncio.Lock()
         self._last_save = 0.0
         self._save_cursor = 0
+        self._save_credit = 0.0
         self._last_retry = 0.0
         self._last_purge = 0.0
         self._started = False
@@ -531,12 +531,18 @@ class ReviewEngine:
     def _due_for_save(self, force: bool, now: float) -> list[tuple[str, MeterState]]:
         """The meters whose turn it is (all with ``force``): each tick takes the share of the
         meters that the time since the last tick is of :data:`SAVE_EVERY_S`, round the list,
-        so every meter is saved about once per period and no tick takes them all at once."""
-        share = 1.0 if force else (now - self._last_save) / SAVE_EVERY_S
-        self._last_save = now
+        so every meter is saved about once per period and no tick takes them all at once.
+        Shares smaller than a meter add up (5 meters: one every 12 s, not one every second:
+        a small site writes no more often than before)."""
         names = list(self.states)
         n = len(names)
-        count = min(n, math.ceil(n * share))
+        if force:
+            count = n
+        else:
+            self._save_credit = min(float(n), self._save_credit + n * (now - self._last_save) / SAVE_EVERY_S)
+            count = int(self._save_credit + 1e-9)
+            self._save_credit = max(0.0, self._save_credit - count)
+        self._last_save = now
         start = self._save_cursor % n if n else 0
         self._save_cursor = (start + count) % n if n else 0
         turn = names[start:start + count] + names[:max(0, start + count - n)]

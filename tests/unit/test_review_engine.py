@@ -345,4 +345,6 @@ async def test_the_save_rolls_round_the_meters_a_slice_per_tick(gw: Core, monkey
     assert turn(0.6) == [*meters[3:], meters[0]]       # round the end of the list
     eng.states["late-meter"] = rules.MeterState(dirty=True)
     assert turn(1 / 6) == [meters[1]]                  # on from where it stopped, not from 0
+    # shares smaller than a meter add up: 6 meters, a second each: one meter every 10 s
+    assert [len(turn(1 / engine.SAVE_EVERY_S)) for _ in range(20)] == ([0] * 9 + [1]) * 2
     await eng.stop()
