@@ -28,10 +28,8 @@ import gc
 import tracemalloc
 from typing import Any
 
-from bench.pipeline_parts import _Clock, _config
+from bench.pipeline_parts import _config, simulated_replies
 from drivers.modbus.driver import _decode_into
-from drivers.modbus.plan import ReadPlan
-from drivers.modbus.simulator import SimMeter, SimMeterSpec, _pdu_reply
 from gateway import storecodec
 from gateway.config import load_settings_from_text
 from gateway.model import PointResult, Reading
@@ -63,19 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = kept["runtimes"] = build_meters(settings)
     spent["settings + meter runtimes"] = _held() - base
 
-    clock = _Clock()
-    t0 = 1_796_000_000.0
     readings: list[Reading] = []
-    for n, rt in enumerate(runtimes.values()):
-        plan, _names = rt.plans["s"]
-        assert isinstance(plan, ReadPlan)
-        sim = SimMeter(SimMeterSpec(rt.id, "modbus-tcp", 1, rt.profile, seed=n), clock, "UTC")
-        for k in range(args.slots):
-            clock.t = t0 + k * args.every
+    for per_slot in simulated_replies(runtimes, args.slots, args.every):
+        for meter_id, slot, parts in per_slot:
             results: dict[str, PointResult] = {}
-            for req in plan.requests:
-                _decode_into(results, req.layout, _pdu_reply(sim, req.pdu)[2:])
-            readings.append(rt.builder.build("s", clock.t, clock.t + 0.004, results))
+            for layout, data in parts:
+                _decode_into(results, layout, data)
+            readings.append(runtimes[meter_id].builder.build("s", slot, slot + 0.004, results))
     readings.sort(key=lambda r: r.slot)
 
     base = _held()

@@ -70,6 +70,8 @@ GROUP = 20
 """Readings per commit in the store step: what the 20-ms group window gathers at 1,000/s."""
 
 POINTS = '["energy_import_kwh*", "power_kw", "voltage_*"]'   # bench/tcp_fleet.py's point set
+T0 = 1_796_000_000.0
+"""The first slot the bench's simulated meters are read at."""
 
 
 class _Clock(SystemClock):
@@ -179,6 +181,27 @@ async def _store_pass(readings: list[Reading], folder: str) -> tuple[float, int]
     return spent, crc
 
 
+Replies = list[tuple[str, float, list[tuple[tuple[DecodeStep, ...], bytes]]]]
+"""One meter's (meter, slot, [(decode steps, register bytes) per request]) at each slot."""
+
+
+def simulated_replies(runtimes: dict[str, Any], slots: int, every_s: float = 1.0) -> list[Replies]:
+    """What each meter's simulator (``amr-gateway simulate``'s register image, seeded by its
+    place) answers to the requests of its schedule ``s`` at ``slots`` slots ``every_s`` apart."""
+    clock = _Clock()
+    out: list[Replies] = []
+    for n, rt in enumerate(runtimes.values()):
+        plan, _names = rt.plans["s"]
+        assert isinstance(plan, ReadPlan)
+        sim = SimMeter(SimMeterSpec(rt.id, "modbus-tcp", 1, rt.profile, seed=n), clock, "UTC")
+        per_slot: Replies = []
+        for k in range(slots):
+            clock.t = T0 + k * every_s
+            per_slot.append((rt.id, clock.t, [(req.layout, _pdu_reply(sim, req.pdu)[2:]) for req in plan.requests]))
+        out.append(per_slot)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Time each step; print µs of CPU per reading."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,23 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings_from_text(_config(args.meters))
     runtimes = build_meters(settings)
     sched: ScheduleSettings = settings.schedules["s"]
-    clock = _Clock()
-    t0 = 1_796_000_000.0
     # the replies every meter gives at every slot, computed once (not timed)
-    replies: list[list[tuple[str, float, list[tuple[tuple[DecodeStep, ...], bytes]]]]] = []
-    for n, rt in enumerate(runtimes.values()):
-        plan, _names = rt.plans["s"]
-        assert isinstance(plan, ReadPlan)
-        sim = SimMeter(SimMeterSpec(rt.id, "modbus-tcp", 1, rt.profile, seed=n), clock, "UTC")
-        per_slot = []
-        for k in range(args.slots):
-            clock.t = t0 + k
-            parts = []
-            for req in plan.requests:
-                reply = _pdu_reply(sim, req.pdu)
-                parts.append((req.layout, reply[2:]))
-            per_slot.append((rt.id, clock.t, parts))
-        replies.append(per_slot)
+    replies = simulated_replies(runtimes, args.slots)
     best: dict[str, float] = {}
     readings_n = args.meters * args.slots
     for _ in range(args.repeat):

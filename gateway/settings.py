@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -26,9 +27,12 @@ the official influxdb-client library."""
 PRIORITY_ORDER: dict[str, int] = {"settlement": 0, "interval": 1, "realtime": 2}
 
 
-_RATIO_FACTORS: dict[tuple[str, str], Decimal] = {}
-"""(primary text, secondary text) → its factor (keyed by text: 200/5 and 200.0/5 give the
-equal but differently written factors 40 and 40.0)."""
+@lru_cache(maxsize=4096)
+def _ratio_factor(primary: str, secondary: str) -> Decimal:
+    """primary ÷ secondary of a ratio written so: one Decimal object for every ratio written
+    alike (keyed by text: 200/5 and 200.0/5 give the equal but differently written factors
+    40 and 40.0; a Decimal's text reads back as the same Decimal)."""
+    return Decimal(primary) / Decimal(secondary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +47,7 @@ class Ratio:
         """primary ÷ secondary, exact: one Decimal object for every ratio written alike, so
         10,000 meters on a handful of CTs keep a handful of factors (the store recognises
         a factor's text by the object: gateway.storecodec._FACTOR_TEXTS)."""
-        key = (str(self.primary), str(self.secondary))
-        got = _RATIO_FACTORS.get(key)
-        if got is None:
-            if len(_RATIO_FACTORS) >= 4096:      # bounded; a cleared ratio is only shared less
-                _RATIO_FACTORS.clear()
-            got = _RATIO_FACTORS[key] = self.primary / self.secondary
-        return got
+        return _ratio_factor(str(self.primary), str(self.secondary))
 
     def __str__(self) -> str:
         return f"{self.primary}/{self.secondary}"

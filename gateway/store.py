@@ -132,6 +132,7 @@ from gateway.storecodec import (
     ShapeKey,
     encode,
     factors_of,
+    insert_shapes,
     key_of_spec,
     marks_of,
     register,
@@ -714,9 +715,7 @@ class Store:
             seq += len(mine)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            if new_shapes:
-                conn.executemany("INSERT INTO reading_shape(id, spec) VALUES (?, ?)",
-                                 [(s.id, spec_of(k, s.marks)) for k, s in new_shapes.items()])
+            insert_shapes(conn, new_shapes)
             if rows:
                 _insert_outbox(conn, rows)
             self._write_cursors(cursors)

@@ -44,6 +44,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from json.encoder import encode_basestring
 from operator import attrgetter
 from typing import Any, Final, TypeVar, cast
@@ -152,37 +153,30 @@ def spec_of(key: ShapeKey, marks: tuple[str, ...]) -> str:
                       ensure_ascii=False, separators=(",", ":"))
 
 
-_FACTORS: dict[tuple[str, str], dict[str, Decimal]] = {}
+def insert_shapes(conn: sqlite3.Connection, shapes: dict[ShapeKey, Shape]) -> None:
+    """Store new shapes (their spec written from the key and the shape's marks: the text they
+    were made from) in the caller's transaction."""
+    if shapes:
+        conn.executemany("INSERT INTO reading_shape(id, spec) VALUES (?, ?)",
+                         [(s.id, spec_of(k, s.marks)) for k, s in shapes.items()])
 
 
+@lru_cache(maxsize=_SHAPES_KEPT)
 def factors_of(ct_text: str, pt_text: str) -> dict[str, Decimal]:
     """The factor of each value mark under these CT and PT texts: one dict for each pair of
     texts, shared by every shape under them (a site has a handful of CT/PT ratios and
     thousands of meters), so callers must not change it."""
-    got = _FACTORS.get((ct_text, pt_text))
-    if got is None:
-        if len(_FACTORS) >= _SHAPES_KEPT:     # bounded; a cleared pair is only shared less
-            _FACTORS.clear()
-        ct, pt = Decimal(ct_text), Decimal(pt_text)
-        got = _FACTORS[(ct_text, pt_text)] = {"*": ct * pt, "c": ct, "p": pt}
-    return got
+    ct, pt = Decimal(ct_text), Decimal(pt_text)
+    return {"*": ct * pt, "c": ct, "p": pt}
 
 
-_SCALED: dict[tuple[str, str, tuple[str, ...]], tuple[tuple[int, Decimal], ...]] = {}
-
-
-def _scaled_of(ct_text: str, pt_text: str, marks: tuple[str, ...],
-               factors: dict[str, Decimal]) -> tuple[tuple[int, Decimal], ...]:
+@lru_cache(maxsize=_SHAPES_KEPT)
+def _scaled_of(ct_text: str, pt_text: str, marks: tuple[str, ...]) -> tuple[tuple[int, Decimal], ...]:
     """:attr:`Shape.scaled` for these factor texts and marks, one tuple shared by every
     shape with them (keyed by the texts, not by the factors: ``1`` and ``1.0`` are equal
     Decimals that scale to different text)."""
-    key = (ct_text, pt_text, marks)
-    got = _SCALED.get(key)
-    if got is None:
-        if len(_SCALED) >= _SHAPES_KEPT:
-            _SCALED.clear()
-        got = _SCALED[key] = tuple((k, factors[m]) for k, m in enumerate(marks) if m != _SAME)
-    return got
+    factors = factors_of(ct_text, pt_text)
+    return tuple((k, factors[m]) for k, m in enumerate(marks) if m != _SAME)
 
 
 def shared_key(key: ShapeKey) -> ShapeKey:
@@ -245,12 +239,12 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
     scaled: tuple[tuple[int, Decimal], ...] | None = None
     plain = None
     if all(m == _SAME or m in factors for m in marks):
-        scaled = _scaled_of(ct_text, pt_text, marks, factors)
+        scaled = _scaled_of(ct_text, pt_text, marks)
         plain = _plain_parts(head, multiplier, openers, units)
     return Shape(
         id=shape_id, names=names, head=head, middle=middle, multiplier=multiplier,
         openers=openers, units=units, factors=factors, marks=marks,
-        tags=tuple(_shared_pair(k, str(d[k])) if k in _COMMON_TAGS else (k, str(d[k]))
+        tags=tuple(cast(tuple[str, str], _shared((k, str(d[k])))) if k in _COMMON_TAGS else (k, str(d[k]))
                    for k in ("bus", "customer", "gateway", "meter", "schedule")),
         scaled=scaled, plain_parts=plain,
     )
@@ -259,14 +253,6 @@ def shape_from_spec(shape_id: int, spec: str) -> Shape:
 _COMMON_TAGS: Final = frozenset({"gateway", "schedule"})
 """Tags whose (key, value) pair most shapes share (the bus, customer and meter are each
 shape's own: sharing them would only fill :data:`_SHARED`)."""
-
-
-
-def _shared_pair(key: str, value: str) -> tuple[str, str]:
-    """The one kept ``(key, value)`` tuple equal to this one (see :data:`_COMMON_TAGS`)."""
-    pair = (key, value)
-    return cast(tuple[str, str], _SHARED.setdefault(pair, pair))
-
 
 _PLAIN_FIRST: Final = 10
 """Where the first point's raw text sits in :attr:`Shape.plain_parts` (then every 5th)."""

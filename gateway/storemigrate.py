@@ -29,7 +29,16 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from gateway.storecodec import SHAPE_DDL, Shape, ShapeKey, compact_of_payload, key_of_spec, shape_from_spec, spec_of
+from gateway.storecodec import (
+    SHAPE_DDL,
+    Shape,
+    ShapeKey,
+    compact_of_payload,
+    insert_shapes,
+    key_of_spec,
+    shape_from_spec,
+    spec_of,
+)
 
 TARGET_VERSION = 2
 """The schema this converts to (``gateway.store.SCHEMA_VERSION``)."""
@@ -103,9 +112,7 @@ def migrate(conn: sqlite3.Connection, path: Path, log: logging.Logger, batch: in
                     continue
                 shape, body = got
                 updates.append((body, shape.id, seq))
-            if new:
-                conn.executemany("INSERT INTO reading_shape(id, spec) VALUES (?, ?)",
-                                 [(s.id, spec_of(k, s.marks)) for k, s in new.items()])
+            insert_shapes(conn, new)
             conn.executemany("UPDATE outbox SET payload=?, shape=? WHERE seq=?", updates)
             done = int(rows[-1][0])
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (PROGRESS_KEY, str(done)))

@@ -390,15 +390,15 @@ class ReviewEngine:
             return [(meter, ev) for ev in events]
         key = self._bus_keys.get(bus) or bus_key(bus)
         bus_state = self.states.get(key)
+        meters = self.buses[bus]
         if bus_state is None:
-            meters = self.buses.get(bus, ())
             if not obs.failed or len(meters) < th.bus_failure_min_meters:
                 # a bus with no state has no raised failure and no meter in grace: nothing to
                 # fold unless a failure could make one, and no state made (a fleet of
                 # single-meter TCP buses keeps none, even through a network outage)
                 return [(meter, ev) for ev in events]
             bus_state = self.state(key)
-        mine, bus_events = fold_bus_failure(bus, bus_state, self.buses[bus], self.states, obs, events, th)
+        mine, bus_events = fold_bus_failure(bus, bus_state, meters, self.states, obs, events, th)
         if not bus_events:          # nearly every reading: no second list to make and join
             return [(meter, ev) for ev in mine]
         return [(meter, ev) for ev in mine] + [(key, ev) for ev in bus_events]

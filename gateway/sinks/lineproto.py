@@ -48,6 +48,7 @@ import json
 import math
 import re
 from decimal import Decimal
+from functools import lru_cache
 from typing import Final
 
 from gateway.model import Reading, json_number
@@ -257,41 +258,25 @@ def _line_parts(measurement_base: str, shape: Shape) -> tuple[str, tuple[str, ..
             return parts  # type: ignore[no-any-return]   # sink_memo is list[Any]
     tags = "".join(f",{k}={escape_tag_value(v)}" for k, v in shape.tags if v)
     head = f"{escape_measurement(measurement_base)}{tags} "
-    keys = _field_keys(shape.names)
+    keys, later = _field_pieces(shape.names)
     plain: list[str] = [head + keys[0], ""] if keys else []
-    plain += _later_pieces(keys)
+    plain += later
     made = (head, keys, tuple(plain))
     if len(memo) < _MEMO_PER_SHAPE:
         memo.append((measurement_base, made))
     return made
 
 
-_keys_of_names: dict[tuple[str, ...], tuple[str, ...]] = {}
-_pieces_of_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def _field_keys(names: tuple[str, ...]) -> tuple[str, ...]:
-    """Each point's ``key=``: one tuple for every shape with these point names (the meters of
-    a profile share them; 10,000 meters' own copies took 7 MB)."""
-    keys = _keys_of_names.get(names)
-    if keys is None:
-        if len(_keys_of_names) >= _CACHE_LIMIT:
-            _keys_of_names.clear()
-        keys = _keys_of_names[names] = tuple(f"{escape_key(n)}=" for n in names)
-    return keys
-
-
-def _later_pieces(keys: tuple[str, ...]) -> tuple[str, ...]:
-    """``,key=`` and a gap for every field after the first: shared like :func:`_field_keys`."""
-    pieces = _pieces_of_keys.get(keys)
-    if pieces is None:
-        if len(_pieces_of_keys) >= _CACHE_LIMIT:
-            _pieces_of_keys.clear()
-        later: list[str] = []
-        for key in keys[1:]:
-            later += ["," + key, ""]
-        pieces = _pieces_of_keys[keys] = tuple(later)
-    return pieces
+@lru_cache(maxsize=4096)
+def _field_pieces(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Each point's ``key=``, and ``,key=`` with a gap after it for every field after the
+    first: one pair of tuples for every shape with these point names (the meters of a
+    profile share them; 10,000 meters' own copies took 7 MB)."""
+    keys = tuple(f"{escape_key(n)}=" for n in names)
+    later: list[str] = []
+    for key in keys[1:]:
+        later += ["," + key, ""]
+    return keys, tuple(later)
 
 
 def compact_line(measurement_base: str, shape: Shape, seq: int, ts: float, body: str) -> str:

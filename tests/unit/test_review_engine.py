@@ -30,6 +30,7 @@ from gateway.review.engine import ReviewEngine
 from gateway.review.export import export_events
 from gateway.runtime import STORE_FILE
 from gateway.store import Store
+from tests.reviewkit import failed_reading
 
 START = 1_795_939_200.0  # 2026-11-29 16:00:00 +08:00
 METER = "c1002-main"
@@ -253,13 +254,6 @@ async def test_the_poller_gets_the_event_counters_the_review_last_saw(tmp_path: 
         await g.store.close()
 
 
-def failed_reading(k: int, meter: str, bus: str) -> Reading:
-    slot = START + 900 * k
-    return Reading(meter, "C", bus, "interval", slot, slot + 0.4, {
-        "energy_import_kwh": PointValue(None, None, "kWh", "timeout"),
-    }, quality="timeout", error="no answer")
-
-
 async def test_a_bus_keeps_no_review_state_until_a_reading_on_it_fails(gw: Core) -> None:
     # 10,000 single-meter TCP buses each kept an empty bus state (≈ 8 MB): good readings need
     # none, nor does a failure on a bus with fewer meters than a bus failure needs (2)
@@ -270,10 +264,10 @@ async def test_a_bus_keeps_no_review_state_until_a_reading_on_it_fails(gw: Core)
     eng.observe(runtime("c1004-main"), reading(1, "100.50", meter="c1004-main"))
     assert await eng.drain()
     assert METER in eng.states and tcp not in eng.states and rs485 not in eng.states
-    eng.observe(runtime(), failed_reading(2, METER, "tcp-c1002"))
+    eng.observe(runtime(), failed_reading(METER, START + 1800, bus="tcp-c1002"))
     assert await eng.drain()
     assert tcp not in eng.states                         # one meter: never a bus failure
-    eng.observe(runtime("c1004-main"), failed_reading(2, "c1004-main", "rs485-modbus"))
+    eng.observe(runtime("c1004-main"), failed_reading("c1004-main", START + 1800, bus="rs485-modbus"))
     assert await eng.drain()
     assert rs485 in eng.states                           # two meters: the failure is folded
     await eng.stop()
