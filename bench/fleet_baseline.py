@@ -35,9 +35,14 @@ import json
 import math
 import os
 import resource
+import shutil
 import struct
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+from bench.pipeline_floor import INFLUX_EVERY_S, FloorPipeline
 
 _MBAP = struct.Struct(">HHHB")
 
@@ -102,8 +107,9 @@ class Tally:
 
 
 async def _meter(conn: _Conn, unit: int, pdus: list[tuple[bytes, int]], interval: float, offset: float,
-                 tally: Tally, stop_at: float) -> None:
-    """Poll one meter at its slots until ``stop_at``."""
+                 tally: Tally, stop_at: float, floor: FloorPipeline | None = None, meter: int = 0) -> None:
+    """Poll one meter at its slots until ``stop_at`` (and hand each good read to ``floor``)."""
+    schedule = f"p{round(offset / interval * 128)}"
     loop_time = time.time
     while True:
         now = loop_time()
@@ -112,15 +118,18 @@ async def _meter(conn: _Conn, unit: int, pdus: list[tuple[bytes, int]], interval
             return
         await asyncio.sleep(slot - now)
         ok = True
+        regs = []
         try:
             for pdu, count in pdus:
                 reply = await conn.transact(unit, pdu, 1.0)
                 if reply[0] != pdu[0] or reply[1] != 2 * count:
                     ok = False
                     break
-                struct.unpack_from(f">{count}H", reply, 2)
+                regs.append(struct.unpack_from(f">{count}H", reply, 2))
         except (TimeoutError, ConnectionError, OSError, IndexError, struct.error):
             ok = False
+        if floor is not None and ok:
+            floor.take(meter, schedule, slot, regs)
         tally.add(slot, loop_time(), ok)
 
 
@@ -174,6 +183,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     conns = await asyncio.gather(*(connect(i) for i in range(1, args.meters + 1)))
     connect_s = time.monotonic() - t
     interval, phases = args.interval, args.phases
+    floor = None
+    if args.floor:
+        floor = FloorPipeline(Path(tempfile.mkdtemp(prefix="amr-floor-")), "bench-floor", args.mqtt_port,
+                              args.influx_url)
+        await floor.start()
     now = time.time()
     boundary = math.ceil((now + args.warmup) / interval) * interval
     half_phase = interval / phases / 2
@@ -182,7 +196,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     tally = Tally(t0, t1)
     tasks = [
         asyncio.create_task(_meter(c, i % args.units_per_port + 1, pdus, interval, (i % phases) * interval / phases,
-                                   tally, t1), name=f"m{i + 1}")
+                                   tally, t1, floor, i + 1), name=f"m{i + 1}")
         for i, c in enumerate(conns)
     ]
     await asyncio.sleep(max(0.0, t0 - time.time()))
@@ -197,7 +211,15 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     for c in conns:
         if c.transport is not None:
             c.transport.close()
-    return {
+    extra: dict[str, float] = {}
+    if floor is not None:
+        await asyncio.sleep(2 * INFLUX_EVERY_S)       # the last commits published and posted
+        floor.stop()
+        assert floor.mqtt is not None
+        extra = {"floor_committed": floor.committed, "floor_mqtt_acked": floor.mqtt.acked,
+                 "floor_mqtt_refused": floor.mqtt.refused, "floor_influx_posted": floor.posted}
+        shutil.rmtree(floor.folder, ignore_errors=True)
+    return {**extra,
         "reads": tally.reads, "failed": tally.failed,
         "cpu_s": (c1.user + c1.system) - (c0.user + c0.system), "sys_s": c1.system - c0.system,
         "rss_kb": rss, "hwm_kb": hwm,
@@ -218,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pdu", action="append", required=True, help="request PDU in hex (repeat; one read = all)")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--window", type=float, default=10.0)
+    ap.add_argument("--floor", action="store_true",
+                    help="add bench/pipeline_floor.py's minimal store, MQTT and InfluxDB behind the loop")
+    ap.add_argument("--mqtt-port", type=int, default=1883, help="the broker --floor publishes to (127.0.0.1)")
+    ap.add_argument("--influx-url", default="http://127.0.0.1:8428", help="where --floor posts its lines")
     ap.add_argument("--prime-malloc", action="store_true",
                     help="free one 1 MiB block first, so asyncio's 256 KiB receive buffers come from the heap "
                          "(see prime_malloc)")

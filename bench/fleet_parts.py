@@ -5,6 +5,8 @@
 one simulator (from a folder ``tcp_fleet.py --keep`` left) serves round after round of:
 
 * ``bare`` — ``bench/fleet_baseline.py --prime-malloc``, the bare loop of the CPU target;
+* ``floor`` — the same loop with ``bench/pipeline_floor.py`` behind it (``--floor``): the
+  least a store, MQTT and InfluxDB can add in this Python (no review, no cursors);
 * ``full`` — the real gateway with the kept configuration (store, MQTT, InfluxDB, review);
 * ``noreview`` — the same, its review engine taking no reading;
 * ``nosinks`` — no ``mqtt:`` and no ``influxdb:`` section (``nosinks-noreview``: both);
@@ -80,16 +82,22 @@ def first_port(config: str) -> int:
     return int(found.group(1))
 
 
-def run_bare(args: argparse.Namespace, port_base: int, pdus: list[str]) -> tuple[float, str]:
-    """One bare-loop window: CPU-s per 1,000 reads, and a note."""
+def run_bare(args: argparse.Namespace, port_base: int, pdus: list[str], floor: bool = False) -> tuple[float, str]:
+    """One bare-loop window (``floor``: with bench/pipeline_floor.py behind it): CPU-s per 1,000 reads, and a note."""
     argv = [sys.executable, "-m", "bench.fleet_baseline", "--meters", str(args.meters), "--port-base",
             str(port_base), "--interval", "1", "--phases", "128", "--prime-malloc",
             "--warmup", str(args.warmup), "--window", str(args.window)]
     for pdu in pdus:
         argv += ["--pdu", pdu]
+    if floor:
+        argv.append("--floor")
     out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True)
     d = json.loads(out.stdout.strip().splitlines()[-1])
-    return d["cpu_s"] / d["reads"] * 1000, f"{d['reads']} reads, {d['failed']} failed"
+    note = f"{d['reads']} reads, {d['failed']} failed"
+    if floor:
+        note += (f"; floor: {d['floor_committed']} committed, {d['floor_mqtt_acked']} PUBACKs, "
+                 f"{d['floor_influx_posted']} lines posted")
+    return d["cpu_s"] / d["reads"] * 1000, note
 
 
 def run_gateway(args: argparse.Namespace, work: Path, base_config: str, variant: str) -> tuple[float, str]:
@@ -146,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, list[float]] = {v: [] for v in variants}
             for rnd in range(1, args.rounds + 1):
                 for v in variants:
-                    if v == "bare":
-                        per, note = run_bare(args, port_base, pdus)
+                    if v in ("bare", "floor"):
+                        per, note = run_bare(args, port_base, pdus, floor=v == "floor")
                     else:
                         per, note = run_gateway(args, work, base_config, v)
                     results[v].append(per)
