@@ -214,7 +214,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     extra: dict[str, float] = {}
     if floor is not None:
         await asyncio.sleep(2 * INFLUX_EVERY_S)       # the last commits published and posted
-        floor.stop()
+        await floor.close()
         assert floor.mqtt is not None
         extra = {"floor_committed": floor.committed, "floor_mqtt_acked": floor.mqtt.acked,
                  "floor_mqtt_refused": floor.mqtt.refused, "floor_influx_posted": floor.posted}

@@ -158,10 +158,13 @@ class FloorPipeline:
         threading.Thread(target=self._writer, name="floor-writer", daemon=True).start()
         threading.Thread(target=self._influx, name="floor-influx", daemon=True).start()
 
-    def stop(self) -> None:
-        """Let the threads end after their current round."""
+    async def close(self) -> None:
+        """Let the threads end after their current round and close the MQTT connection."""
         self._stop = True
         self._wake.set()
+        if self.mqtt is not None and self.mqtt.transport is not None:
+            self.mqtt.transport.close()
+            await asyncio.sleep(0)            # the transport lets go of its socket
 
     def take(self, meter: int, schedule: str, slot: float, regs: list[tuple[int, ...]]) -> None:
         """One good read (the registers of each request): its row joins the next commit."""

@@ -64,7 +64,7 @@ def test_every_read_is_committed_acknowledged_received_and_written(
         mqtt = floor.mqtt
         await await_until(lambda: mqtt.acked >= 40, 10, "40 PUBACKs")
         await await_until(lambda: floor.posted >= 40, 10, "40 lines posted")
-        floor.stop()
+        await floor.close()
         return floor
 
     try:
@@ -75,6 +75,7 @@ def test_every_read_is_committed_acknowledged_received_and_written(
     finally:
         sub.stop()
     assert floor.committed == 40 and floor.mqtt is not None and floor.mqtt.refused == 0
+    assert floor.mqtt.transport is not None and floor.mqtt.transport.is_closing()   # no socket left behind
     with sqlite3.connect(tmp_path / "floor.sqlite") as conn:
         assert conn.execute("SELECT count(*) FROM outbox WHERE kind='reading'").fetchone()[0] == 40
     doc = json.loads(msgs[0].payload)
