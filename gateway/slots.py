@@ -25,9 +25,13 @@ def zone(name: str) -> ZoneInfo:
 
 
 def _midnight(t: float, tz: str) -> float:
+    """00:00 of ``t``'s local day, read with ``fold=0`` (as the billing plan's boundaries are):
+    where clocks go back at midnight (Havana) 00:00 happens twice and the day starts at the
+    first; where they jump over it, the day starts at the jump. Keeping ``t``'s own fold made
+    a time in the repeated hour start its day an hour late, unlike the rest of that day."""
     z = zone(tz)
     local = datetime.fromtimestamp(t, z)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
     return midnight.timestamp()
 
 

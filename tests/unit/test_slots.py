@@ -87,3 +87,32 @@ def test_the_remembered_day_is_the_day_computed_afresh(queries: list[tuple[str, 
             fresh = (_midnight(probe, tz), _midnight(_midnight(probe, tz) + 86400 + 3 * 3600, tz))
             assert local_day(probe, tz) == fresh
             assert local_midnight(probe, tz) == fresh[0]
+
+
+HAVANA = "America/Havana"
+
+
+def test_a_day_whose_midnight_repeats_starts_at_the_first_midnight() -> None:
+    """Cuba's clocks went back from 01:00 to 00:00 on 2018-11-04, so that day's 00:00–00:59
+    happened twice (04:00 and 05:00 UTC). Every instant of the day, the repeated hour
+    included, belongs to one day that starts at the first 00:00 (found by hypothesis above:
+    04:00 UTC, then 05:00 UTC for a time in the repeated hour, asked with a cold memo)."""
+    first = datetime(2018, 11, 4, 4, 0, tzinfo=ZoneInfo("UTC")).timestamp()
+    next_day = datetime(2018, 11, 5, 5, 0, tzinfo=ZoneInfo("UTC")).timestamp()   # 25 h later
+    for probe in (first, first + 1800, first + 3600, first + 5400, first + 12 * 3600, next_day - 1):
+        assert _midnight(probe, HAVANA) == first
+        local_day(0.0, HAVANA)                 # a cold memo for this zone: another day
+        assert local_day(probe, HAVANA) == (first, next_day)
+    # the repeated hour's slots run on from the first midnight: 25 hourly slots that day
+    assert len(slots_between(first, next_day, 3600, HAVANA)) == 25
+    assert next_slot(first + 3600 + 60, 900, HAVANA) == first + 3600 + 900
+
+
+def test_a_day_whose_midnight_is_skipped_starts_at_the_jump() -> None:
+    """Cuba's clocks jumped from 00:00 to 01:00 on 2018-03-11: that day has no 00:00 and
+    starts at the jump (05:00 UTC), 23 hours before the next day."""
+    jump = datetime(2018, 3, 11, 5, 0, tzinfo=ZoneInfo("UTC")).timestamp()
+    for probe in (jump, jump + 60, jump + 20 * 3600):
+        local_day(0.0, HAVANA)
+        assert local_day(probe, HAVANA) == (jump, jump + 23 * 3600)
+    assert local_midnight(jump - 1, HAVANA) == jump - 24 * 3600   # 23:59:59 the day before
