@@ -41,8 +41,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.pipeline_floor import INFLUX_EVERY_S, FloorPipeline
+if TYPE_CHECKING:
+    from bench.pipeline_floor import FloorPipeline
 
 _MBAP = struct.Struct(">HHHB")
 
@@ -107,9 +109,10 @@ class Tally:
 
 
 async def _meter(conn: _Conn, unit: int, pdus: list[tuple[bytes, int]], interval: float, offset: float,
-                 tally: Tally, stop_at: float, floor: FloorPipeline | None = None, meter: int = 0) -> None:
-    """Poll one meter at its slots until ``stop_at`` (and hand each good read to ``floor``)."""
-    schedule = f"p{round(offset / interval * 128)}"
+                 tally: Tally, stop_at: float, floor: FloorPipeline | None = None, meter: int = 0,
+                 schedule: str = "") -> None:
+    """Poll one meter at its slots until ``stop_at`` (and hand each good read to ``floor``,
+    as meter number ``meter`` of ``schedule``)."""
     loop_time = time.time
     while True:
         now = loop_time()
@@ -185,6 +188,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     interval, phases = args.interval, args.phases
     floor = None
     if args.floor:
+        # imported here, not at the top: the bare loop's process loads nothing it does not use
+        # (the floor's imports, the gateway's MQTT module among them, change malloc's state)
+        from bench.pipeline_floor import FloorPipeline
         floor = FloorPipeline(Path(tempfile.mkdtemp(prefix="amr-floor-")), "bench-floor", args.mqtt_port,
                               args.influx_url)
         await floor.start()
@@ -196,7 +202,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     tally = Tally(t0, t1)
     tasks = [
         asyncio.create_task(_meter(c, i % args.units_per_port + 1, pdus, interval, (i % phases) * interval / phases,
-                                   tally, t1, floor, i + 1), name=f"m{i + 1}")
+                                   tally, t1, floor, i + 1, f"p{i % phases}"), name=f"m{i + 1}")
         for i, c in enumerate(conns)
     ]
     await asyncio.sleep(max(0.0, t0 - time.time()))
@@ -213,11 +219,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             c.transport.close()
     extra: dict[str, float] = {}
     if floor is not None:
-        await asyncio.sleep(2 * INFLUX_EVERY_S)       # the last commits published and posted
-        await floor.close()
-        assert floor.mqtt is not None
-        extra = {"floor_committed": floor.committed, "floor_mqtt_acked": floor.mqtt.acked,
-                 "floor_mqtt_refused": floor.mqtt.refused, "floor_influx_posted": floor.posted}
+        extra = {**await floor.finish()}
         shutil.rmtree(floor.folder, ignore_errors=True)
     return {**extra,
         "reads": tally.reads, "failed": tally.failed,
@@ -248,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="free one 1 MiB block first, so asyncio's 256 KiB receive buffers come from the heap "
                          "(see prime_malloc)")
     args = ap.parse_args(argv)
+    counts = tuple(struct.unpack_from(">H", bytes.fromhex(h), 3)[0] for h in args.pdu)
+    if args.floor:
+        from bench.pipeline_floor import REGISTERS
+        if counts != REGISTERS:
+            ap.error(f"--floor reads tcp_fleet.py's plan, requests of {REGISTERS} registers; "
+                     f"these --pdu ask for {counts}")
     if args.prime_malloc:
         prime_malloc()
     result = asyncio.run(run(args))

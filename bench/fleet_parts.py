@@ -5,8 +5,9 @@
 one simulator (from a folder ``tcp_fleet.py --keep`` left) serves round after round of:
 
 * ``bare`` — ``bench/fleet_baseline.py --prime-malloc``, the bare loop of the CPU target;
-* ``floor`` — the same loop with ``bench/pipeline_floor.py`` behind it (``--floor``): the
-  least a store, MQTT and InfluxDB can add in this Python (no review, no cursors);
+* ``floor`` — the same loop with ``bench/pipeline_floor.py`` behind it (``--floor``): a
+  plain store, MQTT and InfluxDB with no review and no cursors, the yardstick for the
+  gateway's own store and sinks;
 * ``full`` — the real gateway with the kept configuration (store, MQTT, InfluxDB, review);
 * ``noreview`` — the same, its review engine taking no reading;
 * ``nosinks`` — no ``mqtt:`` and no ``influxdb:`` section (``nosinks-noreview``: both);

@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.sinks.mqtt import _remaining_length
+
 GROUP_S = 0.02
 INFLUX_EVERY_S = 1.0
 
@@ -52,18 +54,13 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_meter_kind_slot ON outbox(meter, kind, slot);
 """
 
+REGISTERS: tuple[int, ...] = (10, 2, 3)
+"""Registers of each request :meth:`FloorPipeline.take` reads its nine values from: the plan
+``tcp_fleet.py`` compiles for its point set (five 32-bit energies, a 32-bit power, three voltages)."""
+
 _POINTS = ("energy_import_kwh", "energy_import_kwh_t1", "energy_import_kwh_t2", "energy_import_kwh_t3",
            "energy_import_kwh_t4", "power_kw", "voltage_v_l1", "voltage_v_l2", "voltage_v_l3")
 _UNITS = ("kWh",) * 5 + ("kW",) + ("V",) * 3
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _mqtt_str(s: str) -> bytes:
@@ -74,13 +71,13 @@ def _mqtt_str(s: str) -> bytes:
 def mqtt_connect(client_id: str) -> bytes:
     """An MQTT 5 CONNECT with a clean start and no properties."""
     body = _mqtt_str("MQTT") + bytes([5, 0x02]) + struct.pack(">H", 60) + b"\x00" + _mqtt_str(client_id)
-    return b"\x10" + _varint(len(body)) + body
+    return b"\x10" + _remaining_length(len(body)) + body
 
 
 def mqtt_publish(topic: str, packet_id: int, payload: bytes) -> bytes:
     """An MQTT 5 PUBLISH at QoS 1 with no properties."""
     body = _mqtt_str(topic) + struct.pack(">H", packet_id) + b"\x00" + payload
-    return b"\x32" + _varint(len(body)) + body
+    return b"\x32" + _remaining_length(len(body)) + body
 
 
 class _Mqtt(asyncio.Protocol):
@@ -157,6 +154,15 @@ class FloorPipeline:
             raise SystemExit(f"the broker refused the floor's CONNECT (reason {reason})")
         threading.Thread(target=self._writer, name="floor-writer", daemon=True).start()
         threading.Thread(target=self._influx, name="floor-influx", daemon=True).start()
+
+    async def finish(self) -> dict[str, int]:
+        """After the last reads: let the last commits be published and posted, close, and
+        say what was done (rows committed, PUBACKs, refusals, lines posted)."""
+        await asyncio.sleep(2 * INFLUX_EVERY_S)
+        await self.close()
+        assert self.mqtt is not None
+        return {"floor_committed": self.committed, "floor_mqtt_acked": self.mqtt.acked,
+                "floor_mqtt_refused": self.mqtt.refused, "floor_influx_posted": self.posted}
 
     async def close(self) -> None:
         """Let the threads end after their current round and close the MQTT connection."""

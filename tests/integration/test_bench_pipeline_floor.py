@@ -23,6 +23,7 @@ from tests.servicefixtures import (  # noqa: F401  (fixtures)
     _victoria_fixture,
     await_until,
     vm_export,
+    wait_until,
 )
 
 _REGS = [tuple(range(10)), (0, 43_815), (2194, 2177, 2208)]
@@ -69,9 +70,7 @@ def test_every_read_is_committed_acknowledged_received_and_written(
 
     try:
         floor = asyncio.run(run())
-        msgs = sub.received(lambda m: len(m) >= 40) or []
-        if len(msgs) < 40:
-            msgs = asyncio.run(await_until(lambda: sub.received(lambda m: len(m) >= 40), 10, sub.summary()))
+        msgs = wait_until(lambda: sub.received(lambda m: len(m) >= 40), 10, "40 messages", detail=sub.summary)
     finally:
         sub.stop()
     assert floor.committed == 40 and floor.mqtt is not None and floor.mqtt.refused == 0

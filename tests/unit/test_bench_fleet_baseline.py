@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench import fleet_baseline
+
 ROOT = Path(__file__).resolve().parents[2]
 
 _PROBE = """
@@ -41,3 +45,13 @@ def _maps_made(mode: str) -> int:
 def test_a_receive_buffer_is_a_memory_map_until_malloc_is_primed() -> None:
     assert _maps_made("as-started") == 1      # the state the bare loop measured in by default
     assert _maps_made("prime") == 0           # the gateway's state, and the bare loop's with --prime-malloc
+
+
+def test_floor_refuses_a_plan_it_cannot_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--floor`` turns the registers of tcp_fleet.py's three requests into its nine values;
+    another plan is refused before any connection, saying what it expects."""
+    with pytest.raises(SystemExit) as exit_:
+        fleet_baseline.main(["--meters", "1", "--port-base", "10000", "--interval", "1",
+                             "--pdu", "030000000a", "--floor"])
+    assert exit_.value.code == 2
+    assert "requests of (10, 2, 3) registers; these --pdu ask for (10,)" in capsys.readouterr().err
