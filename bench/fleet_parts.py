@@ -18,7 +18,8 @@ one simulator (from a folder ``tcp_fleet.py --keep`` left) serves round after ro
 each variant in turn, the same warm-up and window, CPU of the whole process (every thread)
 per 1,000 readings finished in the window; the mean of each, and its ratio to the bare
 loop's mean, at the end. A variant may name a source tree first (``/tmp/old:full``), which
-the gateway then imports instead of this one (``PYTHONPATH``)::
+the gateway then imports instead of this one (``PYTHONPATH``), and ``+EXPERIMENT=ARG`` suffixes
+that add ``tcp_fleet.py`` experiments to it (``full+coalesce=2``)::
 
     python -m bench.tcp_fleet --only a --keep --no-baseline     # prints "kept /tmp/amr-bench-tcp-…"
     python -m bench.fleet_parts /tmp/amr-bench-tcp-… --rounds 3 --variants bare,full,noreview,nosinks-noreview,pollonly
@@ -50,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def variant_config(base: str, name: str) -> str:
     """The kept configuration as variant ``name`` runs it."""
+    name = name.split("+", maxsplit=1)[0]
     if "nosinks" in name or "nomqtt" in name or name == "pollonly":
         base = re.sub(r"\nmqtt:.*?(?=\n\S)", "", base, flags=re.S)
     if "nosinks" in name or "noinflux" in name or name == "pollonly":
@@ -59,7 +61,8 @@ def variant_config(base: str, name: str) -> str:
 
 def variant_experiments(name: str, count: Path) -> str:
     """The ``tcp_fleet.py`` experiments (gateway patches) variant ``name`` runs under."""
-    patches = [f"count:{count}"]
+    name, *extra = name.split("+")
+    patches = [f"count:{count}", *(e.replace("=", ":") for e in extra)]
     if "noreview" in name or name == "pollonly":
         patches.append("no-review")
     if name == "pollonly":

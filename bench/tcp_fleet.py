@@ -602,6 +602,18 @@ for exp in sys.argv[1].split(","):
     elif name == "uvloop":           # the gateway's asyncio.run uses uvloop's event loop
         import asyncio, uvloop
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif name == "coalesce":         # after the first ready event, wait ARG ms and take every event ready by then
+        import selectors, time
+        quantum = float(arg or 2) / 1000
+        select = selectors.EpollSelector.select
+        def coalescing(self, timeout=None):
+            if timeout is not None and timeout <= quantum:
+                return select(self, timeout)
+            if not select(self, timeout):
+                return []
+            time.sleep(quantum)
+            return select(self, 0)
+        selectors.EpollSelector.select = coalescing
     elif name == "cprofile":         # cProfile of the event-loop thread, dumped to ARG at exit (pstats)
         import atexit, cProfile
         prof = cProfile.Profile()
@@ -702,7 +714,7 @@ sys.exit(main(sys.argv[2:]))
 
 EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "tracemalloc:S", "review-save:S", "gc-threshold:N",
                "gc-time:FILE",
-               "no-review", "no-store", "count:FILE", "review-time", "uvloop", "cprofile:FILE")
+               "no-review", "no-store", "count:FILE", "review-time", "uvloop", "cprofile:FILE", "coalesce:MS")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:
