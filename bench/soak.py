@@ -86,6 +86,7 @@ class SeqSubscriber:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.arrivals: list[tuple[str, int]] = []
+        self.status = 0          # the gateway's retained online/offline messages (no seq)
         self.unparsed = 0
         self.connects = 0
         self._subscribed = threading.Event()
@@ -100,6 +101,9 @@ class SeqSubscriber:
             c.subscribe(topic, qos=1)
 
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            if msg.topic.endswith("/status"):
+                self.status += 1
+                return
             try:
                 doc = json.loads(msg.payload)
                 self.arrivals.append((str(doc.get("meter")), int(doc["seq"])))
@@ -280,6 +284,7 @@ def delivery_report(rig: Rig, facts: dict[str, Any], settle_s: float) -> dict[st
         "mqtt_covered": len(mqtt_due),
         "mqtt_missing": len(mqtt_missing), "mqtt_missing_first": mqtt_missing[:10],
         "mqtt_duplicates": got.duplicates, "mqtt_inversions": got.inversions, "mqtt_unparsed": rig.sub.unparsed,
+        "mqtt_status_messages": rig.sub.status,
         "mqtt_unknown": len(got.seqs - facts["seqs"]),
         "vm_covered": len(vm_due),
         "vm_missing": len(vm_missing), "vm_missing_first": vm_missing[:10],
@@ -300,6 +305,8 @@ def delivery_misses(report: dict[str, Any]) -> list[str]:
                    f"(first {report['vm_missing_first']})")
     if report["mqtt_inversions"]:
         out.append(f"{report['mqtt_inversions']} first arrivals out of order")
+    if report.get("mqtt_unparsed"):
+        out.append(f"{report['mqtt_unparsed']} messages without a seq outside the status topic")
     if report["mqtt_unknown"]:
         out.append(f"{report['mqtt_unknown']} seqs arrived that the store does not hold")
     if not report["mqtt_covered"]:

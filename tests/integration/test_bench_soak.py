@@ -32,6 +32,7 @@ def test_a_short_soak_restarts_both_peers_and_loses_nothing(tmp_path: Path) -> N
                   "--broker-every", "6", "--vm-every", "9", "--sample-every", "1", timeout=240)
     assert report["restarts"]["broker"] >= 3 and report["restarts"]["vm"] >= 2
     assert report["subscriber_connects"] >= 2           # the subscriber came back after each broker restart
+    assert report["mqtt_status_messages"] >= 1 and report["mqtt_unparsed"] == 0   # birth/will apart from readings
     assert report["mqtt_covered"] >= 100 and report["vm_covered"] >= 100
     assert report["mqtt_missing"] == 0 and report["vm_missing"] == 0 and report["mqtt_inversions"] == 0
     assert len(report["samples"]) >= 15 and report["fds_at_end"] <= report["fds_after_warmup"] + 4

@@ -41,3 +41,4 @@ def test_every_kind_of_loss_or_disorder_is_a_miss() -> None:
     assert "out of order" in delivery_misses(_report(mqtt_inversions=1))[0]
     assert "does not hold" in delivery_misses(_report(mqtt_unknown=1))[0]
     assert "nothing was delivered" in delivery_misses(_report(mqtt_covered=0))[0]
+    assert "without a seq" in delivery_misses(_report(mqtt_unparsed=1))[0]
