@@ -52,6 +52,7 @@ from bench.tcp_fleet import (
     pct,
     pick_port_base,
     proc_cpu_s,
+    start_simulator,
     write_config,
 )
 from gateway.model import PointValue, Reading
@@ -179,12 +180,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     gw_cfg.write_text(text.replace(f"token: {API_TOKEN}}}",
                                    f"token: {API_TOKEN}, read_connections: {args.read_connections}}}"))
     sim_log = tmp / "simulator.log"
-    sim = procs.start([AMR_GATEWAY, "--log-level", "warning", "simulate", "-c", str(sim_cfg)], sim_log)
-    deadline = time.monotonic() + 60
-    while b"simulating;" not in sim_log.read_bytes():
-        if sim.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the simulator did not start:\n{sim_log.read_text()[-2000:]}")
-        time.sleep(0.2)
+    start_simulator(procs, sim_cfg, sim_log, 60)
 
     today = time.time() // DAY_S * DAY_S
     day = today - DAY_S

@@ -64,6 +64,8 @@ from bench.tcp_fleet import (
     proc_status_kb,
     raisable_nofile,
     scrape,
+    start_simulator,
+    units_per_port,
     write_config,
 )
 from gateway.ports import free_port
@@ -186,7 +188,6 @@ class Rig:
         self.data = work / "data"
         self.api_port = free_port()
         self.sub: SeqSubscriber | None = None
-        self.sim: subprocess.Popen[bytes] | None = None
 
     @property
     def db(self) -> Path:
@@ -199,20 +200,13 @@ class Rig:
         self.vm.start()
         nofile = 2 * self.meters + 1024
         hard = raisable_nofile(nofile)
-        units = next((u for u in range(1, 65) if self.meters + -(-self.meters // u) + 512 <= hard), 64)
+        units = units_per_port(self.meters, hard)
         port_base = pick_port_base(-(-self.meters // units), None)
         sim_cfg = self.work / "sim.yaml"
         write_config(sim_cfg, gateway_id="bench-soak-sim", data_dir=self.work / "sim-data", meters=self.meters,
                      interval=1.0, phases=1, port_base=port_base, units=units, api_port=free_port(), sinks=False,
                      commit_ms=None, synchronous=None)
-        log = self.work / "simulator.log"
-        self.sim = self.procs.start([AMR_GATEWAY, "--log-level", "warning", "simulate", "-c", str(sim_cfg)], log,
-                                    nofile=nofile)
-        deadline = time.monotonic() + 180
-        while b"simulating;" not in log.read_bytes():
-            if self.sim.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the simulator did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        start_simulator(self.procs, sim_cfg, self.work / "simulator.log", 180, nofile=nofile)
         write_config(self.config, gateway_id=GATEWAY_ID, data_dir=self.data, meters=self.meters,
                      interval=self.interval, phases=self.phases, port_base=port_base, units=units,
                      api_port=self.api_port, sinks=False, commit_ms=None, synchronous=None)
@@ -305,7 +299,7 @@ def delivery_misses(report: dict[str, Any]) -> list[str]:
                    f"(first {report['vm_missing_first']})")
     if report["mqtt_inversions"]:
         out.append(f"{report['mqtt_inversions']} first arrivals out of order")
-    if report.get("mqtt_unparsed"):
+    if report["mqtt_unparsed"]:
         out.append(f"{report['mqtt_unparsed']} messages without a seq outside the status topic")
     if report["mqtt_unknown"]:
         out.append(f"{report['mqtt_unknown']} seqs arrived that the store does not hold")

@@ -324,6 +324,24 @@ def raisable_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
+def units_per_port(meters: int, hard: int) -> int:
+    """Unit ids per simulator port so that its listening sockets and one accepted connection
+    per meter fit the open-file limit ``hard`` (1 when it can be raised far enough)."""
+    return next((u for u in range(1, 65) if meters + -(-meters // u) + 512 <= hard), 64)
+
+
+def start_simulator(procs: Procs, config: Path, log: Path, timeout: float,
+                    nofile: int | None = None) -> subprocess.Popen[bytes]:
+    """Start ``amr-gateway simulate`` on ``config`` and wait (bounded) until it serves."""
+    sim = procs.start([AMR_GATEWAY, "--log-level", "warning", "simulate", "-c", str(config)], log, nofile=nofile)
+    deadline = time.monotonic() + timeout
+    while b"simulating;" not in log.read_bytes():
+        if sim.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the simulator did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return sim
+
+
 def listening_ports() -> set[int]:
     """TCP ports something listens on (IPv4 and IPv6)."""
     ports: set[int] = set()
@@ -766,8 +784,7 @@ class Bench:
         # CAP_SYS_RESOURCE; without it, meters share ports by unit id (still one connection each).
         nofile = 2 * max_meters + 1024
         hard = raisable_nofile(nofile)
-        self.units = a.units_per_port or next(
-            (u for u in range(1, 65) if max_meters + -(-max_meters // u) + 512 <= hard), 64)
+        self.units = a.units_per_port or units_per_port(max_meters, hard)
         ports = -(-max_meters // self.units)
         self.port_base = pick_port_base(ports, a.port_base)
         with socket.socket() as s:
@@ -781,13 +798,7 @@ class Bench:
         self.pdus = plan_pdus(sim_cfg)
         log = self.tmp / "simulator.log"
         t = time.monotonic()
-        self.sim = self.procs.start([AMR_GATEWAY, "--log-level", "warning", "simulate", "-c", str(sim_cfg)], log,
-                                    nofile=nofile)
-        deadline = t + 180
-        while b"simulating;" not in log.read_bytes():
-            if self.sim.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the simulator did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        self.sim = start_simulator(self.procs, sim_cfg, log, 180, nofile=nofile)
         how = ("raised in the child before exec" if hard >= nofile else
                f"its hard limit cannot be raised here (no CAP_SYS_RESOURCE), so {self.units} unit ids share a port")
         print(f"simulator: {max_meters:,} meters on {ports:,} ports 127.0.0.1:{self.port_base + 1}-"

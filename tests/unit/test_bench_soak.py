@@ -26,7 +26,7 @@ def test_seqs_of_different_meters_may_interleave_in_any_order() -> None:
 
 def _report(**changes: Any) -> dict[str, Any]:
     report: dict[str, Any] = {"mqtt_missing": 0, "mqtt_missing_first": [], "vm_missing": 0, "vm_missing_first": [],
-                              "mqtt_inversions": 0, "mqtt_unknown": 0, "mqtt_covered": 10}
+                              "mqtt_inversions": 0, "mqtt_unknown": 0, "mqtt_unparsed": 0, "mqtt_covered": 10}
     report.update(changes)
     return report
 
