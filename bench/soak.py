@@ -201,12 +201,21 @@ class Rig:
         nofile = 2 * self.meters + 1024
         hard = raisable_nofile(nofile)
         units = units_per_port(self.meters, hard)
-        port_base = pick_port_base(-(-self.meters // units), None)
-        sim_cfg = self.work / "sim.yaml"
-        write_config(sim_cfg, gateway_id="bench-soak-sim", data_dir=self.work / "sim-data", meters=self.meters,
-                     interval=1.0, phases=1, port_base=port_base, units=units, api_port=free_port(), sinks=False,
-                     commit_ms=None, synchronous=None)
-        start_simulator(self.procs, sim_cfg, self.work / "simulator.log", 180, nofile=nofile)
+        sim_cfg, sim_log = self.work / "sim.yaml", self.work / "simulator.log"
+        for attempt in range(1, 4):
+            # another bench (a parallel test worker) may bind the range between the check and
+            # the simulator's bind: then its listeners are visible and the next pick avoids them
+            port_base = pick_port_base(-(-self.meters // units), None)
+            write_config(sim_cfg, gateway_id="bench-soak-sim", data_dir=self.work / "sim-data", meters=self.meters,
+                         interval=1.0, phases=1, port_base=port_base, units=units, api_port=free_port(),
+                         sinks=False, commit_ms=None, synchronous=None)
+            try:
+                start_simulator(self.procs, sim_cfg, sim_log, 180, nofile=nofile)
+                break
+            except SystemExit:
+                if attempt == 3 or b"address already in use" not in sim_log.read_bytes():
+                    raise
+                sim_log.unlink()
         write_config(self.config, gateway_id=GATEWAY_ID, data_dir=self.data, meters=self.meters,
                      interval=self.interval, phases=self.phases, port_base=port_base, units=units,
                      api_port=self.api_port, sinks=False, commit_ms=None, synchronous=None)
