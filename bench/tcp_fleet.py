@@ -702,6 +702,9 @@ for exp in sys.argv[1].split(","):
             for label, (ns, n) in sorted(spent.items()):
                 print(f"review-time {label}: {n} calls, {ns / max(n, 1) / 1000:.2f} µs each", file=sys.stderr)
         atexit.register(report)
+    elif name == "group":            # the store's group window (GROUP_COMMIT_S) at ARG ms instead of 20
+        import gateway.store
+        gateway.store.GROUP_COMMIT_S = float(arg) / 1000
     elif name == "no-review":        # the review engine takes no reading (its observer does nothing)
         from gateway.review.engine import ReviewEngine
         ReviewEngine.observe = lambda self, meter, reading: None
@@ -732,7 +735,8 @@ sys.exit(main(sys.argv[2:]))
 
 EXPERIMENTS = ("gc-freeze:S", "gc-log:MS", "gc-refs", "gc-census:S", "tracemalloc:S", "review-save:S", "gc-threshold:N",
                "gc-time:FILE",
-               "no-review", "no-store", "count:FILE", "review-time", "uvloop", "cprofile:FILE", "coalesce:MS")
+               "no-review", "no-store", "count:FILE", "review-time", "uvloop", "cprofile:FILE", "coalesce:MS",
+               "group:MS")
 
 
 def gateway_argv(experiments: str | None) -> list[str]:

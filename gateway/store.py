@@ -785,6 +785,18 @@ class Store:
         kept), without a query or a thread hand-off; one further behind (a replay, a
         restart) reads them from SQLite on the reader thread. Both give the same rows."""
         start = self._cursors.get(sink, 0) if after is None else after
+        rows = self.pending_now(sink, limit, start)
+        if rows is not None:
+            return rows
+        return await self.read(self._select_pending, start, limit)
+
+    def pending_now(self, sink: str, limit: int, after: int | None = None) -> list[OutboxRow] | None:
+        """What :meth:`pending` gives, when it can give it without a query: the rows from the
+        kept tail, ``[]`` when nothing is newer; None when they must be read from SQLite.
+
+        A sink that keeps up asks once per commit; as a plain call that costs no task and no
+        turn of the event loop (``await pending`` made a task for each page and two wake-ups)."""
+        start = self._cursors.get(sink, 0) if after is None else after
         if start >= self._last_seq:
             return []
         tail = self._tail
@@ -792,7 +804,14 @@ class Store:
             i = start + 1 - tail[0].seq
             if 0 <= i < len(tail):
                 return tail[i:i + max(1, limit)]
-        return await self.read(self._select_pending, start, limit)
+        return None
+
+    def tail_covers(self, after: int) -> bool:
+        """Whether :meth:`pending_now` answers for the rows after ``after`` (kept in the tail, or none yet)."""
+        if after >= self._last_seq:
+            return True
+        tail = self._tail
+        return bool(tail) and 0 <= after + 1 - tail[0].seq < len(tail)
 
     def _extend_tail(self, rows: list[OutboxRow]) -> None:
         """Keep the rows a commit just made (writer thread, after COMMIT)."""
@@ -824,6 +843,10 @@ class Store:
     async def ack(self, sink: str, upto_seq: int) -> None:
         """Advance the sink's cursor to ``upto_seq``; the writer saves it with its next commit
         (a cursor-only commit when nothing else is queued), and again after a failed one."""
+        self.ack_now(sink, upto_seq)
+
+    def ack_now(self, sink: str, upto_seq: int) -> None:
+        """:meth:`ack` as a plain call, for a sink's acknowledgement callback (no task to wake)."""
         if upto_seq > self._cursors.get(sink, 0):
             self._cursors[sink] = upto_seq
             self._dirty_cursors[sink] = upto_seq

@@ -39,7 +39,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.errors import SinkError
 from gateway.settings import Settings
 from gateway.sinks.base import AckTracker, Backoff, Sink, SinkAuthError, SinkRefusedError, redact_credentials
-from gateway.store import Store
+from gateway.store import OutboxRow, Store
 
 log = logging.getLogger("amr.sinks")
 
@@ -127,9 +127,7 @@ class SinkRunner:
         if self not in self._group:
             self._group.append(self)
         self._task: asyncio.Task[None] | None = None
-        self._ack_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
-        self._ack_event = asyncio.Event()
         self._progress = asyncio.Event()
         self._acked_cursor = 0
         self._session: _Session | None = None
@@ -148,7 +146,6 @@ class SinkRunner:
         self._acked_cursor = await self.store.cursor(self.name)
         self._stop.clear()
         self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
-        self._ack_task = asyncio.create_task(self._push_acks(), name=f"sink-{self.name}-acks")
 
     async def stop(self) -> None:
         """Stop gracefully (bounded): drain what is in flight, close the sink, save the cursor."""
@@ -164,10 +161,6 @@ class SinkRunner:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._task = None
-        if self._ack_task is not None:
-            self._ack_task.cancel()
-            await asyncio.gather(self._ack_task, return_exceptions=True)
-            self._ack_task = None
         await self.store.ack(self.name, self._acked_cursor)
         self._set_state("stopped", None)
 
@@ -343,19 +336,26 @@ class SinkRunner:
         limit = 1 if sink.probe_first else window   # see Sink.probe_first
         tracker = s.tracker
         after = tracker.cursor
-        nxt = asyncio.ensure_future(store.pending(name, page, after))
+        # the next page when it comes from SQLite (a replay): read on the reader thread while
+        # this one is sent; a sink that keeps up takes its pages from the store's tail
+        nxt: asyncio.Future[list[OutboxRow]] | None = None
         try:
             while True:
-                rows = await nxt
+                if nxt is not None:
+                    rows = await nxt
+                    nxt = None
+                else:
+                    now = store.pending_now(name, page, after)
+                    rows = now if now is not None else await store.pending(name, page, after)
                 if not rows:
                     # Caught up: no flush here. A batching sink writes by size or age as it
                     # documents (InfluxDB: one write per second at 1,000 readings/s instead of
                     # one per store commit); only a stop flushes early (see _drain).
                     await store.wait_for_new(after, 30.0)
-                    nxt = asyncio.ensure_future(store.pending(name, page, after))
                     continue
                 after = rows[-1].seq
-                nxt = asyncio.ensure_future(store.pending(name, page, after))
+                if not store.tail_covers(after):
+                    nxt = asyncio.ensure_future(store.pending(name, page, after))
                 for row in rows:
                     while tracker.outstanding >= limit:
                         if limit < window and s.took_one:
@@ -366,8 +366,9 @@ class SinkRunner:
                     tracker.sent(row.seq)
                     sink.send(row)
         finally:
-            nxt.cancel()
-            await asyncio.gather(nxt, return_exceptions=True)
+            if nxt is not None:
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
 
     async def _drain(self, s: _Session) -> None:
         """On stop: flush buffers and wait (bounded) for acknowledgements of what is in flight."""
@@ -398,16 +399,9 @@ class SinkRunner:
             self._set_state("connected", None)   # the peer took a write: access proven
         if moved:
             self._acked_cursor = s.tracker.cursor
-            self._ack_event.set()
+            self.store.ack_now(self.name, self._acked_cursor)   # saved with the store's next commit
             self._progress.set()
         s.room.set()
-
-    async def _push_acks(self) -> None:
-        """Hand the contiguous cursor to the store whenever it moves (the store batches writes)."""
-        while True:
-            await self._ack_event.wait()
-            self._ack_event.clear()
-            await self.store.ack(self.name, self._acked_cursor)
 
     def _set_state(self, state: SinkState, error: str | None) -> None:
         if error is not None:

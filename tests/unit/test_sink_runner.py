@@ -100,6 +100,11 @@ class CountingStore(Store):
         self.limits.append(limit)
         return await super().pending(sink, limit, after)
 
+    def pending_now(self, sink: str, limit: int, after: int | None = None) -> list[OutboxRow] | None:
+        """Record ``limit``, then answer as the store does (the runner's call for the tail)."""
+        self.limits.append(limit)
+        return super().pending_now(sink, limit, after)
+
 
 async def open_store(tmp_path: Path) -> CountingStore:
     """A real store on disk that counts page sizes."""
