@@ -24,7 +24,8 @@ and meter of every message the gateway publishes::
 
 ``kill``
     ``--kills`` times: start the gateway, SIGKILL it at a random moment
-    (``--min-life``…``--max-life`` s after spawn), run ``PRAGMA integrity_check`` on its
+    (``--min-life``…``--max-life`` s after spawn, or with ``--life-after-api`` after its API
+    answers, so every kill lands while it polls and commits), run ``PRAGMA integrity_check`` on its
     store, note the highest committed seq. Then one last run (``--final`` s) delivers what
     the killed runs left and stops with SIGTERM. Targets: integrity ``ok`` after every kill;
     every seq committed by any run and covered by the sinks' cursors arrived at the
@@ -402,6 +403,8 @@ def kill_loop(args: argparse.Namespace) -> dict[str, Any]:
         for k in range(args.kills):
             gw = rig.gateway(f"gateway-{k}.log")
             life = rnd.uniform(args.min_life, args.max_life)
+            if args.life_after_api:
+                rig.wait_api(gw)
             time.sleep(life)
             if gw.poll() is not None:
                 raise SystemExit(f"the gateway exited by itself ({gw.returncode}) before kill {k}; see {rig.work}")
@@ -458,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--kills", type=int, default=100)
     k.add_argument("--min-life", type=float, default=0.2)
     k.add_argument("--max-life", type=float, default=4.0)
+    k.add_argument("--life-after-api", action="store_true",
+                   help="count each life from when the gateway's API answers, not from spawn (a loaded "
+                        "machine can spend the whole life importing, and then no killed run commits)")
     k.add_argument("--final", type=float, default=10.0, help="seconds of the last (delivering) run")
     k.add_argument("--seed", type=int, default=None)
     for p in (s, k):

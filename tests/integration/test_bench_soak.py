@@ -40,7 +40,7 @@ def test_a_short_soak_restarts_both_peers_and_loses_nothing(tmp_path: Path) -> N
 
 def test_a_short_kill_loop_checks_integrity_and_delivers_what_the_killed_runs_committed(tmp_path: Path) -> None:
     report = _run(tmp_path, "kill", "--meters", "5", "--kills", "3", "--min-life", "1.5", "--max-life", "3",
-                  "--final", "4", "--seed", "7", timeout=240)
+                  "--life-after-api", "--final", "4", "--seed", "7", timeout=240)
     assert report["kills"] == 3 and report["integrity_failures"] == [] and report["final_integrity"] == "ok"
     assert report["killed_runs_max_seq"] > 0            # the killed runs committed something
     assert all(c >= report["killed_runs_max_seq"] for c in report["cursors"].values())

@@ -70,7 +70,10 @@ async def test_every_meter_every_slot_with_exact_multiplied_energy(tmp_path: Pat
         await fleet.stop()
     docs = stored(gw.store_path)
     first_rt = next_slot(t0, 60, "Asia/Shanghai")
-    expected_rt = [first_rt + 60 * k for k in range(int((t1 - first_rt) // 60) + 1) if first_rt + 60 * k < t1 - 5]
+    # every slot due a simulated minute (0.5 s real at RATE) before the stop: a slot due just
+    # before it may still wait behind another meter on the serial bus when the gateway stops
+    # (a loaded run missed the last slot with a margin of 5 simulated seconds, 42 ms real)
+    expected_rt = [first_rt + 60 * k for k in range(int((t1 - first_rt) // 60) + 1) if first_rt + 60 * k < t1 - 60]
     assert len(expected_rt) >= 12
     by_meter: dict[tuple[str, str], set[float]] = defaultdict(set)
     for d in docs:

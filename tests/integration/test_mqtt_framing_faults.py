@@ -146,19 +146,22 @@ async def test_a_stopped_broker_leaves_a_packet_half_written_and_nothing_breaks(
 ) -> None:
     """The broker stops reading (SIGSTOP) while a window of ~9 KB readings goes out: the
     socket takes part of the bytes and refuses the rest (``EAGAIN``), so a PUBLISH is left
-    half written, and paho's keepalive PINGREQ comes due in the pause (keepalive 4 s). When
+    half written, and paho's keepalive PINGREQ comes due in the pause (keepalive 10 s). When
     the broker runs again the rest follows in the same session: had any other bytes (the
     PINGREQ) cut into the half written packet, mosquitto would have dropped the connection
     as malformed. Every seq arrives once, in order, and only PUBACKed seqs ever count: the
     cursor does not move while the broker is stopped."""
     broker, _, store, sub, runner, sink = await rig("max_inflight_messages 0\n",   # no Receive Maximum
-                                                    inflight=1000, keepalive_s=4, protocol=protocol)
+                                                    inflight=1000, keepalive_s=10, protocol=protocol)
     assert broker.proc is not None
     pid = broker.proc.pid
     loop = asyncio.get_running_loop()
     await runner.start()
     await await_until(lambda: runner.status == "connected", 20, "the sink connecting")
-    connected_at = loop.time()                 # paho's PINGREQ is due 4 s after its birth message
+    # paho's PINGREQ is due 10 s after its birth message; mosquitto drops a client it has read
+    # nothing from for 1.5 × keepalive (15 s), so the three commits below have 13 s to be
+    # made while it is stopped (with keepalive 4 s, a loaded run took more than its 6 s)
+    connected_at = loop.time()
     await commit(store, [wide_reading("m0", 0)])
     await await_until(lambda: store.cursor_now("mqtt") == 1, 20, "the probe reading delivered")
     conn = sink._conn
@@ -171,7 +174,7 @@ async def test_a_stopped_broker_leaves_a_packet_half_written_and_nothing_breaks(
         await await_until(lambda: conn.pending_bytes > 0, 20,
                           "bytes the socket refused while the broker is stopped")
         cursor = store.cursor_now("mqtt")
-        await asyncio.sleep(max(0.5, connected_at + 4.5 - loop.time()))   # past the PINGREQ's due time
+        await asyncio.sleep(max(0.5, connected_at + 10.5 - loop.time()))   # past the PINGREQ's due time
         assert store.cursor_now("mqtt") == cursor    # nothing counts without its PUBACK
         assert conn.pending_bytes > 0 and sink._conn is conn and not conn.lost
     finally:
