@@ -150,11 +150,21 @@ class AckTracker:
         out = self._outstanding
         if not out:
             return 0
-        head, tail = out[0], out[-1]
+        tail = out[-1]
         marked = 0
+        done = self._done
         for s in seqs:
-            if head <= s <= tail and s not in self._done:
-                self._done.add(s)
+            if not out:
+                break                   # all acknowledged: the rest are repeats or unknown
+            first = out[0]
+            if s == first and not done:
+                # the usual acknowledgement: the oldest row, nothing acknowledged ahead of it
+                # (PUBACKs come in order, an InfluxDB batch in seq order): the cursor moves at once
+                out.popleft()
+                self.cursor = s
+                marked += 1
+            elif first <= s <= tail and s not in done:
+                done.add(s)
                 marked += 1
         while out and out[0] in self._done:
             s = out.popleft()

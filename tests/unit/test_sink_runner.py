@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import SinkError
 from gateway.settings import GatewaySettings, InfluxSettings, MqttSettings, Settings, StoreSettings
@@ -310,6 +312,31 @@ def test_ack_tracker_contiguous_rule() -> None:
     with pytest.raises(ValueError, match="out of order"):
         t.sent(16)
         t.sent(16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30), max_size=8), max_size=12), st.integers(0, 3))
+def test_ack_tracker_agrees_with_the_rule_in_any_order(batches: list[list[int]], start: int) -> None:
+    """Acknowledgements in order (the fast path), out of order, repeated, stale or unknown:
+    the cursor is the highest sent seq with every sent seq up to it acknowledged, and each
+    sent seq is counted once."""
+    sent = list(range(start + 1, start + 21))       # 20 rows in flight, seqs start+1 … start+20
+    t = AckTracker(start)
+    for seq in sent:
+        t.sent(seq)
+    acked: set[int] = set()
+    for batch in [sorted(b) for b in batches[::2]] + batches[1::2]:    # in order first, then any order
+        new = {s for s in batch if s in sent and s not in acked}
+        assert t.done(batch) == len(new)
+        acked |= new
+        cursor = start
+        for seq in sent:
+            if seq not in acked:
+                break
+            cursor = seq
+        assert t.cursor == cursor
+        assert t.outstanding == len([seq for seq in sent if seq > cursor])
+    assert t.done(sent) == len(set(sent) - acked) and t.cursor == sent[-1] and t.outstanding == 0
 
 
 def test_backoff_is_jittered_exponential_and_capped() -> None:
