@@ -153,9 +153,14 @@ async def test_a_query_past_the_limit_is_a_503_and_the_next_one_works(tmp_path: 
         assert status == 503
         assert "api.query_timeout (0.1 s)" in str(body["error"])
 
-        # the next one is served: a small one, well inside 0.1 s however loaded the host (all
-        # 3,000 rows took longer than that in a parallel run of the suite)
-        status, body = await _readings(port, limit=10)
+        # the next one is served: a small one, well inside 0.1 s (all 3,000 rows took longer
+        # than that in a parallel run of the suite); a host loaded enough to stall this thread
+        # for 0.1 s gets a 503 of the same kind and the next try is served (at most three)
+        for attempt in range(3):
+            status, body = await _readings(port, limit=10)
+            if status == 200 or attempt == 2:
+                break
+            assert status == 503 and "api.query_timeout (0.1 s)" in str(body["error"]), (status, body)
         assert status == 200 and body["count"] == 10
     finally:
         await gw.stop()

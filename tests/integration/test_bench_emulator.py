@@ -209,7 +209,7 @@ SLOW_MODBUS_BAUD = 1200
 
 @pytest.fixture
 def slow_modbus_bus() -> Iterator[Bus]:
-    yield from _bus("modbus", SLOW_MODBUS_BAUD, [1], set(), timeout=2.0)
+    yield from _bus("modbus", SLOW_MODBUS_BAUD, [1, 2], set(), timeout=2.0)
 
 
 def test_modbus_t35_violation_is_counted_only_when_the_master_is_too_quick(
@@ -232,13 +232,15 @@ def test_modbus_t35_violation_is_counted_only_when_the_master_is_too_quick(
     assert stats.silence_after_reply.min < t35(SLOW_MODBUS_BAUD)
 
 
-def test_modbus_collision_when_master_talks_over_a_reply(mb: Bus) -> None:
-    emu, port = mb
-    port.write(modbus_read_request(1, 3, 0, 60))  # 125-byte reply: ~72 ms at 19200
+def test_modbus_collision_when_master_talks_over_a_reply(slow_modbus_bus: Bus) -> None:
+    # at 1200 bd the 125-byte reply takes 1.15 s, so the request written after its first
+    # bytes lands on it even when a loaded run stalls this process (at 19200 bd: 72 ms)
+    emu, port = slow_modbus_bus
+    port.write(modbus_read_request(1, 3, 0, 60))
     first = port.read(5)  # the reply is on the wire now
     assert len(first) == 5
     port.write(modbus_read_request(2, 3, 0, 2))
-    rest = port.read(200)
+    rest = port.read(120)
     assert first + rest == modbus_read_reply(1, 3, 0, 60)  # the reply finishes, slave 2 is silent
     stats = emu.stats()
     assert stats.collisions == 8
