@@ -112,8 +112,10 @@ async def test_ratio_change_inside_a_stage_splits_consumption_at_the_reading_tak
     # the change is a review event and an entry of the chained audit log, made by the configuration
     assert [(m, t, k) for m, t, k, _ in events if t == "ratio_change"] == [("d1", "ratio_change", iso_utc(TC))]
     # no energy judged across the change (the doubled CT would make it look fast); a window
-    # elsewhere may judge (at 20,000× a loaded run falls behind and skips slots, and the
-    # widened windows of the simulated load raised reverse_energy on both meters once)
+    # elsewhere may judge: at 20,000× a loaded run's requests of one reading lie simulated
+    # minutes apart (10 ms real = 200 s), so an export register read later than the import
+    # one can look like back-feed (reverse_energy raised and cleared on both meters once, a
+    # run that fell 3,000 simulated s behind)
     across = [(m, t) for m, t, _, ev in events if t != "ratio_change"
               and parse_iso(json.loads(ev)["from"]) < TC <= parse_iso(json.loads(ev)["to"])]
     assert across == []
