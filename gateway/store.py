@@ -799,19 +799,13 @@ class Store:
         start = self._cursors.get(sink, 0) if after is None else after
         if start >= self._last_seq:
             return []
-        tail = self._tail
-        if tail:
-            i = start + 1 - tail[0].seq
-            if 0 <= i < len(tail):
-                return tail[i:i + max(1, limit)]
-        return None
+        tail = self._tail       # read once: the writer thread may replace it (_extend_tail)
+        i = _tail_index(tail, start)
+        return None if i is None else tail[i:i + max(1, limit)]
 
     def tail_covers(self, after: int) -> bool:
         """Whether :meth:`pending_now` answers for the rows after ``after`` (kept in the tail, or none yet)."""
-        if after >= self._last_seq:
-            return True
-        tail = self._tail
-        return bool(tail) and 0 <= after + 1 - tail[0].seq < len(tail)
+        return after >= self._last_seq or _tail_index(self._tail, after) is not None
 
     def _extend_tail(self, rows: list[OutboxRow]) -> None:
         """Keep the rows a commit just made (writer thread, after COMMIT)."""
@@ -1100,6 +1094,14 @@ def _insert_outbox(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
         while len(rows) - at >= size:
             conn.execute(sql, [v for row in rows[at:at + size] for v in row])
             at += size
+
+
+def _tail_index(tail: list[OutboxRow], after: int) -> int | None:
+    """Where the row after seq ``after`` is in ``tail`` (rows of consecutive seqs); None when it holds none."""
+    if not tail:
+        return None
+    i = after + 1 - tail[0].seq
+    return i if 0 <= i < len(tail) else None
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
